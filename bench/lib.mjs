@@ -1,0 +1,80 @@
+// Shared pieces of the benchmarks: start the three real services, time things, print a table.
+import { spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+export const ROOT = resolve(import.meta.dirname, "..");
+
+/** The three services as real processes, sockets in a temporary runtime directory. */
+export async function startServices() {
+  const dir = mkdtempSync(join(tmpdir(), "banger-bench-"));
+  const runtimeDir = join(dir, "run");
+  mkdirSync(runtimeDir, { mode: 0o700 });
+  const children = [];
+  for (const name of ["privileged", "image-puller", "orchestrator"]) {
+    const args = [join(ROOT, `services/${name}/dist/main.js`), "--runtime-dir", runtimeDir];
+    if (name === "orchestrator") args.push("--state-dir", join(dir, "state"));
+    // Logs go nowhere: the benchmark measures RPCs, not the terminal.
+    const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, BANGER_LOG_LEVEL: "info" } });
+    children.push(child);
+    await new Promise((resolveStart, reject) => {
+      let out = "";
+      const onData = (chunk) => {
+        out += chunk.toString();
+        if (out.includes('"msg":"listening"')) {
+          child.stdout.off("data", onData);
+          child.stdout.resume();
+          resolveStart();
+        }
+      };
+      child.stdout.on("data", onData);
+      child.once("exit", (code) => reject(new Error(`${name} exited ${code}: ${out}`)));
+    });
+  }
+  return {
+    dir,
+    runtimeDir,
+    socket: (name) => join(runtimeDir, `${name}.sock`),
+    async stop() {
+      await Promise.all(children.map((c) => new Promise((r) => (c.once("exit", r), c.kill("SIGTERM")))));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export function percentile(sorted, p) {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+/** Runs `call` `total` times with `concurrency` in flight; latencies in ms and calls per second. */
+export async function measure(call, { total, concurrency, warmup = 200 }) {
+  for (let i = 0; i < warmup; i++) await call();
+  const latencies = [];
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < total) {
+        next++;
+        const t0 = performance.now();
+        await call();
+        latencies.push(performance.now() - t0);
+      }
+    }),
+  );
+  const elapsed = performance.now() - started;
+  latencies.sort((a, b) => a - b);
+  return { p50: percentile(latencies, 50), p99: percentile(latencies, 99), perSecond: (total / elapsed) * 1000 };
+}
+
+export function fmt(n, digits = 2) {
+  return n.toFixed(digits);
+}
+
+export function printTable(header, rows) {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
+  const line = (cells) => cells.map((c, i) => String(c).padEnd(widths[i])).join("  ");
+  console.log(line(header));
+  for (const row of rows) console.log(line(row));
+}

@@ -1,0 +1,7 @@
+// `npm run bench`: prints numbers and ratios; nothing here asserts a time.
+import { benchCliStart } from "./cli-start.mjs";
+import { benchRpc } from "./rpc.mjs";
+
+console.log(`banger benchmarks — node ${process.version}, ${new Date().toISOString()}`);
+await benchRpc();
+await benchCliStart();

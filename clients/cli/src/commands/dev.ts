@@ -1,0 +1,154 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { checkSocketPathLength, probeSocket, runtimeLayout, stateLayout } from "@banger/common";
+import type { Command } from "commander";
+import { UsageError } from "../errors.js";
+
+/** The checkout this CLI was built in (clients/cli/dist/banger.js → the repository root). */
+const CHECKOUT = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
+
+interface ServiceSpec {
+  readonly name: "privileged" | "image-puller" | "orchestrator";
+  readonly entry: string;
+  readonly args: readonly string[];
+  readonly socket: string;
+}
+
+export function registerDevCommands(program: Command): void {
+  const dev = program.command("dev").description("run banger from this checkout (development)");
+  dev
+    .command("up")
+    .description(
+      "run the three services in the foreground with sockets in --runtime-dir and logs in <state-dir>/logs/<service>.jsonl; Ctrl-C stops all three",
+    )
+    .requiredOption("--runtime-dir <dir>", "directory for the three sockets (created 0700)")
+    .requiredOption("--state-dir <dir>", "directory for state and logs")
+    .option("--json", "print the services' raw JSON log lines instead of a readable form")
+    .action(async (opts: { runtimeDir: string; stateDir: string; json?: boolean }) => {
+      await devUp(resolve(opts.runtimeDir), resolve(opts.stateDir), opts.json === true);
+    });
+}
+
+async function devUp(runtimeDir: string, stateDir: string, json: boolean): Promise<void> {
+  const runtime = runtimeLayout(runtimeDir);
+  const state = stateLayout(stateDir);
+  for (const socket of [runtime.orchestratorSocket, runtime.privilegedSocket, runtime.pullerSocket]) {
+    try {
+      checkSocketPathLength(socket);
+    } catch (error) {
+      throw new UsageError(`--runtime-dir is too long: ${(error as Error).message}`);
+    }
+    if (await probeSocket(socket)) {
+      throw new Error(`banger is already running in ${runtimeDir} (${socket} answers); stop it first`);
+    }
+  }
+  mkdirSync(runtimeDir, { recursive: true, mode: 0o700 });
+  mkdirSync(state.logDir, { recursive: true, mode: 0o700 });
+
+  const common = ["--runtime-dir", runtimeDir];
+  const specs: ServiceSpec[] = [
+    { name: "privileged", entry: "services/privileged/dist/main.js", args: common, socket: runtime.privilegedSocket },
+    { name: "image-puller", entry: "services/image-puller/dist/main.js", args: common, socket: runtime.pullerSocket },
+    {
+      name: "orchestrator",
+      entry: "services/orchestrator/dist/main.js",
+      args: [...common, "--state-dir", stateDir],
+      socket: runtime.orchestratorSocket,
+    },
+  ];
+
+  const children = new Map<string, ChildProcess>();
+  let stopping = false;
+  const stopAll = async (code: number) => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write("banger dev: stopping…\n");
+    await Promise.all([...children.values()].map((child) => stopChild(child)));
+    process.exit(code);
+  };
+  process.once("SIGINT", () => void stopAll(0));
+  process.once("SIGTERM", () => void stopAll(0));
+
+  for (const spec of specs) {
+    const log = createWriteStream(state.logFile(spec.name), { flags: "a", mode: 0o600 });
+    const child = spawn(process.execPath, [resolve(CHECKOUT, spec.entry), ...spec.args], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    children.set(spec.name, child);
+    forwardOutput(child, spec.name, log, json);
+    child.once("exit", (code, signal) => {
+      children.delete(spec.name);
+      if (!stopping) {
+        process.stderr.write(
+          `banger dev: ${spec.name} exited (${signal ?? `code ${code}`}); the others keep running, Ctrl-C to stop\n`,
+        );
+      }
+    });
+    if (!(await waitForSocket(spec.socket, child, 10_000))) {
+      process.stderr.write(`banger dev: ${spec.name} did not start (see ${state.logFile(spec.name)})\n`);
+      await stopAll(1);
+      return;
+    }
+  }
+  process.stderr.write(
+    `banger dev: orchestrator, privileged and image-puller are up in ${runtimeDir}\n` +
+      `banger dev: logs in ${state.logDir}; try: BANGER_RUNTIME_DIR=${runtimeDir} ./bin/banger daemon status\n`,
+  );
+  await new Promise<never>(() => {}); // runs until a signal
+}
+
+function forwardOutput(child: ChildProcess, name: string, log: WriteStream, json: boolean): void {
+  if (child.stdout) {
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      log.write(line + "\n");
+      process.stdout.write((json ? line : readableLogLine(line)) + "\n");
+    });
+  }
+  if (child.stderr) {
+    createInterface({ input: child.stderr }).on("line", (line) => {
+      process.stderr.write(`${name}: ${line}\n`);
+    });
+  }
+}
+
+/** `12:01:02.123 orchestrator op-… rpc completed rpc=… code=ok duration_ms=1.2` */
+export function readableLogLine(line: string): string {
+  let entry: Record<string, unknown>;
+  try {
+    entry = JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    return line;
+  }
+  const { time, level, service, op_id: opId, msg, ...rest } = entry;
+  const clock = typeof time === "string" ? time.slice(11, 23) : "";
+  const extras = Object.entries(rest)
+    .filter(([key]) => key !== "pid" && key !== "hostname")
+    .map(([key, value]) => `${key}=${typeof value === "string" ? value : JSON.stringify(value)}`);
+  const head = [clock, String(service ?? "?").padEnd(12), level === "info" ? "" : String(level).toUpperCase(), opId ?? ""];
+  return [...head.filter((p) => p !== ""), msg, ...extras].join(" ");
+}
+
+async function waitForSocket(socket: string, child: ChildProcess, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null || child.signalCode !== null) return false;
+    if (await probeSocket(socket, 200).catch(() => false)) return true;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return false;
+}
+
+function stopChild(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+    child.once("exit", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    child.kill("SIGTERM");
+  });
+}

@@ -1,0 +1,35 @@
+import { join } from "node:path";
+
+/** Where the three services put their sockets when none is named: systemd's RuntimeDirectory. */
+export const DEFAULT_RUNTIME_DIR = "/run/banger";
+/** Where durable state lives when none is named: systemd's StateDirectory. */
+export const DEFAULT_STATE_DIR = "/var/lib/banger";
+
+/** Every path derived from banger's runtime directory; nobody joins these by hand. */
+export interface RuntimeLayout {
+  readonly runtimeDir: string;
+  readonly orchestratorSocket: string;
+  readonly privilegedSocket: string;
+  readonly pullerSocket: string;
+}
+
+export function runtimeLayout(runtimeDir: string): RuntimeLayout {
+  return {
+    runtimeDir,
+    orchestratorSocket: join(runtimeDir, "orchestrator.sock"),
+    privilegedSocket: join(runtimeDir, "privileged.sock"),
+    pullerSocket: join(runtimeDir, "image-puller.sock"),
+  };
+}
+
+/** Every path derived from banger's state directory. */
+export interface StateLayout {
+  readonly stateDir: string;
+  readonly logDir: string;
+  logFile(service: string): string;
+}
+
+export function stateLayout(stateDir: string): StateLayout {
+  const logDir = join(stateDir, "logs");
+  return { stateDir, logDir, logFile: (service) => join(logDir, `${service}.jsonl`) };
+}

@@ -1,0 +1,83 @@
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { codeName, statusOf, toConnectError } from "./error-mapping.js";
+import type { Logger } from "./logging.js";
+import { OP_ID_HEADER, currentOpId, mintOpId } from "./op-id.js";
+
+export interface RpcInterceptorOptions {
+  readonly logger: Logger;
+  /** Message of the one line logged when an RPC ends; `rpc` → `rpc completed` / `rpc failed`. */
+  readonly logPrefix?: string;
+}
+
+/**
+ * The server edge every banger service shares. For each RPC it:
+ * - returns the op id in the `banger-op-id` response header;
+ * - maps whatever the handler threw to a gRPC status, with the op id in
+ *   trailers and in an ErrorInfo detail (error-mapping.ts);
+ * - logs exactly one line when the RPC ends (for streams: when the stream
+ *   ends), with `rpc`, `code` and `duration_ms`.
+ * The op id itself is put in context per HTTP/2 request, before this runs
+ * (see unix-server.ts): context entered here would be lost in streaming handlers.
+ */
+export function createRpcInterceptor(options: RpcInterceptorOptions): Interceptor {
+  const { logger } = options;
+  const prefix = options.logPrefix ?? "rpc";
+  return (next) => async (req) => {
+    const started = performance.now();
+    const opId = currentOpId() ?? mintOpId();
+    const rpc = `${req.service.typeName}/${req.method.name}`;
+    const timeout = req.header.get("grpc-timeout");
+    const finish = (error?: unknown): ConnectError | undefined => {
+      const fields: Record<string, unknown> = {
+        rpc,
+        duration_ms: Math.round((performance.now() - started) * 100) / 100,
+      };
+      if (timeout !== null) fields["grpc_timeout"] = timeout;
+      if (error === undefined) {
+        logger.info({ ...fields, code: "ok" }, `${prefix} completed`);
+        return undefined;
+      }
+      const status = statusOf(error);
+      fields["code"] = codeName(status.code);
+      fields["reason"] = status.reason;
+      if (error instanceof Error && status.code === Code.Internal) {
+        fields["err"] = error; // logged in full here, sent without internals
+      } else {
+        fields["error"] = status.message;
+      }
+      logger.warn(fields, `${prefix} failed`);
+      return toConnectError(error, opId);
+    };
+
+    let res;
+    try {
+      res = await next(req);
+    } catch (error) {
+      throw finish(error) ?? error;
+    }
+    res.header.set(OP_ID_HEADER, opId);
+    if (!res.stream) {
+      finish();
+      return res;
+    }
+    const messages = res.message;
+    const signal = req.signal;
+    async function* watched() {
+      let ended = false;
+      try {
+        yield* messages;
+        ended = true;
+        finish();
+      } catch (error) {
+        ended = true;
+        throw finish(error) ?? error;
+      } finally {
+        if (!ended) {
+          // The consumer stopped early: the client hung up or the server is shutting down.
+          finish(new ConnectError(signal.aborted ? "call cancelled" : "stream closed early", Code.Canceled));
+        }
+      }
+    }
+    return { ...res, message: watched() };
+  };
+}

@@ -1,0 +1,48 @@
+import type { ConnectRouter } from "@connectrpc/connect";
+import type { DescFile } from "@bufbuild/protobuf";
+import { createLogger, type Logger, type ServiceName } from "./logging.js";
+import { startUnixServer } from "./unix-server.js";
+
+export interface ServiceMainOptions {
+  readonly service: ServiceName;
+  readonly socketPath: string;
+  readonly mode: 0o600 | 0o660;
+  readonly logPrefix?: string;
+  readonly files: readonly DescFile[];
+  readonly routes: (router: ConnectRouter, logger: Logger) => void;
+}
+
+/**
+ * Runs a service until SIGTERM or SIGINT, then stops it gracefully. A start-up
+ * failure (socket in use, path too long…) is logged and exits 1.
+ */
+export async function runService(options: ServiceMainOptions): Promise<void> {
+  const logger = createLogger({ service: options.service });
+  let server;
+  try {
+    server = await startUnixServer({
+      socketPath: options.socketPath,
+      mode: options.mode,
+      logger,
+      files: options.files,
+      routes: (router) => options.routes(router, logger),
+      ...(options.logPrefix === undefined ? {} : { logPrefix: options.logPrefix }),
+    });
+  } catch (error) {
+    logger.fatal({ err: error }, `${options.service} failed to start: ${(error as Error).message}`);
+    process.exitCode = 1;
+    return;
+  }
+  const stop = (signal: NodeJS.Signals) => {
+    logger.info({ signal }, "shutting down");
+    server.close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        logger.error({ err: error }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  };
+  process.once("SIGTERM", stop);
+  process.once("SIGINT", stop);
+}

@@ -1,0 +1,113 @@
+import { chmod, lstat, unlink } from "node:fs/promises";
+import http2 from "node:http2";
+import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { DescFile } from "@bufbuild/protobuf";
+import { registerHealth, createHealthState } from "./health.js";
+import type { Logger } from "./logging.js";
+import { OP_ID_HEADER, adoptOrMintOpId, runWithOpId } from "./op-id.js";
+import { registerReflection } from "./reflection.js";
+import { createRpcInterceptor } from "./rpc-interceptor.js";
+import { clearStaleSocket } from "./socket-path.js";
+
+export interface UnixServerOptions {
+  readonly socketPath: string;
+  /** Permission bits of the socket, set at bind time (no window with wider ones). */
+  readonly mode: 0o600 | 0o660;
+  readonly logger: Logger;
+  /** Prefix of the per-RPC log line (`rpc` or `helper rpc`). */
+  readonly logPrefix?: string;
+  /** Registers the service implementations. */
+  readonly routes: (router: ConnectRouter) => void;
+  /** Generated files of the services served, for reflection. */
+  readonly files: readonly DescFile[];
+}
+
+export interface UnixServer {
+  readonly socketPath: string;
+  /**
+   * Graceful stop: refuses new connections, sends GOAWAY on every session so
+   * clients open no new streams, lets in-flight calls finish for up to
+   * `graceMs`, then cancels what is left and removes the socket file.
+   */
+  close(graceMs?: number): Promise<void>;
+}
+
+/** Serves gRPC, gRPC-Web and Connect over HTTP/2 (prior knowledge) on a Unix socket. */
+export async function startUnixServer(options: UnixServerOptions): Promise<UnixServer> {
+  const { socketPath, logger } = options;
+  await clearStaleSocket(socketPath);
+
+  const health = createHealthState();
+  const shutdown = new AbortController();
+  const adapter = connectNodeAdapter({
+    routes: (router) => {
+      options.routes(router);
+      registerHealth(router, health);
+      registerReflection(router, options.files);
+    },
+    interceptors: [createRpcInterceptor({ logger, logPrefix: options.logPrefix ?? "rpc" })],
+    shutdownSignal: shutdown.signal,
+  });
+
+  // The op id context is entered per HTTP/2 request, around the whole adapter,
+  // so it also holds inside streaming handlers.
+  const server = http2.createServer((req, res) => {
+    runWithOpId(adoptOrMintOpId(req.headers[OP_ID_HEADER]), () => adapter(req, res));
+  });
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+  });
+
+  await listenWithMode(server, socketPath, options.mode);
+  const { ino } = await lstat(socketPath);
+  logger.info({ socket: socketPath, pid: process.pid }, "listening");
+
+  let closing: Promise<void> | undefined;
+  const close = (graceMs = 5000): Promise<void> => {
+    closing ??= (async () => {
+      health.shutdown();
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const session of sessions) session.close();
+      const timer = setTimeout(() => {
+        shutdown.abort(new ConnectError("server is shutting down", Code.Unavailable));
+        for (const session of sessions) session.destroy();
+      }, graceMs);
+      await closed;
+      clearTimeout(timer);
+      // Node removes the socket file on close; make sure, but never remove a
+      // socket another instance has bound since.
+      try {
+        if ((await lstat(socketPath)).ino === ino) await unlink(socketPath);
+      } catch {
+        // already gone
+      }
+      logger.info({ socket: socketPath }, "stopped");
+    })();
+    return closing;
+  };
+  health.set("", "SERVING");
+  for (const file of options.files) {
+    for (const service of file.services) health.set(service.typeName, "SERVING");
+  }
+  return { socketPath, close };
+}
+
+function listenWithMode(server: http2.Http2Server, socketPath: string, mode: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    // The socket is created by bind(2) with 0777 & ~umask: set the umask for
+    // exactly that call, so the socket never exists with wider permissions.
+    const previous = process.umask(0o777 & ~mode);
+    try {
+      server.listen(socketPath, () => {
+        server.off("error", reject);
+        chmod(socketPath, mode).then(resolve, reject);
+      });
+    } finally {
+      process.umask(previous);
+    }
+  });
+}

@@ -1,0 +1,38 @@
+import { BANGER_VERSION, implementService, type Logger } from "@banger/common";
+import { ImageService, file_banger_v1_image } from "@banger/gen/banger/v1/image_pb.js";
+import { SystemService, file_banger_v1_system } from "@banger/gen/banger/v1/system_pb.js";
+import { VmService, file_banger_v1_vm } from "@banger/gen/banger/v1/vm_pb.js";
+import type { DescFile } from "@bufbuild/protobuf";
+import type { ConnectRouter } from "@connectrpc/connect";
+import { describeOrchestrator } from "./core/status.js";
+import { createPrivilegedPeer } from "./peers/privileged.js";
+import { createPullerPeer } from "./peers/puller.js";
+import { createImageService } from "./rpc/image-service.js";
+import { createSystemService } from "./rpc/system-service.js";
+
+export interface OrchestratorConfig {
+  readonly socketPath: string;
+  readonly privilegedSocket: string;
+  readonly pullerSocket: string;
+}
+
+export interface Orchestrator {
+  readonly files: readonly DescFile[];
+  readonly routes: (router: ConnectRouter, logger: Logger) => void;
+}
+
+/** The composition root: every dependency is built here, once, and passed in explicitly. */
+export function createOrchestrator(config: OrchestratorConfig): Orchestrator {
+  const privileged = createPrivilegedPeer(config.privilegedSocket);
+  const puller = createPullerPeer(config.pullerSocket);
+  const self = () => ({ name: "orchestrator" as const, socket: config.socketPath, identity: describeOrchestrator(BANGER_VERSION) });
+
+  return {
+    files: [file_banger_v1_system, file_banger_v1_vm, file_banger_v1_image],
+    routes: (router) => {
+      router.service(SystemService, createSystemService({ self, peers: [privileged, puller] }));
+      router.service(ImageService, createImageService({ puller }));
+      router.service(VmService, implementService(VmService, {}));
+    },
+  };
+}

@@ -1,0 +1,84 @@
+/** The CLI as a user runs it: help, exit codes, and `banger dev up`. */
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { BANGER, runCli, socketAnswers, waitUntil } from "./harness.js";
+
+const dirs: string[] = [];
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+describe("banger CLI", () => {
+  it("prints help for every command and exits 0", async () => {
+    for (const args of [["--help"], ["daemon", "--help"], ["daemon", "status", "--help"], ["dev", "up", "--help"]]) {
+      const result = await runCli(args);
+      expect(result.code, args.join(" ")).toBe(0);
+      expect(result.stdout).toContain("Usage: banger");
+    }
+    expect((await runCli(["daemon", "status", "--help"])).stdout).toContain("--json");
+  });
+
+  it("exits 2 on a usage error", async () => {
+    const unknown = await runCli(["daemon", "status", "--no-such-flag"]);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain("unknown option '--no-such-flag'");
+    expect((await runCli(["frobnicate"])).code).toBe(2);
+    expect((await runCli(["dev", "up"])).code).toBe(2);
+  });
+
+  it("prints `banger: <message> (op-…)` and exits 1 when the orchestrator is not there", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "banger-cli-"));
+    dirs.push(dir);
+    const result = await runCli(["daemon", "status"], { BANGER_RUNTIME_DIR: dir });
+    expect(result.code).toBe(1);
+    expect(result.stdout).toContain(`orchestrator (bangerd) is unavailable at ${join(dir, "orchestrator.sock")}: no socket there`);
+    expect(result.stdout).toMatch(/op id: op-[0-9a-f]{12}/);
+  });
+});
+
+describe("banger dev up", () => {
+  it("runs the three services, writes their logs, refuses a second instance, and stops all on SIGTERM", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "banger-dev-"));
+    dirs.push(dir);
+    const runtimeDir = join(dir, "run");
+    const stateDir = join(dir, "state");
+    const dev = spawn(BANGER, ["dev", "up", "--runtime-dir", runtimeDir, "--state-dir", stateDir], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stderr = "";
+    dev.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+    dev.stdout.resume();
+    const exited = new Promise<number | null>((r) => dev.once("exit", (code) => r(code)));
+    await waitUntil(() => stderr.includes("are up"), undefined, "dev up to start");
+
+    const status = await runCli(["daemon", "status", "--json"], { BANGER_RUNTIME_DIR: runtimeDir });
+    expect(status.code).toBe(0);
+    const { opId } = JSON.parse(status.stdout) as { opId: string };
+
+    // Each service logs to <state-dir>/logs/<service>.jsonl under its own service name.
+    for (const service of ["orchestrator", "privileged", "image-puller"]) {
+      const file = join(stateDir, "logs", `${service}.jsonl`);
+      await waitUntil(() => existsSync(file) && readFileSync(file, "utf8").includes(opId), undefined, `${service} log`);
+      const lines = readFileSync(file, "utf8")
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(lines.every((l) => l["service"] === service)).toBe(true);
+      expect(lines.some((l) => l["op_id"] === opId && String(l["msg"]).endsWith("rpc completed"))).toBe(true);
+    }
+
+    const second = await runCli(["dev", "up", "--runtime-dir", runtimeDir, "--state-dir", stateDir]);
+    expect(second.code).toBe(1);
+    expect(second.stderr).toContain(`banger is already running in ${runtimeDir}`);
+
+    dev.kill("SIGTERM");
+    expect(await exited).toBe(0);
+    for (const socket of ["orchestrator.sock", "privileged.sock", "image-puller.sock"]) {
+      expect(await socketAnswers(join(runtimeDir, socket))).toBe(false);
+      expect(existsSync(join(runtimeDir, socket))).toBe(false);
+    }
+  });
+});

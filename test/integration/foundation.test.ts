@@ -1,0 +1,233 @@
+/**
+ * The foundation end to end: three real services as separate processes on
+ * real Unix sockets, the real CLI, and an independent gRPC implementation.
+ */
+import { lstatSync, existsSync } from "node:fs";
+import { join } from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { createUnixTransport } from "@banger/common";
+import { ErrorInfoSchema } from "@banger/gen/google/rpc/error_details_pb.js";
+import { ImageService } from "@banger/gen/banger/v1/image_pb.js";
+import { VmService } from "@banger/gen/banger/v1/vm_pb.js";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ROOT, socketAnswers, spawnService, startCluster, waitUntil, type Cluster } from "./harness.js";
+
+interface StatusJson {
+  opId: string;
+  services: { name: string; reachable: boolean; socket: string; version: string; errorCode: string; errorMessage: string }[];
+}
+
+let cluster: Cluster;
+beforeAll(async () => {
+  cluster = await startCluster();
+});
+afterAll(async () => {
+  await cluster.shutdown();
+});
+
+async function connectCall<T>(fn: () => Promise<T>): Promise<ConnectError> {
+  try {
+    await fn();
+  } catch (error) {
+    if (error instanceof ConnectError) return error;
+    throw error;
+  }
+  throw new Error("the call succeeded");
+}
+
+describe("three services on Unix sockets", () => {
+  it("creates every socket 0600", () => {
+    for (const name of ["orchestrator", "privileged", "image-puller"] as const) {
+      expect(lstatSync(cluster.socket(name)).mode & 0o777).toBe(0o600);
+    }
+  });
+
+  it("`banger daemon status --json` reports all three reachable, with one op id in all three logs", async () => {
+    const result = await cluster.cli(["daemon", "status", "--json"]);
+    expect(result.stderr).toBe("");
+    expect(result.code).toBe(0);
+    const status = JSON.parse(result.stdout) as StatusJson;
+    expect(status.opId).toMatch(/^op-[0-9a-f]{12}$/);
+    expect(status.services.map((s) => [s.name, s.reachable, s.version])).toEqual([
+      ["orchestrator", true, "0.1.0"],
+      ["privileged", true, "0.1.0"],
+      ["image-puller", true, "0.1.0"],
+    ]);
+    expect(status.services.map((s) => s.socket)).toEqual([
+      cluster.socket("orchestrator"),
+      cluster.socket("privileged"),
+      cluster.socket("image-puller"),
+    ]);
+
+    const lines = cluster.linesWithOpId(status.opId);
+    const completions = lines.map((l) => [l["service"], l["msg"], l["rpc"], l["code"]]);
+    expect(completions).toEqual(
+      expect.arrayContaining([
+        ["orchestrator", "rpc completed", "banger.v1.SystemService/GetStatus", "ok"],
+        ["privileged", "helper rpc completed", "banger.privileged.v1.HostService/GetVersion", "ok"],
+        ["image-puller", "rpc completed", "banger.imagepuller.v1.PullerService/GetVersion", "ok"],
+      ]),
+    );
+    // Exactly one completion line per RPC.
+    expect(lines.filter((l) => String(l["msg"]).endsWith("completed"))).toHaveLength(3);
+    for (const line of lines) expect(typeof line["duration_ms"] === "number" || line["msg"] !== "rpc completed").toBe(true);
+  });
+
+  it("passes the caller's deadline on to the helper and the puller", async () => {
+    const transport = createUnixTransport(cluster.socket("orchestrator"), { peer: "orchestrator" });
+    const { SystemService } = await import("@banger/gen/banger/v1/system_pb.js");
+    let opId = "";
+    await createClient(SystemService, transport.transport).getStatus(
+      {},
+      { timeoutMs: 7000, onHeader: (h) => (opId = h.get("banger-op-id") ?? "") },
+    );
+    transport.close();
+    const downstream = cluster.linesWithOpId(opId).filter((l) => l["service"] !== "orchestrator");
+    expect(downstream).toHaveLength(2);
+    for (const line of downstream) {
+      // grpc-timeout is the remaining time, e.g. "6998m": less than what the CLI gave.
+      const match = /^(\d+)m$/.exec(String(line["grpc_timeout"]));
+      expect(match).not.toBeNull();
+      expect(Number(match?.[1])).toBeLessThanOrEqual(7000);
+    }
+  });
+
+  it("answers RPCs that are not built yet with UNIMPLEMENTED naming them, with an op id", async () => {
+    const transport = createUnixTransport(cluster.socket("orchestrator"), { peer: "orchestrator" });
+    const error = await connectCall(() => createClient(VmService, transport.transport).listVms({}));
+    transport.close();
+    expect(error.code).toBe(Code.Unimplemented);
+    expect(error.rawMessage).toBe("banger.v1.VmService/ListVms is not implemented yet");
+    expect(error.findDetails(ErrorInfoSchema)[0]?.metadata["op_id"]).toMatch(/^op-[0-9a-f]{12}$/);
+  });
+});
+
+describe("an independent gRPC client (@grpc/grpc-js)", () => {
+  const loadOptions = { keepCase: false, longs: String, enums: String, defaults: true, oneofs: true };
+
+  it("calls the orchestrator and reads the op id from headers and from error trailers", async () => {
+    const definition = protoLoader.loadSync("banger/v1/system.proto", { ...loadOptions, includeDirs: [join(ROOT, "proto")] });
+    const pkg = grpc.loadPackageDefinition(definition) as unknown as {
+      banger: { v1: { SystemService: grpc.ServiceClientConstructor } };
+    };
+    const client = new pkg.banger.v1.SystemService(`unix:${cluster.socket("orchestrator")}`, grpc.credentials.createInsecure());
+    const headerOpId = await new Promise<string>((resolve, reject) => {
+      const call = client["getStatus"] as (
+        req: object,
+        cb: (err: grpc.ServiceError | null, res: { services: { name: string }[] }) => void,
+      ) => grpc.ClientUnaryCall;
+      const c = call.call(client, {}, (err, res) => {
+        if (err) reject(err);
+        else expect(res.services.map((s) => s.name)).toEqual(["orchestrator", "privileged", "image-puller"]);
+      });
+      c.on("metadata", (md) => resolve(String(md.get("banger-op-id")[0])));
+    });
+    expect(headerOpId).toMatch(/^op-[0-9a-f]{12}$/);
+
+    // An error carries it in trailers too; a caller-chosen well-formed id is adopted.
+    const metadata = new grpc.Metadata();
+    metadata.set("banger-op-id", "op-00000000c0de");
+    const error = await new Promise<grpc.ServiceError>((resolve) => {
+      const doctor = client["doctor"] as (req: object, md: grpc.Metadata, cb: (err: grpc.ServiceError | null) => void) => void;
+      doctor.call(client, {}, metadata, (err) => resolve(err as grpc.ServiceError));
+    });
+    expect(error.code).toBe(grpc.status.UNIMPLEMENTED);
+    expect(error.metadata.get("banger-op-id")).toEqual(["op-00000000c0de"]);
+    expect(error.metadata.get("grpc-status-details-bin")).toHaveLength(1);
+    client.close();
+  });
+
+  it("lists the services through server reflection (v1 and v1alpha)", async () => {
+    for (const version of ["v1", "v1alpha"]) {
+      const definition = protoLoader.loadSync(`grpc/reflection/${version}/reflection.proto`, {
+        ...loadOptions,
+        includeDirs: [join(ROOT, "node_modules/@grpc/reflection/build/proto")],
+      });
+      const pkg = grpc.loadPackageDefinition(definition) as unknown as {
+        grpc: { reflection: Record<string, { ServerReflection: grpc.ServiceClientConstructor }> };
+      };
+      const Reflection = pkg.grpc.reflection[version]?.ServerReflection;
+      if (!Reflection) throw new Error(`no reflection ${version} client`);
+      const client = new Reflection(`unix:${cluster.socket("orchestrator")}`, grpc.credentials.createInsecure());
+      const names = await new Promise<string[]>((resolve, reject) => {
+        const info = client["serverReflectionInfo"] as () => grpc.ClientDuplexStream<object, { listServicesResponse?: { service: { name: string }[] } }>;
+        const stream = info.call(client);
+        stream.on("data", (res) => {
+          resolve((res.listServicesResponse?.service ?? []).map((s) => s.name));
+          stream.end();
+        });
+        stream.on("error", reject);
+        stream.write({ listServices: "" });
+      });
+      client.close();
+      expect(names).toEqual(
+        expect.arrayContaining([
+          "banger.v1.SystemService",
+          "banger.v1.VmService",
+          "banger.v1.ImageService",
+          "grpc.health.v1.Health",
+          `grpc.reflection.${version}.ServerReflection`,
+        ]),
+      );
+    }
+  });
+});
+
+describe("when a service is down", () => {
+  it("status reports the stopped puller unreachable, and an RPC that needs it fails UNAVAILABLE with an op id", async () => {
+    await cluster.stop("image-puller");
+    expect(existsSync(cluster.socket("image-puller"))).toBe(false);
+
+    const result = await cluster.cli(["daemon", "status", "--json"]);
+    expect(result.code).toBe(1);
+    const status = JSON.parse(result.stdout) as StatusJson;
+    const puller = status.services.find((s) => s.name === "image-puller");
+    expect(puller).toMatchObject({ reachable: false, errorCode: "unavailable" });
+    expect(puller?.errorMessage).toContain(cluster.socket("image-puller"));
+    expect(status.services.filter((s) => s.reachable).map((s) => s.name)).toEqual(["orchestrator", "privileged"]);
+
+    const transport = createUnixTransport(cluster.socket("orchestrator"), { peer: "orchestrator" });
+    const error = await connectCall(() =>
+      createClient(ImageService, transport.transport).pullImage({ reference: "debian:bookworm" }),
+    );
+    transport.close();
+    expect(error.code).toBe(Code.Unavailable);
+    expect(error.rawMessage).toContain(cluster.socket("image-puller"));
+    const opId = error.metadata.get("banger-op-id");
+    expect(opId).toMatch(/^op-[0-9a-f]{12}$/);
+    expect(error.findDetails(ErrorInfoSchema)[0]?.metadata["op_id"]).toBe(opId);
+
+    const table = await cluster.cli(["daemon", "status"]);
+    expect(table.code).toBe(1);
+    expect(table.stdout).toMatch(/image-puller\s+UNREACHABLE/);
+
+    await cluster.start("image-puller");
+    expect((await cluster.cli(["daemon", "status"])).code).toBe(0);
+  });
+
+  it("the CLI reports an orchestrator that is not running as unavailable, naming the socket", async () => {
+    const missing = join(cluster.dir, "nowhere.sock");
+    const result = await cluster.cli(["daemon", "status"], { BANGER_SOCKET: missing });
+    expect(result.code).toBe(1);
+    expect(result.stdout).toMatch(/orchestrator\s+UNREACHABLE/);
+    expect(result.stdout).toContain(missing);
+  });
+
+  it("a stale socket left by kill -9 does not stop a restart; a live one is refused", async () => {
+    await cluster.kill9("orchestrator");
+    expect(lstatSync(cluster.socket("orchestrator")).isSocket()).toBe(true); // left behind
+    expect(await socketAnswers(cluster.socket("orchestrator"))).toBe(false);
+
+    await cluster.start("orchestrator");
+    expect((await cluster.cli(["daemon", "status"])).code).toBe(0);
+
+    const second = spawnService("orchestrator", ["--runtime-dir", cluster.runtimeDir, "--state-dir", cluster.stateDir]);
+    expect(await second.exited).toBe(1);
+    const fatal = second.logs.find((l) => l["level"] === "fatal");
+    expect(String(fatal?.["msg"])).toContain(`another server is already listening on ${cluster.socket("orchestrator")}`);
+    expect(await socketAnswers(cluster.socket("orchestrator"))).toBe(true);
+    await waitUntil(async () => (await cluster.cli(["daemon", "status"])).code === 0, undefined, "status");
+  });
+});

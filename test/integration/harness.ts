@@ -1,0 +1,162 @@
+/**
+ * Starts banger's three real services as separate processes on Unix sockets in
+ * a temporary directory, the way `banger dev up` does, and gives tests handles
+ * to stop, kill and restart each one, run the CLI, and read the JSON logs.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { connect } from "node:net";
+
+export const ROOT = resolve(import.meta.dirname, "../..");
+export const BANGER = join(ROOT, "bin/banger");
+
+export type ServiceName = "orchestrator" | "privileged" | "image-puller";
+
+const ENTRY: Record<ServiceName, string> = {
+  orchestrator: "services/orchestrator/dist/main.js",
+  privileged: "services/privileged/dist/main.js",
+  "image-puller": "services/image-puller/dist/main.js",
+};
+
+const SOCKET: Record<ServiceName, string> = {
+  orchestrator: "orchestrator.sock",
+  privileged: "privileged.sock",
+  "image-puller": "image-puller.sock",
+};
+
+export interface RunningService {
+  readonly child: ChildProcess;
+  /** Every JSON line the service wrote to stdout so far. */
+  readonly logs: Record<string, unknown>[];
+  readonly stderr: string[];
+  readonly exited: Promise<number | null>;
+}
+
+export interface Cluster {
+  readonly dir: string;
+  readonly runtimeDir: string;
+  readonly stateDir: string;
+  socket(name: ServiceName): string;
+  start(name: ServiceName): Promise<RunningService>;
+  stop(name: ServiceName): Promise<void>;
+  kill9(name: ServiceName): Promise<void>;
+  service(name: ServiceName): RunningService;
+  /** All log lines of all services that carry `opId`. */
+  linesWithOpId(opId: string): Record<string, unknown>[];
+  cli(args: readonly string[], env?: NodeJS.ProcessEnv): Promise<CliResult>;
+  shutdown(): Promise<void>;
+}
+
+export interface CliResult {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+export function spawnService(name: ServiceName, args: readonly string[]): RunningService {
+  const child = spawn(process.execPath, [join(ROOT, ENTRY[name]), ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  const logs: Record<string, unknown>[] = [];
+  const stderr: string[] = [];
+  let buffered = "";
+  child.stdout.on("data", (chunk: Buffer) => {
+    buffered += chunk.toString();
+    const lines = buffered.split("\n");
+    buffered = lines.pop() ?? "";
+    for (const line of lines) if (line) logs.push(JSON.parse(line) as Record<string, unknown>);
+  });
+  child.stderr.on("data", (chunk: Buffer) => stderr.push(chunk.toString()));
+  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  return { child, logs, stderr, exited };
+}
+
+export async function startCluster(): Promise<Cluster> {
+  const dir = mkdtempSync(join(tmpdir(), "banger-it-"));
+  const runtimeDir = join(dir, "run");
+  const stateDir = join(dir, "state");
+  const running = new Map<ServiceName, RunningService>();
+  const socket = (name: ServiceName) => join(runtimeDir, SOCKET[name]);
+
+  const start = async (name: ServiceName) => {
+    const args = ["--runtime-dir", runtimeDir];
+    if (name === "orchestrator") args.push("--state-dir", stateDir);
+    const svc = spawnService(name, args);
+    running.set(name, svc);
+    await waitUntil(() => svc.logs.some((l) => l["msg"] === "listening"), svc, `${name} to listen`);
+    return svc;
+  };
+  const stop = async (name: ServiceName) => {
+    const svc = running.get(name);
+    if (!svc) return;
+    svc.child.kill("SIGTERM");
+    await svc.exited;
+  };
+  const kill9 = async (name: ServiceName) => {
+    const svc = running.get(name);
+    if (!svc) return;
+    svc.child.kill("SIGKILL");
+    await svc.exited;
+  };
+
+  mkdirSync(runtimeDir, { recursive: true, mode: 0o700 });
+  for (const name of ["privileged", "image-puller", "orchestrator"] as const) await start(name);
+
+  return {
+    dir,
+    runtimeDir,
+    stateDir,
+    socket,
+    start,
+    stop,
+    kill9,
+    service: (name) => {
+      const svc = running.get(name);
+      if (!svc) throw new Error(`${name} was never started`);
+      return svc;
+    },
+    linesWithOpId: (opId) => [...running.values()].flatMap((s) => s.logs.filter((l) => l["op_id"] === opId)),
+    cli: (args, env = {}) => runCli(args, { BANGER_RUNTIME_DIR: runtimeDir, ...env }),
+    shutdown: async () => {
+      for (const name of running.keys()) await stop(name);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export function runCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(BANGER, args, { env: { ...process.env, BANGER_SOCKET: "", ...env } });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+    child.once("error", reject);
+    child.once("exit", (code) => resolvePromise({ code, stdout, stderr }));
+  });
+}
+
+export async function waitUntil(
+  condition: () => boolean | Promise<boolean>,
+  svc: RunningService | undefined,
+  what: string,
+  timeoutMs = 15_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (svc && svc.child.exitCode !== null) {
+      throw new Error(`gave up waiting for ${what}: the process exited (${svc.stderr.join("")}${JSON.stringify(svc.logs)})`);
+    }
+    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** Whether something accepts connections on a Unix socket. */
+export function socketAnswers(path: string): Promise<boolean> {
+  return new Promise((r) => {
+    const s = connect(path);
+    s.once("connect", () => (s.destroy(), r(true)));
+    s.once("error", () => r(false));
+  });
+}
