@@ -23,13 +23,26 @@ export default tseslint.config(
   // packages/common); core/ is proto-free (map at the rpc/ edge).
   ...["services/orchestrator", "services/privileged", "services/image-puller", "clients/cli"].flatMap((dir) => {
     const others = {
-      group: ["@banger/orchestrator", "@banger/privileged", "@banger/image-puller", "@banger/cli", "**/services/**", "**/clients/**"],
+      group: [
+        "@banger/orchestrator",
+        "@banger/privileged",
+        "@banger/image-puller",
+        "@banger/cli",
+        "**/services/**",
+        "**/clients/**",
+      ],
       message: "a service or client never imports another one's code; share through packages/common",
     };
-    const protoFree = { group: ["@banger/gen/*", "@connectrpc/*"], message: "core/ is proto-free: map at the rpc/ edge" };
+    const protoFree = {
+      group: ["@banger/gen/*", "@connectrpc/*"],
+      message: "core/ is proto-free: map at the rpc/ edge",
+    };
     return [
       { files: [`${dir}/**/*.ts`], rules: { "no-restricted-imports": ["error", { patterns: [others] }] } },
-      { files: [`${dir}/src/core/**/*.ts`], rules: { "no-restricted-imports": ["error", { patterns: [others, protoFree] }] } },
+      {
+        files: [`${dir}/src/core/**/*.ts`],
+        rules: { "no-restricted-imports": ["error", { patterns: [others, protoFree] }] },
+      },
     ];
   }),
 );

@@ -30,7 +30,9 @@ export async function benchCliStart() {
         ["./bin/banger daemon status", fmt(banger.p50, 1), fmt(banger.min, 1)],
       ],
     );
-    console.log(`\nratio: banger daemon status takes ${fmt(banger.p50 / node.p50)}x node -e 0 (includes the status RPC through all three services)`);
+    console.log(
+      `\nratio: banger daemon status takes ${fmt(banger.p50 / node.p50)}x node -e 0 (includes the status RPC through all three services)`,
+    );
   } finally {
     await services.stop();
   }

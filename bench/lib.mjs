@@ -16,7 +16,10 @@ export async function startServices() {
     const args = [join(ROOT, `services/${name}/dist/main.js`), "--runtime-dir", runtimeDir];
     if (name === "orchestrator") args.push("--state-dir", join(dir, "state"));
     // Logs go nowhere: the benchmark measures RPCs, not the terminal.
-    const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, BANGER_LOG_LEVEL: "info" } });
+    const child = spawn(process.execPath, args, {
+      stdio: ["ignore", "pipe", "inherit"],
+      env: { ...process.env, BANGER_LOG_LEVEL: "info" },
+    });
     children.push(child);
     await new Promise((resolveStart, reject) => {
       let out = "";

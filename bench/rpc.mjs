@@ -28,9 +28,19 @@ export async function benchRpc() {
       const seq = await measure(call, { total: SEQUENTIAL, concurrency: 1 });
       const par = await measure(call, { total: CONCURRENT, concurrency: 64 });
       results[label] = { seq, par };
-      rows.push([label, fmt(seq.p50), fmt(seq.p99), fmt(seq.perSecond, 0), fmt(par.p50), fmt(par.p99), fmt(par.perSecond, 0)]);
+      rows.push([
+        label,
+        fmt(seq.p50),
+        fmt(seq.p99),
+        fmt(seq.perSecond, 0),
+        fmt(par.p50),
+        fmt(par.p99),
+        fmt(par.perSecond, 0),
+      ]);
     }
-    console.log(`\n## unary RPC over a Unix socket (${SEQUENTIAL} sequential calls, ${CONCURRENT} at concurrency 64)\n`);
+    console.log(
+      `\n## unary RPC over a Unix socket (${SEQUENTIAL} sequential calls, ${CONCURRENT} at concurrency 64)\n`,
+    );
     printTable(["call", "seq p50 ms", "seq p99 ms", "seq calls/s", "c64 p50 ms", "c64 p99 ms", "c64 calls/s"], rows);
     const [d, h] = Object.values(results);
     console.log(`\nhop cost: GetStatus p50 is ${fmt(h.seq.p50 / d.seq.p50)}x the direct call's (sequential)`);

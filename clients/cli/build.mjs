@@ -11,5 +11,7 @@ await build({
   sourcemap: true,
   logLevel: "warning",
   // Some bundled CommonJS dependencies call require(); give the ESM bundle one.
-  banner: { js: "import { createRequire as __bangerRequire } from 'node:module'; const require = __bangerRequire(import.meta.url);" },
+  banner: {
+    js: "import { createRequire as __bangerRequire } from 'node:module'; const require = __bangerRequire(import.meta.url);",
+  },
 });

@@ -34,7 +34,9 @@ describe("banger CLI", () => {
     dirs.push(dir);
     const result = await runCli(["daemon", "status"], { BANGER_RUNTIME_DIR: dir });
     expect(result.code).toBe(1);
-    expect(result.stdout).toContain(`orchestrator (bangerd) is unavailable at ${join(dir, "orchestrator.sock")}: no socket there`);
+    expect(result.stdout).toContain(
+      `orchestrator (bangerd) is unavailable at ${join(dir, "orchestrator.sock")}: no socket there`,
+    );
     expect(result.stdout).toMatch(/op id: op-[0-9a-f]{12}/);
   });
 });

@@ -16,7 +16,14 @@ import { ROOT, socketAnswers, spawnService, startCluster, waitUntil, type Cluste
 
 interface StatusJson {
   opId: string;
-  services: { name: string; reachable: boolean; socket: string; version: string; errorCode: string; errorMessage: string }[];
+  services: {
+    name: string;
+    reachable: boolean;
+    socket: string;
+    version: string;
+    errorCode: string;
+    errorMessage: string;
+  }[];
 }
 
 let cluster: Cluster;
@@ -72,7 +79,8 @@ describe("three services on Unix sockets", () => {
     );
     // Exactly one completion line per RPC.
     expect(lines.filter((l) => String(l["msg"]).endsWith("completed"))).toHaveLength(3);
-    for (const line of lines) expect(typeof line["duration_ms"] === "number" || line["msg"] !== "rpc completed").toBe(true);
+    for (const line of lines)
+      expect(typeof line["duration_ms"] === "number" || line["msg"] !== "rpc completed").toBe(true);
   });
 
   it("passes the caller's deadline on to the helper and the puller", async () => {
@@ -108,11 +116,17 @@ describe("an independent gRPC client (@grpc/grpc-js)", () => {
   const loadOptions = { keepCase: false, longs: String, enums: String, defaults: true, oneofs: true };
 
   it("calls the orchestrator and reads the op id from headers and from error trailers", async () => {
-    const definition = protoLoader.loadSync("banger/v1/system.proto", { ...loadOptions, includeDirs: [join(ROOT, "proto")] });
+    const definition = protoLoader.loadSync("banger/v1/system.proto", {
+      ...loadOptions,
+      includeDirs: [join(ROOT, "proto")],
+    });
     const pkg = grpc.loadPackageDefinition(definition) as unknown as {
       banger: { v1: { SystemService: grpc.ServiceClientConstructor } };
     };
-    const client = new pkg.banger.v1.SystemService(`unix:${cluster.socket("orchestrator")}`, grpc.credentials.createInsecure());
+    const client = new pkg.banger.v1.SystemService(
+      `unix:${cluster.socket("orchestrator")}`,
+      grpc.credentials.createInsecure(),
+    );
     const headerOpId = await new Promise<string>((resolve, reject) => {
       const call = client["getStatus"] as (
         req: object,
@@ -130,7 +144,11 @@ describe("an independent gRPC client (@grpc/grpc-js)", () => {
     const metadata = new grpc.Metadata();
     metadata.set("banger-op-id", "op-00000000c0de");
     const error = await new Promise<grpc.ServiceError>((resolve) => {
-      const doctor = client["doctor"] as (req: object, md: grpc.Metadata, cb: (err: grpc.ServiceError | null) => void) => void;
+      const doctor = client["doctor"] as (
+        req: object,
+        md: grpc.Metadata,
+        cb: (err: grpc.ServiceError | null) => void,
+      ) => void;
       doctor.call(client, {}, metadata, (err) => resolve(err as grpc.ServiceError));
     });
     expect(error.code).toBe(grpc.status.UNIMPLEMENTED);
@@ -152,9 +170,12 @@ describe("an independent gRPC client (@grpc/grpc-js)", () => {
       if (!Reflection) throw new Error(`no reflection ${version} client`);
       const client = new Reflection(`unix:${cluster.socket("orchestrator")}`, grpc.credentials.createInsecure());
       const names = await new Promise<string[]>((resolve, reject) => {
-        const info = client["serverReflectionInfo"] as () => grpc.ClientDuplexStream<object, { listServicesResponse?: { service: { name: string }[] } }>;
+        const info = client["serverReflectionInfo"] as () => grpc.ClientDuplexStream<
+          object,
+          { listServicesResponse?: { service: { name: string }[] } }
+        >;
         const stream = info.call(client);
-        stream.on("data", (res) => {
+        stream.on("data", (res: { listServicesResponse?: { service: { name: string }[] } }) => {
           resolve((res.listServicesResponse?.service ?? []).map((s) => s.name));
           stream.end();
         });
@@ -226,7 +247,9 @@ describe("when a service is down", () => {
     const second = spawnService("orchestrator", ["--runtime-dir", cluster.runtimeDir, "--state-dir", cluster.stateDir]);
     expect(await second.exited).toBe(1);
     const fatal = second.logs.find((l) => l["level"] === "fatal");
-    expect(String(fatal?.["msg"])).toContain(`another server is already listening on ${cluster.socket("orchestrator")}`);
+    expect(String(fatal?.["msg"])).toContain(
+      `another server is already listening on ${cluster.socket("orchestrator")}`,
+    );
     expect(await socketAnswers(cluster.socket("orchestrator"))).toBe(true);
     await waitUntil(async () => (await cluster.cli(["daemon", "status"])).code === 0, undefined, "status");
   });

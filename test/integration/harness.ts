@@ -145,7 +145,9 @@ export async function waitUntil(
   const deadline = Date.now() + timeoutMs;
   while (!(await condition())) {
     if (svc && svc.child.exitCode !== null) {
-      throw new Error(`gave up waiting for ${what}: the process exited (${svc.stderr.join("")}${JSON.stringify(svc.logs)})`);
+      throw new Error(
+        `gave up waiting for ${what}: the process exited (${svc.stderr.join("")}${JSON.stringify(svc.logs)})`,
+      );
     }
     if (Date.now() > deadline) throw new Error(`gave up waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 25));

@@ -8,7 +8,7 @@ export interface Orchestrator {
   client<S extends DescService>(service: S): Client<S>;
   /** Call options that send this command's op id. */
   callOptions(extra?: CallOptions): CallOptions;
-  close(): void;
+  readonly close: () => void;
 }
 
 /** A connection to the orchestrator found from the global options and the environment. */
@@ -18,11 +18,7 @@ export function connectOrchestrator(options: GlobalOptions): Orchestrator {
   return {
     socket,
     client: (service) => createClient(service, transport),
-    callOptions: (extra = {}) => {
-      const headers = new Headers(extra.headers);
-      headers.set(OP_ID_HEADER, commandOpId);
-      return { ...extra, headers };
-    },
+    callOptions: (extra = {}) => ({ ...extra, headers: { [OP_ID_HEADER]: commandOpId } }),
     close,
   };
 }

@@ -10,7 +10,10 @@ export function buildProgram(): Command {
   const program = new Command("banger")
     .description("disposable Firecracker microVMs on your own Linux machine")
     .version(BANGER_VERSION, "-V, --version")
-    .option("--socket <path>", "orchestrator socket (default: $BANGER_SOCKET, else $BANGER_RUNTIME_DIR/orchestrator.sock, else /run/banger/orchestrator.sock)")
+    .option(
+      "--socket <path>",
+      "orchestrator socket (default: $BANGER_SOCKET, else $BANGER_RUNTIME_DIR/orchestrator.sock, else /run/banger/orchestrator.sock)",
+    )
     .showHelpAfterError()
     .exitOverride();
   const globals = () => program.opts<GlobalOptions>();

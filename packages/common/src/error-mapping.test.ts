@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import { fromConnectError, opIdOfError, toConnectError } from "./error-mapping.js";
 import {
   AlreadyExistsError,
-  BangerError,
+  type BangerError,
   CancelledError,
   DeadlineExceededError,
   FailedPreconditionError,

@@ -133,12 +133,7 @@ export class HostCommandError extends InternalError {
   readonly exitCode: number | null;
   readonly stderrTail: string;
 
-  constructor(
-    argv: readonly string[],
-    exitCode: number | null,
-    stderr: string,
-    options?: BangerErrorOptions,
-  ) {
+  constructor(argv: readonly string[], exitCode: number | null, stderr: string, options?: BangerErrorOptions) {
     const tail = stderr.trimEnd().split("\n").slice(-5).join("\n");
     const status = exitCode === null ? "was killed" : `exited ${exitCode}`;
     super(`${argv.join(" ")} ${status}${tail ? `: ${tail}` : ""}`, {

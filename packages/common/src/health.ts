@@ -1,8 +1,5 @@
 import type { ConnectRouter } from "@connectrpc/connect";
-import {
-  Health,
-  HealthCheckResponse_ServingStatus as ServingStatus,
-} from "@banger/gen/health/v1/health_pb.js";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "@banger/gen/health/v1/health_pb.js";
 import { NotFoundError } from "./errors.js";
 
 export type HealthStatus = "SERVING" | "NOT_SERVING";
@@ -58,7 +55,8 @@ export function registerHealth(router: ConnectRouter, state: HealthState): void 
   router.service(Health, {
     check(req) {
       const status = health.get(req.service);
-      if (status === undefined) throw new NotFoundError(`unknown service ${req.service}`, { reason: "UNKNOWN_SERVICE" });
+      if (status === undefined)
+        throw new NotFoundError(`unknown service ${req.service}`, { reason: "UNKNOWN_SERVICE" });
       return { status };
     },
     list() {

@@ -7,7 +7,8 @@ function capture() {
   const lines: Record<string, unknown>[] = [];
   const destination = new Writable({
     write(chunk: Buffer, _enc, done) {
-      for (const line of chunk.toString().split("\n").filter(Boolean)) lines.push(JSON.parse(line) as Record<string, unknown>);
+      for (const line of chunk.toString().split("\n").filter(Boolean))
+        lines.push(JSON.parse(line) as Record<string, unknown>);
       done();
     },
   });
@@ -19,7 +20,10 @@ describe("log lines", () => {
     const { lines, destination } = capture();
     const logger = createLogger({ service: "privileged", destination });
     runWithOpId("op-0123456789ab", () => {
-      logger.info({ rpc: "banger.privileged.v1.HostService/GetVersion", code: "ok", duration_ms: 1.5 }, "helper rpc completed");
+      logger.info(
+        { rpc: "banger.privileged.v1.HostService/GetVersion", code: "ok", duration_ms: 1.5 },
+        "helper rpc completed",
+      );
     });
     logger.warn("outside any call");
     expect(lines).toHaveLength(2);

@@ -28,7 +28,7 @@ export function isOpId(value: unknown): value is string {
  * being echoed anywhere (it is attacker-controlled text).
  */
 export function adoptOrMintOpId(inbound: string | readonly string[] | null | undefined): string {
-  const value = Array.isArray(inbound) ? inbound[0] : inbound;
+  const value = typeof inbound === "string" || inbound == null ? inbound : inbound[0];
   return isOpId(value) ? value : mintOpId();
 }
 

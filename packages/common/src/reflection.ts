@@ -3,7 +3,15 @@
  * generated file descriptors so clients such as grpcurl get the real file
  * names and dependencies with no .proto files at hand.
  */
-import { create, fromBinary, toBinary, type DescEnum, type DescFile, type DescMessage, type MessageInitShape } from "@bufbuild/protobuf";
+import {
+  create,
+  fromBinary,
+  toBinary,
+  type DescEnum,
+  type DescFile,
+  type DescMessage,
+  type MessageInitShape,
+} from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { Code } from "@connectrpc/connect";
@@ -52,7 +60,12 @@ function indexFiles(served: readonly DescFile[]): ReflectionIndex {
       for (const method of service.methods) fileBySymbol.set(`${service.typeName}.${method.name}`, file);
     }
   };
-  const all = [...served, file_grpc_reflection_v1_reflection, file_grpc_reflection_v1alpha_reflection, file_health_v1_health];
+  const all = [
+    ...served,
+    file_grpc_reflection_v1_reflection,
+    file_grpc_reflection_v1alpha_reflection,
+    file_health_v1_health,
+  ];
   for (const file of all) {
     addFile(file);
     for (const service of file.services) services.add(service.typeName);
@@ -95,7 +108,10 @@ function answer(index: ReflectionIndex, request: ServerReflectionRequest): Answe
     case "fileContainingSymbol":
       return files(index.fileBySymbol.get(req.value), `symbol ${req.value}`);
     case "fileContainingExtension":
-      return errorAnswer(Code.NotFound, `extension ${req.value.extensionNumber} of ${req.value.containingType} not found`);
+      return errorAnswer(
+        Code.NotFound,
+        `extension ${req.value.extensionNumber} of ${req.value.containingType} not found`,
+      );
     case "allExtensionNumbersOfType":
       return errorAnswer(Code.NotFound, `type ${req.value} has no extensions here`);
     default:

@@ -21,10 +21,12 @@ export function implementService<S extends DescService>(
     full[method.localName] =
       method.methodKind === "unary" || method.methodKind === "client_streaming"
         ? () => Promise.reject(error())
-        : // eslint-disable-next-line require-yield -- a stream that fails before its first message
-          async function* () {
-            throw error();
-          };
+        : () => failingStream(error());
   }
   return full as ServiceImpl<S>;
+}
+
+/** A stream that fails before its first message. */
+function failingStream(error: Error): AsyncIterable<never> {
+  return { [Symbol.asyncIterator]: () => ({ next: () => Promise.reject(error) }) };
 }

@@ -15,7 +15,7 @@ export interface UnixTransport {
   readonly transport: Transport;
   readonly socketPath: string;
   /** Closes the HTTP/2 connection (and any stream still open on it). */
-  close(): void;
+  readonly close: () => void;
 }
 
 const CONNECT_ERRORS: Record<string, string> = {
@@ -30,9 +30,13 @@ const CONNECT_ERRORS: Record<string, string> = {
 /** A gRPC transport (HTTP/2, binary) to a banger service on a Unix socket. */
 export function createUnixTransport(socketPath: string, options: UnixTransportOptions): UnixTransport {
   const baseUrl = "http://localhost";
-  const sessionManager = new Http2SessionManager(baseUrl, {}, {
-    createConnection: () => connect(socketPath),
-  });
+  const sessionManager = new Http2SessionManager(
+    baseUrl,
+    {},
+    {
+      createConnection: () => connect(socketPath),
+    },
+  );
   const interceptors: Interceptor[] = [];
   interceptors.push(...(options.interceptors ?? []), forwardOpId, unreachableAsUnavailable(options.peer, socketPath));
   const transport = createGrpcTransport({ baseUrl, sessionManager, interceptors });
@@ -55,7 +59,13 @@ function unreachableAsUnavailable(peer: string, socketPath: string): Interceptor
     const errno = errnoInChain(error);
     if (errno === undefined) return error;
     const why = CONNECT_ERRORS[errno] ?? errno;
-    return new ConnectError(`${peer} is unavailable at ${socketPath}: ${why}`, Code.Unavailable, undefined, undefined, error);
+    return new ConnectError(
+      `${peer} is unavailable at ${socketPath}: ${why}`,
+      Code.Unavailable,
+      undefined,
+      undefined,
+      error,
+    );
   };
   return (next) => async (req) => {
     try {

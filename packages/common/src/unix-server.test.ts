@@ -19,7 +19,8 @@ const logger = createLogger({
   service: "privileged",
   destination: new Writable({
     write(chunk: Buffer, _e, done) {
-      for (const l of chunk.toString().split("\n").filter(Boolean)) lines.push(JSON.parse(l) as Record<string, unknown>);
+      for (const l of chunk.toString().split("\n").filter(Boolean))
+        lines.push(JSON.parse(l) as Record<string, unknown>);
       done();
     },
   }),
@@ -77,7 +78,10 @@ describe("Unix socket server", () => {
   it("replaces a stale socket nobody listens on, refuses a live one and a non-socket file", async () => {
     const socket = join(dir, "s.sock");
     // A socket file whose server is gone, as `kill -9` leaves it.
-    const crashed = spawn(process.execPath, ["-e", `require("net").createServer().listen(${JSON.stringify(socket)}, () => console.log("up"))`]);
+    const crashed = spawn(process.execPath, [
+      "-e",
+      `require("net").createServer().listen(${JSON.stringify(socket)}, () => console.log("up"))`,
+    ]);
     await new Promise((r) => crashed.stdout.once("data", r));
     crashed.kill("SIGKILL");
     await new Promise((r) => crashed.once("exit", r));
@@ -129,11 +133,17 @@ describe("Unix socket server", () => {
       .catch((e: unknown) => e as ConnectError);
     expect(error).toBeInstanceOf(ConnectError);
     expect((error as ConnectError).code).toBe(Code.Unimplemented);
-    expect((error as ConnectError).rawMessage).toBe("banger.privileged.v1.HostService/GetInventory is not implemented yet");
+    expect((error as ConnectError).rawMessage).toBe(
+      "banger.privileged.v1.HostService/GetInventory is not implemented yet",
+    );
     t.close();
     await server.close();
     const failed = lines.filter((l) => l["msg"] === "helper rpc failed");
     expect(failed).toHaveLength(1);
-    expect(failed[0]).toMatchObject({ code: "unimplemented", reason: "NOT_IMPLEMENTED", op_id: expect.stringMatching(/^op-/) as unknown });
+    expect(failed[0]).toMatchObject({
+      code: "unimplemented",
+      reason: "NOT_IMPLEMENTED",
+      op_id: expect.stringMatching(/^op-/) as unknown,
+    });
   });
 });

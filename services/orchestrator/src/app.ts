@@ -25,7 +25,11 @@ export interface Orchestrator {
 export function createOrchestrator(config: OrchestratorConfig): Orchestrator {
   const privileged = createPrivilegedPeer(config.privilegedSocket);
   const puller = createPullerPeer(config.pullerSocket);
-  const self = () => ({ name: "orchestrator" as const, socket: config.socketPath, identity: describeOrchestrator(BANGER_VERSION) });
+  const self = () => ({
+    name: "orchestrator" as const,
+    socket: config.socketPath,
+    identity: describeOrchestrator(BANGER_VERSION),
+  });
 
   return {
     files: [file_banger_v1_system, file_banger_v1_vm, file_banger_v1_image],

@@ -58,7 +58,15 @@ function renderStatusJson(status: GetStatusResponse): string {
 function renderStatusTable(status: GetStatusResponse): string {
   const rows = status.services.map((s) =>
     s.reachable
-      ? [s.name, "up", s.version, String(s.pid), String(s.uid), s.socket, privileges(s.privilegesOk, s.privilegesDetail)]
+      ? [
+          s.name,
+          "up",
+          s.version,
+          String(s.pid),
+          String(s.uid),
+          s.socket,
+          privileges(s.privilegesOk, s.privilegesDetail),
+        ]
       : [s.name, "UNREACHABLE", "-", "-", "-", s.socket, s.errorMessage || s.errorCode],
   );
   const table = renderTable(["SERVICE", "STATE", "VERSION", "PID", "UID", "SOCKET", "DETAIL"], rows);

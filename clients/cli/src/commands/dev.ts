@@ -127,7 +127,12 @@ export function readableLogLine(line: string): string {
   const extras = Object.entries(rest)
     .filter(([key]) => key !== "pid" && key !== "hostname")
     .map(([key, value]) => `${key}=${typeof value === "string" ? value : JSON.stringify(value)}`);
-  const head = [clock, String(service ?? "?").padEnd(12), level === "info" ? "" : String(level).toUpperCase(), opId ?? ""];
+  const head = [
+    clock,
+    (typeof service === "string" ? service : "?").padEnd(12),
+    level === "info" ? "" : String(level).toUpperCase(),
+    opId ?? "",
+  ];
   return [...head.filter((p) => p !== ""), msg, ...extras].join(" ");
 }
 

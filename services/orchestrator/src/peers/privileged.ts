@@ -5,7 +5,7 @@ import { callOptions } from "./call-options.js";
 import { identityFromVersion } from "./identity.js";
 
 export interface PrivilegedPeer extends PeerProbe {
-  close(): void;
+  readonly close: () => void;
 }
 
 /** The orchestrator's client of the privileged helper. Errors arrive as banger's typed errors. */

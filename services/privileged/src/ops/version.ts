@@ -1,7 +1,13 @@
 import { BANGER_VERSION, effectiveCapabilities } from "@banger/common";
 
 /** The capabilities the helper needs, and nothing more (DESIGN.md §7). */
-export const REQUIRED_CAPABILITIES = ["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"] as const;
+export const REQUIRED_CAPABILITIES = [
+  "CAP_NET_ADMIN",
+  "CAP_SYS_ADMIN",
+  "CAP_CHOWN",
+  "CAP_SETUID",
+  "CAP_SETGID",
+] as const;
 
 export interface HelperIdentity {
   readonly version: string;

@@ -12,7 +12,11 @@ export function createHostService(deps: HostServiceDeps): ServiceImpl<typeof Hos
   return implementService(HostService, {
     getVersion() {
       const identity = describeHelper(deps.ownerUid);
-      return { ...identity, capabilities: [...identity.capabilities], missingCapabilities: [...identity.missingCapabilities] };
+      return {
+        ...identity,
+        capabilities: [...identity.capabilities],
+        missingCapabilities: [...identity.missingCapabilities],
+      };
     },
   });
 }
