@@ -1,6 +1,5 @@
-import type { ConnectRouter } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "@banger/gen/health/v1/health_pb.js";
-import { NotFoundError } from "./errors.js";
 
 export type HealthStatus = "SERVING" | "NOT_SERVING";
 
@@ -55,8 +54,8 @@ export function registerHealth(router: ConnectRouter, state: HealthState): void 
   router.service(Health, {
     check(req) {
       const status = health.get(req.service);
-      if (status === undefined)
-        throw new NotFoundError(`unknown service ${req.service}`, { reason: "UNKNOWN_SERVICE" });
+      // A protocol-level answer (grpc_health_probe and friends expect NOT_FOUND), whatever interceptors run.
+      if (status === undefined) throw new ConnectError(`unknown service ${req.service}`, Code.NotFound);
       return { status };
     },
     list() {
@@ -76,6 +75,7 @@ export function registerHealth(router: ConnectRouter, state: HealthState): void 
           if (status !== last) {
             last = status;
             yield { status };
+            continue; // the status may have changed while the consumer had it: read it again
           }
           if (health.closed || ctx.signal.aborted) return;
           await changed;

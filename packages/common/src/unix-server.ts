@@ -1,4 +1,5 @@
 import { chmod, lstat, unlink } from "node:fs/promises";
+import { setMaxListeners } from "node:events";
 import http2 from "node:http2";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
@@ -40,6 +41,8 @@ export async function startUnixServer(options: UnixServerOptions): Promise<UnixS
 
   const health = createHealthState();
   const shutdown = new AbortController();
+  // Every call in flight listens on this signal; many at once is normal, not a leak.
+  setMaxListeners(0, shutdown.signal);
   const adapter = connectNodeAdapter({
     routes: (router) => {
       options.routes(router);
