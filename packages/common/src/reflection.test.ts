@@ -1,6 +1,7 @@
 import { fromBinary, type DescFile } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import { createClient, createRouterTransport } from "@connectrpc/connect";
+import { createAsyncIterable } from "@connectrpc/connect/protocol";
 import { file_google_rpc_error_details } from "@banger/gen/google/rpc/error_details_pb.js";
 import { ServerReflection, type ServerReflectionResponse } from "@banger/gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ServerReflectionV1alpha } from "@banger/gen/grpc/reflection/v1alpha/reflection_pb.js";
@@ -15,10 +16,7 @@ const transport = createRouterTransport((router) => registerReflection(router, s
 
 async function ask(request: MessageInitShape<typeof ServerReflectionRequestSchema>): Promise<ServerReflectionResponse> {
   const client = createClient(ServerReflection, transport);
-  async function* one() {
-    yield request;
-  }
-  for await (const response of client.serverReflectionInfo(one())) return response;
+  for await (const response of client.serverReflectionInfo(createAsyncIterable([request]))) return response;
   throw new Error("no response");
 }
 
@@ -77,10 +75,8 @@ describe("server reflection", () => {
 
   it("answers v1alpha the same way", async () => {
     const client = createClient(ServerReflectionV1alpha, transport);
-    async function* one() {
-      yield { messageRequest: { case: "fileContainingSymbol" as const, value: "banger.v1.SystemService" } };
-    }
-    for await (const response of client.serverReflectionInfo(one())) {
+    const request = { messageRequest: { case: "fileContainingSymbol" as const, value: "banger.v1.SystemService" } };
+    for await (const response of client.serverReflectionInfo(createAsyncIterable([request]))) {
       expect(response.messageResponse.case).toBe("fileDescriptorResponse");
       if (response.messageResponse.case === "fileDescriptorResponse") {
         const first = response.messageResponse.value.fileDescriptorProto[0];
