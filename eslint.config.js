@@ -1,7 +1,7 @@
 // Typed lint for every workspace. Boundaries: core code stays proto-free, and
 // no service imports another service's code.
 import tseslint from "typescript-eslint";
-import importX from "eslint-plugin-import-x";
+import importPlugin from "eslint-plugin-import";
 
 export default tseslint.config(
   { ignores: ["**/dist/**", "gen/**", "node_modules/**", "**/*.js", "**/*.mjs", "vitest.config.ts"] },
@@ -10,13 +10,18 @@ export default tseslint.config(
     languageOptions: {
       parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
     },
-    plugins: { "import-x": importX },
+    plugins: { import: importPlugin },
+    settings: {
+      "import/parsers": { "@typescript-eslint/parser": [".ts"] },
+      "import/extensions": [".ts"],
+      "import/resolver": { typescript: { project: ["*/*/tsconfig.json", "gen/tsconfig.json", "test/tsconfig.json"] } },
+    },
     rules: {
       "@typescript-eslint/no-floating-promises": "error",
       "@typescript-eslint/no-misused-promises": "error",
       "@typescript-eslint/consistent-type-imports": ["error", { fixStyle: "inline-type-imports" }],
       "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_", varsIgnorePattern: "^_" }],
-      "import-x/no-cycle": "error",
+      "import/no-cycle": "error",
     },
   },
   // A service or client never imports another one's code (share through
