@@ -2,6 +2,7 @@
  * The foundation end to end: three real services as separate processes on
  * real Unix sockets, the real CLI, and an independent gRPC implementation.
  */
+import { spawnSync } from "node:child_process";
 import { lstatSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
@@ -194,6 +195,41 @@ describe("an independent gRPC client (@grpc/grpc-js)", () => {
       );
     }
   });
+});
+
+const PYTHON = "/usr/bin/python3";
+// .ci/run installs python3-grpcio; a developer machine may lack it, and then this is reported as skipped.
+const hasGrpcio = spawnSync(PYTHON, ["-c", "import grpc"]).status === 0;
+
+describe("Debian's python3-grpcio (C-core) as a client", () => {
+  it.skipIf(!hasGrpcio)(
+    "calls the orchestrator, reads op ids from headers and error trailers, and uses reflection",
+    () => {
+      const result = spawnSync(
+        PYTHON,
+        [join(import.meta.dirname, "interop/grpcio_client.py"), cluster.socket("orchestrator")],
+        {
+          encoding: "utf8",
+        },
+      );
+      expect(result.stderr).toBe("");
+      const out = JSON.parse(result.stdout) as {
+        status_names: string[];
+        header_op_id: string;
+        error: { code: string; details: string; trailer_op_id: string; has_status_details: boolean };
+        reflection_lists_system_service: boolean;
+      };
+      expect(out.status_names).toEqual(["orchestrator", "privileged", "image-puller"]);
+      expect(out.header_op_id).toMatch(/^op-[0-9a-f]{12}$/);
+      expect(out.error).toEqual({
+        code: "UNIMPLEMENTED",
+        details: "banger.v1.SystemService/Doctor is not implemented yet",
+        trailer_op_id: expect.stringMatching(/^op-[0-9a-f]{12}$/) as unknown,
+        has_status_details: true,
+      });
+      expect(out.reflection_lists_system_service).toBe(true);
+    },
+  );
 });
 
 describe("when a service is down", () => {
