@@ -1,7 +1,11 @@
 import { BANGER_VERSION, implementService, type Logger } from "@banger/common";
+import { ExecService, file_banger_v1_exec } from "@banger/gen/banger/v1/exec_pb.js";
 import { ImageService, file_banger_v1_image } from "@banger/gen/banger/v1/image_pb.js";
+import { KernelService, file_banger_v1_kernel } from "@banger/gen/banger/v1/kernel_pb.js";
+import { OperationService, file_banger_v1_operation } from "@banger/gen/banger/v1/operation_pb.js";
 import { SystemService, file_banger_v1_system } from "@banger/gen/banger/v1/system_pb.js";
 import { VmService, file_banger_v1_vm } from "@banger/gen/banger/v1/vm_pb.js";
+import { WorkspaceService, file_banger_v1_workspace } from "@banger/gen/banger/v1/workspace_pb.js";
 import type { DescFile } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { describeOrchestrator } from "./core/status.js";
@@ -32,11 +36,24 @@ export function createOrchestrator(config: OrchestratorConfig): Orchestrator {
   });
 
   return {
-    files: [file_banger_v1_system, file_banger_v1_vm, file_banger_v1_image],
+    files: [
+      file_banger_v1_system,
+      file_banger_v1_vm,
+      file_banger_v1_operation,
+      file_banger_v1_image,
+      file_banger_v1_kernel,
+      file_banger_v1_workspace,
+      file_banger_v1_exec,
+    ],
     routes: (router) => {
       router.service(SystemService, createSystemService({ self, peers: [privileged, puller] }));
       router.service(ImageService, createImageService({ puller }));
+      // Not built yet: every RPC answers UNIMPLEMENTED naming itself.
       router.service(VmService, implementService(VmService, {}));
+      router.service(OperationService, implementService(OperationService, {}));
+      router.service(KernelService, implementService(KernelService, {}));
+      router.service(WorkspaceService, implementService(WorkspaceService, {}));
+      router.service(ExecService, implementService(ExecService, {}));
     },
   };
 }

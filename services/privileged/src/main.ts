@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 import { parseArgs } from "node:util";
-import { DEFAULT_RUNTIME_DIR, runService, runtimeLayout } from "@banger/common";
+import { DiskService } from "@banger/gen/banger/privileged/v1/disk_pb.js";
 import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
+import { NetworkService } from "@banger/gen/banger/privileged/v1/network_pb.js";
+import { VmmService } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
+import { DEFAULT_RUNTIME_DIR, implementService, runService, runtimeLayout } from "@banger/common";
 import { PRIVILEGED_FILES } from "./rpc/files.js";
 import { createHostService } from "./rpc/host-service.js";
 
@@ -26,5 +29,9 @@ await runService({
   files: PRIVILEGED_FILES,
   routes: (router) => {
     router.service(HostService, createHostService({ ownerUid }));
+    // The host operations come with the helper's validation layer; until then they answer UNIMPLEMENTED.
+    router.service(NetworkService, implementService(NetworkService, {}));
+    router.service(DiskService, implementService(DiskService, {}));
+    router.service(VmmService, implementService(VmmService, {}));
   },
 });

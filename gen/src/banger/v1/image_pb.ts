@@ -4,24 +4,59 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Operation } from "./operation_pb.js";
+import { file_banger_v1_operation } from "./operation_pb.js";
+import type { Image } from "./resources_pb.js";
+import { file_banger_v1_resources } from "./resources_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file banger/v1/image.proto.
  */
 export const file_banger_v1_image: GenFile = /*@__PURE__*/
-  fileDesc("ChViYW5nZXIvdjEvaW1hZ2UucHJvdG8SCWJhbmdlci52MSIlChBQdWxsSW1hZ2VSZXF1ZXN0EhEKCXJlZmVyZW5jZRgBIAEoCSITChFQdWxsSW1hZ2VSZXNwb25zZTJWCgxJbWFnZVNlcnZpY2USRgoJUHVsbEltYWdlEhsuYmFuZ2VyLnYxLlB1bGxJbWFnZVJlcXVlc3QaHC5iYW5nZXIudjEuUHVsbEltYWdlUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChViYW5nZXIvdjEvaW1hZ2UucHJvdG8SCWJhbmdlci52MSJuChBQdWxsSW1hZ2VSZXF1ZXN0EhEKCXJlZmVyZW5jZRgBIAEoCRIMCgRuYW1lGAIgASgJEhAKCHBsYXRmb3JtGAMgASgJEg8KB3JlcGxhY2UYBCABKAgSFgoObWluX3Jvb3Rmc19taWIYBSABKAQiPAoRUHVsbEltYWdlUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJpChRSZWdpc3RlckltYWdlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC3Jvb3Rmc19wYXRoGAIgASgJEhYKDndvcmtfc2VlZF9wYXRoGAMgASgJEhYKDmRlZmF1bHRfa2VybmVsGAQgASgJIjgKFVJlZ2lzdGVySW1hZ2VSZXNwb25zZRIfCgVpbWFnZRgBIAEoCzIQLmJhbmdlci52MS5JbWFnZSIvChNQcm9tb3RlSW1hZ2VSZXF1ZXN0EgoKAnZtGAEgASgJEgwKBG5hbWUYAiABKAkiPwoUUHJvbW90ZUltYWdlUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiIiChJEZWxldGVJbWFnZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIVChNEZWxldGVJbWFnZVJlc3BvbnNlIhMKEUxpc3RJbWFnZXNSZXF1ZXN0IjYKEkxpc3RJbWFnZXNSZXNwb25zZRIgCgZpbWFnZXMYASADKAsyEC5iYW5nZXIudjEuSW1hZ2UiHwoPR2V0SW1hZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkiMwoQR2V0SW1hZ2VSZXNwb25zZRIfCgVpbWFnZRgBIAEoCzIQLmJhbmdlci52MS5JbWFnZSIUChJMaXN0Q2F0YWxvZ1JlcXVlc3QiPwoTTGlzdENhdGFsb2dSZXNwb25zZRIoCgdlbnRyaWVzGAEgAygLMhcuYmFuZ2VyLnYxLkNhdGFsb2dFbnRyeSJrCgxDYXRhbG9nRW50cnkSDAoEbmFtZRgBIAEoCRIRCglyZWZlcmVuY2UYAiABKAkSFgoOZGVmYXVsdF9rZXJuZWwYAyABKAkSEwoLZGVzY3JpcHRpb24YBCABKAkSDQoFbG9jYWwYBSABKAgypwQKDEltYWdlU2VydmljZRJGCglQdWxsSW1hZ2USGy5iYW5nZXIudjEuUHVsbEltYWdlUmVxdWVzdBocLmJhbmdlci52MS5QdWxsSW1hZ2VSZXNwb25zZRJSCg1SZWdpc3RlckltYWdlEh8uYmFuZ2VyLnYxLlJlZ2lzdGVySW1hZ2VSZXF1ZXN0GiAuYmFuZ2VyLnYxLlJlZ2lzdGVySW1hZ2VSZXNwb25zZRJPCgxQcm9tb3RlSW1hZ2USHi5iYW5nZXIudjEuUHJvbW90ZUltYWdlUmVxdWVzdBofLmJhbmdlci52MS5Qcm9tb3RlSW1hZ2VSZXNwb25zZRJMCgtEZWxldGVJbWFnZRIdLmJhbmdlci52MS5EZWxldGVJbWFnZVJlcXVlc3QaHi5iYW5nZXIudjEuRGVsZXRlSW1hZ2VSZXNwb25zZRJJCgpMaXN0SW1hZ2VzEhwuYmFuZ2VyLnYxLkxpc3RJbWFnZXNSZXF1ZXN0Gh0uYmFuZ2VyLnYxLkxpc3RJbWFnZXNSZXNwb25zZRJDCghHZXRJbWFnZRIaLmJhbmdlci52MS5HZXRJbWFnZVJlcXVlc3QaGy5iYW5nZXIudjEuR2V0SW1hZ2VSZXNwb25zZRJMCgtMaXN0Q2F0YWxvZxIdLmJhbmdlci52MS5MaXN0Q2F0YWxvZ1JlcXVlc3QaHi5iYW5nZXIudjEuTGlzdENhdGFsb2dSZXNwb25zZWIGcHJvdG8z", [file_banger_v1_operation, file_banger_v1_resources]);
 
 /**
- * Req.
+ * Request of PullImage.
  *
  * @generated from message banger.v1.PullImageRequest
  */
 export type PullImageRequest = Message<"banger.v1.PullImageRequest"> & {
   /**
+   * OCI reference ("debian:bookworm", "ghcr.io/org/img@sha256:…",
+   * "127.0.0.1:5000/x:tag") or a catalog name ("debian").
+   *
    * @generated from field: string reference = 1;
    */
   reference: string;
+
+  /**
+   * Name to publish it under; empty = derived from the reference ("debian").
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Platform "os/arch[/variant]"; empty = "linux/amd64".
+   *
+   * @generated from field: string platform = 3;
+   */
+  platform: string;
+
+  /**
+   * Replace an existing image of that name (refused while VMs use it).
+   *
+   * @generated from field: bool replace = 4;
+   */
+  replace: boolean;
+
+  /**
+   * Minimum root filesystem size in MiB; 0 = configured default.
+   *
+   * @generated from field: uint64 min_rootfs_mib = 5;
+   */
+  minRootfsMib: bigint;
 };
 
 /**
@@ -32,11 +67,17 @@ export const PullImageRequestSchema: GenMessage<PullImageRequest> = /*@__PURE__*
   messageDesc(file_banger_v1_image, 0);
 
 /**
- * Resp.
+ * Response of PullImage.
  *
  * @generated from message banger.v1.PullImageResponse
  */
 export type PullImageResponse = Message<"banger.v1.PullImageResponse"> & {
+  /**
+   * The pull operation, just begun; its result is the Image.
+   *
+   * @generated from field: banger.v1.Operation operation = 1;
+   */
+  operation?: Operation | undefined;
 };
 
 /**
@@ -47,13 +88,330 @@ export const PullImageResponseSchema: GenMessage<PullImageResponse> = /*@__PURE_
   messageDesc(file_banger_v1_image, 1);
 
 /**
- * Placeholder until the full API lands.
+ * Request of RegisterImage.
+ *
+ * @generated from message banger.v1.RegisterImageRequest
+ */
+export type RegisterImageRequest = Message<"banger.v1.RegisterImageRequest"> & {
+  /**
+   * Name to register it under.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Absolute path of an ext4 root filesystem image; it is copied (reflink when possible).
+   *
+   * @generated from field: string rootfs_path = 2;
+   */
+  rootfsPath: string;
+
+  /**
+   * Absolute path of an ext4 work seed image; empty = an empty work disk.
+   *
+   * @generated from field: string work_seed_path = 3;
+   */
+  workSeedPath: string;
+
+  /**
+   * Kernel VMs of this image boot by default; empty = the host default.
+   *
+   * @generated from field: string default_kernel = 4;
+   */
+  defaultKernel: string;
+};
+
+/**
+ * Describes the message banger.v1.RegisterImageRequest.
+ * Use `create(RegisterImageRequestSchema)` to create a new message.
+ */
+export const RegisterImageRequestSchema: GenMessage<RegisterImageRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_image, 2);
+
+/**
+ * Response of RegisterImage.
+ *
+ * @generated from message banger.v1.RegisterImageResponse
+ */
+export type RegisterImageResponse = Message<"banger.v1.RegisterImageResponse"> & {
+  /**
+   * The registered image.
+   *
+   * @generated from field: banger.v1.Image image = 1;
+   */
+  image?: Image | undefined;
+};
+
+/**
+ * Describes the message banger.v1.RegisterImageResponse.
+ * Use `create(RegisterImageResponseSchema)` to create a new message.
+ */
+export const RegisterImageResponseSchema: GenMessage<RegisterImageResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_image, 3);
+
+/**
+ * Request of PromoteImage.
+ *
+ * @generated from message banger.v1.PromoteImageRequest
+ */
+export type PromoteImageRequest = Message<"banger.v1.PromoteImageRequest"> & {
+  /**
+   * The stopped VM whose disks become the image.
+   *
+   * @generated from field: string vm = 1;
+   */
+  vm: string;
+
+  /**
+   * Name of the new image.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message banger.v1.PromoteImageRequest.
+ * Use `create(PromoteImageRequestSchema)` to create a new message.
+ */
+export const PromoteImageRequestSchema: GenMessage<PromoteImageRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_image, 4);
+
+/**
+ * Response of PromoteImage.
+ *
+ * @generated from message banger.v1.PromoteImageResponse
+ */
+export type PromoteImageResponse = Message<"banger.v1.PromoteImageResponse"> & {
+  /**
+   * The promote operation; its result is the Image.
+   *
+   * @generated from field: banger.v1.Operation operation = 1;
+   */
+  operation?: Operation | undefined;
+};
+
+/**
+ * Describes the message banger.v1.PromoteImageResponse.
+ * Use `create(PromoteImageResponseSchema)` to create a new message.
+ */
+export const PromoteImageResponseSchema: GenMessage<PromoteImageResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_image, 5);
+
+/**
+ * Request of DeleteImage.
+ *
+ * @generated from message banger.v1.DeleteImageRequest
+ */
+export type DeleteImageRequest = Message<"banger.v1.DeleteImageRequest"> & {
+  /**
+   * Image name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message banger.v1.DeleteImageRequest.
+ * Use `create(DeleteImageRequestSchema)` to create a new message.
+ */
+export const DeleteImageRequestSchema: GenMessage<DeleteImageRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_image, 6);
+
+/**
+ * Response of DeleteImage.
+ *
+ * @generated from message banger.v1.DeleteImageResponse
+ */
+export type DeleteImageResponse = Message<"banger.v1.DeleteImageResponse"> & {
+};
+
+/**
+ * Describes the message banger.v1.DeleteImageResponse.
+ * Use `create(DeleteImageResponseSchema)` to create a new message.
+ */
+export const DeleteImageResponseSchema: GenMessage<DeleteImageResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_image, 7);
+
+/**
+ * Request of ListImages.
+ *
+ * @generated from message banger.v1.ListImagesRequest
+ */
+export type ListImagesRequest = Message<"banger.v1.ListImagesRequest"> & {
+};
+
+/**
+ * Describes the message banger.v1.ListImagesRequest.
+ * Use `create(ListImagesRequestSchema)` to create a new message.
+ */
+export const ListImagesRequestSchema: GenMessage<ListImagesRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_image, 8);
+
+/**
+ * Response of ListImages.
+ *
+ * @generated from message banger.v1.ListImagesResponse
+ */
+export type ListImagesResponse = Message<"banger.v1.ListImagesResponse"> & {
+  /**
+   * Sorted by name.
+   *
+   * @generated from field: repeated banger.v1.Image images = 1;
+   */
+  images: Image[];
+};
+
+/**
+ * Describes the message banger.v1.ListImagesResponse.
+ * Use `create(ListImagesResponseSchema)` to create a new message.
+ */
+export const ListImagesResponseSchema: GenMessage<ListImagesResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_image, 9);
+
+/**
+ * Request of GetImage.
+ *
+ * @generated from message banger.v1.GetImageRequest
+ */
+export type GetImageRequest = Message<"banger.v1.GetImageRequest"> & {
+  /**
+   * Image name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message banger.v1.GetImageRequest.
+ * Use `create(GetImageRequestSchema)` to create a new message.
+ */
+export const GetImageRequestSchema: GenMessage<GetImageRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_image, 10);
+
+/**
+ * Response of GetImage.
+ *
+ * @generated from message banger.v1.GetImageResponse
+ */
+export type GetImageResponse = Message<"banger.v1.GetImageResponse"> & {
+  /**
+   * The image.
+   *
+   * @generated from field: banger.v1.Image image = 1;
+   */
+  image?: Image | undefined;
+};
+
+/**
+ * Describes the message banger.v1.GetImageResponse.
+ * Use `create(GetImageResponseSchema)` to create a new message.
+ */
+export const GetImageResponseSchema: GenMessage<GetImageResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_image, 11);
+
+/**
+ * Request of ListCatalog.
+ *
+ * @generated from message banger.v1.ListCatalogRequest
+ */
+export type ListCatalogRequest = Message<"banger.v1.ListCatalogRequest"> & {
+};
+
+/**
+ * Describes the message banger.v1.ListCatalogRequest.
+ * Use `create(ListCatalogRequestSchema)` to create a new message.
+ */
+export const ListCatalogRequestSchema: GenMessage<ListCatalogRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_image, 12);
+
+/**
+ * Response of ListCatalog.
+ *
+ * @generated from message banger.v1.ListCatalogResponse
+ */
+export type ListCatalogResponse = Message<"banger.v1.ListCatalogResponse"> & {
+  /**
+   * Sorted by name.
+   *
+   * @generated from field: repeated banger.v1.CatalogEntry entries = 1;
+   */
+  entries: CatalogEntry[];
+};
+
+/**
+ * Describes the message banger.v1.ListCatalogResponse.
+ * Use `create(ListCatalogResponseSchema)` to create a new message.
+ */
+export const ListCatalogResponseSchema: GenMessage<ListCatalogResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_image, 13);
+
+/**
+ * A friendly image name banger knows how to pull.
+ *
+ * @generated from message banger.v1.CatalogEntry
+ */
+export type CatalogEntry = Message<"banger.v1.CatalogEntry"> & {
+  /**
+   * Friendly name, e.g. "debian".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The OCI reference it stands for, e.g. "docker.io/library/debian:bookworm".
+   *
+   * @generated from field: string reference = 2;
+   */
+  reference: string;
+
+  /**
+   * The kernel VMs of it boot by default.
+   *
+   * @generated from field: string default_kernel = 3;
+   */
+  defaultKernel: string;
+
+  /**
+   * One line about it.
+   *
+   * @generated from field: string description = 4;
+   */
+  description: string;
+
+  /**
+   * Whether an image of this name is already local.
+   *
+   * @generated from field: bool local = 5;
+   */
+  local: boolean;
+};
+
+/**
+ * Describes the message banger.v1.CatalogEntry.
+ * Use `create(CatalogEntrySchema)` to create a new message.
+ */
+export const CatalogEntrySchema: GenMessage<CatalogEntry> = /*@__PURE__*/
+  messageDesc(file_banger_v1_image, 14);
+
+/**
+ * Root filesystem images. Images are named (`^[a-z0-9][a-z0-9._-]{0,63}$`);
+ * pulls go through the image puller, which builds ext4 files that the
+ * orchestrator publishes atomically. Errors common to all: NOT_FOUND
+ * (IMAGE_NOT_FOUND), INVALID_ARGUMENT (INVALID_IMAGE_NAME, INVALID_REFERENCE).
  *
  * @generated from service banger.v1.ImageService
  */
 export const ImageService: GenService<{
   /**
-   * Pull.
+   * Pulls an OCI image and builds its root filesystem and work seed. Returns
+   * at once with the operation (per-layer progress in its stages). Two pulls
+   * racing for one name: one wins, the other fails ALREADY_EXISTS
+   * (IMAGE_NAME_TAKEN). UNAVAILABLE when the image puller is down.
    *
    * @generated from rpc banger.v1.ImageService.PullImage
    */
@@ -61,6 +419,71 @@ export const ImageService: GenService<{
     methodKind: "unary";
     input: typeof PullImageRequestSchema;
     output: typeof PullImageResponseSchema;
+  },
+  /**
+   * Registers an image from local files the owner can read (an ext4 root
+   * filesystem, optionally a work seed). Errors: INVALID_ARGUMENT (NOT_EXT4),
+   * ALREADY_EXISTS (IMAGE_NAME_TAKEN).
+   *
+   * @generated from rpc banger.v1.ImageService.RegisterImage
+   */
+  registerImage: {
+    methodKind: "unary";
+    input: typeof RegisterImageRequestSchema;
+    output: typeof RegisterImageResponseSchema;
+  },
+  /**
+   * Turns a stopped VM's root and work disks into a new image. Errors:
+   * FAILED_PRECONDITION (VM_RUNNING), ALREADY_EXISTS (IMAGE_NAME_TAKEN).
+   *
+   * @generated from rpc banger.v1.ImageService.PromoteImage
+   */
+  promoteImage: {
+    methodKind: "unary";
+    input: typeof PromoteImageRequestSchema;
+    output: typeof PromoteImageResponseSchema;
+  },
+  /**
+   * Deletes an image: the row first, then its files. Errors:
+   * FAILED_PRECONDITION (IMAGE_IN_USE) while a VM uses it.
+   *
+   * @generated from rpc banger.v1.ImageService.DeleteImage
+   */
+  deleteImage: {
+    methodKind: "unary";
+    input: typeof DeleteImageRequestSchema;
+    output: typeof DeleteImageResponseSchema;
+  },
+  /**
+   * All local images, sorted by name.
+   *
+   * @generated from rpc banger.v1.ImageService.ListImages
+   */
+  listImages: {
+    methodKind: "unary";
+    input: typeof ListImagesRequestSchema;
+    output: typeof ListImagesResponseSchema;
+  },
+  /**
+   * One local image.
+   *
+   * @generated from rpc banger.v1.ImageService.GetImage
+   */
+  getImage: {
+    methodKind: "unary";
+    input: typeof GetImageRequestSchema;
+    output: typeof GetImageResponseSchema;
+  },
+  /**
+   * The built-in catalog: friendly names ("debian") with the reference and
+   * kernel they stand for; `vm create --image debian` pulls on first use.
+   *
+   * @generated from rpc banger.v1.ImageService.ListCatalog
+   */
+  listCatalog: {
+    methodKind: "unary";
+    input: typeof ListCatalogRequestSchema;
+    output: typeof ListCatalogResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_banger_v1_image, 0);

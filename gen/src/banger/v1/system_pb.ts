@@ -2,18 +2,18 @@
 // @generated from file banger/v1/system.proto (package banger.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file banger/v1/system.proto.
  */
 export const file_banger_v1_system: GenFile = /*@__PURE__*/
-  fileDesc("ChZiYW5nZXIvdjEvc3lzdGVtLnByb3RvEgliYW5nZXIudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCI/ChFHZXRTdGF0dXNSZXNwb25zZRIqCghzZXJ2aWNlcxgBIAMoCzIYLmJhbmdlci52MS5TZXJ2aWNlU3RhdHVzItUBCg1TZXJ2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSEQoJcmVhY2hhYmxlGAIgASgIEg4KBnNvY2tldBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEgsKA3BpZBgFIAEoBRILCgN1aWQYBiABKA0SCwoDZ2lkGAcgASgNEhUKDXByaXZpbGVnZXNfb2sYCCABKAgSGQoRcHJpdmlsZWdlc19kZXRhaWwYCSABKAkSEgoKZXJyb3JfY29kZRgKIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAsgASgJIg8KDURvY3RvclJlcXVlc3QiEAoORG9jdG9yUmVzcG9uc2UylgEKDVN5c3RlbVNlcnZpY2USRgoJR2V0U3RhdHVzEhsuYmFuZ2VyLnYxLkdldFN0YXR1c1JlcXVlc3QaHC5iYW5nZXIudjEuR2V0U3RhdHVzUmVzcG9uc2USPQoGRG9jdG9yEhguYmFuZ2VyLnYxLkRvY3RvclJlcXVlc3QaGS5iYW5nZXIudjEuRG9jdG9yUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChZiYW5nZXIvdjEvc3lzdGVtLnByb3RvEgliYW5nZXIudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCI/ChFHZXRTdGF0dXNSZXNwb25zZRIqCghzZXJ2aWNlcxgBIAMoCzIYLmJhbmdlci52MS5TZXJ2aWNlU3RhdHVzItUBCg1TZXJ2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSEQoJcmVhY2hhYmxlGAIgASgIEg4KBnNvY2tldBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEgsKA3BpZBgFIAEoBRILCgN1aWQYBiABKA0SCwoDZ2lkGAcgASgNEhUKDXByaXZpbGVnZXNfb2sYCCABKAgSGQoRcHJpdmlsZWdlc19kZXRhaWwYCSABKAkSEgoKZXJyb3JfY29kZRgKIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAsgASgJIg8KDURvY3RvclJlcXVlc3QibQoORG9jdG9yUmVzcG9uc2USJgoGY2hlY2tzGAEgAygLMhYuYmFuZ2VyLnYxLkRvY3RvckNoZWNrEgoKAm9rGAIgASgIEhoKEnJvb3RfZGlza19zdHJhdGVneRgDIAEoCRILCgN2bW0YBCABKAkidQoLRG9jdG9yQ2hlY2sSDAoEbmFtZRgBIAEoCRImCgZzdGF0dXMYAiABKA4yFi5iYW5nZXIudjEuQ2hlY2tTdGF0dXMSDgoGZGV0YWlsGAMgASgJEgwKBGhpbnQYBCABKAkSEgoKY2FwYWJpbGl0eRgFIAEoCSpuCgtDaGVja1N0YXR1cxIcChhDSEVDS19TVEFUVVNfVU5TUEVDSUZJRUQQABITCg9DSEVDS19TVEFUVVNfT0sQARIVChFDSEVDS19TVEFUVVNfV0FSThACEhUKEUNIRUNLX1NUQVRVU19GQUlMEAMylgEKDVN5c3RlbVNlcnZpY2USRgoJR2V0U3RhdHVzEhsuYmFuZ2VyLnYxLkdldFN0YXR1c1JlcXVlc3QaHC5iYW5nZXIudjEuR2V0U3RhdHVzUmVzcG9uc2USPQoGRG9jdG9yEhguYmFuZ2VyLnYxLkRvY3RvclJlcXVlc3QaGS5iYW5nZXIudjEuRG9jdG9yUmVzcG9uc2ViBnByb3RvMw");
 
 /**
- * Req.
+ * Request of GetStatus.
  *
  * @generated from message banger.v1.GetStatusRequest
  */
@@ -28,12 +28,14 @@ export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*
   messageDesc(file_banger_v1_system, 0);
 
 /**
- * Resp.
+ * Response of GetStatus.
  *
  * @generated from message banger.v1.GetStatusResponse
  */
 export type GetStatusResponse = Message<"banger.v1.GetStatusResponse"> & {
   /**
+   * orchestrator, privileged, image-puller, in that order.
+   *
    * @generated from field: repeated banger.v1.ServiceStatus services = 1;
    */
   services: ServiceStatus[];
@@ -47,62 +49,86 @@ export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE_
   messageDesc(file_banger_v1_system, 1);
 
 /**
- * One.
+ * One service as it answered (or did not).
  *
  * @generated from message banger.v1.ServiceStatus
  */
 export type ServiceStatus = Message<"banger.v1.ServiceStatus"> & {
   /**
+   * "orchestrator", "privileged" or "image-puller".
+   *
    * @generated from field: string name = 1;
    */
   name: string;
 
   /**
+   * Whether it answered.
+   *
    * @generated from field: bool reachable = 2;
    */
   reachable: boolean;
 
   /**
+   * Path of its Unix socket.
+   *
    * @generated from field: string socket = 3;
    */
   socket: string;
 
   /**
+   * banger version it runs, e.g. "0.1.0"; empty when unreachable.
+   *
    * @generated from field: string version = 4;
    */
   version: string;
 
   /**
+   * Its process id; 0 when unreachable.
+   *
    * @generated from field: int32 pid = 5;
    */
   pid: number;
 
   /**
+   * The uid it runs as.
+   *
    * @generated from field: uint32 uid = 6;
    */
   uid: number;
 
   /**
+   * The gid it runs as.
+   *
    * @generated from field: uint32 gid = 7;
    */
   gid: number;
 
   /**
+   * Whether it runs with exactly the privileges it needs: the orchestrator as
+   * the owner (not root), the helper with its five capabilities, the puller
+   * with none.
+   *
    * @generated from field: bool privileges_ok = 8;
    */
   privilegesOk: boolean;
 
   /**
+   * One line about its privileges, e.g. "missing CAP_NET_ADMIN".
+   *
    * @generated from field: string privileges_detail = 9;
    */
   privilegesDetail: string;
 
   /**
+   * gRPC code name (e.g. "unavailable") when not reachable.
+   *
    * @generated from field: string error_code = 10;
    */
   errorCode: string;
 
   /**
+   * Why it is not reachable; names the socket.
+   *
    * @generated from field: string error_message = 11;
    */
   errorMessage: string;
@@ -116,7 +142,7 @@ export const ServiceStatusSchema: GenMessage<ServiceStatus> = /*@__PURE__*/
   messageDesc(file_banger_v1_system, 2);
 
 /**
- * Req.
+ * Request of Doctor.
  *
  * @generated from message banger.v1.DoctorRequest
  */
@@ -131,11 +157,38 @@ export const DoctorRequestSchema: GenMessage<DoctorRequest> = /*@__PURE__*/
   messageDesc(file_banger_v1_system, 3);
 
 /**
- * Resp.
+ * Response of Doctor.
  *
  * @generated from message banger.v1.DoctorResponse
  */
 export type DoctorResponse = Message<"banger.v1.DoctorResponse"> & {
+  /**
+   * Every check, in a stable order.
+   *
+   * @generated from field: repeated banger.v1.DoctorCheck checks = 1;
+   */
+  checks: DoctorCheck[];
+
+  /**
+   * False when any check FAILed (the CLI then exits 1).
+   *
+   * @generated from field: bool ok = 2;
+   */
+  ok: boolean;
+
+  /**
+   * Root-disk strategy this host will use, and why.
+   *
+   * @generated from field: string root_disk_strategy = 3;
+   */
+  rootDiskStrategy: string;
+
+  /**
+   * VMM this host will use, and why.
+   *
+   * @generated from field: string vmm = 4;
+   */
+  vmm: string;
 };
 
 /**
@@ -146,13 +199,106 @@ export const DoctorResponseSchema: GenMessage<DoctorResponse> = /*@__PURE__*/
   messageDesc(file_banger_v1_system, 4);
 
 /**
- * Placeholder until the full API lands.
+ * One thing doctor looked at.
+ *
+ * @generated from message banger.v1.DoctorCheck
+ */
+export type DoctorCheck = Message<"banger.v1.DoctorCheck"> & {
+  /**
+   * Stable kebab-case id, e.g. "kvm", "vmm-version", "helper-privileges".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Outcome.
+   *
+   * @generated from field: banger.v1.CheckStatus status = 2;
+   */
+  status: CheckStatus;
+
+  /**
+   * What was found, one line.
+   *
+   * @generated from field: string detail = 3;
+   */
+  detail: string;
+
+  /**
+   * What to do about it, one line; empty when OK.
+   *
+   * @generated from field: string hint = 4;
+   */
+  hint: string;
+
+  /**
+   * The capability (feature) the check belongs to, e.g. "nat"; empty for core checks.
+   *
+   * @generated from field: string capability = 5;
+   */
+  capability: string;
+};
+
+/**
+ * Describes the message banger.v1.DoctorCheck.
+ * Use `create(DoctorCheckSchema)` to create a new message.
+ */
+export const DoctorCheckSchema: GenMessage<DoctorCheck> = /*@__PURE__*/
+  messageDesc(file_banger_v1_system, 5);
+
+/**
+ * Outcome of a doctor check.
+ *
+ * @generated from enum banger.v1.CheckStatus
+ */
+export enum CheckStatus {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: CHECK_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Fine.
+   *
+   * @generated from enum value: CHECK_STATUS_OK = 1;
+   */
+  OK = 1,
+
+  /**
+   * Works, but not as well as it could (e.g. no KVM: QEMU falls back to TCG).
+   *
+   * @generated from enum value: CHECK_STATUS_WARN = 2;
+   */
+  WARN = 2,
+
+  /**
+   * banger cannot work until this is fixed.
+   *
+   * @generated from enum value: CHECK_STATUS_FAIL = 3;
+   */
+  FAIL = 3,
+}
+
+/**
+ * Describes the enum banger.v1.CheckStatus.
+ */
+export const CheckStatusSchema: GenEnum<CheckStatus> = /*@__PURE__*/
+  enumDesc(file_banger_v1_system, 0);
+
+/**
+ * The health of banger itself: its three services and the host it runs on.
  *
  * @generated from service banger.v1.SystemService
  */
 export const SystemService: GenService<{
   /**
-   * Status.
+   * The status of all three services: the orchestrator's own, then the
+   * privileged helper's and the image puller's, each asked over its socket
+   * with this call's op id and deadline. An unreachable service is reported
+   * in its entry (reachable = false), not as an error of this call.
    *
    * @generated from rpc banger.v1.SystemService.GetStatus
    */
@@ -162,7 +308,10 @@ export const SystemService: GenService<{
     output: typeof GetStatusResponseSchema;
   },
   /**
-   * Doctor.
+   * Checks the host and banger's setup (KVM, VMM binary and version, the
+   * services and their privileges, host features, e2fsprogs tools, IP
+   * forwarding, bridge, default image and kernel, SSH key, free space, each
+   * capability's checks) and says what is missing, each with a hint.
    *
    * @generated from rpc banger.v1.SystemService.Doctor
    */

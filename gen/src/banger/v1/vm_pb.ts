@@ -2,22 +2,391 @@
 // @generated from file banger/v1/vm.proto (package banger.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Operation } from "./operation_pb.js";
+import { file_banger_v1_operation } from "./operation_pb.js";
+import type { Vm, VmmKind, VmState } from "./resources_pb.js";
+import { file_banger_v1_resources } from "./resources_pb.js";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file banger/v1/vm.proto.
  */
 export const file_banger_v1_vm: GenFile = /*@__PURE__*/
-  fileDesc("ChJiYW5nZXIvdjEvdm0ucHJvdG8SCWJhbmdlci52MSIQCg5MaXN0Vm1zUmVxdWVzdCIRCg9MaXN0Vm1zUmVzcG9uc2UyTQoJVm1TZXJ2aWNlEkAKB0xpc3RWbXMSGS5iYW5nZXIudjEuTGlzdFZtc1JlcXVlc3QaGi5iYW5nZXIudjEuTGlzdFZtc1Jlc3BvbnNlYgZwcm90bzM");
+  fileDesc("ChJiYW5nZXIvdjEvdm0ucHJvdG8SCWJhbmdlci52MSK8AQoPQ3JlYXRlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFaW1hZ2UYAiABKAkSDgoGa2VybmVsGAMgASgJEgwKBHZjcHUYBCABKA0SEgoKbWVtb3J5X21pYhgFIAEoDRIVCg13b3JrX2Rpc2tfbWliGAYgASgEEgsKA25hdBgHIAEoCBIfCgN2bW0YCCABKA4yEi5iYW5nZXIudjEuVm1tS2luZBIVCg1za2lwX3NzaF93YWl0GAkgASgIIjsKEENyZWF0ZVZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiIeCg5TdGFydFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJIjoKD1N0YXJ0Vm1SZXNwb25zZRInCglvcGVyYXRpb24YASABKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uIlgKDVN0b3BWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIqCgd0aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBWZvcmNlGAMgASgIIjkKDlN0b3BWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iTAoQUmVzdGFydFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iPAoRUmVzdGFydFZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiIfCg9EZWxldGVWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCSI7ChBEZWxldGVWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iqAEKDFNldFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKBHZjcHUYAiABKA1IAIgBARIXCgptZW1vcnlfbWliGAMgASgNSAGIAQESGgoNd29ya19kaXNrX21pYhgEIAEoBEgCiAEBEhAKA25hdBgFIAEoCEgDiAEBQgcKBV92Y3B1Qg0KC19tZW1vcnlfbWliQhAKDl93b3JrX2Rpc2tfbWliQgYKBF9uYXQiKgoNU2V0Vm1SZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSIzCg5MaXN0Vm1zUmVxdWVzdBIhCgVzdGF0ZRgBIAEoDjISLmJhbmdlci52MS5WbVN0YXRlIi0KD0xpc3RWbXNSZXNwb25zZRIaCgN2bXMYASADKAsyDS5iYW5nZXIudjEuVm0iHAoMR2V0Vm1SZXF1ZXN0EgwKBG5hbWUYASABKAkiKgoNR2V0Vm1SZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSJpCg1WbUxvZ3NSZXF1ZXN0EgwKBG5hbWUYASABKAkSJgoGc291cmNlGAIgASgOMhYuYmFuZ2VyLnYxLlZtTG9nU291cmNlEhIKCnRhaWxfbGluZXMYAyABKA0SDgoGZm9sbG93GAQgASgIIh4KDlZtTG9nc1Jlc3BvbnNlEgwKBGRhdGEYASABKAwiHgoOVm1TdGF0c1JlcXVlc3QSDAoEbmFtZRgBIAEoCSL+AQoPVm1TdGF0c1Jlc3BvbnNlEigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGNwdV90aW1lGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC2NwdV9wZXJjZW50GAMgASgBEhgKEG1lbW9yeV9yc3NfYnl0ZXMYBCABKAQSHAoUcm9vdF9kaXNrX3VzZWRfYnl0ZXMYBSABKAQSHAoUd29ya19kaXNrX3VzZWRfYnl0ZXMYBiABKAQSKQoGdXB0aW1lGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIh4KDlZtUG9ydHNSZXF1ZXN0EgwKBG5hbWUYASABKAkiOgoPVm1Qb3J0c1Jlc3BvbnNlEicKBXBvcnRzGAEgAygLMhguYmFuZ2VyLnYxLkxpc3RlbmluZ1BvcnQiUQoNTGlzdGVuaW5nUG9ydBIQCghwcm90b2NvbBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEgwKBHBvcnQYAyABKA0SDwoHcHJvY2VzcxgEIAEoCSpeCgtWbUxvZ1NvdXJjZRIdChlWTV9MT0dfU09VUkNFX1VOU1BFQ0lGSUVEEAASGQoVVk1fTE9HX1NPVVJDRV9DT05TT0xFEAESFQoRVk1fTE9HX1NPVVJDRV9WTU0QAjLdBQoJVm1TZXJ2aWNlEkMKCENyZWF0ZVZtEhouYmFuZ2VyLnYxLkNyZWF0ZVZtUmVxdWVzdBobLmJhbmdlci52MS5DcmVhdGVWbVJlc3BvbnNlEkAKB1N0YXJ0Vm0SGS5iYW5nZXIudjEuU3RhcnRWbVJlcXVlc3QaGi5iYW5nZXIudjEuU3RhcnRWbVJlc3BvbnNlEj0KBlN0b3BWbRIYLmJhbmdlci52MS5TdG9wVm1SZXF1ZXN0GhkuYmFuZ2VyLnYxLlN0b3BWbVJlc3BvbnNlEkYKCVJlc3RhcnRWbRIbLmJhbmdlci52MS5SZXN0YXJ0Vm1SZXF1ZXN0GhwuYmFuZ2VyLnYxLlJlc3RhcnRWbVJlc3BvbnNlEkMKCERlbGV0ZVZtEhouYmFuZ2VyLnYxLkRlbGV0ZVZtUmVxdWVzdBobLmJhbmdlci52MS5EZWxldGVWbVJlc3BvbnNlEjoKBVNldFZtEhcuYmFuZ2VyLnYxLlNldFZtUmVxdWVzdBoYLmJhbmdlci52MS5TZXRWbVJlc3BvbnNlEkAKB0xpc3RWbXMSGS5iYW5nZXIudjEuTGlzdFZtc1JlcXVlc3QaGi5iYW5nZXIudjEuTGlzdFZtc1Jlc3BvbnNlEjoKBUdldFZtEhcuYmFuZ2VyLnYxLkdldFZtUmVxdWVzdBoYLmJhbmdlci52MS5HZXRWbVJlc3BvbnNlEj8KBlZtTG9ncxIYLmJhbmdlci52MS5WbUxvZ3NSZXF1ZXN0GhkuYmFuZ2VyLnYxLlZtTG9nc1Jlc3BvbnNlMAESQAoHVm1TdGF0cxIZLmJhbmdlci52MS5WbVN0YXRzUmVxdWVzdBoaLmJhbmdlci52MS5WbVN0YXRzUmVzcG9uc2USQAoHVm1Qb3J0cxIZLmJhbmdlci52MS5WbVBvcnRzUmVxdWVzdBoaLmJhbmdlci52MS5WbVBvcnRzUmVzcG9uc2ViBnByb3RvMw", [file_banger_v1_operation, file_banger_v1_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
- * Req.
+ * Request of CreateVm.
+ *
+ * @generated from message banger.v1.CreateVmRequest
+ */
+export type CreateVmRequest = Message<"banger.v1.CreateVmRequest"> & {
+  /**
+   * Name of the new VM, `^[a-z0-9][a-z0-9-]{0,31}$`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Image name, or a catalog name ("debian") pulled on first use; empty = configured default.
+   *
+   * @generated from field: string image = 2;
+   */
+  image: string;
+
+  /**
+   * Kernel name; empty = the image's default, else the host default.
+   *
+   * @generated from field: string kernel = 3;
+   */
+  kernel: string;
+
+  /**
+   * Virtual CPUs, 1-32; 0 = configured default.
+   *
+   * @generated from field: uint32 vcpu = 4;
+   */
+  vcpu: number;
+
+  /**
+   * Memory in MiB, 128-262144; 0 = configured default.
+   *
+   * @generated from field: uint32 memory_mib = 5;
+   */
+  memoryMib: number;
+
+  /**
+   * Work disk size in MiB (at least the image's work seed); 0 = configured default.
+   *
+   * @generated from field: uint64 work_disk_mib = 6;
+   */
+  workDiskMib: bigint;
+
+  /**
+   * Enable NAT so the guest reaches the outside network.
+   *
+   * @generated from field: bool nat = 7;
+   */
+  nat: boolean;
+
+  /**
+   * VMM to use; UNSPECIFIED = the host's configured VMM.
+   *
+   * @generated from field: banger.v1.VmmKind vmm = 8;
+   */
+  vmm: VmmKind;
+
+  /**
+   * Do not wait for the guest's SSH before the operation succeeds.
+   *
+   * @generated from field: bool skip_ssh_wait = 9;
+   */
+  skipSshWait: boolean;
+};
+
+/**
+ * Describes the message banger.v1.CreateVmRequest.
+ * Use `create(CreateVmRequestSchema)` to create a new message.
+ */
+export const CreateVmRequestSchema: GenMessage<CreateVmRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 0);
+
+/**
+ * Response of CreateVm.
+ *
+ * @generated from message banger.v1.CreateVmResponse
+ */
+export type CreateVmResponse = Message<"banger.v1.CreateVmResponse"> & {
+  /**
+   * The create operation, just begun; its result is the Vm.
+   *
+   * @generated from field: banger.v1.Operation operation = 1;
+   */
+  operation?: Operation | undefined;
+};
+
+/**
+ * Describes the message banger.v1.CreateVmResponse.
+ * Use `create(CreateVmResponseSchema)` to create a new message.
+ */
+export const CreateVmResponseSchema: GenMessage<CreateVmResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 1);
+
+/**
+ * Request of StartVm.
+ *
+ * @generated from message banger.v1.StartVmRequest
+ */
+export type StartVmRequest = Message<"banger.v1.StartVmRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message banger.v1.StartVmRequest.
+ * Use `create(StartVmRequestSchema)` to create a new message.
+ */
+export const StartVmRequestSchema: GenMessage<StartVmRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 2);
+
+/**
+ * Response of StartVm.
+ *
+ * @generated from message banger.v1.StartVmResponse
+ */
+export type StartVmResponse = Message<"banger.v1.StartVmResponse"> & {
+  /**
+   * The start operation; its result is the Vm.
+   *
+   * @generated from field: banger.v1.Operation operation = 1;
+   */
+  operation?: Operation | undefined;
+};
+
+/**
+ * Describes the message banger.v1.StartVmResponse.
+ * Use `create(StartVmResponseSchema)` to create a new message.
+ */
+export const StartVmResponseSchema: GenMessage<StartVmResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 3);
+
+/**
+ * Request of StopVm.
+ *
+ * @generated from message banger.v1.StopVmRequest
+ */
+export type StopVmRequest = Message<"banger.v1.StopVmRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * How long to wait for a graceful shutdown before killing the VMM; unset = 30 s.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 2;
+   */
+  timeout?: Duration | undefined;
+
+  /**
+   * Kill at once, without a graceful shutdown.
+   *
+   * @generated from field: bool force = 3;
+   */
+  force: boolean;
+};
+
+/**
+ * Describes the message banger.v1.StopVmRequest.
+ * Use `create(StopVmRequestSchema)` to create a new message.
+ */
+export const StopVmRequestSchema: GenMessage<StopVmRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 4);
+
+/**
+ * Response of StopVm.
+ *
+ * @generated from message banger.v1.StopVmResponse
+ */
+export type StopVmResponse = Message<"banger.v1.StopVmResponse"> & {
+  /**
+   * The stop operation; its result is the Vm.
+   *
+   * @generated from field: banger.v1.Operation operation = 1;
+   */
+  operation?: Operation | undefined;
+};
+
+/**
+ * Describes the message banger.v1.StopVmResponse.
+ * Use `create(StopVmResponseSchema)` to create a new message.
+ */
+export const StopVmResponseSchema: GenMessage<StopVmResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 5);
+
+/**
+ * Request of RestartVm.
+ *
+ * @generated from message banger.v1.RestartVmRequest
+ */
+export type RestartVmRequest = Message<"banger.v1.RestartVmRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Graceful shutdown timeout, as in StopVm; unset = 30 s.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 2;
+   */
+  timeout?: Duration | undefined;
+};
+
+/**
+ * Describes the message banger.v1.RestartVmRequest.
+ * Use `create(RestartVmRequestSchema)` to create a new message.
+ */
+export const RestartVmRequestSchema: GenMessage<RestartVmRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 6);
+
+/**
+ * Response of RestartVm.
+ *
+ * @generated from message banger.v1.RestartVmResponse
+ */
+export type RestartVmResponse = Message<"banger.v1.RestartVmResponse"> & {
+  /**
+   * The restart operation; its result is the Vm.
+   *
+   * @generated from field: banger.v1.Operation operation = 1;
+   */
+  operation?: Operation | undefined;
+};
+
+/**
+ * Describes the message banger.v1.RestartVmResponse.
+ * Use `create(RestartVmResponseSchema)` to create a new message.
+ */
+export const RestartVmResponseSchema: GenMessage<RestartVmResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 7);
+
+/**
+ * Request of DeleteVm.
+ *
+ * @generated from message banger.v1.DeleteVmRequest
+ */
+export type DeleteVmRequest = Message<"banger.v1.DeleteVmRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message banger.v1.DeleteVmRequest.
+ * Use `create(DeleteVmRequestSchema)` to create a new message.
+ */
+export const DeleteVmRequestSchema: GenMessage<DeleteVmRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 8);
+
+/**
+ * Response of DeleteVm.
+ *
+ * @generated from message banger.v1.DeleteVmResponse
+ */
+export type DeleteVmResponse = Message<"banger.v1.DeleteVmResponse"> & {
+  /**
+   * The delete operation.
+   *
+   * @generated from field: banger.v1.Operation operation = 1;
+   */
+  operation?: Operation | undefined;
+};
+
+/**
+ * Describes the message banger.v1.DeleteVmResponse.
+ * Use `create(DeleteVmResponseSchema)` to create a new message.
+ */
+export const DeleteVmResponseSchema: GenMessage<DeleteVmResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 9);
+
+/**
+ * Request of SetVm. Only fields that are set change.
+ *
+ * @generated from message banger.v1.SetVmRequest
+ */
+export type SetVmRequest = Message<"banger.v1.SetVmRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * New vcpu count, 1-32 (applied at next start).
+   *
+   * @generated from field: optional uint32 vcpu = 2;
+   */
+  vcpu?: number | undefined;
+
+  /**
+   * New memory in MiB (applied at next start).
+   *
+   * @generated from field: optional uint32 memory_mib = 3;
+   */
+  memoryMib?: number | undefined;
+
+  /**
+   * New work disk size in MiB; may only grow.
+   *
+   * @generated from field: optional uint64 work_disk_mib = 4;
+   */
+  workDiskMib?: bigint | undefined;
+
+  /**
+   * Enable or disable NAT (applied at once when running).
+   *
+   * @generated from field: optional bool nat = 5;
+   */
+  nat?: boolean | undefined;
+};
+
+/**
+ * Describes the message banger.v1.SetVmRequest.
+ * Use `create(SetVmRequestSchema)` to create a new message.
+ */
+export const SetVmRequestSchema: GenMessage<SetVmRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 10);
+
+/**
+ * Response of SetVm.
+ *
+ * @generated from message banger.v1.SetVmResponse
+ */
+export type SetVmResponse = Message<"banger.v1.SetVmResponse"> & {
+  /**
+   * The VM after the change.
+   *
+   * @generated from field: banger.v1.Vm vm = 1;
+   */
+  vm?: Vm | undefined;
+};
+
+/**
+ * Describes the message banger.v1.SetVmResponse.
+ * Use `create(SetVmResponseSchema)` to create a new message.
+ */
+export const SetVmResponseSchema: GenMessage<SetVmResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 11);
+
+/**
+ * Request of ListVms.
  *
  * @generated from message banger.v1.ListVmsRequest
  */
 export type ListVmsRequest = Message<"banger.v1.ListVmsRequest"> & {
+  /**
+   * Only VMs in this state; UNSPECIFIED = all.
+   *
+   * @generated from field: banger.v1.VmState state = 1;
+   */
+  state: VmState;
 };
 
 /**
@@ -25,14 +394,20 @@ export type ListVmsRequest = Message<"banger.v1.ListVmsRequest"> & {
  * Use `create(ListVmsRequestSchema)` to create a new message.
  */
 export const ListVmsRequestSchema: GenMessage<ListVmsRequest> = /*@__PURE__*/
-  messageDesc(file_banger_v1_vm, 0);
+  messageDesc(file_banger_v1_vm, 12);
 
 /**
- * Resp.
+ * Response of ListVms.
  *
  * @generated from message banger.v1.ListVmsResponse
  */
 export type ListVmsResponse = Message<"banger.v1.ListVmsResponse"> & {
+  /**
+   * Sorted by name.
+   *
+   * @generated from field: repeated banger.v1.Vm vms = 1;
+   */
+  vms: Vm[];
 };
 
 /**
@@ -40,16 +415,400 @@ export type ListVmsResponse = Message<"banger.v1.ListVmsResponse"> & {
  * Use `create(ListVmsResponseSchema)` to create a new message.
  */
 export const ListVmsResponseSchema: GenMessage<ListVmsResponse> = /*@__PURE__*/
-  messageDesc(file_banger_v1_vm, 1);
+  messageDesc(file_banger_v1_vm, 13);
 
 /**
- * Placeholder until the full API lands.
+ * Request of GetVm.
+ *
+ * @generated from message banger.v1.GetVmRequest
+ */
+export type GetVmRequest = Message<"banger.v1.GetVmRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message banger.v1.GetVmRequest.
+ * Use `create(GetVmRequestSchema)` to create a new message.
+ */
+export const GetVmRequestSchema: GenMessage<GetVmRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 14);
+
+/**
+ * Response of GetVm.
+ *
+ * @generated from message banger.v1.GetVmResponse
+ */
+export type GetVmResponse = Message<"banger.v1.GetVmResponse"> & {
+  /**
+   * The VM.
+   *
+   * @generated from field: banger.v1.Vm vm = 1;
+   */
+  vm?: Vm | undefined;
+};
+
+/**
+ * Describes the message banger.v1.GetVmResponse.
+ * Use `create(GetVmResponseSchema)` to create a new message.
+ */
+export const GetVmResponseSchema: GenMessage<GetVmResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 15);
+
+/**
+ * Request of VmLogs.
+ *
+ * @generated from message banger.v1.VmLogsRequest
+ */
+export type VmLogsRequest = Message<"banger.v1.VmLogsRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Which log.
+   *
+   * @generated from field: banger.v1.VmLogSource source = 2;
+   */
+  source: VmLogSource;
+
+  /**
+   * Start this many lines before the end; 0 = the whole log.
+   *
+   * @generated from field: uint32 tail_lines = 3;
+   */
+  tailLines: number;
+
+  /**
+   * Keep streaming new lines until the client cancels or the VM is deleted.
+   *
+   * @generated from field: bool follow = 4;
+   */
+  follow: boolean;
+};
+
+/**
+ * Describes the message banger.v1.VmLogsRequest.
+ * Use `create(VmLogsRequestSchema)` to create a new message.
+ */
+export const VmLogsRequestSchema: GenMessage<VmLogsRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 16);
+
+/**
+ * One chunk of a VM's log.
+ *
+ * @generated from message banger.v1.VmLogsResponse
+ */
+export type VmLogsResponse = Message<"banger.v1.VmLogsResponse"> & {
+  /**
+   * Raw bytes of the log, in order; chunks end at line boundaries when possible.
+   *
+   * @generated from field: bytes data = 1;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message banger.v1.VmLogsResponse.
+ * Use `create(VmLogsResponseSchema)` to create a new message.
+ */
+export const VmLogsResponseSchema: GenMessage<VmLogsResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 17);
+
+/**
+ * Request of VmStats.
+ *
+ * @generated from message banger.v1.VmStatsRequest
+ */
+export type VmStatsRequest = Message<"banger.v1.VmStatsRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message banger.v1.VmStatsRequest.
+ * Use `create(VmStatsRequestSchema)` to create a new message.
+ */
+export const VmStatsRequestSchema: GenMessage<VmStatsRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 18);
+
+/**
+ * Response of VmStats. Errors: FAILED_PRECONDITION (VM_NOT_RUNNING).
+ *
+ * @generated from message banger.v1.VmStatsResponse
+ */
+export type VmStatsResponse = Message<"banger.v1.VmStatsResponse"> & {
+  /**
+   * When it was measured.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 1;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * CPU time the VMM used since it started.
+   *
+   * @generated from field: google.protobuf.Duration cpu_time = 2;
+   */
+  cpuTime?: Duration | undefined;
+
+  /**
+   * CPU use over the last second, in percent of one core.
+   *
+   * @generated from field: double cpu_percent = 3;
+   */
+  cpuPercent: number;
+
+  /**
+   * Resident memory of the VMM process in bytes.
+   *
+   * @generated from field: uint64 memory_rss_bytes = 4;
+   */
+  memoryRssBytes: bigint;
+
+  /**
+   * Bytes the root disk's copy-on-write layer uses on the host.
+   *
+   * @generated from field: uint64 root_disk_used_bytes = 5;
+   */
+  rootDiskUsedBytes: bigint;
+
+  /**
+   * Bytes the work disk file uses on the host (allocated, not apparent size).
+   *
+   * @generated from field: uint64 work_disk_used_bytes = 6;
+   */
+  workDiskUsedBytes: bigint;
+
+  /**
+   * How long the VM has run.
+   *
+   * @generated from field: google.protobuf.Duration uptime = 7;
+   */
+  uptime?: Duration | undefined;
+};
+
+/**
+ * Describes the message banger.v1.VmStatsResponse.
+ * Use `create(VmStatsResponseSchema)` to create a new message.
+ */
+export const VmStatsResponseSchema: GenMessage<VmStatsResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 19);
+
+/**
+ * Request of VmPorts.
+ *
+ * @generated from message banger.v1.VmPortsRequest
+ */
+export type VmPortsRequest = Message<"banger.v1.VmPortsRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message banger.v1.VmPortsRequest.
+ * Use `create(VmPortsRequestSchema)` to create a new message.
+ */
+export const VmPortsRequestSchema: GenMessage<VmPortsRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 20);
+
+/**
+ * Response of VmPorts. Errors: FAILED_PRECONDITION (VM_NOT_RUNNING).
+ *
+ * @generated from message banger.v1.VmPortsResponse
+ */
+export type VmPortsResponse = Message<"banger.v1.VmPortsResponse"> & {
+  /**
+   * Listening sockets, sorted by port.
+   *
+   * @generated from field: repeated banger.v1.ListeningPort ports = 1;
+   */
+  ports: ListeningPort[];
+};
+
+/**
+ * Describes the message banger.v1.VmPortsResponse.
+ * Use `create(VmPortsResponseSchema)` to create a new message.
+ */
+export const VmPortsResponseSchema: GenMessage<VmPortsResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 21);
+
+/**
+ * A socket listening in the guest.
+ *
+ * @generated from message banger.v1.ListeningPort
+ */
+export type ListeningPort = Message<"banger.v1.ListeningPort"> & {
+  /**
+   * "tcp", "tcp6", "udp" or "udp6".
+   *
+   * @generated from field: string protocol = 1;
+   */
+  protocol: string;
+
+  /**
+   * Local address, e.g. "0.0.0.0" or "127.0.0.1".
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+
+  /**
+   * Port number.
+   *
+   * @generated from field: uint32 port = 3;
+   */
+  port: number;
+
+  /**
+   * Process name, when the guest tells it.
+   *
+   * @generated from field: string process = 4;
+   */
+  process: string;
+};
+
+/**
+ * Describes the message banger.v1.ListeningPort.
+ * Use `create(ListeningPortSchema)` to create a new message.
+ */
+export const ListeningPortSchema: GenMessage<ListeningPort> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 22);
+
+/**
+ * Which log of a VM.
+ *
+ * @generated from enum banger.v1.VmLogSource
+ */
+export enum VmLogSource {
+  /**
+   * Not set: the guest console.
+   *
+   * @generated from enum value: VM_LOG_SOURCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The guest's serial console.
+   *
+   * @generated from enum value: VM_LOG_SOURCE_CONSOLE = 1;
+   */
+  CONSOLE = 1,
+
+  /**
+   * The VMM's own log.
+   *
+   * @generated from enum value: VM_LOG_SOURCE_VMM = 2;
+   */
+  VMM = 2,
+}
+
+/**
+ * Describes the enum banger.v1.VmLogSource.
+ */
+export const VmLogSourceSchema: GenEnum<VmLogSource> = /*@__PURE__*/
+  enumDesc(file_banger_v1_vm, 0);
+
+/**
+ * The lifecycle of microVMs. VMs are named by `name`
+ * (`^[a-z0-9][a-z0-9-]{0,31}$`). Lifecycle calls return an Operation at once
+ * (its id is the call's op id): watch it with OperationService.WatchOperation.
+ * Common errors: NOT_FOUND (VM_NOT_FOUND), INVALID_ARGUMENT (INVALID_VM_NAME…),
+ * FAILED_PRECONDITION (VM_NOT_RUNNING, VM_RUNNING, VM_BUSY),
+ * UNAVAILABLE (a banger service is down; the message names its socket).
  *
  * @generated from service banger.v1.VmService
  */
 export const VmService: GenService<{
   /**
-   * List.
+   * Creates a VM and boots it: resolve image (pulling it if the catalog knows
+   * it) → reserve → root disk → fsck → guest files → work disk → tap → launch
+   * VMM → configure → start → wait for SSH → DNS + NAT. Returns at once with
+   * the operation. Any failure unwinds what earlier stages made. Errors:
+   * ALREADY_EXISTS (VM_NAME_TAKEN), NOT_FOUND (IMAGE_NOT_FOUND, KERNEL_NOT_FOUND),
+   * RESOURCE_EXHAUSTED (NO_FREE_ADDRESS).
+   *
+   * @generated from rpc banger.v1.VmService.CreateVm
+   */
+  createVm: {
+    methodKind: "unary";
+    input: typeof CreateVmRequestSchema;
+    output: typeof CreateVmResponseSchema;
+  },
+  /**
+   * Boots a stopped VM, applying pending SetVm changes. Errors:
+   * FAILED_PRECONDITION (VM_RUNNING) when it already runs.
+   *
+   * @generated from rpc banger.v1.VmService.StartVm
+   */
+  startVm: {
+    methodKind: "unary";
+    input: typeof StartVmRequestSchema;
+    output: typeof StartVmResponseSchema;
+  },
+  /**
+   * Stops a VM: a graceful shutdown (Ctrl-Alt-Del / ACPI power button), then a
+   * kill after the timeout. Disks are kept. Errors: FAILED_PRECONDITION
+   * (VM_NOT_RUNNING) when it is already stopped.
+   *
+   * @generated from rpc banger.v1.VmService.StopVm
+   */
+  stopVm: {
+    methodKind: "unary";
+    input: typeof StopVmRequestSchema;
+    output: typeof StopVmResponseSchema;
+  },
+  /**
+   * Stops (if running) and starts a VM.
+   *
+   * @generated from rpc banger.v1.VmService.RestartVm
+   */
+  restartVm: {
+    methodKind: "unary";
+    input: typeof RestartVmRequestSchema;
+    output: typeof RestartVmResponseSchema;
+  },
+  /**
+   * Deletes a VM: stops it and removes every host resource and file it had.
+   * Idempotent: deleting a VM that does not exist succeeds (with
+   * `existed = false` in the operation's stage message).
+   *
+   * @generated from rpc banger.v1.VmService.DeleteVm
+   */
+  deleteVm: {
+    methodKind: "unary";
+    input: typeof DeleteVmRequestSchema;
+    output: typeof DeleteVmResponseSchema;
+  },
+  /**
+   * Changes vcpu, memory or grows the work disk. Changes that need a reboot
+   * are applied at the next start (listed in Vm.pending_changes). Errors:
+   * INVALID_ARGUMENT (shrinking a disk, out-of-range values).
+   *
+   * @generated from rpc banger.v1.VmService.SetVm
+   */
+  setVm: {
+    methodKind: "unary";
+    input: typeof SetVmRequestSchema;
+    output: typeof SetVmResponseSchema;
+  },
+  /**
+   * All VMs, sorted by name.
    *
    * @generated from rpc banger.v1.VmService.ListVms
    */
@@ -57,6 +816,46 @@ export const VmService: GenService<{
     methodKind: "unary";
     input: typeof ListVmsRequestSchema;
     output: typeof ListVmsResponseSchema;
+  },
+  /**
+   * One VM.
+   *
+   * @generated from rpc banger.v1.VmService.GetVm
+   */
+  getVm: {
+    methodKind: "unary";
+    input: typeof GetVmRequestSchema;
+    output: typeof GetVmResponseSchema;
+  },
+  /**
+   * The VMM's log and the guest console, optionally followed as they grow.
+   *
+   * @generated from rpc banger.v1.VmService.VmLogs
+   */
+  vmLogs: {
+    methodKind: "server_streaming";
+    input: typeof VmLogsRequestSchema;
+    output: typeof VmLogsResponseSchema;
+  },
+  /**
+   * Resource usage of a running VM, measured from the host.
+   *
+   * @generated from rpc banger.v1.VmService.VmStats
+   */
+  vmStats: {
+    methodKind: "unary";
+    input: typeof VmStatsRequestSchema;
+    output: typeof VmStatsResponseSchema;
+  },
+  /**
+   * TCP/UDP ports listening in the guest, read over SSH.
+   *
+   * @generated from rpc banger.v1.VmService.VmPorts
+   */
+  vmPorts: {
+    methodKind: "unary";
+    input: typeof VmPortsRequestSchema;
+    output: typeof VmPortsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_banger_v1_vm, 0);

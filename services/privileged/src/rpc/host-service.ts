@@ -1,6 +1,7 @@
 import { implementService } from "@banger/common";
 import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import type { ServiceImpl } from "@connectrpc/connect";
+import { probeHostFeatures } from "../host/features.js";
 import { describeHelper } from "../ops/version.js";
 
 export interface HostServiceDeps {
@@ -16,6 +17,7 @@ export function createHostService(deps: HostServiceDeps): ServiceImpl<typeof Hos
         ...identity,
         capabilities: [...identity.capabilities],
         missingCapabilities: [...identity.missingCapabilities],
+        features: probeHostFeatures(),
       };
     },
   });

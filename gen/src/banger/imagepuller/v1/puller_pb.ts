@@ -2,18 +2,18 @@
 // @generated from file banger/imagepuller/v1/puller.proto (package banger.imagepuller.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file banger/imagepuller/v1/puller.proto.
  */
 export const file_banger_imagepuller_v1_puller: GenFile = /*@__PURE__*/
-  fileDesc("CiJiYW5nZXIvaW1hZ2VwdWxsZXIvdjEvcHVsbGVyLnByb3RvEhViYW5nZXIuaW1hZ2VwdWxsZXIudjEiEwoRR2V0VmVyc2lvblJlcXVlc3QifgoSR2V0VmVyc2lvblJlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSCwoDcGlkGAIgASgFEgsKA3VpZBgDIAEoDRILCgNnaWQYBCABKA0SFQoNcHJpdmlsZWdlc19vaxgFIAEoCBIZChFwcml2aWxlZ2VzX2RldGFpbBgGIAEoCSIgCgtQdWxsUmVxdWVzdBIRCglyZWZlcmVuY2UYASABKAkiDgoMUHVsbFJlc3BvbnNlMsUBCg1QdWxsZXJTZXJ2aWNlEmEKCkdldFZlcnNpb24SKC5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuR2V0VmVyc2lvblJlcXVlc3QaKS5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuR2V0VmVyc2lvblJlc3BvbnNlElEKBFB1bGwSIi5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUHVsbFJlcXVlc3QaIy5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUHVsbFJlc3BvbnNlMAFiBnByb3RvMw");
+  fileDesc("CiJiYW5nZXIvaW1hZ2VwdWxsZXIvdjEvcHVsbGVyLnByb3RvEhViYW5nZXIuaW1hZ2VwdWxsZXIudjEiEwoRR2V0VmVyc2lvblJlcXVlc3QifgoSR2V0VmVyc2lvblJlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSCwoDcGlkGAIgASgFEgsKA3VpZBgDIAEoDRILCgNnaWQYBCABKA0SFQoNcHJpdmlsZWdlc19vaxgFIAEoCBIZChFwcml2aWxlZ2VzX2RldGFpbBgGIAEoCSI9CghQbGF0Zm9ybRIKCgJvcxgBIAEoCRIUCgxhcmNoaXRlY3R1cmUYAiABKAkSDwoHdmFyaWFudBgDIAEoCSKPAgoLUHVsbFJlcXVlc3QSEQoJcmVmZXJlbmNlGAEgASgJEhMKC3N0YWdpbmdfZGlyGAIgASgJEjEKCHBsYXRmb3JtGAMgASgLMh8uYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlBsYXRmb3JtEhsKE2luc2VjdXJlX3JlZ2lzdHJpZXMYBCADKAkSFgoObWluX3Jvb3Rmc19taWIYBSABKAQSGAoQaGVhZHJvb21fcGVyY2VudBgGIAEoDRIcChRpbm9kZV9tYXJnaW5fcGVyY2VudBgHIAEoDRIWCg5za2lwX3dvcmtfc2VlZBgIIAEoCBIgChhtYXhfY29uY3VycmVudF9kb3dubG9hZHMYCSABKA0itwEKDFB1bGxSZXNwb25zZRIyCgVzdGFnZRgBIAEoCzIhLmJhbmdlci5pbWFnZXB1bGxlci52MS5TdGFnZUV2ZW50SAASNQoFbGF5ZXIYAiABKAsyJC5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuTGF5ZXJQcm9ncmVzc0gAEjMKBnJlc3VsdBgDIAEoCzIhLmJhbmdlci5pbWFnZXB1bGxlci52MS5QdWxsUmVzdWx0SABCBwoFZXZlbnQicQoKU3RhZ2VFdmVudBIvCgVzdGFnZRgBIAEoDjIgLmJhbmdlci5pbWFnZXB1bGxlci52MS5QdWxsU3RhZ2USDAoEZG9uZRgCIAEoCBITCgtkdXJhdGlvbl9tcxgDIAEoBBIPCgdtZXNzYWdlGAQgASgJIokBCg1MYXllclByb2dyZXNzEg4KBmRpZ2VzdBgBIAEoCRINCgVpbmRleBgCIAEoDRISCgpkb25lX2J5dGVzGAMgASgEEhMKC3RvdGFsX2J5dGVzGAQgASgEEjAKBXN0YXRlGAUgASgOMiEuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLkxheWVyU3RhdGUirAIKClB1bGxSZXN1bHQSFwoPbWFuaWZlc3RfZGlnZXN0GAEgASgJEhUKDWNvbmZpZ19kaWdlc3QYAiABKAkSEAoIcGxhdGZvcm0YAyABKAkSEwoLcm9vdGZzX2ZpbGUYBCABKAkSFAoMcm9vdGZzX2J5dGVzGAUgASgEEhYKDndvcmtfc2VlZF9maWxlGAYgASgJEhcKD3dvcmtfc2VlZF9ieXRlcxgHIAEoBBISCgplbnRyeXBvaW50GAggAygJEgsKA2NtZBgJIAMoCRILCgNlbnYYCiADKAkSDAoEdXNlchgLIAEoCRITCgt3b3JraW5nX2RpchgMIAEoCRIYChBkb3dubG9hZGVkX2J5dGVzGA0gASgEEhUKDW1hbmlmZXN0X2ZpbGUYDiABKAkicwoOUmVzb2x2ZVJlcXVlc3QSEQoJcmVmZXJlbmNlGAEgASgJEjEKCHBsYXRmb3JtGAIgASgLMh8uYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlBsYXRmb3JtEhsKE2luc2VjdXJlX3JlZ2lzdHJpZXMYAyADKAkidAoPUmVzb2x2ZVJlc3BvbnNlEhsKE2Nhbm9uaWNhbF9yZWZlcmVuY2UYASABKAkSFwoPbWFuaWZlc3RfZGlnZXN0GAIgASgJEhEKCXBsYXRmb3JtcxgDIAMoCRIYChBjb21wcmVzc2VkX2J5dGVzGAQgASgEIiYKEVBydW5lQ2FjaGVSZXF1ZXN0EhEKCWtlZXBfZGF5cxgBIAEoDSJAChJQcnVuZUNhY2hlUmVzcG9uc2USFQoNcmVtb3ZlZF9ibG9icxgBIAEoDRITCgtmcmVlZF9ieXRlcxgCIAEoBCq2AQoJUHVsbFN0YWdlEhoKFlBVTExfU1RBR0VfVU5TUEVDSUZJRUQQABIWChJQVUxMX1NUQUdFX1JFU09MVkUQARIVChFQVUxMX1NUQUdFX0xBWUVSUxACEhMKD1BVTExfU1RBR0VfTUtGUxADEhgKFFBVTExfU1RBR0VfT1dORVJTSElQEAQSGAoUUFVMTF9TVEFHRV9XT1JLX1NFRUQQBRIVChFQVUxMX1NUQUdFX1ZFUklGWRAGKqwBCgpMYXllclN0YXRlEhsKF0xBWUVSX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTTEFZRVJfU1RBVEVfV0FJVElORxABEhsKF0xBWUVSX1NUQVRFX0RPV05MT0FESU5HEAISFgoSTEFZRVJfU1RBVEVfQ0FDSEVEEAMSGgoWTEFZRVJfU1RBVEVfRE9XTkxPQURFRBAEEhcKE0xBWUVSX1NUQVRFX0FQUExJRUQQBTKCAwoNUHVsbGVyU2VydmljZRJhCgpHZXRWZXJzaW9uEiguYmFuZ2VyLmltYWdlcHVsbGVyLnYxLkdldFZlcnNpb25SZXF1ZXN0GikuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLkdldFZlcnNpb25SZXNwb25zZRJRCgRQdWxsEiIuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlB1bGxSZXF1ZXN0GiMuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlB1bGxSZXNwb25zZTABElgKB1Jlc29sdmUSJS5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUmVzb2x2ZVJlcXVlc3QaJi5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUmVzb2x2ZVJlc3BvbnNlEmEKClBydW5lQ2FjaGUSKC5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUHJ1bmVDYWNoZVJlcXVlc3QaKS5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUHJ1bmVDYWNoZVJlc3BvbnNlYgZwcm90bzM");
 
 /**
- * Req.
+ * Request of GetVersion.
  *
  * @generated from message banger.imagepuller.v1.GetVersionRequest
  */
@@ -28,37 +28,49 @@ export const GetVersionRequestSchema: GenMessage<GetVersionRequest> = /*@__PURE_
   messageDesc(file_banger_imagepuller_v1_puller, 0);
 
 /**
- * Resp.
+ * Response of GetVersion.
  *
  * @generated from message banger.imagepuller.v1.GetVersionResponse
  */
 export type GetVersionResponse = Message<"banger.imagepuller.v1.GetVersionResponse"> & {
   /**
+   * banger version, e.g. "0.1.0".
+   *
    * @generated from field: string version = 1;
    */
   version: string;
 
   /**
+   * Process id.
+   *
    * @generated from field: int32 pid = 2;
    */
   pid: number;
 
   /**
+   * uid it runs as (never 0 in a correct setup).
+   *
    * @generated from field: uint32 uid = 3;
    */
   uid: number;
 
   /**
+   * gid it runs as.
+   *
    * @generated from field: uint32 gid = 4;
    */
   gid: number;
 
   /**
+   * True when it runs unprivileged (not root, no capabilities).
+   *
    * @generated from field: bool privileges_ok = 5;
    */
   privilegesOk: boolean;
 
   /**
+   * One line about its privileges.
+   *
    * @generated from field: string privileges_detail = 6;
    */
   privilegesDetail: string;
@@ -72,15 +84,112 @@ export const GetVersionResponseSchema: GenMessage<GetVersionResponse> = /*@__PUR
   messageDesc(file_banger_imagepuller_v1_puller, 1);
 
 /**
- * Req.
+ * A target platform.
+ *
+ * @generated from message banger.imagepuller.v1.Platform
+ */
+export type Platform = Message<"banger.imagepuller.v1.Platform"> & {
+  /**
+   * Operating system; empty = "linux".
+   *
+   * @generated from field: string os = 1;
+   */
+  os: string;
+
+  /**
+   * CPU architecture in OCI terms; empty = "amd64".
+   *
+   * @generated from field: string architecture = 2;
+   */
+  architecture: string;
+
+  /**
+   * Variant, e.g. "v8"; empty = any.
+   *
+   * @generated from field: string variant = 3;
+   */
+  variant: string;
+};
+
+/**
+ * Describes the message banger.imagepuller.v1.Platform.
+ * Use `create(PlatformSchema)` to create a new message.
+ */
+export const PlatformSchema: GenMessage<Platform> = /*@__PURE__*/
+  messageDesc(file_banger_imagepuller_v1_puller, 2);
+
+/**
+ * Request of Pull.
  *
  * @generated from message banger.imagepuller.v1.PullRequest
  */
 export type PullRequest = Message<"banger.imagepuller.v1.PullRequest"> & {
   /**
+   * Image reference: "debian:bookworm", "alpine", "ghcr.io/org/img@sha256:…",
+   * "127.0.0.1:5000/x:tag". Docker Hub rules apply ("docker.io" → its
+   * registry host, "library/" prefix for single-component names).
+   *
    * @generated from field: string reference = 1;
    */
   reference: string;
+
+  /**
+   * Absolute path of an empty directory inside banger's state directory to
+   * build into; the result files are named in PullResult.
+   *
+   * @generated from field: string staging_dir = 2;
+   */
+  stagingDir: string;
+
+  /**
+   * Platform to select from a multi-platform index; unset = linux/amd64.
+   *
+   * @generated from field: banger.imagepuller.v1.Platform platform = 3;
+   */
+  platform?: Platform | undefined;
+
+  /**
+   * Registry hosts ("host[:port]") that may be reached over plain HTTP.
+   * Loopback registries always may.
+   *
+   * @generated from field: repeated string insecure_registries = 4;
+   */
+  insecureRegistries: string[];
+
+  /**
+   * Minimum size of the root filesystem in MiB; 0 = 256.
+   *
+   * @generated from field: uint64 min_rootfs_mib = 5;
+   */
+  minRootfsMib: bigint;
+
+  /**
+   * Free space added on top of the content, in percent; 0 = 20.
+   *
+   * @generated from field: uint32 headroom_percent = 6;
+   */
+  headroomPercent: number;
+
+  /**
+   * Extra inodes beyond the files in the image, in percent; 0 = 25.
+   *
+   * @generated from field: uint32 inode_margin_percent = 7;
+   */
+  inodeMarginPercent: number;
+
+  /**
+   * Skip building the work seed (an ext4 image of the image's /root).
+   *
+   * @generated from field: bool skip_work_seed = 8;
+   */
+  skipWorkSeed: boolean;
+
+  /**
+   * Layers downloaded at once; 0 = 3.
+   *
+   * @generated from field: uint32 max_concurrent_downloads = 9;
+   */
+  maxConcurrentDownloads: number;
 };
 
 /**
@@ -88,14 +197,44 @@ export type PullRequest = Message<"banger.imagepuller.v1.PullRequest"> & {
  * Use `create(PullRequestSchema)` to create a new message.
  */
 export const PullRequestSchema: GenMessage<PullRequest> = /*@__PURE__*/
-  messageDesc(file_banger_imagepuller_v1_puller, 2);
+  messageDesc(file_banger_imagepuller_v1_puller, 3);
 
 /**
- * Resp.
+ * One message of Pull's stream.
  *
  * @generated from message banger.imagepuller.v1.PullResponse
  */
 export type PullResponse = Message<"banger.imagepuller.v1.PullResponse"> & {
+  /**
+   * What happened.
+   *
+   * @generated from oneof banger.imagepuller.v1.PullResponse.event
+   */
+  event: {
+    /**
+     * A stage started or ended.
+     *
+     * @generated from field: banger.imagepuller.v1.StageEvent stage = 1;
+     */
+    value: StageEvent;
+    case: "stage";
+  } | {
+    /**
+     * A layer made progress.
+     *
+     * @generated from field: banger.imagepuller.v1.LayerProgress layer = 2;
+     */
+    value: LayerProgress;
+    case: "layer";
+  } | {
+    /**
+     * The pull finished; always the last message.
+     *
+     * @generated from field: banger.imagepuller.v1.PullResult result = 3;
+     */
+    value: PullResult;
+    case: "result";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -103,16 +242,465 @@ export type PullResponse = Message<"banger.imagepuller.v1.PullResponse"> & {
  * Use `create(PullResponseSchema)` to create a new message.
  */
 export const PullResponseSchema: GenMessage<PullResponse> = /*@__PURE__*/
-  messageDesc(file_banger_imagepuller_v1_puller, 3);
+  messageDesc(file_banger_imagepuller_v1_puller, 4);
 
 /**
- * Placeholder until the full API lands.
+ * A stage started (done = false) or ended (done = true).
+ *
+ * @generated from message banger.imagepuller.v1.StageEvent
+ */
+export type StageEvent = Message<"banger.imagepuller.v1.StageEvent"> & {
+  /**
+   * Which stage.
+   *
+   * @generated from field: banger.imagepuller.v1.PullStage stage = 1;
+   */
+  stage: PullStage;
+
+  /**
+   * Whether it ended.
+   *
+   * @generated from field: bool done = 2;
+   */
+  done: boolean;
+
+  /**
+   * Milliseconds it took, when ended.
+   *
+   * @generated from field: uint64 duration_ms = 3;
+   */
+  durationMs: bigint;
+
+  /**
+   * A short note, e.g. "3 layers, 2 cached".
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message banger.imagepuller.v1.StageEvent.
+ * Use `create(StageEventSchema)` to create a new message.
+ */
+export const StageEventSchema: GenMessage<StageEvent> = /*@__PURE__*/
+  messageDesc(file_banger_imagepuller_v1_puller, 5);
+
+/**
+ * Progress of one layer.
+ *
+ * @generated from message banger.imagepuller.v1.LayerProgress
+ */
+export type LayerProgress = Message<"banger.imagepuller.v1.LayerProgress"> & {
+  /**
+   * Compressed layer digest, "sha256:…".
+   *
+   * @generated from field: string digest = 1;
+   */
+  digest: string;
+
+  /**
+   * Position of the layer, bottom = 0.
+   *
+   * @generated from field: uint32 index = 2;
+   */
+  index: number;
+
+  /**
+   * Compressed bytes downloaded so far.
+   *
+   * @generated from field: uint64 done_bytes = 3;
+   */
+  doneBytes: bigint;
+
+  /**
+   * Compressed size from the manifest.
+   *
+   * @generated from field: uint64 total_bytes = 4;
+   */
+  totalBytes: bigint;
+
+  /**
+   * Where it is.
+   *
+   * @generated from field: banger.imagepuller.v1.LayerState state = 5;
+   */
+  state: LayerState;
+};
+
+/**
+ * Describes the message banger.imagepuller.v1.LayerProgress.
+ * Use `create(LayerProgressSchema)` to create a new message.
+ */
+export const LayerProgressSchema: GenMessage<LayerProgress> = /*@__PURE__*/
+  messageDesc(file_banger_imagepuller_v1_puller, 6);
+
+/**
+ * What a pull built.
+ *
+ * @generated from message banger.imagepuller.v1.PullResult
+ */
+export type PullResult = Message<"banger.imagepuller.v1.PullResult"> & {
+  /**
+   * Manifest digest ("sha256:…") of the image for the chosen platform.
+   *
+   * @generated from field: string manifest_digest = 1;
+   */
+  manifestDigest: string;
+
+  /**
+   * Config digest.
+   *
+   * @generated from field: string config_digest = 2;
+   */
+  configDigest: string;
+
+  /**
+   * The platform built, "os/arch[/variant]".
+   *
+   * @generated from field: string platform = 3;
+   */
+  platform: string;
+
+  /**
+   * File name of the root filesystem in the staging directory ("rootfs.ext4").
+   *
+   * @generated from field: string rootfs_file = 4;
+   */
+  rootfsFile: string;
+
+  /**
+   * Its size in bytes.
+   *
+   * @generated from field: uint64 rootfs_bytes = 5;
+   */
+  rootfsBytes: bigint;
+
+  /**
+   * File name of the work seed ("work-seed.ext4"); empty when skipped.
+   *
+   * @generated from field: string work_seed_file = 6;
+   */
+  workSeedFile: string;
+
+  /**
+   * Its size in bytes.
+   *
+   * @generated from field: uint64 work_seed_bytes = 7;
+   */
+  workSeedBytes: bigint;
+
+  /**
+   * ENTRYPOINT.
+   *
+   * @generated from field: repeated string entrypoint = 8;
+   */
+  entrypoint: string[];
+
+  /**
+   * CMD.
+   *
+   * @generated from field: repeated string cmd = 9;
+   */
+  cmd: string[];
+
+  /**
+   * Environment, "KEY=value".
+   *
+   * @generated from field: repeated string env = 10;
+   */
+  env: string[];
+
+  /**
+   * USER.
+   *
+   * @generated from field: string user = 11;
+   */
+  user: string;
+
+  /**
+   * WORKDIR.
+   *
+   * @generated from field: string working_dir = 12;
+   */
+  workingDir: string;
+
+  /**
+   * Compressed bytes downloaded by this pull (0 when everything was cached).
+   *
+   * @generated from field: uint64 downloaded_bytes = 13;
+   */
+  downloadedBytes: bigint;
+
+  /**
+   * File name of the manifest of what was built ("manifest.json").
+   *
+   * @generated from field: string manifest_file = 14;
+   */
+  manifestFile: string;
+};
+
+/**
+ * Describes the message banger.imagepuller.v1.PullResult.
+ * Use `create(PullResultSchema)` to create a new message.
+ */
+export const PullResultSchema: GenMessage<PullResult> = /*@__PURE__*/
+  messageDesc(file_banger_imagepuller_v1_puller, 7);
+
+/**
+ * Request of Resolve.
+ *
+ * @generated from message banger.imagepuller.v1.ResolveRequest
+ */
+export type ResolveRequest = Message<"banger.imagepuller.v1.ResolveRequest"> & {
+  /**
+   * Image reference, as in PullRequest.
+   *
+   * @generated from field: string reference = 1;
+   */
+  reference: string;
+
+  /**
+   * Platform to select; unset = linux/amd64.
+   *
+   * @generated from field: banger.imagepuller.v1.Platform platform = 2;
+   */
+  platform?: Platform | undefined;
+
+  /**
+   * As in PullRequest.
+   *
+   * @generated from field: repeated string insecure_registries = 3;
+   */
+  insecureRegistries: string[];
+};
+
+/**
+ * Describes the message banger.imagepuller.v1.ResolveRequest.
+ * Use `create(ResolveRequestSchema)` to create a new message.
+ */
+export const ResolveRequestSchema: GenMessage<ResolveRequest> = /*@__PURE__*/
+  messageDesc(file_banger_imagepuller_v1_puller, 8);
+
+/**
+ * Response of Resolve.
+ *
+ * @generated from message banger.imagepuller.v1.ResolveResponse
+ */
+export type ResolveResponse = Message<"banger.imagepuller.v1.ResolveResponse"> & {
+  /**
+   * The fully qualified reference, e.g. "docker.io/library/debian:bookworm".
+   *
+   * @generated from field: string canonical_reference = 1;
+   */
+  canonicalReference: string;
+
+  /**
+   * Manifest digest for the chosen platform.
+   *
+   * @generated from field: string manifest_digest = 2;
+   */
+  manifestDigest: string;
+
+  /**
+   * Platforms the index offers ("linux/amd64", …); one entry for a single-platform image.
+   *
+   * @generated from field: repeated string platforms = 3;
+   */
+  platforms: string[];
+
+  /**
+   * Total compressed size of the layers in bytes.
+   *
+   * @generated from field: uint64 compressed_bytes = 4;
+   */
+  compressedBytes: bigint;
+};
+
+/**
+ * Describes the message banger.imagepuller.v1.ResolveResponse.
+ * Use `create(ResolveResponseSchema)` to create a new message.
+ */
+export const ResolveResponseSchema: GenMessage<ResolveResponse> = /*@__PURE__*/
+  messageDesc(file_banger_imagepuller_v1_puller, 9);
+
+/**
+ * Request of PruneCache.
+ *
+ * @generated from message banger.imagepuller.v1.PruneCacheRequest
+ */
+export type PruneCacheRequest = Message<"banger.imagepuller.v1.PruneCacheRequest"> & {
+  /**
+   * Keep blobs used in the last this-many days; 0 = remove every blob not in use.
+   *
+   * @generated from field: uint32 keep_days = 1;
+   */
+  keepDays: number;
+};
+
+/**
+ * Describes the message banger.imagepuller.v1.PruneCacheRequest.
+ * Use `create(PruneCacheRequestSchema)` to create a new message.
+ */
+export const PruneCacheRequestSchema: GenMessage<PruneCacheRequest> = /*@__PURE__*/
+  messageDesc(file_banger_imagepuller_v1_puller, 10);
+
+/**
+ * Response of PruneCache.
+ *
+ * @generated from message banger.imagepuller.v1.PruneCacheResponse
+ */
+export type PruneCacheResponse = Message<"banger.imagepuller.v1.PruneCacheResponse"> & {
+  /**
+   * Blobs removed.
+   *
+   * @generated from field: uint32 removed_blobs = 1;
+   */
+  removedBlobs: number;
+
+  /**
+   * Bytes freed.
+   *
+   * @generated from field: uint64 freed_bytes = 2;
+   */
+  freedBytes: bigint;
+};
+
+/**
+ * Describes the message banger.imagepuller.v1.PruneCacheResponse.
+ * Use `create(PruneCacheResponseSchema)` to create a new message.
+ */
+export const PruneCacheResponseSchema: GenMessage<PruneCacheResponse> = /*@__PURE__*/
+  messageDesc(file_banger_imagepuller_v1_puller, 11);
+
+/**
+ * The stages of a pull.
+ *
+ * @generated from enum banger.imagepuller.v1.PullStage
+ */
+export enum PullStage {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: PULL_STAGE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Resolving the reference and fetching the manifest and config.
+   *
+   * @generated from enum value: PULL_STAGE_RESOLVE = 1;
+   */
+  RESOLVE = 1,
+
+  /**
+   * Downloading and applying layers (they are applied as soon as their turn comes).
+   *
+   * @generated from enum value: PULL_STAGE_LAYERS = 2;
+   */
+  LAYERS = 2,
+
+  /**
+   * Building the root filesystem with mkfs.ext4 -d.
+   *
+   * @generated from enum value: PULL_STAGE_MKFS = 3;
+   */
+  MKFS = 3,
+
+  /**
+   * Restoring owners, modes, devices and capabilities with one debugfs script.
+   *
+   * @generated from enum value: PULL_STAGE_OWNERSHIP = 4;
+   */
+  OWNERSHIP = 4,
+
+  /**
+   * Building the work seed.
+   *
+   * @generated from enum value: PULL_STAGE_WORK_SEED = 5;
+   */
+  WORK_SEED = 5,
+
+  /**
+   * Checking the result with e2fsck -fn.
+   *
+   * @generated from enum value: PULL_STAGE_VERIFY = 6;
+   */
+  VERIFY = 6,
+}
+
+/**
+ * Describes the enum banger.imagepuller.v1.PullStage.
+ */
+export const PullStageSchema: GenEnum<PullStage> = /*@__PURE__*/
+  enumDesc(file_banger_imagepuller_v1_puller, 0);
+
+/**
+ * Where a layer is.
+ *
+ * @generated from enum banger.imagepuller.v1.LayerState
+ */
+export enum LayerState {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: LAYER_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Waiting for a download slot.
+   *
+   * @generated from enum value: LAYER_STATE_WAITING = 1;
+   */
+  WAITING = 1,
+
+  /**
+   * Downloading.
+   *
+   * @generated from enum value: LAYER_STATE_DOWNLOADING = 2;
+   */
+  DOWNLOADING = 2,
+
+  /**
+   * Found in the cache; nothing downloaded.
+   *
+   * @generated from enum value: LAYER_STATE_CACHED = 3;
+   */
+  CACHED = 3,
+
+  /**
+   * Downloaded and verified, waiting for its turn to be applied.
+   *
+   * @generated from enum value: LAYER_STATE_DOWNLOADED = 4;
+   */
+  DOWNLOADED = 4,
+
+  /**
+   * Applied to the staging tree.
+   *
+   * @generated from enum value: LAYER_STATE_APPLIED = 5;
+   */
+  APPLIED = 5,
+}
+
+/**
+ * Describes the enum banger.imagepuller.v1.LayerState.
+ */
+export const LayerStateSchema: GenEnum<LayerState> = /*@__PURE__*/
+  enumDesc(file_banger_imagepuller_v1_puller, 1);
+
+/**
+ * The image puller runs unprivileged. It is the only part of banger that
+ * talks to registries or parses untrusted archives. It writes only into the
+ * staging directory the orchestrator names (confined to banger's state
+ * directory) and its own blob cache; the orchestrator publishes the result.
  *
  * @generated from service banger.imagepuller.v1.PullerService
  */
 export const PullerService: GenService<{
   /**
-   * Version.
+   * Version and whether it runs unprivileged, as it should.
    *
    * @generated from rpc banger.imagepuller.v1.PullerService.GetVersion
    */
@@ -122,7 +710,14 @@ export const PullerService: GenService<{
     output: typeof GetVersionResponseSchema;
   },
   /**
-   * Pull.
+   * Pulls an image and builds its ext4 root filesystem and work seed into
+   * `staging_dir`. Streams progress (stages, per-layer bytes) and ends with
+   * the result. On failure nothing half-done stays in the staging directory
+   * or the cache. Errors: INVALID_ARGUMENT (INVALID_REFERENCE,
+   * STAGING_OUTSIDE_STATE_DIR, SCHEMA1_UNSUPPORTED, HOSTILE_LAYER with the
+   * entry and reason), NOT_FOUND (MANIFEST_NOT_FOUND, PLATFORM_NOT_FOUND),
+   * PERMISSION_DENIED (REGISTRY_UNAUTHORIZED), DATA_LOSS (DIGEST_MISMATCH),
+   * UNAVAILABLE (REGISTRY_UNREACHABLE).
    *
    * @generated from rpc banger.imagepuller.v1.PullerService.Pull
    */
@@ -130,6 +725,27 @@ export const PullerService: GenService<{
     methodKind: "server_streaming";
     input: typeof PullRequestSchema;
     output: typeof PullResponseSchema;
+  },
+  /**
+   * Resolves a reference to its manifest digest and platforms without
+   * downloading layers.
+   *
+   * @generated from rpc banger.imagepuller.v1.PullerService.Resolve
+   */
+  resolve: {
+    methodKind: "unary";
+    input: typeof ResolveRequestSchema;
+    output: typeof ResolveResponseSchema;
+  },
+  /**
+   * Removes cached blobs no longer needed.
+   *
+   * @generated from rpc banger.imagepuller.v1.PullerService.PruneCache
+   */
+  pruneCache: {
+    methodKind: "unary";
+    input: typeof PruneCacheRequestSchema;
+    output: typeof PruneCacheResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_banger_imagepuller_v1_puller, 0);

@@ -2,18 +2,20 @@
 // @generated from file banger/privileged/v1/host.proto (package banger.privileged.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file banger/privileged/v1/host.proto.
  */
 export const file_banger_privileged_v1_host: GenFile = /*@__PURE__*/
-  fileDesc("Ch9iYW5nZXIvcHJpdmlsZWdlZC92MS9ob3N0LnByb3RvEhRiYW5nZXIucHJpdmlsZWdlZC52MSITChFHZXRWZXJzaW9uUmVxdWVzdCLFAQoSR2V0VmVyc2lvblJlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSCwoDcGlkGAIgASgFEgsKA3VpZBgDIAEoDRILCgNnaWQYBCABKA0SFAoMY2FwYWJpbGl0aWVzGAUgAygJEhwKFG1pc3NpbmdfY2FwYWJpbGl0aWVzGAYgAygJEhUKDXByaXZpbGVnZXNfb2sYByABKAgSGQoRcHJpdmlsZWdlc19kZXRhaWwYCCABKAkSEQoJb3duZXJfdWlkGAkgASgNIhUKE0dldEludmVudG9yeVJlcXVlc3QiFgoUR2V0SW52ZW50b3J5UmVzcG9uc2Uy1QEKC0hvc3RTZXJ2aWNlEl8KCkdldFZlcnNpb24SJy5iYW5nZXIucHJpdmlsZWdlZC52MS5HZXRWZXJzaW9uUmVxdWVzdBooLmJhbmdlci5wcml2aWxlZ2VkLnYxLkdldFZlcnNpb25SZXNwb25zZRJlCgxHZXRJbnZlbnRvcnkSKS5iYW5nZXIucHJpdmlsZWdlZC52MS5HZXRJbnZlbnRvcnlSZXF1ZXN0GiouYmFuZ2VyLnByaXZpbGVnZWQudjEuR2V0SW52ZW50b3J5UmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("Ch9iYW5nZXIvcHJpdmlsZWdlZC92MS9ob3N0LnByb3RvEhRiYW5nZXIucHJpdmlsZWdlZC52MSITChFHZXRWZXJzaW9uUmVxdWVzdCL7AQoSR2V0VmVyc2lvblJlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSCwoDcGlkGAIgASgFEgsKA3VpZBgDIAEoDRILCgNnaWQYBCABKA0SFAoMY2FwYWJpbGl0aWVzGAUgAygJEhwKFG1pc3NpbmdfY2FwYWJpbGl0aWVzGAYgAygJEhUKDXByaXZpbGVnZXNfb2sYByABKAgSGQoRcHJpdmlsZWdlc19kZXRhaWwYCCABKAkSEQoJb3duZXJfdWlkGAkgASgNEjQKCGZlYXR1cmVzGAogASgLMiIuYmFuZ2VyLnByaXZpbGVnZWQudjEuSG9zdEZlYXR1cmVzIpkBCgxIb3N0RmVhdHVyZXMSCwoDdHVuGAEgASgIEg4KBmJyaWRnZRgCIAEoCBIQCghuZnRhYmxlcxgDIAEoCBIMCgRsb29wGAQgASgIEhUKDWRldmljZV9tYXBwZXIYBSABKAgSEAoIcmVzb2x2ZWQYBiABKAgSCwoDa3ZtGAcgASgIEhYKDmtlcm5lbF9yZWxlYXNlGAggASgJIhUKE0dldEludmVudG9yeVJlcXVlc3Qi1gIKFEdldEludmVudG9yeVJlc3BvbnNlEikKBWxpbmtzGAEgAygLMhouYmFuZ2VyLnByaXZpbGVnZWQudjEuTGluaxIwCgluYXRfcnVsZXMYAiADKAsyHS5iYW5nZXIucHJpdmlsZWdlZC52MS5OYXRSdWxlEjwKD3Jlc29sdmVyX3JvdXRlcxgDIAMoCzIjLmJhbmdlci5wcml2aWxlZ2VkLnYxLlJlc29sdmVyUm91dGUSNgoMbG9vcF9kZXZpY2VzGAQgAygLMiAuYmFuZ2VyLnByaXZpbGVnZWQudjEuTG9vcERldmljZRIyCgpkbV9kZXZpY2VzGAUgAygLMh4uYmFuZ2VyLnByaXZpbGVnZWQudjEuRG1EZXZpY2USNwoNdm1tX3Byb2Nlc3NlcxgGIAMoCzIgLmJhbmdlci5wcml2aWxlZ2VkLnYxLlZtbVByb2Nlc3MikwEKBExpbmsSDAoEbmFtZRgBIAEoCRIsCgRraW5kGAIgASgOMh4uYmFuZ2VyLnByaXZpbGVnZWQudjEuTGlua0tpbmQSDQoFdm1faWQYAyABKAkSEQoJb3duZXJfdWlkGAQgASgNEg4KBm1hc3RlchgFIAEoCRIRCglhZGRyZXNzZXMYBiADKAkSCgoCdXAYByABKAgiLwoHTmF0UnVsZRINCgV2bV9pZBgBIAEoCRIVCg1ndWVzdF9hZGRyZXNzGAIgASgJIkIKDVJlc29sdmVyUm91dGUSDAoEbGluaxgBIAEoCRITCgtkbnNfYWRkcmVzcxgCIAEoCRIOCgZkb21haW4YAyABKAkiRQoKTG9vcERldmljZRIOCgZkZXZpY2UYASABKAkSFAoMYmFja2luZ19maWxlGAIgASgJEhEKCXJlYWRfb25seRgDIAEoCCJFCghEbURldmljZRIMCgRuYW1lGAEgASgJEgwKBHV1aWQYAiABKAkSDQoFdm1faWQYAyABKAkSDgoGZGV2aWNlGAQgASgJIpIBCgpWbW1Qcm9jZXNzEg0KBXZtX2lkGAEgASgJEgsKA3BpZBgCIAEoBRIuCgpzdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgRraW5kGAQgASgOMh0uYmFuZ2VyLnByaXZpbGVnZWQudjEuVm1tS2luZBILCgN1aWQYBSABKA0qTgoITGlua0tpbmQSGQoVTElOS19LSU5EX1VOU1BFQ0lGSUVEEAASFAoQTElOS19LSU5EX0JSSURHRRABEhEKDUxJTktfS0lORF9UQVAQAipYCgdWbW1LaW5kEhgKFFZNTV9LSU5EX1VOU1BFQ0lGSUVEEAASGAoUVk1NX0tJTkRfRklSRUNSQUNLRVIQARIZChVWTU1fS0lORF9RRU1VX01JQ1JPVk0QAjLVAQoLSG9zdFNlcnZpY2USXwoKR2V0VmVyc2lvbhInLmJhbmdlci5wcml2aWxlZ2VkLnYxLkdldFZlcnNpb25SZXF1ZXN0GiguYmFuZ2VyLnByaXZpbGVnZWQudjEuR2V0VmVyc2lvblJlc3BvbnNlEmUKDEdldEludmVudG9yeRIpLmJhbmdlci5wcml2aWxlZ2VkLnYxLkdldEludmVudG9yeVJlcXVlc3QaKi5iYW5nZXIucHJpdmlsZWdlZC52MS5HZXRJbnZlbnRvcnlSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
- * Req.
+ * Request of GetVersion.
  *
  * @generated from message banger.privileged.v1.GetVersionRequest
  */
@@ -28,55 +30,80 @@ export const GetVersionRequestSchema: GenMessage<GetVersionRequest> = /*@__PURE_
   messageDesc(file_banger_privileged_v1_host, 0);
 
 /**
- * Resp.
+ * Response of GetVersion.
  *
  * @generated from message banger.privileged.v1.GetVersionResponse
  */
 export type GetVersionResponse = Message<"banger.privileged.v1.GetVersionResponse"> & {
   /**
+   * banger version, e.g. "0.1.0".
+   *
    * @generated from field: string version = 1;
    */
   version: string;
 
   /**
+   * Process id of the helper.
+   *
    * @generated from field: int32 pid = 2;
    */
   pid: number;
 
   /**
+   * uid it runs as (0).
+   *
    * @generated from field: uint32 uid = 3;
    */
   uid: number;
 
   /**
+   * gid it runs as.
+   *
    * @generated from field: uint32 gid = 4;
    */
   gid: number;
 
   /**
+   * Effective capabilities held, e.g. "CAP_NET_ADMIN".
+   *
    * @generated from field: repeated string capabilities = 5;
    */
   capabilities: string[];
 
   /**
+   * Capabilities it needs but does not hold.
+   *
    * @generated from field: repeated string missing_capabilities = 6;
    */
   missingCapabilities: string[];
 
   /**
+   * Whether it holds every capability it needs.
+   *
    * @generated from field: bool privileges_ok = 7;
    */
   privilegesOk: boolean;
 
   /**
+   * One line about its privileges.
+   *
    * @generated from field: string privileges_detail = 8;
    */
   privilegesDetail: string;
 
   /**
+   * The only uid the helper answers.
+   *
    * @generated from field: uint32 owner_uid = 9;
    */
   ownerUid: number;
+
+  /**
+   * Which host features are present.
+   *
+   * @generated from field: banger.privileged.v1.HostFeatures features = 10;
+   */
+  features?: HostFeatures | undefined;
 };
 
 /**
@@ -87,7 +114,77 @@ export const GetVersionResponseSchema: GenMessage<GetVersionResponse> = /*@__PUR
   messageDesc(file_banger_privileged_v1_host, 1);
 
 /**
- * Req.
+ * Host features the helper's operations depend on.
+ *
+ * @generated from message banger.privileged.v1.HostFeatures
+ */
+export type HostFeatures = Message<"banger.privileged.v1.HostFeatures"> & {
+  /**
+   * /dev/net/tun exists.
+   *
+   * @generated from field: bool tun = 1;
+   */
+  tun: boolean;
+
+  /**
+   * The kernel can create bridges.
+   *
+   * @generated from field: bool bridge = 2;
+   */
+  bridge: boolean;
+
+  /**
+   * nftables is usable (the `nft` binary and the nf_tables subsystem).
+   *
+   * @generated from field: bool nftables = 3;
+   */
+  nftables: boolean;
+
+  /**
+   * Loop devices can be attached (/dev/loop-control).
+   *
+   * @generated from field: bool loop = 4;
+   */
+  loop: boolean;
+
+  /**
+   * device-mapper is present (/dev/mapper/control); without it VMs use the clone root-disk strategy.
+   *
+   * @generated from field: bool device_mapper = 5;
+   */
+  deviceMapper: boolean;
+
+  /**
+   * systemd-resolved answers, so `.vm` can be routed to banger's DNS.
+   *
+   * @generated from field: bool resolved = 6;
+   */
+  resolved: boolean;
+
+  /**
+   * /dev/kvm exists and opens.
+   *
+   * @generated from field: bool kvm = 7;
+   */
+  kvm: boolean;
+
+  /**
+   * Kernel release (uname -r).
+   *
+   * @generated from field: string kernel_release = 8;
+   */
+  kernelRelease: string;
+};
+
+/**
+ * Describes the message banger.privileged.v1.HostFeatures.
+ * Use `create(HostFeaturesSchema)` to create a new message.
+ */
+export const HostFeaturesSchema: GenMessage<HostFeatures> = /*@__PURE__*/
+  messageDesc(file_banger_privileged_v1_host, 2);
+
+/**
+ * Request of GetInventory.
  *
  * @generated from message banger.privileged.v1.GetInventoryRequest
  */
@@ -99,14 +196,55 @@ export type GetInventoryRequest = Message<"banger.privileged.v1.GetInventoryRequ
  * Use `create(GetInventoryRequestSchema)` to create a new message.
  */
 export const GetInventoryRequestSchema: GenMessage<GetInventoryRequest> = /*@__PURE__*/
-  messageDesc(file_banger_privileged_v1_host, 2);
+  messageDesc(file_banger_privileged_v1_host, 3);
 
 /**
- * Resp.
+ * Response of GetInventory: everything banger owns on the host now.
  *
  * @generated from message banger.privileged.v1.GetInventoryResponse
  */
 export type GetInventoryResponse = Message<"banger.privileged.v1.GetInventoryResponse"> & {
+  /**
+   * Bridges and taps marked as banger's, sorted by name.
+   *
+   * @generated from field: repeated banger.privileged.v1.Link links = 1;
+   */
+  links: Link[];
+
+  /**
+   * NAT rules in banger's nftables table.
+   *
+   * @generated from field: repeated banger.privileged.v1.NatRule nat_rules = 2;
+   */
+  natRules: NatRule[];
+
+  /**
+   * Links whose `.vm` DNS routing banger set.
+   *
+   * @generated from field: repeated banger.privileged.v1.ResolverRoute resolver_routes = 3;
+   */
+  resolverRoutes: ResolverRoute[];
+
+  /**
+   * Loop devices whose backing file is inside banger's state directory.
+   *
+   * @generated from field: repeated banger.privileged.v1.LoopDevice loop_devices = 4;
+   */
+  loopDevices: LoopDevice[];
+
+  /**
+   * device-mapper devices with banger's uuid prefix.
+   *
+   * @generated from field: repeated banger.privileged.v1.DmDevice dm_devices = 5;
+   */
+  dmDevices: DmDevice[];
+
+  /**
+   * VMM processes the helper launched (proved by start time and command line).
+   *
+   * @generated from field: repeated banger.privileged.v1.VmmProcess vmm_processes = 6;
+   */
+  vmmProcesses: VmmProcess[];
 };
 
 /**
@@ -114,16 +252,336 @@ export type GetInventoryResponse = Message<"banger.privileged.v1.GetInventoryRes
  * Use `create(GetInventoryResponseSchema)` to create a new message.
  */
 export const GetInventoryResponseSchema: GenMessage<GetInventoryResponse> = /*@__PURE__*/
-  messageDesc(file_banger_privileged_v1_host, 3);
+  messageDesc(file_banger_privileged_v1_host, 4);
 
 /**
- * Placeholder until the full API lands.
+ * A network link banger made.
+ *
+ * @generated from message banger.privileged.v1.Link
+ */
+export type Link = Message<"banger.privileged.v1.Link"> & {
+  /**
+   * Interface name, e.g. "bgr-3f9a2c01" (taps) or "bgr0" (bridge).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * What it is.
+   *
+   * @generated from field: banger.privileged.v1.LinkKind kind = 2;
+   */
+  kind: LinkKind;
+
+  /**
+   * The VM it belongs to (taps); empty for the bridge or a warm-pool tap.
+   *
+   * @generated from field: string vm_id = 3;
+   */
+  vmId: string;
+
+  /**
+   * Owner uid set on the tap; 0 for bridges.
+   *
+   * @generated from field: uint32 owner_uid = 4;
+   */
+  ownerUid: number;
+
+  /**
+   * Bridge it is attached to (taps).
+   *
+   * @generated from field: string master = 5;
+   */
+  master: string;
+
+  /**
+   * Addresses in CIDR form (bridges), e.g. "172.30.0.1/24".
+   *
+   * @generated from field: repeated string addresses = 6;
+   */
+  addresses: string[];
+
+  /**
+   * Whether the link is up.
+   *
+   * @generated from field: bool up = 7;
+   */
+  up: boolean;
+};
+
+/**
+ * Describes the message banger.privileged.v1.Link.
+ * Use `create(LinkSchema)` to create a new message.
+ */
+export const LinkSchema: GenMessage<Link> = /*@__PURE__*/
+  messageDesc(file_banger_privileged_v1_host, 5);
+
+/**
+ * One masquerade rule in banger's nftables table.
+ *
+ * @generated from message banger.privileged.v1.NatRule
+ */
+export type NatRule = Message<"banger.privileged.v1.NatRule"> & {
+  /**
+   * The VM it is for.
+   *
+   * @generated from field: string vm_id = 1;
+   */
+  vmId: string;
+
+  /**
+   * The guest address masqueraded, e.g. "172.30.0.12".
+   *
+   * @generated from field: string guest_address = 2;
+   */
+  guestAddress: string;
+};
+
+/**
+ * Describes the message banger.privileged.v1.NatRule.
+ * Use `create(NatRuleSchema)` to create a new message.
+ */
+export const NatRuleSchema: GenMessage<NatRule> = /*@__PURE__*/
+  messageDesc(file_banger_privileged_v1_host, 6);
+
+/**
+ * A link whose `.vm` DNS routing banger set through systemd-resolved.
+ *
+ * @generated from message banger.privileged.v1.ResolverRoute
+ */
+export type ResolverRoute = Message<"banger.privileged.v1.ResolverRoute"> & {
+  /**
+   * The link (the banger bridge).
+   *
+   * @generated from field: string link = 1;
+   */
+  link: string;
+
+  /**
+   * The DNS server address set on it.
+   *
+   * @generated from field: string dns_address = 2;
+   */
+  dnsAddress: string;
+
+  /**
+   * The routing domain, "~vm".
+   *
+   * @generated from field: string domain = 3;
+   */
+  domain: string;
+};
+
+/**
+ * Describes the message banger.privileged.v1.ResolverRoute.
+ * Use `create(ResolverRouteSchema)` to create a new message.
+ */
+export const ResolverRouteSchema: GenMessage<ResolverRoute> = /*@__PURE__*/
+  messageDesc(file_banger_privileged_v1_host, 7);
+
+/**
+ * A loop device backed by a file in banger's state directory.
+ *
+ * @generated from message banger.privileged.v1.LoopDevice
+ */
+export type LoopDevice = Message<"banger.privileged.v1.LoopDevice"> & {
+  /**
+   * Device path, e.g. "/dev/loop7".
+   *
+   * @generated from field: string device = 1;
+   */
+  device: string;
+
+  /**
+   * Backing file (inside the state directory).
+   *
+   * @generated from field: string backing_file = 2;
+   */
+  backingFile: string;
+
+  /**
+   * Whether it is read-only.
+   *
+   * @generated from field: bool read_only = 3;
+   */
+  readOnly: boolean;
+};
+
+/**
+ * Describes the message banger.privileged.v1.LoopDevice.
+ * Use `create(LoopDeviceSchema)` to create a new message.
+ */
+export const LoopDeviceSchema: GenMessage<LoopDevice> = /*@__PURE__*/
+  messageDesc(file_banger_privileged_v1_host, 8);
+
+/**
+ * A device-mapper device banger made.
+ *
+ * @generated from message banger.privileged.v1.DmDevice
+ */
+export type DmDevice = Message<"banger.privileged.v1.DmDevice"> & {
+  /**
+   * dm name, e.g. "bgr-3f9a2c01-root".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * dm uuid, banger's prefix plus the VM id.
+   *
+   * @generated from field: string uuid = 2;
+   */
+  uuid: string;
+
+  /**
+   * The VM it belongs to.
+   *
+   * @generated from field: string vm_id = 3;
+   */
+  vmId: string;
+
+  /**
+   * Device node, e.g. "/dev/mapper/bgr-3f9a2c01-root".
+   *
+   * @generated from field: string device = 4;
+   */
+  device: string;
+};
+
+/**
+ * Describes the message banger.privileged.v1.DmDevice.
+ * Use `create(DmDeviceSchema)` to create a new message.
+ */
+export const DmDeviceSchema: GenMessage<DmDevice> = /*@__PURE__*/
+  messageDesc(file_banger_privileged_v1_host, 9);
+
+/**
+ * A VMM process the helper launched.
+ *
+ * @generated from message banger.privileged.v1.VmmProcess
+ */
+export type VmmProcess = Message<"banger.privileged.v1.VmmProcess"> & {
+  /**
+   * The VM it runs.
+   *
+   * @generated from field: string vm_id = 1;
+   */
+  vmId: string;
+
+  /**
+   * Process id.
+   *
+   * @generated from field: int32 pid = 2;
+   */
+  pid: number;
+
+  /**
+   * Process start time (from /proc/<pid>/stat), which with the pid identifies it.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 3;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Which VMM.
+   *
+   * @generated from field: banger.privileged.v1.VmmKind kind = 4;
+   */
+  kind: VmmKind;
+
+  /**
+   * uid it runs as (the owner, never 0).
+   *
+   * @generated from field: uint32 uid = 5;
+   */
+  uid: number;
+};
+
+/**
+ * Describes the message banger.privileged.v1.VmmProcess.
+ * Use `create(VmmProcessSchema)` to create a new message.
+ */
+export const VmmProcessSchema: GenMessage<VmmProcess> = /*@__PURE__*/
+  messageDesc(file_banger_privileged_v1_host, 10);
+
+/**
+ * The kinds of links banger makes.
+ *
+ * @generated from enum banger.privileged.v1.LinkKind
+ */
+export enum LinkKind {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: LINK_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The host bridge VMs attach to.
+   *
+   * @generated from enum value: LINK_KIND_BRIDGE = 1;
+   */
+  BRIDGE = 1,
+
+  /**
+   * A VM's tap.
+   *
+   * @generated from enum value: LINK_KIND_TAP = 2;
+   */
+  TAP = 2,
+}
+
+/**
+ * Describes the enum banger.privileged.v1.LinkKind.
+ */
+export const LinkKindSchema: GenEnum<LinkKind> = /*@__PURE__*/
+  enumDesc(file_banger_privileged_v1_host, 0);
+
+/**
+ * The VMMs the helper can launch.
+ *
+ * @generated from enum banger.privileged.v1.VmmKind
+ */
+export enum VmmKind {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: VMM_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Firecracker.
+   *
+   * @generated from enum value: VMM_KIND_FIRECRACKER = 1;
+   */
+  FIRECRACKER = 1,
+
+  /**
+   * qemu-system-x86_64 -M microvm.
+   *
+   * @generated from enum value: VMM_KIND_QEMU_MICROVM = 2;
+   */
+  QEMU_MICROVM = 2,
+}
+
+/**
+ * Describes the enum banger.privileged.v1.VmmKind.
+ */
+export const VmmKindSchema: GenEnum<VmmKind> = /*@__PURE__*/
+  enumDesc(file_banger_privileged_v1_host, 1);
+
+/**
+ * Who the helper is and what banger owns on the host.
  *
  * @generated from service banger.privileged.v1.HostService
  */
 export const HostService: GenService<{
   /**
-   * Version.
+   * Version, identity, capabilities held and host features present.
    *
    * @generated from rpc banger.privileged.v1.HostService.GetVersion
    */
@@ -133,7 +591,9 @@ export const HostService: GenService<{
     output: typeof GetVersionResponseSchema;
   },
   /**
-   * Inventory.
+   * Every banger-owned host resource (links, NAT rules, resolver routes, loop
+   * and dm devices, VMM processes), for reconciliation after a crash and
+   * leak checks in tests. Resources not marked as banger's are never listed.
    *
    * @generated from rpc banger.privileged.v1.HostService.GetInventory
    */
