@@ -231,6 +231,38 @@ describe("an independent gRPC client (@grpc/grpc-js)", () => {
     client.close();
   });
 
+  it("ignores a malformed inbound op id: a fresh one is used and the bad text is never logged", async () => {
+    const definition = protoLoader.loadSync("banger/v1/system.proto", {
+      ...loadOptions,
+      includeDirs: [join(ROOT, "proto")],
+    });
+    const pkg = grpc.loadPackageDefinition(definition) as unknown as {
+      banger: { v1: { SystemService: grpc.ServiceClientConstructor } };
+    };
+    const client = new pkg.banger.v1.SystemService(
+      `unix:${cluster.socket("orchestrator")}`,
+      grpc.credentials.createInsecure(),
+    );
+    const metadata = new grpc.Metadata();
+    metadata.set("banger-op-id", "op-EVIL-{injected}");
+    const opId = await new Promise<string>((resolve, reject) => {
+      const getStatus = client["getStatus"] as (
+        req: object,
+        md: grpc.Metadata,
+        cb: (err: grpc.ServiceError | null) => void,
+      ) => grpc.ClientUnaryCall;
+      const call = getStatus.call(client, {}, metadata, (err) => err && reject(err));
+      call.on("metadata", (md) => resolve(String(md.get("banger-op-id")[0])));
+    });
+    client.close();
+    expect(opId).toMatch(/^op-[0-9a-f]{12}$/);
+    expect(cluster.linesWithOpId(opId).length).toBeGreaterThanOrEqual(3);
+    const everything = ["orchestrator", "privileged", "image-puller"]
+      .flatMap((name) => cluster.service(name as ServiceName).logs)
+      .map((l) => JSON.stringify(l));
+    expect(everything.some((l) => l.includes("EVIL"))).toBe(false);
+  });
+
   it("lists the services through server reflection (v1 and v1alpha)", async () => {
     for (const version of ["v1", "v1alpha"]) {
       const definition = protoLoader.loadSync(`grpc/reflection/${version}/reflection.proto`, {
