@@ -50,7 +50,12 @@ async function devUp(runtimeDir: string, stateDir: string, json: boolean): Promi
 
   const common = ["--runtime-dir", runtimeDir];
   const specs: ServiceSpec[] = [
-    { name: "privileged", entry: "services/privileged/dist/main.js", args: common, socket: runtime.privilegedSocket },
+    {
+      name: "privileged",
+      entry: "services/privileged/dist/main.js",
+      args: [...common, "--state-dir", stateDir],
+      socket: runtime.privilegedSocket,
+    },
     { name: "image-puller", entry: "services/image-puller/dist/main.js", args: common, socket: runtime.pullerSocket },
     {
       name: "orchestrator",

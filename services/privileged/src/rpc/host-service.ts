@@ -1,14 +1,16 @@
 import { implementService } from "@banger/common";
-import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
+import { HostService, LinkKind } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { probeHostFeatures } from "../host/features.js";
+import type { NetworkOps } from "../ops/network.js";
 import { describeHelper } from "../ops/version.js";
 
 export interface HostServiceDeps {
   readonly ownerUid: number;
+  readonly network: NetworkOps;
 }
 
-/** `banger.privileged.v1.HostService`: version and health so far. */
+/** `banger.privileged.v1.HostService`: identity, host features and the inventory of banger's resources. */
 export function createHostService(deps: HostServiceDeps): ServiceImpl<typeof HostService> {
   return implementService(HostService, {
     getVersion() {
@@ -18,6 +20,17 @@ export function createHostService(deps: HostServiceDeps): ServiceImpl<typeof Hos
         capabilities: [...identity.capabilities],
         missingCapabilities: [...identity.missingCapabilities],
         features: probeHostFeatures(),
+      };
+    },
+    async getInventory() {
+      const [links, natRules] = await Promise.all([deps.network.listLinks(), deps.network.listNatRules()]);
+      return {
+        links: links.map((l) => ({
+          ...l,
+          addresses: [...l.addresses],
+          kind: l.kind === "bridge" ? LinkKind.BRIDGE : LinkKind.TAP,
+        })),
+        natRules,
       };
     },
   });

@@ -1,0 +1,258 @@
+/**
+ * The helper's network operations for real: the helper process runs inside a
+ * throwaway network namespace, the test drives it over its socket and checks
+ * what the kernel shows (`ip -j link`, `nft list ruleset`). Needs root.
+ */
+import { createHash } from "node:crypto";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createUnixTransport, type UnixTransport } from "@banger/common";
+import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
+import { NetworkService } from "@banger/gen/banger/privileged/v1/network_pb.js";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { spawn, type ChildProcess } from "node:child_process";
+import { ROOT, waitUntil } from "./harness.js";
+import { IS_ROOT, createNetNs, type NetNs } from "./netns.js";
+
+let ns: NetNs;
+let dir: string;
+let helper: ChildProcess;
+let helperLogs: Record<string, unknown>[];
+let transport: UnixTransport;
+let network: Client<typeof NetworkService>;
+let host: Client<typeof HostService>;
+
+const OWNER = 1000;
+
+beforeAll(async () => {
+  if (!IS_ROOT) return;
+  ns = createNetNs();
+  dir = mkdtempSync(join(tmpdir(), "banger-net-"));
+  mkdirSync(join(dir, "run"));
+  helper = spawn(
+    "ip",
+    [
+      "netns",
+      "exec",
+      ns.name,
+      process.execPath,
+      join(ROOT, "services/privileged/dist/main.js"),
+      "--runtime-dir",
+      join(dir, "run"),
+      "--state-dir",
+      join(dir, "state"),
+      "--owner-uid",
+      String(OWNER),
+      "--owner-gid",
+      String(OWNER),
+    ],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  );
+  helperLogs = [];
+  let buffered = "";
+  helper.stdout?.on("data", (c: Buffer) => {
+    buffered += c.toString();
+    const lines = buffered.split("\n");
+    buffered = lines.pop() ?? "";
+    for (const l of lines) if (l) helperLogs.push(JSON.parse(l) as Record<string, unknown>);
+  });
+  await waitUntil(() => helperLogs.some((l) => l["msg"] === "listening"), undefined, "helper to listen");
+  transport = createUnixTransport(join(dir, "run", "privileged.sock"), { peer: "privileged helper" });
+  network = createClient(NetworkService, transport.transport);
+  host = createClient(HostService, transport.transport);
+});
+
+afterAll(async () => {
+  if (!IS_ROOT) return;
+  transport.close();
+  helper.kill("SIGTERM");
+  await new Promise((r) => helper.once("exit", r));
+  ns.remove();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function failure(call: () => Promise<unknown>): Promise<ConnectError> {
+  try {
+    await call();
+  } catch (error) {
+    if (error instanceof ConnectError) return error;
+    throw error;
+  }
+  throw new Error("the call succeeded");
+}
+
+/** Everything a test could see change: the helper's inventory, every link in the namespace, the ruleset. */
+async function snapshot(): Promise<string> {
+  const inventory = await host.getInventory({});
+  const links = ns.links().map((l) => [l.ifname, l.ifalias ?? "", l.master ?? ""]);
+  return JSON.stringify({ inventory, links, ruleset: ns.ruleset() });
+}
+
+describe.skipIf(!IS_ROOT)("privileged network operations in a network namespace", () => {
+  it("makes a bridge, taps and NAT rules, and removes them without a trace", async () => {
+    expect(await network.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" })).toMatchObject({ created: true });
+    expect(await network.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" })).toMatchObject({ created: false });
+    const bridge = ns.links().find((l) => l.ifname === "bgr0");
+    expect(bridge).toMatchObject({ ifalias: "banger:bridge", linkinfo: { info_kind: "bridge" } });
+    expect(ns.exec(["ip", "-4", "addr", "show", "dev", "bgr0"])).toContain("inet 172.30.0.1/24");
+
+    const { name: tap } = await network.createTap({ vmId: "box1", bridge: "bgr0" });
+    expect(tap).toMatch(/^bgr-[0-9a-f]{11}$/);
+    expect((await network.createTap({ vmId: "box1", bridge: "bgr0" })).name).toBe(tap); // idempotent
+    const link = ns.links().find((l) => l.ifname === tap);
+    expect(link).toMatchObject({ ifalias: "banger:tap:box1", master: "bgr0", linkinfo: { info_kind: "tun" } });
+    expect(ns.exec(["ip", "-d", "-j", "link", "show", "dev", tap])).toMatch(/"type":"tap"/);
+
+    await network.createTap({ vmId: "box2", bridge: "bgr0" });
+    expect(await network.enableNat({ vmId: "box1", guestAddress: "172.30.0.11", bridge: "bgr0" })).toMatchObject({
+      added: true,
+    });
+    expect(await network.enableNat({ vmId: "box1", guestAddress: "172.30.0.11", bridge: "bgr0" })).toMatchObject({
+      added: false,
+    });
+    await network.enableNat({ vmId: "box2", guestAddress: "172.30.0.12", bridge: "bgr0" });
+    let ruleset = ns.ruleset();
+    expect(ruleset).toContain("table ip banger");
+    expect(ruleset).toMatch(/ip saddr 172\.30\.0\.11 oifname != "bgr0" masquerade comment "vm:box1"/);
+    expect(ruleset).toMatch(/ip saddr 172\.30\.0\.12 .* comment "vm:box2"/);
+
+    const inventory = await host.getInventory({});
+    expect(inventory.links.map((l) => [l.name, l.vmId, l.master, l.ownerUid])).toEqual(
+      expect.arrayContaining([
+        ["bgr0", "", "", 0],
+        [tap, "box1", "bgr0", OWNER],
+      ]),
+    );
+    expect(inventory.natRules.map((r) => [r.vmId, r.guestAddress]).sort()).toEqual([
+      ["box1", "172.30.0.11"],
+      ["box2", "172.30.0.12"],
+    ]);
+
+    expect(await network.disableNat({ vmId: "box1" })).toMatchObject({ removed: true });
+    ruleset = ns.ruleset();
+    expect(ruleset).not.toContain("vm:box1");
+    expect(ruleset).toContain("vm:box2");
+    expect(await network.disableNat({ vmId: "box2" })).toMatchObject({ removed: true });
+    expect(ns.ruleset()).not.toContain("banger"); // the last rule took the table with it
+    expect(await network.disableNat({ vmId: "box2" })).toMatchObject({ removed: false });
+
+    expect((await failure(() => network.deleteBridge({ name: "bgr0" }))).code).toBe(Code.FailedPrecondition);
+    for (const vmId of ["box1", "box2"]) {
+      expect(await network.deleteTap({ vmId })).toMatchObject({ existed: true });
+      expect(await network.deleteTap({ vmId })).toMatchObject({ existed: false });
+    }
+    expect(await network.deleteBridge({ name: "bgr0" })).toMatchObject({ existed: true });
+    expect(await network.deleteBridge({ name: "bgr0" })).toMatchObject({ existed: false });
+    expect(ns.links().map((l) => l.ifname)).toEqual(["lo"]);
+    expect(await host.getInventory({})).toMatchObject({ links: [], natRules: [] });
+  });
+
+  it("hands warm-pool taps over to VMs", async () => {
+    await network.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" });
+    const { name: pooled } = await network.createTap({ pool: true, bridge: "bgr0" });
+    expect(pooled).toMatch(/^bgr-p[0-9a-f]{10}$/);
+    const { name } = await network.createTap({ vmId: "box3", bridge: "bgr0", fromPool: pooled });
+    const names = ns.links().map((l) => l.ifname);
+    expect(names).toContain(name);
+    expect(names).not.toContain(pooled);
+    expect(ns.links().find((l) => l.ifname === name)).toMatchObject({ ifalias: "banger:tap:box3", master: "bgr0" });
+    await network.deleteTap({ vmId: "box3" });
+    await network.deleteBridge({ name: "bgr0" });
+  });
+
+  it("refuses bad input with the right code and changes nothing", async () => {
+    await network.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" });
+    // Links banger did not make, with names banger would use.
+    ns.exec(["ip", "link", "add", "bgr9", "type", "bridge"]);
+    ns.exec(["ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1"]);
+    ns.exec(["ip", "addr", "add", "10.9.0.1/16", "dev", "veth0"]);
+    ns.exec(["ip", "link", "set", "veth0", "up"]);
+    const intruderTap = `bgr-${createHash("sha256").update("intruder").digest("hex").slice(0, 11)}`;
+    ns.exec(["ip", "tuntap", "add", "dev", intruderTap, "mode", "tap"]);
+    const before = await snapshot();
+
+    const badIds = ["", "Box", "a%b", "a/b", "..", "../x", "a b", "vm-ü", "x".repeat(33), "-lead", "a\nb"];
+    const cases: [string, () => Promise<unknown>, Code][] = [
+      ...badIds.flatMap((vmId): [string, () => Promise<unknown>, Code][] => [
+        [`createTap ${JSON.stringify(vmId)}`, () => network.createTap({ vmId, bridge: "bgr0" }), Code.InvalidArgument],
+        [`deleteTap ${JSON.stringify(vmId)}`, () => network.deleteTap({ vmId }), Code.InvalidArgument],
+        [`disableNat ${JSON.stringify(vmId)}`, () => network.disableNat({ vmId }), Code.InvalidArgument],
+        [
+          `enableNat ${JSON.stringify(vmId)}`,
+          () => network.enableNat({ vmId, guestAddress: "172.30.0.9", bridge: "bgr0" }),
+          Code.InvalidArgument,
+        ],
+      ]),
+      [
+        "bridge named eth0",
+        () => network.ensureBridge({ name: "eth0", address: "172.31.0.1/24" }),
+        Code.InvalidArgument,
+      ],
+      [
+        "bridge name with %",
+        () => network.ensureBridge({ name: "bgr%d", address: "172.31.0.1/24" }),
+        Code.InvalidArgument,
+      ],
+      ["prefix /8", () => network.ensureBridge({ name: "bgr1", address: "10.0.0.1/8" }), Code.InvalidArgument],
+      ["prefix /31", () => network.ensureBridge({ name: "bgr1", address: "172.31.0.1/31" }), Code.InvalidArgument],
+      ["IPv6", () => network.ensureBridge({ name: "bgr1", address: "fd00::1/64" }), Code.InvalidArgument],
+      ["network address", () => network.ensureBridge({ name: "bgr1", address: "172.31.0.0/24" }), Code.InvalidArgument],
+      [
+        "overlapping subnet",
+        () => network.ensureBridge({ name: "bgr1", address: "10.9.5.1/24" }),
+        Code.FailedPrecondition,
+      ],
+      [
+        "a bridge banger did not make",
+        () => network.ensureBridge({ name: "bgr9", address: "172.31.0.1/24" }),
+        Code.PermissionDenied,
+      ],
+      ["delete a bridge banger did not make", () => network.deleteBridge({ name: "bgr9" }), Code.PermissionDenied],
+      [
+        "tap on a bridge banger did not make",
+        () => network.createTap({ vmId: "ok", bridge: "bgr9" }),
+        Code.PermissionDenied,
+      ],
+      [
+        "a tap name taken by a link banger did not make",
+        () => network.createTap({ vmId: "intruder", bridge: "bgr0" }),
+        Code.PermissionDenied,
+      ],
+      ["delete a link banger did not make", () => network.deleteTap({ vmId: "intruder" }), Code.PermissionDenied],
+      [
+        "NAT outside the bridge",
+        () => network.enableNat({ vmId: "ok", guestAddress: "10.9.0.5", bridge: "bgr0" }),
+        Code.InvalidArgument,
+      ],
+      [
+        "NAT for the bridge's own address",
+        () => network.enableNat({ vmId: "ok", guestAddress: "172.30.0.1", bridge: "bgr0" }),
+        Code.InvalidArgument,
+      ],
+      [
+        "pool tap with a vm id",
+        () => network.createTap({ pool: true, vmId: "ok", bridge: "bgr0" }),
+        Code.InvalidArgument,
+      ],
+      [
+        "from_pool not a pool name",
+        () => network.createTap({ vmId: "ok", bridge: "bgr0", fromPool: "eth0" }),
+        Code.InvalidArgument,
+      ],
+      ["delete pool tap by a foreign name", () => network.deleteTap({ poolName: "veth0" }), Code.InvalidArgument],
+    ];
+    for (const [what, call, code] of cases) {
+      const error = await failure(call);
+      expect(error.code, `${what}: ${error.rawMessage}`).toBe(code);
+    }
+    expect(await snapshot()).toBe(before);
+    expect(ns.links().find((l) => l.ifname === intruderTap)).toBeDefined();
+
+    ns.exec(["ip", "link", "del", "bgr9"]);
+    ns.exec(["ip", "link", "del", "veth0"]);
+    ns.exec(["ip", "link", "del", intruderTap]);
+    await network.deleteBridge({ name: "bgr0" });
+  });
+});
