@@ -33,7 +33,9 @@ export function parseHostCidr(text: string, field: string, minPrefix: number, ma
   }
   const prefix = Number(prefixText);
   if (prefix < minPrefix || prefix > maxPrefix) {
-    throw new InvalidArgumentError(`${field} prefix must be /${minPrefix} to /${maxPrefix}`, { reason: "INVALID_PREFIX" });
+    throw new InvalidArgumentError(`${field} prefix must be /${minPrefix} to /${maxPrefix}`, {
+      reason: "INVALID_PREFIX",
+    });
   }
   const address = parseIpv4(addressText, field);
   const size = 2 ** (32 - prefix);
