@@ -6,9 +6,17 @@ export const OP_ID_HEADER = "banger-op-id";
 
 const OP_ID_PATTERN = /^op-[0-9a-f]{12}$/;
 
+/** Who called, as the kernel says (SO_PEERCRED), where the server asks. */
+export interface PeerCredentials {
+  readonly pid: number;
+  readonly uid: number;
+  readonly gid: number;
+}
+
 /** The context every piece of work runs in: who it is for, across all three services. */
 export interface OpContext {
   readonly opId: string;
+  readonly peer?: PeerCredentials | undefined;
 }
 
 const storage = new AsyncLocalStorage<OpContext>();
@@ -33,8 +41,13 @@ export function adoptOrMintOpId(inbound: string | readonly string[] | null | und
 }
 
 /** Runs `fn` with `opId` as the current op id (for the whole async call tree). */
-export function runWithOpId<T>(opId: string, fn: () => T): T {
-  return storage.run({ opId }, fn);
+export function runWithOpId<T>(opId: string, fn: () => T, peer?: PeerCredentials): T {
+  return storage.run({ opId, peer }, fn);
+}
+
+/** The credentials of the caller of the RPC in progress, where the server read them. */
+export function currentPeer(): PeerCredentials | undefined {
+  return storage.getStore()?.peer;
 }
 
 /** The op id of the work in progress, if any. */

@@ -1,12 +1,14 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { codeName, statusOf, toConnectError } from "./error-mapping.js";
 import type { Logger } from "./logging.js";
-import { OP_ID_HEADER, currentOpId, mintOpId } from "./op-id.js";
+import { OP_ID_HEADER, currentOpId, currentPeer, mintOpId, type PeerCredentials } from "./op-id.js";
 
 export interface RpcInterceptorOptions {
   readonly logger: Logger;
   /** Message of the one line logged when an RPC ends; `rpc` → `rpc completed` / `rpc failed`. */
   readonly logPrefix?: string;
+  /** Refuses a caller by throwing; the refusal is answered and logged like any failure. */
+  readonly authorize?: (peer: PeerCredentials | undefined) => void;
 }
 
 /**
@@ -27,12 +29,17 @@ export function createRpcInterceptor(options: RpcInterceptorOptions): Intercepto
     const opId = currentOpId() ?? mintOpId();
     const rpc = `${req.service.typeName}/${req.method.name}`;
     const timeout = req.header.get("grpc-timeout");
+    const peer = currentPeer();
     const finish = (error?: unknown): ConnectError | undefined => {
       const fields: Record<string, unknown> = {
         rpc,
         duration_ms: Math.round((performance.now() - started) * 100) / 100,
       };
       if (timeout !== null) fields["grpc_timeout"] = timeout;
+      if (peer) {
+        fields["caller_uid"] = peer.uid;
+        fields["caller_pid"] = peer.pid;
+      }
       if (error === undefined) {
         logger.info({ ...fields, code: "ok" }, `${prefix} completed`);
         return undefined;
@@ -51,6 +58,7 @@ export function createRpcInterceptor(options: RpcInterceptorOptions): Intercepto
 
     let res;
     try {
+      options.authorize?.(peer);
       res = await next(req);
     } catch (error) {
       throw finish(error) ?? error;

@@ -1,7 +1,7 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { DescFile } from "@bufbuild/protobuf";
 import { createLogger, type Logger, type ServiceName } from "./logging.js";
-import { startUnixServer } from "./unix-server.js";
+import { startUnixServer, type UnixServerOptions } from "./unix-server.js";
 
 export interface ServiceMainOptions {
   readonly service: ServiceName;
@@ -10,6 +10,8 @@ export interface ServiceMainOptions {
   readonly logPrefix?: string;
   readonly files: readonly DescFile[];
   readonly routes: (router: ConnectRouter, logger: Logger) => void;
+  /** Passed to the server: see UnixServerOptions. */
+  readonly access?: Pick<UnixServerOptions, "peerCredentials" | "authorize" | "socketOwner">;
 }
 
 /**
@@ -27,6 +29,7 @@ export async function runService(options: ServiceMainOptions): Promise<void> {
       files: options.files,
       routes: (router) => options.routes(router, logger),
       ...(options.logPrefix === undefined ? {} : { logPrefix: options.logPrefix }),
+      ...options.access,
     });
   } catch (error) {
     logger.fatal({ err: error }, `${options.service} failed to start: ${(error as Error).message}`);

@@ -1,4 +1,5 @@
-import { chmod, lstat, unlink } from "node:fs/promises";
+import { chmod, chown, lstat, unlink } from "node:fs/promises";
+import type { Socket } from "node:net";
 import { setMaxListeners } from "node:events";
 import http2 from "node:http2";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
@@ -6,7 +7,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { DescFile } from "@bufbuild/protobuf";
 import { registerHealth, createHealthState } from "./health.js";
 import type { Logger } from "./logging.js";
-import { OP_ID_HEADER, adoptOrMintOpId, runWithOpId } from "./op-id.js";
+import { OP_ID_HEADER, adoptOrMintOpId, runWithOpId, type PeerCredentials } from "./op-id.js";
 import { registerReflection } from "./reflection.js";
 import { createRpcInterceptor } from "./rpc-interceptor.js";
 import { clearStaleSocket } from "./socket-path.js";
@@ -22,6 +23,12 @@ export interface UnixServerOptions {
   readonly routes: (router: ConnectRouter) => void;
   /** Generated files of the services served, for reflection. */
   readonly files: readonly DescFile[];
+  /** Reads the caller's credentials from a new connection (SO_PEERCRED); they are logged and passed to `authorize`. */
+  readonly peerCredentials?: (socket: Socket) => PeerCredentials | undefined;
+  /** Refuses a caller by throwing (PermissionDeniedError); runs before every RPC. */
+  readonly authorize?: (peer: PeerCredentials | undefined) => void;
+  /** Owner and group of the socket file, set right after bind (e.g. root:<owner's group> with mode 0660). */
+  readonly socketOwner?: { readonly uid: number; readonly gid: number };
 }
 
 export interface UnixServer {
@@ -49,22 +56,33 @@ export async function startUnixServer(options: UnixServerOptions): Promise<UnixS
       registerHealth(router, health);
       registerReflection(router, options.files);
     },
-    interceptors: [createRpcInterceptor({ logger, logPrefix: options.logPrefix ?? "rpc" })],
+    interceptors: [
+      createRpcInterceptor({
+        logger,
+        logPrefix: options.logPrefix ?? "rpc",
+        ...(options.authorize ? { authorize: options.authorize } : {}),
+      }),
+    ],
     shutdownSignal: shutdown.signal,
   });
 
   // The op id context is entered per HTTP/2 request, around the whole adapter,
   // so it also holds inside streaming handlers.
+  const peers = new WeakMap<http2.ServerHttp2Session, PeerCredentials>();
   const server = http2.createServer((req, res) => {
-    runWithOpId(adoptOrMintOpId(req.headers[OP_ID_HEADER]), () => adapter(req, res));
+    const peer = peers.get(req.stream.session as http2.ServerHttp2Session);
+    runWithOpId(adoptOrMintOpId(req.headers[OP_ID_HEADER]), () => adapter(req, res), peer);
   });
   const sessions = new Set<http2.ServerHttp2Session>();
   server.on("session", (session) => {
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
+    const peer = options.peerCredentials?.(session.socket);
+    if (peer) peers.set(session, peer);
   });
 
   await listenWithMode(server, socketPath, options.mode);
+  if (options.socketOwner) await chown(socketPath, options.socketOwner.uid, options.socketOwner.gid);
   const { ino } = await lstat(socketPath);
   logger.info({ socket: socketPath, pid: process.pid }, "listening");
 

@@ -1,12 +1,20 @@
 #!/usr/bin/env node
 import { parseArgs } from "node:util";
-import { DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, implementService, runService, runtimeLayout } from "@banger/common";
+import {
+  DEFAULT_RUNTIME_DIR,
+  DEFAULT_STATE_DIR,
+  PermissionDeniedError,
+  implementService,
+  runService,
+  runtimeLayout,
+} from "@banger/common";
 import { DiskService } from "@banger/gen/banger/privileged/v1/disk_pb.js";
 import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { NetworkService } from "@banger/gen/banger/privileged/v1/network_pb.js";
 import { VmmService } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
 import { helperConfig } from "./config.js";
 import { probeHostFeatures } from "./host/features.js";
+import { peerCredentials } from "./host/peer-cred.js";
 import { createProcessRunner } from "./host/runner.js";
 import { createNetworkOps } from "./ops/network.js";
 import { PRIVILEGED_FILES } from "./rpc/files.js";
@@ -38,10 +46,27 @@ const config = helperConfig({
 const runner = createProcessRunner();
 const network = createNetworkOps({ runner, config, resolvedPresent: () => probeHostFeatures().resolved });
 
+// Only the owner may call: the socket admits the owner's group (0660, root:<owner gid>) when
+// the owner is not root, and every connection's SO_PEERCRED uid is checked on every RPC.
+const sharedSocket = config.ownerUid !== (process.getuid?.() ?? 0);
 await runService({
   service: "privileged",
   socketPath: values.socket ?? runtimeLayout(config.runtimeDir).privilegedSocket,
-  mode: 0o600,
+  mode: sharedSocket ? 0o660 : 0o600,
+  access: {
+    peerCredentials,
+    authorize: (peer) => {
+      if (peer?.uid !== config.ownerUid) {
+        throw new PermissionDeniedError(
+          `uid ${peer?.uid ?? "unknown"} is not banger's owner; the helper answers only uid ${config.ownerUid}`,
+          {
+            reason: "NOT_OWNER",
+          },
+        );
+      }
+    },
+    ...(sharedSocket ? { socketOwner: { uid: process.getuid?.() ?? 0, gid: config.ownerGid } } : {}),
+  },
   logPrefix: "helper rpc",
   files: PRIVILEGED_FILES,
   routes: (router) => {
