@@ -4,7 +4,7 @@
  * what the kernel shows (`ip -j link`, `nft list ruleset`). Needs root.
  */
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createUnixTransport, type UnixTransport } from "@banger/common";
@@ -62,6 +62,17 @@ beforeAll(async () => {
   transport = createUnixTransport(join(dir, "run", "privileged.sock"), { peer: "privileged helper" });
   network = createClient(NetworkService, transport.transport);
   host = createClient(HostService, transport.transport);
+  // The helper answers only its owner (SO_PEERCRED records the effective ids at connect time):
+  // open the connection as the owner, then carry on as root to inspect the namespace.
+  chmodSync(dir, 0o755);
+  process.setegid?.(OWNER);
+  process.seteuid?.(OWNER);
+  try {
+    await host.getVersion({});
+  } finally {
+    process.seteuid?.(0);
+    process.setegid?.(0);
+  }
 });
 
 afterAll(async () => {
