@@ -1,0 +1,133 @@
+/**
+ * Fault injection in the helper's multi-step network operations: the real ops
+ * run against a throwaway network namespace with a runner that fails the
+ * N-th changing command; after each failure nothing of the attempt remains.
+ * Needs root.
+ */
+import { HostCommandError } from "@banger/common";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { helperConfig } from "../../services/privileged/src/config.js";
+import { createProcessRunner, type Runner } from "../../services/privileged/src/host/runner.js";
+import { createNetworkOps, type NetworkOps } from "../../services/privileged/src/ops/network.js";
+import { IS_ROOT, createNetNs, type NetNs } from "./netns.js";
+
+let ns: NetNs;
+const real = createProcessRunner();
+
+/** Runs every command inside the namespace; the `failAt`-th changing command fails instead of running. */
+function faultyRunner(failAt: number): { runner: Runner; changes: () => number } {
+  let changes = 0;
+  const runner: Runner = {
+    run(argv, options) {
+      const reads = argv.includes("-j") || argv[1] === "-j" || (argv[0] === "nft" && argv[1] === "-j");
+      if (!reads) {
+        changes++;
+        if (changes === failAt) return Promise.reject(new HostCommandError(argv, 2, "injected failure"));
+      }
+      return real.run(["ip", "netns", "exec", ns.name, ...argv], options);
+    },
+  };
+  return { runner, changes: () => changes };
+}
+
+function ops(runner: Runner): NetworkOps {
+  return createNetworkOps({
+    runner,
+    config: helperConfig({ ownerUid: 1000, ownerGid: 1000 }),
+    resolvedPresent: () => false,
+  });
+}
+
+function state(): string {
+  const links = ns.links().map((l) => [l.ifname, l.ifalias ?? "", l.master ?? ""]);
+  return JSON.stringify({ links, addrs: ns.exec(["ip", "-4", "-o", "addr"]), ruleset: ns.ruleset() });
+}
+
+beforeAll(() => {
+  if (IS_ROOT) ns = createNetNs();
+});
+afterAll(() => {
+  if (IS_ROOT) ns.remove();
+});
+
+/** Runs `attempt` with a failure at each changing step in turn, until it succeeds; checks nothing leaked each time. */
+async function injectEverywhere(
+  prepare: () => Promise<void>,
+  attempt: (o: NetworkOps) => Promise<unknown>,
+  cleanup: () => Promise<void>,
+) {
+  await prepare();
+  const before = state();
+  let failed = 0;
+  for (let step = 1; ; step++) {
+    const { runner } = faultyRunner(step);
+    try {
+      await attempt(ops(runner));
+    } catch (error) {
+      expect(error).toBeInstanceOf(HostCommandError);
+      expect(state(), `after a failure at step ${step}`).toBe(before);
+      failed++;
+      continue;
+    }
+    break; // the attempt had fewer steps than `step`: it succeeded
+  }
+  await cleanup();
+  return failed;
+}
+
+describe.skipIf(!IS_ROOT)("a failure after any step leaves nothing behind", () => {
+  const clean = ops(faultyRunner(Number.POSITIVE_INFINITY).runner);
+
+  it("ensureBridge", async () => {
+    const failed = await injectEverywhere(
+      async () => {},
+      (o) => o.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" }),
+      async () => void (await clean.deleteBridge({ name: "bgr0" })),
+    );
+    expect(failed).toBe(4); // add, alias, address, up
+  });
+
+  it("createTap", async () => {
+    const failed = await injectEverywhere(
+      async () => void (await clean.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" })),
+      (o) => o.createTap({ vmId: "box", bridge: "bgr0", pool: false, fromPool: "" }),
+      async () => {
+        await clean.deleteTap({ vmId: "box", poolName: "" });
+        await clean.deleteBridge({ name: "bgr0" });
+      },
+    );
+    expect(failed).toBe(4); // tuntap add, alias, master, up
+  });
+
+  it("taking a tap over from the warm pool", async () => {
+    let pooled = "";
+    const failed = await injectEverywhere(
+      async () => {
+        await clean.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" });
+        pooled = (await clean.createTap({ vmId: "", bridge: "bgr0", pool: true, fromPool: "" })).name;
+      },
+      (o) => o.createTap({ vmId: "box", bridge: "bgr0", pool: false, fromPool: pooled }),
+      async () => {
+        await clean.deleteTap({ vmId: "box", poolName: "" });
+        await clean.deleteBridge({ name: "bgr0" });
+      },
+    );
+    expect(failed).toBe(4); // down, rename, alias, up
+  });
+
+  it("enableNat and disableNat are single transactions", async () => {
+    await clean.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" });
+    const before = state();
+    await expect(
+      ops(faultyRunner(1).runner).enableNat({ vmId: "box", guestAddress: "172.30.0.5", bridge: "bgr0" }),
+    ).rejects.toThrow("injected failure");
+    expect(state()).toBe(before);
+    await clean.enableNat({ vmId: "box", guestAddress: "172.30.0.5", bridge: "bgr0" });
+    const withRule = state();
+    await expect(ops(faultyRunner(1).runner).disableNat({ vmId: "box" })).rejects.toThrow("injected failure");
+    expect(state()).toBe(withRule);
+    await clean.disableNat({ vmId: "box" });
+    expect(state()).toBe(before);
+    await clean.deleteBridge({ name: "bgr0" });
+  });
+});
