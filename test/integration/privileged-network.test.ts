@@ -11,6 +11,7 @@ import { createUnixTransport, type UnixTransport } from "@banger/common";
 import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { NetworkService } from "@banger/gen/banger/privileged/v1/network_pb.js";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { spawn, type ChildProcess } from "node:child_process";
 import { ROOT, waitUntil } from "./harness.js";
@@ -264,6 +265,65 @@ describe.skipIf(!IS_ROOT)("privileged network operations in a network namespace"
     ns.exec(["ip", "link", "del", "bgr9"]);
     ns.exec(["ip", "link", "del", "veth0"]);
     ns.exec(["ip", "link", "del", intruderTap]);
+    await network.deleteBridge({ name: "bgr0" });
+  });
+
+  it("survives 1,000 random hostile requests per RPC: refused, nothing changed, same helper process", async () => {
+    await network.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" });
+    const before = await snapshot();
+    const pid = helper.pid;
+    const hostile = fc.oneof(
+      fc.string({ maxLength: 40 }),
+      fc.string({ unit: "grapheme", maxLength: 20 }),
+      fc.constantFrom(
+        "..",
+        "../../etc",
+        "/etc/passwd",
+        "a%d",
+        "bgr%d",
+        "eth0",
+        "lo",
+        "a b",
+        "x".repeat(64),
+        "\u0000",
+        "bgr0\n",
+      ),
+    );
+    const badId = hostile.filter((v) => !/^[a-z0-9][a-z0-9-]{0,31}$/.test(v));
+    const badBridge = hostile.filter((v) => !/^bgr[a-z0-9]{1,12}$/.test(v));
+    const anyText = hostile;
+    const refusedCodes = [Code.InvalidArgument, Code.PermissionDenied, Code.FailedPrecondition];
+    const calls: [string, fc.Arbitrary<() => Promise<unknown>>][] = [
+      ["EnsureBridge", fc.record({ name: badBridge, address: anyText }).map((r) => () => network.ensureBridge(r))],
+      ["DeleteBridge", badBridge.map((name) => () => network.deleteBridge({ name }))],
+      [
+        "CreateTap",
+        fc.record({ vmId: badId, bridge: anyText, fromPool: anyText }).map((r) => () => network.createTap(r)),
+      ],
+      ["DeleteTap", fc.record({ vmId: badId }).map((r) => () => network.deleteTap(r))],
+      [
+        "EnableNat",
+        fc.record({ vmId: badId, guestAddress: anyText, bridge: anyText }).map((r) => () => network.enableNat(r)),
+      ],
+      ["DisableNat", badId.map((vmId) => () => network.disableNat({ vmId }))],
+      [
+        "ConfigureResolver",
+        fc.record({ bridge: badBridge, dnsAddress: anyText }).map((r) => () => network.configureResolver(r)),
+      ],
+      ["RemoveResolver", badBridge.map((bridge) => () => network.removeResolver({ bridge }))],
+    ];
+    for (const [rpc, arbitrary] of calls) {
+      await fc.assert(
+        fc.asyncProperty(arbitrary, async (call) => {
+          const error = await failure(call);
+          expect(refusedCodes, `${rpc}: ${error.code} ${error.rawMessage}`).toContain(error.code);
+        }),
+        { numRuns: 1000 },
+      );
+    }
+    expect(helper.pid).toBe(pid);
+    expect(helper.exitCode).toBeNull();
+    expect(await snapshot()).toBe(before);
     await network.deleteBridge({ name: "bgr0" });
   });
 });
