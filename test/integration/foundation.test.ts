@@ -191,7 +191,8 @@ describe("three services on Unix sockets", () => {
 describe("an independent gRPC client (@grpc/grpc-js)", () => {
   const loadOptions = { keepCase: false, longs: String, enums: String, defaults: true, oneofs: true };
 
-  it("calls the orchestrator and reads the op id from headers and from error trailers", async () => {
+  /** A grpc-js client of banger.v1.SystemService, built from the .proto file (no generated code). */
+  function systemClient(): grpc.Client & Record<string, unknown> {
     const definition = protoLoader.loadSync("banger/v1/system.proto", {
       ...loadOptions,
       includeDirs: [join(ROOT, "proto")],
@@ -199,10 +200,11 @@ describe("an independent gRPC client (@grpc/grpc-js)", () => {
     const pkg = grpc.loadPackageDefinition(definition) as unknown as {
       banger: { v1: { SystemService: grpc.ServiceClientConstructor } };
     };
-    const client = new pkg.banger.v1.SystemService(
-      `unix:${cluster.socket("orchestrator")}`,
-      grpc.credentials.createInsecure(),
-    );
+    return new pkg.banger.v1.SystemService(`unix:${cluster.socket("orchestrator")}`, grpc.credentials.createInsecure());
+  }
+
+  it("calls the orchestrator and reads the op id from headers and from error trailers", async () => {
+    const client = systemClient();
     const headerOpId = await new Promise<string>((resolve, reject) => {
       const call = client["getStatus"] as (
         req: object,
@@ -234,17 +236,7 @@ describe("an independent gRPC client (@grpc/grpc-js)", () => {
   });
 
   it("ignores a malformed inbound op id: a fresh one is used and the bad text is never logged", async () => {
-    const definition = protoLoader.loadSync("banger/v1/system.proto", {
-      ...loadOptions,
-      includeDirs: [join(ROOT, "proto")],
-    });
-    const pkg = grpc.loadPackageDefinition(definition) as unknown as {
-      banger: { v1: { SystemService: grpc.ServiceClientConstructor } };
-    };
-    const client = new pkg.banger.v1.SystemService(
-      `unix:${cluster.socket("orchestrator")}`,
-      grpc.credentials.createInsecure(),
-    );
+    const client = systemClient();
     const metadata = new grpc.Metadata();
     metadata.set("banger-op-id", "op-EVIL-{injected}");
     const opId = await new Promise<string>((resolve, reject) => {

@@ -58,3 +58,14 @@ export function effectiveCapabilities(statusPath = "/proc/self/status"): string[
     .find((l) => l.startsWith("CapEff:"));
   return line === undefined ? [] : capabilitiesFromMask(line.slice("CapEff:".length).trim());
 }
+
+/** What a banger service says about itself in status: who it runs as and with which privileges. */
+export interface ServiceIdentity {
+  readonly version: string;
+  readonly pid: number;
+  readonly uid: number;
+  readonly gid: number;
+  /** Whether it runs with exactly the privileges it needs. */
+  readonly privilegesOk: boolean;
+  readonly privilegesDetail: string;
+}

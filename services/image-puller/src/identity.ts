@@ -1,19 +1,10 @@
-import { BANGER_VERSION, effectiveCapabilities } from "@banger/common";
-
-export interface PullerIdentity {
-  readonly version: string;
-  readonly pid: number;
-  readonly uid: number;
-  readonly gid: number;
-  readonly privilegesOk: boolean;
-  readonly privilegesDetail: string;
-}
+import { BANGER_VERSION, effectiveCapabilities, type ServiceIdentity } from "@banger/common";
 
 /**
  * Who the puller runs as. It parses untrusted archives, so the right answer
  * is "no privileges at all": not root and no capabilities.
  */
-export function describePuller(capabilities = effectiveCapabilities()): PullerIdentity {
+export function describePuller(capabilities = effectiveCapabilities()): ServiceIdentity {
   const uid = process.getuid?.() ?? -1;
   let detail: string;
   if (uid === 0) {

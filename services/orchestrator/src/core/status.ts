@@ -1,17 +1,9 @@
-import { BangerError, type ErrorKind } from "@banger/common";
+import { BangerError, type ErrorKind, type ServiceIdentity } from "@banger/common";
 import type { CallScope } from "./call-scope.js";
 
 export type ServiceRole = "orchestrator" | "privileged" | "image-puller";
 
-/** What one service says about itself: who it runs as and with which privileges. */
-export interface ServiceIdentity {
-  readonly version: string;
-  readonly pid: number;
-  readonly uid: number;
-  readonly gid: number;
-  readonly privilegesOk: boolean;
-  readonly privilegesDetail: string;
-}
+export type { ServiceIdentity };
 
 export interface ServiceHealth {
   readonly name: ServiceRole;
