@@ -7,27 +7,45 @@
 import { HostCommandError } from "@banger/common";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { helperConfig } from "../../services/privileged/src/config.js";
-import { createProcessRunner, type Runner } from "../../services/privileged/src/host/runner.js";
+import { createProcessRunner, type RunOptions, type Runner } from "../../services/privileged/src/host/runner.js";
 import { createNetworkOps, type NetworkOps } from "../../services/privileged/src/ops/network.js";
 import { IS_ROOT, createNetNs, type NetNs } from "./netns.js";
 
 let ns: NetNs;
 const real = createProcessRunner();
 
-/** Runs every command inside the namespace; the `failAt`-th changing command fails instead of running. */
-function faultyRunner(failAt: number): { runner: Runner; changes: () => number } {
+/**
+ * Runs every command inside the namespace; the `failAt`-th changing step fails
+ * instead of running. Each line of an `ip -batch` counts as a step: the lines
+ * before the failing one really run, as `ip` itself would have run them.
+ */
+function faultyRunner(failAt: number): { runner: Runner } {
   let changes = 0;
+  const inNs = (argv: readonly string[], options?: RunOptions) =>
+    real.run(["ip", "netns", "exec", ns.name, ...argv], options);
   const runner: Runner = {
-    run(argv, options) {
-      const reads = argv.includes("-j") || argv[1] === "-j" || (argv[0] === "nft" && argv[1] === "-j");
+    async run(argv, options) {
+      if (argv[0] === "ip" && argv[1] === "-batch") {
+        const lines = String(options?.stdin ?? "")
+          .split("\n")
+          .filter(Boolean);
+        const failing = failAt - changes - 1;
+        changes += lines.length;
+        if (failing >= 0 && failing < lines.length) {
+          if (failing > 0) await inNs(argv, { ...options, stdin: lines.slice(0, failing).join("\n") + "\n" });
+          throw new HostCommandError(argv, 1, `injected failure at: ${lines[failing]}`);
+        }
+        return inNs(argv, options);
+      }
+      const reads = argv.includes("-j");
       if (!reads) {
         changes++;
-        if (changes === failAt) return Promise.reject(new HostCommandError(argv, 2, "injected failure"));
+        if (changes === failAt) throw new HostCommandError(argv, 2, "injected failure");
       }
-      return real.run(["ip", "netns", "exec", ns.name, ...argv], options);
+      return inNs(argv, options);
     },
   };
-  return { runner, changes: () => changes };
+  return { runner };
 }
 
 function ops(runner: Runner): NetworkOps {
@@ -65,6 +83,7 @@ async function injectEverywhere(
       await attempt(ops(runner));
     } catch (error) {
       expect(error).toBeInstanceOf(HostCommandError);
+      expect((error as Error).message).toContain("injected failure");
       expect(state(), `after a failure at step ${step}`).toBe(before);
       failed++;
       continue;

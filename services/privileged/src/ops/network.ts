@@ -161,13 +161,12 @@ export function createNetworkOps(deps: NetworkDeps): NetworkOps {
           });
         }
       }
-      await withUndo(async (onUndo) => {
-        await ip("link", "add", "name", name, "type", "bridge");
-        onUndo(() => ip("link", "del", "dev", name));
-        await ip("link", "set", "dev", name, "alias", `${ALIAS_PREFIX}bridge`);
-        await ip("addr", "add", wanted, "dev", name);
-        await ip("link", "set", "dev", name, "up");
-      });
+      await createLink(name, [
+        ["link", "add", "name", name, "type", "bridge"],
+        ["link", "set", "dev", name, "alias", `${ALIAS_PREFIX}bridge`],
+        ["addr", "add", wanted, "dev", name],
+        ["link", "set", "dev", name, "up"],
+      ]);
       return { created: true };
     },
 
@@ -224,15 +223,27 @@ export function createNetworkOps(deps: NetworkDeps): NetworkOps {
       if (pooled?.ifalias !== `${ALIAS_PREFIX}pool`) {
         throw new FailedPreconditionError(`${req.fromPool} is not a warm-pool tap`, { reason: "NOT_IN_POOL" });
       }
-      await withUndo(async (onUndo) => {
-        await ip("link", "set", "dev", req.fromPool, "down");
-        onUndo(() => ip("link", "set", "dev", req.fromPool, "up"));
-        await ip("link", "set", "dev", req.fromPool, "name", name);
-        onUndo(() => ip("link", "set", "dev", name, "name", req.fromPool));
-        await ip("link", "set", "dev", name, "alias", alias);
-        onUndo(() => ip("link", "set", "dev", name, "alias", `${ALIAS_PREFIX}pool`));
-        await ip("link", "set", "dev", name, "up");
-      });
+      const from = req.fromPool;
+      try {
+        await ipBatch([
+          ["link", "set", "dev", from, "down"],
+          ["link", "set", "dev", from, "name", name],
+          ["link", "set", "dev", name, "alias", alias],
+          ["link", "set", "dev", name, "up"],
+        ]);
+      } catch (error) {
+        // Put the pool tap back as it was, whichever step failed.
+        const now = await rawLinks();
+        const undo: string[][] = [];
+        if (now.some((l) => l.ifname === name)) {
+          undo.push(["link", "set", "dev", name, "down"], ["link", "set", "dev", name, "name", from]);
+        }
+        undo.push(["link", "set", "dev", from, "alias", `${ALIAS_PREFIX}pool`], ["link", "set", "dev", from, "up"]);
+        await ipBatch(undo).catch((undoError: unknown) => {
+          if (error instanceof Error) error.message += ` (and restoring ${from} failed: ${String(undoError)})`;
+        });
+        throw error;
+      }
       return { name };
     },
 
@@ -334,14 +345,36 @@ export function createNetworkOps(deps: NetworkDeps): NetworkOps {
     },
   };
 
-  /** Creates a tap owned by the owner, marks it, attaches it to the bridge and brings it up; undone on failure. */
+  /** Creates a tap owned by the owner, marks it, attaches it to the bridge and brings it up. */
   async function makeTap(name: string, alias: string, bridge: string): Promise<void> {
-    await withUndo(async (onUndo) => {
-      await ip("tuntap", "add", "dev", name, "mode", "tap", "user", String(config.ownerUid));
-      onUndo(() => ip("link", "del", "dev", name));
-      await ip("link", "set", "dev", name, "alias", alias);
-      await ip("link", "set", "dev", name, "master", bridge);
-      await ip("link", "set", "dev", name, "up");
-    });
+    await createLink(name, [
+      ["tuntap", "add", "dev", name, "mode", "tap", "user", String(config.ownerUid)],
+      ["link", "set", "dev", name, "alias", alias],
+      ["link", "set", "dev", name, "master", bridge],
+      ["link", "set", "dev", name, "up"],
+    ]);
+  }
+
+  /**
+   * Runs the steps that make link `name` as one `ip -batch` process, so a
+   * helper killed mid-way cannot leave a link without banger's mark (the
+   * child finishes the batch). If a step fails, the link is deleted again.
+   */
+  async function createLink(name: string, steps: string[][]): Promise<void> {
+    try {
+      await ipBatch(steps);
+    } catch (error) {
+      if (await findLink(name)) {
+        await ip("link", "del", "dev", name).catch((undoError: unknown) => {
+          if (error instanceof Error) error.message += ` (and deleting ${name} again failed: ${String(undoError)})`;
+        });
+      }
+      throw error;
+    }
+  }
+
+  /** `ip -batch -`: stops at the first failing line. Every word was validated (no spaces, quotes or newlines). */
+  function ipBatch(lines: readonly string[][]) {
+    return runner.run(["ip", "-batch", "-"], { stdin: lines.map((words) => words.join(" ")).join("\n") + "\n" });
   }
 }
