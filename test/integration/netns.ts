@@ -1,6 +1,11 @@
 /** A throwaway network namespace for tests that change links and nftables for real. */
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { join } from "node:path";
+import { createUnixTransport, type UnixTransport } from "@banger/common";
+import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
+import { createClient } from "@connectrpc/connect";
+import { ROOT, waitUntil } from "./harness.js";
 
 export const IS_ROOT = process.getuid?.() === 0;
 
@@ -29,5 +34,65 @@ export function createNetNs(): NetNs {
     links: () => JSON.parse(exec(["ip", "-j", "-d", "link", "show"])) as ReturnType<NetNs["links"]>,
     ruleset: () => exec(["nft", "list", "ruleset"]),
     remove: () => execFileSync("ip", ["netns", "del", name]),
+  };
+}
+
+/** The privileged helper running inside a namespace, driven as its owner. */
+export interface HelperInNs {
+  readonly child: ChildProcess;
+  readonly logs: Record<string, unknown>[];
+  readonly socket: string;
+  readonly transport: UnixTransport;
+  stop(signal?: NodeJS.Signals): Promise<void>;
+}
+
+/**
+ * Starts the helper inside `ns` with `owner` as its owner and connects to it as
+ * that owner (SO_PEERCRED records the effective ids at connect time), so the
+ * test process can go on as root to inspect the namespace.
+ */
+export async function startHelperInNs(
+  ns: NetNs,
+  runtimeDir: string,
+  stateDir: string,
+  owner: number,
+): Promise<HelperInNs> {
+  const entry = join(ROOT, "services/privileged/dist/main.js");
+  const ids = ["--owner-uid", String(owner), "--owner-gid", String(owner)];
+  const child = spawn(
+    "ip",
+    ["netns", "exec", ns.name, process.execPath, entry, "--runtime-dir", runtimeDir, "--state-dir", stateDir, ...ids],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  );
+  const logs: Record<string, unknown>[] = [];
+  let buffered = "";
+  child.stdout?.on("data", (c: Buffer) => {
+    buffered += c.toString();
+    const lines = buffered.split("\n");
+    buffered = lines.pop() ?? "";
+    for (const l of lines) if (l) logs.push(JSON.parse(l) as Record<string, unknown>);
+  });
+  const exited = new Promise<void>((r) => child.once("exit", () => r()));
+  await waitUntil(() => logs.some((l) => l["msg"] === "listening"), undefined, "helper to listen");
+  const socket = join(runtimeDir, "privileged.sock");
+  const transport = createUnixTransport(socket, { peer: "privileged helper" });
+  process.setegid?.(owner);
+  process.seteuid?.(owner);
+  try {
+    await createClient(HostService, transport.transport).getVersion({});
+  } finally {
+    process.seteuid?.(0);
+    process.setegid?.(0);
+  }
+  return {
+    child,
+    logs,
+    socket,
+    transport,
+    stop: async (signal = "SIGTERM") => {
+      transport.close();
+      child.kill(signal);
+      await exited;
+    },
   };
 }

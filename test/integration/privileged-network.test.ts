@@ -7,21 +7,16 @@ import { createHash } from "node:crypto";
 import { chmodSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createUnixTransport, type UnixTransport } from "@banger/common";
 import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { NetworkService } from "@banger/gen/banger/privileged/v1/network_pb.js";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { spawn, type ChildProcess } from "node:child_process";
-import { ROOT, waitUntil } from "./harness.js";
-import { IS_ROOT, createNetNs, type NetNs } from "./netns.js";
+import { IS_ROOT, createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
 
 let ns: NetNs;
 let dir: string;
-let helper: ChildProcess;
-let helperLogs: Record<string, unknown>[];
-let transport: UnixTransport;
+let helper: HelperInNs;
 let network: Client<typeof NetworkService>;
 let host: Client<typeof HostService>;
 
@@ -31,56 +26,16 @@ beforeAll(async () => {
   if (!IS_ROOT) return;
   ns = createNetNs();
   dir = mkdtempSync(join(tmpdir(), "banger-net-"));
-  mkdirSync(join(dir, "run"));
-  helper = spawn(
-    "ip",
-    [
-      "netns",
-      "exec",
-      ns.name,
-      process.execPath,
-      join(ROOT, "services/privileged/dist/main.js"),
-      "--runtime-dir",
-      join(dir, "run"),
-      "--state-dir",
-      join(dir, "state"),
-      "--owner-uid",
-      String(OWNER),
-      "--owner-gid",
-      String(OWNER),
-    ],
-    { stdio: ["ignore", "pipe", "inherit"] },
-  );
-  helperLogs = [];
-  let buffered = "";
-  helper.stdout?.on("data", (c: Buffer) => {
-    buffered += c.toString();
-    const lines = buffered.split("\n");
-    buffered = lines.pop() ?? "";
-    for (const l of lines) if (l) helperLogs.push(JSON.parse(l) as Record<string, unknown>);
-  });
-  await waitUntil(() => helperLogs.some((l) => l["msg"] === "listening"), undefined, "helper to listen");
-  transport = createUnixTransport(join(dir, "run", "privileged.sock"), { peer: "privileged helper" });
-  network = createClient(NetworkService, transport.transport);
-  host = createClient(HostService, transport.transport);
-  // The helper answers only its owner (SO_PEERCRED records the effective ids at connect time):
-  // open the connection as the owner, then carry on as root to inspect the namespace.
   chmodSync(dir, 0o755);
-  process.setegid?.(OWNER);
-  process.seteuid?.(OWNER);
-  try {
-    await host.getVersion({});
-  } finally {
-    process.seteuid?.(0);
-    process.setegid?.(0);
-  }
+  mkdirSync(join(dir, "run"));
+  helper = await startHelperInNs(ns, join(dir, "run"), join(dir, "state"), OWNER);
+  network = createClient(NetworkService, helper.transport.transport);
+  host = createClient(HostService, helper.transport.transport);
 });
 
 afterAll(async () => {
   if (!IS_ROOT) return;
-  transport.close();
-  helper.kill("SIGTERM");
-  await new Promise((r) => helper.once("exit", r));
+  await helper.stop();
   ns.remove();
   rmSync(dir, { recursive: true, force: true });
 });
@@ -271,7 +226,7 @@ describe.skipIf(!IS_ROOT)("privileged network operations in a network namespace"
   it("survives 1,000 random hostile requests per RPC: refused, nothing changed, same helper process", async () => {
     await network.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" });
     const before = await snapshot();
-    const pid = helper.pid;
+    const pid = helper.child.pid;
     const hostile = fc.oneof(
       fc.string({ maxLength: 40 }),
       fc.string({ unit: "grapheme", maxLength: 20 }),
@@ -321,8 +276,8 @@ describe.skipIf(!IS_ROOT)("privileged network operations in a network namespace"
         { numRuns: 1000 },
       );
     }
-    expect(helper.pid).toBe(pid);
-    expect(helper.exitCode).toBeNull();
+    expect(helper.child.pid).toBe(pid);
+    expect(helper.child.exitCode).toBeNull();
     expect(await snapshot()).toBe(before);
     await network.deleteBridge({ name: "bgr0" });
   });
