@@ -12,6 +12,7 @@ import { NetworkService } from "@banger/gen/banger/privileged/v1/network_pb.js";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { waitUntil } from "./harness.js";
 import { IS_ROOT, createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
 
 let ns: NetNs;
@@ -114,6 +115,22 @@ describe.skipIf(!IS_ROOT)("privileged network operations in a network namespace"
     expect(await network.deleteBridge({ name: "bgr0" })).toMatchObject({ existed: false });
     expect(ns.links().map((l) => l.ifname)).toEqual(["lo"]);
     expect(await host.getInventory({})).toMatchObject({ links: [], natRules: [] });
+
+    // Each call is one audit line: op id, caller, operation, validated arguments, duration.
+    await waitUntil(
+      () => helper.logs.some((l) => l["rpc"] === "banger.privileged.v1.NetworkService/DeleteBridge"),
+      undefined,
+      "logs",
+    );
+    const created = helper.logs.find((l) => l["rpc"] === "banger.privileged.v1.NetworkService/CreateTap");
+    expect(created).toMatchObject({
+      msg: "helper rpc completed",
+      code: "ok",
+      caller_uid: OWNER,
+      args: { vmId: "box1", bridge: "bgr0" },
+      op_id: expect.stringMatching(/^op-[0-9a-f]{12}$/) as unknown,
+      duration_ms: expect.any(Number) as unknown,
+    });
   });
 
   it("hands warm-pool taps over to VMs", async () => {

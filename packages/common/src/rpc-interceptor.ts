@@ -1,3 +1,4 @@
+import { toJson, type DescMessage, type Message } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { codeName, statusOf, toConnectError } from "./error-mapping.js";
 import type { Logger } from "./logging.js";
@@ -9,6 +10,29 @@ export interface RpcInterceptorOptions {
   readonly logPrefix?: string;
   /** Refuses a caller by throwing; the refusal is answered and logged like any failure. */
   readonly authorize?: (peer: PeerCredentials | undefined) => void;
+  /**
+   * Log the request's fields (as proto JSON, long values shortened) on the
+   * completion line of unary calls that succeeded, i.e. once validated: the
+   * helper's audit trail of what it did.
+   */
+  readonly logArguments?: boolean;
+}
+
+const MAX_LOGGED_VALUE = 160;
+
+/** Proto JSON of a request with long strings (file contents, base64 bytes) cut short. */
+function loggableArguments(schema: DescMessage, message: Message): unknown {
+  const shorten = (value: unknown): unknown => {
+    if (typeof value === "string") {
+      return value.length > MAX_LOGGED_VALUE ? `${value.slice(0, MAX_LOGGED_VALUE)}…(${value.length} chars)` : value;
+    }
+    if (Array.isArray(value)) return value.map(shorten);
+    if (value !== null && typeof value === "object") {
+      return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, shorten(v)]));
+    }
+    return value;
+  };
+  return shorten(toJson(schema, message));
 }
 
 /**
@@ -41,6 +65,8 @@ export function createRpcInterceptor(options: RpcInterceptorOptions): Intercepto
         fields["caller_pid"] = peer.pid;
       }
       if (error === undefined) {
+        if (options.logArguments === true && !req.stream)
+          fields["args"] = loggableArguments(req.method.input, req.message);
         logger.info({ ...fields, code: "ok" }, `${prefix} completed`);
         return undefined;
       }

@@ -11,7 +11,7 @@ export interface ServiceMainOptions {
   readonly files: readonly DescFile[];
   readonly routes: (router: ConnectRouter, logger: Logger) => void;
   /** Passed to the server: see UnixServerOptions. */
-  readonly access?: Pick<UnixServerOptions, "peerCredentials" | "authorize" | "socketOwner">;
+  readonly access?: Pick<UnixServerOptions, "peerCredentials" | "authorize" | "socketOwner" | "logArguments">;
 }
 
 /**

@@ -27,6 +27,8 @@ export interface UnixServerOptions {
   readonly peerCredentials?: (socket: Socket) => PeerCredentials | undefined;
   /** Refuses a caller by throwing (PermissionDeniedError); runs before every RPC. */
   readonly authorize?: (peer: PeerCredentials | undefined) => void;
+  /** Log each successful unary call's (validated) arguments on its completion line. */
+  readonly logArguments?: boolean;
   /** Owner and group of the socket file, set right after bind (e.g. root:<owner's group> with mode 0660). */
   readonly socketOwner?: { readonly uid: number; readonly gid: number };
 }
@@ -61,6 +63,7 @@ export async function startUnixServer(options: UnixServerOptions): Promise<UnixS
         logger,
         logPrefix: options.logPrefix ?? "rpc",
         ...(options.authorize ? { authorize: options.authorize } : {}),
+        ...(options.logArguments ? { logArguments: true } : {}),
       }),
     ],
     shutdownSignal: shutdown.signal,

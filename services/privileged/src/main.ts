@@ -54,6 +54,7 @@ await runService({
   socketPath: values.socket ?? runtimeLayout(config.runtimeDir).privilegedSocket,
   mode: sharedSocket ? 0o660 : 0o600,
   access: {
+    logArguments: true,
     peerCredentials,
     authorize: (peer) => {
       if (peer?.uid !== config.ownerUid) {
