@@ -16,8 +16,10 @@ import { helperConfig } from "./config.js";
 import { probeHostFeatures } from "./host/features.js";
 import { peerCredentials } from "./host/peer-cred.js";
 import { createProcessRunner } from "./host/runner.js";
+import { createDiskOps } from "./ops/disk.js";
 import { createNetworkOps } from "./ops/network.js";
 import { PRIVILEGED_FILES } from "./rpc/files.js";
+import { createDiskService } from "./rpc/disk-service.js";
 import { createHostService } from "./rpc/host-service.js";
 import { createNetworkService } from "./rpc/network-service.js";
 
@@ -45,6 +47,7 @@ const config = helperConfig({
 });
 const runner = createProcessRunner();
 const network = createNetworkOps({ runner, config, resolvedPresent: () => probeHostFeatures().resolved });
+const disk = createDiskOps({ runner, config });
 
 // Only the owner may call: the socket admits the owner's group (0660, root:<owner gid>) when
 // the owner is not root, and every connection's SO_PEERCRED uid is checked on every RPC.
@@ -71,9 +74,9 @@ await runService({
   logPrefix: "helper rpc",
   files: PRIVILEGED_FILES,
   routes: (router) => {
-    router.service(HostService, createHostService({ ownerUid: config.ownerUid, network }));
+    router.service(HostService, createHostService({ ownerUid: config.ownerUid, network, disk }));
     router.service(NetworkService, createNetworkService(network));
-    router.service(DiskService, implementService(DiskService, {}));
+    router.service(DiskService, createDiskService(disk));
     router.service(VmmService, implementService(VmmService, {}));
   },
 });

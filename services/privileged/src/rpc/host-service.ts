@@ -2,12 +2,14 @@ import { implementService } from "@banger/common";
 import { HostService, LinkKind } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { probeHostFeatures } from "../host/features.js";
+import type { DiskOps } from "../ops/disk.js";
 import type { NetworkOps } from "../ops/network.js";
 import { describeHelper } from "../ops/version.js";
 
 export interface HostServiceDeps {
   readonly ownerUid: number;
   readonly network: NetworkOps;
+  readonly disk: DiskOps;
 }
 
 /** `banger.privileged.v1.HostService`: identity, host features and the inventory of banger's resources. */
@@ -23,7 +25,12 @@ export function createHostService(deps: HostServiceDeps): ServiceImpl<typeof Hos
       };
     },
     async getInventory() {
-      const [links, natRules] = await Promise.all([deps.network.listLinks(), deps.network.listNatRules()]);
+      const [links, natRules, loopDevices, dmDevices] = await Promise.all([
+        deps.network.listLinks(),
+        deps.network.listNatRules(),
+        deps.disk.listLoops(),
+        deps.disk.listSnapshots(),
+      ]);
       return {
         links: links.map((l) => ({
           ...l,
@@ -31,6 +38,8 @@ export function createHostService(deps: HostServiceDeps): ServiceImpl<typeof Hos
           kind: l.kind === "bridge" ? LinkKind.BRIDGE : LinkKind.TAP,
         })),
         natRules,
+        loopDevices,
+        dmDevices,
       };
     },
   });
