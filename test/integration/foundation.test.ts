@@ -19,7 +19,7 @@ import { file_banger_v1_workspace } from "@banger/gen/banger/v1/workspace_pb.js"
 import { DiskService, file_banger_privileged_v1_disk } from "@banger/gen/banger/privileged/v1/disk_pb.js";
 import { file_banger_privileged_v1_host } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { NetworkService, file_banger_privileged_v1_network } from "@banger/gen/banger/privileged/v1/network_pb.js";
-import { file_banger_privileged_v1_vmm } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
+import { VmmService, file_banger_privileged_v1_vmm } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
 import { file_banger_imagepuller_v1_puller } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import type { DescFile } from "@bufbuild/protobuf";
 import { createAsyncIterable } from "@connectrpc/connect/protocol";
@@ -145,7 +145,9 @@ describe("three services on Unix sockets", () => {
       "banger.v1.ImageService/PullImage",
       "banger.privileged.v1.HostService/GetVersion",
       "banger.privileged.v1.HostService/GetInventory",
-      ...[NetworkService, DiskService].flatMap((svc) => svc.methods.map((m) => `${svc.typeName}/${m.name}`)),
+      ...[NetworkService, DiskService, VmmService].flatMap((svc) =>
+        svc.methods.map((m) => `${svc.typeName}/${m.name}`),
+      ),
       "banger.imagepuller.v1.PullerService/GetVersion",
     ]);
     const sockets: [ServiceName, DescFile[]][] = [

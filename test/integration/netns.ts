@@ -56,9 +56,10 @@ export async function startHelperInNs(
   runtimeDir: string,
   stateDir: string,
   owner: number,
+  extraArgs: readonly string[] = [],
 ): Promise<HelperInNs> {
   const entry = join(ROOT, "services/privileged/dist/main.js");
-  const ids = ["--owner-uid", String(owner), "--owner-gid", String(owner)];
+  const ids = ["--owner-uid", String(owner), "--owner-gid", String(owner), ...extraArgs];
   const child = spawn(
     "ip",
     ["netns", "exec", ns.name, process.execPath, entry, "--runtime-dir", runtimeDir, "--state-dir", stateDir, ...ids],

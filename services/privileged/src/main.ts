@@ -4,7 +4,6 @@ import {
   DEFAULT_RUNTIME_DIR,
   DEFAULT_STATE_DIR,
   PermissionDeniedError,
-  implementService,
   runService,
   runtimeLayout,
 } from "@banger/common";
@@ -18,10 +17,12 @@ import { peerCredentials } from "./host/peer-cred.js";
 import { createProcessRunner } from "./host/runner.js";
 import { createDiskOps } from "./ops/disk.js";
 import { createNetworkOps } from "./ops/network.js";
+import { createVmmOps } from "./ops/vmm.js";
 import { PRIVILEGED_FILES } from "./rpc/files.js";
 import { createDiskService } from "./rpc/disk-service.js";
 import { createHostService } from "./rpc/host-service.js";
 import { createNetworkService } from "./rpc/network-service.js";
+import { createVmmService } from "./rpc/vmm-service.js";
 
 const { values } = parseArgs({
   options: {
@@ -48,6 +49,7 @@ const config = helperConfig({
 const runner = createProcessRunner();
 const network = createNetworkOps({ runner, config, resolvedPresent: () => probeHostFeatures().resolved });
 const disk = createDiskOps({ runner, config });
+const vmm = createVmmOps({ config });
 
 // Only the owner may call: the socket admits the owner's group (0660, root:<owner gid>) when
 // the owner is not root, and every connection's SO_PEERCRED uid is checked on every RPC.
@@ -74,9 +76,9 @@ await runService({
   logPrefix: "helper rpc",
   files: PRIVILEGED_FILES,
   routes: (router) => {
-    router.service(HostService, createHostService({ ownerUid: config.ownerUid, network, disk }));
+    router.service(HostService, createHostService({ ownerUid: config.ownerUid, network, disk, vmm }));
     router.service(NetworkService, createNetworkService(network));
     router.service(DiskService, createDiskService(disk));
-    router.service(VmmService, implementService(VmmService, {}));
+    router.service(VmmService, createVmmService(vmm));
   },
 });

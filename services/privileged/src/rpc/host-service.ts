@@ -4,12 +4,15 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import { probeHostFeatures } from "../host/features.js";
 import type { DiskOps } from "../ops/disk.js";
 import type { NetworkOps } from "../ops/network.js";
+import type { VmmOps } from "../ops/vmm.js";
+import { vmmProcessToProto } from "./vmm-service.js";
 import { describeHelper } from "../ops/version.js";
 
 export interface HostServiceDeps {
   readonly ownerUid: number;
   readonly network: NetworkOps;
   readonly disk: DiskOps;
+  readonly vmm: VmmOps;
 }
 
 /** `banger.privileged.v1.HostService`: identity, host features and the inventory of banger's resources. */
@@ -25,11 +28,12 @@ export function createHostService(deps: HostServiceDeps): ServiceImpl<typeof Hos
       };
     },
     async getInventory() {
-      const [links, natRules, loopDevices, dmDevices] = await Promise.all([
+      const [links, natRules, loopDevices, dmDevices, processes] = await Promise.all([
         deps.network.listLinks(),
         deps.network.listNatRules(),
         deps.disk.listLoops(),
         deps.disk.listSnapshots(),
+        deps.vmm.list(),
       ]);
       return {
         links: links.map((l) => ({
@@ -40,6 +44,7 @@ export function createHostService(deps: HostServiceDeps): ServiceImpl<typeof Hos
         natRules,
         loopDevices,
         dmDevices,
+        vmmProcesses: processes.map(vmmProcessToProto),
       };
     },
   });

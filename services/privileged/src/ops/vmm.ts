@@ -1,0 +1,753 @@
+/**
+ * A VM's VMM process: launched as the owner (never root), detached from the
+ * helper, with an argument vector the helper builds itself from validated
+ * fields; signalled only after the pid is proved to be that VM's VMM (start
+ * time, command line and uid all match).
+ *
+ * Everything a launch touches lives under `<runtimeDir>/vms/<vm_id>/`, and
+ * every step below the runtime directory goes through an open directory
+ * (`/proc/self/fd/<dir>/<name>`, the openat of Node): a directory or symlink
+ * swapped in by the owner while the helper works cannot redirect a mkdir, a
+ * chown or a create to somewhere else.
+ */
+import { constants, type Stats } from "node:fs";
+import { lstat, mkdir, open, unlink, type FileHandle } from "node:fs/promises";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import {
+  DeadlineExceededError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  PermissionDeniedError,
+  checkSocketPathLength,
+} from "@banger/common";
+import type { HelperConfig } from "../config.js";
+import { probeHostFeatures } from "../host/features.js";
+import {
+  DEFAULT_PROC_ROOT,
+  cpuKhz,
+  dateToStartTime,
+  isPid,
+  listPids,
+  readCmdline,
+  readCredentials,
+  readStat,
+  spawnDetached,
+  startTimeToDate,
+  type DetachedProcess,
+  type ProcStat,
+  type SpawnDetached,
+} from "../host/proc.js";
+import { snapshotName, tapName, validVmId } from "../validate/ids.js";
+import { confinedPath } from "../validate/paths.js";
+
+export type VmmKind = "firecracker" | "qemu-microvm";
+
+/** The machine QEMU is started with (vmm.proto `QemuMachine`). */
+export interface QemuMachine {
+  /** 1–32. */
+  vcpu: number;
+  /** 128–262144. */
+  memoryMib: number;
+  /** Inside the state directory. */
+  kernelPath: string;
+  /** Inside the state directory; "" = none. */
+  initrdPath: string;
+  /** Printable ASCII, ≤ 2048 bytes, no `"`. */
+  bootArgs: string;
+  /** Inside the state directory, or the VM's own dm-snapshot node `/dev/mapper/bgr-<vm_id>-root`. */
+  rootDisk: string;
+  /** Inside the state directory. */
+  workDisk: string;
+  /** Lowercase, colon-separated, unicast. */
+  mac: string;
+  /** KVM (refused with KVM_ABSENT where /dev/kvm is not usable) or TCG. */
+  kvm: boolean;
+  /** tsc_early_khz under TCG; 0 = the host's, measured by the helper. */
+  tscKhz: number;
+}
+
+export interface VmmProcessInfo {
+  vmId: string;
+  pid: number;
+  /** Clock ticks since boot (/proc/<pid>/stat field 22). */
+  startTime: bigint;
+  kind: VmmKind;
+  /** Real uid of the process. */
+  uid: number;
+}
+
+export interface LaunchResult {
+  pid: number;
+  /** Clock ticks since boot (/proc/<pid>/stat field 22); `vmmStartDate` turns it into a Date. */
+  startTime: bigint;
+  /** Firecracker's API socket or QEMU's QMP socket. */
+  controlSocket: string;
+  logPath: string;
+  consolePath: string;
+}
+
+export type VmmSignal = "TERM" | "KILL";
+
+export interface VmmOps {
+  launch(req: { vmId: string; kind: VmmKind; qemu?: QemuMachine | undefined }): Promise<LaunchResult>;
+  signal(req: { vmId: string; pid: number; startTime: bigint; signal: VmmSignal }): Promise<{ existed: boolean }>;
+  list(): Promise<VmmProcessInfo[]>;
+}
+
+export interface VmmDeps {
+  readonly config: HelperConfig;
+  /** Where /proc is (tests hand in a crafted one). */
+  readonly procRoot?: string;
+  /** How the VMM is started (default: a detached spawn as the owner). */
+  readonly spawnProcess?: SpawnDetached;
+  /** Whether the owner's VMM can use /dev/kvm (default: the host feature probe). */
+  readonly kvmUsable?: () => boolean;
+  /** The host's TSC frequency for TCG guests (default: /proc/cpuinfo). */
+  readonly hostTscKhz?: () => number | undefined;
+  /** How long a new VMM has to create its control socket (default 10 s). */
+  readonly readyTimeoutMs?: number;
+}
+
+/** Every path of one VM's runtime directory; nobody joins these by hand. */
+export interface VmRuntimePaths {
+  /** `<runtimeDir>/vms` */
+  readonly vmsDir: string;
+  /** `<runtimeDir>/vms/<vm_id>` */
+  readonly dir: string;
+  readonly firecrackerSocket: string;
+  readonly qmpSocket: string;
+  readonly vmmLog: string;
+  readonly consoleLog: string;
+}
+
+const FIRECRACKER_SOCKET = "firecracker.sock";
+const QMP_SOCKET = "qmp.sock";
+const VMM_LOG = "vmm.log";
+const CONSOLE_LOG = "console.log";
+
+export function vmRuntimePaths(runtimeDir: string, vmId: string): VmRuntimePaths {
+  const vmsDir = join(runtimeDir, "vms");
+  const dir = join(vmsDir, validVmId(vmId));
+  return {
+    vmsDir,
+    dir,
+    firecrackerSocket: join(dir, FIRECRACKER_SOCKET),
+    qmpSocket: join(dir, QMP_SOCKET),
+    vmmLog: join(dir, VMM_LOG),
+    consoleLog: join(dir, CONSOLE_LOG),
+  };
+}
+
+function controlSocketOf(paths: VmRuntimePaths, kind: VmmKind): string {
+  return kind === "firecracker" ? paths.firecrackerSocket : paths.qmpSocket;
+}
+
+/** Firecracker's argv: only its API socket, id and log; the orchestrator configures the rest over the API. */
+export function firecrackerArgv(config: HelperConfig, vmId: string): string[] {
+  const paths = vmRuntimePaths(config.runtimeDir, vmId);
+  return [
+    config.firecrackerBin,
+    "--api-sock",
+    paths.firecrackerSocket,
+    "--id",
+    vmId,
+    "--log-path",
+    paths.vmmLog,
+    "--level",
+    "Info",
+  ];
+}
+
+const QMP_OPTIONS = ",server=on,wait=off";
+const NETDEV_ID = "net0";
+
+function qmpValue(paths: VmRuntimePaths): string {
+  return `unix:${paths.qmpSocket}${QMP_OPTIONS}`;
+}
+
+function serialValue(paths: VmRuntimePaths): string {
+  return `file:${paths.consoleLog}`;
+}
+
+function netdevPrefix(vmId: string): string {
+  return `tap,id=${NETDEV_ID},ifname=${tapName(vmId)},`;
+}
+
+/**
+ * QEMU's argv for a validated machine: `-M microvm`, the kernel, initrd and
+ * command line, the two disks as raw virtio-blk (never probed), the VM's tap,
+ * QMP and the serial console under the VM's runtime directory.
+ * `tscKhz` is the resolved value (the request's, or the host's when it asked for 0).
+ */
+export function qemuArgv(
+  config: HelperConfig,
+  vmId: string,
+  machine: QemuMachine,
+  tscKhz: number | undefined,
+): string[] {
+  const paths = vmRuntimePaths(config.runtimeDir, vmId);
+  return [
+    config.qemuBin,
+    "-M",
+    "microvm,x-option-roms=off",
+    "-accel",
+    machine.kvm ? "kvm" : "tcg",
+    "-cpu",
+    machine.kvm ? "host" : "max",
+    "-smp",
+    String(machine.vcpu),
+    "-m",
+    `${machine.memoryMib}M`,
+    "-kernel",
+    machine.kernelPath,
+    ...(machine.initrdPath === "" ? [] : ["-initrd", machine.initrdPath]),
+    "-append",
+    kernelCommandLine(machine, tscKhz),
+    "-drive",
+    `id=root,file=${machine.rootDisk},format=raw,if=none`,
+    "-device",
+    "virtio-blk-device,drive=root",
+    "-drive",
+    `id=work,file=${machine.workDisk},format=raw,if=none`,
+    "-device",
+    "virtio-blk-device,drive=work",
+    "-netdev",
+    `${netdevPrefix(vmId)}script=no,downscript=no`,
+    "-device",
+    `virtio-net-device,netdev=${NETDEV_ID},mac=${machine.mac}`,
+    "-qmp",
+    qmpValue(paths),
+    "-serial",
+    serialValue(paths),
+    "-nographic",
+    "-nodefaults",
+    "-no-user-config",
+    "-no-reboot",
+  ];
+}
+
+/** Linux x86 COMMAND_LINE_SIZE - 1. */
+const MAX_BOOT_ARGS_BYTES = 2048;
+
+function kernelCommandLine(machine: QemuMachine, tscKhz: number | undefined): string {
+  // Under TCG a guest calibrating its TSC hangs about one boot in four: hand it the frequency.
+  if (machine.kvm || tscKhz === undefined || /(^| )tsc_early_khz=/.test(machine.bootArgs)) return machine.bootArgs;
+  const param = `tsc_early_khz=${tscKhz}`;
+  return machine.bootArgs === "" ? param : `${machine.bootArgs} ${param}`;
+}
+
+/** A start time (ticks since boot) as the wall-clock time the rpc layer sends as a Timestamp. */
+export function vmmStartDate(startTime: bigint, procRoot = DEFAULT_PROC_ROOT): Date {
+  return startTimeToDate(startTime, procRoot);
+}
+
+/** The inverse of `vmmStartDate`, for a Timestamp received in SignalVmm. */
+export function vmmStartTimeFromDate(date: Date, procRoot = DEFAULT_PROC_ROOT): bigint {
+  return dateToStartTime(date, procRoot);
+}
+
+// ---------------------------------------------------------------- validation
+
+function isVmId(value: string): boolean {
+  try {
+    validVmId(value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function validKind(kind: unknown): VmmKind {
+  if (kind !== "firecracker" && kind !== "qemu-microvm") {
+    throw new InvalidArgumentError(`kind must be firecracker or qemu-microvm`, { reason: "INVALID_VMM_KIND" });
+  }
+  return kind;
+}
+
+function integerIn(value: unknown, min: number, max: number, field: string, reason: string): number {
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < min || value > max) {
+    throw new InvalidArgumentError(`${field} must be an integer from ${min} to ${max}`, { reason });
+  }
+  return value;
+}
+
+/** A file QEMU opens: inside the state directory (text check), and no `,` (QEMU's option separator). */
+function machinePath(stateDir: string, value: unknown, field: string): string {
+  if (typeof value !== "string") {
+    throw new InvalidArgumentError(`${field} must be a path`, { reason: "INVALID_PATH" });
+  }
+  const path = confinedPath(stateDir, value, field);
+  if (path.includes(",")) {
+    throw new InvalidArgumentError(`${field} must not contain ","`, { reason: "INVALID_PATH" });
+  }
+  return path;
+}
+
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
+function validMac(value: unknown): string {
+  if (typeof value !== "string" || !MAC.test(value)) {
+    throw new InvalidArgumentError("qemu.mac must be six lowercase hex pairs separated by ':'", {
+      reason: "INVALID_MAC",
+    });
+  }
+  const first = parseInt(value.slice(0, 2), 16);
+  if ((first & 1) !== 0 || value === "00:00:00:00:00:00") {
+    throw new InvalidArgumentError("qemu.mac must be a unicast address", { reason: "INVALID_MAC" });
+  }
+  return value;
+}
+
+function validBootArgs(value: unknown): string {
+  if (
+    typeof value !== "string" ||
+    !/^[\x20-\x7e]*$/.test(value) ||
+    value.includes('"') ||
+    value.length > MAX_BOOT_ARGS_BYTES
+  ) {
+    throw new InvalidArgumentError(
+      `qemu.boot_args must be printable ASCII without '"', at most ${MAX_BOOT_ARGS_BYTES} bytes`,
+      { reason: "INVALID_BOOT_ARGS" },
+    );
+  }
+  return value;
+}
+
+/** Every field of a QEMU machine against its rule (vmm.proto); touches nothing. */
+export function validQemuMachine(stateDir: string, vmId: string, machine: unknown): QemuMachine {
+  if (typeof machine !== "object" || machine === null) {
+    throw new InvalidArgumentError("qemu is required for a qemu-microvm VMM", { reason: "QEMU_MACHINE_REQUIRED" });
+  }
+  const m = machine as Partial<Record<keyof QemuMachine, unknown>>;
+  if (typeof m.kvm !== "boolean") {
+    throw new InvalidArgumentError("qemu.kvm must be a boolean", { reason: "INVALID_ACCELERATOR" });
+  }
+  const dmNode = `/dev/mapper/${snapshotName(vmId)}`;
+  return {
+    vcpu: integerIn(m.vcpu, 1, 32, "qemu.vcpu", "INVALID_VCPU"),
+    memoryMib: integerIn(m.memoryMib, 128, 262_144, "qemu.memory_mib", "INVALID_MEMORY"),
+    kernelPath: machinePath(stateDir, m.kernelPath, "qemu.kernel_path"),
+    initrdPath: m.initrdPath === "" ? "" : machinePath(stateDir, m.initrdPath, "qemu.initrd_path"),
+    bootArgs: validBootArgs(m.bootArgs),
+    rootDisk: m.rootDisk === dmNode ? dmNode : machinePath(stateDir, m.rootDisk, "qemu.root_disk"),
+    workDisk: machinePath(stateDir, m.workDisk, "qemu.work_disk"),
+    mac: validMac(m.mac),
+    kvm: m.kvm,
+    tscKhz: integerIn(m.tscKhz, 0, 10_000_000, "qemu.tsc_khz", "INVALID_TSC_KHZ"),
+  };
+}
+
+function validPid(pid: unknown): number {
+  if (typeof pid !== "number" || !isPid(pid) || pid <= 1) {
+    throw new InvalidArgumentError("pid must be a process id greater than 1", { reason: "INVALID_PID" });
+  }
+  return pid;
+}
+
+function validSignal(signal: unknown): NodeJS.Signals {
+  if (signal === "TERM") return "SIGTERM";
+  if (signal === "KILL") return "SIGKILL";
+  throw new InvalidArgumentError("signal must be TERM or KILL", { reason: "INVALID_SIGNAL" });
+}
+
+// ------------------------------------------------------------ identification
+
+/** Which VM's VMM an argument vector is, if it is exactly one the helper builds. */
+function identifyArgv(config: HelperConfig, argv: readonly string[]): { vmId: string; kind: VmmKind } | undefined {
+  const vmsPrefix = `${join(config.runtimeDir, "vms")}/`;
+  if (argv[0] === config.firecrackerBin && argv[3] === "--id") {
+    const vmId = argv[4] ?? "";
+    if (isVmId(vmId) && sameArgv(argv, firecrackerArgv(config, vmId))) return { vmId, kind: "firecracker" };
+  }
+  if (argv[0] === config.qemuBin) {
+    const qmp = valueAfter(argv, "-qmp") ?? "";
+    const head = `unix:${vmsPrefix}`;
+    const tail = `/${QMP_SOCKET}${QMP_OPTIONS}`;
+    if (!qmp.startsWith(head) || !qmp.endsWith(tail)) return undefined;
+    const vmId = qmp.slice(head.length, qmp.length - tail.length);
+    if (!isVmId(vmId)) return undefined;
+    const paths = vmRuntimePaths(config.runtimeDir, vmId);
+    if (
+      valueAfter(argv, "-serial") === serialValue(paths) &&
+      valueAfter(argv, "-netdev")?.startsWith(netdevPrefix(vmId)) === true
+    ) {
+      return { vmId, kind: "qemu-microvm" };
+    }
+  }
+  return undefined;
+}
+
+/**
+ * A process's command line as the VMM argv it was started with. A VMM that is
+ * a `#!` script (the tests' fake) shows its interpreter first, then exactly
+ * the argv the helper passed.
+ */
+function identifyCmdline(config: HelperConfig, cmdline: readonly string[]) {
+  return identifyArgv(config, cmdline) ?? (cmdline.length > 1 ? identifyArgv(config, cmdline.slice(1)) : undefined);
+}
+
+function valueAfter(argv: readonly string[], flag: string): string | undefined {
+  const index = argv.indexOf(flag);
+  return index < 0 ? undefined : argv[index + 1];
+}
+
+function sameArgv(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((value, i) => value === b[i]);
+}
+
+// ------------------------------------------------------- the VM's directory
+
+/** `name` inside an open directory: the kernel resolves the directory from the fd, not from a path. */
+function at(dir: FileHandle, name: string): string {
+  return `/proc/self/fd/${dir.fd}/${name}`;
+}
+
+function errnoOf(error: unknown): string | undefined {
+  return (error as NodeJS.ErrnoException | undefined)?.code;
+}
+
+const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+
+/** Opens (making it if absent) the directory `name` inside `parent`; a symlink or non-directory is refused. */
+async function openOrMakeDir(
+  parent: FileHandle,
+  name: string,
+  mode: number,
+  shownPath: string,
+): Promise<{ dir: FileHandle; made: boolean }> {
+  let made = false;
+  try {
+    await mkdir(at(parent, name), { mode });
+    made = true;
+  } catch (error) {
+    if (errnoOf(error) !== "EEXIST") throw error;
+  }
+  let dir: FileHandle;
+  try {
+    dir = await open(at(parent, name), DIR_FLAGS);
+  } catch (error) {
+    const code = errnoOf(error);
+    if (code === "ELOOP" || code === "ENOTDIR") {
+      throw new FailedPreconditionError(`${shownPath} is not a directory`, {
+        reason: "RUNTIME_DIR_UNSAFE",
+        cause: error,
+      });
+    }
+    throw error;
+  }
+  return { dir, made };
+}
+
+async function openRuntimeDir(runtimeDir: string): Promise<FileHandle> {
+  try {
+    return await open(runtimeDir, constants.O_RDONLY | constants.O_DIRECTORY);
+  } catch (error) {
+    throw new FailedPreconditionError(`runtime directory ${runtimeDir} is not usable`, {
+      reason: "RUNTIME_DIR_ABSENT",
+      cause: error,
+    });
+  }
+}
+
+/**
+ * Opens a log file in the VM's directory for the VMM, creating it for the
+ * owner (0600). An existing one must be a regular, singly-linked file of the
+ * owner's: the helper never hands the VMM a file it did not mean to.
+ */
+async function openOwnerFile(
+  vmDir: FileHandle,
+  name: string,
+  owner: { uid: number; gid: number },
+  options: { truncate: boolean; shownPath: string },
+): Promise<FileHandle> {
+  const path = at(vmDir, name);
+  const unsafe = (detail: string, cause?: unknown) =>
+    new FailedPreconditionError(`${options.shownPath} ${detail}; refusing to hand it to the VMM`, {
+      reason: "LOG_FILE_UNSAFE",
+      ...(cause === undefined ? {} : { cause }),
+    });
+  const base = constants.O_RDWR | constants.O_APPEND | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
+  let handle: FileHandle;
+  let made = false;
+  try {
+    handle = await open(path, base | constants.O_CREAT | constants.O_EXCL, 0o600);
+    made = true;
+  } catch (error) {
+    if (errnoOf(error) !== "EEXIST") throw error;
+    // Look before opening: a FIFO or device node is never opened.
+    const before = await lstat(path);
+    if (!before.isFile()) throw unsafe("is not a regular file");
+    try {
+      handle = await open(path, base);
+    } catch (openError) {
+      throw unsafe("cannot be opened safely", openError);
+    }
+  }
+  try {
+    const stats = await handle.stat();
+    if (!stats.isFile() || stats.nlink !== 1) throw unsafe("is not a regular file with one link");
+    if (made) await handle.chown(owner.uid, owner.gid);
+    else if (stats.uid !== owner.uid) throw unsafe(`belongs to uid ${stats.uid}, not the owner`);
+    if (options.truncate) await handle.truncate(0);
+    return handle;
+  } catch (error) {
+    await handle.close();
+    throw error;
+  }
+}
+
+/** Removes what a dead VMM left at its socket path (Firecracker refuses to start over a stale socket). */
+async function clearSocketPath(vmDir: FileHandle, name: string, shownPath: string): Promise<void> {
+  let stats: Stats;
+  try {
+    stats = await lstat(at(vmDir, name));
+  } catch (error) {
+    if (errnoOf(error) === "ENOENT") return;
+    throw error;
+  }
+  if (stats.isDirectory()) {
+    throw new FailedPreconditionError(`${shownPath} is a directory`, { reason: "SOCKET_PATH_OCCUPIED" });
+  }
+  await unlink(at(vmDir, name));
+}
+
+async function logTail(handle: FileHandle, bytes = 2048): Promise<string> {
+  const { size } = await handle.stat();
+  const length = Math.min(size, bytes);
+  if (length === 0) return "";
+  const buffer = Buffer.alloc(length);
+  await handle.read(buffer, 0, length, size - length);
+  return buffer.toString("utf8").trimEnd().split("\n").slice(-5).join("\n");
+}
+
+// ------------------------------------------------------------------- the ops
+
+const VMM_ENV = { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" } as const;
+
+export function createVmmOps(deps: VmmDeps): VmmOps {
+  const { config } = deps;
+  const procRoot = deps.procRoot ?? DEFAULT_PROC_ROOT;
+  const spawnProcess = deps.spawnProcess ?? spawnDetached;
+  const kvmUsable = deps.kvmUsable ?? (() => probeHostFeatures().kvm);
+  const hostTscKhz = deps.hostTscKhz ?? (() => cpuKhz(procRoot));
+  const readyTimeoutMs = deps.readyTimeoutMs ?? 10_000;
+  /** VMs whose launch is under way in this helper (between the running check and the spawn). */
+  const launching = new Set<string>();
+
+  /** The VMM identity of `pid`, read so that a pid reused mid-read is not mistaken for it. */
+  async function inspect(
+    pid: number,
+  ): Promise<
+    { gone: true } | { gone: false; stat: ProcStat; vmm: { vmId: string; kind: VmmKind } | undefined; uid: number }
+  > {
+    const stat = await readStat(pid, procRoot);
+    const cmdline = await readCmdline(pid, procRoot);
+    const credentials = await readCredentials(pid, procRoot);
+    const again = await readStat(pid, procRoot);
+    if (!stat || !cmdline || !credentials || !again || again.startTime !== stat.startTime) return { gone: true };
+    return { gone: false, stat, vmm: identifyCmdline(config, cmdline), uid: credentials.uid.real };
+  }
+
+  async function list(): Promise<VmmProcessInfo[]> {
+    const found: VmmProcessInfo[] = [];
+    for (const pid of await listPids(procRoot)) {
+      // Cheap filter first: only processes whose command line is a VMM argv get a full look.
+      const cmdline = await readCmdline(pid, procRoot);
+      if (!cmdline || !identifyCmdline(config, cmdline)) continue;
+      const seen = await inspect(pid);
+      if (seen.gone || !seen.vmm) continue;
+      found.push({ vmId: seen.vmm.vmId, pid, startTime: seen.stat.startTime, kind: seen.vmm.kind, uid: seen.uid });
+    }
+    return found;
+  }
+
+  async function waitForSocket(
+    vmDir: FileHandle,
+    name: string,
+    child: DetachedProcess,
+    tails: () => Promise<string>,
+  ): Promise<void> {
+    let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+    void child.exited.then((result) => (exited = result));
+    const deadline = Date.now() + readyTimeoutMs;
+    for (;;) {
+      try {
+        if ((await lstat(at(vmDir, name))).isSocket()) return;
+      } catch (error) {
+        if (errnoOf(error) !== "ENOENT") throw error;
+      }
+      if (exited) {
+        const how = exited.signal ?? `code ${exited.code}`;
+        const tail = await tails();
+        throw new FailedPreconditionError(
+          `the VMM exited (${how}) before it opened its socket${tail ? `: ${tail}` : ""}`,
+          {
+            reason: "VMM_EXITED",
+          },
+        );
+      }
+      if (Date.now() > deadline) {
+        // Still our unreaped child (no exit seen), so the pid is certainly the one we started.
+        try {
+          process.kill(child.pid, "SIGKILL");
+        } catch {
+          // already gone
+        }
+        throw new DeadlineExceededError(`the VMM did not open its socket within ${readyTimeoutMs} ms`, {
+          reason: "VMM_NOT_READY",
+        });
+      }
+      await sleep(20);
+    }
+  }
+
+  return {
+    async launch(req) {
+      // Everything is checked before anything happens.
+      const vmId = validVmId(req.vmId);
+      const kind = validKind(req.kind);
+      const paths = vmRuntimePaths(config.runtimeDir, vmId);
+      const controlSocket = controlSocketOf(paths, kind);
+      checkSocketPathLength(controlSocket);
+      let argv: string[];
+      if (kind === "firecracker") {
+        argv = firecrackerArgv(config, vmId);
+      } else {
+        const machine = validQemuMachine(config.stateDir, vmId, req.qemu);
+        const tscKhz = machine.kvm ? undefined : machine.tscKhz === 0 ? hostTscKhz() : machine.tscKhz;
+        if (Buffer.byteLength(kernelCommandLine(machine, tscKhz)) > MAX_BOOT_ARGS_BYTES) {
+          throw new InvalidArgumentError(
+            `qemu.boot_args with tsc_early_khz appended exceed ${MAX_BOOT_ARGS_BYTES} bytes`,
+            { reason: "INVALID_BOOT_ARGS" },
+          );
+        }
+        if (paths.dir.includes(",")) {
+          throw new FailedPreconditionError(
+            `runtime directory ${config.runtimeDir} contains ",", which QEMU cannot take`,
+            {
+              reason: "RUNTIME_DIR_UNSUPPORTED",
+            },
+          );
+        }
+        if (machine.kvm && !kvmUsable()) {
+          throw new FailedPreconditionError("/dev/kvm is not usable on this host; ask for TCG (kvm = false)", {
+            reason: "KVM_ABSENT",
+          });
+        }
+        argv = qemuArgv(config, vmId, machine, tscKhz);
+      }
+      if (config.ownerUid === 0 || config.ownerGid === 0) {
+        throw new FailedPreconditionError("the helper's owner is root; a VMM never runs as root", {
+          reason: "OWNER_IS_ROOT",
+        });
+      }
+
+      if (launching.has(vmId)) {
+        throw new FailedPreconditionError(`a VMM for ${vmId} is being launched`, { reason: "VMM_RUNNING" });
+      }
+      launching.add(vmId);
+      const handles: FileHandle[] = [];
+      const keep = <T extends FileHandle>(handle: T): T => {
+        handles.push(handle);
+        return handle;
+      };
+      try {
+        const running = (await list()).find((p) => p.vmId === vmId);
+        if (running) {
+          throw new FailedPreconditionError(`VM ${vmId} already has a running VMM (pid ${running.pid})`, {
+            reason: "VMM_RUNNING",
+          });
+        }
+
+        const owner = { uid: config.ownerUid, gid: config.ownerGid };
+        const runtime = keep(await openRuntimeDir(config.runtimeDir));
+        const vms = await openOrMakeDir(runtime, "vms", 0o711, paths.vmsDir);
+        keep(vms.dir);
+        if (vms.made) await vms.dir.chmod(0o711); // whatever the umask: the owner must reach its VM's directory
+        const vm = keep((await openOrMakeDir(vms.dir, vmId, 0o700, paths.dir)).dir);
+        await vm.chown(owner.uid, owner.gid);
+        await vm.chmod(0o700);
+
+        const socketName = kind === "firecracker" ? FIRECRACKER_SOCKET : QMP_SOCKET;
+        await clearSocketPath(vm, socketName, controlSocket);
+        const vmmLog = keep(await openOwnerFile(vm, VMM_LOG, owner, { truncate: false, shownPath: paths.vmmLog }));
+        // Firecracker writes the guest console to stdout; QEMU writes it itself (-serial file:).
+        const output =
+          kind === "firecracker"
+            ? keep(await openOwnerFile(vm, CONSOLE_LOG, owner, { truncate: true, shownPath: paths.consoleLog }))
+            : vmmLog;
+
+        let child: DetachedProcess;
+        try {
+          child = await spawnProcess({
+            argv,
+            uid: owner.uid,
+            gid: owner.gid,
+            cwd: paths.dir,
+            stdout: output.fd,
+            stderr: output.fd,
+            env: VMM_ENV,
+          });
+        } catch (error) {
+          throw new FailedPreconditionError(`cannot start ${argv[0]}: ${(error as Error).message}`, {
+            reason: "VMM_BINARY_UNUSABLE",
+            cause: error,
+          });
+        }
+        const stat = await readStat(child.pid, procRoot);
+        const tails = async () =>
+          output === vmmLog
+            ? logTail(vmmLog)
+            : [await logTail(output), await logTail(vmmLog)].filter(Boolean).join("\n");
+        if (!stat) {
+          throw new FailedPreconditionError(`the VMM exited at once: ${await tails()}`, { reason: "VMM_EXITED" });
+        }
+        await waitForSocket(vm, socketName, child, tails);
+        return {
+          pid: child.pid,
+          startTime: stat.startTime,
+          controlSocket,
+          logPath: paths.vmmLog,
+          consolePath: paths.consoleLog,
+        };
+      } finally {
+        launching.delete(vmId);
+        await Promise.all(handles.reverse().map((h) => h.close()));
+      }
+    },
+
+    async signal(req) {
+      const vmId = validVmId(req.vmId);
+      const pid = validPid(req.pid);
+      if (typeof req.startTime !== "bigint" || req.startTime < 0n) {
+        throw new InvalidArgumentError("start_time must be the one LaunchVmm returned", {
+          reason: "INVALID_START_TIME",
+        });
+      }
+      const signal = validSignal(req.signal);
+
+      const seen = await inspect(pid);
+      if (seen.gone) return { existed: false };
+      // A zombie keeps its start time but has no command line left: it is dead, nothing to signal.
+      if ((seen.stat.state === "Z" || seen.stat.state === "X") && seen.stat.startTime === req.startTime) {
+        return { existed: false };
+      }
+      if (seen.stat.startTime !== req.startTime || seen.vmm?.vmId !== vmId || seen.uid !== config.ownerUid) {
+        throw new PermissionDeniedError(`pid ${pid} is not the VMM of VM ${vmId}`, { reason: "NOT_THE_VMS_PROCESS" });
+      }
+      // Narrow the window between the proof and the signal (Node has no pidfd_send_signal).
+      const now = await readStat(pid, procRoot);
+      if (!now || now.startTime !== req.startTime) return { existed: false };
+      try {
+        process.kill(pid, signal);
+      } catch (error) {
+        if (errnoOf(error) === "ESRCH") return { existed: false };
+        throw error;
+      }
+      return { existed: true };
+    },
+
+    list,
+  };
+}

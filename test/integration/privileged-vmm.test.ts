@@ -1,0 +1,168 @@
+/**
+ * Launching and signalling a VM's VMM through the helper's socket. There is
+ * no Firecracker (and no usable KVM) on this machine: the helper is
+ * configured with the fake VMM (services/privileged/test-fixtures/fake-vmm.mjs),
+ * which takes Firecracker's command line and serves its API socket. Needs root.
+ */
+import { spawn } from "node:child_process";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { HostService, VmmKind } from "@banger/gen/banger/privileged/v1/host_pb.js";
+import { VmmService, VmmSignal } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ROOT, waitUntil } from "./harness.js";
+import { IS_ROOT, createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
+
+const OWNER = 1000;
+const FAKE_VMM = join(ROOT, "services/privileged/test-fixtures/fake-vmm.mjs");
+let ns: NetNs;
+let dir: string;
+let helper: HelperInNs;
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+const uidOf = (pid: number) => Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
+
+async function start(): Promise<HelperInNs> {
+  return startHelperInNs(ns, join(dir, "run"), join(dir, "state"), OWNER, ["--firecracker", FAKE_VMM]);
+}
+
+beforeAll(async () => {
+  if (!IS_ROOT) return;
+  console.log("no Firecracker on this machine: the helper launches test-fixtures/fake-vmm.mjs in its place");
+  ns = createNetNs();
+  dir = mkdtempSync(join(tmpdir(), "banger-vmm-"));
+  chmodSync(dir, 0o755);
+  mkdirSync(join(dir, "run"), { mode: 0o755 });
+  mkdirSync(join(dir, "state"));
+  helper = await start();
+});
+
+afterAll(async () => {
+  if (!IS_ROOT) return;
+  await helper.stop();
+  ns.remove();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function failure(call: () => Promise<unknown>): Promise<ConnectError> {
+  try {
+    await call();
+  } catch (error) {
+    if (error instanceof ConnectError) return error;
+    throw error;
+  }
+  throw new Error("the call succeeded");
+}
+
+describe.skipIf(!IS_ROOT)("the helper launches VMMs as the owner and signals only with proof", () => {
+  it("launches, outlives the helper, is listed after a restart, and stops only with the right proof", async () => {
+    let vmm = createClient(VmmService, helper.transport.transport);
+    const launched = await vmm.launchVmm({ vmId: "box", kind: VmmKind.FIRECRACKER });
+    const { pid } = launched;
+    expect(alive(pid)).toBe(true);
+    expect(uidOf(pid)).toBe(OWNER); // never root
+    expect(launched.controlSocket).toBe(join(dir, "run", "vms", "box", "firecracker.sock"));
+    expect((await failure(() => vmm.launchVmm({ vmId: "box", kind: VmmKind.FIRECRACKER }))).code).toBe(
+      Code.FailedPrecondition,
+    );
+
+    // The VMM's life is not tied to the RPC or to the helper process.
+    await helper.stop();
+    expect(alive(pid)).toBe(true);
+    helper = await start();
+    vmm = createClient(VmmService, helper.transport.transport);
+    const inventory = await createClient(HostService, helper.transport.transport).getInventory({});
+    expect(inventory.vmmProcesses).toEqual([
+      expect.objectContaining({ vmId: "box", pid, uid: OWNER, kind: VmmKind.FIRECRACKER }),
+    ]);
+    const startTime = inventory.vmmProcesses[0]?.startTime;
+    expect(startTime && timestampDate(startTime).getTime()).toBe(
+      launched.startTime && timestampDate(launched.startTime).getTime(),
+    );
+
+    const unrelated = spawn("sleep", ["100"]);
+    await waitUntil(() => unrelated.pid !== undefined, undefined, "sleep");
+    const otherPid = unrelated.pid ?? 0;
+    const later = timestampFromDate(
+      new Date(timestampDate(launched.startTime ?? timestampFromDate(new Date())).getTime() + 10_000),
+    );
+    const refusals: [string, () => Promise<unknown>, Code][] = [
+      ["pid 1", () => vmm.signalVmm({ vmId: "box", pid: 1, startTime, signal: VmmSignal.KILL }), Code.InvalidArgument],
+      ["pid 0", () => vmm.signalVmm({ vmId: "box", pid: 0, startTime, signal: VmmSignal.KILL }), Code.InvalidArgument],
+      ["no start time", () => vmm.signalVmm({ vmId: "box", pid, signal: VmmSignal.KILL }), Code.InvalidArgument],
+      ["no signal", () => vmm.signalVmm({ vmId: "box", pid, startTime }), Code.InvalidArgument],
+      [
+        "a wrong start time (a reused pid)",
+        () => vmm.signalVmm({ vmId: "box", pid, startTime: later, signal: VmmSignal.KILL }),
+        Code.PermissionDenied,
+      ],
+      [
+        "another VM's id",
+        () => vmm.signalVmm({ vmId: "other", pid, startTime, signal: VmmSignal.KILL }),
+        Code.PermissionDenied,
+      ],
+      [
+        "an unrelated process",
+        () => vmm.signalVmm({ vmId: "box", pid: otherPid, startTime, signal: VmmSignal.KILL }),
+        Code.PermissionDenied,
+      ],
+    ];
+    for (const [what, call, code] of refusals) {
+      const error = await failure(call);
+      expect(error.code, `${what}: ${error.rawMessage}`).toBe(code);
+    }
+    expect(alive(pid)).toBe(true);
+    expect(alive(otherPid)).toBe(true);
+    unrelated.kill();
+
+    expect(await vmm.signalVmm({ vmId: "box", pid, startTime, signal: VmmSignal.TERM })).toMatchObject({
+      existed: true,
+    });
+    await waitUntil(() => !alive(pid), undefined, "the VMM to exit");
+    expect(await vmm.signalVmm({ vmId: "box", pid, startTime, signal: VmmSignal.TERM })).toMatchObject({
+      existed: false,
+    });
+    expect((await createClient(HostService, helper.transport.transport).getInventory({})).vmmProcesses).toEqual([]);
+  });
+
+  it("refuses bad launch requests with nothing started", async () => {
+    const vmm = createClient(VmmService, helper.transport.transport);
+    const cases: [string, () => Promise<unknown>][] = [
+      ["no kind", () => vmm.launchVmm({ vmId: "box" })],
+      ["bad vm id", () => vmm.launchVmm({ vmId: "../x", kind: VmmKind.FIRECRACKER })],
+      ["qemu without a machine", () => vmm.launchVmm({ vmId: "box", kind: VmmKind.QEMU_MICROVM })],
+      [
+        "qemu kernel outside the state dir",
+        () =>
+          vmm.launchVmm({
+            vmId: "box",
+            kind: VmmKind.QEMU_MICROVM,
+            qemu: {
+              vcpu: 1,
+              memoryMib: 256,
+              kernelPath: "/boot/vmlinuz",
+              rootDisk: join(dir, "state", "r"),
+              workDisk: join(dir, "state", "w"),
+              mac: "02:00:00:00:00:01",
+              bootArgs: "console=ttyS0",
+            },
+          }),
+      ],
+    ];
+    for (const [what, call] of cases) {
+      const error = await failure(call);
+      expect([Code.InvalidArgument, Code.PermissionDenied], `${what}: ${error.rawMessage}`).toContain(error.code);
+    }
+    expect((await createClient(HostService, helper.transport.transport).getInventory({})).vmmProcesses).toEqual([]);
+  });
+});
