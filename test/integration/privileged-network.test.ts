@@ -4,7 +4,7 @@
  * what the kernel shows (`ip -j link`, `nft list ruleset`). Needs root.
  */
 import { createHash } from "node:crypto";
-import { chmodSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
@@ -225,6 +225,15 @@ describe.skipIf(!IS_ROOT)("privileged network operations in a network namespace"
         () => network.createTap({ vmId: "ok", bridge: "bgr0", fromPool: "eth0" }),
         Code.InvalidArgument,
       ],
+      ...(existsSync("/run/systemd/resolve/io.systemd.Resolve")
+        ? []
+        : ([
+            [
+              "resolver routing without systemd-resolved",
+              () => network.configureResolver({ bridge: "bgr0", dnsAddress: "172.30.0.1" }),
+              Code.FailedPrecondition,
+            ],
+          ] as [string, () => Promise<unknown>, Code][])),
       ["delete pool tap by a foreign name", () => network.deleteTap({ poolName: "veth0" }), Code.InvalidArgument],
     ];
     for (const [what, call, code] of cases) {

@@ -12,6 +12,7 @@ import { HostService, VmmKind } from "@banger/gen/banger/privileged/v1/host_pb.j
 import { VmmService, VmmSignal } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT, waitUntil } from "./harness.js";
 import { IS_ROOT, createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
@@ -163,6 +164,64 @@ describe.skipIf(!IS_ROOT)("the helper launches VMMs as the owner and signals onl
       const error = await failure(call);
       expect([Code.InvalidArgument, Code.PermissionDenied], `${what}: ${error.rawMessage}`).toContain(error.code);
     }
+    expect((await createClient(HostService, helper.transport.transport).getInventory({})).vmmProcesses).toEqual([]);
+  });
+
+  it("survives 1,000 random hostile requests per VMM RPC with nothing started or signalled", async () => {
+    const vmm = createClient(VmmService, helper.transport.transport);
+    const pid = helper.child.pid;
+    const badId = fc.string({ maxLength: 40 }).filter((v) => !/^[a-z0-9][a-z0-9-]{0,31}$/.test(v));
+    const text = fc.oneof(fc.string({ maxLength: 50 }), fc.constantFrom("/etc/shadow", "/dev/sda", "../x", "a,b"));
+    const machine = fc.record({
+      vcpu: fc.nat(),
+      memoryMib: fc.nat(),
+      kernelPath: text,
+      initrdPath: text,
+      bootArgs: text,
+      rootDisk: text,
+      workDisk: text,
+      mac: text,
+      kvm: fc.boolean(),
+      tscKhz: fc.nat(),
+    });
+    const refused = [Code.InvalidArgument, Code.PermissionDenied, Code.FailedPrecondition];
+    const calls: [string, fc.Arbitrary<() => Promise<unknown>>][] = [
+      [
+        "LaunchVmm",
+        fc
+          .record({ vmId: badId, kind: fc.constantFrom(0, 1, 2, 99), qemu: fc.option(machine, { nil: undefined }) })
+          .map((r) => () => vmm.launchVmm({ ...r, kind: r.kind as VmmKind })),
+      ],
+      [
+        "SignalVmm",
+        fc
+          .record({
+            vmId: badId,
+            pid: fc.integer(),
+            seconds: fc.integer({ min: 0, max: 2_000_000_000 }),
+            signal: fc.constantFrom(0, 1, 2, 7),
+          })
+          .map(
+            (r) => () =>
+              vmm.signalVmm({
+                vmId: r.vmId,
+                pid: r.pid,
+                startTime: timestampFromDate(new Date(r.seconds * 1000)),
+                signal: r.signal as VmmSignal,
+              }),
+          ),
+      ],
+    ];
+    for (const [rpc, arbitrary] of calls) {
+      await fc.assert(
+        fc.asyncProperty(arbitrary, async (call) => {
+          const error = await failure(call);
+          expect(refused, `${rpc}: ${error.code} ${error.rawMessage}`).toContain(error.code);
+        }),
+        { numRuns: 1000 },
+      );
+    }
+    expect(helper.child.pid).toBe(pid);
     expect((await createClient(HostService, helper.transport.transport).getInventory({})).vmmProcesses).toEqual([]);
   });
 });
