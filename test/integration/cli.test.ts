@@ -1,10 +1,10 @@
 /** The CLI as a user runs it: help, exit codes, and `banger dev up`. */
-import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { BANGER, runCli, socketAnswers, waitUntil } from "./harness.js";
+import { BANGER, runCli, socketAnswers, waitUntil, OWNER_CAN_READ_CHECKOUT } from "./harness.js";
 
 const dirs: string[] = [];
 afterAll(() => {
@@ -82,5 +82,42 @@ describe("banger dev up", () => {
       expect(await socketAnswers(join(runtimeDir, socket))).toBe(false);
       expect(existsSync(join(runtimeDir, socket))).toBe(false);
     }
+  });
+});
+
+describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("sudo banger dev up", () => {
+  it("runs the orchestrator and the puller as the user behind sudo and the helper as root, all reachable by that user", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "banger-sudo-"));
+    dirs.push(dir);
+    chmodSync(dir, 0o755);
+    const runtimeDir = join(dir, "run");
+    const dev = spawn(BANGER, ["dev", "up", "--runtime-dir", runtimeDir, "--state-dir", join(dir, "state")], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, SUDO_UID: "1000", SUDO_GID: "1000" },
+    });
+    let stderr = "";
+    dev.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+    dev.stdout.resume();
+    const exited = new Promise<number | null>((r) => dev.once("exit", (code) => r(code)));
+    await waitUntil(() => stderr.includes("are up"), undefined, "dev up to start");
+
+    // The CLI as the user, not root.
+    const result = spawnSync(BANGER, ["daemon", "status", "--json"], {
+      uid: 1000,
+      gid: 1000,
+      env: { ...process.env, BANGER_RUNTIME_DIR: runtimeDir, BANGER_SOCKET: "" },
+      encoding: "utf8",
+    });
+    dev.kill("SIGTERM");
+    expect(await exited).toBe(0);
+    expect(result.status, result.stderr).toBe(0);
+    const status = JSON.parse(result.stdout) as {
+      services: { name: string; uid: number; reachable: boolean; privilegesOk: boolean }[];
+    };
+    expect(status.services.map((s) => [s.name, s.reachable, s.uid, s.privilegesOk])).toEqual([
+      ["orchestrator", true, 1000, true],
+      ["privileged", true, 0, true],
+      ["image-puller", true, 1000, true],
+    ]);
   });
 });

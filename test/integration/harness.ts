@@ -3,7 +3,7 @@
  * a temporary directory, the way `banger dev up` does, and gives tests handles
  * to stop, kill and restart each one, run the CLI, and read the JSON logs.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -11,6 +11,19 @@ import { connect } from "node:net";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 export const BANGER = join(ROOT, "bin/banger");
+
+/**
+ * Whether uid 1000 (the tests' owner user) can read this checkout: tests that
+ * run code as that user need it. .ci/run makes it so; elsewhere those tests
+ * are skipped and say why.
+ */
+export const OWNER_CAN_READ_CHECKOUT =
+  process.getuid?.() === 0 &&
+  spawnSync("setpriv", ["--reuid", "1000", "--regid", "1000", "--clear-groups", "test", "-r", join(ROOT, "bin/banger")])
+    .status === 0;
+if (process.getuid?.() === 0 && !OWNER_CAN_READ_CHECKOUT) {
+  console.warn(`SKIPPING tests that run as uid 1000: it cannot read ${ROOT} (make its parent directories o+x)`);
+}
 
 export type ServiceName = "orchestrator" | "privileged" | "image-puller";
 

@@ -9,8 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { spawnService, waitUntil, type RunningService } from "./harness.js";
-import { IS_ROOT } from "./netns.js";
+import { spawnService, waitUntil, type RunningService, OWNER_CAN_READ_CHECKOUT } from "./harness.js";
 
 const OWNER = 1000;
 let dir: string;
@@ -31,7 +30,7 @@ function callAs(uid: number): { ok: boolean; uid: number; code?: number } {
 }
 
 beforeAll(async () => {
-  if (!IS_ROOT) return;
+  if (!OWNER_CAN_READ_CHECKOUT) return;
   dir = mkdtempSync(join(tmpdir(), "banger-access-"));
   chmodSync(dir, 0o755);
   helper = spawnService("privileged", [
@@ -48,13 +47,13 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  if (!IS_ROOT) return;
+  if (!OWNER_CAN_READ_CHECKOUT) return;
   helper.child.kill("SIGTERM");
   await helper.exited;
   rmSync(dir, { recursive: true, force: true });
 });
 
-describe.skipIf(!IS_ROOT)("who may call the privileged helper", () => {
+describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("who may call the privileged helper", () => {
   it("answers the owner and refuses any other uid (root included) with PERMISSION_DENIED, logging the caller", async () => {
     expect(callAs(OWNER)).toEqual({ ok: true, uid: OWNER, ownerUid: OWNER });
     expect(callAs(0)).toEqual({ ok: false, uid: 0, code: Code.PermissionDenied });

@@ -14,8 +14,8 @@ import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROOT, waitUntil } from "./harness.js";
-import { IS_ROOT, createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
+import { ROOT, waitUntil, OWNER_CAN_READ_CHECKOUT } from "./harness.js";
+import { createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
 
 const OWNER = 1000;
 const FAKE_VMM = join(ROOT, "services/privileged/test-fixtures/fake-vmm.mjs");
@@ -38,7 +38,7 @@ async function start(): Promise<HelperInNs> {
 }
 
 beforeAll(async () => {
-  if (!IS_ROOT) return;
+  if (!OWNER_CAN_READ_CHECKOUT) return;
   console.log("no Firecracker on this machine: the helper launches test-fixtures/fake-vmm.mjs in its place");
   ns = createNetNs();
   dir = mkdtempSync(join(tmpdir(), "banger-vmm-"));
@@ -49,7 +49,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  if (!IS_ROOT) return;
+  if (!OWNER_CAN_READ_CHECKOUT) return;
   await helper.stop();
   ns.remove();
   rmSync(dir, { recursive: true, force: true });
@@ -65,7 +65,7 @@ async function failure(call: () => Promise<unknown>): Promise<ConnectError> {
   throw new Error("the call succeeded");
 }
 
-describe.skipIf(!IS_ROOT)("the helper launches VMMs as the owner and signals only with proof", () => {
+describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("the helper launches VMMs as the owner and signals only with proof", () => {
   it("launches, outlives the helper, is listed after a restart, and stops only with the right proof", async () => {
     let vmm = createClient(VmmService, helper.transport.transport);
     const launched = await vmm.launchVmm({ vmId: "box", kind: VmmKind.FIRECRACKER });

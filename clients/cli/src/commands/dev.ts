@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
+import { chownSync, createWriteStream, mkdirSync, type WriteStream } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -15,6 +15,16 @@ interface ServiceSpec {
   readonly entry: string;
   readonly args: readonly string[];
   readonly socket: string;
+  /** Runs as the invoking user when `dev up` runs under sudo; the helper alone stays root. */
+  readonly asOwner: boolean;
+}
+
+/** The user behind `sudo`, when `dev up` runs as root through sudo. */
+function devOwner(): { uid: number; gid: number } | undefined {
+  const uid = Number(process.env["SUDO_UID"]);
+  const gid = Number(process.env["SUDO_GID"]);
+  if (process.getuid?.() !== 0 || !Number.isInteger(uid) || uid <= 0 || !Number.isInteger(gid)) return undefined;
+  return { uid, gid };
 }
 
 export function registerDevCommands(program: Command): void {
@@ -45,23 +55,37 @@ async function devUp(runtimeDir: string, stateDir: string, json: boolean): Promi
       throw new Error(`banger is already running in ${runtimeDir} (${socket} answers); stop it first`);
     }
   }
+  const owner = devOwner();
   mkdirSync(runtimeDir, { recursive: true, mode: 0o700 });
   mkdirSync(state.logDir, { recursive: true, mode: 0o700 });
+  if (owner) {
+    // Under sudo: the directories belong to the user, who runs the orchestrator, the puller and the CLI.
+    for (const dir of [runtimeDir, stateDir, state.logDir]) chownSync(dir, owner.uid, owner.gid);
+  }
 
   const common = ["--runtime-dir", runtimeDir];
+  const ownerArgs = owner ? ["--owner-uid", String(owner.uid), "--owner-gid", String(owner.gid)] : [];
   const specs: ServiceSpec[] = [
     {
       name: "privileged",
       entry: "services/privileged/dist/main.js",
-      args: [...common, "--state-dir", stateDir],
+      args: [...common, "--state-dir", stateDir, ...ownerArgs],
       socket: runtime.privilegedSocket,
+      asOwner: false,
     },
-    { name: "image-puller", entry: "services/image-puller/dist/main.js", args: common, socket: runtime.pullerSocket },
+    {
+      name: "image-puller",
+      entry: "services/image-puller/dist/main.js",
+      args: common,
+      socket: runtime.pullerSocket,
+      asOwner: true,
+    },
     {
       name: "orchestrator",
       entry: "services/orchestrator/dist/main.js",
       args: [...common, "--state-dir", stateDir],
       socket: runtime.orchestratorSocket,
+      asOwner: true,
     },
   ];
 
@@ -81,6 +105,7 @@ async function devUp(runtimeDir: string, stateDir: string, json: boolean): Promi
     const log = createWriteStream(state.logFile(spec.name), { flags: "a", mode: 0o600 });
     const child = spawn(process.execPath, [resolve(CHECKOUT, spec.entry), ...spec.args], {
       stdio: ["ignore", "pipe", "pipe"],
+      ...(owner && spec.asOwner ? { uid: owner.uid, gid: owner.gid } : {}),
     });
     children.set(spec.name, child);
     forwardOutput(child, spec.name, log, json);
