@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/v1/exec.proto.
  */
 export const file_banger_v1_exec: GenFile = /*@__PURE__*/
-  fileDesc("ChRiYW5nZXIvdjEvZXhlYy5wcm90bxIJYmFuZ2VyLnYxIowBCgdDb21tYW5kEgoKAnZtGAEgASgJEgwKBGFyZ3YYAiADKAkSCwoDZW52GAMgAygJEhMKC3dvcmtpbmdfZGlyGAQgASgJEgwKBHVzZXIYBSABKAkSCwoDdHR5GAYgASgIEioKB3RpbWVvdXQYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iQQoLRXhlY1JlcXVlc3QSIwoHY29tbWFuZBgBIAEoCzISLmJhbmdlci52MS5Db21tYW5kEg0KBXN0ZGluGAIgASgMImIKDEV4ZWNSZXNwb25zZRIQCgZzdGRvdXQYASABKAxIABIQCgZzdGRlcnIYAiABKAxIABIlCgRleGl0GAMgASgLMhUuYmFuZ2VyLnYxLkV4aXRTdGF0dXNIAEIHCgVldmVudCJWCgpFeGl0U3RhdHVzEgwKBGNvZGUYASABKAUSDgoGc2lnbmFsGAIgASgJEioKB2VsYXBzZWQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24imwEKFkV4ZWNJbnRlcmFjdGl2ZVJlcXVlc3QSJQoHY29tbWFuZBgBIAEoCzISLmJhbmdlci52MS5Db21tYW5kSAASDwoFc3RkaW4YAiABKAxIABIVCgtjbG9zZV9zdGRpbhgDIAEoCEgAEikKBnJlc2l6ZRgEIAEoCzIXLmJhbmdlci52MS5UZXJtaW5hbFNpemVIAEIHCgVldmVudCItCgxUZXJtaW5hbFNpemUSDwoHY29sdW1ucxgBIAEoDRIMCgRyb3dzGAIgASgNIm0KF0V4ZWNJbnRlcmFjdGl2ZVJlc3BvbnNlEhAKBnN0ZG91dBgBIAEoDEgAEhAKBnN0ZGVychgCIAEoDEgAEiUKBGV4aXQYAyABKAsyFS5iYW5nZXIudjEuRXhpdFN0YXR1c0gAQgcKBWV2ZW50MqYBCgtFeGVjU2VydmljZRI5CgRFeGVjEhYuYmFuZ2VyLnYxLkV4ZWNSZXF1ZXN0GhcuYmFuZ2VyLnYxLkV4ZWNSZXNwb25zZTABElwKD0V4ZWNJbnRlcmFjdGl2ZRIhLmJhbmdlci52MS5FeGVjSW50ZXJhY3RpdmVSZXF1ZXN0GiIuYmFuZ2VyLnYxLkV4ZWNJbnRlcmFjdGl2ZVJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_google_protobuf_duration]);
+  fileDesc("ChRiYW5nZXIvdjEvZXhlYy5wcm90bxIJYmFuZ2VyLnYxIsoBCgdDb21tYW5kEgoKAnZtGAEgASgJEgwKBGFyZ3YYAiADKAkSCwoDZW52GAMgAygJEhMKC3dvcmtpbmdfZGlyGAQgASgJEgwKBHVzZXIYBSABKAkSCwoDdHR5GAYgASgIEioKB3RpbWVvdXQYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoNdGVybWluYWxfc2l6ZRgIIAEoCzIXLmJhbmdlci52MS5UZXJtaW5hbFNpemUSDAoEdGVybRgJIAEoCSJBCgtFeGVjUmVxdWVzdBIjCgdjb21tYW5kGAEgASgLMhIuYmFuZ2VyLnYxLkNvbW1hbmQSDQoFc3RkaW4YAiABKAwiYgoMRXhlY1Jlc3BvbnNlEhAKBnN0ZG91dBgBIAEoDEgAEhAKBnN0ZGVychgCIAEoDEgAEiUKBGV4aXQYAyABKAsyFS5iYW5nZXIudjEuRXhpdFN0YXR1c0gAQgcKBWV2ZW50ImkKCkV4aXRTdGF0dXMSDAoEY29kZRgBIAEoBRIOCgZzaWduYWwYAiABKAkSKgoHZWxhcHNlZBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCgl0aW1lZF9vdXQYBCABKAgimwEKFkV4ZWNJbnRlcmFjdGl2ZVJlcXVlc3QSJQoHY29tbWFuZBgBIAEoCzISLmJhbmdlci52MS5Db21tYW5kSAASDwoFc3RkaW4YAiABKAxIABIVCgtjbG9zZV9zdGRpbhgDIAEoCEgAEikKBnJlc2l6ZRgEIAEoCzIXLmJhbmdlci52MS5UZXJtaW5hbFNpemVIAEIHCgVldmVudCItCgxUZXJtaW5hbFNpemUSDwoHY29sdW1ucxgBIAEoDRIMCgRyb3dzGAIgASgNIm0KF0V4ZWNJbnRlcmFjdGl2ZVJlc3BvbnNlEhAKBnN0ZG91dBgBIAEoDEgAEhAKBnN0ZGVychgCIAEoDEgAEiUKBGV4aXQYAyABKAsyFS5iYW5nZXIudjEuRXhpdFN0YXR1c0gAQgcKBWV2ZW50MqYBCgtFeGVjU2VydmljZRI5CgRFeGVjEhYuYmFuZ2VyLnYxLkV4ZWNSZXF1ZXN0GhcuYmFuZ2VyLnYxLkV4ZWNSZXNwb25zZTABElwKD0V4ZWNJbnRlcmFjdGl2ZRIhLmJhbmdlci52MS5FeGVjSW50ZXJhY3RpdmVSZXF1ZXN0GiIuYmFuZ2VyLnYxLkV4ZWNJbnRlcmFjdGl2ZVJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_google_protobuf_duration]);
 
 /**
  * A command to run in a guest.
@@ -28,14 +28,16 @@ export type Command = Message<"banger.v1.Command"> & {
   vm: string;
 
   /**
-   * Argument vector; argv[0] is looked up in the guest's PATH. Not passed through a shell.
+   * Argument vector, at least one element; argv[0] is looked up in the
+   * guest's PATH. Not passed through a shell: to use one, send
+   * ["sh", "-c", "…"].
    *
    * @generated from field: repeated string argv = 2;
    */
   argv: string[];
 
   /**
-   * Extra environment, "KEY=value" each.
+   * Extra environment, "KEY=value" each, added to the login environment.
    *
    * @generated from field: repeated string env = 3;
    */
@@ -49,7 +51,7 @@ export type Command = Message<"banger.v1.Command"> & {
   workingDir: string;
 
   /**
-   * User to run as; empty = root.
+   * Guest user to run as (name or uid); empty = root.
    *
    * @generated from field: string user = 5;
    */
@@ -63,11 +65,27 @@ export type Command = Message<"banger.v1.Command"> & {
   tty: boolean;
 
   /**
-   * Kill the command after this long; unset = no limit (the RPC deadline still applies).
+   * Kill the command (SIGKILL) after this long; unset = no limit (the RPC
+   * deadline still applies). Then ExitStatus has signal "KILL" and
+   * timed_out = true.
    *
    * @generated from field: google.protobuf.Duration timeout = 7;
    */
   timeout?: Duration | undefined;
+
+  /**
+   * The initial terminal size when `tty` is set; unset = 80 columns × 24 rows.
+   *
+   * @generated from field: banger.v1.TerminalSize terminal_size = 8;
+   */
+  terminalSize?: TerminalSize | undefined;
+
+  /**
+   * TERM for the pseudo-terminal when `tty` is set; empty = "xterm-256color".
+   *
+   * @generated from field: string term = 9;
+   */
+  term: string;
 };
 
 /**
@@ -91,7 +109,8 @@ export type ExecRequest = Message<"banger.v1.ExecRequest"> & {
   command?: Command | undefined;
 
   /**
-   * All of standard input, sent before the command's output is read; empty = none.
+   * All of standard input, at most 4 MiB, then EOF; empty = stdin is
+   * closed at once.
    *
    * @generated from field: bytes stdin = 2;
    */
@@ -118,7 +137,7 @@ export type ExecResponse = Message<"banger.v1.ExecResponse"> & {
    */
   event: {
     /**
-     * A chunk of standard output.
+     * A chunk of standard output (raw bytes, at most 64 KiB).
      *
      * @generated from field: bytes stdout = 1;
      */
@@ -126,7 +145,7 @@ export type ExecResponse = Message<"banger.v1.ExecResponse"> & {
     case: "stdout";
   } | {
     /**
-     * A chunk of standard error.
+     * A chunk of standard error (raw bytes, at most 64 KiB).
      *
      * @generated from field: bytes stderr = 2;
      */
@@ -164,7 +183,7 @@ export type ExitStatus = Message<"banger.v1.ExitStatus"> & {
   code: number;
 
   /**
-   * Signal name ("KILL") when killed by a signal, else empty.
+   * Signal name without "SIG" ("KILL", "TERM") when killed by a signal, else empty.
    *
    * @generated from field: string signal = 2;
    */
@@ -176,6 +195,13 @@ export type ExitStatus = Message<"banger.v1.ExitStatus"> & {
    * @generated from field: google.protobuf.Duration elapsed = 3;
    */
   elapsed?: Duration | undefined;
+
+  /**
+   * Whether Command.timeout killed it.
+   *
+   * @generated from field: bool timed_out = 4;
+   */
+  timedOut: boolean;
 };
 
 /**
@@ -206,7 +232,7 @@ export type ExecInteractiveRequest = Message<"banger.v1.ExecInteractiveRequest">
     case: "command";
   } | {
     /**
-     * A chunk of standard input.
+     * A chunk of standard input (at most 64 KiB per message).
      *
      * @generated from field: bytes stdin = 2;
      */
@@ -214,7 +240,8 @@ export type ExecInteractiveRequest = Message<"banger.v1.ExecInteractiveRequest">
     case: "stdin";
   } | {
     /**
-     * End of standard input (EOF).
+     * End of standard input (EOF); set it to true. Half-closing the request
+     * stream does the same.
      *
      * @generated from field: bool close_stdin = 3;
      */
@@ -222,7 +249,7 @@ export type ExecInteractiveRequest = Message<"banger.v1.ExecInteractiveRequest">
     case: "closeStdin";
   } | {
     /**
-     * A new terminal size, when `tty` is set.
+     * A new terminal size, when `tty` is set (ignored otherwise).
      *
      * @generated from field: banger.v1.TerminalSize resize = 4;
      */
@@ -245,14 +272,14 @@ export const ExecInteractiveRequestSchema: GenMessage<ExecInteractiveRequest> = 
  */
 export type TerminalSize = Message<"banger.v1.TerminalSize"> & {
   /**
-   * Columns.
+   * Columns, 1-1000.
    *
    * @generated from field: uint32 columns = 1;
    */
   columns: number;
 
   /**
-   * Rows.
+   * Rows, 1-1000.
    *
    * @generated from field: uint32 rows = 2;
    */
@@ -279,7 +306,7 @@ export type ExecInteractiveResponse = Message<"banger.v1.ExecInteractiveResponse
    */
   event: {
     /**
-     * A chunk of standard output.
+     * A chunk of standard output (raw bytes, at most 64 KiB).
      *
      * @generated from field: bytes stdout = 1;
      */
@@ -287,7 +314,7 @@ export type ExecInteractiveResponse = Message<"banger.v1.ExecInteractiveResponse
     case: "stdout";
   } | {
     /**
-     * A chunk of standard error.
+     * A chunk of standard error (raw bytes, at most 64 KiB).
      *
      * @generated from field: bytes stderr = 2;
      */
@@ -312,16 +339,21 @@ export const ExecInteractiveResponseSchema: GenMessage<ExecInteractiveResponse> 
   messageDesc(file_banger_v1_exec, 6);
 
 /**
- * Running commands in a guest over SSH (the managed key, host key pinned per
- * VM). Errors common to all: NOT_FOUND (VM_NOT_FOUND), FAILED_PRECONDITION
- * (VM_NOT_RUNNING), UNAVAILABLE (GUEST_UNREACHABLE), DEADLINE_EXCEEDED.
+ * Running commands in a guest over SSH (banger's managed key, the VM's host
+ * key pinned in banger's known_hosts). A command's non-zero exit is not an
+ * RPC error: it is in the last message. Cancelling the call (or its deadline)
+ * closes the SSH channel, which hangs the command up. Errors common to all:
+ * INVALID_ARGUMENT (INVALID_VM_NAME, EMPTY_ARGV, INVALID_ENV: not
+ * "KEY=value"), NOT_FOUND (VM_NOT_FOUND), FAILED_PRECONDITION
+ * (VM_NOT_RUNNING, HOST_KEY_MISMATCH: the guest's host key is not the pinned
+ * one), UNAVAILABLE (GUEST_UNREACHABLE), DEADLINE_EXCEEDED.
  *
  * @generated from service banger.v1.ExecService
  */
 export const ExecService: GenService<{
   /**
-   * Runs one command; streams its output and ends with its exit status. A
-   * non-zero exit is not an RPC error: it is in the last message.
+   * Runs one command; streams its output and ends with its exit status.
+   * Standard input, if any, is given whole in the request.
    *
    * @generated from rpc banger.v1.ExecService.Exec
    */
@@ -331,8 +363,11 @@ export const ExecService: GenService<{
     output: typeof ExecResponseSchema;
   },
   /**
-   * Like Exec, with standard input streamed from the client: the first
-   * message carries the command, later ones stdin chunks, then close_stdin.
+   * Like Exec, with standard input streamed from the client (and terminal
+   * resizes): the first message carries the command, later ones stdin
+   * chunks, then close_stdin (or the client half-closes the stream). Errors:
+   * INVALID_ARGUMENT (COMMAND_FIRST: the first message is not a command, or
+   * a later one is).
    *
    * @generated from rpc banger.v1.ExecService.ExecInteractive
    */

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/v1/image.proto.
  */
 export const file_banger_v1_image: GenFile = /*@__PURE__*/
-  fileDesc("ChViYW5nZXIvdjEvaW1hZ2UucHJvdG8SCWJhbmdlci52MSJuChBQdWxsSW1hZ2VSZXF1ZXN0EhEKCXJlZmVyZW5jZRgBIAEoCRIMCgRuYW1lGAIgASgJEhAKCHBsYXRmb3JtGAMgASgJEg8KB3JlcGxhY2UYBCABKAgSFgoObWluX3Jvb3Rmc19taWIYBSABKAQiPAoRUHVsbEltYWdlUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJpChRSZWdpc3RlckltYWdlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC3Jvb3Rmc19wYXRoGAIgASgJEhYKDndvcmtfc2VlZF9wYXRoGAMgASgJEhYKDmRlZmF1bHRfa2VybmVsGAQgASgJIjgKFVJlZ2lzdGVySW1hZ2VSZXNwb25zZRIfCgVpbWFnZRgBIAEoCzIQLmJhbmdlci52MS5JbWFnZSIvChNQcm9tb3RlSW1hZ2VSZXF1ZXN0EgoKAnZtGAEgASgJEgwKBG5hbWUYAiABKAkiPwoUUHJvbW90ZUltYWdlUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiIiChJEZWxldGVJbWFnZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIVChNEZWxldGVJbWFnZVJlc3BvbnNlIhMKEUxpc3RJbWFnZXNSZXF1ZXN0IjYKEkxpc3RJbWFnZXNSZXNwb25zZRIgCgZpbWFnZXMYASADKAsyEC5iYW5nZXIudjEuSW1hZ2UiHwoPR2V0SW1hZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkiMwoQR2V0SW1hZ2VSZXNwb25zZRIfCgVpbWFnZRgBIAEoCzIQLmJhbmdlci52MS5JbWFnZSIUChJMaXN0Q2F0YWxvZ1JlcXVlc3QiPwoTTGlzdENhdGFsb2dSZXNwb25zZRIoCgdlbnRyaWVzGAEgAygLMhcuYmFuZ2VyLnYxLkNhdGFsb2dFbnRyeSJrCgxDYXRhbG9nRW50cnkSDAoEbmFtZRgBIAEoCRIRCglyZWZlcmVuY2UYAiABKAkSFgoOZGVmYXVsdF9rZXJuZWwYAyABKAkSEwoLZGVzY3JpcHRpb24YBCABKAkSDQoFbG9jYWwYBSABKAgypwQKDEltYWdlU2VydmljZRJGCglQdWxsSW1hZ2USGy5iYW5nZXIudjEuUHVsbEltYWdlUmVxdWVzdBocLmJhbmdlci52MS5QdWxsSW1hZ2VSZXNwb25zZRJSCg1SZWdpc3RlckltYWdlEh8uYmFuZ2VyLnYxLlJlZ2lzdGVySW1hZ2VSZXF1ZXN0GiAuYmFuZ2VyLnYxLlJlZ2lzdGVySW1hZ2VSZXNwb25zZRJPCgxQcm9tb3RlSW1hZ2USHi5iYW5nZXIudjEuUHJvbW90ZUltYWdlUmVxdWVzdBofLmJhbmdlci52MS5Qcm9tb3RlSW1hZ2VSZXNwb25zZRJMCgtEZWxldGVJbWFnZRIdLmJhbmdlci52MS5EZWxldGVJbWFnZVJlcXVlc3QaHi5iYW5nZXIudjEuRGVsZXRlSW1hZ2VSZXNwb25zZRJJCgpMaXN0SW1hZ2VzEhwuYmFuZ2VyLnYxLkxpc3RJbWFnZXNSZXF1ZXN0Gh0uYmFuZ2VyLnYxLkxpc3RJbWFnZXNSZXNwb25zZRJDCghHZXRJbWFnZRIaLmJhbmdlci52MS5HZXRJbWFnZVJlcXVlc3QaGy5iYW5nZXIudjEuR2V0SW1hZ2VSZXNwb25zZRJMCgtMaXN0Q2F0YWxvZxIdLmJhbmdlci52MS5MaXN0Q2F0YWxvZ1JlcXVlc3QaHi5iYW5nZXIudjEuTGlzdENhdGFsb2dSZXNwb25zZWIGcHJvdG8z", [file_banger_v1_operation, file_banger_v1_resources]);
+  fileDesc("ChViYW5nZXIvdjEvaW1hZ2UucHJvdG8SCWJhbmdlci52MSJuChBQdWxsSW1hZ2VSZXF1ZXN0EhEKCXJlZmVyZW5jZRgBIAEoCRIMCgRuYW1lGAIgASgJEhAKCHBsYXRmb3JtGAMgASgJEg8KB3JlcGxhY2UYBCABKAgSFgoObWluX3Jvb3Rmc19taWIYBSABKAQiPAoRUHVsbEltYWdlUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJpChRSZWdpc3RlckltYWdlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC3Jvb3Rmc19wYXRoGAIgASgJEhYKDndvcmtfc2VlZF9wYXRoGAMgASgJEhYKDmRlZmF1bHRfa2VybmVsGAQgASgJIjgKFVJlZ2lzdGVySW1hZ2VSZXNwb25zZRIfCgVpbWFnZRgBIAEoCzIQLmJhbmdlci52MS5JbWFnZSIvChNQcm9tb3RlSW1hZ2VSZXF1ZXN0EgoKAnZtGAEgASgJEgwKBG5hbWUYAiABKAkiPwoUUHJvbW90ZUltYWdlUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiIiChJEZWxldGVJbWFnZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSImChNEZWxldGVJbWFnZVJlc3BvbnNlEg8KB2V4aXN0ZWQYASABKAgiEwoRTGlzdEltYWdlc1JlcXVlc3QiNgoSTGlzdEltYWdlc1Jlc3BvbnNlEiAKBmltYWdlcxgBIAMoCzIQLmJhbmdlci52MS5JbWFnZSIfCg9HZXRJbWFnZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIzChBHZXRJbWFnZVJlc3BvbnNlEh8KBWltYWdlGAEgASgLMhAuYmFuZ2VyLnYxLkltYWdlIhQKEkxpc3RDYXRhbG9nUmVxdWVzdCI/ChNMaXN0Q2F0YWxvZ1Jlc3BvbnNlEigKB2VudHJpZXMYASADKAsyFy5iYW5nZXIudjEuQ2F0YWxvZ0VudHJ5ImsKDENhdGFsb2dFbnRyeRIMCgRuYW1lGAEgASgJEhEKCXJlZmVyZW5jZRgCIAEoCRIWCg5kZWZhdWx0X2tlcm5lbBgDIAEoCRITCgtkZXNjcmlwdGlvbhgEIAEoCRINCgVsb2NhbBgFIAEoCDKnBAoMSW1hZ2VTZXJ2aWNlEkYKCVB1bGxJbWFnZRIbLmJhbmdlci52MS5QdWxsSW1hZ2VSZXF1ZXN0GhwuYmFuZ2VyLnYxLlB1bGxJbWFnZVJlc3BvbnNlElIKDVJlZ2lzdGVySW1hZ2USHy5iYW5nZXIudjEuUmVnaXN0ZXJJbWFnZVJlcXVlc3QaIC5iYW5nZXIudjEuUmVnaXN0ZXJJbWFnZVJlc3BvbnNlEk8KDFByb21vdGVJbWFnZRIeLmJhbmdlci52MS5Qcm9tb3RlSW1hZ2VSZXF1ZXN0Gh8uYmFuZ2VyLnYxLlByb21vdGVJbWFnZVJlc3BvbnNlEkwKC0RlbGV0ZUltYWdlEh0uYmFuZ2VyLnYxLkRlbGV0ZUltYWdlUmVxdWVzdBoeLmJhbmdlci52MS5EZWxldGVJbWFnZVJlc3BvbnNlEkkKCkxpc3RJbWFnZXMSHC5iYW5nZXIudjEuTGlzdEltYWdlc1JlcXVlc3QaHS5iYW5nZXIudjEuTGlzdEltYWdlc1Jlc3BvbnNlEkMKCEdldEltYWdlEhouYmFuZ2VyLnYxLkdldEltYWdlUmVxdWVzdBobLmJhbmdlci52MS5HZXRJbWFnZVJlc3BvbnNlEkwKC0xpc3RDYXRhbG9nEh0uYmFuZ2VyLnYxLkxpc3RDYXRhbG9nUmVxdWVzdBoeLmJhbmdlci52MS5MaXN0Q2F0YWxvZ1Jlc3BvbnNlYgZwcm90bzM", [file_banger_v1_operation, file_banger_v1_resources]);
 
 /**
  * Request of PullImage.
@@ -23,22 +23,27 @@ export const file_banger_v1_image: GenFile = /*@__PURE__*/
  */
 export type PullImageRequest = Message<"banger.v1.PullImageRequest"> & {
   /**
-   * OCI reference ("debian:bookworm", "ghcr.io/org/img@sha256:…",
-   * "127.0.0.1:5000/x:tag") or a catalog name ("debian").
+   * OCI reference ("debian:bookworm", "alpine", "ghcr.io/org/img@sha256:…",
+   * "127.0.0.1:5000/x:tag"; Docker Hub naming rules apply) or a catalog name
+   * ("debian"). Registries marked insecure in the config (and loopback ones)
+   * are reached over plain HTTP; credentials come from the docker config.
    *
    * @generated from field: string reference = 1;
    */
   reference: string;
 
   /**
-   * Name to publish it under; empty = derived from the reference ("debian").
+   * Name to publish it under, `^[a-z0-9][a-z0-9._-]{0,63}$`; empty = the
+   * catalog name, else the last path component of the repository
+   * ("ghcr.io/org/img:1" → "img").
    *
    * @generated from field: string name = 2;
    */
   name: string;
 
   /**
-   * Platform "os/arch[/variant]"; empty = "linux/amd64".
+   * Platform "os/arch[/variant]" to pick from a multi-platform index;
+   * empty = "linux/amd64".
    *
    * @generated from field: string platform = 3;
    */
@@ -52,7 +57,8 @@ export type PullImageRequest = Message<"banger.v1.PullImageRequest"> & {
   replace: boolean;
 
   /**
-   * Minimum root filesystem size in MiB; 0 = configured default.
+   * Minimum root filesystem size in MiB; 0 = configured default. The image
+   * is at least the content plus headroom.
    *
    * @generated from field: uint64 min_rootfs_mib = 5;
    */
@@ -94,21 +100,22 @@ export const PullImageResponseSchema: GenMessage<PullImageResponse> = /*@__PURE_
  */
 export type RegisterImageRequest = Message<"banger.v1.RegisterImageRequest"> & {
   /**
-   * Name to register it under.
+   * Name to register it under, `^[a-z0-9][a-z0-9._-]{0,63}$`.
    *
    * @generated from field: string name = 1;
    */
   name: string;
 
   /**
-   * Absolute path of an ext4 root filesystem image; it is copied (reflink when possible).
+   * Absolute host path of an ext4 root filesystem image.
    *
    * @generated from field: string rootfs_path = 2;
    */
   rootfsPath: string;
 
   /**
-   * Absolute path of an ext4 work seed image; empty = an empty work disk.
+   * Absolute host path of an ext4 work seed image; empty = VMs of this image
+   * get an empty work disk.
    *
    * @generated from field: string work_seed_path = 3;
    */
@@ -157,14 +164,14 @@ export const RegisterImageResponseSchema: GenMessage<RegisterImageResponse> = /*
  */
 export type PromoteImageRequest = Message<"banger.v1.PromoteImageRequest"> & {
   /**
-   * The stopped VM whose disks become the image.
+   * Name of the stopped VM whose disks become the image.
    *
    * @generated from field: string vm = 1;
    */
   vm: string;
 
   /**
-   * Name of the new image.
+   * Name of the new image, `^[a-z0-9][a-z0-9._-]{0,63}$`.
    *
    * @generated from field: string name = 2;
    */
@@ -226,6 +233,12 @@ export const DeleteImageRequestSchema: GenMessage<DeleteImageRequest> = /*@__PUR
  * @generated from message banger.v1.DeleteImageResponse
  */
 export type DeleteImageResponse = Message<"banger.v1.DeleteImageResponse"> & {
+  /**
+   * Whether an image of that name existed.
+   *
+   * @generated from field: bool existed = 1;
+   */
+  existed: boolean;
 };
 
 /**
@@ -356,7 +369,7 @@ export const ListCatalogResponseSchema: GenMessage<ListCatalogResponse> = /*@__P
  */
 export type CatalogEntry = Message<"banger.v1.CatalogEntry"> & {
   /**
-   * Friendly name, e.g. "debian".
+   * Friendly name, e.g. "debian"; also the image name it is pulled under.
    *
    * @generated from field: string name = 1;
    */
@@ -370,7 +383,7 @@ export type CatalogEntry = Message<"banger.v1.CatalogEntry"> & {
   reference: string;
 
   /**
-   * The kernel VMs of it boot by default.
+   * The kernel VMs of it boot by default; empty = the host default.
    *
    * @generated from field: string default_kernel = 3;
    */
@@ -400,18 +413,26 @@ export const CatalogEntrySchema: GenMessage<CatalogEntry> = /*@__PURE__*/
 
 /**
  * Root filesystem images. Images are named (`^[a-z0-9][a-z0-9._-]{0,63}$`);
- * pulls go through the image puller, which builds ext4 files that the
- * orchestrator publishes atomically. Errors common to all: NOT_FOUND
- * (IMAGE_NOT_FOUND), INVALID_ARGUMENT (INVALID_IMAGE_NAME, INVALID_REFERENCE).
+ * pulls go through the image puller, which builds ext4 files into a staging
+ * directory that the orchestrator then publishes under a short lock (name
+ * re-checked, atomic rename, row inserted). Errors common to all:
+ * INVALID_ARGUMENT (INVALID_IMAGE_NAME), NOT_FOUND (IMAGE_NOT_FOUND).
  *
  * @generated from service banger.v1.ImageService
  */
 export const ImageService: GenService<{
   /**
    * Pulls an OCI image and builds its root filesystem and work seed. Returns
-   * at once with the operation (per-layer progress in its stages). Two pulls
-   * racing for one name: one wins, the other fails ALREADY_EXISTS
-   * (IMAGE_NAME_TAKEN). UNAVAILABLE when the image puller is down.
+   * at once with the operation (stages resolve, layers with per-layer
+   * progress, mkfs, ownership, work-seed, verify, publish); its result is the
+   * Image. Pulls of different images run in parallel; two pulls racing for
+   * one name: one wins, the other's operation fails ALREADY_EXISTS
+   * (IMAGE_NAME_TAKEN). Errors (before the operation begins): INVALID_ARGUMENT
+   * (INVALID_REFERENCE, INVALID_PLATFORM), ALREADY_EXISTS (IMAGE_NAME_TAKEN,
+   * unless `replace`), FAILED_PRECONDITION (IMAGE_IN_USE when replacing),
+   * UNAVAILABLE (the image puller is down). Failures of the pull itself (registry,
+   * digests, hostile layers) end the operation with the puller's code and
+   * reason (see banger.imagepuller.v1.PullerService.Pull).
    *
    * @generated from rpc banger.v1.ImageService.PullImage
    */
@@ -422,8 +443,10 @@ export const ImageService: GenService<{
   },
   /**
    * Registers an image from local files the owner can read (an ext4 root
-   * filesystem, optionally a work seed). Errors: INVALID_ARGUMENT (NOT_EXT4),
-   * ALREADY_EXISTS (IMAGE_NAME_TAKEN).
+   * filesystem, optionally a work seed); they are copied into the catalog
+   * (reflink when possible) before this returns. Errors: INVALID_ARGUMENT
+   * (INVALID_PATH: not absolute, NOT_EXT4), NOT_FOUND (PATH_NOT_FOUND,
+   * KERNEL_NOT_FOUND), ALREADY_EXISTS (IMAGE_NAME_TAKEN).
    *
    * @generated from rpc banger.v1.ImageService.RegisterImage
    */
@@ -433,8 +456,11 @@ export const ImageService: GenService<{
     output: typeof RegisterImageResponseSchema;
   },
   /**
-   * Turns a stopped VM's root and work disks into a new image. Errors:
-   * FAILED_PRECONDITION (VM_RUNNING), ALREADY_EXISTS (IMAGE_NAME_TAKEN).
+   * Turns a stopped VM's root and work disks into a new image (root disk
+   * flattened to a plain ext4 file, work disk as the work seed). Returns at
+   * once with the operation; its result is the Image. Errors: NOT_FOUND
+   * (VM_NOT_FOUND), FAILED_PRECONDITION (VM_RUNNING), ALREADY_EXISTS
+   * (IMAGE_NAME_TAKEN).
    *
    * @generated from rpc banger.v1.ImageService.PromoteImage
    */
@@ -444,8 +470,9 @@ export const ImageService: GenService<{
     output: typeof PromoteImageResponseSchema;
   },
   /**
-   * Deletes an image: the row first, then its files. Errors:
-   * FAILED_PRECONDITION (IMAGE_IN_USE) while a VM uses it.
+   * Deletes an image: the row first, then its files. Idempotent: deleting an
+   * image that does not exist succeeds with existed = false. Errors:
+   * FAILED_PRECONDITION (IMAGE_IN_USE, naming the VMs) while a VM uses it.
    *
    * @generated from rpc banger.v1.ImageService.DeleteImage
    */

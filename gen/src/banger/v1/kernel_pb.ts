@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/v1/kernel.proto.
  */
 export const file_banger_v1_kernel: GenFile = /*@__PURE__*/
-  fileDesc("ChZiYW5nZXIvdjEva2VybmVsLnByb3RvEgliYW5nZXIudjEiXQoTSW1wb3J0S2VybmVsUmVxdWVzdBIMCgRuYW1lGAEgASgJEhIKCnNvdXJjZV9kaXIYAiABKAkSEwoLc2V0X2RlZmF1bHQYAyABKAgSDwoHcmVwbGFjZRgEIAEoCCI/ChRJbXBvcnRLZXJuZWxSZXNwb25zZRInCglvcGVyYXRpb24YASABKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uIiUKFUJ1aWxkSW5pdHJhbWZzUmVxdWVzdBIMCgRuYW1lGAEgASgJIkEKFkJ1aWxkSW5pdHJhbWZzUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiInChdTZXREZWZhdWx0S2VybmVsUmVxdWVzdBIMCgRuYW1lGAEgASgJIj0KGFNldERlZmF1bHRLZXJuZWxSZXNwb25zZRIhCgZrZXJuZWwYASABKAsyES5iYW5nZXIudjEuS2VybmVsIiMKE0RlbGV0ZUtlcm5lbFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIWChREZWxldGVLZXJuZWxSZXNwb25zZSIUChJMaXN0S2VybmVsc1JlcXVlc3QiOQoTTGlzdEtlcm5lbHNSZXNwb25zZRIiCgdrZXJuZWxzGAEgAygLMhEuYmFuZ2VyLnYxLktlcm5lbCIgChBHZXRLZXJuZWxSZXF1ZXN0EgwKBG5hbWUYASABKAkiNgoRR2V0S2VybmVsUmVzcG9uc2USIQoGa2VybmVsGAEgASgLMhEuYmFuZ2VyLnYxLktlcm5lbDL7AwoNS2VybmVsU2VydmljZRJPCgxJbXBvcnRLZXJuZWwSHi5iYW5nZXIudjEuSW1wb3J0S2VybmVsUmVxdWVzdBofLmJhbmdlci52MS5JbXBvcnRLZXJuZWxSZXNwb25zZRJVCg5CdWlsZEluaXRyYW1mcxIgLmJhbmdlci52MS5CdWlsZEluaXRyYW1mc1JlcXVlc3QaIS5iYW5nZXIudjEuQnVpbGRJbml0cmFtZnNSZXNwb25zZRJbChBTZXREZWZhdWx0S2VybmVsEiIuYmFuZ2VyLnYxLlNldERlZmF1bHRLZXJuZWxSZXF1ZXN0GiMuYmFuZ2VyLnYxLlNldERlZmF1bHRLZXJuZWxSZXNwb25zZRJPCgxEZWxldGVLZXJuZWwSHi5iYW5nZXIudjEuRGVsZXRlS2VybmVsUmVxdWVzdBofLmJhbmdlci52MS5EZWxldGVLZXJuZWxSZXNwb25zZRJMCgtMaXN0S2VybmVscxIdLmJhbmdlci52MS5MaXN0S2VybmVsc1JlcXVlc3QaHi5iYW5nZXIudjEuTGlzdEtlcm5lbHNSZXNwb25zZRJGCglHZXRLZXJuZWwSGy5iYW5nZXIudjEuR2V0S2VybmVsUmVxdWVzdBocLmJhbmdlci52MS5HZXRLZXJuZWxSZXNwb25zZWIGcHJvdG8z", [file_banger_v1_operation, file_banger_v1_resources]);
+  fileDesc("ChZiYW5nZXIvdjEva2VybmVsLnByb3RvEgliYW5nZXIudjEiXQoTSW1wb3J0S2VybmVsUmVxdWVzdBIMCgRuYW1lGAEgASgJEhIKCnNvdXJjZV9kaXIYAiABKAkSEwoLc2V0X2RlZmF1bHQYAyABKAgSDwoHcmVwbGFjZRgEIAEoCCI/ChRJbXBvcnRLZXJuZWxSZXNwb25zZRInCglvcGVyYXRpb24YASABKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uIiUKFUJ1aWxkSW5pdHJhbWZzUmVxdWVzdBIMCgRuYW1lGAEgASgJIkEKFkJ1aWxkSW5pdHJhbWZzUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiInChdTZXREZWZhdWx0S2VybmVsUmVxdWVzdBIMCgRuYW1lGAEgASgJIj0KGFNldERlZmF1bHRLZXJuZWxSZXNwb25zZRIhCgZrZXJuZWwYASABKAsyES5iYW5nZXIudjEuS2VybmVsIiMKE0RlbGV0ZUtlcm5lbFJlcXVlc3QSDAoEbmFtZRgBIAEoCSInChREZWxldGVLZXJuZWxSZXNwb25zZRIPCgdleGlzdGVkGAEgASgIIhQKEkxpc3RLZXJuZWxzUmVxdWVzdCI5ChNMaXN0S2VybmVsc1Jlc3BvbnNlEiIKB2tlcm5lbHMYASADKAsyES5iYW5nZXIudjEuS2VybmVsIiAKEEdldEtlcm5lbFJlcXVlc3QSDAoEbmFtZRgBIAEoCSI2ChFHZXRLZXJuZWxSZXNwb25zZRIhCgZrZXJuZWwYASABKAsyES5iYW5nZXIudjEuS2VybmVsMvsDCg1LZXJuZWxTZXJ2aWNlEk8KDEltcG9ydEtlcm5lbBIeLmJhbmdlci52MS5JbXBvcnRLZXJuZWxSZXF1ZXN0Gh8uYmFuZ2VyLnYxLkltcG9ydEtlcm5lbFJlc3BvbnNlElUKDkJ1aWxkSW5pdHJhbWZzEiAuYmFuZ2VyLnYxLkJ1aWxkSW5pdHJhbWZzUmVxdWVzdBohLmJhbmdlci52MS5CdWlsZEluaXRyYW1mc1Jlc3BvbnNlElsKEFNldERlZmF1bHRLZXJuZWwSIi5iYW5nZXIudjEuU2V0RGVmYXVsdEtlcm5lbFJlcXVlc3QaIy5iYW5nZXIudjEuU2V0RGVmYXVsdEtlcm5lbFJlc3BvbnNlEk8KDERlbGV0ZUtlcm5lbBIeLmJhbmdlci52MS5EZWxldGVLZXJuZWxSZXF1ZXN0Gh8uYmFuZ2VyLnYxLkRlbGV0ZUtlcm5lbFJlc3BvbnNlEkwKC0xpc3RLZXJuZWxzEh0uYmFuZ2VyLnYxLkxpc3RLZXJuZWxzUmVxdWVzdBoeLmJhbmdlci52MS5MaXN0S2VybmVsc1Jlc3BvbnNlEkYKCUdldEtlcm5lbBIbLmJhbmdlci52MS5HZXRLZXJuZWxSZXF1ZXN0GhwuYmFuZ2VyLnYxLkdldEtlcm5lbFJlc3BvbnNlYgZwcm90bzM", [file_banger_v1_operation, file_banger_v1_resources]);
 
 /**
  * Request of ImportKernel.
@@ -23,21 +23,21 @@ export const file_banger_v1_kernel: GenFile = /*@__PURE__*/
  */
 export type ImportKernelRequest = Message<"banger.v1.ImportKernelRequest"> & {
   /**
-   * Name to import it under.
+   * Name to import it under, `^[a-z0-9][a-z0-9._-]{0,63}$`.
    *
    * @generated from field: string name = 1;
    */
   name: string;
 
   /**
-   * Absolute path of the directory to import from (see ImportKernel).
+   * Absolute host path of the directory to import from (see ImportKernel).
    *
    * @generated from field: string source_dir = 2;
    */
   sourceDir: string;
 
   /**
-   * Make it the host default.
+   * Make it the host default (the first kernel imported always becomes it).
    *
    * @generated from field: bool set_default = 3;
    */
@@ -190,6 +190,12 @@ export const DeleteKernelRequestSchema: GenMessage<DeleteKernelRequest> = /*@__P
  * @generated from message banger.v1.DeleteKernelResponse
  */
 export type DeleteKernelResponse = Message<"banger.v1.DeleteKernelResponse"> & {
+  /**
+   * Whether a kernel of that name existed.
+   *
+   * @generated from field: bool existed = 1;
+   */
+  existed: boolean;
 };
 
 /**
@@ -279,7 +285,8 @@ export const GetKernelResponseSchema: GenMessage<GetKernelResponse> = /*@__PURE_
 
 /**
  * Guest kernels. Kernels are named (`^[a-z0-9][a-z0-9._-]{0,63}$`). Errors
- * common to all: NOT_FOUND (KERNEL_NOT_FOUND), INVALID_ARGUMENT (INVALID_KERNEL_NAME).
+ * common to all: INVALID_ARGUMENT (INVALID_KERNEL_NAME), NOT_FOUND
+ * (KERNEL_NOT_FOUND).
  *
  * @generated from service banger.v1.KernelService
  */
@@ -287,10 +294,16 @@ export const KernelService: GenService<{
   /**
    * Imports a kernel from a directory the owner can read: `metadata.json`
    * (kernel, initrd, modules, version) when present, else `boot/vmlinux-*` or
-   * `boot/vmlinuz-*` (extracted to vmlinux when the VMM needs it),
-   * `boot/initramfs-*` or `boot/initrd.img-*`, and `lib/modules/<latest>`.
-   * Files are copied into the catalog (reflink when possible) with their
-   * sha256. Errors: INVALID_ARGUMENT (NO_KERNEL_FOUND), ALREADY_EXISTS (KERNEL_NAME_TAKEN).
+   * `boot/vmlinuz-*` (a vmlinux is extracted from a vmlinuz when the VMM
+   * needs it), `boot/initramfs-*` or `boot/initrd.img-*`, and
+   * `lib/modules/<latest>` (a distribution kernel package unpacked there has
+   * this layout). Files are copied into the catalog (reflink when possible)
+   * with their sha256. Returns at once with the operation; its result is the
+   * Kernel. Errors (before the operation begins): INVALID_ARGUMENT
+   * (INVALID_PATH: not absolute), NOT_FOUND (PATH_NOT_FOUND), ALREADY_EXISTS
+   * (KERNEL_NAME_TAKEN, unless `replace`), FAILED_PRECONDITION (KERNEL_IN_USE
+   * when replacing). The operation fails INVALID_ARGUMENT (NO_KERNEL_FOUND,
+   * INVALID_METADATA) when the directory has no usable kernel.
    *
    * @generated from rpc banger.v1.KernelService.ImportKernel
    */
@@ -301,8 +314,10 @@ export const KernelService: GenService<{
   },
   /**
    * Builds a small initramfs for a kernel that loads the virtio block/net,
-   * ext4 and vsock modules and switches to the root disk. Errors:
-   * FAILED_PRECONDITION (KERNEL_HAS_NO_MODULES).
+   * ext4 and vsock modules and switches to the root disk; it becomes the
+   * kernel's initrd (replacing one it had). Returns at once with the
+   * operation; its result is the Kernel. Errors: FAILED_PRECONDITION
+   * (KERNEL_HAS_NO_MODULES).
    *
    * @generated from rpc banger.v1.KernelService.BuildInitramfs
    */
@@ -312,7 +327,7 @@ export const KernelService: GenService<{
     output: typeof BuildInitramfsResponseSchema;
   },
   /**
-   * Makes a kernel the host default.
+   * Makes a kernel the host default (the one before stops being it).
    *
    * @generated from rpc banger.v1.KernelService.SetDefaultKernel
    */
@@ -322,7 +337,10 @@ export const KernelService: GenService<{
     output: typeof SetDefaultKernelResponseSchema;
   },
   /**
-   * Deletes a kernel. Errors: FAILED_PRECONDITION (KERNEL_IN_USE) while an image or VM uses it.
+   * Deletes a kernel: the row first, then its files. Idempotent: deleting a
+   * kernel that does not exist succeeds with existed = false. Errors:
+   * FAILED_PRECONDITION (KERNEL_IN_USE, naming the images and VMs) while an
+   * image or VM uses it.
    *
    * @generated from rpc banger.v1.KernelService.DeleteKernel
    */

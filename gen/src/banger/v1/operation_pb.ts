@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/v1/operation.proto.
  */
 export const file_banger_v1_operation: GenFile = /*@__PURE__*/
-  fileDesc("ChliYW5nZXIvdjEvb3BlcmF0aW9uLnByb3RvEgliYW5nZXIudjEixAMKCU9wZXJhdGlvbhIKCgJpZBgBIAEoCRImCgRraW5kGAIgASgOMhguYmFuZ2VyLnYxLk9wZXJhdGlvbktpbmQSKAoFc3RhdGUYAyABKA4yGS5iYW5nZXIudjEuT3BlcmF0aW9uU3RhdGUSDgoGdGFyZ2V0GAQgASgJEiAKBnN0YWdlcxgFIAMoCzIQLmJhbmdlci52MS5TdGFnZRIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbCgJ2bRgJIAEoCzINLmJhbmdlci52MS5WbUgAEiEKBWltYWdlGAogASgLMhAuYmFuZ2VyLnYxLkltYWdlSAASIwoGa2VybmVsGAsgASgLMhEuYmFuZ2VyLnYxLktlcm5lbEgAEigKBWVycm9yGAwgASgLMhkuYmFuZ2VyLnYxLk9wZXJhdGlvbkVycm9yQggKBnJlc3VsdCL9AQoFU3RhZ2USDAoEbmFtZRgBIAEoCRIkCgVzdGF0ZRgCIAEoDjIVLmJhbmdlci52MS5TdGFnZVN0YXRlEi4KCnN0YXJ0X3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgdlbGFwc2VkGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg8KB21lc3NhZ2UYBiABKAkSJQoIcHJvZ3Jlc3MYByABKAsyEy5iYW5nZXIudjEuUHJvZ3Jlc3MiWwoIUHJvZ3Jlc3MSEgoKZG9uZV9ieXRlcxgBIAEoBBITCgt0b3RhbF9ieXRlcxgCIAEoBBImCgVpdGVtcxgDIAMoCzIXLmJhbmdlci52MS5JdGVtUHJvZ3Jlc3MiUgoMSXRlbVByb2dyZXNzEgoKAmlkGAEgASgJEhIKCmRvbmVfYnl0ZXMYAiABKAQSEwoLdG90YWxfYnl0ZXMYAyABKAQSDQoFc3RhdGUYBCABKAkidwoOT3BlcmF0aW9uRXJyb3ISDAoEY29kZRgBIAEoCRIOCgZyZWFzb24YAiABKAkSDwoHbWVzc2FnZRgDIAEoCRINCgVzdGFnZRgEIAEoCRIRCglwZWVyX2NhbGwYBSABKAkSFAoMdm1tX2xvZ190YWlsGAYgASgJIiEKE0dldE9wZXJhdGlvblJlcXVlc3QSCgoCaWQYASABKAkiPwoUR2V0T3BlcmF0aW9uUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiIjChVXYXRjaE9wZXJhdGlvblJlcXVlc3QSCgoCaWQYASABKAkiQQoWV2F0Y2hPcGVyYXRpb25SZXNwb25zZRInCglvcGVyYXRpb24YASABKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uIiQKFkNhbmNlbE9wZXJhdGlvblJlcXVlc3QSCgoCaWQYASABKAkiQgoXQ2FuY2VsT3BlcmF0aW9uUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJzChVMaXN0T3BlcmF0aW9uc1JlcXVlc3QSDgoGdGFyZ2V0GAEgASgJEiYKBGtpbmQYAiABKA4yGC5iYW5nZXIudjEuT3BlcmF0aW9uS2luZBITCgthY3RpdmVfb25seRgDIAEoCBINCgVsaW1pdBgEIAEoDSJCChZMaXN0T3BlcmF0aW9uc1Jlc3BvbnNlEigKCm9wZXJhdGlvbnMYASADKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uKvACCg1PcGVyYXRpb25LaW5kEh4KGk9QRVJBVElPTl9LSU5EX1VOU1BFQ0lGSUVEEAASHAoYT1BFUkFUSU9OX0tJTkRfQ1JFQVRFX1ZNEAESGwoXT1BFUkFUSU9OX0tJTkRfU1RBUlRfVk0QAhIaChZPUEVSQVRJT05fS0lORF9TVE9QX1ZNEAMSHQoZT1BFUkFUSU9OX0tJTkRfUkVTVEFSVF9WTRAEEhwKGE9QRVJBVElPTl9LSU5EX0RFTEVURV9WTRAFEh0KGU9QRVJBVElPTl9LSU5EX1BVTExfSU1BR0UQBhIgChxPUEVSQVRJT05fS0lORF9QUk9NT1RFX0lNQUdFEAcSIAocT1BFUkFUSU9OX0tJTkRfSU1QT1JUX0tFUk5FTBAIEiIKHk9QRVJBVElPTl9LSU5EX0JVSUxEX0lOSVRSQU1GUxAJEiQKIE9QRVJBVElPTl9LSU5EX1BSRVBBUkVfV09SS1NQQUNFEAoqxQEKDk9wZXJhdGlvblN0YXRlEh8KG09QRVJBVElPTl9TVEFURV9VTlNQRUNJRklFRBAAEhsKF09QRVJBVElPTl9TVEFURV9QRU5ESU5HEAESGwoXT1BFUkFUSU9OX1NUQVRFX1JVTk5JTkcQAhIdChlPUEVSQVRJT05fU1RBVEVfU1VDQ0VFREVEEAMSGgoWT1BFUkFUSU9OX1NUQVRFX0ZBSUxFRBAEEh0KGU9QRVJBVElPTl9TVEFURV9DQU5DRUxMRUQQBSq/AQoKU3RhZ2VTdGF0ZRIbChdTVEFHRV9TVEFURV9VTlNQRUNJRklFRBAAEhcKE1NUQUdFX1NUQVRFX1BFTkRJTkcQARIXChNTVEFHRV9TVEFURV9SVU5OSU5HEAISFAoQU1RBR0VfU1RBVEVfRE9ORRADEhYKElNUQUdFX1NUQVRFX0ZBSUxFRBAEEhcKE1NUQUdFX1NUQVRFX1NLSVBQRUQQBRIbChdTVEFHRV9TVEFURV9ST0xMRURfQkFDSxAGMu0CChBPcGVyYXRpb25TZXJ2aWNlEk8KDEdldE9wZXJhdGlvbhIeLmJhbmdlci52MS5HZXRPcGVyYXRpb25SZXF1ZXN0Gh8uYmFuZ2VyLnYxLkdldE9wZXJhdGlvblJlc3BvbnNlElcKDldhdGNoT3BlcmF0aW9uEiAuYmFuZ2VyLnYxLldhdGNoT3BlcmF0aW9uUmVxdWVzdBohLmJhbmdlci52MS5XYXRjaE9wZXJhdGlvblJlc3BvbnNlMAESWAoPQ2FuY2VsT3BlcmF0aW9uEiEuYmFuZ2VyLnYxLkNhbmNlbE9wZXJhdGlvblJlcXVlc3QaIi5iYW5nZXIudjEuQ2FuY2VsT3BlcmF0aW9uUmVzcG9uc2USVQoOTGlzdE9wZXJhdGlvbnMSIC5iYW5nZXIudjEuTGlzdE9wZXJhdGlvbnNSZXF1ZXN0GiEuYmFuZ2VyLnYxLkxpc3RPcGVyYXRpb25zUmVzcG9uc2ViBnByb3RvMw", [file_banger_v1_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChliYW5nZXIvdjEvb3BlcmF0aW9uLnByb3RvEgliYW5nZXIudjEi3gMKCU9wZXJhdGlvbhIKCgJpZBgBIAEoCRImCgRraW5kGAIgASgOMhguYmFuZ2VyLnYxLk9wZXJhdGlvbktpbmQSKAoFc3RhdGUYAyABKA4yGS5iYW5nZXIudjEuT3BlcmF0aW9uU3RhdGUSDgoGdGFyZ2V0GAQgASgJEiAKBnN0YWdlcxgFIAMoCzIQLmJhbmdlci52MS5TdGFnZRIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbCgJ2bRgJIAEoCzINLmJhbmdlci52MS5WbUgAEiEKBWltYWdlGAogASgLMhAuYmFuZ2VyLnYxLkltYWdlSAASIwoGa2VybmVsGAsgASgLMhEuYmFuZ2VyLnYxLktlcm5lbEgAEigKBWVycm9yGAwgASgLMhkuYmFuZ2VyLnYxLk9wZXJhdGlvbkVycm9yEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYDSABKAhCCAoGcmVzdWx0Iv0BCgVTdGFnZRIMCgRuYW1lGAEgASgJEiQKBXN0YXRlGAIgASgOMhUuYmFuZ2VyLnYxLlN0YWdlU3RhdGUSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKB2VsYXBzZWQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDwoHbWVzc2FnZRgGIAEoCRIlCghwcm9ncmVzcxgHIAEoCzITLmJhbmdlci52MS5Qcm9ncmVzcyJbCghQcm9ncmVzcxISCgpkb25lX2J5dGVzGAEgASgEEhMKC3RvdGFsX2J5dGVzGAIgASgEEiYKBWl0ZW1zGAMgAygLMhcuYmFuZ2VyLnYxLkl0ZW1Qcm9ncmVzcyJSCgxJdGVtUHJvZ3Jlc3MSCgoCaWQYASABKAkSEgoKZG9uZV9ieXRlcxgCIAEoBBITCgt0b3RhbF9ieXRlcxgDIAEoBBINCgVzdGF0ZRgEIAEoCSLEAQoOT3BlcmF0aW9uRXJyb3ISDAoEY29kZRgBIAEoCRIOCgZyZWFzb24YAiABKAkSDwoHbWVzc2FnZRgDIAEoCRINCgVzdGFnZRgEIAEoCRIRCglwZWVyX2NhbGwYBSABKAkSFAoMdm1tX2xvZ190YWlsGAYgASgJEjMKDGhvc3RfY29tbWFuZBgHIAEoCzIdLmJhbmdlci52MS5Ib3N0Q29tbWFuZEZhaWx1cmUSFgoOY2xlYW51cF9lcnJvcnMYCCADKAkiSgoSSG9zdENvbW1hbmRGYWlsdXJlEgwKBGFyZ3YYASADKAkSEQoJZXhpdF9jb2RlGAIgASgFEhMKC3N0ZGVycl90YWlsGAMgASgJIiEKE0dldE9wZXJhdGlvblJlcXVlc3QSCgoCaWQYASABKAkiPwoUR2V0T3BlcmF0aW9uUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiIjChVXYXRjaE9wZXJhdGlvblJlcXVlc3QSCgoCaWQYASABKAkiQQoWV2F0Y2hPcGVyYXRpb25SZXNwb25zZRInCglvcGVyYXRpb24YASABKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uIiQKFkNhbmNlbE9wZXJhdGlvblJlcXVlc3QSCgoCaWQYASABKAkiQgoXQ2FuY2VsT3BlcmF0aW9uUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJzChVMaXN0T3BlcmF0aW9uc1JlcXVlc3QSDgoGdGFyZ2V0GAEgASgJEiYKBGtpbmQYAiABKA4yGC5iYW5nZXIudjEuT3BlcmF0aW9uS2luZBITCgthY3RpdmVfb25seRgDIAEoCBINCgVsaW1pdBgEIAEoDSJCChZMaXN0T3BlcmF0aW9uc1Jlc3BvbnNlEigKCm9wZXJhdGlvbnMYASADKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uKvACCg1PcGVyYXRpb25LaW5kEh4KGk9QRVJBVElPTl9LSU5EX1VOU1BFQ0lGSUVEEAASHAoYT1BFUkFUSU9OX0tJTkRfQ1JFQVRFX1ZNEAESGwoXT1BFUkFUSU9OX0tJTkRfU1RBUlRfVk0QAhIaChZPUEVSQVRJT05fS0lORF9TVE9QX1ZNEAMSHQoZT1BFUkFUSU9OX0tJTkRfUkVTVEFSVF9WTRAEEhwKGE9QRVJBVElPTl9LSU5EX0RFTEVURV9WTRAFEh0KGU9QRVJBVElPTl9LSU5EX1BVTExfSU1BR0UQBhIgChxPUEVSQVRJT05fS0lORF9QUk9NT1RFX0lNQUdFEAcSIAocT1BFUkFUSU9OX0tJTkRfSU1QT1JUX0tFUk5FTBAIEiIKHk9QRVJBVElPTl9LSU5EX0JVSUxEX0lOSVRSQU1GUxAJEiQKIE9QRVJBVElPTl9LSU5EX1BSRVBBUkVfV09SS1NQQUNFEAoqxQEKDk9wZXJhdGlvblN0YXRlEh8KG09QRVJBVElPTl9TVEFURV9VTlNQRUNJRklFRBAAEhsKF09QRVJBVElPTl9TVEFURV9QRU5ESU5HEAESGwoXT1BFUkFUSU9OX1NUQVRFX1JVTk5JTkcQAhIdChlPUEVSQVRJT05fU1RBVEVfU1VDQ0VFREVEEAMSGgoWT1BFUkFUSU9OX1NUQVRFX0ZBSUxFRBAEEh0KGU9QRVJBVElPTl9TVEFURV9DQU5DRUxMRUQQBSq/AQoKU3RhZ2VTdGF0ZRIbChdTVEFHRV9TVEFURV9VTlNQRUNJRklFRBAAEhcKE1NUQUdFX1NUQVRFX1BFTkRJTkcQARIXChNTVEFHRV9TVEFURV9SVU5OSU5HEAISFAoQU1RBR0VfU1RBVEVfRE9ORRADEhYKElNUQUdFX1NUQVRFX0ZBSUxFRBAEEhcKE1NUQUdFX1NUQVRFX1NLSVBQRUQQBRIbChdTVEFHRV9TVEFURV9ST0xMRURfQkFDSxAGMu0CChBPcGVyYXRpb25TZXJ2aWNlEk8KDEdldE9wZXJhdGlvbhIeLmJhbmdlci52MS5HZXRPcGVyYXRpb25SZXF1ZXN0Gh8uYmFuZ2VyLnYxLkdldE9wZXJhdGlvblJlc3BvbnNlElcKDldhdGNoT3BlcmF0aW9uEiAuYmFuZ2VyLnYxLldhdGNoT3BlcmF0aW9uUmVxdWVzdBohLmJhbmdlci52MS5XYXRjaE9wZXJhdGlvblJlc3BvbnNlMAESWAoPQ2FuY2VsT3BlcmF0aW9uEiEuYmFuZ2VyLnYxLkNhbmNlbE9wZXJhdGlvblJlcXVlc3QaIi5iYW5nZXIudjEuQ2FuY2VsT3BlcmF0aW9uUmVzcG9uc2USVQoOTGlzdE9wZXJhdGlvbnMSIC5iYW5nZXIudjEuTGlzdE9wZXJhdGlvbnNSZXF1ZXN0GiEuYmFuZ2VyLnYxLkxpc3RPcGVyYXRpb25zUmVzcG9uc2ViBnByb3RvMw", [file_banger_v1_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A unit of long work and everything known about it.
@@ -44,14 +44,15 @@ export type Operation = Message<"banger.v1.Operation"> & {
   state: OperationState;
 
   /**
-   * What it acts on: a VM name, an image name or reference, a kernel name.
+   * What it acts on: a VM name, an image name, a kernel name.
    *
    * @generated from field: string target = 4;
    */
   target: string;
 
   /**
-   * Its stages in order, as far as known (later stages may be listed PENDING).
+   * Its stages in order, as far as known (later stages are listed PENDING
+   * from the start, so a client can show the whole plan).
    *
    * @generated from field: repeated banger.v1.Stage stages = 5;
    */
@@ -72,20 +73,21 @@ export type Operation = Message<"banger.v1.Operation"> & {
   updateTime?: Timestamp | undefined;
 
   /**
-   * When it ended; unset while it runs.
+   * When it ended; unset while PENDING or RUNNING.
    *
    * @generated from field: google.protobuf.Timestamp end_time = 8;
    */
   endTime?: Timestamp | undefined;
 
   /**
-   * What it produced, once SUCCEEDED.
+   * What it produced, once SUCCEEDED; unset otherwise and for kinds that
+   * produce nothing (DELETE_VM, PREPARE_WORKSPACE).
    *
    * @generated from oneof banger.v1.Operation.result
    */
   result: {
     /**
-     * The VM created, started, stopped…
+     * The VM created, started, stopped or restarted, as it is at the end.
      *
      * @generated from field: banger.v1.Vm vm = 9;
      */
@@ -101,7 +103,7 @@ export type Operation = Message<"banger.v1.Operation"> & {
     case: "image";
   } | {
     /**
-     * The kernel imported.
+     * The kernel imported, or the kernel with its new initrd.
      *
      * @generated from field: banger.v1.Kernel kernel = 11;
      */
@@ -110,11 +112,18 @@ export type Operation = Message<"banger.v1.Operation"> & {
   } | { case: undefined; value?: undefined };
 
   /**
-   * Why it failed, once FAILED or CANCELLED.
+   * Why it failed, once FAILED or CANCELLED; unset otherwise.
    *
    * @generated from field: banger.v1.OperationError error = 12;
    */
   error?: OperationError | undefined;
+
+  /**
+   * Whether CancelOperation was called on it (it may still be unwinding).
+   *
+   * @generated from field: bool cancel_requested = 13;
+   */
+  cancelRequested: boolean;
 };
 
 /**
@@ -126,6 +135,10 @@ export const OperationSchema: GenMessage<Operation> = /*@__PURE__*/
 
 /**
  * One step of an operation, e.g. "root-disk" or "wait-ssh".
+ * Create-VM stages, in order: resolve-image, reserve, root-disk, fsck,
+ * guest-files, work-disk, tap, launch-vmm, configure-vmm, start-vmm,
+ * wait-ssh, network (DNS name + NAT). Pull stages: resolve, layers, mkfs,
+ * ownership, work-seed, verify, publish.
  *
  * @generated from message banger.v1.Stage
  */
@@ -145,7 +158,7 @@ export type Stage = Message<"banger.v1.Stage"> & {
   state: StageState;
 
   /**
-   * When it started; unset while PENDING.
+   * When it started; unset while PENDING (and for SKIPPED).
    *
    * @generated from field: google.protobuf.Timestamp start_time = 3;
    */
@@ -159,21 +172,23 @@ export type Stage = Message<"banger.v1.Stage"> & {
   endTime?: Timestamp | undefined;
 
   /**
-   * Time spent so far (RUNNING) or in total (ended).
+   * Time spent so far (RUNNING) or in total (ended); unset while PENDING.
    *
    * @generated from field: google.protobuf.Duration elapsed = 5;
    */
   elapsed?: Duration | undefined;
 
   /**
-   * A short human note, e.g. "tap bgr-3f9a2c01 from the warm pool".
+   * A short human note, e.g. "tap bgr-3f9a2c01b7d from the warm pool",
+   * "image already local"; empty when there is nothing to say.
    *
    * @generated from field: string message = 6;
    */
   message: string;
 
   /**
-   * Byte progress, for stages that move data (pulls, copies).
+   * Byte progress, for stages that move data (pull layers, disk copies,
+   * workspace uploads); unset for others. Live only: not kept after a restart.
    *
    * @generated from field: banger.v1.Progress progress = 7;
    */
@@ -208,7 +223,7 @@ export type Progress = Message<"banger.v1.Progress"> & {
   totalBytes: bigint;
 
   /**
-   * Per-item progress, e.g. one entry per image layer.
+   * Per-item progress, e.g. one entry per image layer, bottom layer first.
    *
    * @generated from field: repeated banger.v1.ItemProgress items = 3;
    */
@@ -229,14 +244,14 @@ export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
  */
 export type ItemProgress = Message<"banger.v1.ItemProgress"> & {
   /**
-   * What it is, e.g. a layer digest "sha256:…".
+   * What it is, e.g. a compressed layer digest "sha256:…".
    *
    * @generated from field: string id = 1;
    */
   id: string;
 
   /**
-   * Bytes done.
+   * Bytes done (compressed bytes for layers).
    *
    * @generated from field: uint64 done_bytes = 2;
    */
@@ -250,7 +265,7 @@ export type ItemProgress = Message<"banger.v1.ItemProgress"> & {
   totalBytes: bigint;
 
   /**
-   * A short state: "waiting", "downloading", "cached", "verifying", "applied".
+   * A short state: "waiting", "downloading", "cached", "downloaded", "applied".
    *
    * @generated from field: string state = 4;
    */
@@ -271,47 +286,70 @@ export const ItemProgressSchema: GenMessage<ItemProgress> = /*@__PURE__*/
  */
 export type OperationError = Message<"banger.v1.OperationError"> & {
   /**
-   * gRPC code name, e.g. "failed_precondition".
+   * gRPC code name, e.g. "failed_precondition", "unavailable", "aborted"
+   * (cut off by a restart), "cancelled".
    *
    * @generated from field: string code = 1;
    */
   code: string;
 
   /**
-   * Stable UPPER_SNAKE reason, e.g. "VM_NAME_TAKEN", "INTERRUPTED" (cut off by a restart).
+   * Stable UPPER_SNAKE reason, e.g. "VM_NAME_TAKEN", "VMM_EXITED",
+   * "SSH_TIMEOUT", "INTERRUPTED" (cut off by an orchestrator restart),
+   * "CANCELLED" (CancelOperation).
    *
    * @generated from field: string reason = 2;
    */
   reason: string;
 
   /**
-   * Human message.
+   * Human message, one line.
    *
    * @generated from field: string message = 3;
    */
   message: string;
 
   /**
-   * The stage that failed, if any.
+   * The stage that failed (a Stage.name); empty when none had started.
    *
    * @generated from field: string stage = 4;
    */
   stage: string;
 
   /**
-   * The privileged helper or image puller call that failed, e.g.
-   * "banger.privileged.v1.NetworkService/CreateTap", if any.
+   * The privileged helper or image puller call that failed, as
+   * "<service>/<method>", e.g. "banger.privileged.v1.NetworkService/CreateTap";
+   * empty when the failure was the orchestrator's own.
    *
    * @generated from field: string peer_call = 5;
    */
   peerCall: string;
 
   /**
-   * The last lines of the VMM's log, when the failure came from the guest or the VMM.
+   * The last lines (at most 20) of the VMM's log and guest console, when the
+   * failure came from the VMM or the guest (launch, start, wait for SSH).
    *
    * @generated from field: string vmm_log_tail = 6;
    */
   vmmLogTail: string;
+
+  /**
+   * The host command that failed, when a host tool's exit caused the failure
+   * (in the orchestrator or, as reported by it, in the helper or the puller).
+   *
+   * @generated from field: banger.v1.HostCommandFailure host_command = 7;
+   */
+  hostCommand?: HostCommandFailure | undefined;
+
+  /**
+   * Failures of the rollback that followed, one line each, e.g.
+   * "tap: banger.privileged.v1.NetworkService/DeleteTap: unavailable". Empty
+   * when everything made was unwound; otherwise those resources may remain
+   * (GetInventory on the helper lists them; `banger doctor` reports them).
+   *
+   * @generated from field: repeated string cleanup_errors = 8;
+   */
+  cleanupErrors: string[];
 };
 
 /**
@@ -322,13 +360,48 @@ export const OperationErrorSchema: GenMessage<OperationError> = /*@__PURE__*/
   messageDesc(file_banger_v1_operation, 4);
 
 /**
+ * A host command that exited badly.
+ *
+ * @generated from message banger.v1.HostCommandFailure
+ */
+export type HostCommandFailure = Message<"banger.v1.HostCommandFailure"> & {
+  /**
+   * Its argument vector, e.g. ["e2fsck", "-fy", "/dev/mapper/bgr-box-root"].
+   *
+   * @generated from field: repeated string argv = 1;
+   */
+  argv: string[];
+
+  /**
+   * Its exit code; -1 when it was killed by a signal.
+   *
+   * @generated from field: int32 exit_code = 2;
+   */
+  exitCode: number;
+
+  /**
+   * The last lines (at most 5) of its standard error.
+   *
+   * @generated from field: string stderr_tail = 3;
+   */
+  stderrTail: string;
+};
+
+/**
+ * Describes the message banger.v1.HostCommandFailure.
+ * Use `create(HostCommandFailureSchema)` to create a new message.
+ */
+export const HostCommandFailureSchema: GenMessage<HostCommandFailure> = /*@__PURE__*/
+  messageDesc(file_banger_v1_operation, 5);
+
+/**
  * Request of GetOperation.
  *
  * @generated from message banger.v1.GetOperationRequest
  */
 export type GetOperationRequest = Message<"banger.v1.GetOperationRequest"> & {
   /**
-   * The op id.
+   * The op id, `op-` + 12 lowercase hex digits.
    *
    * @generated from field: string id = 1;
    */
@@ -340,7 +413,7 @@ export type GetOperationRequest = Message<"banger.v1.GetOperationRequest"> & {
  * Use `create(GetOperationRequestSchema)` to create a new message.
  */
 export const GetOperationRequestSchema: GenMessage<GetOperationRequest> = /*@__PURE__*/
-  messageDesc(file_banger_v1_operation, 5);
+  messageDesc(file_banger_v1_operation, 6);
 
 /**
  * Response of GetOperation.
@@ -361,7 +434,7 @@ export type GetOperationResponse = Message<"banger.v1.GetOperationResponse"> & {
  * Use `create(GetOperationResponseSchema)` to create a new message.
  */
 export const GetOperationResponseSchema: GenMessage<GetOperationResponse> = /*@__PURE__*/
-  messageDesc(file_banger_v1_operation, 6);
+  messageDesc(file_banger_v1_operation, 7);
 
 /**
  * Request of WatchOperation.
@@ -370,7 +443,7 @@ export const GetOperationResponseSchema: GenMessage<GetOperationResponse> = /*@_
  */
 export type WatchOperationRequest = Message<"banger.v1.WatchOperationRequest"> & {
   /**
-   * The op id.
+   * The op id, `op-` + 12 lowercase hex digits.
    *
    * @generated from field: string id = 1;
    */
@@ -382,7 +455,7 @@ export type WatchOperationRequest = Message<"banger.v1.WatchOperationRequest"> &
  * Use `create(WatchOperationRequestSchema)` to create a new message.
  */
 export const WatchOperationRequestSchema: GenMessage<WatchOperationRequest> = /*@__PURE__*/
-  messageDesc(file_banger_v1_operation, 7);
+  messageDesc(file_banger_v1_operation, 8);
 
 /**
  * One message of WatchOperation: the whole operation after a change.
@@ -403,7 +476,7 @@ export type WatchOperationResponse = Message<"banger.v1.WatchOperationResponse">
  * Use `create(WatchOperationResponseSchema)` to create a new message.
  */
 export const WatchOperationResponseSchema: GenMessage<WatchOperationResponse> = /*@__PURE__*/
-  messageDesc(file_banger_v1_operation, 8);
+  messageDesc(file_banger_v1_operation, 9);
 
 /**
  * Request of CancelOperation.
@@ -412,7 +485,7 @@ export const WatchOperationResponseSchema: GenMessage<WatchOperationResponse> = 
  */
 export type CancelOperationRequest = Message<"banger.v1.CancelOperationRequest"> & {
   /**
-   * The op id.
+   * The op id, `op-` + 12 lowercase hex digits.
    *
    * @generated from field: string id = 1;
    */
@@ -424,7 +497,7 @@ export type CancelOperationRequest = Message<"banger.v1.CancelOperationRequest">
  * Use `create(CancelOperationRequestSchema)` to create a new message.
  */
 export const CancelOperationRequestSchema: GenMessage<CancelOperationRequest> = /*@__PURE__*/
-  messageDesc(file_banger_v1_operation, 9);
+  messageDesc(file_banger_v1_operation, 10);
 
 /**
  * Response of CancelOperation.
@@ -445,7 +518,7 @@ export type CancelOperationResponse = Message<"banger.v1.CancelOperationResponse
  * Use `create(CancelOperationResponseSchema)` to create a new message.
  */
 export const CancelOperationResponseSchema: GenMessage<CancelOperationResponse> = /*@__PURE__*/
-  messageDesc(file_banger_v1_operation, 10);
+  messageDesc(file_banger_v1_operation, 11);
 
 /**
  * Request of ListOperations.
@@ -461,21 +534,21 @@ export type ListOperationsRequest = Message<"banger.v1.ListOperationsRequest"> &
   target: string;
 
   /**
-   * Only operations of this kind; UNSPECIFIED = all.
+   * Only operations of this kind; UNSPECIFIED = all kinds.
    *
    * @generated from field: banger.v1.OperationKind kind = 2;
    */
   kind: OperationKind;
 
   /**
-   * Only operations that have not ended.
+   * Only operations that have not ended (PENDING or RUNNING).
    *
    * @generated from field: bool active_only = 3;
    */
   activeOnly: boolean;
 
   /**
-   * At most this many, newest first; 0 = 50.
+   * At most this many, newest first, 1-1000; 0 = 50.
    *
    * @generated from field: uint32 limit = 4;
    */
@@ -487,7 +560,7 @@ export type ListOperationsRequest = Message<"banger.v1.ListOperationsRequest"> &
  * Use `create(ListOperationsRequestSchema)` to create a new message.
  */
 export const ListOperationsRequestSchema: GenMessage<ListOperationsRequest> = /*@__PURE__*/
-  messageDesc(file_banger_v1_operation, 11);
+  messageDesc(file_banger_v1_operation, 12);
 
 /**
  * Response of ListOperations.
@@ -508,7 +581,7 @@ export type ListOperationsResponse = Message<"banger.v1.ListOperationsResponse">
  * Use `create(ListOperationsResponseSchema)` to create a new message.
  */
 export const ListOperationsResponseSchema: GenMessage<ListOperationsResponse> = /*@__PURE__*/
-  messageDesc(file_banger_v1_operation, 12);
+  messageDesc(file_banger_v1_operation, 13);
 
 /**
  * The kinds of long work.
@@ -517,77 +590,79 @@ export const ListOperationsResponseSchema: GenMessage<ListOperationsResponse> = 
  */
 export enum OperationKind {
   /**
-   * Not set.
+   * Not set; as a filter: any kind.
    *
    * @generated from enum value: OPERATION_KIND_UNSPECIFIED = 0;
    */
   UNSPECIFIED = 0,
 
   /**
-   * VmService.CreateVm.
+   * VmService.CreateVm. Target: the VM name.
    *
    * @generated from enum value: OPERATION_KIND_CREATE_VM = 1;
    */
   CREATE_VM = 1,
 
   /**
-   * VmService.StartVm.
+   * VmService.StartVm. Target: the VM name.
    *
    * @generated from enum value: OPERATION_KIND_START_VM = 2;
    */
   START_VM = 2,
 
   /**
-   * VmService.StopVm.
+   * VmService.StopVm. Target: the VM name.
    *
    * @generated from enum value: OPERATION_KIND_STOP_VM = 3;
    */
   STOP_VM = 3,
 
   /**
-   * VmService.RestartVm.
+   * VmService.RestartVm. Target: the VM name.
    *
    * @generated from enum value: OPERATION_KIND_RESTART_VM = 4;
    */
   RESTART_VM = 4,
 
   /**
-   * VmService.DeleteVm.
+   * VmService.DeleteVm. Target: the VM name.
    *
    * @generated from enum value: OPERATION_KIND_DELETE_VM = 5;
    */
   DELETE_VM = 5,
 
   /**
-   * ImageService.PullImage.
+   * ImageService.PullImage. Target: the image name. (A pull CreateVm needs
+   * runs inside the create, as its stage resolve-image with the layers'
+   * progress.)
    *
    * @generated from enum value: OPERATION_KIND_PULL_IMAGE = 6;
    */
   PULL_IMAGE = 6,
 
   /**
-   * ImageService.PromoteImage.
+   * ImageService.PromoteImage. Target: the new image's name.
    *
    * @generated from enum value: OPERATION_KIND_PROMOTE_IMAGE = 7;
    */
   PROMOTE_IMAGE = 7,
 
   /**
-   * KernelService.ImportKernel.
+   * KernelService.ImportKernel. Target: the kernel name.
    *
    * @generated from enum value: OPERATION_KIND_IMPORT_KERNEL = 8;
    */
   IMPORT_KERNEL = 8,
 
   /**
-   * KernelService.BuildInitramfs.
+   * KernelService.BuildInitramfs. Target: the kernel name.
    *
    * @generated from enum value: OPERATION_KIND_BUILD_INITRAMFS = 9;
    */
   BUILD_INITRAMFS = 9,
 
   /**
-   * WorkspaceService.PrepareWorkspace.
+   * WorkspaceService.PrepareWorkspace. Target: the VM name.
    *
    * @generated from enum value: OPERATION_KIND_PREPARE_WORKSPACE = 10;
    */
@@ -607,21 +682,22 @@ export const OperationKindSchema: GenEnum<OperationKind> = /*@__PURE__*/
  */
 export enum OperationState {
   /**
-   * Not set.
+   * Not set; never sent.
    *
    * @generated from enum value: OPERATION_STATE_UNSPECIFIED = 0;
    */
   UNSPECIFIED = 0,
 
   /**
-   * Accepted, waiting for a lock.
+   * Accepted, waiting for a lock (e.g. the VM's lifecycle lock another
+   * operation holds).
    *
    * @generated from enum value: OPERATION_STATE_PENDING = 1;
    */
   PENDING = 1,
 
   /**
-   * Working.
+   * Working (or unwinding after a failure or a cancel).
    *
    * @generated from enum value: OPERATION_STATE_RUNNING = 2;
    */
@@ -635,14 +711,16 @@ export enum OperationState {
   SUCCEEDED = 3,
 
   /**
-   * Failed; `error` says where and why. What it had made was unwound.
+   * Failed; `error` says where and why. What it had made was unwound
+   * (stages ROLLED_BACK), unless `error.cleanup_errors` says otherwise.
    *
    * @generated from enum value: OPERATION_STATE_FAILED = 4;
    */
   FAILED = 4,
 
   /**
-   * Cancelled by CancelOperation; what it had made was unwound.
+   * Cancelled by CancelOperation; what it had made was unwound. `error` has
+   * code "cancelled", reason CANCELLED.
    *
    * @generated from enum value: OPERATION_STATE_CANCELLED = 5;
    */
@@ -662,7 +740,7 @@ export const OperationStateSchema: GenEnum<OperationState> = /*@__PURE__*/
  */
 export enum StageState {
   /**
-   * Not set.
+   * Not set; never sent.
    *
    * @generated from enum value: STAGE_STATE_UNSPECIFIED = 0;
    */
@@ -697,14 +775,14 @@ export enum StageState {
   FAILED = 4,
 
   /**
-   * Not needed (e.g. the image was already local).
+   * Not needed (e.g. the image was already local, NAT not asked for).
    *
    * @generated from enum value: STAGE_STATE_SKIPPED = 5;
    */
   SKIPPED = 5,
 
   /**
-   * Finished, then undone because a later stage failed.
+   * Finished, then undone because a later stage failed or the operation was cancelled.
    *
    * @generated from enum value: STAGE_STATE_ROLLED_BACK = 6;
    */
@@ -718,10 +796,15 @@ export const StageStateSchema: GenEnum<StageState> = /*@__PURE__*/
   enumDesc(file_banger_v1_operation, 2);
 
 /**
- * Long work (creating a VM, pulling an image…) is an operation. Its id is the
- * op id of the call that began it, so it matches the `op_id` of every log line
- * in all three services. Operations are persisted: they can be looked up after
- * the orchestrator restarts. Closing a watching client never cancels one.
+ * Long work (creating a VM, pulling an image…) is an operation. The RPC that
+ * begins one returns it at once; its id is the op id of that call
+ * (`op-` + 12 lowercase hex digits, the `banger-op-id` header of the call and
+ * its response), so it matches the `op_id` of every log line in all three
+ * services. Operations are persisted: they can be looked up after the
+ * orchestrator restarts (one cut off by a restart ends FAILED with code
+ * "aborted" and reason INTERRUPTED). Closing a watching client never cancels
+ * one. Errors common to all: INVALID_ARGUMENT (INVALID_OP_ID) for an id not
+ * of the form above.
  *
  * @generated from service banger.v1.OperationService
  */
@@ -738,8 +821,11 @@ export const OperationService: GenService<{
   },
   /**
    * Streams the operation: its current state at once, then a snapshot after
-   * every change (stage started/ended, progress), until it ends; the last
-   * message has a final state. Errors: NOT_FOUND (OPERATION_NOT_FOUND).
+   * every change (stage started or ended, progress at most every 200 ms),
+   * until it ends; the last message has an ended state (SUCCEEDED, FAILED or
+   * CANCELLED) and the stream then closes with OK. Watching an ended
+   * operation sends one message. Closing the stream does not cancel the
+   * operation. Errors: NOT_FOUND (OPERATION_NOT_FOUND).
    *
    * @generated from rpc banger.v1.OperationService.WatchOperation
    */
@@ -749,9 +835,11 @@ export const OperationService: GenService<{
     output: typeof WatchOperationResponseSchema;
   },
   /**
-   * Asks a running operation to stop; it unwinds what it made and ends
-   * CANCELLED. Cancelling an ended operation is a no-op that returns it.
-   * Errors: NOT_FOUND (OPERATION_NOT_FOUND).
+   * Asks a running operation to stop: it stops at the next safe point,
+   * unwinds what it made in reverse order and ends CANCELLED. Returns at once
+   * with `cancel_requested` set (watch it to see the end). Cancelling an
+   * ended operation is a no-op that returns it unchanged. Errors: NOT_FOUND
+   * (OPERATION_NOT_FOUND).
    *
    * @generated from rpc banger.v1.OperationService.CancelOperation
    */
@@ -761,7 +849,8 @@ export const OperationService: GenService<{
     output: typeof CancelOperationResponseSchema;
   },
   /**
-   * Operations, newest first.
+   * Operations, newest first (by create_time). Errors: INVALID_ARGUMENT
+   * (INVALID_LIMIT) for a limit over 1000.
    *
    * @generated from rpc banger.v1.OperationService.ListOperations
    */

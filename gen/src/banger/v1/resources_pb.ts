@@ -22,15 +22,19 @@ export const file_banger_v1_resources: GenFile = /*@__PURE__*/
  */
 export type Vm = Message<"banger.v1.Vm"> & {
   /**
-   * Unique name, `^[a-z0-9][a-z0-9-]{0,31}$`; also its DNS name `<name>.vm`.
+   * Unique name, `^[a-z0-9][a-z0-9-]{0,31}$`; also its DNS name `<name>.vm`
+   * and the guest's hostname.
    *
    * @generated from field: string name = 1;
    */
   name: string;
 
   /**
-   * Stable internal id, derived once at create; host resources (tap, dm
-   * device, runtime directory) are named after it.
+   * Stable internal id, `^[a-z0-9][a-z0-9-]{0,31}$`, minted once at create
+   * and never reused; host resources are named after it (the tap
+   * `bgr-<11 hex of sha256(id)>`, the dm device `bgr-<id>-root`, the
+   * directories `<state>/vms/<id>` and `<runtime>/vms/<id>`). It is the
+   * `vm_id` of every banger.privileged.v1 call for this VM.
    *
    * @generated from field: string id = 2;
    */
@@ -58,14 +62,14 @@ export type Vm = Message<"banger.v1.Vm"> & {
   state: VmState;
 
   /**
-   * Virtual CPUs (1-32).
+   * Virtual CPUs, 1-32 (the running value; see pending_changes).
    *
    * @generated from field: uint32 vcpu = 6;
    */
   vcpu: number;
 
   /**
-   * Guest memory in MiB.
+   * Guest memory in MiB, 128-262144 (the running value; see pending_changes).
    *
    * @generated from field: uint32 memory_mib = 7;
    */
@@ -86,7 +90,8 @@ export type Vm = Message<"banger.v1.Vm"> & {
   guestIp: string;
 
   /**
-   * Guest MAC address, lowercase colon-separated.
+   * Guest MAC address: locally administered unicast, lowercase and
+   * colon-separated, e.g. "02:5a:3f:9a:2c:01"; unique per host.
    *
    * @generated from field: string mac = 10;
    */
@@ -107,21 +112,21 @@ export type Vm = Message<"banger.v1.Vm"> & {
   nat: boolean;
 
   /**
-   * Which VMM runs it.
+   * Which VMM runs it (never UNSPECIFIED once created).
    *
    * @generated from field: banger.v1.VmmKind vmm = 13;
    */
   vmm: VmmKind;
 
   /**
-   * Which root-disk strategy was used.
+   * Which root-disk strategy was used (never UNSPECIFIED once created).
    *
    * @generated from field: banger.v1.RootDiskStrategy root_disk_strategy = 14;
    */
   rootDiskStrategy: RootDiskStrategy;
 
   /**
-   * Pid of the VMM process while running, else 0.
+   * Pid of the VMM process while it runs, else 0.
    *
    * @generated from field: int32 pid = 15;
    */
@@ -142,14 +147,16 @@ export type Vm = Message<"banger.v1.Vm"> & {
   startTime?: Timestamp | undefined;
 
   /**
-   * The last failure (message and op id), empty when the last action succeeded.
+   * The last failure, as "<message> (<op id>)"; empty when the last
+   * lifecycle action succeeded.
    *
    * @generated from field: string last_error = 18;
    */
   lastError: string;
 
   /**
-   * Settings changed with SetVm that apply at the next start (e.g. "vcpu=2").
+   * Settings changed with SetVm that apply at the next start, "key=value"
+   * each (e.g. "vcpu=2", "memory_mib=2048"); empty when none are pending.
    *
    * @generated from field: repeated string pending_changes = 19;
    */
@@ -177,28 +184,29 @@ export type Image = Message<"banger.v1.Image"> & {
   name: string;
 
   /**
-   * The OCI reference it was pulled from ("debian:bookworm"), empty when registered from files.
+   * The OCI reference it was pulled from, fully qualified
+   * ("docker.io/library/debian:bookworm"); empty when registered or promoted.
    *
    * @generated from field: string reference = 2;
    */
   reference: string;
 
   /**
-   * Manifest digest ("sha256:…") it was built from, empty when registered from files.
+   * Manifest digest ("sha256:…") it was built from; empty when not pulled.
    *
    * @generated from field: string manifest_digest = 3;
    */
   manifestDigest: string;
 
   /**
-   * Platform it was built for, e.g. "linux/amd64".
+   * Platform it was built for, "os/arch[/variant]", e.g. "linux/amd64".
    *
    * @generated from field: string platform = 4;
    */
   platform: string;
 
   /**
-   * Size of the ext4 root filesystem image in bytes.
+   * Size of the ext4 root filesystem image in bytes (apparent size).
    *
    * @generated from field: uint64 rootfs_bytes = 5;
    */
@@ -233,7 +241,7 @@ export type Image = Message<"banger.v1.Image"> & {
   createTime?: Timestamp | undefined;
 
   /**
-   * Names of the VMs that use it (it cannot be deleted while any do).
+   * Names of the VMs that use it, sorted (it cannot be deleted while any do).
    *
    * @generated from field: repeated string used_by = 10;
    */
@@ -241,6 +249,7 @@ export type Image = Message<"banger.v1.Image"> & {
 
   /**
    * The image config: entrypoint, command, environment, user, working dir.
+   * Empty for registered images.
    *
    * @generated from field: banger.v1.ImageConfig config = 11;
    */
@@ -261,28 +270,28 @@ export const ImageSchema: GenMessage<Image> = /*@__PURE__*/
  */
 export type ImageConfig = Message<"banger.v1.ImageConfig"> & {
   /**
-   * ENTRYPOINT, as an argument vector.
+   * ENTRYPOINT, as an argument vector; empty when the image has none.
    *
    * @generated from field: repeated string entrypoint = 1;
    */
   entrypoint: string[];
 
   /**
-   * CMD, as an argument vector.
+   * CMD, as an argument vector; empty when the image has none.
    *
    * @generated from field: repeated string cmd = 2;
    */
   cmd: string[];
 
   /**
-   * Environment, "KEY=value" each.
+   * Environment, "KEY=value" each, in the image's order.
    *
    * @generated from field: repeated string env = 3;
    */
   env: string[];
 
   /**
-   * USER, e.g. "root" or "1000:1000"; empty = root.
+   * USER, e.g. "root", "app" or "1000:1000"; empty = root.
    *
    * @generated from field: string user = 4;
    */
@@ -324,7 +333,7 @@ export type Kernel = Message<"banger.v1.Kernel"> & {
   version: string;
 
   /**
-   * sha256 of the kernel file ("sha256:…").
+   * Digest of the kernel file as stored, "sha256:" + 64 hex.
    *
    * @generated from field: string kernel_sha256 = 3;
    */
@@ -359,7 +368,7 @@ export type Kernel = Message<"banger.v1.Kernel"> & {
   hasModules: boolean;
 
   /**
-   * Whether this is the host's default kernel.
+   * Whether this is the host's default kernel (at most one is).
    *
    * @generated from field: bool is_default = 8;
    */
@@ -373,7 +382,8 @@ export type Kernel = Message<"banger.v1.Kernel"> & {
   createTime?: Timestamp | undefined;
 
   /**
-   * Names of the images and VMs that use it (it cannot be deleted while any do).
+   * Names of the images and VMs that use it, sorted, images first as
+   * "image:<name>", then "vm:<name>" (it cannot be deleted while any do).
    *
    * @generated from field: repeated string used_by = 10;
    */
@@ -394,7 +404,7 @@ export const KernelSchema: GenMessage<Kernel> = /*@__PURE__*/
  */
 export enum VmState {
   /**
-   * Not set.
+   * Not set; as a filter: any state.
    *
    * @generated from enum value: VM_STATE_UNSPECIFIED = 0;
    */
@@ -436,7 +446,8 @@ export enum VmState {
   STOPPED = 5,
 
   /**
-   * A lifecycle action failed; see last_error. Delete or start it again.
+   * A lifecycle action failed and the VM is not running; see last_error.
+   * Start it again or delete it.
    *
    * @generated from enum value: VM_STATE_FAILED = 6;
    */
@@ -463,21 +474,21 @@ export const VmStateSchema: GenEnum<VmState> = /*@__PURE__*/
  */
 export enum VmmKind {
   /**
-   * Not set: the host's configured default.
+   * Not set: in requests, the host's configured VMM (`vmm` in the config file).
    *
    * @generated from enum value: VMM_KIND_UNSPECIFIED = 0;
    */
   UNSPECIFIED = 0,
 
   /**
-   * Firecracker (>= 1.8), driven through its API socket.
+   * Firecracker (>= 1.8), driven through its API socket. Needs /dev/kvm.
    *
    * @generated from enum value: VMM_KIND_FIRECRACKER = 1;
    */
   FIRECRACKER = 1,
 
   /**
-   * qemu-system-x86_64 -M microvm (KVM when usable, else TCG).
+   * qemu-system-x86_64 -M microvm, KVM when usable, else TCG; stopped through QMP.
    *
    * @generated from enum value: VMM_KIND_QEMU_MICROVM = 2;
    */
@@ -504,7 +515,8 @@ export enum RootDiskStrategy {
   UNSPECIFIED = 0,
 
   /**
-   * A device-mapper snapshot over a loop device of the image plus a COW file.
+   * A device-mapper snapshot over a read-only loop device of the image plus a
+   * COW file (made by the privileged helper).
    *
    * @generated from enum value: ROOT_DISK_STRATEGY_DM_SNAPSHOT = 1;
    */
@@ -531,28 +543,28 @@ export const RootDiskStrategySchema: GenEnum<RootDiskStrategy> = /*@__PURE__*/
  */
 export enum ImageSource {
   /**
-   * Not set.
+   * Not set; never sent.
    *
    * @generated from enum value: IMAGE_SOURCE_UNSPECIFIED = 0;
    */
   UNSPECIFIED = 0,
 
   /**
-   * Pulled from an OCI registry.
+   * Pulled from an OCI registry (ImageService.PullImage).
    *
    * @generated from enum value: IMAGE_SOURCE_PULLED = 1;
    */
   PULLED = 1,
 
   /**
-   * Registered from local files.
+   * Registered from local files (ImageService.RegisterImage).
    *
    * @generated from enum value: IMAGE_SOURCE_REGISTERED = 2;
    */
   REGISTERED = 2,
 
   /**
-   * Promoted from a stopped VM's disks.
+   * Promoted from a stopped VM's disks (ImageService.PromoteImage).
    *
    * @generated from enum value: IMAGE_SOURCE_PROMOTED = 3;
    */

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/v1/system.proto.
  */
 export const file_banger_v1_system: GenFile = /*@__PURE__*/
-  fileDesc("ChZiYW5nZXIvdjEvc3lzdGVtLnByb3RvEgliYW5nZXIudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCI/ChFHZXRTdGF0dXNSZXNwb25zZRIqCghzZXJ2aWNlcxgBIAMoCzIYLmJhbmdlci52MS5TZXJ2aWNlU3RhdHVzItUBCg1TZXJ2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSEQoJcmVhY2hhYmxlGAIgASgIEg4KBnNvY2tldBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEgsKA3BpZBgFIAEoBRILCgN1aWQYBiABKA0SCwoDZ2lkGAcgASgNEhUKDXByaXZpbGVnZXNfb2sYCCABKAgSGQoRcHJpdmlsZWdlc19kZXRhaWwYCSABKAkSEgoKZXJyb3JfY29kZRgKIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAsgASgJIg8KDURvY3RvclJlcXVlc3QibQoORG9jdG9yUmVzcG9uc2USJgoGY2hlY2tzGAEgAygLMhYuYmFuZ2VyLnYxLkRvY3RvckNoZWNrEgoKAm9rGAIgASgIEhoKEnJvb3RfZGlza19zdHJhdGVneRgDIAEoCRILCgN2bW0YBCABKAkidQoLRG9jdG9yQ2hlY2sSDAoEbmFtZRgBIAEoCRImCgZzdGF0dXMYAiABKA4yFi5iYW5nZXIudjEuQ2hlY2tTdGF0dXMSDgoGZGV0YWlsGAMgASgJEgwKBGhpbnQYBCABKAkSEgoKY2FwYWJpbGl0eRgFIAEoCSpuCgtDaGVja1N0YXR1cxIcChhDSEVDS19TVEFUVVNfVU5TUEVDSUZJRUQQABITCg9DSEVDS19TVEFUVVNfT0sQARIVChFDSEVDS19TVEFUVVNfV0FSThACEhUKEUNIRUNLX1NUQVRVU19GQUlMEAMylgEKDVN5c3RlbVNlcnZpY2USRgoJR2V0U3RhdHVzEhsuYmFuZ2VyLnYxLkdldFN0YXR1c1JlcXVlc3QaHC5iYW5nZXIudjEuR2V0U3RhdHVzUmVzcG9uc2USPQoGRG9jdG9yEhguYmFuZ2VyLnYxLkRvY3RvclJlcXVlc3QaGS5iYW5nZXIudjEuRG9jdG9yUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChZiYW5nZXIvdjEvc3lzdGVtLnByb3RvEgliYW5nZXIudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCI/ChFHZXRTdGF0dXNSZXNwb25zZRIqCghzZXJ2aWNlcxgBIAMoCzIYLmJhbmdlci52MS5TZXJ2aWNlU3RhdHVzItUBCg1TZXJ2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSEQoJcmVhY2hhYmxlGAIgASgIEg4KBnNvY2tldBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEgsKA3BpZBgFIAEoBRILCgN1aWQYBiABKA0SCwoDZ2lkGAcgASgNEhUKDXByaXZpbGVnZXNfb2sYCCABKAgSGQoRcHJpdmlsZWdlc19kZXRhaWwYCSABKAkSEgoKZXJyb3JfY29kZRgKIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAsgASgJIicKDURvY3RvclJlcXVlc3QSFgoOY2xpZW50X3ZlcnNpb24YASABKAkibQoORG9jdG9yUmVzcG9uc2USJgoGY2hlY2tzGAEgAygLMhYuYmFuZ2VyLnYxLkRvY3RvckNoZWNrEgoKAm9rGAIgASgIEhoKEnJvb3RfZGlza19zdHJhdGVneRgDIAEoCRILCgN2bW0YBCABKAkidQoLRG9jdG9yQ2hlY2sSDAoEbmFtZRgBIAEoCRImCgZzdGF0dXMYAiABKA4yFi5iYW5nZXIudjEuQ2hlY2tTdGF0dXMSDgoGZGV0YWlsGAMgASgJEgwKBGhpbnQYBCABKAkSEgoKY2FwYWJpbGl0eRgFIAEoCSpuCgtDaGVja1N0YXR1cxIcChhDSEVDS19TVEFUVVNfVU5TUEVDSUZJRUQQABITCg9DSEVDS19TVEFUVVNfT0sQARIVChFDSEVDS19TVEFUVVNfV0FSThACEhUKEUNIRUNLX1NUQVRVU19GQUlMEAMylgEKDVN5c3RlbVNlcnZpY2USRgoJR2V0U3RhdHVzEhsuYmFuZ2VyLnYxLkdldFN0YXR1c1JlcXVlc3QaHC5iYW5nZXIudjEuR2V0U3RhdHVzUmVzcG9uc2USPQoGRG9jdG9yEhguYmFuZ2VyLnYxLkRvY3RvclJlcXVlc3QaGS5iYW5nZXIudjEuRG9jdG9yUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * Request of GetStatus.
@@ -69,7 +69,7 @@ export type ServiceStatus = Message<"banger.v1.ServiceStatus"> & {
   reachable: boolean;
 
   /**
-   * Path of its Unix socket.
+   * Absolute path of its Unix socket, e.g. "/run/banger/privileged.sock".
    *
    * @generated from field: string socket = 3;
    */
@@ -90,14 +90,14 @@ export type ServiceStatus = Message<"banger.v1.ServiceStatus"> & {
   pid: number;
 
   /**
-   * The uid it runs as.
+   * The uid it runs as; 0 (with reachable = false) when unreachable.
    *
    * @generated from field: uint32 uid = 6;
    */
   uid: number;
 
   /**
-   * The gid it runs as.
+   * The gid it runs as; 0 (with reachable = false) when unreachable.
    *
    * @generated from field: uint32 gid = 7;
    */
@@ -105,29 +105,33 @@ export type ServiceStatus = Message<"banger.v1.ServiceStatus"> & {
 
   /**
    * Whether it runs with exactly the privileges it needs: the orchestrator as
-   * the owner (not root), the helper with its five capabilities, the puller
-   * with none.
+   * the owner (not root), the helper as root with exactly CAP_NET_ADMIN,
+   * CAP_SYS_ADMIN, CAP_CHOWN, CAP_SETUID and CAP_SETGID, the puller as an
+   * unprivileged user with no capabilities. False when unreachable.
    *
    * @generated from field: bool privileges_ok = 8;
    */
   privilegesOk: boolean;
 
   /**
-   * One line about its privileges, e.g. "missing CAP_NET_ADMIN".
+   * One line about its privileges, e.g. "missing CAP_NET_ADMIN"; empty when unreachable.
    *
    * @generated from field: string privileges_detail = 9;
    */
   privilegesDetail: string;
 
   /**
-   * gRPC code name (e.g. "unavailable") when not reachable.
+   * gRPC code name (e.g. "unavailable", "deadline_exceeded",
+   * "permission_denied" when the helper refuses the caller's uid) when not
+   * reachable; empty when reachable.
    *
    * @generated from field: string error_code = 10;
    */
   errorCode: string;
 
   /**
-   * Why it is not reachable; names the socket.
+   * Why it is not reachable, naming the socket (e.g. "no socket at
+   * /run/banger/image-puller.sock"); empty when reachable.
    *
    * @generated from field: string error_message = 11;
    */
@@ -147,6 +151,15 @@ export const ServiceStatusSchema: GenMessage<ServiceStatus> = /*@__PURE__*/
  * @generated from message banger.v1.DoctorRequest
  */
 export type DoctorRequest = Message<"banger.v1.DoctorRequest"> & {
+  /**
+   * The caller's own banger version (the CLI sends its own), e.g. "0.1.0".
+   * When set, the "service-versions" check fails for any service whose
+   * version differs; empty = that check only compares the services with
+   * each other.
+   *
+   * @generated from field: string client_version = 1;
+   */
+  clientVersion: string;
 };
 
 /**
@@ -163,28 +176,31 @@ export const DoctorRequestSchema: GenMessage<DoctorRequest> = /*@__PURE__*/
  */
 export type DoctorResponse = Message<"banger.v1.DoctorResponse"> & {
   /**
-   * Every check, in a stable order.
+   * Every check, in a stable order (core checks first, then each capability's).
    *
    * @generated from field: repeated banger.v1.DoctorCheck checks = 1;
    */
   checks: DoctorCheck[];
 
   /**
-   * False when any check FAILed (the CLI then exits 1).
+   * False when any check is CHECK_STATUS_FAIL (the CLI then exits 1); WARN
+   * alone keeps it true.
    *
    * @generated from field: bool ok = 2;
    */
   ok: boolean;
 
   /**
-   * Root-disk strategy this host will use, and why.
+   * Root-disk strategy this host will use, and why, e.g.
+   * "dm-snapshot (device-mapper present)" or "clone (no /dev/mapper/control)".
    *
    * @generated from field: string root_disk_strategy = 3;
    */
   rootDiskStrategy: string;
 
   /**
-   * VMM this host will use, and why.
+   * VMM this host will use, and why, e.g. "qemu-microvm (configured; TCG:
+   * /dev/kvm absent)".
    *
    * @generated from field: string vmm = 4;
    */
@@ -205,7 +221,8 @@ export const DoctorResponseSchema: GenMessage<DoctorResponse> = /*@__PURE__*/
  */
 export type DoctorCheck = Message<"banger.v1.DoctorCheck"> & {
   /**
-   * Stable kebab-case id, e.g. "kvm", "vmm-version", "helper-privileges".
+   * Stable kebab-case id, e.g. "kvm", "vmm-version", "helper-privileges",
+   * "ip-forwarding", "state-dir-space".
    *
    * @generated from field: string name = 1;
    */
@@ -219,21 +236,22 @@ export type DoctorCheck = Message<"banger.v1.DoctorCheck"> & {
   status: CheckStatus;
 
   /**
-   * What was found, one line.
+   * What was found, one line, e.g. "firecracker 1.9.1 at /usr/bin/firecracker".
    *
    * @generated from field: string detail = 3;
    */
   detail: string;
 
   /**
-   * What to do about it, one line; empty when OK.
+   * What to do about it, one line (often a command); empty when OK.
    *
    * @generated from field: string hint = 4;
    */
   hint: string;
 
   /**
-   * The capability (feature) the check belongs to, e.g. "nat"; empty for core checks.
+   * The capability (feature) the check belongs to, e.g. "nat", "dns",
+   * "work-disk"; empty for core checks.
    *
    * @generated from field: string capability = 5;
    */
@@ -254,7 +272,7 @@ export const DoctorCheckSchema: GenMessage<DoctorCheck> = /*@__PURE__*/
  */
 export enum CheckStatus {
   /**
-   * Not set.
+   * Not set; never sent.
    *
    * @generated from enum value: CHECK_STATUS_UNSPECIFIED = 0;
    */
@@ -268,14 +286,15 @@ export enum CheckStatus {
   OK = 1,
 
   /**
-   * Works, but not as well as it could (e.g. no KVM: QEMU falls back to TCG).
+   * Works, but not as well as it could (e.g. no KVM: QEMU falls back to TCG;
+   * no device-mapper: root disks are full clones).
    *
    * @generated from enum value: CHECK_STATUS_WARN = 2;
    */
   WARN = 2,
 
   /**
-   * banger cannot work until this is fixed.
+   * banger (or the capability named) cannot work until this is fixed.
    *
    * @generated from enum value: CHECK_STATUS_FAIL = 3;
    */
@@ -290,6 +309,8 @@ export const CheckStatusSchema: GenEnum<CheckStatus> = /*@__PURE__*/
 
 /**
  * The health of banger itself: its three services and the host it runs on.
+ * Both calls answer even when the other two services are down: what cannot be
+ * reached is reported in the response, not as an error of the call.
  *
  * @generated from service banger.v1.SystemService
  */
@@ -297,8 +318,10 @@ export const SystemService: GenService<{
   /**
    * The status of all three services: the orchestrator's own, then the
    * privileged helper's and the image puller's, each asked over its socket
-   * with this call's op id and deadline. An unreachable service is reported
-   * in its entry (reachable = false), not as an error of this call.
+   * (GetVersion) with this call's op id and deadline. An unreachable service
+   * is reported in its entry (reachable = false, error_code, error_message),
+   * not as an error of this call. Errors: none of its own beyond the usual
+   * transport ones (DEADLINE_EXCEEDED, CANCELLED).
    *
    * @generated from rpc banger.v1.SystemService.GetStatus
    */
@@ -308,10 +331,16 @@ export const SystemService: GenService<{
     output: typeof GetStatusResponseSchema;
   },
   /**
-   * Checks the host and banger's setup (KVM, VMM binary and version, the
-   * services and their privileges, host features, e2fsprogs tools, IP
-   * forwarding, bridge, default image and kernel, SSH key, free space, each
-   * capability's checks) and says what is missing, each with a hint.
+   * Checks the host and banger's setup and says what is missing, each with a
+   * one-line hint: /dev/kvm access for the owner, the VMM binary and its
+   * version (Firecracker >= 1.8, or qemu-system-x86_64), each service
+   * reachable and its version matching `client_version`, the helper's
+   * privileges and host features (tun, bridge, nftables, loop, device-mapper
+   * and so the root-disk strategy, systemd-resolved), mkfs.ext4 / debugfs /
+   * e2fsck / e2cp present, IP forwarding, the bridge, the default image and
+   * kernel (local or pullable from the catalog), the SSH key, free space in
+   * the state directory, then every capability's own checks (work disk, DNS,
+   * NAT…). Failing checks are results (ok = false), not an error of the call.
    *
    * @generated from rpc banger.v1.SystemService.Doctor
    */

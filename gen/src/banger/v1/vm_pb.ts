@@ -16,10 +16,11 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/v1/vm.proto.
  */
 export const file_banger_v1_vm: GenFile = /*@__PURE__*/
-  fileDesc("ChJiYW5nZXIvdjEvdm0ucHJvdG8SCWJhbmdlci52MSK8AQoPQ3JlYXRlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFaW1hZ2UYAiABKAkSDgoGa2VybmVsGAMgASgJEgwKBHZjcHUYBCABKA0SEgoKbWVtb3J5X21pYhgFIAEoDRIVCg13b3JrX2Rpc2tfbWliGAYgASgEEgsKA25hdBgHIAEoCBIfCgN2bW0YCCABKA4yEi5iYW5nZXIudjEuVm1tS2luZBIVCg1za2lwX3NzaF93YWl0GAkgASgIIjsKEENyZWF0ZVZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiIeCg5TdGFydFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJIjoKD1N0YXJ0Vm1SZXNwb25zZRInCglvcGVyYXRpb24YASABKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uIlgKDVN0b3BWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIqCgd0aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBWZvcmNlGAMgASgIIjkKDlN0b3BWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iTAoQUmVzdGFydFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iPAoRUmVzdGFydFZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiIfCg9EZWxldGVWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCSI7ChBEZWxldGVWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iqAEKDFNldFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKBHZjcHUYAiABKA1IAIgBARIXCgptZW1vcnlfbWliGAMgASgNSAGIAQESGgoNd29ya19kaXNrX21pYhgEIAEoBEgCiAEBEhAKA25hdBgFIAEoCEgDiAEBQgcKBV92Y3B1Qg0KC19tZW1vcnlfbWliQhAKDl93b3JrX2Rpc2tfbWliQgYKBF9uYXQiKgoNU2V0Vm1SZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSIzCg5MaXN0Vm1zUmVxdWVzdBIhCgVzdGF0ZRgBIAEoDjISLmJhbmdlci52MS5WbVN0YXRlIi0KD0xpc3RWbXNSZXNwb25zZRIaCgN2bXMYASADKAsyDS5iYW5nZXIudjEuVm0iHAoMR2V0Vm1SZXF1ZXN0EgwKBG5hbWUYASABKAkiKgoNR2V0Vm1SZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSJpCg1WbUxvZ3NSZXF1ZXN0EgwKBG5hbWUYASABKAkSJgoGc291cmNlGAIgASgOMhYuYmFuZ2VyLnYxLlZtTG9nU291cmNlEhIKCnRhaWxfbGluZXMYAyABKA0SDgoGZm9sbG93GAQgASgIIh4KDlZtTG9nc1Jlc3BvbnNlEgwKBGRhdGEYASABKAwiHgoOVm1TdGF0c1JlcXVlc3QSDAoEbmFtZRgBIAEoCSL+AQoPVm1TdGF0c1Jlc3BvbnNlEigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGNwdV90aW1lGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC2NwdV9wZXJjZW50GAMgASgBEhgKEG1lbW9yeV9yc3NfYnl0ZXMYBCABKAQSHAoUcm9vdF9kaXNrX3VzZWRfYnl0ZXMYBSABKAQSHAoUd29ya19kaXNrX3VzZWRfYnl0ZXMYBiABKAQSKQoGdXB0aW1lGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIh4KDlZtUG9ydHNSZXF1ZXN0EgwKBG5hbWUYASABKAkiOgoPVm1Qb3J0c1Jlc3BvbnNlEicKBXBvcnRzGAEgAygLMhguYmFuZ2VyLnYxLkxpc3RlbmluZ1BvcnQiUQoNTGlzdGVuaW5nUG9ydBIQCghwcm90b2NvbBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEgwKBHBvcnQYAyABKA0SDwoHcHJvY2VzcxgEIAEoCSpeCgtWbUxvZ1NvdXJjZRIdChlWTV9MT0dfU09VUkNFX1VOU1BFQ0lGSUVEEAASGQoVVk1fTE9HX1NPVVJDRV9DT05TT0xFEAESFQoRVk1fTE9HX1NPVVJDRV9WTU0QAjLdBQoJVm1TZXJ2aWNlEkMKCENyZWF0ZVZtEhouYmFuZ2VyLnYxLkNyZWF0ZVZtUmVxdWVzdBobLmJhbmdlci52MS5DcmVhdGVWbVJlc3BvbnNlEkAKB1N0YXJ0Vm0SGS5iYW5nZXIudjEuU3RhcnRWbVJlcXVlc3QaGi5iYW5nZXIudjEuU3RhcnRWbVJlc3BvbnNlEj0KBlN0b3BWbRIYLmJhbmdlci52MS5TdG9wVm1SZXF1ZXN0GhkuYmFuZ2VyLnYxLlN0b3BWbVJlc3BvbnNlEkYKCVJlc3RhcnRWbRIbLmJhbmdlci52MS5SZXN0YXJ0Vm1SZXF1ZXN0GhwuYmFuZ2VyLnYxLlJlc3RhcnRWbVJlc3BvbnNlEkMKCERlbGV0ZVZtEhouYmFuZ2VyLnYxLkRlbGV0ZVZtUmVxdWVzdBobLmJhbmdlci52MS5EZWxldGVWbVJlc3BvbnNlEjoKBVNldFZtEhcuYmFuZ2VyLnYxLlNldFZtUmVxdWVzdBoYLmJhbmdlci52MS5TZXRWbVJlc3BvbnNlEkAKB0xpc3RWbXMSGS5iYW5nZXIudjEuTGlzdFZtc1JlcXVlc3QaGi5iYW5nZXIudjEuTGlzdFZtc1Jlc3BvbnNlEjoKBUdldFZtEhcuYmFuZ2VyLnYxLkdldFZtUmVxdWVzdBoYLmJhbmdlci52MS5HZXRWbVJlc3BvbnNlEj8KBlZtTG9ncxIYLmJhbmdlci52MS5WbUxvZ3NSZXF1ZXN0GhkuYmFuZ2VyLnYxLlZtTG9nc1Jlc3BvbnNlMAESQAoHVm1TdGF0cxIZLmJhbmdlci52MS5WbVN0YXRzUmVxdWVzdBoaLmJhbmdlci52MS5WbVN0YXRzUmVzcG9uc2USQAoHVm1Qb3J0cxIZLmJhbmdlci52MS5WbVBvcnRzUmVxdWVzdBoaLmJhbmdlci52MS5WbVBvcnRzUmVzcG9uc2ViBnByb3RvMw", [file_banger_v1_operation, file_banger_v1_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChJiYW5nZXIvdjEvdm0ucHJvdG8SCWJhbmdlci52MSLsAQoPQ3JlYXRlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFaW1hZ2UYAiABKAkSDgoGa2VybmVsGAMgASgJEgwKBHZjcHUYBCABKA0SEgoKbWVtb3J5X21pYhgFIAEoDRIVCg13b3JrX2Rpc2tfbWliGAYgASgEEgsKA25hdBgHIAEoCBIfCgN2bW0YCCABKA4yEi5iYW5nZXIudjEuVm1tS2luZBIVCg1za2lwX3NzaF93YWl0GAkgASgIEi4KC3NzaF90aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjsKEENyZWF0ZVZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJOCg5TdGFydFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEi4KC3NzaF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjoKD1N0YXJ0Vm1SZXNwb25zZRInCglvcGVyYXRpb24YASABKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uIlgKDVN0b3BWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIqCgd0aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBWZvcmNlGAMgASgIIjkKDlN0b3BWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iWwoQUmVzdGFydFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFZm9yY2UYAyABKAgiPAoRUmVzdGFydFZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiIfCg9EZWxldGVWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCSJMChBEZWxldGVWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24SDwoHZXhpc3RlZBgCIAEoCCKoAQoMU2V0Vm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoEdmNwdRgCIAEoDUgAiAEBEhcKCm1lbW9yeV9taWIYAyABKA1IAYgBARIaCg13b3JrX2Rpc2tfbWliGAQgASgESAKIAQESEAoDbmF0GAUgASgISAOIAQFCBwoFX3ZjcHVCDQoLX21lbW9yeV9taWJCEAoOX3dvcmtfZGlza19taWJCBgoEX25hdCIqCg1TZXRWbVJlc3BvbnNlEhkKAnZtGAEgASgLMg0uYmFuZ2VyLnYxLlZtIjMKDkxpc3RWbXNSZXF1ZXN0EiEKBXN0YXRlGAEgASgOMhIuYmFuZ2VyLnYxLlZtU3RhdGUiLQoPTGlzdFZtc1Jlc3BvbnNlEhoKA3ZtcxgBIAMoCzINLmJhbmdlci52MS5WbSIcCgxHZXRWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIqCg1HZXRWbVJlc3BvbnNlEhkKAnZtGAEgASgLMg0uYmFuZ2VyLnYxLlZtImkKDVZtTG9nc1JlcXVlc3QSDAoEbmFtZRgBIAEoCRImCgZzb3VyY2UYAiABKA4yFi5iYW5nZXIudjEuVm1Mb2dTb3VyY2USEgoKdGFpbF9saW5lcxgDIAEoDRIOCgZmb2xsb3cYBCABKAgiHgoOVm1Mb2dzUmVzcG9uc2USDAoEZGF0YRgBIAEoDCIeCg5WbVN0YXRzUmVxdWVzdBIMCgRuYW1lGAEgASgJIv4BCg9WbVN0YXRzUmVzcG9uc2USKAoEdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoIY3B1X3RpbWUYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEwoLY3B1X3BlcmNlbnQYAyABKAESGAoQbWVtb3J5X3Jzc19ieXRlcxgEIAEoBBIcChRyb290X2Rpc2tfdXNlZF9ieXRlcxgFIAEoBBIcChR3b3JrX2Rpc2tfdXNlZF9ieXRlcxgGIAEoBBIpCgZ1cHRpbWUYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iHgoOVm1Qb3J0c1JlcXVlc3QSDAoEbmFtZRgBIAEoCSI6Cg9WbVBvcnRzUmVzcG9uc2USJwoFcG9ydHMYASADKAsyGC5iYW5nZXIudjEuTGlzdGVuaW5nUG9ydCJRCg1MaXN0ZW5pbmdQb3J0EhAKCHByb3RvY29sGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSDAoEcG9ydBgDIAEoDRIPCgdwcm9jZXNzGAQgASgJIiIKElZtU3NoVGFyZ2V0UmVxdWVzdBIMCgRuYW1lGAEgASgJIpoBChNWbVNzaFRhcmdldFJlc3BvbnNlEgwKBGhvc3QYASABKAkSDAoEcG9ydBgCIAEoDRIMCgR1c2VyGAMgASgJEhUKDWlkZW50aXR5X2ZpbGUYBCABKAkSGAoQa25vd25faG9zdHNfZmlsZRgFIAEoCRIWCg5ob3N0X2tleV9hbGlhcxgGIAEoCRIQCghzc2hfYXJndhgHIAMoCSpeCgtWbUxvZ1NvdXJjZRIdChlWTV9MT0dfU09VUkNFX1VOU1BFQ0lGSUVEEAASGQoVVk1fTE9HX1NPVVJDRV9DT05TT0xFEAESFQoRVk1fTE9HX1NPVVJDRV9WTU0QAjKrBgoJVm1TZXJ2aWNlEkMKCENyZWF0ZVZtEhouYmFuZ2VyLnYxLkNyZWF0ZVZtUmVxdWVzdBobLmJhbmdlci52MS5DcmVhdGVWbVJlc3BvbnNlEkAKB1N0YXJ0Vm0SGS5iYW5nZXIudjEuU3RhcnRWbVJlcXVlc3QaGi5iYW5nZXIudjEuU3RhcnRWbVJlc3BvbnNlEj0KBlN0b3BWbRIYLmJhbmdlci52MS5TdG9wVm1SZXF1ZXN0GhkuYmFuZ2VyLnYxLlN0b3BWbVJlc3BvbnNlEkYKCVJlc3RhcnRWbRIbLmJhbmdlci52MS5SZXN0YXJ0Vm1SZXF1ZXN0GhwuYmFuZ2VyLnYxLlJlc3RhcnRWbVJlc3BvbnNlEkMKCERlbGV0ZVZtEhouYmFuZ2VyLnYxLkRlbGV0ZVZtUmVxdWVzdBobLmJhbmdlci52MS5EZWxldGVWbVJlc3BvbnNlEjoKBVNldFZtEhcuYmFuZ2VyLnYxLlNldFZtUmVxdWVzdBoYLmJhbmdlci52MS5TZXRWbVJlc3BvbnNlEkAKB0xpc3RWbXMSGS5iYW5nZXIudjEuTGlzdFZtc1JlcXVlc3QaGi5iYW5nZXIudjEuTGlzdFZtc1Jlc3BvbnNlEjoKBUdldFZtEhcuYmFuZ2VyLnYxLkdldFZtUmVxdWVzdBoYLmJhbmdlci52MS5HZXRWbVJlc3BvbnNlEj8KBlZtTG9ncxIYLmJhbmdlci52MS5WbUxvZ3NSZXF1ZXN0GhkuYmFuZ2VyLnYxLlZtTG9nc1Jlc3BvbnNlMAESQAoHVm1TdGF0cxIZLmJhbmdlci52MS5WbVN0YXRzUmVxdWVzdBoaLmJhbmdlci52MS5WbVN0YXRzUmVzcG9uc2USQAoHVm1Qb3J0cxIZLmJhbmdlci52MS5WbVBvcnRzUmVxdWVzdBoaLmJhbmdlci52MS5WbVBvcnRzUmVzcG9uc2USTAoLVm1Tc2hUYXJnZXQSHS5iYW5nZXIudjEuVm1Tc2hUYXJnZXRSZXF1ZXN0Gh4uYmFuZ2VyLnYxLlZtU3NoVGFyZ2V0UmVzcG9uc2ViBnByb3RvMw", [file_banger_v1_operation, file_banger_v1_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
- * Request of CreateVm.
+ * Request of CreateVm. Zero values take the configured defaults (the config
+ * file in the owner's config directory).
  *
  * @generated from message banger.v1.CreateVmRequest
  */
@@ -32,35 +33,37 @@ export type CreateVmRequest = Message<"banger.v1.CreateVmRequest"> & {
   name: string;
 
   /**
-   * Image name, or a catalog name ("debian") pulled on first use; empty = configured default.
+   * Local image name, or a catalog name ("debian") pulled on first use
+   * (the pull appears as stage resolve-image); empty = configured default image.
    *
    * @generated from field: string image = 2;
    */
   image: string;
 
   /**
-   * Kernel name; empty = the image's default, else the host default.
+   * Kernel name; empty = the image's default kernel, else the host default.
    *
    * @generated from field: string kernel = 3;
    */
   kernel: string;
 
   /**
-   * Virtual CPUs, 1-32; 0 = configured default.
+   * Virtual CPUs, 1-32; 0 = the configured default.
    *
    * @generated from field: uint32 vcpu = 4;
    */
   vcpu: number;
 
   /**
-   * Memory in MiB, 128-262144; 0 = configured default.
+   * Memory in MiB, 128-262144; 0 = the configured default.
    *
    * @generated from field: uint32 memory_mib = 5;
    */
   memoryMib: number;
 
   /**
-   * Work disk size in MiB (at least the image's work seed); 0 = configured default.
+   * Work disk size in MiB, at least the image's work seed; 0 = the
+   * configured default. The file is sparse: it uses only what the guest writes.
    *
    * @generated from field: uint64 work_disk_mib = 6;
    */
@@ -81,11 +84,19 @@ export type CreateVmRequest = Message<"banger.v1.CreateVmRequest"> & {
   vmm: VmmKind;
 
   /**
-   * Do not wait for the guest's SSH before the operation succeeds.
+   * Succeed once the VMM has started, without waiting for the guest's SSH
+   * (stage wait-ssh is SKIPPED and the VM stays STARTING until it answers).
    *
    * @generated from field: bool skip_ssh_wait = 9;
    */
   skipSshWait: boolean;
+
+  /**
+   * How long stage wait-ssh waits for the guest's SSH; unset = 60 s.
+   *
+   * @generated from field: google.protobuf.Duration ssh_timeout = 10;
+   */
+  sshTimeout?: Duration | undefined;
 };
 
 /**
@@ -102,7 +113,8 @@ export const CreateVmRequestSchema: GenMessage<CreateVmRequest> = /*@__PURE__*/
  */
 export type CreateVmResponse = Message<"banger.v1.CreateVmResponse"> & {
   /**
-   * The create operation, just begun; its result is the Vm.
+   * The create operation, just begun (PENDING or RUNNING); its result is the
+   * Vm. `banger vm create --no-wait` prints its id and returns.
    *
    * @generated from field: banger.v1.Operation operation = 1;
    */
@@ -128,6 +140,13 @@ export type StartVmRequest = Message<"banger.v1.StartVmRequest"> & {
    * @generated from field: string name = 1;
    */
   name: string;
+
+  /**
+   * How long to wait for the guest's SSH; unset = 60 s.
+   *
+   * @generated from field: google.protobuf.Duration ssh_timeout = 2;
+   */
+  sshTimeout?: Duration | undefined;
 };
 
 /**
@@ -233,6 +252,13 @@ export type RestartVmRequest = Message<"banger.v1.RestartVmRequest"> & {
    * @generated from field: google.protobuf.Duration timeout = 2;
    */
   timeout?: Duration | undefined;
+
+  /**
+   * Kill at once instead of a graceful shutdown, as in StopVm.
+   *
+   * @generated from field: bool force = 3;
+   */
+  force: boolean;
 };
 
 /**
@@ -291,11 +317,19 @@ export const DeleteVmRequestSchema: GenMessage<DeleteVmRequest> = /*@__PURE__*/
  */
 export type DeleteVmResponse = Message<"banger.v1.DeleteVmResponse"> & {
   /**
-   * The delete operation.
+   * The delete operation; it has no result.
    *
    * @generated from field: banger.v1.Operation operation = 1;
    */
   operation?: Operation | undefined;
+
+  /**
+   * Whether a VM of that name existed. False: nothing was done and the
+   * operation is already SUCCEEDED.
+   *
+   * @generated from field: bool existed = 2;
+   */
+  existed: boolean;
 };
 
 /**
@@ -319,21 +353,22 @@ export type SetVmRequest = Message<"banger.v1.SetVmRequest"> & {
   name: string;
 
   /**
-   * New vcpu count, 1-32 (applied at next start).
+   * New vcpu count, 1-32 (applied at the next start).
    *
    * @generated from field: optional uint32 vcpu = 2;
    */
   vcpu?: number | undefined;
 
   /**
-   * New memory in MiB (applied at next start).
+   * New memory in MiB, 128-262144 (applied at the next start).
    *
    * @generated from field: optional uint32 memory_mib = 3;
    */
   memoryMib?: number | undefined;
 
   /**
-   * New work disk size in MiB; may only grow.
+   * New work disk size in MiB; may only grow (at once when stopped, else at
+   * the next start).
    *
    * @generated from field: optional uint64 work_disk_mib = 4;
    */
@@ -361,7 +396,7 @@ export const SetVmRequestSchema: GenMessage<SetVmRequest> = /*@__PURE__*/
  */
 export type SetVmResponse = Message<"banger.v1.SetVmResponse"> & {
   /**
-   * The VM after the change.
+   * The VM after the change (pending_changes lists what waits for a start).
    *
    * @generated from field: banger.v1.Vm vm = 1;
    */
@@ -473,7 +508,7 @@ export type VmLogsRequest = Message<"banger.v1.VmLogsRequest"> & {
   name: string;
 
   /**
-   * Which log.
+   * Which log; UNSPECIFIED = the guest console.
    *
    * @generated from field: banger.v1.VmLogSource source = 2;
    */
@@ -487,7 +522,7 @@ export type VmLogsRequest = Message<"banger.v1.VmLogsRequest"> & {
   tailLines: number;
 
   /**
-   * Keep streaming new lines until the client cancels or the VM is deleted.
+   * Keep streaming new output until the client cancels or the VM is deleted.
    *
    * @generated from field: bool follow = 4;
    */
@@ -508,7 +543,8 @@ export const VmLogsRequestSchema: GenMessage<VmLogsRequest> = /*@__PURE__*/
  */
 export type VmLogsResponse = Message<"banger.v1.VmLogsResponse"> & {
   /**
-   * Raw bytes of the log, in order; chunks end at line boundaries when possible.
+   * Raw bytes of the log, in order (not necessarily UTF-8); chunks end at
+   * line boundaries when possible, at most 64 KiB each.
    *
    * @generated from field: bytes data = 1;
    */
@@ -544,7 +580,7 @@ export const VmStatsRequestSchema: GenMessage<VmStatsRequest> = /*@__PURE__*/
   messageDesc(file_banger_v1_vm, 18);
 
 /**
- * Response of VmStats. Errors: FAILED_PRECONDITION (VM_NOT_RUNNING).
+ * Response of VmStats.
  *
  * @generated from message banger.v1.VmStatsResponse
  */
@@ -557,28 +593,30 @@ export type VmStatsResponse = Message<"banger.v1.VmStatsResponse"> & {
   time?: Timestamp | undefined;
 
   /**
-   * CPU time the VMM used since it started.
+   * CPU time (user + system) the VMM process used since it started.
    *
    * @generated from field: google.protobuf.Duration cpu_time = 2;
    */
   cpuTime?: Duration | undefined;
 
   /**
-   * CPU use over the last second, in percent of one core.
+   * CPU use over the last second, in percent of one core (up to 100 × vcpu).
    *
    * @generated from field: double cpu_percent = 3;
    */
   cpuPercent: number;
 
   /**
-   * Resident memory of the VMM process in bytes.
+   * Resident memory of the VMM process in bytes (guest memory it touched
+   * plus the VMM's own).
    *
    * @generated from field: uint64 memory_rss_bytes = 4;
    */
   memoryRssBytes: bigint;
 
   /**
-   * Bytes the root disk's copy-on-write layer uses on the host.
+   * Bytes the root disk's copy-on-write layer (COW file or clone) uses on
+   * the host (allocated, not apparent size).
    *
    * @generated from field: uint64 root_disk_used_bytes = 5;
    */
@@ -592,7 +630,7 @@ export type VmStatsResponse = Message<"banger.v1.VmStatsResponse"> & {
   workDiskUsedBytes: bigint;
 
   /**
-   * How long the VM has run.
+   * How long the VM has run since its last start.
    *
    * @generated from field: google.protobuf.Duration uptime = 7;
    */
@@ -628,13 +666,13 @@ export const VmPortsRequestSchema: GenMessage<VmPortsRequest> = /*@__PURE__*/
   messageDesc(file_banger_v1_vm, 20);
 
 /**
- * Response of VmPorts. Errors: FAILED_PRECONDITION (VM_NOT_RUNNING).
+ * Response of VmPorts.
  *
  * @generated from message banger.v1.VmPortsResponse
  */
 export type VmPortsResponse = Message<"banger.v1.VmPortsResponse"> & {
   /**
-   * Listening sockets, sorted by port.
+   * Listening sockets, sorted by port, then protocol.
    *
    * @generated from field: repeated banger.v1.ListeningPort ports = 1;
    */
@@ -662,21 +700,21 @@ export type ListeningPort = Message<"banger.v1.ListeningPort"> & {
   protocol: string;
 
   /**
-   * Local address, e.g. "0.0.0.0" or "127.0.0.1".
+   * Local address, e.g. "0.0.0.0", "127.0.0.1" or "::".
    *
    * @generated from field: string address = 2;
    */
   address: string;
 
   /**
-   * Port number.
+   * Port number, 1-65535.
    *
    * @generated from field: uint32 port = 3;
    */
   port: number;
 
   /**
-   * Process name, when the guest tells it.
+   * Process name, e.g. "sshd", when the guest tells it; else empty.
    *
    * @generated from field: string process = 4;
    */
@@ -689,6 +727,95 @@ export type ListeningPort = Message<"banger.v1.ListeningPort"> & {
  */
 export const ListeningPortSchema: GenMessage<ListeningPort> = /*@__PURE__*/
   messageDesc(file_banger_v1_vm, 22);
+
+/**
+ * Request of VmSshTarget.
+ *
+ * @generated from message banger.v1.VmSshTargetRequest
+ */
+export type VmSshTargetRequest = Message<"banger.v1.VmSshTargetRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message banger.v1.VmSshTargetRequest.
+ * Use `create(VmSshTargetRequestSchema)` to create a new message.
+ */
+export const VmSshTargetRequestSchema: GenMessage<VmSshTargetRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 23);
+
+/**
+ * Response of VmSshTarget.
+ *
+ * @generated from message banger.v1.VmSshTargetResponse
+ */
+export type VmSshTargetResponse = Message<"banger.v1.VmSshTargetResponse"> & {
+  /**
+   * Address to connect to: the guest IP, e.g. "172.30.0.12".
+   *
+   * @generated from field: string host = 1;
+   */
+  host: string;
+
+  /**
+   * TCP port, 22.
+   *
+   * @generated from field: uint32 port = 2;
+   */
+  port: number;
+
+  /**
+   * User to log in as, "root".
+   *
+   * @generated from field: string user = 3;
+   */
+  user: string;
+
+  /**
+   * Absolute path of banger's private key for guests (ed25519, mode 0600,
+   * in the owner's config directory).
+   *
+   * @generated from field: string identity_file = 4;
+   */
+  identityFile: string;
+
+  /**
+   * Absolute path of banger's known_hosts file holding the VM's pinned host key.
+   *
+   * @generated from field: string known_hosts_file = 5;
+   */
+  knownHostsFile: string;
+
+  /**
+   * The name the host key is pinned under (HostKeyAlias), "<name>.vm".
+   *
+   * @generated from field: string host_key_alias = 6;
+   */
+  hostKeyAlias: string;
+
+  /**
+   * A complete argument vector for the system client, options and
+   * destination included, e.g. ["ssh", "-i", "…/id_ed25519", "-o",
+   * "IdentitiesOnly=yes", "-o", "UserKnownHostsFile=…", "-o",
+   * "StrictHostKeyChecking=yes", "-o", "HostKeyAlias=box.vm", "-p", "22",
+   * "root@172.30.0.12"]. Append a remote command to run one.
+   *
+   * @generated from field: repeated string ssh_argv = 7;
+   */
+  sshArgv: string[];
+};
+
+/**
+ * Describes the message banger.v1.VmSshTargetResponse.
+ * Use `create(VmSshTargetResponseSchema)` to create a new message.
+ */
+export const VmSshTargetResponseSchema: GenMessage<VmSshTargetResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 24);
 
 /**
  * Which log of a VM.
@@ -704,14 +831,14 @@ export enum VmLogSource {
   UNSPECIFIED = 0,
 
   /**
-   * The guest's serial console.
+   * The guest's serial console (kernel messages, init, getty).
    *
    * @generated from enum value: VM_LOG_SOURCE_CONSOLE = 1;
    */
   CONSOLE = 1,
 
   /**
-   * The VMM's own log.
+   * The VMM's own log (Firecracker's log file, QEMU's stderr).
    *
    * @generated from enum value: VM_LOG_SOURCE_VMM = 2;
    */
@@ -726,22 +853,36 @@ export const VmLogSourceSchema: GenEnum<VmLogSource> = /*@__PURE__*/
 
 /**
  * The lifecycle of microVMs. VMs are named by `name`
- * (`^[a-z0-9][a-z0-9-]{0,31}$`). Lifecycle calls return an Operation at once
- * (its id is the call's op id): watch it with OperationService.WatchOperation.
- * Common errors: NOT_FOUND (VM_NOT_FOUND), INVALID_ARGUMENT (INVALID_VM_NAME…),
- * FAILED_PRECONDITION (VM_NOT_RUNNING, VM_RUNNING, VM_BUSY),
- * UNAVAILABLE (a banger service is down; the message names its socket).
+ * (`^[a-z0-9][a-z0-9-]{0,31}$`). Lifecycle calls (create, start, stop,
+ * restart, delete) return an Operation at once (its id is the call's op id):
+ * watch it with OperationService.WatchOperation. What is checked before the
+ * operation begins (the request's fields, the VM's existence and state) fails
+ * the call itself; what fails later (a stage) ends the operation FAILED with
+ * an OperationError and is not an RPC error. Lifecycle calls on one VM are
+ * serialised by its lifecycle lock: a second one waits (its operation PENDING).
+ * A VMM's life is never tied to an RPC: ending a call or closing the CLI never
+ * stops a VM.
+ * Errors common to all: INVALID_ARGUMENT (INVALID_VM_NAME), NOT_FOUND
+ * (VM_NOT_FOUND), UNAVAILABLE (the privileged helper or the image puller is
+ * down; the message names its socket).
  *
  * @generated from service banger.v1.VmService
  */
 export const VmService: GenService<{
   /**
-   * Creates a VM and boots it: resolve image (pulling it if the catalog knows
-   * it) → reserve → root disk → fsck → guest files → work disk → tap → launch
-   * VMM → configure → start → wait for SSH → DNS + NAT. Returns at once with
-   * the operation. Any failure unwinds what earlier stages made. Errors:
-   * ALREADY_EXISTS (VM_NAME_TAKEN), NOT_FOUND (IMAGE_NOT_FOUND, KERNEL_NOT_FOUND),
-   * RESOURCE_EXHAUSTED (NO_FREE_ADDRESS).
+   * Creates a VM and boots it: resolve-image (pulling it if the catalog knows
+   * it) → reserve (name, guest IP, MAC, vsock CID) → root-disk → fsck →
+   * guest-files → work-disk → tap → launch-vmm → configure-vmm → start-vmm →
+   * wait-ssh → network (DNS name + NAT). Returns at once with the operation,
+   * whose result is the Vm. Any stage failure unwinds what earlier stages
+   * made, in reverse, and the operation's error names the stage, the helper
+   * call and the VMM log tail. Errors (before the operation begins):
+   * INVALID_ARGUMENT (INVALID_VM_NAME, INVALID_VCPU, INVALID_MEMORY,
+   * INVALID_DISK_SIZE), ALREADY_EXISTS (VM_NAME_TAKEN), NOT_FOUND
+   * (IMAGE_NOT_FOUND for a name neither local nor in the catalog,
+   * KERNEL_NOT_FOUND), FAILED_PRECONDITION (VMM_UNAVAILABLE: the chosen VMM
+   * cannot run here, e.g. Firecracker without /dev/kvm), RESOURCE_EXHAUSTED
+   * (NO_FREE_ADDRESS: the bridge subnet is full).
    *
    * @generated from rpc banger.v1.VmService.CreateVm
    */
@@ -751,8 +892,8 @@ export const VmService: GenService<{
     output: typeof CreateVmResponseSchema;
   },
   /**
-   * Boots a stopped VM, applying pending SetVm changes. Errors:
-   * FAILED_PRECONDITION (VM_RUNNING) when it already runs.
+   * Boots a stopped (or FAILED) VM, applying pending SetVm changes. Errors:
+   * FAILED_PRECONDITION (VM_RUNNING) when it already runs (nothing changes).
    *
    * @generated from rpc banger.v1.VmService.StartVm
    */
@@ -762,9 +903,11 @@ export const VmService: GenService<{
     output: typeof StartVmResponseSchema;
   },
   /**
-   * Stops a VM: a graceful shutdown (Ctrl-Alt-Del / ACPI power button), then a
-   * kill after the timeout. Disks are kept. Errors: FAILED_PRECONDITION
-   * (VM_NOT_RUNNING) when it is already stopped.
+   * Stops a VM: a graceful shutdown (Ctrl-Alt-Del for Firecracker, the ACPI
+   * power button through QMP for QEMU), then SIGTERM and SIGKILL after the
+   * timeout. Disks are kept; the tap, NAT rule and DNS name are released.
+   * Errors: FAILED_PRECONDITION (VM_NOT_RUNNING) when it is already stopped
+   * (nothing changes).
    *
    * @generated from rpc banger.v1.VmService.StopVm
    */
@@ -774,7 +917,7 @@ export const VmService: GenService<{
     output: typeof StopVmResponseSchema;
   },
   /**
-   * Stops (if running) and starts a VM.
+   * Stops (if running) and starts a VM, applying pending SetVm changes.
    *
    * @generated from rpc banger.v1.VmService.RestartVm
    */
@@ -784,9 +927,11 @@ export const VmService: GenService<{
     output: typeof RestartVmResponseSchema;
   },
   /**
-   * Deletes a VM: stops it and removes every host resource and file it had.
-   * Idempotent: deleting a VM that does not exist succeeds (with
-   * `existed = false` in the operation's stage message).
+   * Deletes a VM: stops it and removes every host resource (tap, NAT rule,
+   * dm device, loop devices, VMM process) and file it had, and forgets its
+   * pinned SSH host key. A create still running for it is cancelled first.
+   * Idempotent: deleting a VM that does not exist succeeds with
+   * existed = false (and an operation already SUCCEEDED), never NOT_FOUND.
    *
    * @generated from rpc banger.v1.VmService.DeleteVm
    */
@@ -796,9 +941,11 @@ export const VmService: GenService<{
     output: typeof DeleteVmResponseSchema;
   },
   /**
-   * Changes vcpu, memory or grows the work disk. Changes that need a reboot
-   * are applied at the next start (listed in Vm.pending_changes). Errors:
-   * INVALID_ARGUMENT (shrinking a disk, out-of-range values).
+   * Changes vcpu or memory, grows the work disk, or turns NAT on or off.
+   * Changes that need a reboot are applied at the next start (listed in
+   * Vm.pending_changes); NAT applies at once. Errors: INVALID_ARGUMENT
+   * (INVALID_VCPU, INVALID_MEMORY, DISK_SHRINK: a work disk can only grow,
+   * NOTHING_TO_CHANGE: no field set).
    *
    * @generated from rpc banger.v1.VmService.SetVm
    */
@@ -828,7 +975,9 @@ export const VmService: GenService<{
     output: typeof GetVmResponseSchema;
   },
   /**
-   * The VMM's log and the guest console, optionally followed as they grow.
+   * The guest console or the VMM's own log, from the start or the last
+   * lines, optionally followed as it grows (across restarts of the VM) until
+   * the client cancels or the VM is deleted (then the stream ends with OK).
    *
    * @generated from rpc banger.v1.VmService.VmLogs
    */
@@ -838,7 +987,8 @@ export const VmService: GenService<{
     output: typeof VmLogsResponseSchema;
   },
   /**
-   * Resource usage of a running VM, measured from the host.
+   * Resource use of a running VM, measured from the host (the VMM process
+   * and the disk files). Errors: FAILED_PRECONDITION (VM_NOT_RUNNING).
    *
    * @generated from rpc banger.v1.VmService.VmStats
    */
@@ -848,7 +998,8 @@ export const VmService: GenService<{
     output: typeof VmStatsResponseSchema;
   },
   /**
-   * TCP/UDP ports listening in the guest, read over SSH.
+   * TCP/UDP sockets listening in the guest, read over SSH. Errors:
+   * FAILED_PRECONDITION (VM_NOT_RUNNING), UNAVAILABLE (GUEST_UNREACHABLE).
    *
    * @generated from rpc banger.v1.VmService.VmPorts
    */
@@ -856,6 +1007,19 @@ export const VmService: GenService<{
     methodKind: "unary";
     input: typeof VmPortsRequestSchema;
     output: typeof VmPortsResponseSchema;
+  },
+  /**
+   * How to reach a running VM with the system `ssh` client (what
+   * `banger vm ssh` execs): address, user, banger's key and its known_hosts
+   * with the VM's pinned host key, as fields and as a ready argument vector.
+   * Errors: FAILED_PRECONDITION (VM_NOT_RUNNING).
+   *
+   * @generated from rpc banger.v1.VmService.VmSshTarget
+   */
+  vmSshTarget: {
+    methodKind: "unary";
+    input: typeof VmSshTargetRequestSchema;
+    output: typeof VmSshTargetResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_banger_v1_vm, 0);

@@ -28,21 +28,23 @@ export type PrepareWorkspaceRequest = Message<"banger.v1.PrepareWorkspaceRequest
   vm: string;
 
   /**
-   * Absolute host path of a git repository inside the owner's home.
+   * Absolute host path of a git repository (its top level or any directory
+   * in it) inside the owner's home.
    *
    * @generated from field: string host_path = 2;
    */
   hostPath: string;
 
   /**
-   * Absolute guest path to copy into; empty = /root/<repository directory name>.
+   * Absolute, normalised guest path to copy into; replaced if it exists;
+   * empty = /root/<repository directory name>.
    *
    * @generated from field: string guest_path = 3;
    */
   guestPath: string;
 
   /**
-   * How to copy.
+   * How to copy; UNSPECIFIED = COPY.
    *
    * @generated from field: banger.v1.WorkspaceMode mode = 4;
    */
@@ -91,14 +93,14 @@ export type ExportWorkspaceRequest = Message<"banger.v1.ExportWorkspaceRequest">
   vm: string;
 
   /**
-   * Guest path of the workspace; empty = the one last prepared.
+   * Guest path of the workspace; empty = the one last prepared on this VM.
    *
    * @generated from field: string guest_path = 2;
    */
   guestPath: string;
 
   /**
-   * What to produce.
+   * What to produce; UNSPECIFIED = PATCH.
    *
    * @generated from field: banger.v1.ExportFormat format = 3;
    */
@@ -119,7 +121,7 @@ export const ExportWorkspaceRequestSchema: GenMessage<ExportWorkspaceRequest> = 
  */
 export type ExportWorkspaceResponse = Message<"banger.v1.ExportWorkspaceResponse"> & {
   /**
-   * Bytes of the patch or tar, in order.
+   * Bytes of the patch or tar, in order, at most 64 KiB per message.
    *
    * @generated from field: bytes data = 1;
    */
@@ -147,14 +149,17 @@ export enum WorkspaceMode {
   UNSPECIFIED = 0,
 
   /**
-   * Tracked plus untracked-not-ignored files, with a fresh git repository of them.
+   * Tracked plus untracked-not-ignored files, as they are in the working
+   * tree, with a fresh git repository of them (one commit) so the guest's
+   * changes can be diffed.
    *
    * @generated from enum value: WORKSPACE_MODE_COPY = 1;
    */
   COPY = 1,
 
   /**
-   * The repository with its history.
+   * The repository with its history (`.git` included), checked out as it
+   * is, plus uncommitted changes.
    *
    * @generated from enum value: WORKSPACE_MODE_GIT = 2;
    */
@@ -181,14 +186,15 @@ export enum ExportFormat {
   UNSPECIFIED = 0,
 
   /**
-   * A git patch (`git apply`-able) of the guest's changes.
+   * A git patch (`git apply`-able, binary changes included) of the guest's
+   * changes since the prepare.
    *
    * @generated from enum value: EXPORT_FORMAT_PATCH = 1;
    */
   PATCH = 1,
 
   /**
-   * A tar of the whole workspace as it is in the guest.
+   * A tar of the whole workspace as it is in the guest (`.git` excluded).
    *
    * @generated from enum value: EXPORT_FORMAT_TAR = 2;
    */
@@ -202,19 +208,25 @@ export const ExportFormatSchema: GenEnum<ExportFormat> = /*@__PURE__*/
   enumDesc(file_banger_v1_workspace, 1);
 
 /**
- * Workspaces: a host git repository copied into a guest over SSH, and the
- * guest's changes brought back. A per-VM workspace lock serialises two
- * prepares on one VM without blocking StopVm or DeleteVm. Errors common to
- * all: NOT_FOUND (VM_NOT_FOUND), FAILED_PRECONDITION (VM_NOT_RUNNING).
+ * Workspaces: a host git repository copied into a guest over SSH (as a tar
+ * stream), and the guest's changes brought back. A per-VM workspace lock
+ * serialises two prepares on one VM without blocking StopVm or DeleteVm (a
+ * prepare cut off by them fails with reason VM_STOPPED). Errors common to
+ * all: INVALID_ARGUMENT (INVALID_VM_NAME), NOT_FOUND (VM_NOT_FOUND),
+ * FAILED_PRECONDITION (VM_NOT_RUNNING), UNAVAILABLE (GUEST_UNREACHABLE).
  *
  * @generated from service banger.v1.WorkspaceService
  */
 export const WorkspaceService: GenService<{
   /**
-   * Copies a host repository into the guest as a tar stream: tracked files
-   * plus untracked files that are not ignored (COPY), or the repository with
-   * its history (GIT). Errors: INVALID_ARGUMENT (NOT_A_GIT_REPOSITORY,
-   * PATH_OUTSIDE_HOME), FAILED_PRECONDITION (SUBMODULES_UNSUPPORTED).
+   * Copies a host repository into the guest: tracked files plus untracked
+   * files that are not ignored (COPY), or the repository with its history
+   * (GIT). Returns at once with the operation (bytes sent in its stage
+   * progress); it has no result. Errors (before the operation begins):
+   * INVALID_ARGUMENT (INVALID_PATH: not absolute, INVALID_GUEST_PATH,
+   * NOT_A_GIT_REPOSITORY), PERMISSION_DENIED (PATH_OUTSIDE_HOME: the
+   * repository must be inside the owner's home), FAILED_PRECONDITION
+   * (SUBMODULES_UNSUPPORTED).
    *
    * @generated from rpc banger.v1.WorkspaceService.PrepareWorkspace
    */
@@ -225,8 +237,9 @@ export const WorkspaceService: GenService<{
   },
   /**
    * Streams the guest's changes to a prepared workspace back, as a patch
-   * against what was prepared or as a tar of the workspace. Errors:
-   * FAILED_PRECONDITION (NO_WORKSPACE).
+   * against what was prepared or as a tar of the workspace. An empty patch
+   * (no message with data) means no changes. Errors: FAILED_PRECONDITION
+   * (NO_WORKSPACE: nothing was prepared at that path).
    *
    * @generated from rpc banger.v1.WorkspaceService.ExportWorkspace
    */

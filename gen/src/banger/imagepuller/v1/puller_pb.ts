@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/imagepuller/v1/puller.proto.
  */
 export const file_banger_imagepuller_v1_puller: GenFile = /*@__PURE__*/
-  fileDesc("CiJiYW5nZXIvaW1hZ2VwdWxsZXIvdjEvcHVsbGVyLnByb3RvEhViYW5nZXIuaW1hZ2VwdWxsZXIudjEiEwoRR2V0VmVyc2lvblJlcXVlc3QifgoSR2V0VmVyc2lvblJlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSCwoDcGlkGAIgASgFEgsKA3VpZBgDIAEoDRILCgNnaWQYBCABKA0SFQoNcHJpdmlsZWdlc19vaxgFIAEoCBIZChFwcml2aWxlZ2VzX2RldGFpbBgGIAEoCSI9CghQbGF0Zm9ybRIKCgJvcxgBIAEoCRIUCgxhcmNoaXRlY3R1cmUYAiABKAkSDwoHdmFyaWFudBgDIAEoCSKPAgoLUHVsbFJlcXVlc3QSEQoJcmVmZXJlbmNlGAEgASgJEhMKC3N0YWdpbmdfZGlyGAIgASgJEjEKCHBsYXRmb3JtGAMgASgLMh8uYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlBsYXRmb3JtEhsKE2luc2VjdXJlX3JlZ2lzdHJpZXMYBCADKAkSFgoObWluX3Jvb3Rmc19taWIYBSABKAQSGAoQaGVhZHJvb21fcGVyY2VudBgGIAEoDRIcChRpbm9kZV9tYXJnaW5fcGVyY2VudBgHIAEoDRIWCg5za2lwX3dvcmtfc2VlZBgIIAEoCBIgChhtYXhfY29uY3VycmVudF9kb3dubG9hZHMYCSABKA0itwEKDFB1bGxSZXNwb25zZRIyCgVzdGFnZRgBIAEoCzIhLmJhbmdlci5pbWFnZXB1bGxlci52MS5TdGFnZUV2ZW50SAASNQoFbGF5ZXIYAiABKAsyJC5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuTGF5ZXJQcm9ncmVzc0gAEjMKBnJlc3VsdBgDIAEoCzIhLmJhbmdlci5pbWFnZXB1bGxlci52MS5QdWxsUmVzdWx0SABCBwoFZXZlbnQicQoKU3RhZ2VFdmVudBIvCgVzdGFnZRgBIAEoDjIgLmJhbmdlci5pbWFnZXB1bGxlci52MS5QdWxsU3RhZ2USDAoEZG9uZRgCIAEoCBITCgtkdXJhdGlvbl9tcxgDIAEoBBIPCgdtZXNzYWdlGAQgASgJIokBCg1MYXllclByb2dyZXNzEg4KBmRpZ2VzdBgBIAEoCRINCgVpbmRleBgCIAEoDRISCgpkb25lX2J5dGVzGAMgASgEEhMKC3RvdGFsX2J5dGVzGAQgASgEEjAKBXN0YXRlGAUgASgOMiEuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLkxheWVyU3RhdGUirAIKClB1bGxSZXN1bHQSFwoPbWFuaWZlc3RfZGlnZXN0GAEgASgJEhUKDWNvbmZpZ19kaWdlc3QYAiABKAkSEAoIcGxhdGZvcm0YAyABKAkSEwoLcm9vdGZzX2ZpbGUYBCABKAkSFAoMcm9vdGZzX2J5dGVzGAUgASgEEhYKDndvcmtfc2VlZF9maWxlGAYgASgJEhcKD3dvcmtfc2VlZF9ieXRlcxgHIAEoBBISCgplbnRyeXBvaW50GAggAygJEgsKA2NtZBgJIAMoCRILCgNlbnYYCiADKAkSDAoEdXNlchgLIAEoCRITCgt3b3JraW5nX2RpchgMIAEoCRIYChBkb3dubG9hZGVkX2J5dGVzGA0gASgEEhUKDW1hbmlmZXN0X2ZpbGUYDiABKAkicwoOUmVzb2x2ZVJlcXVlc3QSEQoJcmVmZXJlbmNlGAEgASgJEjEKCHBsYXRmb3JtGAIgASgLMh8uYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlBsYXRmb3JtEhsKE2luc2VjdXJlX3JlZ2lzdHJpZXMYAyADKAkidAoPUmVzb2x2ZVJlc3BvbnNlEhsKE2Nhbm9uaWNhbF9yZWZlcmVuY2UYASABKAkSFwoPbWFuaWZlc3RfZGlnZXN0GAIgASgJEhEKCXBsYXRmb3JtcxgDIAMoCRIYChBjb21wcmVzc2VkX2J5dGVzGAQgASgEIiYKEVBydW5lQ2FjaGVSZXF1ZXN0EhEKCWtlZXBfZGF5cxgBIAEoDSJAChJQcnVuZUNhY2hlUmVzcG9uc2USFQoNcmVtb3ZlZF9ibG9icxgBIAEoDRITCgtmcmVlZF9ieXRlcxgCIAEoBCq2AQoJUHVsbFN0YWdlEhoKFlBVTExfU1RBR0VfVU5TUEVDSUZJRUQQABIWChJQVUxMX1NUQUdFX1JFU09MVkUQARIVChFQVUxMX1NUQUdFX0xBWUVSUxACEhMKD1BVTExfU1RBR0VfTUtGUxADEhgKFFBVTExfU1RBR0VfT1dORVJTSElQEAQSGAoUUFVMTF9TVEFHRV9XT1JLX1NFRUQQBRIVChFQVUxMX1NUQUdFX1ZFUklGWRAGKqwBCgpMYXllclN0YXRlEhsKF0xBWUVSX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTTEFZRVJfU1RBVEVfV0FJVElORxABEhsKF0xBWUVSX1NUQVRFX0RPV05MT0FESU5HEAISFgoSTEFZRVJfU1RBVEVfQ0FDSEVEEAMSGgoWTEFZRVJfU1RBVEVfRE9XTkxPQURFRBAEEhcKE0xBWUVSX1NUQVRFX0FQUExJRUQQBTKCAwoNUHVsbGVyU2VydmljZRJhCgpHZXRWZXJzaW9uEiguYmFuZ2VyLmltYWdlcHVsbGVyLnYxLkdldFZlcnNpb25SZXF1ZXN0GikuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLkdldFZlcnNpb25SZXNwb25zZRJRCgRQdWxsEiIuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlB1bGxSZXF1ZXN0GiMuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlB1bGxSZXNwb25zZTABElgKB1Jlc29sdmUSJS5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUmVzb2x2ZVJlcXVlc3QaJi5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUmVzb2x2ZVJlc3BvbnNlEmEKClBydW5lQ2FjaGUSKC5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUHJ1bmVDYWNoZVJlcXVlc3QaKS5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUHJ1bmVDYWNoZVJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("CiJiYW5nZXIvaW1hZ2VwdWxsZXIvdjEvcHVsbGVyLnByb3RvEhViYW5nZXIuaW1hZ2VwdWxsZXIudjEiEwoRR2V0VmVyc2lvblJlcXVlc3QifgoSR2V0VmVyc2lvblJlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSCwoDcGlkGAIgASgFEgsKA3VpZBgDIAEoDRILCgNnaWQYBCABKA0SFQoNcHJpdmlsZWdlc19vaxgFIAEoCBIZChFwcml2aWxlZ2VzX2RldGFpbBgGIAEoCSI9CghQbGF0Zm9ybRIKCgJvcxgBIAEoCRIUCgxhcmNoaXRlY3R1cmUYAiABKAkSDwoHdmFyaWFudBgDIAEoCSJiChJSZWdpc3RyeUNyZWRlbnRpYWwSEAoIcmVnaXN0cnkYASABKAkSEAoIdXNlcm5hbWUYAiABKAkSEAoIcGFzc3dvcmQYAyABKAkSFgoOaWRlbnRpdHlfdG9rZW4YBCABKAkizwIKC1B1bGxSZXF1ZXN0EhEKCXJlZmVyZW5jZRgBIAEoCRITCgtzdGFnaW5nX2RpchgCIAEoCRIxCghwbGF0Zm9ybRgDIAEoCzIfLmJhbmdlci5pbWFnZXB1bGxlci52MS5QbGF0Zm9ybRIbChNpbnNlY3VyZV9yZWdpc3RyaWVzGAQgAygJEhYKDm1pbl9yb290ZnNfbWliGAUgASgEEhgKEGhlYWRyb29tX3BlcmNlbnQYBiABKA0SHAoUaW5vZGVfbWFyZ2luX3BlcmNlbnQYByABKA0SFgoOc2tpcF93b3JrX3NlZWQYCCABKAgSIAoYbWF4X2NvbmN1cnJlbnRfZG93bmxvYWRzGAkgASgNEj4KC2NyZWRlbnRpYWxzGAogAygLMikuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlJlZ2lzdHJ5Q3JlZGVudGlhbCK3AQoMUHVsbFJlc3BvbnNlEjIKBXN0YWdlGAEgASgLMiEuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlN0YWdlRXZlbnRIABI1CgVsYXllchgCIAEoCzIkLmJhbmdlci5pbWFnZXB1bGxlci52MS5MYXllclByb2dyZXNzSAASMwoGcmVzdWx0GAMgASgLMiEuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlB1bGxSZXN1bHRIAEIHCgVldmVudCJxCgpTdGFnZUV2ZW50Ei8KBXN0YWdlGAEgASgOMiAuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlB1bGxTdGFnZRIMCgRkb25lGAIgASgIEhMKC2R1cmF0aW9uX21zGAMgASgEEg8KB21lc3NhZ2UYBCABKAkiiQEKDUxheWVyUHJvZ3Jlc3MSDgoGZGlnZXN0GAEgASgJEg0KBWluZGV4GAIgASgNEhIKCmRvbmVfYnl0ZXMYAyABKAQSEwoLdG90YWxfYnl0ZXMYBCABKAQSMAoFc3RhdGUYBSABKA4yIS5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuTGF5ZXJTdGF0ZSLJAgoKUHVsbFJlc3VsdBIXCg9tYW5pZmVzdF9kaWdlc3QYASABKAkSFQoNY29uZmlnX2RpZ2VzdBgCIAEoCRIQCghwbGF0Zm9ybRgDIAEoCRITCgtyb290ZnNfZmlsZRgEIAEoCRIUCgxyb290ZnNfYnl0ZXMYBSABKAQSFgoOd29ya19zZWVkX2ZpbGUYBiABKAkSFwoPd29ya19zZWVkX2J5dGVzGAcgASgEEhIKCmVudHJ5cG9pbnQYCCADKAkSCwoDY21kGAkgAygJEgsKA2VudhgKIAMoCRIMCgR1c2VyGAsgASgJEhMKC3dvcmtpbmdfZGlyGAwgASgJEhgKEGRvd25sb2FkZWRfYnl0ZXMYDSABKAQSFQoNbWFuaWZlc3RfZmlsZRgOIAEoCRIbChNjYW5vbmljYWxfcmVmZXJlbmNlGA8gASgJIrMBCg5SZXNvbHZlUmVxdWVzdBIRCglyZWZlcmVuY2UYASABKAkSMQoIcGxhdGZvcm0YAiABKAsyHy5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUGxhdGZvcm0SGwoTaW5zZWN1cmVfcmVnaXN0cmllcxgDIAMoCRI+CgtjcmVkZW50aWFscxgEIAMoCzIpLmJhbmdlci5pbWFnZXB1bGxlci52MS5SZWdpc3RyeUNyZWRlbnRpYWwidAoPUmVzb2x2ZVJlc3BvbnNlEhsKE2Nhbm9uaWNhbF9yZWZlcmVuY2UYASABKAkSFwoPbWFuaWZlc3RfZGlnZXN0GAIgASgJEhEKCXBsYXRmb3JtcxgDIAMoCRIYChBjb21wcmVzc2VkX2J5dGVzGAQgASgEIiYKEVBydW5lQ2FjaGVSZXF1ZXN0EhEKCWtlZXBfZGF5cxgBIAEoDSJAChJQcnVuZUNhY2hlUmVzcG9uc2USFQoNcmVtb3ZlZF9ibG9icxgBIAEoDRITCgtmcmVlZF9ieXRlcxgCIAEoBCq2AQoJUHVsbFN0YWdlEhoKFlBVTExfU1RBR0VfVU5TUEVDSUZJRUQQABIWChJQVUxMX1NUQUdFX1JFU09MVkUQARIVChFQVUxMX1NUQUdFX0xBWUVSUxACEhMKD1BVTExfU1RBR0VfTUtGUxADEhgKFFBVTExfU1RBR0VfT1dORVJTSElQEAQSGAoUUFVMTF9TVEFHRV9XT1JLX1NFRUQQBRIVChFQVUxMX1NUQUdFX1ZFUklGWRAGKqwBCgpMYXllclN0YXRlEhsKF0xBWUVSX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTTEFZRVJfU1RBVEVfV0FJVElORxABEhsKF0xBWUVSX1NUQVRFX0RPV05MT0FESU5HEAISFgoSTEFZRVJfU1RBVEVfQ0FDSEVEEAMSGgoWTEFZRVJfU1RBVEVfRE9XTkxPQURFRBAEEhcKE0xBWUVSX1NUQVRFX0FQUExJRUQQBTKCAwoNUHVsbGVyU2VydmljZRJhCgpHZXRWZXJzaW9uEiguYmFuZ2VyLmltYWdlcHVsbGVyLnYxLkdldFZlcnNpb25SZXF1ZXN0GikuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLkdldFZlcnNpb25SZXNwb25zZRJRCgRQdWxsEiIuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlB1bGxSZXF1ZXN0GiMuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlB1bGxSZXNwb25zZTABElgKB1Jlc29sdmUSJS5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUmVzb2x2ZVJlcXVlc3QaJi5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUmVzb2x2ZVJlc3BvbnNlEmEKClBydW5lQ2FjaGUSKC5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUHJ1bmVDYWNoZVJlcXVlc3QaKS5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUHJ1bmVDYWNoZVJlc3BvbnNlYgZwcm90bzM");
 
 /**
  * Request of GetVersion.
@@ -69,7 +69,7 @@ export type GetVersionResponse = Message<"banger.imagepuller.v1.GetVersionRespon
   privilegesOk: boolean;
 
   /**
-   * One line about its privileges.
+   * One line about its privileges, e.g. "uid 998, no capabilities".
    *
    * @generated from field: string privileges_detail = 6;
    */
@@ -97,7 +97,7 @@ export type Platform = Message<"banger.imagepuller.v1.Platform"> & {
   os: string;
 
   /**
-   * CPU architecture in OCI terms; empty = "amd64".
+   * CPU architecture in OCI terms ("amd64", "arm64"); empty = "amd64".
    *
    * @generated from field: string architecture = 2;
    */
@@ -119,6 +119,51 @@ export const PlatformSchema: GenMessage<Platform> = /*@__PURE__*/
   messageDesc(file_banger_imagepuller_v1_puller, 2);
 
 /**
+ * Credentials for one registry, resolved by the caller.
+ *
+ * @generated from message banger.imagepuller.v1.RegistryCredential
+ */
+export type RegistryCredential = Message<"banger.imagepuller.v1.RegistryCredential"> & {
+  /**
+   * Registry host[:port] they are for, e.g. "ghcr.io", "127.0.0.1:5000";
+   * "registry-1.docker.io" for Docker Hub. They are sent to that origin
+   * (and its token service) only, never across origins on blob redirects.
+   *
+   * @generated from field: string registry = 1;
+   */
+  registry: string;
+
+  /**
+   * User name, for basic credentials.
+   *
+   * @generated from field: string username = 2;
+   */
+  username: string;
+
+  /**
+   * Password or access token, for basic credentials.
+   *
+   * @generated from field: string password = 3;
+   */
+  password: string;
+
+  /**
+   * An OAuth2 refresh token (docker config "identitytoken") exchanged at the
+   * registry's token service; when set, username/password are ignored.
+   *
+   * @generated from field: string identity_token = 4;
+   */
+  identityToken: string;
+};
+
+/**
+ * Describes the message banger.imagepuller.v1.RegistryCredential.
+ * Use `create(RegistryCredentialSchema)` to create a new message.
+ */
+export const RegistryCredentialSchema: GenMessage<RegistryCredential> = /*@__PURE__*/
+  messageDesc(file_banger_imagepuller_v1_puller, 3);
+
+/**
  * Request of Pull.
  *
  * @generated from message banger.imagepuller.v1.PullRequest
@@ -127,22 +172,24 @@ export type PullRequest = Message<"banger.imagepuller.v1.PullRequest"> & {
   /**
    * Image reference: "debian:bookworm", "alpine", "ghcr.io/org/img@sha256:…",
    * "127.0.0.1:5000/x:tag". Docker Hub rules apply ("docker.io" → its
-   * registry host, "library/" prefix for single-component names).
+   * registry host, "library/" prefix for single-component names; no tag =
+   * "latest").
    *
    * @generated from field: string reference = 1;
    */
   reference: string;
 
   /**
-   * Absolute path of an empty directory inside banger's state directory to
-   * build into; the result files are named in PullResult.
+   * Absolute path of an existing, empty directory inside banger's state
+   * directory to build into; the result files are named in PullResult.
    *
    * @generated from field: string staging_dir = 2;
    */
   stagingDir: string;
 
   /**
-   * Platform to select from a multi-platform index; unset = linux/amd64.
+   * Platform to select from a multi-platform index; unset = linux/amd64. A
+   * single-platform image of another platform fails PLATFORM_NOT_FOUND.
    *
    * @generated from field: banger.imagepuller.v1.Platform platform = 3;
    */
@@ -150,7 +197,8 @@ export type PullRequest = Message<"banger.imagepuller.v1.PullRequest"> & {
 
   /**
    * Registry hosts ("host[:port]") that may be reached over plain HTTP.
-   * Loopback registries always may.
+   * Loopback registries (127.0.0.0/8, ::1, localhost) always may; all
+   * others need HTTPS.
    *
    * @generated from field: repeated string insecure_registries = 4;
    */
@@ -185,11 +233,22 @@ export type PullRequest = Message<"banger.imagepuller.v1.PullRequest"> & {
   skipWorkSeed: boolean;
 
   /**
-   * Layers downloaded at once; 0 = 3.
+   * Layers downloaded at once, 1-16; 0 = 3.
    *
    * @generated from field: uint32 max_concurrent_downloads = 9;
    */
   maxConcurrentDownloads: number;
+
+  /**
+   * Credentials the caller resolved (the orchestrator, as the owner, reads
+   * the owner's docker config and credential helpers); one per registry.
+   * A registry not listed uses the puller's own docker config
+   * (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json` of the user
+   * it runs as), else anonymous access (bearer-token flow).
+   *
+   * @generated from field: repeated banger.imagepuller.v1.RegistryCredential credentials = 10;
+   */
+  credentials: RegistryCredential[];
 };
 
 /**
@@ -197,7 +256,7 @@ export type PullRequest = Message<"banger.imagepuller.v1.PullRequest"> & {
  * Use `create(PullRequestSchema)` to create a new message.
  */
 export const PullRequestSchema: GenMessage<PullRequest> = /*@__PURE__*/
-  messageDesc(file_banger_imagepuller_v1_puller, 3);
+  messageDesc(file_banger_imagepuller_v1_puller, 4);
 
 /**
  * One message of Pull's stream.
@@ -220,7 +279,7 @@ export type PullResponse = Message<"banger.imagepuller.v1.PullResponse"> & {
     case: "stage";
   } | {
     /**
-     * A layer made progress.
+     * A layer made progress (at most about 5 messages a second per layer).
      *
      * @generated from field: banger.imagepuller.v1.LayerProgress layer = 2;
      */
@@ -242,7 +301,7 @@ export type PullResponse = Message<"banger.imagepuller.v1.PullResponse"> & {
  * Use `create(PullResponseSchema)` to create a new message.
  */
 export const PullResponseSchema: GenMessage<PullResponse> = /*@__PURE__*/
-  messageDesc(file_banger_imagepuller_v1_puller, 4);
+  messageDesc(file_banger_imagepuller_v1_puller, 5);
 
 /**
  * A stage started (done = false) or ended (done = true).
@@ -265,14 +324,14 @@ export type StageEvent = Message<"banger.imagepuller.v1.StageEvent"> & {
   done: boolean;
 
   /**
-   * Milliseconds it took, when ended.
+   * Milliseconds it took, when ended; 0 when started.
    *
    * @generated from field: uint64 duration_ms = 3;
    */
   durationMs: bigint;
 
   /**
-   * A short note, e.g. "3 layers, 2 cached".
+   * A short note, e.g. "3 layers, 2 cached"; may be empty.
    *
    * @generated from field: string message = 4;
    */
@@ -284,7 +343,7 @@ export type StageEvent = Message<"banger.imagepuller.v1.StageEvent"> & {
  * Use `create(StageEventSchema)` to create a new message.
  */
 export const StageEventSchema: GenMessage<StageEvent> = /*@__PURE__*/
-  messageDesc(file_banger_imagepuller_v1_puller, 5);
+  messageDesc(file_banger_imagepuller_v1_puller, 6);
 
 /**
  * Progress of one layer.
@@ -307,14 +366,15 @@ export type LayerProgress = Message<"banger.imagepuller.v1.LayerProgress"> & {
   index: number;
 
   /**
-   * Compressed bytes downloaded so far.
+   * Compressed bytes downloaded so far (equal to total_bytes once CACHED,
+   * DOWNLOADED or APPLIED).
    *
    * @generated from field: uint64 done_bytes = 3;
    */
   doneBytes: bigint;
 
   /**
-   * Compressed size from the manifest.
+   * Compressed size from the manifest, in bytes.
    *
    * @generated from field: uint64 total_bytes = 4;
    */
@@ -333,10 +393,10 @@ export type LayerProgress = Message<"banger.imagepuller.v1.LayerProgress"> & {
  * Use `create(LayerProgressSchema)` to create a new message.
  */
 export const LayerProgressSchema: GenMessage<LayerProgress> = /*@__PURE__*/
-  messageDesc(file_banger_imagepuller_v1_puller, 6);
+  messageDesc(file_banger_imagepuller_v1_puller, 7);
 
 /**
- * What a pull built.
+ * What a pull built. File names are relative to the staging directory.
  *
  * @generated from message banger.imagepuller.v1.PullResult
  */
@@ -349,14 +409,14 @@ export type PullResult = Message<"banger.imagepuller.v1.PullResult"> & {
   manifestDigest: string;
 
   /**
-   * Config digest.
+   * Config digest ("sha256:…").
    *
    * @generated from field: string config_digest = 2;
    */
   configDigest: string;
 
   /**
-   * The platform built, "os/arch[/variant]".
+   * The platform built, "os/arch[/variant]", e.g. "linux/amd64".
    *
    * @generated from field: string platform = 3;
    */
@@ -370,7 +430,7 @@ export type PullResult = Message<"banger.imagepuller.v1.PullResult"> & {
   rootfsFile: string;
 
   /**
-   * Its size in bytes.
+   * Its size in bytes (apparent size).
    *
    * @generated from field: uint64 rootfs_bytes = 5;
    */
@@ -384,42 +444,42 @@ export type PullResult = Message<"banger.imagepuller.v1.PullResult"> & {
   workSeedFile: string;
 
   /**
-   * Its size in bytes.
+   * Its size in bytes; 0 when skipped.
    *
    * @generated from field: uint64 work_seed_bytes = 7;
    */
   workSeedBytes: bigint;
 
   /**
-   * ENTRYPOINT.
+   * ENTRYPOINT, as an argument vector.
    *
    * @generated from field: repeated string entrypoint = 8;
    */
   entrypoint: string[];
 
   /**
-   * CMD.
+   * CMD, as an argument vector.
    *
    * @generated from field: repeated string cmd = 9;
    */
   cmd: string[];
 
   /**
-   * Environment, "KEY=value".
+   * Environment, "KEY=value" each.
    *
    * @generated from field: repeated string env = 10;
    */
   env: string[];
 
   /**
-   * USER.
+   * USER; empty = root.
    *
    * @generated from field: string user = 11;
    */
   user: string;
 
   /**
-   * WORKDIR.
+   * WORKDIR; empty = "/".
    *
    * @generated from field: string working_dir = 12;
    */
@@ -433,11 +493,20 @@ export type PullResult = Message<"banger.imagepuller.v1.PullResult"> & {
   downloadedBytes: bigint;
 
   /**
-   * File name of the manifest of what was built ("manifest.json").
+   * File name of the JSON manifest of what was built ("manifest.json":
+   * digests, sizes, platform, config).
    *
    * @generated from field: string manifest_file = 14;
    */
   manifestFile: string;
+
+  /**
+   * The fully qualified reference pulled, e.g.
+   * "docker.io/library/debian:bookworm".
+   *
+   * @generated from field: string canonical_reference = 15;
+   */
+  canonicalReference: string;
 };
 
 /**
@@ -445,7 +514,7 @@ export type PullResult = Message<"banger.imagepuller.v1.PullResult"> & {
  * Use `create(PullResultSchema)` to create a new message.
  */
 export const PullResultSchema: GenMessage<PullResult> = /*@__PURE__*/
-  messageDesc(file_banger_imagepuller_v1_puller, 7);
+  messageDesc(file_banger_imagepuller_v1_puller, 8);
 
 /**
  * Request of Resolve.
@@ -473,6 +542,13 @@ export type ResolveRequest = Message<"banger.imagepuller.v1.ResolveRequest"> & {
    * @generated from field: repeated string insecure_registries = 3;
    */
   insecureRegistries: string[];
+
+  /**
+   * As in PullRequest.
+   *
+   * @generated from field: repeated banger.imagepuller.v1.RegistryCredential credentials = 4;
+   */
+  credentials: RegistryCredential[];
 };
 
 /**
@@ -480,7 +556,7 @@ export type ResolveRequest = Message<"banger.imagepuller.v1.ResolveRequest"> & {
  * Use `create(ResolveRequestSchema)` to create a new message.
  */
 export const ResolveRequestSchema: GenMessage<ResolveRequest> = /*@__PURE__*/
-  messageDesc(file_banger_imagepuller_v1_puller, 8);
+  messageDesc(file_banger_imagepuller_v1_puller, 9);
 
 /**
  * Response of Resolve.
@@ -510,7 +586,7 @@ export type ResolveResponse = Message<"banger.imagepuller.v1.ResolveResponse"> &
   platforms: string[];
 
   /**
-   * Total compressed size of the layers in bytes.
+   * Total compressed size of the chosen platform's layers in bytes.
    *
    * @generated from field: uint64 compressed_bytes = 4;
    */
@@ -522,7 +598,7 @@ export type ResolveResponse = Message<"banger.imagepuller.v1.ResolveResponse"> &
  * Use `create(ResolveResponseSchema)` to create a new message.
  */
 export const ResolveResponseSchema: GenMessage<ResolveResponse> = /*@__PURE__*/
-  messageDesc(file_banger_imagepuller_v1_puller, 9);
+  messageDesc(file_banger_imagepuller_v1_puller, 10);
 
 /**
  * Request of PruneCache.
@@ -543,7 +619,7 @@ export type PruneCacheRequest = Message<"banger.imagepuller.v1.PruneCacheRequest
  * Use `create(PruneCacheRequestSchema)` to create a new message.
  */
 export const PruneCacheRequestSchema: GenMessage<PruneCacheRequest> = /*@__PURE__*/
-  messageDesc(file_banger_imagepuller_v1_puller, 10);
+  messageDesc(file_banger_imagepuller_v1_puller, 11);
 
 /**
  * Response of PruneCache.
@@ -571,30 +647,32 @@ export type PruneCacheResponse = Message<"banger.imagepuller.v1.PruneCacheRespon
  * Use `create(PruneCacheResponseSchema)` to create a new message.
  */
 export const PruneCacheResponseSchema: GenMessage<PruneCacheResponse> = /*@__PURE__*/
-  messageDesc(file_banger_imagepuller_v1_puller, 11);
+  messageDesc(file_banger_imagepuller_v1_puller, 12);
 
 /**
- * The stages of a pull.
+ * The stages of a pull, in order.
  *
  * @generated from enum banger.imagepuller.v1.PullStage
  */
 export enum PullStage {
   /**
-   * Not set.
+   * Not set; never sent.
    *
    * @generated from enum value: PULL_STAGE_UNSPECIFIED = 0;
    */
   UNSPECIFIED = 0,
 
   /**
-   * Resolving the reference and fetching the manifest and config.
+   * Resolving the reference and fetching (and verifying) the manifest and
+   * config. At its end every layer is reported once, WAITING or CACHED.
    *
    * @generated from enum value: PULL_STAGE_RESOLVE = 1;
    */
   RESOLVE = 1,
 
   /**
-   * Downloading and applying layers (they are applied as soon as their turn comes).
+   * Downloading and applying layers (each applied as soon as the ones below
+   * it are, while later ones still download).
    *
    * @generated from enum value: PULL_STAGE_LAYERS = 2;
    */
@@ -615,7 +693,7 @@ export enum PullStage {
   OWNERSHIP = 4,
 
   /**
-   * Building the work seed.
+   * Building the work seed (skipped with skip_work_seed).
    *
    * @generated from enum value: PULL_STAGE_WORK_SEED = 5;
    */
@@ -642,7 +720,7 @@ export const PullStageSchema: GenEnum<PullStage> = /*@__PURE__*/
  */
 export enum LayerState {
   /**
-   * Not set.
+   * Not set; never sent.
    *
    * @generated from enum value: LAYER_STATE_UNSPECIFIED = 0;
    */
@@ -691,10 +769,12 @@ export const LayerStateSchema: GenEnum<LayerState> = /*@__PURE__*/
   enumDesc(file_banger_imagepuller_v1_puller, 1);
 
 /**
- * The image puller runs unprivileged. It is the only part of banger that
- * talks to registries or parses untrusted archives. It writes only into the
- * staging directory the orchestrator names (confined to banger's state
- * directory) and its own blob cache; the orchestrator publishes the result.
+ * The image puller runs unprivileged (not root, no capabilities). It is the
+ * only part of banger that talks to registries or parses untrusted archives.
+ * It writes only into the staging directory the orchestrator names (confined
+ * to banger's state directory) and its own content-addressed blob cache; the
+ * orchestrator publishes the result. It answers only the owner's uid and
+ * adopts the caller's `banger-op-id` for its log lines.
  *
  * @generated from service banger.imagepuller.v1.PullerService
  */
@@ -711,13 +791,23 @@ export const PullerService: GenService<{
   },
   /**
    * Pulls an image and builds its ext4 root filesystem and work seed into
-   * `staging_dir`. Streams progress (stages, per-layer bytes) and ends with
-   * the result. On failure nothing half-done stays in the staging directory
-   * or the cache. Errors: INVALID_ARGUMENT (INVALID_REFERENCE,
-   * STAGING_OUTSIDE_STATE_DIR, SCHEMA1_UNSUPPORTED, HOSTILE_LAYER with the
-   * entry and reason), NOT_FOUND (MANIFEST_NOT_FOUND, PLATFORM_NOT_FOUND),
-   * PERMISSION_DENIED (REGISTRY_UNAUTHORIZED), DATA_LOSS (DIGEST_MISMATCH),
-   * UNAVAILABLE (REGISTRY_UNREACHABLE).
+   * `staging_dir`. Streams progress (stage events, per-layer bytes) and ends
+   * with the result, always the last message; the stream then closes with
+   * OK. Cancelling the call stops the pull. On failure (or cancel) nothing
+   * half-done stays in the staging directory or the cache. Errors:
+   * INVALID_ARGUMENT (INVALID_REFERENCE, INVALID_PLATFORM, INVALID_PATH,
+   * SCHEMA1_UNSUPPORTED, HOSTILE_LAYER: a layer entry escapes the tree, with
+   * the entry and reason in the message), PERMISSION_DENIED
+   * (STAGING_OUTSIDE_STATE_DIR, REGISTRY_UNAUTHORIZED), FAILED_PRECONDITION
+   * (STAGING_NOT_EMPTY, NOT_A_CONTAINER_IMAGE, UNSUPPORTED_MEDIA_TYPE,
+   * UNSUPPORTED_DIGEST, INVALID_MANIFEST, INVALID_IMAGE_CONFIG,
+   * INVALID_DESCRIPTOR, BLOB_TOO_LARGE, INSECURE_REDIRECT,
+   * INSECURE_TOKEN_REALM, INVALID_DOCKER_CONFIG, CREDENTIAL_HELPER_FAILED,
+   * REGISTRY_ERROR), NOT_FOUND (MANIFEST_NOT_FOUND, BLOB_NOT_FOUND,
+   * PLATFORM_NOT_FOUND), RESOURCE_EXHAUSTED (REGISTRY_RATE_LIMITED),
+   * UNAVAILABLE (REGISTRY_UNREACHABLE, BLOB_TRUNCATED, REGISTRY_ERROR),
+   * INTERNAL (DIGEST_MISMATCH, DIFF_ID_MISMATCH: content not matching its
+   * digest; HOST_COMMAND_FAILED: mkfs.ext4, debugfs or e2fsck failed).
    *
    * @generated from rpc banger.imagepuller.v1.PullerService.Pull
    */
@@ -728,7 +818,7 @@ export const PullerService: GenService<{
   },
   /**
    * Resolves a reference to its manifest digest and platforms without
-   * downloading layers.
+   * downloading layers. Errors: as Pull's registry and manifest errors.
    *
    * @generated from rpc banger.imagepuller.v1.PullerService.Resolve
    */
@@ -738,7 +828,7 @@ export const PullerService: GenService<{
     output: typeof ResolveResponseSchema;
   },
   /**
-   * Removes cached blobs no longer needed.
+   * Removes cached blobs no longer needed (never one a running pull uses).
    *
    * @generated from rpc banger.imagepuller.v1.PullerService.PruneCache
    */

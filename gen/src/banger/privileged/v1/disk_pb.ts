@@ -19,14 +19,15 @@ export const file_banger_privileged_v1_disk: GenFile = /*@__PURE__*/
  */
 export type AttachLoopRequest = Message<"banger.privileged.v1.AttachLoopRequest"> & {
   /**
-   * Absolute path of the file, inside banger's state directory.
+   * Absolute path of the file, inside banger's state directory (an image's
+   * rootfs, a VM's COW file or clone root disk).
    *
    * @generated from field: string path = 1;
    */
   path: string;
 
   /**
-   * Attach read-only (image files).
+   * Attach read-only (image files); the file is then opened read-only.
    *
    * @generated from field: bool read_only = 2;
    */
@@ -75,7 +76,8 @@ export type DetachLoopRequest = Message<"banger.privileged.v1.DetachLoopRequest"
   device: string;
 
   /**
-   * The backing file it must have; refused (PERMISSION_DENIED, NOT_BANGERS) otherwise.
+   * The backing file it must have (absolute, inside the state directory);
+   * refused (PERMISSION_DENIED, NOT_BANGERS) otherwise.
    *
    * @generated from field: string path = 2;
    */
@@ -124,14 +126,16 @@ export type CreateSnapshotRequest = Message<"banger.privileged.v1.CreateSnapshot
   vmId: string;
 
   /**
-   * Loop device of the image (read-only origin).
+   * Loop device of the image (read-only origin), `^/dev/loop[0-9]{1,4}$`,
+   * backed by a file in the state directory.
    *
    * @generated from field: string origin_device = 2;
    */
   originDevice: string;
 
   /**
-   * Loop device of the VM's COW file.
+   * Loop device of the VM's COW file, `^/dev/loop[0-9]{1,4}$`, backed by a
+   * file in the state directory; must differ from origin_device.
    *
    * @generated from field: string cow_device = 3;
    */
@@ -152,14 +156,14 @@ export const CreateSnapshotRequestSchema: GenMessage<CreateSnapshotRequest> = /*
  */
 export type CreateSnapshotResponse = Message<"banger.privileged.v1.CreateSnapshotResponse"> & {
   /**
-   * dm name, e.g. "bgr-3f9a2c01-root".
+   * dm name, "bgr-<vm_id>-root".
    *
    * @generated from field: string name = 1;
    */
   name: string;
 
   /**
-   * Device node, owned by the owner, e.g. "/dev/mapper/bgr-3f9a2c01-root".
+   * Device node, owned by the owner, "/dev/mapper/bgr-<vm_id>-root".
    *
    * @generated from field: string device = 2;
    */
@@ -229,7 +233,7 @@ export type CheckFilesystemRequest = Message<"banger.privileged.v1.CheckFilesyst
   vmId: string;
 
   /**
-   * Which device; UNSPECIFIED = ROOT.
+   * Which device; UNSPECIFIED = ROOT. Other values: INVALID_ARGUMENT (INVALID_DISK).
    *
    * @generated from field: banger.privileged.v1.GuestDisk disk = 2;
    */
@@ -258,7 +262,7 @@ export type CheckFilesystemResponse = Message<"banger.privileged.v1.CheckFilesys
   exitCode: number;
 
   /**
-   * The last lines of e2fsck's output.
+   * The last lines (at most 20, 4 KiB) of e2fsck's output.
    *
    * @generated from field: string output_tail = 2;
    */
@@ -279,35 +283,39 @@ export const CheckFilesystemResponseSchema: GenMessage<CheckFilesystemResponse> 
  */
 export type GuestFile = Message<"banger.privileged.v1.GuestFile"> & {
   /**
-   * Absolute guest path, normalised, no `..`, no NUL, at most 4096 bytes, e.g. "/etc/hostname".
+   * Absolute guest path, e.g. "/etc/hostname": normalised (no `.`, `..`,
+   * `//`, trailing `/`), not "/", no control characters, at most 4096 bytes
+   * (255 per component), and only the characters `A-Z a-z 0-9 . _ + @ = : , ~ -`
+   * (debugfs cannot take others safely: UNSUPPORTED_GUEST_PATH).
    *
    * @generated from field: string path = 1;
    */
   path: string;
 
   /**
-   * Contents, at most 1 MiB.
+   * Contents, at most 1 MiB (FILE_TOO_LARGE).
    *
    * @generated from field: bytes content = 2;
    */
   content: Uint8Array;
 
   /**
-   * Permission bits (e.g. 0644, setuid allowed), at most 07777.
+   * Permission bits, 0-07777 (setuid, setgid and sticky allowed), e.g. 0644
+   * (420 in JSON, which has no octal).
    *
    * @generated from field: uint32 mode = 3;
    */
   mode: number;
 
   /**
-   * Owner uid in the guest.
+   * Owner uid in the guest, 0-4294967294.
    *
    * @generated from field: uint32 uid = 4;
    */
   uid: number;
 
   /**
-   * Owner gid in the guest.
+   * Owner gid in the guest, 0-4294967294.
    *
    * @generated from field: uint32 gid = 5;
    */
@@ -342,7 +350,8 @@ export type WriteGuestFilesRequest = Message<"banger.privileged.v1.WriteGuestFil
   disk: GuestDisk;
 
   /**
-   * The files, written in order (at most 256).
+   * The files, written in order (at most 256; for a path given twice the
+   * last wins). Empty: nothing is done.
    *
    * @generated from field: repeated banger.privileged.v1.GuestFile files = 3;
    */
@@ -398,7 +407,7 @@ export type RemoveGuestFilesRequest = Message<"banger.privileged.v1.RemoveGuestF
   disk: GuestDisk;
 
   /**
-   * Absolute guest paths (validated like GuestFile.path).
+   * Absolute guest paths (validated like GuestFile.path), at most 256.
    *
    * @generated from field: repeated string paths = 3;
    */
@@ -419,7 +428,7 @@ export const RemoveGuestFilesRequestSchema: GenMessage<RemoveGuestFilesRequest> 
  */
 export type RemoveGuestFilesResponse = Message<"banger.privileged.v1.RemoveGuestFilesResponse"> & {
   /**
-   * How many of them existed.
+   * How many of them existed (and were removed).
    *
    * @generated from field: uint32 removed = 1;
    */
@@ -447,7 +456,9 @@ export enum GuestDisk {
   UNSPECIFIED = 0,
 
   /**
-   * The VM's root dm-snapshot device.
+   * The VM's root device: its dm-snapshot, or under the clone strategy the
+   * loop device of `<state>/vms/<vm_id>/root.ext4`. (The work disk is the
+   * owner's own file: the orchestrator writes it without the helper.)
    *
    * @generated from enum value: GUEST_DISK_ROOT = 1;
    */
@@ -464,14 +475,22 @@ export const GuestDiskSchema: GenEnum<GuestDisk> = /*@__PURE__*/
  * Loop devices, dm-snapshots and changes to a VM's root block device. Paths
  * must be inside banger's state directory: every component is checked, the
  * file is opened with O_NOFOLLOW, must be a regular file with one hard link,
- * and the open file (not the path) is handed to losetup. Refusals are
- * INVALID_ARGUMENT or PERMISSION_DENIED and change nothing.
+ * and the open file (not the path) is handed to losetup, so no path race
+ * remains. Loop and dm teardown re-reads the kernel's own record (the loop's
+ * backing file, the dm uuid) before acting. Every request is validated
+ * completely before the first host command runs. Errors common to all:
+ * INVALID_ARGUMENT (INVALID_VM_ID, INVALID_PATH: empty, relative, not
+ * normalised, control characters, over 4096 bytes; NOT_A_DIRECTORY,
+ * NOT_REGULAR_FILE, INVALID_LOOP_DEVICE), PERMISSION_DENIED
+ * (PATH_OUTSIDE_STATE_DIR, SYMLINK_IN_PATH, HARD_LINKED_FILE, PATH_CHANGED,
+ * NOT_BANGERS), NOT_FOUND (PATH_NOT_FOUND), INTERNAL (HOST_COMMAND_FAILED).
  *
  * @generated from service banger.privileged.v1.DiskService
  */
 export const DiskService: GenService<{
   /**
-   * Attaches a loop device to an image or COW file.
+   * Attaches a free loop device to an image or COW file (`losetup --find`
+   * on the open file). Each call attaches a new device.
    *
    * @generated from rpc banger.privileged.v1.DiskService.AttachLoop
    */
@@ -482,7 +501,9 @@ export const DiskService: GenService<{
   },
   /**
    * Detaches a loop device after re-checking that its backing file is the
-   * one named. Idempotent: an already-detached device succeeds.
+   * one named. Idempotent: an already-detached device succeeds with
+   * existed = false. Errors: PERMISSION_DENIED (NOT_BANGERS) when the device
+   * is backed by another file.
    *
    * @generated from rpc banger.privileged.v1.DiskService.DetachLoop
    */
@@ -492,10 +513,14 @@ export const DiskService: GenService<{
     output: typeof DetachLoopResponseSchema;
   },
   /**
-   * Creates a VM's dm-snapshot (origin = the image's loop device, COW = the
-   * VM's COW file's loop device), named and uuid-tagged under banger's prefix,
-   * and hands the device node to the owner. Errors: FAILED_PRECONDITION
-   * (DEVICE_MAPPER_ABSENT) where the kernel has no device-mapper.
+   * Creates a VM's dm-snapshot `bgr-<vm_id>-root` (uuid `BANGER-<vm_id>`,
+   * persistent COW, origin = the image's loop device, COW = the VM's COW file's
+   * loop device, both backed by files in the state directory, chunk size 8
+   * sectors) and hands the device node to the owner (chown owner uid:gid) so
+   * the owner's VMM can open it. Errors: INVALID_ARGUMENT (SAME_DEVICE),
+   * FAILED_PRECONDITION (DEVICE_MAPPER_ABSENT where the kernel has no
+   * device-mapper: use the clone strategy; LOOP_NOT_ATTACHED),
+   * ALREADY_EXISTS (SNAPSHOT_EXISTS: the VM already has its snapshot).
    *
    * @generated from rpc banger.privileged.v1.DiskService.CreateSnapshot
    */
@@ -505,7 +530,10 @@ export const DiskService: GenService<{
     output: typeof CreateSnapshotResponseSchema;
   },
   /**
-   * Removes a VM's dm-snapshot after re-checking its uuid. Idempotent.
+   * Removes a VM's dm-snapshot after re-checking its uuid. Idempotent:
+   * succeeds with existed = false when it is gone. The loop devices under it
+   * stay attached (DetachLoop them after). Errors: PERMISSION_DENIED
+   * (NOT_BANGERS) for a dm device of that name without banger's uuid.
    *
    * @generated from rpc banger.privileged.v1.DiskService.RemoveSnapshot
    */
@@ -515,7 +543,11 @@ export const DiskService: GenService<{
     output: typeof RemoveSnapshotResponseSchema;
   },
   /**
-   * Runs `e2fsck -fy` on a VM's root device.
+   * Runs `e2fsck -fy` on a VM's root device: its dm-snapshot, or under the
+   * clone strategy the read-write loop device attached to
+   * `<state>/vms/<vm_id>/root.ext4`. Exit codes 0 and 1 succeed; higher
+   * ones are INTERNAL (HOST_COMMAND_FAILED). Errors: FAILED_PRECONDITION
+   * (VM_DISK_NOT_ATTACHED, VM_DISK_READ_ONLY).
    *
    * @generated from rpc banger.privileged.v1.DiskService.CheckFilesystem
    */
@@ -525,8 +557,15 @@ export const DiskService: GenService<{
     output: typeof CheckFilesystemResponseSchema;
   },
   /**
-   * Writes files into a VM's root filesystem (e2cp/debugfs, no mount), with
-   * the contents, modes and owners given; parent directories are created.
+   * Writes files into a VM's root filesystem with debugfs (no mount), with
+   * the contents, modes and owners given, in one batch, then verifies them
+   * by reading them back. Missing parent directories are created (debugfs
+   * `mkdir`); an existing file is replaced. Call it only while the VM's VMM
+   * is not running (the filesystem is written underneath the guest).
+   * Errors: INVALID_ARGUMENT (INVALID_GUEST_PATH, UNSUPPORTED_GUEST_PATH,
+   * TOO_MANY_FILES, FILE_TOO_LARGE, INVALID_MODE, INVALID_OWNER),
+   * FAILED_PRECONDITION (GUEST_PATH_IS_DIRECTORY, GUEST_PARENT_NOT_DIRECTORY,
+   * GUEST_WRITE_FAILED, VM_DISK_NOT_ATTACHED, VM_DISK_READ_ONLY).
    *
    * @generated from rpc banger.privileged.v1.DiskService.WriteGuestFiles
    */
@@ -536,7 +575,11 @@ export const DiskService: GenService<{
     output: typeof WriteGuestFilesResponseSchema;
   },
   /**
-   * Removes files from a VM's root filesystem. Missing files are not an error.
+   * Removes files from a VM's root filesystem. Missing files are not an
+   * error; directories are refused. Errors: INVALID_ARGUMENT
+   * (INVALID_GUEST_PATH, UNSUPPORTED_GUEST_PATH, TOO_MANY_FILES),
+   * FAILED_PRECONDITION (GUEST_PATH_IS_DIRECTORY, GUEST_REMOVE_FAILED,
+   * VM_DISK_NOT_ATTACHED, VM_DISK_READ_ONLY).
    *
    * @generated from rpc banger.privileged.v1.DiskService.RemoveGuestFiles
    */

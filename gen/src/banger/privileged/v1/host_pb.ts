@@ -71,7 +71,7 @@ export type GetVersionResponse = Message<"banger.privileged.v1.GetVersionRespons
   capabilities: string[];
 
   /**
-   * Capabilities it needs but does not hold.
+   * Capabilities it needs but does not hold; empty when privileges_ok.
    *
    * @generated from field: repeated string missing_capabilities = 6;
    */
@@ -85,14 +85,14 @@ export type GetVersionResponse = Message<"banger.privileged.v1.GetVersionRespons
   privilegesOk: boolean;
 
   /**
-   * One line about its privileges.
+   * One line about its privileges, e.g. "holds exactly the 5 capabilities it needs".
    *
    * @generated from field: string privileges_detail = 8;
    */
   privilegesDetail: string;
 
   /**
-   * The only uid the helper answers.
+   * The only uid the helper answers (the owner, from its configuration).
    *
    * @generated from field: uint32 owner_uid = 9;
    */
@@ -114,27 +114,28 @@ export const GetVersionResponseSchema: GenMessage<GetVersionResponse> = /*@__PUR
   messageDesc(file_banger_privileged_v1_host, 1);
 
 /**
- * Host features the helper's operations depend on.
+ * Host features the helper's operations depend on (probed at each call,
+ * read-only).
  *
  * @generated from message banger.privileged.v1.HostFeatures
  */
 export type HostFeatures = Message<"banger.privileged.v1.HostFeatures"> & {
   /**
-   * /dev/net/tun exists.
+   * /dev/net/tun exists (taps).
    *
    * @generated from field: bool tun = 1;
    */
   tun: boolean;
 
   /**
-   * The kernel can create bridges.
+   * The kernel can make bridges (the bridge module is loaded or available).
    *
    * @generated from field: bool bridge = 2;
    */
   bridge: boolean;
 
   /**
-   * nftables is usable (the `nft` binary and the nf_tables subsystem).
+   * nftables is usable: the `nft` binary and the nf_tables subsystem (NAT).
    *
    * @generated from field: bool nftables = 3;
    */
@@ -148,28 +149,31 @@ export type HostFeatures = Message<"banger.privileged.v1.HostFeatures"> & {
   loop: boolean;
 
   /**
-   * device-mapper is present (/dev/mapper/control); without it VMs use the clone root-disk strategy.
+   * device-mapper is present (/dev/mapper/control); without it VMs use the
+   * clone root-disk strategy.
    *
    * @generated from field: bool device_mapper = 5;
    */
   deviceMapper: boolean;
 
   /**
-   * systemd-resolved answers, so `.vm` can be routed to banger's DNS.
+   * systemd-resolved runs, so `.vm` can be routed to banger's DNS
+   * (NetworkService.ConfigureResolver).
    *
    * @generated from field: bool resolved = 6;
    */
   resolved: boolean;
 
   /**
-   * /dev/kvm exists and opens.
+   * /dev/kvm exists and the helper can open it (whether the owner can is
+   * doctor's check).
    *
    * @generated from field: bool kvm = 7;
    */
   kvm: boolean;
 
   /**
-   * Kernel release (uname -r).
+   * Kernel release (uname -r), e.g. "6.1.0-27-amd64".
    *
    * @generated from field: string kernel_release = 8;
    */
@@ -199,20 +203,21 @@ export const GetInventoryRequestSchema: GenMessage<GetInventoryRequest> = /*@__P
   messageDesc(file_banger_privileged_v1_host, 3);
 
 /**
- * Response of GetInventory: everything banger owns on the host now.
+ * Response of GetInventory: everything banger owns on the host now. Empty
+ * lists mean none (a host with no banger resources answers all empty).
  *
  * @generated from message banger.privileged.v1.GetInventoryResponse
  */
 export type GetInventoryResponse = Message<"banger.privileged.v1.GetInventoryResponse"> & {
   /**
-   * Bridges and taps marked as banger's, sorted by name.
+   * Bridges and taps marked as banger's (warm-pool taps included), sorted by name.
    *
    * @generated from field: repeated banger.privileged.v1.Link links = 1;
    */
   links: Link[];
 
   /**
-   * NAT rules in banger's nftables table.
+   * Masquerade rules in banger's nftables table (`ip banger`).
    *
    * @generated from field: repeated banger.privileged.v1.NatRule nat_rules = 2;
    */
@@ -226,21 +231,23 @@ export type GetInventoryResponse = Message<"banger.privileged.v1.GetInventoryRes
   resolverRoutes: ResolverRoute[];
 
   /**
-   * Loop devices whose backing file is inside banger's state directory.
+   * Loop devices whose backing file is inside banger's state directory,
+   * sorted by device number.
    *
    * @generated from field: repeated banger.privileged.v1.LoopDevice loop_devices = 4;
    */
   loopDevices: LoopDevice[];
 
   /**
-   * device-mapper devices with banger's uuid prefix.
+   * device-mapper devices with banger's uuid prefix (`BANGER-`).
    *
    * @generated from field: repeated banger.privileged.v1.DmDevice dm_devices = 5;
    */
   dmDevices: DmDevice[];
 
   /**
-   * VMM processes the helper launched (proved by start time and command line).
+   * VMM processes the helper launched, identified by command line and uid
+   * (it survives helper restarts: nothing is kept in memory).
    *
    * @generated from field: repeated banger.privileged.v1.VmmProcess vmm_processes = 6;
    */
@@ -261,7 +268,8 @@ export const GetInventoryResponseSchema: GenMessage<GetInventoryResponse> = /*@_
  */
 export type Link = Message<"banger.privileged.v1.Link"> & {
   /**
-   * Interface name, e.g. "bgr-3f9a2c01" (taps) or "bgr0" (bridge).
+   * Interface name, e.g. "bgr-3f9a2c01b7d" (a VM's tap), "bgr-p0123456789"
+   * (a warm-pool tap) or "bgr0" (the bridge).
    *
    * @generated from field: string name = 1;
    */
@@ -289,21 +297,21 @@ export type Link = Message<"banger.privileged.v1.Link"> & {
   ownerUid: number;
 
   /**
-   * Bridge it is attached to (taps).
+   * Bridge it is attached to (taps); empty for bridges.
    *
    * @generated from field: string master = 5;
    */
   master: string;
 
   /**
-   * Addresses in CIDR form (bridges), e.g. "172.30.0.1/24".
+   * IPv4 addresses in CIDR form (bridges), e.g. "172.30.0.1/24"; empty for taps.
    *
    * @generated from field: repeated string addresses = 6;
    */
   addresses: string[];
 
   /**
-   * Whether the link is up.
+   * Whether the link is administratively up.
    *
    * @generated from field: bool up = 7;
    */
@@ -324,7 +332,7 @@ export const LinkSchema: GenMessage<Link> = /*@__PURE__*/
  */
 export type NatRule = Message<"banger.privileged.v1.NatRule"> & {
   /**
-   * The VM it is for.
+   * The VM it is for (from the rule's comment "vm:<vm_id>").
    *
    * @generated from field: string vm_id = 1;
    */
@@ -359,7 +367,7 @@ export type ResolverRoute = Message<"banger.privileged.v1.ResolverRoute"> & {
   link: string;
 
   /**
-   * The DNS server address set on it.
+   * The DNS server address set on it (the bridge's own address).
    *
    * @generated from field: string dns_address = 2;
    */
@@ -394,7 +402,7 @@ export type LoopDevice = Message<"banger.privileged.v1.LoopDevice"> & {
   device: string;
 
   /**
-   * Backing file (inside the state directory).
+   * Backing file (absolute, inside the state directory).
    *
    * @generated from field: string backing_file = 2;
    */
@@ -422,28 +430,28 @@ export const LoopDeviceSchema: GenMessage<LoopDevice> = /*@__PURE__*/
  */
 export type DmDevice = Message<"banger.privileged.v1.DmDevice"> & {
   /**
-   * dm name, e.g. "bgr-3f9a2c01-root".
+   * dm name, "bgr-<vm_id>-root".
    *
    * @generated from field: string name = 1;
    */
   name: string;
 
   /**
-   * dm uuid, banger's prefix plus the VM id.
+   * dm uuid, "BANGER-<vm_id>".
    *
    * @generated from field: string uuid = 2;
    */
   uuid: string;
 
   /**
-   * The VM it belongs to.
+   * The VM it belongs to; empty if the uuid's suffix is not a valid VM id.
    *
    * @generated from field: string vm_id = 3;
    */
   vmId: string;
 
   /**
-   * Device node, e.g. "/dev/mapper/bgr-3f9a2c01-root".
+   * Device node, e.g. "/dev/mapper/bgr-box-root".
    *
    * @generated from field: string device = 4;
    */
@@ -478,7 +486,8 @@ export type VmmProcess = Message<"banger.privileged.v1.VmmProcess"> & {
   pid: number;
 
   /**
-   * Process start time (from /proc/<pid>/stat), which with the pid identifies it.
+   * Process start time (from /proc/<pid>/stat and the boot time), which with
+   * the pid identifies it; pass it back unchanged to VmmService.SignalVmm.
    *
    * @generated from field: google.protobuf.Timestamp start_time = 3;
    */
@@ -492,7 +501,7 @@ export type VmmProcess = Message<"banger.privileged.v1.VmmProcess"> & {
   kind: VmmKind;
 
   /**
-   * uid it runs as (the owner, never 0).
+   * Real uid it runs as (the owner, never 0).
    *
    * @generated from field: uint32 uid = 5;
    */
@@ -513,7 +522,7 @@ export const VmmProcessSchema: GenMessage<VmmProcess> = /*@__PURE__*/
  */
 export enum LinkKind {
   /**
-   * Not set.
+   * Not set; never sent.
    *
    * @generated from enum value: LINK_KIND_UNSPECIFIED = 0;
    */
@@ -527,7 +536,7 @@ export enum LinkKind {
   BRIDGE = 1,
 
   /**
-   * A VM's tap.
+   * A VM's tap or a warm-pool tap.
    *
    * @generated from enum value: LINK_KIND_TAP = 2;
    */
@@ -541,13 +550,13 @@ export const LinkKindSchema: GenEnum<LinkKind> = /*@__PURE__*/
   enumDesc(file_banger_privileged_v1_host, 0);
 
 /**
- * The VMMs the helper can launch.
+ * The VMMs the helper can launch (binaries from the helper's configuration).
  *
  * @generated from enum banger.privileged.v1.VmmKind
  */
 export enum VmmKind {
   /**
-   * Not set.
+   * Not set; refused (INVALID_ARGUMENT, INVALID_VMM_KIND).
    *
    * @generated from enum value: VMM_KIND_UNSPECIFIED = 0;
    */
@@ -581,7 +590,8 @@ export const VmmKindSchema: GenEnum<VmmKind> = /*@__PURE__*/
  */
 export const HostService: GenService<{
   /**
-   * Version, identity, capabilities held and host features present.
+   * Version, identity, capabilities held and host features present. Never
+   * fails for the owner; used by `banger system status` and `doctor`.
    *
    * @generated from rpc banger.privileged.v1.HostService.GetVersion
    */
@@ -593,7 +603,8 @@ export const HostService: GenService<{
   /**
    * Every banger-owned host resource (links, NAT rules, resolver routes, loop
    * and dm devices, VMM processes), for reconciliation after a crash and
-   * leak checks in tests. Resources not marked as banger's are never listed.
+   * leak checks in tests. Read-only. Resources not marked as banger's are
+   * never listed.
    *
    * @generated from rpc banger.privileged.v1.HostService.GetInventory
    */

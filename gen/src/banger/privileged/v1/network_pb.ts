@@ -26,7 +26,8 @@ export type EnsureBridgeRequest = Message<"banger.privileged.v1.EnsureBridgeRequ
   name: string;
 
   /**
-   * Host address and prefix on the bridge, IPv4 CIDR with prefix /16-/30, e.g. "172.30.0.1/24".
+   * Host address and prefix on the bridge: IPv4 CIDR with a prefix of
+   * /16-/30, a host address of the subnet, e.g. "172.30.0.1/24".
    *
    * @generated from field: string address = 2;
    */
@@ -68,7 +69,7 @@ export const EnsureBridgeResponseSchema: GenMessage<EnsureBridgeResponse> = /*@_
  */
 export type DeleteBridgeRequest = Message<"banger.privileged.v1.DeleteBridgeRequest"> & {
   /**
-   * Bridge name.
+   * Bridge name, `^bgr[a-z0-9]{1,12}$`.
    *
    * @generated from field: string name = 1;
    */
@@ -104,35 +105,37 @@ export const DeleteBridgeResponseSchema: GenMessage<DeleteBridgeResponse> = /*@_
   messageDesc(file_banger_privileged_v1_network, 3);
 
 /**
- * Request of CreateTap.
+ * Request of CreateTap. Exactly one of: `vm_id` (a new tap for the VM),
+ * `vm_id` + `from_pool` (take a warm-pool tap over), `pool` alone (a new
+ * warm-pool tap).
  *
  * @generated from message banger.privileged.v1.CreateTapRequest
  */
 export type CreateTapRequest = Message<"banger.privileged.v1.CreateTapRequest"> & {
   /**
-   * The VM the tap is for; empty with `pool` set makes a warm-pool tap.
+   * The VM the tap is for; empty with `pool` set.
    *
    * @generated from field: string vm_id = 1;
    */
   vmId: string;
 
   /**
-   * The banger bridge to attach it to.
+   * The banger bridge to attach it to, `^bgr[a-z0-9]{1,12}$`.
    *
    * @generated from field: string bridge = 2;
    */
   bridge: string;
 
   /**
-   * Make an unassigned tap for the warm pool (named `bgr-p` + a counter).
+   * Make an unassigned tap for the warm pool, named `bgr-p` + 10 hex digits.
    *
    * @generated from field: bool pool = 3;
    */
   pool: boolean;
 
   /**
-   * Take this warm-pool tap over for `vm_id` instead of creating one (it is
-   * renamed to the VM's tap name).
+   * Take this warm-pool tap (`^bgr-p[0-9a-f]{10}$`) over for `vm_id` instead
+   * of creating one; it is renamed to the VM's tap name. Empty = create.
    *
    * @generated from field: string from_pool = 4;
    */
@@ -153,7 +156,7 @@ export const CreateTapRequestSchema: GenMessage<CreateTapRequest> = /*@__PURE__*
  */
 export type CreateTapResponse = Message<"banger.privileged.v1.CreateTapResponse"> & {
   /**
-   * The tap's name, e.g. "bgr-3f9a2c01".
+   * The tap's name, e.g. "bgr-3f9a2c01b7d" (a VM's) or "bgr-p0123456789" (pool).
    *
    * @generated from field: string name = 1;
    */
@@ -168,7 +171,7 @@ export const CreateTapResponseSchema: GenMessage<CreateTapResponse> = /*@__PURE_
   messageDesc(file_banger_privileged_v1_network, 5);
 
 /**
- * Request of DeleteTap.
+ * Request of DeleteTap. Exactly one of the two fields.
  *
  * @generated from message banger.privileged.v1.DeleteTapRequest
  */
@@ -181,7 +184,7 @@ export type DeleteTapRequest = Message<"banger.privileged.v1.DeleteTapRequest"> 
   vmId: string;
 
   /**
-   * Or a warm-pool tap by name (`bgr-p…`).
+   * Or a warm-pool tap by name, `^bgr-p[0-9a-f]{10}$`.
    *
    * @generated from field: string pool_name = 2;
    */
@@ -230,14 +233,15 @@ export type EnableNatRequest = Message<"banger.privileged.v1.EnableNatRequest"> 
   vmId: string;
 
   /**
-   * Its guest IPv4 address, inside the bridge's subnet.
+   * Its guest IPv4 address, a host address of the bridge's subnet other than
+   * the bridge's own, e.g. "172.30.0.12".
    *
    * @generated from field: string guest_address = 2;
    */
   guestAddress: string;
 
   /**
-   * The banger bridge.
+   * The banger bridge (traffic to it is not masqueraded).
    *
    * @generated from field: string bridge = 3;
    */
@@ -258,7 +262,7 @@ export const EnableNatRequestSchema: GenMessage<EnableNatRequest> = /*@__PURE__*
  */
 export type EnableNatResponse = Message<"banger.privileged.v1.EnableNatResponse"> & {
   /**
-   * Whether a rule was added now (false: it was there).
+   * Whether a rule was added now (false: the same rule was there).
    *
    * @generated from field: bool added = 1;
    */
@@ -328,7 +332,8 @@ export type ConfigureResolverRequest = Message<"banger.privileged.v1.ConfigureRe
   bridge: string;
 
   /**
-   * The address banger's DNS responder listens on (the bridge's address).
+   * The address banger's DNS responder listens on: the bridge's own address,
+   * e.g. "172.30.0.1".
    *
    * @generated from field: string dns_address = 2;
    */
@@ -401,17 +406,25 @@ export const RemoveResolverResponseSchema: GenMessage<RemoveResolverResponse> = 
 
 /**
  * Bridge, taps, NAT and `.vm` DNS routing. Links the helper makes are marked
- * as banger's (link alias); it never adopts, changes or deletes a link it did
- * not make. Deletes are idempotent.
+ * as banger's (link alias `banger:bridge`, `banger:tap:<vm_id>`,
+ * `banger:pool`) and made in one `ip -batch` so none exists unmarked; the
+ * helper never adopts, changes or deletes a link it did not make
+ * (PERMISSION_DENIED, NOT_BANGERS). Creates are idempotent (asking again for
+ * what exists succeeds); deletes are idempotent (deleting what is gone
+ * succeeds with existed/removed = false). A step that fails undoes the steps
+ * before it. Errors common to all: INVALID_ARGUMENT (INVALID_VM_ID,
+ * INVALID_BRIDGE_NAME), PERMISSION_DENIED (NOT_BANGERS).
  *
  * @generated from service banger.privileged.v1.NetworkService
  */
 export const NetworkService: GenService<{
   /**
-   * Creates the banger bridge, or checks the existing one matches. Errors:
-   * INVALID_ARGUMENT (bad name, not IPv4, prefix outside /16-/30),
-   * FAILED_PRECONDITION (SUBNET_OVERLAPS an existing route, NOT_BANGERS:
-   * a link of that name exists but banger did not make it).
+   * Creates the banger bridge with the address given and brings it up, or
+   * checks that the existing one matches. Errors: INVALID_ARGUMENT
+   * (INVALID_ADDRESS: not IPv4 CIDR or a network/broadcast address,
+   * INVALID_PREFIX: outside /16-/30), FAILED_PRECONDITION (SUBNET_OVERLAPS:
+   * an existing route overlaps the subnet; BRIDGE_MISMATCH: the bridge
+   * exists with another address).
    *
    * @generated from rpc banger.privileged.v1.NetworkService.EnsureBridge
    */
@@ -421,8 +434,8 @@ export const NetworkService: GenService<{
     output: typeof EnsureBridgeResponseSchema;
   },
   /**
-   * Removes the banger bridge (and its resolver routing). Taps still attached
-   * make it FAILED_PRECONDITION (BRIDGE_IN_USE).
+   * Removes the banger bridge (and its resolver routing). Errors:
+   * FAILED_PRECONDITION (BRIDGE_IN_USE) while taps are attached to it.
    *
    * @generated from rpc banger.privileged.v1.NetworkService.DeleteBridge
    */
@@ -432,10 +445,15 @@ export const NetworkService: GenService<{
     output: typeof DeleteBridgeResponseSchema;
   },
   /**
-   * Creates a VM's tap, owned by the owner uid so the VMM (running as the
-   * owner) can open it, attached to the bridge and up. Its name is derived
-   * from the vm id (`bgr-` + up to 11 characters). Errors: ALREADY_EXISTS
-   * (TAP_EXISTS) for a tap of another VM with that name.
+   * Creates a VM's tap owned by the owner uid (so the VMM, running as the
+   * owner, can open it), attached to the bridge and up; or a warm-pool tap
+   * (`pool`); or takes a warm-pool tap over for a VM (`from_pool`: renamed
+   * and re-marked, no link created, so it is fast). A VM's tap is named
+   * `bgr-` + the first 11 hex digits of sha256(vm_id) (15 bytes). Errors:
+   * INVALID_ARGUMENT (INVALID_ARGUMENT: pool with vm_id or from_pool,
+   * INVALID_POOL_NAME), FAILED_PRECONDITION (BRIDGE_ABSENT, NOT_IN_POOL:
+   * from_pool is not a warm-pool tap), ALREADY_EXISTS (TAP_EXISTS: a tap of
+   * that name belongs to another VM).
    *
    * @generated from rpc banger.privileged.v1.NetworkService.CreateTap
    */
@@ -445,7 +463,9 @@ export const NetworkService: GenService<{
     output: typeof CreateTapResponseSchema;
   },
   /**
-   * Deletes a VM's tap; succeeds when it is already gone.
+   * Deletes a VM's tap, or a warm-pool tap by name. Idempotent. Errors:
+   * PERMISSION_DENIED (NOT_BANGERS) when the link of that name is not this
+   * VM's tap.
    *
    * @generated from rpc banger.privileged.v1.NetworkService.DeleteTap
    */
@@ -455,8 +475,11 @@ export const NetworkService: GenService<{
     output: typeof DeleteTapResponseSchema;
   },
   /**
-   * Adds masquerade for one guest address in banger's nftables table, in one
-   * `nft -f -` transaction. Idempotent.
+   * Masquerades one VM's guest address to everything but the bridge, in
+   * banger's nftables table (`ip banger`, chain `postrouting`), in one
+   * `nft -f -` transaction; a VM has at most one rule (a different address
+   * replaces it). Idempotent. Errors: INVALID_ARGUMENT (INVALID_ADDRESS,
+   * ADDRESS_OUTSIDE_BRIDGE), FAILED_PRECONDITION (BRIDGE_ABSENT).
    *
    * @generated from rpc banger.privileged.v1.NetworkService.EnableNat
    */
@@ -466,7 +489,8 @@ export const NetworkService: GenService<{
     output: typeof EnableNatResponseSchema;
   },
   /**
-   * Removes a VM's masquerade rule; the table goes when its last rule does. Idempotent.
+   * Removes a VM's masquerade rule; the table goes with its last rule, so no
+   * empty table is left. Idempotent.
    *
    * @generated from rpc banger.privileged.v1.NetworkService.DisableNat
    */
@@ -477,8 +501,10 @@ export const NetworkService: GenService<{
   },
   /**
    * Routes the `.vm` domain to banger's DNS responder on the bridge
-   * (per-link DNS through systemd-resolved). Errors: FAILED_PRECONDITION
-   * (RESOLVED_ABSENT) where systemd-resolved does not run.
+   * (per-link DNS server and routing domain `~vm` through systemd-resolved).
+   * Idempotent. Errors: INVALID_ARGUMENT (INVALID_ADDRESS: dns_address is not
+   * the bridge's own address), FAILED_PRECONDITION (BRIDGE_ABSENT,
+   * RESOLVED_ABSENT: systemd-resolved does not run here).
    *
    * @generated from rpc banger.privileged.v1.NetworkService.ConfigureResolver
    */

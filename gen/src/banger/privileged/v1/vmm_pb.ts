@@ -30,14 +30,15 @@ export type LaunchVmmRequest = Message<"banger.privileged.v1.LaunchVmmRequest"> 
   vmId: string;
 
   /**
-   * Which VMM.
+   * Which VMM; UNSPECIFIED is refused.
    *
    * @generated from field: banger.privileged.v1.VmmKind kind = 2;
    */
   kind: VmmKind;
 
   /**
-   * The machine, required for QEMU (ignored by Firecracker, which is configured over its API).
+   * The machine; required for QEMU_MICROVM, ignored for FIRECRACKER (which
+   * is configured over its API).
    *
    * @generated from field: banger.privileged.v1.QemuMachine qemu = 3;
    */
@@ -52,8 +53,9 @@ export const LaunchVmmRequestSchema: GenMessage<LaunchVmmRequest> = /*@__PURE__*
   messageDesc(file_banger_privileged_v1_vmm, 0);
 
 /**
- * The machine QEMU is started with; every path must be inside banger's state
- * directory (kernel, initrd, disks) and the tap must be the VM's.
+ * The machine QEMU is started with (`-M microvm`, virtio-mmio devices). Every
+ * file must be inside banger's state directory (checked like every helper
+ * path, and without `,`, which QEMU's option syntax cannot take).
  *
  * @generated from message banger.privileged.v1.QemuMachine
  */
@@ -73,7 +75,7 @@ export type QemuMachine = Message<"banger.privileged.v1.QemuMachine"> & {
   memoryMib: number;
 
   /**
-   * Kernel file.
+   * Kernel file (a vmlinux or bzImage).
    *
    * @generated from field: string kernel_path = 3;
    */
@@ -87,42 +89,47 @@ export type QemuMachine = Message<"banger.privileged.v1.QemuMachine"> & {
   initrdPath: string;
 
   /**
-   * Kernel command line, printable ASCII, at most 2048 bytes, no `"`.
+   * Kernel command line, printable ASCII without `"`, at most 2048 bytes
+   * (including the `tsc_early_khz=` the helper appends under TCG).
    *
    * @generated from field: string boot_args = 5;
    */
   bootArgs: string;
 
   /**
-   * Root disk: the VM's dm device or its clone file.
+   * Root disk: the VM's own dm device `/dev/mapper/bgr-<vm_id>-root`, or a
+   * file in the state directory (its clone root disk).
    *
    * @generated from field: string root_disk = 6;
    */
   rootDisk: string;
 
   /**
-   * Work disk file.
+   * Work disk file (raw ext4) in the state directory.
    *
    * @generated from field: string work_disk = 7;
    */
   workDisk: string;
 
   /**
-   * Guest MAC, lowercase colon-separated.
+   * Guest MAC, six lowercase hex pairs separated by `:`, unicast, not all zero.
    *
    * @generated from field: string mac = 8;
    */
   mac: string;
 
   /**
-   * Use KVM (refused with FAILED_PRECONDITION, KVM_ABSENT, when /dev/kvm is not usable).
+   * Use KVM (`-accel kvm -cpu host`); refused with FAILED_PRECONDITION
+   * (KVM_ABSENT) when /dev/kvm is not usable. False = TCG (`-cpu max`).
    *
    * @generated from field: bool kvm = 9;
    */
   kvm: boolean;
 
   /**
-   * TSC frequency in kHz passed as tsc_early_khz under TCG; 0 = measured by the helper.
+   * TSC frequency in kHz appended as `tsc_early_khz=` under TCG (without it
+   * about one TCG boot in four hangs calibrating the TSC), 0-10000000;
+   * 0 = the host's, measured by the helper. Ignored with KVM.
    *
    * @generated from field: uint32 tsc_khz = 10;
    */
@@ -150,28 +157,31 @@ export type LaunchVmmResponse = Message<"banger.privileged.v1.LaunchVmmResponse"
   pid: number;
 
   /**
-   * Its start time, which with the pid identifies it.
+   * Its start time (from /proc/<pid>/stat), which with the pid identifies
+   * it; keep it for SignalVmm.
    *
    * @generated from field: google.protobuf.Timestamp start_time = 2;
    */
   startTime?: Timestamp | undefined;
 
   /**
-   * The API socket (Firecracker) or QMP socket (QEMU), owned by the owner.
+   * The API socket (Firecracker, `<runtime>/vms/<vm_id>/firecracker.sock`)
+   * or QMP socket (QEMU, `…/qmp.sock`), owned by the owner.
    *
    * @generated from field: string control_socket = 3;
    */
   controlSocket: string;
 
   /**
-   * The VMM's log file.
+   * The VMM's log file, `<runtime>/vms/<vm_id>/vmm.log`, owned by the owner.
    *
    * @generated from field: string log_path = 4;
    */
   logPath: string;
 
   /**
-   * The guest console log file.
+   * The guest console log file, `<runtime>/vms/<vm_id>/console.log`, owned
+   * by the owner.
    *
    * @generated from field: string console_path = 5;
    */
@@ -206,14 +216,15 @@ export type SignalVmmRequest = Message<"banger.privileged.v1.SignalVmmRequest"> 
   pid: number;
 
   /**
-   * The start time LaunchVmm returned; a different one means the pid was reused.
+   * The start time LaunchVmm (or GetInventory) returned, unchanged; required.
+   * A different one means the pid was reused.
    *
    * @generated from field: google.protobuf.Timestamp start_time = 3;
    */
   startTime?: Timestamp | undefined;
 
   /**
-   * Which signal.
+   * Which signal; UNSPECIFIED is refused.
    *
    * @generated from field: banger.privileged.v1.VmmSignal signal = 4;
    */
@@ -234,7 +245,7 @@ export const SignalVmmRequestSchema: GenMessage<SignalVmmRequest> = /*@__PURE__*
  */
 export type SignalVmmResponse = Message<"banger.privileged.v1.SignalVmmResponse"> & {
   /**
-   * Whether the process was there.
+   * Whether the process was there (and was signalled).
    *
    * @generated from field: bool existed = 1;
    */
@@ -255,7 +266,7 @@ export const SignalVmmResponseSchema: GenMessage<SignalVmmResponse> = /*@__PURE_
  */
 export enum VmmSignal {
   /**
-   * Not set.
+   * Not set; refused (INVALID_ARGUMENT, INVALID_SIGNAL).
    *
    * @generated from enum value: VMM_SIGNAL_UNSPECIFIED = 0;
    */
@@ -285,19 +296,33 @@ export const VmmSignalSchema: GenEnum<VmmSignal> = /*@__PURE__*/
 /**
  * Starting and signalling a VM's VMM. The VMM always runs as the owner
  * uid/gid, never as root, with an argument vector the helper builds itself:
- * the binary from the helper's configuration, sockets and logs under the VM's
- * runtime directory.
+ * the binary from the helper's configuration, sockets and logs in the VM's
+ * runtime directory `<runtime>/vms/<vm_id>/` (made 0700 and owned by the
+ * owner), the tap derived from the vm id. Its life is not tied to any call or
+ * to the helper: a helper restart finds it again by its command line.
+ * Errors common to all: INVALID_ARGUMENT (INVALID_VM_ID).
  *
  * @generated from service banger.privileged.v1.VmmService
  */
 export const VmmService: GenService<{
   /**
-   * Launches the VM's VMM detached from the helper (its life is not tied to
-   * this call) and returns its pid and start time. Firecracker gets only its
-   * API socket and log (the orchestrator configures it over the API); QEMU
-   * gets the whole machine on its command line from `qemu`. Errors:
-   * FAILED_PRECONDITION (VMM_RUNNING) when the VM already has one,
-   * INVALID_ARGUMENT for any field out of its rule.
+   * Launches the VM's VMM detached from the helper and waits (at most 10 s)
+   * until it opens its control socket; returns its pid and start time.
+   * Firecracker gets only its API socket, id and log (the orchestrator then
+   * configures machine, boot source, drives, network and vsock over the API
+   * socket, which the owner owns); the guest console goes to console.log.
+   * QEMU gets the whole machine on its command line from `qemu`, each field
+   * validated; its tap is the VM's (`bgr-` + 11 hex of sha256(vm_id)).
+   * Errors: INVALID_ARGUMENT (INVALID_VMM_KIND, QEMU_MACHINE_REQUIRED,
+   * INVALID_VCPU, INVALID_MEMORY, INVALID_PATH, INVALID_BOOT_ARGS,
+   * INVALID_MAC, INVALID_ACCELERATOR, INVALID_TSC_KHZ), PERMISSION_DENIED
+   * (PATH_OUTSIDE_STATE_DIR), FAILED_PRECONDITION (VMM_RUNNING: the VM
+   * already has one; KVM_ABSENT; OWNER_IS_ROOT; VMM_BINARY_UNUSABLE;
+   * VMM_EXITED: it exited before opening its socket, with the tail of its
+   * log in the message; RUNTIME_DIR_ABSENT, RUNTIME_DIR_UNSAFE,
+   * RUNTIME_DIR_UNSUPPORTED, LOG_FILE_UNSAFE, SOCKET_PATH_OCCUPIED),
+   * DEADLINE_EXCEEDED (VMM_NOT_READY: it did not open its socket in time and
+   * was killed).
    *
    * @generated from rpc banger.privileged.v1.VmmService.LaunchVmm
    */
@@ -307,9 +332,15 @@ export const VmmService: GenService<{
     output: typeof LaunchVmmResponseSchema;
   },
   /**
-   * Signals a VM's VMM after proving the pid is that VM's process (start time
-   * and command line match); never pid <= 1. Errors: PERMISSION_DENIED
-   * (NOT_THE_VMS_PROCESS). A process already gone succeeds with existed = false.
+   * Signals a VM's VMM after proving the pid is that VM's process: its start
+   * time, its command line (the argv the helper builds for that vm_id) and
+   * its uid (the owner) all match; never pid <= 1. Graceful stops
+   * (Ctrl-Alt-Del through the Firecracker API, the power button through QMP)
+   * are the orchestrator's job over the control socket. A process already
+   * gone (or a zombie) succeeds with existed = false. Errors:
+   * INVALID_ARGUMENT (INVALID_PID, START_TIME_REQUIRED, INVALID_START_TIME,
+   * INVALID_SIGNAL), PERMISSION_DENIED (NOT_THE_VMS_PROCESS: pid reused or
+   * not this VM's VMM).
    *
    * @generated from rpc banger.privileged.v1.VmmService.SignalVmm
    */
