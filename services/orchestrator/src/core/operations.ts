@@ -1,0 +1,215 @@
+/**
+ * Long work as operations: persisted (so GetOperation answers after a
+ * restart), watched by any number of clients (closing one never cancels the
+ * work), cancelled on request. The work runs detached from the RPC that began
+ * it, in the op id context of that RPC, so every log line keeps its op id.
+ */
+import { CancelledError, NotFoundError, codeName, currentOpId, mintOpId, statusOf, type Logger } from "@banger/common";
+import type { Kysely } from "kysely";
+import {
+  getOperation,
+  insertOperation,
+  listOperations,
+  markInterrupted,
+  updateOperation,
+  type Database,
+  type JsonObject,
+  type OperationFailure,
+  type OperationFilter,
+  type OperationKind,
+  type OperationRecord,
+  type OperationStage,
+} from "../store/index.js";
+
+/** What the work of an operation gets: its id, a cancel signal and stages. */
+export interface OperationContext {
+  readonly id: string;
+  readonly signal: AbortSignal;
+  /** Runs one stage: recorded as running, then done or failed, with its duration, in the record and the log. */
+  stage<T>(name: string, work: () => Promise<T>): Promise<T>;
+}
+
+export interface Operations {
+  /** Persists a new running operation and starts `work` in the background; returns the record at once. */
+  start(
+    kind: OperationKind,
+    target: string,
+    work: (op: OperationContext) => Promise<JsonObject | null>,
+  ): Promise<OperationRecord>;
+  get(id: string): Promise<OperationRecord>;
+  list(filter: OperationFilter): Promise<OperationRecord[]>;
+  /** Asks a running operation to stop; returns it as it is now (ended ones unchanged). */
+  cancel(id: string): Promise<{ operation: OperationRecord; cancelRequested: boolean }>;
+  /** The operation now, then after every change, until it ends or `signal` aborts. */
+  watch(id: string, signal: AbortSignal): AsyncIterable<OperationRecord>;
+  /** At start-up: operations a restart cut off become failed (INTERRUPTED). */
+  recover(): Promise<OperationRecord[]>;
+  /** Resolves when every running operation has ended (tests, shutdown). */
+  settled(): Promise<void>;
+}
+
+interface Live {
+  readonly controller: AbortController;
+  readonly listeners: Set<() => void>;
+  readonly done: Promise<void>;
+}
+
+export function createOperations(deps: {
+  readonly db: Kysely<Database>;
+  readonly logger: Logger;
+  readonly now?: () => Date;
+}): Operations {
+  const { db, logger } = deps;
+  const now = deps.now ?? (() => new Date());
+  const live = new Map<string, Live>();
+  const notify = (id: string) => {
+    for (const listener of live.get(id)?.listeners ?? []) listener();
+  };
+
+  const get = async (id: string) => {
+    const found = await getOperation(db, id);
+    if (!found) throw new NotFoundError(`operation ${id} does not exist`, { reason: "OPERATION_NOT_FOUND" });
+    return found;
+  };
+
+  return {
+    async start(kind, target, work) {
+      const id = currentOpId() ?? mintOpId();
+      const record = await insertOperation(db, { id, kind, target, state: "running", createdAt: now() });
+      const controller = new AbortController();
+      const listeners = new Set<() => void>();
+      let stages: OperationStage[] = [];
+      const save = async (patch: Omit<Parameters<typeof updateOperation>[2], "updatedAt">) => {
+        await updateOperation(db, id, { ...patch, updatedAt: now() });
+        notify(id);
+      };
+
+      const context: OperationContext = {
+        id,
+        signal: controller.signal,
+        async stage(name, run) {
+          if (controller.signal.aborted)
+            throw new CancelledError(`operation ${id} was cancelled`, { reason: "CANCELLED" });
+          const started = now();
+          const t0 = performance.now();
+          const set = (state: OperationStage["state"], endedAt: Date | null) => {
+            stages = [
+              ...stages.filter((s) => s.name !== name),
+              { name, state, startedAt: started, endedAt, message: "" },
+            ];
+          };
+          set("running", null);
+          await save({ stages });
+          try {
+            const value = await run();
+            set("done", now());
+            await save({ stages });
+            logger.info({ stage: name, duration_ms: Math.round(performance.now() - t0) }, "stage completed");
+            return value;
+          } catch (error) {
+            set("failed", now());
+            await save({ stages });
+            logger.warn(
+              { stage: name, duration_ms: Math.round(performance.now() - t0), error: String(error) },
+              "stage failed",
+            );
+            throw Object.assign(error instanceof Error ? error : new Error(String(error)), { failedStage: name });
+          }
+        },
+      };
+
+      const done = (async () => {
+        try {
+          const result = await work(context);
+          await save({ state: "succeeded", result });
+          logger.info({ operation: kind, target }, "operation succeeded");
+        } catch (error) {
+          const cancelled = controller.signal.aborted;
+          const status = statusOf(
+            cancelled ? new CancelledError(`operation ${id} was cancelled`, { reason: "CANCELLED" }) : error,
+          );
+          const failedStage = (error as { failedStage?: unknown }).failedStage;
+          const failure: OperationFailure = {
+            code: codeName(status.code),
+            reason: status.reason,
+            message: status.message,
+            ...(typeof failedStage === "string" ? { stage: failedStage } : {}),
+          };
+          await save({ state: cancelled ? "cancelled" : "failed", error: failure }).catch((saveError: unknown) =>
+            logger.error({ err: saveError }, "could not record the end of an operation"),
+          );
+          logger.warn(
+            { operation: kind, target, code: failure.code, reason: failure.reason, err: error },
+            "operation failed",
+          );
+        } finally {
+          notify(id);
+          live.delete(id);
+        }
+      })();
+      live.set(id, { controller, listeners, done });
+      return record;
+    },
+
+    get,
+    list: (filter) => listOperations(db, filter),
+
+    async cancel(id) {
+      const running = live.get(id);
+      running?.controller.abort();
+      return { operation: await get(id), cancelRequested: running !== undefined };
+    },
+
+    async *watch(id, signal) {
+      let last = "";
+      for (;;) {
+        // Listen before reading, so a change between the read and the wait is not missed.
+        const entry = live.get(id);
+        const change = entry ? nextChange(entry, signal) : undefined;
+        try {
+          const current = await get(id);
+          const seen = JSON.stringify(current);
+          if (seen !== last) {
+            last = seen;
+            yield current;
+          }
+          if (current.endedAt !== null || !change || signal.aborted) return;
+          await change.promise;
+          if (signal.aborted) return;
+        } finally {
+          change?.dispose();
+        }
+      }
+    },
+
+    async recover() {
+      const interrupted = await markInterrupted(db, now());
+      for (const op of interrupted) {
+        logger.warn(
+          { op_id: op.id, operation: op.kind, target: op.target, stage: op.error?.stage },
+          "operation interrupted by a restart",
+        );
+      }
+      return interrupted;
+    },
+
+    async settled() {
+      await Promise.all([...live.values()].map((entry) => entry.done));
+    },
+  };
+}
+
+/** Resolves at the entry's next change or when `signal` aborts; dispose() stops listening. */
+function nextChange(entry: Live, signal: AbortSignal): { promise: Promise<void>; dispose: () => void } {
+  let wake = () => {};
+  const promise = new Promise<void>((resolve) => (wake = resolve));
+  entry.listeners.add(wake);
+  signal.addEventListener("abort", wake);
+  return {
+    promise,
+    dispose: () => {
+      entry.listeners.delete(wake);
+      signal.removeEventListener("abort", wake);
+    },
+  };
+}
