@@ -12,7 +12,7 @@ import { ErrorInfoSchema } from "@banger/gen/google/rpc/error_details_pb.js";
 import { ImageService, file_banger_v1_image } from "@banger/gen/banger/v1/image_pb.js";
 import { file_banger_v1_exec } from "@banger/gen/banger/v1/exec_pb.js";
 import { file_banger_v1_kernel } from "@banger/gen/banger/v1/kernel_pb.js";
-import { file_banger_v1_operation } from "@banger/gen/banger/v1/operation_pb.js";
+import { OperationService, file_banger_v1_operation } from "@banger/gen/banger/v1/operation_pb.js";
 import { file_banger_v1_system } from "@banger/gen/banger/v1/system_pb.js";
 import { file_banger_v1_vm } from "@banger/gen/banger/v1/vm_pb.js";
 import { file_banger_v1_workspace } from "@banger/gen/banger/v1/workspace_pb.js";
@@ -145,7 +145,7 @@ describe("three services on Unix sockets", () => {
       "banger.v1.ImageService/PullImage",
       "banger.privileged.v1.HostService/GetVersion",
       "banger.privileged.v1.HostService/GetInventory",
-      ...[NetworkService, DiskService, VmmService].flatMap((svc) =>
+      ...[NetworkService, DiskService, VmmService, OperationService].flatMap((svc) =>
         svc.methods.map((m) => `${svc.typeName}/${m.name}`),
       ),
       "banger.imagepuller.v1.PullerService/GetVersion",
@@ -187,6 +187,26 @@ describe("three services on Unix sockets", () => {
     }
     // The API is designed in full: dozens of RPCs exist ahead of their implementation.
     expect(checked).toBeGreaterThan(30);
+  });
+});
+
+describe("operations on the orchestrator", () => {
+  it("answers lookups from its SQLite store: NOT_FOUND for an unknown id, INVALID_ARGUMENT for a malformed one", async () => {
+    const transport = createUnixTransport(cluster.socket("orchestrator"), { peer: "orchestrator" });
+    const ops = createClient(OperationService, transport.transport);
+    expect((await ops.listOperations({})).operations).toEqual([]);
+    const unknown = await connectCall(() => ops.getOperation({ id: "op-000000000000" }));
+    expect([unknown.code, unknown.findDetails(ErrorInfoSchema)[0]?.reason]).toEqual([
+      Code.NotFound,
+      "OPERATION_NOT_FOUND",
+    ]);
+    const malformed = await connectCall(() => ops.watchOperation({ id: "../../etc" })[Symbol.asyncIterator]().next());
+    expect([malformed.code, malformed.findDetails(ErrorInfoSchema)[0]?.reason]).toEqual([
+      Code.InvalidArgument,
+      "INVALID_OP_ID",
+    ]);
+    transport.close();
+    expect(existsSync(join(cluster.stateDir, "banger.db"))).toBe(true);
   });
 });
 

@@ -10,6 +10,10 @@ export interface ServiceMainOptions {
   readonly logPrefix?: string;
   readonly files: readonly DescFile[];
   readonly routes: (router: ConnectRouter, logger: Logger) => void;
+  /** The service's logger, when it needs one before serving; else one is made. */
+  readonly logger?: Logger;
+  /** Runs after the server has stopped (close the database…). */
+  readonly onStop?: () => Promise<void>;
   /** Passed to the server: see UnixServerOptions. */
   readonly access?: Pick<UnixServerOptions, "peerCredentials" | "authorize" | "socketOwner" | "logArguments">;
 }
@@ -19,7 +23,7 @@ export interface ServiceMainOptions {
  * failure (socket in use, path too long…) is logged and exits 1.
  */
 export async function runService(options: ServiceMainOptions): Promise<void> {
-  const logger = createLogger({ service: options.service });
+  const logger = options.logger ?? createLogger({ service: options.service });
   let server;
   try {
     server = await startUnixServer({
@@ -38,13 +42,16 @@ export async function runService(options: ServiceMainOptions): Promise<void> {
   }
   const stop = (signal: NodeJS.Signals) => {
     logger.info({ signal }, "shutting down");
-    server.close().then(
-      () => process.exit(0),
-      (error: unknown) => {
-        logger.error({ err: error }, "shutdown failed");
-        process.exit(1);
-      },
-    );
+    server
+      .close()
+      .then(() => options.onStop?.())
+      .then(
+        () => process.exit(0),
+        (error: unknown) => {
+          logger.error({ err: error }, "shutdown failed");
+          process.exit(1);
+        },
+      );
   };
   process.once("SIGTERM", stop);
   process.once("SIGINT", stop);

@@ -8,16 +8,22 @@ import { VmService, file_banger_v1_vm } from "@banger/gen/banger/v1/vm_pb.js";
 import { WorkspaceService, file_banger_v1_workspace } from "@banger/gen/banger/v1/workspace_pb.js";
 import type { DescFile } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
+import type { Kysely } from "kysely";
+import { createOperations } from "./core/operations.js";
 import { describeOrchestrator } from "./core/status.js";
 import { createPrivilegedPeer } from "./peers/privileged.js";
 import { createPullerPeer } from "./peers/puller.js";
 import { createImageService } from "./rpc/image-service.js";
+import { createOperationService } from "./rpc/operation-service.js";
 import { createSystemService } from "./rpc/system-service.js";
+import type { Database } from "./store/index.js";
 
 export interface OrchestratorConfig {
   readonly socketPath: string;
   readonly privilegedSocket: string;
   readonly pullerSocket: string;
+  readonly db: Kysely<Database>;
+  readonly logger: Logger;
 }
 
 export interface Orchestrator {
@@ -25,8 +31,13 @@ export interface Orchestrator {
   readonly routes: (router: ConnectRouter, logger: Logger) => void;
 }
 
-/** The composition root: every dependency is built here, once, and passed in explicitly. */
-export function createOrchestrator(config: OrchestratorConfig): Orchestrator {
+/**
+ * The composition root: every dependency is built here, once, and passed in
+ * explicitly. Operations a restart cut off are marked INTERRUPTED first.
+ */
+export async function createOrchestrator(config: OrchestratorConfig): Promise<Orchestrator> {
+  const operations = createOperations({ db: config.db, logger: config.logger });
+  await operations.recover();
   const privileged = createPrivilegedPeer(config.privilegedSocket);
   const puller = createPullerPeer(config.pullerSocket);
   const self = () => ({
@@ -48,9 +59,9 @@ export function createOrchestrator(config: OrchestratorConfig): Orchestrator {
     routes: (router) => {
       router.service(SystemService, createSystemService({ self, peers: [privileged, puller] }));
       router.service(ImageService, createImageService({ puller }));
+      router.service(OperationService, createOperationService(operations));
       // Not built yet: every RPC answers UNIMPLEMENTED naming itself.
       router.service(VmService, implementService(VmService, {}));
-      router.service(OperationService, implementService(OperationService, {}));
       router.service(KernelService, implementService(KernelService, {}));
       router.service(WorkspaceService, implementService(WorkspaceService, {}));
       router.service(ExecService, implementService(ExecService, {}));

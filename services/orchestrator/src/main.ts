@@ -1,7 +1,17 @@
 #!/usr/bin/env node
 import { parseArgs } from "node:util";
-import { DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, runService, runtimeLayout } from "@banger/common";
-import { createOrchestrator } from "./app.js";
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import {
+  DEFAULT_RUNTIME_DIR,
+  DEFAULT_STATE_DIR,
+  clearStaleSocket,
+  createLogger,
+  runService,
+  runtimeLayout,
+} from "@banger/common";
+import { createOrchestrator, type Orchestrator } from "./app.js";
+import { openStore, type Store } from "./store/index.js";
 
 const { values } = parseArgs({
   options: {
@@ -16,16 +26,34 @@ const { values } = parseArgs({
 
 const layout = runtimeLayout(values["runtime-dir"]);
 const socketPath = values.socket ?? layout.orchestratorSocket;
-const orchestrator = createOrchestrator({
-  socketPath,
-  privilegedSocket: values["privileged-socket"] ?? layout.privilegedSocket,
-  pullerSocket: values["puller-socket"] ?? layout.pullerSocket,
-});
+const logger = createLogger({ service: "orchestrator" });
+
+let store: Store;
+let orchestrator: Orchestrator;
+try {
+  // Refuse to run over a live instance before touching its database (recovery would
+  // mark that instance's running operations interrupted).
+  await clearStaleSocket(socketPath);
+  await mkdir(values["state-dir"], { recursive: true, mode: 0o700 });
+  store = await openStore(join(values["state-dir"], "banger.db"));
+  orchestrator = await createOrchestrator({
+    socketPath,
+    privilegedSocket: values["privileged-socket"] ?? layout.privilegedSocket,
+    pullerSocket: values["puller-socket"] ?? layout.pullerSocket,
+    db: store.db,
+    logger,
+  });
+} catch (error) {
+  logger.fatal({ err: error }, `orchestrator failed to start: ${(error as Error).message}`);
+  process.exit(1);
+}
 
 await runService({
   service: "orchestrator",
+  logger,
   socketPath,
   mode: 0o600,
   files: orchestrator.files,
   routes: orchestrator.routes,
+  onStop: () => store.close(),
 });
