@@ -1,0 +1,214 @@
+/**
+ * The puller's content-addressed blob cache: `<dir>/sha256/<hex>`.
+ *
+ * A blob appears under its final name only after its bytes were hashed and
+ * counted while being written, matched the digest and size, and were fsynced;
+ * the final name is then taken with one rename. Writes go to a temporary file
+ * in the same directory (`.<hex>.<pid>.<random>.tmp`), so any number of puts,
+ * of the same digest too, can run at once: each has its own temporary file,
+ * and the renames replace identical content atomically. A temporary file left
+ * by a process that died is removed by the first put of the next process
+ * (or by `sweep()`).
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from "node:fs/promises";
+import { join } from "node:path";
+import { FailedPreconditionError, NotFoundError } from "@banger/common";
+import { blobTruncated, DigestMismatchError, digestHex, sha256Digest } from "./digest.js";
+
+/** A blob's bytes as they arrive: a web stream (a fetch body), any async iterable, or chunks at hand. */
+export type BlobBody = ReadableStream<Uint8Array> | AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+
+export interface BlobCache {
+  /** The cache's root directory. */
+  readonly dir: string;
+  /** Where the blob `digest` is (or would be) stored. Throws for a malformed digest. */
+  path(digest: string): string;
+  /** Whether the verified blob `digest` is in the cache. */
+  has(digest: string): Promise<boolean>;
+  /**
+   * Stores `body` as blob `digest`, which must be exactly `size` bytes, and
+   * returns its path. `onProgress` gets the bytes written so far. Throws
+   * DigestMismatchError (DIGEST_MISMATCH) when the bytes hash differently or
+   * run past `size`, UnavailableError (BLOB_TRUNCATED) when they end early,
+   * and whatever the body throws; in every case the temporary file is gone
+   * and nothing is under the final name. When the blob is already there the
+   * body is cancelled unread.
+   */
+  put(digest: string, size: number, body: BlobBody, onProgress?: (doneBytes: number) => void): Promise<string>;
+  /**
+   * The bytes of a small cached blob (manifests, configs), hashed again on
+   * the way: a blob that no longer matches its digest is removed and
+   * DIGEST_MISMATCH thrown.
+   */
+  read(digest: string, maxBytes?: number): Promise<Buffer>;
+  /** Removes temporary files of puts that are not running any more; returns how many. */
+  sweep(): Promise<number>;
+}
+
+/**
+ * Temporary files (full paths) of puts still running in this process, across
+ * every cache object, so that one cache's sweep never takes another's file.
+ */
+const running = new Set<string>();
+const TEMP_NAME = /^\.([a-f0-9]{64})\.([0-9]+)\.([a-f0-9]+)\.tmp$/;
+const DEFAULT_READ_LIMIT = 16 * 1024 * 1024;
+
+function processIsAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+async function writeAll(file: FileHandle, chunk: Uint8Array): Promise<void> {
+  let offset = 0;
+  while (offset < chunk.byteLength) {
+    const { bytesWritten } = await file.write(chunk, offset, chunk.byteLength - offset);
+    offset += bytesWritten;
+  }
+}
+
+async function cancelBody(body: BlobBody): Promise<void> {
+  if (body instanceof ReadableStream) {
+    await body.cancel().catch(() => {});
+    return;
+  }
+  if (Symbol.asyncIterator in body) {
+    await body[Symbol.asyncIterator]()
+      .return?.()
+      .catch(() => {});
+  } else {
+    body[Symbol.iterator]().return?.();
+  }
+}
+
+export function createBlobCache(dir: string): BlobCache {
+  const blobDir = join(dir, "sha256");
+  let firstSweep: Promise<number> | undefined;
+
+  const path = (digest: string): string => join(blobDir, digestHex(digest));
+
+  async function sweep(): Promise<number> {
+    let names: string[];
+    try {
+      names = await readdir(blobDir);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return 0;
+      throw error;
+    }
+    let removed = 0;
+    for (const name of names) {
+      const match = TEMP_NAME.exec(name);
+      if (match === null) continue;
+      const pid = Number(match[2]);
+      const ours = pid === process.pid;
+      if (ours ? running.has(join(blobDir, name)) : processIsAlive(pid)) continue;
+      await rm(join(blobDir, name), { force: true });
+      removed += 1;
+    }
+    return removed;
+  }
+
+  async function has(digest: string): Promise<boolean> {
+    try {
+      return (await stat(path(digest))).isFile();
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return false;
+      throw error;
+    }
+  }
+
+  async function put(
+    digest: string,
+    size: number,
+    body: BlobBody,
+    onProgress?: (doneBytes: number) => void,
+  ): Promise<string> {
+    const hex = digestHex(digest);
+    if (!Number.isSafeInteger(size) || size < 0) {
+      await cancelBody(body);
+      throw new FailedPreconditionError(`blob ${digest} has an invalid size ${size}`, { reason: "INVALID_DESCRIPTOR" });
+    }
+    const finalPath = join(blobDir, hex);
+    await mkdir(blobDir, { recursive: true, mode: 0o755 });
+    firstSweep ??= sweep();
+    await firstSweep;
+    if (await has(digest)) {
+      await cancelBody(body);
+      return finalPath;
+    }
+
+    const tempName = `.${hex}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`;
+    const tempPath = join(blobDir, tempName);
+    running.add(tempPath);
+    let file: FileHandle | undefined;
+    try {
+      file = await open(tempPath, "wx", 0o644);
+      const hash = createHash("sha256");
+      let done = 0;
+      for await (const chunk of body) {
+        done += chunk.byteLength;
+        if (done > size) {
+          throw new DigestMismatchError(`blob ${digest} is longer than the ${size} bytes its descriptor says`, digest);
+        }
+        hash.update(chunk);
+        await writeAll(file, chunk);
+        onProgress?.(done);
+      }
+      if (done < size) throw blobTruncated(digest, done, size);
+      const actual = `sha256:${hash.digest("hex")}`;
+      if (actual !== digest) {
+        throw new DigestMismatchError(`blob ${digest} arrived with content that hashes to ${actual}`, digest, actual);
+      }
+      await file.sync();
+      await file.close();
+      file = undefined;
+      await rename(tempPath, finalPath);
+      const directory = await open(blobDir, "r");
+      try {
+        await directory.sync();
+      } finally {
+        await directory.close();
+      }
+      return finalPath;
+    } catch (error) {
+      await file?.close().catch(() => {});
+      await rm(tempPath, { force: true });
+      throw error;
+    } finally {
+      running.delete(tempPath);
+    }
+  }
+
+  async function read(digest: string, maxBytes = DEFAULT_READ_LIMIT): Promise<Buffer> {
+    const where = path(digest);
+    const info = await stat(where).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== "ENOENT") throw error;
+      throw new NotFoundError(`blob ${digest} is not in the cache`, { reason: "BLOB_NOT_CACHED", cause: error });
+    });
+    if (info.size > maxBytes) {
+      throw new FailedPreconditionError(
+        `blob ${digest} is ${info.size} bytes, more than the ${maxBytes} allowed here`,
+        {
+          reason: "BLOB_TOO_LARGE",
+        },
+      );
+    }
+    const bytes = await readFile(where);
+    const actual = sha256Digest(bytes);
+    if (actual !== digest) {
+      await rm(where, { force: true });
+      throw new DigestMismatchError(
+        `cached blob ${digest} was damaged (it hashes to ${actual}); removed it`,
+        digest,
+        actual,
+      );
+    }
+    return bytes;
+  }
+
+  return { dir, path, has, put, read, sweep };
+}
