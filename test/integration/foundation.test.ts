@@ -142,7 +142,9 @@ describe("three services on Unix sockets", () => {
   it("answers every RPC not built yet with UNIMPLEMENTED naming it, with an op id", async () => {
     const implemented = new Set([
       "banger.v1.SystemService/GetStatus",
-      "banger.v1.ImageService/PullImage",
+      ...ImageService.methods
+        .filter((m) => !["RegisterImage", "PromoteImage"].includes(m.name))
+        .map((m) => `${ImageService.typeName}/${m.name}`),
       "banger.privileged.v1.HostService/GetVersion",
       "banger.privileged.v1.HostService/GetInventory",
       ...[NetworkService, DiskService, VmmService, OperationService].flatMap((svc) =>
@@ -186,7 +188,7 @@ describe("three services on Unix sockets", () => {
       transport.close();
     }
     // The API is designed in full: dozens of RPCs exist ahead of their implementation.
-    expect(checked).toBeGreaterThan(30);
+    expect(checked).toBeGreaterThan(20);
   });
 });
 

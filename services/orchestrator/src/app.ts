@@ -9,6 +9,7 @@ import { WorkspaceService, file_banger_v1_workspace } from "@banger/gen/banger/v
 import type { DescFile } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { Kysely } from "kysely";
+import { createImageCatalog } from "./core/images.js";
 import { createOperations } from "./core/operations.js";
 import { describeOrchestrator } from "./core/status.js";
 import { createPrivilegedPeer } from "./peers/privileged.js";
@@ -24,6 +25,7 @@ export interface OrchestratorConfig {
   readonly pullerSocket: string;
   readonly db: Kysely<Database>;
   readonly logger: Logger;
+  readonly stateDir: string;
 }
 
 export interface Orchestrator {
@@ -40,6 +42,13 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
   await operations.recover();
   const privileged = createPrivilegedPeer(config.privilegedSocket);
   const puller = createPullerPeer(config.pullerSocket);
+  const images = createImageCatalog({
+    db: config.db,
+    stateDir: config.stateDir,
+    puller,
+    operations,
+    logger: config.logger,
+  });
   const self = () => ({
     name: "orchestrator" as const,
     socket: config.socketPath,
@@ -58,7 +67,7 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
     ],
     routes: (router) => {
       router.service(SystemService, createSystemService({ self, peers: [privileged, puller] }));
-      router.service(ImageService, createImageService({ puller }));
+      router.service(ImageService, createImageService(images));
       router.service(OperationService, createOperationService(operations));
       // Not built yet: every RPC answers UNIMPLEMENTED naming itself.
       router.service(VmService, implementService(VmService, {}));

@@ -42,6 +42,7 @@ try {
     pullerSocket: values["puller-socket"] ?? layout.pullerSocket,
     db: store.db,
     logger,
+    stateDir: values["state-dir"],
   });
 } catch (error) {
   logger.fatal({ err: error }, `orchestrator failed to start: ${(error as Error).message}`);

@@ -27,6 +27,11 @@ export interface OperationContext {
   readonly signal: AbortSignal;
   /** Runs one stage: recorded as running, then done or failed, with its duration, in the record and the log. */
   stage<T>(name: string, work: () => Promise<T>): Promise<T>;
+  /**
+   * Records a stage that another service runs (the puller's stages): call it
+   * with "running" when it starts and "done" when it ends.
+   */
+  track(name: string, state: "running" | "done", message?: string): Promise<void>;
 }
 
 export interface Operations {
@@ -84,9 +89,24 @@ export function createOperations(deps: {
         notify(id);
       };
 
+      const tracked = new Map<string, { started: Date; t0: number }>();
+      const setStage = (stage: OperationStage) => {
+        stages = [...stages.filter((s) => s.name !== stage.name), stage];
+      };
       const context: OperationContext = {
         id,
         signal: controller.signal,
+        async track(name, state, message = "") {
+          if (state === "running") {
+            tracked.set(name, { started: now(), t0: performance.now() });
+            setStage({ name, state, startedAt: now(), endedAt: null, message });
+          } else {
+            const begun = tracked.get(name) ?? { started: now(), t0: performance.now() };
+            setStage({ name, state, startedAt: begun.started, endedAt: now(), message });
+            logger.info({ stage: name, duration_ms: Math.round(performance.now() - begun.t0) }, "stage completed");
+          }
+          await save({ stages });
+        },
         async stage(name, run) {
           if (controller.signal.aborted)
             throw new CancelledError(`operation ${id} was cancelled`, { reason: "CANCELLED" });
@@ -128,15 +148,19 @@ export function createOperations(deps: {
           const status = statusOf(
             cancelled ? new CancelledError(`operation ${id} was cancelled`, { reason: "CANCELLED" }) : error,
           );
-          const failedStage = (error as { failedStage?: unknown }).failedStage;
+          // A stage another service was running when it failed is the failing stage.
+          const running = stages.find((st) => st.state === "running");
+          if (running) setStage({ ...running, state: "failed", endedAt: now() });
+          const thrownStage = (error as { failedStage?: unknown }).failedStage;
+          const failedStage = typeof thrownStage === "string" ? thrownStage : running?.name;
           const failure: OperationFailure = {
             code: codeName(status.code),
             reason: status.reason,
             message: status.message,
             ...(typeof failedStage === "string" ? { stage: failedStage } : {}),
           };
-          await save({ state: cancelled ? "cancelled" : "failed", error: failure }).catch((saveError: unknown) =>
-            logger.error({ err: saveError }, "could not record the end of an operation"),
+          await save({ state: cancelled ? "cancelled" : "failed", error: failure, stages }).catch(
+            (saveError: unknown) => logger.error({ err: saveError }, "could not record the end of an operation"),
           );
           logger.warn(
             { operation: kind, target, code: failure.code, reason: failure.reason, err: error },

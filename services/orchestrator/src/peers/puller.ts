@@ -1,12 +1,24 @@
 import { createPeerClient, createUnixTransport } from "@banger/common";
-import { PullerService } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
+import { PullStage, PullerService } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
+import type { CallScope } from "../core/call-scope.js";
+import type { PullEvent, PullerPort, PullOutcome } from "../core/images.js";
 import type { PeerProbe } from "../core/status.js";
 import { callOptions } from "./call-options.js";
 import { identityFromVersion } from "./identity.js";
 
-export interface PullerPeer extends PeerProbe {
+export interface PullerPeer extends PeerProbe, PullerPort {
   readonly close: () => void;
 }
+
+const STAGE_NAMES: Record<PullStage, string | undefined> = {
+  [PullStage.UNSPECIFIED]: undefined,
+  [PullStage.RESOLVE]: "resolve",
+  [PullStage.LAYERS]: "layers",
+  [PullStage.MKFS]: "mkfs",
+  [PullStage.OWNERSHIP]: "ownership",
+  [PullStage.WORK_SEED]: "work-seed",
+  [PullStage.VERIFY]: "verify",
+};
 
 /** The orchestrator's client of the image puller. Errors arrive as banger's typed errors. */
 export function createPullerPeer(socketPath: string): PullerPeer {
@@ -18,6 +30,44 @@ export function createPullerPeer(socketPath: string): PullerPeer {
     async identify(scope) {
       return identityFromVersion(await puller.getVersion({}, callOptions(scope)));
     },
+    async pull(request, scope: CallScope, onEvent: (event: PullEvent) => Promise<void>): Promise<PullOutcome> {
+      const stream = puller.pull(
+        {
+          reference: request.reference,
+          stagingDir: request.stagingDir,
+          platform: platformMessage(request.platform),
+          minRootfsMib: BigInt(request.minRootfsMib),
+        },
+        callOptions(scope),
+      );
+      for await (const message of stream) {
+        const event = message.event;
+        if (event.case === "stage") {
+          const name = STAGE_NAMES[event.value.stage];
+          if (name) await onEvent({ kind: "stage", name, done: event.value.done, message: event.value.message });
+        } else if (event.case === "result") {
+          const r = event.value;
+          return {
+            manifestDigest: r.manifestDigest,
+            platform: r.platform,
+            rootfsFile: r.rootfsFile,
+            rootfsBytes: Number(r.rootfsBytes),
+            workSeedFile: r.workSeedFile,
+            workSeedBytes: Number(r.workSeedBytes),
+            config: { entrypoint: r.entrypoint, cmd: r.cmd, env: r.env, user: r.user, workingDir: r.workingDir },
+            canonicalReference: r.canonicalReference,
+          };
+        }
+      }
+      throw new Error("the image puller ended the pull without a result");
+    },
     close,
   };
+}
+
+/** "os/arch[/variant]" → the puller's Platform; "" → unset (the puller's default, linux/amd64). */
+function platformMessage(platform: string) {
+  if (platform === "") return undefined;
+  const [os = "", architecture = "", variant = ""] = platform.split("/");
+  return { os, architecture, variant };
 }

@@ -1,25 +1,62 @@
-import { UnimplementedError, implementService } from "@banger/common";
+import { implementService } from "@banger/common";
 import { ImageService } from "@banger/gen/banger/v1/image_pb.js";
+import { ImageSource, type ImageSchema } from "@banger/gen/banger/v1/resources_pb.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
-import type { PeerProbe } from "../core/status.js";
+import { CATALOG, type ImageCatalog } from "../core/images.js";
+import type { ImageRecord } from "../store/index.js";
+import { operationToProto } from "./operation-service.js";
 import { scopeOf } from "./scope.js";
 
-export interface ImageServiceDeps {
-  readonly puller: PeerProbe;
-}
+const SOURCE: Record<ImageRecord["source"], ImageSource> = {
+  pulled: ImageSource.PULLED,
+  registered: ImageSource.REGISTERED,
+  promoted: ImageSource.PROMOTED,
+};
 
-/**
- * `banger.v1.ImageService`. PullImage so far only checks that the image
- * puller answers (so a stopped puller is reported at once as UNAVAILABLE);
- * the pull itself comes with the image catalog.
- */
-export function createImageService(deps: ImageServiceDeps): ServiceImpl<typeof ImageService> {
+/** `banger.v1.ImageService`: pull (an operation), list, show, delete, the catalog. */
+export function createImageService(images: ImageCatalog): ServiceImpl<typeof ImageService> {
   return implementService(ImageService, {
-    async pullImage(_req, ctx) {
-      await deps.puller.identify(scopeOf(ctx));
-      throw new UnimplementedError(`${ImageService.typeName}/PullImage is not implemented yet`, {
-        reason: "NOT_IMPLEMENTED",
-      });
+    async pullImage(req, ctx) {
+      const operation = await images.pull(
+        { reference: req.reference, name: req.name, platform: req.platform, minRootfsMib: Number(req.minRootfsMib) },
+        scopeOf(ctx),
+      );
+      return { operation: operationToProto(operation) };
+    },
+    async listImages() {
+      return { images: (await images.list()).map(imageToProto) };
+    },
+    async getImage(req) {
+      return { image: imageToProto(await images.get(req.name)) };
+    },
+    async deleteImage(req) {
+      return images.delete(req.name);
+    },
+    async listCatalog() {
+      const local = new Set((await images.list()).map((i) => i.name));
+      return { entries: CATALOG.map((entry) => ({ ...entry, local: local.has(entry.name) })) };
     },
   });
+}
+
+export function imageToProto(image: ImageRecord): MessageInitShape<typeof ImageSchema> {
+  return {
+    name: image.name,
+    reference: image.reference ?? "",
+    manifestDigest: image.manifestDigest ?? "",
+    platform: image.platform,
+    rootfsBytes: BigInt(image.rootfsBytes),
+    workSeedBytes: BigInt(image.workSeedBytes),
+    defaultKernel: image.defaultKernel ?? "",
+    source: SOURCE[image.source],
+    createTime: timestampFromDate(image.createdAt),
+    config: {
+      ...image.config,
+      entrypoint: [...image.config.entrypoint],
+      cmd: [...image.config.cmd],
+      env: [...image.config.env],
+    },
+  };
 }

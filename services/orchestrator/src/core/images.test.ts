@@ -1,0 +1,178 @@
+import { existsSync, readdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import {
+  AlreadyExistsError,
+  FailedPreconditionError,
+  UnavailableError,
+  createLogger,
+  runWithOpId,
+} from "@banger/common";
+import { describe, expect, it } from "vitest";
+import { insertKernel, insertVm } from "../store/index.js";
+import { kernel, useStore, useTempDir, vm } from "../store/test-support.js";
+import { createImageCatalog, type PullerPort, type PullOutcome } from "./images.js";
+import { createOperations } from "./operations.js";
+
+const store = useStore();
+const tempDir = useTempDir();
+const logger = createLogger({
+  service: "orchestrator",
+  destination: new Writable({ write: (_c, _e, done) => done() }),
+});
+const identity = { version: "test", pid: 1, uid: 1000, gid: 1000, privilegesOk: true, privilegesDetail: "" };
+
+/**
+ * A puller that reports the real stage sequence, writes a small rootfs into
+ * the staging directory, and waits `delayMs` in its layers stage (or fails
+ * there when told to).
+ */
+function scriptedPuller(options: { delayMs?: number; failAt?: string; down?: boolean } = {}): PullerPort {
+  return {
+    identify: () =>
+      options.down
+        ? Promise.reject(new UnavailableError("image puller is unavailable at /x.sock"))
+        : Promise.resolve(identity),
+    async pull(request, _scope, onEvent) {
+      for (const stage of ["resolve", "layers", "mkfs", "ownership", "work-seed", "verify"]) {
+        await onEvent({ kind: "stage", name: stage, done: false, message: "" });
+        if (stage === "layers") await new Promise((r) => setTimeout(r, options.delayMs ?? 0));
+        if (stage === options.failAt)
+          throw new FailedPreconditionError("layer digest mismatch", { reason: "DIFF_ID_MISMATCH" });
+        await onEvent({ kind: "stage", name: stage, done: true, message: "" });
+      }
+      writeFileSync(join(request.stagingDir, "rootfs.ext4"), "ext4");
+      const outcome: PullOutcome = {
+        manifestDigest: `sha256:${"c".repeat(64)}`,
+        platform: "linux/amd64",
+        rootfsFile: "rootfs.ext4",
+        rootfsBytes: 4,
+        workSeedFile: "",
+        workSeedBytes: 0,
+        config: { entrypoint: [], cmd: ["sh"], env: [], user: "", workingDir: "" },
+        canonicalReference: `docker.io/library/${request.reference}`,
+      };
+      return outcome;
+    },
+  };
+}
+
+function catalog(puller: PullerPort) {
+  const operations = createOperations({ db: store().db, logger });
+  return {
+    operations,
+    images: createImageCatalog({ db: store().db, stateDir: tempDir(), puller, operations, logger }),
+  };
+}
+
+describe("image pulls", () => {
+  it("publish the puller's files atomically and record the image, with every stage in the operation", async () => {
+    const { operations, images } = catalog(scriptedPuller());
+    const op = await runWithOpId("op-0000000000aa", () =>
+      images.pull(
+        { reference: "alpine:3.20", name: "", platform: "", minRootfsMib: 0 },
+        { signal: new AbortController().signal },
+      ),
+    );
+    await operations.settled();
+    const done = await operations.get(op.id);
+    expect(done.state).toBe("succeeded");
+    expect(done.target).toBe("alpine");
+    expect(done.stages.map((s) => [s.name, s.state])).toEqual(
+      ["resolve", "layers", "mkfs", "ownership", "work-seed", "verify", "publish"].map((n) => [n, "done"]),
+    );
+    expect(done.result).toMatchObject({ image: { name: "alpine", manifestDigest: `sha256:${"c".repeat(64)}` } });
+    expect(readdirSync(join(tempDir(), "images", "alpine"))).toEqual(["rootfs.ext4"]);
+    expect(readdirSync(join(tempDir(), "images", ".staging"))).toEqual([]);
+    expect((await images.get("alpine")).reference).toBe("docker.io/library/alpine:3.20");
+  });
+
+  it("run in parallel for different images", async () => {
+    const { operations, images } = catalog(scriptedPuller({ delayMs: 150 }));
+    const scope = { signal: new AbortController().signal };
+    const a = await runWithOpId("op-0000000000a1", () =>
+      images.pull({ reference: "alpine", name: "", platform: "", minRootfsMib: 0 }, scope),
+    );
+    const b = await runWithOpId("op-0000000000b2", () =>
+      images.pull({ reference: "debian", name: "", platform: "", minRootfsMib: 0 }, scope),
+    );
+    await operations.settled();
+    const layers = async (id: string) => (await operations.get(id)).stages.find((s) => s.name === "layers");
+    const [la, lb] = [await layers(a.id), await layers(b.id)];
+    // Both were in their slow stage at the same time.
+    expect(la?.startedAt && lb?.endedAt && la.startedAt < lb.endedAt).toBe(true);
+    expect(lb?.startedAt && la?.endedAt && lb.startedAt < la.endedAt).toBe(true);
+    expect((await images.list()).map((i) => i.name)).toEqual(["alpine", "debian"]);
+  });
+
+  it("racing for one name: exactly one wins, the other gets IMAGE_NAME_TAKEN", async () => {
+    const { operations, images } = catalog(scriptedPuller({ delayMs: 50 }));
+    const scope = { signal: new AbortController().signal };
+    const outcomes = await Promise.allSettled(
+      ["op-0000000000c1", "op-0000000000c2"].map((id) =>
+        runWithOpId(id, () =>
+          images.pull({ reference: "registry.local/x:1", name: "x", platform: "", minRootfsMib: 0 }, scope),
+        ),
+      ),
+    );
+    await operations.settled();
+    const records = await Promise.all(
+      outcomes.filter((o) => o.status === "fulfilled").map((o) => operations.get(o.value.id)),
+    );
+    const refusedAtStart = outcomes.filter((o) => o.status === "rejected").map((o) => o.reason as Error);
+    const states = records.map((r) => r.state).sort();
+    const takenInOperation = records.filter((r) => r.error?.reason === "IMAGE_NAME_TAKEN");
+    expect(states.filter((s) => s === "succeeded")).toHaveLength(1);
+    expect(takenInOperation.length + refusedAtStart.filter((e) => e instanceof AlreadyExistsError).length).toBe(1);
+    expect(readdirSync(join(tempDir(), "images")).sort()).toEqual([".staging", "x"]);
+    expect(readdirSync(join(tempDir(), "images", ".staging"))).toEqual([]);
+  });
+
+  it("a failure in the puller fails the operation at that stage and leaves no files", async () => {
+    const { operations, images } = catalog(scriptedPuller({ failAt: "layers" }));
+    const op = await runWithOpId("op-0000000000d1", () =>
+      images.pull(
+        { reference: "alpine", name: "", platform: "", minRootfsMib: 0 },
+        { signal: new AbortController().signal },
+      ),
+    );
+    await operations.settled();
+    expect(await operations.get(op.id)).toMatchObject({
+      state: "failed",
+      error: { reason: "DIFF_ID_MISMATCH", stage: "layers" },
+    });
+    expect(existsSync(join(tempDir(), "images", "alpine"))).toBe(false);
+    expect(readdirSync(join(tempDir(), "images", ".staging"))).toEqual([]);
+    await expect(images.get("alpine")).rejects.toThrow(/does not exist/);
+  });
+
+  it("refuses at once, with no operation, when the puller is down", async () => {
+    const { operations, images } = catalog(scriptedPuller({ down: true }));
+    await expect(
+      images.pull(
+        { reference: "alpine", name: "", platform: "", minRootfsMib: 0 },
+        { signal: new AbortController().signal },
+      ),
+    ).rejects.toBeInstanceOf(UnavailableError);
+    expect(await operations.list({ limit: 10 })).toEqual([]);
+  });
+
+  it("deletes idempotently, and never an image a VM uses", async () => {
+    const { operations, images } = catalog(scriptedPuller());
+    await runWithOpId("op-0000000000e1", () =>
+      images.pull(
+        { reference: "debian", name: "", platform: "", minRootfsMib: 0 },
+        { signal: new AbortController().signal },
+      ),
+    );
+    await operations.settled();
+    await insertKernel(store().db, kernel());
+    await insertVm(store().db, vm({ imageName: "debian" }));
+    await expect(images.delete("debian")).rejects.toThrow(/used by box/);
+    expect(existsSync(join(tempDir(), "images", "debian", "rootfs.ext4"))).toBe(true);
+    await store().db.deleteFrom("vms").execute();
+    expect(await images.delete("debian")).toEqual({ existed: true });
+    expect(existsSync(join(tempDir(), "images", "debian"))).toBe(false);
+    expect(await images.delete("debian")).toEqual({ existed: false });
+  });
+});
