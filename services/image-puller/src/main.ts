@@ -18,6 +18,6 @@ await runService({
   mode: 0o600,
   files: [file_banger_imagepuller_v1_puller],
   routes: (router) => {
-    router.service(PullerService, createPullerService());
+    router.service(PullerService, createPullerService(undefined));
   },
 });
