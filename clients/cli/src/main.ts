@@ -2,6 +2,8 @@ import { BANGER_VERSION } from "@banger/common";
 import { Command, CommanderError } from "commander";
 import { registerDaemonCommands } from "./commands/daemon.js";
 import { registerDevCommands } from "./commands/dev.js";
+import { registerImageCommands } from "./commands/image.js";
+import { registerOpCommands } from "./commands/op.js";
 import type { GlobalOptions } from "./context.js";
 import { reportError } from "./errors.js";
 
@@ -19,6 +21,8 @@ export function buildProgram(): Command {
   const globals = () => program.opts<GlobalOptions>();
   registerDaemonCommands(program, globals);
   registerDevCommands(program);
+  registerImageCommands(program, globals);
+  registerOpCommands(program, globals);
   program.commands.forEach(function override(cmd: Command): void {
     cmd.exitOverride();
     cmd.commands.forEach(override);

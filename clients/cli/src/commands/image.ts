@@ -1,0 +1,101 @@
+import { ImageService } from "@banger/gen/banger/v1/image_pb.js";
+import { ImageSchema, type Image } from "@banger/gen/banger/v1/resources_pb.js";
+import { toJson } from "@bufbuild/protobuf";
+import type { Command } from "commander";
+import type { GlobalOptions } from "../context.js";
+import { renderTable } from "../render/table.js";
+import { watchToEnd, withOrchestrator } from "./op.js";
+
+export function registerImageCommands(program: Command, globals: () => GlobalOptions): void {
+  const image = program.command("image").description("root filesystem images: pull, list, show, delete");
+  image
+    .command("pull")
+    .argument(
+      "<reference>",
+      'an OCI reference ("debian:bookworm", "127.0.0.1:5000/x:tag") or a catalog name ("debian")',
+    )
+    .description("pull an image and build its ext4 root filesystem; shows each stage, exits 1 if the pull fails")
+    .option("--name <name>", "publish it under this name (default: from the reference)")
+    .option("--platform <os/arch>", "platform to pull from a multi-platform image", "")
+    .option("--no-wait", "print the operation id and return at once")
+    .option("--json", "print the image as JSON when done")
+    .action(async (reference: string, opts: { name?: string; platform: string; wait: boolean; json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { operation } = await o
+          .client(ImageService)
+          .pullImage({ reference, name: opts.name ?? "", platform: opts.platform }, o.callOptions());
+        if (!operation) return;
+        process.stderr.write(`pulling ${reference} as ${operation.target} (${operation.id})\n`);
+        if (!opts.wait) {
+          process.stdout.write(`${operation.id}\n`);
+          return;
+        }
+        const done = await watchToEnd(o, operation.id);
+        const pulled = done.result.case === "image" ? done.result.value : undefined;
+        if (pulled) printImages([pulled], opts.json === true);
+      });
+    });
+  image
+    .command("list")
+    .description("local images")
+    .option("--json", "print JSON")
+    .action(async (opts: { json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { images } = await o.client(ImageService).listImages({}, o.callOptions());
+        printImages(images, opts.json === true);
+      });
+    });
+  image
+    .command("show")
+    .argument("<name>", "image name")
+    .description("one image: reference, digest, sizes, config")
+    .option("--json", "print JSON")
+    .action(async (name: string, opts: { json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { image: found } = await o.client(ImageService).getImage({ name }, o.callOptions());
+        if (!found) return;
+        if (opts.json) return printImages([found], true);
+        const c = found.config;
+        process.stdout.write(
+          [
+            `name:       ${found.name}`,
+            `reference:  ${found.reference}`,
+            `digest:     ${found.manifestDigest}`,
+            `platform:   ${found.platform}`,
+            `rootfs:     ${mib(found.rootfsBytes)}`,
+            `work seed:  ${mib(found.workSeedBytes)}`,
+            `entrypoint: ${JSON.stringify(c?.entrypoint ?? [])}  cmd: ${JSON.stringify(c?.cmd ?? [])}`,
+          ].join("\n") + "\n",
+        );
+      });
+    });
+  image
+    .command("delete")
+    .argument("<name>", "image name")
+    .description("delete an image (refused while a VM uses it; deleting a missing image succeeds)")
+    .action(async (name: string) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { existed } = await o.client(ImageService).deleteImage({ name }, o.callOptions());
+        process.stderr.write(existed ? `deleted ${name}\n` : `no image ${name}: nothing to delete\n`);
+      });
+    });
+}
+
+function printImages(images: readonly Image[], json: boolean): void {
+  if (json) {
+    process.stdout.write(
+      JSON.stringify(
+        images.map((i) => toJson(ImageSchema, i)),
+        null,
+        2,
+      ) + "\n",
+    );
+    return;
+  }
+  const rows = images.map((i) => [i.name, i.reference, i.manifestDigest.slice(0, 19), mib(i.rootfsBytes)]);
+  process.stdout.write(renderTable(["NAME", "REFERENCE", "DIGEST", "ROOTFS"], rows));
+}
+
+function mib(bytes: bigint): string {
+  return `${(Number(bytes) / 1048576).toFixed(1)} MiB`;
+}

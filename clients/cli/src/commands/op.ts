@@ -1,0 +1,96 @@
+import { OperationSchema, OperationService, type Operation } from "@banger/gen/banger/v1/operation_pb.js";
+import { toJson } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import type { Command } from "commander";
+import { connectOrchestrator, type Orchestrator } from "../client.js";
+import type { GlobalOptions } from "../context.js";
+import { ReportedFailure } from "../errors.js";
+import { STATE_WORD, createStagePrinter, isEnded } from "../render/operation.js";
+import { renderTable } from "../render/table.js";
+
+export function registerOpCommands(program: Command, globals: () => GlobalOptions): void {
+  const op = program.command("op").description("long-running operations (create, pull, …): list, show, watch");
+  op.command("list")
+    .description("recent operations, newest first")
+    .option("--target <name>", "only operations on this VM, image or kernel")
+    .option("--active", "only operations that have not ended")
+    .option("--limit <n>", "at most this many (1-1000)", "50")
+    .option("--json", "print JSON")
+    .action(async (opts: { target?: string; active?: boolean; limit: string; json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { operations } = await o
+          .client(OperationService)
+          .listOperations(
+            { target: opts.target ?? "", activeOnly: opts.active === true, limit: Number(opts.limit) },
+            o.callOptions(),
+          );
+        if (opts.json) return printJson(operations);
+        const rows = operations.map((x) => [x.id, x.target, STATE_WORD[x.state], created(x)]);
+        process.stdout.write(renderTable(["OP", "TARGET", "STATE", "STARTED"], rows));
+      });
+    });
+  op.command("show")
+    .argument("<op-id>", "the operation's id (op-…)")
+    .description("one operation: its stages with times, its result or error")
+    .option("--json", "print JSON")
+    .action(async (id: string, opts: { json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { operation } = await o.client(OperationService).getOperation({ id }, o.callOptions());
+        if (!operation) return;
+        if (opts.json) {
+          process.stdout.write(JSON.stringify(toJson(OperationSchema, operation), null, 2) + "\n");
+          return;
+        }
+        process.stdout.write(`${operation.id}  ${operation.target}  ${STATE_WORD[operation.state]}\n`);
+        createStagePrinter((l) => process.stdout.write(l))(operation);
+        if (operation.error) process.stdout.write(`error: ${operation.error.message} (${operation.error.reason})\n`);
+      });
+    });
+  op.command("watch")
+    .argument("<op-id>", "the operation's id (op-…)")
+    .description("follow an operation until it ends (Ctrl-C stops watching, not the operation); exits 1 if it fails")
+    .action(async (id: string) => {
+      await withOrchestrator(globals(), (o) => watchToEnd(o, id));
+    });
+}
+
+/** Follows an operation, printing its stages; throws ReportedFailure when it does not succeed. */
+export async function watchToEnd(o: Orchestrator, id: string): Promise<Operation> {
+  const print = createStagePrinter((l) => process.stderr.write(l));
+  let last: Operation | undefined;
+  for await (const { operation } of o.client(OperationService).watchOperation({ id }, o.callOptions())) {
+    if (!operation) continue;
+    last = operation;
+    print(operation);
+  }
+  if (!last || !isEnded(last)) throw new Error(`lost the stream of ${id} before it ended; see 'banger op show ${id}'`);
+  if (last.error && STATE_WORD[last.state] !== "succeeded") {
+    const where = last.error.stage ? ` at ${last.error.stage}` : "";
+    process.stderr.write(`banger: ${STATE_WORD[last.state]}${where}: ${last.error.message} (${last.id})\n`);
+    throw new ReportedFailure(last.error.message);
+  }
+  return last;
+}
+
+export async function withOrchestrator<T>(globals: GlobalOptions, work: (o: Orchestrator) => Promise<T>): Promise<T> {
+  const orchestrator = connectOrchestrator(globals);
+  try {
+    return await work(orchestrator);
+  } finally {
+    orchestrator.close();
+  }
+}
+
+function printJson(operations: readonly Operation[]): void {
+  process.stdout.write(
+    JSON.stringify(
+      operations.map((x) => toJson(OperationSchema, x)),
+      null,
+      2,
+    ) + "\n",
+  );
+}
+
+function created(op: Operation): string {
+  return op.createTime ? timestampDate(op.createTime).toISOString().replace("T", " ").slice(0, 19) : "";
+}
