@@ -14,7 +14,7 @@ export async function startServices() {
   const children = [];
   for (const name of ["privileged", "image-puller", "orchestrator"]) {
     const args = [join(ROOT, `services/${name}/dist/main.js`), "--runtime-dir", runtimeDir];
-    if (name === "orchestrator") args.push("--state-dir", join(dir, "state"));
+    args.push("--state-dir", join(dir, "state"));
     // Logs go nowhere: the benchmark measures RPCs, not the terminal.
     const child = spawn(process.execPath, args, {
       stdio: ["ignore", "pipe", "inherit"],

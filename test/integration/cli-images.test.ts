@@ -1,48 +1,107 @@
-/** The image and op commands through the real three services. */
+/**
+ * `banger image …` and `banger op …` through the real three services and a
+ * real registry on 127.0.0.1 (Debian's docker-registry; the image is built by
+ * the test and pushed with skopeo).
+ */
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  HAVE_REGISTRY_TOOLS,
+  makeImage,
+  makeLayer,
+  skopeoCopy,
+  writeOciLayout,
+} from "../../services/image-puller/src/registry/testing/oci-image.js";
+import {
+  startRegistry,
+  type RegistryProcess,
+} from "../../services/image-puller/src/registry/testing/registry-process.js";
 import { startCluster, type Cluster } from "./harness.js";
 
 let cluster: Cluster;
+let registry: RegistryProcess;
+let work: string;
 beforeAll(async () => {
   cluster = await startCluster();
+  if (!HAVE_REGISTRY_TOOLS) return;
+  work = mkdtempSync(join(tmpdir(), "banger-cli-img-"));
+  registry = await startRegistry(join(work, "registry"));
+  const layout = join(work, "layout");
+  writeOciLayout(layout, {
+    v1: makeImage("amd64", [makeLayer({ "etc/os-release": "ID=tiny\n", "root/.profile": "PS1=tiny\n" })]),
+  });
+  await skopeoCopy(layout, "v1", `${registry.host}/tiny/os:v1`);
 });
 afterAll(async () => {
   await cluster.shutdown();
+  if (!HAVE_REGISTRY_TOOLS) return;
+  await registry.stop();
+  rmSync(work, { recursive: true, force: true });
 });
 
-describe("banger image and op", () => {
-  it("list, show and delete images; a pull is an operation that op list/show/watch can find", async () => {
-    expect(JSON.parse((await cluster.cli(["image", "list", "--json"])).stdout)).toEqual([]);
+const opIdIn = (text: string) => /\((op-[0-9a-f]{12})\)/.exec(text)?.[1] ?? "";
 
+describe("banger image and op", () => {
+  it("show and delete of a missing image, with the op id on errors", async () => {
+    expect(JSON.parse((await cluster.cli(["image", "list", "--json"])).stdout)).toEqual([]);
     const missing = await cluster.cli(["image", "show", "nope"]);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/^banger: image nope does not exist \(op-[0-9a-f]{12}\)\n$/);
     const deleted = await cluster.cli(["image", "delete", "nope"]);
     expect([deleted.code, deleted.stderr]).toEqual([0, "no image nope: nothing to delete\n"]);
-
-    // The puller does not build images yet: the pull operation starts, then fails with the puller's answer.
-    const pull = await cluster.cli(["image", "pull", "alpine"]);
-    const opId = /\((op-[0-9a-f]{12})\)/.exec(pull.stderr)?.[1] ?? "";
-    expect(pull.stderr).toContain(`pulling alpine as alpine (${opId})`);
-    expect(pull.code).toBe(1);
-    expect(pull.stderr).toContain(
-      `banger: failed: banger.imagepuller.v1.PullerService/Pull is not implemented yet (${opId})`,
-    );
-
-    const shown = JSON.parse((await cluster.cli(["op", "show", opId, "--json"])).stdout) as Record<string, unknown>;
-    expect(shown).toMatchObject({
-      id: opId,
-      kind: "OPERATION_KIND_PULL_IMAGE",
-      state: "OPERATION_STATE_FAILED",
-      target: "alpine",
-    });
-    const listed = await cluster.cli(["op", "list"]);
-    expect(listed.stdout).toMatch(new RegExp(`${opId}\\s+alpine\\s+failed`));
-    const watched = await cluster.cli(["op", "watch", opId]);
-    expect(watched.code).toBe(1);
-    // Every line of that pull, in every service, carries its op id.
-    expect(cluster.linesWithOpId(opId).map((l) => l["service"])).toEqual(
-      expect.arrayContaining(["orchestrator", "image-puller"]),
-    );
   });
+
+  it.skipIf(!HAVE_REGISTRY_TOOLS)(
+    "pulls from a registry into a checked ext4 image that op show/list can find, then deletes it",
+    async () => {
+      const reference = `${registry.host}/tiny/os:v1`;
+      const pull = await cluster.cli(["image", "pull", reference, "--name", "tiny"]);
+      const opId = opIdIn(pull.stderr);
+      expect(pull.stderr, pull.stderr).toContain(`pulling ${reference} as tiny (${opId})`);
+      expect(pull.code, pull.stderr).toBe(0);
+      for (const stage of ["resolve", "layers", "mkfs", "ownership", "work-seed", "verify", "publish"]) {
+        expect(pull.stderr).toMatch(new RegExp(`  ${stage}\\s+done`));
+      }
+      expect(pull.stdout).toMatch(/^NAME\s+REFERENCE/);
+
+      const rootfs = join(cluster.stateDir, "images", "tiny", "rootfs.ext4");
+      expect(existsSync(rootfs)).toBe(true);
+      execFileSync("e2fsck", ["-fn", rootfs], { stdio: "ignore" });
+      expect(
+        execFileSync("debugfs", ["-R", "cat /etc/os-release", rootfs], {
+          encoding: "utf8",
+          stdio: ["ignore", "pipe", "ignore"],
+        }),
+      ).toBe("ID=tiny\n");
+
+      const listed = JSON.parse((await cluster.cli(["image", "list", "--json"])).stdout) as {
+        name: string;
+        reference: string;
+      }[];
+      expect(listed.map((i) => [i.name, i.reference])).toEqual([["tiny", reference]]);
+      const shown = JSON.parse((await cluster.cli(["op", "show", opId, "--json"])).stdout) as Record<string, unknown>;
+      expect(shown).toMatchObject({
+        id: opId,
+        kind: "OPERATION_KIND_PULL_IMAGE",
+        state: "OPERATION_STATE_SUCCEEDED",
+        target: "tiny",
+      });
+      expect((await cluster.cli(["op", "list"])).stdout).toMatch(new RegExp(`${opId}\\s+tiny\\s+succeeded`));
+      // One op id across the orchestrator's and the puller's lines of that pull.
+      expect(new Set(cluster.linesWithOpId(opId).map((l) => l["service"]))).toEqual(
+        new Set(["orchestrator", "image-puller"]),
+      );
+
+      const again = await cluster.cli(["image", "pull", reference, "--name", "tiny"]);
+      expect(again.code).toBe(1);
+      expect(again.stderr).toMatch(/^banger: image tiny already exists \(op-[0-9a-f]{12}\)\n$/);
+
+      expect((await cluster.cli(["image", "delete", "tiny"])).code).toBe(0);
+      expect(existsSync(join(cluster.stateDir, "images", "tiny"))).toBe(false);
+      expect(JSON.parse((await cluster.cli(["image", "list", "--json"])).stdout)).toEqual([]);
+    },
+  );
 });

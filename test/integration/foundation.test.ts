@@ -151,6 +151,7 @@ describe("three services on Unix sockets", () => {
         svc.methods.map((m) => `${svc.typeName}/${m.name}`),
       ),
       "banger.imagepuller.v1.PullerService/GetVersion",
+      "banger.imagepuller.v1.PullerService/Pull",
     ]);
     const sockets: [ServiceName, DescFile[]][] = [
       ["orchestrator", ORCHESTRATOR_FILES],

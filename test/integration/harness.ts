@@ -93,7 +93,7 @@ export async function startCluster(): Promise<Cluster> {
 
   const start = async (name: ServiceName) => {
     const args = ["--runtime-dir", runtimeDir];
-    if (name !== "image-puller") args.push("--state-dir", stateDir);
+    args.push("--state-dir", stateDir);
     const svc = spawnService(name, args);
     running.set(name, svc);
     await waitUntil(() => svc.logs.some((l) => l["msg"] === "listening"), svc, `${name} to listen`);

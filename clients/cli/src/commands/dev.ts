@@ -76,7 +76,7 @@ async function devUp(runtimeDir: string, stateDir: string, json: boolean): Promi
     {
       name: "image-puller",
       entry: "services/image-puller/dist/main.js",
-      args: common,
+      args: [...common, "--state-dir", stateDir],
       socket: runtime.pullerSocket,
       asOwner: true,
     },

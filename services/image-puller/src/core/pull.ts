@@ -81,7 +81,8 @@ export interface PullResult {
 
 export interface PullDeps {
   readonly registry: RegistryClient;
-  readonly builder: ImageBuilder;
+  /** A fresh builder per pull (it holds the metadata recorded from that pull's layers). */
+  readonly createBuilder: () => ImageBuilder;
   /** The orchestrator's state directory: staging directories must be inside it. */
   readonly stateDir: string;
 }
@@ -115,6 +116,7 @@ export async function pull(
   emit: (event: PullEvent) => void,
 ): Promise<PullResult> {
   const reference = parseReference(req.reference);
+  const builder = deps.createBuilder();
   await prepareStaging(deps.stateDir, req.stagingDir);
   const tree = join(req.stagingDir, ".tree");
   const timed = async <T>(stage: PullStageName, work: () => Promise<T>, message = ""): Promise<T> => {
@@ -159,7 +161,7 @@ export async function pull(
         for (const [index, layer] of layers.entries()) {
           const blob = await downloads[index];
           if (blob === undefined) throw new Error(`no download for layer ${index}`);
-          const { diffId } = await deps.builder.applyLayer(tree, blob, signal);
+          const { diffId } = await builder.applyLayer(tree, blob, signal);
           if (diffId !== diffIds[index]) {
             throw new FailedPreconditionError(
               `layer ${index} (${layer.digest}) unpacks to ${diffId}, not ${diffIds[index]}`,
@@ -184,7 +186,7 @@ export async function pull(
 
     const rootfs = join(req.stagingDir, ROOTFS_FILE);
     const t0 = new Map<string, number>();
-    const { bytes: rootfsBytes } = await deps.builder.buildRootfs(
+    const { bytes: rootfsBytes } = await builder.buildRootfs(
       tree,
       rootfs,
       {
@@ -206,11 +208,11 @@ export async function pull(
     );
     const workSeedBytes = req.skipWorkSeed
       ? 0
-      : (await timed("work-seed", () => deps.builder.buildWorkSeed(tree, join(req.stagingDir, WORK_SEED_FILE), signal)))
+      : (await timed("work-seed", () => builder.buildWorkSeed(tree, join(req.stagingDir, WORK_SEED_FILE), signal)))
           .bytes;
     await timed("verify", async () => {
-      await deps.builder.verify(rootfs, signal);
-      if (!req.skipWorkSeed) await deps.builder.verify(join(req.stagingDir, WORK_SEED_FILE), signal);
+      await builder.verify(rootfs, signal);
+      if (!req.skipWorkSeed) await builder.verify(join(req.stagingDir, WORK_SEED_FILE), signal);
     });
     await rm(tree, { recursive: true, force: true });
 

@@ -9,6 +9,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { pull, type PullDeps, type PullEvent, type PullResult } from "../core/pull.js";
 import { describePuller } from "../identity.js";
+import { createRegistryClient, type BlobCache } from "../registry/index.js";
 
 type Response = MessageInitShape<typeof PullResponseSchema>;
 
@@ -29,13 +30,28 @@ const LAYER: Record<Extract<PullEvent, { kind: "layer" }>["state"], LayerState> 
   applied: LayerState.APPLIED,
 };
 
+export interface PullerServiceDeps {
+  readonly cache: BlobCache;
+  readonly stateDir: string;
+  readonly createBuilder: PullDeps["createBuilder"];
+  /** docker config.json with registry credentials; unset = none. */
+  readonly dockerConfigPath?: string;
+}
+
 /** `banger.imagepuller.v1.PullerService`. */
-export function createPullerService(deps: PullDeps | undefined): ServiceImpl<typeof PullerService> {
+export function createPullerService(deps: PullerServiceDeps): ServiceImpl<typeof PullerService> {
   return implementService(PullerService, {
     getVersion() {
       return describePuller();
     },
-    ...(deps ? { pull: (req, ctx) => streamPull(deps, req, ctx.signal) } : {}),
+    pull(req, ctx) {
+      const registry = createRegistryClient({
+        cache: deps.cache,
+        insecureRegistries: req.insecureRegistries,
+        ...(deps.dockerConfigPath ? { dockerConfigPath: deps.dockerConfigPath } : {}),
+      });
+      return streamPull({ registry, createBuilder: deps.createBuilder, stateDir: deps.stateDir }, req, ctx.signal);
+    },
   });
 }
 
