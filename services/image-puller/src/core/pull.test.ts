@@ -244,4 +244,37 @@ describe.skipIf(!HAVE_REGISTRY_TOOLS)("pulling an image into ext4", () => {
     await expect(run()).rejects.toThrow(/hostile layer entry "big": claims 68719476736 bytes/);
     expect(readdirSync(stagingDir)).toEqual([]);
   });
+
+  it.each([
+    ["zstd layers (OCI)", "zstd", undefined],
+    ["Docker v2 schema 2", "gzip", "v2s2" as const],
+  ])("builds from %s", async (what, compression, format) => {
+    const gz = await packLayer([
+      { name: "etc/", type: "directory" },
+      { name: "etc/os-release", content: `ID=${compression}\n` },
+      { name: "/abs/contained", content: "a leading slash stays inside the tree" },
+    ]);
+    let layer: FixtureLayer = gz;
+    if (compression === "zstd") {
+      const raw = Buffer.from(gunzipSync(gz.bytes));
+      const bytes = execFileSync("zstd", ["-q", "-c"], { input: raw });
+      const sha = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+      layer = {
+        mediaType: "application/vnd.oci.image.layer.v1.tar+zstd",
+        digest: sha(bytes),
+        size: bytes.length,
+        bytes,
+        diffId: gz.diffId,
+      };
+    }
+    const tag = what.replace(/[^a-z0-9]/g, "");
+    const layout = join(work, `layout-${tag}`);
+    writeOciLayout(layout, { [tag]: makeImage("amd64", [layer]) });
+    await skopeoCopy(layout, tag, `${registry.host}/test/img:${tag}`, format ? { format } : {});
+    const { run, stagingDir } = pullInto(`${registry.host}/test/img:${tag}`, tag);
+    const result = await run();
+    const image = join(stagingDir, result.rootfsFile);
+    expect(debugfs(image, "cat /etc/os-release")).toBe(`ID=${compression}\n`);
+    expect(debugfs(image, "cat /abs/contained")).toContain("stays inside");
+  });
 });
