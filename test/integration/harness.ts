@@ -8,6 +8,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { connect } from "node:net";
+import { ConnectError } from "@connectrpc/connect";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 export const BANGER = join(ROOT, "bin/banger");
@@ -174,4 +175,15 @@ export function socketAnswers(path: string): Promise<boolean> {
     s.once("connect", () => (s.destroy(), r(true)));
     s.once("error", () => r(false));
   });
+}
+
+/** The ConnectError a call fails with; the test fails if the call succeeds. */
+export async function failure(call: () => Promise<unknown>): Promise<ConnectError> {
+  try {
+    await call();
+  } catch (error) {
+    if (error instanceof ConnectError) return error;
+    throw error;
+  }
+  throw new Error("the call succeeded");
 }

@@ -15,6 +15,7 @@ import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { failure } from "./harness.js";
 import { IS_ROOT, createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
 
 const OWNER = 1000;
@@ -53,16 +54,6 @@ afterAll(async () => {
   ns.remove();
   rmSync(dir, { recursive: true, force: true });
 });
-
-async function failure(call: () => Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call();
-  } catch (error) {
-    if (error instanceof ConnectError) return error;
-    throw error;
-  }
-  throw new Error("the call succeeded");
-}
 
 describe.skipIf(!IS_ROOT)("privileged disk operations", () => {
   it("attaches a VM's root image, checks it, writes and removes guest files, and detaches", async () => {

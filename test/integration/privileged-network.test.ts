@@ -9,10 +9,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { NetworkService } from "@banger/gen/banger/privileged/v1/network_pb.js";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, createClient, type Client } from "@connectrpc/connect";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { waitUntil } from "./harness.js";
+import { waitUntil, failure } from "./harness.js";
 import { IS_ROOT, createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
 
 let ns: NetNs;
@@ -40,16 +40,6 @@ afterAll(async () => {
   ns.remove();
   rmSync(dir, { recursive: true, force: true });
 });
-
-async function failure(call: () => Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call();
-  } catch (error) {
-    if (error instanceof ConnectError) return error;
-    throw error;
-  }
-  throw new Error("the call succeeded");
-}
 
 /** Everything a test could see change: the helper's inventory, every link in the namespace, the ruleset. */
 async function snapshot(): Promise<string> {

@@ -11,10 +11,10 @@ import { join } from "node:path";
 import { HostService, VmmKind } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { VmmService, VmmSignal } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROOT, waitUntil, OWNER_CAN_READ_CHECKOUT } from "./harness.js";
+import { ROOT, waitUntil, OWNER_CAN_READ_CHECKOUT, failure } from "./harness.js";
 import { createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
 
 const OWNER = 1000;
@@ -54,16 +54,6 @@ afterAll(async () => {
   ns.remove();
   rmSync(dir, { recursive: true, force: true });
 });
-
-async function failure(call: () => Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call();
-  } catch (error) {
-    if (error instanceof ConnectError) return error;
-    throw error;
-  }
-  throw new Error("the call succeeded");
-}
 
 describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("the helper launches VMMs as the owner and signals only with proof", () => {
   it("launches, outlives the helper, is listed after a restart, and stops only with the right proof", async () => {
