@@ -38,6 +38,7 @@ export async function startServices() {
   return {
     dir,
     runtimeDir,
+    stateDir: join(dir, "state"),
     socket: (name) => join(runtimeDir, `${name}.sock`),
     async stop() {
       await Promise.all(children.map((c) => new Promise((r) => (c.once("exit", r), c.kill("SIGTERM")))));

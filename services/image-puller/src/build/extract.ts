@@ -99,12 +99,16 @@ export async function applyLayer(
 
   const abs = (path: string) => join(treeDir, path);
 
+  /** Directories already proved real in this layer; anything `clear` touches leaves it. */
+  const provenDirs = new Set<string>();
+
   /** Every parent of `path` is a real directory inside the tree (made if missing). */
   async function parentsOf(path: string, entry: string): Promise<void> {
     const parts = path.split("/").slice(0, -1);
     let current = "";
     for (const part of parts) {
       current = current ? `${current}/${part}` : part;
+      if (provenDirs.has(current)) continue;
       const stats = await lstat(abs(current)).catch(() => undefined);
       if (!stats) {
         await mkdir(abs(current), { mode: 0o755 });
@@ -115,13 +119,18 @@ export async function applyLayer(
       } else if (!stats.isDirectory()) {
         throw hostile(entry, `its parent ${current} is not a directory`);
       }
+      provenDirs.add(current);
     }
   }
 
   /** Removes whatever is at `path` (a file, link or whole directory), never following a link. */
   async function clear(path: string): Promise<void> {
-    await rm(abs(path), { recursive: true, force: true });
+    const stats = await lstat(abs(path)).catch(() => undefined);
+    if (!stats) return; // nothing there: the common case, kept cheap
+    await rm(abs(path), { recursive: stats.isDirectory(), force: true });
     forgetTree(meta, path);
+    provenDirs.delete(path);
+    for (const dir of provenDirs) if (dir.startsWith(`${path}/`)) provenDirs.delete(dir);
   }
 
   async function onEntry(header: Header, stream: Readable): Promise<void> {
