@@ -5,6 +5,7 @@ import { parseArgs } from "node:util";
 import { DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, runService, runtimeLayout } from "@banger/common";
 import { PullerService, file_banger_imagepuller_v1_puller } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import { createImageBuilder } from "./build/index.js";
+import { createScratchDir } from "./build/scratch.js";
 import { createBlobCache, defaultDockerConfigPath } from "./registry/index.js";
 import { createPullerService } from "./rpc/puller-service.js";
 
@@ -13,6 +14,7 @@ const { values } = parseArgs({
     "runtime-dir": { type: "string", default: DEFAULT_RUNTIME_DIR },
     "state-dir": { type: "string", default: DEFAULT_STATE_DIR },
     "cache-dir": { type: "string" },
+    "scratch-dir": { type: "string", default: "/dev/shm" },
     socket: { type: "string" },
   },
   strict: true,
@@ -32,6 +34,7 @@ await runService({
         stateDir,
         cache: createBlobCache(resolve(values["cache-dir"] ?? join(stateDir, "cache", "blobs"))),
         createBuilder: createImageBuilder,
+        scratchDir: createScratchDir(values["scratch-dir"]),
         dockerConfigPath: defaultDockerConfigPath(process.env, homedir()),
       }),
     );

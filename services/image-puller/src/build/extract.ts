@@ -8,8 +8,20 @@
  * recorded in `meta`, not applied.
  */
 import { createHash } from "node:crypto";
-import { constants, createReadStream } from "node:fs";
-import { link, lstat, mkdir, open, readdir, rm, symlink } from "node:fs/promises";
+import {
+  closeSync,
+  constants,
+  createReadStream,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  rmSync,
+  symlinkSync,
+  writeSync,
+  type Stats,
+} from "node:fs";
+import { open, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -24,6 +36,22 @@ export interface ApplyOptions {
   /** Largest single file accepted, bytes (a "huge sparse file" claim beyond it is refused). */
   readonly maxFileBytes: number;
 }
+
+/**
+ * Synchronous file system calls on purpose: a layer is thousands of small
+ * entries applied strictly in order, and a thread-pool round trip per call
+ * (lstat, open, write, close) costs more than the calls themselves.
+ */
+function lstatOrNone(path: string): Stats | undefined {
+  try {
+    return lstatSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Files are written from memory in pieces of up to this size. */
+const WRITE_BATCH_BYTES = 8 * 1024 * 1024;
 
 function hostile(entry: string, why: string): InvalidArgumentError {
   return new InvalidArgumentError(`hostile layer entry ${JSON.stringify(entry.slice(0, 200))}: ${why}`, {
@@ -103,15 +131,15 @@ export async function applyLayer(
   const provenDirs = new Set<string>();
 
   /** Every parent of `path` is a real directory inside the tree (made if missing). */
-  async function parentsOf(path: string, entry: string): Promise<void> {
+  function parentsOf(path: string, entry: string): void {
     const parts = path.split("/").slice(0, -1);
     let current = "";
     for (const part of parts) {
       current = current ? `${current}/${part}` : part;
       if (provenDirs.has(current)) continue;
-      const stats = await lstat(abs(current)).catch(() => undefined);
+      const stats = lstatOrNone(abs(current));
       if (!stats) {
-        await mkdir(abs(current), { mode: 0o755 });
+        mkdirSync(abs(current), { mode: 0o755 });
         meta.set(current, { type: "dir", mode: 0o755, uid: 0, gid: 0 });
         createdHere.add(current);
       } else if (stats.isSymbolicLink()) {
@@ -124,10 +152,10 @@ export async function applyLayer(
   }
 
   /** Removes whatever is at `path` (a file, link or whole directory), never following a link. */
-  async function clear(path: string): Promise<void> {
-    const stats = await lstat(abs(path)).catch(() => undefined);
+  function clear(path: string): void {
+    const stats = lstatOrNone(abs(path));
     if (!stats) return; // nothing there: the common case, kept cheap
-    await rm(abs(path), { recursive: stats.isDirectory(), force: true });
+    rmSync(abs(path), { recursive: stats.isDirectory(), force: true });
     forgetTree(meta, path);
     provenDirs.delete(path);
     for (const dir of provenDirs) if (dir.startsWith(`${path}/`)) provenDirs.delete(dir);
@@ -153,14 +181,14 @@ export async function applyLayer(
       stream.resume();
       return; // the root itself: keep its metadata as 0:0 0755
     }
-    await parentsOf(path, header.name);
+    parentsOf(path, header.name);
 
     if (base === ".wh..wh..opq") {
       // Opaque directory: what lower layers put in it disappears.
       const dir = path.split("/").slice(0, -1).join("/");
       for (const child of await readdir(abs(dir || "."))) {
         const childPath = dir ? `${dir}/${child}` : child;
-        if (!createdHere.has(childPath)) await clear(childPath);
+        if (!createdHere.has(childPath)) clear(childPath);
       }
       stream.resume();
       return;
@@ -168,7 +196,7 @@ export async function applyLayer(
     if (base.startsWith(".wh.")) {
       const target = base.slice(4);
       if (target === "" || target === "." || target === "..") throw hostile(header.name, "whiteout of `.` or `..`");
-      await clear(path.split("/").slice(0, -1).concat(target).join("/"));
+      clear(path.split("/").slice(0, -1).concat(target).join("/"));
       stream.resume();
       return;
     }
@@ -176,9 +204,9 @@ export async function applyLayer(
     createdHere.add(path);
     switch (header.type) {
       case "directory": {
-        const stats = await lstat(abs(path)).catch(() => undefined);
-        if (stats && !stats.isDirectory()) await clear(path);
-        if (!stats?.isDirectory()) await mkdir(abs(path), { mode: 0o755 });
+        const stats = lstatOrNone(abs(path));
+        if (stats && !stats.isDirectory()) clear(path);
+        if (!stats?.isDirectory()) mkdirSync(abs(path), { mode: 0o755 });
         meta.set(path, recorded("dir"));
         stream.resume();
         return;
@@ -188,40 +216,46 @@ export async function applyLayer(
         if ((header.size ?? 0) > options.maxFileBytes) {
           throw hostile(header.name, `claims ${header.size} bytes, more than the ${options.maxFileBytes} allowed`);
         }
-        await clear(path);
-        const file = await open(
-          abs(path),
-          constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-          0o644,
-        );
+        clear(path);
+        const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+        const fd = openSync(abs(path), flags, 0o644);
         try {
           // tar-stream's entry streams are streamx streams: iterate them rather than pipe them.
           let written = 0;
+          let pending: Buffer[] = [];
+          let pendingBytes = 0;
           for await (const chunk of stream as AsyncIterable<Buffer>) {
             written += chunk.length;
             if (written > options.maxFileBytes) throw hostile(header.name, "holds more bytes than its header claims");
-            await file.write(chunk);
+            pending.push(chunk);
+            pendingBytes += chunk.length;
+            if (pendingBytes >= WRITE_BATCH_BYTES) {
+              writeSync(fd, Buffer.concat(pending));
+              pending = [];
+              pendingBytes = 0;
+            }
           }
+          if (pendingBytes > 0) writeSync(fd, Buffer.concat(pending));
         } finally {
-          await file.close();
+          closeSync(fd);
         }
         meta.set(path, recorded("file"));
         return;
       }
       case "symlink": {
-        await clear(path);
-        await symlink(header.linkname ?? "", abs(path)); // created, never followed
+        clear(path);
+        symlinkSync(header.linkname ?? "", abs(path)); // created, never followed
         meta.set(path, recorded("symlink", { mode: 0o777 }));
         stream.resume();
         return;
       }
       case "link": {
         const target = treePath(header.linkname ?? "");
-        const stats = target ? await lstat(abs(target)).catch(() => undefined) : undefined;
+        const stats = target ? lstatOrNone(abs(target)) : undefined;
         if (!stats?.isFile())
           throw hostile(header.name, `hardlink to ${header.linkname ?? ""}, which is not a file in the image`);
-        await clear(path);
-        await link(abs(target), abs(path));
+        clear(path);
+        linkSync(abs(target), abs(path));
         const targetMeta = meta.get(target);
         if (targetMeta) meta.set(path, targetMeta);
         stream.resume();
@@ -231,7 +265,7 @@ export async function applyLayer(
       case "block-device":
       case "fifo": {
         // Recorded only: the node is made inside the ext4 image by debugfs.
-        await clear(path);
+        clear(path);
         const type = header.type === "fifo" ? "fifo" : header.type === "block-device" ? "block" : "char";
         meta.set(path, recorded(type, { devMajor: header.devmajor ?? 0, devMinor: header.devminor ?? 0 }));
         stream.resume();

@@ -4,7 +4,7 @@
  * root filesystem → work seed → manifest. Everything is written inside the
  * staging directory the orchestrator named; on failure nothing is left there.
  */
-import { mkdir, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { isAbsolute, join, normalize } from "node:path";
 import { FailedPreconditionError, InvalidArgumentError, PermissionDeniedError } from "@banger/common";
 import {
@@ -81,6 +81,11 @@ export interface PullResult {
 
 export interface PullDeps {
   readonly registry: RegistryClient;
+  /**
+   * Where the unpacked tree goes while the images are built: a fast scratch
+   * directory (tmpfs) when it has room, else beside the staging directory.
+   */
+  readonly scratchDir?: (neededBytes: number) => Promise<string | undefined>; // a mkdtemp prefix
   /** A fresh builder per pull (it holds the metadata recorded from that pull's layers). */
   readonly createBuilder: () => ImageBuilder;
   /** The orchestrator's state directory: staging directories must be inside it. */
@@ -118,7 +123,7 @@ export async function pull(
   const reference = parseReference(req.reference);
   const builder = deps.createBuilder();
   await prepareStaging(deps.stateDir, req.stagingDir);
-  const tree = join(req.stagingDir, ".tree");
+  let tree = join(req.stagingDir, ".tree");
   const timed = async <T>(stage: PullStageName, work: () => Promise<T>, message = ""): Promise<T> => {
     const t0 = performance.now();
     emit({ kind: "stage", stage, done: false, durationMs: 0, message: "" });
@@ -141,10 +146,12 @@ export async function pull(
       );
     }
     let downloadedBytes = 0;
+    const scratch = await deps.scratchDir?.(layers.reduce((sum, l) => sum + l.size, 0) * 4);
+    if (scratch) tree = await mkdtemp(scratch);
     await timed(
       "layers",
       async () => {
-        await mkdir(tree, { mode: 0o755 });
+        if (!scratch) await mkdir(tree, { mode: 0o755 });
         const downloads = downloadAll(
           deps.registry,
           reference,
@@ -241,6 +248,7 @@ export async function pull(
     );
     return result;
   } catch (error) {
+    await rm(tree, { recursive: true, force: true });
     // Nothing half-done stays in the staging directory (the directory itself is the orchestrator's).
     for (const entry of await readdir(req.stagingDir).catch(() => [])) {
       await rm(join(req.stagingDir, entry), { recursive: true, force: true });

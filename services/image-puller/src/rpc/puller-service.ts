@@ -34,6 +34,7 @@ export interface PullerServiceDeps {
   readonly cache: BlobCache;
   readonly stateDir: string;
   readonly createBuilder: PullDeps["createBuilder"];
+  readonly scratchDir?: PullDeps["scratchDir"];
   /** docker config.json with registry credentials; unset = none. */
   readonly dockerConfigPath?: string;
 }
@@ -50,7 +51,16 @@ export function createPullerService(deps: PullerServiceDeps): ServiceImpl<typeof
         insecureRegistries: req.insecureRegistries,
         ...(deps.dockerConfigPath ? { dockerConfigPath: deps.dockerConfigPath } : {}),
       });
-      return streamPull({ registry, createBuilder: deps.createBuilder, stateDir: deps.stateDir }, req, ctx.signal);
+      return streamPull(
+        {
+          registry,
+          createBuilder: deps.createBuilder,
+          stateDir: deps.stateDir,
+          ...(deps.scratchDir ? { scratchDir: deps.scratchDir } : {}),
+        },
+        req,
+        ctx.signal,
+      );
     },
   });
 }
