@@ -36,6 +36,7 @@ interface Entry {
   devmajor?: number;
   devminor?: number;
   size?: number;
+  pax?: Record<string, string>;
 }
 
 /** A gzipped tar layer written entry by entry (names and types a file system would not allow). */
@@ -57,6 +58,7 @@ async function packLayer(entries: readonly Entry[]): Promise<FixtureLayer> {
           ...(e.linkname ? { linkname: e.linkname } : {}),
           ...(e.devmajor !== undefined ? { devmajor: e.devmajor, devminor: e.devminor ?? 0 } : {}),
           ...(e.size !== undefined ? { size: e.size } : {}),
+          ...(e.pax ? { pax: e.pax } : {}),
         },
         e.type === undefined || e.type === "file" ? body : "",
         (error) => (error ? reject(error) : resolve()),
@@ -76,6 +78,8 @@ async function packLayer(entries: readonly Entry[]): Promise<FixtureLayer> {
     diffId: sha(raw),
   };
 }
+
+const CAP_NET_RAW = Buffer.from([0x01, 0, 0, 0x02, 0, 0x20, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
 
 let work: string;
 let registry: RegistryProcess;
@@ -138,6 +142,13 @@ describe.skipIf(!HAVE_REGISTRY_TOOLS)("pulling an image into ext4", () => {
       { name: "bin/", type: "directory", mode: 0o755 },
       { name: "bin/su", mode: 0o4755, content: "setuid binary" },
       { name: "bin/tool", mode: 0o755, content: "tool" },
+      // security.capability v2 granting cap_net_raw (bit 13), as `setcap cap_net_raw+ep` writes it.
+      {
+        name: "bin/ping",
+        mode: 0o755,
+        content: "ping",
+        pax: { "SCHILY.xattr.security.capability": CAP_NET_RAW.toString("latin1") },
+      },
       { name: "etc/", type: "directory", mode: 0o755 },
       { name: "etc/gone", content: "whited out" },
       { name: "opt/", type: "directory" },
@@ -147,6 +158,9 @@ describe.skipIf(!HAVE_REGISTRY_TOOLS)("pulling an image into ext4", () => {
       { name: "home/user/notes", mode: 0o600, uid: 1000, gid: 1000, content: "mine" },
       { name: "root/", type: "directory", mode: 0o700 },
       { name: "root/.profile", content: "PS1=box" },
+      { name: "swap", content: "a file, then a directory" },
+      { name: "back/", type: "directory" },
+      { name: "back/x", content: "a directory, then a file" },
     ]);
     const upper = await packLayer([
       { name: "etc/.wh.gone" },
@@ -156,6 +170,9 @@ describe.skipIf(!HAVE_REGISTRY_TOOLS)("pulling an image into ext4", () => {
       { name: "usr/bin/tool", type: "symlink", linkname: "/bin/tool" },
       { name: "dev/null", type: "character-device", mode: 0o666, devmajor: 1, devminor: 3 },
       { name: "run/fifo", type: "fifo", mode: 0o600 },
+      { name: "swap/", type: "directory" },
+      { name: "swap/inner", content: "inside" },
+      { name: "back", content: "now a file" },
     ]);
     const reference = await push("special", [lower, upper]);
     const { run, stagingDir, events } = pullInto(reference, "special");
@@ -172,6 +189,11 @@ describe.skipIf(!HAVE_REGISTRY_TOOLS)("pulling an image into ext4", () => {
     expect(debugfs(image, "stat /dev/null")).toMatch(/Type: character special/);
     expect(debugfs(image, "stat /dev/null")).toMatch(/Device major\/minor number: 01:03/);
     expect(debugfs(image, "stat /run/fifo")).toMatch(/Type: FIFO/);
+    expect(debugfs(image, "cat /swap/inner")).toBe("inside");
+    expect(debugfs(image, "stat /back")).toMatch(/Type: regular/);
+    expect(debugfs(image, "cat /back")).toBe("now a file");
+    const capability = debugfs(image, "ea_get -x /bin/ping security.capability");
+    expect(capability.replace(/\s+/g, "")).toContain(CAP_NET_RAW.toString("hex"));
     expect(debugfs(image, "stat /usr/bin/tool")).toMatch(/Type: symlink/);
     expect(debugfs(image, "ls /etc")).not.toContain("gone");
     expect(debugfs(image, "ls /opt")).toContain("new");
