@@ -1,9 +1,17 @@
 /** The CLI as a user runs it: help, exit codes, and `banger dev up`. */
-import { spawn, spawnSync } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import {
+  HAVE_REGISTRY_TOOLS,
+  makeImage,
+  makeLayer,
+  skopeoCopy,
+  writeOciLayout,
+} from "../../services/image-puller/src/registry/testing/oci-image.js";
+import { startRegistry } from "../../services/image-puller/src/registry/testing/registry-process.js";
 import { BANGER, runCli, socketAnswers, waitUntil, OWNER_CAN_READ_CHECKOUT } from "./harness.js";
 
 const dirs: string[] = [];
@@ -108,9 +116,33 @@ describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("sudo banger dev up", () => {
       env: { ...process.env, BANGER_RUNTIME_DIR: runtimeDir, BANGER_SOCKET: "" },
       encoding: "utf8",
     });
+    // An image pulled and built by the unprivileged puller (uid 1000) keeps the owners the image declares.
+    let pulled: { status: number | null; stderr: string } | undefined;
+    let rootfs = "";
+    if (HAVE_REGISTRY_TOOLS) {
+      const registry = await startRegistry(join(dir, "registry"));
+      try {
+        const layout = join(dir, "layout");
+        writeOciLayout(layout, { v1: makeImage("amd64", [makeLayer({ "etc/hostname": "tiny\n" })]) });
+        await skopeoCopy(layout, "v1", `${registry.host}/tiny/os:v1`);
+        pulled = await runAs1000(["image", "pull", `${registry.host}/tiny/os:v1`, "--name", "tiny"], runtimeDir);
+        rootfs = join(dir, "state", "images", "tiny", "rootfs.ext4");
+      } finally {
+        await registry.stop();
+      }
+    }
     dev.kill("SIGTERM");
     expect(await exited).toBe(0);
     expect(result.status, result.stderr).toBe(0);
+    if (pulled) {
+      expect(pulled.status, pulled.stderr).toBe(0);
+      const stat = execFileSync("debugfs", ["-R", "stat /etc/hostname", rootfs], {
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "ignore"],
+      });
+      expect(stat).toMatch(/User:\s+0\s+Group:\s+0/); // root-owned inside, though built by uid 1000
+      expect(statSync(rootfs).uid).toBe(1000);
+    }
     const status = JSON.parse(result.stdout) as {
       services: { name: string; uid: number; reachable: boolean; privilegesOk: boolean }[];
     };
@@ -121,3 +153,18 @@ describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("sudo banger dev up", () => {
     ]);
   });
 });
+
+/** Runs the CLI as uid 1000 without blocking this process (the services it talks to may log through it). */
+function runAs1000(args: readonly string[], runtimeDir: string): Promise<{ status: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(BANGER, args, {
+      uid: 1000,
+      gid: 1000,
+      env: { ...process.env, BANGER_RUNTIME_DIR: runtimeDir, BANGER_SOCKET: "" },
+    });
+    let stderr = "";
+    child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+    child.stdout.resume();
+    child.once("exit", (status) => resolve({ status, stderr }));
+  });
+}
