@@ -4,7 +4,7 @@
  * the test and pushed with skopeo).
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -19,6 +19,9 @@ import {
   startRegistry,
   type RegistryProcess,
 } from "../../services/image-puller/src/registry/testing/registry-process.js";
+import { createUnixTransport } from "@banger/common";
+import { PullerService } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { startCluster, type Cluster } from "./harness.js";
 
 let cluster: Cluster;
@@ -104,4 +107,55 @@ describe("banger image and op", () => {
       expect(JSON.parse((await cluster.cli(["image", "list", "--json"])).stdout)).toEqual([]);
     },
   );
+});
+
+describe.skipIf(!HAVE_REGISTRY_TOOLS)("the image puller over its socket", () => {
+  it("resolves without downloading layers, copies a re-pull from its built cache, and prunes its caches", async () => {
+    const { transport, close } = createUnixTransport(cluster.socket("image-puller"), { peer: "image puller" });
+    const puller = createClient(PullerService, transport);
+    try {
+      const reference = `${registry.host}/tiny/os:v1`;
+      const resolved = await puller.resolve({ reference });
+      expect(resolved.canonicalReference).toBe(reference);
+      expect(resolved.manifestDigest).toMatch(/^sha256:[0-9a-f]{64}$/);
+      expect(resolved.platforms).toEqual(["linux/amd64"]);
+      expect(resolved.compressedBytes).toBeGreaterThan(0n);
+
+      const bad = await puller
+        .resolve({ reference, credentials: [{ registry: registry.host }] })
+        .catch((e: unknown) => e);
+      expect(bad).toBeInstanceOf(ConnectError);
+      expect([(bad as ConnectError).code, (bad as ConnectError).message]).toEqual([
+        Code.InvalidArgument,
+        expect.stringContaining(`credentials for registry ${registry.host} need a username and password`),
+      ]);
+
+      const pullInto = async (name: string) => {
+        const stagingDir = join(cluster.stateDir, "images", ".staging", `rpc-${name}`);
+        const messages = [];
+        for await (const message of puller.pull({ reference, stagingDir })) messages.push(message.event);
+        const result = messages.at(-1);
+        if (result?.case !== "result") throw new Error(`pull ${name} ended without a result`);
+        const copied = messages.some((m) => m.case === "stage" && m.value.message === "built before: copied");
+        const rootfs = join(stagingDir, result.value.rootfsFile);
+        return { result: result.value, copied, rootfs };
+      };
+      await pullInto("first");
+      // The built image is kept in the background: the next pull waits for it, then copies.
+      const second = await pullInto("second");
+      expect([second.copied, second.result.downloadedBytes]).toEqual([true, 0n]);
+      expect(statSync(second.rootfs).nlink).toBe(1);
+      execFileSync("e2fsck", ["-fn", second.rootfs], { stdio: "ignore" });
+
+      const pruned = await puller.pruneCache({ keepDays: 0 });
+      expect(pruned.removedBlobs).toBe(3); // manifest, config, one layer
+      expect(pruned.freedBytes).toBeGreaterThan(0n);
+      expect(readdirSync(join(cluster.stateDir, "cache", "built"))).toEqual([]);
+      const third = await pullInto("third");
+      expect(third.copied).toBe(false);
+      expect(third.result.downloadedBytes).toBeGreaterThan(0n);
+    } finally {
+      close();
+    }
+  });
 });

@@ -6,6 +6,7 @@ import { DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, runService, runtimeLayout } fro
 import { PullerService, file_banger_imagepuller_v1_puller } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import { createImageBuilder } from "./build/index.js";
 import { createScratchDir } from "./build/scratch.js";
+import { createBuiltCache } from "./core/built-cache.js";
 import { createBlobCache, defaultDockerConfigPath } from "./registry/index.js";
 import { createPullerService } from "./rpc/puller-service.js";
 
@@ -26,7 +27,7 @@ await runService({
   socketPath: values.socket ?? runtimeLayout(values["runtime-dir"]).pullerSocket,
   mode: 0o600,
   files: [file_banger_imagepuller_v1_puller],
-  routes: (router) => {
+  routes: (router, logger) => {
     router.service(
       PullerService,
       createPullerService({
@@ -35,6 +36,8 @@ await runService({
         cache: createBlobCache(resolve(values["cache-dir"] ?? join(stateDir, "cache", "blobs"))),
         createBuilder: createImageBuilder,
         scratchDir: createScratchDir(values["scratch-dir"]),
+        builtCache: createBuiltCache(join(stateDir, "cache", "built")),
+        logger,
         dockerConfigPath: defaultDockerConfigPath(process.env, homedir()),
       }),
     );

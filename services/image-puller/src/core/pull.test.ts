@@ -7,7 +7,7 @@
  */
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
@@ -23,6 +23,7 @@ import {
   type FixtureLayer,
 } from "../registry/testing/oci-image.js";
 import { startRegistry, type RegistryProcess } from "../registry/testing/registry-process.js";
+import { createBuiltCache, type BuiltCache } from "./built-cache.js";
 import { pull, type PullEvent } from "./pull.js";
 
 interface Entry {
@@ -102,14 +103,15 @@ async function push(tag: string, layers: FixtureLayer[]): Promise<string> {
   return `${registry.host}/test/img:${tag}`;
 }
 
-function pullInto(reference: string, name: string) {
-  const stateDir = join(work, `state-${name}`);
+function pullInto(reference: string, name: string, builtCache?: BuiltCache) {
+  const stateDir = join(work, builtCache ? "state-shared" : `state-${name}`);
   mkdirSync(stateDir, { recursive: true });
   const events: PullEvent[] = [];
   const deps = {
     registry: createRegistryClient({ cache: createBlobCache(join(stateDir, "cache")), insecureRegistries: [] }),
     createBuilder: createImageBuilder,
     stateDir,
+    ...(builtCache ? { builtCache } : {}),
   };
   const stagingDir = join(stateDir, "images", ".staging", name);
   const run = () =>
@@ -211,9 +213,21 @@ describe.skipIf(!HAVE_REGISTRY_TOOLS)("pulling an image into ext4", () => {
       "verify",
     ]);
 
-    // A second pull of the cached image downloads nothing.
-    const again = pullInto(reference, "special");
-    rmSync(again.stateDir, { recursive: true, force: true });
+    // A second pull of the same image, with a built-image cache: nothing downloaded, nothing rebuilt.
+    const builtCache = createBuiltCache(join(work, "built-cache"));
+    const cached = pullInto(reference, "special-again", builtCache);
+    const first = await cached.run();
+    await builtCache.settled();
+    const second = pullInto(reference, "special-third", builtCache);
+    const reused = await second.run();
+    expect(reused).toMatchObject({ manifestDigest: first.manifestDigest, downloadedBytes: 0 });
+    expect(second.events.some((e) => e.kind === "stage" && e.message === "built before: copied")).toBe(true);
+    expect(second.events.some((e) => e.kind === "stage" && e.stage === "mkfs")).toBe(false);
+    const copy = join(second.stagingDir, reused.rootfsFile);
+    expect(debugfs(copy, "stat /bin/su")).toMatch(/Mode:\s+04755/);
+    // A copy, not a link: the privileged helper attaches only files with one link.
+    expect(statSync(copy).nlink).toBe(1);
+    expect(readFileSync(copy).equals(readFileSync(join(cached.stagingDir, first.rootfsFile)))).toBe(true);
   });
 
   it.each([

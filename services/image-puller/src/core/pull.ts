@@ -14,6 +14,7 @@ import {
   type Platform,
   type RegistryClient,
 } from "../registry/index.js";
+import type { BuiltCache } from "./built-cache.js";
 
 export type PullStageName = "resolve" | "layers" | "mkfs" | "ownership" | "work-seed" | "verify";
 
@@ -86,6 +87,10 @@ export interface PullDeps {
    * directory (tmpfs) when it has room, else beside the staging directory.
    */
   readonly scratchDir?: (neededBytes: number) => Promise<string | undefined>; // a mkdtemp prefix
+  /** Images built before: a re-pull of the same image with the same settings copies them. */
+  readonly builtCache?: BuiltCache;
+  /** Blobs this pull uses are held here while it runs, so a cache prune leaves them alone. */
+  readonly leases?: Leases;
   /** A fresh builder per pull (it holds the metadata recorded from that pull's layers). */
   readonly createBuilder: () => ImageBuilder;
   /** The orchestrator's state directory: staging directories must be inside it. */
@@ -124,6 +129,7 @@ export async function pull(
   const builder = deps.createBuilder();
   await prepareStaging(deps.stateDir, req.stagingDir);
   let tree = join(req.stagingDir, ".tree");
+  let release: (() => void) | undefined;
   const timed = async <T>(stage: PullStageName, work: () => Promise<T>, message = ""): Promise<T> => {
     const t0 = performance.now();
     emit({ kind: "stage", stage, done: false, durationMs: 0, message: "" });
@@ -135,6 +141,31 @@ export async function pull(
     const resolved = await timed("resolve", () =>
       deps.registry.resolve(reference, req.platform ?? DEFAULT_PLATFORM, signal),
     );
+    const digests = [
+      resolved.manifestDigest,
+      resolved.manifest.config.digest,
+      ...(resolved.indexDigest === undefined ? [] : [resolved.indexDigest]),
+      ...resolved.manifest.layers.map((layer) => layer.digest),
+    ];
+    release = deps.leases?.hold(digests);
+    const builtKey = deps.builtCache?.key({
+      manifestDigest: resolved.manifestDigest,
+      minRootfsMib: req.minRootfsMib,
+      headroomPercent: req.headroomPercent,
+      inodeMarginPercent: req.inodeMarginPercent,
+      skipWorkSeed: req.skipWorkSeed,
+    });
+    if (deps.builtCache && builtKey !== undefined) {
+      const t0 = performance.now();
+      const stored = (await deps.builtCache.restore(builtKey, req.stagingDir)) as PullResult | undefined;
+      if (stored !== undefined) {
+        await deps.registry.cache.touch(digests);
+        const durationMs = Math.round(performance.now() - t0);
+        emit({ kind: "stage", stage: "layers", done: false, durationMs: 0, message: "" });
+        emit({ kind: "stage", stage: "layers", done: true, durationMs, message: "built before: copied" });
+        return { ...stored, downloadedBytes: 0 };
+      }
+    }
     const layers = resolved.manifest.layers;
     const diffIds = resolved.config.rootfs.diff_ids;
     if (diffIds.length !== layers.length) {
@@ -246,6 +277,11 @@ export async function pull(
       JSON.stringify({ ...result, layers: layers.map((l) => ({ digest: l.digest, size: l.size })), diffIds }, null, 2),
       { mode: 0o644 },
     );
+    await deps.registry.cache.touch(digests);
+    if (deps.builtCache && builtKey !== undefined) {
+      const files = [ROOTFS_FILE, ...(req.skipWorkSeed ? [] : [WORK_SEED_FILE]), MANIFEST_FILE];
+      await deps.builtCache.keep(builtKey, req.stagingDir, files, result);
+    }
     return result;
   } catch (error) {
     await rm(tree, { recursive: true, force: true });
@@ -254,6 +290,8 @@ export async function pull(
       await rm(join(req.stagingDir, entry), { recursive: true, force: true });
     }
     throw error;
+  } finally {
+    release?.();
   }
 }
 
@@ -305,4 +343,31 @@ function downloadAll(
       release();
     }
   });
+}
+
+/** Digests held by running pulls (counted: two pulls may share a layer). */
+export interface Leases {
+  /** Holds `digests` until the returned function is called. */
+  hold(digests: readonly string[]): () => void;
+  held(): ReadonlySet<string>;
+}
+
+export function createLeases(): Leases {
+  const counts = new Map<string, number>();
+  return {
+    hold(digests) {
+      for (const digest of digests) counts.set(digest, (counts.get(digest) ?? 0) + 1);
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        for (const digest of digests) {
+          const left = (counts.get(digest) ?? 1) - 1;
+          if (left === 0) counts.delete(digest);
+          else counts.set(digest, left);
+        }
+      };
+    },
+    held: () => new Set(counts.keys()),
+  };
 }

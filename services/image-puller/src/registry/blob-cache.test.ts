@@ -1,6 +1,6 @@
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -162,5 +162,30 @@ describe("blob cache", () => {
     writeFileSync(path, "damaged!");
     expect(await reasonOf(cache.read(digestOf(bytes)))).toBe("DIGEST_MISMATCH");
     expect(await cache.has(digestOf(bytes))).toBe(false);
+  });
+
+  it("prunes blobs last used before the cut-off, never one in use, and sweeps dead temporary files", async () => {
+    const put = async (text: string) => {
+      const bytes = Buffer.from(text);
+      await cache.put(digestOf(bytes), bytes.length, [bytes]);
+      return digestOf(bytes);
+    };
+    const [old, oldInUse, touched, fresh] = [
+      await put("old"),
+      await put("in use"),
+      await put("touched"),
+      await put("new"),
+    ];
+    const longAgo = new Date(Date.now() - 10 * 24 * 3600 * 1000);
+    for (const digest of [old, oldInUse, touched]) utimesSync(cache.path(digest), longAgo, longAgo);
+    await cache.touch([touched]);
+    writeFileSync(join(dir, "sha256", `.${"a".repeat(64)}.999999999.abcdef.tmp`), "left by a dead pull");
+
+    const result = await cache.prune(new Date(Date.now() - 24 * 3600 * 1000), new Set([oldInUse]));
+    expect(result).toEqual({ removed: 1, freedBytes: 3 });
+    expect(files()).toEqual([oldInUse, touched, fresh].map((d) => d.slice(7)).sort());
+    // keep_days = 0: everything not in use goes.
+    expect(await cache.prune(new Date(Date.now() + 1000), new Set([oldInUse]))).toMatchObject({ removed: 2 });
+    expect(files()).toEqual([oldInUse.slice(7)]);
   });
 });

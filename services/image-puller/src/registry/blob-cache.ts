@@ -11,7 +11,7 @@
  * (or by `sweep()`).
  */
 import { createHash, randomBytes } from "node:crypto";
-import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from "node:fs/promises";
+import { mkdir, open, readdir, readFile, rename, rm, stat, utimes, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { FailedPreconditionError, NotFoundError } from "@banger/common";
 import { blobTruncated, DigestMismatchError, digestHex, sha256Digest } from "./digest.js";
@@ -44,6 +44,13 @@ export interface BlobCache {
   read(digest: string, maxBytes?: number): Promise<Buffer>;
   /** Removes temporary files of puts that are not running any more; returns how many. */
   sweep(): Promise<number>;
+  /** Marks blobs as used now (their mtime), for prune; blobs not in the cache are ignored. */
+  touch(digests: readonly string[]): Promise<void>;
+  /**
+   * Removes blobs last used before `before` whose digest is not in `inUse`,
+   * and temporary files of puts that are not running; returns what it freed.
+   */
+  prune(before: Date, inUse: ReadonlySet<string>): Promise<{ removed: number; freedBytes: number }>;
 }
 
 /**
@@ -210,5 +217,25 @@ export function createBlobCache(dir: string): BlobCache {
     return bytes;
   }
 
-  return { dir, path, has, put, read, sweep };
+  async function touch(digests: readonly string[]): Promise<void> {
+    const now = new Date();
+    for (const digest of digests) await utimes(path(digest), now, now).catch(() => undefined);
+  }
+
+  async function prune(before: Date, inUse: ReadonlySet<string>) {
+    await sweep();
+    let removed = 0;
+    let freedBytes = 0;
+    for (const name of await readdir(blobDir).catch(() => [])) {
+      if (!/^[a-f0-9]{64}$/.test(name) || inUse.has(`sha256:${name}`)) continue;
+      const info = await stat(join(blobDir, name)).catch(() => undefined);
+      if (info === undefined || !info.isFile() || info.mtime >= before) continue;
+      await rm(join(blobDir, name), { force: true });
+      removed += 1;
+      freedBytes += info.size;
+    }
+    return { removed, freedBytes };
+  }
+
+  return { dir, path, has, put, read, sweep, touch, prune };
 }

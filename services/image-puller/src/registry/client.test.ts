@@ -307,6 +307,19 @@ describe("registry client with token auth", () => {
     expect(tokens?.requests.slice(before).map((r) => r.authorization)).toEqual([`Basic ${b64("tester:s3cret")}`]);
   });
 
+  live("credentials the caller passes win over the docker config for their registry", async () => {
+    const host = authRegistry?.host ?? "";
+    const ref = parseReference(`${host}/private/img:1`);
+    const wrongConfig = configFile({ auths: { [host]: { username: "tester", password: "wrong" } } });
+    const c = client({
+      dockerConfigPath: wrongConfig,
+      credentials: new Map([[host, { kind: "basic", username: "tester", password: "s3cret" }]]),
+    });
+    const before = tokens?.requests.length ?? 0;
+    expect((await c.resolve(ref, DEFAULT_PLATFORM, signal())).manifestDigest).toBe(amd64.manifest.digest);
+    expect(tokens?.requests.slice(before).map((r) => r.authorization)).toEqual([`Basic ${b64("tester:s3cret")}`]);
+  });
+
   live("wrong credentials are PERMISSION_DENIED", async () => {
     const host = authRegistry?.host ?? "";
     const c = client({

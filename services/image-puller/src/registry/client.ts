@@ -12,7 +12,7 @@
 import { stat } from "node:fs/promises";
 import { FailedPreconditionError, NotFoundError } from "@banger/common";
 import type { BlobBody, BlobCache } from "./blob-cache.js";
-import { findCredentials, type CredentialHelper } from "./credentials.js";
+import { findCredentials, hostOfKey, type CredentialHelper, type Credentials } from "./credentials.js";
 import { blobTruncated, DigestMismatchError, sha256Digest } from "./digest.js";
 import { createProcessCredentialHelper } from "./host/credential-helper.js";
 import {
@@ -54,6 +54,11 @@ export interface RegistryClientOptions {
   readonly insecureRegistries: readonly string[];
   /** Docker config.json with credentials; none when unset. */
   readonly dockerConfigPath?: string;
+  /**
+   * Credentials the caller resolved, by registry host[:port]; a registry
+   * found here does not consult the docker config.
+   */
+  readonly credentials?: ReadonlyMap<string, Credentials>;
   /** Runs `docker-credential-<name> get`; default: the real programs on PATH. */
   readonly credentialHelper?: CredentialHelper;
   /** Default: the global fetch. */
@@ -149,7 +154,9 @@ export function createRegistryClient(options: RegistryClientOptions): RegistryCl
   const transport: Transport = createTransport({
     insecureRegistries: options.insecureRegistries,
     fetch: options.fetch ?? globalThis.fetch,
-    credentials: (registry, signal) => findCredentials(options.dockerConfigPath, registry, helper, signal),
+    credentials: async (registry, signal) =>
+      options.credentials?.get(hostOfKey(registry)) ??
+      (await findCredentials(options.dockerConfigPath, registry, helper, signal)),
   });
   const downloads = new Map<string, SharedDownload>();
 

@@ -43,7 +43,8 @@ const DOCKER_HUB_HOSTS = new Set(["docker.io", "index.docker.io", "registry-1.do
 export const DOCKER_HUB_SERVER_URL = "https://index.docker.io/v1/";
 
 /** "https://host:5000/v1/" → "host:5000"; Hub's aliases all become registry-1.docker.io. */
-function hostOfKey(key: string): string {
+/** The registry host a config key, server URL or "host[:port]" names (Docker Hub's aliases folded). */
+export function hostOfKey(key: string): string {
   const host = (key.replace(/^[a-z]+:\/\//i, "").split("/")[0] ?? "").toLowerCase();
   return DOCKER_HUB_HOSTS.has(host) ? DOCKER_HUB_REGISTRY : host;
 }

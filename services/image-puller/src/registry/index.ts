@@ -14,6 +14,7 @@ export {
 export {
   defaultDockerConfigPath,
   DOCKER_HUB_SERVER_URL,
+  hostOfKey,
   type CredentialHelper,
   type Credentials,
   type HelperCredentials,

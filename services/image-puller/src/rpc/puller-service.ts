@@ -1,15 +1,24 @@
-import { implementService } from "@banger/common";
+import { InvalidArgumentError, implementService, type Logger } from "@banger/common";
 import {
   LayerState,
   PullStage,
   PullerService,
+  type PullRequest,
   type PullResponseSchema,
 } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
-import { pull, type PullDeps, type PullEvent, type PullResult } from "../core/pull.js";
+import type { BuiltCache } from "../core/built-cache.js";
+import { createLeases, pull, type PullDeps, type PullEvent, type PullResult } from "../core/pull.js";
 import { describePuller } from "../identity.js";
-import { createRegistryClient, type BlobCache } from "../registry/index.js";
+import {
+  createRegistryClient,
+  DEFAULT_PLATFORM,
+  hostOfKey,
+  parseReference,
+  type BlobCache,
+  type Credentials,
+} from "../registry/index.js";
 
 type Response = MessageInitShape<typeof PullResponseSchema>;
 
@@ -35,41 +44,99 @@ export interface PullerServiceDeps {
   readonly stateDir: string;
   readonly createBuilder: PullDeps["createBuilder"];
   readonly scratchDir?: PullDeps["scratchDir"];
+  readonly builtCache?: BuiltCache;
   /** docker config.json with registry credentials; unset = none. */
   readonly dockerConfigPath?: string;
+  readonly logger?: Logger;
 }
+
+type RequestCredential = PullRequest["credentials"][number];
+
+/** The caller's credentials by registry; one entry per registry, each complete. */
+function credentialMap(list: readonly RequestCredential[]): Map<string, Credentials> {
+  const map = new Map<string, Credentials>();
+  for (const entry of list) {
+    const host = hostOfKey(entry.registry);
+    if (entry.registry.trim() === "" || host === "" || /[\s@]/.test(host)) {
+      throw new InvalidArgumentError(`credentials name no valid registry host: ${JSON.stringify(entry.registry)}`, {
+        reason: "INVALID_CREDENTIALS",
+      });
+    }
+    if (map.has(host)) {
+      throw new InvalidArgumentError(`credentials for registry ${host} are given twice`, {
+        reason: "INVALID_CREDENTIALS",
+      });
+    }
+    if (entry.identityToken !== "") {
+      map.set(host, { kind: "identity-token", token: entry.identityToken });
+    } else if (entry.username !== "" && entry.password !== "") {
+      map.set(host, { kind: "basic", username: entry.username, password: entry.password });
+    } else {
+      throw new InvalidArgumentError(
+        `credentials for registry ${host} need a username and password, or an identity token`,
+        {
+          reason: "INVALID_CREDENTIALS",
+        },
+      );
+    }
+  }
+  return map;
+}
+
+const DAY_MS = 24 * 60 * 60 * 1000;
 
 /** `banger.imagepuller.v1.PullerService`. */
 export function createPullerService(deps: PullerServiceDeps): ServiceImpl<typeof PullerService> {
+  const leases = createLeases();
+  const registryFor = (req: { insecureRegistries: string[]; credentials: RequestCredential[] }) =>
+    createRegistryClient({
+      cache: deps.cache,
+      insecureRegistries: req.insecureRegistries,
+      credentials: credentialMap(req.credentials),
+      ...(deps.dockerConfigPath ? { dockerConfigPath: deps.dockerConfigPath } : {}),
+    });
   return implementService(PullerService, {
     getVersion() {
       return describePuller();
     },
     pull(req, ctx) {
-      const registry = createRegistryClient({
-        cache: deps.cache,
-        insecureRegistries: req.insecureRegistries,
-        ...(deps.dockerConfigPath ? { dockerConfigPath: deps.dockerConfigPath } : {}),
-      });
       return streamPull(
         {
-          registry,
+          registry: registryFor(req),
           createBuilder: deps.createBuilder,
           stateDir: deps.stateDir,
+          leases,
           ...(deps.scratchDir ? { scratchDir: deps.scratchDir } : {}),
+          ...(deps.builtCache ? { builtCache: deps.builtCache } : {}),
         },
         req,
         ctx.signal,
       );
     },
+    async resolve(req, ctx) {
+      const reference = parseReference(req.reference);
+      const resolved = await registryFor(req).resolve(reference, req.platform ?? DEFAULT_PLATFORM, ctx.signal);
+      return {
+        canonicalReference: reference.canonical,
+        manifestDigest: resolved.manifestDigest,
+        platforms: [...resolved.platforms],
+        compressedBytes: BigInt(resolved.manifest.layers.reduce((sum, layer) => sum + layer.size, 0)),
+      };
+    },
+    async pruneCache(req) {
+      const before = new Date(Date.now() - req.keepDays * DAY_MS);
+      const blobs = await deps.cache.prune(before, leases.held());
+      const built = (await deps.builtCache?.prune(before)) ?? { removed: 0, freedBytes: 0 };
+      deps.logger?.info(
+        { removedBlobs: blobs.removed, removedBuilds: built.removed, freedBytes: blobs.freedBytes + built.freedBytes },
+        `cache pruned: ${blobs.removed} blobs and ${built.removed} built images removed`,
+      );
+      return { removedBlobs: blobs.removed, freedBytes: BigInt(blobs.freedBytes + built.freedBytes) };
+    },
   });
 }
 
-async function* streamPull(
-  deps: PullDeps,
-  req: Parameters<NonNullable<ServiceImpl<typeof PullerService>["pull"]>>[0],
-  signal: AbortSignal,
-): AsyncIterable<Response> {
+async function* streamPull(deps: PullDeps, req: PullRequest, signal: AbortSignal): AsyncIterable<Response> {
   const queue: Response[] = [];
   let wake: (() => void) | undefined;
   let outcome: { result: PullResult } | { error: unknown } | undefined;

@@ -635,7 +635,7 @@ export type PruneCacheResponse = Message<"banger.imagepuller.v1.PruneCacheRespon
   removedBlobs: number;
 
   /**
-   * Bytes freed.
+   * Bytes freed (blobs and kept built images).
    *
    * @generated from field: uint64 freed_bytes = 2;
    */
@@ -828,7 +828,10 @@ export const PullerService: GenService<{
     output: typeof ResolveResponseSchema;
   },
   /**
-   * Removes cached blobs no longer needed (never one a running pull uses).
+   * Removes cached blobs and kept built images not used in the last
+   * `keep_days` days (never one a running pull uses). A re-pull of an image
+   * built before with the same settings copies the kept build (sparse,
+   * reflinked where the file system can) instead of building it again.
    *
    * @generated from rpc banger.imagepuller.v1.PullerService.PruneCache
    */

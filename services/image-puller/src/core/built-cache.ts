@@ -1,0 +1,180 @@
+/**
+ * Images built before, kept by manifest digest and build settings, so that a
+ * re-pull of the same image copies its files instead of downloading and
+ * building them again: `<dir>/<key>/{rootfs.ext4,work-seed.ext4,manifest.json}`.
+ *
+ * Entries are copies, never hard links: the privileged helper attaches only
+ * files with exactly one link. Copies keep holes and share extents where the
+ * file system can (`cp --reflink=auto --sparse=always`), so an ext4 image
+ * mostly made of free space costs what its data costs. A build is kept in the
+ * background from open file descriptors, so the orchestrator may rename (or
+ * delete) the staging directory meanwhile; an entry appears under its key
+ * with one rename, complete or not at all.
+ */
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdir, open, readdir, readFile, rename, rm, stat, utimes, writeFile, type FileHandle } from "node:fs/promises";
+import { join } from "node:path";
+
+export interface BuildKey {
+  readonly manifestDigest: string;
+  readonly minRootfsMib: number;
+  readonly headroomPercent: number;
+  readonly inodeMarginPercent: number;
+  readonly skipWorkSeed: boolean;
+}
+
+export interface BuiltCache {
+  /** The entry name for an image built with these settings. */
+  key(build: BuildKey): string;
+  /**
+   * Copies entry `key` into `stagingDir` and returns its manifest (the
+   * PullResult stored with it), or undefined when there is no complete entry.
+   * Waits for a keep of the same key still running.
+   */
+  restore(key: string, stagingDir: string): Promise<unknown>;
+  /**
+   * Starts keeping `files` (names inside `stagingDir`, opened now) and
+   * `result` under `key`; returns once the files are open. Best effort: a
+   * failure (no room, say) only means the next pull builds again.
+   */
+  keep(key: string, stagingDir: string, files: readonly string[], result: unknown): Promise<void>;
+  /** Resolves when no keep is running (tests, shutdown). */
+  settled(): Promise<void>;
+  /** Removes entries not used since `before` (never one being kept or restored). */
+  prune(before: Date): Promise<{ removed: number; freedBytes: number }>;
+}
+
+/** The stored PullResult; every other file of an entry is copied into the staging directory. */
+const RESULT = "result.json";
+const TEMP_NAME = /^\.([a-f0-9]{64})\.([0-9]+)\.tmp$/;
+
+/** `cp` keeping holes and sharing extents where it can; `source` may be `/dev/fd/3` (then `fd` is passed as fd 3). */
+function copySparse(source: string, target: string, fd?: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("cp", ["--reflink=auto", "--sparse=always", "--", source, target], {
+      stdio: fd === undefined ? ["ignore", "ignore", "pipe"] : ["ignore", "ignore", "pipe", fd],
+    });
+    let stderr = "";
+    child.stderr?.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+    child.on("error", reject);
+    child.on("close", (code) =>
+      code === 0 ? resolve() : reject(new Error(`cp ${source} ${target} failed: ${stderr.trim() || `exit ${code}`}`)),
+    );
+  });
+}
+
+function processIsAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+async function diskBytes(dir: string): Promise<number> {
+  let total = 0;
+  for (const name of await readdir(dir).catch(() => [])) {
+    const info = await stat(join(dir, name)).catch(() => undefined);
+    if (info) total += info.blocks * 512;
+  }
+  return total;
+}
+
+export function createBuiltCache(dir: string): BuiltCache {
+  const keeping = new Map<string, Promise<void>>();
+  const restoring = new Map<string, number>();
+
+  function key(build: BuildKey): string {
+    return createHash("sha256")
+      .update(
+        JSON.stringify([
+          build.manifestDigest,
+          build.minRootfsMib,
+          build.headroomPercent,
+          build.inodeMarginPercent,
+          build.skipWorkSeed,
+        ]),
+      )
+      .digest("hex");
+  }
+
+  async function restore(entryKey: string, stagingDir: string): Promise<unknown> {
+    await keeping.get(entryKey);
+    restoring.set(entryKey, (restoring.get(entryKey) ?? 0) + 1);
+    const entry = join(dir, entryKey);
+    let names: string[] = [];
+    try {
+      const result: unknown = JSON.parse(await readFile(join(entry, RESULT), "utf8"));
+      names = (await readdir(entry)).filter((name) => name !== RESULT);
+      for (const name of names) await copySparse(join(entry, name), join(stagingDir, name));
+      const now = new Date();
+      await utimes(entry, now, now).catch(() => undefined); // last used, for prune
+      return result;
+    } catch {
+      for (const name of names) await rm(join(stagingDir, name), { force: true });
+      return undefined; // none, pruned, or no room: build instead
+    } finally {
+      const left = (restoring.get(entryKey) ?? 1) - 1;
+      if (left === 0) restoring.delete(entryKey);
+      else restoring.set(entryKey, left);
+    }
+  }
+
+  async function keep(entryKey: string, stagingDir: string, files: readonly string[], result: unknown) {
+    if (keeping.has(entryKey)) return;
+    const handles: [string, FileHandle][] = [];
+    try {
+      for (const name of files) handles.push([name, await open(join(stagingDir, name), "r")]);
+    } catch {
+      for (const [, handle] of handles) await handle.close();
+      return;
+    }
+    const temporary = join(dir, `.${entryKey}.${process.pid}.tmp`);
+    const work = (async () => {
+      try {
+        await mkdir(dir, { recursive: true, mode: 0o700 });
+        await rm(temporary, { recursive: true, force: true });
+        await mkdir(temporary, { mode: 0o700 });
+        for (const [name, handle] of handles) await copySparse("/dev/fd/3", join(temporary, name), handle.fd);
+        await writeFile(join(temporary, RESULT), JSON.stringify(result), { mode: 0o644 });
+        await rm(join(dir, entryKey), { recursive: true, force: true });
+        await rename(temporary, join(dir, entryKey));
+      } catch {
+        await rm(temporary, { recursive: true, force: true });
+      } finally {
+        for (const [, handle] of handles) await handle.close();
+        keeping.delete(entryKey);
+      }
+    })();
+    keeping.set(entryKey, work);
+  }
+
+  async function settled(): Promise<void> {
+    while (keeping.size > 0) await Promise.all(keeping.values());
+  }
+
+  async function prune(before: Date) {
+    let removed = 0;
+    let freedBytes = 0;
+    for (const name of await readdir(dir).catch(() => [])) {
+      const temp = TEMP_NAME.exec(name);
+      if (temp !== null) {
+        const pid = Number(temp[2]);
+        if (pid === process.pid ? keeping.has(temp[1] ?? "") : processIsAlive(pid)) continue;
+      } else if (keeping.has(name) || restoring.has(name)) {
+        continue;
+      } else {
+        const info = await stat(join(dir, name)).catch(() => undefined);
+        if (info === undefined || info.mtime >= before) continue;
+      }
+      freedBytes += await diskBytes(join(dir, name));
+      await rm(join(dir, name), { recursive: true, force: true });
+      if (temp === null) removed += 1;
+    }
+    return { removed, freedBytes };
+  }
+
+  return { key, restore, keep, settled, prune };
+}
