@@ -68,6 +68,9 @@ describe("banger image and op", () => {
       for (const stage of ["resolve", "layers", "mkfs", "ownership", "work-seed", "verify", "publish"]) {
         expect(pull.stderr).toMatch(new RegExp(`  ${stage}\\s+done`));
       }
+      // Not a terminal: one plain line per layer once its bytes are in (a terminal gets live bars).
+      expect(pull.stderr).toMatch(/\n {4}layer 1\/1 [0-9a-f]{12} \d+\.\d MiB (downloaded|applied)\n/);
+      expect(pull.stderr).not.toContain("\x1b");
       expect(pull.stdout).toMatch(/^NAME\s+REFERENCE/);
 
       const rootfs = join(cluster.stateDir, "images", "tiny", "rootfs.ext4");

@@ -3,7 +3,7 @@
  * real Unix sockets, the real CLI, and an independent gRPC implementation.
  */
 import { spawnSync } from "node:child_process";
-import { lstatSync, existsSync } from "node:fs";
+import { existsSync, lstatSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
@@ -11,7 +11,7 @@ import { createUnixTransport } from "@banger/common";
 import { ErrorInfoSchema } from "@banger/gen/google/rpc/error_details_pb.js";
 import { ImageService, file_banger_v1_image } from "@banger/gen/banger/v1/image_pb.js";
 import { file_banger_v1_exec } from "@banger/gen/banger/v1/exec_pb.js";
-import { file_banger_v1_kernel } from "@banger/gen/banger/v1/kernel_pb.js";
+import { KernelService, file_banger_v1_kernel } from "@banger/gen/banger/v1/kernel_pb.js";
 import { OperationService, file_banger_v1_operation } from "@banger/gen/banger/v1/operation_pb.js";
 import { file_banger_v1_system } from "@banger/gen/banger/v1/system_pb.js";
 import { file_banger_v1_vm } from "@banger/gen/banger/v1/vm_pb.js";
@@ -20,7 +20,7 @@ import { DiskService, file_banger_privileged_v1_disk } from "@banger/gen/banger/
 import { file_banger_privileged_v1_host } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { NetworkService, file_banger_privileged_v1_network } from "@banger/gen/banger/privileged/v1/network_pb.js";
 import { VmmService, file_banger_privileged_v1_vmm } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
-import { file_banger_imagepuller_v1_puller } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
+import { PullerService, file_banger_imagepuller_v1_puller } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import type { DescFile } from "@bufbuild/protobuf";
 import { createAsyncIterable } from "@connectrpc/connect/protocol";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -150,8 +150,10 @@ describe("three services on Unix sockets", () => {
       ...[NetworkService, DiskService, VmmService, OperationService].flatMap((svc) =>
         svc.methods.map((m) => `${svc.typeName}/${m.name}`),
       ),
-      "banger.imagepuller.v1.PullerService/GetVersion",
-      "banger.imagepuller.v1.PullerService/Pull",
+      ...KernelService.methods
+        .filter((m) => m.name !== "BuildInitramfs")
+        .map((m) => `${KernelService.typeName}/${m.name}`),
+      ...PullerService.methods.map((m) => `${PullerService.typeName}/${m.name}`),
     ]);
     const sockets: [ServiceName, DescFile[]][] = [
       ["orchestrator", ORCHESTRATOR_FILES],
@@ -188,8 +190,8 @@ describe("three services on Unix sockets", () => {
       }
       transport.close();
     }
-    // The API is designed in full: dozens of RPCs exist ahead of their implementation.
-    expect(checked).toBeGreaterThan(20);
+    // The loop ran: RPCs of later work (VMs, workspaces, exec) exist ahead of their code.
+    expect(checked).toBeGreaterThan(0);
   });
 });
 
@@ -394,6 +396,27 @@ describe("when a service is down", () => {
     expect(result.code).toBe(1);
     expect(result.stdout).toMatch(/orchestrator\s+UNREACHABLE/);
     expect(result.stdout).toContain(missing);
+  });
+
+  it("refuses to start on a bad config file, naming the file, each bad key and why, and touching nothing", async () => {
+    const configFile = join(cluster.dir, "bad-config.toml");
+    writeFileSync(configFile, 'vmm = "bochs"\n[vm]\nvcpu = 64\n[network]\nbridg = "bgr1"\n');
+    const runtimeDir = join(cluster.dir, "bad-config-run");
+    const stateDir = join(cluster.dir, "bad-config-state");
+    const bad = spawnService("orchestrator", [
+      "--runtime-dir",
+      runtimeDir,
+      "--state-dir",
+      stateDir,
+      "--config",
+      configFile,
+    ]);
+    expect(await bad.exited).toBe(1);
+    const fatal = String(bad.logs.find((l) => l["level"] === "fatal")?.["msg"]);
+    expect(fatal).toContain(`${configFile}: vm.vcpu: must be between 1 and 32, got 64`);
+    expect(fatal).toContain(`${configFile}: network.bridg: unknown key (did you mean "bridge"?)`);
+    expect(fatal).toMatch(new RegExp(`${configFile}: vmm: .*bochs`));
+    expect(existsSync(stateDir)).toBe(false); // no database created
   });
 
   it("a stale socket left by kill -9 does not stop a restart; a live one is refused", async () => {

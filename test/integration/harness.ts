@@ -69,8 +69,11 @@ export interface CliResult {
   readonly stderr: string;
 }
 
-export function spawnService(name: ServiceName, args: readonly string[]): RunningService {
-  const child = spawn(process.execPath, [join(ROOT, ENTRY[name]), ...args], { stdio: ["ignore", "pipe", "pipe"] });
+export function spawnService(name: ServiceName, args: readonly string[], env: NodeJS.ProcessEnv = {}): RunningService {
+  const child = spawn(process.execPath, [join(ROOT, ENTRY[name]), ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, ...env },
+  });
   const logs: Record<string, unknown>[] = [];
   const stderr: string[] = [];
   let buffered = "";
@@ -95,7 +98,8 @@ export async function startCluster(): Promise<Cluster> {
   const start = async (name: ServiceName) => {
     const args = ["--runtime-dir", runtimeDir];
     args.push("--state-dir", stateDir);
-    const svc = spawnService(name, args);
+    // The services read the owner's config directory: a fresh one per cluster, never the real one.
+    const svc = spawnService(name, args, { XDG_CONFIG_HOME: join(dir, "config") });
     running.set(name, svc);
     await waitUntil(() => svc.logs.some((l) => l["msg"] === "listening"), svc, `${name} to listen`);
     return svc;

@@ -3,6 +3,7 @@ import { Command, CommanderError } from "commander";
 import { registerDaemonCommands } from "./commands/daemon.js";
 import { registerDevCommands } from "./commands/dev.js";
 import { registerImageCommands } from "./commands/image.js";
+import { registerKernelCommands } from "./commands/kernel.js";
 import { registerOpCommands } from "./commands/op.js";
 import type { GlobalOptions } from "./context.js";
 import { reportError } from "./errors.js";
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
   registerDaemonCommands(program, globals);
   registerDevCommands(program);
   registerImageCommands(program, globals);
+  registerKernelCommands(program, globals);
   registerOpCommands(program, globals);
   program.commands.forEach(function override(cmd: Command): void {
     cmd.exitOverride();

@@ -9,12 +9,15 @@ import { WorkspaceService, file_banger_v1_workspace } from "@banger/gen/banger/v
 import type { DescFile } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { Kysely } from "kysely";
+import type { BangerConfig } from "./config/index.js";
 import { createImageCatalog } from "./core/images.js";
+import { createKernelCatalog } from "./core/kernels.js";
 import { createOperations } from "./core/operations.js";
 import { describeOrchestrator } from "./core/status.js";
 import { createPrivilegedPeer } from "./peers/privileged.js";
 import { createPullerPeer } from "./peers/puller.js";
 import { createImageService } from "./rpc/image-service.js";
+import { createKernelService } from "./rpc/kernel-service.js";
 import { createOperationService } from "./rpc/operation-service.js";
 import { createSystemService } from "./rpc/system-service.js";
 import type { Database } from "./store/index.js";
@@ -26,6 +29,7 @@ export interface OrchestratorConfig {
   readonly db: Kysely<Database>;
   readonly logger: Logger;
   readonly stateDir: string;
+  readonly config: BangerConfig;
 }
 
 export interface Orchestrator {
@@ -46,6 +50,16 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
     db: config.db,
     stateDir: config.stateDir,
     puller,
+    operations,
+    logger: config.logger,
+    pullDefaults: {
+      insecureRegistries: config.config.registries.insecure,
+      minRootfsMib: config.config.image.minRootfsMib,
+    },
+  });
+  const kernels = createKernelCatalog({
+    db: config.db,
+    stateDir: config.stateDir,
     operations,
     logger: config.logger,
   });
@@ -69,9 +83,9 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       router.service(SystemService, createSystemService({ self, peers: [privileged, puller] }));
       router.service(ImageService, createImageService(images));
       router.service(OperationService, createOperationService(operations));
+      router.service(KernelService, createKernelService(kernels));
       // Not built yet: every RPC answers UNIMPLEMENTED naming itself.
       router.service(VmService, implementService(VmService, {}));
-      router.service(KernelService, implementService(KernelService, {}));
       router.service(WorkspaceService, implementService(WorkspaceService, {}));
       router.service(ExecService, implementService(ExecService, {}));
     },

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { parseArgs } from "node:util";
 import { mkdir } from "node:fs/promises";
+import { homedir } from "node:os";
 import { join } from "node:path";
 import {
   DEFAULT_RUNTIME_DIR,
@@ -11,6 +12,7 @@ import {
   runtimeLayout,
 } from "@banger/common";
 import { createOrchestrator, type Orchestrator } from "./app.js";
+import { ConfigError, defaultConfigPath, loadConfig } from "./config/index.js";
 import { openStore, type Store } from "./store/index.js";
 
 const { values } = parseArgs({
@@ -20,6 +22,7 @@ const { values } = parseArgs({
     socket: { type: "string" },
     "privileged-socket": { type: "string" },
     "puller-socket": { type: "string" },
+    config: { type: "string" },
   },
   strict: true,
 });
@@ -31,6 +34,9 @@ const logger = createLogger({ service: "orchestrator" });
 let store: Store;
 let orchestrator: Orchestrator;
 try {
+  const home = homedir();
+  const config = await loadConfig({ path: values.config ?? defaultConfigPath(process.env, home), home });
+  logger.info({ config: config.source.path, exists: config.source.exists }, "configuration loaded");
   // Refuse to run over a live instance before touching its database (recovery would
   // mark that instance's running operations interrupted).
   await clearStaleSocket(socketPath);
@@ -43,9 +49,11 @@ try {
     db: store.db,
     logger,
     stateDir: values["state-dir"],
+    config,
   });
 } catch (error) {
-  logger.fatal({ err: error }, `orchestrator failed to start: ${(error as Error).message}`);
+  const problems = error instanceof ConfigError ? { problems: error.problems } : {};
+  logger.fatal({ err: error, ...problems }, `orchestrator failed to start: ${(error as Error).message}`);
   process.exit(1);
 }
 

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { chownSync, createWriteStream, mkdirSync, type WriteStream } from "node:fs";
+import { chownSync, createWriteStream, mkdirSync, readFileSync, type WriteStream } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -19,12 +19,22 @@ interface ServiceSpec {
   readonly asOwner: boolean;
 }
 
-/** The user behind `sudo`, when `dev up` runs as root through sudo. */
-function devOwner(): { uid: number; gid: number } | undefined {
+/** The user behind `sudo`, when `dev up` runs as root through sudo, with their home (/etc/passwd). */
+function devOwner(): { uid: number; gid: number; home: string | undefined } | undefined {
   const uid = Number(process.env["SUDO_UID"]);
   const gid = Number(process.env["SUDO_GID"]);
   if (process.getuid?.() !== 0 || !Number.isInteger(uid) || uid <= 0 || !Number.isInteger(gid)) return undefined;
-  return { uid, gid };
+  let home: string | undefined;
+  try {
+    const entry = readFileSync("/etc/passwd", "utf8")
+      .split("\n")
+      .map((line) => line.split(":"))
+      .find((fields) => fields[2] === String(uid));
+    home = entry?.[5] || undefined;
+  } catch {
+    home = undefined;
+  }
+  return { uid, gid, home };
 }
 
 export function registerDevCommands(program: Command): void {
@@ -105,7 +115,15 @@ async function devUp(runtimeDir: string, stateDir: string, json: boolean): Promi
     const log = createWriteStream(state.logFile(spec.name), { flags: "a", mode: 0o600 });
     const child = spawn(process.execPath, [resolve(CHECKOUT, spec.entry), ...spec.args], {
       stdio: ["ignore", "pipe", "pipe"],
-      ...(owner && spec.asOwner ? { uid: owner.uid, gid: owner.gid } : {}),
+      ...(owner && spec.asOwner
+        ? {
+            uid: owner.uid,
+            gid: owner.gid,
+            // The owner's config directory, not root's (sudo keeps HOME=/root on some systems);
+            // an owner without a passwd entry gets the state directory as its home.
+            env: { ...process.env, HOME: owner.home ?? stateDir, XDG_CONFIG_HOME: "" },
+          }
+        : {}),
     });
     children.set(spec.name, child);
     forwardOutput(child, spec.name, log, json);

@@ -6,6 +6,7 @@ import { connectOrchestrator, type Orchestrator } from "../client.js";
 import type { GlobalOptions } from "../context.js";
 import { ReportedFailure } from "../errors.js";
 import { STATE_WORD, createStagePrinter, isEnded } from "../render/operation.js";
+import { createProgressRenderer } from "../render/progress.js";
 import { renderTable } from "../render/table.js";
 
 export function registerOpCommands(program: Command, globals: () => GlobalOptions): void {
@@ -56,12 +57,20 @@ export function registerOpCommands(program: Command, globals: () => GlobalOption
 
 /** Follows an operation, printing its stages; throws ReportedFailure when it does not succeed. */
 export async function watchToEnd(o: Orchestrator, id: string): Promise<Operation> {
-  const print = createStagePrinter((l) => process.stderr.write(l));
+  const renderer = createProgressRenderer({
+    write: (text) => process.stderr.write(text),
+    isTTY: process.stderr.isTTY,
+    columns: process.stderr.columns || 80,
+  });
   let last: Operation | undefined;
-  for await (const { operation } of o.client(OperationService).watchOperation({ id }, o.callOptions())) {
-    if (!operation) continue;
-    last = operation;
-    print(operation);
+  try {
+    for await (const { operation } of o.client(OperationService).watchOperation({ id }, o.callOptions())) {
+      if (!operation) continue;
+      last = operation;
+      renderer.update(operation);
+    }
+  } finally {
+    renderer.finish();
   }
   if (!last || !isEnded(last)) throw new Error(`lost the stream of ${id} before it ended; see 'banger op show ${id}'`);
   if (last.error && STATE_WORD[last.state] !== "succeeded") {

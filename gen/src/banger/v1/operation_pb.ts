@@ -188,7 +188,8 @@ export type Stage = Message<"banger.v1.Stage"> & {
 
   /**
    * Byte progress, for stages that move data (pull layers, disk copies,
-   * workspace uploads); unset for others. Live only: not kept after a restart.
+   * workspace uploads); unset for others. Live only: sent while the
+   * operation runs (for its ended stages too), not kept once it ends.
    *
    * @generated from field: banger.v1.Progress progress = 7;
    */

@@ -29,6 +29,7 @@ import {
 } from "../store/index.js";
 import type { CallScope } from "./call-scope.js";
 import type { Operations } from "./operations.js";
+import { createSerialLock } from "./serial-lock.js";
 
 /** A friendly name banger knows how to pull. */
 export interface CatalogEntry {
@@ -65,14 +66,32 @@ export interface PullRequestPlain {
   readonly stagingDir: string;
   readonly platform: string;
   readonly minRootfsMib: number;
+  /** Registry hosts reached over plain HTTP (the config's `registries.insecure`). */
+  readonly insecureRegistries: readonly string[];
 }
 
-export type PullEvent = {
-  readonly kind: "stage";
-  readonly name: string;
-  readonly done: boolean;
-  readonly message: string;
-};
+/** What a pull uses when the request leaves it unset: from the config file. */
+export interface PullDefaults {
+  readonly insecureRegistries: readonly string[];
+  readonly minRootfsMib: number;
+}
+
+export type PullEvent =
+  | {
+      readonly kind: "stage";
+      readonly name: string;
+      readonly done: boolean;
+      readonly message: string;
+    }
+  | {
+      readonly kind: "layer";
+      readonly index: number;
+      readonly digest: string;
+      readonly doneBytes: number;
+      readonly totalBytes: number;
+      /** "waiting", "downloading", "cached", "downloaded", "applied". */
+      readonly state: string;
+    };
 
 export interface PullOutcome {
   readonly manifestDigest: string;
@@ -128,6 +147,7 @@ export function createImageCatalog(deps: {
   readonly puller: PullerPort;
   readonly operations: Operations;
   readonly logger: Logger;
+  readonly pullDefaults?: PullDefaults;
   readonly now?: () => Date;
 }): ImageCatalog {
   const { db, puller, operations, logger } = deps;
@@ -135,14 +155,8 @@ export function createImageCatalog(deps: {
   const imagesDir = join(deps.stateDir, "images");
   const stagingRoot = join(imagesDir, ".staging");
   const dir = (name: string) => join(imagesDir, validImageName(name));
-  let publishing: Promise<unknown> = Promise.resolve();
-
-  /** A short lock: publishes run one at a time (milliseconds: a rename and a row). */
-  function underPublishLock<T>(work: () => Promise<T>): Promise<T> {
-    const run = publishing.then(work, work);
-    publishing = run.catch(() => undefined);
-    return run;
-  }
+  /** A short lock: publishes run one at a time (milliseconds: renames and a row). */
+  const underPublishLock = createSerialLock();
 
   async function get(name: string): Promise<ImageRecord> {
     const image = await getImage(db, validImageName(name));
@@ -168,10 +182,30 @@ export function createImageCatalog(deps: {
         const staging = join(stagingRoot, op.id);
         await mkdir(staging, { recursive: true, mode: 0o700 });
         try {
+          const layers: { id: string; doneBytes: number; totalBytes: number; state: string }[] = [];
           const outcome = await puller.pull(
-            { reference, stagingDir: staging, platform: req.platform, minRootfsMib: req.minRootfsMib },
+            {
+              reference,
+              stagingDir: staging,
+              platform: req.platform,
+              minRootfsMib: req.minRootfsMib || (deps.pullDefaults?.minRootfsMib ?? 0),
+              insecureRegistries: deps.pullDefaults?.insecureRegistries ?? [],
+            },
             { signal: op.signal },
-            (event) => op.track(event.name, event.done ? "done" : "running", event.message),
+            async (event) => {
+              if (event.kind === "stage") {
+                await op.track(event.name, event.done ? "done" : "running", event.message);
+                return;
+              }
+              const { digest: id, doneBytes, totalBytes, state } = event;
+              layers[event.index] = { id, doneBytes, totalBytes, state };
+              const known = layers.filter((layer) => layer !== undefined);
+              op.progress("layers", {
+                doneBytes: known.reduce((sum, layer) => sum + layer.doneBytes, 0),
+                totalBytes: known.reduce((sum, layer) => sum + layer.totalBytes, 0),
+                items: [...known],
+              });
+            },
           );
           const image = await op.stage("publish", () =>
             underPublishLock(async () => {

@@ -32,6 +32,18 @@ export interface OperationContext {
    * with "running" when it starts and "done" when it ends.
    */
   track(name: string, state: "running" | "done", message?: string): Promise<void>;
+  /**
+   * Live byte progress of a running stage (not stored: a restart does not
+   * resume the work). Watchers see it at most a few times a second.
+   */
+  progress(stage: string, progress: StageProgress): void;
+}
+
+/** Byte progress of one stage, with one entry per item (an image layer, say). */
+export interface StageProgress {
+  readonly doneBytes: number;
+  readonly totalBytes: number;
+  readonly items: readonly { id: string; doneBytes: number; totalBytes: number; state: string }[];
 }
 
 export interface Operations {
@@ -47,6 +59,8 @@ export interface Operations {
   cancel(id: string): Promise<{ operation: OperationRecord; cancelRequested: boolean }>;
   /** The operation now, then after every change, until it ends or `signal` aborts. */
   watch(id: string, signal: AbortSignal): AsyncIterable<OperationRecord>;
+  /** Live progress of a running operation's stages, by stage name; empty once it ended. */
+  progress(id: string): ReadonlyMap<string, StageProgress>;
   /** At start-up: operations a restart cut off become failed (INTERRUPTED). */
   recover(): Promise<OperationRecord[]>;
   /** Resolves when every running operation has ended (tests, shutdown). */
@@ -57,7 +71,11 @@ interface Live {
   readonly controller: AbortController;
   readonly listeners: Set<() => void>;
   readonly done: Promise<void>;
+  readonly progress: Map<string, StageProgress>;
 }
+
+/** Watchers hear of progress at most this often per operation. */
+const PROGRESS_INTERVAL_MS = 200;
 
 export function createOperations(deps: {
   readonly db: Kysely<Database>;
@@ -83,6 +101,8 @@ export function createOperations(deps: {
       const record = await insertOperation(db, { id, kind, target, state: "running", createdAt: now() });
       const controller = new AbortController();
       const listeners = new Set<() => void>();
+      const progress = new Map<string, StageProgress>();
+      let progressTimer: NodeJS.Timeout | undefined;
       let stages: OperationStage[] = [];
       const save = async (patch: Omit<Parameters<typeof updateOperation>[2], "updatedAt">) => {
         await updateOperation(db, id, { ...patch, updatedAt: now() });
@@ -96,6 +116,13 @@ export function createOperations(deps: {
       const context: OperationContext = {
         id,
         signal: controller.signal,
+        progress(stage, value) {
+          progress.set(stage, value);
+          progressTimer ??= setTimeout(() => {
+            progressTimer = undefined;
+            notify(id);
+          }, PROGRESS_INTERVAL_MS);
+        },
         async track(name, state, message = "") {
           if (state === "running") {
             tracked.set(name, { started: now(), t0: performance.now() });
@@ -167,11 +194,12 @@ export function createOperations(deps: {
             "operation failed",
           );
         } finally {
+          clearTimeout(progressTimer);
           notify(id);
           live.delete(id);
         }
       })();
-      live.set(id, { controller, listeners, done });
+      live.set(id, { controller, listeners, done, progress });
       return record;
     },
 
@@ -192,7 +220,7 @@ export function createOperations(deps: {
         const change = entry ? nextChange(entry, signal) : undefined;
         try {
           const current = await get(id);
-          const seen = JSON.stringify(current);
+          const seen = JSON.stringify([current, [...(live.get(id)?.progress ?? [])]]);
           if (seen !== last) {
             last = seen;
             yield current;
@@ -216,6 +244,8 @@ export function createOperations(deps: {
       }
       return interrupted;
     },
+
+    progress: (id) => live.get(id)?.progress ?? new Map<string, StageProgress>(),
 
     async settled() {
       await Promise.all([...live.values()].map((entry) => entry.done));

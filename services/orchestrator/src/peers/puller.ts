@@ -1,5 +1,5 @@
 import { createPeerClient, createUnixTransport } from "@banger/common";
-import { PullStage, PullerService } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
+import { LayerState, PullStage, PullerService } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import type { CallScope } from "../core/call-scope.js";
 import type { PullEvent, PullerPort, PullOutcome } from "../core/images.js";
 import type { PeerProbe } from "../core/status.js";
@@ -20,6 +20,15 @@ const STAGE_NAMES: Record<PullStage, string | undefined> = {
   [PullStage.VERIFY]: "verify",
 };
 
+const LAYER_STATES: Record<LayerState, string> = {
+  [LayerState.UNSPECIFIED]: "",
+  [LayerState.WAITING]: "waiting",
+  [LayerState.DOWNLOADING]: "downloading",
+  [LayerState.CACHED]: "cached",
+  [LayerState.DOWNLOADED]: "downloaded",
+  [LayerState.APPLIED]: "applied",
+};
+
 /** The orchestrator's client of the image puller. Errors arrive as banger's typed errors. */
 export function createPullerPeer(socketPath: string): PullerPeer {
   const { transport, close } = createUnixTransport(socketPath, { peer: "image puller" });
@@ -37,6 +46,7 @@ export function createPullerPeer(socketPath: string): PullerPeer {
           stagingDir: request.stagingDir,
           platform: platformMessage(request.platform),
           minRootfsMib: BigInt(request.minRootfsMib),
+          insecureRegistries: [...request.insecureRegistries],
         },
         callOptions(scope),
       );
@@ -45,6 +55,16 @@ export function createPullerPeer(socketPath: string): PullerPeer {
         if (event.case === "stage") {
           const name = STAGE_NAMES[event.value.stage];
           if (name) await onEvent({ kind: "stage", name, done: event.value.done, message: event.value.message });
+        } else if (event.case === "layer") {
+          const layer = event.value;
+          await onEvent({
+            kind: "layer",
+            index: layer.index,
+            digest: layer.digest,
+            doneBytes: Number(layer.doneBytes),
+            totalBytes: Number(layer.totalBytes),
+            state: LAYER_STATES[layer.state],
+          });
         } else if (event.case === "result") {
           const r = event.value;
           return {

@@ -10,7 +10,7 @@ import { ImageSchema, KernelSchema, VmSchema } from "@banger/gen/banger/v1/resou
 import { fromJson, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
-import type { Operations } from "../core/operations.js";
+import type { Operations, StageProgress } from "../core/operations.js";
 import {
   OPERATION_KINDS,
   type OperationKind as Kind,
@@ -25,15 +25,18 @@ const MAX_LIST_LIMIT = 1000;
 export function createOperationService(operations: Operations): ServiceImpl<typeof OperationService> {
   return implementService(OperationService, {
     async getOperation(req) {
-      return { operation: operationToProto(await operations.get(validOpId(req.id))) };
+      const op = await operations.get(validOpId(req.id));
+      return { operation: operationToProto(op, false, operations.progress(op.id)) };
     },
     async *watchOperation(req, ctx) {
       // The client going away ends this stream, never the operation.
-      for await (const op of operations.watch(validOpId(req.id), ctx.signal)) yield { operation: operationToProto(op) };
+      for await (const op of operations.watch(validOpId(req.id), ctx.signal)) {
+        yield { operation: operationToProto(op, false, operations.progress(op.id)) };
+      }
     },
     async cancelOperation(req) {
       const { operation, cancelRequested } = await operations.cancel(validOpId(req.id));
-      return { operation: operationToProto(operation, cancelRequested) };
+      return { operation: operationToProto(operation, cancelRequested, operations.progress(operation.id)) };
     },
     async listOperations(req) {
       if (req.limit > MAX_LIST_LIMIT) {
@@ -93,6 +96,7 @@ const STAGE_STATE: Record<OperationStage["state"], StageState> = {
 export function operationToProto(
   op: OperationRecord,
   cancelRequested = false,
+  progress: ReadonlyMap<string, StageProgress> = new Map(),
 ): MessageInitShape<typeof OperationSchema> {
   return {
     id: op.id,
@@ -108,6 +112,7 @@ export function operationToProto(
         ...(stage.endedAt ? { endTime: timestampFromDate(stage.endedAt) } : {}),
         elapsed: { seconds: BigInt(Math.floor(elapsedMs / 1000)), nanos: (elapsedMs % 1000) * 1_000_000 },
         message: stage.message,
+        ...progressToProto(progress.get(stage.name)),
       };
     }),
     createTime: timestampFromDate(op.createdAt),
@@ -116,6 +121,22 @@ export function operationToProto(
     result: resultToProto(op),
     ...(op.error ? { error: { ...op.error } } : {}),
     cancelRequested,
+  };
+}
+
+function progressToProto(progress: StageProgress | undefined) {
+  if (!progress) return {};
+  return {
+    progress: {
+      doneBytes: BigInt(progress.doneBytes),
+      totalBytes: BigInt(progress.totalBytes),
+      items: progress.items.map((item) => ({
+        id: item.id,
+        doneBytes: BigInt(item.doneBytes),
+        totalBytes: BigInt(item.totalBytes),
+        state: item.state,
+      })),
+    },
   };
 }
 

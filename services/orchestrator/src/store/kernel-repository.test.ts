@@ -8,6 +8,7 @@ import {
   insertKernel,
   listKernelUsers,
   listKernels,
+  replaceKernel,
   setDefaultKernel,
 } from "./kernel-repository.js";
 import { T0, at, expectRefused, image, kernel, rejectionOf, useStore, vm } from "./test-support.js";
@@ -84,6 +85,22 @@ describe("kernel repository", () => {
     expect(await deleteKernel(db(), "spare")).toBe(false);
   });
 
+  it("replaceKernel swaps the row in one step and keeps the default with the name", async () => {
+    const newer = kernel({ version: "6.1.0-28-amd64", kernelSha256: `sha256:${"c".repeat(64)}`, createdAt: at(5) });
+    const { kernel: stored, replaced } = await replaceKernel(db(), newer);
+    expect(stored).toEqual({ ...newer, isDefault: true });
+    expect(replaced).toMatchObject({ name: "debian-6.1", version: "6.1.0-27-amd64", isDefault: true });
+    expect(await getKernel(db(), "debian-6.1")).toEqual(stored);
+    expect(await defaults()).toEqual(["debian-6.1"]);
+  });
+
+  it("replaceKernel of a name not yet taken inserts it", async () => {
+    const { kernel: stored, replaced } = await replaceKernel(db(), kernel({ name: "fresh", isDefault: true }));
+    expect(replaced).toBeUndefined();
+    expect(stored).toMatchObject({ name: "fresh", isDefault: true });
+    expect(await defaults()).toEqual(["fresh"]);
+  });
+
   describe("refuses, changing nothing", () => {
     it("a second kernel with the same name: KERNEL_NAME_TAKEN", async () => {
       await expectRefused(
@@ -102,6 +119,18 @@ describe("kernel repository", () => {
         "KERNEL_NAME_TAKEN",
       );
       expect(await defaults()).toEqual(["debian-6.1"]);
+    });
+
+    it("replacing a kernel an image or VM uses: KERNEL_IN_USE, the old row stays", async () => {
+      await insertImage(db(), image());
+      await insertVm(db(), vm());
+      const error = await expectRefused(
+        db(),
+        () => replaceKernel(db(), kernel({ version: "6.1.0-28-amd64" })),
+        FailedPreconditionError,
+        "KERNEL_IN_USE",
+      );
+      expect(error.message).toBe('kernel "debian-6.1" is used by image debian and VM box');
     });
 
     it("making a kernel that does not exist the default: KERNEL_NOT_FOUND", async () => {

@@ -51,6 +51,28 @@ export async function insertKernel(db: Kysely<Database>, kernel: KernelRecord): 
   });
 }
 
+/**
+ * Puts a kernel in place of the one of the same name, if any, in one
+ * transaction: the old row goes, the new one comes in. The new one is the
+ * default when `kernel.isDefault` says so or when the old one was. Returns
+ * the new row and the old one. Errors: FailedPreconditionError KERNEL_IN_USE
+ * while an image or VM uses the old one (nothing changes).
+ */
+export async function replaceKernel(
+  db: Kysely<Database>,
+  kernel: KernelRecord,
+): Promise<{ kernel: KernelRecord; replaced: KernelRecord | undefined }> {
+  return inTransaction(db, async (trx) => {
+    const replaced = await getKernel(trx, kernel.name);
+    if (replaced !== undefined) await deleteKernel(trx, kernel.name);
+    const inserted = await insertKernel(trx, {
+      ...kernel,
+      isDefault: kernel.isDefault || replaced?.isDefault === true,
+    });
+    return { kernel: inserted, replaced };
+  });
+}
+
 export async function getKernel(db: Kysely<Database>, name: string): Promise<KernelRecord | undefined> {
   const row = await db.selectFrom("kernels").selectAll().where("name", "=", name).executeTakeFirst();
   return row && kernelFromRow(row);

@@ -1,0 +1,133 @@
+import { resolve } from "node:path";
+import { KernelService } from "@banger/gen/banger/v1/kernel_pb.js";
+import { KernelSchema, type Kernel } from "@banger/gen/banger/v1/resources_pb.js";
+import { toJson } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import type { Command } from "commander";
+import type { GlobalOptions } from "../context.js";
+import { renderTable } from "../render/table.js";
+import { watchToEnd, withOrchestrator } from "./op.js";
+
+export function registerKernelCommands(program: Command, globals: () => GlobalOptions): void {
+  const kernel = program.command("kernel").description("guest kernels: import, list, show, delete, set the default");
+  kernel
+    .command("import")
+    .argument("<name>", "name to import it under, e.g. debian-6.1")
+    .argument(
+      "<dir>",
+      "directory holding metadata.json (kernel, initrd, modules, version), or boot/vmlinu[xz]-*, boot/initrd.img-* and lib/modules/<version> as a kernel package unpacks them",
+    )
+    .description(
+      "copy a kernel, its initrd and modules into the catalog; shows each stage, exits 1 if the import fails",
+    )
+    .option("--default", "make it the default kernel (the first kernel imported always becomes it)")
+    .option("--replace", "replace a kernel of that name (refused while an image or VM uses it)")
+    .option("--no-wait", "print the operation id and return at once")
+    .option("--json", "print the kernel as JSON when done")
+    .action(
+      async (
+        name: string,
+        dir: string,
+        opts: { default?: boolean; replace?: boolean; wait: boolean; json?: boolean },
+      ) => {
+        await withOrchestrator(globals(), async (o) => {
+          const sourceDir = resolve(dir);
+          const { operation } = await o
+            .client(KernelService)
+            .importKernel(
+              { name, sourceDir, setDefault: opts.default === true, replace: opts.replace === true },
+              o.callOptions(),
+            );
+          if (!operation) return;
+          process.stderr.write(`importing ${sourceDir} as ${operation.target} (${operation.id})\n`);
+          if (!opts.wait) {
+            process.stdout.write(`${operation.id}\n`);
+            return;
+          }
+          const done = await watchToEnd(o, operation.id);
+          const imported = done.result.case === "kernel" ? done.result.value : undefined;
+          if (imported) printKernels([imported], opts.json === true);
+        });
+      },
+    );
+  kernel
+    .command("list")
+    .description("imported kernels; * marks the default")
+    .option("--json", "print JSON")
+    .action(async (opts: { json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { kernels } = await o.client(KernelService).listKernels({}, o.callOptions());
+        printKernels(kernels, opts.json === true);
+      });
+    });
+  kernel
+    .command("show")
+    .argument("<name>", "kernel name")
+    .description("one kernel: version, digest, sizes, initrd, modules, who uses it")
+    .option("--json", "print JSON")
+    .action(async (name: string, opts: { json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { kernel: found } = await o.client(KernelService).getKernel({ name }, o.callOptions());
+        if (!found) return;
+        if (opts.json) return printKernels([found], true);
+        process.stdout.write(
+          [
+            `name:      ${found.name}${found.isDefault ? " (default)" : ""}`,
+            `version:   ${found.version || "unknown"}`,
+            `kernel:    ${mib(found.kernelBytes)}, ${found.uncompressed ? "vmlinux (uncompressed)" : "vmlinuz (compressed)"}`,
+            `digest:    ${found.kernelSha256}`,
+            `initrd:    ${found.initrdBytes > 0n ? mib(found.initrdBytes) : "none"}`,
+            `modules:   ${found.hasModules ? "yes" : "no"}`,
+            `imported:  ${found.createTime ? timestampDate(found.createTime).toISOString() : ""}`,
+            `used by:   ${found.usedBy.length > 0 ? found.usedBy.join(", ") : "nothing"}`,
+          ].join("\n") + "\n",
+        );
+      });
+    });
+  kernel
+    .command("set-default")
+    .argument("<name>", "kernel name")
+    .description("make a kernel the default (the previous default stops being it)")
+    .action(async (name: string) => {
+      await withOrchestrator(globals(), async (o) => {
+        await o.client(KernelService).setDefaultKernel({ name }, o.callOptions());
+        process.stderr.write(`${name} is now the default kernel\n`);
+      });
+    });
+  kernel
+    .command("delete")
+    .argument("<name>", "kernel name")
+    .description("delete a kernel (refused while an image or VM uses it; deleting a missing kernel succeeds)")
+    .action(async (name: string) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { existed } = await o.client(KernelService).deleteKernel({ name }, o.callOptions());
+        process.stderr.write(existed ? `deleted ${name}\n` : `no kernel ${name}: nothing to delete\n`);
+      });
+    });
+}
+
+function printKernels(kernels: readonly Kernel[], json: boolean): void {
+  if (json) {
+    process.stdout.write(
+      JSON.stringify(
+        kernels.map((k) => toJson(KernelSchema, k)),
+        null,
+        2,
+      ) + "\n",
+    );
+    return;
+  }
+  const rows = kernels.map((k) => [
+    `${k.name}${k.isDefault ? " *" : ""}`,
+    k.version,
+    `${k.uncompressed ? "vmlinux" : "vmlinuz"} ${mib(k.kernelBytes)}`,
+    k.initrdBytes > 0n ? mib(k.initrdBytes) : "-",
+    k.hasModules ? "yes" : "no",
+    k.usedBy.join(","),
+  ]);
+  process.stdout.write(renderTable(["NAME", "VERSION", "KERNEL", "INITRD", "MODULES", "USED BY"], rows));
+}
+
+function mib(bytes: bigint): string {
+  return `${(Number(bytes) / 1048576).toFixed(1)} MiB`;
+}

@@ -1,0 +1,18 @@
+export {
+  CONFIG_LIMITS,
+  CONFIG_REFERENCE,
+  ConfigError,
+  DEFAULT_CONFIG,
+  defaultConfigDir,
+  defaultConfigPath,
+  describeConfig,
+  loadConfig,
+  parseConfig,
+  type BangerConfig,
+  type ConfigKeyDoc,
+  type ConfigProblem,
+  type ConfigValues,
+  type FileSyncEntry,
+  type VmmDriver,
+} from "./config.js";
+export { ensureSshIdentity, sshIdentityPaths, type SshIdentity } from "./ssh-identity.js";

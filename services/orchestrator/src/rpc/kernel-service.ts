@@ -1,0 +1,50 @@
+import { implementService } from "@banger/common";
+import { KernelService } from "@banger/gen/banger/v1/kernel_pb.js";
+import type { KernelSchema } from "@banger/gen/banger/v1/resources_pb.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { ServiceImpl } from "@connectrpc/connect";
+import type { KernelCatalog, KernelView } from "../core/kernels.js";
+import { operationToProto } from "./operation-service.js";
+
+/** `banger.v1.KernelService`: import (an operation), list, show, set the default, delete. BuildInitramfs is not built yet. */
+export function createKernelService(kernels: KernelCatalog): ServiceImpl<typeof KernelService> {
+  return implementService(KernelService, {
+    async importKernel(req) {
+      const operation = await kernels.import({
+        name: req.name,
+        sourceDir: req.sourceDir,
+        setDefault: req.setDefault,
+        replace: req.replace,
+      });
+      return { operation: operationToProto(operation) };
+    },
+    async setDefaultKernel(req) {
+      return { kernel: kernelToProto(await kernels.setDefault(req.name)) };
+    },
+    async deleteKernel(req) {
+      return kernels.delete(req.name);
+    },
+    async listKernels() {
+      return { kernels: (await kernels.list()).map(kernelToProto) };
+    },
+    async getKernel(req) {
+      return { kernel: kernelToProto(await kernels.get(req.name)) };
+    },
+  });
+}
+
+export function kernelToProto(kernel: KernelView): MessageInitShape<typeof KernelSchema> {
+  return {
+    name: kernel.name,
+    version: kernel.version,
+    kernelSha256: kernel.kernelSha256,
+    kernelBytes: BigInt(kernel.kernelBytes),
+    uncompressed: kernel.uncompressed,
+    initrdBytes: BigInt(kernel.initrdBytes),
+    hasModules: kernel.hasModules,
+    isDefault: kernel.isDefault,
+    createTime: timestampFromDate(kernel.createdAt),
+    usedBy: [...kernel.usedBy],
+  };
+}
