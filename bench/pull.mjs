@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { gzip } from "node:zlib";
 import { createUnixTransport } from "@banger/common";
-import { PullerService } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
+import { PullStage, PullerService } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import { createClient } from "@connectrpc/connect";
 import { makeImage, skopeoCopy, writeOciLayout } from "../services/image-puller/dist/registry/testing/oci-image.js";
 import { startRegistry } from "../services/image-puller/dist/registry/testing/registry-process.js";
@@ -77,7 +77,7 @@ export async function benchPull() {
         if (message.event.case === "result") result = message.event.value;
         if (message.event.case === "stage" && message.event.value.done) {
           (stages[name] ??= []).push(
-            `${message.event.value.stage}=${(Number(message.event.value.durationMs) / 1000).toFixed(2)}s`,
+            `${PullStage[message.event.value.stage].toLowerCase()}=${(Number(message.event.value.durationMs) / 1000).toFixed(2)}s`,
           );
         }
       }

@@ -1,3 +1,4 @@
+export * from "./copy-file.js";
 export * from "./errors.js";
 export * from "./error-mapping.js";
 export * from "./health.js";

@@ -1,5 +1,6 @@
+import { resolve } from "node:path";
 import { ImageService } from "@banger/gen/banger/v1/image_pb.js";
-import { ImageSchema, type Image } from "@banger/gen/banger/v1/resources_pb.js";
+import { ImageSchema, ImageSource, type Image } from "@banger/gen/banger/v1/resources_pb.js";
 import { toJson } from "@bufbuild/protobuf";
 import type { Command } from "commander";
 import type { GlobalOptions } from "../context.js";
@@ -7,7 +8,7 @@ import { renderTable } from "../render/table.js";
 import { watchToEnd, withOrchestrator } from "./op.js";
 
 export function registerImageCommands(program: Command, globals: () => GlobalOptions): void {
-  const image = program.command("image").description("root filesystem images: pull, list, show, delete");
+  const image = program.command("image").description("root filesystem images: pull, register, list, show, delete");
   image
     .command("pull")
     .argument(
@@ -33,6 +34,33 @@ export function registerImageCommands(program: Command, globals: () => GlobalOpt
         const done = await watchToEnd(o, operation.id);
         const pulled = done.result.case === "image" ? done.result.value : undefined;
         if (pulled) printImages([pulled], opts.json === true);
+      });
+    });
+  image
+    .command("register")
+    .argument("<name>", "name to register it under")
+    .description(
+      "register an image from local ext4 files (copied into banger's catalog; sparse, reflinked where possible)",
+    )
+    .requiredOption("--rootfs <file>", "ext4 root filesystem image")
+    .option(
+      "--work-seed <file>",
+      "ext4 image of /root that each VM's work disk starts from (default: an empty work disk)",
+    )
+    .option("--kernel <name>", "kernel VMs of this image boot by default (default: the host default)")
+    .option("--json", "print the image as JSON")
+    .action(async (name: string, opts: { rootfs: string; workSeed?: string; kernel?: string; json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { image: registered } = await o.client(ImageService).registerImage(
+          {
+            name,
+            rootfsPath: resolve(opts.rootfs),
+            workSeedPath: opts.workSeed === undefined ? "" : resolve(opts.workSeed),
+            defaultKernel: opts.kernel ?? "",
+          },
+          o.callOptions(),
+        );
+        if (registered) printImages([registered], opts.json === true);
       });
     });
   image
@@ -63,7 +91,10 @@ export function registerImageCommands(program: Command, globals: () => GlobalOpt
             `digest:     ${found.manifestDigest}`,
             `platform:   ${found.platform}`,
             `rootfs:     ${mib(found.rootfsBytes)}`,
-            `work seed:  ${mib(found.workSeedBytes)}`,
+            `work seed:  ${found.workSeedBytes > 0n ? mib(found.workSeedBytes) : "none"}`,
+            `kernel:     ${found.defaultKernel || "(host default)"}`,
+            `source:     ${ImageSource[found.source].toLowerCase()}`,
+            `used by:    ${found.usedBy.length > 0 ? found.usedBy.join(", ") : "no VM"}`,
             `entrypoint: ${JSON.stringify(c?.entrypoint ?? [])}  cmd: ${JSON.stringify(c?.cmd ?? [])}`,
           ].join("\n") + "\n",
         );

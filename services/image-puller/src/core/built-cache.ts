@@ -11,10 +11,10 @@
  * delete) the staging directory meanwhile; an entry appears under its key
  * with one rename, complete or not at all.
  */
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, rm, stat, utimes, writeFile, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
+import { copySparse } from "@banger/common";
 
 export interface BuildKey {
   readonly manifestDigest: string;
@@ -48,21 +48,6 @@ export interface BuiltCache {
 /** The stored PullResult; every other file of an entry is copied into the staging directory. */
 const RESULT = "result.json";
 const TEMP_NAME = /^\.([a-f0-9]{64})\.([0-9]+)\.tmp$/;
-
-/** `cp` keeping holes and sharing extents where it can; `source` may be `/dev/fd/3` (then `fd` is passed as fd 3). */
-function copySparse(source: string, target: string, fd?: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("cp", ["--reflink=auto", "--sparse=always", "--", source, target], {
-      stdio: fd === undefined ? ["ignore", "ignore", "pipe"] : ["ignore", "ignore", "pipe", fd],
-    });
-    let stderr = "";
-    child.stderr?.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
-    child.on("error", reject);
-    child.on("close", (code) =>
-      code === 0 ? resolve() : reject(new Error(`cp ${source} ${target} failed: ${stderr.trim() || `exit ${code}`}`)),
-    );
-  });
-}
 
 function processIsAlive(pid: number): boolean {
   try {
@@ -137,7 +122,7 @@ export function createBuiltCache(dir: string): BuiltCache {
         await mkdir(dir, { recursive: true, mode: 0o700 });
         await rm(temporary, { recursive: true, force: true });
         await mkdir(temporary, { mode: 0o700 });
-        for (const [name, handle] of handles) await copySparse("/dev/fd/3", join(temporary, name), handle.fd);
+        for (const [name, handle] of handles) await copySparse("/dev/fd/3", join(temporary, name), { fd: handle.fd });
         await writeFile(join(temporary, RESULT), JSON.stringify(result), { mode: 0o644 });
         await rm(join(dir, entryKey), { recursive: true, force: true });
         await rename(temporary, join(dir, entryKey));

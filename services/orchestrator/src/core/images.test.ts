@@ -1,4 +1,5 @@
-import { existsSync, readdirSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import {
@@ -174,5 +175,72 @@ describe("image pulls", () => {
     expect(await images.delete("debian")).toEqual({ existed: true });
     expect(existsSync(join(tempDir(), "images", "debian"))).toBe(false);
     expect(await images.delete("debian")).toEqual({ existed: false });
+  });
+});
+
+describe("image register", () => {
+  /** A 64 MiB ext4 image holding one file, mostly holes. */
+  function ext4(name: string, file: string): string {
+    const path = join(tempDir(), name);
+    const tree = join(tempDir(), `${name}.tree`);
+    mkdirSync(tree);
+    writeFileSync(join(tree, "hello"), file);
+    execFileSync("mkfs.ext4", ["-q", "-F", "-d", tree, path, "64M"]);
+    return path;
+  }
+  const register = (images: ReturnType<typeof catalog>["images"], extra: Record<string, string> = {}) =>
+    images.register({ name: "mine", rootfsPath: "", workSeedPath: "", defaultKernel: "", ...extra });
+
+  it("copies local ext4 files into the catalog (holes kept) and records the image", async () => {
+    const { images } = catalog(scriptedPuller());
+    await insertKernel(store().db, kernel({ name: "k1" }));
+    const rootfs = ext4("root.img", "root");
+    const seed = ext4("seed.img", "seed");
+    const image = await register(images, { rootfsPath: rootfs, workSeedPath: seed, defaultKernel: "k1" });
+    expect(image).toMatchObject({
+      name: "mine",
+      source: "registered",
+      reference: null,
+      rootfsBytes: 64 * 1048576,
+      workSeedBytes: 64 * 1048576,
+      defaultKernel: "k1",
+    });
+    const stored = join(tempDir(), "images", "mine");
+    expect(readdirSync(stored).sort()).toEqual(["rootfs.ext4", "work-seed.ext4"]);
+    expect(readFileSync(join(stored, "rootfs.ext4")).equals(readFileSync(rootfs))).toBe(true);
+    expect(statSync(join(stored, "rootfs.ext4")).blocks * 512).toBeLessThan(16 * 1048576);
+    expect(readdirSync(join(tempDir(), "images", ".staging"))).toEqual([]);
+    expect((await images.get("mine")).usedBy).toEqual([]);
+    // The kernel is now in use by the image.
+    await expect(store().db.deleteFrom("kernels").execute()).rejects.toThrow();
+  });
+
+  it.each([
+    ["a relative path", { rootfsPath: "root.img" }, "INVALID_PATH"],
+    ["a missing file", { rootfsPath: "/nonexistent/root.img" }, "PATH_NOT_FOUND"],
+    ["a file that is not ext4", { rootfsPath: "NOT_EXT4_FILE" }, "NOT_EXT4"],
+    ["a directory", { rootfsPath: "DIRECTORY" }, "NOT_EXT4"],
+    ["an unknown kernel", { defaultKernel: "nope" }, "KERNEL_NOT_FOUND"],
+  ])("refuses %s, changing nothing", async (_what, extra, reason) => {
+    const { images } = catalog(scriptedPuller());
+    const junk = join(tempDir(), "junk.img");
+    writeFileSync(junk, Buffer.alloc(4096, 1));
+    const fields = { rootfsPath: ext4("ok.img", "ok"), ...extra };
+    if (fields.rootfsPath === "NOT_EXT4_FILE") fields.rootfsPath = junk;
+    if (fields.rootfsPath === "DIRECTORY") fields.rootfsPath = tempDir();
+    const error = await register(images, fields).catch((e: unknown) => e);
+    expect((error as { reason?: string }).reason).toBe(reason);
+    expect(await images.list()).toEqual([]);
+    expect(existsSync(join(tempDir(), "images", "mine"))).toBe(false);
+  });
+
+  it("refuses a name already taken (IMAGE_NAME_TAKEN), keeping the first", async () => {
+    const { images } = catalog(scriptedPuller());
+    await register(images, { rootfsPath: ext4("a.img", "first") });
+    const error = await register(images, { rootfsPath: ext4("b.img", "second") }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(AlreadyExistsError);
+    expect(
+      readFileSync(join(tempDir(), "images", "mine", "rootfs.ext4")).equals(readFileSync(join(tempDir(), "a.img"))),
+    ).toBe(true);
   });
 });

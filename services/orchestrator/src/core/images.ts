@@ -4,20 +4,25 @@
  * into place, insert the row). Different images pull in parallel; two pulls
  * racing for one name give one winner and IMAGE_NAME_TAKEN for the other.
  */
-import { mkdir, rename, rm } from "node:fs/promises";
-import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { mkdir, open, rename, rm } from "node:fs/promises";
+import { isAbsolute, join } from "node:path";
 import {
   AlreadyExistsError,
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
+  PermissionDeniedError,
+  copySparse,
   type Logger,
   type ServiceIdentity,
 } from "@banger/common";
 import type { Kysely } from "kysely";
 import {
   deleteImage,
+  EMPTY_IMAGE_CONFIG,
   getImage,
+  getKernel,
   insertImage,
   listImages,
   listImageUsers,
@@ -111,14 +116,31 @@ export interface PullerPort {
   pull(request: PullRequestPlain, scope: CallScope, onEvent: (event: PullEvent) => Promise<void>): Promise<PullOutcome>;
 }
 
+/** An image with the names of the VMs that use it, sorted. */
+export interface ImageView extends ImageRecord {
+  readonly usedBy: readonly string[];
+}
+
 export interface ImageCatalog {
   /** Checks that the puller answers (failing at once if not), then starts the pull operation. */
   pull(
     req: { reference: string; name: string; platform: string; minRootfsMib: number },
     scope: CallScope,
   ): Promise<OperationRecord>;
-  list(): Promise<ImageRecord[]>;
-  get(name: string): Promise<ImageRecord>;
+  /** Every image, sorted by name, with the VMs that use it. */
+  list(): Promise<ImageView[]>;
+  get(name: string): Promise<ImageView>;
+  /**
+   * Copies local ext4 files (sparse, reflinked where possible) into the
+   * catalog and records the image. Errors: INVALID_PATH, NOT_EXT4,
+   * PATH_NOT_FOUND, KERNEL_NOT_FOUND, IMAGE_NAME_TAKEN.
+   */
+  register(req: {
+    name: string;
+    rootfsPath: string;
+    workSeedPath: string;
+    defaultKernel: string;
+  }): Promise<ImageRecord>;
   /** Idempotent: the row first (refused while VMs use it), then the files. */
   delete(name: string): Promise<{ existed: boolean }>;
   /** Where an image's files live. */
@@ -158,16 +180,43 @@ export function createImageCatalog(deps: {
   /** A short lock: publishes run one at a time (milliseconds: renames and a row). */
   const underPublishLock = createSerialLock();
 
-  async function get(name: string): Promise<ImageRecord> {
+  /**
+   * Under the short lock: re-checks the name, renames the staging directory
+   * into place and inserts the row (the files go again if the row cannot).
+   */
+  function publish(staging: string, image: ImageRecord): Promise<ImageRecord> {
+    return underPublishLock(async () => {
+      if (await getImage(db, image.name)) {
+        throw new AlreadyExistsError(`image ${image.name} was published by another call meanwhile`, {
+          reason: "IMAGE_NAME_TAKEN",
+        });
+      }
+      await mkdir(imagesDir, { recursive: true, mode: 0o700 });
+      await rename(staging, dir(image.name));
+      try {
+        return await insertImage(db, image);
+      } catch (error) {
+        await rm(dir(image.name), { recursive: true, force: true });
+        throw error;
+      }
+    });
+  }
+
+  const view = async (image: ImageRecord): Promise<ImageView> => ({
+    ...image,
+    usedBy: await listImageUsers(db, image.name),
+  });
+
+  async function get(name: string): Promise<ImageView> {
     const image = await getImage(db, validImageName(name));
     if (!image) throw new NotFoundError(`image ${name} does not exist`, { reason: "IMAGE_NOT_FOUND" });
-    return image;
+    return view(image);
   }
 
   return {
     dir,
     get,
-    list: () => listImages(db),
+    list: async () => Promise.all((await listImages(db)).map(view)),
 
     async pull(req, scope) {
       const fromCatalog = CATALOG.find((entry) => entry.name === req.reference);
@@ -207,32 +256,21 @@ export function createImageCatalog(deps: {
               });
             },
           );
+          // The catalog's kernel, when it is here (else VMs boot the host default).
+          const catalogKernel = fromCatalog?.defaultKernel ?? "";
+          const defaultKernel = catalogKernel !== "" && (await getKernel(db, catalogKernel)) ? catalogKernel : null;
           const image = await op.stage("publish", () =>
-            underPublishLock(async () => {
-              if (await getImage(db, name)) {
-                throw new AlreadyExistsError(`image ${name} was published by another pull meanwhile`, {
-                  reason: "IMAGE_NAME_TAKEN",
-                });
-              }
-              await mkdir(imagesDir, { recursive: true, mode: 0o700 });
-              await rename(staging, dir(name));
-              try {
-                return await insertImage(db, {
-                  name,
-                  reference: outcome.canonicalReference || reference,
-                  manifestDigest: outcome.manifestDigest,
-                  platform: outcome.platform,
-                  rootfsBytes: outcome.rootfsBytes,
-                  workSeedBytes: outcome.workSeedBytes,
-                  defaultKernel: null,
-                  source: "pulled",
-                  config: outcome.config,
-                  createdAt: now(),
-                });
-              } catch (error) {
-                await rm(dir(name), { recursive: true, force: true });
-                throw error;
-              }
+            publish(staging, {
+              name,
+              reference: outcome.canonicalReference || reference,
+              manifestDigest: outcome.manifestDigest,
+              platform: outcome.platform,
+              rootfsBytes: outcome.rootfsBytes,
+              workSeedBytes: outcome.workSeedBytes,
+              defaultKernel,
+              source: "pulled",
+              config: outcome.config,
+              createdAt: now(),
             }),
           );
           logger.info({ image: name, digest: image.manifestDigest }, "image published");
@@ -241,6 +279,40 @@ export function createImageCatalog(deps: {
           await rm(staging, { recursive: true, force: true });
         }
       });
+    },
+
+    async register(req) {
+      const name = validImageName(req.name);
+      const rootfs = await ext4File(req.rootfsPath, "rootfs_path");
+      const workSeed = req.workSeedPath === "" ? undefined : await ext4File(req.workSeedPath, "work_seed_path");
+      if (req.defaultKernel !== "" && !(await getKernel(db, req.defaultKernel))) {
+        throw new NotFoundError(`kernel ${req.defaultKernel} does not exist`, { reason: "KERNEL_NOT_FOUND" });
+      }
+      if (await getImage(db, name)) {
+        throw new AlreadyExistsError(`image ${name} already exists`, { reason: "IMAGE_NAME_TAKEN" });
+      }
+      const staging = join(stagingRoot, `register-${randomBytes(6).toString("hex")}`);
+      await mkdir(staging, { recursive: true, mode: 0o700 });
+      try {
+        await copySparse(rootfs.path, join(staging, ROOTFS_FILE));
+        if (workSeed) await copySparse(workSeed.path, join(staging, WORK_SEED_FILE));
+        const image = await publish(staging, {
+          name,
+          reference: null,
+          manifestDigest: null,
+          platform: "linux/amd64",
+          rootfsBytes: rootfs.bytes,
+          workSeedBytes: workSeed?.bytes ?? 0,
+          defaultKernel: req.defaultKernel || null,
+          source: "registered",
+          config: EMPTY_IMAGE_CONFIG,
+          createdAt: now(),
+        });
+        logger.info({ image: name, rootfs: rootfs.path }, "image registered");
+        return image;
+      } finally {
+        await rm(staging, { recursive: true, force: true });
+      }
     },
 
     async delete(name) {
@@ -255,6 +327,49 @@ export function createImageCatalog(deps: {
       return { existed: true };
     },
   };
+}
+
+/** An image's root filesystem and work seed inside its directory. */
+export const ROOTFS_FILE = "rootfs.ext4";
+export const WORK_SEED_FILE = "work-seed.ext4";
+
+/** Offset of the ext2/3/4 superblock's magic number (0xEF53, little-endian). */
+const EXT4_MAGIC_OFFSET = 1024 + 56;
+
+/** An absolute path to a regular file that holds an ext2/3/4 file system; its size. */
+async function ext4File(path: string, field: string): Promise<{ path: string; bytes: number }> {
+  if (!isAbsolute(path)) {
+    throw new InvalidArgumentError(`${field} must be an absolute path, got ${JSON.stringify(path)}`, {
+      reason: "INVALID_PATH",
+    });
+  }
+  let file;
+  try {
+    file = await open(path, "r");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || code === "ENOTDIR") {
+      throw new NotFoundError(`${path} does not exist`, { reason: "PATH_NOT_FOUND", cause: error });
+    }
+    if (code === "EACCES") throw new PermissionDeniedError(`${path} cannot be read`, { cause: error });
+    throw error;
+  }
+  try {
+    const info = await file.stat();
+    if (!info.isFile()) {
+      throw new InvalidArgumentError(`${path} is not a regular file`, { reason: "NOT_EXT4" });
+    }
+    const magic = Buffer.alloc(2);
+    const { bytesRead } = await file.read(magic, 0, 2, EXT4_MAGIC_OFFSET);
+    if (bytesRead !== 2 || magic.readUInt16LE(0) !== 0xef53) {
+      throw new InvalidArgumentError(`${path} is not an ext4 file system image (no ext2/3/4 superblock)`, {
+        reason: "NOT_EXT4",
+      });
+    }
+    return { path, bytes: info.size };
+  } finally {
+    await file.close();
+  }
 }
 
 /** The operation result: the Image in proto JSON form (the rpc edge turns it into the message). */

@@ -25,6 +25,15 @@ export function createImageService(images: ImageCatalog): ServiceImpl<typeof Ima
       );
       return { operation: operationToProto(operation) };
     },
+    async registerImage(req) {
+      const image = await images.register({
+        name: req.name,
+        rootfsPath: req.rootfsPath,
+        workSeedPath: req.workSeedPath,
+        defaultKernel: req.defaultKernel,
+      });
+      return { image: imageToProto(image) };
+    },
     async listImages() {
       return { images: (await images.list()).map(imageToProto) };
     },
@@ -41,7 +50,9 @@ export function createImageService(images: ImageCatalog): ServiceImpl<typeof Ima
   });
 }
 
-export function imageToProto(image: ImageRecord): MessageInitShape<typeof ImageSchema> {
+export function imageToProto(
+  image: ImageRecord & { usedBy?: readonly string[] },
+): MessageInitShape<typeof ImageSchema> {
   return {
     name: image.name,
     reference: image.reference ?? "",
@@ -52,6 +63,7 @@ export function imageToProto(image: ImageRecord): MessageInitShape<typeof ImageS
     defaultKernel: image.defaultKernel ?? "",
     source: SOURCE[image.source],
     createTime: timestampFromDate(image.createdAt),
+    usedBy: [...(image.usedBy ?? [])],
     config: {
       ...image.config,
       entrypoint: [...image.config.entrypoint],
