@@ -4,7 +4,7 @@
  * the test and pushed with skopeo).
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -160,5 +160,57 @@ describe.skipIf(!HAVE_REGISTRY_TOOLS)("the image puller over its socket", () => 
     } finally {
       close();
     }
+  });
+});
+
+describe("banger kernel and image register", () => {
+  it("imports a kernel from a distribution layout, registers an image that boots it, and protects it while used", async () => {
+    const source = join(cluster.dir, "kernel-pkg");
+    mkdirSync(join(source, "boot"), { recursive: true });
+    mkdirSync(join(source, "lib", "modules", "6.1.0-27-amd64", "kernel"), { recursive: true });
+    writeFileSync(
+      join(source, "boot", "vmlinuz-6.1.0-27-amd64"),
+      Buffer.concat([Buffer.alloc(514), Buffer.from("HdrS")]),
+    );
+    writeFileSync(join(source, "boot", "initrd.img-6.1.0-27-amd64"), "initrd");
+    writeFileSync(join(source, "lib", "modules", "6.1.0-27-amd64", "kernel", "virtio_blk.ko"), "module");
+
+    const imported = await cluster.cli(["kernel", "import", "deb61", source]);
+    expect(imported.code, imported.stderr).toBe(0);
+    expect(imported.stderr).toMatch(/importing .*kernel-pkg as deb61 \(op-[0-9a-f]{12}\)/);
+    const kernels = JSON.parse((await cluster.cli(["kernel", "list", "--json"])).stdout) as Record<string, unknown>[];
+    expect(kernels).toMatchObject([{ name: "deb61", version: "6.1.0-27-amd64", hasModules: true, isDefault: true }]);
+
+    const tree = join(cluster.dir, "rootfs-tree");
+    mkdirSync(join(tree, "etc"), { recursive: true });
+    writeFileSync(join(tree, "etc", "hostname"), "mine\n");
+    const rootfs = join(cluster.dir, "rootfs.img");
+    execFileSync("mkfs.ext4", ["-q", "-F", "-d", tree, rootfs, "32M"]);
+    const registered = await cluster.cli(["image", "register", "mine", "--rootfs", rootfs, "--kernel", "deb61"]);
+    expect(registered.code, registered.stderr).toBe(0);
+    expect(registered.stdout).toMatch(/^NAME\s+REFERENCE[^\n]*\nmine\s/);
+    const shown = await cluster.cli(["image", "show", "mine"]);
+    expect(shown.stdout).toMatch(/kernel:\s+deb61\n/);
+    expect(shown.stdout).toMatch(/source:\s+registered\n/);
+
+    const notExt4 = await cluster.cli([
+      "image",
+      "register",
+      "junk",
+      "--rootfs",
+      join(source, "boot", "initrd.img-6.1.0-27-amd64"),
+    ]);
+    expect([notExt4.code, notExt4.stderr]).toEqual([
+      1,
+      expect.stringMatching(/is not an ext4 file system image .*\(op-[0-9a-f]{12}\)\n$/),
+    ]);
+
+    const refused = await cluster.cli(["kernel", "delete", "deb61"]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain("image mine");
+    expect((await cluster.cli(["image", "delete", "mine"])).code).toBe(0);
+    expect((await cluster.cli(["kernel", "delete", "deb61"])).code).toBe(0);
+    expect(existsSync(join(cluster.stateDir, "kernels", "deb61"))).toBe(false);
+    expect(JSON.parse((await cluster.cli(["kernel", "list", "--json"])).stdout)).toEqual([]);
   });
 });
