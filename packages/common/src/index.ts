@@ -14,3 +14,4 @@ export * from "./socket-path.js";
 export * from "./unix-client.js";
 export * from "./unix-server.js";
 export * from "./version.js";
+export * from "./registry/index.js";

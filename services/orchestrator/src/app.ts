@@ -1,4 +1,12 @@
-import { BANGER_VERSION, implementService, type Logger } from "@banger/common";
+import { homedir } from "node:os";
+import {
+  BANGER_VERSION,
+  createProcessCredentialHelper,
+  defaultDockerConfigPath,
+  findCredentials,
+  implementService,
+  type Logger,
+} from "@banger/common";
 import { ExecService, file_banger_v1_exec } from "@banger/gen/banger/v1/exec_pb.js";
 import { ImageService, file_banger_v1_image } from "@banger/gen/banger/v1/image_pb.js";
 import { KernelService, file_banger_v1_kernel } from "@banger/gen/banger/v1/kernel_pb.js";
@@ -46,12 +54,15 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
   await operations.recover();
   const privileged = createPrivilegedPeer(config.privilegedSocket);
   const puller = createPullerPeer(config.pullerSocket);
+  const credentialHelper = createProcessCredentialHelper();
   const images = createImageCatalog({
     db: config.db,
     stateDir: config.stateDir,
     puller,
     operations,
     logger: config.logger,
+    credentials: (registry, signal) =>
+      findCredentials(defaultDockerConfigPath(process.env, homedir()), registry, credentialHelper, signal),
     pullDefaults: {
       insecureRegistries: config.config.registries.insecure,
       minRootfsMib: config.config.image.minRootfsMib,

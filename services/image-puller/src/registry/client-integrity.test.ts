@@ -13,7 +13,7 @@ import { createBlobCache } from "./blob-cache.js";
 import { createRegistryClient } from "./client.js";
 import { DigestMismatchError } from "./digest.js";
 import { DEFAULT_PLATFORM, MediaType, type Descriptor } from "./manifest.js";
-import { parseReference } from "./reference.js";
+import { parseReference } from "@banger/common";
 import { sha256 } from "./testing/oci-image.js";
 import { startBlobStore, startFakeRegistry, type FakeServer } from "./testing/fake-registry.js";
 

@@ -12,9 +12,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BangerError } from "@banger/common";
 import { createBlobCache } from "./blob-cache.js";
 import { createRegistryClient, type RegistryClientOptions } from "./client.js";
-import type { CredentialHelper } from "./credentials.js";
+import type { CredentialHelper } from "@banger/common";
 import { DEFAULT_PLATFORM, MediaType } from "./manifest.js";
-import { parseReference } from "./reference.js";
+import { parseReference } from "@banger/common";
 import {
   HAVE_REGISTRY_TOOLS,
   makeImage,

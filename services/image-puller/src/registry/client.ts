@@ -12,9 +12,16 @@
 import { stat } from "node:fs/promises";
 import { FailedPreconditionError, NotFoundError } from "@banger/common";
 import type { BlobBody, BlobCache } from "./blob-cache.js";
-import { findCredentials, hostOfKey, type CredentialHelper, type Credentials } from "./credentials.js";
+import {
+  abortError,
+  createProcessCredentialHelper,
+  findCredentials,
+  hostOfKey,
+  type CredentialHelper,
+  type Credentials,
+  type ImageReference,
+} from "@banger/common";
 import { blobTruncated, DigestMismatchError, sha256Digest } from "./digest.js";
-import { createProcessCredentialHelper } from "./host/credential-helper.js";
 import {
   formatPlatform,
   indexPlatforms,
@@ -29,9 +36,7 @@ import {
   type ParsedManifest,
   type Platform,
 } from "./manifest.js";
-import type { ImageReference } from "./reference.js";
 import {
-  abortError,
   createTransport,
   raceAbort,
   readLimited,

@@ -11,16 +11,22 @@ export {
   type RegistryClientOptions,
   type ResolvedImage,
 } from "./client.js";
+// References and credentials live in @banger/common: the orchestrator resolves the owner's credentials.
 export {
+  createProcessCredentialHelper,
   defaultDockerConfigPath,
+  DOCKER_HUB_DOMAIN,
+  DOCKER_HUB_REGISTRY,
   DOCKER_HUB_SERVER_URL,
   hostOfKey,
+  parseReference,
   type CredentialHelper,
   type Credentials,
   type HelperCredentials,
-} from "./credentials.js";
+  type ImageReference,
+  type ProcessCredentialHelperOptions,
+} from "@banger/common";
 export { DigestMismatchError, isSha256Digest } from "./digest.js";
-export { createProcessCredentialHelper, type ProcessCredentialHelperOptions } from "./host/credential-helper.js";
 export {
   DEFAULT_PLATFORM,
   formatPlatform,
@@ -35,4 +41,3 @@ export {
   type IndexEntry,
   type Platform,
 } from "./manifest.js";
-export { DOCKER_HUB_DOMAIN, DOCKER_HUB_REGISTRY, parseReference, type ImageReference } from "./reference.js";

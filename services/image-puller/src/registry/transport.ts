@@ -5,17 +5,16 @@
  * it was meant for, and network failures turned into typed errors.
  */
 import {
+  abortError,
   BANGER_VERSION,
   BangerError,
-  CancelledError,
-  DeadlineExceededError,
   FailedPreconditionError,
   NotFoundError,
   PermissionDeniedError,
   ResourceExhaustedError,
   UnavailableError,
 } from "@banger/common";
-import type { Credentials } from "./credentials.js";
+import type { Credentials } from "@banger/common";
 
 export type FetchFunction = typeof globalThis.fetch;
 
@@ -26,16 +25,6 @@ const MAX_ERROR_BODY = 64 * 1024;
 const MAX_TOKEN_BODY = 1024 * 1024;
 /** Tokens are renewed this long before they expire. */
 const TOKEN_MARGIN_MS = 10_000;
-
-/** The error to throw once `signal` fired: its reason when typed, else CANCELLED / DEADLINE_EXCEEDED. */
-export function abortError(signal: AbortSignal): BangerError {
-  const reason: unknown = signal.reason;
-  if (reason instanceof BangerError) return reason;
-  if (reason instanceof Error && reason.name === "TimeoutError") {
-    return new DeadlineExceededError("the registry operation timed out", { cause: reason });
-  }
-  return new CancelledError("the registry operation was cancelled", { cause: reason });
-}
 
 /** `promise`, or the abort error as soon as `signal` fires, whichever comes first. */
 export function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {

@@ -12,7 +12,13 @@ import {
 import { describe, expect, it } from "vitest";
 import { insertKernel, insertVm } from "../store/index.js";
 import { kernel, useStore, useTempDir, vm } from "../store/test-support.js";
-import { createImageCatalog, type PullerPort, type PullOutcome } from "./images.js";
+import {
+  createImageCatalog,
+  type CredentialLookup,
+  type PullerPort,
+  type PullOutcome,
+  type PullRequestPlain,
+} from "./images.js";
 import { createOperations } from "./operations.js";
 
 const store = useStore();
@@ -28,13 +34,16 @@ const identity = { version: "test", pid: 1, uid: 1000, gid: 1000, privilegesOk: 
  * the staging directory, and waits `delayMs` in its layers stage (or fails
  * there when told to).
  */
-function scriptedPuller(options: { delayMs?: number; failAt?: string; down?: boolean } = {}): PullerPort {
+function scriptedPuller(
+  options: { delayMs?: number; failAt?: string; down?: boolean; requests?: PullRequestPlain[] } = {},
+): PullerPort {
   return {
     identify: () =>
       options.down
         ? Promise.reject(new UnavailableError("image puller is unavailable at /x.sock"))
         : Promise.resolve(identity),
     async pull(request, _scope, onEvent) {
+      options.requests?.push(request);
       for (const stage of ["resolve", "layers", "mkfs", "ownership", "work-seed", "verify"]) {
         await onEvent({ kind: "stage", name: stage, done: false, message: "" });
         if (stage === "layers") await new Promise((r) => setTimeout(r, options.delayMs ?? 0));
@@ -58,11 +67,19 @@ function scriptedPuller(options: { delayMs?: number; failAt?: string; down?: boo
   };
 }
 
-function catalog(puller: PullerPort) {
+function catalog(puller: PullerPort, credentials?: CredentialLookup) {
   const operations = createOperations({ db: store().db, logger });
   return {
     operations,
-    images: createImageCatalog({ db: store().db, stateDir: tempDir(), puller, operations, logger }),
+    images: createImageCatalog({
+      db: store().db,
+      stateDir: tempDir(),
+      puller,
+      operations,
+      logger,
+      pullDefaults: { insecureRegistries: ["registry.lan:5000"], minRootfsMib: 2048 },
+      ...(credentials ? { credentials } : {}),
+    }),
   };
 }
 
@@ -86,6 +103,42 @@ describe("image pulls", () => {
     expect(readdirSync(join(tempDir(), "images", "alpine"))).toEqual(["rootfs.ext4"]);
     expect(readdirSync(join(tempDir(), "images", ".staging"))).toEqual([]);
     expect((await images.get("alpine")).reference).toBe("docker.io/library/alpine:3.20");
+  });
+
+  it("hand the puller the owner's credentials for that registry only, and the configured defaults", async () => {
+    const requests: PullRequestPlain[] = [];
+    const asked: string[] = [];
+    const { operations, images } = catalog(scriptedPuller({ requests }), (registry) => {
+      asked.push(registry);
+      return Promise.resolve(registry === "ghcr.io" ? { kind: "basic", username: "me", password: "pat" } : undefined);
+    });
+    const pull = (reference: string, minRootfsMib = 0) =>
+      images.pull({ reference, name: "", platform: "", minRootfsMib }, { signal: new AbortController().signal });
+    await pull("ghcr.io/org/tool:1");
+    await pull("debian", 512);
+    await operations.settled();
+    expect(asked).toEqual(["ghcr.io", "registry-1.docker.io"]);
+    expect(requests.map((r) => [r.reference, r.credentials, r.minRootfsMib, r.insecureRegistries])).toEqual([
+      [
+        "ghcr.io/org/tool:1",
+        [{ registry: "ghcr.io", username: "me", password: "pat", identityToken: "" }],
+        2048,
+        ["registry.lan:5000"],
+      ],
+      ["docker.io/library/debian:bookworm", [], 512, ["registry.lan:5000"]],
+    ]);
+  });
+
+  it("refuse a malformed reference at once, with no operation", async () => {
+    const { operations, images } = catalog(scriptedPuller());
+    const error = await images
+      .pull(
+        { reference: "UPPER/Case:x", name: "x", platform: "", minRootfsMib: 0 },
+        { signal: new AbortController().signal },
+      )
+      .catch((e: unknown) => e);
+    expect((error as { reason?: string }).reason).toBe("INVALID_REFERENCE");
+    expect(await operations.list({ limit: 10 })).toEqual([]);
   });
 
   it("run in parallel for different images", async () => {

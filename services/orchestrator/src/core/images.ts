@@ -14,6 +14,8 @@ import {
   NotFoundError,
   PermissionDeniedError,
   copySparse,
+  parseReference,
+  type Credentials,
   type Logger,
   type ServiceIdentity,
 } from "@banger/common";
@@ -73,7 +75,20 @@ export interface PullRequestPlain {
   readonly minRootfsMib: number;
   /** Registry hosts reached over plain HTTP (the config's `registries.insecure`). */
   readonly insecureRegistries: readonly string[];
+  /** The owner's credentials for the reference's registry, when they have some. */
+  readonly credentials: readonly RegistryCredential[];
 }
+
+/** Credentials for one registry, as the puller takes them. */
+export interface RegistryCredential {
+  readonly registry: string;
+  readonly username: string;
+  readonly password: string;
+  readonly identityToken: string;
+}
+
+/** The owner's credentials for a registry host (docker config, credential helpers), or undefined. */
+export type CredentialLookup = (registry: string, signal: AbortSignal) => Promise<Credentials | undefined>;
 
 /** What a pull uses when the request leaves it unset: from the config file. */
 export interface PullDefaults {
@@ -170,6 +185,8 @@ export function createImageCatalog(deps: {
   readonly operations: Operations;
   readonly logger: Logger;
   readonly pullDefaults?: PullDefaults;
+  /** The owner's registry credentials; none when unset. */
+  readonly credentials?: CredentialLookup;
   readonly now?: () => Date;
 }): ImageCatalog {
   const { db, puller, operations, logger } = deps;
@@ -222,6 +239,7 @@ export function createImageCatalog(deps: {
       const fromCatalog = CATALOG.find((entry) => entry.name === req.reference);
       const reference = fromCatalog?.reference ?? req.reference;
       if (reference === "") throw new InvalidArgumentError("reference is required", { reason: "INVALID_REFERENCE" });
+      const { registry } = parseReference(reference); // INVALID_REFERENCE before any operation
       const name = validImageName(req.name || fromCatalog?.name || imageNameFromReference(reference));
       if (await getImage(db, name)) {
         throw new AlreadyExistsError(`image ${name} already exists`, { reason: "IMAGE_NAME_TAKEN" });
@@ -231,6 +249,15 @@ export function createImageCatalog(deps: {
         const staging = join(stagingRoot, op.id);
         await mkdir(staging, { recursive: true, mode: 0o700 });
         try {
+          // The owner's docker login for that registry travels with this pull only.
+          const found = await deps.credentials?.(registry, op.signal);
+          const credentials: RegistryCredential[] = found
+            ? [
+                found.kind === "basic"
+                  ? { registry, username: found.username, password: found.password, identityToken: "" }
+                  : { registry, username: "", password: "", identityToken: found.token },
+              ]
+            : [];
           const layers: { id: string; doneBytes: number; totalBytes: number; state: string }[] = [];
           const outcome = await puller.pull(
             {
@@ -239,6 +266,7 @@ export function createImageCatalog(deps: {
               platform: req.platform,
               minRootfsMib: req.minRootfsMib || (deps.pullDefaults?.minRootfsMib ?? 0),
               insecureRegistries: deps.pullDefaults?.insecureRegistries ?? [],
+              credentials,
             },
             { signal: op.signal },
             async (event) => {

@@ -47,6 +47,7 @@ export function createPullerPeer(socketPath: string): PullerPeer {
           platform: platformMessage(request.platform),
           minRootfsMib: BigInt(request.minRootfsMib),
           insecureRegistries: [...request.insecureRegistries],
+          credentials: request.credentials.map((c) => ({ ...c })),
         },
         callOptions(scope),
       );

@@ -10,7 +10,7 @@
  * is "localhost", or has upper-case letters; otherwise the image lives on
  * Docker Hub, where one-component names get the "library/" prefix.
  */
-import { InvalidArgumentError } from "@banger/common";
+import { InvalidArgumentError } from "../errors.js";
 
 /** Where Docker Hub's registry API actually is. */
 export const DOCKER_HUB_REGISTRY = "registry-1.docker.io";

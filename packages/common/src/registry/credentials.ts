@@ -8,7 +8,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { FailedPreconditionError } from "@banger/common";
+import { FailedPreconditionError } from "../errors.js";
 import { DOCKER_HUB_REGISTRY } from "./reference.js";
 
 export type Credentials =

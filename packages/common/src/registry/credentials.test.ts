@@ -2,9 +2,9 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:f
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { BangerError } from "@banger/common";
+import { BangerError } from "../errors.js";
 import { defaultDockerConfigPath, findCredentials, type CredentialHelper } from "./credentials.js";
-import { createProcessCredentialHelper } from "./host/credential-helper.js";
+import { createProcessCredentialHelper } from "./credential-helper.js";
 
 const dir = mkdtempSync(join(tmpdir(), "banger-credentials-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

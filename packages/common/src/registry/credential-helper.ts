@@ -5,9 +5,9 @@
  * CredentialHelper instead.
  */
 import { spawn } from "node:child_process";
-import { FailedPreconditionError } from "@banger/common";
-import type { CredentialHelper, HelperCredentials } from "../credentials.js";
-import { abortError } from "../transport.js";
+import { FailedPreconditionError } from "../errors.js";
+import type { CredentialHelper, HelperCredentials } from "./credentials.js";
+import { abortError } from "./abort.js";
 
 const HELPER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const NOT_FOUND = /credentials not found/i;

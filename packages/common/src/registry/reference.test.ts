@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { InvalidArgumentError } from "@banger/common";
+import { InvalidArgumentError } from "../errors.js";
 import { parseReference } from "./reference.js";
 
 const DIGEST = `sha256:${"ab".repeat(32)}`;
