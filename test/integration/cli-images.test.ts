@@ -21,6 +21,7 @@ import {
 } from "../../services/image-puller/src/registry/testing/registry-process.js";
 import { createUnixTransport } from "@banger/common";
 import { PullerService } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
+import { ImageService } from "@banger/gen/banger/v1/image_pb.js";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { startCluster, type Cluster } from "./harness.js";
 
@@ -212,5 +213,42 @@ describe("banger kernel and image register", () => {
     expect((await cluster.cli(["kernel", "delete", "deb61"])).code).toBe(0);
     expect(existsSync(join(cluster.stateDir, "kernels", "deb61"))).toBe(false);
     expect(JSON.parse((await cluster.cli(["kernel", "list", "--json"])).stdout)).toEqual([]);
+  });
+});
+
+describe.skipIf(!HAVE_REGISTRY_TOOLS)("an orchestrator killed in the middle of a pull", () => {
+  it("comes back with that operation failed INTERRUPTED at its stage, and no staging files or image left", async () => {
+    // Nothing cached: the pull has real work to do when it is cut off.
+    const pullerSocket = createUnixTransport(cluster.socket("image-puller"), { peer: "image puller" });
+    await createClient(PullerService, pullerSocket.transport).pruneCache({ keepDays: 0 });
+    pullerSocket.close();
+
+    const { transport, close } = createUnixTransport(cluster.socket("orchestrator"), { peer: "orchestrator" });
+    const { operation } = await createClient(ImageService, transport).pullImage({
+      reference: `${registry.host}/tiny/os:v1`,
+      name: "cut",
+    });
+    close();
+    const puller = cluster.service("image-puller").child;
+    puller.kill("SIGSTOP"); // holds the pull where it is
+    try {
+      await cluster.kill9("orchestrator");
+      await cluster.start("orchestrator");
+      const shown = await cluster.cli(["op", "show", operation?.id ?? "", "--json"]);
+      expect(shown.code, shown.stderr).toBe(0);
+      const op = JSON.parse(shown.stdout) as { state: string; error: { reason: string; stage: string } };
+      expect(op.state).toBe("OPERATION_STATE_FAILED");
+      expect(op.error.reason).toBe("INTERRUPTED");
+      expect(op.error.stage).not.toBe("");
+      expect(readdirSync(join(cluster.stateDir, "images", ".staging"))).toEqual([]);
+      expect(existsSync(join(cluster.stateDir, "images", "cut"))).toBe(false);
+      expect(JSON.parse((await cluster.cli(["image", "list", "--json"])).stdout)).toEqual([]);
+      const restarted = cluster.service("orchestrator").logs;
+      expect(
+        restarted.some((l) => l["msg"] === "operation interrupted by a restart" && l["op_id"] === operation?.id),
+      ).toBe(true);
+    } finally {
+      puller.kill("SIGCONT");
+    }
   });
 });

@@ -1,4 +1,6 @@
+import { readdir, rm } from "node:fs/promises";
 import { homedir } from "node:os";
+import { join } from "node:path";
 import {
   BANGER_VERSION,
   createProcessCredentialHelper,
@@ -40,6 +42,18 @@ export interface OrchestratorConfig {
   readonly config: BangerConfig;
 }
 
+/**
+ * Staging directories are only ever in use by a running operation; at
+ * start-up none runs, so whatever is there was cut off by a crash or a kill.
+ */
+async function clearStaging(stateDir: string, logger: Logger): Promise<void> {
+  for (const root of [join(stateDir, "images", ".staging"), join(stateDir, "kernels", ".staging")]) {
+    const entries = await readdir(root).catch(() => []);
+    for (const entry of entries) await rm(join(root, entry), { recursive: true, force: true });
+    if (entries.length > 0) logger.info({ dir: root, removed: entries }, "removed staging left by an earlier run");
+  }
+}
+
 export interface Orchestrator {
   readonly files: readonly DescFile[];
   readonly routes: (router: ConnectRouter, logger: Logger) => void;
@@ -52,6 +66,7 @@ export interface Orchestrator {
 export async function createOrchestrator(config: OrchestratorConfig): Promise<Orchestrator> {
   const operations = createOperations({ db: config.db, logger: config.logger });
   await operations.recover();
+  await clearStaging(config.stateDir, config.logger);
   const privileged = createPrivilegedPeer(config.privilegedSocket);
   const puller = createPullerPeer(config.pullerSocket);
   const credentialHelper = createProcessCredentialHelper();
