@@ -14,7 +14,7 @@ import { file_banger_v1_exec } from "@banger/gen/banger/v1/exec_pb.js";
 import { KernelService, file_banger_v1_kernel } from "@banger/gen/banger/v1/kernel_pb.js";
 import { OperationService, file_banger_v1_operation } from "@banger/gen/banger/v1/operation_pb.js";
 import { file_banger_v1_system } from "@banger/gen/banger/v1/system_pb.js";
-import { file_banger_v1_vm } from "@banger/gen/banger/v1/vm_pb.js";
+import { VmService, file_banger_v1_vm } from "@banger/gen/banger/v1/vm_pb.js";
 import { file_banger_v1_workspace } from "@banger/gen/banger/v1/workspace_pb.js";
 import { DiskService, file_banger_privileged_v1_disk } from "@banger/gen/banger/privileged/v1/disk_pb.js";
 import { file_banger_privileged_v1_host } from "@banger/gen/banger/privileged/v1/host_pb.js";
@@ -152,6 +152,9 @@ describe("three services on Unix sockets", () => {
         .filter((m) => m.name !== "BuildInitramfs")
         .map((m) => `${KernelService.typeName}/${m.name}`),
       ...PullerService.methods.map((m) => `${PullerService.typeName}/${m.name}`),
+      ...VmService.methods
+        .filter((m) => !["VmLogs", "VmStats", "VmPorts", "VmSshTarget"].includes(m.name))
+        .map((m) => `${VmService.typeName}/${m.name}`),
     ]);
     const sockets: [ServiceName, DescFile[]][] = [
       ["orchestrator", ORCHESTRATOR_FILES],

@@ -4,7 +4,7 @@
  * to stop, kill and restart each one, run the CLI, and read the JSON logs.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { chownSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { connect } from "node:net";
@@ -69,10 +69,25 @@ export interface CliResult {
   readonly stderr: string;
 }
 
-export function spawnService(name: ServiceName, args: readonly string[], env: NodeJS.ProcessEnv = {}): RunningService {
-  const child = spawn(process.execPath, [join(ROOT, ENTRY[name]), ...args], {
+export interface SpawnOptions {
+  /** Run as this uid and gid (the owner) instead of the test's own. */
+  readonly owner?: number;
+  /** Run inside this network namespace (`ip netns exec`). */
+  readonly netns?: string;
+}
+
+export function spawnService(
+  name: ServiceName,
+  args: readonly string[],
+  env: NodeJS.ProcessEnv = {},
+  options: SpawnOptions = {},
+): RunningService {
+  const argv = [process.execPath, join(ROOT, ENTRY[name]), ...args];
+  const [command = "", ...rest] = options.netns ? ["ip", "netns", "exec", options.netns, ...argv] : argv;
+  const child = spawn(command, rest, {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, ...env },
+    ...(options.owner !== undefined ? { uid: options.owner, gid: options.owner } : {}),
   });
   const logs: Record<string, unknown>[] = [];
   const stderr: string[] = [];
@@ -88,18 +103,40 @@ export function spawnService(name: ServiceName, args: readonly string[], env: No
   return { child, logs, stderr, exited };
 }
 
-export async function startCluster(): Promise<Cluster> {
+export interface ClusterOptions {
+  /**
+   * Run the orchestrator and the puller as this uid (and gid), and the helper
+   * as root with it as its owner, as an installed banger does.
+   */
+  readonly owner?: number;
+  /** Run the privileged helper inside this network namespace. */
+  readonly netns?: string;
+  /** Extra arguments for the helper (e.g. `--firecracker-bin` pointing at the fake). */
+  readonly helperArgs?: readonly string[];
+}
+
+export async function startCluster(options: ClusterOptions = {}): Promise<Cluster> {
   const dir = mkdtempSync(join(tmpdir(), "banger-it-"));
   const runtimeDir = join(dir, "run");
   const stateDir = join(dir, "state");
+  const { owner } = options;
   const running = new Map<ServiceName, RunningService>();
   const socket = (name: ServiceName) => join(runtimeDir, SOCKET[name]);
 
   const start = async (name: ServiceName) => {
     const args = ["--runtime-dir", runtimeDir];
     args.push("--state-dir", stateDir);
+    if (name === "privileged" && owner !== undefined) {
+      args.push("--owner-uid", String(owner), "--owner-gid", String(owner), ...(options.helperArgs ?? []));
+    }
     // The services read the owner's config directory: a fresh one per cluster, never the real one.
-    const svc = spawnService(name, args, { XDG_CONFIG_HOME: join(dir, "config") });
+    const env = { XDG_CONFIG_HOME: join(dir, "config"), ...(owner !== undefined ? { HOME: dir } : {}) };
+    const svc = spawnService(
+      name,
+      args,
+      env,
+      name === "privileged" ? (options.netns ? { netns: options.netns } : {}) : owner !== undefined ? { owner } : {},
+    );
     running.set(name, svc);
     await waitUntil(() => svc.logs.some((l) => l["msg"] === "listening"), svc, `${name} to listen`);
     return svc;
@@ -118,6 +155,10 @@ export async function startCluster(): Promise<Cluster> {
   };
 
   mkdirSync(runtimeDir, { recursive: true, mode: 0o700 });
+  if (owner !== undefined) {
+    mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    for (const path of [dir, runtimeDir, stateDir]) chownSync(path, owner, owner);
+  }
   for (const name of ["privileged", "image-puller", "orchestrator"] as const) await start(name);
 
   return {

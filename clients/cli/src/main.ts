@@ -5,6 +5,7 @@ import { registerDevCommands } from "./commands/dev.js";
 import { registerImageCommands } from "./commands/image.js";
 import { registerKernelCommands } from "./commands/kernel.js";
 import { registerOpCommands } from "./commands/op.js";
+import { registerVmCommands } from "./commands/vm.js";
 import type { GlobalOptions } from "./context.js";
 import { reportError } from "./errors.js";
 
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerImageCommands(program, globals);
   registerKernelCommands(program, globals);
   registerOpCommands(program, globals);
+  registerVmCommands(program, globals);
   program.commands.forEach(function override(cmd: Command): void {
     cmd.exitOverride();
     cmd.commands.forEach(override);

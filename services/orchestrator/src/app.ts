@@ -19,15 +19,20 @@ import { WorkspaceService, file_banger_v1_workspace } from "@banger/gen/banger/v
 import type { DescFile } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { Kysely } from "kysely";
-import type { BangerConfig } from "./config/index.js";
+import { defaultConfigDir, ensureSshIdentity, type BangerConfig, type SshIdentity } from "./config/index.js";
 import { createImageCatalog } from "./core/images.js";
 import { createKernelCatalog } from "./core/kernels.js";
+import { createVmService as createVmLifecycle } from "./core/vms.js";
+import { createDnsResponder } from "./dns/index.js";
+import { createGuestPort } from "./guest/port.js";
+import { createFirecrackerClient } from "./vmm/firecracker-client.js";
 import { createOperations } from "./core/operations.js";
 import { describeOrchestrator } from "./core/status.js";
 import { createPrivilegedPeer } from "./peers/privileged.js";
 import { createPullerPeer } from "./peers/puller.js";
 import { createImageService } from "./rpc/image-service.js";
 import { createKernelService } from "./rpc/kernel-service.js";
+import { createVmService } from "./rpc/vm-service.js";
 import { createOperationService } from "./rpc/operation-service.js";
 import { createSystemService } from "./rpc/system-service.js";
 import type { Database } from "./store/index.js";
@@ -54,9 +59,14 @@ async function clearStaging(stateDir: string, logger: Logger): Promise<void> {
   }
 }
 
+/** The port `<name>.vm` queries are answered on, on the bridge address. */
+const DNS_PORT = 53;
+
 export interface Orchestrator {
   readonly files: readonly DescFile[];
   readonly routes: (router: ConnectRouter, logger: Logger) => void;
+  /** Stops what runs beside the RPC server (the DNS responder). */
+  readonly stop: () => Promise<void>;
 }
 
 /**
@@ -89,6 +99,46 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
     operations,
     logger: config.logger,
   });
+  const home = homedir();
+  let identity: Promise<SshIdentity> | undefined;
+  const sshIdentity = () =>
+    (identity ??= ensureSshIdentity({
+      configDir: defaultConfigDir(process.env, home),
+      configuredKeyPath: config.config.ssh.privateKey,
+    }).catch((error: unknown) => {
+      identity = undefined;
+      throw error;
+    }));
+  let dnsListening = false;
+  const vms = createVmLifecycle({
+    db: config.db,
+    logger: config.logger,
+    operations,
+    stateDir: config.stateDir,
+    config: config.config,
+    images,
+    kernels,
+    host: privileged,
+    firecracker: (socket) => createFirecrackerClient(socket),
+    guest: createGuestPort({ config: config.config, home, sshIdentity }),
+    // `<name>.vm` is answered on the bridge address once the bridge exists. Port 53 needs
+    // CAP_NET_BIND_SERVICE (the installed unit grants it); without it VMs still run, unnamed.
+    onBridgeReady: async (network) => {
+      if (dnsListening) return;
+      dnsListening = true;
+      try {
+        await dns.listen(network.address, DNS_PORT);
+        config.logger.info({ address: network.address, port: DNS_PORT }, "DNS responder for .vm listening");
+      } catch (error) {
+        config.logger.warn(
+          { err: error, address: network.address, port: DNS_PORT },
+          "DNS responder could not listen: <name>.vm names will not resolve",
+        );
+      }
+    },
+  });
+  const dns = createDnsResponder({ lookup: (name) => vms.resolve(name), logger: config.logger });
+  await vms.recover();
   const self = () => ({
     name: "orchestrator" as const,
     socket: config.socketPath,
@@ -96,6 +146,7 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
   });
 
   return {
+    stop: () => dns.close(),
     files: [
       file_banger_v1_system,
       file_banger_v1_vm,
@@ -110,8 +161,8 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       router.service(ImageService, createImageService(images));
       router.service(OperationService, createOperationService(operations));
       router.service(KernelService, createKernelService(kernels));
+      router.service(VmService, createVmService(vms));
       // Not built yet: every RPC answers UNIMPLEMENTED naming itself.
-      router.service(VmService, implementService(VmService, {}));
       router.service(WorkspaceService, implementService(WorkspaceService, {}));
       router.service(ExecService, implementService(ExecService, {}));
     },

@@ -64,5 +64,8 @@ await runService({
   mode: 0o600,
   files: orchestrator.files,
   routes: orchestrator.routes,
-  onStop: () => store.close(),
+  onStop: async () => {
+    await orchestrator.stop();
+    await store.close();
+  },
 });

@@ -5,18 +5,43 @@
 // writes a line to its log, and runs until SIGTERM or SIGKILL.
 //
 // Firecracker form: --api-sock PATH --id ID --log-path PATH [--level LEVEL]
-//   Serves a minimal Firecracker API on the socket: GET / and GET /version;
-//   every other request gets a 400 with a fault_message. One line goes to the
-//   log file, one to stdout (the guest console).
+//   One line goes to the log file, one to stdout (the guest console), and the
+//   socket serves the part of Firecracker 1.8's API that banger drives, with
+//   its validation, state rules, status codes and fault messages:
+//     PUT /machine-config, /boot-source, /drives/{id}, /network-interfaces/{id},
+//         /vsock   pre-boot only; bodies are checked like serde does (unknown
+//                  field, missing field, wrong type or range, unknown variant);
+//                  kernel, initrd and drive files are opened as Firecracker
+//                  opens them (a drive read-write unless is_read_only); one
+//                  root drive; path id must equal the body's; uds_path is
+//                  bound at PUT time. Taps are not opened: only the name
+//                  length and reuse within the VM are checked.
+//     PUT /actions InstanceStart (needs a boot source; machine config defaults
+//                  to 1 vCPU / 128 MiB), SendCtrlAltDel and FlushMetrics
+//                  (post-boot only).
+//     PATCH /vm    Paused | Resumed, post-boot only.
+//     GET /, /version, /machine-config.
+//   Success is 204 with no body (200 + JSON for GETs); a refusal is 400 with
+//   {"fault_message": "..."} worded as Firecracker words it (serde messages
+//   lack its " at line L column C" suffix). Other resources of the real API
+//   get a 400 saying the fake does not emulate them.
+//   Every accepted request is appended, as {"method","path","body"} JSON on
+//   one line (body null when there was none), to fake-firecracker.requests.jsonl
+//   beside the API socket, before the answer is sent.
+//   InstanceStart logs `instance-start` and writes a `booting` line to stdout;
+//   SendCtrlAltDel logs `ctrl-alt-del`, and ~100 ms later `guest-shutdown`,
+//   and exits 0 as Firecracker does when the guest powers off.
 // QEMU form: -M microvm,… -qmp unix:PATH,server=on,wait=off -serial file:PATH …
 //   Serves QMP on the socket (greeting, qmp_capabilities, query-status, quit).
 //   One line goes to stderr (the VMM log), one to the serial file.
 //
 // Every log line is `fake-vmm: <event> <json>` with pid, uid, gid and the argv
 // it was given, so tests can check exactly how it was started.
-import { appendFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, closeSync, openSync, unlinkSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { createServer as createNetServer } from "node:net";
+import { constants as osConstants } from "node:os";
+import { dirname, join } from "node:path";
 
 const args = process.argv.slice(2);
 const identity = {
@@ -62,6 +87,484 @@ process.on("SIGTERM", () => {
   process.exit(0);
 });
 
+// ---------------------------------------------------------------------------
+// The Firecracker API (modelled on Firecracker 1.8's swagger and sources).
+
+const REQUESTS_FILE = "fake-firecracker.requests.jsonl";
+const VMM_VERSION = "1.8.0-fake";
+const MAX_VCPUS = 32;
+const IFNAMSIZ = 16;
+const CMDLINE_MAX_SIZE = 2048;
+
+/** A refusal the API answers with 400 and `{"fault_message": message}`. */
+class Fault extends Error {}
+
+/** Rust's `io::Error` text for the errno of a Node fs/net error: `<strerror> (os error N)`. */
+function ioError(error) {
+  const text = {
+    ENOENT: "No such file or directory",
+    EACCES: "Permission denied",
+    EPERM: "Operation not permitted",
+    EISDIR: "Is a directory",
+    ENOTDIR: "Not a directory",
+    EROFS: "Read-only file system",
+    ELOOP: "Too many levels of symbolic links",
+    ENAMETOOLONG: "File name too long",
+    EADDRINUSE: "Address already in use",
+    EINVAL: "Invalid argument",
+    EBUSY: "Device or resource busy",
+  }[error.code];
+  const errno = error.code === undefined ? undefined : osConstants.errno[error.code];
+  return text === undefined || errno === undefined ? String(error.message) : `${text} (os error ${errno})`;
+}
+
+// A small stand-in for serde_json deserializing Firecracker's request structs:
+// unknown fields are refused (`deny_unknown_fields`), required fields must be
+// present, integers must fit their Rust type, enums take only their variants.
+// Messages read like serde's, without its ` at line L column C` suffix.
+
+const unsigned = (name, max) => ({ name, max });
+const U8 = unsigned("u8", 255);
+const U32 = unsigned("u32", 2 ** 32 - 1);
+const U64 = unsigned("u64", Number.MAX_SAFE_INTEGER);
+const USIZE = unsigned("usize", Number.MAX_SAFE_INTEGER);
+const BOOL = { name: "bool" };
+const STRING = { name: "string" };
+const MAC = { name: "mac" };
+const enumOf = (name, variants) => ({ name: "enum", enumName: name, variants });
+/** `fields`: [name, type, "required" | "option" (null allowed) | "default" (may be absent, not null)]. */
+const struct = (name, fields, denyUnknown = true) => ({ name: "struct", structName: name, fields, denyUnknown });
+
+const TOKEN_BUCKET = struct(
+  "TokenBucketConfig",
+  [
+    ["size", U64, "required"],
+    ["one_time_burst", U64, "option"],
+    ["refill_time", U64, "required"],
+  ],
+  false, // the one struct here without deny_unknown_fields
+);
+const RATE_LIMITER = struct("RateLimiterConfig", [
+  ["bandwidth", TOKEN_BUCKET, "option"],
+  ["ops", TOKEN_BUCKET, "option"],
+]);
+const MACHINE_CONFIG = struct("MachineConfig", [
+  ["vcpu_count", U8, "required"],
+  ["mem_size_mib", USIZE, "required"],
+  ["smt", BOOL, "default"],
+  ["cpu_template", enumOf("StaticCpuTemplate", ["C3", "T2", "T2S", "T2CL", "T2A", "V1N1", "None"]), "option"],
+  ["track_dirty_pages", BOOL, "default"],
+  ["huge_pages", enumOf("HugePageConfig", ["None", "2M"]), "default"],
+]);
+const BOOT_SOURCE = struct("BootSourceConfig", [
+  ["kernel_image_path", STRING, "required"],
+  ["initrd_path", STRING, "option"],
+  ["boot_args", STRING, "option"],
+]);
+const DRIVE = struct("BlockDeviceConfig", [
+  ["drive_id", STRING, "required"],
+  ["partuuid", STRING, "option"],
+  ["is_root_device", BOOL, "required"],
+  ["cache_type", enumOf("CacheType", ["Unsafe", "Writeback"]), "default"],
+  ["is_read_only", BOOL, "option"],
+  ["path_on_host", STRING, "option"],
+  ["rate_limiter", RATE_LIMITER, "option"],
+  ["io_engine", enumOf("FileEngineType", ["Async", "Sync"]), "option"],
+  ["socket", STRING, "option"],
+]);
+const NETWORK_INTERFACE = struct("NetworkInterfaceConfig", [
+  ["iface_id", STRING, "required"],
+  ["host_dev_name", STRING, "required"],
+  ["guest_mac", MAC, "option"],
+  ["rx_rate_limiter", RATE_LIMITER, "option"],
+  ["tx_rate_limiter", RATE_LIMITER, "option"],
+]);
+const VSOCK = struct("VsockDeviceConfig", [
+  ["vsock_id", STRING, "option"],
+  ["guest_cid", U32, "required"],
+  ["uds_path", STRING, "required"],
+]);
+const ACTION = struct("ActionBody", [
+  ["action_type", enumOf("ActionType", ["FlushMetrics", "InstanceStart", "SendCtrlAltDel"]), "required"],
+]);
+const VM_STATE = struct("Vm", [["state", enumOf("VmState", ["Paused", "Resumed"]), "required"]]);
+
+/** serde's list of expected names: "`a`", "`a` or `b`", "one of `a`, `b`, `c`". */
+function oneOf(names) {
+  const quoted = names.map((n) => `\`${n}\``);
+  if (quoted.length === 1) return quoted[0];
+  if (quoted.length === 2) return `${quoted[0]} or ${quoted[1]}`;
+  return `one of ${quoted.join(", ")}`;
+}
+
+/** serde's description of a JSON value it did not expect. */
+function unexpected(value) {
+  if (value === null) return "null";
+  if (typeof value === "boolean") return `boolean \`${value}\``;
+  if (typeof value === "number")
+    return Number.isInteger(value) ? `integer \`${value}\`` : `floating point \`${value}\``;
+  if (typeof value === "string") return `string ${JSON.stringify(value)}`;
+  return Array.isArray(value) ? "sequence" : "map";
+}
+
+function deserialize(type, value) {
+  const invalidType = (expected) => new Fault(`invalid type: ${unexpected(value)}, expected ${expected}`);
+  switch (type.name) {
+    case "bool":
+      if (typeof value !== "boolean") throw invalidType("a boolean");
+      return value;
+    case "string":
+      if (typeof value !== "string") throw invalidType("a string");
+      return value;
+    case "mac":
+      if (typeof value !== "string") throw invalidType("a string");
+      if (!/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(value)) throw new Fault("The provided MAC address is invalid.");
+      return value.toLowerCase();
+    case "enum":
+      if (typeof value !== "string") throw invalidType(`enum ${type.enumName}`);
+      if (!type.variants.includes(value))
+        throw new Fault(`unknown variant \`${value}\`, expected ${oneOf(type.variants)}`);
+      return value;
+    case "struct": {
+      if (value === null || typeof value !== "object" || Array.isArray(value)) {
+        throw invalidType(`struct ${type.structName}`);
+      }
+      const names = type.fields.map(([name]) => name);
+      const result = {};
+      for (const [key, fieldValue] of Object.entries(value)) {
+        const field = type.fields.find(([name]) => name === key);
+        if (field === undefined) {
+          if (type.denyUnknown) throw new Fault(`unknown field \`${key}\`, expected ${oneOf(names)}`);
+          continue;
+        }
+        const [, fieldType, presence] = field;
+        result[key] = presence === "option" && fieldValue === null ? undefined : deserialize(fieldType, fieldValue);
+      }
+      for (const [name, , presence] of type.fields) {
+        if (presence === "required" && !(name in result)) throw new Fault(`missing field \`${name}\``);
+      }
+      return result;
+    }
+    default: {
+      // unsigned integers
+      if (typeof value !== "number" || !Number.isInteger(value)) throw invalidType(type.name);
+      if (value < 0 || value > type.max) throw new Fault(`invalid value: integer \`${value}\`, expected ${type.name}`);
+      return value;
+    }
+  }
+}
+
+function parseBody(type, raw) {
+  let json;
+  try {
+    json = JSON.parse(raw);
+  } catch (error) {
+    throw new Fault(`An error occurred when deserializing the json body of a request: ${error.message}.`);
+  }
+  try {
+    return deserialize(type, json);
+  } catch (error) {
+    if (!(error instanceof Fault)) throw error;
+    throw new Fault(`An error occurred when deserializing the json body of a request: ${error.message}.`);
+  }
+}
+
+/** Firecracker's check of a resource id taken from the path. */
+function checkedId(id) {
+  if (id === undefined || id === "") throw new Fault("The ID cannot be empty.");
+  if (!/^[\p{L}\p{N}_]+$/u.test(id)) {
+    throw new Fault("API Resource IDs can only contain alphanumeric characters and underscores.");
+  }
+  return id;
+}
+
+const POST_BOOT = "The requested operation is not supported after starting the microVM.";
+const PRE_BOOT = "The requested operation is not supported before starting the microVM.";
+
+/** Opens and closes `path` as Firecracker would, turning a failure into `describe(ioError)`. */
+function probeOpen(path, flags, describe) {
+  let fd;
+  try {
+    fd = openSync(path, flags);
+  } catch (error) {
+    throw new Fault(describe(ioError(error)));
+  }
+  closeSync(fd);
+}
+
+function listen(server, path) {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(path, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+}
+
+/**
+ * The request handler of the API socket: the pre-boot configuration calls, the
+ * actions, GET / and PATCH /vm, with Firecracker's validation and messages.
+ * Every accepted request is appended to `requestsPath`.
+ */
+function firecrackerApi(id, requestsPath) {
+  const vm = {
+    state: "Not started",
+    machine: { vcpu_count: 1, mem_size_mib: 128, smt: false, track_dirty_pages: false, huge_pages: "None" },
+    bootSource: undefined,
+    /** Root device first, then the others in insertion order (as Firecracker keeps them). */
+    drives: [],
+    nets: [],
+    vsock: undefined, // { config, server }
+  };
+  const started = () => vm.state !== "Not started";
+
+  const handlers = {
+    "GET /": () => ({ status: 200, body: { id, state: vm.state, vmm_version: VMM_VERSION, app_name: "Firecracker" } }),
+    "GET /version": () => ({ status: 200, body: { firecracker_version: VMM_VERSION } }),
+    "GET /machine-config": () => ({ status: 200, body: vm.machine }),
+
+    "PUT /machine-config": (_id, raw) => {
+      const config = parseBody(MACHINE_CONFIG, raw);
+      if (started()) throw new Fault(POST_BOOT);
+      const next = { ...vm.machine, smt: false, track_dirty_pages: false, huge_pages: "None", ...config };
+      delete next.cpu_template;
+      if (config.cpu_template !== undefined && config.cpu_template !== "None") next.cpu_template = config.cpu_template;
+      const badVcpus =
+        next.vcpu_count === 0 ||
+        next.vcpu_count > MAX_VCPUS ||
+        (next.smt && next.vcpu_count > 1 && next.vcpu_count % 2 === 1);
+      if (badVcpus) {
+        throw new Fault(
+          `Machine config error: The number of vCPUs must be greater than 0, less than ${MAX_VCPUS} and must be 1 or an even number if SMT is enabled.`,
+        );
+      }
+      if (next.mem_size_mib === 0 || (next.huge_pages === "2M" && next.mem_size_mib % 2 !== 0)) {
+        throw new Fault(
+          "Machine config error: The memory size (MiB) is either 0, or not a multiple of the configured page size.",
+        );
+      }
+      vm.machine = next;
+    },
+
+    "PUT /boot-source": (_id, raw) => {
+      const config = parseBody(BOOT_SOURCE, raw);
+      if (started()) throw new Fault(POST_BOOT);
+      probeOpen(config.kernel_image_path, "r", (io) => `Boot source error: The kernel file cannot be opened: ${io}`);
+      if (config.initrd_path !== undefined) {
+        probeOpen(
+          config.initrd_path,
+          "r",
+          (io) =>
+            `Boot source error: The initrd file cannot be opened due to invalid path or invalid permissions. ${io}`,
+        );
+      }
+      if (config.boot_args !== undefined) {
+        // linux-loader's Cmdline: printable ASCII only, and room for the terminating NUL.
+        if (!/^[\x20-\x7e]*$/.test(config.boot_args)) {
+          throw new Fault(
+            "Boot source error: The kernel command line is invalid: String contains a non-printable ASCII character",
+          );
+        }
+        if (config.boot_args.length + 1 > CMDLINE_MAX_SIZE) {
+          throw new Fault("Boot source error: The kernel command line is invalid: Command line string too large");
+        }
+      }
+      vm.bootSource = config;
+    },
+
+    "PUT /drives": (pathId, raw) => {
+      const driveId = checkedId(pathId);
+      const config = parseBody(DRIVE, raw);
+      if (driveId !== config.drive_id) throw new Fault("The id from the path does not match the id from the body!");
+      if (started()) throw new Fault(POST_BOOT);
+      const position = vm.drives.findIndex((d) => d.drive_id === config.drive_id);
+      const hasRoot = vm.drives[0]?.is_root_device === true;
+      if (config.is_root_device && hasRoot && position !== 0) {
+        throw new Fault("Drive config error: A root block device already exists!");
+      }
+      const prefix = "Drive config error: Unable to create the virtio block device:";
+      if (config.path_on_host !== undefined && config.socket === undefined) {
+        probeOpen(
+          config.path_on_host,
+          config.is_read_only === true ? "r" : "r+",
+          (io) => `${prefix} Virtio backend error: Error manipulating the backing file: ${io} ${config.path_on_host}`,
+        );
+      } else if (config.socket !== undefined && config.path_on_host === undefined) {
+        throw new Fault(`${prefix} fake-vmm does not emulate vhost-user block devices`);
+      } else {
+        throw new Fault(`${prefix} Invalid block config.`);
+      }
+      if (position < 0) {
+        if (config.is_root_device) vm.drives.unshift(config);
+        else vm.drives.push(config);
+      } else {
+        vm.drives[position] = config;
+        if (position !== 0 && config.is_root_device) {
+          [vm.drives[0], vm.drives[position]] = [vm.drives[position], vm.drives[0]];
+        }
+      }
+    },
+
+    "PUT /network-interfaces": (pathId, raw) => {
+      const ifaceId = checkedId(pathId);
+      const config = parseBody(NETWORK_INTERFACE, raw);
+      if (ifaceId !== config.iface_id) {
+        throw new Fault(`The id from the path [${ifaceId}] does not match the id from the body [${config.iface_id}]!`);
+      }
+      if (started()) throw new Fault(POST_BOOT);
+      const others = vm.nets.filter((n) => n.iface_id !== config.iface_id);
+      if (config.guest_mac !== undefined && others.some((n) => n.guest_mac === config.guest_mac)) {
+        throw new Fault(`Network config error: The MAC address is already in use: ${config.guest_mac}`);
+      }
+      const tapPrefix = "Network config error: Could not create the network device: Open tap device failed:";
+      if (Buffer.byteLength(config.host_dev_name) >= IFNAMSIZ) throw new Fault(`${tapPrefix} Invalid interface name`);
+      // The fake opens no tap; a tap already attached to another interface of this VM is busy, as with TUNSETIFF.
+      if (others.some((n) => n.host_dev_name === config.host_dev_name)) {
+        throw new Fault(
+          `${tapPrefix} Error while creating ifreq structure: Device or resource busy (os error 16). Invalid TUN/TAP Backend provided by ${config.host_dev_name}. Check our documentation on setting up the network devices.`,
+        );
+      }
+      vm.nets = [...others, config];
+    },
+
+    "PUT /vsock": async (_id, raw) => {
+      const config = parseBody(VSOCK, raw);
+      if (started()) throw new Fault(POST_BOOT);
+      const bindError = (io) =>
+        `Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: ${io}`;
+      if (vm.vsock !== undefined) {
+        // Firecracker drops the old device and removes its socket before binding the new one.
+        vm.vsock.server.close();
+        try {
+          unlinkSync(vm.vsock.config.uds_path);
+        } catch (error) {
+          vm.vsock = undefined;
+          throw new Fault(bindError(ioError(error)));
+        }
+        vm.vsock = undefined;
+      }
+      // Firecracker binds uds_path here, at configuration time; host-initiated
+      // connections (`CONNECT <port>`) find no guest behind it and are closed.
+      const server = createNetServer((connection) => {
+        connection.on("error", () => {});
+        connection.once("data", () => connection.destroy());
+      });
+      try {
+        await listen(server, config.uds_path);
+      } catch (error) {
+        throw new Fault(bindError(ioError(error)));
+      }
+      vm.vsock = { config, server };
+    },
+
+    "PUT /actions": (_id, raw) => {
+      const { action_type: action } = parseBody(ACTION, raw);
+      if (action === "InstanceStart") {
+        if (started()) throw new Fault(POST_BOOT);
+        if (vm.bootSource === undefined) {
+          throw new Fault("Start microvm error: Cannot start microvm without kernel configuration.");
+        }
+        vm.state = "Running";
+        const boot = {
+          ...vm.machine,
+          kernel: vm.bootSource.kernel_image_path,
+          boot_args: vm.bootSource.boot_args ?? null,
+          drives: vm.drives.map((d) => d.drive_id),
+          network_interfaces: vm.nets.map((n) => n.iface_id),
+          vsock: vm.vsock?.config.guest_cid ?? null,
+        };
+        log("instance-start", boot);
+        process.stdout.write(`fake-vmm: guest of ${id} booting ${JSON.stringify(boot)}\n`);
+        return undefined;
+      }
+      if (!started()) throw new Fault(PRE_BOOT);
+      if (action === "SendCtrlAltDel") {
+        log("ctrl-alt-del", {});
+        // The guest takes the hint and powers off; Firecracker then exits 0.
+        setTimeout(() => {
+          log("guest-shutdown", {});
+          process.exit(0);
+        }, 100);
+      }
+      return undefined;
+    },
+
+    "PATCH /vm": (_id, raw) => {
+      const { state } = parseBody(VM_STATE, raw);
+      if (!started()) throw new Fault(PRE_BOOT);
+      vm.state = state === "Paused" ? "Paused" : "Running";
+      log(state === "Paused" ? "paused" : "resumed", {});
+    },
+  };
+
+  // Resources the real API has that this fake does not emulate.
+  const notEmulated = new Set([
+    "balloon",
+    "cpu-config",
+    "entropy",
+    "logger",
+    "metrics",
+    "mmds",
+    "snapshot",
+    "vm",
+    "drives",
+    "network-interfaces",
+    "machine-config",
+  ]);
+
+  return (req, res) => {
+    const send = (status, body) => {
+      const headers = { Server: "Firecracker API" };
+      if (body === undefined) {
+        res.writeHead(status, headers);
+        res.end();
+      } else {
+        res.writeHead(status, { ...headers, "Content-Type": "application/json" });
+        res.end(JSON.stringify(body));
+      }
+    };
+    const chunks = [];
+    req.on("data", (chunk) => chunks.push(chunk));
+    req.on("end", () => {
+      void (async () => {
+        const raw = Buffer.concat(chunks).toString("utf8");
+        const hasBody = raw.length > 0;
+        const path = (req.url ?? "/").split("?")[0];
+        const tokens = path.replace(/^\/+/, "").split("/");
+        if (tokens.length > 1 && tokens[tokens.length - 1] === "") tokens.pop();
+        const [resource = "", subId] = tokens;
+        const method = req.method ?? "";
+        const refuse = (message) => send(400, { fault_message: message });
+        try {
+          if (req.headers["transfer-encoding"] !== undefined) {
+            // Firecracker's HTTP server reads a body by its Content-Length only.
+            return refuse("fake-vmm: Transfer-Encoding is not accepted; send the body with a Content-Length");
+          }
+          const handler = handlers[`${method} /${resource}`];
+          if (method === "GET" && hasBody) return refuse("GET request cannot have a body.");
+          if ((method === "PUT" || method === "PATCH") && !hasBody) {
+            return refuse(`Empty ${method} request.`);
+          }
+          if (handler === undefined) {
+            if (["GET", "PUT", "PATCH", "DELETE"].includes(method) && notEmulated.has(resource)) {
+              return refuse(`fake-vmm does not emulate ${method} ${path}`);
+            }
+            return refuse(`Invalid request method and/or path: ${method} ${resource}.`);
+          }
+          const answer = await handler(subId, raw);
+          appendFileSync(requestsPath, `${JSON.stringify({ method, path, body: hasBody ? JSON.parse(raw) : null })}\n`);
+          if (answer === undefined) send(204);
+          else send(answer.status, answer.body);
+        } catch (error) {
+          if (error instanceof Fault) refuse(error.message);
+          else send(500, { fault_message: `fake-vmm: ${error.stack ?? error}` });
+        }
+      })();
+    });
+  };
+}
+
 if (args.includes("--api-sock")) {
   const values = parse({ flags: [], options: ["--api-sock", "--id", "--log-path", "--level"] });
   const socket = single(values, "--api-sock");
@@ -72,24 +575,12 @@ if (args.includes("--api-sock")) {
   if (!["Error", "Warning", "Info", "Debug", "Trace", "Off"].includes(level)) fail(`invalid log level ${level}`);
   log = (event, detail) => appendFileSync(logPath, `fake-vmm: ${event} ${JSON.stringify(detail)}\n`);
 
-  const server = createServer((req, res) => {
-    const reply = (status, body) => {
-      res.writeHead(status, { "Content-Type": "application/json" });
-      res.end(JSON.stringify(body));
-    };
-    if (req.method === "GET" && req.url === "/") {
-      reply(200, { id, state: "Not started", vmm_version: "1.8.0-fake", app_name: "Firecracker" });
-    } else if (req.method === "GET" && req.url === "/version") {
-      reply(200, { firecracker_version: "1.8.0-fake" });
-    } else {
-      reply(400, { fault_message: `fake-vmm does not implement ${req.method} ${req.url}` });
-    }
-  });
+  const server = createServer(firecrackerApi(id, join(dirname(socket), REQUESTS_FILE)));
   server.on("error", (error) => fail(`Failed to open the API socket at ${socket}: ${error.message}`));
-  server.listen(socket, () => {
-    log("started", { kind: "firecracker", ...identity });
-    process.stdout.write(`fake-vmm: console of ${id}\n`);
-  });
+  // The record is written before the socket appears: whoever waits for the socket then finds it.
+  log("started", { kind: "firecracker", ...identity });
+  process.stdout.write(`fake-vmm: console of ${id}\n`);
+  server.listen(socket);
 } else if (args.includes("-qmp")) {
   const values = parse({
     flags: ["-nographic", "-nodefaults", "-no-user-config", "-no-reboot"],
@@ -155,7 +646,9 @@ if (args.includes("--api-sock")) {
     });
   });
   server.on("error", (error) => fail(`cannot listen on ${socket}: ${error.message}`));
-  server.listen(socket, () => log("started", { kind: "qemu-microvm", ...identity }));
+  // The record is written before the socket appears: whoever waits for the socket then finds it.
+  log("started", { kind: "qemu-microvm", ...identity });
+  server.listen(socket);
 } else {
   fail("neither a Firecracker (--api-sock) nor a QEMU (-qmp) command line");
 }

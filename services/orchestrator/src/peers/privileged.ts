@@ -1,10 +1,15 @@
 import { createPeerClient, createUnixTransport } from "@banger/common";
-import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
+import { DiskService, GuestDisk } from "@banger/gen/banger/privileged/v1/disk_pb.js";
+import { HostService, VmmKind } from "@banger/gen/banger/privileged/v1/host_pb.js";
+import { NetworkService } from "@banger/gen/banger/privileged/v1/network_pb.js";
+import { VmmService, VmmSignal } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { HostPort } from "../core/host.js";
 import type { PeerProbe } from "../core/status.js";
 import { callOptions } from "./call-options.js";
 import { identityFromVersion } from "./identity.js";
 
-export interface PrivilegedPeer extends PeerProbe {
+export interface PrivilegedPeer extends PeerProbe, HostPort {
   readonly close: () => void;
 }
 
@@ -12,11 +17,67 @@ export interface PrivilegedPeer extends PeerProbe {
 export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
   const { transport, close } = createUnixTransport(socketPath, { peer: "privileged helper" });
   const host = createPeerClient(HostService, transport);
+  const network = createPeerClient(NetworkService, transport);
+  const disk = createPeerClient(DiskService, transport);
+  const vmm = createPeerClient(VmmService, transport);
   return {
     name: "privileged",
     socket: socketPath,
     async identify(scope) {
       return identityFromVersion(await host.getVersion({}, callOptions(scope)));
+    },
+    async ensureBridge(name, address, scope) {
+      await network.ensureBridge({ name, address }, callOptions(scope));
+    },
+    async createTap(vmId, bridge, scope) {
+      return (await network.createTap({ vmId, bridge }, callOptions(scope))).name;
+    },
+    async deleteTap(vmId, scope) {
+      await network.deleteTap({ vmId }, callOptions(scope));
+    },
+    async enableNat(vmId, guestAddress, bridge, scope) {
+      await network.enableNat({ vmId, guestAddress, bridge }, callOptions(scope));
+    },
+    async disableNat(vmId, scope) {
+      await network.disableNat({ vmId }, callOptions(scope));
+    },
+    async attachLoop(path, readOnly, scope) {
+      return (await disk.attachLoop({ path, readOnly }, callOptions(scope))).device;
+    },
+    async detachLoop(device, path, scope) {
+      await disk.detachLoop({ device, path }, callOptions(scope));
+    },
+    async checkFilesystem(vmId, scope) {
+      return (await disk.checkFilesystem({ vmId, disk: GuestDisk.ROOT }, callOptions(scope))).exitCode;
+    },
+    async writeGuestFiles(vmId, files, scope) {
+      await disk.writeGuestFiles(
+        { vmId, disk: GuestDisk.ROOT, files: files.map((f) => ({ ...f, content: f.content })) },
+        callOptions(scope),
+      );
+    },
+    async launchFirecracker(vmId, scope) {
+      const launched = await vmm.launchVmm({ vmId, kind: VmmKind.FIRECRACKER }, callOptions(scope));
+      if (!launched.startTime) throw new Error("the helper launched a VMM without a start time");
+      return {
+        pid: launched.pid,
+        startTime: timestampDate(launched.startTime),
+        controlSocket: launched.controlSocket,
+        logPath: launched.logPath,
+        consolePath: launched.consolePath,
+      };
+    },
+    async signalVmm(vmId, pid, startTime, signal, scope) {
+      const sent = await vmm.signalVmm(
+        {
+          vmId,
+          pid,
+          startTime: timestampFromDate(startTime),
+          signal: signal === "kill" ? VmmSignal.KILL : VmmSignal.TERM,
+        },
+        callOptions(scope),
+      );
+      return sent.existed;
     },
     close,
   };

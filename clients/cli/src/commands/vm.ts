@@ -1,0 +1,231 @@
+import { VmSchema, VmState, type Vm } from "@banger/gen/banger/v1/resources_pb.js";
+import { VmService } from "@banger/gen/banger/v1/vm_pb.js";
+import type { Operation } from "@banger/gen/banger/v1/operation_pb.js";
+import { toJson } from "@bufbuild/protobuf";
+import type { Command } from "commander";
+import type { Orchestrator } from "../client.js";
+import type { GlobalOptions } from "../context.js";
+import { UsageError } from "../errors.js";
+import { renderTable } from "../render/table.js";
+import { watchToEnd, withOrchestrator } from "./op.js";
+
+const stateWord = (state: VmState) => VmState[state].toLowerCase();
+
+function positiveInt(value: string | undefined, flag: string): number {
+  if (value === undefined) return 0;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`${flag} must be a positive whole number, got ${value}`);
+  return n;
+}
+
+const seconds = (value: string | undefined, flag: string) =>
+  value === undefined ? undefined : { seconds: BigInt(positiveInt(value, flag)), nanos: 0 };
+
+/** Follows a lifecycle operation to its end and prints the VM it left (or only its id with --no-wait). */
+async function follow(
+  o: Orchestrator,
+  operation: Operation | undefined,
+  what: string,
+  opts: { json?: boolean; wait?: boolean },
+) {
+  if (!operation) return;
+  process.stderr.write(`${what} ${operation.target} (${operation.id})\n`);
+  if (opts.wait === false) {
+    process.stdout.write(`${operation.id}\n`);
+    return;
+  }
+  const done = await watchToEnd(o, operation.id);
+  if (done.result.case === "vm") printVms([done.result.value], opts.json === true);
+}
+
+export function registerVmCommands(program: Command, globals: () => GlobalOptions): void {
+  const vm = program
+    .command("vm")
+    .description("virtual machines: create, list, show, start, stop, restart, delete, set");
+  vm.command("create")
+    .description(
+      "create a VM from an image and boot it; shows each stage, exits 1 if a stage fails (nothing is left behind)",
+    )
+    .requiredOption("--name <name>", "VM name (also its hostname and <name>.vm DNS name)")
+    .option("--image <image>", "local image or catalog name (default: the configured default image)", "")
+    .option("--kernel <name>", "kernel to boot (default: the image's, else the host default)", "")
+    .option("--vcpu <n>", "virtual CPUs, 1-32 (default: from the config)")
+    .option("--memory <mib>", "memory in MiB, 128-262144 (default: from the config)")
+    .option("--disk <mib>", "work disk size in MiB (default: from the config)")
+    .option("--nat", "let the guest reach the outside network")
+    .option("--no-ssh-wait", "succeed once the VMM runs, without waiting for the guest's SSH")
+    .option("--no-wait", "print the operation id and return at once")
+    .option("--json", "print the VM as JSON when done")
+    .action(
+      async (opts: {
+        name: string;
+        image: string;
+        kernel: string;
+        vcpu?: string;
+        memory?: string;
+        disk?: string;
+        nat?: boolean;
+        sshWait: boolean;
+        wait: boolean;
+        json?: boolean;
+      }) => {
+        const request = {
+          name: opts.name,
+          image: opts.image,
+          kernel: opts.kernel,
+          vcpu: positiveInt(opts.vcpu, "--vcpu"),
+          memoryMib: positiveInt(opts.memory, "--memory"),
+          workDiskMib: BigInt(positiveInt(opts.disk, "--disk")),
+          nat: opts.nat === true,
+          skipSshWait: !opts.sshWait,
+        };
+        await withOrchestrator(globals(), async (o) => {
+          const { operation } = await o.client(VmService).createVm(request, o.callOptions());
+          await follow(o, operation, "creating", opts);
+        });
+      },
+    );
+  vm.command("list")
+    .description("all VMs")
+    .option("--json", "print JSON")
+    .action(async (opts: { json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { vms } = await o.client(VmService).listVms({}, o.callOptions());
+        printVms(vms, opts.json === true);
+      });
+    });
+  vm.command("show")
+    .argument("<name>", "VM name")
+    .description("one VM: state, addresses, sizes, image and kernel")
+    .option("--json", "print JSON")
+    .action(async (name: string, opts: { json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { vm: found } = await o.client(VmService).getVm({ name }, o.callOptions());
+        if (!found) return;
+        if (opts.json) return printVms([found], true);
+        process.stdout.write(
+          [
+            `name:      ${found.name} (${found.id})`,
+            `state:     ${stateWord(found.state)}${found.pid ? ` (pid ${found.pid})` : ""}`,
+            `image:     ${found.image}   kernel: ${found.kernel}`,
+            `address:   ${found.guestIp} (${found.name}.vm)  mac ${found.mac}  vsock cid ${found.vsockCid}`,
+            `size:      ${found.vcpu} vcpu, ${found.memoryMib} MiB memory, ${found.workDiskMib} MiB work disk`,
+            `nat:       ${found.nat ? "on" : "off"}`,
+            ...(found.pendingChanges.length > 0
+              ? [`pending:   ${found.pendingChanges.join(", ")} (at next start)`]
+              : []),
+            ...(found.lastError ? [`error:     ${found.lastError}`] : []),
+          ].join("\n") + "\n",
+        );
+      });
+    });
+  vm.command("start")
+    .argument("<name>", "VM name")
+    .description("boot a stopped VM (applying changes made with 'vm set')")
+    .option("--ssh-timeout <seconds>", "how long to wait for the guest's SSH (default 60)")
+    .option("--no-ssh-wait", "succeed once the VMM runs, without waiting for the guest's SSH")
+    .option("--no-wait", "print the operation id and return at once")
+    .option("--json", "print the VM as JSON when done")
+    .action(async (name: string, opts: { sshTimeout?: string; sshWait: boolean; wait: boolean; json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const sshTimeout = seconds(opts.sshTimeout, "--ssh-timeout");
+        const { operation } = await o
+          .client(VmService)
+          .startVm({ name, skipSshWait: !opts.sshWait, ...(sshTimeout ? { sshTimeout } : {}) }, o.callOptions());
+        await follow(o, operation, "starting", opts);
+      });
+    });
+  for (const [command, verb, description] of [
+    ["stop", "stopping", "shut a VM down (Ctrl-Alt-Del, then kill after the timeout); disks are kept"],
+    ["restart", "restarting", "stop (if running) and start a VM, applying changes made with 'vm set'"],
+  ] as const) {
+    const sub = vm.command(command);
+    if (command === "restart") {
+      sub.option("--no-ssh-wait", "succeed once the VMM runs, without waiting for the guest's SSH");
+    }
+    sub
+      .argument("<name>", "VM name")
+      .description(description)
+      .option("--timeout <seconds>", "how long a graceful shutdown may take before the VMM is killed (default 30)")
+      .option("--force", "kill at once, without a graceful shutdown")
+      .option("--no-wait", "print the operation id and return at once")
+      .option("--json", "print the VM as JSON when done")
+      .action(
+        async (
+          name: string,
+          opts: { timeout?: string; force?: boolean; sshWait?: boolean; wait: boolean; json?: boolean },
+        ) => {
+          await withOrchestrator(globals(), async (o) => {
+            const timeout = seconds(opts.timeout, "--timeout");
+            const request = {
+              name,
+              force: opts.force === true,
+              skipSshWait: !opts.sshWait,
+              ...(timeout ? { timeout } : {}),
+            };
+            const client = o.client(VmService);
+            const { operation } =
+              command === "stop"
+                ? await client.stopVm(request, o.callOptions())
+                : await client.restartVm(request, o.callOptions());
+            await follow(o, operation, verb, opts);
+          });
+        },
+      );
+  }
+  vm.command("delete")
+    .argument("<name>", "VM name")
+    .description("stop a VM and remove it with every host resource and file it had (deleting a missing VM succeeds)")
+    .action(async (name: string) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { existed, operation } = await o.client(VmService).deleteVm({ name }, o.callOptions());
+        if (!existed) {
+          process.stderr.write(`no VM ${name}: nothing to delete\n`);
+          return;
+        }
+        if (operation) await watchToEnd(o, operation.id);
+        process.stderr.write(`deleted ${name}\n`);
+      });
+    });
+  vm.command("set")
+    .argument("<name>", "VM name")
+    .description("change vcpu or memory (at the next start if it runs), grow the work disk, turn NAT on or off")
+    .option("--vcpu <n>", "virtual CPUs, 1-32")
+    .option("--memory <mib>", "memory in MiB, 128-262144")
+    .option("--disk <mib>", "work disk size in MiB (it can only grow)")
+    .option("--nat <on|off>", "NAT to the outside network")
+    .option("--json", "print the VM as JSON")
+    .action(
+      async (name: string, opts: { vcpu?: string; memory?: string; disk?: string; nat?: string; json?: boolean }) => {
+        if (opts.nat !== undefined && opts.nat !== "on" && opts.nat !== "off") {
+          throw new UsageError(`--nat takes on or off, got ${opts.nat}`);
+        }
+        const request = {
+          name,
+          ...(opts.vcpu !== undefined ? { vcpu: positiveInt(opts.vcpu, "--vcpu") } : {}),
+          ...(opts.memory !== undefined ? { memoryMib: positiveInt(opts.memory, "--memory") } : {}),
+          ...(opts.disk !== undefined ? { workDiskMib: BigInt(positiveInt(opts.disk, "--disk")) } : {}),
+          ...(opts.nat !== undefined ? { nat: opts.nat === "on" } : {}),
+        };
+        await withOrchestrator(globals(), async (o) => {
+          const { vm: changed } = await o.client(VmService).setVm(request, o.callOptions());
+          if (changed) printVms([changed], opts.json === true);
+        });
+      },
+    );
+}
+
+function printVms(vms: readonly Vm[], json: boolean): void {
+  if (json) {
+    process.stdout.write(
+      JSON.stringify(
+        vms.map((v) => toJson(VmSchema, v)),
+        null,
+        2,
+      ) + "\n",
+    );
+    return;
+  }
+  const rows = vms.map((v) => [v.name, stateWord(v.state), v.image, v.guestIp, `${v.vcpu}`, `${v.memoryMib}`]);
+  process.stdout.write(renderTable(["NAME", "STATE", "IMAGE", "IP", "VCPU", "MEMORY"], rows));
+}

@@ -1,0 +1,44 @@
+/**
+ * What the VM lifecycle needs from the privileged helper, in plain types.
+ * The helper derives every name and path from the VM id itself; this port
+ * only states intents. peers/privileged.ts implements it over the socket;
+ * unit tests pass a scripted one.
+ */
+import type { CallScope } from "./call-scope.js";
+
+export interface LaunchedVmm {
+  readonly pid: number;
+  /** Identifies the process together with the pid (SignalVmm proves both). */
+  readonly startTime: Date;
+  /** Firecracker's API socket. */
+  readonly controlSocket: string;
+  readonly logPath: string;
+  readonly consolePath: string;
+}
+
+export interface HostPort {
+  ensureBridge(name: string, address: string, scope: CallScope): Promise<void>;
+  /** Returns the tap's name. */
+  createTap(vmId: string, bridge: string, scope: CallScope): Promise<string>;
+  deleteTap(vmId: string, scope: CallScope): Promise<void>;
+  enableNat(vmId: string, guestAddress: string, bridge: string, scope: CallScope): Promise<void>;
+  disableNat(vmId: string, scope: CallScope): Promise<void>;
+  /** Returns the loop device. */
+  attachLoop(path: string, readOnly: boolean, scope: CallScope): Promise<string>;
+  detachLoop(device: string, path: string, scope: CallScope): Promise<void>;
+  /** `e2fsck -fy` on the VM's root device; returns e2fsck's exit code (0 or 1). */
+  checkFilesystem(vmId: string, scope: CallScope): Promise<number>;
+  writeGuestFiles(vmId: string, files: readonly GuestFileSpec[], scope: CallScope): Promise<void>;
+  launchFirecracker(vmId: string, scope: CallScope): Promise<LaunchedVmm>;
+  /** Returns whether the process still existed. */
+  signalVmm(vmId: string, pid: number, startTime: Date, signal: "term" | "kill", scope: CallScope): Promise<boolean>;
+}
+
+/** A file banger writes into a guest's root filesystem. */
+export interface GuestFileSpec {
+  readonly path: string;
+  readonly content: Uint8Array;
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+}

@@ -1,0 +1,376 @@
+/**
+ * The VM lifecycle over a real SQLite store and real files, with the host
+ * (privileged helper), the VMM API and the guest disk builder scripted: they
+ * record every call and keep a model of what exists on the host, so a test
+ * can show that a failed create leaves the host exactly as it found it.
+ * (test/integration/vm-lifecycle.test.ts runs the same against the real helper.)
+ */
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import { BangerError, FailedPreconditionError, createLogger } from "@banger/common";
+import { describe, expect, it } from "vitest";
+import { DEFAULT_CONFIG, type BangerConfig } from "../config/index.js";
+import { insertImage, insertKernel } from "../store/index.js";
+import { image, kernel, useStore, useTempDir } from "../store/test-support.js";
+import type { HostPort } from "./host.js";
+import { createImageCatalog } from "./images.js";
+import { createKernelCatalog } from "./kernels.js";
+import { createOperations } from "./operations.js";
+import { createVmService, type FirecrackerApi, type GuestPort } from "./vms.js";
+
+const store = useStore();
+const tempDir = useTempDir();
+const logger = createLogger({ service: "orchestrator", destination: new Writable({ write: (_c, _e, d) => d() }) });
+const CONFIG: BangerConfig = { ...DEFAULT_CONFIG, source: { path: "/nonexistent", exists: false } };
+
+const CREATE_STAGES = [
+  "resolve-image",
+  "reserve",
+  "root-disk",
+  "fsck",
+  "guest-files",
+  "work-disk",
+  "tap",
+  "launch-vmm",
+  "configure-vmm",
+  "start-vmm",
+  "wait-ssh",
+  "network",
+];
+
+/** What the scripted host holds, as the helper's inventory would list it. */
+interface HostModel {
+  bridges: Set<string>;
+  taps: Set<string>;
+  loops: Map<string, string>;
+  nat: Set<string>;
+  vmms: Set<string>;
+}
+
+interface Script {
+  failAt?: string;
+  delayMs?: number;
+}
+
+function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPort {
+  let loopCount = 0;
+  const step = async (name: string) => {
+    calls.push(name);
+    if (script.delayMs) await new Promise((r) => setTimeout(r, script.delayMs));
+    if (script.failAt === name) {
+      throw new FailedPreconditionError(`helper refused ${name}`, { reason: "SCRIPTED_FAILURE" });
+    }
+  };
+  return {
+    async ensureBridge(name) {
+      await step("ensureBridge");
+      model.bridges.add(name);
+    },
+    async createTap(vmId) {
+      await step("createTap");
+      model.taps.add(vmId);
+      return `bgr-${vmId.slice(0, 11)}`;
+    },
+    deleteTap(vmId) {
+      calls.push("deleteTap");
+      model.taps.delete(vmId);
+      return Promise.resolve();
+    },
+    async enableNat(vmId) {
+      await step("enableNat");
+      model.nat.add(vmId);
+    },
+    disableNat(vmId) {
+      calls.push("disableNat");
+      model.nat.delete(vmId);
+      return Promise.resolve();
+    },
+    async attachLoop(path) {
+      await step("attachLoop");
+      const device = `/dev/loop${loopCount++}`;
+      model.loops.set(device, path);
+      return device;
+    },
+    detachLoop(device) {
+      calls.push("detachLoop");
+      model.loops.delete(device);
+      return Promise.resolve();
+    },
+    async checkFilesystem() {
+      await step("checkFilesystem");
+      return 0;
+    },
+    async writeGuestFiles() {
+      await step("writeGuestFiles");
+    },
+    async launchFirecracker(vmId) {
+      await step("launchFirecracker");
+      model.vmms.add(vmId);
+      return {
+        pid: 999_999,
+        startTime: new Date(),
+        controlSocket: `/run/banger/vms/${vmId}/firecracker.sock`,
+        logPath: `/run/banger/vms/${vmId}/vmm.log`,
+        consolePath: `/run/banger/vms/${vmId}/console.log`,
+      };
+    },
+    signalVmm(vmId) {
+      calls.push("signalVmm");
+      return Promise.resolve(model.vmms.delete(vmId));
+    },
+  };
+}
+
+function fakeFirecracker(script: Script, requests: string[]): (socket: string) => FirecrackerApi {
+  return () => {
+    const put = (what: string) => (body?: unknown) => {
+      requests.push(`${what} ${JSON.stringify(body ?? {})}`);
+      return script.failAt === what
+        ? Promise.reject(new FailedPreconditionError(`firecracker PUT /${what}: scripted`, { reason: "VMM_API_ERROR" }))
+        : Promise.resolve();
+    };
+    return {
+      waitForSocket: () => Promise.resolve(),
+      putMachineConfig: put("machine-config"),
+      putBootSource: put("boot-source"),
+      putDrive: put("drives"),
+      putNetworkInterface: put("network-interfaces"),
+      putVsock: put("vsock"),
+      instanceStart: put("InstanceStart"),
+      sendCtrlAltDel: put("SendCtrlAltDel"),
+    };
+  };
+}
+
+function scriptedGuest(script: Script): GuestPort {
+  return {
+    rootDiskFiles: (vm) => [
+      { path: "/etc/hostname", content: Buffer.from(`${vm.name}\n`), mode: 0o644, uid: 0, gid: 0 },
+    ],
+    bootArgsIp: (vm) => `ip=${vm.guestIp}::172.30.0.1:255.255.255.0:${vm.name}:eth0:off`,
+    prepareWorkDisk({ target }) {
+      if (script.failAt === "prepareWorkDisk") return Promise.reject(new Error("mkfs failed"));
+      writeFileSync(target, "work");
+      return Promise.resolve();
+    },
+    growWorkDisk: () => Promise.resolve(),
+    waitForSsh: () => (script.failAt === "waitForSsh" ? Promise.reject(new Error("no SSH banner")) : Promise.resolve()),
+  };
+}
+
+async function setup(script: Script = {}) {
+  const db = store().db;
+  const stateDir = tempDir();
+  const operations = createOperations({ db, logger });
+  const puller = { identify: () => Promise.reject(new Error("no puller")), pull: () => Promise.reject(new Error("")) };
+  const images = createImageCatalog({ db, stateDir, puller, operations, logger });
+  const kernels = createKernelCatalog({ db, stateDir, operations, logger });
+  await insertKernel(db, kernel({ name: "k", isDefault: true }));
+  await insertImage(db, image({ name: "debian", defaultKernel: "k", workSeedBytes: 0 }));
+  mkdirSync(images.dir("debian"), { recursive: true });
+  writeFileSync(join(images.dir("debian"), "rootfs.ext4"), "rootfs");
+  const model: HostModel = { bridges: new Set(), taps: new Set(), loops: new Map(), nat: new Set(), vmms: new Set() };
+  const calls: string[] = [];
+  const requests: string[] = [];
+  const vms = createVmService({
+    db,
+    logger,
+    operations,
+    stateDir,
+    config: CONFIG,
+    images,
+    kernels,
+    host: scriptedHost(model, script, calls),
+    firecracker: fakeFirecracker(script, requests),
+    guest: scriptedGuest(script),
+  });
+  const create = (name: string, extra: { nat?: boolean; skipSshWait?: boolean } = {}) =>
+    vms.create(
+      {
+        name,
+        image: "debian",
+        kernel: "",
+        vcpu: 0,
+        memoryMib: 0,
+        workDiskMib: 0,
+        nat: extra.nat ?? false,
+        skipSshWait: extra.skipSshWait ?? false,
+        sshTimeoutMs: undefined,
+      },
+      { signal: new AbortController().signal },
+    );
+  return { vms, operations, model, calls, requests, stateDir, create };
+}
+
+const vmDirs = (stateDir: string) => (existsSync(join(stateDir, "vms")) ? readdirSync(join(stateDir, "vms")) : []);
+
+describe("VM create", () => {
+  it("runs every stage in order, configures the VMM and leaves a running VM with its handles", async () => {
+    const { vms, operations, model, requests, stateDir, create } = await setup();
+    const op = await create("box", { nat: true });
+    await operations.settled();
+    const done = await operations.get(op.id);
+    expect(done.state, JSON.stringify(done.error)).toBe("succeeded");
+    expect(done.stages.map((s) => [s.name, s.state])).toEqual(CREATE_STAGES.map((s) => [s, "done"]));
+    const vm = await vms.get("box");
+    expect(vm).toMatchObject({ state: "running", guestIp: "172.30.0.2", vsockCid: 3, vcpu: 2, nat: true });
+    expect(vm.mac).toMatch(/^02(:[0-9a-f]{2}){5}$/);
+    expect(done.result).toMatchObject({ vm: { name: "box", state: "VM_STATE_RUNNING", guestIp: "172.30.0.2" } });
+    expect([...model.taps, ...model.vmms, ...model.nat]).toEqual([vm.id, vm.id, vm.id]);
+    expect(model.loops.size).toBe(0); // the clone's loop device was only for fsck and guest files
+    expect(readdirSync(join(stateDir, "vms", vm.id)).sort()).toEqual(["handles.json", "root.ext4", "work.ext4"]);
+    expect(requests).toEqual([
+      'machine-config {"vcpuCount":2,"memSizeMib":1024,"smt":false}',
+      expect.stringMatching(
+        /^boot-source \{"kernelImagePath":".*\/kernels\/k\/vmlinux","bootArgs":"console=ttyS0 .* ip=172\.30\.0\.2::172\.30\.0\.1:255\.255\.255\.0:box:eth0:off","initrdPath":".*\/kernels\/k\/initrd"\}$/,
+      ),
+      expect.stringMatching(/^drives \{"driveId":"root",.*root\.ext4","isRootDevice":true,"isReadOnly":false\}$/),
+      expect.stringMatching(/^drives \{"driveId":"work",.*work\.ext4","isRootDevice":false,"isReadOnly":false\}$/),
+      `network-interfaces {"ifaceId":"eth0","hostDevName":"bgr-${vm.id.slice(0, 11)}","guestMac":"${vm.mac}"}`,
+      `vsock {"guestCid":3,"udsPath":"/run/banger/vms/${vm.id}/vsock.sock"}`,
+      "InstanceStart {}",
+    ]);
+  });
+
+  const failures: [string, string][] = [
+    ["attachLoop", "root-disk"],
+    ["checkFilesystem", "fsck"],
+    ["writeGuestFiles", "guest-files"],
+    ["prepareWorkDisk", "work-disk"],
+    ["ensureBridge", "tap"],
+    ["createTap", "tap"],
+    ["launchFirecracker", "launch-vmm"],
+    ["boot-source", "configure-vmm"],
+    ["InstanceStart", "start-vmm"],
+    ["waitForSsh", "wait-ssh"],
+    ["enableNat", "network"],
+  ];
+  it.each(failures)(
+    "a failure in %s fails stage %s and leaves the host, the store and the state directory as they were",
+    async (failAt, stage) => {
+      const { vms, operations, model, stateDir, create } = await setup({ failAt });
+      const op = await create("box", { nat: true });
+      await operations.settled();
+      const failed = await operations.get(op.id);
+      expect(failed.state).toBe("failed");
+      expect(failed.error?.stage).toBe(stage);
+      expect(failed.stages.find((s) => s.name === stage)?.state).toBe("failed");
+      expect(await vms.list()).toEqual([]);
+      expect({ taps: [...model.taps], loops: [...model.loops], nat: [...model.nat], vmms: [...model.vmms] }).toEqual({
+        taps: [],
+        loops: [],
+        nat: [],
+        vmms: [],
+      });
+      expect(vmDirs(stateDir)).toEqual([]);
+    },
+  );
+
+  it("ten creates in parallel get unique addresses and overlap in time", async () => {
+    const { vms, operations, create } = await setup({ delayMs: 20 });
+    const ops = await Promise.all(Array.from({ length: 10 }, (_, i) => create(`vm${i}`)));
+    await operations.settled();
+    const done = await Promise.all(ops.map((op) => operations.get(op.id)));
+    expect(done.map((op) => op.state)).toEqual(Array(10).fill("succeeded"));
+    const list = await vms.list();
+    for (const key of ["guestIp", "mac", "vsockCid", "id"] as const) {
+      expect(new Set(list.map((vm) => vm[key])).size).toBe(10);
+    }
+    // Every create was in its slow root-disk stage while the first one was.
+    const rootDisk = done.map((op) => op.stages.find((s) => s.name === "root-disk"));
+    const first = rootDisk[0];
+    for (const stage of rootDisk.slice(1)) {
+      expect(stage?.startedAt && first?.endedAt && stage.startedAt <= first.endedAt).toBe(true);
+    }
+  });
+
+  it("refuses a taken name, a bad name, bad sizes and an unknown image before any operation", async () => {
+    const { operations, create, vms } = await setup();
+    await create("box");
+    await operations.settled();
+    const reasons = [];
+    for (const attempt of [
+      () => create("box"),
+      () => create("Bad_Name"),
+      () => vms.create({ ...base("x"), vcpu: 64 }, scope()),
+      () => vms.create({ ...base("x"), memoryMib: 64 }, scope()),
+      () => vms.create({ ...base("x"), image: "nope" }, scope()),
+    ]) {
+      reasons.push(
+        await attempt().then(
+          () => "none",
+          (e: unknown) => (e instanceof BangerError ? `${e.kind} ${e.reason}` : String(e)),
+        ),
+      );
+    }
+    expect(reasons).toEqual([
+      "already-exists VM_NAME_TAKEN",
+      "invalid-argument INVALID_VM_NAME",
+      "invalid-argument INVALID_VCPU",
+      "invalid-argument INVALID_MEMORY",
+      "not-found IMAGE_NOT_FOUND",
+    ]);
+    expect((await operations.list({ limit: 10 })).length).toBe(1);
+  });
+});
+
+const scope = () => ({ signal: new AbortController().signal });
+const base = (name: string) => ({
+  name,
+  image: "debian",
+  kernel: "",
+  vcpu: 0,
+  memoryMib: 0,
+  workDiskMib: 0,
+  nat: false,
+  skipSshWait: false,
+  sshTimeoutMs: undefined,
+});
+
+describe("VM lifecycle", () => {
+  it("stop, start, restart, set and delete round trips, with the right codes for no-op requests", async () => {
+    const { vms, operations, model, requests, stateDir, create } = await setup();
+    await create("box");
+    await operations.settled();
+    const id = (await vms.get("box")).id;
+
+    const startRunning = await vms
+      .start("box", { sshTimeoutMs: undefined, skipSshWait: false })
+      .catch((e: BangerError) => e.reason);
+    expect(startRunning).toBe("VM_RUNNING");
+
+    await vms.stop("box", { timeoutMs: 100, force: true });
+    await operations.settled();
+    expect((await vms.get("box")).state).toBe("stopped");
+    expect([...model.vmms, ...model.taps]).toEqual([]);
+    expect(await vms.stop("box", { timeoutMs: 100, force: true }).catch((e: BangerError) => e.reason)).toBe(
+      "VM_NOT_RUNNING",
+    );
+
+    // Stopped: vcpu and memory apply at once; a running VM gets them at its next start.
+    expect(await vms.set("box", { vcpu: 4 })).toMatchObject({ vcpu: 4, pendingChanges: {} });
+    await vms.start("box", { sshTimeoutMs: undefined, skipSshWait: false });
+    await operations.settled();
+    expect((await vms.get("box")).state).toBe("running");
+    expect(requests.filter((r) => r.startsWith("machine-config")).at(-1)).toContain('"vcpuCount":4');
+    expect(await vms.set("box", { memoryMib: 2048 })).toMatchObject({
+      memoryMib: 1024,
+      pendingChanges: { memory_mib: 2048 },
+    });
+    await vms.restart("box", { timeoutMs: 100, force: true, skipSshWait: false });
+    await operations.settled();
+    expect(await vms.get("box")).toMatchObject({ state: "running", memoryMib: 2048, pendingChanges: {} });
+    expect(requests.filter((r) => r.startsWith("machine-config")).at(-1)).toContain('"memSizeMib":2048');
+    expect(await vms.set("box", { workDiskMib: 16 }).catch((e: BangerError) => e.reason)).toBe("DISK_SHRINK");
+    expect(await vms.set("box", {}).catch((e: BangerError) => e.reason)).toBe("NOTHING_TO_CHANGE");
+
+    const deleted = await vms.delete("box");
+    expect(deleted.existed).toBe(true);
+    await operations.settled();
+    expect(await vms.list()).toEqual([]);
+    expect([...model.vmms, ...model.taps, ...model.nat]).toEqual([]);
+    expect(existsSync(join(stateDir, "vms", id))).toBe(false);
+    expect(await vms.delete("box")).toMatchObject({ existed: false });
+  });
+});

@@ -1,0 +1,720 @@
+/**
+ * The VM lifecycle: create (stages, each undone in reverse when a later one
+ * fails), start, stop, restart, delete, set, and what a VM is now.
+ *
+ * Durable vs transient: the row says what a VM is; what is currently true on
+ * the host (the VMM's pid and start time, the tap, the NAT rule) lives in
+ * memory and in `<state>/vms/<id>/handles.json`, and is checked against the
+ * host at start-up (see `recover`). Locks: one lifecycle lock per VM, and a
+ * short reservation lock (name, addresses, row) for creates; the slow stages
+ * of different VMs overlap.
+ */
+import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import {
+  AlreadyExistsError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  copySparse,
+  type Logger,
+} from "@banger/common";
+import type { Kysely } from "kysely";
+import type { BangerConfig } from "../config/index.js";
+import {
+  deleteVm,
+  getDefaultKernel,
+  getKernel,
+  getVmByName,
+  insertVm,
+  listVms,
+  updateVm,
+  type Database,
+  type JsonObject,
+  type OperationRecord,
+  type VmRecord,
+} from "../store/index.js";
+import type { CallScope } from "./call-scope.js";
+import type { GuestFileSpec, HostPort } from "./host.js";
+import { ROOTFS_FILE, WORK_SEED_FILE, type ImageCatalog } from "./images.js";
+import { kernelFiles, type KernelCatalog } from "./kernels.js";
+import type { FirecrackerClient } from "../vmm/firecracker-client.js";
+import type { OperationContext, Operations } from "./operations.js";
+import { createSerialLock } from "./serial-lock.js";
+import {
+  allocateGuestIp,
+  allocateMac,
+  allocateVsockCid,
+  parseBridgeAddress,
+  type BridgeNetwork,
+} from "./vm-addresses.js";
+
+export type VmStateName = "creating" | "starting" | "running" | "stopping" | "stopped" | "failed" | "deleting";
+
+/** A VM as it is now: its row, its state and its VMM's pid (0 when none). */
+export interface VmView extends VmRecord {
+  readonly state: VmStateName;
+  readonly pid: number;
+}
+
+/** The Firecracker API as the lifecycle uses it. */
+export type FirecrackerApi = Pick<
+  FirecrackerClient,
+  | "waitForSocket"
+  | "putMachineConfig"
+  | "putBootSource"
+  | "putDrive"
+  | "putNetworkInterface"
+  | "putVsock"
+  | "instanceStart"
+  | "sendCtrlAltDel"
+>;
+
+/** What the lifecycle needs to build disks and reach guests; the guest/ module and ssh provide them. */
+export interface GuestPort {
+  /** Files banger writes into the root filesystem (hostname, network, resolver). */
+  rootDiskFiles(vm: VmRecord, network: BridgeNetwork): GuestFileSpec[];
+  /** The `ip=` kernel argument of a VM's static network. */
+  bootArgsIp(vm: VmRecord, network: BridgeNetwork): string;
+  /** Builds the work disk at `target` from the image's seed (or empty), grown to `sizeMib`, with banger's files. */
+  prepareWorkDisk(args: { target: string; seedPath?: string; sizeMib: number; signal: AbortSignal }): Promise<void>;
+  growWorkDisk(path: string, sizeMib: number, signal: AbortSignal): Promise<void>;
+  /** Resolves when the guest's SSH answers. */
+  waitForSsh(ip: string, timeoutMs: number, signal: AbortSignal): Promise<void>;
+}
+
+export interface CreateVmRequest {
+  readonly name: string;
+  readonly image: string;
+  readonly kernel: string;
+  readonly vcpu: number;
+  readonly memoryMib: number;
+  readonly workDiskMib: number;
+  readonly nat: boolean;
+  readonly skipSshWait: boolean;
+  readonly sshTimeoutMs: number | undefined;
+}
+
+export interface VmService {
+  create(req: CreateVmRequest, scope: CallScope): Promise<OperationRecord>;
+  start(name: string, options: { sshTimeoutMs: number | undefined; skipSshWait: boolean }): Promise<OperationRecord>;
+  stop(name: string, options: { timeoutMs: number | undefined; force: boolean }): Promise<OperationRecord>;
+  restart(
+    name: string,
+    options: { timeoutMs: number | undefined; force: boolean; skipSshWait: boolean },
+  ): Promise<OperationRecord>;
+  /** Idempotent; a missing VM gives `existed: false` and an operation with nothing to do. */
+  delete(name: string): Promise<{ existed: boolean; operation: OperationRecord }>;
+  set(
+    name: string,
+    change: { vcpu?: number; memoryMib?: number; workDiskMib?: number; nat?: boolean },
+  ): Promise<VmView>;
+  list(): Promise<VmView[]>;
+  get(name: string): Promise<VmView>;
+  /** At start-up: VMs whose VMM died while the orchestrator was away are cleaned and marked stopped. */
+  recover(): Promise<void>;
+  /** The guest address of running VM `name` (what `<name>.vm` answers), or undefined. */
+  resolve(name: string): string | undefined;
+}
+
+/** What is true on the host for a running VM; kept in memory and in handles.json. */
+interface Handles {
+  readonly pid: number;
+  readonly startTime: string;
+  readonly controlSocket: string;
+  readonly logPath: string;
+  readonly consolePath: string;
+  readonly tap: string;
+  readonly nat: boolean;
+  readonly ready: boolean;
+}
+
+const VM_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
+const DEFAULT_SSH_TIMEOUT_MS = 60_000;
+const DEFAULT_STOP_TIMEOUT_MS = 30_000;
+const ROOT_DISK = "root.ext4";
+const WORK_DISK = "work.ext4";
+const HANDLES = "handles.json";
+
+export function validVmName(name: string): string {
+  if (!VM_NAME.test(name)) {
+    throw new InvalidArgumentError(`VM name must match ${VM_NAME.source}, got ${JSON.stringify(name)}`, {
+      reason: "INVALID_VM_NAME",
+    });
+  }
+  return name;
+}
+
+function inRange(value: number, low: number, high: number, what: string, reason: string): number {
+  if (!Number.isInteger(value) || value < low || value > high) {
+    throw new InvalidArgumentError(`${what} must be between ${low} and ${high}, got ${value}`, { reason });
+  }
+  return value;
+}
+
+export function createVmService(deps: {
+  readonly db: Kysely<Database>;
+  readonly logger: Logger;
+  readonly operations: Operations;
+  readonly stateDir: string;
+  readonly config: BangerConfig;
+  readonly images: ImageCatalog;
+  readonly kernels: KernelCatalog;
+  readonly host: HostPort;
+  readonly firecracker: (socketPath: string) => FirecrackerApi;
+  readonly guest: GuestPort;
+  /** Called once the bridge exists (the DNS responder listens on its address). */
+  readonly onBridgeReady?: (network: BridgeNetwork) => Promise<void>;
+  readonly now?: () => Date;
+}): VmService {
+  const { db, logger, operations, host, guest, config } = deps;
+  const now = deps.now ?? (() => new Date());
+  const network = parseBridgeAddress(config.network.address);
+  const bridge = config.network.bridge;
+  const vmDir = (id: string) => join(deps.stateDir, "vms", id);
+  const underReservation = createSerialLock();
+  const lifecycleLocks = new Map<string, <T>(work: () => Promise<T>) => Promise<T>>();
+  const lifecycle = <T>(name: string, work: () => Promise<T>): Promise<T> => {
+    let lock = lifecycleLocks.get(name);
+    if (!lock) lifecycleLocks.set(name, (lock = createSerialLock()));
+    return lock(work);
+  };
+  /** Running VMs' handles, by VM id. */
+  const handles = new Map<string, Handles>();
+  /** Running VMs' guest addresses, by name (the DNS responder reads this). */
+  const addresses = new Map<string, string>();
+  /** VMs in the middle of an action, by VM id. */
+  const phases = new Map<string, VmStateName>();
+  let bridgeReady: Promise<void> | undefined;
+  const scopeOf = (op: OperationContext): CallScope => ({ signal: op.signal });
+
+  function view(vm: VmRecord): VmView {
+    const handle = handles.get(vm.id);
+    const phase = phases.get(vm.id);
+    const state: VmStateName =
+      phase ?? (handle ? (handle.ready ? "running" : "starting") : vm.lastError ? "failed" : "stopped");
+    return { ...vm, state, pid: handle?.pid ?? 0 };
+  }
+
+  async function find(name: string): Promise<VmRecord> {
+    const vm = await getVmByName(db, validVmName(name));
+    if (!vm) throw new NotFoundError(`VM ${name} does not exist`, { reason: "VM_NOT_FOUND" });
+    return vm;
+  }
+
+  async function saveHandles(vm: VmRecord, value: Handles | undefined): Promise<void> {
+    if (value) {
+      handles.set(vm.id, value);
+      addresses.set(vm.name, vm.guestIp);
+      await writeFile(join(vmDir(vm.id), HANDLES), JSON.stringify(value, null, 2), { mode: 0o600 });
+    } else {
+      handles.delete(vm.id);
+      addresses.delete(vm.name);
+      await rm(join(vmDir(vm.id), HANDLES), { force: true });
+    }
+  }
+
+  /** Runs `work` as a stage whose undo is pushed on `undo` once it succeeded. */
+  async function staged<T>(
+    op: OperationContext,
+    undo: (() => Promise<unknown>)[],
+    name: string,
+    work: () => Promise<T>,
+    rollback?: (value: T) => Promise<unknown>,
+  ): Promise<T> {
+    const value = await op.stage(name, work);
+    if (rollback) undo.push(() => rollback(value));
+    return value;
+  }
+
+  async function unwind(undo: (() => Promise<unknown>)[], vm: string): Promise<void> {
+    for (const step of undo.reverse()) {
+      try {
+        await step();
+      } catch (error) {
+        logger.error({ vm, err: error }, "could not undo a stage; a host resource may be left behind");
+      }
+    }
+  }
+
+  /** Stages that bring a VM with disks to running: tap → launch → configure → start → ssh → network. */
+  async function boot(
+    op: OperationContext,
+    vm: VmRecord,
+    undo: (() => Promise<unknown>)[],
+    options: { skipSshWait: boolean; sshTimeoutMs: number | undefined },
+  ): Promise<void> {
+    const scope = scopeOf(op);
+    // Ensured once per orchestrator run, on the first boot; a failure is retried by the next one.
+    const ready = (bridgeReady ??= host
+      .ensureBridge(bridge, config.network.address, scope)
+      .then(() => deps.onBridgeReady?.(network))
+      .catch((error: unknown) => {
+        bridgeReady = undefined;
+        throw error;
+      }));
+    const tap = await staged(
+      op,
+      undo,
+      "tap",
+      async () => {
+        await ready;
+        return host.createTap(vm.id, bridge, scope);
+      },
+      () => host.deleteTap(vm.id, { signal: new AbortController().signal }),
+    );
+    const launched = await staged(
+      op,
+      undo,
+      "launch-vmm",
+      () => host.launchFirecracker(vm.id, scope),
+      async (vmm) => {
+        await host.signalVmm(vm.id, vmm.pid, vmm.startTime, "kill", { signal: new AbortController().signal });
+        await saveHandles(vm, undefined);
+      },
+    );
+    const handle: Handles = {
+      pid: launched.pid,
+      startTime: launched.startTime.toISOString(),
+      controlSocket: launched.controlSocket,
+      logPath: launched.logPath,
+      consolePath: launched.consolePath,
+      tap,
+      nat: false,
+      ready: false,
+    };
+    await saveHandles(vm, handle);
+    const api = deps.firecracker(launched.controlSocket);
+    await op.stage("configure-vmm", async () => {
+      await api.waitForSocket(op.signal, 5_000);
+      const kernel = await getKernel(db, vm.kernelName);
+      if (!kernel) throw new NotFoundError(`kernel ${vm.kernelName} does not exist`, { reason: "KERNEL_NOT_FOUND" });
+      const files = kernelFiles(deps.kernels.dir(kernel.name), kernel);
+      await api.putMachineConfig({ vcpuCount: vm.vcpu, memSizeMib: vm.memoryMib, smt: false });
+      await api.putBootSource({
+        kernelImagePath: files.kernel,
+        bootArgs: `console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw ${guest.bootArgsIp(vm, network)}`,
+        ...(files.initrd ? { initrdPath: files.initrd } : {}),
+      });
+      await api.putDrive({
+        driveId: "root",
+        pathOnHost: join(vmDir(vm.id), ROOT_DISK),
+        isRootDevice: true,
+        isReadOnly: false,
+      });
+      await api.putDrive({
+        driveId: "work",
+        pathOnHost: join(vmDir(vm.id), WORK_DISK),
+        isRootDevice: false,
+        isReadOnly: false,
+      });
+      await api.putNetworkInterface({ ifaceId: "eth0", hostDevName: tap, guestMac: vm.mac });
+      // Firecracker binds the vsock socket itself and refuses one left by an earlier boot.
+      const udsPath = join(dirname(launched.controlSocket), "vsock.sock");
+      await rm(udsPath, { force: true });
+      await api.putVsock({ guestCid: vm.vsockCid, udsPath });
+    });
+    await op.stage("start-vmm", () => api.instanceStart());
+    await saveHandles(vm, { ...handle, ready: false });
+    if (options.skipSshWait) {
+      await op.track("wait-ssh", "running");
+      await op.track("wait-ssh", "done", "skipped: not waiting for the guest");
+    } else {
+      await op.stage("wait-ssh", () =>
+        guest.waitForSsh(vm.guestIp, options.sshTimeoutMs ?? DEFAULT_SSH_TIMEOUT_MS, op.signal),
+      );
+    }
+    await staged(
+      op,
+      undo,
+      "network",
+      async () => {
+        if (vm.nat) await host.enableNat(vm.id, vm.guestIp, bridge, scope);
+        await saveHandles(vm, { ...handle, nat: vm.nat, ready: !options.skipSshWait });
+      },
+      () => (vm.nat ? host.disableNat(vm.id, { signal: new AbortController().signal }) : Promise.resolve()),
+    );
+    await updateVm(db, vm.name, { updatedAt: now(), desiredState: "running", lastError: null, startedAt: now() });
+  }
+
+  /** Stops the VMM (graceful first unless `force`), then releases its tap and NAT rule. */
+  async function halt(vm: VmRecord, options: { timeoutMs: number | undefined; force: boolean }, scope: CallScope) {
+    const handle = handles.get(vm.id);
+    if (handle) {
+      const startTime = new Date(handle.startTime);
+      if (!options.force) {
+        try {
+          await deps.firecracker(handle.controlSocket).sendCtrlAltDel();
+          await waitForExit(handle.pid, vm.id, options.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS, scope.signal);
+        } catch (error) {
+          logger.warn({ vm: vm.name, err: error }, "graceful shutdown did not finish; killing the VMM");
+        }
+      }
+      await host.signalVmm(vm.id, handle.pid, startTime, "kill", scope);
+      if (handle.nat) await host.disableNat(vm.id, scope);
+    }
+    await host.deleteTap(vm.id, scope);
+    await saveHandles(vm, undefined);
+  }
+
+  const vmResult = async (name: string): Promise<JsonObject> => ({ vm: vmJson(view(await find(name))) });
+
+  const service: VmService = {
+    async create(req, scope) {
+      const name = validVmName(req.name);
+      const vcpu = inRange(req.vcpu || config.vm.vcpu, 1, 32, "vcpu", "INVALID_VCPU");
+      const memoryMib = inRange(req.memoryMib || config.vm.memoryMib, 128, 262144, "memory_mib", "INVALID_MEMORY");
+      const imageName = req.image || config.defaultImage;
+      const image = await deps.images.get(imageName).catch((error: unknown) => {
+        throw error instanceof NotFoundError
+          ? new NotFoundError(`image ${imageName} is not local; pull it first with 'banger image pull ${imageName}'`, {
+              reason: "IMAGE_NOT_FOUND",
+            })
+          : error;
+      });
+      const workDiskMib = req.workDiskMib || config.vm.workDiskMib;
+      const seedMib = Math.ceil(image.workSeedBytes / 1048576);
+      if (workDiskMib < Math.max(seedMib, 16)) {
+        throw new InvalidArgumentError(`work_disk_mib must be at least ${Math.max(seedMib, 16)}, got ${workDiskMib}`, {
+          reason: "INVALID_DISK_SIZE",
+        });
+      }
+      const kernelName =
+        req.kernel || image.defaultKernel || config.defaultKernel || (await getDefaultKernel(db))?.name;
+      if (!kernelName || !(await getKernel(db, kernelName))) {
+        throw new NotFoundError(
+          kernelName
+            ? `kernel ${kernelName} does not exist`
+            : "no kernel to boot: import one with 'banger kernel import NAME DIR'",
+          { reason: "KERNEL_NOT_FOUND" },
+        );
+      }
+      if (await getVmByName(db, name)) {
+        throw new AlreadyExistsError(`a VM named ${name} already exists`, { reason: "VM_NAME_TAKEN" });
+      }
+      void scope;
+      return operations.start("create-vm", name, async (op) => {
+        const undo: (() => Promise<unknown>)[] = [];
+        let vm: VmRecord | undefined;
+        try {
+          await op.stage("resolve-image", () => Promise.resolve(image));
+          vm = await staged(
+            op,
+            undo,
+            "reserve",
+            () =>
+              underReservation(async () => {
+                const existing = await listVms(db);
+                const id = randomBytes(6).toString("hex");
+                return insertVm(db, {
+                  id,
+                  name,
+                  imageName: image.name,
+                  kernelName,
+                  vcpu,
+                  memoryMib,
+                  workDiskMib,
+                  guestIp: allocateGuestIp(network, new Set(existing.map((v) => v.guestIp))),
+                  mac: allocateMac(id, new Set(existing.map((v) => v.mac))),
+                  vsockCid: allocateVsockCid(new Set(existing.map((v) => v.vsockCid))),
+                  nat: req.nat || config.vm.nat,
+                  vmm: "firecracker",
+                  rootDiskStrategy: "clone",
+                  desiredState: "running",
+                  createdAt: now(),
+                });
+              }),
+            (reserved) => deleteVm(db, reserved.name),
+          );
+          const created = vm;
+          phases.set(created.id, "creating");
+          const dir = vmDir(created.id);
+          const rootDisk = join(dir, ROOT_DISK);
+          const scopeNow = scopeOf(op);
+          // The VM's directory goes last when unwinding, whatever was made in it.
+          undo.push(() => rm(dir, { recursive: true, force: true }));
+          const loop = await staged(
+            op,
+            undo,
+            "root-disk",
+            async () => {
+              await mkdir(dir, { recursive: true, mode: 0o700 });
+              await copySparse(join(deps.images.dir(image.name), ROOTFS_FILE), rootDisk, { signal: op.signal });
+              return host.attachLoop(rootDisk, false, scopeNow);
+            },
+            (device) => host.detachLoop(device, rootDisk, { signal: new AbortController().signal }),
+          );
+          await op.stage("fsck", () => host.checkFilesystem(created.id, scopeNow));
+          await op.stage("guest-files", async () => {
+            await host.writeGuestFiles(created.id, guest.rootDiskFiles(created, network), scopeNow);
+            // The VMM opens the file itself; the loop device was only for the helper's checks and writes.
+            await host.detachLoop(loop, rootDisk, scopeNow);
+          });
+          await op.stage("work-disk", () =>
+            guest.prepareWorkDisk({
+              target: join(dir, WORK_DISK),
+              ...(image.workSeedBytes > 0 ? { seedPath: join(deps.images.dir(image.name), WORK_SEED_FILE) } : {}),
+              sizeMib: workDiskMib,
+              signal: op.signal,
+            }),
+          );
+          await boot(op, created, undo, { skipSshWait: req.skipSshWait, sshTimeoutMs: req.sshTimeoutMs });
+          phases.delete(created.id);
+          logger.info({ vm: name, id: created.id, ip: created.guestIp }, "VM created");
+          return vmResult(name);
+        } catch (error) {
+          if (vm) phases.set(vm.id, "deleting");
+          await unwind(undo, name);
+          if (vm) {
+            phases.delete(vm.id);
+            handles.delete(vm.id);
+            addresses.delete(vm.name);
+          }
+          throw error;
+        }
+      });
+    },
+
+    async start(name, { sshTimeoutMs, skipSshWait }) {
+      const vm = await find(name);
+      if (handles.has(vm.id)) {
+        throw new FailedPreconditionError(`VM ${name} is already running`, { reason: "VM_RUNNING" });
+      }
+      return operations.start("start-vm", name, (op) =>
+        lifecycle(name, async () => {
+          const current = await applyPending(await find(name));
+          const undo: (() => Promise<unknown>)[] = [];
+          phases.set(current.id, "starting");
+          try {
+            await boot(op, current, undo, { skipSshWait, sshTimeoutMs });
+          } catch (error) {
+            await unwind(undo, name);
+            await updateVm(db, name, { updatedAt: now(), lastError: `${(error as Error).message} (${op.id})` });
+            throw error;
+          } finally {
+            phases.delete(current.id);
+          }
+          return vmResult(name);
+        }),
+      );
+    },
+
+    async stop(name, options) {
+      const vm = await find(name);
+      if (!handles.has(vm.id)) {
+        throw new FailedPreconditionError(`VM ${name} is not running`, { reason: "VM_NOT_RUNNING" });
+      }
+      return operations.start("stop-vm", name, (op) =>
+        lifecycle(name, async () => {
+          phases.set(vm.id, "stopping");
+          try {
+            await op.stage("stop-vmm", () => halt(vm, options, scopeOf(op)));
+            await updateVm(db, name, { updatedAt: now(), desiredState: "stopped" });
+          } finally {
+            phases.delete(vm.id);
+          }
+          return vmResult(name);
+        }),
+      );
+    },
+
+    async restart(name, options) {
+      const vm = await find(name);
+      return operations.start("restart-vm", name, (op) =>
+        lifecycle(name, async () => {
+          if (handles.has(vm.id)) {
+            phases.set(vm.id, "stopping");
+            await op.stage("stop-vmm", () => halt(vm, options, scopeOf(op))).finally(() => phases.delete(vm.id));
+          }
+          const current = await applyPending(await find(name));
+          const undo: (() => Promise<unknown>)[] = [];
+          phases.set(vm.id, "starting");
+          try {
+            await boot(op, current, undo, { skipSshWait: options.skipSshWait, sshTimeoutMs: undefined });
+          } catch (error) {
+            await unwind(undo, name);
+            throw error;
+          } finally {
+            phases.delete(vm.id);
+          }
+          return vmResult(name);
+        }),
+      );
+    },
+
+    async delete(name) {
+      const vm = await getVmByName(db, validVmName(name));
+      // Deleting what is not there succeeds: an operation with nothing to do.
+      if (!vm)
+        return { existed: false, operation: await operations.start("delete-vm", name, () => Promise.resolve(null)) };
+      const operation = await operations.start("delete-vm", name, (op) =>
+        lifecycle(name, async () => {
+          phases.set(vm.id, "deleting");
+          try {
+            await op.stage("stop-vmm", () => halt(vm, { timeoutMs: 5_000, force: false }, scopeOf(op)));
+            await op.stage("remove-files", async () => {
+              await deleteVm(db, name);
+              await rm(vmDir(vm.id), { recursive: true, force: true });
+            });
+          } finally {
+            phases.delete(vm.id);
+          }
+          logger.info({ vm: name, id: vm.id }, "VM deleted");
+          return null;
+        }),
+      );
+      return { existed: true, operation };
+    },
+
+    async set(name, change) {
+      const vm = await find(name);
+      const set = Object.entries(change).filter(([, value]) => value !== undefined);
+      if (set.length === 0) {
+        throw new InvalidArgumentError("nothing to change: give vcpu, memory_mib, work_disk_mib or nat", {
+          reason: "NOTHING_TO_CHANGE",
+        });
+      }
+      return lifecycle(name, async () => {
+        const running = handles.has(vm.id);
+        const pending: Record<string, number> = { ...(vm.pendingChanges as Record<string, number>) };
+        const patch: { vcpu?: number; memoryMib?: number; workDiskMib?: number; nat?: boolean } = {};
+        if (change.vcpu !== undefined) {
+          const vcpu = inRange(change.vcpu, 1, 32, "vcpu", "INVALID_VCPU");
+          if (running) pending["vcpu"] = vcpu;
+          else patch.vcpu = vcpu;
+        }
+        if (change.memoryMib !== undefined) {
+          const memory = inRange(change.memoryMib, 128, 262144, "memory_mib", "INVALID_MEMORY");
+          if (running) pending["memory_mib"] = memory;
+          else patch.memoryMib = memory;
+        }
+        if (change.workDiskMib !== undefined) {
+          if (change.workDiskMib < vm.workDiskMib) {
+            throw new InvalidArgumentError(
+              `the work disk can only grow: ${change.workDiskMib} MiB < ${vm.workDiskMib} MiB`,
+              { reason: "DISK_SHRINK" },
+            );
+          }
+          if (running) pending["work_disk_mib"] = change.workDiskMib;
+          else {
+            await guest.growWorkDisk(join(vmDir(vm.id), WORK_DISK), change.workDiskMib, new AbortController().signal);
+            patch.workDiskMib = change.workDiskMib;
+          }
+        }
+        if (change.nat !== undefined && change.nat !== vm.nat) {
+          patch.nat = change.nat;
+          const handle = handles.get(vm.id);
+          if (handle) {
+            const scope = { signal: new AbortController().signal };
+            if (change.nat) await host.enableNat(vm.id, vm.guestIp, bridge, scope);
+            else await host.disableNat(vm.id, scope);
+            await saveHandles(vm, { ...handle, nat: change.nat });
+          }
+        }
+        const updated = await updateVm(db, name, { updatedAt: now(), ...patch, pendingChanges: pending });
+        return view(updated);
+      });
+    },
+
+    async list() {
+      return (await listVms(db)).map(view);
+    },
+
+    async get(name) {
+      return view(await find(name));
+    },
+
+    resolve: (name) => addresses.get(name),
+
+    async recover() {
+      for (const vm of await listVms(db)) {
+        let stored: Handles | undefined;
+        try {
+          stored = JSON.parse(await readFile(join(vmDir(vm.id), HANDLES), "utf8")) as Handles;
+        } catch {
+          stored = undefined;
+        }
+        if (!stored) continue;
+        if (processAlive(stored.pid, vm.id)) {
+          handles.set(vm.id, stored);
+          addresses.set(vm.name, vm.guestIp);
+          logger.info({ vm: vm.name, pid: stored.pid }, "VM still running: kept");
+          continue;
+        }
+        const scope = { signal: new AbortController().signal };
+        await host.deleteTap(vm.id, scope).catch(() => undefined);
+        if (stored.nat) await host.disableNat(vm.id, scope).catch(() => undefined);
+        await rm(join(vmDir(vm.id), HANDLES), { force: true });
+        await updateVm(db, vm.name, { updatedAt: now(), desiredState: "stopped" });
+        logger.warn({ vm: vm.name, pid: stored.pid }, "VM's VMM died while the orchestrator was away: cleaned up");
+      }
+    },
+  };
+
+  /** Pending SetVm changes become the VM's settings (it is stopped now). */
+  async function applyPending(vm: VmRecord): Promise<VmRecord> {
+    const pending = vm.pendingChanges as Record<string, number>;
+    if (Object.keys(pending).length === 0) return vm;
+    if (pending["work_disk_mib"] !== undefined) {
+      await guest.growWorkDisk(join(vmDir(vm.id), WORK_DISK), pending["work_disk_mib"], new AbortController().signal);
+    }
+    return updateVm(db, vm.name, {
+      updatedAt: now(),
+      ...(pending["vcpu"] !== undefined ? { vcpu: pending["vcpu"] } : {}),
+      ...(pending["memory_mib"] !== undefined ? { memoryMib: pending["memory_mib"] } : {}),
+      ...(pending["work_disk_mib"] !== undefined ? { workDiskMib: pending["work_disk_mib"] } : {}),
+      pendingChanges: {},
+    });
+  }
+
+  return service;
+}
+
+/** Whether `pid` is still this VM's VMM (its command line names the VM id). */
+function processAlive(pid: number, vmId: string): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EPERM") return false;
+  }
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes(vmId);
+  } catch {
+    return false;
+  }
+}
+
+async function waitForExit(pid: number, vmId: string, timeoutMs: number, signal: AbortSignal): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (processAlive(pid, vmId)) {
+    if (Date.now() > deadline || signal.aborted) throw new Error(`VMM ${pid} still runs after ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** The operation result and rpc shape: the Vm in proto JSON form. */
+export function vmJson(vm: VmView): JsonObject {
+  return {
+    name: vm.name,
+    id: vm.id,
+    image: vm.imageName,
+    kernel: vm.kernelName,
+    state: `VM_STATE_${vm.state.toUpperCase()}`,
+    vcpu: vm.vcpu,
+    memoryMib: vm.memoryMib,
+    workDiskMib: String(vm.workDiskMib),
+    guestIp: vm.guestIp,
+    mac: vm.mac,
+    vsockCid: vm.vsockCid,
+    nat: vm.nat,
+    vmm: vm.vmm === "firecracker" ? "VMM_KIND_FIRECRACKER" : "VMM_KIND_QEMU_MICROVM",
+    rootDiskStrategy: vm.rootDiskStrategy === "clone" ? "ROOT_DISK_STRATEGY_CLONE" : "ROOT_DISK_STRATEGY_DM_SNAPSHOT",
+    pid: vm.pid,
+    createTime: vm.createdAt.toISOString(),
+    ...(vm.startedAt ? { startTime: vm.startedAt.toISOString() } : {}),
+    lastError: vm.lastError ?? "",
+    pendingChanges: Object.entries(vm.pendingChanges).map(([key, value]) => `${key}=${JSON.stringify(value)}`),
+  };
+}

@@ -1,0 +1,1 @@
+export { DNS_ZONE, createDnsResponder, type DnsResponder, type DnsResponderOptions } from "./responder.js";

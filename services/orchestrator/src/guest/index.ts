@@ -1,0 +1,2 @@
+export * from "./guest-files.js";
+export * from "./work-disk.js";

@@ -1,0 +1,76 @@
+import { implementService } from "@banger/common";
+import { VmService } from "@banger/gen/banger/v1/vm_pb.js";
+import { VmSchema, VmState } from "@banger/gen/banger/v1/resources_pb.js";
+import { fromJson } from "@bufbuild/protobuf";
+import type { Duration } from "@bufbuild/protobuf/wkt";
+import type { ServiceImpl } from "@connectrpc/connect";
+import { vmJson, type VmService as Vms, type VmView } from "../core/vms.js";
+import { operationToProto } from "./operation-service.js";
+import { scopeOf } from "./scope.js";
+
+const millis = (duration: Duration | undefined): number | undefined =>
+  duration === undefined ? undefined : Number(duration.seconds) * 1000 + Math.round(duration.nanos / 1e6);
+
+export const vmToProto = (vm: VmView) => fromJson(VmSchema, vmJson(vm));
+
+/** `banger.v1.VmService`: the lifecycle (operations), set, list and get. */
+export function createVmService(vms: Vms): ServiceImpl<typeof VmService> {
+  return implementService(VmService, {
+    async createVm(req, ctx) {
+      const operation = await vms.create(
+        {
+          name: req.name,
+          image: req.image,
+          kernel: req.kernel,
+          vcpu: req.vcpu,
+          memoryMib: req.memoryMib,
+          workDiskMib: Number(req.workDiskMib),
+          nat: req.nat,
+          skipSshWait: req.skipSshWait,
+          sshTimeoutMs: millis(req.sshTimeout),
+        },
+        scopeOf(ctx),
+      );
+      return { operation: operationToProto(operation) };
+    },
+    async startVm(req) {
+      const operation = await vms.start(req.name, {
+        sshTimeoutMs: millis(req.sshTimeout),
+        skipSshWait: req.skipSshWait,
+      });
+      return { operation: operationToProto(operation) };
+    },
+    async stopVm(req) {
+      const operation = await vms.stop(req.name, { timeoutMs: millis(req.timeout), force: req.force });
+      return { operation: operationToProto(operation) };
+    },
+    async restartVm(req) {
+      const operation = await vms.restart(req.name, {
+        timeoutMs: millis(req.timeout),
+        force: req.force,
+        skipSshWait: req.skipSshWait,
+      });
+      return { operation: operationToProto(operation) };
+    },
+    async deleteVm(req) {
+      const { existed, operation } = await vms.delete(req.name);
+      return { existed, operation: operationToProto(operation) };
+    },
+    async setVm(req) {
+      const vm = await vms.set(req.name, {
+        ...(req.vcpu !== undefined ? { vcpu: req.vcpu } : {}),
+        ...(req.memoryMib !== undefined ? { memoryMib: req.memoryMib } : {}),
+        ...(req.workDiskMib !== undefined ? { workDiskMib: Number(req.workDiskMib) } : {}),
+        ...(req.nat !== undefined ? { nat: req.nat } : {}),
+      });
+      return { vm: vmToProto(vm) };
+    },
+    async listVms(req) {
+      const all = (await vms.list()).map(vmToProto);
+      return { vms: req.state === VmState.UNSPECIFIED ? all : all.filter((vm) => vm.state === req.state) };
+    },
+    async getVm(req) {
+      return { vm: vmToProto(await vms.get(req.name)) };
+    },
+  });
+}

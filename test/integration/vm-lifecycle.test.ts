@@ -1,0 +1,188 @@
+/**
+ * VMs through the real three services and the CLI: the orchestrator and the
+ * puller run as the owner (uid 1000), the privileged helper as root inside a
+ * throwaway network namespace (real bridge, taps, loop devices, e2fsck and
+ * debugfs). This machine has no KVM and no Firecracker: the helper launches
+ * test-fixtures/fake-vmm.mjs, which serves Firecracker's API and records what
+ * banger configured; no guest boots, so creates do not wait for SSH.
+ */
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { OWNER_CAN_READ_CHECKOUT, ROOT, startCluster, type Cluster } from "./harness.js";
+import { IS_ROOT, createNetNs, type NetNs } from "./netns.js";
+
+const OWNER = 1000;
+const FAKE_VMM = join(ROOT, "services/privileged/test-fixtures/fake-vmm.mjs");
+const live = describe.skipIf(!IS_ROOT || !OWNER_CAN_READ_CHECKOUT);
+
+let ns: NetNs;
+let cluster: Cluster;
+
+beforeAll(async () => {
+  if (!IS_ROOT || !OWNER_CAN_READ_CHECKOUT) return;
+  console.log("no KVM or Firecracker here: VMs run under test-fixtures/fake-vmm.mjs (Firecracker's API, no guest)");
+  ns = createNetNs();
+  cluster = await startCluster({ owner: OWNER, netns: ns.name, helperArgs: ["--firecracker", FAKE_VMM] });
+
+  // A kernel in a distribution layout and an image registered from an ext4 file.
+  const pkg = join(cluster.dir, "kernel-pkg");
+  mkdirSync(join(pkg, "boot"), { recursive: true });
+  writeFileSync(
+    join(pkg, "boot", "vmlinux-6.1.0-27-amd64"),
+    Buffer.concat([Buffer.from("\x7fELF"), Buffer.alloc(4096)]),
+  );
+  writeFileSync(join(pkg, "boot", "initrd.img-6.1.0-27-amd64"), "initrd");
+  const tree = join(cluster.dir, "tree");
+  mkdirSync(join(tree, "etc"), { recursive: true });
+  writeFileSync(join(tree, "etc", "os-release"), "ID=tiny\n");
+  const rootfs = join(cluster.dir, "rootfs.img");
+  execFileSync("mkfs.ext4", ["-q", "-F", "-E", "root_owner=0:0", "-d", tree, rootfs, "64M"]);
+  for (const args of [
+    ["kernel", "import", "k61", pkg],
+    ["image", "register", "tiny", "--rootfs", rootfs],
+  ]) {
+    const result = await cluster.cli(args);
+    if (result.code !== 0) throw new Error(`${args.join(" ")}: ${result.stderr}`);
+  }
+});
+
+afterAll(async () => {
+  if (!IS_ROOT || !OWNER_CAN_READ_CHECKOUT) return;
+  spawnSync("pkill", ["-f", `fake-vmm.mjs --api-sock ${cluster.runtimeDir}/`]);
+  await cluster.shutdown();
+  ns.remove();
+});
+
+interface VmJson {
+  name: string;
+  id: string;
+  state: string;
+  guestIp: string;
+  mac: string;
+  vsockCid: number;
+  pid?: number;
+}
+
+const show = async (name: string) => {
+  const result = await cluster.cli(["vm", "show", name, "--json"]);
+  expect(result.code, result.stderr).toBe(0);
+  return (JSON.parse(result.stdout) as VmJson[])[0] as VmJson;
+};
+/** Fake VMMs of this cluster still running (VMMs outlive the services, by design). */
+const fakeVmms = () =>
+  spawnSync("pgrep", ["-f", `fake-vmm.mjs --api-sock ${cluster.runtimeDir}/`], { encoding: "utf8" })
+    .stdout.split("\n")
+    .filter((l) => l !== "");
+const taps = () => ns.links().filter((l) => l.ifname.startsWith("bgr-"));
+
+live("a VM's life through the CLI", () => {
+  it("create configures the VMM exactly, on a tap of the bridge, as the owner; stop, start and delete leave nothing", async () => {
+    const created = await cluster.cli(["vm", "create", "--name", "box", "--image", "tiny", "--no-ssh-wait", "--nat"]);
+    expect(created.code, created.stderr).toBe(0);
+    expect(created.stderr).toMatch(/^creating box \(op-[0-9a-f]{12}\)\n/);
+    for (const stage of [
+      "reserve",
+      "root-disk",
+      "fsck",
+      "guest-files",
+      "work-disk",
+      "tap",
+      "launch-vmm",
+      "configure-vmm",
+      "start-vmm",
+      "network",
+    ]) {
+      expect(created.stderr).toMatch(new RegExp(`\\n  ${stage}\\s+done`));
+    }
+    const vm = await show("box");
+    expect(vm).toMatchObject({ name: "box", state: "VM_STATE_STARTING", guestIp: "172.30.0.2", vsockCid: 3 });
+
+    // What the fake Firecracker was told, request by request.
+    const vmRun = join(cluster.runtimeDir, "vms", vm.id);
+    const requests = readFileSync(join(vmRun, "fake-firecracker.requests.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { method: string; path: string; body?: Record<string, unknown> })
+      .filter((r) => r.method !== "GET");
+    const tap = taps()[0];
+    expect(requests.map((r) => `${r.method} ${r.path}`)).toEqual([
+      "PUT /machine-config",
+      "PUT /boot-source",
+      "PUT /drives/root",
+      "PUT /drives/work",
+      "PUT /network-interfaces/eth0",
+      "PUT /vsock",
+      "PUT /actions",
+    ]);
+    const vmState = join(cluster.stateDir, "vms", vm.id);
+    expect(requests.map((r) => r.body)).toEqual([
+      { vcpu_count: 2, mem_size_mib: 1024, smt: false },
+      {
+        kernel_image_path: join(cluster.stateDir, "kernels", "k61", "vmlinux"),
+        initrd_path: join(cluster.stateDir, "kernels", "k61", "initrd"),
+        boot_args:
+          "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw ip=172.30.0.2::172.30.0.1:255.255.255.0:box:eth0:off",
+      },
+      { drive_id: "root", path_on_host: join(vmState, "root.ext4"), is_root_device: true, is_read_only: false },
+      { drive_id: "work", path_on_host: join(vmState, "work.ext4"), is_root_device: false, is_read_only: false },
+      { iface_id: "eth0", host_dev_name: tap?.ifname, guest_mac: vm.mac },
+      { guest_cid: 3, uds_path: join(vmRun, "vsock.sock") },
+      { action_type: "InstanceStart" },
+    ]);
+    expect(tap?.master).toBe("bgr0");
+    // `ip -j` names the tap's user by name when the uid has one.
+    const ownerName = spawnSync("id", ["-nu", String(OWNER)], { encoding: "utf8" }).stdout.trim();
+    expect([OWNER, ownerName]).toContain(tap?.linkinfo?.info_data?.user);
+    expect(ns.ruleset()).toContain("172.30.0.2");
+    // The guest files went into the root disk, the key into the work disk.
+    const cat = (image: string, path: string) =>
+      execFileSync("debugfs", ["-R", `cat ${path}`, image], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
+    expect(cat(join(vmState, "root.ext4"), "/etc/hostname")).toBe("box\n");
+    expect(cat(join(vmState, "work.ext4"), "/.ssh/authorized_keys")).toMatch(/^ssh-ed25519 \S+ banger\n$/);
+    expect(fakeVmms()).toHaveLength(1);
+
+    const stopped = await cluster.cli(["vm", "stop", "box"]);
+    expect(stopped.code, stopped.stderr).toBe(0);
+    expect((await show("box")).state).toBe("VM_STATE_STOPPED");
+    expect([fakeVmms(), taps(), ns.ruleset().includes("172.30.0.2")]).toEqual([[], [], false]);
+    const again = await cluster.cli(["vm", "stop", "box"]);
+    expect([again.code, again.stderr]).toEqual([1, expect.stringMatching(/VM box is not running \(op-[0-9a-f]{12}\)/)]);
+
+    const started = await cluster.cli(["vm", "start", "box", "--no-ssh-wait"]);
+    expect(started.code, started.stderr).toBe(0);
+    expect((await show("box")).state).toBe("VM_STATE_STARTING");
+    expect(fakeVmms()).toHaveLength(1);
+
+    const deleted = await cluster.cli(["vm", "delete", "box"]);
+    expect(deleted.code, deleted.stderr).toBe(0);
+    expect([fakeVmms(), taps(), ns.ruleset().includes("172.30.0.2")]).toEqual([[], [], false]);
+    expect(existsSync(vmState)).toBe(false);
+    expect(JSON.parse((await cluster.cli(["vm", "list", "--json"])).stdout)).toEqual([]);
+    const twice = await cluster.cli(["vm", "delete", "box"]);
+    expect([twice.code, twice.stderr]).toEqual([0, "no VM box: nothing to delete\n"]);
+  });
+
+  it("a create that fails at a stage unwinds: no tap, no VMM, no loop device, no files, no row", async () => {
+    const loopsBefore = execFileSync("losetup", ["-l", "-n", "-O", "NAME,BACK-FILE"], { encoding: "utf8" });
+    // A kernel whose file is gone fails configure-vmm (Firecracker cannot open it) after tap and launch.
+    const broken = join(cluster.stateDir, "kernels", "k61", "vmlinux");
+    const saved = readFileSync(broken);
+    execFileSync("rm", [broken]);
+    try {
+      const failed = await cluster.cli(["vm", "create", "--name", "bad", "--image", "tiny", "--no-ssh-wait"]);
+      expect(failed.code).toBe(1);
+      expect(failed.stderr).toMatch(
+        /banger: failed at configure-vmm: firecracker PUT \/boot-source: .*\(op-[0-9a-f]{12}\)\n$/,
+      );
+    } finally {
+      writeFileSync(broken, saved);
+      execFileSync("chown", [`${OWNER}:${OWNER}`, broken]);
+    }
+    expect([fakeVmms(), taps()]).toEqual([[], []]);
+    expect(readdirSync(join(cluster.stateDir, "vms"))).toEqual([]);
+    expect(execFileSync("losetup", ["-l", "-n", "-O", "NAME,BACK-FILE"], { encoding: "utf8" })).toBe(loopsBefore);
+    expect(JSON.parse((await cluster.cli(["vm", "list", "--json"])).stdout)).toEqual([]);
+  });
+});
