@@ -185,4 +185,51 @@ live("a VM's life through the CLI", () => {
     expect(execFileSync("losetup", ["-l", "-n", "-O", "NAME,BACK-FILE"], { encoding: "utf8" })).toBe(loopsBefore);
     expect(JSON.parse((await cluster.cli(["vm", "list", "--json"])).stdout)).toEqual([]);
   });
+
+  it("keeps names, addresses and references unique through the API, and promotes a stopped VM to an image", async () => {
+    const create = (name: string, image = "tiny") =>
+      cluster.cli(["vm", "create", "--name", name, "--image", image, "--no-ssh-wait"]);
+    expect((await create("one")).code).toBe(0);
+    expect((await create("two")).code).toBe(0);
+    const [one, two] = [await show("one"), await show("two")];
+    expect(one.guestIp).not.toBe(two.guestIp);
+    expect(one.mac).not.toBe(two.mac);
+    expect(one.vsockCid).not.toBe(two.vsockCid);
+
+    const taken = await create("one");
+    expect([taken.code, taken.stderr]).toEqual([
+      1,
+      expect.stringMatching(/^banger: a VM named one already exists \(op-/),
+    ]);
+    const imageInUse = await cluster.cli(["image", "delete", "tiny"]);
+    expect([imageInUse.code, imageInUse.stderr]).toEqual([1, expect.stringMatching(/image tiny is used by one, two/)]);
+    const kernelInUse = await cluster.cli(["kernel", "delete", "k61"]);
+    expect(kernelInUse.code).toBe(1);
+    expect(kernelInUse.stderr).toContain("VM");
+
+    const running = await cluster.cli(["image", "promote", "one", "snap"]);
+    expect([running.code, running.stderr]).toEqual([1, expect.stringMatching(/VM one is running: stop it/)]);
+    expect((await cluster.cli(["vm", "stop", "one"])).code).toBe(0);
+    const promoted = await cluster.cli(["image", "promote", "one", "snap"]);
+    expect(promoted.code, promoted.stderr).toBe(0);
+    const snap = JSON.parse((await cluster.cli(["image", "show", "snap", "--json"])).stdout) as {
+      source: string;
+      defaultKernel: string;
+      workSeedBytes: string;
+    }[];
+    expect(snap[0]).toMatchObject({ source: "IMAGE_SOURCE_PROMOTED", defaultKernel: "k61" });
+    // A VM of the promoted image gets the promoted disks, with banger's files written anew.
+    const three = await create("three", "snap");
+    expect(three.code, three.stderr).toBe(0);
+    const vmState = join(cluster.stateDir, "vms", (await show("three")).id);
+    const cat = (image: string, path: string) =>
+      execFileSync("debugfs", ["-R", `cat ${path}`, image], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
+    expect(cat(join(vmState, "root.ext4"), "/etc/hostname")).toBe("three\n");
+    expect(cat(join(vmState, "root.ext4"), "/etc/os-release")).toBe("ID=tiny\n");
+    expect(cat(join(vmState, "work.ext4"), "/.ssh/authorized_keys")).toMatch(/^ssh-ed25519 \S+ banger\n$/);
+
+    for (const name of ["one", "two", "three"]) expect((await cluster.cli(["vm", "delete", name])).code).toBe(0);
+    expect((await cluster.cli(["image", "delete", "snap"])).code).toBe(0);
+    expect([fakeVmms(), taps()]).toEqual([[], []]);
+  });
 });

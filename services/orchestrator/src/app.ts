@@ -158,7 +158,10 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
     ],
     routes: (router) => {
       router.service(SystemService, createSystemService({ self, peers: [privileged, puller] }));
-      router.service(ImageService, createImageService(images));
+      router.service(
+        ImageService,
+        createImageService(images, (vm, name) => vms.promote(vm, name)),
+      );
       router.service(OperationService, createOperationService(operations));
       router.service(KernelService, createKernelService(kernels));
       router.service(VmService, createVmService(vms));

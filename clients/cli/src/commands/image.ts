@@ -8,7 +8,9 @@ import { renderTable } from "../render/table.js";
 import { watchToEnd, withOrchestrator } from "./op.js";
 
 export function registerImageCommands(program: Command, globals: () => GlobalOptions): void {
-  const image = program.command("image").description("root filesystem images: pull, register, list, show, delete");
+  const image = program
+    .command("image")
+    .description("root filesystem images: pull, register, promote, list, show, delete");
   image
     .command("pull")
     .argument(
@@ -61,6 +63,26 @@ export function registerImageCommands(program: Command, globals: () => GlobalOpt
           o.callOptions(),
         );
         if (registered) printImages([registered], opts.json === true);
+      });
+    });
+  image
+    .command("promote")
+    .argument("<vm>", "a stopped VM")
+    .argument("<name>", "name of the new image")
+    .description("turn a stopped VM's disks into a new image (its root disk, and its work disk as the work seed)")
+    .option("--no-wait", "print the operation id and return at once")
+    .option("--json", "print the image as JSON when done")
+    .action(async (vm: string, name: string, opts: { wait: boolean; json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { operation } = await o.client(ImageService).promoteImage({ vm, name }, o.callOptions());
+        if (!operation) return;
+        process.stderr.write(`promoting ${vm} to image ${name} (${operation.id})\n`);
+        if (!opts.wait) {
+          process.stdout.write(`${operation.id}\n`);
+          return;
+        }
+        const done = await watchToEnd(o, operation.id);
+        if (done.result.case === "image") printImages([done.result.value], opts.json === true);
       });
     });
   image

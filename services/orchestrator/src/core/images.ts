@@ -5,7 +5,7 @@
  * racing for one name give one winner and IMAGE_NAME_TAKEN for the other.
  */
 import { randomBytes } from "node:crypto";
-import { mkdir, open, rename, rm } from "node:fs/promises";
+import { mkdir, open, rename, rm, stat } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
 import {
   AlreadyExistsError,
@@ -131,6 +131,15 @@ export interface PullerPort {
   pull(request: PullRequestPlain, scope: CallScope, onEvent: (event: PullEvent) => Promise<void>): Promise<PullOutcome>;
 }
 
+export interface AdoptRequest {
+  readonly name: string;
+  readonly rootfsPath: string;
+  readonly workSeedPath?: string;
+  readonly defaultKernel: string | null;
+  readonly source: "registered" | "promoted";
+  readonly signal?: AbortSignal;
+}
+
 /** An image with the names of the VMs that use it, sorted. */
 export interface ImageView extends ImageRecord {
   readonly usedBy: readonly string[];
@@ -156,6 +165,11 @@ export interface ImageCatalog {
     workSeedPath: string;
     defaultKernel: string;
   }): Promise<ImageRecord>;
+  /**
+   * Publishes local ext4 files as image `name` (copied first: the sources stay
+   * as they are). Errors: IMAGE_NAME_TAKEN, KERNEL_NOT_FOUND.
+   */
+  adopt(req: AdoptRequest): Promise<ImageRecord>;
   /** Idempotent: the row first (refused while VMs use it), then the files. */
   delete(name: string): Promise<{ existed: boolean }>;
   /** Where an image's files live. */
@@ -223,6 +237,33 @@ export function createImageCatalog(deps: {
     ...image,
     usedBy: await listImageUsers(db, image.name),
   });
+
+  /** Copies ext4 files (sparse, reflinked where possible) into a staging directory, then publishes them. */
+  async function adopt(req: AdoptRequest): Promise<ImageRecord> {
+    const staging = join(stagingRoot, `${req.source}-${randomBytes(6).toString("hex")}`);
+    await mkdir(staging, { recursive: true, mode: 0o700 });
+    try {
+      await copySparse(req.rootfsPath, join(staging, ROOTFS_FILE), req.signal ? { signal: req.signal } : {});
+      if (req.workSeedPath) {
+        await copySparse(req.workSeedPath, join(staging, WORK_SEED_FILE), req.signal ? { signal: req.signal } : {});
+      }
+      const size = async (file: string) => (await stat(join(staging, file))).size;
+      return await publish(staging, {
+        name: validImageName(req.name),
+        reference: null,
+        manifestDigest: null,
+        platform: "linux/amd64",
+        rootfsBytes: await size(ROOTFS_FILE),
+        workSeedBytes: req.workSeedPath ? await size(WORK_SEED_FILE) : 0,
+        defaultKernel: req.defaultKernel,
+        source: req.source,
+        config: EMPTY_IMAGE_CONFIG,
+        createdAt: now(),
+      });
+    } finally {
+      await rm(staging, { recursive: true, force: true });
+    }
+  }
 
   async function get(name: string): Promise<ImageView> {
     const image = await getImage(db, validImageName(name));
@@ -319,29 +360,18 @@ export function createImageCatalog(deps: {
       if (await getImage(db, name)) {
         throw new AlreadyExistsError(`image ${name} already exists`, { reason: "IMAGE_NAME_TAKEN" });
       }
-      const staging = join(stagingRoot, `register-${randomBytes(6).toString("hex")}`);
-      await mkdir(staging, { recursive: true, mode: 0o700 });
-      try {
-        await copySparse(rootfs.path, join(staging, ROOTFS_FILE));
-        if (workSeed) await copySparse(workSeed.path, join(staging, WORK_SEED_FILE));
-        const image = await publish(staging, {
-          name,
-          reference: null,
-          manifestDigest: null,
-          platform: "linux/amd64",
-          rootfsBytes: rootfs.bytes,
-          workSeedBytes: workSeed?.bytes ?? 0,
-          defaultKernel: req.defaultKernel || null,
-          source: "registered",
-          config: EMPTY_IMAGE_CONFIG,
-          createdAt: now(),
-        });
-        logger.info({ image: name, rootfs: rootfs.path }, "image registered");
-        return image;
-      } finally {
-        await rm(staging, { recursive: true, force: true });
-      }
+      const image = await adopt({
+        name,
+        rootfsPath: rootfs.path,
+        ...(workSeed ? { workSeedPath: workSeed.path } : {}),
+        defaultKernel: req.defaultKernel || null,
+        source: "registered",
+      });
+      logger.info({ image: name, rootfs: rootfs.path }, "image registered");
+      return image;
     },
+
+    adopt,
 
     async delete(name) {
       const image = await getImage(db, validImageName(name));

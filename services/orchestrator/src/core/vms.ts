@@ -26,6 +26,7 @@ import type { BangerConfig } from "../config/index.js";
 import {
   deleteVm,
   getDefaultKernel,
+  getImage,
   getKernel,
   getVmByName,
   insertVm,
@@ -38,7 +39,7 @@ import {
 } from "../store/index.js";
 import type { CallScope } from "./call-scope.js";
 import type { GuestFileSpec, HostPort } from "./host.js";
-import { ROOTFS_FILE, WORK_SEED_FILE, type ImageCatalog } from "./images.js";
+import { ROOTFS_FILE, WORK_SEED_FILE, imageJson, validImageName, type ImageCatalog } from "./images.js";
 import { kernelFiles, type KernelCatalog } from "./kernels.js";
 import type { FirecrackerClient } from "../vmm/firecracker-client.js";
 import type { OperationContext, Operations } from "./operations.js";
@@ -113,6 +114,12 @@ export interface VmService {
   ): Promise<VmView>;
   list(): Promise<VmView[]>;
   get(name: string): Promise<VmView>;
+  /**
+   * Turns a stopped VM's disks into image `imageName` (root disk → root
+   * filesystem, work disk → work seed); an operation whose result is the
+   * Image. Errors: VM_NOT_FOUND, VM_RUNNING, IMAGE_NAME_TAKEN.
+   */
+  promote(vmName: string, imageName: string): Promise<OperationRecord>;
   /** At start-up: VMs whose VMM died while the orchestrator was away are cleaned and marked stopped. */
   recover(): Promise<void>;
   /** The guest address of running VM `name` (what `<name>.vm` answers), or undefined. */
@@ -627,6 +634,40 @@ export function createVmService(deps: {
     },
 
     resolve: (name) => addresses.get(name),
+
+    async promote(vmName, imageName) {
+      const vm = await find(vmName);
+      const name = validImageName(imageName);
+      const refuseRunning = () => {
+        if (handles.has(vm.id)) {
+          throw new FailedPreconditionError(`VM ${vmName} is running: stop it before promoting its disks`, {
+            reason: "VM_RUNNING",
+          });
+        }
+      };
+      refuseRunning();
+      if (await getImage(db, name)) {
+        throw new AlreadyExistsError(`image ${name} already exists`, { reason: "IMAGE_NAME_TAKEN" });
+      }
+      return operations.start("promote-image", name, (op) =>
+        // Under the VM's lifecycle lock: it cannot start while its disks are copied.
+        lifecycle(vmName, async () => {
+          refuseRunning();
+          const image = await op.stage("publish", () =>
+            deps.images.adopt({
+              name,
+              rootfsPath: join(vmDir(vm.id), ROOT_DISK),
+              workSeedPath: join(vmDir(vm.id), WORK_DISK),
+              defaultKernel: vm.kernelName,
+              source: "promoted",
+              signal: op.signal,
+            }),
+          );
+          logger.info({ image: name, vm: vmName }, "VM promoted to an image");
+          return { image: imageJson(image) };
+        }),
+      );
+    },
 
     async recover() {
       for (const vm of await listVms(db)) {

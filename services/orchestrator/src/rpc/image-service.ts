@@ -5,7 +5,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { CATALOG, type ImageCatalog } from "../core/images.js";
-import type { ImageRecord } from "../store/index.js";
+import type { ImageRecord, OperationRecord } from "../store/index.js";
 import { operationToProto } from "./operation-service.js";
 import { scopeOf } from "./scope.js";
 
@@ -16,7 +16,10 @@ const SOURCE: Record<ImageRecord["source"], ImageSource> = {
 };
 
 /** `banger.v1.ImageService`: pull (an operation), list, show, delete, the catalog. */
-export function createImageService(images: ImageCatalog): ServiceImpl<typeof ImageService> {
+export function createImageService(
+  images: ImageCatalog,
+  promote: (vm: string, name: string) => Promise<OperationRecord>,
+): ServiceImpl<typeof ImageService> {
   return implementService(ImageService, {
     async pullImage(req, ctx) {
       const operation = await images.pull(
@@ -33,6 +36,9 @@ export function createImageService(images: ImageCatalog): ServiceImpl<typeof Ima
         defaultKernel: req.defaultKernel,
       });
       return { image: imageToProto(image) };
+    },
+    async promoteImage(req) {
+      return { operation: operationToProto(await promote(req.vm, req.name)) };
     },
     async listImages() {
       return { images: (await images.list()).map(imageToProto) };
