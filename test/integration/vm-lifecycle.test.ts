@@ -9,6 +9,9 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { createUnixTransport } from "@banger/common";
+import { VmService } from "@banger/gen/banger/v1/vm_pb.js";
+import { createClient } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OWNER_CAN_READ_CHECKOUT, ROOT, startCluster, type Cluster } from "./harness.js";
 import { IS_ROOT, createNetNs, type NetNs } from "./netns.js";
@@ -230,6 +233,46 @@ live("a VM's life through the CLI", () => {
 
     for (const name of ["one", "two", "three"]) expect((await cluster.cli(["vm", "delete", name])).code).toBe(0);
     expect((await cluster.cli(["image", "delete", "snap"])).code).toBe(0);
+    expect([fakeVmms(), taps()]).toEqual([[], []]);
+  });
+
+  it("kill -9 of the orchestrator: a running VM is kept, a create it cut off is undone and INTERRUPTED", async () => {
+    const kept = await cluster.cli(["vm", "create", "--name", "keeper", "--image", "tiny", "--no-ssh-wait"]);
+    expect(kept.code, kept.stderr).toBe(0);
+    const keeper = await show("keeper");
+
+    const { transport, close } = createUnixTransport(cluster.socket("orchestrator"), { peer: "orchestrator" });
+    const { operation } = await createClient(VmService, transport).createVm({
+      name: "cut",
+      image: "tiny",
+      skipSshWait: true,
+    });
+    close();
+    // Hold the create at its first helper call, and kill the orchestrator under it.
+    const helper = cluster.service("privileged").child;
+    helper.kill("SIGSTOP");
+    try {
+      await cluster.kill9("orchestrator");
+    } finally {
+      helper.kill("SIGCONT");
+    }
+    await cluster.start("orchestrator");
+
+    const op = JSON.parse((await cluster.cli(["op", "show", operation?.id ?? "", "--json"])).stdout) as {
+      state: string;
+      error: { reason: string };
+    };
+    expect([op.state, op.error.reason]).toEqual(["OPERATION_STATE_FAILED", "INTERRUPTED"]);
+    const vms = JSON.parse((await cluster.cli(["vm", "list", "--json"])).stdout) as VmJson[];
+    expect(vms.map((vm) => [vm.name, vm.pid])).toEqual([["keeper", keeper.pid]]);
+    expect(fakeVmms()).toEqual([String(keeper.pid)]);
+    expect(taps()).toHaveLength(1);
+    expect(readdirSync(join(cluster.stateDir, "vms"))).toEqual([keeper.id]);
+    expect(execFileSync("losetup", ["-l", "-n", "-O", "BACK-FILE"], { encoding: "utf8" })).not.toContain(
+      join(cluster.stateDir, "vms"),
+    );
+
+    expect((await cluster.cli(["vm", "delete", "keeper"])).code).toBe(0);
     expect([fakeVmms(), taps()]).toEqual([[], []]);
   });
 });

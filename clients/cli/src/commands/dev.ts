@@ -46,13 +46,15 @@ export function registerDevCommands(program: Command): void {
     )
     .requiredOption("--runtime-dir <dir>", "directory for the three sockets (created 0700)")
     .requiredOption("--state-dir <dir>", "directory for state and logs")
+    .option("--firecracker <path>", "the Firecracker binary the helper launches (default: /usr/local/bin/firecracker)")
     .option("--json", "print the services' raw JSON log lines instead of a readable form")
-    .action(async (opts: { runtimeDir: string; stateDir: string; json?: boolean }) => {
-      await devUp(resolve(opts.runtimeDir), resolve(opts.stateDir), opts.json === true);
+    .action(async (opts: { runtimeDir: string; stateDir: string; firecracker?: string; json?: boolean }) => {
+      const helperArgs = opts.firecracker ? ["--firecracker", resolve(opts.firecracker)] : [];
+      await devUp(resolve(opts.runtimeDir), resolve(opts.stateDir), opts.json === true, helperArgs);
     });
 }
 
-async function devUp(runtimeDir: string, stateDir: string, json: boolean): Promise<void> {
+async function devUp(runtimeDir: string, stateDir: string, json: boolean, helperArgs: string[]): Promise<void> {
   const runtime = runtimeLayout(runtimeDir);
   const state = stateLayout(stateDir);
   for (const socket of [runtime.orchestratorSocket, runtime.privilegedSocket, runtime.pullerSocket]) {
@@ -79,7 +81,7 @@ async function devUp(runtimeDir: string, stateDir: string, json: boolean): Promi
     {
       name: "privileged",
       entry: "services/privileged/dist/main.js",
-      args: [...common, "--state-dir", stateDir, ...ownerArgs],
+      args: [...common, "--state-dir", stateDir, ...ownerArgs, ...helperArgs],
       socket: runtime.privilegedSocket,
       asOwner: false,
     },

@@ -16,7 +16,17 @@ export interface LaunchedVmm {
   readonly consolePath: string;
 }
 
+/** What banger has on the host now, as the helper's inventory lists it. */
+export interface HostInventory {
+  /** VM taps (warm-pool taps and the bridge are left out). */
+  readonly taps: readonly { readonly name: string; readonly vmId: string }[];
+  readonly natRules: readonly { readonly vmId: string }[];
+  readonly loops: readonly { readonly device: string; readonly backingFile: string }[];
+  readonly vmms: readonly { readonly vmId: string; readonly pid: number; readonly startTime: Date }[];
+}
+
 export interface HostPort {
+  inventory(scope: CallScope): Promise<HostInventory>;
   ensureBridge(name: string, address: string, scope: CallScope): Promise<void>;
   /** Returns the tap's name. */
   createTap(vmId: string, bridge: string, scope: CallScope): Promise<string>;

@@ -10,8 +10,8 @@
  * of different VMs overlap.
  */
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { existsSync, readFileSync } from "node:fs";
+import { mkdir, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import {
   AlreadyExistsError,
@@ -38,7 +38,7 @@ import {
   type VmRecord,
 } from "../store/index.js";
 import type { CallScope } from "./call-scope.js";
-import type { GuestFileSpec, HostPort } from "./host.js";
+import type { GuestFileSpec, HostInventory, HostPort } from "./host.js";
 import { ROOTFS_FILE, WORK_SEED_FILE, imageJson, validImageName, type ImageCatalog } from "./images.js";
 import { kernelFiles, type KernelCatalog } from "./kernels.js";
 import type { FirecrackerClient } from "../vmm/firecracker-client.js";
@@ -144,6 +144,8 @@ const DEFAULT_STOP_TIMEOUT_MS = 30_000;
 const ROOT_DISK = "root.ext4";
 const WORK_DISK = "work.ext4";
 const HANDLES = "handles.json";
+/** Present while a create runs: a VM that has it at start-up was cut off mid-create. */
+const CREATING = "creating";
 
 export function validVmName(name: string): string {
   if (!VM_NAME.test(name)) {
@@ -415,6 +417,9 @@ export function createVmService(deps: {
               underReservation(async () => {
                 const existing = await listVms(db);
                 const id = randomBytes(6).toString("hex");
+                // The marker goes first: whatever a crash cuts off from here on is found and undone at start-up.
+                await mkdir(vmDir(id), { recursive: true, mode: 0o700 });
+                await writeFile(join(vmDir(id), CREATING), op.id, { mode: 0o600 });
                 return insertVm(db, {
                   id,
                   name,
@@ -441,7 +446,7 @@ export function createVmService(deps: {
           const rootDisk = join(dir, ROOT_DISK);
           const scopeNow = scopeOf(op);
           // The VM's directory goes last when unwinding, whatever was made in it.
-          undo.push(() => rm(dir, { recursive: true, force: true }));
+          undo.unshift(() => rm(dir, { recursive: true, force: true }));
           const loop = await staged(
             op,
             undo,
@@ -468,6 +473,7 @@ export function createVmService(deps: {
             }),
           );
           await boot(op, created, undo, { skipSshWait: req.skipSshWait, sshTimeoutMs: req.sshTimeoutMs });
+          await rm(join(dir, CREATING), { force: true });
           phases.delete(created.id);
           logger.info({ vm: name, id: created.id, ip: created.guestIp }, "VM created");
           return vmResult(name);
@@ -670,29 +676,97 @@ export function createVmService(deps: {
     },
 
     async recover() {
-      for (const vm of await listVms(db)) {
+      const scope = { signal: AbortSignal.timeout(30_000) };
+      let inventory: HostInventory | undefined;
+      try {
+        inventory = await host.inventory(scope);
+      } catch (error) {
+        logger.warn(
+          { err: error },
+          "the privileged helper did not answer: host leftovers are checked at the next start",
+        );
+      }
+      const rows = await listVms(db);
+      const known = new Set(rows.map((vm) => vm.id));
+      for (const vm of rows) {
+        const dir = vmDir(vm.id);
+        if (existsSync(join(dir, CREATING))) {
+          // A create cut off by the restart (its operation is INTERRUPTED): undo all of it.
+          if (inventory) await removeHostResources(vm.id, inventory, scope);
+          await rm(dir, { recursive: true, force: true });
+          await deleteVm(db, vm.name);
+          logger.warn({ vm: vm.name, id: vm.id }, "removed a VM whose create a restart cut off");
+          continue;
+        }
         let stored: Handles | undefined;
         try {
-          stored = JSON.parse(await readFile(join(vmDir(vm.id), HANDLES), "utf8")) as Handles;
+          stored = JSON.parse(await readFile(join(dir, HANDLES), "utf8")) as Handles;
         } catch {
           stored = undefined;
         }
         if (!stored) continue;
-        if (processAlive(stored.pid, vm.id)) {
+        const pid = stored.pid;
+        const alive = inventory
+          ? inventory.vmms.some((vmm) => vmm.vmId === vm.id && vmm.pid === pid)
+          : processAlive(pid, vm.id);
+        if (alive) {
           handles.set(vm.id, stored);
           addresses.set(vm.name, vm.guestIp);
-          logger.info({ vm: vm.name, pid: stored.pid }, "VM still running: kept");
+          logger.info({ vm: vm.name, pid }, "VM still running: kept");
           continue;
         }
-        const scope = { signal: new AbortController().signal };
-        await host.deleteTap(vm.id, scope).catch(() => undefined);
-        if (stored.nat) await host.disableNat(vm.id, scope).catch(() => undefined);
-        await rm(join(vmDir(vm.id), HANDLES), { force: true });
+        if (inventory) await removeHostResources(vm.id, inventory, scope);
+        await rm(join(dir, HANDLES), { force: true });
         await updateVm(db, vm.name, { updatedAt: now(), desiredState: "stopped" });
-        logger.warn({ vm: vm.name, pid: stored.pid }, "VM's VMM died while the orchestrator was away: cleaned up");
+        logger.warn({ vm: vm.name, pid }, "VM's VMM died while the orchestrator was away: cleaned up, marked stopped");
+      }
+      // Directories of VMs that have no row (a create cut off before its row was written).
+      const dirs = existsSync(join(deps.stateDir, "vms")) ? await readdir(join(deps.stateDir, "vms")) : [];
+      for (const id of dirs.filter((entry) => !known.has(entry))) {
+        await rm(vmDir(id), { recursive: true, force: true });
+        logger.warn({ id }, "removed the directory of a VM that does not exist");
+      }
+      if (!inventory) return;
+      // banger's resources that belong to no VM at all.
+      const orphans = new Set<string>([
+        ...inventory.taps.map((t) => t.vmId),
+        ...inventory.natRules.map((r) => r.vmId),
+        ...inventory.vmms.map((v) => v.vmId),
+        ...inventory.loops.map((l) => vmIdOfPath(l.backingFile)).filter((id): id is string => id !== undefined),
+      ]);
+      for (const id of orphans) {
+        if (known.has(id)) continue;
+        await removeHostResources(id, inventory, scope);
+        await rm(vmDir(id), { recursive: true, force: true });
+        logger.warn({ id }, "removed host resources left by a VM that no longer exists");
       }
     },
   };
+
+  /** The VM id of a file under `<state>/vms/<id>/`, if it is one. */
+  function vmIdOfPath(path: string): string | undefined {
+    const root = `${join(deps.stateDir, "vms")}/`;
+    return path.startsWith(root) ? path.slice(root.length).split("/")[0] : undefined;
+  }
+
+  /** Everything the inventory lists for VM `id`: its VMM, tap, NAT rule and loop devices. Best effort, logged. */
+  async function removeHostResources(id: string, inventory: HostInventory, scope: CallScope): Promise<void> {
+    const attempt = async (what: string, work: () => Promise<unknown>) => {
+      try {
+        await work();
+      } catch (error) {
+        logger.error({ id, err: error }, `could not remove ${what}`);
+      }
+    };
+    for (const vmm of inventory.vmms.filter((v) => v.vmId === id)) {
+      await attempt("a VMM", () => host.signalVmm(id, vmm.pid, vmm.startTime, "kill", scope));
+    }
+    if (inventory.taps.some((t) => t.vmId === id)) await attempt("a tap", () => host.deleteTap(id, scope));
+    if (inventory.natRules.some((r) => r.vmId === id)) await attempt("a NAT rule", () => host.disableNat(id, scope));
+    for (const loop of inventory.loops.filter((l) => vmIdOfPath(l.backingFile) === id)) {
+      await attempt("a loop device", () => host.detachLoop(loop.device, loop.backingFile, scope));
+    }
+  }
 
   /** Pending SetVm changes become the VM's settings (it is stopped now). */
   async function applyPending(vm: VmRecord): Promise<VmRecord> {

@@ -1,6 +1,6 @@
 import { createPeerClient, createUnixTransport } from "@banger/common";
 import { DiskService, GuestDisk } from "@banger/gen/banger/privileged/v1/disk_pb.js";
-import { HostService, VmmKind } from "@banger/gen/banger/privileged/v1/host_pb.js";
+import { HostService, LinkKind, VmmKind } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { NetworkService } from "@banger/gen/banger/privileged/v1/network_pb.js";
 import { VmmService, VmmSignal } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -25,6 +25,21 @@ export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
     socket: socketPath,
     async identify(scope) {
       return identityFromVersion(await host.getVersion({}, callOptions(scope)));
+    },
+    async inventory(scope) {
+      const found = await host.getInventory({}, callOptions(scope));
+      return {
+        taps: found.links
+          .filter((link) => link.kind === LinkKind.TAP && link.vmId !== "")
+          .map((link) => ({ name: link.name, vmId: link.vmId })),
+        natRules: found.natRules.map((rule) => ({ vmId: rule.vmId })),
+        loops: found.loopDevices.map((loop) => ({ device: loop.device, backingFile: loop.backingFile })),
+        vmms: found.vmmProcesses.map((vmm) => ({
+          vmId: vmm.vmId,
+          pid: vmm.pid,
+          startTime: vmm.startTime ? timestampDate(vmm.startTime) : new Date(0),
+        })),
+      };
     },
     async ensureBridge(name, address, scope) {
       await network.ensureBridge({ name, address }, callOptions(scope));
