@@ -35,7 +35,7 @@ import {
   type OperationRecord,
 } from "../store/index.js";
 import type { CallScope } from "./call-scope.js";
-import type { Operations } from "./operations.js";
+import type { OperationContext, Operations } from "./operations.js";
 import { createSerialLock } from "./serial-lock.js";
 
 /** A friendly name banger knows how to pull. */
@@ -131,6 +131,18 @@ export interface PullerPort {
   pull(request: PullRequestPlain, scope: CallScope, onEvent: (event: PullEvent) => Promise<void>): Promise<PullOutcome>;
 }
 
+/** What a pull needs from the operation it runs in. */
+type PullContext = Pick<OperationContext, "id" | "signal" | "track" | "progress" | "stage">;
+
+interface PlannedPull {
+  readonly reference: string;
+  readonly registry: string;
+  readonly name: string;
+  readonly fromCatalog: CatalogEntry | undefined;
+  readonly platform: string;
+  readonly minRootfsMib: number;
+}
+
 export interface AdoptRequest {
   readonly name: string;
   readonly rootfsPath: string;
@@ -165,6 +177,12 @@ export interface ImageCatalog {
     workSeedPath: string;
     defaultKernel: string;
   }): Promise<ImageRecord>;
+  /**
+   * Image `name` if it is local; else, when the catalog knows the name, pulls
+   * it inside the caller's operation (the pull's layers show as progress of
+   * the caller's stage `stage`). Errors: IMAGE_NOT_FOUND, and the pull's.
+   */
+  ensureLocal(name: string, op: OperationContext, stage: string, scope: CallScope): Promise<ImageRecord>;
   /**
    * Publishes local ext4 files as image `name` (copied first: the sources stay
    * as they are). Errors: IMAGE_NAME_TAKEN, KERNEL_NOT_FOUND.
@@ -210,6 +228,8 @@ export function createImageCatalog(deps: {
   const dir = (name: string) => join(imagesDir, validImageName(name));
   /** A short lock: publishes run one at a time (milliseconds: renames and a row). */
   const underPublishLock = createSerialLock();
+  /** Catalog pulls that creates started, by image name. */
+  const pulling = new Map<string, Promise<ImageRecord>>();
 
   /**
    * Under the short lock: re-checks the name, renames the staging directory
@@ -237,6 +257,71 @@ export function createImageCatalog(deps: {
     ...image,
     usedBy: await listImageUsers(db, image.name),
   });
+
+  /** The pull itself: the puller builds into a staging directory, then the image is published. */
+  async function runPull(op: PullContext, req: PlannedPull): Promise<ImageRecord> {
+    const { reference, registry, name, fromCatalog } = req;
+    const staging = join(stagingRoot, op.id);
+    await mkdir(staging, { recursive: true, mode: 0o700 });
+    try {
+      // The owner's docker login for that registry travels with this pull only.
+      const found = await deps.credentials?.(registry, op.signal);
+      const credentials: RegistryCredential[] = found
+        ? [
+            found.kind === "basic"
+              ? { registry, username: found.username, password: found.password, identityToken: "" }
+              : { registry, username: "", password: "", identityToken: found.token },
+          ]
+        : [];
+      const layers: { id: string; doneBytes: number; totalBytes: number; state: string }[] = [];
+      const outcome = await puller.pull(
+        {
+          reference,
+          stagingDir: staging,
+          platform: req.platform,
+          minRootfsMib: req.minRootfsMib || (deps.pullDefaults?.minRootfsMib ?? 0),
+          insecureRegistries: deps.pullDefaults?.insecureRegistries ?? [],
+          credentials,
+        },
+        { signal: op.signal },
+        async (event) => {
+          if (event.kind === "stage") {
+            await op.track(event.name, event.done ? "done" : "running", event.message);
+            return;
+          }
+          const { digest: id, doneBytes, totalBytes, state } = event;
+          layers[event.index] = { id, doneBytes, totalBytes, state };
+          const known = layers.filter((layer) => layer !== undefined);
+          op.progress("layers", {
+            doneBytes: known.reduce((sum, layer) => sum + layer.doneBytes, 0),
+            totalBytes: known.reduce((sum, layer) => sum + layer.totalBytes, 0),
+            items: [...known],
+          });
+        },
+      );
+      // The catalog's kernel, when it is here (else VMs boot the host default).
+      const catalogKernel = fromCatalog?.defaultKernel ?? "";
+      const defaultKernel = catalogKernel !== "" && (await getKernel(db, catalogKernel)) ? catalogKernel : null;
+      const image = await op.stage("publish", () =>
+        publish(staging, {
+          name,
+          reference: outcome.canonicalReference || reference,
+          manifestDigest: outcome.manifestDigest,
+          platform: outcome.platform,
+          rootfsBytes: outcome.rootfsBytes,
+          workSeedBytes: outcome.workSeedBytes,
+          defaultKernel,
+          source: "pulled",
+          config: outcome.config,
+          createdAt: now(),
+        }),
+      );
+      logger.info({ image: name, digest: image.manifestDigest }, "image published");
+      return image;
+    } finally {
+      await rm(staging, { recursive: true, force: true });
+    }
+  }
 
   /** Copies ext4 files (sparse, reflinked where possible) into a staging directory, then publishes them. */
   async function adopt(req: AdoptRequest): Promise<ImageRecord> {
@@ -286,68 +371,53 @@ export function createImageCatalog(deps: {
         throw new AlreadyExistsError(`image ${name} already exists`, { reason: "IMAGE_NAME_TAKEN" });
       }
       await puller.identify(scope);
-      return operations.start("pull-image", name, async (op) => {
-        const staging = join(stagingRoot, op.id);
-        await mkdir(staging, { recursive: true, mode: 0o700 });
-        try {
-          // The owner's docker login for that registry travels with this pull only.
-          const found = await deps.credentials?.(registry, op.signal);
-          const credentials: RegistryCredential[] = found
-            ? [
-                found.kind === "basic"
-                  ? { registry, username: found.username, password: found.password, identityToken: "" }
-                  : { registry, username: "", password: "", identityToken: found.token },
-              ]
-            : [];
-          const layers: { id: string; doneBytes: number; totalBytes: number; state: string }[] = [];
-          const outcome = await puller.pull(
-            {
-              reference,
-              stagingDir: staging,
-              platform: req.platform,
-              minRootfsMib: req.minRootfsMib || (deps.pullDefaults?.minRootfsMib ?? 0),
-              insecureRegistries: deps.pullDefaults?.insecureRegistries ?? [],
-              credentials,
-            },
-            { signal: op.signal },
-            async (event) => {
-              if (event.kind === "stage") {
-                await op.track(event.name, event.done ? "done" : "running", event.message);
-                return;
-              }
-              const { digest: id, doneBytes, totalBytes, state } = event;
-              layers[event.index] = { id, doneBytes, totalBytes, state };
-              const known = layers.filter((layer) => layer !== undefined);
-              op.progress("layers", {
-                doneBytes: known.reduce((sum, layer) => sum + layer.doneBytes, 0),
-                totalBytes: known.reduce((sum, layer) => sum + layer.totalBytes, 0),
-                items: [...known],
-              });
-            },
-          );
-          // The catalog's kernel, when it is here (else VMs boot the host default).
-          const catalogKernel = fromCatalog?.defaultKernel ?? "";
-          const defaultKernel = catalogKernel !== "" && (await getKernel(db, catalogKernel)) ? catalogKernel : null;
-          const image = await op.stage("publish", () =>
-            publish(staging, {
-              name,
-              reference: outcome.canonicalReference || reference,
-              manifestDigest: outcome.manifestDigest,
-              platform: outcome.platform,
-              rootfsBytes: outcome.rootfsBytes,
-              workSeedBytes: outcome.workSeedBytes,
-              defaultKernel,
-              source: "pulled",
-              config: outcome.config,
-              createdAt: now(),
-            }),
-          );
-          logger.info({ image: name, digest: image.manifestDigest }, "image published");
-          return { image: imageJson(image) };
-        } finally {
-          await rm(staging, { recursive: true, force: true });
-        }
-      });
+      return operations.start("pull-image", name, async (op) => ({
+        image: imageJson(
+          await runPull(op, {
+            reference,
+            registry,
+            name,
+            fromCatalog,
+            platform: req.platform,
+            minRootfsMib: req.minRootfsMib,
+          }),
+        ),
+      }));
+    },
+
+    async ensureLocal(name, op, stage, scope) {
+      const local = await getImage(db, validImageName(name));
+      if (local) return local;
+      // Two creates of one catalog image share its pull.
+      const running = pulling.get(name);
+      if (running) return running;
+      const fromCatalog = CATALOG.find((entry) => entry.name === name);
+      if (!fromCatalog) {
+        throw new NotFoundError(`image ${name} is neither local nor in the catalog`, { reason: "IMAGE_NOT_FOUND" });
+      }
+      await puller.identify(scope);
+      // The pull runs inside the caller's stage: its own stages become notes, its layers that stage's progress.
+      const inner: PullContext = {
+        id: op.id,
+        signal: op.signal,
+        track: async (stage, state) => {
+          if (state === "done") logger.info({ image: name, stage }, "pull stage done");
+          return Promise.resolve();
+        },
+        progress: (_stage, value) => op.progress(stage, value),
+        stage: (_stage, work) => work(),
+      };
+      const { registry } = parseReference(fromCatalog.reference);
+      const pull = runPull(inner, {
+        reference: fromCatalog.reference,
+        registry,
+        name: fromCatalog.name,
+        fromCatalog,
+        platform: "",
+        minRootfsMib: 0,
+      }).finally(() => pulling.delete(name));
+      pulling.set(name, pull);
+      return pull;
     },
 
     async register(req) {

@@ -39,7 +39,7 @@ import {
 } from "../store/index.js";
 import type { CallScope } from "./call-scope.js";
 import type { GuestFileSpec, HostInventory, HostPort } from "./host.js";
-import { ROOTFS_FILE, WORK_SEED_FILE, imageJson, validImageName, type ImageCatalog } from "./images.js";
+import { CATALOG, ROOTFS_FILE, WORK_SEED_FILE, imageJson, validImageName, type ImageCatalog } from "./images.js";
 import { kernelFiles, type KernelCatalog } from "./kernels.js";
 import type { FirecrackerClient } from "../vmm/firecracker-client.js";
 import type { OperationContext, Operations } from "./operations.js";
@@ -371,27 +371,40 @@ export function createVmService(deps: {
   const vmResult = async (name: string): Promise<JsonObject> => ({ vm: vmJson(view(await find(name))) });
 
   const service: VmService = {
-    async create(req, scope) {
+    async create(req, _scope) {
       const name = validVmName(req.name);
       const vcpu = inRange(req.vcpu || config.vm.vcpu, 1, 32, "vcpu", "INVALID_VCPU");
       const memoryMib = inRange(req.memoryMib || config.vm.memoryMib, 128, 262144, "memory_mib", "INVALID_MEMORY");
       const imageName = req.image || config.defaultImage;
-      const image = await deps.images.get(imageName).catch((error: unknown) => {
+      // A local image, or a catalog name pulled in stage resolve-image.
+      const local = await deps.images.get(imageName).catch((error: unknown) => {
+        if (error instanceof NotFoundError && CATALOG.some((entry) => entry.name === imageName)) return undefined;
         throw error instanceof NotFoundError
-          ? new NotFoundError(`image ${imageName} is not local; pull it first with 'banger image pull ${imageName}'`, {
-              reason: "IMAGE_NOT_FOUND",
-            })
+          ? new NotFoundError(
+              `image ${imageName} is neither local nor in the catalog; pull it with 'banger image pull'`,
+              {
+                reason: "IMAGE_NOT_FOUND",
+              },
+            )
           : error;
       });
       const workDiskMib = req.workDiskMib || config.vm.workDiskMib;
-      const seedMib = Math.ceil(image.workSeedBytes / 1048576);
-      if (workDiskMib < Math.max(seedMib, 16)) {
-        throw new InvalidArgumentError(`work_disk_mib must be at least ${Math.max(seedMib, 16)}, got ${workDiskMib}`, {
-          reason: "INVALID_DISK_SIZE",
-        });
-      }
+      const checkWorkDisk = (workSeedBytes: number) => {
+        const least = Math.max(Math.ceil(workSeedBytes / 1048576), 16);
+        if (workDiskMib < least) {
+          throw new InvalidArgumentError(`work_disk_mib must be at least ${least}, got ${workDiskMib}`, {
+            reason: "INVALID_DISK_SIZE",
+          });
+        }
+      };
+      checkWorkDisk(local?.workSeedBytes ?? 0);
+      const catalogKernel = CATALOG.find((entry) => entry.name === imageName)?.defaultKernel ?? "";
       const kernelName =
-        req.kernel || image.defaultKernel || config.defaultKernel || (await getDefaultKernel(db))?.name;
+        req.kernel ||
+        local?.defaultKernel ||
+        catalogKernel ||
+        config.defaultKernel ||
+        (await getDefaultKernel(db))?.name;
       if (!kernelName || !(await getKernel(db, kernelName))) {
         throw new NotFoundError(
           kernelName
@@ -403,12 +416,15 @@ export function createVmService(deps: {
       if (await getVmByName(db, name)) {
         throw new AlreadyExistsError(`a VM named ${name} already exists`, { reason: "VM_NAME_TAKEN" });
       }
-      void scope;
       return operations.start("create-vm", name, async (op) => {
         const undo: (() => Promise<unknown>)[] = [];
         let vm: VmRecord | undefined;
         try {
-          await op.stage("resolve-image", () => Promise.resolve(image));
+          const image = await op.stage("resolve-image", async () => {
+            const found = await deps.images.ensureLocal(imageName, op, "resolve-image", scopeOf(op));
+            checkWorkDisk(found.workSeedBytes);
+            return found;
+          });
           vm = await staged(
             op,
             undo,
