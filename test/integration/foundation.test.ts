@@ -152,9 +152,7 @@ describe("three services on Unix sockets", () => {
         .filter((m) => m.name !== "BuildInitramfs")
         .map((m) => `${KernelService.typeName}/${m.name}`),
       ...PullerService.methods.map((m) => `${PullerService.typeName}/${m.name}`),
-      ...VmService.methods
-        .filter((m) => !["VmLogs", "VmStats", "VmPorts", "VmSshTarget"].includes(m.name))
-        .map((m) => `${VmService.typeName}/${m.name}`),
+      ...VmService.methods.filter((m) => m.name !== "VmPorts").map((m) => `${VmService.typeName}/${m.name}`),
     ]);
     const sockets: [ServiceName, DescFile[]][] = [
       ["orchestrator", ORCHESTRATOR_FILES],

@@ -146,10 +146,26 @@ live("a VM's life through the CLI", () => {
     expect(cat(join(vmState, "work.ext4"), "/.ssh/authorized_keys")).toMatch(/^ssh-ed25519 \S+ banger\n$/);
     expect(fakeVmms()).toHaveLength(1);
 
+    // Logs, stats and the ssh command of the running VM.
+    const consoleLog = await cluster.cli(["vm", "logs", "box"]);
+    expect(consoleLog.stdout).toContain(`fake-vmm: console of ${vm.id}`);
+    const vmmLog = await cluster.cli(["vm", "logs", "box", "--vmm", "--tail", "1"]);
+    expect(vmmLog.stdout.trim().split("\n")).toHaveLength(1);
+    expect(vmmLog.stdout).toMatch(/^fake-vmm: /);
+    const stats = JSON.parse((await cluster.cli(["vm", "stats", "box", "--json"])).stdout) as Record<string, string>;
+    expect(Number(stats["memoryRssBytes"])).toBeGreaterThan(1_000_000);
+    expect(Number(stats["workDiskUsedBytes"])).toBeGreaterThan(0);
+    const ssh = await cluster.cli(["vm", "ssh", "box", "--print"]);
+    expect(ssh.stdout).toMatch(
+      /^ssh -i \S+\/ssh\/id_ed25519 -o IdentitiesOnly=yes -o UserKnownHostsFile=\S+\/ssh\/known_hosts -o StrictHostKeyChecking=accept-new -o HostKeyAlias=box\.vm -p 22 root@172\.30\.0\.2\n$/,
+    );
+
     const stopped = await cluster.cli(["vm", "stop", "box"]);
     expect(stopped.code, stopped.stderr).toBe(0);
     expect((await show("box")).state).toBe("VM_STATE_STOPPED");
     expect([fakeVmms(), taps(), ns.ruleset().includes("172.30.0.2")]).toEqual([[], [], false]);
+    const statsStopped = await cluster.cli(["vm", "stats", "box"]);
+    expect([statsStopped.code, statsStopped.stderr]).toEqual([1, expect.stringMatching(/VM box is not running/)]);
     const again = await cluster.cli(["vm", "stop", "box"]);
     expect([again.code, again.stderr]).toEqual([1, expect.stringMatching(/VM box is not running \(op-[0-9a-f]{12}\)/)]);
 
@@ -168,7 +184,12 @@ live("a VM's life through the CLI", () => {
   });
 
   it("a create that fails at a stage unwinds: no tap, no VMM, no loop device, no files, no row", async () => {
-    const loopsBefore = execFileSync("losetup", ["-l", "-n", "-O", "NAME,BACK-FILE"], { encoding: "utf8" });
+    // Loop devices of this cluster (other tests and programs may use loop devices meanwhile).
+    const ourLoops = () =>
+      execFileSync("losetup", ["-l", "-n", "-O", "NAME,BACK-FILE"], { encoding: "utf8" })
+        .split("\n")
+        .filter((line) => line.includes(cluster.stateDir));
+    const loopsBefore = ourLoops();
     // A kernel whose file is gone fails configure-vmm (Firecracker cannot open it) after tap and launch.
     const broken = join(cluster.stateDir, "kernels", "k61", "vmlinux");
     const saved = readFileSync(broken);
@@ -185,7 +206,7 @@ live("a VM's life through the CLI", () => {
     }
     expect([fakeVmms(), taps()]).toEqual([[], []]);
     expect(readdirSync(join(cluster.stateDir, "vms"))).toEqual([]);
-    expect(execFileSync("losetup", ["-l", "-n", "-O", "NAME,BACK-FILE"], { encoding: "utf8" })).toBe(loopsBefore);
+    expect(ourLoops()).toEqual(loopsBefore);
     expect(JSON.parse((await cluster.cli(["vm", "list", "--json"])).stdout)).toEqual([]);
   });
 

@@ -12,9 +12,18 @@ export class ReportedFailure extends Error {
   override readonly name = "ReportedFailure";
 }
 
+/** Ends the command with a program's own exit code (`vm ssh` passes ssh's on), printing nothing. */
+export class PassExitCode extends Error {
+  override readonly name = "PassExitCode";
+  constructor(readonly code: number) {
+    super(`exit code ${code}`);
+  }
+}
+
 /** Prints `banger: <message> (op-…)` and returns the exit code. */
 export function reportError(error: unknown, write: (line: string) => void = (l) => process.stderr.write(l)): number {
   if (error instanceof ReportedFailure) return 1;
+  if (error instanceof PassExitCode) return error.code;
   if (error instanceof UsageError) {
     write(`banger: ${error.message}\nRun 'banger --help' for usage.\n`);
     return 2;

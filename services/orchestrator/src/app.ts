@@ -19,7 +19,14 @@ import { WorkspaceService, file_banger_v1_workspace } from "@banger/gen/banger/v
 import type { DescFile } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { Kysely } from "kysely";
-import { defaultConfigDir, ensureSshIdentity, type BangerConfig, type SshIdentity } from "./config/index.js";
+import {
+  defaultConfigDir,
+  ensureSshIdentity,
+  sshIdentityPaths,
+  type BangerConfig,
+  type SshIdentity,
+} from "./config/index.js";
+import { knownHostsPath } from "./core/vm-observe.js";
 import { createImageCatalog } from "./core/images.js";
 import { createKernelCatalog } from "./core/kernels.js";
 import { createVmService as createVmLifecycle } from "./core/vms.js";
@@ -44,6 +51,8 @@ export interface OrchestratorConfig {
   readonly db: Kysely<Database>;
   readonly logger: Logger;
   readonly stateDir: string;
+  /** banger's runtime directory (VMM sockets and logs under `vms/<id>/`). */
+  readonly runtimeDir: string;
   readonly config: BangerConfig;
 }
 
@@ -121,6 +130,11 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
     host: privileged,
     firecracker: (socket) => createFirecrackerClient(socket),
     guest: createGuestPort({ config: config.config, home, sshIdentity }),
+    runtimeDir: config.runtimeDir,
+    ssh: {
+      identityFile: async () => (await sshIdentity()).privateKeyPath,
+      knownHostsFile: knownHostsPath(sshIdentityPaths(defaultConfigDir(process.env, home)).dir),
+    },
     // `<name>.vm` is answered on the bridge address once the bridge exists. Port 53 needs
     // CAP_NET_BIND_SERVICE (the installed unit grants it); without it VMs still run, unnamed.
     onBridgeReady: async (network) => {

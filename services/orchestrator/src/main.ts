@@ -49,6 +49,7 @@ try {
     db: store.db,
     logger,
     stateDir: values["state-dir"],
+    runtimeDir: values["runtime-dir"],
     config,
   });
 } catch (error) {

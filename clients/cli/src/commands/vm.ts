@@ -1,11 +1,12 @@
 import { VmSchema, VmState, type Vm } from "@banger/gen/banger/v1/resources_pb.js";
-import { VmService } from "@banger/gen/banger/v1/vm_pb.js";
+import { VmLogSource, VmService, VmStatsResponseSchema } from "@banger/gen/banger/v1/vm_pb.js";
 import type { Operation } from "@banger/gen/banger/v1/operation_pb.js";
 import { toJson } from "@bufbuild/protobuf";
+import { spawn } from "node:child_process";
 import type { Command } from "commander";
 import type { Orchestrator } from "../client.js";
 import type { GlobalOptions } from "../context.js";
-import { UsageError } from "../errors.js";
+import { PassExitCode, UsageError } from "../errors.js";
 import { renderTable } from "../render/table.js";
 import { watchToEnd, withOrchestrator } from "./op.js";
 
@@ -41,7 +42,7 @@ async function follow(
 export function registerVmCommands(program: Command, globals: () => GlobalOptions): void {
   const vm = program
     .command("vm")
-    .description("virtual machines: create, list, show, start, stop, restart, delete, set");
+    .description("virtual machines: create, list, show, start, stop, restart, delete, set, logs, stats, ssh");
   vm.command("create")
     .description(
       "create a VM from an image and boot it; shows each stage, exits 1 if a stage fails (nothing is left behind)",
@@ -187,6 +188,7 @@ export function registerVmCommands(program: Command, globals: () => GlobalOption
         process.stderr.write(`deleted ${name}\n`);
       });
     });
+  registerObserveCommands(vm, globals);
   vm.command("set")
     .argument("<name>", "VM name")
     .description("change vcpu or memory (at the next start if it runs), grow the work disk, turn NAT on or off")
@@ -213,6 +215,78 @@ export function registerVmCommands(program: Command, globals: () => GlobalOption
         });
       },
     );
+}
+
+function registerObserveCommands(vm: Command, globals: () => GlobalOptions): void {
+  vm.command("logs")
+    .argument("<name>", "VM name")
+    .description("the guest console (or the VMM's own log), optionally followed as it grows")
+    .option("--vmm", "the VMM's log instead of the guest console")
+    .option("--tail <lines>", "only the last lines")
+    .option("-f, --follow", "keep printing new output (Ctrl-C stops)")
+    .action(async (name: string, opts: { vmm?: boolean; tail?: string; follow?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const stream = o.client(VmService).vmLogs(
+          {
+            name,
+            source: opts.vmm ? VmLogSource.VMM : VmLogSource.CONSOLE,
+            tailLines: opts.tail === undefined ? 0 : positiveInt(opts.tail, "--tail"),
+            follow: opts.follow === true,
+          },
+          o.callOptions(),
+        );
+        for await (const { data } of stream) process.stdout.write(data);
+      });
+    });
+  vm.command("stats")
+    .argument("<name>", "VM name")
+    .description("resource use of a running VM, measured from the host over one second")
+    .option("--json", "print JSON")
+    .action(async (name: string, opts: { json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const stats = await o.client(VmService).vmStats({ name }, o.callOptions());
+        if (opts.json) {
+          process.stdout.write(JSON.stringify(toJson(VmStatsResponseSchema, stats), null, 2) + "\n");
+          return;
+        }
+        const mib = (bytes: bigint) => `${(Number(bytes) / 1048576).toFixed(1)} MiB`;
+        const secs = (d: { seconds: bigint; nanos: number } | undefined) =>
+          d ? `${(Number(d.seconds) + d.nanos / 1e9).toFixed(1)} s` : "0 s";
+        process.stdout.write(
+          [
+            `cpu:        ${stats.cpuPercent.toFixed(1)}% (${secs(stats.cpuTime)} in all)`,
+            `memory:     ${mib(stats.memoryRssBytes)} resident`,
+            `root disk:  ${mib(stats.rootDiskUsedBytes)} used on the host`,
+            `work disk:  ${mib(stats.workDiskUsedBytes)} used on the host`,
+            `uptime:     ${secs(stats.uptime)}`,
+          ].join("\n") + "\n",
+        );
+      });
+    });
+  vm.command("ssh")
+    .argument("<name>", "VM name")
+    .argument("[command...]", "a command to run instead of a login shell")
+    .description("log in to a running VM with the system ssh (banger's key; the host key is pinned on first contact)")
+    .option("--print", "print the ssh command instead of running it")
+    .action(async (name: string, command: string[], opts: { print?: boolean }) => {
+      const target = await withOrchestrator(globals(), (o) =>
+        o.client(VmService).vmSshTarget({ name }, o.callOptions()),
+      );
+      const argv = [...target.sshArgv, ...command];
+      if (opts.print) {
+        process.stdout.write(
+          `${argv.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`)).join(" ")}\n`,
+        );
+        return;
+      }
+      const [program = "ssh", ...args] = argv;
+      const code = await new Promise<number>((resolve, reject) => {
+        const child = spawn(program, args, { stdio: "inherit" });
+        child.once("error", reject);
+        child.once("exit", (exitCode, signal) => resolve(exitCode ?? (signal ? 128 : 1)));
+      });
+      if (code !== 0) throw new PassExitCode(code);
+    });
 }
 
 function printVms(vms: readonly Vm[], json: boolean): void {

@@ -218,6 +218,11 @@ async function setup(script: Script = {}) {
       host: scriptedHost(model, script, calls),
       firecracker: fakeFirecracker(script, requests),
       guest: scriptedGuest(script),
+      runtimeDir: join(stateDir, "run"),
+      ssh: {
+        identityFile: () => Promise.resolve("/nonexistent/id_ed25519"),
+        knownHostsFile: join(stateDir, "known_hosts"),
+      },
     });
   const vms = build();
   const create = (name: string, extra: { nat?: boolean; skipSshWait?: boolean } = {}) =>

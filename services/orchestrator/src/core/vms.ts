@@ -28,6 +28,7 @@ import {
   getDefaultKernel,
   getImage,
   getKernel,
+  getVmById,
   getVmByName,
   insertVm,
   listVms,
@@ -44,6 +45,7 @@ import { kernelFiles, type KernelCatalog } from "./kernels.js";
 import type { FirecrackerClient } from "../vmm/firecracker-client.js";
 import type { OperationContext, Operations } from "./operations.js";
 import { createSerialLock } from "./serial-lock.js";
+import { forgetHostKey, measureVm, readLog, sshTarget, type SshTarget, type VmUsage } from "./vm-observe.js";
 import {
   allocateGuestIp,
   allocateMac,
@@ -120,6 +122,15 @@ export interface VmService {
    * Image. Errors: VM_NOT_FOUND, VM_RUNNING, IMAGE_NAME_TAKEN.
    */
   promote(vmName: string, imageName: string): Promise<OperationRecord>;
+  /** A VM's console or VMM log: the tail, then (follow) what comes, until `signal` or the VM's deletion. */
+  logs(
+    name: string,
+    options: { source: "console" | "vmm"; tailLines: number; follow: boolean; signal: AbortSignal },
+  ): Promise<AsyncIterable<Buffer>>;
+  /** Resource use of a running VM over the next second. Errors: VM_NOT_RUNNING. */
+  stats(name: string): Promise<VmUsage & { uptimeMs: number }>;
+  /** How to reach a running VM with the system ssh. Errors: VM_NOT_RUNNING. */
+  sshTarget(name: string): Promise<SshTarget>;
   /** At start-up: VMs whose VMM died while the orchestrator was away are cleaned and marked stopped. */
   recover(): Promise<void>;
   /** The guest address of running VM `name` (what `<name>.vm` answers), or undefined. */
@@ -174,6 +185,10 @@ export function createVmService(deps: {
   readonly host: HostPort;
   readonly firecracker: (socketPath: string) => FirecrackerApi;
   readonly guest: GuestPort;
+  /** banger's runtime directory: VMM logs are in `<runtimeDir>/vms/<id>/`. */
+  readonly runtimeDir: string;
+  /** The guests' private key (made on first use) and banger's known_hosts. */
+  readonly ssh: { readonly identityFile: () => Promise<string>; readonly knownHostsFile: string };
   /** Called once the bridge exists (the DNS responder listens on its address). */
   readonly onBridgeReady?: (network: BridgeNetwork) => Promise<void>;
   readonly now?: () => Date;
@@ -586,6 +601,7 @@ export function createVmService(deps: {
             await op.stage("remove-files", async () => {
               await deleteVm(db, name);
               await rm(vmDir(vm.id), { recursive: true, force: true });
+              await forgetHostKey(deps.ssh.knownHostsFile, name);
             });
           } finally {
             phases.delete(vm.id);
@@ -656,6 +672,36 @@ export function createVmService(deps: {
     },
 
     resolve: (name) => addresses.get(name),
+
+    async logs(name, options) {
+      const vm = await find(name);
+      const file = options.source === "vmm" ? "vmm.log" : "console.log";
+      return readLog(join(deps.runtimeDir, "vms", vm.id, file), {
+        tailLines: options.tailLines,
+        follow: options.follow,
+        signal: options.signal,
+        stillThere: async () => (await getVmById(db, vm.id)) !== undefined,
+      });
+    },
+
+    async stats(name) {
+      const vm = await find(name);
+      const handle = handles.get(vm.id);
+      if (!handle) throw new FailedPreconditionError(`VM ${name} is not running`, { reason: "VM_NOT_RUNNING" });
+      const usage = await measureVm(handle.pid, {
+        root: join(vmDir(vm.id), ROOT_DISK),
+        work: join(vmDir(vm.id), WORK_DISK),
+      });
+      return { ...usage, uptimeMs: vm.startedAt ? Date.now() - vm.startedAt.getTime() : 0 };
+    },
+
+    async sshTarget(name) {
+      const vm = await find(name);
+      if (!handles.has(vm.id)) {
+        throw new FailedPreconditionError(`VM ${name} is not running`, { reason: "VM_NOT_RUNNING" });
+      }
+      return sshTarget(vm, await deps.ssh.identityFile(), deps.ssh.knownHostsFile);
+    },
 
     async promote(vmName, imageName) {
       const vm = await find(vmName);

@@ -1,12 +1,17 @@
 import { implementService } from "@banger/common";
-import { VmService } from "@banger/gen/banger/v1/vm_pb.js";
+import { VmLogSource, VmService } from "@banger/gen/banger/v1/vm_pb.js";
 import { VmSchema, VmState } from "@banger/gen/banger/v1/resources_pb.js";
 import { fromJson } from "@bufbuild/protobuf";
-import type { Duration } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { vmJson, type VmService as Vms, type VmView } from "../core/vms.js";
 import { operationToProto } from "./operation-service.js";
 import { scopeOf } from "./scope.js";
+
+const durationOf = (ms: number) => ({
+  seconds: BigInt(Math.floor(ms / 1000)),
+  nanos: Math.round((ms % 1000) * 1e6),
+});
 
 const millis = (duration: Duration | undefined): number | undefined =>
   duration === undefined ? undefined : Number(duration.seconds) * 1000 + Math.round(duration.nanos / 1e6);
@@ -71,6 +76,31 @@ export function createVmService(vms: Vms): ServiceImpl<typeof VmService> {
     },
     async getVm(req) {
       return { vm: vmToProto(await vms.get(req.name)) };
+    },
+    async *vmLogs(req, ctx) {
+      const source = req.source === VmLogSource.VMM ? "vmm" : "console";
+      const log = await vms.logs(req.name, {
+        source,
+        tailLines: req.tailLines,
+        follow: req.follow,
+        signal: ctx.signal,
+      });
+      for await (const data of log) yield { data };
+    },
+    async vmStats(req) {
+      const usage = await vms.stats(req.name);
+      return {
+        time: timestampFromDate(usage.time),
+        cpuTime: durationOf(usage.cpuTimeMs),
+        cpuPercent: usage.cpuPercent,
+        memoryRssBytes: BigInt(usage.memoryRssBytes),
+        rootDiskUsedBytes: BigInt(usage.rootDiskUsedBytes),
+        workDiskUsedBytes: BigInt(usage.workDiskUsedBytes),
+        uptime: durationOf(usage.uptimeMs),
+      };
+    },
+    async vmSshTarget(req) {
+      return vms.sshTarget(req.name);
     },
   });
 }

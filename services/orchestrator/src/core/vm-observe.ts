@@ -1,0 +1,190 @@
+/**
+ * Looking at VMs from the host: their logs (whole, tail, followed), resource
+ * use of the VMM process and the disk files, and how to reach them with the
+ * system `ssh` (banger's key, and a banger-owned known_hosts that pins each
+ * VM's host key on first contact and forgets it when the VM is deleted).
+ */
+import { execFile } from "node:child_process";
+import { open, readFile, rm, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { FailedPreconditionError } from "@banger/common";
+
+const MAX_CHUNK = 64 * 1024;
+const FOLLOW_POLL_MS = 250;
+/** Kernel clock ticks per second (`getconf CLK_TCK`; 100 on every Linux banger runs on). */
+const CLOCK_TICKS = 100;
+
+/** The last `lines` lines of `text` (all of it for 0). */
+export function lastLines(text: Buffer, lines: number): Buffer {
+  if (lines === 0) return text;
+  let end = text.length;
+  if (end > 0 && text[end - 1] === 0x0a) end -= 1; // a final newline ends the last line, it does not start one
+  let seen = 0;
+  for (let i = end - 1; i >= 0; i--) {
+    if (text[i] === 0x0a && ++seen === lines) return text.subarray(i + 1);
+  }
+  return text;
+}
+
+/** Splits `data` into chunks of at most 64 KiB, ending at a newline where one is in reach. */
+export function* chunks(data: Buffer): Generator<Buffer> {
+  let start = 0;
+  while (start < data.length) {
+    let end = Math.min(start + MAX_CHUNK, data.length);
+    if (end < data.length) {
+      const newline = data.lastIndexOf(0x0a, end - 1);
+      if (newline >= start) end = newline + 1;
+    }
+    yield data.subarray(start, end);
+    start = end;
+  }
+}
+
+async function sizeOf(path: string): Promise<number> {
+  try {
+    return (await stat(path)).size;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return 0;
+    throw error;
+  }
+}
+
+async function readRange(path: string, from: number, to: number): Promise<Buffer> {
+  const file = await open(path, "r");
+  try {
+    const buffer = Buffer.alloc(to - from);
+    const { bytesRead } = await file.read(buffer, 0, buffer.length, from);
+    return buffer.subarray(0, bytesRead);
+  } finally {
+    await file.close();
+  }
+}
+
+/**
+ * A log file's bytes: the last `tailLines` lines (or all), then, with
+ * `follow`, what is appended until `signal` aborts or `stillThere` says the
+ * VM is gone. A file that shrinks (the VMM started again and began a new
+ * log) is followed from its start.
+ */
+export async function* readLog(
+  path: string,
+  options: { tailLines: number; follow: boolean; signal: AbortSignal; stillThere: () => Promise<boolean> },
+): AsyncGenerator<Buffer> {
+  let offset = await sizeOf(path);
+  if (offset > 0) yield* chunks(lastLines(await readRange(path, 0, offset), options.tailLines));
+  while (options.follow && !options.signal.aborted) {
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, FOLLOW_POLL_MS);
+      options.signal.addEventListener("abort", () => (clearTimeout(timer), resolve(undefined)), { once: true });
+    });
+    if (options.signal.aborted || !(await options.stillThere())) return;
+    const size = await sizeOf(path);
+    if (size < offset) offset = 0;
+    if (size > offset) {
+      yield* chunks(await readRange(path, offset, size));
+      offset = size;
+    }
+  }
+}
+
+/** CPU ticks (user + system) and resident bytes of a process, from /proc. */
+async function processUsage(pid: number): Promise<{ ticks: number; rssBytes: number }> {
+  try {
+    const statLine = await readFile(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    const fields = statLine.slice(statLine.lastIndexOf(")") + 2).split(" ");
+    const ticks = Number(fields[11]) + Number(fields[12]); // utime, stime (fields 14 and 15)
+    const status = await readFile(`/proc/${pid}/status`, "utf8");
+    const rssKib = Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1] ?? 0);
+    return { ticks, rssBytes: rssKib * 1024 };
+  } catch (error) {
+    throw new FailedPreconditionError(`the VMM process ${pid} is gone`, { reason: "VM_NOT_RUNNING", cause: error });
+  }
+}
+
+export interface VmUsage {
+  readonly time: Date;
+  readonly cpuTimeMs: number;
+  readonly cpuPercent: number;
+  readonly memoryRssBytes: number;
+  readonly rootDiskUsedBytes: number;
+  readonly workDiskUsedBytes: number;
+}
+
+/** Resource use of a running VM: its VMM process over `windowMs`, and the blocks its disk files hold. */
+export async function measureVm(pid: number, disks: { root: string; work: string }, windowMs = 1000): Promise<VmUsage> {
+  const before = await processUsage(pid);
+  const t0 = performance.now();
+  await new Promise((resolve) => setTimeout(resolve, windowMs));
+  const after = await processUsage(pid);
+  const seconds = (performance.now() - t0) / 1000;
+  const used = async (path: string) => ((await stat(path).catch(() => undefined))?.blocks ?? 0) * 512;
+  return {
+    time: new Date(),
+    cpuTimeMs: (after.ticks * 1000) / CLOCK_TICKS,
+    cpuPercent: ((after.ticks - before.ticks) / CLOCK_TICKS / seconds) * 100,
+    memoryRssBytes: after.rssBytes,
+    rootDiskUsedBytes: await used(disks.root),
+    workDiskUsedBytes: await used(disks.work),
+  };
+}
+
+export interface SshTarget {
+  readonly host: string;
+  readonly port: number;
+  readonly user: string;
+  readonly identityFile: string;
+  readonly knownHostsFile: string;
+  readonly hostKeyAlias: string;
+  readonly sshArgv: string[];
+}
+
+/**
+ * How the system `ssh` reaches a VM. The host key is pinned under
+ * `<name>.vm` in banger's own known_hosts on first contact
+ * (StrictHostKeyChecking=accept-new); a changed key is then refused.
+ */
+export function sshTarget(
+  vm: { name: string; guestIp: string },
+  identityFile: string,
+  knownHostsFile: string,
+): SshTarget {
+  const alias = `${vm.name}.vm`;
+  return {
+    host: vm.guestIp,
+    port: 22,
+    user: "root",
+    identityFile,
+    knownHostsFile,
+    hostKeyAlias: alias,
+    sshArgv: [
+      "ssh",
+      "-i",
+      identityFile,
+      "-o",
+      "IdentitiesOnly=yes",
+      "-o",
+      `UserKnownHostsFile=${knownHostsFile}`,
+      "-o",
+      "StrictHostKeyChecking=accept-new",
+      "-o",
+      `HostKeyAlias=${alias}`,
+      "-p",
+      "22",
+      `root@${vm.guestIp}`,
+    ],
+  };
+}
+
+/** Forgets a VM's pinned host key (a new VM of that name gets a new key). Best effort: no file, no key, fine. */
+export async function forgetHostKey(knownHostsFile: string, vmName: string): Promise<void> {
+  if ((await sizeOf(knownHostsFile)) === 0) return;
+  await promisify(execFile)("ssh-keygen", ["-R", `${vmName}.vm`, "-f", knownHostsFile]).catch(() => undefined);
+  await rm(`${knownHostsFile}.old`, { force: true }); // ssh-keygen keeps the previous content there
+}
+
+/** banger's known_hosts beside its guest key. */
+export function knownHostsPath(sshDir: string): string {
+  return join(sshDir, "known_hosts");
+}
