@@ -1,49 +1,82 @@
 // Shared pieces of the benchmarks: start the three real services, time things, print a table.
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { chownSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
 export const ROOT = resolve(import.meta.dirname, "..");
 
-/** The three services as real processes, sockets in a temporary runtime directory. */
-export async function startServices() {
+/**
+ * The three services as real processes, sockets in a temporary runtime directory.
+ * With `owner`, as an installed banger runs them (and as test/integration does):
+ * the orchestrator and the puller as that uid and gid, the helper as root with it
+ * as its owner, inside `netns` when given, with `helperArgs` (e.g. `--firecracker`
+ * pointing at the fake VMM); the directory belongs to the owner and the services
+ * read a fresh config directory inside it.
+ */
+export async function startServices({ owner, netns, helperArgs = [] } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "banger-bench-"));
   const runtimeDir = join(dir, "run");
+  const stateDir = join(dir, "state");
   mkdirSync(runtimeDir, { mode: 0o700 });
+  if (owner !== undefined) {
+    mkdirSync(stateDir, { mode: 0o700 });
+    for (const path of [dir, runtimeDir, stateDir]) chownSync(path, owner, owner);
+  }
   const children = [];
-  for (const name of ["privileged", "image-puller", "orchestrator"]) {
-    const args = [join(ROOT, `services/${name}/dist/main.js`), "--runtime-dir", runtimeDir];
-    args.push("--state-dir", join(dir, "state"));
-    // Logs go nowhere: the benchmark measures RPCs, not the terminal.
-    const child = spawn(process.execPath, args, {
-      stdio: ["ignore", "pipe", "inherit"],
-      env: { ...process.env, BANGER_LOG_LEVEL: "info" },
-    });
-    children.push(child);
-    await new Promise((resolveStart, reject) => {
-      let out = "";
-      const onData = (chunk) => {
-        out += chunk.toString();
-        if (out.includes('"msg":"listening"')) {
-          child.stdout.off("data", onData);
-          child.stdout.resume();
-          resolveStart();
+  const stop = async () => {
+    await Promise.all(
+      children.map(
+        (c) =>
+          new Promise((r) =>
+            c.exitCode !== null || c.signalCode !== null ? r() : (c.once("exit", r), c.kill("SIGTERM")),
+          ),
+      ),
+    );
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    for (const name of ["privileged", "image-puller", "orchestrator"]) {
+      const args = [join(ROOT, `services/${name}/dist/main.js`), "--runtime-dir", runtimeDir];
+      args.push("--state-dir", stateDir);
+      let argv = [process.execPath, ...args];
+      const options = { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, BANGER_LOG_LEVEL: "info" } };
+      if (owner !== undefined) {
+        Object.assign(options.env, { XDG_CONFIG_HOME: join(dir, "config"), HOME: dir });
+        if (name === "privileged") {
+          argv.push("--owner-uid", String(owner), "--owner-gid", String(owner), ...helperArgs);
+          if (netns) argv = ["ip", "netns", "exec", netns, ...argv];
+        } else {
+          Object.assign(options, { uid: owner, gid: owner });
         }
-      };
-      child.stdout.on("data", onData);
-      child.once("exit", (code) => reject(new Error(`${name} exited ${code}: ${out}`)));
-    });
+      }
+      // Logs go nowhere: the benchmark measures RPCs, not the terminal.
+      const child = spawn(argv[0], argv.slice(1), options);
+      children.push(child);
+      await new Promise((resolveStart, reject) => {
+        let out = "";
+        const onData = (chunk) => {
+          out += chunk.toString();
+          if (out.includes('"msg":"listening"')) {
+            child.stdout.off("data", onData);
+            child.stdout.resume();
+            resolveStart();
+          }
+        };
+        child.stdout.on("data", onData);
+        child.once("exit", (code) => reject(new Error(`${name} exited ${code}: ${out}`)));
+      });
+    }
+  } catch (error) {
+    await stop();
+    throw error;
   }
   return {
     dir,
     runtimeDir,
-    stateDir: join(dir, "state"),
+    stateDir,
     socket: (name) => join(runtimeDir, `${name}.sock`),
-    async stop() {
-      await Promise.all(children.map((c) => new Promise((r) => (c.once("exit", r), c.kill("SIGTERM")))));
-      rmSync(dir, { recursive: true, force: true });
-    },
+    stop,
   };
 }
 

@@ -153,6 +153,7 @@ describe("three services on Unix sockets", () => {
         .map((m) => `${KernelService.typeName}/${m.name}`),
       ...PullerService.methods.map((m) => `${PullerService.typeName}/${m.name}`),
       ...VmService.methods.filter((m) => m.name !== "VmPorts").map((m) => `${VmService.typeName}/${m.name}`),
+      "banger.v1.ExecService/Exec",
     ]);
     const sockets: [ServiceName, DescFile[]][] = [
       ["orchestrator", ORCHESTRATOR_FILES],

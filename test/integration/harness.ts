@@ -188,10 +188,18 @@ export function runCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): Pr
     const child = spawn(BANGER, args, { env: { ...process.env, BANGER_SOCKET: "", ...env } });
     let stdout = "";
     let stderr = "";
+    // A command that hangs fails its test with what it printed, instead of the test's timeout.
+    const timer = setTimeout(() => {
+      stderr += `\n[harness: banger ${args.join(" ")} still running after 60 s; killed]\n`;
+      child.kill("SIGKILL");
+    }, 60_000);
     child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
     child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
     child.once("error", reject);
-    child.once("exit", (code) => resolvePromise({ code, stdout, stderr }));
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      resolvePromise({ code, stdout, stderr });
+    });
   });
 }
 

@@ -19,6 +19,7 @@ import { IS_ROOT, createNetNs, type NetNs } from "./netns.js";
 const OWNER = 1000;
 const FAKE_VMM = join(ROOT, "services/privileged/test-fixtures/fake-vmm.mjs");
 const live = describe.skipIf(!IS_ROOT || !OWNER_CAN_READ_CHECKOUT);
+// Each test drives many CLI calls through real processes; a loaded machine may take a while.
 
 let ns: NetNs;
 let cluster: Cluster;
@@ -164,6 +165,8 @@ live("a VM's life through the CLI", () => {
     expect(stopped.code, stopped.stderr).toBe(0);
     expect((await show("box")).state).toBe("VM_STATE_STOPPED");
     expect([fakeVmms(), taps(), ns.ruleset().includes("172.30.0.2")]).toEqual([[], [], false]);
+    const execStopped = await cluster.cli(["vm", "exec", "box", "--", "true"]);
+    expect([execStopped.code, execStopped.stderr]).toEqual([1, expect.stringMatching(/VM box is not running/)]);
     const statsStopped = await cluster.cli(["vm", "stats", "box"]);
     expect([statsStopped.code, statsStopped.stderr]).toEqual([1, expect.stringMatching(/VM box is not running/)]);
     const again = await cluster.cli(["vm", "stop", "box"]);
@@ -181,7 +184,7 @@ live("a VM's life through the CLI", () => {
     expect(JSON.parse((await cluster.cli(["vm", "list", "--json"])).stdout)).toEqual([]);
     const twice = await cluster.cli(["vm", "delete", "box"]);
     expect([twice.code, twice.stderr]).toEqual([0, "no VM box: nothing to delete\n"]);
-  });
+  }, 120_000);
 
   it("a create that fails at a stage unwinds: no tap, no VMM, no loop device, no files, no row", async () => {
     // Loop devices of this cluster (other tests and programs may use loop devices meanwhile).
@@ -208,7 +211,7 @@ live("a VM's life through the CLI", () => {
     expect(readdirSync(join(cluster.stateDir, "vms"))).toEqual([]);
     expect(ourLoops()).toEqual(loopsBefore);
     expect(JSON.parse((await cluster.cli(["vm", "list", "--json"])).stdout)).toEqual([]);
-  });
+  }, 120_000);
 
   it("keeps names, addresses and references unique through the API, and promotes a stopped VM to an image", async () => {
     const create = (name: string, image = "tiny") =>
@@ -255,7 +258,7 @@ live("a VM's life through the CLI", () => {
     for (const name of ["one", "two", "three"]) expect((await cluster.cli(["vm", "delete", name])).code).toBe(0);
     expect((await cluster.cli(["image", "delete", "snap"])).code).toBe(0);
     expect([fakeVmms(), taps()]).toEqual([[], []]);
-  });
+  }, 120_000);
 
   it("kill -9 of the orchestrator: a running VM is kept, a create it cut off is undone and INTERRUPTED", async () => {
     const kept = await cluster.cli(["vm", "create", "--name", "keeper", "--image", "tiny", "--no-ssh-wait"]);
@@ -295,5 +298,5 @@ live("a VM's life through the CLI", () => {
 
     expect((await cluster.cli(["vm", "delete", "keeper"])).code).toBe(0);
     expect([fakeVmms(), taps()]).toEqual([[], []]);
-  });
+  }, 120_000);
 });

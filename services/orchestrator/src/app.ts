@@ -37,6 +37,7 @@ import { createOperations } from "./core/operations.js";
 import { describeOrchestrator } from "./core/status.js";
 import { createPrivilegedPeer } from "./peers/privileged.js";
 import { createPullerPeer } from "./peers/puller.js";
+import { createExecService } from "./rpc/exec-service.js";
 import { createImageService } from "./rpc/image-service.js";
 import { createKernelService } from "./rpc/kernel-service.js";
 import { createVmService } from "./rpc/vm-service.js";
@@ -181,7 +182,7 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       router.service(VmService, createVmService(vms));
       // Not built yet: every RPC answers UNIMPLEMENTED naming itself.
       router.service(WorkspaceService, implementService(WorkspaceService, {}));
-      router.service(ExecService, implementService(ExecService, {}));
+      router.service(ExecService, createExecService(vms));
     },
   };
 }

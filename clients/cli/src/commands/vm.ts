@@ -3,6 +3,9 @@ import { VmLogSource, VmService, VmStatsResponseSchema } from "@banger/gen/bange
 import type { Operation } from "@banger/gen/banger/v1/operation_pb.js";
 import { toJson } from "@bufbuild/protobuf";
 import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { ExecService } from "@banger/gen/banger/v1/exec_pb.js";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { Command } from "commander";
 import type { Orchestrator } from "../client.js";
 import type { GlobalOptions } from "../context.js";
@@ -42,7 +45,9 @@ async function follow(
 export function registerVmCommands(program: Command, globals: () => GlobalOptions): void {
   const vm = program
     .command("vm")
-    .description("virtual machines: create, list, show, start, stop, restart, delete, set, logs, stats, ssh");
+    .description(
+      "virtual machines: create, list, show, start, stop, restart, delete, set, logs, stats, ssh, exec, run",
+    );
   vm.command("create")
     .description(
       "create a VM from an image and boot it; shows each stage, exits 1 if a stage fails (nothing is left behind)",
@@ -189,6 +194,7 @@ export function registerVmCommands(program: Command, globals: () => GlobalOption
       });
     });
   registerObserveCommands(vm, globals);
+  registerRunCommands(vm, globals);
   vm.command("set")
     .argument("<name>", "VM name")
     .description("change vcpu or memory (at the next start if it runs), grow the work disk, turn NAT on or off")
@@ -286,6 +292,79 @@ function registerObserveCommands(vm: Command, globals: () => GlobalOptions): voi
         child.once("exit", (exitCode, signal) => resolve(exitCode ?? (signal ? 128 : 1)));
       });
       if (code !== 0) throw new PassExitCode(code);
+    });
+}
+
+/** Runs argv in a running VM, passing its output through; ends with the command's exit code. */
+async function execIn(
+  o: Orchestrator,
+  vm: string,
+  argv: string[],
+  opts: { timeout?: string; stdin?: boolean },
+): Promise<void> {
+  // With --stdin, standard input (a pipe or a file) is read to its end and sent whole.
+  let stdin = new Uint8Array();
+  if (opts.stdin) {
+    const parts: Buffer[] = [];
+    for await (const chunk of process.stdin) parts.push(chunk as Buffer);
+    stdin = Buffer.concat(parts);
+  }
+  const timeout = seconds(opts.timeout, "--timeout");
+  const stream = o
+    .client(ExecService)
+    .exec({ command: { vm, argv, ...(timeout ? { timeout } : {}) }, stdin }, o.callOptions());
+  for await (const { event } of stream) {
+    if (event.case === "stdout") process.stdout.write(event.value);
+    else if (event.case === "stderr") process.stderr.write(event.value);
+    else if (event.case === "exit") {
+      const exit = event.value;
+      if (exit.timedOut) process.stderr.write(`banger: ${argv[0]} was killed after its timeout\n`);
+      const code = exit.code >= 0 ? exit.code : 128 + (exit.signal === "KILL" ? 9 : 15);
+      if (code !== 0) throw new PassExitCode(code);
+    }
+  }
+}
+
+function registerRunCommands(vm: Command, globals: () => GlobalOptions): void {
+  vm.command("exec")
+    .argument("<name>", "a running VM")
+    .argument("<command...>", "the command and its arguments (put -- before it)")
+    .description("run a command in a running VM over SSH; prints its output and exits with its exit code")
+    .option("--timeout <seconds>", "kill the command after this long")
+    .option("-i, --stdin", "send this command's standard input (read to its end, at most 4 MiB)")
+    .action(async (name: string, argv: string[], opts: { timeout?: string; stdin?: boolean }) => {
+      await withOrchestrator(globals(), (o) => execIn(o, name, argv, opts));
+    });
+  vm.command("run")
+    .argument("<command...>", "the command and its arguments (put -- before it)")
+    .description("run a command in a VM, creating (or starting) it first and waiting for its SSH")
+    .option("--name <name>", "the VM (default: a new one named run-<random>)")
+    .option("--image <image>", "image for a VM that has to be created (default: from the config)", "")
+    .option("--timeout <seconds>", "kill the command after this long")
+    .option("-i, --stdin", "send this command's standard input (read to its end, at most 4 MiB)")
+    .action(async (argv: string[], opts: { name?: string; image: string; timeout?: string; stdin?: boolean }) => {
+      const name = opts.name ?? `run-${randomBytes(3).toString("hex")}`;
+      await withOrchestrator(globals(), async (o) => {
+        const client = o.client(VmService);
+        const existing = await client.getVm({ name }, o.callOptions()).catch((error: unknown) => {
+          if (error instanceof ConnectError && error.code === Code.NotFound) return undefined;
+          throw error;
+        });
+        if (!existing?.vm) {
+          const { operation } = await client.createVm({ name, image: opts.image }, o.callOptions());
+          if (operation) {
+            process.stderr.write(`creating ${name} (${operation.id})\n`);
+            await watchToEnd(o, operation.id);
+          }
+        } else if (existing.vm.state === VmState.STOPPED || existing.vm.state === VmState.FAILED) {
+          const { operation } = await client.startVm({ name }, o.callOptions());
+          if (operation) {
+            process.stderr.write(`starting ${name} (${operation.id})\n`);
+            await watchToEnd(o, operation.id);
+          }
+        }
+        await execIn(o, name, argv, opts);
+      });
     });
 }
 

@@ -117,7 +117,9 @@ describe("image pulls", () => {
     await pull("ghcr.io/org/tool:1");
     await pull("debian", 512);
     await operations.settled();
-    expect(asked).toEqual(["ghcr.io", "registry-1.docker.io"]);
+    // The two pulls run at once: compare in a fixed order.
+    expect(asked.sort()).toEqual(["ghcr.io", "registry-1.docker.io"]);
+    requests.sort((a, b) => b.reference.localeCompare(a.reference));
     expect(requests.map((r) => [r.reference, r.credentials, r.minRootfsMib, r.insecureRegistries])).toEqual([
       [
         "ghcr.io/org/tool:1",

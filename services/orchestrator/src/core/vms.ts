@@ -39,6 +39,7 @@ import {
   type VmRecord,
 } from "../store/index.js";
 import type { CallScope } from "./call-scope.js";
+import type { GuestTarget } from "./guest-exec.js";
 import type { GuestFileSpec, HostInventory, HostPort } from "./host.js";
 import { CATALOG, ROOTFS_FILE, WORK_SEED_FILE, imageJson, validImageName, type ImageCatalog } from "./images.js";
 import { kernelFiles, type KernelCatalog } from "./kernels.js";
@@ -131,6 +132,8 @@ export interface VmService {
   stats(name: string): Promise<VmUsage & { uptimeMs: number }>;
   /** How to reach a running VM with the system ssh. Errors: VM_NOT_RUNNING. */
   sshTarget(name: string): Promise<SshTarget>;
+  /** Where Exec connects for a running VM. Errors: VM_NOT_RUNNING. */
+  guestTarget(name: string): Promise<GuestTarget>;
   /** At start-up: VMs whose VMM died while the orchestrator was away are cleaned and marked stopped. */
   recover(): Promise<void>;
   /** The guest address of running VM `name` (what `<name>.vm` answers), or undefined. */
@@ -693,6 +696,17 @@ export function createVmService(deps: {
         work: join(vmDir(vm.id), WORK_DISK),
       });
       return { ...usage, uptimeMs: vm.startedAt ? Date.now() - vm.startedAt.getTime() : 0 };
+    },
+
+    async guestTarget(name) {
+      const target = await service.sshTarget(name);
+      return {
+        host: target.host,
+        port: target.port,
+        hostKeyAlias: target.hostKeyAlias,
+        privateKey: await readFile(target.identityFile),
+        knownHostsFile: target.knownHostsFile,
+      };
     },
 
     async sshTarget(name) {

@@ -119,7 +119,8 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
         readOnly: ro.trim() === "1",
       };
     } catch (error) {
-      if (isErrno(error, "ENOENT")) return undefined;
+      // A device detached between listing and reading (by another VM's create, or anyone) reads as gone.
+      if (isErrno(error, "ENOENT") || isErrno(error, "ENODEV") || isErrno(error, "ENXIO")) return undefined;
       throw error;
     }
   }

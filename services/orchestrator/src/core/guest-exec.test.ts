@@ -1,0 +1,158 @@
+/**
+ * Exec over SSH against a real OpenSSH server on 127.0.0.1 standing in for a
+ * guest (this machine boots no guests here; test/e2e does with QEMU).
+ */
+import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { BangerError } from "@banger/common";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { execInGuest, remoteCommand, type GuestCommand, type GuestTarget } from "./guest-exec.js";
+
+const SSHD = "/usr/sbin/sshd";
+const canRun = process.getuid?.() === 0 && existsSync(SSHD);
+if (!canRun) console.warn("SKIPPING guest exec over SSH: needs root and /usr/sbin/sshd (Debian's openssh-server)");
+
+let dir: string;
+let sshd: ChildProcess | undefined;
+let target: GuestTarget;
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+beforeAll(async () => {
+  if (!canRun) return;
+  dir = mkdtempSync(join(tmpdir(), "banger-sshd-"));
+  mkdirSync("/run/sshd", { recursive: true, mode: 0o755 });
+  for (const name of ["host", "client"]) {
+    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", join(dir, name)]);
+  }
+  writeFileSync(join(dir, "authorized_keys"), readFileSync(join(dir, "client.pub")));
+  const port = await freePort();
+  writeFileSync(
+    join(dir, "sshd_config"),
+    [
+      `Port ${port}`,
+      "ListenAddress 127.0.0.1",
+      `HostKey ${join(dir, "host")}`,
+      `AuthorizedKeysFile ${join(dir, "authorized_keys")}`,
+      "PermitRootLogin prohibit-password",
+      "PasswordAuthentication no",
+      "KbdInteractiveAuthentication no",
+      "UsePAM no",
+      "StrictModes no",
+      `PidFile ${join(dir, "sshd.pid")}`,
+    ].join("\n") + "\n",
+  );
+  sshd = spawn(SSHD, ["-D", "-e", "-f", join(dir, "sshd_config")], { stdio: "ignore" });
+  for (let i = 0; i < 100; i++) {
+    if (spawnSync("ssh-keyscan", ["-p", String(port), "127.0.0.1"], { encoding: "utf8" }).stdout.includes("ssh-"))
+      break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  target = {
+    host: "127.0.0.1",
+    port,
+    hostKeyAlias: "box.vm",
+    privateKey: readFileSync(join(dir, "client")),
+    knownHostsFile: join(dir, "banger", "known_hosts"),
+  };
+});
+
+afterAll(() => {
+  sshd?.kill();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+const command = (argv: string[], extra: Partial<GuestCommand> = {}): GuestCommand => ({
+  argv,
+  env: [],
+  workingDir: "",
+  user: "",
+  stdin: new Uint8Array(),
+  timeoutMs: undefined,
+  ...extra,
+});
+
+async function run(cmd: GuestCommand, to: GuestTarget = target) {
+  let stdout = "";
+  let stderr = "";
+  const exit = await execInGuest(
+    to,
+    cmd,
+    { onStdout: (c) => (stdout += c.toString()), onStderr: (c) => (stderr += c.toString()) },
+    new AbortController().signal,
+  );
+  return { stdout, stderr, exit };
+}
+
+describe("remote command lines", () => {
+  it("quote every word, and refuse an empty argv or a bad environment entry", () => {
+    expect(remoteCommand(command(["printf", "%s|", "a b", "it's", "$HOME"]))).toBe(
+      `cd /root && exec printf '%s|' 'a b' 'it'\\''s' '$HOME'`,
+    );
+    const reason = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (error) {
+        return (error as BangerError).reason;
+      }
+      return "none";
+    };
+    expect(reason(() => remoteCommand(command([])))).toBe("EMPTY_ARGV");
+    expect(reason(() => remoteCommand(command(["true"], { env: ["not an entry"] })))).toBe("INVALID_ENV");
+  });
+});
+
+describe.skipIf(!canRun)("exec in a guest over SSH (a real sshd on 127.0.0.1)", () => {
+  it("streams stdout and stderr apart, passes stdin, and ends with the exit code", async () => {
+    const result = await run(
+      command(["sh", "-c", "echo out; echo err >&2; cat; exit 3"], { stdin: Buffer.from("in\n") }),
+    );
+    expect(result).toEqual({ stdout: "out\nin\n", stderr: "err\n", exit: { code: 3, signal: "", timedOut: false } });
+  });
+
+  it("runs exactly the argv given, with its environment and working directory", async () => {
+    const quoted = await run(command(["printf", "%s|", "a b", "it's", "$HOME", "*"]));
+    expect(quoted.stdout).toBe("a b|it's|$HOME|*|");
+    const where = await run(command(["sh", "-c", 'echo "$FOO $(pwd)"'], { env: ["FOO=bar baz"], workingDir: "/tmp" }));
+    expect(where.stdout).toBe("bar baz /tmp\n");
+  });
+
+  it("kills a command that runs past its timeout", async () => {
+    const t0 = Date.now();
+    const result = await run(command(["sleep", "30"], { timeoutMs: 300 }));
+    expect(result.exit).toEqual({ code: -1, signal: "KILL", timedOut: true });
+    expect(Date.now() - t0).toBeLessThan(20_000);
+  });
+
+  it("pins the host key on first contact and refuses a different one later", async () => {
+    const fresh = { ...target, knownHostsFile: join(dir, "pin", "known_hosts") };
+    expect((await run(command(["true"]), fresh)).exit.code).toBe(0);
+    const pinned = readFileSync(fresh.knownHostsFile, "utf8");
+    expect(pinned).toMatch(/^box\.vm ssh-ed25519 \S+\n$/);
+    expect((await run(command(["true"]), fresh)).exit.code).toBe(0);
+    expect(readFileSync(fresh.knownHostsFile, "utf8")).toBe(pinned);
+
+    const other = readFileSync(join(dir, "client.pub"), "utf8").split(" ")[1];
+    writeFileSync(fresh.knownHostsFile, `box.vm ssh-ed25519 ${other}\n`);
+    const error = await run(command(["true"]), fresh).catch((e: unknown) => e);
+    expect([(error as BangerError).kind, (error as BangerError).reason]).toEqual([
+      "failed-precondition",
+      "HOST_KEY_MISMATCH",
+    ]);
+  });
+
+  it("reports a guest that does not answer as UNAVAILABLE (GUEST_UNREACHABLE)", async () => {
+    const error = await run(command(["true"]), { ...target, port: await freePort() }).catch((e: unknown) => e);
+    expect([(error as BangerError).kind, (error as BangerError).reason]).toEqual(["unavailable", "GUEST_UNREACHABLE"]);
+  });
+});

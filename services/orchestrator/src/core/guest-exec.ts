@@ -1,0 +1,179 @@
+/**
+ * Running a command in a guest over SSH (ssh2): banger's key, the guest's
+ * host key pinned in banger's known_hosts under `<name>.vm` on first contact
+ * and refused when it changes. The argument vector is quoted for the guest's
+ * shell, so what the caller sends is exactly what runs.
+ */
+import { appendFile, mkdir, readFile } from "node:fs/promises";
+import { dirname } from "node:path";
+import { DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError } from "@banger/common";
+import { Client, type ClientChannel } from "ssh2";
+
+export interface GuestCommand {
+  readonly argv: readonly string[];
+  readonly env: readonly string[];
+  readonly workingDir: string;
+  readonly user: string;
+  readonly stdin: Uint8Array;
+  readonly timeoutMs: number | undefined;
+}
+
+export interface GuestTarget {
+  readonly host: string;
+  readonly port: number;
+  /** The name the host key is pinned under, `<vm>.vm`. */
+  readonly hostKeyAlias: string;
+  readonly privateKey: Buffer;
+  readonly knownHostsFile: string;
+}
+
+export interface ExitStatus {
+  readonly code: number;
+  readonly signal: string;
+  readonly timedOut: boolean;
+}
+
+const ENV_ENTRY = /^[A-Za-z_][A-Za-z0-9_]*=/;
+const CONNECT_TIMEOUT_MS = 10_000;
+
+/** `'…'` quoting for a POSIX shell. */
+export function shellQuote(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
+/** The remote command line: environment, directory and user applied, argv quoted word by word. */
+export function remoteCommand(command: GuestCommand): string {
+  if (command.argv.length === 0 || command.argv[0] === "") {
+    throw new InvalidArgumentError("the command needs at least one word", { reason: "EMPTY_ARGV" });
+  }
+  for (const entry of command.env) {
+    if (!ENV_ENTRY.test(entry)) {
+      throw new InvalidArgumentError(`environment entries are KEY=value, got ${JSON.stringify(entry)}`, {
+        reason: "INVALID_ENV",
+      });
+    }
+  }
+  const argv = command.argv.map(shellQuote).join(" ");
+  const env = command.env.length > 0 ? `env ${command.env.map(shellQuote).join(" ")} ` : "";
+  // The guest kills it at the timeout (coreutils' and busybox's `timeout` both take this form).
+  const limit =
+    command.timeoutMs === undefined ? "" : `timeout -s KILL ${Math.max(1, Math.ceil(command.timeoutMs / 1000))} `;
+  const line = `cd ${shellQuote(command.workingDir || "/root")} && exec ${limit}${env}${argv}`;
+  if (command.user === "" || command.user === "root" || command.user === "0") return line;
+  return `exec su -s /bin/sh ${shellQuote(command.user)} -c ${shellQuote(line)}`;
+}
+
+/** Checks the guest's host key against the pinned one, pinning it on first contact. */
+async function verifyHostKey(target: GuestTarget, key: Buffer): Promise<void> {
+  const presented = key.toString("base64");
+  let pinned: string | undefined;
+  try {
+    for (const line of (await readFile(target.knownHostsFile, "utf8")).split("\n")) {
+      const [names = "", , blob] = line.split(" ");
+      if (names.split(",").includes(target.hostKeyAlias)) pinned = blob;
+    }
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+  }
+  if (pinned === undefined) {
+    const type = key.subarray(4, 4 + key.readUInt32BE(0)).toString();
+    await mkdir(dirname(target.knownHostsFile), { recursive: true, mode: 0o700 });
+    await appendFile(target.knownHostsFile, `${target.hostKeyAlias} ${type} ${presented}\n`, { mode: 0o600 });
+    return;
+  }
+  if (pinned !== presented) {
+    throw new FailedPreconditionError(
+      `the host key of ${target.hostKeyAlias} is not the one pinned in ${target.knownHostsFile}; if the guest was rebuilt, remove its line there`,
+      { reason: "HOST_KEY_MISMATCH" },
+    );
+  }
+}
+
+/**
+ * Runs `command` in the guest; output goes to `onStdout`/`onStderr` as it
+ * comes. A non-zero exit is a result, not an error. Cancelling `signal`
+ * closes the channel (the command is hung up).
+ */
+export function execInGuest(
+  target: GuestTarget,
+  command: GuestCommand,
+  output: { onStdout: (chunk: Buffer) => void; onStderr: (chunk: Buffer) => void },
+  signal: AbortSignal,
+): Promise<ExitStatus> {
+  const line = remoteCommand(command);
+  return new Promise<ExitStatus>((resolve, reject) => {
+    const client = new Client();
+    let hostKeyError: unknown;
+    let settled = false;
+    let timer: NodeJS.Timeout | undefined;
+    const finish = (error: unknown, status?: ExitStatus) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      signal.removeEventListener("abort", onAbort);
+      client.end();
+      if (error) reject(error instanceof Error ? error : new Error("the SSH session failed", { cause: error }));
+      else if (status) resolve(status);
+    };
+    const onAbort = () => finish(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    client.on("error", (error) =>
+      finish(
+        hostKeyError ??
+          new UnavailableError(`cannot reach the guest at ${target.host}:${target.port}: ${error.message}`, {
+            reason: "GUEST_UNREACHABLE",
+            cause: error,
+          }),
+      ),
+    );
+    client.on("ready", () => {
+      client.exec(line, (error: Error | undefined, channel: ClientChannel) => {
+        if (error) return finish(error);
+        let timedOut = false;
+        if (command.timeoutMs !== undefined) {
+          // The guest's `timeout` kills the command; should the guest not answer, give up a little later.
+          timer = setTimeout(() => {
+            timedOut = true;
+            finish(undefined, { code: -1, signal: "KILL", timedOut: true });
+          }, command.timeoutMs + 5_000);
+        }
+        channel.on("data", (chunk: Buffer) => output.onStdout(chunk));
+        channel.stderr.on("data", (chunk: Buffer) => output.onStderr(chunk));
+        let exit: ExitStatus | undefined;
+        channel.on("exit", (code: number | null, signalName?: string) => {
+          const signalled = (signalName ?? "").replace(/^SIG/, "");
+          // The guest's `timeout -s KILL` ends with 137, or is killed along with the command.
+          if (command.timeoutMs !== undefined && (code === 137 || signalled === "KILL")) {
+            exit = { code: -1, signal: "KILL", timedOut: true };
+          } else {
+            exit = { code: signalled ? -1 : (code ?? -1), signal: signalled, timedOut };
+          }
+        });
+        channel.on("close", () => finish(undefined, exit ?? { code: -1, signal: timedOut ? "KILL" : "", timedOut }));
+        channel.end(Buffer.from(command.stdin));
+      });
+    });
+    client.connect({
+      host: target.host,
+      port: target.port,
+      username: "root",
+      privateKey: target.privateKey,
+      readyTimeout: CONNECT_TIMEOUT_MS,
+      hostVerifier: (key: Buffer, verify: (valid: boolean) => void) => {
+        verifyHostKey(target, key).then(
+          () => verify(true),
+          (error: unknown) => {
+            hostKeyError = error;
+            verify(false);
+          },
+        );
+      },
+    });
+    if (signal.aborted) onAbort();
+  }).catch((error: unknown) => {
+    if (error instanceof Error && error.name === "TimeoutError") {
+      throw new DeadlineExceededError("the command ran past its deadline", { cause: error });
+    }
+    throw error;
+  });
+}
