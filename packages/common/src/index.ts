@@ -1,5 +1,6 @@
 export * from "./copy-file.js";
 export * from "./errors.js";
+export * from "./event-stream.js";
 export * from "./error-mapping.js";
 export * from "./health.js";
 export * from "./layout.js";

@@ -1,4 +1,4 @@
-import { InvalidArgumentError, implementService, type Logger } from "@banger/common";
+import { InvalidArgumentError, eventStream, implementService, type Logger } from "@banger/common";
 import {
   LayerState,
   PullStage,
@@ -137,57 +137,28 @@ export function createPullerService(deps: PullerServiceDeps): ServiceImpl<typeof
 }
 
 async function* streamPull(deps: PullDeps, req: PullRequest, signal: AbortSignal): AsyncIterable<Response> {
-  const queue: Response[] = [];
-  let wake: (() => void) | undefined;
-  let outcome: { result: PullResult } | { error: unknown } | undefined;
-  const push = (response: Response) => {
-    // Byte progress comes per chunk: keep only the newest pending one per layer.
-    const last = queue.at(-1);
-    if (
-      last?.event?.case === "layer" &&
-      response.event?.case === "layer" &&
-      last.event.value.digest === response.event.value.digest &&
-      last.event.value.state === LayerState.DOWNLOADING &&
-      response.event.value.state === LayerState.DOWNLOADING
-    ) {
-      queue[queue.length - 1] = response;
-    } else {
-      queue.push(response);
-    }
-    wake?.();
-  };
-  void pull(
-    deps,
-    {
-      reference: req.reference,
-      stagingDir: req.stagingDir,
-      platform: req.platform,
-      minRootfsMib: Number(req.minRootfsMib),
-      headroomPercent: req.headroomPercent,
-      inodeMarginPercent: req.inodeMarginPercent,
-      skipWorkSeed: req.skipWorkSeed,
-      maxConcurrentDownloads: req.maxConcurrentDownloads,
-    },
-    signal,
-    (event) => push(eventToProto(event)),
-  )
-    .then(
-      (result) => (outcome = { result }),
-      (error: unknown) => (outcome = { error }),
-    )
-    .finally(() => wake?.());
-
-  for (;;) {
-    while (queue.length > 0) {
-      const next = queue.shift();
-      if (next) yield next;
-    }
-    if (outcome) break;
-    await new Promise<void>((resolve) => (wake = resolve));
-    wake = undefined;
-  }
-  if ("error" in outcome) throw outcome.error;
-  const r = outcome.result;
+  // Byte progress comes per chunk: a newer one replaces a pending one of the same layer.
+  const downloading = (r: Response) =>
+    r.event?.case === "layer" && r.event.value.state === LayerState.DOWNLOADING ? r.event.value.digest : undefined;
+  const r = yield* eventStream<Response, PullResult>(
+    (emit) =>
+      pull(
+        deps,
+        {
+          reference: req.reference,
+          stagingDir: req.stagingDir,
+          platform: req.platform,
+          minRootfsMib: Number(req.minRootfsMib),
+          headroomPercent: req.headroomPercent,
+          inodeMarginPercent: req.inodeMarginPercent,
+          skipWorkSeed: req.skipWorkSeed,
+          maxConcurrentDownloads: req.maxConcurrentDownloads,
+        },
+        signal,
+        (event) => emit(eventToProto(event)),
+      ),
+    (pending, next) => downloading(pending) !== undefined && downloading(pending) === downloading(next),
+  );
   yield {
     event: {
       case: "result",

@@ -1,4 +1,4 @@
-import { InvalidArgumentError, implementService } from "@banger/common";
+import { InvalidArgumentError, eventStream, implementService } from "@banger/common";
 import { ExecService, type ExecResponseSchema } from "@banger/gen/banger/v1/exec_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
@@ -21,66 +21,40 @@ export function createExecService(vms: VmService): ServiceImpl<typeof ExecServic
           reason: "STDIN_TOO_LARGE",
         });
       }
-      const queue: Response[] = [];
-      let wake: (() => void) | undefined;
-      let outcome: { done: Response } | { error: unknown } | undefined;
-      const push = (response: Response) => {
-        queue.push(response);
-        wake?.();
-      };
-      const split = (chunk: Buffer, kind: "stdout" | "stderr") => {
-        for (let i = 0; i < chunk.length; i += MAX_CHUNK) {
-          push({ event: { case: kind, value: chunk.subarray(i, i + MAX_CHUNK) } });
-        }
-      };
       const t0 = performance.now();
       const timeout = command?.timeout;
-      execInGuest(
-        target,
-        {
-          argv: command?.argv ?? [],
-          env: command?.env ?? [],
-          workingDir: command?.workingDir ?? "",
-          user: command?.user ?? "",
-          stdin: req.stdin,
-          timeoutMs: timeout ? Number(timeout.seconds) * 1000 + Math.round(timeout.nanos / 1e6) : undefined,
+      const exit = yield* eventStream<Response, Awaited<ReturnType<typeof execInGuest>>>((emit) => {
+        const split = (chunk: Buffer, kind: "stdout" | "stderr") => {
+          for (let i = 0; i < chunk.length; i += MAX_CHUNK) {
+            emit({ event: { case: kind, value: chunk.subarray(i, i + MAX_CHUNK) } });
+          }
+        };
+        return execInGuest(
+          target,
+          {
+            argv: command?.argv ?? [],
+            env: command?.env ?? [],
+            workingDir: command?.workingDir ?? "",
+            user: command?.user ?? "",
+            stdin: req.stdin,
+            timeoutMs: timeout ? Number(timeout.seconds) * 1000 + Math.round(timeout.nanos / 1e6) : undefined,
+          },
+          { onStdout: (chunk) => split(chunk, "stdout"), onStderr: (chunk) => split(chunk, "stderr") },
+          ctx.signal,
+        );
+      });
+      const ms = performance.now() - t0;
+      yield {
+        event: {
+          case: "exit",
+          value: {
+            code: exit.code,
+            signal: exit.signal,
+            timedOut: exit.timedOut,
+            elapsed: { seconds: BigInt(Math.floor(ms / 1000)), nanos: Math.round((ms % 1000) * 1e6) },
+          },
         },
-        { onStdout: (chunk) => split(chunk, "stdout"), onStderr: (chunk) => split(chunk, "stderr") },
-        ctx.signal,
-      ).then(
-        (exit) => {
-          const ms = performance.now() - t0;
-          outcome = {
-            done: {
-              event: {
-                case: "exit",
-                value: {
-                  code: exit.code,
-                  signal: exit.signal,
-                  timedOut: exit.timedOut,
-                  elapsed: { seconds: BigInt(Math.floor(ms / 1000)), nanos: Math.round((ms % 1000) * 1e6) },
-                },
-              },
-            },
-          };
-          wake?.();
-        },
-        (error: unknown) => {
-          outcome = { error };
-          wake?.();
-        },
-      );
-      for (;;) {
-        while (queue.length > 0) {
-          const next = queue.shift();
-          if (next) yield next;
-        }
-        if (outcome) break;
-        await new Promise<void>((resolve) => (wake = resolve));
-        wake = undefined;
-      }
-      if ("error" in outcome) throw outcome.error;
-      yield outcome.done;
+      };
     },
   });
 }
