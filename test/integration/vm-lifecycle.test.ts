@@ -13,7 +13,7 @@ import { createUnixTransport } from "@banger/common";
 import { VmService } from "@banger/gen/banger/v1/vm_pb.js";
 import { createClient } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { OWNER_CAN_READ_CHECKOUT, ROOT, startCluster, type Cluster } from "./harness.js";
+import { OWNER_CAN_READ_CHECKOUT, ROOT, startCluster, waitUntil, type Cluster } from "./harness.js";
 import { IS_ROOT, createNetNs, type NetNs } from "./netns.js";
 
 const OWNER = 1000;
@@ -79,7 +79,9 @@ const fakeVmms = () =>
   spawnSync("pgrep", ["-f", `fake-vmm.mjs --api-sock ${cluster.runtimeDir}/`], { encoding: "utf8" })
     .stdout.split("\n")
     .filter((l) => l !== "");
-const taps = () => ns.links().filter((l) => l.ifname.startsWith("bgr-"));
+/** VMs' taps (warm-pool taps are `bgr-p…`; a VM's is `bgr-` + hex). */
+const taps = () => ns.links().filter((l) => l.ifname.startsWith("bgr-") && !l.ifname.startsWith("bgr-p"));
+const poolTaps = () => ns.links().filter((l) => l.ifname.startsWith("bgr-p"));
 
 live("a VM's life through the CLI", () => {
   it("create configures the VMM exactly, on a tap of the bridge, as the owner; stop, start and delete leave nothing", async () => {
@@ -136,6 +138,9 @@ live("a VM's life through the CLI", () => {
       { action_type: "InstanceStart" },
     ]);
     expect(tap?.master).toBe("bgr0");
+    // The warm pool is topped up in the background: four taps on the bridge, ready for the next creates.
+    await waitUntil(() => poolTaps().length === 4, undefined, "the warm tap pool");
+    expect(poolTaps().every((link) => link.master === "bgr0")).toBe(true);
     // `ip -j` names the tap's user by name when the uid has one.
     const ownerName = spawnSync("id", ["-nu", String(OWNER)], { encoding: "utf8" }).stdout.trim();
     expect([OWNER, ownerName]).toContain(tap?.linkinfo?.info_data?.user);
@@ -174,6 +179,7 @@ live("a VM's life through the CLI", () => {
 
     const started = await cluster.cli(["vm", "start", "box", "--no-ssh-wait"]);
     expect(started.code, started.stderr).toBe(0);
+    expect(started.stderr).toMatch(/\n  tap\s+done \([\d.]+ s\): tap bgr-[0-9a-f]{11} from the warm pool\n/);
     expect((await show("box")).state).toBe("VM_STATE_STARTING");
     expect(fakeVmms()).toHaveLength(1);
 

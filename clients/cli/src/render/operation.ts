@@ -30,7 +30,8 @@ function seconds(op: Operation["stages"][number]): string {
 
 /**
  * Prints each stage change once, as plain lines (fit for a terminal and for
- * logs alike): `  resolve … ` when it starts, `  resolve done (0.4 s)` when it ends.
+ * logs alike): `  resolve … ` when it starts, `  resolve done (0.4 s)` when it ends,
+ * followed by the stage's note when it left one (`: tap bgr-… from the warm pool`).
  */
 export function createStagePrinter(write: (line: string) => void): (op: Operation) => void {
   const printed = new Map<string, StageState>();
@@ -41,7 +42,8 @@ export function createStagePrinter(write: (line: string) => void): (op: Operatio
       const word = STAGE_WORD[stage.state];
       if (!word) continue;
       const time = stage.state === StageState.RUNNING ? "" : ` (${seconds(stage)})`;
-      write(`  ${stage.name.padEnd(12)} ${word}${time}\n`);
+      const note = stage.state === StageState.RUNNING || stage.message === "" ? "" : `: ${stage.message}`;
+      write(`  ${stage.name.padEnd(12)} ${word}${time}${note}\n`);
     }
   };
 }

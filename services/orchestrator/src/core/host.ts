@@ -20,6 +20,8 @@ export interface LaunchedVmm {
 export interface HostInventory {
   /** VM taps (warm-pool taps and the bridge are left out). */
   readonly taps: readonly { readonly name: string; readonly vmId: string }[];
+  /** Warm-pool taps, ready to be taken over by a VM. */
+  readonly poolTaps: readonly string[];
   readonly natRules: readonly { readonly vmId: string }[];
   readonly loops: readonly { readonly device: string; readonly backingFile: string }[];
   readonly vmms: readonly { readonly vmId: string; readonly pid: number; readonly startTime: Date }[];
@@ -28,8 +30,11 @@ export interface HostInventory {
 export interface HostPort {
   inventory(scope: CallScope): Promise<HostInventory>;
   ensureBridge(name: string, address: string, scope: CallScope): Promise<void>;
-  /** Returns the tap's name. */
-  createTap(vmId: string, bridge: string, scope: CallScope): Promise<string>;
+  /** Returns the tap's name; `fromPool` takes that warm-pool tap over instead of making one. */
+  createTap(vmId: string, bridge: string, scope: CallScope, fromPool?: string): Promise<string>;
+  /** Makes a warm-pool tap on the bridge; returns its name. */
+  createPoolTap(bridge: string, scope: CallScope): Promise<string>;
+  deletePoolTap(name: string, scope: CallScope): Promise<void>;
   deleteTap(vmId: string, scope: CallScope): Promise<void>;
   enableNat(vmId: string, guestAddress: string, bridge: string, scope: CallScope): Promise<void>;
   disableNat(vmId: string, scope: CallScope): Promise<void>;

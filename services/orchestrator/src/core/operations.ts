@@ -140,10 +140,9 @@ export function createOperations(deps: {
           const started = now();
           const t0 = performance.now();
           const set = (state: OperationStage["state"], endedAt: Date | null) => {
-            stages = [
-              ...stages.filter((s) => s.name !== name),
-              { name, state, startedAt: started, endedAt, message: "" },
-            ];
+            // A note the work left on its stage (track() with a message) stays when the stage ends.
+            const message = state === "running" ? "" : (stages.find((s) => s.name === name)?.message ?? "");
+            stages = [...stages.filter((s) => s.name !== name), { name, state, startedAt: started, endedAt, message }];
           };
           set("running", null);
           await save({ stages });

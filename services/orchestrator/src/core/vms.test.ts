@@ -42,6 +42,7 @@ const CREATE_STAGES = [
 /** What the scripted host holds, as the helper's inventory would list it. */
 interface HostModel {
   bridges: Set<string>;
+  pool: Set<string>;
   taps: Set<string>;
   loops: Map<string, string>;
   nat: Set<string>;
@@ -58,6 +59,7 @@ const concurrency = { now: 0, max: 0 };
 
 function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPort {
   let loopCount = 0;
+  let poolCount = 0;
   const step = async (name: string) => {
     calls.push(name);
     concurrency.max = Math.max(concurrency.max, ++concurrency.now);
@@ -71,6 +73,7 @@ function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPo
     inventory: () =>
       Promise.resolve({
         taps: [...model.taps].map((vmId) => ({ name: `bgr-${vmId.slice(0, 11)}`, vmId })),
+        poolTaps: [...model.pool],
         natRules: [...model.nat].map((vmId) => ({ vmId })),
         loops: [...model.loops].map(([device, backingFile]) => ({ device, backingFile })),
         vmms: [...model.vmms].map((vmId) => ({ vmId, pid: 999_999, startTime: new Date(0) })),
@@ -79,10 +82,21 @@ function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPo
       await step("ensureBridge");
       model.bridges.add(name);
     },
-    async createTap(vmId) {
+    async createTap(vmId, _bridge, _scope, fromPool) {
       await step("createTap");
+      if (fromPool !== undefined && !model.pool.delete(fromPool)) throw new Error(`${fromPool} is not in the pool`);
       model.taps.add(vmId);
       return `bgr-${vmId.slice(0, 11)}`;
+    },
+    async createPoolTap() {
+      await step("createPoolTap");
+      const name = `bgr-p${String(poolCount++).padStart(10, "0")}`;
+      model.pool.add(name);
+      return name;
+    },
+    deletePoolTap(name) {
+      model.pool.delete(name);
+      return Promise.resolve();
     },
     deleteTap(vmId) {
       calls.push("deleteTap");
@@ -203,7 +217,14 @@ async function setup(script: Script = {}) {
   await insertImage(db, image({ name: "debian", defaultKernel: "k", workSeedBytes: 0 }));
   mkdirSync(images.dir("debian"), { recursive: true });
   writeFileSync(join(images.dir("debian"), "rootfs.ext4"), "rootfs");
-  const model: HostModel = { bridges: new Set(), taps: new Set(), loops: new Map(), nat: new Set(), vmms: new Set() };
+  const model: HostModel = {
+    bridges: new Set(),
+    pool: new Set(),
+    taps: new Set(),
+    loops: new Map(),
+    nat: new Set(),
+    vmms: new Set(),
+  };
   const calls: string[] = [];
   const requests: string[] = [];
   const build = () =>
@@ -308,6 +329,21 @@ describe("VM create", () => {
       expect(vmDirs(stateDir)).toEqual([]);
     },
   );
+
+  it("takes taps from a warm pool that it keeps topped up", async () => {
+    const { vms, operations, model, create } = await setup();
+    await create("one");
+    await operations.settled();
+    await vms.poolSettled();
+    expect(model.pool.size).toBe(CONFIG.network.tapPool);
+    const second = await create("two");
+    await operations.settled();
+    await vms.poolSettled();
+    const tapStage = (await operations.get(second.id)).stages.find((s) => s.name === "tap");
+    expect(tapStage?.message).toMatch(/^tap bgr-\S+ from the warm pool$/);
+    expect(model.pool.size).toBe(CONFIG.network.tapPool);
+    expect(model.taps.size).toBe(2);
+  });
 
   it("pulls a catalog image that is not local in stage resolve-image, once for two creates", async () => {
     const { vms, operations, pulls, images, create } = await setup();

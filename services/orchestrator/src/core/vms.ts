@@ -136,6 +136,8 @@ export interface VmService {
   guestTarget(name: string): Promise<GuestTarget>;
   /** At start-up: VMs whose VMM died while the orchestrator was away are cleaned and marked stopped. */
   recover(): Promise<void>;
+  /** Resolves when the warm tap pool is not being topped up (tests). */
+  poolSettled(): Promise<void>;
   /** The guest address of running VM `name` (what `<name>.vm` answers), or undefined. */
   resolve(name: string): string | undefined;
 }
@@ -215,6 +217,25 @@ export function createVmService(deps: {
   /** VMs in the middle of an action, by VM id. */
   const phases = new Map<string, VmStateName>();
   let bridgeReady: Promise<void> | undefined;
+  /** Warm-pool taps ready to be taken over, so a create does not wait for a link to be made. */
+  const tapPool: string[] = [];
+  let refilling: Promise<void> | undefined;
+  const poolSize = config.network.tapPool;
+  /** Tops the warm pool up in the background (one refill at a time; failures only logged). */
+  const refillTapPool = () => {
+    refilling ??= (async () => {
+      try {
+        while (tapPool.length < poolSize) {
+          tapPool.push(await host.createPoolTap(bridge, { signal: AbortSignal.timeout(30_000) }));
+        }
+      } catch (error) {
+        logger.warn({ err: error }, "could not top up the warm tap pool; creates make their own taps");
+      } finally {
+        refilling = undefined;
+      }
+    })();
+    return refilling;
+  };
   const scopeOf = (op: OperationContext): CallScope => ({ signal: op.signal });
 
   function view(vm: VmRecord): VmView {
@@ -277,7 +298,10 @@ export function createVmService(deps: {
     // Ensured once per orchestrator run, on the first boot; a failure is retried by the next one.
     const ready = (bridgeReady ??= host
       .ensureBridge(bridge, config.network.address, scope)
-      .then(() => deps.onBridgeReady?.(network))
+      .then(() => {
+        void refillTapPool();
+        return deps.onBridgeReady?.(network);
+      })
       .catch((error: unknown) => {
         bridgeReady = undefined;
         throw error;
@@ -288,7 +312,17 @@ export function createVmService(deps: {
       "tap",
       async () => {
         await ready;
-        return host.createTap(vm.id, bridge, scope);
+        const pooled = tapPool.shift();
+        if (pooled === undefined) return host.createTap(vm.id, bridge, scope);
+        void refillTapPool();
+        try {
+          const tap = await host.createTap(vm.id, bridge, scope, pooled);
+          await op.track("tap", "running", `tap ${tap} from the warm pool`);
+          return tap;
+        } catch (error) {
+          logger.warn({ err: error, tap: pooled }, "a warm-pool tap could not be taken over; making a new one");
+          return host.createTap(vm.id, bridge, scope);
+        }
       },
       () => host.deleteTap(vm.id, { signal: new AbortController().signal }),
     );
@@ -676,6 +710,10 @@ export function createVmService(deps: {
 
     resolve: (name) => addresses.get(name),
 
+    poolSettled: async () => {
+      await refilling;
+    },
+
     async logs(name, options) {
       const vm = await find(name);
       const file = options.source === "vmm" ? "vmm.log" : "console.log";
@@ -803,6 +841,7 @@ export function createVmService(deps: {
         logger.warn({ id }, "removed the directory of a VM that does not exist");
       }
       if (!inventory) return;
+      tapPool.push(...inventory.poolTaps.filter((name) => !tapPool.includes(name)));
       // banger's resources that belong to no VM at all.
       const orphans = new Set<string>([
         ...inventory.taps.map((t) => t.vmId),

@@ -32,6 +32,9 @@ export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
         taps: found.links
           .filter((link) => link.kind === LinkKind.TAP && link.vmId !== "")
           .map((link) => ({ name: link.name, vmId: link.vmId })),
+        poolTaps: found.links
+          .filter((link) => link.kind === LinkKind.TAP && link.vmId === "" && link.name.startsWith("bgr-p"))
+          .map((link) => link.name),
         natRules: found.natRules.map((rule) => ({ vmId: rule.vmId })),
         loops: found.loopDevices.map((loop) => ({ device: loop.device, backingFile: loop.backingFile })),
         vmms: found.vmmProcesses.map((vmm) => ({
@@ -44,8 +47,14 @@ export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
     async ensureBridge(name, address, scope) {
       await network.ensureBridge({ name, address }, callOptions(scope));
     },
-    async createTap(vmId, bridge, scope) {
-      return (await network.createTap({ vmId, bridge }, callOptions(scope))).name;
+    async createTap(vmId, bridge, scope, fromPool = "") {
+      return (await network.createTap({ vmId, bridge, fromPool }, callOptions(scope))).name;
+    },
+    async createPoolTap(bridge, scope) {
+      return (await network.createTap({ bridge, pool: true }, callOptions(scope))).name;
+    },
+    async deletePoolTap(name, scope) {
+      await network.deleteTap({ poolName: name }, callOptions(scope));
     },
     async deleteTap(vmId, scope) {
       await network.deleteTap({ vmId }, callOptions(scope));
