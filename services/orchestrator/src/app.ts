@@ -28,6 +28,7 @@ import {
 } from "./config/index.js";
 import { knownHostsPath } from "./core/vm-observe.js";
 import { createImageCatalog } from "./core/images.js";
+import { dnsCapability, natCapability } from "./core/capabilities.js";
 import { createKernelCatalog } from "./core/kernels.js";
 import { createVmService as createVmLifecycle } from "./core/vms.js";
 import { createDnsResponder } from "./dns/index.js";
@@ -119,7 +120,22 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       identity = undefined;
       throw error;
     }));
-  let dnsListening = false;
+  // `<name>.vm` is answered on the bridge address once the bridge exists. Port 53 needs
+  // CAP_NET_BIND_SERVICE (the installed unit grants it); without it VMs still run, unnamed.
+  const dns = createDnsResponder({ lookup: (name) => names.resolve(name), logger: config.logger });
+  const names = dnsCapability(async (network) => {
+    try {
+      await dns.listen(network.address, DNS_PORT);
+      config.logger.info({ address: network.address, port: DNS_PORT }, "DNS responder for .vm listening");
+      return { name: "dns", ok: true, detail: `answering <name>.vm on ${network.address}:${DNS_PORT}` };
+    } catch (error) {
+      config.logger.warn(
+        { err: error, address: network.address, port: DNS_PORT },
+        "DNS responder could not listen: <name>.vm names will not resolve",
+      );
+      return { name: "dns", ok: false, detail: `cannot listen on ${network.address}:${DNS_PORT}: ${String(error)}` };
+    }
+  });
   const vms = createVmLifecycle({
     db: config.db,
     logger: config.logger,
@@ -136,23 +152,8 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       identityFile: async () => (await sshIdentity()).privateKeyPath,
       knownHostsFile: knownHostsPath(sshIdentityPaths(defaultConfigDir(process.env, home)).dir),
     },
-    // `<name>.vm` is answered on the bridge address once the bridge exists. Port 53 needs
-    // CAP_NET_BIND_SERVICE (the installed unit grants it); without it VMs still run, unnamed.
-    onBridgeReady: async (network) => {
-      if (dnsListening) return;
-      dnsListening = true;
-      try {
-        await dns.listen(network.address, DNS_PORT);
-        config.logger.info({ address: network.address, port: DNS_PORT }, "DNS responder for .vm listening");
-      } catch (error) {
-        config.logger.warn(
-          { err: error, address: network.address, port: DNS_PORT },
-          "DNS responder could not listen: <name>.vm names will not resolve",
-        );
-      }
-    },
+    capabilities: [natCapability(privileged, config.config.network.bridge), names],
   });
-  const dns = createDnsResponder({ lookup: (name) => vms.resolve(name), logger: config.logger });
   await vms.recover();
   const self = () => ({
     name: "orchestrator" as const,

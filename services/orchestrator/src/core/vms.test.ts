@@ -14,6 +14,7 @@ import { DEFAULT_CONFIG, type BangerConfig } from "../config/index.js";
 import { insertImage, insertKernel } from "../store/index.js";
 import { image, kernel, useStore, useTempDir } from "../store/test-support.js";
 import type { HostPort } from "./host.js";
+import { dnsCapability, natCapability } from "./capabilities.js";
 import { createImageCatalog, type PullerPort } from "./images.js";
 import { createKernelCatalog } from "./kernels.js";
 import { createOperations } from "./operations.js";
@@ -227,8 +228,9 @@ async function setup(script: Script = {}) {
   };
   const calls: string[] = [];
   const requests: string[] = [];
-  const build = () =>
-    createVmService({
+  const build = (names = dnsCapability(() => Promise.resolve({ name: "dns", ok: true, detail: "" }))) => ({
+    names,
+    vms: createVmService({
       db,
       logger,
       operations,
@@ -237,6 +239,7 @@ async function setup(script: Script = {}) {
       images,
       kernels,
       host: scriptedHost(model, script, calls),
+      capabilities: [natCapability(scriptedHost(model, script, calls), "bgr0"), names],
       firecracker: fakeFirecracker(script, requests),
       guest: scriptedGuest(script),
       runtimeDir: join(stateDir, "run"),
@@ -244,8 +247,10 @@ async function setup(script: Script = {}) {
         identityFile: () => Promise.resolve("/nonexistent/id_ed25519"),
         knownHostsFile: join(stateDir, "known_hosts"),
       },
-    });
-  const vms = build();
+    }),
+  });
+  const built = build();
+  const { vms, names } = built;
   const create = (name: string, extra: { nat?: boolean; skipSshWait?: boolean } = {}) =>
     vms.create(
       {
@@ -263,14 +268,14 @@ async function setup(script: Script = {}) {
     );
   /** Another orchestrator over the same store, state directory and host: as after a restart. */
   const restarted = () => build();
-  return { vms, operations, model, calls, requests, stateDir, create, restarted, pulls, images };
+  return { vms, names, operations, model, calls, requests, stateDir, create, restarted, pulls, images };
 }
 
 const vmDirs = (stateDir: string) => (existsSync(join(stateDir, "vms")) ? readdirSync(join(stateDir, "vms")) : []);
 
 describe("VM create", () => {
   it("runs every stage in order, configures the VMM and leaves a running VM with its handles", async () => {
-    const { vms, operations, model, requests, stateDir, create } = await setup();
+    const { vms, names, operations, model, requests, stateDir, create } = await setup();
     const op = await create("box", { nat: true });
     await operations.settled();
     const done = await operations.get(op.id);
@@ -282,6 +287,7 @@ describe("VM create", () => {
     expect(done.result).toMatchObject({ vm: { name: "box", state: "VM_STATE_RUNNING", guestIp: "172.30.0.2" } });
     expect([...model.taps, ...model.vmms, ...model.nat]).toEqual([vm.id, vm.id, vm.id]);
     expect(model.loops.size).toBe(0); // the clone's loop device was only for fsck and guest files
+    expect(names.resolve("box")).toBe("172.30.0.2"); // the DNS capability's postStart
     expect(readdirSync(join(stateDir, "vms", vm.id)).sort()).toEqual(["handles.json", "root.ext4", "work.ext4"]);
     expect(requests).toEqual([
       'machine-config {"vcpuCount":2,"memSizeMib":1024,"smt":false}',
@@ -421,7 +427,7 @@ const base = (name: string) => ({
 
 describe("VM lifecycle", () => {
   it("stop, start, restart, set and delete round trips, with the right codes for no-op requests", async () => {
-    const { vms, operations, model, requests, stateDir, create } = await setup();
+    const { vms, names, operations, model, requests, stateDir, create } = await setup();
     await create("box");
     await operations.settled();
     const id = (await vms.get("box")).id;
@@ -435,6 +441,7 @@ describe("VM lifecycle", () => {
     await operations.settled();
     expect((await vms.get("box")).state).toBe("stopped");
     expect([...model.vmms, ...model.taps]).toEqual([]);
+    expect(names.resolve("box")).toBeUndefined(); // a stopped VM has no name
     expect(await vms.stop("box", { timeoutMs: 100, force: true }).catch((e: BangerError) => e.reason)).toBe(
       "VM_NOT_RUNNING",
     );
@@ -478,14 +485,14 @@ describe("VM recovery at start-up", () => {
     model.loops.set("/dev/loop9", join(stateDir, "vms", half.id, "root.ext4"));
     model.taps.add("gone0000000");
 
-    const after = restarted();
+    const { vms: after, names: afterNames } = restarted();
     await after.recover();
     expect((await after.list()).map((vm) => [vm.name, vm.state])).toEqual([
       ["alive", "running"],
       ["dead", "stopped"],
     ]);
-    expect(after.resolve("alive")).toBe(alive.guestIp);
-    expect(after.resolve("dead")).toBeUndefined();
+    expect(afterNames.resolve("alive")).toBe(alive.guestIp);
+    expect(afterNames.resolve("dead")).toBeUndefined();
     expect([...model.taps]).toEqual([alive.id]);
     expect([...model.vmms]).toEqual([alive.id]);
     expect([...model.loops]).toEqual([]);

@@ -45,6 +45,7 @@ import { CATALOG, ROOTFS_FILE, WORK_SEED_FILE, imageJson, validImageName, type I
 import { kernelFiles, type KernelCatalog } from "./kernels.js";
 import type { FirecrackerClient } from "../vmm/firecracker-client.js";
 import type { OperationContext, Operations } from "./operations.js";
+import { orderCapabilities, workDiskCapability, type Capability } from "./capabilities.js";
 import { createSerialLock } from "./serial-lock.js";
 import { forgetHostKey, measureVm, readLog, sshTarget, type SshTarget, type VmUsage } from "./vm-observe.js";
 import {
@@ -138,8 +139,6 @@ export interface VmService {
   recover(): Promise<void>;
   /** Resolves when the warm tap pool is not being topped up (tests). */
   poolSettled(): Promise<void>;
-  /** The guest address of running VM `name` (what `<name>.vm` answers), or undefined. */
-  resolve(name: string): string | undefined;
 }
 
 /** What is true on the host for a running VM; kept in memory and in handles.json. */
@@ -194,11 +193,22 @@ export function createVmService(deps: {
   readonly runtimeDir: string;
   /** The guests' private key (made on first use) and banger's known_hosts. */
   readonly ssh: { readonly identityFile: () => Promise<string>; readonly knownHostsFile: string };
-  /** Called once the bridge exists (the DNS responder listens on its address). */
-  readonly onBridgeReady?: (network: BridgeNetwork) => Promise<void>;
+  /** Host features (NAT, DNS, the work disk, …) whose hooks run at fixed points of a VM's life. */
+  readonly capabilities?: readonly Capability[];
   readonly now?: () => Date;
 }): VmService {
   const { db, logger, operations, host, guest, config } = deps;
+  // The work disk is this module's own; the composition root adds the rest (NAT, DNS, …).
+  const capabilities = orderCapabilities([
+    workDiskCapability((vm, sizeMib) =>
+      guest.growWorkDisk(join(vmDir(vm.id), WORK_DISK), sizeMib, AbortSignal.timeout(120_000)),
+    ),
+    ...(deps.capabilities ?? []),
+  ]);
+  /** Runs `hook` of every capability in dependency order (reverse for cleanups). */
+  const eachCapability = async (reverse: boolean, hook: (capability: Capability) => Promise<void> | undefined) => {
+    for (const capability of reverse ? [...capabilities].reverse() : capabilities) await hook(capability);
+  };
   const now = deps.now ?? (() => new Date());
   const network = parseBridgeAddress(config.network.address);
   const bridge = config.network.bridge;
@@ -212,8 +222,6 @@ export function createVmService(deps: {
   };
   /** Running VMs' handles, by VM id. */
   const handles = new Map<string, Handles>();
-  /** Running VMs' guest addresses, by name (the DNS responder reads this). */
-  const addresses = new Map<string, string>();
   /** VMs in the middle of an action, by VM id. */
   const phases = new Map<string, VmStateName>();
   let bridgeReady: Promise<void> | undefined;
@@ -255,11 +263,9 @@ export function createVmService(deps: {
   async function saveHandles(vm: VmRecord, value: Handles | undefined): Promise<void> {
     if (value) {
       handles.set(vm.id, value);
-      addresses.set(vm.name, vm.guestIp);
       await writeFile(join(vmDir(vm.id), HANDLES), JSON.stringify(value, null, 2), { mode: 0o600 });
     } else {
       handles.delete(vm.id);
-      addresses.delete(vm.name);
       await rm(join(vmDir(vm.id), HANDLES), { force: true });
     }
   }
@@ -298,9 +304,9 @@ export function createVmService(deps: {
     // Ensured once per orchestrator run, on the first boot; a failure is retried by the next one.
     const ready = (bridgeReady ??= host
       .ensureBridge(bridge, config.network.address, scope)
-      .then(() => {
+      .then(async () => {
         void refillTapPool();
-        return deps.onBridgeReady?.(network);
+        await eachCapability(false, (c) => c.prepareHost?.(network));
       })
       .catch((error: unknown) => {
         bridgeReady = undefined;
@@ -387,16 +393,12 @@ export function createVmService(deps: {
         guest.waitForSsh(vm.guestIp, options.sshTimeoutMs ?? DEFAULT_SSH_TIMEOUT_MS, op.signal),
       );
     }
-    await staged(
-      op,
-      undo,
-      "network",
-      async () => {
-        if (vm.nat) await host.enableNat(vm.id, vm.guestIp, bridge, scope);
-        await saveHandles(vm, { ...handle, nat: vm.nat, ready: !options.skipSshWait });
-      },
-      () => (vm.nat ? host.disableNat(vm.id, { signal: new AbortController().signal }) : Promise.resolve()),
-    );
+    // Capabilities (DNS name, NAT, …) in dependency order; a failure unwinds all of their cleanups.
+    undo.push(() => eachCapability(true, (c) => c.cleanup?.(vm, { signal: AbortSignal.timeout(30_000) })));
+    await op.stage("network", async () => {
+      await eachCapability(false, (c) => c.postStart?.(vm, scope));
+      await saveHandles(vm, { ...handle, ready: !options.skipSshWait });
+    });
     await updateVm(db, vm.name, { updatedAt: now(), desiredState: "running", lastError: null, startedAt: now() });
   }
 
@@ -414,8 +416,9 @@ export function createVmService(deps: {
         }
       }
       await host.signalVmm(vm.id, handle.pid, startTime, "kill", scope);
-      if (handle.nat) await host.disableNat(vm.id, scope);
     }
+    const current = (await getVmById(db, vm.id)) ?? vm;
+    await eachCapability(true, (c) => c.cleanup?.(current, scope));
     await host.deleteTap(vm.id, scope);
     await saveHandles(vm, undefined);
   }
@@ -468,6 +471,8 @@ export function createVmService(deps: {
       if (await getVmByName(db, name)) {
         throw new AlreadyExistsError(`a VM named ${name} already exists`, { reason: "VM_NAME_TAKEN" });
       }
+      const nat = req.nat || config.vm.nat;
+      await eachCapability(false, (c) => c.preflight?.({ vmName: name, nat, workDiskMib }));
       return operations.start("create-vm", name, async (op) => {
         const undo: (() => Promise<unknown>)[] = [];
         let vm: VmRecord | undefined;
@@ -499,7 +504,7 @@ export function createVmService(deps: {
                   guestIp: allocateGuestIp(network, new Set(existing.map((v) => v.guestIp))),
                   mac: allocateMac(id, new Set(existing.map((v) => v.mac))),
                   vsockCid: allocateVsockCid(new Set(existing.map((v) => v.vsockCid))),
-                  nat: req.nat || config.vm.nat,
+                  nat,
                   vmm: "firecracker",
                   rootDiskStrategy: "clone",
                   desiredState: "running",
@@ -551,7 +556,6 @@ export function createVmService(deps: {
           if (vm) {
             phases.delete(vm.id);
             handles.delete(vm.id);
-            addresses.delete(vm.name);
           }
           throw error;
         }
@@ -680,21 +684,11 @@ export function createVmService(deps: {
             );
           }
           if (running) pending["work_disk_mib"] = change.workDiskMib;
-          else {
-            await guest.growWorkDisk(join(vmDir(vm.id), WORK_DISK), change.workDiskMib, new AbortController().signal);
-            patch.workDiskMib = change.workDiskMib;
-          }
+          else patch.workDiskMib = change.workDiskMib;
         }
-        if (change.nat !== undefined && change.nat !== vm.nat) {
-          patch.nat = change.nat;
-          const handle = handles.get(vm.id);
-          if (handle) {
-            const scope = { signal: new AbortController().signal };
-            if (change.nat) await host.enableNat(vm.id, vm.guestIp, bridge, scope);
-            else await host.disableNat(vm.id, scope);
-            await saveHandles(vm, { ...handle, nat: change.nat });
-          }
-        }
+        if (change.nat !== undefined && change.nat !== vm.nat) patch.nat = change.nat;
+        const scope = { signal: AbortSignal.timeout(60_000) };
+        await eachCapability(false, (c) => c.applyConfigChange?.(vm, { ...patch }, running, scope));
         const updated = await updateVm(db, name, { updatedAt: now(), ...patch, pendingChanges: pending });
         return view(updated);
       });
@@ -707,8 +701,6 @@ export function createVmService(deps: {
     async get(name) {
       return view(await find(name));
     },
-
-    resolve: (name) => addresses.get(name),
 
     poolSettled: async () => {
       await refilling;
@@ -825,7 +817,10 @@ export function createVmService(deps: {
           : processAlive(pid, vm.id);
         if (alive) {
           handles.set(vm.id, stored);
-          addresses.set(vm.name, vm.guestIp);
+          // Its DNS name, NAT rule, … are put back (postStart hooks are idempotent).
+          await eachCapability(false, (c) => c.postStart?.(vm, scope)).catch((error: unknown) =>
+            logger.warn({ vm: vm.name, err: error }, "could not restore a running VM's host features"),
+          );
           logger.info({ vm: vm.name, pid }, "VM still running: kept");
           continue;
         }
