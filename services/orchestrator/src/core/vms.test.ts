@@ -149,8 +149,8 @@ function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPo
   };
 }
 
-function fakeFirecracker(script: Script, requests: string[]): (socket: string) => FirecrackerApi {
-  return () => {
+function fakeFirecracker(script: Script, requests: string[], model: HostModel): (socket: string) => FirecrackerApi {
+  return (socket) => {
     const put = (what: string) => (body?: unknown) => {
       requests.push(`${what} ${JSON.stringify(body ?? {})}`);
       return script.failAt === what
@@ -165,7 +165,11 @@ function fakeFirecracker(script: Script, requests: string[]): (socket: string) =
       putNetworkInterface: put("network-interfaces"),
       putVsock: put("vsock"),
       instanceStart: put("InstanceStart"),
-      sendCtrlAltDel: put("SendCtrlAltDel"),
+      // The guest shuts down and its VMM exits.
+      sendCtrlAltDel: () => {
+        model.vmms.delete(socket.split("/").at(-2) ?? "");
+        return put("SendCtrlAltDel")();
+      },
     };
   };
 }
@@ -240,7 +244,7 @@ async function setup(script: Script = {}) {
       kernels,
       host: scriptedHost(model, script, calls),
       capabilities: [natCapability(scriptedHost(model, script, calls), "bgr0"), names],
-      firecracker: fakeFirecracker(script, requests),
+      firecracker: fakeFirecracker(script, requests, model),
       guest: scriptedGuest(script),
       runtimeDir: join(stateDir, "run"),
       ssh: {

@@ -156,6 +156,8 @@ interface Handles {
 const VM_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
 const DEFAULT_SSH_TIMEOUT_MS = 60_000;
 const DEFAULT_STOP_TIMEOUT_MS = 30_000;
+/** How long a VMM gets to exit after SIGTERM before SIGKILL. */
+const TERM_GRACE_MS = 3_000;
 const ROOT_DISK = "root.ext4";
 const WORK_DISK = "work.ext4";
 const HANDLES = "handles.json";
@@ -407,15 +409,25 @@ export function createVmService(deps: {
     const handle = handles.get(vm.id);
     if (handle) {
       const startTime = new Date(handle.startTime);
+      let gone = false;
       if (!options.force) {
+        // The guest shuts down (Ctrl-Alt-Del); then the VMM is asked to exit (SIGTERM); then it is killed.
         try {
           await deps.firecracker(handle.controlSocket).sendCtrlAltDel();
           await waitForExit(handle.pid, vm.id, options.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS, scope.signal);
+          gone = true;
         } catch (error) {
-          logger.warn({ vm: vm.name, err: error }, "graceful shutdown did not finish; killing the VMM");
+          logger.warn({ vm: vm.name, err: error }, "the guest did not shut down in time; stopping the VMM");
+          try {
+            await host.signalVmm(vm.id, handle.pid, startTime, "term", scope);
+            await waitForExit(handle.pid, vm.id, TERM_GRACE_MS, scope.signal);
+            gone = true;
+          } catch (termError) {
+            logger.warn({ vm: vm.name, err: termError }, "the VMM did not exit on SIGTERM; killing it");
+          }
         }
       }
-      await host.signalVmm(vm.id, handle.pid, startTime, "kill", scope);
+      if (!gone) await host.signalVmm(vm.id, handle.pid, startTime, "kill", scope);
     }
     const current = (await getVmById(db, vm.id)) ?? vm;
     await eachCapability(true, (c) => c.cleanup?.(current, scope));
