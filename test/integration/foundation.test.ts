@@ -152,7 +152,7 @@ describe("three services on Unix sockets", () => {
         .filter((m) => m.name !== "BuildInitramfs")
         .map((m) => `${KernelService.typeName}/${m.name}`),
       ...PullerService.methods.map((m) => `${PullerService.typeName}/${m.name}`),
-      ...VmService.methods.filter((m) => m.name !== "VmPorts").map((m) => `${VmService.typeName}/${m.name}`),
+      ...VmService.methods.map((m) => `${VmService.typeName}/${m.name}`),
       "banger.v1.ExecService/Exec",
     ]);
     const sockets: [ServiceName, DescFile[]][] = [

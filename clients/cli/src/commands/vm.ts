@@ -1,5 +1,5 @@
 import { VmSchema, VmState, type Vm } from "@banger/gen/banger/v1/resources_pb.js";
-import { VmLogSource, VmService, VmStatsResponseSchema } from "@banger/gen/banger/v1/vm_pb.js";
+import { ListeningPortSchema, VmLogSource, VmService, VmStatsResponseSchema } from "@banger/gen/banger/v1/vm_pb.js";
 import type { Operation } from "@banger/gen/banger/v1/operation_pb.js";
 import { toJson } from "@bufbuild/protobuf";
 import { spawn } from "node:child_process";
@@ -46,7 +46,7 @@ export function registerVmCommands(program: Command, globals: () => GlobalOption
   const vm = program
     .command("vm")
     .description(
-      "virtual machines: create, list, show, start, stop, restart, delete, set, logs, stats, ssh, exec, run",
+      "virtual machines: create, list, show, start, stop, restart, delete, set, logs, stats, ports, ssh, exec, run",
     );
   vm.command("create")
     .description(
@@ -267,6 +267,27 @@ function registerObserveCommands(vm: Command, globals: () => GlobalOptions): voi
             `uptime:     ${secs(stats.uptime)}`,
           ].join("\n") + "\n",
         );
+      });
+    });
+  vm.command("ports")
+    .argument("<name>", "a running VM")
+    .description("TCP and UDP sockets listening in the guest (read over SSH)")
+    .option("--json", "print JSON")
+    .action(async (name: string, opts: { json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { ports } = await o.client(VmService).vmPorts({ name }, o.callOptions());
+        if (opts.json) {
+          process.stdout.write(
+            JSON.stringify(
+              ports.map((p) => toJson(ListeningPortSchema, p)),
+              null,
+              2,
+            ) + "\n",
+          );
+          return;
+        }
+        const rows = ports.map((p) => [p.protocol, p.address, String(p.port), p.process]);
+        process.stdout.write(renderTable(["PROTO", "ADDRESS", "PORT", "PROCESS"], rows));
       });
     });
   vm.command("ssh")

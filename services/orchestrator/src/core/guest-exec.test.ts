@@ -9,7 +9,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { BangerError } from "@banger/common";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { execInGuest, remoteCommand, type GuestCommand, type GuestTarget } from "./guest-exec.js";
+import {
+  LISTENING_PORTS_ARGV,
+  execInGuest,
+  parseListeningPorts,
+  remoteCommand,
+  type GuestCommand,
+  type GuestTarget,
+} from "./guest-exec.js";
 
 const SSHD = "/usr/sbin/sshd";
 const canRun = process.getuid?.() === 0 && existsSync(SSHD);
@@ -112,7 +119,46 @@ describe("remote command lines", () => {
   });
 });
 
+describe("listening ports from /proc/net", () => {
+  it("keeps listening TCP and bound UDP sockets, with their addresses, sorted by port", () => {
+    const header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode";
+    const output = [
+      "# tcp",
+      header,
+      "   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1",
+      "   1: 0100007F:1538 00000000:0000 0A 00000000:00000000 00:00000000 00000000   100        0 2 1",
+      "   2: 0200A8C0:0016 0100A8C0:C350 01 00000000:00000000 00:00000000 00000000     0        0 3 1",
+      "# tcp6",
+      header,
+      "   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 0 0 0 0 0 4 1",
+      "   1: 00000000000000000000000001000000:0277 00000000000000000000000000000000:0000 0A 0 0 0 0 0 5 1",
+      "# udp",
+      header,
+      "   0: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 6 2",
+      "# udp6",
+    ].join("\n");
+    expect(parseListeningPorts(output)).toEqual([
+      { protocol: "tcp", address: "0.0.0.0", port: 22, process: "" },
+      { protocol: "udp", address: "0.0.0.0", port: 53, process: "" },
+      { protocol: "tcp6", address: "::", port: 80, process: "" },
+      { protocol: "tcp6", address: "::1", port: 631, process: "" },
+      { protocol: "tcp", address: "127.0.0.1", port: 5432, process: "" },
+    ]);
+  });
+});
+
 describe.skipIf(!canRun)("exec in a guest over SSH (a real sshd on 127.0.0.1)", () => {
+  it("lists the guest's listening ports (the sshd it talks to among them)", async () => {
+    const { stdout, exit } = await run(command(LISTENING_PORTS_ARGV));
+    expect(exit.code).toBe(0);
+    expect(parseListeningPorts(stdout)).toContainEqual({
+      protocol: "tcp",
+      address: "127.0.0.1",
+      port: target.port,
+      process: "",
+    });
+  });
+
   it("streams stdout and stderr apart, passes stdin, and ends with the exit code", async () => {
     const result = await run(
       command(["sh", "-c", "echo out; echo err >&2; cat; exit 3"], { stdin: Buffer.from("in\n") }),

@@ -177,3 +177,56 @@ export function execInGuest(
     throw error;
   });
 }
+
+export interface ListeningPort {
+  readonly protocol: "tcp" | "tcp6" | "udp" | "udp6";
+  readonly address: string;
+  readonly port: number;
+  readonly process: string;
+}
+
+/** The guest command whose output `parseListeningPorts` reads (every Linux has these files). */
+export const LISTENING_PORTS_ARGV = [
+  "sh",
+  "-c",
+  'for f in tcp tcp6 udp udp6; do echo "# $f"; cat /proc/net/$f 2>/dev/null; done',
+];
+
+/** "0100007F" → "127.0.0.1"; the 32-hex IPv6 form → its compressed text. */
+function procAddress(hex: string): string {
+  if (hex.length === 8) {
+    return [6, 4, 2, 0].map((i) => parseInt(hex.slice(i, i + 2), 16)).join(".");
+  }
+  // IPv6: four 32-bit words, each in host (little-endian) order.
+  const groups: string[] = [];
+  for (let word = 0; word < 4; word++) {
+    const w = hex.slice(word * 8, word * 8 + 8);
+    const bytes = [6, 4, 2, 0].map((i) => w.slice(i, i + 2)).join("");
+    groups.push(bytes.slice(0, 4), bytes.slice(4, 8));
+  }
+  const text = groups.map((g) => parseInt(g, 16).toString(16)).join(":");
+  return text === "0:0:0:0:0:0:0:0" ? "::" : text.replace(/(^|:)0(:0)+(:|$)/, "::");
+}
+
+/** Listening TCP sockets (state 0A) and bound UDP sockets (state 07) from /proc/net/*, sorted by port then protocol. */
+export function parseListeningPorts(output: string): ListeningPort[] {
+  const ports = new Map<string, ListeningPort>();
+  let protocol: ListeningPort["protocol"] | undefined;
+  for (const line of output.split("\n")) {
+    const header = /^# (tcp6?|udp6?)$/.exec(line.trim());
+    if (header) {
+      protocol = header[1] as ListeningPort["protocol"];
+      continue;
+    }
+    const fields = line.trim().split(/\s+/);
+    const [local, state] = [fields[1], fields[3]];
+    if (!protocol || !local || !state || !/^[0-9A-F]+:[0-9A-F]{4}$/.test(local)) continue;
+    const listening = protocol.startsWith("tcp") ? state === "0A" : state === "07";
+    if (!listening) continue;
+    const [addressHex = "", portHex = ""] = local.split(":");
+    const port = parseInt(portHex, 16);
+    const entry = { protocol, address: procAddress(addressHex), port, process: "" };
+    ports.set(`${protocol} ${entry.address} ${port}`, entry);
+  }
+  return [...ports.values()].sort((a, b) => a.port - b.port || a.protocol.localeCompare(b.protocol));
+}

@@ -1,9 +1,10 @@
-import { implementService } from "@banger/common";
+import { UnavailableError, implementService } from "@banger/common";
 import { VmLogSource, VmService } from "@banger/gen/banger/v1/vm_pb.js";
 import { VmSchema, VmState } from "@banger/gen/banger/v1/resources_pb.js";
 import { fromJson } from "@bufbuild/protobuf";
 import { timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
+import { LISTENING_PORTS_ARGV, execInGuest, parseListeningPorts } from "../core/guest-exec.js";
 import { vmJson, type VmService as Vms, type VmView } from "../core/vms.js";
 import { operationToProto } from "./operation-service.js";
 import { scopeOf } from "./scope.js";
@@ -98,6 +99,22 @@ export function createVmService(vms: Vms): ServiceImpl<typeof VmService> {
         workDiskUsedBytes: BigInt(usage.workDiskUsedBytes),
         uptime: durationOf(usage.uptimeMs),
       };
+    },
+    async vmPorts(req, ctx) {
+      const target = await vms.guestTarget(req.name);
+      let output = "";
+      const exit = await execInGuest(
+        target,
+        { argv: LISTENING_PORTS_ARGV, env: [], workingDir: "/", user: "", stdin: new Uint8Array(), timeoutMs: 10_000 },
+        { onStdout: (chunk) => (output += chunk.toString()), onStderr: () => undefined },
+        ctx.signal,
+      );
+      if (exit.code !== 0) {
+        throw new UnavailableError(`reading the guest's sockets failed (exit ${exit.code})`, {
+          reason: "GUEST_UNREACHABLE",
+        });
+      }
+      return { ports: parseListeningPorts(output) };
     },
     async vmSshTarget(req) {
       return vms.sshTarget(req.name);
