@@ -127,6 +127,15 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
     try {
       await dns.listen(network.address, DNS_PORT);
       config.logger.info({ address: network.address, port: DNS_PORT }, "DNS responder for .vm listening");
+      // The host's own lookups of <name>.vm go to it too, where systemd-resolved runs.
+      await privileged
+        .configureResolver(config.config.network.bridge, network.address, { signal: AbortSignal.timeout(10_000) })
+        .catch((error: unknown) =>
+          config.logger.warn(
+            { err: error },
+            "could not route .vm through systemd-resolved: the host cannot resolve <name>.vm",
+          ),
+        );
       return { name: "dns", ok: true, detail: `answering <name>.vm on ${network.address}:${DNS_PORT}` };
     } catch (error) {
       config.logger.warn(

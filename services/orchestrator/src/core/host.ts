@@ -37,6 +37,8 @@ export interface HostPort {
   deletePoolTap(name: string, scope: CallScope): Promise<void>;
   deleteTap(vmId: string, scope: CallScope): Promise<void>;
   enableNat(vmId: string, guestAddress: string, bridge: string, scope: CallScope): Promise<void>;
+  /** Routes `.vm` to banger's DNS responder on the bridge through systemd-resolved (RESOLVED_ABSENT where it does not run). */
+  configureResolver(bridge: string, dnsAddress: string, scope: CallScope): Promise<void>;
   disableNat(vmId: string, scope: CallScope): Promise<void>;
   /** Returns the loop device. */
   attachLoop(path: string, readOnly: boolean, scope: CallScope): Promise<string>;

@@ -104,6 +104,7 @@ function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPo
       model.taps.delete(vmId);
       return Promise.resolve();
     },
+    configureResolver: () => Promise.resolve(),
     async enableNat(vmId) {
       await step("enableNat");
       model.nat.add(vmId);

@@ -62,6 +62,9 @@ export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
     async enableNat(vmId, guestAddress, bridge, scope) {
       await network.enableNat({ vmId, guestAddress, bridge }, callOptions(scope));
     },
+    async configureResolver(bridge, dnsAddress, scope) {
+      await network.configureResolver({ bridge, dnsAddress }, callOptions(scope));
+    },
     async disableNat(vmId, scope) {
       await network.disableNat({ vmId }, callOptions(scope));
     },
