@@ -111,7 +111,7 @@ export function createOperations(deps: {
 
       const tracked = new Map<string, { started: Date; t0: number }>();
       const setStage = (stage: OperationStage) => {
-        stages = [...stages.filter((s) => s.name !== stage.name), stage];
+        stages = placeStage(stages, stage);
       };
       const context: OperationContext = {
         id,
@@ -142,7 +142,7 @@ export function createOperations(deps: {
           const set = (state: OperationStage["state"], endedAt: Date | null) => {
             // A note the work left on its stage (track() with a message) stays when the stage ends.
             const message = state === "running" ? "" : (stages.find((s) => s.name === name)?.message ?? "");
-            stages = [...stages.filter((s) => s.name !== name), { name, state, startedAt: started, endedAt, message }];
+            stages = placeStage(stages, { name, state, startedAt: started, endedAt, message });
           };
           set("running", null);
           await save({ stages });
@@ -250,6 +250,13 @@ export function createOperations(deps: {
       await Promise.all([...live.values()].map((entry) => entry.done));
     },
   };
+}
+
+/** `stage` in its place in the list (where it first appeared), or at the end when it is new. */
+function placeStage(stages: OperationStage[], stage: OperationStage): OperationStage[] {
+  return stages.some((s) => s.name === stage.name)
+    ? stages.map((s) => (s.name === stage.name ? stage : s))
+    : [...stages, stage];
 }
 
 /** Resolves at the entry's next change or when `signal` aborts; dispose() stops listening. */

@@ -25,13 +25,14 @@ const tempDir = useTempDir();
 const logger = createLogger({ service: "orchestrator", destination: new Writable({ write: (_c, _e, d) => d() }) });
 const CONFIG: BangerConfig = { ...DEFAULT_CONFIG, source: { path: "/nonexistent", exists: false } };
 
+// In the order they first start: the work disk is built while the root disk is made and checked.
 const CREATE_STAGES = [
   "resolve-image",
   "reserve",
+  "work-disk",
   "root-disk",
   "fsck",
   "guest-files",
-  "work-disk",
   "tap",
   "launch-vmm",
   "configure-vmm",

@@ -488,6 +488,7 @@ export function createVmService(deps: {
       return operations.start("create-vm", name, async (op) => {
         const undo: (() => Promise<unknown>)[] = [];
         let vm: VmRecord | undefined;
+        let workDisk: Promise<void> | undefined;
         try {
           const image = await op.stage("resolve-image", async () => {
             const found = await deps.images.ensureLocal(imageName, op, "resolve-image", scopeOf(op));
@@ -528,6 +529,15 @@ export function createVmService(deps: {
           const created = vm;
           phases.set(created.id, "creating");
           const dir = vmDir(created.id);
+          workDisk = op.stage("work-disk", () =>
+            guest.prepareWorkDisk({
+              target: join(dir, WORK_DISK),
+              ...(image.workSeedBytes > 0 ? { seedPath: join(deps.images.dir(image.name), WORK_SEED_FILE) } : {}),
+              sizeMib: workDiskMib,
+              signal: op.signal,
+            }),
+          );
+          workDisk.catch(() => undefined); // awaited below, or before unwinding
           const rootDisk = join(dir, ROOT_DISK);
           const scopeNow = scopeOf(op);
           // The VM's directory goes last when unwinding, whatever was made in it.
@@ -549,14 +559,8 @@ export function createVmService(deps: {
             // The VMM opens the file itself; the loop device was only for the helper's checks and writes.
             await host.detachLoop(loop, rootDisk, scopeNow);
           });
-          await op.stage("work-disk", () =>
-            guest.prepareWorkDisk({
-              target: join(dir, WORK_DISK),
-              ...(image.workSeedBytes > 0 ? { seedPath: join(deps.images.dir(image.name), WORK_SEED_FILE) } : {}),
-              sizeMib: workDiskMib,
-              signal: op.signal,
-            }),
-          );
+          // The work disk does not depend on the root disk: it is built meanwhile.
+          await workDisk;
           await boot(op, created, undo, { skipSshWait: req.skipSshWait, sshTimeoutMs: req.sshTimeoutMs });
           await rm(join(dir, CREATING), { force: true });
           phases.delete(created.id);
@@ -564,6 +568,7 @@ export function createVmService(deps: {
           return vmResult(name);
         } catch (error) {
           if (vm) phases.set(vm.id, "deleting");
+          await workDisk?.catch(() => undefined); // nothing may still be writing when the directory goes
           await unwind(undo, name);
           if (vm) {
             phases.delete(vm.id);
