@@ -817,8 +817,9 @@ export type VmSshTargetResponse = Message<"banger.v1.VmSshTargetResponse"> & {
    * A complete argument vector for the system client, options and
    * destination included, e.g. ["ssh", "-i", "…/id_ed25519", "-o",
    * "IdentitiesOnly=yes", "-o", "UserKnownHostsFile=…", "-o",
-   * "StrictHostKeyChecking=yes", "-o", "HostKeyAlias=box.vm", "-p", "22",
-   * "root@172.30.0.12"]. Append a remote command to run one.
+   * "StrictHostKeyChecking=accept-new", "-o", "HostKeyAlias=box.vm", "-p",
+   * "22", "root@172.30.0.12"]: the host key is pinned on first contact and a
+   * changed one is refused. Append a remote command to run one.
    *
    * @generated from field: repeated string ssh_argv = 7;
    */
