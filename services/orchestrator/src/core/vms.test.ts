@@ -432,6 +432,28 @@ const base = (name: string) => ({
 });
 
 describe("VM lifecycle", () => {
+  it("delete of a VM whose create is running cancels the create, which unwinds; nothing is left", async () => {
+    const { vms, operations, model, stateDir, create } = await setup({ delayMs: 40 });
+    const creating = await create("box", { nat: true });
+    // Let it get a few stages in.
+    while (!(await operations.get(creating.id)).stages.some((s) => s.name === "root-disk")) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const { existed, operation } = await vms.delete("box");
+    expect(existed).toBe(true);
+    await operations.settled();
+    expect((await operations.get(creating.id)).state).toBe("cancelled");
+    expect((await operations.get(operation.id)).state).toBe("succeeded");
+    expect(await vms.list()).toEqual([]);
+    expect({ taps: [...model.taps], loops: [...model.loops], nat: [...model.nat], vmms: [...model.vmms] }).toEqual({
+      taps: [],
+      loops: [],
+      nat: [],
+      vmms: [],
+    });
+    expect(vmDirs(stateDir)).toEqual([]);
+  });
+
   it("stop, start, restart, set and delete round trips, with the right codes for no-op requests", async () => {
     const { vms, names, operations, model, requests, stateDir, create } = await setup();
     await create("box");

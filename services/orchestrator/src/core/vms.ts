@@ -224,6 +224,8 @@ export function createVmService(deps: {
   };
   /** Running VMs' handles, by VM id. */
   const handles = new Map<string, Handles>();
+  /** Creates still running, by VM name: their operation ids (delete cancels them). */
+  const creating = new Map<string, string>();
   /** VMs in the middle of an action, by VM id. */
   const phases = new Map<string, VmStateName>();
   let bridgeReady: Promise<void> | undefined;
@@ -480,12 +482,20 @@ export function createVmService(deps: {
           { reason: "KERNEL_NOT_FOUND" },
         );
       }
+      const chosenKernel: string = kernelName;
       if (await getVmByName(db, name)) {
         throw new AlreadyExistsError(`a VM named ${name} already exists`, { reason: "VM_NAME_TAKEN" });
       }
       const nat = req.nat || config.vm.nat;
       await eachCapability(false, (c) => c.preflight?.({ vmName: name, nat, workDiskMib }));
-      return operations.start("create-vm", name, async (op) => {
+      const operation = await operations.start("create-vm", name, (op) =>
+        // The create holds the VM's lifecycle lock: start/stop/delete wait for it (delete cancels it first).
+        lifecycle(name, () => createSteps(op)).finally(() => creating.delete(name)),
+      );
+      creating.set(name, operation.id);
+      return operation;
+
+      async function createSteps(op: OperationContext): Promise<JsonObject> {
         const undo: (() => Promise<unknown>)[] = [];
         let vm: VmRecord | undefined;
         let workDisk: Promise<void> | undefined;
@@ -510,7 +520,7 @@ export function createVmService(deps: {
                   id,
                   name,
                   imageName: image.name,
-                  kernelName,
+                  kernelName: chosenKernel,
                   vcpu,
                   memoryMib,
                   workDiskMib,
@@ -571,12 +581,19 @@ export function createVmService(deps: {
           await workDisk?.catch(() => undefined); // nothing may still be writing when the directory goes
           await unwind(undo, name);
           if (vm) {
+            // A helper call cut off by a cancel may have done its work without the answer arriving:
+            // whatever the inventory still lists for this VM goes too.
+            const scope = { signal: AbortSignal.timeout(30_000) };
+            const inventory = await host.inventory(scope).catch(() => undefined);
+            if (inventory) await removeHostResources(vm.id, inventory, scope);
+          }
+          if (vm) {
             phases.delete(vm.id);
             handles.delete(vm.id);
           }
           throw error;
         }
-      });
+      }
     },
 
     async start(name, { sshTimeoutMs, skipSshWait }) {
@@ -647,12 +664,18 @@ export function createVmService(deps: {
     },
 
     async delete(name) {
-      const vm = await getVmByName(db, validVmName(name));
+      validVmName(name);
+      // A create still running for it is cancelled; it unwinds what it made, then this runs.
+      const runningCreate = creating.get(name);
+      if (runningCreate) await operations.cancel(runningCreate);
+      const found = await getVmByName(db, name);
       // Deleting what is not there succeeds: an operation with nothing to do.
-      if (!vm)
+      if (!found && !runningCreate)
         return { existed: false, operation: await operations.start("delete-vm", name, () => Promise.resolve(null)) };
       const operation = await operations.start("delete-vm", name, (op) =>
         lifecycle(name, async () => {
+          const vm = await getVmByName(db, name);
+          if (!vm) return null; // the cancelled create took it all away
           phases.set(vm.id, "deleting");
           try {
             await op.stage("stop-vmm", () => halt(vm, { timeoutMs: 5_000, force: false }, scopeOf(op)));
