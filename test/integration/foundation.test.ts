@@ -10,7 +10,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import { createUnixTransport } from "@banger/common";
 import { ErrorInfoSchema } from "@banger/gen/google/rpc/error_details_pb.js";
 import { ImageService, file_banger_v1_image } from "@banger/gen/banger/v1/image_pb.js";
-import { file_banger_v1_exec } from "@banger/gen/banger/v1/exec_pb.js";
+import { ExecService, file_banger_v1_exec } from "@banger/gen/banger/v1/exec_pb.js";
 import { KernelService, file_banger_v1_kernel } from "@banger/gen/banger/v1/kernel_pb.js";
 import { OperationService, file_banger_v1_operation } from "@banger/gen/banger/v1/operation_pb.js";
 import { file_banger_v1_system } from "@banger/gen/banger/v1/system_pb.js";
@@ -154,6 +154,7 @@ describe("three services on Unix sockets", () => {
       ...PullerService.methods.map((m) => `${PullerService.typeName}/${m.name}`),
       ...VmService.methods.map((m) => `${VmService.typeName}/${m.name}`),
       "banger.v1.ExecService/Exec",
+      "banger.v1.ExecService/ExecInteractive",
     ]);
     const sockets: [ServiceName, DescFile[]][] = [
       ["orchestrator", ORCHESTRATOR_FILES],
@@ -196,6 +197,20 @@ describe("three services on Unix sockets", () => {
 });
 
 describe("operations on the orchestrator", () => {
+  it("ExecInteractive wants the command first: INVALID_ARGUMENT (COMMAND_FIRST), with an op id", async () => {
+    const transport = createUnixTransport(cluster.socket("orchestrator"), { peer: "orchestrator" });
+    const exec = createClient(ExecService, transport.transport);
+    const error = await connectCall(async () => {
+      const input = createAsyncIterable([{ event: { case: "stdin" as const, value: new Uint8Array([1]) } }]);
+      for await (const _ of exec.execInteractive(input)) void _;
+    });
+    transport.close();
+    expect(error.code).toBe(Code.InvalidArgument);
+    const info = error.findDetails(ErrorInfoSchema)[0];
+    expect(info?.reason).toBe("COMMAND_FIRST");
+    expect(info?.metadata["op_id"]).toMatch(/^op-[0-9a-f]{12}$/);
+  });
+
   it("answers lookups from its SQLite store: NOT_FOUND for an unknown id, INVALID_ARGUMENT for a malformed one", async () => {
     const transport = createUnixTransport(cluster.socket("orchestrator"), { peer: "orchestrator" });
     const ops = createClient(OperationService, transport.transport);

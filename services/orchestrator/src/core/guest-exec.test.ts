@@ -15,6 +15,7 @@ import {
   parseListeningPorts,
   remoteCommand,
   type GuestCommand,
+  type GuestInput,
   type GuestTarget,
 } from "./guest-exec.js";
 
@@ -195,6 +196,59 @@ describe.skipIf(!canRun)("exec in a guest over SSH (a real sshd on 127.0.0.1)", 
       "failed-precondition",
       "HOST_KEY_MISMATCH",
     ]);
+  });
+
+  it("streams input as it comes, interactively, and ends the command's stdin when the input ends", async () => {
+    let stdout = "";
+    let sawFirst!: () => void;
+    const firstEcho = new Promise<void>((resolve) => (sawFirst = resolve));
+    async function* input(): AsyncGenerator<GuestInput> {
+      yield { kind: "stdin", data: Buffer.from("one\n") };
+      await firstEcho; // the guest answered before the next line was sent: it really is interactive
+      yield { kind: "stdin", data: Buffer.from("two\n") };
+      yield { kind: "close" };
+    }
+    const exit = await execInGuest(
+      target,
+      command(["sh", "-c", "while read -r line; do echo got $line; done; echo done"]),
+      {
+        onStdout: (chunk) => {
+          stdout += chunk.toString();
+          if (stdout.includes("got one")) sawFirst();
+        },
+        onStderr: () => undefined,
+      },
+      new AbortController().signal,
+      { input: input() },
+    );
+    expect([stdout, exit.code]).toEqual(["got one\ngot two\ndone\n", 0]);
+  });
+
+  it("gives a pseudo-terminal of the asked size, and resizes it", async () => {
+    let stdout = "";
+    let sawSize!: () => void;
+    const size = new Promise<void>((resolve) => (sawSize = resolve));
+    async function* input(): AsyncGenerator<GuestInput> {
+      await size;
+      yield { kind: "resize", columns: 132, rows: 50 };
+      await new Promise((r) => setTimeout(r, 200));
+      yield { kind: "stdin", data: Buffer.from("\n") };
+    }
+    const exit = await execInGuest(
+      target,
+      command(["sh", "-c", "stty size; read -r _; stty size"]),
+      {
+        onStdout: (chunk) => {
+          stdout += chunk.toString();
+          if (stdout.includes("24 100")) sawSize();
+        },
+        onStderr: () => undefined,
+      },
+      new AbortController().signal,
+      { input: input(), tty: { columns: 100, rows: 24, term: "xterm" } },
+    );
+    expect(exit.code).toBe(0);
+    expect(stdout.replace(/\r/g, "")).toMatch(/^24 100\n(\n)?50 132\n$/);
   });
 
   it("reports a guest that does not answer as UNAVAILABLE (GUEST_UNREACHABLE)", async () => {

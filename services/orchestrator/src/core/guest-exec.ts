@@ -27,6 +27,18 @@ export interface GuestTarget {
   readonly knownHostsFile: string;
 }
 
+/** What an interactive caller sends after the command. */
+export type GuestInput =
+  | { readonly kind: "stdin"; readonly data: Uint8Array }
+  | { readonly kind: "close" }
+  | { readonly kind: "resize"; readonly columns: number; readonly rows: number };
+
+/** Interactive use: input streamed as it comes, and optionally a pseudo-terminal. */
+export interface Interactive {
+  readonly input: AsyncIterable<GuestInput>;
+  readonly tty?: { readonly columns: number; readonly rows: number; readonly term: string };
+}
+
 export interface ExitStatus {
   readonly code: number;
   readonly signal: string;
@@ -99,6 +111,7 @@ export function execInGuest(
   command: GuestCommand,
   output: { onStdout: (chunk: Buffer) => void; onStderr: (chunk: Buffer) => void },
   signal: AbortSignal,
+  interactive?: Interactive,
 ): Promise<ExitStatus> {
   const line = remoteCommand(command);
   return new Promise<ExitStatus>((resolve, reject) => {
@@ -127,7 +140,9 @@ export function execInGuest(
       ),
     );
     client.on("ready", () => {
-      client.exec(line, (error: Error | undefined, channel: ClientChannel) => {
+      const tty = interactive?.tty;
+      const options = tty ? { pty: { cols: tty.columns, rows: tty.rows, term: tty.term, height: 0, width: 0 } } : {};
+      client.exec(line, options, (error: Error | undefined, channel: ClientChannel) => {
         if (error) return finish(error);
         let timedOut = false;
         if (command.timeoutMs !== undefined) {
@@ -150,7 +165,23 @@ export function execInGuest(
           }
         });
         channel.on("close", () => finish(undefined, exit ?? { code: -1, signal: timedOut ? "KILL" : "", timedOut }));
-        channel.end(Buffer.from(command.stdin));
+        if (!interactive) {
+          channel.end(Buffer.from(command.stdin));
+          return;
+        }
+        // Input as it comes; the stream ending closes stdin too.
+        void (async () => {
+          try {
+            for await (const event of interactive.input) {
+              if (event.kind === "stdin") channel.write(Buffer.from(event.data));
+              else if (event.kind === "resize") channel.setWindow(event.rows, event.columns, 0, 0);
+              else break;
+            }
+            channel.end();
+          } catch (inputError) {
+            finish(inputError);
+          }
+        })();
       });
     });
     client.connect({
