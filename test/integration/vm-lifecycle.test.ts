@@ -30,6 +30,8 @@ beforeAll(async () => {
   ns = createNetNs();
   cluster = await startCluster({ owner: OWNER, netns: ns.name, helperArgs: ["--firecracker", FAKE_VMM] });
 
+  // The owner's git identity (the services' HOME is the cluster's directory) goes onto each work disk.
+  writeFileSync(join(cluster.dir, ".gitconfig"), "[user]\n\tname = Ada Lovelace\n\temail = ada@example.org\n");
   // A kernel in a distribution layout and an image registered from an ext4 file.
   const pkg = join(cluster.dir, "kernel-pkg");
   mkdirSync(join(pkg, "boot"), { recursive: true });
@@ -150,6 +152,7 @@ live("a VM's life through the CLI", () => {
       execFileSync("debugfs", ["-R", `cat ${path}`, image], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
     expect(cat(join(vmState, "root.ext4"), "/etc/hostname")).toBe("box\n");
     expect(cat(join(vmState, "work.ext4"), "/.ssh/authorized_keys")).toMatch(/^ssh-ed25519 \S+ banger\n$/);
+    expect(cat(join(vmState, "work.ext4"), "/.gitconfig")).toContain("Ada Lovelace");
     expect(fakeVmms()).toHaveLength(1);
 
     // Logs, stats and the ssh command of the running VM.

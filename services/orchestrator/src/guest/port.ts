@@ -3,7 +3,9 @@
  * disk builders here, the owner's SSH identity and config, and a TCP probe
  * of the guest's SSH port.
  */
+import { execFile } from "node:child_process";
 import { connect } from "node:net";
+import { promisify } from "node:util";
 import { DeadlineExceededError } from "@banger/common";
 import type { BangerConfig, SshIdentity } from "../config/index.js";
 import type { GuestPort } from "../core/vms.js";
@@ -36,8 +38,10 @@ export function createGuestPort(deps: {
       }),
     async prepareWorkDisk({ target, seedPath, sizeMib, signal }) {
       const identity = await deps.sshIdentity();
+      const gitIdentity = await readGitIdentity(deps.home);
       const files = await workDiskFiles({
         publicKey: identity.publicKey,
+        ...(gitIdentity ? { gitIdentity } : {}),
         fileSync: deps.config.fileSync,
         home: deps.home,
       });
@@ -46,6 +50,27 @@ export function createGuestPort(deps: {
     growWorkDisk: (path, sizeMib, signal) => growWorkDisk(path, sizeMib, signal),
     waitForSsh: (ip, timeoutMs, signal) => waitForSshBanner(ip, timeoutMs, signal),
   };
+}
+
+/**
+ * The owner's git identity (`git config --global user.name` and `user.email`,
+ * read with HOME set to the owner's home), so commits in the guest carry it;
+ * undefined when either is unset or git is not installed.
+ */
+export async function readGitIdentity(home: string): Promise<{ name: string; email: string } | undefined> {
+  const get = async (key: string) => {
+    try {
+      const { stdout } = await promisify(execFile)("git", ["config", "--global", "--get", key], {
+        env: { ...process.env, HOME: home, XDG_CONFIG_HOME: "", GIT_CONFIG_NOSYSTEM: "1" },
+        timeout: 5_000,
+      });
+      return stdout.trim();
+    } catch {
+      return "";
+    }
+  };
+  const [name, email] = [await get("user.name"), await get("user.email")];
+  return name !== "" && email !== "" ? { name, email } : undefined;
 }
 
 /** Resolves once `ip:22` answers with an SSH banner; retries until `timeoutMs`. */

@@ -143,9 +143,20 @@ describe("prepareWorkDisk", () => {
       mkdirSync(join(tree, ".ssh"), { mode: 0o755 });
       writeFileSync(join(tree, ".ssh", "authorized_keys"), "ssh-ed25519 AAAAold old@key\n");
       writeFileSync(join(tree, ".ssh", "known_hosts"), "kept\n");
+      // A file right under the disk's root, as a promoted VM's work disk has (debugfs `rm /x` trap).
+      writeFileSync(join(tree, ".gitconfig"), "[user]\n\tname = Old\n");
     });
     const files: WorkDiskEntry[] = [
       ...(await keyFiles()),
+      // Right after the key: debugfs's current directory is then /.ssh.
+      {
+        kind: "file",
+        path: "/.gitconfig",
+        content: Buffer.from("[user]\n\tname = New\n"),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+      },
       { kind: "file", path: "/owned", content: Buffer.from(""), mode: 0o4750, uid: 1000, gid: 4294967294 },
     ];
     const target = join(dir, "work.ext4");
@@ -155,6 +166,7 @@ describe("prepareWorkDisk", () => {
     expect(debugfs(target, "cat /.ssh/authorized_keys")).toBe(`${KEY}\n`);
     expect(debugfs(target, "cat /.ssh/known_hosts")).toBe("kept\n");
     expect(inode(target, "/owned")).toEqual({ type: "regular", mode: "04750", uid: 1000, gid: -2 });
+    expect(debugfs(target, "cat /.gitconfig")).toBe("[user]\n\tname = New\n");
     expect(fsckClean(target)).toBe(0);
   });
 

@@ -11,8 +11,11 @@
  *   result is verified by reading it back (`stat`, `dump`) rather than trusted;
  * - older versions link `write SRC /a/b` as one entry named "/a/b" in the
  *   current directory, so each `write`/`mkdir` runs after `cd` into the parent
- *   and takes a bare name; `stat`/`sif`/`rm` take absolute paths (a bare name
+ *   and takes a bare name; `stat`/`sif` take absolute paths (a bare name
  *   starting with `-` could read as an option);
+ * - `rm /name` looks the parent "" up as the current directory: it frees the
+ *   inode, then fails to find the entry (EXT2_ET_DIR_NO_SPACE, "No free space in
+ *   the directory") and leaves a dangling entry; `rm` runs after `cd` too;
  * - `mkdir` has no `-p`, ignores the wanted mode (0755 & umask) and `write`
  *   takes its mode from the host file: every mode/uid/gid is set with `sif`
  *   (`mode` is the whole i_mode, type bits included);
@@ -347,8 +350,11 @@ async function writeEntries(
       if (entry.kind !== "file") continue;
       const source = `${dir}/f${i}`;
       await writeFile(source, entry.content, { mode: 0o600, flag: "wx" });
-      if (exists.has(entry.path)) script.push(`rm ${entry.path}`);
-      script.push(`cd ${dirname(entry.path)}`, `write ${source} ${basename(entry.path)}`);
+      script.push(`cd ${dirname(entry.path)}`);
+      // `rm /name` looks the parent "" up as the current directory, frees the inode and then fails
+      // to find the entry there: always rm by the bare name from inside the parent.
+      if (exists.has(entry.path)) script.push(`rm ${basename(entry.path)}`);
+      script.push(`write ${source} ${basename(entry.path)}`);
       script.push(...sif(entry.path, 0o100000 | entry.mode, entry.uid, entry.gid));
       exists.add(entry.path);
     }
