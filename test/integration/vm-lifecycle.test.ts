@@ -309,3 +309,44 @@ live("a VM's life through the CLI", () => {
     expect([fakeVmms(), taps()]).toEqual([[], []]);
   }, 120_000);
 });
+
+live("a VMM that cannot start", () => {
+  it("fails the create at launch-vmm with the helper's reason, and unwinds the tap, the disks and the row", async () => {
+    // A second cluster whose helper launches /bin/false as Firecracker: it exits at once.
+    const otherNs = createNetNs();
+    const other = await startCluster({
+      owner: OWNER,
+      netns: otherNs.name,
+      helperArgs: ["--firecracker", "/bin/false"],
+    });
+    try {
+      const pkg = join(other.dir, "kernel-pkg");
+      mkdirSync(join(pkg, "boot"), { recursive: true });
+      writeFileSync(
+        join(pkg, "boot", "vmlinux-6.1.0-27-amd64"),
+        Buffer.concat([Buffer.from("\x7fELF"), Buffer.alloc(4096)]),
+      );
+      const tree = join(other.dir, "tree");
+      mkdirSync(tree);
+      const rootfs = join(other.dir, "rootfs.img");
+      execFileSync("mkfs.ext4", ["-q", "-F", "-E", "root_owner=0:0", "-d", tree, rootfs, "32M"]);
+      expect((await other.cli(["kernel", "import", "k", pkg])).code).toBe(0);
+      expect((await other.cli(["image", "register", "tiny", "--rootfs", rootfs])).code).toBe(0);
+
+      const failed = await other.cli(["vm", "create", "--name", "box", "--image", "tiny", "--no-ssh-wait"]);
+      expect(failed.code).toBe(1);
+      expect(failed.stderr).toMatch(/\n  launch-vmm\s+FAILED/);
+      expect(failed.stderr).toMatch(/banger: failed at launch-vmm: .*\(op-[0-9a-f]{12}\)\n$/);
+      const vmTaps = otherNs.links().filter((l) => l.ifname.startsWith("bgr-") && !l.ifname.startsWith("bgr-p"));
+      expect(vmTaps).toEqual([]);
+      expect(readdirSync(join(other.stateDir, "vms"))).toEqual([]);
+      expect(
+        execFileSync("losetup", ["-l", "-n", "-O", "BACK-FILE"], { encoding: "utf8" }).includes(other.stateDir),
+      ).toBe(false);
+      expect(JSON.parse((await other.cli(["vm", "list", "--json"])).stdout)).toEqual([]);
+    } finally {
+      await other.shutdown();
+      otherNs.remove();
+    }
+  }, 120_000);
+});
