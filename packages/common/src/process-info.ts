@@ -51,6 +51,16 @@ export function capabilitiesFromMask(hexMask: string): string[] {
   return CAPABILITY_NAMES.filter((_, bit) => (mask >> BigInt(bit)) & 1n);
 }
 
+/** Whether process `pid` exists (EPERM: it does, as another user). */
+export function processIsAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
 /** The effective capabilities of this process. */
 export function effectiveCapabilities(statusPath = "/proc/self/status"): string[] {
   const line = readFileSync(statusPath, "utf8")

@@ -14,7 +14,7 @@
 import { createHash } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, rm, stat, utimes, writeFile, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
-import { copySparse } from "@banger/common";
+import { copySparse, processIsAlive } from "@banger/common";
 
 export interface BuildKey {
   readonly manifestDigest: string;
@@ -48,15 +48,6 @@ export interface BuiltCache {
 /** The stored PullResult; every other file of an entry is copied into the staging directory. */
 const RESULT = "result.json";
 const TEMP_NAME = /^\.([a-f0-9]{64})\.([0-9]+)\.tmp$/;
-
-function processIsAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 async function diskBytes(dir: string): Promise<number> {
   let total = 0;

@@ -13,7 +13,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, rm, stat, utimes, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
-import { FailedPreconditionError, NotFoundError } from "@banger/common";
+import { FailedPreconditionError, NotFoundError, processIsAlive } from "@banger/common";
 import { blobTruncated, DigestMismatchError, digestHex, sha256Digest } from "./digest.js";
 
 /** A blob's bytes as they arrive: a web stream (a fetch body), any async iterable, or chunks at hand. */
@@ -60,15 +60,6 @@ export interface BlobCache {
 const running = new Set<string>();
 const TEMP_NAME = /^\.([a-f0-9]{64})\.([0-9]+)\.([a-f0-9]+)\.tmp$/;
 const DEFAULT_READ_LIMIT = 16 * 1024 * 1024;
-
-function processIsAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 async function writeAll(file: FileHandle, chunk: Uint8Array): Promise<void> {
   let offset = 0;

@@ -19,6 +19,7 @@ import {
   InvalidArgumentError,
   NotFoundError,
   copySparse,
+  processIsAlive,
   type Logger,
 } from "@banger/common";
 import type { Kysely } from "kysely";
@@ -939,11 +940,7 @@ export function createVmService(deps: {
 
 /** Whether `pid` is still this VM's VMM (its command line names the VM id). */
 function processAlive(pid: number, vmId: string): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "EPERM") return false;
-  }
+  if (!processIsAlive(pid)) return false;
   try {
     return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes(vmId);
   } catch {
