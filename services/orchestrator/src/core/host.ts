@@ -27,8 +27,22 @@ export interface HostInventory {
   readonly vmms: readonly { readonly vmId: string; readonly pid: number; readonly startTime: Date }[];
 }
 
+/** Host features the helper probed (read-only; see privileged HostFeatures). */
+export interface HostFeatures {
+  readonly tun: boolean;
+  readonly bridge: boolean;
+  readonly nftables: boolean;
+  readonly loop: boolean;
+  readonly deviceMapper: boolean;
+  readonly resolved: boolean;
+  readonly kvm: boolean;
+  readonly kernelRelease: string;
+}
+
 export interface HostPort {
   inventory(scope: CallScope): Promise<HostInventory>;
+  /** What the host can do, as the helper sees it (probed at each call). */
+  features(scope: CallScope): Promise<HostFeatures>;
   ensureBridge(name: string, address: string, scope: CallScope): Promise<void>;
   /** Returns the tap's name; `fromPool` takes that warm-pool tap over instead of making one. */
   createTap(vmId: string, bridge: string, scope: CallScope, fromPool?: string): Promise<string>;

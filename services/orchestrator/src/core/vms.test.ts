@@ -80,6 +80,17 @@ function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPo
         loops: [...model.loops].map(([device, backingFile]) => ({ device, backingFile })),
         vmms: [...model.vmms].map((vmId) => ({ vmId, pid: 999_999, startTime: new Date(0) })),
       }),
+    features: () =>
+      Promise.resolve({
+        tun: true,
+        bridge: true,
+        nftables: true,
+        loop: true,
+        deviceMapper: false,
+        resolved: false,
+        kvm: false,
+        kernelRelease: "6.1.0-test",
+      }),
     async ensureBridge(name) {
       await step("ensureBridge");
       model.bridges.add(name);

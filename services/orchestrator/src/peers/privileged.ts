@@ -26,6 +26,19 @@ export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
     async identify(scope) {
       return identityFromVersion(await host.getVersion({}, callOptions(scope)));
     },
+    async features(scope) {
+      const found = (await host.getVersion({}, callOptions(scope))).features;
+      return {
+        tun: found?.tun ?? false,
+        bridge: found?.bridge ?? false,
+        nftables: found?.nftables ?? false,
+        loop: found?.loop ?? false,
+        deviceMapper: found?.deviceMapper ?? false,
+        resolved: found?.resolved ?? false,
+        kvm: found?.kvm ?? false,
+        kernelRelease: found?.kernelRelease ?? "",
+      };
+    },
     async inventory(scope) {
       const found = await host.getInventory({}, callOptions(scope));
       return {

@@ -1,0 +1,40 @@
+/**
+ * Which root-disk strategy and which VMM this host uses, and why: one answer
+ * for the VM lifecycle and for `banger doctor`.
+ */
+import type { VmmDriver } from "../config/index.js";
+import type { HostFeatures } from "./host.js";
+
+export type RootDiskStrategy = "dm-snapshot" | "clone";
+
+export interface Choice<T> {
+  readonly value: T;
+  /** Why, one short phrase, e.g. "no /dev/mapper/control". */
+  readonly why: string;
+}
+
+/** dm-snapshot where the kernel has device-mapper, else a reflink or sparse copy of the image. */
+export function chooseRootDiskStrategy(features: Pick<HostFeatures, "deviceMapper">): Choice<RootDiskStrategy> {
+  return features.deviceMapper
+    ? { value: "dm-snapshot", why: "device-mapper present" }
+    : { value: "clone", why: "no /dev/mapper/control" };
+}
+
+/** The configured VMM; QEMU uses KVM when the host has it, else TCG. */
+export function chooseVmm(
+  configured: VmmDriver,
+  features: Pick<HostFeatures, "kvm">,
+): Choice<VmmDriver> & { readonly kvm: boolean } {
+  if (configured === "firecracker") {
+    return {
+      value: "firecracker",
+      kvm: features.kvm,
+      why: features.kvm ? "configured" : "configured; /dev/kvm absent",
+    };
+  }
+  return {
+    value: "qemu-microvm",
+    kvm: features.kvm,
+    why: features.kvm ? "configured; KVM" : "configured; TCG: /dev/kvm absent",
+  };
+}
