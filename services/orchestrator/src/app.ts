@@ -34,6 +34,7 @@ import { createVmService as createVmLifecycle } from "./core/vms.js";
 import { createDnsResponder } from "./dns/index.js";
 import { createGuestPort } from "./guest/port.js";
 import { createFirecrackerClient } from "./vmm/firecracker-client.js";
+import { createQmpClient } from "./vmm/qmp-client.js";
 import { createOperations } from "./core/operations.js";
 import { describeOrchestrator } from "./core/status.js";
 import { createPrivilegedPeer } from "./peers/privileged.js";
@@ -155,6 +156,7 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
     kernels,
     host: privileged,
     firecracker: (socket) => createFirecrackerClient(socket),
+    qmp: (socket) => createQmpClient(socket),
     guest: createGuestPort({ config: config.config, home, sshIdentity }),
     runtimeDir: config.runtimeDir,
     ssh: {

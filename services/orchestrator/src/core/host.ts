@@ -10,7 +10,7 @@ export interface LaunchedVmm {
   readonly pid: number;
   /** Identifies the process together with the pid (SignalVmm proves both). */
   readonly startTime: Date;
-  /** Firecracker's API socket. */
+  /** Firecracker's API socket, or QEMU's QMP socket. */
   readonly controlSocket: string;
   readonly logPath: string;
   readonly consolePath: string;
@@ -24,6 +24,8 @@ export interface HostInventory {
   readonly poolTaps: readonly string[];
   readonly natRules: readonly { readonly vmId: string }[];
   readonly loops: readonly { readonly device: string; readonly backingFile: string }[];
+  /** VMs' dm-snapshots (`bgr-<vm_id>-root`). */
+  readonly snapshots: readonly { readonly vmId: string }[];
   readonly vmms: readonly { readonly vmId: string; readonly pid: number; readonly startTime: Date }[];
 }
 
@@ -61,8 +63,30 @@ export interface HostPort {
   checkFilesystem(vmId: string, scope: CallScope): Promise<number>;
   writeGuestFiles(vmId: string, files: readonly GuestFileSpec[], scope: CallScope): Promise<void>;
   launchFirecracker(vmId: string, scope: CallScope): Promise<LaunchedVmm>;
+  /** Starts QEMU (`-M microvm`) with the whole machine on its command line; it runs at once. */
+  launchQemu(vmId: string, machine: QemuMachine, scope: CallScope): Promise<LaunchedVmm>;
+  /** A dm-snapshot of the image's loop device with the VM's COW loop device; returns the device node. */
+  createSnapshot(vmId: string, originDevice: string, cowDevice: string, scope: CallScope): Promise<string>;
+  /** Returns whether it existed. */
+  removeSnapshot(vmId: string, scope: CallScope): Promise<boolean>;
   /** Returns whether the process still existed. */
   signalVmm(vmId: string, pid: number, startTime: Date, signal: "term" | "kill", scope: CallScope): Promise<boolean>;
+}
+
+/** The machine QEMU is started with (privileged vmm.proto `QemuMachine`). */
+export interface QemuMachine {
+  readonly vcpu: number;
+  readonly memoryMib: number;
+  readonly kernelPath: string;
+  /** "" = none. */
+  readonly initrdPath: string;
+  readonly bootArgs: string;
+  /** The VM's dm device or its clone root disk file. */
+  readonly rootDisk: string;
+  readonly workDisk: string;
+  readonly mac: string;
+  /** KVM when true, else TCG (the helper appends the host's tsc_early_khz). */
+  readonly kvm: boolean;
 }
 
 /** A file banger writes into a guest's root filesystem. */

@@ -5,7 +5,7 @@
  * can show that a failed create leaves the host exactly as it found it.
  * (test/integration/vm-lifecycle.test.ts runs the same against the real helper.)
  */
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { BangerError, FailedPreconditionError, createLogger } from "@banger/common";
@@ -13,12 +13,12 @@ import { describe, expect, it } from "vitest";
 import { DEFAULT_CONFIG, type BangerConfig } from "../config/index.js";
 import { insertImage, insertKernel } from "../store/index.js";
 import { image, kernel, useStore, useTempDir } from "../store/test-support.js";
-import type { HostPort } from "./host.js";
+import type { HostPort, QemuMachine } from "./host.js";
 import { dnsCapability, natCapability } from "./capabilities.js";
 import { createImageCatalog, type PullerPort } from "./images.js";
 import { createKernelCatalog } from "./kernels.js";
 import { createOperations } from "./operations.js";
-import { createVmService, type FirecrackerApi, type GuestPort } from "./vms.js";
+import { createVmService, type FirecrackerApi, type GuestPort, type QmpApi } from "./vms.js";
 
 const store = useStore();
 const tempDir = useTempDir();
@@ -49,10 +49,16 @@ interface HostModel {
   loops: Map<string, string>;
   nat: Set<string>;
   vmms: Set<string>;
+  /** VM ids with a dm-snapshot. */
+  snapshots: Set<string>;
+  /** QEMU machines launched, by VM id. */
+  qemu: Map<string, QemuMachine>;
 }
 
 interface Script {
   failAt?: string;
+  /** The host has device-mapper: VMs get dm-snapshot root disks. */
+  deviceMapper?: boolean;
   delayMs?: number;
 }
 
@@ -79,6 +85,7 @@ function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPo
         natRules: [...model.nat].map((vmId) => ({ vmId })),
         loops: [...model.loops].map(([device, backingFile]) => ({ device, backingFile })),
         vmms: [...model.vmms].map((vmId) => ({ vmId, pid: 999_999, startTime: new Date(0) })),
+        snapshots: [...model.snapshots].map((vmId) => ({ vmId })),
       }),
     features: () =>
       Promise.resolve({
@@ -86,7 +93,7 @@ function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPo
         bridge: true,
         nftables: true,
         loop: true,
-        deviceMapper: false,
+        deviceMapper: script.deviceMapper ?? false,
         resolved: false,
         kvm: false,
         kernelRelease: "6.1.0-test",
@@ -155,11 +162,51 @@ function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPo
         consolePath: `/run/banger/vms/${vmId}/console.log`,
       };
     },
+    async launchQemu(vmId, machine) {
+      await step("launchQemu");
+      model.vmms.add(vmId);
+      model.qemu.set(vmId, machine);
+      return {
+        pid: 999_999,
+        startTime: new Date(),
+        controlSocket: `/run/banger/vms/${vmId}/qmp.sock`,
+        logPath: `/run/banger/vms/${vmId}/vmm.log`,
+        consolePath: `/run/banger/vms/${vmId}/console.log`,
+      };
+    },
+    async createSnapshot(vmId, origin, cow) {
+      await step("createSnapshot");
+      if (!model.loops.has(origin) || !model.loops.has(cow)) throw new Error("LOOP_NOT_ATTACHED");
+      model.snapshots.add(vmId);
+      return `/dev/mapper/bgr-${vmId}-root`;
+    },
+    removeSnapshot(vmId) {
+      calls.push("removeSnapshot");
+      return Promise.resolve(model.snapshots.delete(vmId));
+    },
     signalVmm(vmId) {
       calls.push("signalVmm");
       return Promise.resolve(model.vmms.delete(vmId));
     },
   };
+}
+
+/** QMP of the scripted QEMU: the power button makes the guest (and QEMU) exit. */
+function fakeQmp(script: Script, requests: string[], model: HostModel): (socket: string) => QmpApi {
+  return (socket) => ({
+    waitForSocket: () => Promise.resolve(),
+    status: () => {
+      requests.push("qmp query-status");
+      return script.failAt === "query-status"
+        ? Promise.reject(new FailedPreconditionError("qemu query-status: scripted", { reason: "VMM_API_ERROR" }))
+        : Promise.resolve({ running: true, status: "running" });
+    },
+    powerdown: () => {
+      requests.push("qmp system_powerdown");
+      model.vmms.delete(socket.split("/").at(-2) ?? "");
+      return Promise.resolve();
+    },
+  });
 }
 
 function fakeFirecracker(script: Script, requests: string[], model: HostModel): (socket: string) => FirecrackerApi {
@@ -203,7 +250,7 @@ function scriptedGuest(script: Script): GuestPort {
   };
 }
 
-async function setup(script: Script = {}) {
+async function setup(script: Script = {}, config: BangerConfig = CONFIG) {
   const db = store().db;
   const stateDir = tempDir();
   const operations = createOperations({ db, logger });
@@ -242,6 +289,8 @@ async function setup(script: Script = {}) {
     loops: new Map(),
     nat: new Set(),
     vmms: new Set(),
+    snapshots: new Set(),
+    qemu: new Map(),
   };
   const calls: string[] = [];
   const requests: string[] = [];
@@ -252,12 +301,13 @@ async function setup(script: Script = {}) {
       logger,
       operations,
       stateDir,
-      config: CONFIG,
+      config,
       images,
       kernels,
       host: scriptedHost(model, script, calls),
       capabilities: [natCapability(scriptedHost(model, script, calls), "bgr0"), names],
       firecracker: fakeFirecracker(script, requests, model),
+      qmp: fakeQmp(script, requests, model),
       guest: scriptedGuest(script),
       runtimeDir: join(stateDir, "run"),
       ssh: {
@@ -509,6 +559,149 @@ describe("VM lifecycle", () => {
     expect([...model.vmms, ...model.taps, ...model.nat]).toEqual([]);
     expect(existsSync(join(stateDir, "vms", id))).toBe(false);
     expect(await vms.delete("box")).toMatchObject({ existed: false });
+  });
+});
+
+describe("root-disk strategy dm-snapshot (scripted helper: this machine has no device-mapper)", () => {
+  const leftovers = (model: HostModel) => ({
+    taps: [...model.taps],
+    loops: [...model.loops],
+    snapshots: [...model.snapshots],
+    vmms: [...model.vmms],
+  });
+  const nothing = { taps: [], loops: [], snapshots: [], vmms: [] };
+
+  it("boots from a snapshot over the image with a sparse COW file, releases it at stop and makes it again at start", async () => {
+    console.log("FAKE: device-mapper is scripted (the helper's dm calls are a model); see privileged-disk tests");
+    const { vms, operations, model, requests, stateDir, create } = await setup({ deviceMapper: true });
+    const op = await create("box");
+    await operations.settled();
+    const done = await operations.get(op.id);
+    expect(done.state, JSON.stringify(done.error)).toBe("succeeded");
+    const vm = await vms.get("box");
+    expect(vm.rootDiskStrategy).toBe("dm-snapshot");
+    expect(done.result).toMatchObject({ vm: { rootDiskStrategy: "ROOT_DISK_STRATEGY_DM_SNAPSHOT" } });
+    // The image read-only under the snapshot, the VM's COW file under it read-write; no copy of the image.
+    expect([...model.loops.values()]).toEqual([
+      join(stateDir, "images", "debian", "rootfs.ext4"),
+      join(stateDir, "vms", vm.id, "root.cow"),
+    ]);
+    expect([...model.snapshots]).toEqual([vm.id]);
+    expect(readdirSync(join(stateDir, "vms", vm.id)).sort()).toEqual(["handles.json", "root.cow", "work.ext4"]);
+    expect(statSync(join(stateDir, "vms", vm.id, "root.cow")).blocks).toBe(0); // sparse
+    expect(requests.find((r) => r.includes('"driveId":"root"'))).toContain(
+      `"pathOnHost":"/dev/mapper/bgr-${vm.id}-root"`,
+    );
+
+    await vms.stop("box", { timeoutMs: 1000, force: false });
+    await operations.settled();
+    expect(leftovers(model)).toEqual(nothing);
+
+    const started = await vms.start("box", { sshTimeoutMs: undefined, skipSshWait: false });
+    await operations.settled();
+    const start = await operations.get(started.id);
+    expect(start.stages.map((s) => s.name)).toEqual([
+      "root-disk",
+      "tap",
+      "launch-vmm",
+      "configure-vmm",
+      "start-vmm",
+      "wait-ssh",
+      "network",
+    ]);
+    expect([...model.snapshots]).toEqual([vm.id]);
+    expect(await vms.promote("box", "img").catch((e: BangerError) => e.reason)).toBe("VM_RUNNING");
+
+    await vms.delete("box");
+    await operations.settled();
+    expect(leftovers(model)).toEqual(nothing);
+    expect(vmDirs(stateDir)).toEqual([]);
+  });
+
+  it.each([
+    ["attachLoop", "root-disk"],
+    ["createSnapshot", "root-disk"],
+    ["checkFilesystem", "fsck"],
+    ["launchFirecracker", "launch-vmm"],
+    ["waitForSsh", "wait-ssh"],
+  ])("a failure in %s fails stage %s and releases the snapshot and both loops", async (failAt, stage) => {
+    const { vms, operations, model, stateDir, create } = await setup({ failAt, deviceMapper: true });
+    const op = await create("box");
+    await operations.settled();
+    expect((await operations.get(op.id)).error?.stage).toBe(stage);
+    expect(await vms.list()).toEqual([]);
+    expect(leftovers(model)).toEqual(nothing);
+    expect(vmDirs(stateDir)).toEqual([]);
+  });
+
+  it("at start-up, a dm-snapshot VM whose VMM died gets its snapshot and both loops released", async () => {
+    const { vms, operations, model, create, restarted } = await setup({ deviceMapper: true });
+    await create("box");
+    await operations.settled();
+    model.vmms.delete((await vms.get("box")).id);
+    const { vms: after } = restarted();
+    await after.recover();
+    expect((await after.get("box")).state).toBe("stopped");
+    expect(leftovers(model)).toEqual(nothing);
+  });
+
+  it("a failed start releases the snapshot it made", async () => {
+    const script: Script = { deviceMapper: true };
+    const { vms, operations, model, create } = await setup(script);
+    await create("box");
+    await operations.settled();
+    await vms.stop("box", { timeoutMs: 1000, force: true });
+    await operations.settled();
+    script.failAt = "launchFirecracker";
+    const started = await vms.start("box", { sshTimeoutMs: undefined, skipSshWait: false });
+    await operations.settled();
+    expect((await operations.get(started.id)).error?.stage).toBe("launch-vmm");
+    expect(leftovers(model)).toEqual(nothing);
+    expect((await vms.get("box")).state).toBe("failed");
+  });
+});
+
+describe("VMM driver qemu-microvm", () => {
+  const QEMU: BangerConfig = { ...CONFIG, vmm: "qemu-microvm" };
+
+  it("launches QEMU with the whole machine, checks it runs over QMP, and stops it with the power button", async () => {
+    const { vms, operations, model, requests, stateDir, create } = await setup({}, QEMU);
+    const op = await create("box");
+    await operations.settled();
+    const done = await operations.get(op.id);
+    expect(done.state, JSON.stringify(done.error)).toBe("succeeded");
+    expect(done.stages.map((s) => s.name)).toEqual(CREATE_STAGES);
+    const vm = await vms.get("box");
+    expect(vm.vmm).toBe("qemu-microvm");
+    expect(model.qemu.get(vm.id)).toEqual({
+      vcpu: 2,
+      memoryMib: 1024,
+      kernelPath: join(stateDir, "kernels", "k", "vmlinux"),
+      initrdPath: join(stateDir, "kernels", "k", "initrd"),
+      bootArgs: `console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw ip=${vm.guestIp}::172.30.0.1:255.255.255.0:box:eth0:off`,
+      rootDisk: join(stateDir, "vms", vm.id, "root.ext4"),
+      workDisk: join(stateDir, "vms", vm.id, "work.ext4"),
+      mac: vm.mac,
+      kvm: false, // the scripted host has no KVM: TCG
+    });
+    expect(requests).toEqual(["qmp query-status"]); // no Firecracker API calls
+    await vms.stop("box", { timeoutMs: 1000, force: false });
+    await operations.settled();
+    expect(requests.at(-1)).toBe("qmp system_powerdown");
+    expect([...model.vmms, ...model.taps]).toEqual([]);
+    expect((await vms.get("box")).state).toBe("stopped");
+  });
+
+  it("a machine QMP cannot confirm fails configure-vmm and unwinds", async () => {
+    const { vms, operations, model, stateDir, create } = await setup({ failAt: "query-status" }, QEMU);
+    const op = await create("box");
+    await operations.settled();
+    const failed = await operations.get(op.id);
+    expect(failed.error?.stage).toBe("configure-vmm");
+    expect(failed.error?.message).toContain("qemu query-status: scripted");
+    expect(await vms.list()).toEqual([]);
+    expect([...model.vmms, ...model.taps, ...model.loops]).toEqual([]);
+    expect(vmDirs(stateDir)).toEqual([]);
   });
 });
 

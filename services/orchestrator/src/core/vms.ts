@@ -11,8 +11,8 @@
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
-import { mkdir, readFile, readdir, rm, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { mkdir, open, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import {
   AlreadyExistsError,
   FailedPreconditionError,
@@ -44,7 +44,15 @@ import type { GuestTarget } from "./guest-exec.js";
 import type { GuestFileSpec, HostInventory, HostPort } from "./host.js";
 import { CATALOG, ROOTFS_FILE, WORK_SEED_FILE, imageJson, validImageName, type ImageCatalog } from "./images.js";
 import { kernelFiles, type KernelCatalog } from "./kernels.js";
-import type { FirecrackerClient } from "../vmm/firecracker-client.js";
+import {
+  firecrackerDriver,
+  qemuDriver,
+  type FirecrackerApi,
+  type MachineSpec,
+  type QmpApi,
+  type VmmDriver,
+} from "../vmm/drivers.js";
+import { chooseRootDiskStrategy, type RootDiskStrategy } from "./host-choices.js";
 import type { OperationContext, Operations } from "./operations.js";
 import { orderCapabilities, workDiskCapability, type Capability } from "./capabilities.js";
 import { createSerialLock } from "./serial-lock.js";
@@ -65,18 +73,7 @@ export interface VmView extends VmRecord {
   readonly pid: number;
 }
 
-/** The Firecracker API as the lifecycle uses it. */
-export type FirecrackerApi = Pick<
-  FirecrackerClient,
-  | "waitForSocket"
-  | "putMachineConfig"
-  | "putBootSource"
-  | "putDrive"
-  | "putNetworkInterface"
-  | "putVsock"
-  | "instanceStart"
-  | "sendCtrlAltDel"
->;
+export type { FirecrackerApi, QmpApi } from "../vmm/drivers.js";
 
 /** What the lifecycle needs to build disks and reach guests; the guest/ module and ssh provide them. */
 export interface GuestPort {
@@ -152,6 +149,14 @@ interface Handles {
   readonly tap: string;
   readonly nat: boolean;
   readonly ready: boolean;
+  /** dm-snapshot VMs: the root device and the loop devices under it (image, COW), released at stop. */
+  readonly root?: RootAttachment;
+}
+
+/** A dm-snapshot root device and the loops it stands on. */
+interface RootAttachment {
+  readonly device: string;
+  readonly loops: readonly { readonly device: string; readonly backingFile: string }[];
 }
 
 const VM_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
@@ -160,6 +165,10 @@ const DEFAULT_STOP_TIMEOUT_MS = 30_000;
 /** How long a VMM gets to exit after SIGTERM before SIGKILL. */
 const TERM_GRACE_MS = 3_000;
 const ROOT_DISK = "root.ext4";
+/** dm-snapshot VMs: the snapshot's copy-on-write store. */
+const ROOT_COW = "root.cow";
+/** Room in the COW store beyond the image's size, for the snapshot's own metadata. */
+const COW_SLACK_BYTES = 64 * 1024 * 1024;
 const WORK_DISK = "work.ext4";
 const HANDLES = "handles.json";
 /** Present while a create runs: a VM that has it at start-up was cut off mid-create. */
@@ -191,6 +200,7 @@ export function createVmService(deps: {
   readonly kernels: KernelCatalog;
   readonly host: HostPort;
   readonly firecracker: (socketPath: string) => FirecrackerApi;
+  readonly qmp: (socketPath: string) => QmpApi;
   readonly guest: GuestPort;
   /** banger's runtime directory: VMM logs are in `<runtimeDir>/vms/<id>/`. */
   readonly runtimeDir: string;
@@ -212,6 +222,20 @@ export function createVmService(deps: {
   const eachCapability = async (reverse: boolean, hook: (capability: Capability) => Promise<void> | undefined) => {
     for (const capability of reverse ? [...capabilities].reverse() : capabilities) await hook(capability);
   };
+  const drivers: Record<VmmDriver["kind"], VmmDriver> = {
+    firecracker: firecrackerDriver(host, deps.firecracker),
+    "qemu-microvm": qemuDriver(host, deps.qmp, async (scope) => (await host.features(scope)).kvm),
+  };
+  /** The host's root-disk strategy, asked of the helper once per run (a failure is retried by the next create). */
+  let strategy: Promise<RootDiskStrategy> | undefined;
+  const rootDiskStrategy = (scope: CallScope) =>
+    (strategy ??= host
+      .features(scope)
+      .then((features) => chooseRootDiskStrategy(features).value)
+      .catch((error: unknown) => {
+        strategy = undefined;
+        throw error;
+      }));
   const now = deps.now ?? (() => new Date());
   const network = parseBridgeAddress(config.network.address);
   const bridge = config.network.bridge;
@@ -298,14 +322,51 @@ export function createVmService(deps: {
     }
   }
 
-  /** Stages that bring a VM with disks to running: tap → launch → configure → start → ssh → network. */
+  /** A dm-snapshot VM's root device: the image's loop (read-only), the COW file's loop, the snapshot over both. */
+  async function attachRoot(vm: VmRecord, scope: CallScope): Promise<RootAttachment> {
+    const files = [join(deps.images.dir(vm.imageName), ROOTFS_FILE), join(vmDir(vm.id), ROOT_COW)];
+    const loops: { device: string; backingFile: string }[] = [];
+    try {
+      for (const [index, backingFile] of files.entries()) {
+        loops.push({ device: await host.attachLoop(backingFile, index === 0, scope), backingFile });
+      }
+      const [origin, cow] = loops as [(typeof loops)[0], (typeof loops)[0]];
+      return { device: await host.createSnapshot(vm.id, origin.device, cow.device, scope), loops };
+    } catch (error) {
+      await detachRoot(vm, { device: "", loops }, { signal: AbortSignal.timeout(30_000) }).catch((undoError: unknown) =>
+        logger.error({ vm: vm.name, err: undoError }, "could not release a half-made root device"),
+      );
+      throw error;
+    }
+  }
+
+  /** Releases a root device: the snapshot (dm-snapshot VMs), then its loop devices. */
+  async function detachRoot(vm: VmRecord, root: RootAttachment, scope: CallScope): Promise<void> {
+    if (vm.rootDiskStrategy === "dm-snapshot") await host.removeSnapshot(vm.id, scope);
+    for (const loop of [...root.loops].reverse()) await host.detachLoop(loop.device, loop.backingFile, scope);
+  }
+
+  /** Stages that bring a VM with disks to running: (root device) → tap → launch → configure → start → ssh → network. */
   async function boot(
     op: OperationContext,
     vm: VmRecord,
     undo: (() => Promise<unknown>)[],
-    options: { skipSshWait: boolean; sshTimeoutMs: number | undefined },
+    options: { skipSshWait: boolean; sshTimeoutMs: number | undefined; root?: RootAttachment },
   ): Promise<void> {
     const scope = scopeOf(op);
+    const driver = drivers[vm.vmm];
+    // A dm-snapshot VM's root device exists while it runs (a create hands over the one it made).
+    const root =
+      vm.rootDiskStrategy === "dm-snapshot"
+        ? (options.root ??
+          (await staged(
+            op,
+            undo,
+            "root-disk",
+            () => attachRoot(vm, scope),
+            (attached) => detachRoot(vm, attached, { signal: AbortSignal.timeout(30_000) }),
+          )))
+        : undefined;
     // Ensured once per orchestrator run, on the first boot; a failure is retried by the next one.
     const ready = (bridgeReady ??= host
       .ensureBridge(bridge, config.network.address, scope)
@@ -337,11 +398,27 @@ export function createVmService(deps: {
       },
       () => host.deleteTap(vm.id, { signal: new AbortController().signal }),
     );
+    const kernel = await getKernel(db, vm.kernelName);
+    if (!kernel) throw new NotFoundError(`kernel ${vm.kernelName} does not exist`, { reason: "KERNEL_NOT_FOUND" });
+    const files = kernelFiles(deps.kernels.dir(kernel.name), kernel);
+    const spec: MachineSpec = {
+      vmId: vm.id,
+      vcpu: vm.vcpu,
+      memoryMib: vm.memoryMib,
+      kernelPath: files.kernel,
+      initrdPath: files.initrd,
+      bootArgs: `console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw ${guest.bootArgsIp(vm, network)}`,
+      rootDisk: root?.device ?? join(vmDir(vm.id), ROOT_DISK),
+      workDisk: join(vmDir(vm.id), WORK_DISK),
+      tap,
+      mac: vm.mac,
+      vsockCid: vm.vsockCid,
+    };
     const launched = await staged(
       op,
       undo,
       "launch-vmm",
-      () => host.launchFirecracker(vm.id, scope),
+      () => driver.launch(spec, scope),
       async (vmm) => {
         await host.signalVmm(vm.id, vmm.pid, vmm.startTime, "kill", { signal: new AbortController().signal });
         await saveHandles(vm, undefined);
@@ -356,39 +433,11 @@ export function createVmService(deps: {
       tap,
       nat: false,
       ready: false,
+      ...(root ? { root } : {}),
     };
     await saveHandles(vm, handle);
-    const api = deps.firecracker(launched.controlSocket);
-    await op.stage("configure-vmm", async () => {
-      await api.waitForSocket(op.signal, 5_000);
-      const kernel = await getKernel(db, vm.kernelName);
-      if (!kernel) throw new NotFoundError(`kernel ${vm.kernelName} does not exist`, { reason: "KERNEL_NOT_FOUND" });
-      const files = kernelFiles(deps.kernels.dir(kernel.name), kernel);
-      await api.putMachineConfig({ vcpuCount: vm.vcpu, memSizeMib: vm.memoryMib, smt: false });
-      await api.putBootSource({
-        kernelImagePath: files.kernel,
-        bootArgs: `console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw ${guest.bootArgsIp(vm, network)}`,
-        ...(files.initrd ? { initrdPath: files.initrd } : {}),
-      });
-      await api.putDrive({
-        driveId: "root",
-        pathOnHost: join(vmDir(vm.id), ROOT_DISK),
-        isRootDevice: true,
-        isReadOnly: false,
-      });
-      await api.putDrive({
-        driveId: "work",
-        pathOnHost: join(vmDir(vm.id), WORK_DISK),
-        isRootDevice: false,
-        isReadOnly: false,
-      });
-      await api.putNetworkInterface({ ifaceId: "eth0", hostDevName: tap, guestMac: vm.mac });
-      // Firecracker binds the vsock socket itself and refuses one left by an earlier boot.
-      const udsPath = join(dirname(launched.controlSocket), "vsock.sock");
-      await rm(udsPath, { force: true });
-      await api.putVsock({ guestCid: vm.vsockCid, udsPath });
-    });
-    await op.stage("start-vmm", () => api.instanceStart());
+    await op.stage("configure-vmm", () => driver.configure(launched, spec, op.signal));
+    await op.stage("start-vmm", () => driver.start(launched));
     await saveHandles(vm, { ...handle, ready: false });
     if (options.skipSshWait) {
       await op.track("wait-ssh", "running");
@@ -416,7 +465,7 @@ export function createVmService(deps: {
       if (!options.force) {
         // The guest shuts down (Ctrl-Alt-Del); then the VMM is asked to exit (SIGTERM); then it is killed.
         try {
-          await deps.firecracker(handle.controlSocket).sendCtrlAltDel();
+          await drivers[vm.vmm].requestShutdown(handle.controlSocket);
           await waitForExit(handle.pid, vm.id, options.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS, scope.signal);
           gone = true;
         } catch (error) {
@@ -435,6 +484,7 @@ export function createVmService(deps: {
     const current = (await getVmById(db, vm.id)) ?? vm;
     await eachCapability(true, (c) => c.cleanup?.(current, scope));
     await host.deleteTap(vm.id, scope);
+    if (handle?.root) await detachRoot(vm, handle.root, scope);
     await saveHandles(vm, undefined);
   }
 
@@ -510,8 +560,9 @@ export function createVmService(deps: {
             op,
             undo,
             "reserve",
-            () =>
-              underReservation(async () => {
+            async () => {
+              const strategy = await rootDiskStrategy(scopeOf(op));
+              return underReservation(async () => {
                 const existing = await listVms(db);
                 const id = randomBytes(6).toString("hex");
                 // The marker goes first: whatever a crash cuts off from here on is found and undone at start-up.
@@ -529,12 +580,13 @@ export function createVmService(deps: {
                   mac: allocateMac(id, new Set(existing.map((v) => v.mac))),
                   vsockCid: allocateVsockCid(new Set(existing.map((v) => v.vsockCid))),
                   nat,
-                  vmm: "firecracker",
-                  rootDiskStrategy: "clone",
+                  vmm: config.vmm,
+                  rootDiskStrategy: strategy,
                   desiredState: "running",
                   createdAt: now(),
                 });
-              }),
+              });
+            },
             (reserved) => deleteVm(db, reserved.name),
           );
           const created = vm;
@@ -553,26 +605,39 @@ export function createVmService(deps: {
           const scopeNow = scopeOf(op);
           // The VM's directory goes last when unwinding, whatever was made in it.
           undo.unshift(() => rm(dir, { recursive: true, force: true }));
-          const loop = await staged(
+          const root = await staged(
             op,
             undo,
             "root-disk",
             async () => {
               await mkdir(dir, { recursive: true, mode: 0o700 });
-              await copySparse(join(deps.images.dir(image.name), ROOTFS_FILE), rootDisk, { signal: op.signal });
-              return host.attachLoop(rootDisk, false, scopeNow);
+              const imageRootfs = join(deps.images.dir(image.name), ROOTFS_FILE);
+              if (created.rootDiskStrategy === "dm-snapshot") {
+                // A sparse copy-on-write store as large as the image (plus room for the snapshot's metadata).
+                const cow = await open(join(dir, ROOT_COW), "wx", 0o600);
+                await cow.truncate(Math.ceil(((await stat(imageRootfs)).size * 1.1) / 4096) * 4096 + COW_SLACK_BYTES);
+                await cow.close();
+                return attachRoot(created, scopeNow);
+              }
+              await copySparse(imageRootfs, rootDisk, { signal: op.signal });
+              const device = await host.attachLoop(rootDisk, false, scopeNow);
+              return { device, loops: [{ device, backingFile: rootDisk }] };
             },
-            (device) => host.detachLoop(device, rootDisk, { signal: new AbortController().signal }),
+            (attached) => detachRoot(created, attached, { signal: new AbortController().signal }),
           );
           await op.stage("fsck", () => host.checkFilesystem(created.id, scopeNow));
           await op.stage("guest-files", async () => {
             await host.writeGuestFiles(created.id, guest.rootDiskFiles(created, network), scopeNow);
-            // The VMM opens the file itself; the loop device was only for the helper's checks and writes.
-            await host.detachLoop(loop, rootDisk, scopeNow);
+            // A clone is a file the VMM opens itself: its loop device was only for the helper's checks and writes.
+            if (created.rootDiskStrategy === "clone") await detachRoot(created, root, scopeNow);
           });
           // The work disk does not depend on the root disk: it is built meanwhile.
           await workDisk;
-          await boot(op, created, undo, { skipSshWait: req.skipSshWait, sshTimeoutMs: req.sshTimeoutMs });
+          await boot(op, created, undo, {
+            skipSshWait: req.skipSshWait,
+            sshTimeoutMs: req.sshTimeoutMs,
+            ...(created.rootDiskStrategy === "dm-snapshot" ? { root } : {}),
+          });
           await rm(join(dir, CREATING), { force: true });
           phases.delete(created.id);
           logger.info({ vm: name, id: created.id, ip: created.guestIp }, "VM created");
@@ -799,6 +864,12 @@ export function createVmService(deps: {
         }
       };
       refuseRunning();
+      if (vm.rootDiskStrategy === "dm-snapshot") {
+        throw new FailedPreconditionError(
+          `VM ${vmName}'s root disk is a dm-snapshot over image ${vm.imageName}: promoting it is not supported yet`,
+          { reason: "PROMOTE_UNSUPPORTED" },
+        );
+      }
       if (await getImage(db, name)) {
         throw new AlreadyExistsError(`image ${name} already exists`, { reason: "IMAGE_NAME_TAKEN" });
       }
@@ -866,6 +937,13 @@ export function createVmService(deps: {
           continue;
         }
         if (inventory) await removeHostResources(vm.id, inventory, scope);
+        // A dm-snapshot VM's image loop is backed by the image's file, not one of the VM's: its handles name it.
+        for (const loop of (inventory ? stored.root?.loops : undefined) ?? []) {
+          if (!inventory?.loops.some((l) => l.device === loop.device && l.backingFile === loop.backingFile)) continue;
+          await host
+            .detachLoop(loop.device, loop.backingFile, scope)
+            .catch((error: unknown) => logger.error({ vm: vm.name, err: error }, "could not remove a loop device"));
+        }
         await rm(join(dir, HANDLES), { force: true });
         await updateVm(db, vm.name, { updatedAt: now(), desiredState: "stopped" });
         logger.warn({ vm: vm.name, pid }, "VM's VMM died while the orchestrator was away: cleaned up, marked stopped");
@@ -891,6 +969,16 @@ export function createVmService(deps: {
         await rm(vmDir(id), { recursive: true, force: true });
         logger.warn({ id }, "removed host resources left by a VM that no longer exists");
       }
+      // Image loops under no running VM's root device (a dm-snapshot create or stop cut off).
+      const inUse = new Set([...handles.values()].flatMap((h) => h.root?.loops.map((l) => l.device) ?? []));
+      for (const loop of inventory.loops) {
+        if (inUse.has(loop.device) || vmIdOfPath(loop.backingFile) !== undefined) continue;
+        if (!loop.backingFile.startsWith(`${join(deps.stateDir, "images")}/`)) continue; // images.ts keeps them there
+        await host
+          .detachLoop(loop.device, loop.backingFile, scope)
+          .then(() => logger.warn({ device: loop.device }, "removed an image's loop device that no VM uses"))
+          .catch((error: unknown) => logger.error({ err: error }, "could not remove a loop device"));
+      }
     },
   };
 
@@ -914,6 +1002,9 @@ export function createVmService(deps: {
     }
     if (inventory.taps.some((t) => t.vmId === id)) await attempt("a tap", () => host.deleteTap(id, scope));
     if (inventory.natRules.some((r) => r.vmId === id)) await attempt("a NAT rule", () => host.disableNat(id, scope));
+    if (inventory.snapshots.some((s) => s.vmId === id)) {
+      await attempt("a dm-snapshot", () => host.removeSnapshot(id, scope));
+    }
     for (const loop of inventory.loops.filter((l) => vmIdOfPath(l.backingFile) === id)) {
       await attempt("a loop device", () => host.detachLoop(loop.device, loop.backingFile, scope));
     }

@@ -2,15 +2,26 @@ import { createPeerClient, createUnixTransport } from "@banger/common";
 import { DiskService, GuestDisk } from "@banger/gen/banger/privileged/v1/disk_pb.js";
 import { HostService, LinkKind, VmmKind } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { NetworkService } from "@banger/gen/banger/privileged/v1/network_pb.js";
-import { VmmService, VmmSignal } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
+import { VmmService, VmmSignal, type LaunchVmmResponse } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { HostPort } from "../core/host.js";
+import type { HostPort, LaunchedVmm } from "../core/host.js";
 import type { PeerProbe } from "../core/status.js";
 import { callOptions } from "./call-options.js";
 import { identityFromVersion } from "./identity.js";
 
 export interface PrivilegedPeer extends PeerProbe, HostPort {
   readonly close: () => void;
+}
+
+function launchedVmm(launched: LaunchVmmResponse): LaunchedVmm {
+  if (!launched.startTime) throw new Error("the helper launched a VMM without a start time");
+  return {
+    pid: launched.pid,
+    startTime: timestampDate(launched.startTime),
+    controlSocket: launched.controlSocket,
+    logPath: launched.logPath,
+    consolePath: launched.consolePath,
+  };
 }
 
 /** The orchestrator's client of the privileged helper. Errors arrive as banger's typed errors. */
@@ -50,6 +61,7 @@ export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
           .map((link) => link.name),
         natRules: found.natRules.map((rule) => ({ vmId: rule.vmId })),
         loops: found.loopDevices.map((loop) => ({ device: loop.device, backingFile: loop.backingFile })),
+        snapshots: found.dmDevices.filter((dm) => dm.vmId !== "").map((dm) => ({ vmId: dm.vmId })),
         vmms: found.vmmProcesses.map((vmm) => ({
           vmId: vmm.vmId,
           pid: vmm.pid,
@@ -97,15 +109,17 @@ export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
       );
     },
     async launchFirecracker(vmId, scope) {
-      const launched = await vmm.launchVmm({ vmId, kind: VmmKind.FIRECRACKER }, callOptions(scope));
-      if (!launched.startTime) throw new Error("the helper launched a VMM without a start time");
-      return {
-        pid: launched.pid,
-        startTime: timestampDate(launched.startTime),
-        controlSocket: launched.controlSocket,
-        logPath: launched.logPath,
-        consolePath: launched.consolePath,
-      };
+      return launchedVmm(await vmm.launchVmm({ vmId, kind: VmmKind.FIRECRACKER }, callOptions(scope)));
+    },
+    async launchQemu(vmId, machine, scope) {
+      const qemu = { ...machine, tscKhz: 0 };
+      return launchedVmm(await vmm.launchVmm({ vmId, kind: VmmKind.QEMU_MICROVM, qemu }, callOptions(scope)));
+    },
+    async createSnapshot(vmId, originDevice, cowDevice, scope) {
+      return (await disk.createSnapshot({ vmId, originDevice, cowDevice }, callOptions(scope))).device;
+    },
+    async removeSnapshot(vmId, scope) {
+      return (await disk.removeSnapshot({ vmId }, callOptions(scope))).existed;
     },
     async signalVmm(vmId, pid, startTime, signal, scope) {
       const sent = await vmm.signalVmm(

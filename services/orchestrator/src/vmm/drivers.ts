@@ -1,0 +1,133 @@
+/**
+ * The VMM is a driver: the VM lifecycle boots the same kernel, initrd, disks
+ * and tap through either one, in the same stages (launch-vmm, configure-vmm,
+ * start-vmm) and stops it the same way (a graceful request, then signals).
+ *
+ * - `firecracker`: the helper starts it with only its API socket; the machine
+ *   is configured over the API, then started.
+ * - `qemu-microvm`: the helper starts `qemu-system-x86_64 -M microvm` with the
+ *   whole machine on its command line (KVM when the host has it, else TCG);
+ *   configure-vmm is the QMP handshake and a check that the machine runs.
+ *   QEMU has no vsock here (no vhost-vsock on the hosts it serves).
+ */
+import { dirname, join } from "node:path";
+import { rm } from "node:fs/promises";
+import { FailedPreconditionError } from "@banger/common";
+import type { VmmDriver as VmmDriverName } from "../config/index.js";
+import type { CallScope } from "../core/call-scope.js";
+import type { HostPort, LaunchedVmm } from "../core/host.js";
+import type { FirecrackerClient } from "./firecracker-client.js";
+import type { QmpClient } from "./qmp-client.js";
+
+/** The Firecracker API as the lifecycle uses it. */
+export type FirecrackerApi = Pick<
+  FirecrackerClient,
+  | "waitForSocket"
+  | "putMachineConfig"
+  | "putBootSource"
+  | "putDrive"
+  | "putNetworkInterface"
+  | "putVsock"
+  | "instanceStart"
+  | "sendCtrlAltDel"
+>;
+
+export type QmpApi = Pick<QmpClient, "waitForSocket" | "status" | "powerdown">;
+
+/** Everything a VM boots with, whatever the VMM. */
+export interface MachineSpec {
+  readonly vmId: string;
+  readonly vcpu: number;
+  readonly memoryMib: number;
+  readonly kernelPath: string;
+  /** null = none. */
+  readonly initrdPath: string | null;
+  readonly bootArgs: string;
+  /** A file or block device (dm-snapshot). */
+  readonly rootDisk: string;
+  readonly workDisk: string;
+  readonly tap: string;
+  readonly mac: string;
+  readonly vsockCid: number;
+}
+
+export interface VmmDriver {
+  readonly kind: VmmDriverName;
+  /** Stage launch-vmm: the helper starts the VMM as the owner. */
+  launch(spec: MachineSpec, scope: CallScope): Promise<LaunchedVmm>;
+  /** Stage configure-vmm. */
+  configure(launched: LaunchedVmm, spec: MachineSpec, signal: AbortSignal): Promise<void>;
+  /** Stage start-vmm. */
+  start(launched: LaunchedVmm): Promise<void>;
+  /** Asks the guest to shut down (Ctrl-Alt-Del, the power button); the caller waits for the VMM to exit. */
+  requestShutdown(controlSocket: string): Promise<void>;
+}
+
+const SOCKET_WAIT_MS = 5_000;
+
+export function firecrackerDriver(host: HostPort, api: (socketPath: string) => FirecrackerApi): VmmDriver {
+  return {
+    kind: "firecracker",
+    launch: (spec, scope) => host.launchFirecracker(spec.vmId, scope),
+    async configure(launched, spec, signal) {
+      const fc = api(launched.controlSocket);
+      await fc.waitForSocket(signal, SOCKET_WAIT_MS);
+      await fc.putMachineConfig({ vcpuCount: spec.vcpu, memSizeMib: spec.memoryMib, smt: false });
+      await fc.putBootSource({
+        kernelImagePath: spec.kernelPath,
+        bootArgs: spec.bootArgs,
+        ...(spec.initrdPath ? { initrdPath: spec.initrdPath } : {}),
+      });
+      await fc.putDrive({ driveId: "root", pathOnHost: spec.rootDisk, isRootDevice: true, isReadOnly: false });
+      await fc.putDrive({ driveId: "work", pathOnHost: spec.workDisk, isRootDevice: false, isReadOnly: false });
+      await fc.putNetworkInterface({ ifaceId: "eth0", hostDevName: spec.tap, guestMac: spec.mac });
+      // Firecracker binds the vsock socket itself and refuses one left by an earlier boot.
+      const udsPath = join(dirname(launched.controlSocket), "vsock.sock");
+      await rm(udsPath, { force: true });
+      await fc.putVsock({ guestCid: spec.vsockCid, udsPath });
+    },
+    start: (launched) => api(launched.controlSocket).instanceStart(),
+    requestShutdown: (controlSocket) => api(controlSocket).sendCtrlAltDel(),
+  };
+}
+
+export function qemuDriver(
+  host: HostPort,
+  qmp: (socketPath: string) => QmpApi,
+  /** Whether the host has usable KVM now (the helper's probe). */
+  kvm: (scope: CallScope) => Promise<boolean>,
+): VmmDriver {
+  return {
+    kind: "qemu-microvm",
+    async launch(spec, scope) {
+      return host.launchQemu(
+        spec.vmId,
+        {
+          vcpu: spec.vcpu,
+          memoryMib: spec.memoryMib,
+          kernelPath: spec.kernelPath,
+          initrdPath: spec.initrdPath ?? "",
+          bootArgs: spec.bootArgs,
+          rootDisk: spec.rootDisk,
+          workDisk: spec.workDisk,
+          mac: spec.mac,
+          kvm: await kvm(scope),
+        },
+        scope,
+      );
+    },
+    async configure(launched, _spec, signal) {
+      const client = qmp(launched.controlSocket);
+      await client.waitForSocket(signal, SOCKET_WAIT_MS);
+      const { running, status } = await client.status();
+      if (!running) {
+        throw new FailedPreconditionError(`qemu is not running the machine: status ${status}`, {
+          reason: "VMM_NOT_RUNNING",
+        });
+      }
+    },
+    // QEMU runs the machine from its start: nothing to do.
+    start: () => Promise.resolve(),
+    requestShutdown: (controlSocket) => qmp(controlSocket).powerdown(),
+  };
+}

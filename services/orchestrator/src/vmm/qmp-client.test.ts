@@ -1,0 +1,66 @@
+/**
+ * The QMP client against a real QEMU (`-M microvm`, started paused with no
+ * guest: QMP answers the same), and against paths where nothing listens.
+ */
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { BangerError } from "@banger/common";
+import { afterEach, describe, expect, it } from "vitest";
+import { createQmpClient } from "./qmp-client.js";
+
+const QEMU = "/usr/bin/qemu-system-x86_64";
+const haveQemu = spawnSync(QEMU, ["--version"]).status === 0;
+if (!haveQemu) console.warn(`SKIPPING the real-QEMU QMP tests: ${QEMU} is absent (apt-get install qemu-system-x86)`);
+
+let qemu: ChildProcess | undefined;
+let dir: string | undefined;
+afterEach(() => {
+  qemu?.kill("SIGKILL");
+  if (dir) rmSync(dir, { recursive: true, force: true });
+  qemu = dir = undefined;
+});
+
+describe.skipIf(!haveQemu)("QMP client against a real QEMU", () => {
+  it("waits for the socket, reads the run state, resumes the machine and presses the power button", async () => {
+    dir = mkdtempSync(join(tmpdir(), "qmp-"));
+    const socket = join(dir, "qmp.sock");
+    // Paused (-S) and without a kernel: QMP answers all the same.
+    qemu = spawn(
+      QEMU,
+      [
+        ...["-M", "microvm,x-option-roms=off", "-accel", "tcg", "-m", "128M"],
+        ...["-nodefaults", "-no-user-config", "-nographic", "-S"],
+        ...["-qmp", `unix:${socket},server=on,wait=off`],
+      ],
+      { stdio: "ignore" },
+    );
+    const client = createQmpClient(socket);
+    await client.waitForSocket(AbortSignal.timeout(10_000), 10_000);
+    expect(await client.status()).toEqual({ running: false, status: "prelaunch" });
+    await client.cont();
+    expect((await client.status()).running).toBe(true);
+    await client.powerdown(); // no guest to act on it, but QEMU takes the press
+  });
+});
+
+describe("QMP client without a QEMU", () => {
+  it("names the socket and says nothing is there (UNAVAILABLE, VMM_API_UNREACHABLE)", async () => {
+    const error = (await createQmpClient("/nonexistent/qmp.sock")
+      .status()
+      .catch((e: unknown) => e)) as BangerError;
+    expect(error).toBeInstanceOf(BangerError);
+    expect([error.kind, error.reason]).toEqual(["unavailable", "VMM_API_UNREACHABLE"]);
+    expect(error.message).toBe("QMP socket /nonexistent/qmp.sock is unreachable: ENOENT");
+  });
+
+  it("gives up waiting for a socket that never appears", async () => {
+    const started = Date.now();
+    const error = (await createQmpClient("/nonexistent/qmp.sock")
+      .waitForSocket(new AbortController().signal, 200)
+      .catch((e: unknown) => e)) as BangerError;
+    expect(error.reason).toBe("VMM_API_UNREACHABLE");
+    expect(Date.now() - started).toBeGreaterThanOrEqual(200);
+  });
+});

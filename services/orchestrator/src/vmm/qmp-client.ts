@@ -1,0 +1,135 @@
+/**
+ * A client for QEMU's machine protocol (QMP) on a VM's QMP socket: the
+ * greeting and capabilities handshake, the machine's run state, and the power
+ * button. One connection per call: QEMU serves one QMP client at a time, and
+ * the orchestrator talks to it rarely (after launch, at stop).
+ *
+ * QMP is JSON objects, one per line: QEMU greets with `{"QMP": …}`, the
+ * client must send `qmp_capabilities` before anything else, and every
+ * command is answered by `{"return": …}` or `{"error": {"class", "desc"}}`;
+ * asynchronous `{"event": …}` lines may come in between and are skipped.
+ *
+ * Errors: an `error` answer is a FailedPreconditionError `VMM_API_ERROR` whose
+ * message is `qemu <command>: <desc>`, QEMU's own words; a socket that is
+ * missing or refuses connections is an UnavailableError `VMM_API_UNREACHABLE`
+ * naming the socket; running out of time is a DeadlineExceededError
+ * `VMM_API_TIMEOUT`.
+ */
+import { connect, type Socket } from "node:net";
+import { createInterface } from "node:readline";
+import { DeadlineExceededError, FailedPreconditionError, UnavailableError } from "@banger/common";
+
+export interface QmpClient {
+  /** Waits until the socket accepts a QMP session (QEMU creates it at start), polling. */
+  waitForSocket(signal: AbortSignal, timeoutMs: number): Promise<void>;
+  /** QEMU's run state, e.g. "running", "paused", "shutdown". */
+  status(): Promise<{ readonly running: boolean; readonly status: string }>;
+  /** Presses the ACPI power button: the guest shuts down (QEMU then exits, started with -no-reboot). */
+  powerdown(): Promise<void>;
+  /** Resumes a machine started paused. */
+  cont(): Promise<void>;
+}
+
+const DEFAULT_TIMEOUT_MS = 5000;
+const POLL_INTERVAL_MS = 20;
+const NOT_YET = new Set(["ENOENT", "ECONNREFUSED"]);
+
+export function createQmpClient(socketPath: string, options: { timeoutMs?: number } = {}): QmpClient {
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+
+  /** Opens a session, runs `commands` in order, returns the last one's `return` value. */
+  async function session(commands: readonly { execute: string; arguments?: object }[]): Promise<unknown> {
+    const socket = await open(socketPath);
+    const lines = createInterface({ input: socket });
+    const timer = setTimeout(
+      () =>
+        socket.destroy(
+          new DeadlineExceededError(`QMP on ${socketPath} did not answer in ${timeoutMs} ms`, {
+            reason: "VMM_API_TIMEOUT",
+          }),
+        ),
+      timeoutMs,
+    );
+    try {
+      const replies = lines[Symbol.asyncIterator]();
+      const next = async (): Promise<Record<string, unknown>> => {
+        for (;;) {
+          const line = await replies.next();
+          if (line.done) {
+            throw new UnavailableError(`QMP on ${socketPath} closed the connection`, {
+              reason: "VMM_API_UNREACHABLE",
+            });
+          }
+          const message = JSON.parse(line.value) as Record<string, unknown>;
+          if (!("event" in message)) return message;
+        }
+      };
+      const greeting = await next();
+      if (!("QMP" in greeting)) throw qmpError("greeting", `unexpected first message ${JSON.stringify(greeting)}`);
+      let result: unknown;
+      for (const command of [{ execute: "qmp_capabilities" }, ...commands]) {
+        socket.write(`${JSON.stringify(command)}\n`);
+        const reply = await next();
+        const error = reply["error"] as { desc?: string } | undefined;
+        if (error) throw qmpError(command.execute, error.desc ?? JSON.stringify(error));
+        result = reply["return"];
+      }
+      return result;
+    } catch (error) {
+      throw socket.errored ?? error;
+    } finally {
+      clearTimeout(timer);
+      lines.close();
+      socket.destroy();
+    }
+  }
+
+  return {
+    async waitForSocket(signal, waitMs) {
+      const deadline = Date.now() + waitMs;
+      for (;;) {
+        signal.throwIfAborted();
+        try {
+          (await open(socketPath)).destroy();
+          return;
+        } catch (error) {
+          const code = (error as { cause?: NodeJS.ErrnoException }).cause?.code;
+          if (code === undefined || !NOT_YET.has(code) || Date.now() > deadline) throw error;
+        }
+        await new Promise((resolve) => setTimeout(resolve, POLL_INTERVAL_MS));
+      }
+    },
+    async status() {
+      const value = (await session([{ execute: "query-status" }])) as { running?: boolean; status?: string };
+      return { running: value.running === true, status: value.status ?? "unknown" };
+    },
+    async powerdown() {
+      await session([{ execute: "system_powerdown" }]);
+    },
+    async cont() {
+      await session([{ execute: "cont" }]);
+    },
+  };
+}
+
+function qmpError(command: string, desc: string): FailedPreconditionError {
+  return new FailedPreconditionError(`qemu ${command}: ${desc}`, { reason: "VMM_API_ERROR" });
+}
+
+function open(socketPath: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(socketPath);
+    socket.once("connect", () => {
+      socket.removeAllListeners("error");
+      resolve(socket);
+    });
+    socket.once("error", (error: NodeJS.ErrnoException) => {
+      reject(
+        new UnavailableError(`QMP socket ${socketPath} is unreachable: ${error.code ?? error.message}`, {
+          reason: "VMM_API_UNREACHABLE",
+          cause: error,
+        }),
+      );
+    });
+  });
+}
