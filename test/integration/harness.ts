@@ -4,7 +4,7 @@
  * to stop, kill and restart each one, run the CLI, and read the JSON logs.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { chownSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { connect } from "node:net";
@@ -53,7 +53,8 @@ export interface Cluster {
   readonly runtimeDir: string;
   readonly stateDir: string;
   socket(name: ServiceName): string;
-  start(name: ServiceName): Promise<RunningService>;
+  /** Starts a service; `env` is added to its environment (e.g. BANGER_FAIL_AFTER_STAGE). */
+  start(name: ServiceName, env?: NodeJS.ProcessEnv): Promise<RunningService>;
   stop(name: ServiceName): Promise<void>;
   kill9(name: ServiceName): Promise<void>;
   service(name: ServiceName): RunningService;
@@ -83,11 +84,16 @@ export function spawnService(
   options: SpawnOptions = {},
 ): RunningService {
   const argv = [process.execPath, join(ROOT, ENTRY[name]), ...args];
-  const [command = "", ...rest] = options.netns ? ["ip", "netns", "exec", options.netns, ...argv] : argv;
+  // In a namespace as the owner: `ip netns exec` needs root, so it drops to the owner with setpriv.
+  const asOwner =
+    options.netns && options.owner !== undefined
+      ? ["setpriv", "--reuid", String(options.owner), "--regid", String(options.owner), "--clear-groups", "--"]
+      : [];
+  const [command = "", ...rest] = options.netns ? ["ip", "netns", "exec", options.netns, ...asOwner, ...argv] : argv;
   const child = spawn(command, rest, {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, ...env },
-    ...(options.owner !== undefined ? { uid: options.owner, gid: options.owner } : {}),
+    ...(options.owner !== undefined && !options.netns ? { uid: options.owner, gid: options.owner } : {}),
   });
   const logs: Record<string, unknown>[] = [];
   const stderr: string[] = [];
@@ -111,6 +117,14 @@ export interface ClusterOptions {
   readonly owner?: number;
   /** Run the privileged helper inside this network namespace. */
   readonly netns?: string;
+  /**
+   * Run the orchestrator in `netns` too, as on a real host where it shares the helper's network: it
+   * then reaches guests and serves `.vm` DNS on the bridge. (The puller stays outside, next to the
+   * tests' registry on 127.0.0.1.)
+   */
+  readonly orchestratorInNetns?: boolean;
+  /** The owner's config.toml (written to the cluster's own config directory before anything starts). */
+  readonly configToml?: string;
   /** Extra arguments for the helper (e.g. `--firecracker-bin` pointing at the fake). */
   readonly helperArgs?: readonly string[];
 }
@@ -123,20 +137,26 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   const running = new Map<ServiceName, RunningService>();
   const socket = (name: ServiceName) => join(runtimeDir, SOCKET[name]);
 
-  const start = async (name: ServiceName) => {
+  const start = async (name: ServiceName, extraEnv: NodeJS.ProcessEnv = {}) => {
     const args = ["--runtime-dir", runtimeDir];
     args.push("--state-dir", stateDir);
     if (name === "privileged" && owner !== undefined) {
       args.push("--owner-uid", String(owner), "--owner-gid", String(owner), ...(options.helperArgs ?? []));
     }
     // The services read the owner's config directory: a fresh one per cluster, never the real one.
-    const env = { XDG_CONFIG_HOME: join(dir, "config"), ...(owner !== undefined ? { HOME: dir } : {}) };
-    const svc = spawnService(
-      name,
-      args,
-      env,
-      name === "privileged" ? (options.netns ? { netns: options.netns } : {}) : owner !== undefined ? { owner } : {},
-    );
+    const env = {
+      XDG_CONFIG_HOME: join(dir, "config"),
+      ...(owner !== undefined ? { HOME: dir } : {}),
+      ...extraEnv,
+    };
+    const inNetns =
+      options.netns && (name === "privileged" || (name === "orchestrator" && options.orchestratorInNetns))
+        ? { netns: options.netns }
+        : {};
+    const svc = spawnService(name, args, env, {
+      ...inNetns,
+      ...(name !== "privileged" && owner !== undefined ? { owner } : {}),
+    });
     running.set(name, svc);
     await waitUntil(() => svc.logs.some((l) => l["msg"] === "listening"), svc, `${name} to listen`);
     return svc;
@@ -155,6 +175,14 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   };
 
   mkdirSync(runtimeDir, { recursive: true, mode: 0o700 });
+  if (options.configToml !== undefined) {
+    mkdirSync(join(dir, "config", "banger"), { recursive: true });
+    writeFileSync(join(dir, "config", "banger", "config.toml"), options.configToml);
+    if (owner !== undefined) {
+      for (const path of ["config", "config/banger", "config/banger/config.toml"])
+        chownSync(join(dir, path), owner, owner);
+    }
+  }
   if (owner !== undefined) {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     for (const path of [dir, runtimeDir, stateDir]) chownSync(path, owner, owner);

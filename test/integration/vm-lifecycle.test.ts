@@ -7,58 +7,35 @@
  * banger configured; no guest boots, so creates do not wait for SSH.
  */
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createUnixTransport } from "@banger/common";
 import { VmService } from "@banger/gen/banger/v1/vm_pb.js";
 import { createClient } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { OWNER_CAN_READ_CHECKOUT, ROOT, startCluster, waitUntil, type Cluster } from "./harness.js";
-import { IS_ROOT, createNetNs, type NetNs } from "./netns.js";
+import { OWNER, startFakeVmCluster } from "./fake-vm-cluster.js";
+import { OWNER_CAN_READ_CHECKOUT, waitUntil, type Cluster } from "./harness.js";
+import { IS_ROOT, type NetNs } from "./netns.js";
 
-const OWNER = 1000;
-const FAKE_VMM = join(ROOT, "services/privileged/test-fixtures/fake-vmm.mjs");
 const live = describe.skipIf(!IS_ROOT || !OWNER_CAN_READ_CHECKOUT);
 // Each test drives many CLI calls through real processes; a loaded machine may take a while.
 
 let ns: NetNs;
 let cluster: Cluster;
+let shutdown: () => Promise<void>;
 
 beforeAll(async () => {
   if (!IS_ROOT || !OWNER_CAN_READ_CHECKOUT) return;
-  console.log("no KVM or Firecracker here: VMs run under test-fixtures/fake-vmm.mjs (Firecracker's API, no guest)");
-  ns = createNetNs();
-  cluster = await startCluster({ owner: OWNER, netns: ns.name, helperArgs: ["--firecracker", FAKE_VMM] });
-
+  const started = await startFakeVmCluster({ withInitrd: true });
+  ({ ns, cluster } = started);
+  shutdown = started.shutdown;
   // The owner's git identity (the services' HOME is the cluster's directory) goes onto each work disk.
   writeFileSync(join(cluster.dir, ".gitconfig"), "[user]\n\tname = Ada Lovelace\n\temail = ada@example.org\n");
-  // A kernel in a distribution layout and an image registered from an ext4 file.
-  const pkg = join(cluster.dir, "kernel-pkg");
-  mkdirSync(join(pkg, "boot"), { recursive: true });
-  writeFileSync(
-    join(pkg, "boot", "vmlinux-6.1.0-27-amd64"),
-    Buffer.concat([Buffer.from("\x7fELF"), Buffer.alloc(4096)]),
-  );
-  writeFileSync(join(pkg, "boot", "initrd.img-6.1.0-27-amd64"), "initrd");
-  const tree = join(cluster.dir, "tree");
-  mkdirSync(join(tree, "etc"), { recursive: true });
-  writeFileSync(join(tree, "etc", "os-release"), "ID=tiny\n");
-  const rootfs = join(cluster.dir, "rootfs.img");
-  execFileSync("mkfs.ext4", ["-q", "-F", "-E", "root_owner=0:0", "-d", tree, rootfs, "64M"]);
-  for (const args of [
-    ["kernel", "import", "k61", pkg],
-    ["image", "register", "tiny", "--rootfs", rootfs],
-  ]) {
-    const result = await cluster.cli(args);
-    if (result.code !== 0) throw new Error(`${args.join(" ")}: ${result.stderr}`);
-  }
 });
 
 afterAll(async () => {
   if (!IS_ROOT || !OWNER_CAN_READ_CHECKOUT) return;
-  spawnSync("pkill", ["-f", `fake-vmm.mjs --api-sock ${cluster.runtimeDir}/`]);
-  await cluster.shutdown();
-  ns.remove();
+  await shutdown();
 });
 
 interface VmJson {
@@ -313,26 +290,9 @@ live("a VM's life through the CLI", () => {
 live("a VMM that cannot start", () => {
   it("fails the create at launch-vmm with the helper's reason, and unwinds the tap, the disks and the row", async () => {
     // A second cluster whose helper launches /bin/false as Firecracker: it exits at once.
-    const otherNs = createNetNs();
-    const other = await startCluster({
-      owner: OWNER,
-      netns: otherNs.name,
-      helperArgs: ["--firecracker", "/bin/false"],
-    });
+    const second = await startFakeVmCluster({ firecracker: "/bin/false", rootfsSize: "32M" });
+    const [other, otherNs] = [second.cluster, second.ns];
     try {
-      const pkg = join(other.dir, "kernel-pkg");
-      mkdirSync(join(pkg, "boot"), { recursive: true });
-      writeFileSync(
-        join(pkg, "boot", "vmlinux-6.1.0-27-amd64"),
-        Buffer.concat([Buffer.from("\x7fELF"), Buffer.alloc(4096)]),
-      );
-      const tree = join(other.dir, "tree");
-      mkdirSync(tree);
-      const rootfs = join(other.dir, "rootfs.img");
-      execFileSync("mkfs.ext4", ["-q", "-F", "-E", "root_owner=0:0", "-d", tree, rootfs, "32M"]);
-      expect((await other.cli(["kernel", "import", "k", pkg])).code).toBe(0);
-      expect((await other.cli(["image", "register", "tiny", "--rootfs", rootfs])).code).toBe(0);
-
       const failed = await other.cli(["vm", "create", "--name", "box", "--image", "tiny", "--no-ssh-wait"]);
       expect(failed.code).toBe(1);
       expect(failed.stderr).toMatch(/\n  launch-vmm\s+FAILED/);
@@ -345,8 +305,7 @@ live("a VMM that cannot start", () => {
       ).toBe(false);
       expect(JSON.parse((await other.cli(["vm", "list", "--json"])).stdout)).toEqual([]);
     } finally {
-      await other.shutdown();
-      otherNs.remove();
+      await second.shutdown();
     }
   }, 120_000);
 });

@@ -2,9 +2,11 @@ import { BANGER_VERSION } from "@banger/common";
 import { Command, CommanderError } from "commander";
 import { registerDaemonCommands } from "./commands/daemon.js";
 import { registerDevCommands } from "./commands/dev.js";
+import { registerDoctorCommand } from "./commands/doctor.js";
 import { registerImageCommands } from "./commands/image.js";
 import { registerKernelCommands } from "./commands/kernel.js";
 import { registerOpCommands } from "./commands/op.js";
+import { registerSystemCommands } from "./commands/system.js";
 import { registerVmCommands } from "./commands/vm.js";
 import type { GlobalOptions } from "./context.js";
 import { reportError } from "./errors.js";
@@ -23,9 +25,11 @@ export function buildProgram(): Command {
   const globals = () => program.opts<GlobalOptions>();
   registerDaemonCommands(program, globals);
   registerDevCommands(program);
+  registerDoctorCommand(program, globals);
   registerImageCommands(program, globals);
   registerKernelCommands(program, globals);
   registerOpCommands(program, globals);
+  registerSystemCommands(program);
   registerVmCommands(program, globals);
   program.commands.forEach(function override(cmd: Command): void {
     cmd.exitOverride();

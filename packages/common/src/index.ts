@@ -11,6 +11,7 @@ export * from "./reflection.js";
 export * from "./rpc-interceptor.js";
 export * from "./service-main.js";
 export * from "./service-impl.js";
+export * from "./socket-activation.js";
 export * from "./socket-path.js";
 export * from "./unix-client.js";
 export * from "./unix-server.js";

@@ -1,6 +1,8 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { DescFile } from "@bufbuild/protobuf";
+import { FailedPreconditionError } from "./errors.js";
 import { createLogger, type Logger, type ServiceName } from "./logging.js";
+import { activatedSocket } from "./socket-activation.js";
 import { startUnixServer, type UnixServerOptions } from "./unix-server.js";
 
 export interface ServiceMainOptions {
@@ -20,12 +22,21 @@ export interface ServiceMainOptions {
 
 /**
  * Runs a service until SIGTERM or SIGINT, then stops it gracefully. A start-up
- * failure (socket in use, path too long…) is logged and exits 1.
+ * failure (socket in use, path too long…) is logged and exits 1. Under a
+ * systemd socket unit it serves the socket systemd passed (which must be the
+ * one at `socketPath`) instead of binding its own.
  */
 export async function runService(options: ServiceMainOptions): Promise<void> {
   const logger = options.logger ?? createLogger({ service: options.service });
   let server;
   try {
+    const activated = activatedSocket();
+    if (activated?.path !== undefined && activated.path !== options.socketPath) {
+      throw new FailedPreconditionError(
+        `systemd passed a socket bound to ${activated.path}, but this service serves ${options.socketPath}`,
+        { reason: "ACTIVATED_SOCKET_MISMATCH" },
+      );
+    }
     server = await startUnixServer({
       socketPath: options.socketPath,
       mode: options.mode,
@@ -34,6 +45,7 @@ export async function runService(options: ServiceMainOptions): Promise<void> {
       routes: (router) => options.routes(router, logger),
       ...(options.logPrefix === undefined ? {} : { logPrefix: options.logPrefix }),
       ...options.access,
+      ...(activated ? { listenFd: activated.fd } : {}),
     });
   } catch (error) {
     logger.fatal({ err: error }, `${options.service} failed to start: ${(error as Error).message}`);

@@ -1,6 +1,7 @@
 import { lstat, unlink } from "node:fs/promises";
 import { connect } from "node:net";
 import { FailedPreconditionError, InvalidArgumentError } from "./errors.js";
+import { activatedSocket } from "./socket-activation.js";
 
 /** sun_path is 108 bytes including the terminating NUL; Node silently truncates longer paths. */
 export const MAX_SOCKET_PATH_BYTES = 107;
@@ -39,9 +40,12 @@ export function probeSocket(socketPath: string, timeoutMs = 1000): Promise<boole
  * Makes `socketPath` free to bind: nothing there is fine; a socket nobody
  * listens on (left by a crash or `kill -9`) is removed; a live socket is
  * refused (another instance runs), and so is anything that is not a socket.
+ * A socket systemd passed to this process is systemd's: it is left alone.
  */
 export async function clearStaleSocket(socketPath: string): Promise<void> {
   checkSocketPathLength(socketPath);
+  const activated = activatedSocket();
+  if (activated && (activated.path === undefined || activated.path === socketPath)) return;
   let stats;
   try {
     stats = await lstat(socketPath);

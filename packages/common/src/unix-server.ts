@@ -31,6 +31,12 @@ export interface UnixServerOptions {
   readonly logArguments?: boolean;
   /** Owner and group of the socket file, set right after bind (e.g. root:<owner's group> with mode 0660). */
   readonly socketOwner?: { readonly uid: number; readonly gid: number };
+  /**
+   * A listening socket systemd made and passed (socket activation): served
+   * instead of binding `socketPath`. Its file, mode and owner are the socket
+   * unit's, and it is never removed (systemd keeps listening after a stop).
+   */
+  readonly listenFd?: number;
 }
 
 export interface UnixServer {
@@ -45,8 +51,8 @@ export interface UnixServer {
 
 /** Serves gRPC, gRPC-Web and Connect over HTTP/2 (prior knowledge) on a Unix socket. */
 export async function startUnixServer(options: UnixServerOptions): Promise<UnixServer> {
-  const { socketPath, logger } = options;
-  await clearStaleSocket(socketPath);
+  const { socketPath, logger, listenFd } = options;
+  if (listenFd === undefined) await clearStaleSocket(socketPath);
 
   const health = createHealthState();
   const shutdown = new AbortController();
@@ -84,10 +90,16 @@ export async function startUnixServer(options: UnixServerOptions): Promise<UnixS
     if (peer) peers.set(session, peer);
   });
 
-  await listenWithMode(server, socketPath, options.mode);
-  if (options.socketOwner) await chown(socketPath, options.socketOwner.uid, options.socketOwner.gid);
-  const { ino } = await lstat(socketPath);
-  logger.info({ socket: socketPath, pid: process.pid }, "listening");
+  let ino: number | undefined;
+  if (listenFd === undefined) {
+    await listenWithMode(server, socketPath, options.mode);
+    if (options.socketOwner) await chown(socketPath, options.socketOwner.uid, options.socketOwner.gid);
+    ino = (await lstat(socketPath)).ino;
+    logger.info({ socket: socketPath, pid: process.pid }, "listening");
+  } else {
+    await listenOnFd(server, listenFd);
+    logger.info({ socket: socketPath, pid: process.pid, activation: "systemd" }, "listening");
+  }
 
   let closing: Promise<void> | undefined;
   const close = (graceMs = 5000): Promise<void> => {
@@ -102,9 +114,9 @@ export async function startUnixServer(options: UnixServerOptions): Promise<UnixS
       await closed;
       clearTimeout(timer);
       // Node removes the socket file on close; make sure, but never remove a
-      // socket another instance has bound since.
+      // socket another instance has bound since (nor systemd's).
       try {
-        if ((await lstat(socketPath)).ino === ino) await unlink(socketPath);
+        if (ino !== undefined && (await lstat(socketPath)).ino === ino) await unlink(socketPath);
       } catch {
         // already gone
       }
@@ -117,6 +129,16 @@ export async function startUnixServer(options: UnixServerOptions): Promise<UnixS
     for (const service of file.services) health.set(service.typeName, "SERVING");
   }
   return { socketPath, close };
+}
+
+function listenOnFd(server: http2.Http2Server, fd: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen({ fd }, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
 }
 
 function listenWithMode(server: http2.Http2Server, socketPath: string, mode: number): Promise<void> {

@@ -28,7 +28,8 @@ import {
 } from "./config/index.js";
 import { knownHostsPath } from "./core/vm-observe.js";
 import { createImageCatalog } from "./core/images.js";
-import { dnsCapability, natCapability } from "./core/capabilities.js";
+import { dnsCapability, natCapability, workDiskDoctorChecks } from "./core/capabilities.js";
+import { createDoctor, storeCatalog } from "./core/doctor.js";
 import { createKernelCatalog } from "./core/kernels.js";
 import { createVmService as createVmLifecycle } from "./core/vms.js";
 import { createDnsResponder } from "./dns/index.js";
@@ -37,6 +38,7 @@ import { createFirecrackerClient } from "./vmm/firecracker-client.js";
 import { createQmpClient } from "./vmm/qmp-client.js";
 import { createOperations } from "./core/operations.js";
 import { describeOrchestrator } from "./core/status.js";
+import { createDoctorProbes } from "./host/doctor-probes.js";
 import { createPrivilegedPeer } from "./peers/privileged.js";
 import { createPullerPeer } from "./peers/puller.js";
 import { createExecService } from "./rpc/exec-service.js";
@@ -57,6 +59,8 @@ export interface OrchestratorConfig {
   /** banger's runtime directory (VMM sockets and logs under `vms/<id>/`). */
   readonly runtimeDir: string;
   readonly config: BangerConfig;
+  /** Stages that fail right after their work (tests only; see createOperations). */
+  readonly failAfterStages?: ReadonlySet<string>;
 }
 
 /**
@@ -86,7 +90,11 @@ export interface Orchestrator {
  * explicitly. Operations a restart cut off are marked INTERRUPTED first.
  */
 export async function createOrchestrator(config: OrchestratorConfig): Promise<Orchestrator> {
-  const operations = createOperations({ db: config.db, logger: config.logger });
+  const operations = createOperations({
+    db: config.db,
+    logger: config.logger,
+    ...(config.failAfterStages ? { failAfterStages: config.failAfterStages } : {}),
+  });
   await operations.recover();
   await clearStaging(config.stateDir, config.logger);
   const privileged = createPrivilegedPeer(config.privilegedSocket);
@@ -146,6 +154,7 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       return { name: "dns", ok: false, detail: `cannot listen on ${network.address}:${DNS_PORT}: ${String(error)}` };
     }
   });
+  const capabilities = [natCapability(privileged, config.config.network.bridge, config.config.vm.nat), names];
   const vms = createVmLifecycle({
     db: config.db,
     logger: config.logger,
@@ -163,13 +172,27 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       identityFile: async () => (await sshIdentity()).privateKeyPath,
       knownHostsFile: knownHostsPath(sshIdentityPaths(defaultConfigDir(process.env, home)).dir),
     },
-    capabilities: [natCapability(privileged, config.config.network.bridge), names],
+    capabilities,
   });
   await vms.recover();
   const self = () => ({
     name: "orchestrator" as const,
     socket: config.socketPath,
     identity: describeOrchestrator(BANGER_VERSION),
+  });
+  const doctor = createDoctor({
+    config: config.config,
+    stateDir: config.stateDir,
+    self,
+    peers: [privileged, puller],
+    features: (scope) => privileged.features(scope),
+    probes: createDoctorProbes({
+      configDir: defaultConfigDir(process.env, home),
+      configuredKeyPath: config.config.ssh.privateKey,
+    }),
+    catalog: storeCatalog(config.db),
+    // The lifecycle makes the work disk's capability itself; its checks need none of its state.
+    capabilities: [{ name: "work-disk", dependsOn: [], doctorChecks: workDiskDoctorChecks }, ...capabilities],
   });
 
   return {
@@ -184,7 +207,7 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       file_banger_v1_exec,
     ],
     routes: (router) => {
-      router.service(SystemService, createSystemService({ self, peers: [privileged, puller] }));
+      router.service(SystemService, createSystemService({ self, peers: [privileged, puller], doctor }));
       router.service(
         ImageService,
         createImageService(images, (vm, name) => vms.promote(vm, name)),

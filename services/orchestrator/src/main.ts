@@ -31,6 +31,10 @@ const layout = runtimeLayout(values["runtime-dir"]);
 const socketPath = values.socket ?? layout.orchestratorSocket;
 const logger = createLogger({ service: "orchestrator" });
 
+// Failure injection for tests: stages named here fail right after their work (see createOperations).
+const failAfterStages = new Set((process.env["BANGER_FAIL_AFTER_STAGE"] ?? "").split(",").filter((s) => s !== ""));
+if (failAfterStages.size > 0) logger.warn({ stages: [...failAfterStages] }, "failure injection is on");
+
 let store: Store;
 let orchestrator: Orchestrator;
 try {
@@ -51,6 +55,7 @@ try {
     stateDir: values["state-dir"],
     runtimeDir: values["runtime-dir"],
     config,
+    ...(failAfterStages.size > 0 ? { failAfterStages } : {}),
   });
 } catch (error) {
   const problems = error instanceof ConfigError ? { problems: error.problems } : {};

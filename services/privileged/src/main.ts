@@ -24,6 +24,19 @@ import { createHostService } from "./rpc/host-service.js";
 import { createNetworkService } from "./rpc/network-service.js";
 import { createVmmService } from "./rpc/vmm-service.js";
 
+// The systemd unit runs the helper with --jitless (MemoryDenyWriteExecute=yes aborts a Node
+// that JIT-compiles). Then WebAssembly is absent, and Node's bundled undici, loaded on the first
+// use of the Fetch API's Headers (which connect uses for every request), fails to compile its
+// HTTP/1 parser in a promise nobody awaits. The helper never uses that parser: ignore exactly
+// that rejection; any other unhandled rejection still ends the process.
+if (!("WebAssembly" in globalThis)) {
+  process.on("unhandledRejection", (reason) => {
+    const error = reason as Error | undefined;
+    if (error?.name === "ReferenceError" && error.message === "WebAssembly is not defined") return;
+    throw reason;
+  });
+}
+
 const { values } = parseArgs({
   options: {
     "runtime-dir": { type: "string", default: DEFAULT_RUNTIME_DIR },
@@ -53,6 +66,8 @@ const vmm = createVmmOps({ config });
 
 // Only the owner may call: the socket admits the owner's group (0660, root:<owner gid>) when
 // the owner is not root, and every connection's SO_PEERCRED uid is checked on every RPC.
+// Under systemd the socket is banger-privileged.socket's (root:banger 0660), passed as fd 3
+// and taken by runService; the uid check applies to it all the same.
 const sharedSocket = config.ownerUid !== (process.getuid?.() ?? 0);
 await runService({
   service: "privileged",

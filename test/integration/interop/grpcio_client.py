@@ -22,7 +22,8 @@ def main(socket):
         out["header_op_id"] = dict(call.initial_metadata()).get("banger-op-id")
 
         try:
-            raw(channel, "/banger.v1.SystemService/Doctor").with_call(b"", timeout=10)
+            # GetVmRequest{name: "nope"}: field 1, length 4.
+            raw(channel, "/banger.v1.VmService/GetVm").with_call(b"\x0a\x04nope", timeout=10)
             out["error"] = None
         except grpc.RpcError as error:
             trailers = dict(error.trailing_metadata())

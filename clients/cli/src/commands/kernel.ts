@@ -9,7 +9,9 @@ import { renderTable } from "../render/table.js";
 import { watchToEnd, withOrchestrator } from "./op.js";
 
 export function registerKernelCommands(program: Command, globals: () => GlobalOptions): void {
-  const kernel = program.command("kernel").description("guest kernels: import, list, show, delete, set the default");
+  const kernel = program
+    .command("kernel")
+    .description("guest kernels: import, build an initramfs, list, show, delete, set the default");
   kernel
     .command("import")
     .argument("<name>", "name to import it under, e.g. debian-6.1")
@@ -50,6 +52,28 @@ export function registerKernelCommands(program: Command, globals: () => GlobalOp
         });
       },
     );
+  kernel
+    .command("initramfs")
+    .argument("<name>", "kernel name")
+    .description(
+      "build banger's initramfs from a kernel's modules (virtio, ext4, vsock; the guest's network, work disk and init); it becomes the kernel's initrd. Needs a static /bin/busybox (busybox-static); shows each stage, exits 1 if the build fails",
+    )
+    .option("--no-wait", "print the operation id and return at once")
+    .option("--json", "print the kernel as JSON when done")
+    .action(async (name: string, opts: { wait: boolean; json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { operation } = await o.client(KernelService).buildInitramfs({ name }, o.callOptions());
+        if (!operation) return;
+        process.stderr.write(`building the initramfs of ${operation.target} (${operation.id})\n`);
+        if (!opts.wait) {
+          process.stdout.write(`${operation.id}\n`);
+          return;
+        }
+        const done = await watchToEnd(o, operation.id);
+        const built = done.result.case === "kernel" ? done.result.value : undefined;
+        if (built) printKernels([built], opts.json === true);
+      });
+    });
   kernel
     .command("list")
     .description("imported kernels; * marks the default")

@@ -59,6 +59,7 @@ export function registerVmCommands(program: Command, globals: () => GlobalOption
     .option("--memory <mib>", "memory in MiB, 128-262144 (default: from the config)")
     .option("--disk <mib>", "work disk size in MiB (default: from the config)")
     .option("--nat", "let the guest reach the outside network")
+    .option("--ssh-timeout <seconds>", "how long to wait for the guest's SSH (default 60)")
     .option("--no-ssh-wait", "succeed once the VMM runs, without waiting for the guest's SSH")
     .option("--no-wait", "print the operation id and return at once")
     .option("--json", "print the VM as JSON when done")
@@ -71,10 +72,12 @@ export function registerVmCommands(program: Command, globals: () => GlobalOption
         memory?: string;
         disk?: string;
         nat?: boolean;
+        sshTimeout?: string;
         sshWait: boolean;
         wait: boolean;
         json?: boolean;
       }) => {
+        const sshTimeout = seconds(opts.sshTimeout, "--ssh-timeout");
         const request = {
           name: opts.name,
           image: opts.image,
@@ -84,6 +87,7 @@ export function registerVmCommands(program: Command, globals: () => GlobalOption
           workDiskMib: BigInt(positiveInt(opts.disk, "--disk")),
           nat: opts.nat === true,
           skipSshWait: !opts.sshWait,
+          ...(sshTimeout ? { sshTimeout } : {}),
         };
         await withOrchestrator(globals(), async (o) => {
           const { operation } = await o.client(VmService).createVm(request, o.callOptions());

@@ -15,4 +15,4 @@ export {
   type FileSyncEntry,
   type VmmDriver,
 } from "./config.js";
-export { ensureSshIdentity, sshIdentityPaths, type SshIdentity } from "./ssh-identity.js";
+export { ensureSshIdentity, readSshIdentity, sshIdentityPaths, type SshIdentity } from "./ssh-identity.js";

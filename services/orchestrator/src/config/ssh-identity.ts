@@ -61,6 +61,23 @@ export async function ensureSshIdentity(options: {
   return result;
 }
 
+/**
+ * The key ensureSshIdentity would use, read with the same checks but without
+ * creating or changing anything (for `banger doctor`). Errors: those of
+ * ensureSshIdentity; SSH_KEY_NOT_FOUND also when banger's own key is not made yet.
+ */
+export async function readSshIdentity(options: {
+  readonly configDir: string;
+  readonly configuredKeyPath?: string | null | undefined;
+}): Promise<SshIdentity> {
+  if (options.configuredKeyPath != null) {
+    const blob = await readPrivateKey(options.configuredKeyPath, { followSymlinks: true });
+    return identity(options.configuredKeyPath, blob, false);
+  }
+  const { privateKey } = sshIdentityPaths(options.configDir);
+  return identity(privateKey, await readPrivateKey(privateKey, { followSymlinks: false }), true);
+}
+
 function identity(privateKeyPath: string, blob: Buffer, managed: boolean): SshIdentity {
   return {
     privateKeyPath,

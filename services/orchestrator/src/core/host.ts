@@ -69,6 +69,8 @@ export interface HostPort {
   createSnapshot(vmId: string, originDevice: string, cowDevice: string, scope: CallScope): Promise<string>;
   /** Returns whether it existed. */
   removeSnapshot(vmId: string, scope: CallScope): Promise<boolean>;
+  /** Removes the VM's runtime directory (sockets, logs) once its VMM is gone (VMM_RUNNING before); returns whether it existed. */
+  removeVmmFiles(vmId: string, scope: CallScope): Promise<boolean>;
   /** Returns whether the process still existed. */
   signalVmm(vmId: string, pid: number, startTime: Date, signal: "term" | "kill", scope: CallScope): Promise<boolean>;
 }

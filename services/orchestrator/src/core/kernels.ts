@@ -4,11 +4,19 @@
  * `<stateDir>/kernels/<name>/`. The files are copied (reflink when the file
  * system can) into a staging directory, then published under a short lock
  * (re-check the name, atomic rename into place, write the row), so no
- * half-imported kernel is ever visible. Deleting removes the row first, then
+ * half-imported kernel is ever visible. A compressed kernel (a bzImage, a
+ * distribution's vmlinuz) is stored as the vmlinux extracted from it when
+ * banger can (guest/vmlinux.ts): Firecracker boots only that, and QEMU boots it
+ * without decompressing in the guest. Deleting removes the row first, then
  * the files.
+ *
+ * BuildInitramfs builds banger's initramfs (guest/initramfs.ts) from a
+ * kernel's modules in a staging directory and publishes it the same way: under
+ * the lock, if the kernel is still the one it was built for, the old initrd is
+ * moved aside, the new one renamed into place and the row's size updated.
  */
 import { constants, createReadStream } from "node:fs";
-import { copyFile, cp, mkdir, open, readFile, readdir, realpath, rename, rm, stat } from "node:fs/promises";
+import { copyFile, cp, mkdir, open, readFile, readdir, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { createHash, randomBytes } from "node:crypto";
 import { basename, isAbsolute, join, relative, resolve, sep } from "node:path";
 import {
@@ -29,11 +37,14 @@ import {
   listKernelUsers,
   replaceKernel,
   setDefaultKernel,
+  setKernelInitrdBytes,
   type Database,
   type JsonObject,
   type KernelRecord,
   type OperationRecord,
 } from "../store/index.js";
+import { DEFAULT_BUSYBOX, buildInitramfs, readStaticBusybox } from "../guest/initramfs.js";
+import { extractVmlinux } from "../guest/vmlinux.js";
 import type { Operations } from "./operations.js";
 import { createSerialLock } from "./serial-lock.js";
 
@@ -69,6 +80,17 @@ export interface KernelCatalog {
   delete(name: string): Promise<{ existed: boolean }>;
   /** Where a kernel's files live. */
   dir(name: string): string;
+  /**
+   * Checks the kernel (KERNEL_NOT_FOUND; FAILED_PRECONDITION
+   * KERNEL_HAS_NO_MODULES) and the host's static busybox (FAILED_PRECONDITION
+   * BUSYBOX_MISSING, BUSYBOX_NOT_STATIC), then starts the build operation:
+   * banger's initramfs for the kernel's modules becomes its initrd, replacing
+   * one it had. Its result is `{ kernel }`. The operation fails
+   * FAILED_PRECONDITION KERNEL_MODULE_MISSING when the modules lack a driver
+   * the guest needs, KERNEL_CHANGED when the kernel was deleted or replaced
+   * meanwhile.
+   */
+  buildInitramfs(name: string): Promise<OperationRecord>;
 }
 
 /** The files of a kernel in the catalog. */
@@ -114,9 +136,12 @@ export function createKernelCatalog(deps: {
   readonly operations: Operations;
   readonly logger: Logger;
   readonly now?: () => Date;
+  /** The static busybox put into initramfs images; default `DEFAULT_BUSYBOX` (/bin/busybox). */
+  readonly busybox?: string;
 }): KernelCatalog {
   const { db, operations, logger } = deps;
   const now = deps.now ?? (() => new Date());
+  const busybox = deps.busybox ?? DEFAULT_BUSYBOX;
   const kernelsDir = join(deps.stateDir, "kernels");
   // Names cannot start with ".", so these never clash with a kernel.
   const stagingRoot = join(kernelsDir, ".staging");
@@ -169,6 +194,39 @@ export function createKernelCatalog(deps: {
     throw error;
   }
 
+  /**
+   * Replaces the staged vmlinuz by the vmlinux inside it, when banger can
+   * extract one; otherwise the vmlinuz stays (QEMU boots it; Firecracker cannot).
+   */
+  async function extractInto(staging: string, copied: Copied, signal: AbortSignal): Promise<Copied> {
+    const vmlinuz = join(staging, kernelFileName(false));
+    let extracted: Awaited<ReturnType<typeof extractVmlinux>>;
+    try {
+      extracted = await extractVmlinux(vmlinuz, { signal });
+    } catch (error) {
+      if (!(error instanceof FailedPreconditionError && error.reason === "HOST_TOOL_MISSING")) throw error;
+      logger.warn(
+        { err: error },
+        "kept the compressed kernel: its decompressor is missing (Firecracker cannot boot it)",
+      );
+      return copied;
+    }
+    if ("reason" in extracted) {
+      logger.warn({ why: extracted.reason }, "kept the kernel as it is: no vmlinux can be extracted from it");
+      return copied;
+    }
+    const vmlinux = join(staging, kernelFileName(true));
+    await writeFile(vmlinux, extracted.vmlinux, { mode: 0o644 });
+    await rm(vmlinuz);
+    logger.info({ compression: extracted.compression, bytes: extracted.vmlinux.length }, "vmlinux extracted");
+    return {
+      ...copied,
+      kernelSha256: await sha256Of(vmlinux),
+      kernelBytes: extracted.vmlinux.length,
+      uncompressed: true,
+    };
+  }
+
   async function removeQuietly(path: string, name: string): Promise<void> {
     // The kernel is already published or deleted; leftovers only cost space.
     await rm(path, { recursive: true, force: true }).catch((error: unknown) =>
@@ -203,7 +261,10 @@ export function createKernelCatalog(deps: {
         const staging = join(stagingRoot, op.id);
         try {
           const plan = await op.stage("inspect", () => planImport(sourceDir));
-          const copied = await op.stage("copy", () => copyInto(staging, plan));
+          const files = await op.stage("copy", () => copyInto(staging, plan));
+          const copied = files.uncompressed
+            ? files
+            : await op.stage("extract", () => extractInto(staging, files, op.signal));
           const kernel = await op.stage("publish", () =>
             underPublishLock(async () => {
               const existing = await getKernel(db, name);
@@ -244,6 +305,75 @@ export function createKernelCatalog(deps: {
             "kernel imported",
           );
           return { kernel: kernelJson(await view(kernel.stored)) };
+        } finally {
+          await rm(staging, { recursive: true, force: true });
+        }
+      });
+    },
+
+    async buildInitramfs(name) {
+      const kernel = await get(name);
+      if (!kernel.hasModules) {
+        throw new FailedPreconditionError(
+          `kernel "${kernel.name}" has no modules to build an initramfs from (import it again with its lib/modules/<version>; a kernel with its drivers built in needs no initramfs)`,
+          { reason: "KERNEL_HAS_NO_MODULES" },
+        );
+      }
+      await readStaticBusybox(busybox);
+      return operations.start("build-initramfs", kernel.name, async (op) => {
+        const staging = join(stagingRoot, op.id);
+        try {
+          await mkdir(staging, { recursive: true, mode: 0o700 });
+          const built = await op.stage("build", () =>
+            buildInitramfs({
+              modulesDir: join(dir(kernel.name), MODULES_DIR),
+              output: join(staging, INITRD_FILE),
+              busybox,
+              signal: op.signal,
+            }),
+          );
+          const stored = await op.stage("publish", () =>
+            underPublishLock(async () => {
+              const current = await getKernel(db, kernel.name);
+              if (
+                current?.kernelSha256 !== kernel.kernelSha256 ||
+                current.createdAt.getTime() !== kernel.createdAt.getTime()
+              ) {
+                throw new FailedPreconditionError(
+                  `kernel "${kernel.name}" was deleted or replaced while its initramfs was built; build it again`,
+                  { reason: "KERNEL_CHANGED" },
+                );
+              }
+              const target = join(dir(kernel.name), INITRD_FILE);
+              const old = join(staging, `${INITRD_FILE}.old`);
+              const hadOld = await rename(target, old).then(
+                () => true,
+                (error: unknown) => {
+                  if (errnoOf(error) === "ENOENT") return false;
+                  throw error;
+                },
+              );
+              const putBack = async () => {
+                if (hadOld) await rename(old, target);
+                else await rm(target, { force: true });
+              };
+              try {
+                await rename(join(staging, INITRD_FILE), target);
+              } catch (error) {
+                return undoAfter(error, "put the old initrd back", putBack);
+              }
+              try {
+                return await setKernelInitrdBytes(db, kernel.name, built.bytes);
+              } catch (error) {
+                return undoAfter(error, "put the old initrd back", putBack);
+              }
+            }),
+          );
+          logger.info(
+            { kernel: kernel.name, initrd_bytes: built.bytes, modules: built.modules, absent: built.absent },
+            "initramfs built",
+          );
+          return { kernel: kernelJson(await view(stored)) };
         } finally {
           await rm(staging, { recursive: true, force: true });
         }

@@ -4,7 +4,16 @@
  * work), cancelled on request. The work runs detached from the RPC that began
  * it, in the op id context of that RPC, so every log line keeps its op id.
  */
-import { CancelledError, NotFoundError, codeName, currentOpId, mintOpId, statusOf, type Logger } from "@banger/common";
+import {
+  CancelledError,
+  InternalError,
+  NotFoundError,
+  codeName,
+  currentOpId,
+  mintOpId,
+  statusOf,
+  type Logger,
+} from "@banger/common";
 import type { Kysely } from "kysely";
 import {
   getOperation,
@@ -81,6 +90,12 @@ export function createOperations(deps: {
   readonly db: Kysely<Database>;
   readonly logger: Logger;
   readonly now?: () => Date;
+  /**
+   * Failure injection for tests (`BANGER_FAIL_AFTER_STAGE`): a stage of one of
+   * these names fails right after its work succeeded, the hardest moment to
+   * unwind from (what it made exists, its own undo was never registered).
+   */
+  readonly failAfterStages?: ReadonlySet<string>;
 }): Operations {
   const { db, logger } = deps;
   const now = deps.now ?? (() => new Date());
@@ -148,6 +163,11 @@ export function createOperations(deps: {
           await save({ stages });
           try {
             const value = await run();
+            if (deps.failAfterStages?.has(name)) {
+              throw new InternalError(`injected failure after stage ${name} (BANGER_FAIL_AFTER_STAGE)`, {
+                reason: "INJECTED_FAILURE",
+              });
+            }
             set("done", now());
             await save({ stages });
             logger.info({ stage: name, duration_ms: Math.round(performance.now() - t0) }, "stage completed");

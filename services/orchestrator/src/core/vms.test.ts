@@ -184,6 +184,10 @@ function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPo
       calls.push("removeSnapshot");
       return Promise.resolve(model.snapshots.delete(vmId));
     },
+    removeVmmFiles() {
+      calls.push("removeVmmFiles");
+      return Promise.resolve(true);
+    },
     signalVmm(vmId) {
       calls.push("signalVmm");
       return Promise.resolve(model.vmms.delete(vmId));
@@ -678,7 +682,7 @@ describe("VMM driver qemu-microvm", () => {
       memoryMib: 1024,
       kernelPath: join(stateDir, "kernels", "k", "vmlinux"),
       initrdPath: join(stateDir, "kernels", "k", "initrd"),
-      bootArgs: `console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw ip=${vm.guestIp}::172.30.0.1:255.255.255.0:box:eth0:off`,
+      bootArgs: `console=ttyS0 reboot=t panic=1 root=/dev/vda rw ip=${vm.guestIp}::172.30.0.1:255.255.255.0:box:eth0:off`,
       rootDisk: join(stateDir, "vms", vm.id, "root.ext4"),
       workDisk: join(stateDir, "vms", vm.id, "work.ext4"),
       mac: vm.mac,

@@ -240,6 +240,21 @@ export function createVmService(deps: {
   const network = parseBridgeAddress(config.network.address);
   const bridge = config.network.bridge;
   const vmDir = (id: string) => join(deps.stateDir, "vms", id);
+  /**
+   * Removes a VM's runtime directory (VMM sockets and logs) through the helper, as `<runtime>/vms` is root's.
+   * A VMM just killed may take a moment to be gone: VMM_RUNNING is retried for up to 3 s.
+   */
+  const removeRunDir = async (id: string, scope: CallScope): Promise<void> => {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await host.removeVmmFiles(id, scope);
+        return;
+      } catch (error) {
+        if (!(error instanceof FailedPreconditionError) || error.reason !== "VMM_RUNNING" || attempt >= 30) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
+  };
   const underReservation = createSerialLock();
   const lifecycleLocks = new Map<string, <T>(work: () => Promise<T>) => Promise<T>>();
   const lifecycle = <T>(name: string, work: () => Promise<T>): Promise<T> => {
@@ -260,17 +275,21 @@ export function createVmService(deps: {
   const poolSize = config.network.tapPool;
   /** Tops the warm pool up in the background (one refill at a time; failures only logged). */
   const refillTapPool = () => {
-    refilling ??= (async () => {
+    if (refilling) return refilling;
+    const run = async () => {
       try {
         while (tapPool.length < poolSize) {
           tapPool.push(await host.createPoolTap(bridge, { signal: AbortSignal.timeout(30_000) }));
         }
       } catch (error) {
         logger.warn({ err: error }, "could not top up the warm tap pool; creates make their own taps");
-      } finally {
-        refilling = undefined;
       }
-    })();
+    };
+    // Cleared from a .finally, which always runs later: clearing inside run() would come before the
+    // assignment when the pool is already full, and leave a settled refill in place for good.
+    refilling = run().finally(() => {
+      refilling = undefined;
+    });
     return refilling;
   };
   const scopeOf = (op: OperationContext): CallScope => ({ signal: op.signal });
@@ -407,7 +426,7 @@ export function createVmService(deps: {
       memoryMib: vm.memoryMib,
       kernelPath: files.kernel,
       initrdPath: files.initrd,
-      bootArgs: `console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw ${guest.bootArgsIp(vm, network)}`,
+      bootArgs: `${driver.kernelArgs} root=/dev/vda rw ${guest.bootArgsIp(vm, network)}`,
       rootDisk: root?.device ?? join(vmDir(vm.id), ROOT_DISK),
       workDisk: join(vmDir(vm.id), WORK_DISK),
       tap,
@@ -556,39 +575,39 @@ export function createVmService(deps: {
             checkWorkDisk(found.workSeedBytes);
             return found;
           });
-          vm = await staged(
-            op,
-            undo,
-            "reserve",
-            async () => {
-              const strategy = await rootDiskStrategy(scopeOf(op));
-              return underReservation(async () => {
-                const existing = await listVms(db);
-                const id = randomBytes(6).toString("hex");
-                // The marker goes first: whatever a crash cuts off from here on is found and undone at start-up.
-                await mkdir(vmDir(id), { recursive: true, mode: 0o700 });
-                await writeFile(join(vmDir(id), CREATING), op.id, { mode: 0o600 });
-                return insertVm(db, {
-                  id,
-                  name,
-                  imageName: image.name,
-                  kernelName: chosenKernel,
-                  vcpu,
-                  memoryMib,
-                  workDiskMib,
-                  guestIp: allocateGuestIp(network, new Set(existing.map((v) => v.guestIp))),
-                  mac: allocateMac(id, new Set(existing.map((v) => v.mac))),
-                  vsockCid: allocateVsockCid(new Set(existing.map((v) => v.vsockCid))),
-                  nat,
-                  vmm: config.vmm,
-                  rootDiskStrategy: strategy,
-                  desiredState: "running",
-                  createdAt: now(),
-                });
+          const id = randomBytes(6).toString("hex");
+          // Registered first, and safe whatever the stage got to: its own failure may come after the row was written.
+          undo.push(async () => {
+            const reserved = await getVmById(db, id);
+            if (reserved) await deleteVm(db, reserved.name);
+            await rm(vmDir(id), { recursive: true, force: true });
+          });
+          vm = await op.stage("reserve", async () => {
+            const strategy = await rootDiskStrategy(scopeOf(op));
+            return underReservation(async () => {
+              const existing = await listVms(db);
+              // The marker goes first: whatever a crash cuts off from here on is found and undone at start-up.
+              await mkdir(vmDir(id), { recursive: true, mode: 0o700 });
+              await writeFile(join(vmDir(id), CREATING), op.id, { mode: 0o600 });
+              return insertVm(db, {
+                id,
+                name,
+                imageName: image.name,
+                kernelName: chosenKernel,
+                vcpu,
+                memoryMib,
+                workDiskMib,
+                guestIp: allocateGuestIp(network, new Set(existing.map((v) => v.guestIp))),
+                mac: allocateMac(id, new Set(existing.map((v) => v.mac))),
+                vsockCid: allocateVsockCid(new Set(existing.map((v) => v.vsockCid))),
+                nat,
+                vmm: config.vmm,
+                rootDiskStrategy: strategy,
+                desiredState: "running",
+                createdAt: now(),
               });
-            },
-            (reserved) => deleteVm(db, reserved.name),
-          );
+            });
+          });
           const created = vm;
           phases.set(created.id, "creating");
           const dir = vmDir(created.id);
@@ -603,8 +622,6 @@ export function createVmService(deps: {
           workDisk.catch(() => undefined); // awaited below, or before unwinding
           const rootDisk = join(dir, ROOT_DISK);
           const scopeNow = scopeOf(op);
-          // The VM's directory goes last when unwinding, whatever was made in it.
-          undo.unshift(() => rm(dir, { recursive: true, force: true }));
           const root = await staged(
             op,
             undo,
@@ -652,6 +669,9 @@ export function createVmService(deps: {
             const scope = { signal: AbortSignal.timeout(30_000) };
             const inventory = await host.inventory(scope).catch(() => undefined);
             if (inventory) await removeHostResources(vm.id, inventory, scope);
+            await removeRunDir(vm.id, scope).catch((error: unknown) =>
+              logger.error({ vm: name, err: error }, "could not remove the VM's runtime directory"),
+            );
           }
           if (vm) {
             phases.delete(vm.id);
@@ -748,6 +768,7 @@ export function createVmService(deps: {
             await op.stage("remove-files", async () => {
               await deleteVm(db, name);
               await rm(vmDir(vm.id), { recursive: true, force: true });
+              await removeRunDir(vm.id, scopeOf(op));
               await forgetHostKey(deps.ssh.knownHostsFile, name);
             });
           } finally {
@@ -912,6 +933,7 @@ export function createVmService(deps: {
           // A create cut off by the restart (its operation is INTERRUPTED): undo all of it.
           if (inventory) await removeHostResources(vm.id, inventory, scope);
           await rm(dir, { recursive: true, force: true });
+          await removeRunDir(vm.id, scope).catch(() => undefined);
           await deleteVm(db, vm.name);
           logger.warn({ vm: vm.name, id: vm.id }, "removed a VM whose create a restart cut off");
           continue;
@@ -954,6 +976,8 @@ export function createVmService(deps: {
         await rm(vmDir(id), { recursive: true, force: true });
         logger.warn({ id }, "removed the directory of a VM that does not exist");
       }
+      // Their runtime directories (VMM sockets and logs) too, once their VMMs (orphans, below) are gone.
+      const runDirs = await readdir(join(deps.runtimeDir, "vms")).catch(() => []);
       if (!inventory) return;
       tapPool.push(...inventory.poolTaps.filter((name) => !tapPool.includes(name)));
       // banger's resources that belong to no VM at all.
@@ -968,6 +992,12 @@ export function createVmService(deps: {
         await removeHostResources(id, inventory, scope);
         await rm(vmDir(id), { recursive: true, force: true });
         logger.warn({ id }, "removed host resources left by a VM that no longer exists");
+      }
+      // (`<runtime>/vms` is not listable by the owner where the helper runs as root: then orphans' only.)
+      for (const id of new Set([...runDirs, ...orphans].filter((entry) => !known.has(entry)))) {
+        await removeRunDir(id, scope).catch((error: unknown) =>
+          logger.error({ id, err: error }, "could not remove a runtime directory"),
+        );
       }
       // Image loops under no running VM's root device (a dm-snapshot create or stop cut off).
       const inUse = new Set([...handles.values()].flatMap((h) => h.root?.loops.map((l) => l.device) ?? []));
@@ -1029,11 +1059,15 @@ export function createVmService(deps: {
   return service;
 }
 
-/** Whether `pid` is still this VM's VMM (its command line names the VM id). */
+/**
+ * Whether `pid` is still this VM's VMM: its command line names the VM id (Firecracker's `--id`) or a
+ * path in the VM's runtime directory (QEMU's `-qmp unix:…/vms/<id>/qmp.sock,…`).
+ */
 function processAlive(pid: number, vmId: string): boolean {
   if (!processIsAlive(pid)) return false;
   try {
-    return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes(vmId);
+    const args = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+    return args.some((arg) => arg === vmId || arg.includes(`/vms/${vmId}/`));
   } catch {
     return false;
   }

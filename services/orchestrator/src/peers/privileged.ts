@@ -121,6 +121,9 @@ export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
     async removeSnapshot(vmId, scope) {
       return (await disk.removeSnapshot({ vmId }, callOptions(scope))).existed;
     },
+    async removeVmmFiles(vmId, scope) {
+      return (await vmm.removeVmmFiles({ vmId }, callOptions(scope))).existed;
+    },
     async signalVmm(vmId, pid, startTime, signal, scope) {
       const sent = await vmm.signalVmm(
         {

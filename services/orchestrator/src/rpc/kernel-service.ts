@@ -7,7 +7,7 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import type { KernelCatalog, KernelView } from "../core/kernels.js";
 import { operationToProto } from "./operation-service.js";
 
-/** `banger.v1.KernelService`: import (an operation), list, show, set the default, delete. BuildInitramfs is not built yet. */
+/** `banger.v1.KernelService`: import and build an initramfs (operations), list, show, set the default, delete. */
 export function createKernelService(kernels: KernelCatalog): ServiceImpl<typeof KernelService> {
   return implementService(KernelService, {
     async importKernel(req) {
@@ -18,6 +18,9 @@ export function createKernelService(kernels: KernelCatalog): ServiceImpl<typeof 
         replace: req.replace,
       });
       return { operation: operationToProto(operation) };
+    },
+    async buildInitramfs(req) {
+      return { operation: operationToProto(await kernels.buildInitramfs(req.name)) };
     },
     async setDefaultKernel(req) {
       return { kernel: kernelToProto(await kernels.setDefault(req.name)) };

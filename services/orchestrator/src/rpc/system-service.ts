@@ -1,13 +1,20 @@
 import { codeName, codeOfKind, implementService } from "@banger/common";
-import { SystemService, type ServiceStatusSchema } from "@banger/gen/banger/v1/system_pb.js";
+import {
+  CheckStatus,
+  SystemService,
+  type DoctorResponseSchema,
+  type ServiceStatusSchema,
+} from "@banger/gen/banger/v1/system_pb.js";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { CheckStatus as CoreCheckStatus, Doctor, DoctorReport } from "../core/doctor.js";
 import { collectStatus, type PeerProbe, type ServiceHealth } from "../core/status.js";
 import { scopeOf } from "./scope.js";
 
 export interface SystemServiceDeps {
   readonly self: () => ServiceHealth;
   readonly peers: readonly PeerProbe[];
+  readonly doctor: Doctor;
 }
 
 export function createSystemService(deps: SystemServiceDeps): ServiceImpl<typeof SystemService> {
@@ -15,6 +22,9 @@ export function createSystemService(deps: SystemServiceDeps): ServiceImpl<typeof
     async getStatus(_req, ctx) {
       const services = await collectStatus(deps.self(), deps.peers, scopeOf(ctx));
       return { services: services.map(serviceStatusToProto) };
+    },
+    async doctor(req, ctx) {
+      return doctorReportToProto(await deps.doctor.run(req.clientVersion, scopeOf(ctx)));
     },
   });
 }
@@ -31,4 +41,25 @@ export function serviceStatusToProto(health: ServiceHealth): MessageInitShape<ty
     status.errorMessage = health.error.message;
   }
   return status;
+}
+
+const CHECK_STATUS: Record<CoreCheckStatus, CheckStatus> = {
+  ok: CheckStatus.OK,
+  warn: CheckStatus.WARN,
+  fail: CheckStatus.FAIL,
+};
+
+export function doctorReportToProto(report: DoctorReport): MessageInitShape<typeof DoctorResponseSchema> {
+  return {
+    checks: report.checks.map((c) => ({
+      name: c.name,
+      status: CHECK_STATUS[c.status],
+      detail: c.detail,
+      hint: c.hint,
+      capability: c.capability,
+    })),
+    ok: report.ok,
+    rootDiskStrategy: report.rootDiskStrategy,
+    vmm: report.vmm,
+  };
 }

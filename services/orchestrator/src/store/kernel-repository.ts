@@ -109,6 +109,25 @@ export async function setDefaultKernel(db: Kysely<Database>, name: string): Prom
 }
 
 /**
+ * Records the size of a kernel's initrd after its file was replaced (0 = none).
+ * Errors: NotFoundError KERNEL_NOT_FOUND.
+ */
+export async function setKernelInitrdBytes(
+  db: Kysely<Database>,
+  name: string,
+  initrdBytes: number,
+): Promise<KernelRecord> {
+  const row = await db
+    .updateTable("kernels")
+    .set({ initrd_bytes: initrdBytes })
+    .where("name", "=", name)
+    .returningAll()
+    .executeTakeFirst();
+  if (row === undefined) throw new NotFoundError(`kernel "${name}" does not exist`, { reason: "KERNEL_NOT_FOUND" });
+  return kernelFromRow(row);
+}
+
+/**
  * Deletes the kernel's row; false if there was none. Errors:
  * FailedPreconditionError KERNEL_IN_USE while an image or VM uses it.
  */

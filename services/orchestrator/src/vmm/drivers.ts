@@ -53,6 +53,8 @@ export interface MachineSpec {
 
 export interface VmmDriver {
   readonly kind: VmmDriverName;
+  /** The kernel arguments this VMM's guests need before banger's root and network ones. */
+  readonly kernelArgs: string;
   /** Stage launch-vmm: the helper starts the VMM as the owner. */
   launch(spec: MachineSpec, scope: CallScope): Promise<LaunchedVmm>;
   /** Stage configure-vmm. */
@@ -68,6 +70,8 @@ const SOCKET_WAIT_MS = 5_000;
 export function firecrackerDriver(host: HostPort, api: (socketPath: string) => FirecrackerApi): VmmDriver {
   return {
     kind: "firecracker",
+    // reboot=k: a guest reboot makes Firecracker exit (it has a keyboard controller for that).
+    kernelArgs: "console=ttyS0 reboot=k panic=1 pci=off",
     launch: (spec, scope) => host.launchFirecracker(spec.vmId, scope),
     async configure(launched, spec, signal) {
       const fc = api(launched.controlSocket);
@@ -99,6 +103,8 @@ export function qemuDriver(
 ): VmmDriver {
   return {
     kind: "qemu-microvm",
+    // microvm has no keyboard controller: reboot=k takes seconds to give up, reboot=t (triple fault) is at once.
+    kernelArgs: "console=ttyS0 reboot=t panic=1",
     async launch(spec, scope) {
       return host.launchQemu(
         spec.vmId,

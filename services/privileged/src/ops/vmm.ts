@@ -11,7 +11,7 @@
  * chown or a create to somewhere else.
  */
 import { constants, type Stats } from "node:fs";
-import { lstat, mkdir, open, unlink, type FileHandle } from "node:fs/promises";
+import { lstat, mkdir, open, rm, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
@@ -93,6 +93,8 @@ export interface VmmOps {
   launch(req: { vmId: string; kind: VmmKind; qemu?: QemuMachine | undefined }): Promise<LaunchResult>;
   signal(req: { vmId: string; pid: number; startTime: bigint; signal: VmmSignal }): Promise<{ existed: boolean }>;
   list(): Promise<VmmProcessInfo[]>;
+  /** Removes `<runtime>/vms/<vm_id>/` once the VM's VMM is gone. */
+  removeFiles(req: { vmId: string }): Promise<{ existed: boolean }>;
 }
 
 export interface VmmDeps {
@@ -746,6 +748,35 @@ export function createVmmOps(deps: VmmDeps): VmmOps {
         throw error;
       }
       return { existed: true };
+    },
+
+    async removeFiles(req) {
+      const vmId = validVmId(req.vmId);
+      if (launching.has(vmId) || (await list()).some((p) => p.vmId === vmId)) {
+        throw new FailedPreconditionError(`VM ${vmId}'s VMM still runs; signal it first`, { reason: "VMM_RUNNING" });
+      }
+      // Resolved from open directories, as at launch: a path swapped by the owner cannot redirect the removal.
+      let runtime: FileHandle;
+      try {
+        runtime = await open(config.runtimeDir, DIR_FLAGS);
+      } catch {
+        return { existed: false };
+      }
+      try {
+        const vms = await open(at(runtime, "vms"), DIR_FLAGS).catch(() => undefined);
+        if (!vms) return { existed: false };
+        try {
+          const target = at(vms, vmId);
+          if (!(await lstat(target).catch(() => undefined))) return { existed: false };
+          // rm never follows symlinks: one planted inside (or in place of the directory) is itself removed.
+          await rm(target, { recursive: true, force: true });
+          return { existed: true };
+        } finally {
+          await vms.close();
+        }
+      } finally {
+        await runtime.close();
+      }
     },
 
     list,

@@ -37,6 +37,9 @@ export function createVmmService(ops: VmmOps): ServiceImpl<typeof VmmService> {
       const startTime = vmmStartTimeFromDate(timestampDate(req.startTime));
       return ops.signal({ vmId: req.vmId, pid: req.pid, startTime, signal });
     },
+    removeVmmFiles(req) {
+      return ops.removeFiles({ vmId: req.vmId });
+    },
   });
 }
 

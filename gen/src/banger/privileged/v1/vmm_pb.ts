@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/privileged/v1/vmm.proto.
  */
 export const file_banger_privileged_v1_vmm: GenFile = /*@__PURE__*/
-  fileDesc("Ch5iYW5nZXIvcHJpdmlsZWdlZC92MS92bW0ucHJvdG8SFGJhbmdlci5wcml2aWxlZ2VkLnYxIn8KEExhdW5jaFZtbVJlcXVlc3QSDQoFdm1faWQYASABKAkSKwoEa2luZBgCIAEoDjIdLmJhbmdlci5wcml2aWxlZ2VkLnYxLlZtbUtpbmQSLwoEcWVtdRgDIAEoCzIhLmJhbmdlci5wcml2aWxlZ2VkLnYxLlFlbXVNYWNoaW5lIr0BCgtRZW11TWFjaGluZRIMCgR2Y3B1GAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0SEwoLa2VybmVsX3BhdGgYAyABKAkSEwoLaW5pdHJkX3BhdGgYBCABKAkSEQoJYm9vdF9hcmdzGAUgASgJEhEKCXJvb3RfZGlzaxgGIAEoCRIRCgl3b3JrX2Rpc2sYByABKAkSCwoDbWFjGAggASgJEgsKA2t2bRgJIAEoCBIPCgd0c2Nfa2h6GAogASgNIpABChFMYXVuY2hWbW1SZXNwb25zZRILCgNwaWQYASABKAUSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOY29udHJvbF9zb2NrZXQYAyABKAkSEAoIbG9nX3BhdGgYBCABKAkSFAoMY29uc29sZV9wYXRoGAUgASgJIo8BChBTaWduYWxWbW1SZXF1ZXN0Eg0KBXZtX2lkGAEgASgJEgsKA3BpZBgCIAEoBRIuCgpzdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgZzaWduYWwYBCABKA4yHy5iYW5nZXIucHJpdmlsZWdlZC52MS5WbW1TaWduYWwiJAoRU2lnbmFsVm1tUmVzcG9uc2USDwoHZXhpc3RlZBgBIAEoCCpRCglWbW1TaWduYWwSGgoWVk1NX1NJR05BTF9VTlNQRUNJRklFRBAAEhMKD1ZNTV9TSUdOQUxfVEVSTRABEhMKD1ZNTV9TSUdOQUxfS0lMTBACMsgBCgpWbW1TZXJ2aWNlElwKCUxhdW5jaFZtbRImLmJhbmdlci5wcml2aWxlZ2VkLnYxLkxhdW5jaFZtbVJlcXVlc3QaJy5iYW5nZXIucHJpdmlsZWdlZC52MS5MYXVuY2hWbW1SZXNwb25zZRJcCglTaWduYWxWbW0SJi5iYW5nZXIucHJpdmlsZWdlZC52MS5TaWduYWxWbW1SZXF1ZXN0GicuYmFuZ2VyLnByaXZpbGVnZWQudjEuU2lnbmFsVm1tUmVzcG9uc2ViBnByb3RvMw", [file_banger_privileged_v1_host, file_google_protobuf_timestamp]);
+  fileDesc("Ch5iYW5nZXIvcHJpdmlsZWdlZC92MS92bW0ucHJvdG8SFGJhbmdlci5wcml2aWxlZ2VkLnYxIn8KEExhdW5jaFZtbVJlcXVlc3QSDQoFdm1faWQYASABKAkSKwoEa2luZBgCIAEoDjIdLmJhbmdlci5wcml2aWxlZ2VkLnYxLlZtbUtpbmQSLwoEcWVtdRgDIAEoCzIhLmJhbmdlci5wcml2aWxlZ2VkLnYxLlFlbXVNYWNoaW5lIr0BCgtRZW11TWFjaGluZRIMCgR2Y3B1GAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0SEwoLa2VybmVsX3BhdGgYAyABKAkSEwoLaW5pdHJkX3BhdGgYBCABKAkSEQoJYm9vdF9hcmdzGAUgASgJEhEKCXJvb3RfZGlzaxgGIAEoCRIRCgl3b3JrX2Rpc2sYByABKAkSCwoDbWFjGAggASgJEgsKA2t2bRgJIAEoCBIPCgd0c2Nfa2h6GAogASgNIpABChFMYXVuY2hWbW1SZXNwb25zZRILCgNwaWQYASABKAUSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOY29udHJvbF9zb2NrZXQYAyABKAkSEAoIbG9nX3BhdGgYBCABKAkSFAoMY29uc29sZV9wYXRoGAUgASgJIo8BChBTaWduYWxWbW1SZXF1ZXN0Eg0KBXZtX2lkGAEgASgJEgsKA3BpZBgCIAEoBRIuCgpzdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgZzaWduYWwYBCABKA4yHy5iYW5nZXIucHJpdmlsZWdlZC52MS5WbW1TaWduYWwiJgoVUmVtb3ZlVm1tRmlsZXNSZXF1ZXN0Eg0KBXZtX2lkGAEgASgJIikKFlJlbW92ZVZtbUZpbGVzUmVzcG9uc2USDwoHZXhpc3RlZBgBIAEoCCIkChFTaWduYWxWbW1SZXNwb25zZRIPCgdleGlzdGVkGAEgASgIKlEKCVZtbVNpZ25hbBIaChZWTU1fU0lHTkFMX1VOU1BFQ0lGSUVEEAASEwoPVk1NX1NJR05BTF9URVJNEAESEwoPVk1NX1NJR05BTF9LSUxMEAIytQIKClZtbVNlcnZpY2USXAoJTGF1bmNoVm1tEiYuYmFuZ2VyLnByaXZpbGVnZWQudjEuTGF1bmNoVm1tUmVxdWVzdBonLmJhbmdlci5wcml2aWxlZ2VkLnYxLkxhdW5jaFZtbVJlc3BvbnNlElwKCVNpZ25hbFZtbRImLmJhbmdlci5wcml2aWxlZ2VkLnYxLlNpZ25hbFZtbVJlcXVlc3QaJy5iYW5nZXIucHJpdmlsZWdlZC52MS5TaWduYWxWbW1SZXNwb25zZRJrCg5SZW1vdmVWbW1GaWxlcxIrLmJhbmdlci5wcml2aWxlZ2VkLnYxLlJlbW92ZVZtbUZpbGVzUmVxdWVzdBosLmJhbmdlci5wcml2aWxlZ2VkLnYxLlJlbW92ZVZtbUZpbGVzUmVzcG9uc2ViBnByb3RvMw", [file_banger_privileged_v1_host, file_google_protobuf_timestamp]);
 
 /**
  * Request of LaunchVmm.
@@ -239,6 +239,48 @@ export const SignalVmmRequestSchema: GenMessage<SignalVmmRequest> = /*@__PURE__*
   messageDesc(file_banger_privileged_v1_vmm, 3);
 
 /**
+ * Request of RemoveVmmFiles.
+ *
+ * @generated from message banger.privileged.v1.RemoveVmmFilesRequest
+ */
+export type RemoveVmmFilesRequest = Message<"banger.privileged.v1.RemoveVmmFilesRequest"> & {
+  /**
+   * The VM.
+   *
+   * @generated from field: string vm_id = 1;
+   */
+  vmId: string;
+};
+
+/**
+ * Describes the message banger.privileged.v1.RemoveVmmFilesRequest.
+ * Use `create(RemoveVmmFilesRequestSchema)` to create a new message.
+ */
+export const RemoveVmmFilesRequestSchema: GenMessage<RemoveVmmFilesRequest> = /*@__PURE__*/
+  messageDesc(file_banger_privileged_v1_vmm, 4);
+
+/**
+ * Response of RemoveVmmFiles.
+ *
+ * @generated from message banger.privileged.v1.RemoveVmmFilesResponse
+ */
+export type RemoveVmmFilesResponse = Message<"banger.privileged.v1.RemoveVmmFilesResponse"> & {
+  /**
+   * Whether the directory was there.
+   *
+   * @generated from field: bool existed = 1;
+   */
+  existed: boolean;
+};
+
+/**
+ * Describes the message banger.privileged.v1.RemoveVmmFilesResponse.
+ * Use `create(RemoveVmmFilesResponseSchema)` to create a new message.
+ */
+export const RemoveVmmFilesResponseSchema: GenMessage<RemoveVmmFilesResponse> = /*@__PURE__*/
+  messageDesc(file_banger_privileged_v1_vmm, 5);
+
+/**
  * Response of SignalVmm.
  *
  * @generated from message banger.privileged.v1.SignalVmmResponse
@@ -257,7 +299,7 @@ export type SignalVmmResponse = Message<"banger.privileged.v1.SignalVmmResponse"
  * Use `create(SignalVmmResponseSchema)` to create a new message.
  */
 export const SignalVmmResponseSchema: GenMessage<SignalVmmResponse> = /*@__PURE__*/
-  messageDesc(file_banger_privileged_v1_vmm, 4);
+  messageDesc(file_banger_privileged_v1_vmm, 6);
 
 /**
  * The signals the helper sends.
@@ -348,6 +390,22 @@ export const VmmService: GenService<{
     methodKind: "unary";
     input: typeof SignalVmmRequestSchema;
     output: typeof SignalVmmResponseSchema;
+  },
+  /**
+   * Removes a VM's runtime directory `<runtime>/vms/<vm_id>/` (its control
+   * socket, logs and vsock socket; the owner cannot, as `<runtime>/vms` is
+   * root's) once its VMM is gone: at VM deletion and when a create unwinds.
+   * Idempotent: a directory that is not there succeeds with existed = false.
+   * Symlinks inside it are removed, never followed. Errors:
+   * FAILED_PRECONDITION (VMM_RUNNING: the VM's VMM still runs or is being
+   * launched; signal it first).
+   *
+   * @generated from rpc banger.privileged.v1.VmmService.RemoveVmmFiles
+   */
+  removeVmmFiles: {
+    methodKind: "unary";
+    input: typeof RemoveVmmFilesRequestSchema;
+    output: typeof RemoveVmmFilesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_banger_privileged_v1_vmm, 0);

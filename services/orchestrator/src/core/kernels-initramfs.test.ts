@@ -1,0 +1,165 @@
+/**
+ * The guest kit in the kernel catalog: a vmlinux extracted at import, and
+ * BuildInitramfs. A fake static busybox (a small ELF) stands in for
+ * busybox-static; the initramfs is real, read back entry by entry.
+ */
+import { createHash } from "node:crypto";
+import { mkdir, readFile, readdir, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { Writable } from "node:stream";
+import { gzipSync } from "node:zlib";
+import { FailedPreconditionError, NotFoundError, createLogger } from "@banger/common";
+import { describe, expect, it } from "vitest";
+import { fakeBzImage, fakeElf, readNewc } from "../guest/initramfs-test-support.js";
+import { rejectionOf, useStore, useTempDir } from "../store/test-support.js";
+import { createKernelCatalog, kernelFiles } from "./kernels.js";
+import { createOperations } from "./operations.js";
+
+const store = useStore();
+const tempDir = useTempDir();
+const logger = createLogger({
+  service: "orchestrator",
+  destination: new Writable({ write: (_c, _e, done) => done() }),
+});
+const sha256 = (bytes: Buffer) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+
+const VMLINUX = fakeElf({ body: 8192 });
+const VMLINUZ = fakeBzImage(gzipSync(Buffer.concat([VMLINUX, Buffer.from("relocations")])), VMLINUX.length + 11);
+const MODULES_DEP = [
+  "kernel/drivers/virtio/virtio.ko:",
+  "kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko",
+  "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko",
+  "kernel/drivers/net/virtio_net.ko: kernel/drivers/virtio/virtio.ko",
+  "kernel/fs/ext4/ext4.ko:",
+  "",
+].join("\n");
+
+async function put(root: string, files: Record<string, string | Buffer>): Promise<string> {
+  for (const [path, content] of Object.entries(files)) {
+    await mkdir(dirname(join(root, path)), { recursive: true });
+    await writeFile(join(root, path), content);
+  }
+  return root;
+}
+
+/** A distribution kernel package unpacked: a bzImage, its initrd and modules (`dep` as its modules.dep). */
+function packageSource(dep = MODULES_DEP): Promise<string> {
+  const modules = Object.fromEntries(
+    dep
+      .split("\n")
+      .filter((line) => line.includes(":"))
+      .map((line) => line.slice(0, line.indexOf(":")))
+      .map((path) => [`lib/modules/6.1.0-9-amd64/${path}`, `${path} bytes`]),
+  );
+  return put(join(tempDir(), "package"), {
+    "boot/vmlinuz-6.1.0-9-amd64": VMLINUZ,
+    "boot/initrd.img-6.1.0-9-amd64": "the distribution's initrd",
+    "lib/modules/6.1.0-9-amd64/modules.dep": dep,
+    ...modules,
+  });
+}
+
+async function catalog(options: { busybox?: string } = {}) {
+  const busybox = await put(join(tempDir(), "host"), { busybox: fakeElf() }).then((dir) => join(dir, "busybox"));
+  const operations = createOperations({ db: store().db, logger });
+  const kernels = createKernelCatalog({
+    db: store().db,
+    stateDir: join(tempDir(), "state"),
+    operations,
+    logger,
+    busybox: options.busybox ?? busybox,
+  });
+  const settle = async (id: string) => {
+    await operations.settled();
+    return operations.get(id);
+  };
+  const imported = async (sourceDir: string, name = "debian") => {
+    const op = await settle((await kernels.import({ name, sourceDir, setDefault: false, replace: false })).id);
+    expect(op.state).toBe("succeeded");
+    return kernels.get(name);
+  };
+  const staging = () => readdir(join(tempDir(), "state", "kernels", ".staging")).catch(() => []);
+  return { kernels, settle, imported, staging };
+}
+
+describe("kernel import of a bzImage", () => {
+  it("stores the vmlinux extracted from it (what Firecracker boots, and QEMU without decompressing)", async () => {
+    const { kernels, settle } = await catalog();
+    const op = await settle(
+      (await kernels.import({ name: "debian", sourceDir: await packageSource(), setDefault: false, replace: false }))
+        .id,
+    );
+    expect(op.stages.map((s) => [s.name, s.state])).toEqual([
+      ["inspect", "done"],
+      ["copy", "done"],
+      ["extract", "done"],
+      ["publish", "done"],
+    ]);
+    const kernel = await kernels.get("debian");
+    expect(kernel).toMatchObject({
+      uncompressed: true,
+      kernelSha256: sha256(VMLINUX),
+      kernelBytes: VMLINUX.length,
+    });
+    const dir = kernels.dir("debian");
+    expect((await readdir(dir)).sort()).toEqual(["initrd", "modules", "vmlinux"]);
+    expect(await readFile(kernelFiles(dir, kernel).kernel)).toEqual(VMLINUX);
+  });
+});
+
+describe("BuildInitramfs", () => {
+  it("makes banger's initramfs the kernel's initrd, replacing the package's, and records its size", async () => {
+    const { kernels, settle, imported, staging } = await catalog();
+    await imported(await packageSource());
+    const started = await kernels.buildInitramfs("debian");
+    expect(started).toMatchObject({ kind: "build-initramfs", target: "debian", state: "running" });
+    const op = await settle(started.id);
+    expect(op.state).toBe("succeeded");
+    expect(op.stages.map((s) => [s.name, s.state])).toEqual([
+      ["build", "done"],
+      ["publish", "done"],
+    ]);
+
+    const kernel = await kernels.get("debian");
+    const initrd = await readFile(kernelFiles(kernels.dir("debian"), kernel).initrd ?? "");
+    expect(kernel.initrdBytes).toBe(initrd.length);
+    expect(op.result).toMatchObject({ kernel: { name: "debian", initrdBytes: String(initrd.length) } });
+    const entries = new Map(readNewc(initrd).map((e) => [e.name, e.data.toString()]));
+    expect(entries.get("lib/modules/banger/order")).toBe("virtio\nvirtio_mmio\nvirtio_blk\nvirtio_net\next4\n");
+    expect(entries.get("lib/modules/banger/ext4.ko")).toBe("kernel/fs/ext4/ext4.ko bytes");
+    expect(entries.get("init")).toMatch(/^#!\/bin\/busybox sh\n# banger's initramfs \/init/);
+    expect((await readdir(kernels.dir("debian"))).sort()).toEqual(["initrd", "modules", "vmlinux"]);
+    expect(await staging()).toEqual([]);
+  });
+
+  it("fails the operation at build, naming the missing driver, and keeps the initrd the kernel had", async () => {
+    const { kernels, settle, imported, staging } = await catalog();
+    const before = await imported(await packageSource(MODULES_DEP.replace(/^kernel\/fs\/ext4.*$/m, "")));
+    const op = await settle((await kernels.buildInitramfs("debian")).id);
+    expect(op).toMatchObject({
+      state: "failed",
+      error: { code: "failed_precondition", reason: "KERNEL_MODULE_MISSING", stage: "build" },
+    });
+    expect(op.error?.message).toContain("ext4");
+    expect(await kernels.get("debian")).toEqual(before);
+    expect(await readFile(join(kernels.dir("debian"), "initrd"), "utf8")).toBe("the distribution's initrd");
+    expect(await staging()).toEqual([]);
+  });
+
+  it("is refused before any operation for an unknown kernel, one without modules, or without a static busybox", async () => {
+    const { kernels, imported } = await catalog();
+    expect(await rejectionOf(kernels.buildInitramfs("nope"), NotFoundError)).toMatchObject({
+      reason: "KERNEL_NOT_FOUND",
+    });
+    await imported(await put(join(tempDir(), "bare"), { "boot/vmlinux-6.12": fakeElf() }), "bare");
+    expect(await rejectionOf(kernels.buildInitramfs("bare"), FailedPreconditionError)).toMatchObject({
+      reason: "KERNEL_HAS_NO_MODULES",
+    });
+
+    const withoutBusybox = await catalog({ busybox: join(tempDir(), "no-such-busybox") });
+    await withoutBusybox.imported(await packageSource(), "debian-2");
+    expect(await rejectionOf(withoutBusybox.kernels.buildInitramfs("debian-2"), FailedPreconditionError)).toMatchObject(
+      { reason: "BUSYBOX_MISSING" },
+    );
+  });
+});

@@ -1,0 +1,138 @@
+/**
+ * The real read-only host probes `banger doctor` uses (core/doctor.ts takes
+ * them as a port). Each looks; none changes anything: /dev/kvm is opened and
+ * closed, the VMM only asked for `--version`, the SSH key read, never made.
+ */
+import { execFile } from "node:child_process";
+import { constants } from "node:fs";
+import { access, open, readFile, stat, statfs } from "node:fs/promises";
+import { networkInterfaces, userInfo } from "node:os";
+import { join } from "node:path";
+import { FailedPreconditionError, effectiveCapabilities } from "@banger/common";
+import { readSshIdentity, sshIdentityPaths } from "../config/index.js";
+import type { DoctorProbes, SshKeyState, VersionOutput } from "../core/doctor.js";
+
+/** Where bangerd's tools are looked up (the PATH its runners use: the owner's may lack sbin). */
+const TOOL_DIRS = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+const KVM = "/dev/kvm";
+const DNS_PORT = 53;
+
+export function createDoctorProbes(options: {
+  /** banger's config dir (banger's own SSH key lives in `ssh/` there). */
+  readonly configDir: string;
+  /** ssh.private_key from the config; null = banger's own key. */
+  readonly configuredKeyPath: string | null;
+}): DoctorProbes {
+  return {
+    async kvmAccess() {
+      try {
+        const handle = await open(KVM, constants.O_RDWR);
+        await handle.close();
+        return { ok: true };
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code ?? "UNKNOWN";
+        const gid = await stat(KVM).then(
+          (st) => st.gid,
+          () => undefined,
+        );
+        return { ok: false, code, group: gid === undefined ? undefined : await groupName(gid), user: ownUserName() };
+      }
+    },
+
+    version(binary, signal) {
+      return new Promise<VersionOutput>((resolve) => {
+        execFile(
+          binary,
+          ["--version"],
+          { signal, env: { PATH: TOOL_DIRS.join(":"), LC_ALL: "C" }, maxBuffer: 64 * 1024 },
+          (error, stdout, stderr) => {
+            if (!error) return resolve({ kind: "output", text: `${stdout}${stderr}` });
+            const code = (error as NodeJS.ErrnoException).code;
+            if (code === "ENOENT") return resolve({ kind: "missing" });
+            if (code === "EACCES") return resolve({ kind: "not-executable" });
+            const said = `${stderr}`.trim().split("\n").pop() ?? "";
+            resolve({ kind: "failed", message: said || error.message });
+          },
+        );
+      });
+    },
+
+    async findTool(tool) {
+      for (const dir of TOOL_DIRS) {
+        const path = join(dir, tool);
+        if (
+          await access(path, constants.X_OK).then(
+            () => true,
+            () => false,
+          )
+        ) {
+          return path;
+        }
+      }
+      return undefined;
+    },
+
+    async ipForwarding() {
+      return (await readFile("/proc/sys/net/ipv4/ip_forward", "utf8")).trim() === "1";
+    },
+
+    async lowPorts() {
+      if (process.getuid?.() === 0) return { ok: true, why: "runs as root" };
+      if (effectiveCapabilities().includes("CAP_NET_BIND_SERVICE")) {
+        return { ok: true, why: "holds CAP_NET_BIND_SERVICE" };
+      }
+      const start = Number(
+        (await readFile("/proc/sys/net/ipv4/ip_unprivileged_port_start", "utf8").catch(() => "1024")).trim(),
+      );
+      if (start <= DNS_PORT) return { ok: true, why: `net.ipv4.ip_unprivileged_port_start is ${start}` };
+      return {
+        ok: false,
+        why: `uid ${process.getuid?.() ?? "?"} without CAP_NET_BIND_SERVICE (net.ipv4.ip_unprivileged_port_start is ${start})`,
+      };
+    },
+
+    addresses() {
+      return Promise.resolve(
+        Object.entries(networkInterfaces()).flatMap(([name, addresses]) =>
+          (addresses ?? [])
+            .filter((a) => a.family === "IPv4" && a.cidr !== null)
+            .map((a) => ({ interface: name, cidr: a.cidr ?? "" })),
+        ),
+      );
+    },
+
+    async freeSpace(dir) {
+      const fs = await statfs(dir);
+      return { freeBytes: fs.bavail * fs.bsize, totalBytes: fs.blocks * fs.bsize };
+    },
+
+    async sshKey(): Promise<SshKeyState> {
+      const managed = options.configuredKeyPath === null;
+      const path = options.configuredKeyPath ?? sshIdentityPaths(options.configDir).privateKey;
+      try {
+        const identity = await readSshIdentity(options);
+        return { kind: "ok", path, managed, fingerprint: identity.fingerprint };
+      } catch (error) {
+        if (!(error instanceof FailedPreconditionError)) throw error;
+        if (error.reason === "SSH_KEY_NOT_FOUND") return { kind: "missing", path, managed };
+        return { kind: "unusable", path, managed, message: error.message };
+      }
+    },
+  };
+}
+
+function ownUserName(): string | undefined {
+  try {
+    return userInfo().username;
+  } catch {
+    return undefined;
+  }
+}
+
+async function groupName(gid: number): Promise<string | undefined> {
+  const groups = await readFile("/etc/group", "utf8").catch(() => "");
+  return groups
+    .split("\n")
+    .map((line) => line.split(":"))
+    .find((fields) => fields[2] === String(gid))?.[0];
+}

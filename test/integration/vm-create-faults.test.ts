@@ -1,0 +1,160 @@
+/**
+ * A failure at every create stage in turn, through the real three services:
+ * the orchestrator is restarted with BANGER_FAIL_AFTER_STAGE=<stage>, which
+ * fails that stage right after its work succeeded (the hardest moment: what
+ * it made exists, its own undo was never registered). wait-ssh fails for
+ * real (the fake VMM boots no guest). Each time the client gets the stage and
+ * a code, and the host (links, NAT rules, loop devices, VMM processes) and
+ * the state directory are exactly as before the create.
+ *
+ * No KVM or Firecracker here: VMs run under test-fixtures/fake-vmm.mjs.
+ */
+import { execFileSync, spawnSync } from "node:child_process";
+import { readdirSync, statSync } from "node:fs";
+import { join, relative } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startFakeVmCluster } from "./fake-vm-cluster.js";
+import { OWNER_CAN_READ_CHECKOUT, type Cluster } from "./harness.js";
+import { IS_ROOT, type NetNs } from "./netns.js";
+
+const live = describe.skipIf(!IS_ROOT || !OWNER_CAN_READ_CHECKOUT);
+
+let ns: NetNs;
+let cluster: Cluster;
+let shutdown: () => Promise<void>;
+
+beforeAll(async () => {
+  if (!IS_ROOT || !OWNER_CAN_READ_CHECKOUT) return;
+  const started = await startFakeVmCluster({ rootfsSize: "32M" });
+  ({ ns, cluster } = started);
+  shutdown = started.shutdown;
+  // One VM made and removed first: the bridge, its DNS and the warm tap pool exist from here on, as on a used host.
+  for (const args of [
+    ["vm", "create", "--name", "warm", "--image", "tiny", "--no-ssh-wait"],
+    ["vm", "delete", "warm"],
+  ]) {
+    const result = await cluster.cli(args);
+    if (result.code !== 0) throw new Error(`${args.join(" ")}: ${result.stderr}`);
+  }
+}, 120_000);
+
+afterAll(async () => {
+  if (!IS_ROOT || !OWNER_CAN_READ_CHECKOUT) return;
+  await shutdown();
+});
+
+/** Every file under `dir` but the database (it records the operations), with its size. */
+function files(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (path: string) => {
+    for (const entry of readdirSync(path, { withFileTypes: true })) {
+      const full = join(path, entry.name);
+      if (entry.isDirectory()) walk(full);
+      else if (!entry.name.startsWith("banger.db")) out.push(`${relative(dir, full)} ${statSync(full).size}`);
+    }
+  };
+  walk(dir);
+  return out.sort();
+}
+
+/** What banger has on the host and on disk, as a test can see it from outside. */
+function snapshot() {
+  return {
+    // Warm-pool taps get new random names when the pool is topped up: they count, their names do not.
+    links: ns
+      .links()
+      .map((l) => l.ifname)
+      .filter((name) => !name.startsWith("bgr-p"))
+      .sort(),
+    poolTaps: ns.links().filter((l) => l.ifname.startsWith("bgr-p")).length,
+    nat: ns
+      .ruleset()
+      .split("\n")
+      .filter((line) => line.includes("masquerade")),
+    loops: execFileSync("losetup", ["-l", "-n", "-O", "NAME,BACK-FILE"], { encoding: "utf8" })
+      .split("\n")
+      .filter((line) => line.includes(cluster.stateDir)),
+    vmms: spawnSync("pgrep", ["-f", `fake-vmm.mjs --api-sock ${cluster.runtimeDir}/`], { encoding: "utf8" })
+      .stdout.split("\n")
+      .filter((l) => l !== ""),
+    state: files(cluster.stateDir),
+    runtime: files(join(cluster.runtimeDir, "vms")),
+  };
+}
+
+/** The default warm tap pool's size (config network.tap_pool). */
+const POOL = 4;
+
+/** The warm pool refills in the background after a tap was taken from it: waits (at most 10 s) until it is full. */
+async function poolFull(): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (snapshot().poolTaps < POOL && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+}
+
+const INJECTED = [
+  "resolve-image",
+  "reserve",
+  "work-disk",
+  "root-disk",
+  "fsck",
+  "guest-files",
+  "tap",
+  "launch-vmm",
+  "configure-vmm",
+  "start-vmm",
+  "network",
+];
+
+live("a failure at every create stage, through the real helper", () => {
+  it.each(INJECTED)(
+    "fails at %s with its code, and leaves the host and the state directory as they were",
+    async (stage) => {
+      await cluster.stop("orchestrator");
+      await cluster.start("orchestrator", { BANGER_FAIL_AFTER_STAGE: stage });
+      await poolFull();
+      await poolFull();
+      const before = snapshot();
+      const result = await cluster.cli([
+        "vm",
+        "create",
+        "--name",
+        "doomed",
+        "--image",
+        "tiny",
+        "--no-ssh-wait",
+        "--nat",
+      ]);
+      expect(result.code, result.stderr).toBe(1);
+      expect(result.stderr).toMatch(
+        new RegExp(
+          `banger: failed at ${stage}: injected failure after stage ${stage} \\(BANGER_FAIL_AFTER_STAGE\\) \\(op-[0-9a-f]{12}\\)\\n$`,
+        ),
+      );
+      const op = /\((op-[0-9a-f]{12})\)\n$/.exec(result.stderr)?.[1] ?? "";
+      const shown = JSON.parse((await cluster.cli(["op", "show", op, "--json"])).stdout) as {
+        state: string;
+        error: { code: string; reason: string; stage: string };
+      };
+      expect([shown.state, shown.error]).toEqual([
+        "OPERATION_STATE_FAILED",
+        expect.objectContaining({ code: "internal", reason: "INJECTED_FAILURE", stage }),
+      ]);
+      await poolFull();
+      expect(snapshot()).toEqual(before);
+      expect(JSON.parse((await cluster.cli(["vm", "list", "--json"])).stdout)).toEqual([]);
+    },
+    60_000,
+  );
+
+  it("fails at wait-ssh when no guest answers, with DEADLINE_EXCEEDED, and leaves nothing", async () => {
+    await cluster.stop("orchestrator");
+    await cluster.start("orchestrator");
+    await poolFull();
+    const before = snapshot();
+    const result = await cluster.cli(["vm", "create", "--name", "silent", "--image", "tiny", "--ssh-timeout", "1"]);
+    expect(result.code, result.stderr).toBe(1);
+    expect(result.stderr).toMatch(/banger: failed at wait-ssh: .*\(op-[0-9a-f]{12}\)\n$/);
+    await poolFull();
+    expect(snapshot()).toEqual(before);
+  }, 60_000);
+});
