@@ -10,7 +10,16 @@
  * Each step prints its wall time. Nothing is faked.
  */
 import { execFileSync, spawnSync } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -174,6 +183,38 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
     const lookup = await cli(["vm", "exec", "one", "--", "nslookup", "one.vm"]);
     expect(lookup.stdout).toContain(ip ?? "no ip");
   }, 120_000);
+
+  it("prepares a workspace from a host git repository and exports the guest's edit as a patch", async () => {
+    // A repository in the owner's home (the services' HOME is the cluster's directory).
+    const repo = join(cluster.dir, "project");
+    mkdirSync(repo);
+    writeFileSync(join(repo, "README"), "hello\n");
+    writeFileSync(join(repo, ".gitignore"), "build/\n");
+    mkdirSync(join(repo, "build"));
+    writeFileSync(join(repo, "build", "junk"), "ignored\n");
+    writeFileSync(join(repo, "notes.txt"), "untracked, not ignored\n");
+    const git = (...args: string[]) =>
+      execFileSync("git", ["-c", "user.name=E2E", "-c", "user.email=e2e@example.org", "-C", repo, ...args]);
+    git("init", "-q");
+    git("add", "README", ".gitignore");
+    git("commit", "-q", "-m", "first");
+    execFileSync("chown", ["-R", `${OWNER}:${OWNER}`, repo]);
+
+    await cli(["workspace", "prepare", "one", "--path", repo]);
+    const listed = await cli(["vm", "exec", "one", "--", "ls", "-a", "/root/project"]);
+    expect(
+      listed.stdout
+        .split("\n")
+        .filter((f) => f !== "" && f !== "." && f !== "..")
+        .sort(),
+    ).toEqual([".git", ".gitignore", "README", "notes.txt"]); // build/ is ignored: it stays on the host
+    // The guest image has no git (busybox + dropbear): the edit is made with the shell.
+    await cli(["vm", "exec", "one", "--", "sh", "-c", "echo 'edited in the guest' >> /root/project/README"]);
+    const patch = join(work, "guest.patch");
+    await cli(["workspace", "export", "one", "--out", patch]);
+    expect(readFileSync(patch, "utf8")).toContain("+edited in the guest");
+    execFileSync("git", ["-C", repo, "apply", "--check", patch]);
+  }, 300_000);
 
   it("keeps the work disk across stop and start, and applies vm set --vcpu at restart", async () => {
     await cli(["vm", "exec", "one", "--", "sh", "-c", "echo kept > /root/note && sync"]);

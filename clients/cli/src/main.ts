@@ -8,6 +8,7 @@ import { registerKernelCommands } from "./commands/kernel.js";
 import { registerOpCommands } from "./commands/op.js";
 import { registerSystemCommands } from "./commands/system.js";
 import { registerVmCommands } from "./commands/vm.js";
+import { registerWorkspaceCommands } from "./commands/workspace.js";
 import type { GlobalOptions } from "./context.js";
 import { reportError } from "./errors.js";
 
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
   registerOpCommands(program, globals);
   registerSystemCommands(program);
   registerVmCommands(program, globals);
+  registerWorkspaceCommands(program, globals);
   program.commands.forEach(function override(cmd: Command): void {
     cmd.exitOverride();
     cmd.commands.forEach(override);

@@ -6,7 +6,6 @@ import {
   createProcessCredentialHelper,
   defaultDockerConfigPath,
   findCredentials,
-  implementService,
   type Logger,
 } from "@banger/common";
 import { ExecService, file_banger_v1_exec } from "@banger/gen/banger/v1/exec_pb.js";
@@ -32,6 +31,7 @@ import { dnsCapability, natCapability, workDiskDoctorChecks } from "./core/capab
 import { createDoctor, storeCatalog } from "./core/doctor.js";
 import { createKernelCatalog } from "./core/kernels.js";
 import { createVmService as createVmLifecycle } from "./core/vms.js";
+import { createWorkspaces } from "./core/workspaces.js";
 import { createDnsResponder } from "./dns/index.js";
 import { createGuestPort } from "./guest/port.js";
 import { createFirecrackerClient } from "./vmm/firecracker-client.js";
@@ -47,6 +47,7 @@ import { createKernelService } from "./rpc/kernel-service.js";
 import { createVmService } from "./rpc/vm-service.js";
 import { createOperationService } from "./rpc/operation-service.js";
 import { createSystemService } from "./rpc/system-service.js";
+import { createWorkspaceService } from "./rpc/workspace-service.js";
 import type { Database } from "./store/index.js";
 
 export interface OrchestratorConfig {
@@ -175,6 +176,8 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
     capabilities,
   });
   await vms.recover();
+  const workspaces = createWorkspaces({ vms, operations, stateDir: config.stateDir, home, logger: config.logger });
+  await workspaces.recover();
   const self = () => ({
     name: "orchestrator" as const,
     socket: config.socketPath,
@@ -215,8 +218,7 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       router.service(OperationService, createOperationService(operations));
       router.service(KernelService, createKernelService(kernels));
       router.service(VmService, createVmService(vms));
-      // Not built yet: every RPC answers UNIMPLEMENTED naming itself.
-      router.service(WorkspaceService, implementService(WorkspaceService, {}));
+      router.service(WorkspaceService, createWorkspaceService(workspaces));
       router.service(ExecService, createExecService(vms));
     },
   };

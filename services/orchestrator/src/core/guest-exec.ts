@@ -76,7 +76,7 @@ export function remoteCommand(command: GuestCommand): string {
 }
 
 /** Checks the guest's host key against the pinned one, pinning it on first contact. */
-async function verifyHostKey(target: GuestTarget, key: Buffer): Promise<void> {
+export async function verifyHostKey(target: GuestTarget, key: Buffer): Promise<void> {
   const presented = key.toString("base64");
   let pinned: string | undefined;
   try {
