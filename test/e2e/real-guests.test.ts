@@ -29,7 +29,7 @@ import {
   startRegistry,
   type RegistryProcess,
 } from "../../services/image-puller/src/registry/testing/registry-process.js";
-import { OWNER_CAN_READ_CHECKOUT, ROOT, startCluster, type Cluster } from "../integration/harness.js";
+import { MDWE_WRAPPER, OWNER_CAN_READ_CHECKOUT, ROOT, startCluster, type Cluster } from "../integration/harness.js";
 import { IS_ROOT, createNetNs, type NetNs } from "../integration/netns.js";
 
 const OWNER = 1000;
@@ -52,6 +52,7 @@ const missing = [
   !HAVE_REGISTRY_TOOLS && "docker-registry and skopeo",
 ].filter((m): m is string => typeof m === "string");
 if (missing.length > 0) console.warn(`SKIPPING the end-to-end suite: this machine lacks ${missing.join(", ")}`);
+if (!MDWE_WRAPPER) console.warn("no PR_SET_MDWE here: the helper and its VMMs run without the W^X refusal of its unit");
 const e2e = describe.skipIf(missing.length > 0);
 
 let ns: NetNs;
@@ -136,6 +137,8 @@ beforeAll(async () => {
     owner: OWNER,
     netns: ns.name,
     orchestratorInNetns: true,
+    // The helper as its unit runs it: QEMU (a TCG JIT) inherits its refusal of writable-executable memory.
+    helperUnitSandbox: true,
     configToml: [
       'vmm = "qemu-microvm"',
       "[vm]",

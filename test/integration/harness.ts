@@ -75,7 +75,24 @@ export interface SpawnOptions {
   readonly owner?: number;
   /** Run inside this network namespace (`ip netns exec`). */
   readonly netns?: string;
+  /** Run as the systemd unit would: `--jitless` under the kernel's W^X refusal (see MDWE_WRAPPER). */
+  readonly unitSandbox?: boolean;
 }
+
+/**
+ * `python3 … prctl(PR_SET_MDWE)` then exec: the kernel's own refusal of
+ * writable-executable memory, which systemd's MemoryDenyWriteExecute=yes
+ * amounts to (inherited by every child). Undefined when this kernel or
+ * machine cannot do it.
+ */
+export const MDWE_WRAPPER = ((): string[] | undefined => {
+  const code =
+    "import ctypes,os,sys\n" +
+    "if ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) != 0: sys.exit(99)\n" +
+    "os.execvp(sys.argv[1], sys.argv[1:])";
+  const probe = spawnSync("python3", ["-c", code, "true"]);
+  return probe.status === 0 ? ["python3", "-c", code] : undefined;
+})();
 
 export function spawnService(
   name: ServiceName,
@@ -83,7 +100,10 @@ export function spawnService(
   env: NodeJS.ProcessEnv = {},
   options: SpawnOptions = {},
 ): RunningService {
-  const argv = [process.execPath, join(ROOT, ENTRY[name]), ...args];
+  // As the helper's unit runs it: no writable-executable memory (inherited by its VMMs), so Node runs --jitless.
+  const argv = options.unitSandbox
+    ? [...(MDWE_WRAPPER ?? []), process.execPath, "--jitless", join(ROOT, ENTRY[name]), ...args]
+    : [process.execPath, join(ROOT, ENTRY[name]), ...args];
   // In a namespace as the owner: `ip netns exec` needs root, so it drops to the owner with setpriv.
   const asOwner =
     options.netns && options.owner !== undefined
@@ -125,6 +145,8 @@ export interface ClusterOptions {
   readonly orchestratorInNetns?: boolean;
   /** The owner's config.toml (written to the cluster's own config directory before anything starts). */
   readonly configToml?: string;
+  /** Run the helper as its systemd unit does: `--jitless` with no writable-executable memory. */
+  readonly helperUnitSandbox?: boolean;
   /** Extra arguments for the helper (e.g. `--firecracker-bin` pointing at the fake). */
   readonly helperArgs?: readonly string[];
 }
@@ -155,6 +177,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         : {};
     const svc = spawnService(name, args, env, {
       ...inNetns,
+      ...(name === "privileged" && options.helperUnitSandbox ? { unitSandbox: true } : {}),
       ...(name !== "privileged" && owner !== undefined ? { owner } : {}),
     });
     running.set(name, svc);

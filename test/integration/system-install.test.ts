@@ -28,7 +28,7 @@ import { createUnixTransport } from "@banger/common";
 import { PullerService } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import { Code, createClient } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BANGER, OWNER_CAN_READ_CHECKOUT, ROOT, runCli, waitUntil } from "./harness.js";
+import { BANGER, MDWE_WRAPPER, OWNER_CAN_READ_CHECKOUT, ROOT, runCli, waitUntil } from "./harness.js";
 
 const OWNER = 1000;
 const IS_ROOT = process.getuid?.() === 0;
@@ -325,20 +325,6 @@ interface Activated {
   readonly logs: Record<string, unknown>[];
   readonly exited: Promise<void>;
 }
-
-/**
- * `python3 … prctl(PR_SET_MDWE)` then exec: the kernel's own refusal of
- * writable-executable memory, which systemd's MemoryDenyWriteExecute=yes
- * amounts to. Undefined when this kernel or machine cannot do it.
- */
-const MDWE_WRAPPER = ((): string[] | undefined => {
-  const code =
-    "import ctypes,os,sys\n" +
-    "if ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) != 0: sys.exit(99)\n" +
-    "os.execvp(sys.argv[1], sys.argv[1:])";
-  const probe = spawnSync("python3", ["-c", code, "true"]);
-  return probe.status === 0 ? ["python3", "-c", code] : undefined;
-})();
 
 function activate(socket: string, argv: readonly string[], env: NodeJS.ProcessEnv = {}): Activated {
   const child = spawn("systemd-socket-activate", ["--listen", socket, ...argv], {

@@ -486,7 +486,7 @@ describe("a QEMU microvm VMM", () => {
       "-M",
       "microvm,x-option-roms=off",
       "-accel",
-      "tcg",
+      "tcg,split-wx=on",
       "-cpu",
       "max",
       "-smp",

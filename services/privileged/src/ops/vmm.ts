@@ -194,7 +194,9 @@ export function qemuArgv(
     "-M",
     "microvm,x-option-roms=off",
     "-accel",
-    machine.kvm ? "kvm" : "tcg",
+    // split-wx: TCG's code buffer mapped twice (writable, and executable) instead of writable-executable,
+    // so QEMU runs under the helper unit's MemoryDenyWriteExecute=yes, which its children inherit.
+    machine.kvm ? "kvm" : "tcg,split-wx=on",
     "-cpu",
     machine.kvm ? "host" : "max",
     "-smp",
