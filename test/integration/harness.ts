@@ -4,7 +4,7 @@
  * to stop, kill and restart each one, run the CLI, and read the JSON logs.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { connect } from "node:net";
@@ -77,6 +77,60 @@ export interface SpawnOptions {
   readonly netns?: string;
   /** Run as the systemd unit would: `--jitless` under the kernel's W^X refusal (see MDWE_WRAPPER). */
   readonly unitSandbox?: boolean;
+  /** Run with exactly these credentials, umask and capability bounding set (through setpriv). */
+  readonly identity?: Identity;
+  /**
+   * The puller unit's view of the state directory (TemporaryFileSystem=<state>:ro with only
+   * images/.staging and cache/ bound in), in a mount namespace of its own. Needs `--state-dir` in args.
+   */
+  readonly pullerView?: boolean;
+}
+
+/** `unshare -m` and mounts that give the puller its unit's view of `stateDir` (see SpawnOptions.pullerView). */
+function pullerViewPrefix(stateDir: string): string[] {
+  const script = [
+    'state="$1"; shift',
+    'keep=$(mktemp -d); mkdir "$keep/staging" "$keep/cache"',
+    'mount --bind "$state/images/.staging" "$keep/staging"',
+    'mount --bind "$state/cache" "$keep/cache"',
+    'mount -t tmpfs -o mode=0755 banger-state "$state"',
+    'mkdir -p "$state/images/.staging" "$state/cache"',
+    'mount --move "$keep/staging" "$state/images/.staging"',
+    'mount --move "$keep/cache" "$state/cache"',
+    'mount -o remount,ro,bind "$state"',
+    'exec "$@"',
+  ].join(" && ");
+  return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", stateDir];
+}
+
+/** Who a service runs as, as its installed unit makes it (User=, Group=, SupplementaryGroups=, UMask=, …). */
+export interface Identity {
+  readonly uid: number;
+  readonly gid: number;
+  readonly groups?: readonly number[];
+  /** Octal, e.g. "0027". */
+  readonly umask: string;
+  /** Capabilities taken out of the bounding set (for root: out of what it holds), e.g. "dac_override". */
+  readonly dropCapabilities?: readonly string[];
+}
+
+function identityPrefix(identity: Identity): string[] {
+  return [
+    "setpriv",
+    "--reuid",
+    String(identity.uid),
+    "--regid",
+    String(identity.gid),
+    ...(identity.groups?.length ? ["--groups", identity.groups.join(",")] : ["--clear-groups"]),
+    ...(identity.dropCapabilities?.length
+      ? [`--bounding-set=${identity.dropCapabilities.map((c) => `-${c}`).join(",")}`]
+      : []),
+    "--",
+    "sh",
+    "-c",
+    `umask ${identity.umask} && exec "$@"`,
+    "sh",
+  ];
 }
 
 /**
@@ -105,15 +159,21 @@ export function spawnService(
     ? [...(MDWE_WRAPPER ?? []), process.execPath, "--jitless", join(ROOT, ENTRY[name]), ...args]
     : [process.execPath, join(ROOT, ENTRY[name]), ...args];
   // In a namespace as the owner: `ip netns exec` needs root, so it drops to the owner with setpriv.
-  const asOwner =
-    options.netns && options.owner !== undefined
+  const stateDir = args[args.indexOf("--state-dir") + 1] ?? "";
+  const asOwner = options.identity
+    ? [...(options.pullerView ? pullerViewPrefix(stateDir) : []), ...identityPrefix(options.identity)]
+    : options.netns && options.owner !== undefined
       ? ["setpriv", "--reuid", String(options.owner), "--regid", String(options.owner), "--clear-groups", "--"]
       : [];
-  const [command = "", ...rest] = options.netns ? ["ip", "netns", "exec", options.netns, ...asOwner, ...argv] : argv;
+  const [command = "", ...rest] = options.netns
+    ? ["ip", "netns", "exec", options.netns, ...asOwner, ...argv]
+    : [...asOwner, ...argv];
   const child = spawn(command, rest, {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, ...env },
-    ...(options.owner !== undefined && !options.netns ? { uid: options.owner, gid: options.owner } : {}),
+    ...(options.owner !== undefined && !options.netns && !options.identity
+      ? { uid: options.owner, gid: options.owner }
+      : {}),
   });
   const logs: Record<string, unknown>[] = [];
   const stderr: string[] = [];
@@ -147,8 +207,38 @@ export interface ClusterOptions {
   readonly configToml?: string;
   /** Run the helper as its systemd unit does: `--jitless` with no writable-executable memory. */
   readonly helperUnitSandbox?: boolean;
+  /**
+   * The installed permission model (deploy/systemd): bangerd as the owner with group `banger` and
+   * umask 0027; the puller as its own user (umask 0022) writing into the setgid staging directory;
+   * the helper as root in both groups without CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER.
+   * The state layout is made as `banger system install` makes it. What stands in for systemd's
+   * socket units: the runtime directory is world-writable (sticky) and the puller's socket is handed
+   * to the owner once it listens.
+   */
+  readonly installed?: { readonly bangerGid: number; readonly pullerUid: number; readonly pullerGid: number };
   /** Extra arguments for the helper (e.g. `--firecracker-bin` pointing at the fake). */
   readonly helperArgs?: readonly string[];
+}
+
+/** How each service runs under the installed units (see ClusterOptions.installed). */
+function installedIdentity(
+  name: ServiceName,
+  owner: number,
+  ids: { readonly bangerGid: number; readonly pullerUid: number; readonly pullerGid: number },
+): { identity: Identity; pullerView?: true } {
+  if (name === "orchestrator") return { identity: { uid: owner, gid: ids.bangerGid, umask: "0027" } };
+  if (name === "image-puller") {
+    return { identity: { uid: ids.pullerUid, gid: ids.pullerGid, umask: "0022" }, pullerView: true };
+  }
+  return {
+    identity: {
+      uid: 0,
+      gid: 0,
+      groups: [ids.bangerGid, ids.pullerGid],
+      umask: "0077",
+      dropCapabilities: ["dac_override", "dac_read_search", "fowner"],
+    },
+  };
 }
 
 export async function startCluster(options: ClusterOptions = {}): Promise<Cluster> {
@@ -175,13 +265,21 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       options.netns && (name === "privileged" || (name === "orchestrator" && options.orchestratorInNetns))
         ? { netns: options.netns }
         : {};
+    const installed = options.installed && owner !== undefined ? installedIdentity(name, owner, options.installed) : {};
     const svc = spawnService(name, args, env, {
       ...inNetns,
       ...(name === "privileged" && options.helperUnitSandbox ? { unitSandbox: true } : {}),
       ...(name !== "privileged" && owner !== undefined ? { owner } : {}),
+      ...installed,
     });
     running.set(name, svc);
     await waitUntil(() => svc.logs.some((l) => l["msg"] === "listening"), svc, `${name} to listen`);
+    // What the socket units set (SocketUser=, SocketGroup=, SocketMode=), done by hand here.
+    if (name === "image-puller" && options.installed && owner !== undefined) chownSync(socket(name), owner, owner);
+    if (name === "privileged" && options.installed) {
+      chownSync(socket(name), 0, options.installed.bangerGid);
+      chmodSync(socket(name), 0o660);
+    }
     return svc;
   };
   const stop = async (name: ServiceName) => {
@@ -209,6 +307,21 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   if (owner !== undefined) {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     for (const path of [dir, runtimeDir, stateDir]) chownSync(path, owner, owner);
+  }
+  if (options.installed && owner !== undefined) {
+    const { bangerGid, pullerUid, pullerGid } = options.installed;
+    chmodSync(runtimeDir, 0o1777);
+    chmodSync(dir, 0o755); // as /var/lib is: the puller and the helper (no DAC override) pass through
+    for (const [path, uid, gid, mode] of [
+      [stateDir, owner, bangerGid, 0o750],
+      [join(stateDir, "images"), owner, bangerGid, 0o750],
+      [join(stateDir, "images", ".staging"), owner, pullerGid, 0o2770],
+      [join(stateDir, "cache"), pullerUid, pullerGid, 0o700],
+    ] as const) {
+      mkdirSync(path, { recursive: true });
+      chownSync(path, uid, gid);
+      chmodSync(path, mode);
+    }
   }
   for (const name of ["privileged", "image-puller", "orchestrator"] as const) await start(name);
 

@@ -5,7 +5,7 @@
  * racing for one name give one winner and IMAGE_NAME_TAKEN for the other.
  */
 import { randomBytes } from "node:crypto";
-import { mkdir, open, rename, rm, stat } from "node:fs/promises";
+import { chmod, mkdir, open, rename, rm, stat } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
 import {
   AlreadyExistsError,
@@ -262,7 +262,10 @@ export function createImageCatalog(deps: {
   async function runPull(op: PullContext, req: PlannedPull): Promise<ImageRecord> {
     const { reference, registry, name, fromCatalog } = req;
     const staging = join(stagingRoot, op.id);
-    await mkdir(staging, { recursive: true, mode: 0o700 });
+    // Group-writable: an installed puller is another user, sharing `.staging`'s group (setgid; see
+    // deploy/systemd). Explicit chmod: the service's umask would take the group's bits away.
+    await mkdir(staging, { recursive: true, mode: 0o770 });
+    await chmod(staging, 0o770);
     try {
       // The owner's docker login for that registry travels with this pull only.
       const found = await deps.credentials?.(registry, op.signal);
@@ -326,9 +329,13 @@ export function createImageCatalog(deps: {
   /** Copies ext4 files (sparse, reflinked where possible) into a staging directory, then publishes them. */
   async function adopt(req: AdoptRequest): Promise<ImageRecord> {
     const staging = join(stagingRoot, `${req.source}-${randomBytes(6).toString("hex")}`);
-    await mkdir(staging, { recursive: true, mode: 0o700 });
+    // Readable by the group: an installed helper (root without CAP_DAC_OVERRIDE) opens image files
+    // through it (dm-snapshot origins).
+    await mkdir(staging, { recursive: true, mode: 0o750 });
+    await chmod(staging, 0o750);
     try {
       await copySparse(req.rootfsPath, join(staging, ROOTFS_FILE), req.signal ? { signal: req.signal } : {});
+      await chmod(join(staging, ROOTFS_FILE), 0o640);
       if (req.workSeedPath) {
         await copySparse(req.workSeedPath, join(staging, WORK_SEED_FILE), req.signal ? { signal: req.signal } : {});
       }

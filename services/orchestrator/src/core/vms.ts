@@ -11,7 +11,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
-import { mkdir, open, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, mkdir, open, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
   AlreadyExistsError,
@@ -587,7 +587,10 @@ export function createVmService(deps: {
             return underReservation(async () => {
               const existing = await listVms(db);
               // The marker goes first: whatever a crash cuts off from here on is found and undone at start-up.
-              await mkdir(vmDir(id), { recursive: true, mode: 0o700 });
+              // The group may traverse it: an installed helper (root without CAP_DAC_OVERRIDE, in banger's
+              // group) opens the root disk in it. The service's umask would take that bit away: chmod.
+              await mkdir(vmDir(id), { recursive: true, mode: 0o750 });
+              await chmod(vmDir(id), 0o750);
               await writeFile(join(vmDir(id), CREATING), op.id, { mode: 0o600 });
               return insertVm(db, {
                 id,
@@ -627,16 +630,17 @@ export function createVmService(deps: {
             undo,
             "root-disk",
             async () => {
-              await mkdir(dir, { recursive: true, mode: 0o700 });
               const imageRootfs = join(deps.images.dir(image.name), ROOTFS_FILE);
               if (created.rootDiskStrategy === "dm-snapshot") {
                 // A sparse copy-on-write store as large as the image (plus room for the snapshot's metadata).
-                const cow = await open(join(dir, ROOT_COW), "wx", 0o600);
+                const cow = await open(join(dir, ROOT_COW), "wx", 0o660);
                 await cow.truncate(Math.ceil(((await stat(imageRootfs)).size * 1.1) / 4096) * 4096 + COW_SLACK_BYTES);
+                await cow.chmod(0o660); // the helper attaches it read-write through the group
                 await cow.close();
                 return attachRoot(created, scopeNow);
               }
               await copySparse(imageRootfs, rootDisk, { signal: op.signal });
+              await chmod(rootDisk, 0o660); // the helper attaches it read-write through the group
               const device = await host.attachLoop(rootDisk, false, scopeNow);
               return { device, loops: [{ device, backingFile: rootDisk }] };
             },

@@ -322,10 +322,10 @@ describe("a Firecracker VMM", () => {
     expect(socket.uid).toBe(NOBODY);
     expect(JSON.parse(await httpGet(result.controlSocket, "/"))).toMatchObject({ id: vmId, app_name: "Firecracker" });
     const dirStats = statSync(dir);
-    expect([dirStats.mode & 0o7777, dirStats.uid, dirStats.gid]).toEqual([0o700, NOBODY, NOBODY]);
+    expect([dirStats.mode & 0o7777, dirStats.uid, dirStats.gid]).toEqual([0o770, NOBODY, 0]);
     for (const file of [result.logPath, result.consolePath]) {
       const stats = lstatSync(file);
-      expect([stats.isFile(), stats.mode & 0o7777, stats.uid, stats.nlink]).toEqual([true, 0o600, NOBODY, 1]);
+      expect([stats.isFile(), stats.mode & 0o7777, stats.uid, stats.nlink]).toEqual([true, 0o660, NOBODY, 1]);
     }
     expect(readFileSync(result.consolePath, "utf8")).toContain(`fake-vmm: console of ${vmId}`);
 
@@ -613,7 +613,8 @@ describe("a launch that cannot go through", () => {
       const dir = `${runtimeDir}/vms/${vmId}`;
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       how(join(dir, name));
-      chownSync(dir, NOBODY, NOBODY);
+      chownSync(dir, NOBODY, 0); // as an earlier launch handed it over
+      chmodSync(dir, 0o770);
     };
     plant("sym1", "console.log", (p) => symlinkSync(target, p));
     plant("sym2", "vmm.log", (p) => symlinkSync(target, p));

@@ -456,7 +456,7 @@ async function openRuntimeDir(runtimeDir: string): Promise<FileHandle> {
 
 /**
  * Opens a log file in the VM's directory for the VMM, creating it for the
- * owner (0600). An existing one must be a regular, singly-linked file of the
+ * owner (group root, 0660). An existing one must be a regular, singly-linked file of the
  * owner's: the helper never hands the VMM a file it did not mean to.
  */
 async function openOwnerFile(
@@ -491,8 +491,12 @@ async function openOwnerFile(
   try {
     const stats = await handle.stat();
     if (!stats.isFile() || stats.nlink !== 1) throw unsafe("is not a regular file with one link");
-    if (made) await handle.chown(owner.uid, owner.gid);
-    else if (stats.uid !== owner.uid) throw unsafe(`belongs to uid ${stats.uid}, not the owner`);
+    // The owner's, group root, 0660, like the directory: the helper opens it again at the next launch
+    // through its gid, with no CAP_DAC_OVERRIDE (mode first, while root still owns it).
+    if (made) {
+      await handle.chmod(0o660);
+      await handle.chown(owner.uid, 0);
+    } else if (stats.uid !== owner.uid) throw unsafe(`belongs to uid ${stats.uid}, not the owner`);
     if (options.truncate) await handle.truncate(0);
     return handle;
   } catch (error) {
@@ -670,8 +674,19 @@ export function createVmmOps(deps: VmmDeps): VmmOps {
         keep(vms.dir);
         if (vms.made) await vms.dir.chmod(0o711); // whatever the umask: the owner must reach its VM's directory
         const vm = keep((await openOrMakeDir(vms.dir, vmId, 0o700, paths.dir)).dir);
-        await vm.chown(owner.uid, owner.gid);
-        await vm.chmod(0o700);
+        // The owner's, group root, 0770: the VMM (the owner) and the helper (gid 0) both work in it, and
+        // the installed helper needs no CAP_DAC_OVERRIDE or CAP_FOWNER for that. Mode first, while root
+        // still owns it (without CAP_FOWNER it cannot chmod the owner's). One already handed over (an
+        // earlier launch) must be exactly that.
+        const before = await vm.stat();
+        if (before.uid === 0) {
+          await vm.chmod(0o770);
+          await vm.chown(owner.uid, 0);
+        } else if (before.uid !== owner.uid || before.gid !== 0 || (before.mode & 0o777) !== 0o770) {
+          throw new FailedPreconditionError(`${paths.dir} is not the owner's directory (group root, 0770)`, {
+            reason: "RUNTIME_DIR_UNSAFE",
+          });
+        }
 
         const socketName = kind === "firecracker" ? FIRECRACKER_SOCKET : QMP_SOCKET;
         await clearSocketPath(vm, socketName, controlSocket);
