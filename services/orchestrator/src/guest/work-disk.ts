@@ -186,15 +186,16 @@ export async function prepareWorkDisk(options: PrepareWorkDiskOptions): Promise<
       await fsck(runner, target, signal);
       await grow(runner, target, sizeBytes, "WORK_DISK_TOO_SMALL", signal);
     } else {
+      // A file system mkfs just made is clean and empty: no e2fsck before writing, no look at what it holds.
       await truncate(target, sizeBytes);
       await runner.run(
         ["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0,lazy_itable_init=1", "-L", "banger-work", target],
         { signal },
       );
-      await fsck(runner, target, signal);
     }
-    await writeEntries(runner, target, entries, signal);
-    await runner.run(["e2fsck", "-fn", target], { signal });
+    const written = await writeEntries(runner, target, entries, { fresh: seedPath === undefined }, signal);
+    // After writing, `e2fsck -fy` ran; when it found nothing to fix, a second, read-only pass proves nothing more.
+    if (written !== "clean") await runner.run(["e2fsck", "-fn", target], { signal });
   } catch (error) {
     await rm(target, { force: true }).catch((cleanup: unknown) => {
       if (error instanceof Error) error.message += ` (and removing ${target} failed: ${String(cleanup)})`;
@@ -298,12 +299,16 @@ async function writeEntries(
   runner: Runner,
   path: string,
   entries: readonly WorkDiskEntry[],
+  disk: { readonly fresh: boolean },
   signal: AbortSignal | undefined,
-): Promise<void> {
-  if (entries.length === 0) return;
+): Promise<"clean" | "unchecked" | "fixed"> {
+  if (entries.length === 0) return "unchecked";
   const wanted = new Set(entries.map((e) => e.path));
   const implicit = [...new Set(entries.flatMap((e) => diskParents(e.path)))].filter((p) => !wanted.has(p));
-  const before = await statPaths(runner, path, [...wanted, ...implicit], signal);
+  // A fresh file system holds nothing but / and lost+found.
+  const before = disk.fresh
+    ? new Map<string, DiskStat | undefined>([...wanted, ...implicit].map((p) => [p, undefined]))
+    : await statPaths(runner, path, [...wanted, ...implicit], signal);
 
   const problems: string[] = [];
   for (const entry of entries) {
@@ -325,7 +330,7 @@ async function writeEntries(
     });
   }
 
-  await withPrivateTempDir(async (dir) => {
+  return withPrivateTempDir(async (dir) => {
     const script: string[] = [];
     const exists = new Set([...before].filter(([, s]) => s !== undefined).map(([p]) => p));
     const ensureDir = (dirPath: string, mode: number, uid: number, gid: number, force: boolean) => {
@@ -363,7 +368,7 @@ async function writeEntries(
       stdin: `${script.join("\n")}\n`,
       signal,
     });
-    await fsck(runner, path, signal);
+    const checked = await fsck(runner, path, signal);
 
     // Read back: type, mode, owner, and the exact bytes of every file.
     const files = entries.flatMap((e, i) => (e.kind === "file" ? [[e.path, `${dir}/v${i}`] as const] : []));
@@ -389,6 +394,7 @@ async function writeEntries(
         { reason: "WORK_DISK_WRITE_FAILED" },
       );
     }
+    return checked.code === 0 ? "clean" : "fixed";
   });
 }
 
