@@ -187,6 +187,25 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
     expect(lookup.stdout).toContain(ip ?? "no ip");
   }, 120_000);
 
+  it("lists, shows logs, stats and listening ports, and logs in with the system ssh", async () => {
+    const listed = JSON.parse((await cli(["vm", "list", "--json"])).stdout) as { name: string; state: string }[];
+    expect(listed.map((vm) => [vm.name, vm.state])).toEqual([["one", "VM_STATE_RUNNING"]]);
+    // The guest console: banger's initramfs says what it did.
+    expect((await cli(["vm", "logs", "one", "--tail", "200"])).stdout).toContain("banger-init");
+    const stats = await cli(["vm", "stats", "one", "--json"]);
+    console.log(`e2e: vm stats: ${JSON.stringify(JSON.parse(stats.stdout))}`);
+    expect(stats.stdout).toMatch(/"memory/i);
+    const ports = await cli(["vm", "ports", "one", "--json"]);
+    expect(ports.stdout).toMatch(/"port":\s*22\b/); // the image's dropbear
+    // `vm ssh` hands over to the system ssh: run where the guest network is (the namespace).
+    const ssh = execFileSync(
+      "ip",
+      ["netns", "exec", ns.name, join(ROOT, "bin/banger"), "vm", "ssh", "one", "--", "cat", "/etc/hostname"],
+      { encoding: "utf8", env: { ...process.env, BANGER_RUNTIME_DIR: cluster.runtimeDir, BANGER_SOCKET: "" } },
+    );
+    expect(ssh).toBe("one\n");
+  }, 120_000);
+
   it("prepares a workspace from a host git repository and exports the guest's edit as a patch", async () => {
     // A repository in the owner's home (the services' HOME is the cluster's directory).
     const repo = join(cluster.dir, "project");
@@ -235,6 +254,24 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
     await cli(["vm", "create", "--name", "two", "--image", "guest", "--ssh-timeout", "120"]);
     const ping = await cli(["vm", "exec", "two", "--", "ping", "-c", "1", "-W", "5", "one.vm"]);
     expect(ping.stdout).toMatch(/1 packets received/);
+  }, 300_000);
+
+  it("vm run creates a VM, waits for it and prints the command's output and exit code", async () => {
+    const ran = await cluster.cli([
+      "vm",
+      "run",
+      "--name",
+      "three",
+      "--image",
+      "guest",
+      "--",
+      "sh",
+      "-c",
+      "cat /etc/hostname; exit 3",
+    ]);
+    console.log(`e2e: banger vm run --name three … -> ${ran.code}`);
+    expect([ran.code, ran.stdout]).toEqual([3, "three\n"]);
+    await cli(["vm", "delete", "three"]);
   }, 300_000);
 
   it("deletes both: the helper's inventory is empty and no file of either VM remains", async () => {
