@@ -230,8 +230,10 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
         .filter((f) => f !== "" && f !== "." && f !== "..")
         .sort(),
     ).toEqual([".git", ".gitignore", "README", "notes.txt"]); // build/ is ignored: it stays on the host
-    // The guest image has no git (busybox + dropbear): the edit is made with the shell.
     await cli(["vm", "exec", "one", "--", "sh", "-c", "echo 'edited in the guest' >> /root/project/README"]);
+    // git in the guest (the image carries the host's) sees the copy as a repository with that edit.
+    const status = await cli(["vm", "exec", "one", "--", "git", "-C", "/root/project", "status", "--short"]);
+    expect(status.stdout).toBe(" M README\n"); // copy mode: one commit of exactly what was copied
     const patch = join(work, "guest.patch");
     await cli(["workspace", "export", "one", "--out", patch]);
     expect(readFileSync(patch, "utf8")).toContain("+edited in the guest");

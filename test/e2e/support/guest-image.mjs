@@ -10,7 +10,7 @@
 // starts dropbear and acpid (power button -> poweroff), like a small distro.
 // The root filesystem tree is left in DIR/rootfs as well.
 //
-// Needs: /bin/busybox (busybox-static), /usr/sbin/dropbear (dropbear-bin), tar, ldd;
+// Needs: /bin/busybox (busybox-static), /usr/sbin/dropbear (dropbear-bin), tar, ldd; /usr/bin/git is added when present;
 // skopeo for --push. Run as root so the tree's owners are 0:0 on disk too.
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -68,8 +68,10 @@ for (const applet of applets) {
   link(`${"../".repeat(depth)}bin/busybox`, applet);
 }
 
-// dropbear and the shared libraries it needs, at the paths ldd names.
-for (const binary of ["/usr/sbin/dropbear", "/usr/bin/dropbearkey"]) {
+// dropbear (and git, when the host has it: the workspace steps use it in the guest) and the shared
+// libraries they need, at the paths ldd names.
+for (const binary of ["/usr/sbin/dropbear", "/usr/bin/dropbearkey", "/usr/bin/git"]) {
+  if (binary === "/usr/bin/git" && !existsSync(binary)) continue;
   copy(binary, binary.slice(1));
   for (const line of execFileSync("ldd", [binary], { encoding: "utf8" }).split("\n")) {
     const lib = /(?:=>\s*)?(\/\S+)\s+\(0x/.exec(line)?.[1];
