@@ -84,6 +84,32 @@ export interface SpawnOptions {
    * images/.staging and cache/ bound in), in a mount namespace of its own. Needs `--state-dir` in args.
    */
   readonly pullerView?: boolean;
+  /**
+   * Bind UDP and TCP port 53 on this address (with IP_FREEBIND, as root) and pass them to the
+   * service as systemd's bangerd-dns.socket does: fds 3 and 4, LISTEN_FDNAMES=dns:dns.
+   */
+  readonly passDnsSockets?: string;
+}
+
+/** What bangerd-dns.socket does, in python: bind as root, then exec the rest (same pid) with the fds. */
+function dnsSocketsPrefix(address: string): string[] {
+  const code = [
+    "import os, socket, sys",
+    "fds = []",
+    "for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):",
+    "    s = socket.socket(socket.AF_INET, kind)",
+    "    s.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND",
+    "    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)",
+    "    s.bind((sys.argv[1], 53))",
+    "    if kind == socket.SOCK_STREAM: s.listen(64)",
+    "    fds.append(s)",
+    "for i, s in enumerate(fds):",
+    "    os.dup2(s.fileno(), 3 + i)",
+    "    os.set_inheritable(3 + i, True)",
+    "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='2', LISTEN_FDNAMES='dns:dns')",
+    "os.execvp(sys.argv[2], sys.argv[2:])",
+  ].join("\n");
+  return ["python3", "-c", code, address];
 }
 
 /** `unshare -m` and mounts that give the puller its unit's view of `stateDir` (see SpawnOptions.pullerView). */
@@ -165,9 +191,10 @@ export function spawnService(
     : options.netns && options.owner !== undefined
       ? ["setpriv", "--reuid", String(options.owner), "--regid", String(options.owner), "--clear-groups", "--"]
       : [];
+  const dns = options.passDnsSockets ? dnsSocketsPrefix(options.passDnsSockets) : [];
   const [command = "", ...rest] = options.netns
-    ? ["ip", "netns", "exec", options.netns, ...asOwner, ...argv]
-    : [...asOwner, ...argv];
+    ? ["ip", "netns", "exec", options.netns, ...dns, ...asOwner, ...argv]
+    : [...dns, ...asOwner, ...argv];
   const child = spawn(command, rest, {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, ...env },
@@ -203,6 +230,8 @@ export interface ClusterOptions {
    * tests' registry on 127.0.0.1.)
    */
   readonly orchestratorInNetns?: boolean;
+  /** Hand the orchestrator its DNS sockets on this address as the installed units do (see SpawnOptions). */
+  readonly orchestratorDnsSockets?: string;
   /** The owner's config.toml (written to the cluster's own config directory before anything starts). */
   readonly configToml?: string;
   /** Run the helper as its systemd unit does: `--jitless` with no writable-executable memory. */
@@ -269,6 +298,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     const svc = spawnService(name, args, env, {
       ...inNetns,
       ...(name === "privileged" && options.helperUnitSandbox ? { unitSandbox: true } : {}),
+      ...(name === "orchestrator" && options.orchestratorDnsSockets
+        ? { passDnsSockets: options.orchestratorDnsSockets }
+        : {}),
       ...(name !== "privileged" && owner !== undefined ? { owner } : {}),
       ...installed,
     });

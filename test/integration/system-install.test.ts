@@ -55,6 +55,7 @@ const THRESHOLDS: Record<string, number> = {
 
 const UNITS = [
   "bangerd.socket",
+  "bangerd-dns.socket",
   "bangerd.service",
   "banger-privileged.socket",
   "banger-privileged.service",

@@ -3,6 +3,8 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import {
   BANGER_VERSION,
+  DNS_FD_NAME,
+  activatedFds,
   createProcessCredentialHelper,
   defaultDockerConfigPath,
   findCredentials,
@@ -135,7 +137,19 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
   const dns = createDnsResponder({ lookup: (name) => names.resolve(name), logger: config.logger });
   const names = dnsCapability(async (network) => {
     try {
-      await dns.listen(network.address, DNS_PORT);
+      // Installed: systemd passes the sockets bound as root (bangerd-dns.socket); else bind them here.
+      const [udpFd, tcpFd] = activatedFds(DNS_FD_NAME);
+      if (udpFd !== undefined && tcpFd !== undefined) {
+        const bound = await dns.listenOnFds({ udp: udpFd, tcp: tcpFd });
+        if (bound.address !== network.address) {
+          config.logger.warn(
+            { passed: bound, bridge: network.address },
+            "the DNS sockets systemd passes are not on the bridge's address: rerun 'banger system install'",
+          );
+        }
+      } else {
+        await dns.listen(network.address, DNS_PORT);
+      }
       config.logger.info({ address: network.address, port: DNS_PORT }, "DNS responder for .vm listening");
       // The host's own lookups of <name>.vm go to it too, where systemd-resolved runs.
       await privileged

@@ -61,15 +61,21 @@ export function registerSystemCommands(program: Command): void {
     .option("--owner <user>", "the user whose banger this is (default: the user behind sudo)")
     .option("--firecracker <path>", "the Firecracker binary the helper launches", "/usr/local/bin/firecracker")
     .option(
+      "--dns-address <ip>",
+      "the bridge's address (the owner's network.address without its prefix): systemd binds port 53 there for bangerd's .vm DNS",
+      "172.30.0.1",
+    )
+    .option(
       "--root <dir>",
       "write everything into the directory tree DIR instead of / (for packaging and tests): units, metadata, sysctl " +
         "and sysusers files, accounts in DIR/etc, the state layout; enables the units there; touches nothing of the " +
         "running system (no daemon-reload, no start, no sysctl) and works without systemd running",
     )
-    .action(async (opts: { owner?: string; firecracker: string; root?: string }) => {
+    .action(async (opts: { owner?: string; firecracker: string; dnsAddress: string; root?: string }) => {
       const root = absolute(opts.root, "--root");
       const live = await install(context(), {
         firecracker: resolve(opts.firecracker),
+        dnsAddress: opts.dnsAddress,
         ...(opts.owner === undefined ? {} : { owner: opts.owner }),
         ...(root === undefined ? {} : { root }),
       });

@@ -54,6 +54,8 @@ export interface InstallOptions {
   readonly root?: string;
   readonly owner?: string;
   readonly firecracker: string;
+  /** Where bangerd-dns.socket binds port 53 for bangerd: the bridge's address (config network.address). */
+  readonly dnsAddress: string;
 }
 
 const SYSCTL_TEXT =
@@ -235,6 +237,7 @@ export async function install(ctx: SystemContext, options: InstallOptions): Prom
       node: ctx.node,
       owner: { user: owner.name, uid: owner.uid, gid: owner.gid, home: owner.home },
       firecracker: options.firecracker,
+      dnsAddress: options.dnsAddress,
     });
   } catch (error) {
     if (error instanceof UnitValueError) throw new RefusedError(`${error.message}; nothing was changed`);

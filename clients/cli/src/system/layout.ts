@@ -26,10 +26,18 @@ export const SERVICE_UNITS: readonly {
 ];
 
 /** Every unit file banger installs: three sockets, three services. */
-export const UNIT_FILES: readonly string[] = SERVICE_UNITS.flatMap((s) => [s.socket, s.unit]);
+export const UNIT_FILES: readonly string[] = [
+  ...SERVICE_UNITS.flatMap((s) => [s.socket, s.unit]),
+  // bangerd's second socket unit: `.vm` DNS on the bridge's port 53, bound by systemd as root.
+  "bangerd-dns.socket",
+];
 
 /** Units `install` enables: the three sockets, and bangerd itself so it starts at boot. */
-export const ENABLED_UNITS: readonly string[] = [...SERVICE_UNITS.map((s) => s.socket), "bangerd.service"];
+export const ENABLED_UNITS: readonly string[] = [
+  ...SERVICE_UNITS.map((s) => s.socket),
+  "bangerd-dns.socket",
+  "bangerd.service",
+];
 
 /** Paths as the installed system sees them. */
 export interface SystemPaths {

@@ -17,7 +17,11 @@ export interface UnitValues {
   readonly node: string;
   readonly owner: { readonly user: string; readonly uid: number; readonly gid: number; readonly home: string };
   readonly firecracker: string;
+  /** IPv4 address bangerd-dns.socket binds port 53 on (the bridge's). */
+  readonly dnsAddress: string;
 }
+
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 
 /** Directories systemd's ProtectHome= hides. */
 const HOME_TREES = ["/home", "/root", "/run/user"];
@@ -56,6 +60,9 @@ export function renderUnits(values: UnitValues, templatesFrom = values.codeDir):
       );
     }
   }
+  if (!IPV4.test(values.dnsAddress)) {
+    throw new UnitValueError(`the DNS address ${JSON.stringify(values.dnsAddress)} is not an IPv4 address`);
+  }
   if (!SAFE_USER.test(values.owner.user)) {
     throw new UnitValueError(`the owner's user name ${JSON.stringify(values.owner.user)} cannot go into a unit file`);
   }
@@ -89,6 +96,7 @@ export function renderUnits(values: UnitValues, templatesFrom = values.codeDir):
       OWNER_UID: String(values.owner.uid),
       OWNER_GID: String(values.owner.gid),
       FIRECRACKER: values.firecracker,
+      DNS_ADDRESS: values.dnsAddress,
       HOME_ACCESS: homeAccess[unit] ?? "",
     };
     const text = template.replace(/@([A-Z_]+)@/g, (placeholder, name: string) => {

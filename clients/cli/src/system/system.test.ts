@@ -14,6 +14,7 @@ const values = (over: Partial<UnitValues> = {}): UnitValues => ({
   node: "/usr/bin/node",
   owner: { user: "alice", uid: 1000, gid: 1000, home: "/home/alice" },
   firecracker: "/usr/local/bin/firecracker",
+  dnsAddress: "172.30.0.1",
   ...over,
 });
 

@@ -75,6 +75,11 @@ export interface DnsResponderOptions {
 export interface DnsResponder {
   /** Serves UDP and TCP on `address:port`; port 0 picks one free for both. Resolves with the bound port. */
   listen(address: string, port: number): Promise<{ port: number }>;
+  /**
+   * Serves on sockets already bound and handed over (systemd's bangerd-dns.socket binds
+   * `<bridge address>:53` as root, with FreeBind, and passes a UDP and a TCP socket).
+   */
+  listenOnFds(fds: { readonly udp: number; readonly tcp: number }): Promise<{ address: string; port: number }>;
   /** Stops both listeners and closes open TCP connections. */
   close(): Promise<void>;
 }
@@ -312,11 +317,11 @@ export function createDnsResponder(options: DnsResponderOptions): DnsResponder {
     });
   }
 
-  async function bindUdp(address: string, port: number): Promise<UdpSocket> {
+  async function bindUdp(address: string, port: number, fd?: number): Promise<UdpSocket> {
     const socket = createSocket({ type: isIPv6(address) ? "udp6" : "udp4" });
     await new Promise<void>((resolve, reject) => {
       socket.once("error", reject);
-      socket.bind({ address, port, exclusive: true }, () => {
+      socket.bind(fd === undefined ? { address, port, exclusive: true } : { fd }, () => {
         socket.off("error", reject);
         resolve();
       });
@@ -329,12 +334,12 @@ export function createDnsResponder(options: DnsResponderOptions): DnsResponder {
     return socket;
   }
 
-  async function bindTcp(address: string, port: number): Promise<Server> {
+  async function bindTcp(address: string, port: number, fd?: number): Promise<Server> {
     const server = createServer({ allowHalfOpen: false }, onTcpConnection);
     server.maxConnections = options.tcpMaxConnections ?? DEFAULT_TCP_MAX_CONNECTIONS;
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen({ host: address, port, exclusive: true }, () => {
+      server.listen(fd === undefined ? { host: address, port, exclusive: true } : { fd }, () => {
         server.off("error", reject);
         resolve();
       });
@@ -365,6 +370,22 @@ export function createDnsResponder(options: DnsResponderOptions): DnsResponder {
           if (port !== 0 || !inUse || attempt >= 5) throw error;
         }
       }
+    },
+
+    async listenOnFds(fds) {
+      if (udp !== undefined || tcp !== undefined) throw new Error("dns responder is already listening");
+      // The family only picks udp4/udp6 for an unbound socket; a passed one keeps its own.
+      const udpSocket = await bindUdp("0.0.0.0", 0, fds.udp);
+      try {
+        tcp = await bindTcp("0.0.0.0", 0, fds.tcp);
+      } catch (error) {
+        await closeUdp(udpSocket);
+        throw error;
+      }
+      udp = udpSocket;
+      const { address, port } = udpSocket.address();
+      logger.info({ address, port, zone: DNS_ZONE, passed: true }, "dns responder listening");
+      return { address, port };
     },
 
     async close() {
