@@ -132,8 +132,9 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       identity = undefined;
       throw error;
     }));
-  // `<name>.vm` is answered on the bridge address once the bridge exists. Port 53 needs
-  // CAP_NET_BIND_SERVICE (the installed unit grants it); without it VMs still run, unnamed.
+  // `<name>.vm` is answered on the bridge address once the bridge exists. Port 53 comes bound from
+  // systemd when installed (bangerd-dns.socket); else bangerd binds it if it may. Without it VMs
+  // still run, unnamed.
   const dns = createDnsResponder({ lookup: (name) => names.resolve(name), logger: config.logger });
   const names = dnsCapability(async (network) => {
     try {

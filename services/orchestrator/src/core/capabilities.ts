@@ -172,9 +172,9 @@ export function dnsCapability(listen: (network: BridgeNetwork) => Promise<DnsLis
   const addresses = new Map<string, string>();
   let listening: DnsListenResult | undefined;
   const bindHint =
-    "give bangerd CAP_NET_BIND_SERVICE (the installed unit does), or sudo sysctl -w net.ipv4.ip_unprivileged_port_start=53";
+    "sudo banger system install (systemd binds port 53 for bangerd), or sudo sysctl -w net.ipv4.ip_unprivileged_port_start=53";
   const listenHint =
-    "port 53 on the bridge address must be free, and bangerd allowed to bind it (CAP_NET_BIND_SERVICE; the installed unit grants it)";
+    "port 53 on the bridge address must be free, and bound for bangerd (sudo banger system install) or bindable by it";
   return {
     name: "dns",
     dependsOn: [],

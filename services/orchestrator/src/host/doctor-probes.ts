@@ -8,7 +8,7 @@ import { constants } from "node:fs";
 import { access, open, readFile, stat, statfs } from "node:fs/promises";
 import { networkInterfaces, userInfo } from "node:os";
 import { join } from "node:path";
-import { FailedPreconditionError, effectiveCapabilities } from "@banger/common";
+import { DNS_FD_NAME, FailedPreconditionError, activatedFds, effectiveCapabilities } from "@banger/common";
 import { readSshIdentity, sshIdentityPaths } from "../config/index.js";
 import type { DoctorProbes, SshKeyState, VersionOutput } from "../core/doctor.js";
 
@@ -77,6 +77,9 @@ export function createDoctorProbes(options: {
     },
 
     async lowPorts() {
+      if (activatedFds(DNS_FD_NAME).length >= 2) {
+        return { ok: true, why: "gets its port 53 sockets from systemd (bangerd-dns.socket)" };
+      }
       if (process.getuid?.() === 0) return { ok: true, why: "runs as root" };
       if (effectiveCapabilities().includes("CAP_NET_BIND_SERVICE")) {
         return { ok: true, why: "holds CAP_NET_BIND_SERVICE" };
