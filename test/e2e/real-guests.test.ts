@@ -265,6 +265,20 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
     expect(ping.stdout).toMatch(/1 packets received/);
   }, 300_000);
 
+  it("a guest that ignores the power button is stopped with SIGTERM after the timeout", async () => {
+    // Without its acpid, banger's minimal init never hears QMP's power button.
+    await cli(["vm", "exec", "two", "--", "sh", "-c", "kill $(cat /run/banger/acpid.pid)"]);
+    const t = Date.now();
+    await cli(["vm", "stop", "two", "--timeout", "2"]);
+    expect(Date.now() - t).toBeGreaterThanOrEqual(2000);
+    expect(
+      cluster
+        .service("orchestrator")
+        .logs.some((l) => l["msg"] === "the guest did not shut down in time; stopping the VMM"),
+    ).toBe(true);
+    expect(leftovers().qemu.length).toBe(1); // only one's QEMU is left
+  }, 120_000);
+
   it("vm run creates a VM, waits for it and prints the command's output and exit code", async () => {
     const ran = await cluster.cli([
       "vm",
