@@ -17,3 +17,4 @@ export * from "./unix-client.js";
 export * from "./unix-server.js";
 export * from "./version.js";
 export * from "./registry/index.js";
+export * from "./debugfs.js";

@@ -40,6 +40,10 @@ import {
   InternalError,
   InvalidArgumentError,
   copySparse,
+  debugfsErrors,
+  debugfsSections,
+  parseDebugfsStat,
+  type DebugfsStat,
 } from "@banger/common";
 import { diskParents, diskPathProblem, type WorkDiskEntry } from "./guest-files.js";
 
@@ -283,13 +287,6 @@ function fsck(runner: Runner, path: string, signal: AbortSignal | undefined) {
 }
 
 /** What debugfs `stat` says about an inode. */
-interface DiskStat {
-  readonly type: string;
-  readonly mode: number;
-  readonly uid: number;
-  readonly gid: number;
-  readonly size: number;
-}
 
 /**
  * Writes the entries with one `debugfs -w` script after checking what the
@@ -307,7 +304,7 @@ async function writeEntries(
   const implicit = [...new Set(entries.flatMap((e) => diskParents(e.path)))].filter((p) => !wanted.has(p));
   // A fresh file system holds nothing but / and lost+found.
   const before = disk.fresh
-    ? new Map<string, DiskStat | undefined>([...wanted, ...implicit].map((p) => [p, undefined]))
+    ? new Map<string, DebugfsStat | undefined>([...wanted, ...implicit].map((p) => [p, undefined]))
     : await statPaths(runner, path, [...wanted, ...implicit], signal);
 
   const problems: string[] = [];
@@ -414,46 +411,11 @@ async function statPaths(
   paths: readonly string[],
   signal: AbortSignal | undefined,
   dumps: readonly (readonly [string, string])[] = [],
-): Promise<Map<string, DiskStat | undefined>> {
+): Promise<Map<string, DebugfsStat | undefined>> {
   const lines = [...paths.map((p) => `stat ${p}`), ...dumps.map(([p, host]) => `dump ${p} ${host}`)];
   const { stdout } = await runner.run(["debugfs", "-f", "-", path], { stdin: `${lines.join("\n")}\n`, signal });
   const sections = debugfsSections(stdout);
-  return new Map(paths.map((p) => [p, parseStat(sections.get(`stat ${p}`) ?? "")]));
-}
-
-/** Splits `debugfs -f -` output by command: it echoes each as `debugfs: <command>` (errors go to stderr). */
-function debugfsSections(stdout: string): Map<string, string> {
-  const sections = new Map<string, string>();
-  let current: string | undefined;
-  for (const line of stdout.split("\n")) {
-    if (line.startsWith("debugfs: ")) {
-      current = line.slice("debugfs: ".length);
-      sections.set(current, "");
-    } else if (current !== undefined) {
-      sections.set(current, `${sections.get(current) ?? ""}${line}\n`);
-    }
-  }
-  return sections;
-}
-
-function parseStat(text: string): DiskStat | undefined {
-  const head = /^Inode: \d+\s+Type: (\S+)\s+Mode:\s+([0-7]+)/m.exec(text);
-  // debugfs prints uid/gid as signed 32-bit numbers (4294967294 shows as -2).
-  const owner = /^User:\s+(-?\d+)\s+Group:\s+(-?\d+)(?:\s+Project:\s+-?\d+)?\s+Size:\s+(\d+)/m.exec(text);
-  if (!head?.[1] || !head[2] || !owner?.[1] || !owner[2] || !owner[3]) return undefined;
-  return {
-    type: head[1],
-    mode: parseInt(head[2], 8),
-    uid: Number(owner[1]) >>> 0,
-    gid: Number(owner[2]) >>> 0,
-    size: Number(owner[3]),
-  };
-}
-
-/** debugfs's complaints (without its version banner), as a `: …` suffix; empty if none. */
-function debugfsErrors(stderr: string): string {
-  const lines = stderr.split("\n").filter((l) => l.trim() !== "" && !/^debugfs \d/.test(l));
-  return lines.length > 0 ? `: ${lines.slice(-5).join("; ")}` : "";
+  return new Map(paths.map((p) => [p, parseDebugfsStat(sections.get(`stat ${p}`) ?? "")]));
 }
 
 function validSize(sizeMib: number): number {

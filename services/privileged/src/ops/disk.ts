@@ -20,6 +20,10 @@ import {
   InternalError,
   InvalidArgumentError,
   PermissionDeniedError,
+  debugfsErrors,
+  debugfsSections,
+  parseDebugfsStat,
+  type DebugfsStat,
 } from "@banger/common";
 import type { HelperConfig } from "../config.js";
 import type { RunOptions, Runner } from "../host/runner.js";
@@ -216,14 +220,14 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
     paths: readonly string[],
     signal?: AbortSignal,
     dumpDir?: string,
-  ): Promise<Map<string, GuestStat | undefined>> {
+  ): Promise<Map<string, DebugfsStat | undefined>> {
     const lines = paths.flatMap((p, i) => [
       `stat ${p}`,
       ...(dumpDir === undefined ? [] : [`dump ${p} ${dumpDir}/v${i}`]),
     ]);
     const { stdout } = await debugfs(device, lines, false, signal);
     const sections = debugfsSections(stdout);
-    return new Map(paths.map((p) => [p, parseStat(sections.get(`stat ${p}`) ?? "")]));
+    return new Map(paths.map((p) => [p, parseDebugfsStat(sections.get(`stat ${p}`) ?? "")]));
   }
 
   return {
@@ -467,14 +471,6 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
 }
 
 /** What debugfs `stat` says about a guest inode. */
-interface GuestStat {
-  readonly type: string;
-  /** Permission bits (07777). */
-  readonly mode: number;
-  readonly uid: number;
-  readonly gid: number;
-  readonly size: number;
-}
 
 const ALL_EXIT_CODES = Array.from({ length: 256 }, (_, i) => i);
 
@@ -518,45 +514,13 @@ function validGuestFiles(files: readonly GuestFileSpec[]): GuestFileSpec[] {
   });
 }
 
-function refuseDirectories(stats: Map<string, GuestStat | undefined>): void {
+function refuseDirectories(stats: Map<string, DebugfsStat | undefined>): void {
   const dirs = [...stats].filter(([, s]) => s?.type === "directory").map(([p]) => p);
   if (dirs.length > 0) {
     throw new FailedPreconditionError(`${dirs.join(", ")} is a directory in the guest`, {
       reason: "GUEST_PATH_IS_DIRECTORY",
     });
   }
-}
-
-/**
- * Splits the output of `debugfs -f -` by command: debugfs echoes each command
- * as `debugfs: <command>` before its output (errors go to stderr).
- */
-function debugfsSections(stdout: string): Map<string, string> {
-  const sections = new Map<string, string>();
-  let current: string | undefined;
-  for (const line of stdout.split("\n")) {
-    if (line.startsWith("debugfs: ")) {
-      current = line.slice("debugfs: ".length);
-      sections.set(current, "");
-    } else if (current !== undefined) {
-      sections.set(current, `${sections.get(current) ?? ""}${line}\n`);
-    }
-  }
-  return sections;
-}
-
-function parseStat(text: string): GuestStat | undefined {
-  const head = /^Inode: \d+\s+Type: (\S+)\s+Mode:\s+([0-7]+)/m.exec(text);
-  // debugfs prints uid/gid as signed 32-bit numbers (4294967294 shows as -2).
-  const owner = /^User:\s+(-?\d+)\s+Group:\s+(-?\d+)(?:\s+Project:\s+-?\d+)?\s+Size:\s+(\d+)/m.exec(text);
-  if (!head?.[1] || !head[2] || !owner?.[1] || !owner[2] || !owner[3]) return undefined;
-  return {
-    type: head[1],
-    mode: parseInt(head[2], 8),
-    uid: Number(owner[1]) >>> 0,
-    gid: Number(owner[2]) >>> 0,
-    size: Number(owner[3]),
-  };
 }
 
 /** A 0700 directory under the system temp dir, removed afterwards whatever happens. */
@@ -579,12 +543,6 @@ async function withPrivateTempDir<T>(body: (dir: string) => Promise<T>): Promise
   }
   await rm(dir, { recursive: true, force: true });
   return result;
-}
-
-/** debugfs's complaints (without its version banner), as a `: …` suffix for a message; empty if none. */
-function debugfsErrors(stderr: string): string {
-  const lines = stderr.split("\n").filter((l) => l.trim() !== "" && !/^debugfs \d/.test(l));
-  return lines.length > 0 ? `: ${lines.slice(-5).join("; ")}` : "";
 }
 
 function tail(text: string, lines = OUTPUT_TAIL_LINES): string {
