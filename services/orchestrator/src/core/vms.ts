@@ -980,8 +980,6 @@ export function createVmService(deps: {
         await rm(vmDir(id), { recursive: true, force: true });
         logger.warn({ id }, "removed the directory of a VM that does not exist");
       }
-      // Their runtime directories (VMM sockets and logs) too, once their VMMs (orphans, below) are gone.
-      const runDirs = await readdir(join(deps.runtimeDir, "vms")).catch(() => []);
       if (!inventory) return;
       tapPool.push(...inventory.poolTaps.filter((name) => !tapPool.includes(name)));
       // banger's resources that belong to no VM at all.
@@ -997,8 +995,9 @@ export function createVmService(deps: {
         await rm(vmDir(id), { recursive: true, force: true });
         logger.warn({ id }, "removed host resources left by a VM that no longer exists");
       }
-      // (`<runtime>/vms` is not listable by the owner where the helper runs as root: then orphans' only.)
-      for (const id of new Set([...runDirs, ...orphans].filter((entry) => !known.has(entry)))) {
+      // Their runtime directories (VMM sockets and logs), once their VMMs are gone: those of the state
+      // directories just removed and of the orphans (`<runtime>/vms` is root's: the owner cannot list it).
+      for (const id of new Set([...dirs, ...orphans].filter((entry) => !known.has(entry)))) {
         await removeRunDir(id, scope).catch((error: unknown) =>
           logger.error({ id, err: error }, "could not remove a runtime directory"),
         );

@@ -633,3 +633,35 @@ describe("a launch that cannot go through", () => {
     expect(await ops.list()).toEqual([]);
   });
 });
+
+describe("removing a VM's runtime files (RemoveVmmFiles)", () => {
+  it("refuses a bad vm id and, while the VMM runs, VMM_RUNNING; both change nothing", async () => {
+    await expect(ops.removeFiles({ vmId: "../run" })).rejects.toMatchObject({ reason: "INVALID_VM_ID" });
+    const launched = await ops.launch({ vmId: "rm1", kind: "firecracker" });
+    started.push(launched.pid);
+    const before = readdirSync(`${runtimeDir}/vms/rm1`).sort();
+    await expect(ops.removeFiles({ vmId: "rm1" })).rejects.toMatchObject({
+      kind: "failed-precondition",
+      reason: "VMM_RUNNING",
+    });
+    expect(readdirSync(`${runtimeDir}/vms/rm1`).sort()).toEqual(before);
+    expect(await alive(launched.pid)).toBe(true);
+
+    await ops.signal({ vmId: "rm1", pid: launched.pid, startTime: launched.startTime, signal: "KILL" });
+    await waitGone(launched.pid);
+    expect(await ops.removeFiles({ vmId: "rm1" })).toEqual({ existed: true });
+    expect(readdirSync(`${runtimeDir}/vms`)).not.toContain("rm1");
+    expect(await ops.removeFiles({ vmId: "rm1" })).toEqual({ existed: false }); // idempotent
+  });
+
+  it("removes a symlink the owner put in place of the directory, never what it points to", async () => {
+    const target = join(base, "kept");
+    mkdirSync(target, { mode: 0o755 });
+    writeFileSync(join(target, "precious"), "x");
+    mkdirSync(`${runtimeDir}/vms`, { recursive: true, mode: 0o711 });
+    symlinkSync(target, `${runtimeDir}/vms/rm2`);
+    expect(await ops.removeFiles({ vmId: "rm2" })).toEqual({ existed: true });
+    expect(() => lstatSync(`${runtimeDir}/vms/rm2`)).toThrow();
+    expect(readdirSync(target)).toEqual(["precious"]);
+  });
+});
