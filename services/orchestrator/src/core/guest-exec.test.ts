@@ -2,10 +2,7 @@
  * Exec over SSH against a real OpenSSH server on 127.0.0.1 standing in for a
  * guest (this machine boots no guests here; test/e2e does with QEMU).
  */
-import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { BangerError } from "@banger/common";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -18,67 +15,24 @@ import {
   type GuestInput,
   type GuestTarget,
 } from "./guest-exec.js";
+import { freePort, sshdMissing, startTestGuest, type TestGuest } from "./sshd-test-support.js";
 
-const SSHD = "/usr/sbin/sshd";
-const canRun = process.getuid?.() === 0 && existsSync(SSHD);
-if (!canRun) console.warn("SKIPPING guest exec over SSH: needs root and /usr/sbin/sshd (Debian's openssh-server)");
+if (sshdMissing) console.warn(`SKIPPING guest exec over SSH: ${sshdMissing}`);
+const canRun = sshdMissing === undefined;
 
+let guest: TestGuest | undefined;
 let dir: string;
-let sshd: ChildProcess | undefined;
 let target: GuestTarget;
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 beforeAll(async () => {
   if (!canRun) return;
-  dir = mkdtempSync(join(tmpdir(), "banger-sshd-"));
-  mkdirSync("/run/sshd", { recursive: true, mode: 0o755 });
-  for (const name of ["host", "client"]) {
-    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", join(dir, name)]);
-  }
-  writeFileSync(join(dir, "authorized_keys"), readFileSync(join(dir, "client.pub")));
-  const port = await freePort();
-  writeFileSync(
-    join(dir, "sshd_config"),
-    [
-      `Port ${port}`,
-      "ListenAddress 127.0.0.1",
-      `HostKey ${join(dir, "host")}`,
-      `AuthorizedKeysFile ${join(dir, "authorized_keys")}`,
-      "PermitRootLogin prohibit-password",
-      "PasswordAuthentication no",
-      "KbdInteractiveAuthentication no",
-      "UsePAM no",
-      "StrictModes no",
-      `PidFile ${join(dir, "sshd.pid")}`,
-    ].join("\n") + "\n",
-  );
-  sshd = spawn(SSHD, ["-D", "-e", "-f", join(dir, "sshd_config")], { stdio: "ignore" });
-  for (let i = 0; i < 100; i++) {
-    if (spawnSync("ssh-keyscan", ["-p", String(port), "127.0.0.1"], { encoding: "utf8" }).stdout.includes("ssh-"))
-      break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  target = {
-    host: "127.0.0.1",
-    port,
-    hostKeyAlias: "box.vm",
-    privateKey: readFileSync(join(dir, "client")),
-    knownHostsFile: join(dir, "banger", "known_hosts"),
-  };
+  guest = await startTestGuest();
+  dir = guest.dir;
+  // A known_hosts in a directory that does not exist yet: pinning makes it.
+  target = { ...guest.target("full"), knownHostsFile: join(dir, "banger", "known_hosts") };
 });
 
-afterAll(() => {
-  sshd?.kill();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+afterAll(() => guest?.stop());
 
 const command = (argv: string[], extra: Partial<GuestCommand> = {}): GuestCommand => ({
   argv,
@@ -189,7 +143,7 @@ describe.skipIf(!canRun)("exec in a guest over SSH (a real sshd on 127.0.0.1)", 
     expect((await run(command(["true"]), fresh)).exit.code).toBe(0);
     expect(readFileSync(fresh.knownHostsFile, "utf8")).toBe(pinned);
 
-    const other = readFileSync(join(dir, "client.pub"), "utf8").split(" ")[1];
+    const other = readFileSync(join(dir, "full.pub"), "utf8").split(" ")[1];
     writeFileSync(fresh.knownHostsFile, `box.vm ssh-ed25519 ${other}\n`);
     const error = await run(command(["true"]), fresh).catch((e: unknown) => e);
     expect([(error as BangerError).kind, (error as BangerError).reason]).toEqual([
