@@ -7,12 +7,12 @@
 import { HostCommandError } from "@banger/common";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { helperConfig } from "../../services/privileged/src/config.js";
-import { createProcessRunner, type RunOptions, type Runner } from "../../services/privileged/src/host/runner.js";
+import { createHostRunner, type RunOptions, type Runner } from "@banger/common";
 import { createNetworkOps, type NetworkOps } from "../../services/privileged/src/ops/network.js";
 import { IS_ROOT, createNetNs, type NetNs } from "./netns.js";
 
 let ns: NetNs;
-const real = createProcessRunner();
+const real = createHostRunner();
 
 /**
  * Runs every command inside the namespace; the `failAt`-th changing step fails

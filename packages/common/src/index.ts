@@ -18,3 +18,4 @@ export * from "./unix-server.js";
 export * from "./version.js";
 export * from "./registry/index.js";
 export * from "./debugfs.js";
+export * from "./host-runner.js";

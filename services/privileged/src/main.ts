@@ -14,7 +14,7 @@ import { VmmService } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
 import { helperConfig } from "./config.js";
 import { probeHostFeatures } from "./host/features.js";
 import { peerCredentials } from "./host/peer-cred.js";
-import { createProcessRunner } from "./host/runner.js";
+import { createHostRunner } from "@banger/common";
 import { createDiskOps } from "./ops/disk.js";
 import { createNetworkOps } from "./ops/network.js";
 import { createVmmOps } from "./ops/vmm.js";
@@ -59,7 +59,7 @@ const config = helperConfig({
   firecrackerBin: values.firecracker,
   qemuBin: values.qemu,
 });
-const runner = createProcessRunner();
+const runner = createHostRunner();
 const network = createNetworkOps({ runner, config, resolvedPresent: () => probeHostFeatures().resolved });
 const disk = createDiskOps({ runner, config });
 const vmm = createVmmOps({ config });

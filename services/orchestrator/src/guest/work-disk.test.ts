@@ -5,7 +5,8 @@ import { join } from "node:path";
 import { BangerError } from "@banger/common";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { workDiskFiles, type WorkDiskEntry } from "./guest-files.js";
-import { createE2fsRunner, growWorkDisk, prepareWorkDisk, type Runner } from "./work-disk.js";
+import { createHostRunner, type Runner } from "@banger/common";
+import { growWorkDisk, prepareWorkDisk } from "./work-disk.js";
 
 const KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTestsOnly0000000000000000000000 banger@host";
 const PATH = "/usr/sbin:/usr/bin:/sbin:/bin";
@@ -190,7 +191,7 @@ describe("prepareWorkDisk", () => {
   });
 
   it("removes the target and its temp files when a step fails midway (debugfs here)", async () => {
-    const real = createE2fsRunner();
+    const real = createHostRunner();
     const runner: Runner = {
       run: (argv, options) =>
         argv[0] === "debugfs" && argv[1] === "-w"
@@ -232,7 +233,7 @@ describe("prepareWorkDisk", () => {
 
   it("stops when aborted and leaves no target file", async () => {
     const controller = new AbortController();
-    const real = createE2fsRunner();
+    const real = createHostRunner();
     const runner: Runner = {
       run: (argv, options) => {
         if (argv[0] === "resize2fs") controller.abort();
@@ -285,7 +286,7 @@ describe("growWorkDisk", () => {
   it("truncates the file back when resize2fs fails before changing the file system", async () => {
     const target = join(dir, "work.ext4");
     await prepareWorkDisk({ target, sizeMib: 32, files: [] });
-    const real = createE2fsRunner();
+    const real = createHostRunner();
     const runner: Runner = {
       run: (argv, options) => (argv[0] === "resize2fs" ? real.run(["false"], options) : real.run(argv, options)),
     };

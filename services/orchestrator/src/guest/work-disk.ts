@@ -29,93 +29,23 @@
  * The commands go through a `Runner` (argv, AbortSignal, captured output,
  * exit code), so tests can script failures; `createE2fsRunner` is the real one.
  */
-import { spawn } from "node:child_process";
 import { mkdtemp, readFile, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, dirname, isAbsolute, join } from "node:path";
 import {
   CancelledError,
   FailedPreconditionError,
-  HostCommandError,
   InternalError,
   InvalidArgumentError,
   copySparse,
+  createHostRunner,
   debugfsErrors,
   debugfsSections,
   parseDebugfsStat,
   type DebugfsStat,
+  type Runner,
 } from "@banger/common";
 import { diskParents, diskPathProblem, type WorkDiskEntry } from "./guest-files.js";
-
-/** What a host command printed and how it ended. */
-export interface RunResult {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-export interface RunOptions {
-  /** Written to the command's stdin, then closed. */
-  readonly stdin?: string | Buffer;
-  readonly signal?: AbortSignal | undefined;
-  /** Exit codes that are not failures (default: only 0). */
-  readonly okCodes?: readonly number[];
-}
-
-/**
- * Runs a host command from an argument vector, never a shell. A non-OK exit
- * is a HostCommandError (HOST_COMMAND_FAILED) with the argv, exit code and
- * stderr tail; an aborted run is a CancelledError.
- */
-export interface Runner {
-  run(argv: readonly string[], options?: RunOptions): Promise<RunResult>;
-}
-
-/** The real runner, for e2fsprogs: sbin on PATH (the owner's may lack it) and the C locale (parsed output). */
-export function createE2fsRunner(): Runner {
-  return {
-    run(argv, options = {}) {
-      const [command, ...args] = argv;
-      if (command === undefined) return Promise.reject(new TypeError("empty argv"));
-      const { signal } = options;
-      if (signal?.aborted) return Promise.reject(cancelled(argv, signal.reason));
-      return new Promise((resolve, reject) => {
-        const child = spawn(command, args, {
-          stdio: ["pipe", "pipe", "pipe"],
-          env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" },
-          ...(signal ? { signal } : {}),
-        });
-        const out: Buffer[] = [];
-        const err: Buffer[] = [];
-        child.stdout.on("data", (c: Buffer) => out.push(c));
-        child.stderr.on("data", (c: Buffer) => err.push(c));
-        child.once("error", (error: NodeJS.ErrnoException) => {
-          if (signal?.aborted) reject(cancelled(argv, signal.reason));
-          else if (error.code === "ENOENT") {
-            reject(
-              new FailedPreconditionError(`${command} is not installed (banger needs e2fsprogs)`, {
-                reason: "HOST_TOOL_MISSING",
-                cause: error,
-              }),
-            );
-          } else reject(error);
-        });
-        child.once("close", (code, killedBy) => {
-          if (signal?.aborted) return reject(cancelled(argv, signal.reason));
-          const result = {
-            code: code ?? -1,
-            stdout: Buffer.concat(out).toString(),
-            stderr: Buffer.concat(err).toString(),
-          };
-          if (killedBy === null && (options.okCodes ?? [0]).includes(result.code)) resolve(result);
-          else reject(new HostCommandError(argv, killedBy === null ? result.code : null, result.stderr));
-        });
-        child.stdin.on("error", () => {}); // a tool that exits without reading stdin
-        child.stdin.end(options.stdin ?? "");
-      });
-    },
-  };
-}
 
 const MIB = 1024 * 1024;
 /** Work disk sizes accepted, in MiB. */
@@ -137,7 +67,7 @@ export interface PrepareWorkDiskOptions {
   /** What to write onto it (from `workDiskFiles`), with disk-relative paths. */
   readonly files: readonly WorkDiskEntry[];
   readonly signal?: AbortSignal | undefined;
-  /** Default: `createE2fsRunner()`. */
+  /** Default: `createHostRunner()`. */
   readonly runner?: Runner | undefined;
 }
 
@@ -155,7 +85,7 @@ export interface PrepareWorkDiskOptions {
  */
 export async function prepareWorkDisk(options: PrepareWorkDiskOptions): Promise<void> {
   const { target, seedPath, sizeMib, files, signal } = options;
-  const runner = options.runner ?? createE2fsRunner();
+  const runner = options.runner ?? createHostRunner();
   if (!isAbsolute(target)) {
     throw new InvalidArgumentError(`work disk path ${target} must be absolute`, { reason: "INVALID_ARGUMENT" });
   }
@@ -218,7 +148,7 @@ export async function growWorkDisk(
   path: string,
   sizeMib: number,
   signal?: AbortSignal,
-  runner: Runner = createE2fsRunner(),
+  runner: Runner = createHostRunner(),
 ): Promise<void> {
   const sizeBytes = validSize(sizeMib);
   await requireFile(path, "work disk", "WORK_DISK_MISSING");

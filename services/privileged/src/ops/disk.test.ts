@@ -13,7 +13,7 @@ import {
   PermissionDeniedError,
 } from "@banger/common";
 import { helperConfig, type HelperConfig } from "../config.js";
-import { createProcessRunner, type RunResult, type Runner } from "../host/runner.js";
+import { createHostRunner, type RunResult, type Runner } from "@banger/common";
 import { createDiskOps, type GuestFileSpec } from "./disk.js";
 
 let root: string;
@@ -91,7 +91,7 @@ async function caught(promise: Promise<unknown>): Promise<unknown> {
 }
 
 describe("loop devices (real losetup)", () => {
-  const ops = () => createDiskOps({ runner: createProcessRunner(), config });
+  const ops = () => createDiskOps({ runner: createHostRunner(), config });
 
   it("attaches a real ext4 file, shows it in losetup -l and listLoops, and detaches it idempotently", async () => {
     const image = join(stateDir, "images", "base.ext4");
@@ -209,7 +209,7 @@ describe("a VM's root filesystem (real ext4 on a real loop device)", () => {
   const vmId = "vm1";
   let image: string;
   let device: string;
-  const disk = () => createDiskOps({ runner: createProcessRunner(), config });
+  const disk = () => createDiskOps({ runner: createHostRunner(), config });
 
   function debugfsRequest(request: string): string {
     return execFileSync("debugfs", ["-R", request, device], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });

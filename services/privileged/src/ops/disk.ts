@@ -26,7 +26,7 @@ import {
   type DebugfsStat,
 } from "@banger/common";
 import type { HelperConfig } from "../config.js";
-import type { RunOptions, Runner } from "../host/runner.js";
+import type { RunOptions, Runner } from "@banger/common";
 import { guestParents, validGuestPath } from "../validate/guest-paths.js";
 import { snapshotName, snapshotUuid, validVmId } from "../validate/ids.js";
 import { confinedPath, isInsideStateDir, openConfined } from "../validate/paths.js";

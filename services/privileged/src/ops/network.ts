@@ -13,7 +13,7 @@ import {
 } from "@banger/common";
 import type { HelperConfig } from "../config.js";
 import { uidOf } from "../host/passwd.js";
-import type { Runner } from "../host/runner.js";
+import type { Runner } from "@banger/common";
 import { ALIAS_PREFIX, DEVICE_PREFIX, tapName, validBridgeName, validVmId } from "../validate/ids.js";
 import { contains, parseHostCidr, parseIpv4, routeRange, type Ipv4Cidr } from "../validate/ipv4.js";
 import { withUndo } from "./undo.js";

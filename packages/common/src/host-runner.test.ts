@@ -1,0 +1,35 @@
+import { describe, expect, it } from "vitest";
+import { type BangerError, CancelledError, HostCommandError } from "./errors.js";
+import { createHostRunner } from "./host-runner.js";
+
+const runner = createHostRunner();
+
+describe("the host runner", () => {
+  it("passes stdin, collects output, and accepts the exit codes it is told are fine", async () => {
+    expect(await runner.run(["cat"], { stdin: "hello" })).toEqual({ code: 0, stdout: "hello", stderr: "" });
+    expect((await runner.run(["sh", "-c", "exit 1"], { okCodes: [0, 1] })).code).toBe(1);
+  });
+
+  it("turns another exit into HOST_COMMAND_FAILED with the argv and stderr", async () => {
+    const error = await runner.run(["sh", "-c", "echo broken >&2; exit 3"]).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(HostCommandError);
+    expect((error as HostCommandError).message).toContain("broken");
+  });
+
+  it("says a tool is not installed (FAILED_PRECONDITION HOST_TOOL_MISSING)", async () => {
+    const error = (await runner.run(["banger-no-such-tool"]).catch((e: unknown) => e)) as BangerError;
+    expect([error.kind, error.reason, error.message]).toEqual([
+      "failed-precondition",
+      "HOST_TOOL_MISSING",
+      "banger-no-such-tool is not installed on this host",
+    ]);
+  });
+
+  it("ends a cancelled run with CancelledError, and never starts one cancelled before", async () => {
+    const controller = new AbortController();
+    const running = runner.run(["sleep", "10"], { signal: controller.signal });
+    controller.abort();
+    await expect(running).rejects.toBeInstanceOf(CancelledError);
+    await expect(runner.run(["true"], { signal: controller.signal })).rejects.toBeInstanceOf(CancelledError);
+  });
+});

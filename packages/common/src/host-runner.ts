@@ -1,0 +1,81 @@
+/**
+ * Running host tools (e2fsprogs, losetup, ip, nft, …) from an argument
+ * vector, never a shell: the privileged helper and the orchestrator's work
+ * disk both go through this. Tests pass a scripted Runner instead, to drive
+ * failure paths and what the machine lacks.
+ */
+import { spawn } from "node:child_process";
+import { CancelledError, FailedPreconditionError, HostCommandError } from "./errors.js";
+
+/** What a host command printed and how it ended. */
+export interface RunResult {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+export interface RunOptions {
+  /** Written to the command's stdin, then closed. */
+  readonly stdin?: string | Buffer;
+  readonly signal?: AbortSignal | undefined;
+  /** Exit codes that are not failures (default: only 0). */
+  readonly okCodes?: readonly number[];
+  /** Open files handed to the child as fds 3, 4, … (so it gets the file, not a path). */
+  readonly fds?: readonly number[];
+}
+
+/**
+ * A non-OK exit is a HostCommandError (HOST_COMMAND_FAILED) with the argv,
+ * exit code and stderr tail; a tool that is not installed is
+ * FAILED_PRECONDITION HOST_TOOL_MISSING; an aborted run is a CancelledError.
+ */
+export interface Runner {
+  run(argv: readonly string[], options?: RunOptions): Promise<RunResult>;
+}
+
+/** The real runner: sbin on PATH (a user's may lack it) and the C locale (output is parsed). */
+export function createHostRunner(): Runner {
+  return {
+    run(argv, options = {}) {
+      const [command, ...args] = argv;
+      if (command === undefined) return Promise.reject(new TypeError("empty argv"));
+      const { signal } = options;
+      const cancelled = () => new CancelledError(`${command} was cancelled`, { cause: signal?.reason });
+      if (signal?.aborted) return Promise.reject(cancelled());
+      return new Promise((resolve, reject) => {
+        const child = spawn(command, args, {
+          stdio: ["pipe", "pipe", "pipe", ...(options.fds ?? [])],
+          env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" },
+          ...(signal ? { signal } : {}),
+        });
+        const out: Buffer[] = [];
+        const err: Buffer[] = [];
+        child.stdout?.on("data", (c: Buffer) => out.push(c));
+        child.stderr?.on("data", (c: Buffer) => err.push(c));
+        child.once("error", (error: NodeJS.ErrnoException) => {
+          if (signal?.aborted) reject(cancelled());
+          else if (error.code === "ENOENT") {
+            reject(
+              new FailedPreconditionError(`${command} is not installed on this host`, {
+                reason: "HOST_TOOL_MISSING",
+                cause: error,
+              }),
+            );
+          } else reject(error);
+        });
+        child.once("close", (code, killedBy) => {
+          if (signal?.aborted) return reject(cancelled());
+          const result = {
+            code: code ?? -1,
+            stdout: Buffer.concat(out).toString(),
+            stderr: Buffer.concat(err).toString(),
+          };
+          if (killedBy === null && (options.okCodes ?? [0]).includes(result.code)) resolve(result);
+          else reject(new HostCommandError(argv, killedBy === null ? result.code : null, result.stderr));
+        });
+        child.stdin?.on("error", () => {}); // a tool that exits without reading stdin
+        child.stdin?.end(options.stdin ?? "");
+      });
+    },
+  };
+}
