@@ -3,7 +3,8 @@ import type { Reporter, TestModule } from "vitest/node";
 /**
  * Ends every test run with one line CI and people can grep:
  * `412 passed, 0 failed` (`, 3 skipped` when some skip). A file that fails to
- * load counts as one failure, so a run that ran nothing cannot look green.
+ * load, or whose hooks fail (its tests then show as skipped), counts as one
+ * failure, so a run that ran nothing cannot look green.
  */
 export default class SummaryReporter implements Reporter {
   onTestRunEnd(testModules: readonly TestModule[], unhandledErrors: readonly unknown[]): void {
@@ -11,15 +12,14 @@ export default class SummaryReporter implements Reporter {
     let failed = unhandledErrors.length;
     let skipped = 0;
     for (const module of testModules) {
-      let tests = 0;
+      let failedHere = 0;
       for (const test of module.children.allTests()) {
-        tests++;
         const state = test.result().state;
         if (state === "passed") passed++;
-        else if (state === "failed") failed++;
+        else if (state === "failed") failedHere++;
         else skipped++;
       }
-      if (tests === 0 && module.state() === "failed") failed++;
+      failed += failedHere === 0 && module.state() === "failed" ? 1 : failedHere;
     }
     const line = `${passed} passed, ${failed} failed${skipped > 0 ? `, ${skipped} skipped` : ""}`;
     process.stdout.write(`\n${line}\n`);

@@ -380,6 +380,9 @@ export function uninstall(ctx: SystemContext, options: UninstallOptions): void {
     // Services first (bangerd before its peers), then their sockets.
     const stopOrder = [...[...SERVICE_UNITS].reverse().map((s) => s.unit), ...SERVICE_UNITS.map((s) => s.socket)];
     ctx.host.run(["systemctl", "stop", ...stopOrder]);
+    // The sockets' RemoveOnStop= removes their files; the runtime directory goes too when no VM has one there.
+    removeIfEmpty(join(SYSTEM_PATHS.runtime.runtimeDir, "vms"));
+    removeIfEmpty(SYSTEM_PATHS.runtime.runtimeDir);
   }
   const enabled = ENABLED_UNITS.filter((unit) => presentUnits.includes(unit));
   if (enabled.length > 0) {

@@ -43,7 +43,7 @@ export interface DoctorCheck {
 export interface DoctorFacts {
   /** What the privileged helper probed; undefined when it could not be asked. */
   readonly features: HostFeatures | undefined;
-  /** net.ipv4.ip_forward where bangerd runs; undefined when it could not be read. */
+  /** net.ipv4.ip_forward as the helper reads it, else where bangerd runs; undefined when neither could read it. */
   readonly ipForwarding: boolean | undefined;
   /** Whether bangerd may listen on port 53, and why (e.g. "holds CAP_NET_BIND_SERVICE"). */
   readonly lowPorts: { readonly ok: boolean; readonly why: string } | undefined;

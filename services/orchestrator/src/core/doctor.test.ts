@@ -558,6 +558,49 @@ describe("doctor", () => {
     });
   });
 
+  it("takes IP forwarding from the helper (the host's), and reads its own only when the helper could not", async () => {
+    const ownBlocked = { ...healthyProbes(), ipForwarding: () => Promise.reject(new Error("EACCES /proc/sys")) };
+    const fromHelper = await run(
+      deps({ features: () => Promise.resolve({ ...ALL_FEATURES, ipForward: false }), probes: ownBlocked }),
+    );
+    expect(summary(fromHelper, "nat/ip-forwarding").detail).toBe(
+      "net.ipv4.ip_forward = 0: VMs created with --nat cannot reach the outside",
+    );
+    const helperOn = await run(
+      deps({
+        features: () => Promise.resolve({ ...ALL_FEATURES, ipForward: true }),
+        probes: { ...healthyProbes(), ipForwarding: () => Promise.resolve(false) },
+      }),
+    );
+    expect(summary(helperOn, "nat/ip-forwarding").status).toBe("ok");
+    const neither = await run(deps({ probes: ownBlocked }));
+    expect(summary(neither, "nat/ip-forwarding")).toEqual({
+      status: "warn",
+      detail: "cannot read /proc/sys/net/ipv4/ip_forward",
+      hint: "",
+    });
+  });
+
+  it("warns instead of failing the bridge when the helper cannot see the kernel's modules (its unit)", async () => {
+    const hidden = await run(
+      deps({ features: () => Promise.resolve({ ...ALL_FEATURES, bridge: false, modulesVisible: false }) }),
+    );
+    expect(summary(hidden, "kernel-bridge")).toEqual({
+      status: "warn",
+      detail:
+        "no bridge module is loaded, and the helper cannot see the installed ones: the first VM loads it if the kernel has it",
+      hint: "sudo modprobe bridge, to be sure now",
+    });
+    const visible = await run(
+      deps({ features: () => Promise.resolve({ ...ALL_FEATURES, bridge: false, modulesVisible: true }) }),
+    );
+    expect(summary(visible, "kernel-bridge")).toEqual({
+      status: "fail",
+      detail: "the kernel cannot make bridges (no bridge module)",
+      hint: "sudo modprobe bridge",
+    });
+  });
+
   it("fails DNS when bangerd may not listen on port 53, before and after the bridge exists", async () => {
     const blocked = {
       ok: false,

@@ -284,7 +284,8 @@ export function createDoctor(deps: DoctorDeps): Doctor {
 
       const facts: DoctorFacts = {
         features: hostFeatures,
-        ipForwarding: settledValue(ipForwarding),
+        // The helper's reading is the host's (where NAT happens); bangerd's unit cannot read /proc/sys.
+        ipForwarding: hostFeatures?.ipForward ?? settledValue(ipForwarding),
         lowPorts: settledValue(lowPorts),
         tools: toolPaths,
       };
@@ -515,9 +516,20 @@ function featureChecks(features: HostFeatures | undefined): DoctorCheck[] {
       ),
     ],
   ];
-  return each.map(([name, key, ok, lacking]) =>
-    features === undefined ? check(name, "warn", HELPER_DOWN) : features[key] ? ok : lacking,
-  );
+  return each.map(([name, key, ok, lacking]) => {
+    if (features === undefined) return check(name, "warn", HELPER_DOWN);
+    if (features[key]) return ok;
+    if (key === "bridge" && features.modulesVisible === false) {
+      // The helper's unit hides /lib/modules (ProtectKernelModules=yes): an installed module cannot be seen.
+      return check(
+        name,
+        "warn",
+        "no bridge module is loaded, and the helper cannot see the installed ones: the first VM loads it if the kernel has it",
+        "sudo modprobe bridge, to be sure now",
+      );
+    }
+    return lacking;
+  });
 }
 
 function ipv4ToNumber(ip: string): number {

@@ -39,6 +39,10 @@ export interface HostFeatures {
   readonly resolved: boolean;
   readonly kvm: boolean;
   readonly kernelRelease: string;
+  /** net.ipv4.ip_forward where the helper runs (the host's network namespace); undefined when unreadable. */
+  readonly ipForward?: boolean | undefined;
+  /** Whether the helper sees the kernel's modules: `bridge = false` is then certain. */
+  readonly modulesVisible?: boolean;
 }
 
 export interface HostPort {

@@ -48,6 +48,8 @@ export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
         resolved: found?.resolved ?? false,
         kvm: found?.kvm ?? false,
         kernelRelease: found?.kernelRelease ?? "",
+        ipForward: found?.ipForward,
+        modulesVisible: found?.modulesVisible ?? false,
       };
     },
     async inventory(scope) {

@@ -1,4 +1,4 @@
-import { accessSync, constants, existsSync } from "node:fs";
+import { accessSync, constants, existsSync, readFileSync, readdirSync } from "node:fs";
 import { release } from "node:os";
 import { delimiter, join } from "node:path";
 
@@ -12,21 +12,44 @@ export interface HostFeatures {
   readonly resolved: boolean;
   readonly kvm: boolean;
   readonly kernelRelease: string;
+  /** net.ipv4.ip_forward here; undefined when unreadable. */
+  readonly ipForward: boolean | undefined;
+  /** Whether /lib/modules/<release> is visible (not under the unit's ProtectKernelModules=yes). */
+  readonly modulesVisible: boolean;
 }
 
 export function probeHostFeatures(): HostFeatures {
+  const modules = `/lib/modules/${release()}`;
   return {
     tun: existsSync("/dev/net/tun"),
-    // The bridge module is loaded or built in once /sys/class/net can hold bridges; the
-    // module directory is the common sign, and `ip link add type bridge` loads it on demand.
-    bridge: existsSync("/sys/module/bridge") || existsSync(`/lib/modules/${release()}/kernel/net/bridge`),
+    // A bridge already there proves it; else the module loaded or built in (/sys/module), else
+    // installed (`ip link add type bridge` loads it on demand; invisible under the unit).
+    bridge: anyBridge() || existsSync("/sys/module/bridge") || existsSync(`${modules}/kernel/net/bridge`),
     nftables: onPath("nft") && (existsSync("/sys/module/nf_tables") || existsSync("/proc/net/netfilter")),
     loop: existsSync("/dev/loop-control"),
     deviceMapper: existsSync("/dev/mapper/control"),
     resolved: existsSync("/run/systemd/resolve/io.systemd.Resolve"),
     kvm: canOpen("/dev/kvm"),
     kernelRelease: release(),
+    ipForward: ipForward(),
+    modulesVisible: existsSync(`${modules}/modules.dep`) || existsSync(`${modules}/modules.builtin`),
   };
+}
+
+function anyBridge(): boolean {
+  try {
+    return readdirSync("/sys/class/net").some((link) => existsSync(`/sys/class/net/${link}/bridge`));
+  } catch {
+    return false;
+  }
+}
+
+function ipForward(): boolean | undefined {
+  try {
+    return readFileSync("/proc/sys/net/ipv4/ip_forward", "utf8").trim() === "1";
+  } catch {
+    return undefined;
+  }
 }
 
 function onPath(binary: string): boolean {

@@ -1,0 +1,276 @@
+/**
+ * `banger system install|status|restart|uninstall` against a live systemd:
+ * this host's root file system booted as a container (systemd-nspawn, an
+ * overlay on a tmpfs, its own network namespace) with systemd as PID 1, the
+ * checkout shown read-only inside. One `banger system install` must give
+ * three running, hardened services that the owner's `banger` talks to
+ * without sudo; doctor must run through them; restart, an upgrade in place
+ * and uninstall must leave what they promise. Nothing is faked; nothing on
+ * this host changes (the container's writes die with its tmpfs).
+ */
+import { spawnSync } from "node:child_process";
+import { realpathSync } from "node:fs";
+import { dirname } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { OWNER_CAN_READ_CHECKOUT, ROOT } from "../integration/harness.js";
+import { HAVE_NSPAWN, bootContainer, onRootFileSystem, type Container, type RunResult } from "./support/nspawn.js";
+
+const IS_ROOT = process.getuid?.() === 0;
+const OWNER_ENTRY = spawnSync("getent", ["passwd", "1000"], { encoding: "utf8" }).stdout.trim().split(":");
+const OWNER = {
+  name: OWNER_ENTRY[0] ?? "",
+  uid: 1000,
+  gid: Number(OWNER_ENTRY[3] ?? 1000),
+  home: OWNER_ENTRY[5] ?? "",
+};
+const NOBODY = { name: "nobody", uid: 65534, gid: 65534, home: "/nonexistent" };
+const BANGER = `${ROOT}/bin/banger`;
+const SERVICES = ["bangerd.service", "banger-privileged.service", "banger-image-puller.service"];
+const SOCKETS = ["bangerd.socket", "bangerd-dns.socket", "banger-privileged.socket", "banger-image-puller.socket"];
+/** The same thresholds as the offline scores in test/integration/system-install.test.ts, here for the live units. */
+const THRESHOLDS: Record<string, number> = {
+  "bangerd.service": 1.0,
+  "banger-privileged.service": 2.6,
+  "banger-image-puller.service": 1.5,
+};
+
+const missing = [
+  !IS_ROOT && "root",
+  !HAVE_NSPAWN && "systemd-nspawn (Debian's systemd-container)",
+  !OWNER.name && "a user with uid 1000",
+  !OWNER_CAN_READ_CHECKOUT && "a checkout uid 1000 can read",
+].filter((m): m is string => typeof m === "string");
+if (missing.length > 0)
+  console.warn(`SKIPPING banger system against a live systemd: this machine lacks ${missing.join(", ")}`);
+
+let container: Container;
+
+function log(line: string): void {
+  console.log(`[systemd-live] ${line}`);
+}
+
+async function banger(args: readonly string[], user?: typeof OWNER): Promise<RunResult> {
+  const started = Date.now();
+  const result = await container.run([BANGER, ...args], { cwd: ROOT, ...(user ? { user } : {}) });
+  log(
+    `banger ${args.join(" ")}${user ? ` (as ${user.name})` : ""} → exit ${result.code} in ${Date.now() - started} ms`,
+  );
+  return result;
+}
+
+async function sh(argv: readonly string[]): Promise<RunResult> {
+  return container.run(argv);
+}
+
+async function unitProperty(unit: string, property: string): Promise<string> {
+  return (await sh(["systemctl", "show", unit, `--property=${property}`, "--value"])).stdout.trim();
+}
+
+async function procStatus(pid: string): Promise<Record<string, string>> {
+  const text = (await sh(["cat", `/proc/${pid}/status`])).stdout;
+  return Object.fromEntries(
+    text
+      .split("\n")
+      .map((line) => line.split(":\t"))
+      .filter((pair) => pair.length === 2)
+      .map(([key, value]) => [key ?? "", (value ?? "").trim()]),
+  );
+}
+
+function opIdOf(output: string): string {
+  const match = /op id: (op-[0-9a-f]+)/.exec(output);
+  if (!match?.[1]) throw new Error(`no op id in:\n${output}`);
+  return match[1];
+}
+
+describe.skipIf(missing.length > 0)("banger system against a live systemd (systemd-nspawn)", () => {
+  beforeAll(async () => {
+    const node = realpathSync(process.execPath);
+    const binds = [ROOT, ...(onRootFileSystem(node) ? [] : [dirname(dirname(node))])];
+    const started = Date.now();
+    container = await bootContainer({ binds, log });
+    log(`booted in ${Date.now() - started} ms`);
+  }, 120_000);
+
+  afterAll(async () => {
+    await container?.stop();
+  }, 60_000);
+
+  it("refuses status before install, and install refuses a non-root caller, changing nothing", async () => {
+    const status = await banger(["system", "status"]);
+    expect(status.code).toBe(1);
+    expect(status.stderr).toMatch(/not installed/);
+
+    const asOwner = await banger(["system", "install", "--owner", OWNER.name], OWNER);
+    expect(asOwner.code).not.toBe(0);
+    expect(asOwner.stderr).toMatch(/root/);
+    expect((await sh(["ls", "/etc/banger", "/etc/systemd/system/bangerd.service"])).code).not.toBe(0);
+  });
+
+  let installOpId = "";
+
+  it("installs with one command: three running services that answer", async () => {
+    const installed = await banger(["system", "install", "--owner", OWNER.name]);
+    expect(installed.stderr).toBe("");
+    expect(installed.code).toBe(0);
+    expect(installed.stdout).toMatch(/all three services answer/);
+    installOpId = opIdOf(installed.stdout);
+
+    for (const unit of [...SERVICES, ...SOCKETS]) {
+      expect(`${unit} ${await unitProperty(unit, "ActiveState")}`).toBe(`${unit} active`);
+    }
+    for (const unit of [...SOCKETS, "bangerd.service"]) {
+      expect(`${unit} ${await unitProperty(unit, "UnitFileState")}`).toBe(`${unit} enabled`);
+    }
+    expect((await sh(["sysctl", "-n", "net.ipv4.ip_forward"])).stdout.trim()).toBe("1");
+    const sockets = (
+      await sh([
+        "stat",
+        "-c",
+        "%n %U:%G %a",
+        "/run/banger/orchestrator.sock",
+        "/run/banger/privileged.sock",
+        "/run/banger/image-puller.sock",
+      ])
+    ).stdout;
+    expect(sockets).toContain(`/run/banger/orchestrator.sock ${OWNER.name}:`);
+    expect(sockets).toContain("/run/banger/privileged.sock root:banger 660");
+    expect(sockets).toMatch(/\/run\/banger\/image-puller\.sock \S+ 600/);
+  });
+
+  it("runs each service with the credentials and sandbox of its unit", async () => {
+    const expected: Record<string, { uid: string; capBnd: string }> = {
+      "bangerd.service": { uid: String(OWNER.uid), capBnd: "0000000000000000" },
+      // CAP_CHOWN (0), CAP_SETGID (6), CAP_SETUID (7), CAP_NET_ADMIN (12), CAP_SYS_ADMIN (21)
+      "banger-privileged.service": {
+        uid: "0",
+        capBnd: (2 ** 0 + 2 ** 6 + 2 ** 7 + 2 ** 12 + 2 ** 21).toString(16).padStart(16, "0"),
+      },
+      "banger-image-puller.service": {
+        uid: await (async () => (await sh(["id", "-u", "banger-puller"])).stdout.trim())(),
+        capBnd: "0000000000000000",
+      },
+    };
+    for (const unit of SERVICES) {
+      const pid = await unitProperty(unit, "MainPID");
+      expect(Number(pid)).toBeGreaterThan(1);
+      const status = await procStatus(pid);
+      const want = expected[unit];
+      expect({
+        unit,
+        uid: status["Uid"]?.split(/\s+/)[0],
+        capBnd: status["CapBnd"],
+        noNewPrivs: status["NoNewPrivs"],
+        seccomp: status["Seccomp"],
+      }).toEqual({
+        unit,
+        uid: want?.uid,
+        capBnd: want?.capBnd,
+        noNewPrivs: "1",
+        seccomp: "2",
+      });
+      const score = await sh([
+        "systemd-analyze",
+        "security",
+        "--no-pager",
+        `--threshold=${Math.round((THRESHOLDS[unit] ?? 0) * 10)}`,
+        unit,
+      ]);
+      log(`${unit}: ${score.stdout.trim().split("\n").at(-1) ?? ""}`);
+      expect(score.code, score.stdout + score.stderr).toBe(0);
+    }
+  });
+
+  it("lets the owner use banger without sudo, and nobody else", async () => {
+    const list = await banger(["vm", "list"], OWNER);
+    expect(list.stderr).toBe("");
+    expect(list.code).toBe(0);
+    expect(list.stdout).toMatch(/^NAME\s+STATE/);
+
+    const stranger = await banger(["vm", "list"], NOBODY);
+    expect(stranger.code).not.toBe(0);
+    expect(stranger.stderr).toMatch(/permission denied|EACCES/i);
+  });
+
+  it("puts the op id of one request into all three services' journals", async () => {
+    expect(installOpId).not.toBe("");
+    for (const unit of SERVICES) {
+      const journal = await sh(["journalctl", "--no-pager", "-o", "cat", `--unit=${unit}`]);
+      expect(`${unit}: ${journal.stdout.includes(installOpId)}`).toBe(`${unit}: true`);
+    }
+  });
+
+  it("runs doctor through the installed services and says what this machine lacks", async () => {
+    const doctor = await banger(["doctor", "--json"], OWNER);
+    const report = JSON.parse(doctor.stdout) as {
+      ok: boolean;
+      checks: { name: string; capability: string; status: string; detail: string }[];
+    };
+    const byName = new Map(report.checks.map((c) => [c.capability ? `${c.capability}/${c.name}` : c.name, c]));
+    for (const name of [
+      "service-orchestrator",
+      "service-privileged",
+      "service-image-puller",
+      "service-versions",
+      "helper-privileges",
+      "tun",
+      "nat/ip-forwarding",
+      "bridge",
+    ]) {
+      expect(`${name}: ${byName.get(name)?.status} ${byName.get(name)?.detail}`).toMatch(
+        new RegExp(`^${name}: CHECK_STATUS_OK `),
+      );
+    }
+    // No Firecracker and no kernel here: doctor says so and fails.
+    expect(byName.get("vmm-version")?.status).toBe("CHECK_STATUS_FAIL");
+    expect(byName.get("default-kernel")?.status).toBe("CHECK_STATUS_FAIL");
+    expect(report.ok).toBe(false);
+    expect(doctor.code).toBe(1);
+  });
+
+  it("restarts in dependency order and comes back healthy", async () => {
+    const before = await Promise.all(SERVICES.map((unit) => unitProperty(unit, "MainPID")));
+    const restarted = await banger(["system", "restart"]);
+    expect(restarted.stderr).toBe("");
+    expect(restarted.code).toBe(0);
+    const after = await Promise.all(SERVICES.map((unit) => unitProperty(unit, "MainPID")));
+    for (const [i, unit] of SERVICES.entries()) {
+      expect(`${unit} ${after[i] !== before[i] && Number(after[i]) > 1}`).toBe(`${unit} true`);
+    }
+    const status = await banger(["system", "status", "--json"]);
+    expect(status.code).toBe(0);
+    expect((JSON.parse(status.stdout) as { healthy: boolean }).healthy).toBe(true);
+  });
+
+  it("upgrades in place: install again keeps the owner's state", async () => {
+    const db = "/var/lib/banger/banger.db";
+    const before = (await sh(["stat", "-c", "%i", db])).stdout.trim();
+    expect(before).not.toBe("");
+    const again = await banger(["system", "install", "--owner", OWNER.name]);
+    expect(again.stderr).toBe("");
+    expect(again.code).toBe(0);
+    expect((await sh(["stat", "-c", "%i", db])).stdout.trim()).toBe(before);
+    expect((await banger(["vm", "list"], OWNER)).code).toBe(0);
+  });
+
+  it("uninstalls: units, sockets and metadata gone, state kept; --purge removes the state", async () => {
+    const removed = await banger(["system", "uninstall"]);
+    expect(removed.stderr).toBe("");
+    expect(removed.code).toBe(0);
+    for (const unit of [...SERVICES, ...SOCKETS]) {
+      expect(`${unit} ${await unitProperty(unit, "LoadState")}`).toBe(`${unit} not-found`);
+    }
+    expect((await sh(["ls", "/etc/banger"])).code).not.toBe(0);
+    expect((await sh(["ls", "/run/banger/orchestrator.sock"])).code).not.toBe(0);
+    expect((await sh(["ls", "/var/lib/banger/banger.db"])).code).toBe(0);
+    expect((await sh(["pgrep", "-f", `${ROOT}/services/`])).stdout).toBe("");
+    const owner = await banger(["vm", "list"], OWNER);
+    expect(owner.code).not.toBe(0);
+
+    expect((await banger(["system", "install", "--owner", OWNER.name])).code).toBe(0);
+    const purged = await banger(["system", "uninstall", "--purge"]);
+    expect(purged.code).toBe(0);
+    expect((await sh(["ls", "/var/lib/banger"])).code).not.toBe(0);
+    expect((await sh(["ls", "/var/cache/banger-image-puller"])).code).not.toBe(0);
+  });
+});
