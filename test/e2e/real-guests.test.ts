@@ -10,20 +10,10 @@
  * Each step prints its wall time. Nothing is faked.
  */
 import { execFileSync, spawnSync } from "node:child_process";
-import {
-  copyFileSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  readdirSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { planModules, readModuleIndex } from "../../services/orchestrator/src/guest/initramfs.js";
 import { HAVE_REGISTRY_TOOLS } from "../../services/image-puller/src/registry/testing/oci-image.js";
 import {
   startRegistry,
@@ -31,17 +21,11 @@ import {
 } from "../../services/image-puller/src/registry/testing/registry-process.js";
 import { MDWE_WRAPPER, OWNER_CAN_READ_CHECKOUT, ROOT, startCluster, type Cluster } from "../integration/harness.js";
 import { IS_ROOT, createNetNs, type NetNs } from "../integration/netns.js";
+import { KERNEL_VERSION, writeKernelPackage } from "./support/kernel-package.js";
 
 const OWNER = 1000;
 const QEMU = "/usr/bin/qemu-system-x86_64";
-const kernelVersion = existsSync("/boot")
-  ? readdirSync("/boot")
-      .filter((f) => f.startsWith("vmlinuz-"))
-      .map((f) => f.slice("vmlinuz-".length))
-      .filter((v) => existsSync(join("/lib/modules", v, "modules.dep")))
-      .sort()
-      .at(-1)
-  : undefined;
+const kernelVersion = KERNEL_VERSION;
 const missing = [
   !IS_ROOT && "root",
   !OWNER_CAN_READ_CHECKOUT && "a checkout uid 1000 can read",
@@ -112,26 +96,10 @@ beforeAll(async () => {
   }
   console.log(`e2e: guest images built and pushed in ${((Date.now() - t) / 1000).toFixed(1)} s`);
 
-  // The kernel package's layout with only the modules banger's initramfs loads (the whole tree is 400 MB).
   t = Date.now();
-  const pkg = join(work, "kernel-pkg");
-  const modules = join(pkg, "lib", "modules", version);
-  mkdirSync(join(pkg, "boot"), { recursive: true });
-  copyFileSync(join("/boot", `vmlinuz-${version}`), join(pkg, "boot", `vmlinuz-${version}`));
-  const hostModules = join("/lib/modules", version);
-  const plan = planModules(await readModuleIndex(hostModules));
-  for (const file of ["modules.dep", "modules.builtin", "modules.alias", "modules.softdep", "modules.order"]) {
-    if (existsSync(join(hostModules, file))) {
-      mkdirSync(modules, { recursive: true });
-      copyFileSync(join(hostModules, file), join(modules, file));
-    }
-  }
-  for (const module of plan.load) {
-    mkdirSync(dirname(join(modules, module.path)), { recursive: true });
-    copyFileSync(join(hostModules, module.path), join(modules, module.path));
-  }
+  const modules = await writeKernelPackage(version, join(work, "kernel-pkg"));
   execFileSync("chown", ["-R", `${OWNER}:${OWNER}`, work]);
-  console.log(`e2e: kernel layout (${plan.load.length} modules) in ${((Date.now() - t) / 1000).toFixed(1)} s`);
+  console.log(`e2e: kernel layout (${modules} modules) in ${((Date.now() - t) / 1000).toFixed(1)} s`);
 
   cluster = await startCluster({
     owner: OWNER,

@@ -8,11 +8,27 @@
  * and uninstall must leave what they promise. Nothing is faked; nothing on
  * this host changes (the container's writes die with its tmpfs).
  */
-import { spawnSync } from "node:child_process";
-import { realpathSync } from "node:fs";
-import { dirname } from "node:path";
+import { execFileSync, spawnSync } from "node:child_process";
+import {
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  realpathSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { HAVE_REGISTRY_TOOLS } from "../../services/image-puller/src/registry/testing/oci-image.js";
+import {
+  startRegistry,
+  type RegistryProcess,
+} from "../../services/image-puller/src/registry/testing/registry-process.js";
 import { OWNER_CAN_READ_CHECKOUT, ROOT } from "../integration/harness.js";
+import { KERNEL_VERSION, writeKernelPackage } from "./support/kernel-package.js";
 import { HAVE_NSPAWN, bootContainer, onRootFileSystem, type Container, type RunResult } from "./support/nspawn.js";
 
 const IS_ROOT = process.getuid?.() === 0;
@@ -43,7 +59,25 @@ const missing = [
 if (missing.length > 0)
   console.warn(`SKIPPING banger system against a live systemd: this machine lacks ${missing.join(", ")}`);
 
+/** What the VM part needs beyond the rest: it boots a real guest under the installed units (QEMU, TCG). */
+const vmMissing = [
+  !existsSync("/usr/bin/qemu-system-x86_64") && "qemu-system-x86",
+  !KERNEL_VERSION && "linux-image-amd64",
+  !existsSync("/bin/busybox") && "busybox-static",
+  !existsSync("/usr/sbin/dropbear") && "dropbear-bin",
+  !HAVE_REGISTRY_TOOLS && "docker-registry and skopeo",
+  !existsSync("/dev/loop-control") && "loop devices",
+].filter((m): m is string => typeof m === "string");
+if (missing.length === 0 && vmMissing.length > 0) {
+  console.warn(`SKIPPING VMs under the installed units: this machine lacks ${vmMissing.join(", ")}`);
+}
+const vmIt = it.skipIf(vmMissing.length > 0);
+
 let container: Container;
+let registry: RegistryProcess | undefined;
+let work: string;
+/** QEMU's pid while the VM runs (it must survive a restart of the services). */
+let qemuPid = "";
 
 function log(line: string): void {
   console.log(`[systemd-live] ${line}`);
@@ -87,13 +121,55 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
   beforeAll(async () => {
     const node = realpathSync(process.execPath);
     const binds = [ROOT, ...(onRootFileSystem(node) ? [] : [dirname(dirname(node))])];
-    const started = Date.now();
-    container = await bootContainer({ binds, log });
+    // The helper attaches loop devices: nspawn's /dev has none, so this host's nodes are shown inside.
+    const devices = readdirSync("/dev")
+      .filter((name) => /^loop(-control|[0-9]+)$/.test(name))
+      .map((name) => `/dev/${name}`);
+    let started = Date.now();
+    container = await bootContainer({ binds, devices, log });
     log(`booted in ${Date.now() - started} ms`);
-  }, 120_000);
+    if (vmMissing.length > 0) return;
+
+    // What the owner brings: a config for QEMU under TCG, and a kernel package in their home
+    // (bangerd's unit sees the owner's home read-only, and neither /tmp nor /lib/modules).
+    started = Date.now();
+    const home = join(container.rootDir, OWNER.home);
+    const configDir = join(home, ".config", "banger");
+    mkdirSync(configDir, { recursive: true });
+    writeFileSync(
+      join(configDir, "config.toml"),
+      [
+        'vmm = "qemu-microvm"',
+        "[vm]",
+        "vcpu = 1",
+        "memory_mib = 256",
+        "work_disk_mib = 256",
+        "[image]",
+        "min_rootfs_mib = 64",
+        "",
+      ].join("\n"),
+    );
+    const modules = await writeKernelPackage(KERNEL_VERSION ?? "", join(home, "kernel-pkg"));
+    execFileSync("chown", ["-R", `${OWNER.uid}:${OWNER.gid}`, join(home, ".config"), join(home, "kernel-pkg")]);
+    chownSync(home, OWNER.uid, OWNER.gid);
+
+    // A registry on the container's 127.0.0.1, with a busybox + dropbear image pushed to it.
+    work = mkdtempSync(join(tmpdir(), "banger-live-"));
+    const inNet = ["nsenter", `--net=/proc/${container.leader}/ns/net`, "--"];
+    registry = await startRegistry(join(work, "registry"), undefined, inNet);
+    execFileSync(inNet[0] ?? "", [
+      ...inNet.slice(1),
+      process.execPath,
+      join(ROOT, "test/e2e/support/guest-image.mjs"),
+      ...["--out", join(work, "guest"), "--tag", "1", "--push", `${registry.host}/banger/guest:1`],
+    ]);
+    log(`kernel package (${modules} modules), config and a guest image in the registry in ${Date.now() - started} ms`);
+  }, 180_000);
 
   afterAll(async () => {
     await container?.stop();
+    await registry?.stop();
+    if (work) rmSync(work, { recursive: true, force: true });
   }, 60_000);
 
   it("refuses status before install, and install refuses a non-root caller, changing nothing", async () => {
@@ -221,12 +297,66 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
         new RegExp(`^${name}: CHECK_STATUS_OK `),
       );
     }
-    // No Firecracker and no kernel here: doctor says so and fails.
-    expect(byName.get("vmm-version")?.status).toBe("CHECK_STATUS_FAIL");
+    // No kernel imported yet: doctor says so and fails. The VMM: QEMU where the VM part configured it,
+    // else Firecracker, which this machine lacks.
     expect(byName.get("default-kernel")?.status).toBe("CHECK_STATUS_FAIL");
+    expect(byName.get("vmm-version")?.status).toBe(vmMissing.length === 0 ? "CHECK_STATUS_OK" : "CHECK_STATUS_FAIL");
     expect(report.ok).toBe(false);
     expect(doctor.code).toBe(1);
   });
+
+  vmIt(
+    "pulls an image through the puller's unit, imports a kernel and builds its initramfs, as the owner",
+    async () => {
+      // bangerd's unit hides /lib/modules: importing the running system's kernel says so and what to do.
+      const fromRoot = await banger(["kernel", "import", "host", "/"], OWNER);
+      expect(fromRoot.code).toBe(1);
+      expect(fromRoot.stderr).toMatch(/bangerd cannot read \/lib\/modules: bangerd's unit .* into your home/);
+      for (const args of [
+        ["image", "pull", `${registry?.host ?? ""}/banger/guest:1`, "--name", "guest"],
+        ["kernel", "import", "debian", join(OWNER.home, "kernel-pkg")],
+        ["kernel", "initramfs", "debian"],
+      ]) {
+        const result = await banger(args, OWNER);
+        expect(result.code, `${args.join(" ")}\n${result.stderr}`).toBe(0);
+      }
+    },
+    300_000,
+  );
+
+  vmIt(
+    "boots a VM with NAT under the units: a real kernel answers exec, <name>.vm resolves",
+    async () => {
+      const created = await banger(
+        ["vm", "create", "--name", "one", "--image", "guest", "--nat", "--ssh-timeout", "120"],
+        OWNER,
+      );
+      expect(created.code, created.stderr).toBe(0);
+      expect(created.stderr).toMatch(/\n  wait-ssh\s+done/);
+      const uname = await banger(["vm", "exec", "one", "--", "uname", "-r"], OWNER);
+      expect(uname.stdout.trim()).toBe(KERNEL_VERSION);
+
+      // QEMU runs as the owner, inside the helper's sandbox (its seccomp filter and no new privileges).
+      qemuPid = (await sh(["pgrep", "-u", String(OWNER.uid), "-f", "qemu-system-x86_64"])).stdout.trim();
+      expect(qemuPid).toMatch(/^[0-9]+$/);
+      const qemu = await procStatus(qemuPid);
+      expect([qemu["Uid"]?.split(/\s+/)[0], qemu["NoNewPrivs"], qemu["Seccomp"], qemu["CapEff"]]).toEqual([
+        String(OWNER.uid),
+        "1",
+        "2",
+        "0000000000000000",
+      ]);
+
+      // .vm DNS on the port-53 sockets bangerd-dns.socket passes, from the host and from the guest.
+      const ip = (JSON.parse((await banger(["vm", "show", "one", "--json"], OWNER)).stdout) as { guestIp: string }[])[0]
+        ?.guestIp;
+      expect((await sh(["dig", "+short", "@172.30.0.1", "one.vm"])).stdout.trim()).toBe(ip);
+      const lookup = await banger(["vm", "exec", "one", "--", "nslookup", "one.vm"], OWNER);
+      expect(lookup.stdout).toContain(ip ?? "no ip");
+      expect((await sh(["nft", "list", "table", "ip", "banger"])).stdout).toMatch(/masquerade/);
+    },
+    300_000,
+  );
 
   it("restarts in dependency order and comes back healthy", async () => {
     const before = await Promise.all(SERVICES.map((unit) => unitProperty(unit, "MainPID")));
@@ -240,7 +370,13 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
     const status = await banger(["system", "status", "--json"]);
     expect(status.code).toBe(0);
     expect((JSON.parse(status.stdout) as { healthy: boolean }).healthy).toBe(true);
-  });
+    if (qemuPid !== "") {
+      // The VM lives through it (KillMode=process) and the new services find it.
+      expect((await sh(["pgrep", "-f", "qemu-system-x86_64"])).stdout.trim()).toBe(qemuPid);
+      const hostname = await banger(["vm", "exec", "one", "--", "cat", "/etc/hostname"], OWNER);
+      expect(hostname.stdout).toBe("one\n");
+    }
+  }, 60_000);
 
   it("upgrades in place: install again keeps the owner's state", async () => {
     const db = "/var/lib/banger/banger.db";
@@ -252,6 +388,26 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
     expect((await sh(["stat", "-c", "%i", db])).stdout.trim()).toBe(before);
     expect((await banger(["vm", "list"], OWNER)).code).toBe(0);
   });
+
+  vmIt(
+    "stops and deletes the VM, leaving no QEMU, tap, NAT rule, loop device or VM file",
+    async () => {
+      expect((await banger(["vm", "stop", "one"], OWNER)).code).toBe(0);
+      expect((await banger(["vm", "delete", "one"], OWNER)).code).toBe(0);
+      expect((await sh(["pgrep", "-f", "qemu-system-x86_64"])).stdout).toBe("");
+      const links = JSON.parse((await sh(["ip", "-j", "link", "show"])).stdout) as {
+        ifname: string;
+        ifalias?: string;
+      }[];
+      expect(links.filter((l) => l.ifalias?.startsWith("banger:tap:"))).toEqual([]);
+      expect((await sh(["nft", "list", "table", "ip", "banger"])).stdout).not.toMatch(/masquerade/);
+      expect((await sh(["losetup", "-l", "-n", "-O", "BACK-FILE"])).stdout).not.toContain("/var/lib/banger");
+      expect((await sh(["ls", "-A", "/var/lib/banger/vms", "/run/banger/vms"])).stdout.trim()).toBe(
+        "/run/banger/vms:\n\n/var/lib/banger/vms:",
+      );
+    },
+    120_000,
+  );
 
   it("uninstalls: units, sockets and metadata gone, state kept; --purge removes the state", async () => {
     const removed = await banger(["system", "uninstall"]);
@@ -272,5 +428,9 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
     expect(purged.code).toBe(0);
     expect((await sh(["ls", "/var/lib/banger"])).code).not.toBe(0);
     expect((await sh(["ls", "/var/cache/banger-image-puller"])).code).not.toBe(0);
+    // Nothing of banger's network is left: no bridge, no (warm-pool) tap, no nftables table.
+    const links = JSON.parse((await sh(["ip", "-j", "link", "show"])).stdout) as { ifname: string; ifalias?: string }[];
+    expect(links.filter((l) => l.ifalias?.startsWith("banger:")).map((l) => l.ifname)).toEqual([]);
+    expect((await sh(["nft", "list", "table", "ip", "banger"])).code).not.toBe(0);
   });
 });

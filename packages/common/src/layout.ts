@@ -5,6 +5,14 @@ export const DEFAULT_RUNTIME_DIR = "/run/banger";
 /** Where durable state lives when none is named: systemd's StateDirectory. */
 export const DEFAULT_STATE_DIR = "/var/lib/banger";
 
+/**
+ * The alias on every link banger makes (`banger:bridge`, `banger:tap:<vm_id>`,
+ * `banger:pool`): how the helper, and `banger system uninstall`, know banger's links.
+ */
+export const LINK_ALIAS_PREFIX = "banger:";
+/** banger's nftables table (`ip banger`): the VMs' masquerade rules. */
+export const NFT_TABLE = "banger";
+
 /** Every path derived from banger's runtime directory; nobody joins these by hand. */
 export interface RuntimeLayout {
   readonly runtimeDir: string;

@@ -30,6 +30,8 @@ export interface RunOptions {
 export interface Container {
   /** The container's PID 1 (systemd), as a pid of this host. */
   readonly leader: number;
+  /** The container's root as this host sees it: files written under it appear inside (and die with it). */
+  readonly rootDir: string;
   /** Runs argv inside the container (all its namespaces). */
   run(argv: readonly string[], options?: RunOptions): Promise<RunResult>;
   /** Powers the container off and removes the overlay. */
@@ -76,6 +78,8 @@ function run(argv: readonly string[], timeoutMs: number): Promise<RunResult> {
  */
 export async function bootContainer(options: {
   binds: readonly string[];
+  /** Host device nodes shown inside (nspawn's /dev has no loop devices). */
+  devices?: readonly string[];
   log: (line: string) => void;
 }): Promise<Container> {
   // systemd-nspawn leaves its (empty) bookkeeping directories in /run/systemd/nspawn behind.
@@ -115,6 +119,7 @@ export async function bootContainer(options: {
         // Its own network namespace: no clash with this host's addresses or ports, and CAP_NET_ADMIN inside.
         "--private-network",
         ...options.binds.map((path) => `--bind-ro=${path}`),
+        ...(options.devices ?? []).map((path) => `--bind=${path}`),
         // Arguments to the container's systemd: boot no further than basic.target (no getty, no
         // services of the host's own).
         "--",
@@ -184,7 +189,7 @@ export async function bootContainer(options: {
     options.log(
       `systemd ${spawnSync("systemctl", ["--version"], { encoding: "utf8" }).stdout.split("\n")[0] ?? ""} is PID 1 in the container (host pid ${pid1})`,
     );
-    return { leader: pid1, run: inside, stop };
+    return { leader: pid1, rootDir: merged, run: inside, stop };
   } catch (error) {
     await stop();
     throw error;

@@ -117,10 +117,14 @@ export function registerSystemCommands(program: Command): void {
   system
     .command("uninstall")
     .description(
-      "stop, disable and remove the units, the metadata and the sysctl and sysusers files; keeps " +
-        `${SYSTEM_PATHS.stateDir} (images, VMs) and ${SYSTEM_PATHS.cacheDir} unless --purge (root)`,
+      "stop, disable and remove the units, the metadata, the sysctl and sysusers files and the warm-pool taps; keeps " +
+        `${SYSTEM_PATHS.stateDir} (images, VMs), ${SYSTEM_PATHS.cacheDir} and the bridge unless --purge (root)`,
     )
-    .option("--purge", "also delete the state and the caches: every image, VM disk and cached blob")
+    .option(
+      "--purge",
+      "also delete the state and the caches (every image, VM disk and cached blob), the bridge and the NAT table; " +
+        "refused while a VM has files in /run/banger/vms",
+    )
     .option("--root <dir>", "remove what `install --root DIR` wrote into DIR; touches nothing of the running system")
     .action((opts: { purge?: boolean; root?: string }) => {
       const root = absolute(opts.root, "--root");

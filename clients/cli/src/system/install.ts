@@ -18,6 +18,7 @@ import {
 import { dirname, join } from "node:path";
 import { BANGER_VERSION } from "@banger/common";
 import { waitForHealth, allAnswer, type LiveStatus } from "./health.js";
+import { removeHostNetwork } from "./host-network.js";
 import { groupIdFromFile, lookupGroupId, lookupUser, userFromFile, type SystemHost, type UserEntry } from "./host.js";
 import {
   BANGER_GROUP,
@@ -383,6 +384,8 @@ export function uninstall(ctx: SystemContext, options: UninstallOptions): void {
     // The sockets' RemoveOnStop= removes their files; the runtime directory goes too when no VM has one there.
     removeIfEmpty(join(SYSTEM_PATHS.runtime.runtimeDir, "vms"));
     removeIfEmpty(SYSTEM_PATHS.runtime.runtimeDir);
+    const network = removeHostNetwork(ctx.host, options.purge ? "all" : "pool");
+    if (network.length > 0) ctx.say(`removed ${network.join(" ")}`);
   }
   const enabled = ENABLED_UNITS.filter((unit) => presentUnits.includes(unit));
   if (enabled.length > 0) {

@@ -434,7 +434,7 @@ async function validSourceDir(path: string): Promise<string> {
     if (code === "ENOENT" || code === "ENOTDIR") {
       throw new NotFoundError(`${dir} does not exist`, { reason: "PATH_NOT_FOUND", cause: error });
     }
-    if (code === "EACCES") throw new PermissionDeniedError(`${dir} cannot be read`, { cause: error });
+    if (code === "EACCES") throw unreadable(dir, error);
     throw error;
   }
   if (!info.isDirectory()) throw new InvalidArgumentError(`${dir} is not a directory`, { reason: "INVALID_PATH" });
@@ -605,6 +605,19 @@ export function compareVersions(a: string, b: string): number {
   return 0;
 }
 
+/**
+ * A directory bangerd may not read. Under its unit (systemd sets INVOCATION_ID) that is usually
+ * the sandbox: it sees the owner's home read-only and never /lib/modules.
+ */
+function unreadable(dir: string, cause: unknown): PermissionDeniedError {
+  const why =
+    process.env["INVOCATION_ID"] === undefined
+      ? ""
+      : ": bangerd's unit shows it only your home (read-only) and hides /lib/modules; copy the kernel package " +
+        "(boot/vmlinuz-VERSION, lib/modules/VERSION) into your home and import that copy";
+  return new PermissionDeniedError(`bangerd cannot read ${dir}${why}`, { reason: "SOURCE_UNREADABLE", cause });
+}
+
 /** Names of the regular files (or directories) in `dir`, symbolic links followed; none if it is missing. */
 async function entries(dir: string, kind: "file" | "directory"): Promise<string[]> {
   let names: string[];
@@ -613,6 +626,7 @@ async function entries(dir: string, kind: "file" | "directory"): Promise<string[
   } catch (error) {
     const code = errnoOf(error);
     if (code === "ENOENT" || code === "ENOTDIR") return [];
+    if (code === "EACCES" || code === "EPERM") throw unreadable(dir, error);
     throw error;
   }
   const kept = await Promise.all(

@@ -13,7 +13,7 @@ import {
 } from "@banger/common";
 import type { HelperConfig } from "../config.js";
 import { uidOf } from "../host/passwd.js";
-import type { Runner } from "@banger/common";
+import { NFT_TABLE, type Runner } from "@banger/common";
 import { ALIAS_PREFIX, DEVICE_PREFIX, tapName, validBridgeName, validVmId } from "../validate/ids.js";
 import { contains, parseHostCidr, parseIpv4, routeRange, type Ipv4Cidr } from "../validate/ipv4.js";
 import { withUndo } from "./undo.js";
@@ -58,8 +58,7 @@ export interface NetworkDeps {
   readonly resolvedPresent: () => boolean;
 }
 
-/** banger's nftables table and chain. */
-const NFT_TABLE = "banger";
+/** banger's nftables chain (in common's NFT_TABLE). */
 const NFT_CHAIN = "postrouting";
 const POOL_NAME = /^bgr-p[0-9a-f]{10}$/;
 

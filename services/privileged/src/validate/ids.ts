@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { InvalidArgumentError } from "@banger/common";
+import { InvalidArgumentError, LINK_ALIAS_PREFIX } from "@banger/common";
 
 /** VM ids as every banger service spells them; checked once, before they become names or paths. */
 const VM_ID = /^[a-z0-9][a-z0-9-]{0,31}$/;
@@ -8,7 +8,7 @@ const VM_ID = /^[a-z0-9][a-z0-9-]{0,31}$/;
 export const DEVICE_PREFIX = "bgr-";
 
 /** Link alias that marks a link as banger's: `banger:tap:<vm_id>`, `banger:pool`, `banger:bridge`. */
-export const ALIAS_PREFIX = "banger:";
+export const ALIAS_PREFIX = LINK_ALIAS_PREFIX;
 
 export function validVmId(value: string, field = "vm_id"): string {
   if (!VM_ID.test(value)) {

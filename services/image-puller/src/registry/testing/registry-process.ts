@@ -21,7 +21,15 @@ export interface RegistryProcess {
   stop(): Promise<void>;
 }
 
-export async function startRegistry(dir: string, auth?: TokenAuthConfig): Promise<RegistryProcess> {
+/**
+ * `launcher` runs the registry through a command, e.g. `nsenter --net=/proc/PID/ns/net --`
+ * to serve 127.0.0.1 of another network namespace.
+ */
+export async function startRegistry(
+  dir: string,
+  auth?: TokenAuthConfig,
+  launcher: readonly string[] = [],
+): Promise<RegistryProcess> {
   mkdirSync(join(dir, "storage"), { recursive: true });
   const lines = [
     "version: 0.1",
@@ -49,7 +57,8 @@ export async function startRegistry(dir: string, auth?: TokenAuthConfig): Promis
   const configPath = join(dir, "config.yml");
   writeFileSync(configPath, `${lines.join("\n")}\n`);
 
-  const child = spawn("docker-registry", ["serve", configPath], { stdio: ["ignore", "pipe", "pipe"] });
+  const [command = "", ...args] = [...launcher, "docker-registry", "serve", configPath];
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   let log = "";
   const host = await new Promise<string>((resolve, reject) => {
