@@ -89,6 +89,7 @@ async function banger(args: readonly string[], user?: typeof OWNER): Promise<Run
   log(
     `banger ${args.join(" ")}${user ? ` (as ${user.name})` : ""} → exit ${result.code} in ${Date.now() - started} ms`,
   );
+  if (result.code !== 0 && result.stderr !== "") log(`  stderr: ${result.stderr.trim()}`);
   return result;
 }
 
@@ -354,6 +355,12 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
       const lookup = await banger(["vm", "exec", "one", "--", "nslookup", "one.vm"], OWNER);
       expect(lookup.stdout).toContain(ip ?? "no ip");
       expect((await sh(["nft", "list", "table", "ip", "banger"])).stdout).toMatch(/masquerade/);
+      // Stats come from the helper (bangerd's unit cannot see the VMM's /proc).
+      const stats = await banger(["vm", "stats", "one", "--json"], OWNER);
+      expect(stats.code, stats.stderr).toBe(0);
+      expect(Number((JSON.parse(stats.stdout) as { memoryRssBytes: string | number }).memoryRssBytes)).toBeGreaterThan(
+        16 << 20,
+      );
     },
     300_000,
   );
@@ -392,7 +399,11 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
   vmIt(
     "stops and deletes the VM, leaving no QEMU, tap, NAT rule, loop device or VM file",
     async () => {
-      expect((await banger(["vm", "stop", "one"], OWNER)).code).toBe(0);
+      // Without its acpid the guest never hears the power button: the helper must SIGTERM QEMU (the owner's
+      // process) after the timeout, from inside its unit.
+      await banger(["vm", "exec", "one", "--", "sh", "-c", "kill $(cat /run/banger/acpid.pid)"], OWNER);
+      const stopped = await banger(["vm", "stop", "one", "--timeout", "2"], OWNER);
+      expect(stopped.code, stopped.stderr).toBe(0);
       expect((await banger(["vm", "delete", "one"], OWNER)).code).toBe(0);
       expect((await sh(["pgrep", "-f", "qemu-system-x86_64"])).stdout).toBe("");
       const links = JSON.parse((await sh(["ip", "-j", "link", "show"])).stdout) as {

@@ -112,6 +112,26 @@ describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("the helper launches VMMs as the owner
       const error = await failure(call);
       expect(error.code, `${what}: ${error.rawMessage}`).toBe(code);
     }
+    // GetVmm: the VM's VMM runs, with the CPU time and memory of that process; any other proof is "not
+    // running" (what the orchestrator asks while it waits for a stop), and a malformed one is refused.
+    const state = await vmm.getVmm({ vmId: "box", pid, startTime });
+    expect(state.running).toBe(true);
+    expect(state.rssBytes).toBeGreaterThan(1n << 20n); // a Node process
+    expect(state.cpuTimeMs).toBeGreaterThan(0n);
+    for (const [what, request] of [
+      ["a wrong start time", { vmId: "box", pid, startTime: later }],
+      ["another VM's id", { vmId: "other", pid, startTime }],
+      ["an unrelated process", { vmId: "box", pid: otherPid, startTime }],
+    ] as const) {
+      expect(await vmm.getVmm(request), what).toMatchObject({ running: false, cpuTimeMs: 0n, rssBytes: 0n });
+    }
+    for (const request of [
+      { vmId: "box", pid: 1, startTime },
+      { vmId: "box", pid },
+      { vmId: "../x", pid, startTime },
+    ]) {
+      expect((await failure(() => vmm.getVmm(request))).code).toBe(Code.InvalidArgument);
+    }
     expect(alive(pid)).toBe(true);
     expect(alive(otherPid)).toBe(true);
     unrelated.kill();
@@ -123,6 +143,7 @@ describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("the helper launches VMMs as the owner
     expect(await vmm.signalVmm({ vmId: "box", pid, startTime, signal: VmmSignal.TERM })).toMatchObject({
       existed: false,
     });
+    expect((await vmm.getVmm({ vmId: "box", pid, startTime })).running).toBe(false);
     expect((await createClient(HostService, helper.transport.transport).getInventory({})).vmmProcesses).toEqual([]);
   });
 

@@ -45,6 +45,12 @@ export interface HostFeatures {
   readonly modulesVisible?: boolean;
 }
 
+export interface VmmState {
+  readonly running: boolean;
+  readonly cpuTimeMs: number;
+  readonly rssBytes: number;
+}
+
 export interface HostPort {
   inventory(scope: CallScope): Promise<HostInventory>;
   /** What the host can do, as the helper sees it (probed at each call). */
@@ -77,6 +83,8 @@ export interface HostPort {
   removeVmmFiles(vmId: string, scope: CallScope): Promise<boolean>;
   /** Returns whether the process still existed. */
   signalVmm(vmId: string, pid: number, startTime: Date, signal: "term" | "kill", scope: CallScope): Promise<boolean>;
+  /** Whether the VM's VMM (that pid, started then) still runs, and its CPU time and memory: the helper's view. */
+  vmmState(vmId: string, pid: number, startTime: Date, scope: CallScope): Promise<VmmState>;
 }
 
 /** The machine QEMU is started with (privileged vmm.proto `QemuMachine`). */

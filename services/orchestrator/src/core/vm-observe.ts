@@ -5,15 +5,14 @@
  * VM's host key on first contact and forgets it when the VM is deleted).
  */
 import { execFile } from "node:child_process";
-import { open, readFile, rm, stat } from "node:fs/promises";
+import { open, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { FailedPreconditionError } from "@banger/common";
+import type { VmmState } from "./host.js";
 
 const MAX_CHUNK = 64 * 1024;
 const FOLLOW_POLL_MS = 250;
-/** Kernel clock ticks per second (`getconf CLK_TCK`; 100 on every Linux banger runs on). */
-const CLOCK_TICKS = 100;
 
 /** The last `lines` lines of `text` (all of it for 0). */
 export function lastLines(text: Buffer, lines: number): Buffer {
@@ -88,21 +87,6 @@ export async function* readLog(
   }
 }
 
-/** CPU ticks (user + system) and resident bytes of a process, from /proc. */
-async function processUsage(pid: number): Promise<{ ticks: number; rssBytes: number }> {
-  try {
-    const statLine = await readFile(`/proc/${pid}/stat`, "utf8");
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    const fields = statLine.slice(statLine.lastIndexOf(")") + 2).split(" ");
-    const ticks = Number(fields[11]) + Number(fields[12]); // utime, stime (fields 14 and 15)
-    const status = await readFile(`/proc/${pid}/status`, "utf8");
-    const rssKib = Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1] ?? 0);
-    return { ticks, rssBytes: rssKib * 1024 };
-  } catch (error) {
-    throw new FailedPreconditionError(`the VMM process ${pid} is gone`, { reason: "VM_NOT_RUNNING", cause: error });
-  }
-}
-
 export interface VmUsage {
   readonly time: Date;
   readonly cpuTimeMs: number;
@@ -112,18 +96,30 @@ export interface VmUsage {
   readonly workDiskUsedBytes: number;
 }
 
-/** Resource use of a running VM: its VMM process over `windowMs`, and the blocks its disk files hold. */
-export async function measureVm(pid: number, disks: { root: string; work: string }, windowMs = 1000): Promise<VmUsage> {
-  const before = await processUsage(pid);
+/**
+ * Resource use of a running VM: its VMM over `windowMs` (as the helper sees it: bangerd's unit cannot
+ * read another user namespace's /proc), and the blocks its disk files hold.
+ */
+export async function measureVm(
+  vmm: () => Promise<VmmState>,
+  disks: { root: string; work: string },
+  windowMs = 1000,
+): Promise<VmUsage> {
+  const sample = async () => {
+    const state = await vmm();
+    if (!state.running) throw new FailedPreconditionError("the VM's VMM is gone", { reason: "VM_NOT_RUNNING" });
+    return state;
+  };
+  const before = await sample();
   const t0 = performance.now();
   await new Promise((resolve) => setTimeout(resolve, windowMs));
-  const after = await processUsage(pid);
+  const after = await sample();
   const seconds = (performance.now() - t0) / 1000;
   const used = async (path: string) => ((await stat(path).catch(() => undefined))?.blocks ?? 0) * 512;
   return {
     time: new Date(),
-    cpuTimeMs: (after.ticks * 1000) / CLOCK_TICKS,
-    cpuPercent: ((after.ticks - before.ticks) / CLOCK_TICKS / seconds) * 100,
+    cpuTimeMs: after.cpuTimeMs,
+    cpuPercent: ((after.cpuTimeMs - before.cpuTimeMs) / 1000 / seconds) * 100,
     memoryRssBytes: after.rssBytes,
     rootDiskUsedBytes: await used(disks.root),
     workDiskUsedBytes: await used(disks.work),

@@ -192,6 +192,10 @@ function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPo
       calls.push("signalVmm");
       return Promise.resolve(model.vmms.delete(vmId));
     },
+    vmmState(vmId) {
+      const running = model.vmms.has(vmId);
+      return Promise.resolve({ running, cpuTimeMs: running ? 1234 : 0, rssBytes: running ? 64 << 20 : 0 });
+    },
   };
 }
 

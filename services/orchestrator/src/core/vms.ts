@@ -10,7 +10,7 @@
  * of different VMs overlap.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { chmod, mkdir, open, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
@@ -161,6 +161,8 @@ interface RootAttachment {
 
 const VM_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
 const DEFAULT_SSH_TIMEOUT_MS = 60_000;
+/** How often a stop asks the helper whether the VMM has exited. */
+const EXIT_POLL_MS = 100;
 const DEFAULT_STOP_TIMEOUT_MS = 30_000;
 /** How long a VMM gets to exit after SIGTERM before SIGKILL. */
 const TERM_GRACE_MS = 3_000;
@@ -475,6 +477,18 @@ export function createVmService(deps: {
     await updateVm(db, vm.name, { updatedAt: now(), desiredState: "running", lastError: null, startedAt: now() });
   }
 
+  /** Polls the helper until the VM's VMM is gone (it proves the pid is still that VMM). */
+  async function waitForExit(handle: Handles, vmId: string, timeoutMs: number, scope: CallScope): Promise<void> {
+    const startTime = new Date(handle.startTime);
+    const deadline = Date.now() + timeoutMs;
+    while ((await host.vmmState(vmId, handle.pid, startTime, scope)).running) {
+      if (Date.now() > deadline || scope.signal?.aborted) {
+        throw new Error(`VMM ${handle.pid} still runs after ${timeoutMs} ms`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, EXIT_POLL_MS));
+    }
+  }
+
   /** Stops the VMM (graceful first unless `force`), then releases its tap and NAT rule. */
   async function halt(vm: VmRecord, options: { timeoutMs: number | undefined; force: boolean }, scope: CallScope) {
     const handle = handles.get(vm.id);
@@ -485,13 +499,13 @@ export function createVmService(deps: {
         // The guest shuts down (Ctrl-Alt-Del); then the VMM is asked to exit (SIGTERM); then it is killed.
         try {
           await drivers[vm.vmm].requestShutdown(handle.controlSocket);
-          await waitForExit(handle.pid, vm.id, options.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS, scope.signal);
+          await waitForExit(handle, vm.id, options.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS, scope);
           gone = true;
         } catch (error) {
           logger.warn({ vm: vm.name, err: error }, "the guest did not shut down in time; stopping the VMM");
           try {
             await host.signalVmm(vm.id, handle.pid, startTime, "term", scope);
-            await waitForExit(handle.pid, vm.id, TERM_GRACE_MS, scope.signal);
+            await waitForExit(handle, vm.id, TERM_GRACE_MS, scope);
             gone = true;
           } catch (termError) {
             logger.warn({ vm: vm.name, err: termError }, "the VMM did not exit on SIGTERM; killing it");
@@ -852,7 +866,9 @@ export function createVmService(deps: {
       const vm = await find(name);
       const handle = handles.get(vm.id);
       if (!handle) throw new FailedPreconditionError(`VM ${name} is not running`, { reason: "VM_NOT_RUNNING" });
-      const usage = await measureVm(handle.pid, {
+      const startTime = new Date(handle.startTime);
+      const scope = { signal: AbortSignal.timeout(10_000) };
+      const usage = await measureVm(() => host.vmmState(vm.id, handle.pid, startTime, scope), {
         root: join(vmDir(vm.id), ROOT_DISK),
         work: join(vmDir(vm.id), WORK_DISK),
       });
@@ -950,9 +966,11 @@ export function createVmService(deps: {
         }
         if (!stored) continue;
         const pid = stored.pid;
+        // Without the helper's inventory only "some process has that pid" can be known (bangerd's unit
+        // cannot read the VMM's /proc): keep the VM rather than lose a running one; the helper proves it later.
         const alive = inventory
           ? inventory.vmms.some((vmm) => vmm.vmId === vm.id && vmm.pid === pid)
-          : processAlive(pid, vm.id);
+          : processIsAlive(pid);
         if (alive) {
           handles.set(vm.id, stored);
           // Its DNS name, NAT rule, … are put back (postStart hooks are idempotent).
@@ -1060,28 +1078,6 @@ export function createVmService(deps: {
   }
 
   return service;
-}
-
-/**
- * Whether `pid` is still this VM's VMM: its command line names the VM id (Firecracker's `--id`) or a
- * path in the VM's runtime directory (QEMU's `-qmp unix:…/vms/<id>/qmp.sock,…`).
- */
-function processAlive(pid: number, vmId: string): boolean {
-  if (!processIsAlive(pid)) return false;
-  try {
-    const args = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
-    return args.some((arg) => arg === vmId || arg.includes(`/vms/${vmId}/`));
-  } catch {
-    return false;
-  }
-}
-
-async function waitForExit(pid: number, vmId: string, timeoutMs: number, signal: AbortSignal): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (processAlive(pid, vmId)) {
-    if (Date.now() > deadline || signal.aborted) throw new Error(`VMM ${pid} still runs after ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
 }
 
 /** The operation result and rpc shape: the Vm in proto JSON form. */

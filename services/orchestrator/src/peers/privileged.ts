@@ -138,6 +138,10 @@ export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
       );
       return sent.existed;
     },
+    async vmmState(vmId, pid, startTime, scope) {
+      const state = await vmm.getVmm({ vmId, pid, startTime: timestampFromDate(startTime) }, callOptions(scope));
+      return { running: state.running, cpuTimeMs: Number(state.cpuTimeMs), rssBytes: Number(state.rssBytes) };
+    },
     close,
   };
 }

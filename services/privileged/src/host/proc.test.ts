@@ -33,8 +33,8 @@ afterAll(() => {
 
 /** A stat line as the kernel writes it, with `comm` and start time chosen by the test. */
 function statLine(pid: number, comm: string, startTime: number, state = "S"): string {
-  const after = [state, "1", String(pid), String(pid), "0", "-1", "4194560", "0", "0", "0", "0", "0", "0", "0", "0"];
-  // fields 3..17 above, then 18 priority, 19 nice, 20 threads, 21 itrealvalue, 22 starttime, 23 vsize
+  const after = [state, "1", String(pid), String(pid), "0", "-1", "4194560", "0", "0", "0", "0", "7", "5", "0", "0"];
+  // fields 3..17 above (14 utime, 15 stime), then 18 priority, 19 nice, 20 threads, 21 itrealvalue, 22 starttime, 23 vsize
   return `${pid} (${comm}) ${[...after, "20", "0", "1", "0", String(startTime), "1000", "0"].join(" ")}\n`;
 }
 
@@ -71,6 +71,7 @@ describe("parseStat", () => {
       pgrp: 42,
       session: 42,
       startTime: 987654321n,
+      cpuTicks: 12,
     });
   });
 

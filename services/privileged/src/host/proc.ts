@@ -26,6 +26,8 @@ export interface ProcStat {
   readonly session: number;
   /** Field 22: clock ticks (CLK_TCK) since boot at which the process started. */
   readonly startTime: bigint;
+  /** Fields 14 + 15: CPU time used, user plus system, in clock ticks. */
+  readonly cpuTicks: number;
 }
 
 /** Real, effective, saved and filesystem ids from /proc/<pid>/status. */
@@ -87,6 +89,7 @@ export function parseStat(text: string): ProcStat {
     pgrp: Number(field(5)),
     session: Number(field(6)),
     startTime: BigInt(startTime),
+    cpuTicks: Number(field(14)) + Number(field(15)),
   };
 }
 
@@ -146,6 +149,14 @@ export async function readCmdline(pid: number, procRoot = DEFAULT_PROC_ROOT): Pr
 export async function readCredentials(pid: number, procRoot = DEFAULT_PROC_ROOT): Promise<ProcCredentials | undefined> {
   const raw = await readProcFile(procRoot, pid, "status");
   return raw === undefined ? undefined : parseStatus(raw.toString("utf8"));
+}
+
+/** Resident memory (VmRSS in /proc/<pid>/status) in bytes; undefined when gone (0 for a kernel thread). */
+export async function readRssBytes(pid: number, procRoot = DEFAULT_PROC_ROOT): Promise<number | undefined> {
+  const raw = await readProcFile(procRoot, pid, "status");
+  if (raw === undefined) return undefined;
+  const kib = /^VmRSS:\s+(\d+) kB$/m.exec(raw.toString("utf8"))?.[1];
+  return kib === undefined ? 0 : Number(kib) * 1024;
 }
 
 /** Every pid in the proc root (numeric entries only). */

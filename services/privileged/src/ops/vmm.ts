@@ -10,6 +10,7 @@
  * swapped in by the owner while the helper works cannot redirect a mkdir, a
  * chown or a create to somewhere else.
  */
+import { execFile } from "node:child_process";
 import { constants, type Stats } from "node:fs";
 import { lstat, mkdir, open, rm, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
@@ -24,6 +25,7 @@ import {
 import type { HelperConfig } from "../config.js";
 import { probeHostFeatures } from "../host/features.js";
 import {
+  CLK_TCK,
   DEFAULT_PROC_ROOT,
   cpuKhz,
   dateToStartTime,
@@ -31,6 +33,7 @@ import {
   listPids,
   readCmdline,
   readCredentials,
+  readRssBytes,
   readStat,
   spawnDetached,
   startTimeToDate,
@@ -89,9 +92,21 @@ export interface LaunchResult {
 
 export type VmmSignal = "TERM" | "KILL";
 
+/** What GetVmm answers. */
+export interface VmmState {
+  readonly running: boolean;
+  /** CPU time used, user + system. */
+  readonly cpuTimeMs: number;
+  readonly rssBytes: number;
+}
+
+const NOT_RUNNING: VmmState = { running: false, cpuTimeMs: 0, rssBytes: 0 };
+
 export interface VmmOps {
   launch(req: { vmId: string; kind: VmmKind; qemu?: QemuMachine | undefined }): Promise<LaunchResult>;
   signal(req: { vmId: string; pid: number; startTime: bigint; signal: VmmSignal }): Promise<{ existed: boolean }>;
+  /** Whether that pid is still the VM's VMM (proved as for signal), and its CPU time and memory. */
+  get(req: { vmId: string; pid: number; startTime: bigint }): Promise<VmmState>;
   list(): Promise<VmmProcessInfo[]>;
   /** Removes `<runtime>/vms/<vm_id>/` once the VM's VMM is gone. */
   removeFiles(req: { vmId: string }): Promise<{ existed: boolean }>;
@@ -349,6 +364,15 @@ function validPid(pid: unknown): number {
   return pid;
 }
 
+function validStartTime(startTime: unknown): bigint {
+  if (typeof startTime !== "bigint" || startTime < 0n) {
+    throw new InvalidArgumentError("start_time must be the one LaunchVmm returned", {
+      reason: "INVALID_START_TIME",
+    });
+  }
+  return startTime;
+}
+
 function validSignal(signal: unknown): NodeJS.Signals {
   if (signal === "TERM") return "SIGTERM";
   if (signal === "KILL") return "SIGKILL";
@@ -530,6 +554,23 @@ async function logTail(handle: FileHandle, bytes = 2048): Promise<string> {
 }
 
 // ------------------------------------------------------------------- the ops
+
+/** `kill -s SIG pid` run as the owner (the helper keeps CAP_SETUID for the VMMs); false when it is gone. */
+function killAsOwner(pid: number, signal: NodeJS.Signals, config: HelperConfig): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      "kill",
+      ["-s", signal.slice(3), String(pid)],
+      { uid: config.ownerUid, gid: config.ownerGid, env: VMM_ENV },
+      (error, _stdout, stderr) => {
+        if (!error) resolve(true);
+        else if (/no such process/i.test(stderr)) resolve(false);
+        else
+          reject(new Error(`kill -s ${signal.slice(3)} ${pid} as the owner failed: ${stderr.trim() || error.message}`));
+      },
+    );
+  });
+}
 
 const VMM_ENV = { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" } as const;
 
@@ -736,14 +777,24 @@ export function createVmmOps(deps: VmmDeps): VmmOps {
       }
     },
 
+    async get(req) {
+      const vmId = validVmId(req.vmId);
+      const pid = validPid(req.pid);
+      const startTime = validStartTime(req.startTime);
+      const seen = await inspect(pid);
+      if (seen.gone || seen.stat.state === "Z" || seen.stat.state === "X") return NOT_RUNNING;
+      if (seen.stat.startTime !== startTime || seen.vmm?.vmId !== vmId || seen.uid !== config.ownerUid) {
+        return NOT_RUNNING; // the pid was reused: that VMM is gone
+      }
+      const rssBytes = await readRssBytes(pid, procRoot);
+      if (rssBytes === undefined) return NOT_RUNNING;
+      return { running: true, cpuTimeMs: (seen.stat.cpuTicks * 1000) / CLK_TCK, rssBytes };
+    },
+
     async signal(req) {
       const vmId = validVmId(req.vmId);
       const pid = validPid(req.pid);
-      if (typeof req.startTime !== "bigint" || req.startTime < 0n) {
-        throw new InvalidArgumentError("start_time must be the one LaunchVmm returned", {
-          reason: "INVALID_START_TIME",
-        });
-      }
+      validStartTime(req.startTime);
       const signal = validSignal(req.signal);
 
       const seen = await inspect(pid);
@@ -762,7 +813,9 @@ export function createVmmOps(deps: VmmDeps): VmmOps {
         process.kill(pid, signal);
       } catch (error) {
         if (errnoOf(error) === "ESRCH") return { existed: false };
-        throw error;
+        if (errnoOf(error) !== "EPERM") throw error;
+        // Root without CAP_KILL (the helper's unit) may not signal the owner's process; the owner may.
+        return { existed: await killAsOwner(pid, signal, config) };
       }
       return { existed: true };
     },

@@ -1,7 +1,7 @@
 import { InvalidArgumentError, implementService } from "@banger/common";
 import { VmmKind } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { VmmService, VmmSignal } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
-import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import {
   vmmStartDate,
@@ -25,22 +25,35 @@ export function createVmmService(ops: VmmOps): ServiceImpl<typeof VmmService> {
         consolePath: launched.consolePath,
       };
     },
+    async getVmm(req) {
+      const startTime = requiredStartTime(req.startTime);
+      const state = await ops.get({ vmId: req.vmId, pid: req.pid, startTime });
+      return {
+        running: state.running,
+        cpuTimeMs: BigInt(Math.round(state.cpuTimeMs)),
+        rssBytes: BigInt(state.rssBytes),
+      };
+    },
     signalVmm(req) {
-      if (req.startTime === undefined) {
-        throw new InvalidArgumentError("start_time is required: it proves the pid is the VM's process", {
-          reason: "START_TIME_REQUIRED",
-        });
-      }
+      requiredStartTime(req.startTime);
       const signal = req.signal === VmmSignal.TERM ? "TERM" : req.signal === VmmSignal.KILL ? "KILL" : undefined;
       if (signal === undefined)
         throw new InvalidArgumentError("signal must be TERM or KILL", { reason: "INVALID_SIGNAL" });
-      const startTime = vmmStartTimeFromDate(timestampDate(req.startTime));
-      return ops.signal({ vmId: req.vmId, pid: req.pid, startTime, signal });
+      return ops.signal({ vmId: req.vmId, pid: req.pid, startTime: requiredStartTime(req.startTime), signal });
     },
     removeVmmFiles(req) {
       return ops.removeFiles({ vmId: req.vmId });
     },
   });
+}
+
+function requiredStartTime(startTime: Timestamp | undefined): bigint {
+  if (startTime === undefined) {
+    throw new InvalidArgumentError("start_time is required: it proves the pid is the VM's process", {
+      reason: "START_TIME_REQUIRED",
+    });
+  }
+  return vmmStartTimeFromDate(timestampDate(startTime));
 }
 
 function kindFromProto(kind: VmmKind): Kind {

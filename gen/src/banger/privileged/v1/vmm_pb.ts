@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/privileged/v1/vmm.proto.
  */
 export const file_banger_privileged_v1_vmm: GenFile = /*@__PURE__*/
-  fileDesc("Ch5iYW5nZXIvcHJpdmlsZWdlZC92MS92bW0ucHJvdG8SFGJhbmdlci5wcml2aWxlZ2VkLnYxIn8KEExhdW5jaFZtbVJlcXVlc3QSDQoFdm1faWQYASABKAkSKwoEa2luZBgCIAEoDjIdLmJhbmdlci5wcml2aWxlZ2VkLnYxLlZtbUtpbmQSLwoEcWVtdRgDIAEoCzIhLmJhbmdlci5wcml2aWxlZ2VkLnYxLlFlbXVNYWNoaW5lIr0BCgtRZW11TWFjaGluZRIMCgR2Y3B1GAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0SEwoLa2VybmVsX3BhdGgYAyABKAkSEwoLaW5pdHJkX3BhdGgYBCABKAkSEQoJYm9vdF9hcmdzGAUgASgJEhEKCXJvb3RfZGlzaxgGIAEoCRIRCgl3b3JrX2Rpc2sYByABKAkSCwoDbWFjGAggASgJEgsKA2t2bRgJIAEoCBIPCgd0c2Nfa2h6GAogASgNIpABChFMYXVuY2hWbW1SZXNwb25zZRILCgNwaWQYASABKAUSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOY29udHJvbF9zb2NrZXQYAyABKAkSEAoIbG9nX3BhdGgYBCABKAkSFAoMY29uc29sZV9wYXRoGAUgASgJIo8BChBTaWduYWxWbW1SZXF1ZXN0Eg0KBXZtX2lkGAEgASgJEgsKA3BpZBgCIAEoBRIuCgpzdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgZzaWduYWwYBCABKA4yHy5iYW5nZXIucHJpdmlsZWdlZC52MS5WbW1TaWduYWwiJgoVUmVtb3ZlVm1tRmlsZXNSZXF1ZXN0Eg0KBXZtX2lkGAEgASgJIikKFlJlbW92ZVZtbUZpbGVzUmVzcG9uc2USDwoHZXhpc3RlZBgBIAEoCCIkChFTaWduYWxWbW1SZXNwb25zZRIPCgdleGlzdGVkGAEgASgIKlEKCVZtbVNpZ25hbBIaChZWTU1fU0lHTkFMX1VOU1BFQ0lGSUVEEAASEwoPVk1NX1NJR05BTF9URVJNEAESEwoPVk1NX1NJR05BTF9LSUxMEAIytQIKClZtbVNlcnZpY2USXAoJTGF1bmNoVm1tEiYuYmFuZ2VyLnByaXZpbGVnZWQudjEuTGF1bmNoVm1tUmVxdWVzdBonLmJhbmdlci5wcml2aWxlZ2VkLnYxLkxhdW5jaFZtbVJlc3BvbnNlElwKCVNpZ25hbFZtbRImLmJhbmdlci5wcml2aWxlZ2VkLnYxLlNpZ25hbFZtbVJlcXVlc3QaJy5iYW5nZXIucHJpdmlsZWdlZC52MS5TaWduYWxWbW1SZXNwb25zZRJrCg5SZW1vdmVWbW1GaWxlcxIrLmJhbmdlci5wcml2aWxlZ2VkLnYxLlJlbW92ZVZtbUZpbGVzUmVxdWVzdBosLmJhbmdlci5wcml2aWxlZ2VkLnYxLlJlbW92ZVZtbUZpbGVzUmVzcG9uc2ViBnByb3RvMw", [file_banger_privileged_v1_host, file_google_protobuf_timestamp]);
+  fileDesc("Ch5iYW5nZXIvcHJpdmlsZWdlZC92MS92bW0ucHJvdG8SFGJhbmdlci5wcml2aWxlZ2VkLnYxIn8KEExhdW5jaFZtbVJlcXVlc3QSDQoFdm1faWQYASABKAkSKwoEa2luZBgCIAEoDjIdLmJhbmdlci5wcml2aWxlZ2VkLnYxLlZtbUtpbmQSLwoEcWVtdRgDIAEoCzIhLmJhbmdlci5wcml2aWxlZ2VkLnYxLlFlbXVNYWNoaW5lIr0BCgtRZW11TWFjaGluZRIMCgR2Y3B1GAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0SEwoLa2VybmVsX3BhdGgYAyABKAkSEwoLaW5pdHJkX3BhdGgYBCABKAkSEQoJYm9vdF9hcmdzGAUgASgJEhEKCXJvb3RfZGlzaxgGIAEoCRIRCgl3b3JrX2Rpc2sYByABKAkSCwoDbWFjGAggASgJEgsKA2t2bRgJIAEoCBIPCgd0c2Nfa2h6GAogASgNIpABChFMYXVuY2hWbW1SZXNwb25zZRILCgNwaWQYASABKAUSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOY29udHJvbF9zb2NrZXQYAyABKAkSEAoIbG9nX3BhdGgYBCABKAkSFAoMY29uc29sZV9wYXRoGAUgASgJIo8BChBTaWduYWxWbW1SZXF1ZXN0Eg0KBXZtX2lkGAEgASgJEgsKA3BpZBgCIAEoBRIuCgpzdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgZzaWduYWwYBCABKA4yHy5iYW5nZXIucHJpdmlsZWdlZC52MS5WbW1TaWduYWwiWwoNR2V0Vm1tUmVxdWVzdBINCgV2bV9pZBgBIAEoCRILCgNwaWQYAiABKAUSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSQoOR2V0Vm1tUmVzcG9uc2USDwoHcnVubmluZxgBIAEoCBITCgtjcHVfdGltZV9tcxgCIAEoBBIRCglyc3NfYnl0ZXMYAyABKAQiJgoVUmVtb3ZlVm1tRmlsZXNSZXF1ZXN0Eg0KBXZtX2lkGAEgASgJIikKFlJlbW92ZVZtbUZpbGVzUmVzcG9uc2USDwoHZXhpc3RlZBgBIAEoCCIkChFTaWduYWxWbW1SZXNwb25zZRIPCgdleGlzdGVkGAEgASgIKlEKCVZtbVNpZ25hbBIaChZWTU1fU0lHTkFMX1VOU1BFQ0lGSUVEEAASEwoPVk1NX1NJR05BTF9URVJNEAESEwoPVk1NX1NJR05BTF9LSUxMEAIyigMKClZtbVNlcnZpY2USXAoJTGF1bmNoVm1tEiYuYmFuZ2VyLnByaXZpbGVnZWQudjEuTGF1bmNoVm1tUmVxdWVzdBonLmJhbmdlci5wcml2aWxlZ2VkLnYxLkxhdW5jaFZtbVJlc3BvbnNlElwKCVNpZ25hbFZtbRImLmJhbmdlci5wcml2aWxlZ2VkLnYxLlNpZ25hbFZtbVJlcXVlc3QaJy5iYW5nZXIucHJpdmlsZWdlZC52MS5TaWduYWxWbW1SZXNwb25zZRJTCgZHZXRWbW0SIy5iYW5nZXIucHJpdmlsZWdlZC52MS5HZXRWbW1SZXF1ZXN0GiQuYmFuZ2VyLnByaXZpbGVnZWQudjEuR2V0Vm1tUmVzcG9uc2USawoOUmVtb3ZlVm1tRmlsZXMSKy5iYW5nZXIucHJpdmlsZWdlZC52MS5SZW1vdmVWbW1GaWxlc1JlcXVlc3QaLC5iYW5nZXIucHJpdmlsZWdlZC52MS5SZW1vdmVWbW1GaWxlc1Jlc3BvbnNlYgZwcm90bzM", [file_banger_privileged_v1_host, file_google_protobuf_timestamp]);
 
 /**
  * Request of LaunchVmm.
@@ -239,6 +239,76 @@ export const SignalVmmRequestSchema: GenMessage<SignalVmmRequest> = /*@__PURE__*
   messageDesc(file_banger_privileged_v1_vmm, 3);
 
 /**
+ * Request of GetVmm.
+ *
+ * @generated from message banger.privileged.v1.GetVmmRequest
+ */
+export type GetVmmRequest = Message<"banger.privileged.v1.GetVmmRequest"> & {
+  /**
+   * The VM.
+   *
+   * @generated from field: string vm_id = 1;
+   */
+  vmId: string;
+
+  /**
+   * Its VMM's pid, > 1.
+   *
+   * @generated from field: int32 pid = 2;
+   */
+  pid: number;
+
+  /**
+   * The start time LaunchVmm (or GetInventory) returned, unchanged; required.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 3;
+   */
+  startTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message banger.privileged.v1.GetVmmRequest.
+ * Use `create(GetVmmRequestSchema)` to create a new message.
+ */
+export const GetVmmRequestSchema: GenMessage<GetVmmRequest> = /*@__PURE__*/
+  messageDesc(file_banger_privileged_v1_vmm, 4);
+
+/**
+ * Response of GetVmm.
+ *
+ * @generated from message banger.privileged.v1.GetVmmResponse
+ */
+export type GetVmmResponse = Message<"banger.privileged.v1.GetVmmResponse"> & {
+  /**
+   * The VM's VMM still runs (this pid, started then).
+   *
+   * @generated from field: bool running = 1;
+   */
+  running: boolean;
+
+  /**
+   * CPU time it has used (user + system), in milliseconds; 0 when not running.
+   *
+   * @generated from field: uint64 cpu_time_ms = 2;
+   */
+  cpuTimeMs: bigint;
+
+  /**
+   * Its resident memory in bytes; 0 when not running.
+   *
+   * @generated from field: uint64 rss_bytes = 3;
+   */
+  rssBytes: bigint;
+};
+
+/**
+ * Describes the message banger.privileged.v1.GetVmmResponse.
+ * Use `create(GetVmmResponseSchema)` to create a new message.
+ */
+export const GetVmmResponseSchema: GenMessage<GetVmmResponse> = /*@__PURE__*/
+  messageDesc(file_banger_privileged_v1_vmm, 5);
+
+/**
  * Request of RemoveVmmFiles.
  *
  * @generated from message banger.privileged.v1.RemoveVmmFilesRequest
@@ -257,7 +327,7 @@ export type RemoveVmmFilesRequest = Message<"banger.privileged.v1.RemoveVmmFiles
  * Use `create(RemoveVmmFilesRequestSchema)` to create a new message.
  */
 export const RemoveVmmFilesRequestSchema: GenMessage<RemoveVmmFilesRequest> = /*@__PURE__*/
-  messageDesc(file_banger_privileged_v1_vmm, 4);
+  messageDesc(file_banger_privileged_v1_vmm, 6);
 
 /**
  * Response of RemoveVmmFiles.
@@ -278,7 +348,7 @@ export type RemoveVmmFilesResponse = Message<"banger.privileged.v1.RemoveVmmFile
  * Use `create(RemoveVmmFilesResponseSchema)` to create a new message.
  */
 export const RemoveVmmFilesResponseSchema: GenMessage<RemoveVmmFilesResponse> = /*@__PURE__*/
-  messageDesc(file_banger_privileged_v1_vmm, 5);
+  messageDesc(file_banger_privileged_v1_vmm, 7);
 
 /**
  * Response of SignalVmm.
@@ -299,7 +369,7 @@ export type SignalVmmResponse = Message<"banger.privileged.v1.SignalVmmResponse"
  * Use `create(SignalVmmResponseSchema)` to create a new message.
  */
 export const SignalVmmResponseSchema: GenMessage<SignalVmmResponse> = /*@__PURE__*/
-  messageDesc(file_banger_privileged_v1_vmm, 6);
+  messageDesc(file_banger_privileged_v1_vmm, 8);
 
 /**
  * The signals the helper sends.
@@ -390,6 +460,21 @@ export const VmmService: GenService<{
     methodKind: "unary";
     input: typeof SignalVmmRequestSchema;
     output: typeof SignalVmmResponseSchema;
+  },
+  /**
+   * Whether a VM's VMM still runs, proved as SignalVmm proves it (a pid that
+   * is gone, a zombie, or now another process: running = false), and what it
+   * uses. The orchestrator asks this instead of reading /proc, which its unit
+   * cannot (it runs in its own user namespace, and /proc hides processes it
+   * cannot ptrace). Errors: INVALID_ARGUMENT (INVALID_PID,
+   * START_TIME_REQUIRED, INVALID_START_TIME).
+   *
+   * @generated from rpc banger.privileged.v1.VmmService.GetVmm
+   */
+  getVmm: {
+    methodKind: "unary";
+    input: typeof GetVmmRequestSchema;
+    output: typeof GetVmmResponseSchema;
   },
   /**
    * Removes a VM's runtime directory `<runtime>/vms/<vm_id>/` (its control
