@@ -269,6 +269,8 @@ export async function install(ctx: SystemContext, options: InstallOptions): Prom
   ensureDir(root.file(SYSTEM_PATHS.stagingDir), owner.uid, accounts.pullerGid, 0o2770);
   ensureDir(root.file(SYSTEM_PATHS.cacheDir), accounts.pullerUid, accounts.pullerGid, 0o700);
   ensureDir(root.file(SYSTEM_PATHS.builtCacheDir), accounts.pullerUid, accounts.pullerGid, 0o700);
+  // The helper's RootDirectory: root's and empty; systemd makes the mount points of what its unit binds in.
+  ensureDir(root.file(SYSTEM_PATHS.helperRoot), 0, 0, 0o755);
   // bangerd's unit binds ~/.config/banger writable: it must exist.
   ensureOwnerDirs(root.file(owner.home), [".config", "banger"], owner);
   ctx.say(
@@ -394,6 +396,8 @@ export function uninstall(ctx: SystemContext, options: UninstallOptions): void {
   for (const unit of presentUnits) rmSync(root.unitFile(unit), { force: true });
   const files = metadata?.files ?? [SYSTEM_PATHS.sysctlFile, SYSTEM_PATHS.sysusersFile, SYSTEM_PATHS.metadataFile];
   for (const file of new Set([...files, SYSTEM_PATHS.metadataFile])) rmSync(root.file(file), { force: true });
+  // Only empty mount points of the stopped helper's view are in it.
+  rmSync(root.file(SYSTEM_PATHS.helperRoot), { recursive: true, force: true });
   removeIfEmpty(root.file(SYSTEM_PATHS.metadataDir));
   if (root.live) ctx.host.run(["systemctl", "daemon-reload"]);
   ctx.say(`removed the units (${presentUnits.join(" ")}) and ${files.join(" ")}`);

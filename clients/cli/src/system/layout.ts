@@ -49,6 +49,8 @@ export interface SystemPaths {
   readonly cacheDir: string;
   /** The puller's built-image cache (bind-mounted at `<stateDir>/cache/built` for it). */
   readonly builtCacheDir: string;
+  /** The helper's RootDirectory: empty, root's; its unit binds in what it may see. */
+  readonly helperRoot: string;
   readonly unitDir: string;
   readonly metadataDir: string;
   readonly metadataFile: string;
@@ -62,6 +64,7 @@ export const SYSTEM_PATHS: SystemPaths = {
   stagingDir: join(DEFAULT_STATE_DIR, "images", ".staging"),
   cacheDir: "/var/cache/banger-image-puller",
   builtCacheDir: "/var/cache/banger-image-puller/built",
+  helperRoot: "/var/lib/banger-helper-root",
   unitDir: "/etc/systemd/system",
   metadataDir: "/etc/banger",
   metadataFile: "/etc/banger/install.json",

@@ -6,7 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { UNIT_FILES } from "./layout.js";
+import { SYSTEM_PATHS, UNIT_FILES } from "./layout.js";
 
 /** What the units are rendered for. */
 export interface UnitValues {
@@ -22,6 +22,19 @@ export interface UnitValues {
 }
 
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+/** What the helper's RootDirectory shows of the OS (`-`: only where it exists). */
+const HELPER_OS_PATHS = [
+  "/usr",
+  "/etc",
+  "-/bin",
+  "-/sbin",
+  "-/lib",
+  "-/lib64",
+  // resolvectl (ConfigureResolver) over D-Bus, and the probe for systemd-resolved.
+  "-/run/dbus/system_bus_socket",
+  "-/run/systemd/resolve",
+];
 
 /** Directories systemd's ProtectHome= hides. */
 const HOME_TREES = ["/home", "/root", "/run/user"];
@@ -75,13 +88,23 @@ export function renderUnits(values: UnitValues, templatesFrom = values.codeDir):
     paths.length === 0 ? "ProtectHome=yes" : `ProtectHome=tmpfs\nBindReadOnlyPaths=${paths.join(" ")}`;
   const home = values.owner.home;
   const orchestratorBinds = hiddenCode([]).filter((p) => !isUnder(p, home));
-  const homeAccess: Record<string, string> = {
+  // The helper (root) and the VMMs it starts see only what they use: the OS read-only (/usr, /etc and
+  // the merged-usr links), the resolver's sockets, the code, and banger's state and runtime directories.
+  const helperOwnBinds = [values.codeDir, values.node, values.firecracker]
+    .filter((path) => !underHomeTree(path) && !HELPER_OS_PATHS.some((os) => isUnder(path, os.replace(/^-/, ""))))
+    .map((path) => (path === values.firecracker ? `-${path}` : path)); // installed later, perhaps
+  const fileAccess: Record<string, string> = {
     "bangerd.service": [
       "ProtectHome=tmpfs",
       `BindReadOnlyPaths=${[home, ...orchestratorBinds].join(" ")}`,
       `BindPaths=${join(home, ".config", "banger")}`,
     ].join("\n"),
-    "banger-privileged.service": protectHome(hiddenCode([values.firecracker])),
+    "banger-privileged.service": [
+      `RootDirectory=${SYSTEM_PATHS.helperRoot}`,
+      `BindReadOnlyPaths=${[...HELPER_OS_PATHS, ...helperOwnBinds].join(" ")}`,
+      `BindPaths=${SYSTEM_PATHS.stateDir} ${SYSTEM_PATHS.runtime.runtimeDir}`,
+      protectHome(hiddenCode([values.firecracker])),
+    ].join("\n"),
     "banger-image-puller.service": protectHome(hiddenCode([])),
   };
 
@@ -97,7 +120,7 @@ export function renderUnits(values: UnitValues, templatesFrom = values.codeDir):
       OWNER_GID: String(values.owner.gid),
       FIRECRACKER: values.firecracker,
       DNS_ADDRESS: values.dnsAddress,
-      HOME_ACCESS: homeAccess[unit] ?? "",
+      FILE_ACCESS: fileAccess[unit] ?? "",
     };
     const text = template.replace(/@([A-Z_]+)@/g, (placeholder, name: string) => {
       const value = substitutions[name];
