@@ -404,6 +404,31 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
     expect((await banger(["vm", "list"], OWNER)).code).toBe(0);
   });
 
+  it("comes back after a reboot: the sockets listen at boot and the owner's first call starts bangerd", async () => {
+    const started = Date.now();
+    await container.reboot();
+    log(`rebooted in ${Date.now() - started} ms`);
+    for (const unit of SOCKETS) {
+      expect(`${unit} ${await unitProperty(unit, "ActiveState")}`).toBe(`${unit} active`);
+    }
+    // The container boots to basic.target: bangerd.service (WantedBy=multi-user.target) is started by
+    // its socket on the owner's first call.
+    const list = await banger(["vm", "list", "--json"], OWNER);
+    expect(list.code, list.stderr).toBe(0);
+    expect(await unitProperty("bangerd.service", "ActiveState")).toBe("active");
+    if (qemuPid !== "") {
+      // Its QEMU went down with the machine: bangerd found it gone and marked it stopped; it starts again.
+      const vms = JSON.parse(list.stdout) as { name: string; state: string }[];
+      expect(vms.map((vm) => [vm.name, vm.state])).toEqual([["one", "VM_STATE_STOPPED"]]);
+      const restarted = await banger(["vm", "start", "one", "--ssh-timeout", "120"], OWNER);
+      expect(restarted.code, restarted.stderr).toBe(0);
+      qemuPid = (await sh(["pgrep", "-f", "qemu-system-x86_64"])).stdout.trim();
+      expect(qemuPid).toMatch(/^[0-9]+$/);
+      expect((await banger(["vm", "exec", "one", "--", "cat", "/etc/hostname"], OWNER)).stdout).toBe("one\n");
+      expect((await sh(["dig", "+short", "@172.30.0.1", "one.vm"])).stdout.trim()).toMatch(/^172\.30\./);
+    }
+  }, 300_000);
+
   vmIt(
     "stops and deletes the VM, leaving no QEMU, tap, NAT rule, loop device or VM file",
     async () => {

@@ -32,6 +32,8 @@ export interface Container {
   readonly leader: number;
   /** The container's root as this host sees it: files written under it appear inside (and die with it). */
   readonly rootDir: string;
+  /** Powers the container off and boots it again on the same file system (a host reboot). */
+  reboot(): Promise<void>;
   /** Runs argv inside the container (all its namespaces). */
   run(argv: readonly string[], options?: RunOptions): Promise<RunResult>;
   /** Powers the container off and removes the overlay. */
@@ -105,9 +107,36 @@ export async function bootContainer(options: {
   };
 
   let output = "";
-  let nspawn: ChildProcess;
-  try {
-    nspawn = spawn(
+  let nspawn: ChildProcess | undefined;
+  let exited: Promise<void> = Promise.resolve();
+  let pid1 = 0;
+
+  const inside = (argv: readonly string[], opts: RunOptions = {}) => {
+    const user = opts.user;
+    const prefix = user
+      ? ["setpriv", `--reuid=${user.uid}`, `--regid=${user.gid}`, "--init-groups", "--reset-env"]
+      : [];
+    const env = user ? [`HOME=${user.home}`, `USER=${user.name}`, `LOGNAME=${user.name}`] : [];
+    return run(
+      [
+        "nsenter",
+        `--target=${pid1}`,
+        "--all",
+        "--",
+        ...prefix,
+        "env",
+        ...(opts.cwd ? [`--chdir=${opts.cwd}`] : []),
+        ...env,
+        ...argv,
+      ],
+      opts.timeoutMs ?? 120_000,
+    );
+  };
+
+  /** Boots the container on the overlay and waits until its systemd has started up. */
+  const boot = async () => {
+    output = "";
+    const child = spawn(
       "systemd-nspawn",
       [
         "--quiet",
@@ -120,64 +149,26 @@ export async function bootContainer(options: {
         "--private-network",
         ...options.binds.map((path) => `--bind-ro=${path}`),
         ...(options.devices ?? []).map((path) => `--bind=${path}`),
-        // Arguments to the container's systemd: boot no further than basic.target (no getty, no
-        // services of the host's own).
+        // Arguments to the container's systemd: boot no further than basic.target (sockets, no getty,
+        // no services of this host's own).
         "--",
         "--unit=basic.target",
       ],
       { stdio: ["ignore", "pipe", "pipe"], detached: true },
     );
-  } catch (error) {
-    teardownMounts();
-    throw error;
-  }
-  nspawn.stdout?.setEncoding("utf8").on("data", (chunk: string) => (output += chunk));
-  nspawn.stderr?.setEncoding("utf8").on("data", (chunk: string) => (output += chunk));
-  const exited = new Promise<void>((resolve) => nspawn.on("exit", () => resolve()));
-
-  const stop = async () => {
-    if (nspawn.exitCode === null && nspawn.signalCode === null) {
-      nspawn.kill("SIGTERM"); // systemd-nspawn asks the container's systemd to power off
-      const done = await Promise.race([exited.then(() => true), sleep(30_000).then(() => false)]);
-      if (!done) {
-        nspawn.kill("SIGKILL");
-        await exited;
-      }
-    }
-    teardownMounts();
-  };
-
-  try {
+    nspawn = child;
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (output += chunk));
+    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (output += chunk));
+    exited = new Promise<void>((resolve) => child.on("exit", () => resolve()));
     const deadline = Date.now() + 90_000;
     let leader: number | undefined;
     while (leader === undefined) {
-      if (nspawn.exitCode !== null) throw new Error(`systemd-nspawn exited ${nspawn.exitCode}:\n${output}`);
+      if (child.exitCode !== null) throw new Error(`systemd-nspawn exited ${child.exitCode}:\n${output}`);
       if (Date.now() > deadline) throw new Error(`systemd did not start in the container:\n${output}`);
-      leader = childrenOf(nspawn.pid ?? 0).find((pid) => commOf(pid) === "systemd");
+      leader = childrenOf(child.pid ?? 0).find((pid) => commOf(pid) === "systemd");
       if (leader === undefined) await sleep(100);
     }
-    const pid1 = leader;
-    const inside = (argv: readonly string[], opts: RunOptions = {}) => {
-      const user = opts.user;
-      const prefix = user
-        ? ["setpriv", `--reuid=${user.uid}`, `--regid=${user.gid}`, "--init-groups", "--reset-env"]
-        : [];
-      const env = user ? [`HOME=${user.home}`, `USER=${user.name}`, `LOGNAME=${user.name}`] : [];
-      return run(
-        [
-          "nsenter",
-          `--target=${pid1}`,
-          "--all",
-          "--",
-          ...prefix,
-          "env",
-          ...(opts.cwd ? [`--chdir=${opts.cwd}`] : []),
-          ...env,
-          ...argv,
-        ],
-        opts.timeoutMs ?? 120_000,
-      );
-    };
+    pid1 = leader;
     for (;;) {
       // "running", or "degraded" where a unit of this host's own failed in the container.
       const state = await inside(["systemctl", "is-system-running", "--wait"], { timeoutMs: 60_000 });
@@ -186,14 +177,46 @@ export async function bootContainer(options: {
       if (Date.now() > deadline) throw new Error(`the container's systemd is ${answer}:\n${output}`);
       await sleep(200);
     }
+  };
+
+  const powerOff = async () => {
+    const child = nspawn;
+    if (child && child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGTERM"); // systemd-nspawn asks the container's systemd to power off
+      const done = await Promise.race([exited.then(() => true), sleep(30_000).then(() => false)]);
+      if (!done) {
+        child.kill("SIGKILL");
+        await exited;
+      }
+    }
+  };
+
+  const stop = async () => {
+    await powerOff();
+    teardownMounts();
+  };
+
+  try {
+    await boot();
     options.log(
       `systemd ${spawnSync("systemctl", ["--version"], { encoding: "utf8" }).stdout.split("\n")[0] ?? ""} is PID 1 in the container (host pid ${pid1})`,
     );
-    return { leader: pid1, rootDir: merged, run: inside, stop };
   } catch (error) {
     await stop();
     throw error;
   }
+  return {
+    get leader() {
+      return pid1;
+    },
+    rootDir: merged,
+    run: inside,
+    async reboot() {
+      await powerOff();
+      await boot();
+    },
+    stop,
+  };
 }
 
 /** Whether `path` is on the host's root file system (then the overlay shows it without a bind). */
