@@ -21,7 +21,7 @@ import {
 } from "../../services/image-puller/src/registry/testing/registry-process.js";
 import { MDWE_WRAPPER, OWNER_CAN_READ_CHECKOUT, ROOT, startCluster, type Cluster } from "../integration/harness.js";
 import { IS_ROOT, createNetNs, type NetNs } from "../integration/netns.js";
-import { KERNEL_VERSION, writeKernelPackage } from "./support/kernel-package.js";
+import { KERNEL_VERSION, TCG_GUEST_CONFIG, writeKernelPackage } from "./support/kernel-package.js";
 
 const OWNER = 1000;
 const QEMU = "/usr/bin/qemu-system-x86_64";
@@ -110,16 +110,7 @@ beforeAll(async () => {
     orchestratorDnsSockets: "172.30.0.1",
     // The helper as its unit runs it: QEMU (a TCG JIT) inherits its refusal of writable-executable memory.
     helperUnitSandbox: true,
-    configToml: [
-      'vmm = "qemu-microvm"',
-      "[vm]",
-      "vcpu = 1",
-      "memory_mib = 256",
-      "work_disk_mib = 256",
-      "[image]",
-      "min_rootfs_mib = 64",
-      "",
-    ].join("\n"),
+    configToml: TCG_GUEST_CONFIG,
   });
 }, 300_000);
 

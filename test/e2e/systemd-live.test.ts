@@ -28,7 +28,7 @@ import {
   type RegistryProcess,
 } from "../../services/image-puller/src/registry/testing/registry-process.js";
 import { OWNER_CAN_READ_CHECKOUT, ROOT } from "../integration/harness.js";
-import { KERNEL_VERSION, writeKernelPackage } from "./support/kernel-package.js";
+import { KERNEL_VERSION, TCG_GUEST_CONFIG, writeKernelPackage } from "./support/kernel-package.js";
 import { HAVE_NSPAWN, bootContainer, onRootFileSystem, type Container, type RunResult } from "./support/nspawn.js";
 
 const IS_ROOT = process.getuid?.() === 0;
@@ -40,7 +40,14 @@ const OWNER = {
   home: OWNER_ENTRY[5] ?? "",
 };
 const NOBODY = { name: "nobody", uid: 65534, gid: 65534, home: "/nonexistent" };
-const BANGER = `${ROOT}/bin/banger`;
+/**
+ * Where the checkout is inside the container: a fixed place outside /tmp (the units' PrivateTmp= would
+ * hide a checkout there, and install refuses one), wherever this run's checkout is.
+ */
+const CHECKOUT = "/opt/banger-checkout";
+const BANGER = `${CHECKOUT}/bin/banger`;
+/** The same checkout under /tmp, where install must refuse it. */
+const CHECKOUT_IN_TMP = "/tmp/banger-checkout";
 const SERVICES = ["bangerd.service", "banger-privileged.service", "banger-image-puller.service"];
 const SOCKETS = ["bangerd.socket", "bangerd-dns.socket", "banger-privileged.socket", "banger-image-puller.socket"];
 /** The same thresholds as the offline scores in test/integration/system-install.test.ts, here for the live units. */
@@ -85,7 +92,7 @@ function log(line: string): void {
 
 async function banger(args: readonly string[], user?: typeof OWNER): Promise<RunResult> {
   const started = Date.now();
-  const result = await container.run([BANGER, ...args], { cwd: ROOT, ...(user ? { user } : {}) });
+  const result = await container.run([BANGER, ...args], { cwd: CHECKOUT, ...(user ? { user } : {}) });
   log(
     `banger ${args.join(" ")}${user ? ` (as ${user.name})` : ""} → exit ${result.code} in ${Date.now() - started} ms`,
   );
@@ -121,7 +128,11 @@ function opIdOf(output: string): string {
 describe.skipIf(missing.length > 0)("banger system against a live systemd (systemd-nspawn)", () => {
   beforeAll(async () => {
     const node = realpathSync(process.execPath);
-    const binds = [ROOT, ...(onRootFileSystem(node) ? [] : [dirname(dirname(node))])];
+    const binds = [
+      `${ROOT}:${CHECKOUT}`,
+      `${ROOT}:${CHECKOUT_IN_TMP}`,
+      ...(onRootFileSystem(node) ? [] : [dirname(dirname(node))]),
+    ];
     // The helper attaches loop devices: nspawn's /dev has none, so this host's nodes are shown inside.
     const devices = readdirSync("/dev")
       .filter((name) => /^loop(-control|[0-9]+)$/.test(name))
@@ -137,19 +148,7 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
     const home = join(container.rootDir, OWNER.home);
     const configDir = join(home, ".config", "banger");
     mkdirSync(configDir, { recursive: true });
-    writeFileSync(
-      join(configDir, "config.toml"),
-      [
-        'vmm = "qemu-microvm"',
-        "[vm]",
-        "vcpu = 1",
-        "memory_mib = 256",
-        "work_disk_mib = 256",
-        "[image]",
-        "min_rootfs_mib = 64",
-        "",
-      ].join("\n"),
-    );
+    writeFileSync(join(configDir, "config.toml"), TCG_GUEST_CONFIG);
     const modules = await writeKernelPackage(KERNEL_VERSION ?? "", join(home, "kernel-pkg"));
     execFileSync("chown", ["-R", `${OWNER.uid}:${OWNER.gid}`, join(home, ".config"), join(home, "kernel-pkg")]);
     chownSync(home, OWNER.uid, OWNER.gid);
@@ -181,6 +180,9 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
     const asOwner = await banger(["system", "install", "--owner", OWNER.name], OWNER);
     expect(asOwner.code).not.toBe(0);
     expect(asOwner.stderr).toMatch(/root/);
+    const fromTmp = await container.run([`${CHECKOUT_IN_TMP}/bin/banger`, "system", "install", "--owner", OWNER.name]);
+    expect(fromTmp.code).toBe(1);
+    expect(fromTmp.stderr).toMatch(/the code is in \/tmp .*PrivateTmp=.*nothing was changed/);
     expect((await sh(["ls", "/etc/banger", "/etc/systemd/system/bangerd.service"])).code).not.toBe(0);
   });
 
@@ -249,9 +251,10 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
       if (unit === "banger-privileged.service") {
         // Its RootDirectory: the OS, the code and banger's directories, nothing else of this machine.
         const top = (await sh(["ls", `/proc/${pid}/root/`])).stdout.split("\n").filter(Boolean);
-        expect(top).not.toContain("boot");
-        expect(top).not.toContain("opt");
+        for (const hidden of ["boot", "srv", "mnt", "media"]) expect(top).not.toContain(hidden);
         expect(top).toContain("usr");
+        // Of /opt only the checkout (the code it runs).
+        expect((await sh(["ls", `/proc/${pid}/root/opt`])).stdout.trim()).toBe("banger-checkout");
         expect((await sh(["ls", `/proc/${pid}/root/var/lib`])).stdout.trim()).toBe("banger");
       }
       const score = await sh([
@@ -437,6 +440,8 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
       await banger(["vm", "exec", "one", "--", "sh", "-c", "kill $(cat /run/banger/acpid.pid)"], OWNER);
       const stopped = await banger(["vm", "stop", "one", "--timeout", "2"], OWNER);
       expect(stopped.code, stopped.stderr).toBe(0);
+      const journal = await sh(["journalctl", "--no-pager", "-o", "cat", "--unit=bangerd.service"]);
+      expect(journal.stdout).toContain("the guest did not shut down in time; stopping the VMM");
       expect((await banger(["vm", "delete", "one"], OWNER)).code).toBe(0);
       expect((await sh(["pgrep", "-f", "qemu-system-x86_64"])).stdout).toBe("");
       const links = JSON.parse((await sh(["ip", "-j", "link", "show"])).stdout) as {
@@ -463,7 +468,7 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
     expect((await sh(["ls", "/etc/banger"])).code).not.toBe(0);
     expect((await sh(["ls", "/run/banger/orchestrator.sock"])).code).not.toBe(0);
     expect((await sh(["ls", "/var/lib/banger/banger.db"])).code).toBe(0);
-    expect((await sh(["pgrep", "-f", `${ROOT}/services/`])).stdout).toBe("");
+    expect((await sh(["pgrep", "-f", `${CHECKOUT}/services/`])).stdout).toBe("");
     const owner = await banger(["vm", "list"], OWNER);
     expect(owner.code).not.toBe(0);
 

@@ -222,6 +222,15 @@ describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("the helper launches VMMs as the owner
               }),
           ),
       ],
+      [
+        "GetVmm",
+        fc
+          .record({ vmId: badId, pid: fc.integer(), seconds: fc.integer({ min: 0, max: 2_000_000_000 }) })
+          .map(
+            (r) => () =>
+              vmm.getVmm({ vmId: r.vmId, pid: r.pid, startTime: timestampFromDate(new Date(r.seconds * 1000)) }),
+          ),
+      ],
     ];
     for (const [rpc, arbitrary] of calls) {
       await fc.assert(

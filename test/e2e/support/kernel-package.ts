@@ -7,6 +7,18 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { planModules, readModuleIndex } from "../../../services/orchestrator/src/guest/initramfs.js";
 
+/** The owner's config.toml for the end-to-end guests: QEMU (TCG here), small VMs and root disks. */
+export const TCG_GUEST_CONFIG = [
+  'vmm = "qemu-microvm"',
+  "[vm]",
+  "vcpu = 1",
+  "memory_mib = 256",
+  "work_disk_mib = 256",
+  "[image]",
+  "min_rootfs_mib = 64",
+  "",
+].join("\n");
+
 /** The newest kernel in /boot that has its modules installed, if any. */
 export const KERNEL_VERSION = existsSync("/boot")
   ? readdirSync("/boot")

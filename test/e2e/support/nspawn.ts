@@ -59,12 +59,19 @@ function commOf(pid: number): string {
 
 function run(argv: readonly string[], timeoutMs: number): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(argv[0] ?? "", argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+    // Its own process group: a timeout kills what nsenter started inside too, not only nsenter.
+    const child = spawn(argv[0] ?? "", argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], detached: true });
     let stdout = "";
     let stderr = "";
     child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
     child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    const timer = setTimeout(() => {
+      try {
+        process.kill(-(child.pid ?? 0), "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }, timeoutMs);
     child.on("error", reject);
     child.on("close", (code) => {
       clearTimeout(timer);
@@ -75,8 +82,7 @@ function run(argv: readonly string[], timeoutMs: number): Promise<RunResult> {
 
 /**
  * Boots the container and waits until its systemd has finished starting up.
- * `binds` are host paths shown read-only at the same place inside (the checkout,
- * which may not be on the root file system).
+ * `binds` are host paths shown read-only inside, at the same place or at `SOURCE:TARGET`'s target.
  */
 export async function bootContainer(options: {
   binds: readonly string[];

@@ -123,6 +123,28 @@ function checkCode(ctx: SystemContext): void {
   }
 }
 
+/** Temporary trees: every unit has PrivateTmp=yes (its own empty /tmp), and systemd-tmpfiles ages them out. */
+const TEMPORARY_TREES = ["/tmp", "/var/tmp"];
+
+/**
+ * Code (or node) under /tmp would be an empty directory to the units. A live install refuses;
+ * `--root` (packaging, tests) says so and goes on, as the tree may be installed elsewhere.
+ */
+function checkNotInTmp(ctx: SystemContext, root: InstallRoot): void {
+  for (const [what, path] of [
+    ["the code", ctx.codeDir],
+    ["node", ctx.node],
+  ] as const) {
+    const tree = TEMPORARY_TREES.find((t) => path === t || path.startsWith(`${t}/`));
+    if (tree === undefined) continue;
+    const why =
+      `${what} is in ${tree} (${path}), which every unit replaces with its own empty ${tree} (PrivateTmp=) ` +
+      `and systemd-tmpfiles cleans: move it (e.g. to /opt/banger)`;
+    if (root.live) throw new RefusedError(`${why}; nothing was changed`);
+    ctx.say(`warning: ${why} before these units run`);
+  }
+}
+
 /**
  * The helper (root without CAP_DAC_OVERRIDE) and the puller (its own user)
  * read the code through "other" permissions: every directory on the way must
@@ -221,6 +243,7 @@ export async function install(ctx: SystemContext, options: InstallOptions): Prom
   if (root.live) requireSystemd(ctx, "install", true);
   const owner = resolveOwner(ctx, options.owner);
   checkCode(ctx);
+  checkNotInTmp(ctx, root);
   checkTools(ctx, root);
   const previous = readMetadata(root.file(SYSTEM_PATHS.metadataFile));
   if (previous && previous.owner.uid !== owner.uid) {
