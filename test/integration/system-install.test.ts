@@ -245,6 +245,35 @@ describe.skipIf(!IS_ROOT || !OWNER_NAME || !HAVE_SYSTEMD_TOOLS)(
       });
     });
 
+    it("binds .vm DNS where the owner's bridge will be: network.address, else the default, else --dns-address", async () => {
+      const socketUnit = () => readFileSync(join(root, "etc/systemd/system/bangerd-dns.socket"), "utf8");
+      expect(socketUnit()).toMatch(/^ListenDatagram=172\.30\.0\.1:53$/m); // no config yet: bangerd's default
+      const config = join(root, OWNER_HOME, ".config", "banger", "config.toml");
+      writeFileSync(config, '[network]\naddress = "10.99.0.1/24"\n');
+      const fromConfig = await runCli(["system", "install", "--root", root, "--owner", OWNER_NAME]);
+      expect(fromConfig.code, fromConfig.stderr).toBe(0);
+      expect(fromConfig.stdout).toContain(`.vm DNS: port 53 on 10.99.0.1 (network.address in ${OWNER_HOME}/.config`);
+      expect(socketUnit()).toMatch(/^ListenStream=10\.99\.0\.1:53$/m);
+      const given = await runCli([
+        "system",
+        "install",
+        "--root",
+        root,
+        "--owner",
+        OWNER_NAME,
+        "--dns-address",
+        "10.5.0.1",
+      ]);
+      expect(given.code, given.stderr).toBe(0);
+      expect(socketUnit()).toMatch(/^ListenDatagram=10\.5\.0\.1:53$/m);
+      writeFileSync(config, "[network\n");
+      const broken = await runCli(["system", "install", "--root", root, "--owner", OWNER_NAME]);
+      expect(broken.code).toBe(1);
+      expect(broken.stderr).toMatch(/config\.toml is not valid TOML .*pass --dns-address/);
+      expect(socketUnit()).toMatch(/^ListenDatagram=10\.5\.0\.1:53$/m); // refused: nothing rewritten
+      rmSync(config);
+    });
+
     it("uninstall --root removes units, links and metadata and keeps the state; --purge removes the state", async () => {
       const removed = await runCli(["system", "uninstall", "--root", root]);
       expect(removed.code, removed.stderr).toBe(0);

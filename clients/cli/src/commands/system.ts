@@ -62,8 +62,8 @@ export function registerSystemCommands(program: Command): void {
     .option("--firecracker <path>", "the Firecracker binary the helper launches", "/usr/local/bin/firecracker")
     .option(
       "--dns-address <ip>",
-      "the bridge's address (the owner's network.address without its prefix): systemd binds port 53 there for bangerd's .vm DNS",
-      "172.30.0.1",
+      "the bridge's address, where systemd binds port 53 for bangerd's .vm DNS (default: network.address in the " +
+        "owner's ~/.config/banger/config.toml without its prefix, else 172.30.0.1)",
     )
     .option(
       "--root <dir>",
@@ -71,11 +71,11 @@ export function registerSystemCommands(program: Command): void {
         "and sysusers files, accounts in DIR/etc, the state layout; enables the units there; touches nothing of the " +
         "running system (no daemon-reload, no start, no sysctl) and works without systemd running",
     )
-    .action(async (opts: { owner?: string; firecracker: string; dnsAddress: string; root?: string }) => {
+    .action(async (opts: { owner?: string; firecracker: string; dnsAddress?: string; root?: string }) => {
       const root = absolute(opts.root, "--root");
       const live = await install(context(), {
         firecracker: resolve(opts.firecracker),
-        dnsAddress: opts.dnsAddress,
+        ...(opts.dnsAddress === undefined ? {} : { dnsAddress: opts.dnsAddress }),
         ...(opts.owner === undefined ? {} : { owner: opts.owner }),
         ...(root === undefined ? {} : { root }),
       });

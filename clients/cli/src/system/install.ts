@@ -9,6 +9,7 @@ import {
   chownSync,
   existsSync,
   mkdirSync,
+  readFileSync,
   readdirSync,
   renameSync,
   rmSync,
@@ -17,6 +18,7 @@ import {
 } from "node:fs";
 import { dirname, join } from "node:path";
 import { BANGER_VERSION } from "@banger/common";
+import { parse as parseToml } from "smol-toml";
 import { waitForHealth, allAnswer, type LiveStatus } from "./health.js";
 import { removeHostNetwork } from "./host-network.js";
 import { groupIdFromFile, lookupGroupId, lookupUser, userFromFile, type SystemHost, type UserEntry } from "./host.js";
@@ -55,8 +57,40 @@ export interface InstallOptions {
   readonly root?: string;
   readonly owner?: string;
   readonly firecracker: string;
-  /** Where bangerd-dns.socket binds port 53 for bangerd: the bridge's address (config network.address). */
-  readonly dnsAddress: string;
+  /**
+   * Where bangerd-dns.socket binds port 53 for bangerd: the bridge's address. Default: the address of
+   * network.address in the owner's config.toml, else 172.30.0.1 (bangerd's default bridge).
+   */
+  readonly dnsAddress?: string;
+}
+
+const DEFAULT_DNS_ADDRESS = "172.30.0.1";
+
+/** The bridge's address from the owner's config (what bangerd will put on the bridge), and where it came from. */
+function dnsAddressOf(root: InstallRoot, owner: UserEntry): { address: string; from: string } {
+  const file = join(owner.home, ".config", "banger", "config.toml");
+  let text: string;
+  try {
+    text = readFileSync(root.file(file), "utf8");
+  } catch {
+    return { address: DEFAULT_DNS_ADDRESS, from: "bangerd's default network.address" };
+  }
+  let network: unknown;
+  try {
+    network = (parseToml(text) as { network?: unknown }).network;
+  } catch (error) {
+    throw new RefusedError(
+      `${file} is not valid TOML (${(error as Error).message.split("\n")[0] ?? ""}); fix it or pass --dns-address; nothing was changed`,
+    );
+  }
+  const address = (network as { address?: unknown } | undefined)?.address;
+  if (address === undefined) return { address: DEFAULT_DNS_ADDRESS, from: "bangerd's default network.address" };
+  if (typeof address !== "string" || !address.includes("/")) {
+    throw new RefusedError(
+      `network.address in ${file} is not an IPv4 address with a prefix; fix it or pass --dns-address; nothing was changed`,
+    );
+  }
+  return { address: address.slice(0, address.indexOf("/")), from: `network.address in ${file}` };
 }
 
 const SYSCTL_TEXT =
@@ -253,6 +287,7 @@ export async function install(ctx: SystemContext, options: InstallOptions): Prom
     );
   }
   checkReadable(ctx);
+  const dns = options.dnsAddress ? { address: options.dnsAddress, from: "--dns-address" } : dnsAddressOf(root, owner);
   let units: Map<string, string>;
   try {
     units = renderUnits({
@@ -261,7 +296,7 @@ export async function install(ctx: SystemContext, options: InstallOptions): Prom
       node: ctx.node,
       owner: { user: owner.name, uid: owner.uid, gid: owner.gid, home: owner.home },
       firecracker: options.firecracker,
-      dnsAddress: options.dnsAddress,
+      dnsAddress: dns.address,
     });
   } catch (error) {
     if (error instanceof UnitValueError) throw new RefusedError(`${error.message}; nothing was changed`);
@@ -302,6 +337,7 @@ export async function install(ctx: SystemContext, options: InstallOptions): Prom
 
   for (const [unit, text] of units) writeFileAtomic(root.unitFile(unit), text, 0o644);
   ctx.say(`units: ${UNIT_FILES.map((u) => join(SYSTEM_PATHS.unitDir, u)).join(" ")}`);
+  ctx.say(`.vm DNS: port 53 on ${dns.address} (${dns.from})`);
   writeFileAtomic(root.file(SYSTEM_PATHS.sysctlFile), SYSCTL_TEXT, 0o644);
 
   const metadata: InstallMetadata = {
