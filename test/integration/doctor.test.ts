@@ -8,8 +8,9 @@
  * path in the test's directory (config firecracker.binary): first absent,
  * then a stand-in script that only answers `--version` (no VM is started).
  */
-import { chownSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OWNER_CAN_READ_CHECKOUT, startCluster, type Cluster } from "./harness.js";
 import { IS_ROOT, createNetNs, type NetNs } from "./netns.js";
@@ -32,15 +33,15 @@ beforeAll(async () => {
       "Firecracker is a path in the test's directory (absent, then a script that answers --version)",
   );
   ns = createNetNs();
-  cluster = await startCluster({ owner: OWNER, netns: ns.name });
+  // firecracker.binary for the orchestrator and --firecracker for the helper name the same path (else doctor warns).
+  const bin = mkdtempSync(join(tmpdir(), "banger-doctor-bin-"));
+  firecracker = join(bin, "firecracker");
+  cluster = await startCluster({ owner: OWNER, netns: ns.name, helperArgs: ["--firecracker", firecracker] });
   // The orchestrator reads its config at start-up: restart it with firecracker.binary in the test's directory.
   await cluster.stop("orchestrator");
-  const bin = join(cluster.dir, "bin");
-  firecracker = join(bin, "firecracker");
   const configDir = join(cluster.dir, "config", "banger");
   configPath = join(configDir, "config.toml");
   mkdirSync(configDir, { recursive: true });
-  mkdirSync(bin);
   writeFileSync(configPath, `[firecracker]\nbinary = "${firecracker}"\n`);
   for (const path of [join(cluster.dir, "config"), configDir, configPath, bin]) chownSync(path, OWNER, OWNER);
   await cluster.start("orchestrator");
@@ -50,6 +51,7 @@ afterAll(async () => {
   if (!IS_ROOT || !OWNER_CAN_READ_CHECKOUT) return;
   await cluster.shutdown();
   ns.remove();
+  rmSync(dirname(firecracker), { recursive: true, force: true });
 });
 
 interface Row {

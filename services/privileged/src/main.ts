@@ -91,7 +91,17 @@ await runService({
   logPrefix: "helper rpc",
   files: PRIVILEGED_FILES,
   routes: (router) => {
-    router.service(HostService, createHostService({ ownerUid: config.ownerUid, network, disk, vmm }));
+    router.service(
+      HostService,
+      createHostService({
+        ownerUid: config.ownerUid,
+        firecrackerBinary: config.firecrackerBin,
+        qemuBinary: config.qemuBin,
+        network,
+        disk,
+        vmm,
+      }),
+    );
     router.service(NetworkService, createNetworkService(network));
     router.service(DiskService, createDiskService(disk));
     router.service(VmmService, createVmmService(vmm));

@@ -558,6 +558,21 @@ describe("doctor", () => {
     });
   });
 
+  it("warns when the helper launches another VMM binary than the one bangerd checked", async () => {
+    const elsewhere = { firecracker: "/opt/fc/firecracker", qemu: "/usr/bin/qemu-system-x86_64" };
+    const report = await run(deps({ features: () => Promise.resolve({ ...ALL_FEATURES, vmmBinaries: elsewhere }) }));
+    expect(summary(report, "vmm-version")).toEqual({
+      status: "warn",
+      detail: "Firecracker 1.9.1 at /usr/local/bin/firecracker; but the helper launches /opt/fc/firecracker",
+      hint:
+        "set firecracker.binary in /home/ada/.config/banger/config.toml to /opt/fc/firecracker, or have the helper " +
+        "launch it (sudo banger system install --firecracker /usr/local/bin/firecracker, or dev up --firecracker)",
+    });
+    const same = { firecracker: "/usr/local/bin/firecracker", qemu: "/usr/bin/qemu-system-x86_64" };
+    const agreed = await run(deps({ features: () => Promise.resolve({ ...ALL_FEATURES, vmmBinaries: same }) }));
+    expect(summary(agreed, "vmm-version").status).toBe("ok");
+  });
+
   it("takes IP forwarding from the helper (the host's), and reads its own only when the helper could not", async () => {
     const ownBlocked = { ...healthyProbes(), ipForwarding: () => Promise.reject(new Error("EACCES /proc/sys")) };
     const fromHelper = await run(

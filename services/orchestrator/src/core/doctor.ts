@@ -264,7 +264,13 @@ export function createDoctor(deps: DoctorDeps): Doctor {
 
       const core: DoctorCheck[] = [
         kvmCheck(kvm, config.vmm),
-        vmmVersionCheck(version, config.vmm, vmmBinary, configPath),
+        helperBinaryCheck(
+          vmmVersionCheck(version, config.vmm, vmmBinary, configPath),
+          config.vmm,
+          vmmBinary,
+          features.ok ? features.value.vmmBinaries : undefined,
+          configPath,
+        ),
         ...services.map(serviceCheck),
         serviceVersionsCheck(services, clientVersion),
         helperPrivilegesCheck(helper),
@@ -407,6 +413,32 @@ function vmmVersionCheck(
       return check("vmm-version", "ok", `${label} ${version} at ${binary}`);
     }
   }
+}
+
+/**
+ * The VMM doctor checked is bangerd's configured binary; the one that runs is the helper's. When they
+ * differ, an ok check turns into a warning that says which runs (a failing one stays as it is).
+ */
+function helperBinaryCheck(
+  checked: DoctorCheck,
+  vmm: VmmDriver,
+  binary: string,
+  helper: { readonly firecracker: string; readonly qemu: string } | undefined,
+  configPath: string,
+): DoctorCheck {
+  const launched = helper ? (vmm === "firecracker" ? helper.firecracker : helper.qemu) : "";
+  if (launched === "" || launched === binary || checked.status === "fail") return checked;
+  const key = vmm === "firecracker" ? "firecracker.binary" : "qemu.binary";
+  const other =
+    vmm === "firecracker"
+      ? `, or have the helper launch it (sudo banger system install --firecracker ${binary}, or dev up --firecracker)`
+      : "";
+  return check(
+    "vmm-version",
+    "warn",
+    `${checked.detail}; but the helper launches ${launched}`,
+    `set ${key} in ${configPath} to ${launched}${other}`,
+  );
 }
 
 const START_HINT: Record<ServiceRole, string> = {

@@ -43,6 +43,8 @@ export interface HostFeatures {
   readonly ipForward?: boolean | undefined;
   /** Whether the helper sees the kernel's modules: `bridge = false` is then certain. */
   readonly modulesVisible?: boolean;
+  /** The VMM binaries the helper launches (its configuration, not bangerd's). */
+  readonly vmmBinaries?: { readonly firecracker: string; readonly qemu: string };
 }
 
 export interface VmmState {

@@ -38,7 +38,8 @@ export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
       return identityFromVersion(await host.getVersion({}, callOptions(scope)));
     },
     async features(scope) {
-      const found = (await host.getVersion({}, callOptions(scope))).features;
+      const version = await host.getVersion({}, callOptions(scope));
+      const found = version.features;
       return {
         tun: found?.tun ?? false,
         bridge: found?.bridge ?? false,
@@ -50,6 +51,7 @@ export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
         kernelRelease: found?.kernelRelease ?? "",
         ipForward: found?.ipForward,
         modulesVisible: found?.modulesVisible ?? false,
+        vmmBinaries: { firecracker: version.firecrackerBinary, qemu: version.qemuBinary },
       };
     },
     async inventory(scope) {

@@ -10,6 +10,9 @@ import { describeHelper } from "../ops/version.js";
 
 export interface HostServiceDeps {
   readonly ownerUid: number;
+  /** The VMM binaries it launches, reported so doctor can compare them with bangerd's. */
+  readonly firecrackerBinary: string;
+  readonly qemuBinary: string;
   readonly network: NetworkOps;
   readonly disk: DiskOps;
   readonly vmm: VmmOps;
@@ -25,6 +28,8 @@ export function createHostService(deps: HostServiceDeps): ServiceImpl<typeof Hos
         capabilities: [...identity.capabilities],
         missingCapabilities: [...identity.missingCapabilities],
         features: probeHostFeatures(),
+        firecrackerBinary: deps.firecrackerBinary,
+        qemuBinary: deps.qemuBinary,
       };
     },
     async getInventory() {
