@@ -10,6 +10,7 @@
  * Each step prints its wall time. Nothing is faked.
  */
 import { execFileSync, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -42,6 +43,11 @@ const e2e = describe.skipIf(missing.length > 0);
 let ns: NetNs;
 let cluster: Cluster;
 let registry: RegistryProcess;
+/** The dropbear host key the "guest" image carries, relative to the root. */
+const HOST_KEY = "etc/dropbear/dropbear_ed25519_host_key";
+/** sha256 of VM one's host key file. */
+let oneHostKey = "";
+const sha256 = (data: Buffer) => createHash("sha256").update(data).digest("hex");
 let work: string;
 const started = Date.now();
 
@@ -83,9 +89,10 @@ beforeAll(async () => {
   ns = createNetNs();
   registry = await startRegistry(join(work, "registry"));
   let t = Date.now();
-  // Two images: without an init of its own (banger's minimal init runs it), and with busybox init.
+  // Two images: without an init of its own (banger's minimal init runs it) and with a host key baked in,
+  // and with busybox init.
   for (const [name, extra] of [
-    ["guest", []],
+    ["guest", ["--with-host-key"]],
     ["guest-init", ["--with-init"]],
   ] as const) {
     execFileSync(process.execPath, [
@@ -140,6 +147,13 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
     // The work disk is mounted at /root with banger's key on it.
     const key = await cli(["vm", "exec", "one", "--", "cat", "/root/.ssh/authorized_keys"]);
     expect(key.stdout).toMatch(/^ssh-ed25519 /);
+    // The image carries a dropbear host key: the VM got its own (banger's initramfs, banger.id=).
+    const baked = sha256(readFileSync(join(work, "guest", "rootfs", HOST_KEY)));
+    oneHostKey = (await cli(["vm", "exec", "one", "--", "sha256sum", `/${HOST_KEY}`])).stdout.split(" ")[0] ?? "";
+    expect(oneHostKey).toMatch(/^[0-9a-f]{64}$/);
+    expect(oneHostKey).not.toBe(baked);
+    const id = (JSON.parse((await cli(["vm", "show", "one", "--json"])).stdout) as { id: string }[])[0]?.id;
+    expect((await cli(["vm", "exec", "one", "--", "cat", "/etc/banger/host-keys-of"])).stdout).toBe(`${id}\n`);
     expect(ns.ruleset()).toMatch(/masquerade/);
   }, 300_000);
 
@@ -215,6 +229,8 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
     expect(leftovers().qemu).toEqual([]);
     await cli(["vm", "start", "one", "--ssh-timeout", "120"]);
     expect((await cli(["vm", "exec", "one", "--", "cat", "/root/note"])).stdout).toBe("kept\n");
+    // Its host key is its own for good: the same after a restart.
+    expect((await cli(["vm", "exec", "one", "--", "sha256sum", `/${HOST_KEY}`])).stdout.split(" ")[0]).toBe(oneHostKey);
     const set = await cli(["vm", "set", "one", "--vcpu", "2", "--json"]);
     expect(set.stdout).toContain("vcpu=2");
     await cli(["vm", "restart", "one"]);

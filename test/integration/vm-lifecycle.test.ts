@@ -108,7 +108,8 @@ live("a VM's life through the CLI", () => {
         kernel_image_path: join(cluster.stateDir, "kernels", "k61", "vmlinux"),
         initrd_path: join(cluster.stateDir, "kernels", "k61", "initrd"),
         boot_args:
-          "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw ip=172.30.0.2::172.30.0.1:255.255.255.0:box:eth0:off",
+          "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw ip=172.30.0.2::172.30.0.1:255.255.255.0:box:eth0:off " +
+          `banger.id=${vm.id}`,
       },
       { drive_id: "root", path_on_host: join(vmState, "root.ext4"), is_root_device: true, is_read_only: false },
       { drive_id: "work", path_on_host: join(vmState, "work.ext4"), is_root_device: false, is_read_only: false },

@@ -3,8 +3,10 @@
 // host, as an OCI image layout (one gzip'd tar layer, made reproducible with
 // tar's --sort/--mtime/--owner), optionally pushed to a registry with skopeo.
 //
-//   node test/e2e/support/guest-image.mjs --out DIR [--tag TAG] [--with-init] [--push HOST:PORT/REPO:TAG]
+//   node test/e2e/support/guest-image.mjs --out DIR [--tag TAG] [--with-init] [--with-host-key] [--push HOST:PORT/REPO:TAG]
 //
+// --with-host-key bakes a dropbear host key into the image (as images with an
+// SSH server installed often do): each VM must get its own instead.
 // Without --with-init the image has no /sbin/init: banger's minimal init runs
 // it. With --with-init, /sbin/init is busybox init with an /etc/inittab that
 // starts dropbear and acpid (power button -> poweroff), like a small distro.
@@ -24,11 +26,14 @@ const { values: args } = parseArgs({
     out: { type: "string" },
     tag: { type: "string", default: "latest" },
     "with-init": { type: "boolean", default: false },
+    "with-host-key": { type: "boolean", default: false },
     push: { type: "string" },
   },
 });
 if (!args.out) {
-  process.stderr.write("usage: guest-image.mjs --out DIR [--tag TAG] [--with-init] [--push HOST:PORT/REPO:TAG]\n");
+  process.stderr.write(
+    "usage: guest-image.mjs --out DIR [--tag TAG] [--with-init] [--with-host-key] [--push HOST:PORT/REPO:TAG]\n",
+  );
   process.exit(2);
 }
 const out = args.out;
@@ -83,6 +88,11 @@ put("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/n
 put("etc/shadow", "root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n", 0o600);
 put("etc/group", "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n");
 put("etc/shells", "/bin/sh\n/bin/ash\n");
+if (args["with-host-key"]) {
+  execFileSync("dropbearkey", ["-t", "ed25519", "-f", join(rootfs, "etc/dropbear/dropbear_ed25519_host_key")], {
+    stdio: "ignore",
+  });
+}
 put("etc/os-release", 'NAME="banger guest image"\nID=banger-guest\nPRETTY_NAME="busybox + dropbear"\n');
 
 if (args["with-init"]) {

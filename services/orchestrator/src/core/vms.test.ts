@@ -367,7 +367,7 @@ describe("VM create", () => {
     expect(requests).toEqual([
       'machine-config {"vcpuCount":2,"memSizeMib":1024,"smt":false}',
       expect.stringMatching(
-        /^boot-source \{"kernelImagePath":".*\/kernels\/k\/vmlinux","bootArgs":"console=ttyS0 .* ip=172\.30\.0\.2::172\.30\.0\.1:255\.255\.255\.0:box:eth0:off","initrdPath":".*\/kernels\/k\/initrd"\}$/,
+        /^boot-source \{"kernelImagePath":".*\/kernels\/k\/vmlinux","bootArgs":"console=ttyS0 .* ip=172\.30\.0\.2::172\.30\.0\.1:255\.255\.255\.0:box:eth0:off banger\.id=[0-9a-f]{12}","initrdPath":".*\/kernels\/k\/initrd"\}$/,
       ),
       expect.stringMatching(/^drives \{"driveId":"root",.*root\.ext4","isRootDevice":true,"isReadOnly":false\}$/),
       expect.stringMatching(/^drives \{"driveId":"work",.*work\.ext4","isRootDevice":false,"isReadOnly":false\}$/),
@@ -686,7 +686,7 @@ describe("VMM driver qemu-microvm", () => {
       memoryMib: 1024,
       kernelPath: join(stateDir, "kernels", "k", "vmlinux"),
       initrdPath: join(stateDir, "kernels", "k", "initrd"),
-      bootArgs: `console=ttyS0 reboot=t panic=1 root=/dev/vda rw ip=${vm.guestIp}::172.30.0.1:255.255.255.0:box:eth0:off`,
+      bootArgs: `console=ttyS0 reboot=t panic=1 root=/dev/vda rw ip=${vm.guestIp}::172.30.0.1:255.255.255.0:box:eth0:off banger.id=${vm.id}`,
       rootDisk: join(stateDir, "vms", vm.id, "root.ext4"),
       workDisk: join(stateDir, "vms", vm.id, "work.ext4"),
       mac: vm.mac,

@@ -428,7 +428,8 @@ export function createVmService(deps: {
       memoryMib: vm.memoryMib,
       kernelPath: files.kernel,
       initrdPath: files.initrd,
-      bootArgs: `${driver.kernelArgs} root=/dev/vda rw ${guest.bootArgsIp(vm, network)}`,
+      // banger.id: banger's initramfs makes this VM its own SSH host keys instead of the image's.
+      bootArgs: `${driver.kernelArgs} root=/dev/vda rw ${guest.bootArgsIp(vm, network)} banger.id=${vm.id}`,
       rootDisk: root?.device ?? join(vmDir(vm.id), ROOT_DISK),
       workDisk: join(vmDir(vm.id), WORK_DISK),
       tap,

@@ -20,8 +20,9 @@
 #     CONFIG_IP_PNP and a built-in driver; Debian's kernel has neither) and
 #     sets the hostname;
 #  5. mounts the root disk at /newroot and the work disk on its /root;
-#  6. makes the SSH host keys the image lacks (its own ssh-keygen and
-#     dropbearkey, run chrooted into the root disk), so they persist there;
+#  6. makes the VM its own SSH host keys (its own ssh-keygen and dropbearkey,
+#     run chrooted into the root disk) where the image lacks them or has keys
+#     not made for this VM (banger.id=), so they persist there;
 #  7. moves /dev, /proc and /sys into the root disk and switches to it, running
 #     init= or the image's /sbin/init when that resolves (inside the root disk,
 #     symbolic links followed) to an executable file. An image without one gets
@@ -96,6 +97,7 @@ rootmode=rw
 init=
 ip=
 work=
+vm_id=
 for arg in $CMDLINE; do
   case $arg in
     root=*) root=${arg#root=} ;;
@@ -106,8 +108,10 @@ for arg in $CMDLINE; do
     init=*) init=${arg#init=} ;;
     ip=*) ip=${arg#ip=} ;;
     banger.work=*) work=${arg#banger.work=} ;;
+    banger.id=*) vm_id=${arg#banger.id=} ;;
   esac
 done
+case $vm_id in *[!a-z0-9-]*) fail "banger.id=$vm_id is not a VM id" ;; esac
 
 # Waits up to 10 s for a device node ($1: a path, UUID=… or LABEL=…) and
 # prints its path.
@@ -242,19 +246,44 @@ for dir in dev proc sys; do
   mount --move "/$dir" "/newroot/$dir" || fail "cannot move /$dir onto the root disk"
 done
 
-# SSH host keys, made once and kept on the root disk (ed25519 only: the
-# others take seconds on an emulated CPU; an image that has keys keeps them).
-if runnable_in_root /usr/bin/ssh-keygen && [ -d /newroot/etc/ssh ] &&
-  ! [ -e /newroot/etc/ssh/ssh_host_ed25519_key ] && ! [ -e /newroot/etc/ssh/ssh_host_rsa_key ] &&
-  ! [ -e /newroot/etc/ssh/ssh_host_ecdsa_key ]; then
-  chroot /newroot /usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key ||
-    say "ssh-keygen could not make a host key"
+# SSH host keys, made once per VM and kept on its root disk (ed25519 only:
+# the others take seconds on an emulated CPU). Keys belong to one machine:
+# /etc/banger/host-keys-of names the VM (banger.id) they were made for, and a
+# root disk whose keys were not made for this VM (an image's own, baked in,
+# or those of the VM an image was promoted from) has them replaced, where the
+# image has the tool to make new ones (else it keeps them, and says so).
+new_machine=
+if [ -n "$vm_id" ] && [ "$(cat /newroot/etc/banger/host-keys-of 2>/dev/null)" != "$vm_id" ]; then
+  new_machine=1
 fi
-if runnable_in_root /usr/bin/dropbearkey && ! [ -e /newroot/etc/dropbear/dropbear_ed25519_host_key ] &&
-  ! [ -e /newroot/etc/dropbear/dropbear_rsa_host_key ] && ! [ -e /newroot/etc/dropbear/dropbear_ecdsa_host_key ]; then
-  mkdir -p /newroot/etc/dropbear
-  chroot /newroot /usr/bin/dropbearkey -t ed25519 -f /etc/dropbear/dropbear_ed25519_host_key >/dev/null 2>&1 ||
-    say "dropbearkey could not make a host key"
+if [ -d /newroot/etc/ssh ] && runnable_in_root /usr/bin/ssh-keygen; then
+  if [ -n "$new_machine" ]; then
+    for type in rsa ecdsa ed25519 dsa; do
+      rm -f "/newroot/etc/ssh/ssh_host_${type}_key" "/newroot/etc/ssh/ssh_host_${type}_key.pub"
+    done
+  fi
+  if ! [ -e /newroot/etc/ssh/ssh_host_ed25519_key ] && ! [ -e /newroot/etc/ssh/ssh_host_rsa_key ] &&
+    ! [ -e /newroot/etc/ssh/ssh_host_ecdsa_key ]; then
+    chroot /newroot /usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key ||
+      say "ssh-keygen could not make a host key"
+  fi
+elif [ -n "$new_machine" ] && [ -e /newroot/etc/ssh/ssh_host_ed25519_key ]; then
+  say "the image's SSH host keys stay: it has no /usr/bin/ssh-keygen to make this VM its own"
+fi
+if runnable_in_root /usr/bin/dropbearkey; then
+  if [ -n "$new_machine" ]; then
+    for type in rsa ecdsa ed25519 dss; do rm -f "/newroot/etc/dropbear/dropbear_${type}_host_key"; done
+  fi
+  if ! [ -e /newroot/etc/dropbear/dropbear_ed25519_host_key ] &&
+    ! [ -e /newroot/etc/dropbear/dropbear_rsa_host_key ] && ! [ -e /newroot/etc/dropbear/dropbear_ecdsa_host_key ]; then
+    mkdir -p /newroot/etc/dropbear
+    chroot /newroot /usr/bin/dropbearkey -t ed25519 -f /etc/dropbear/dropbear_ed25519_host_key >/dev/null 2>&1 ||
+      say "dropbearkey could not make a host key"
+  fi
+fi
+if [ -n "$new_machine" ]; then
+  mkdir -p /newroot/etc/banger && echo "$vm_id" >/newroot/etc/banger/host-keys-of ||
+    say "cannot record whose SSH host keys these are"
 fi
 
 # Seconds since the kernel started, for the console log.
