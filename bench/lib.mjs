@@ -40,9 +40,10 @@ export async function startServices({ owner, netns, helperArgs = [] } = {}) {
       const args = [join(ROOT, `services/${name}/dist/main.js`), "--runtime-dir", runtimeDir];
       args.push("--state-dir", stateDir);
       let argv = [process.execPath, ...args];
-      const options = { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, BANGER_LOG_LEVEL: "info" } };
+      // The benchmark's own config directory always: the one of whoever runs it must not change the numbers.
+      const env = { ...process.env, BANGER_LOG_LEVEL: "info", XDG_CONFIG_HOME: join(dir, "config"), HOME: dir };
+      const options = { stdio: ["ignore", "pipe", "inherit"], env };
       if (owner !== undefined) {
-        Object.assign(options.env, { XDG_CONFIG_HOME: join(dir, "config"), HOME: dir });
         if (name === "privileged") {
           argv.push("--owner-uid", String(owner), "--owner-gid", String(owner), ...helperArgs);
           if (netns) argv = ["ip", "netns", "exec", netns, ...argv];
