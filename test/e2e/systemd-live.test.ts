@@ -21,7 +21,7 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { HAVE_REGISTRY_TOOLS } from "../../services/image-puller/src/registry/testing/oci-image.js";
 import {
   startRegistry,
@@ -165,6 +165,28 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
     ]);
     log(`kernel package (${modules} modules), config and a guest image in the registry in ${Date.now() - started} ms`);
   }, 180_000);
+
+  // A failed step prints what the services and the guest said, so a failure in CI can be read afterwards.
+  beforeEach((ctx) => {
+    ctx.onTestFailed(async () => {
+      if (!container) return;
+      const journal = await sh([
+        "journalctl",
+        "--no-pager",
+        "-o",
+        "cat",
+        "-n",
+        "60",
+        "--unit=bangerd.service",
+        "--unit=banger-privileged.service",
+      ]);
+      log(`after the failure, the last lines of bangerd's and the helper's journals:\n${journal.stdout}`);
+      if (qemuPid !== "") {
+        const console = await banger(["vm", "logs", "one", "--tail", "40"], OWNER);
+        log(`the guest's console:\n${console.stdout}${console.stderr}`);
+      }
+    });
+  });
 
   afterAll(async () => {
     await container?.stop();
