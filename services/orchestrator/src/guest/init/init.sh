@@ -253,6 +253,7 @@ done
 # or those of the VM an image was promoted from) has them replaced, where the
 # image has the tool to make new ones (else it keeps them, and says so).
 new_machine=
+made_keys=
 if [ -n "$vm_id" ] && [ "$(cat /newroot/etc/banger/host-keys-of 2>/dev/null)" != "$vm_id" ]; then
   new_machine=1
 fi
@@ -264,6 +265,7 @@ if [ -d /newroot/etc/ssh ] && runnable_in_root /usr/bin/ssh-keygen; then
   fi
   if ! [ -e /newroot/etc/ssh/ssh_host_ed25519_key ] && ! [ -e /newroot/etc/ssh/ssh_host_rsa_key ] &&
     ! [ -e /newroot/etc/ssh/ssh_host_ecdsa_key ]; then
+    made_keys=1
     chroot /newroot /usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key ||
       say "ssh-keygen could not make a host key"
   fi
@@ -277,6 +279,7 @@ if runnable_in_root /usr/bin/dropbearkey; then
   if ! [ -e /newroot/etc/dropbear/dropbear_ed25519_host_key ] &&
     ! [ -e /newroot/etc/dropbear/dropbear_rsa_host_key ] && ! [ -e /newroot/etc/dropbear/dropbear_ecdsa_host_key ]; then
     mkdir -p /newroot/etc/dropbear
+    made_keys=1
     chroot /newroot /usr/bin/dropbearkey -t ed25519 -f /etc/dropbear/dropbear_ed25519_host_key >/dev/null 2>&1 ||
       say "dropbearkey could not make a host key"
   fi
@@ -285,6 +288,9 @@ if [ -n "$new_machine" ]; then
   mkdir -p /newroot/etc/banger && echo "$vm_id" >/newroot/etc/banger/host-keys-of ||
     say "cannot record whose SSH host keys these are"
 fi
+# On the disk before anyone connects: a VMM killed before the guest's writeback would lose keys the host
+# has already pinned, and the next boot would make other ones (a host key mismatch).
+if [ -n "$new_machine" ] || [ -n "$made_keys" ]; then sync; fi
 
 # Seconds since the kernel started, for the console log.
 uptime_s() { read -r up _ </newroot/proc/uptime && echo "$up"; }
