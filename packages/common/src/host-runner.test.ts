@@ -16,6 +16,12 @@ describe("the host runner", () => {
     expect((error as HostCommandError).message).toContain("broken");
   });
 
+  it.skipIf(process.getuid?.() !== 0)("runs a tool as another user when asked (as root)", async () => {
+    const ran = await runner.run(["id", "-u"], { as: { uid: 1000, gid: 1000 } });
+    expect(ran.stdout).toBe("1000\n");
+    expect((await runner.run(["id", "-g"], { as: { uid: 1000, gid: 1000 } })).stdout).toBe("1000\n");
+  });
+
   it("says a tool is not installed (FAILED_PRECONDITION HOST_TOOL_MISSING)", async () => {
     const error = (await runner.run(["banger-no-such-tool"]).catch((e: unknown) => e)) as BangerError;
     expect([error.kind, error.reason, error.message]).toEqual([

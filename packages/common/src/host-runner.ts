@@ -22,6 +22,8 @@ export interface RunOptions {
   readonly okCodes?: readonly number[];
   /** Open files handed to the child as fds 3, 4, … (so it gets the file, not a path). */
   readonly fds?: readonly number[];
+  /** Run as this user and group (the caller needs CAP_SETUID and CAP_SETGID). */
+  readonly as?: { readonly uid: number; readonly gid: number };
 }
 
 /**
@@ -47,6 +49,7 @@ export function createHostRunner(): Runner {
           stdio: ["pipe", "pipe", "pipe", ...(options.fds ?? [])],
           env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" },
           ...(signal ? { signal } : {}),
+          ...(options.as ? { uid: options.as.uid, gid: options.as.gid } : {}),
         });
         const out: Buffer[] = [];
         const err: Buffer[] = [];

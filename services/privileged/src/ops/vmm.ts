@@ -10,7 +10,6 @@
  * swapped in by the owner while the helper works cannot redirect a mkdir, a
  * chown or a create to somewhere else.
  */
-import { execFile } from "node:child_process";
 import { constants, type Stats } from "node:fs";
 import { lstat, mkdir, open, rm, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
@@ -18,9 +17,12 @@ import { setTimeout as sleep } from "node:timers/promises";
 import {
   DeadlineExceededError,
   FailedPreconditionError,
+  HostCommandError,
   InvalidArgumentError,
   PermissionDeniedError,
   checkSocketPathLength,
+  createHostRunner,
+  type Runner,
 } from "@banger/common";
 import type { HelperConfig } from "../config.js";
 import { probeHostFeatures } from "../host/features.js";
@@ -122,6 +124,8 @@ export interface VmmDeps {
   readonly kvmUsable?: () => boolean;
   /** The host's TSC frequency for TCG guests (default: /proc/cpuinfo). */
   readonly hostTscKhz?: () => number | undefined;
+  /** Runs host tools (default: common's host runner); the owner's `kill` when the helper may not signal. */
+  readonly runner?: Runner;
   /** How long a new VMM has to create its control socket (default 10 s). */
   readonly readyTimeoutMs?: number;
 }
@@ -555,23 +559,6 @@ async function logTail(handle: FileHandle, bytes = 2048): Promise<string> {
 
 // ------------------------------------------------------------------- the ops
 
-/** `kill -s SIG pid` run as the owner (the helper keeps CAP_SETUID for the VMMs); false when it is gone. */
-function killAsOwner(pid: number, signal: NodeJS.Signals, config: HelperConfig): Promise<boolean> {
-  return new Promise((resolve, reject) => {
-    execFile(
-      "kill",
-      ["-s", signal.slice(3), String(pid)],
-      { uid: config.ownerUid, gid: config.ownerGid, env: VMM_ENV },
-      (error, _stdout, stderr) => {
-        if (!error) resolve(true);
-        else if (/no such process/i.test(stderr)) resolve(false);
-        else
-          reject(new Error(`kill -s ${signal.slice(3)} ${pid} as the owner failed: ${stderr.trim() || error.message}`));
-      },
-    );
-  });
-}
-
 const VMM_ENV = { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" } as const;
 
 export function createVmmOps(deps: VmmDeps): VmmOps {
@@ -581,6 +568,7 @@ export function createVmmOps(deps: VmmDeps): VmmOps {
   const kvmUsable = deps.kvmUsable ?? (() => probeHostFeatures().kvm);
   const hostTscKhz = deps.hostTscKhz ?? (() => cpuKhz(procRoot));
   const readyTimeoutMs = deps.readyTimeoutMs ?? 10_000;
+  const runner = deps.runner ?? createHostRunner();
   /** VMs whose launch is under way in this helper (between the running check and the spawn). */
   const launching = new Set<string>();
 
@@ -815,7 +803,11 @@ export function createVmmOps(deps: VmmDeps): VmmOps {
         if (errnoOf(error) === "ESRCH") return { existed: false };
         if (errnoOf(error) !== "EPERM") throw error;
         // Root without CAP_KILL (the helper's unit) may not signal the owner's process; the owner may.
-        return { existed: await killAsOwner(pid, signal, config) };
+        const owner = { uid: config.ownerUid, gid: config.ownerGid };
+        const sent = await runner.run(["kill", "-s", signal.slice(3), String(pid)], { as: owner, okCodes: [0, 1] });
+        if (sent.code === 0) return { existed: true };
+        if (/no such process/i.test(sent.stderr)) return { existed: false };
+        throw new HostCommandError(["kill", "-s", signal.slice(3), String(pid)], sent.code, sent.stderr);
       }
       return { existed: true };
     },
