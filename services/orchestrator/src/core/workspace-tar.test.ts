@@ -7,6 +7,7 @@ import {
   existsSync,
   lstatSync,
   mkdirSync,
+  readdirSync,
   readFileSync,
   readlinkSync,
   statSync,
@@ -42,6 +43,11 @@ function entryOf(root: string, path: string): TreeEntry {
 /** A tar of `entries` (header, content) as tar-stream writes it. */
 async function tarOf(entries: [tar.Header | { name: string; [key: string]: unknown }, string?][]): Promise<Buffer> {
   const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  // Read while writing: a large entry's callback waits until the pack is read.
+  const read = (async () => {
+    for await (const chunk of pack as AsyncIterable<Buffer>) chunks.push(chunk);
+  })();
   for (const [header, content] of entries) {
     await new Promise<void>((resolve, reject) => {
       const done = (error?: Error | null) => (error ? reject(error) : resolve());
@@ -50,8 +56,7 @@ async function tarOf(entries: [tar.Header | { name: string; [key: string]: unkno
     });
   }
   pack.finalize();
-  const chunks: Buffer[] = [];
-  for await (const chunk of pack as AsyncIterable<Buffer>) chunks.push(chunk);
+  await read;
   return Buffer.concat(chunks);
 }
 
@@ -120,6 +125,52 @@ describe("workspace tars", () => {
     }
     expect(existsSync(join(temp(), "escaped.txt"))).toBe(false);
     expect(existsSync(join(temp(), "outside", "escaped.txt"))).toBe(false);
+  });
+
+  it("stops a guest's tar at its byte and entry limits with RESOURCE_EXHAUSTED, hard links counted as copies", async () => {
+    const du = (dir: string): number =>
+      readdirSync(dir, { recursive: true, withFileTypes: true })
+        .filter((e) => e.isFile())
+        .reduce((sum, e) => sum + statSync(join(e.parentPath, e.name)).size, 0);
+    const mib = "x".repeat(1024 * 1024);
+
+    // A guest that never stops sending: 1 MiB files for as long as it is read.
+    async function* endless(): AsyncGenerator<Buffer> {
+      for (let i = 0; ; i++) yield await tarOf([[{ name: `f${i}` }, mib]]).then((b) => b.subarray(0, b.length - 1024));
+    }
+    const endlessRoot = join(temp(), "endless");
+    mkdirSync(endlessRoot);
+    const tooLarge = await extractTree(Readable.from(endless()), endlessRoot, () => false, never, {
+      maxBytes: 8 * 1024 * 1024,
+      maxEntries: 1000,
+    }).catch((e: unknown) => e as BangerError);
+    expect(tooLarge).toMatchObject({ kind: "resource-exhausted", reason: "GUEST_TAR_TOO_LARGE" });
+    expect((tooLarge as BangerError).message).toContain("8388608 bytes");
+    expect(du(endlessRoot)).toBeLessThanOrEqual(9 * 1024 * 1024);
+
+    // One file, then a hundred hard links to it: each would be a copy here.
+    const linksRoot = join(temp(), "links");
+    mkdirSync(linksRoot);
+    const links: [{ name: string; [key: string]: unknown }, string?][] = [[{ name: "big" }, mib]];
+    for (let i = 0; i < 100; i++) links.push([{ name: `link${i}`, type: "link", linkname: "big" }]);
+    const linked = await extractTree(Readable.from([await tarOf(links)]), linksRoot, () => false, never, {
+      maxBytes: 8 * 1024 * 1024,
+      maxEntries: 1000,
+    }).catch((e: unknown) => e as BangerError);
+    expect(linked).toMatchObject({ kind: "resource-exhausted", reason: "GUEST_TAR_TOO_LARGE" });
+    expect(du(linksRoot)).toBeLessThanOrEqual(8 * 1024 * 1024);
+
+    // Many empty entries.
+    const manyRoot = join(temp(), "many");
+    mkdirSync(manyRoot);
+    const many: [{ name: string; [key: string]: unknown }, string?][] = [];
+    for (let i = 0; i < 50; i++) many.push([{ name: `e${i}` }, ""]);
+    const tooMany = await extractTree(Readable.from([await tarOf(many)]), manyRoot, () => false, never, {
+      maxBytes: 1024,
+      maxEntries: 20,
+    }).catch((e: unknown) => e as BangerError);
+    expect(tooMany).toMatchObject({ kind: "resource-exhausted", reason: "GUEST_TAR_TOO_MANY_ENTRIES" });
+    expect(readdirSync(manyRoot).length).toBeLessThanOrEqual(20);
   });
 
   it("leaves out what it is told to skip, with everything under it", async () => {

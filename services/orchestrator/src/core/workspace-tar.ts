@@ -11,7 +11,7 @@ import { chmod, copyFile, lstat, mkdir, open, rm, symlink } from "node:fs/promis
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { FailedPreconditionError, InternalError } from "@banger/common";
+import { FailedPreconditionError, InternalError, ResourceExhaustedError } from "@banger/common";
 import tar, { type Header, type Pack } from "tar-stream";
 
 type HeaderArgument = Partial<Header> & Pick<Header, "name">;
@@ -164,23 +164,46 @@ function skippedBy(path: string, skip: (path: string) => boolean): boolean {
   return false;
 }
 
+/** What a guest's tar may make on the host: the guest is not trusted to send a bounded one. */
+export interface ExtractLimits {
+  /** File bytes written, hard links' copies included. */
+  readonly maxBytes: number;
+  /** Entries of any kind (each costs an inode and a map entry here). */
+  readonly maxEntries: number;
+}
+
+/** Entries a workspace export may hold when the caller names no other limit. */
+export const DEFAULT_MAX_ENTRIES = 1_000_000;
+
 /**
  * Writes the tar read from `source` into `root` (an empty directory only this
  * process writes to). `skip(path)` leaves entries out (and everything under
- * them). Returns once everything is on disk.
+ * them). A tar beyond `limits` stops with RESOURCE_EXHAUSTED naming the limit,
+ * having written at most a chunk more than it. Returns once everything is on disk.
  */
 export async function extractTree(
   source: Readable,
   root: string,
   skip: (path: string) => boolean,
   signal: AbortSignal,
+  limits: ExtractLimits = { maxBytes: Number.MAX_SAFE_INTEGER, maxEntries: DEFAULT_MAX_ENTRIES },
 ): Promise<ExtractResult> {
   const extract = tar.extract();
   /** What this extraction made, by path: the tree holds nothing else. */
   const made = new Map<string, "dir" | "file" | "symlink">();
   let files = 0;
   let bytes = 0;
+  let entries = 0;
   const abs = (path: string) => join(root, path);
+  const addBytes = (count: number) => {
+    bytes += count;
+    if (bytes > limits.maxBytes) {
+      throw new ResourceExhaustedError(
+        `the guest's tar holds more than the ${limits.maxBytes} bytes this host can take for it`,
+        { reason: "GUEST_TAR_TOO_LARGE" },
+      );
+    }
+  };
 
   async function parents(path: string, name: string) {
     const parts = path.split("/").slice(0, -1);
@@ -206,6 +229,11 @@ export async function extractTree(
   }
 
   async function onEntry(header: Header, stream: AsyncIterable<unknown> & { resume(): unknown }): Promise<void> {
+    if (++entries > limits.maxEntries) {
+      throw new ResourceExhaustedError(`the guest's tar holds more than ${limits.maxEntries} entries`, {
+        reason: "GUEST_TAR_TOO_MANY_ENTRIES",
+      });
+    }
     const path = entryPath(header.name);
     if (path === undefined || skippedBy(path, skip)) {
       stream.resume();
@@ -233,8 +261,8 @@ export async function extractTree(
         try {
           for await (const data of stream) {
             const chunk = data as Buffer;
+            addBytes(chunk.length);
             await handle.write(chunk);
-            bytes += chunk.length;
           }
           // Only the executable bit matters to git; the rest follows the umask-free default.
           await handle.chmod(mode & 0o100 ? 0o755 : 0o644);
@@ -259,6 +287,8 @@ export async function extractTree(
         }
         await parents(path, header.name);
         await clear(path, header.name, "file");
+        // A hard link becomes a copy here: a thousand links to one big file are a thousand copies.
+        addBytes((await lstat(abs(target))).size);
         await copyFile(abs(target), abs(path), constants.COPYFILE_EXCL);
         await chmod(abs(path), (await lstat(abs(target))).mode & 0o777);
         made.set(path, "file");

@@ -22,7 +22,7 @@
  * second command only once the host has seen the unpacking succeed.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { lstat, mkdir, readFile, readdir, readlink, realpath, rename, rm, writeFile } from "node:fs/promises";
+import { lstat, mkdir, readFile, readdir, readlink, realpath, rename, rm, statfs, writeFile } from "node:fs/promises";
 import { basename, isAbsolute, join, posix, relative, sep } from "node:path";
 import {
   FailedPreconditionError,
@@ -41,7 +41,7 @@ import { openGuestStream, type GuestStream, type GuestStreamExit } from "./guest
 import type { OperationContext, Operations } from "./operations.js";
 import { validVmName } from "./vms.js";
 import { diffAgainst, findRepository, listRepositoryFiles, recordBaseline, type Repository } from "./workspace-git.js";
-import { extractTree, packTree, type TreeEntry } from "./workspace-tar.js";
+import { DEFAULT_MAX_ENTRIES, extractTree, packTree, type ExtractLimits, type TreeEntry } from "./workspace-tar.js";
 
 export type WorkspaceMode = "copy" | "git";
 export type ExportFormat = "patch" | "tar";
@@ -556,7 +556,8 @@ export function createWorkspaces(deps: {
       const tree = join(scratch, "tree");
       await mkdir(tree, { recursive: true, mode: 0o700 });
       // An empty workspace sends nothing, which reads as an empty tar.
-      const extracting = extractTree(session.channel, tree, (path) => path === ".git", guard.signal);
+      const limits = await exportLimits(tree);
+      const extracting = extractTree(session.channel, tree, (path) => path === ".git", guard.signal, limits);
       const [extracted, exit] = await Promise.allSettled([extracting, session.done]);
       // The guest's own account of a failure comes first: a cut-off tar is its consequence.
       if (exit.status === "rejected") throw exit.reason;
@@ -614,6 +615,20 @@ export function createWorkspaces(deps: {
 
 function directoryEntry(path: string, source: string, mode: number, mtimeMs: number): TreeEntry {
   return { path, kind: "directory", source, linkTarget: "", mode: mode & 0o777, size: 0, mtimeMs };
+}
+
+/** What a guest's export may leave on the host's disk: never less than this free, nor than 5% of it. */
+const EXPORT_FREE_RESERVE_BYTES = 1024 ** 3;
+
+/**
+ * A patch export unpacks the guest's tree on the host first: it may use the
+ * free space of the file system holding `dir`, less a reserve, so that a guest
+ * sending an endless tar stops at RESOURCE_EXHAUSTED instead of filling the disk.
+ */
+async function exportLimits(dir: string): Promise<ExtractLimits> {
+  const fs = await statfs(dir);
+  const reserve = Math.max(EXPORT_FREE_RESERVE_BYTES, fs.blocks * fs.bsize * 0.05);
+  return { maxBytes: Math.max(0, fs.bavail * fs.bsize - reserve), maxEntries: DEFAULT_MAX_ENTRIES };
 }
 
 /** Writes to the SSH channel at least this much at a time: each write is a packet, and small ones crawl. */
