@@ -17,7 +17,7 @@ export interface ServiceMainOptions {
   /** Runs after the server has stopped (close the database…). */
   readonly onStop?: () => Promise<void>;
   /** Passed to the server: see UnixServerOptions. */
-  readonly access?: Pick<UnixServerOptions, "peerCredentials" | "authorize" | "socketOwner" | "logArguments">;
+  readonly access?: Pick<UnixServerOptions, "peerCredentials" | "authorize" | "socketGroup" | "logArguments">;
 }
 
 /**

@@ -41,14 +41,16 @@ export function probeSocket(socketPath: string, timeoutMs = 1000): Promise<boole
  * listens on (left by a crash or `kill -9`) is removed; a live socket is
  * refused (another instance runs), and so is anything that is not a socket.
  * A socket systemd passed to this process is systemd's: it is left alone.
+ * `via` is the name the checks and the removal use when it differs from the
+ * one shown (the socket's name inside a directory opened once, see unix-server).
  */
-export async function clearStaleSocket(socketPath: string): Promise<void> {
+export async function clearStaleSocket(socketPath: string, via = socketPath): Promise<void> {
   checkSocketPathLength(socketPath);
   const activated = activatedSocket();
   if (activated && (activated.path === undefined || activated.path === socketPath)) return;
   let stats;
   try {
-    stats = await lstat(socketPath);
+    stats = await lstat(via);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ENOENT") return;
     throw error;
@@ -58,10 +60,10 @@ export async function clearStaleSocket(socketPath: string): Promise<void> {
       reason: "SOCKET_PATH_OCCUPIED",
     });
   }
-  if (await probeSocket(socketPath)) {
+  if (await probeSocket(via)) {
     throw new FailedPreconditionError(`another server is already listening on ${socketPath}`, {
       reason: "ALREADY_RUNNING",
     });
   }
-  await unlink(socketPath);
+  await unlink(via);
 }

@@ -64,8 +64,8 @@ const network = createNetworkOps({ runner, config, resolvedPresent: () => probeH
 const disk = createDiskOps({ runner, config });
 const vmm = createVmmOps({ config });
 
-// Only the owner may call: the socket admits the owner's group (0660, root:<owner gid>) when
-// the owner is not root, and every connection's SO_PEERCRED uid is checked on every RPC.
+// Only the owner may call: the socket admits the owner's group (0660, root:<owner gid>, given
+// at bind time) when the owner is not root, and every connection's SO_PEERCRED uid is checked on every RPC.
 // Under systemd the socket is banger-privileged.socket's (root:banger 0660), passed as fd 3
 // and taken by runService; the uid check applies to it all the same.
 const sharedSocket = config.ownerUid !== (process.getuid?.() ?? 0);
@@ -86,7 +86,7 @@ await runService({
         );
       }
     },
-    ...(sharedSocket ? { socketOwner: { uid: process.getuid?.() ?? 0, gid: config.ownerGid } } : {}),
+    ...(sharedSocket ? { socketGroup: config.ownerGid } : {}),
   },
   logPrefix: "helper rpc",
   files: PRIVILEGED_FILES,
