@@ -1,6 +1,18 @@
 /** The CLI as a user runs it: help, exit codes, and `banger dev up`. */
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -151,6 +163,69 @@ describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("sudo banger dev up", () => {
       ["privileged", true, 0, true],
       ["image-puller", true, 1000, true],
     ]);
+  });
+});
+
+describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("sudo banger dev up in directories the user planted", () => {
+  // Root works in the user's directories: a name the user points elsewhere must not make root
+  // append to, or chown, what it points at.
+  const shownState = (path: string) => {
+    const st = lstatSync(path);
+    return `${(st.mode & 0o7777).toString(8)} ${st.uid}:${st.gid} ${st.isFile() ? readFileSync(path, "utf8") : ""}`;
+  };
+  const sudoDevUp = (runtimeDir: string, stateDir: string) =>
+    spawnSync(BANGER, ["dev", "up", "--runtime-dir", runtimeDir, "--state-dir", stateDir], {
+      env: { ...process.env, SUDO_UID: "1000", SUDO_GID: "1000" },
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+
+  it("refuses a log file that is a symlink (to a root-owned 0600 file) and starts nothing", () => {
+    const dir = mkdtempSync(join(tmpdir(), "banger-sudo-log-"));
+    dirs.push(dir);
+    chmodSync(dir, 0o755);
+    const victim = join(dir, "victim");
+    writeFileSync(victim, "root only\n", { mode: 0o600 });
+    const before = shownState(victim);
+    const logs = join(dir, "state", "logs");
+    mkdirSync(logs, { recursive: true, mode: 0o700 });
+    for (const path of [join(dir, "state"), logs]) chownSync(path, 1000, 1000);
+    for (const service of ["privileged", "orchestrator"]) {
+      rmSync(join(logs, "privileged.jsonl"), { force: true });
+      rmSync(join(logs, "orchestrator.jsonl"), { force: true });
+      symlinkSync(victim, join(logs, `${service}.jsonl`));
+      const result = sudoDevUp(join(dir, "run"), join(dir, "state"));
+      expect(shownState(victim)).toBe(before);
+      expect(result.status, result.stderr).toBe(1);
+      expect(result.stderr).toContain(`log file ${join(logs, `${service}.jsonl`)} is a symlink or not a regular file`);
+      expect(existsSync(join(dir, "run", "privileged.sock"))).toBe(false); // nothing was started
+    }
+  });
+
+  it("refuses a runtime directory that is a symlink (to a root-owned directory) and chowns nothing", () => {
+    const dir = mkdtempSync(join(tmpdir(), "banger-sudo-run-"));
+    dirs.push(dir);
+    chmodSync(dir, 0o755);
+    const victim = join(dir, "root-only");
+    mkdirSync(victim, { mode: 0o700 });
+    const before = shownState(victim);
+    symlinkSync(victim, join(dir, "run"));
+    const result = sudoDevUp(join(dir, "run"), join(dir, "state"));
+    expect(shownState(victim)).toBe(before);
+    expect(result.status, result.stderr).toBe(1);
+    expect(result.stderr).toContain(`${join(dir, "run")} is a symlink or not a directory`);
+  });
+
+  it("refuses a directory that belongs to someone else than the user behind sudo", () => {
+    const dir = mkdtempSync(join(tmpdir(), "banger-sudo-other-"));
+    dirs.push(dir);
+    chmodSync(dir, 0o755);
+    mkdirSync(join(dir, "run"), { mode: 0o700 });
+    chownSync(join(dir, "run"), 4242, 4242);
+    const result = sudoDevUp(join(dir, "run"), join(dir, "state"));
+    expect(result.status, result.stderr).toBe(1);
+    expect(result.stderr).toContain(`${join(dir, "run")} belongs to uid 4242, not to uid 1000`);
+    expect(statSync(join(dir, "run")).uid).toBe(4242);
   });
 });
 
