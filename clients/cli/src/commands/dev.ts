@@ -1,11 +1,12 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { chownSync, createWriteStream, mkdirSync, readFileSync, type WriteStream } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { createWriteStream, readFileSync, type WriteStream } from "node:fs";
+import { basename, dirname, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { checkSocketPathLength, probeSocket, runtimeLayout, stateLayout } from "@banger/common";
 import type { Command } from "commander";
 import { UsageError } from "../errors.js";
+import { openLogFile, openOwnedDir } from "./dev-files.js";
 
 /** The checkout this CLI was built in (clients/cli/dist/banger.js → the repository root). */
 const CHECKOUT = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
@@ -68,12 +69,12 @@ async function devUp(runtimeDir: string, stateDir: string, json: boolean, helper
     }
   }
   const owner = devOwner();
-  mkdirSync(runtimeDir, { recursive: true, mode: 0o700 });
-  mkdirSync(state.logDir, { recursive: true, mode: 0o700 });
-  if (owner) {
-    // Under sudo: the directories belong to the user, who runs the orchestrator, the puller and the CLI.
-    for (const dir of [runtimeDir, stateDir, state.logDir]) chownSync(dir, owner.uid, owner.gid);
-  }
+  // Under sudo the directories belong to the user, who runs the orchestrator, the puller and the
+  // CLI; root (this process, the helper) works in them only through checked open directories.
+  openOwnedDir(runtimeDir, owner).close();
+  const stateDirFd = openOwnedDir(stateDir, owner);
+  const logDir = openOwnedDir(state.logDir, owner, stateDirFd);
+  stateDirFd.close();
 
   const common = ["--runtime-dir", runtimeDir];
   const ownerArgs = owner ? ["--owner-uid", String(owner.uid), "--owner-gid", String(owner.gid)] : [];
@@ -101,6 +102,20 @@ async function devUp(runtimeDir: string, stateDir: string, json: boolean, helper
     },
   ];
 
+  // Every log opened (and checked) before any service starts: a refused one leaves nothing running.
+  const logs = new Map<string, WriteStream>();
+  try {
+    for (const spec of specs) {
+      const fd = openLogFile(logDir, basename(state.logFile(spec.name)), owner);
+      logs.set(spec.name, createWriteStream(state.logFile(spec.name), { fd }));
+    }
+  } catch (error) {
+    for (const log of logs.values()) log.destroy();
+    throw error;
+  } finally {
+    logDir.close();
+  }
+
   const children = new Map<string, ChildProcess>();
   let stopping = false;
   const stopAll = async (code: number) => {
@@ -114,7 +129,8 @@ async function devUp(runtimeDir: string, stateDir: string, json: boolean, helper
   process.once("SIGTERM", () => void stopAll(0));
 
   for (const spec of specs) {
-    const log = createWriteStream(state.logFile(spec.name), { flags: "a", mode: 0o600 });
+    const log = logs.get(spec.name);
+    if (!log) throw new Error(`no log opened for ${spec.name}`);
     const child = spawn(process.execPath, [resolve(CHECKOUT, spec.entry), ...spec.args], {
       stdio: ["ignore", "pipe", "pipe"],
       ...(owner && spec.asOwner
