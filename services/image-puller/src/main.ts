@@ -4,7 +4,7 @@ import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, runService, runtimeLayout } from "@banger/common";
 import { PullerService, file_banger_imagepuller_v1_puller } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
-import { createImageBuilder } from "./build/index.js";
+import { createImageBuilder, DEFAULT_BUILD_LIMITS, type BuildLimits } from "./build/index.js";
 import { createScratchDir } from "./build/scratch.js";
 import { createBuiltCache } from "./core/built-cache.js";
 import { createBlobCache, defaultDockerConfigPath } from "./registry/index.js";
@@ -17,9 +17,31 @@ const { values } = parseArgs({
     "cache-dir": { type: "string" },
     "scratch-dir": { type: "string", default: "/dev/shm" },
     socket: { type: "string" },
+    "max-image-mib": { type: "string" },
+    "max-image-entries": { type: "string" },
+    "min-free-mib": { type: "string" },
   },
   strict: true,
 });
+
+/** A whole number flag, at least 1; a bad one stops the puller before it listens. */
+function count(flag: "max-image-mib" | "max-image-entries" | "min-free-mib", fallback: number): number {
+  const text = values[flag];
+  if (text === undefined) return fallback;
+  const value = Number(text);
+  if (!/^[0-9]+$/.test(text) || !Number.isSafeInteger(value) || value < 1) {
+    throw new Error(`--${flag} must be a whole number of at least 1, got ${JSON.stringify(text)}`);
+  }
+  return value;
+}
+
+const MIB = 1024 ** 2;
+const limits: BuildLimits = {
+  ...DEFAULT_BUILD_LIMITS,
+  maxImageBytes: count("max-image-mib", DEFAULT_BUILD_LIMITS.maxImageBytes / MIB) * MIB,
+  maxImageEntries: count("max-image-entries", DEFAULT_BUILD_LIMITS.maxImageEntries),
+  minFreeBytes: count("min-free-mib", DEFAULT_BUILD_LIMITS.minFreeBytes / MIB) * MIB,
+};
 
 const stateDir = resolve(values["state-dir"]);
 await runService({
@@ -34,7 +56,7 @@ await runService({
         // Staging directories the orchestrator names must be inside the state directory.
         stateDir,
         cache: createBlobCache(resolve(values["cache-dir"] ?? join(stateDir, "cache", "blobs"))),
-        createBuilder: createImageBuilder,
+        createBuilder: () => createImageBuilder(limits),
         scratchDir: createScratchDir(values["scratch-dir"]),
         builtCache: createBuiltCache(join(stateDir, "cache", "built")),
         logger,

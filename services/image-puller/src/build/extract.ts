@@ -4,19 +4,29 @@
  * a leading `/` is stripped as tar does, so absolute names stay inside),
  * every parent component must be a real directory inside the tree, files are
  * created with O_EXCL | O_NOFOLLOW, hardlinks must point at a regular file
- * already in the tree. Ownership, modes, devices and capabilities are
- * recorded in `meta`, not applied.
+ * already in the tree, reached one directory at a time without following a
+ * symlink. Ownership, modes, devices and capabilities are recorded in `meta`,
+ * not applied.
+ *
+ * A layer is a stranger's input, so nothing in it sets how much memory or
+ * disk the puller uses: the bytes stream through with backpressure from the
+ * blob to the file being written (zstd in its own process behind a pipe,
+ * gzip in zlib, which waits for its reader), files are written sparse (a
+ * block of zeros is a hole), and the image's totals of uncompressed bytes
+ * and entries, and the free space left, are checked as they grow.
  */
 import { createHash } from "node:crypto";
 import {
   closeSync,
   constants,
   createReadStream,
+  ftruncateSync,
   linkSync,
   lstatSync,
   mkdirSync,
   openSync,
   rmSync,
+  statfsSync,
   symlinkSync,
   writeSync,
   type Stats,
@@ -26,15 +36,17 @@ import { join } from "node:path";
 import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip } from "node:zlib";
-import { InvalidArgumentError } from "@banger/common";
-import { Decompress } from "fzstd";
+import { BangerError, HostCommandError, InvalidArgumentError, ResourceExhaustedError } from "@banger/common";
 import tar, { type Header } from "tar-stream";
+import { imageTooLarge, spaceLow, tooManyEntries, type BuildLimits, type BuildUsage } from "./limits.js";
 import { forgetTree, type EntryMeta, type MetadataMap } from "./metadata.js";
+import { runStreamed, type StreamedRun } from "./run.js";
 
 export interface ApplyOptions {
   readonly signal: AbortSignal;
-  /** Largest single file accepted, bytes (a "huge sparse file" claim beyond it is refused). */
-  readonly maxFileBytes: number;
+  readonly limits: BuildLimits;
+  /** What the image's earlier layers used; this layer adds to it. */
+  readonly usage: BuildUsage;
 }
 
 /**
@@ -50,8 +62,15 @@ function lstatOrNone(path: string): Stats | undefined {
   }
 }
 
-/** Files are written from memory in pieces of up to this size. */
-const WRITE_BATCH_BYTES = 8 * 1024 * 1024;
+/** The free space of the tree's file system is looked at again after this many bytes written… */
+const SPACE_CHECK_BYTES = 64 * 1024 * 1024;
+/** …or this many entries made. */
+const SPACE_CHECK_ENTRIES = 4096;
+/** A path longer than Linux's PATH_MAX, or a name longer than ext4's, cannot be in an image. */
+const MAX_PATH_BYTES = 4095;
+const MAX_NAME_BYTES = 255;
+/** security.capability is 12, 20 or 24 bytes (v1, v2, v3). */
+const MAX_CAPABILITY_BYTES = 64;
 
 function hostile(entry: string, why: string): InvalidArgumentError {
   return new InvalidArgumentError(`hostile layer entry ${JSON.stringify(entry.slice(0, 200))}: ${why}`, {
@@ -59,7 +78,7 @@ function hostile(entry: string, why: string): InvalidArgumentError {
   });
 }
 
-/** "./a/b/" or "/a/b" → "a/b"; refuses `..`, empty components, NUL, control characters and `"`. */
+/** "./a/b/" or "/a/b" → "a/b"; refuses `..`, empty components, NUL, control characters, `"` and names too long for Linux. */
 export function treePath(name: string): string {
   const parts = name.split("/").filter((p) => p !== "" && p !== ".");
   if (parts.length === 0) return "";
@@ -67,44 +86,132 @@ export function treePath(name: string): string {
     if (part === "..") throw hostile(name, "a `..` component would leave the tree");
     if (/[\u0000-\u001f\u007f"\\]/.test(part))
       throw hostile(name, "control characters, quotes or backslashes in a name");
+    if (Buffer.byteLength(part) > MAX_NAME_BYTES) throw hostile(name, `a name longer than ${MAX_NAME_BYTES} bytes`);
   }
-  return parts.join("/");
+  const path = parts.join("/");
+  if (Buffer.byteLength(path) > MAX_PATH_BYTES) throw hostile(name, `a path longer than ${MAX_PATH_BYTES} bytes`);
+  return path;
 }
 
-/** The layer's bytes, decompressed by magic number (gzip, zstd, or a plain tar). */
-async function decompressed(blobPath: string): Promise<Readable> {
+/** The layer's bytes, decompressed by magic number (gzip, zstd, or a plain tar), read only as fast as they are used. */
+async function decompressed(blobPath: string, signal: AbortSignal): Promise<{ stream: Readable; zstd?: StreamedRun }> {
   const handle = await open(blobPath, "r");
   const magic = Buffer.alloc(4);
   await handle.read(magic, 0, 4, 0);
   await handle.close();
+  if (magic.equals(Buffer.from([0x28, 0xb5, 0x2f, 0xfd]))) {
+    // The zstd tool, not a JavaScript decoder: a pipe stops it while the tree is behind (a decoder
+    // called from JavaScript turns one input chunk into gigabytes at once), and it is five times
+    // faster. Its window is capped at zstd's default, 128 MiB, the most a frame may ask for.
+    const zstd = runStreamed(["zstd", "-d", "-c", "-q", "--memory=128MB", "--", blobPath], { signal });
+    return { stream: zstd.stdout, zstd };
+  }
   const raw = createReadStream(blobPath);
-  if (magic[0] === 0x1f && magic[1] === 0x8b) return raw.pipe(createGunzip());
-  if (magic.equals(Buffer.from([0x28, 0xb5, 0x2f, 0xfd]))) return raw.pipe(zstdStream());
-  return raw;
+  if (magic[0] === 0x1f && magic[1] === 0x8b) return { stream: raw.pipe(createGunzip()) };
+  return { stream: raw };
 }
 
-function zstdStream(): Transform {
-  let push: (chunk: Uint8Array) => void = () => {};
-  const zstd = new Decompress((chunk) => push(chunk));
-  return new Transform({
-    transform(chunk: Buffer, _enc, done) {
-      push = (out) => this.push(Buffer.from(out));
-      try {
-        zstd.push(chunk);
-        done();
-      } catch (error) {
-        done(error as Error);
-      }
-    },
-    flush(done) {
-      try {
-        zstd.push(new Uint8Array(0), true);
-        done();
-      } catch (error) {
-        done(error as Error);
-      }
-    },
+const BLOCK = 4096;
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
+const isZero = (buf: Buffer, at: number, length: number) => buf.compare(ZERO_BLOCK, 0, length, at, at + length) === 0;
+
+/**
+ * Writes a file front to back, leaving a hole for every file-aligned block of
+ * zeros (a 2 GiB file of zeros takes no space), runs of other blocks in one
+ * write each; `end()` sets the size.
+ */
+class SparseWriter {
+  private readonly tail = Buffer.alloc(BLOCK);
+  private tailBytes = 0;
+  /** File offset of tail[0]: everything before it is written or a hole. */
+  private offset = 0;
+
+  constructor(
+    private readonly fd: number,
+    private readonly onWritten: (bytes: number) => void,
+  ) {}
+
+  write(chunk: Buffer): void {
+    let at = 0;
+    if (this.tailBytes > 0) {
+      at = chunk.copy(this.tail, this.tailBytes, 0, Math.min(chunk.length, BLOCK - this.tailBytes));
+      this.tailBytes += at;
+      if (this.tailBytes < BLOCK) return;
+      this.blocks(this.tail, 0, BLOCK);
+      this.tailBytes = 0;
+    }
+    const whole = at + Math.floor((chunk.length - at) / BLOCK) * BLOCK;
+    this.blocks(chunk, at, whole);
+    this.tailBytes = chunk.copy(this.tail, 0, whole);
+  }
+
+  /** Closes the file's content: the last partial block, then its size. */
+  end(): void {
+    if (this.tailBytes > 0 && !isZero(this.tail, 0, this.tailBytes))
+      this.put(this.tail, 0, this.tailBytes, this.offset);
+    ftruncateSync(this.fd, this.offset + this.tailBytes);
+  }
+
+  /** buf[from, to), whole blocks, at `offset`. */
+  private blocks(buf: Buffer, from: number, to: number): void {
+    const base = this.offset - from;
+    let run = from;
+    for (let at = from; at < to; at += BLOCK) {
+      if (!isZero(buf, at, BLOCK)) continue;
+      if (at > run) this.put(buf, run, at, base + run);
+      run = at + BLOCK;
+    }
+    if (to > run) this.put(buf, run, to, base + run);
+    this.offset += to - from;
+  }
+
+  private put(buf: Buffer, from: number, to: number, position: number): void {
+    for (let done = 0; done < to - from;)
+      done += writeSync(this.fd, buf, from + done, to - from - done, position + done);
+    this.onWritten(to - from);
+  }
+}
+
+/** Errors of the layer's bytes themselves (not gzip, not a tar, cut short) become INVALID_ARGUMENT; a full disk, RESOURCE_EXHAUSTED. */
+function layerError(error: unknown): unknown {
+  if (error instanceof BangerError || !(error instanceof Error)) return error;
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === "ENOSPC" || code === "EDQUOT") {
+    return new ResourceExhaustedError(
+      `the unpacked image does not fit on the file system of its tree: ${error.message}`,
+      {
+        reason: "SCRATCH_SPACE_LOW",
+        cause: error,
+      },
+    );
+  }
+  // zlib's errors carry a Z_ code; tar-stream's are plain Errors ("Invalid tar header", "Unexpected end of data").
+  if (code?.startsWith("Z_") || (code === undefined && error.name === "Error")) return malformed(error.message, error);
+  return error;
+}
+
+const malformed = (why: string, cause: unknown) =>
+  new InvalidArgumentError(`the layer is not a valid tar (plain, gzip or zstd): ${why}`, {
+    reason: "MALFORMED_LAYER",
+    cause,
   });
+
+/** Opens directory `dir` (a tree path) one component at a time, never through a symlink: its fd, or undefined. */
+function openTreeDir(treeDir: string, dir: string): number | undefined {
+  const flags = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+  let fd = openSync(treeDir, flags);
+  for (const part of dir === "" ? [] : dir.split("/")) {
+    let next: number;
+    try {
+      next = openSync(`/proc/self/fd/${fd}/${part}`, flags);
+    } catch {
+      closeSync(fd);
+      return undefined; // missing, a symlink (ELOOP) or not a directory
+    }
+    closeSync(fd);
+    fd = next;
+  }
+  return fd;
 }
 
 /** Applies the layer at `blobPath` to `treeDir`; returns the sha256 of the uncompressed tar (its diff_id). */
@@ -114,9 +221,15 @@ export async function applyLayer(
   meta: MetadataMap,
   options: ApplyOptions,
 ): Promise<{ diffId: string; entries: number }> {
+  const { limits, usage } = options;
   const hash = createHash("sha256");
-  const hashing = new Transform({
+  const counting = new Transform({
     transform(chunk: Buffer, _enc, done) {
+      usage.bytes += chunk.length;
+      if (usage.bytes > limits.maxImageBytes) {
+        done(imageTooLarge(limits));
+        return;
+      }
       hash.update(chunk);
       done(null, chunk);
     },
@@ -126,6 +239,21 @@ export async function applyLayer(
   let entries = 0;
 
   const abs = (path: string) => join(treeDir, path);
+
+  let writtenSinceCheck = 0;
+  let entriesSinceCheck = 0;
+  const checkSpace = () => {
+    const stats = statfsSync(treeDir);
+    const free = stats.bavail * stats.bsize;
+    if (free < limits.minFreeBytes) throw spaceLow(treeDir, free, limits);
+    writtenSinceCheck = 0;
+    entriesSinceCheck = 0;
+  };
+  const written = (bytes: number) => {
+    writtenSinceCheck += bytes;
+    if (writtenSinceCheck >= SPACE_CHECK_BYTES) checkSpace();
+  };
+  checkSpace();
 
   /** Directories already proved real in this layer; anything `clear` touches leaves it. */
   const provenDirs = new Set<string>();
@@ -161,12 +289,43 @@ export async function applyLayer(
     for (const dir of provenDirs) if (dir.startsWith(`${path}/`)) provenDirs.delete(dir);
   }
 
+  /**
+   * A hardlink to `target`, an existing regular file of the tree, reached from
+   * the tree's root one directory at a time (O_NOFOLLOW, each opened through
+   * the one before): a symlinked component (`a -> /home/me/.ssh`, then a link
+   * to `a/id_ed25519`) is refused, never followed out of the tree.
+   */
+  function hardlink(path: string, target: string, entry: string, linkname: string): void {
+    const slash = target.lastIndexOf("/");
+    const dirFd =
+      target === "" || target === path ? undefined : openTreeDir(treeDir, target.slice(0, Math.max(slash, 0)));
+    try {
+      const source = `/proc/self/fd/${dirFd}/${target.slice(slash + 1)}`;
+      if (dirFd === undefined || !lstatOrNone(source)?.isFile()) {
+        throw hostile(
+          entry,
+          `hardlink to ${linkname}, which is not a file in the image (reached without following a symlink)`,
+        );
+      }
+      clear(path);
+      linkSync(source, abs(path)); // link(2) does not follow a symlink in its last component either
+    } finally {
+      if (dirFd !== undefined) closeSync(dirFd);
+    }
+  }
+
   async function onEntry(header: Header, stream: Readable): Promise<void> {
     entries++;
+    usage.entries++;
+    if (usage.entries > limits.maxImageEntries) throw tooManyEntries(limits);
+    if (++entriesSinceCheck >= SPACE_CHECK_ENTRIES) checkSpace();
     const path = treePath(header.name);
     const base = path.split("/").at(-1) ?? "";
     const recorded = (type: EntryMeta["type"], extra: Partial<EntryMeta> = {}): EntryMeta => {
       const cap = (header.pax as Record<string, string> | undefined)?.["SCHILY.xattr.security.capability"];
+      if (cap !== undefined && cap.length > MAX_CAPABILITY_BYTES) {
+        throw hostile(header.name, `a security.capability of ${cap.length} bytes (at most ${MAX_CAPABILITY_BYTES})`);
+      }
       return {
         type,
         mode: (header.mode ?? 0o644) & 0o7777,
@@ -213,29 +372,25 @@ export async function applyLayer(
       }
       case "file":
       case "contiguous-file": {
-        if ((header.size ?? 0) > options.maxFileBytes) {
-          throw hostile(header.name, `claims ${header.size} bytes, more than the ${options.maxFileBytes} allowed`);
+        const size = header.size ?? 0;
+        if (size > limits.maxFileBytes) {
+          throw hostile(header.name, `claims ${size} bytes, more than the ${limits.maxFileBytes} allowed`);
         }
+        if (usage.bytes + size > limits.maxImageBytes) throw imageTooLarge(limits); // before writing any of it
         clear(path);
         const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
         const fd = openSync(abs(path), flags, 0o644);
         try {
+          const file = new SparseWriter(fd, written);
           // tar-stream's entry streams are streamx streams: iterate them rather than pipe them.
-          let written = 0;
-          let pending: Buffer[] = [];
-          let pendingBytes = 0;
+          // One chunk at a time: tar-stream holds the rest of the layer until it is asked for more.
+          let got = 0;
           for await (const chunk of stream as AsyncIterable<Buffer>) {
-            written += chunk.length;
-            if (written > options.maxFileBytes) throw hostile(header.name, "holds more bytes than its header claims");
-            pending.push(chunk);
-            pendingBytes += chunk.length;
-            if (pendingBytes >= WRITE_BATCH_BYTES) {
-              writeSync(fd, Buffer.concat(pending));
-              pending = [];
-              pendingBytes = 0;
-            }
+            got += chunk.length;
+            if (got > size) throw hostile(header.name, "holds more bytes than its header claims");
+            file.write(chunk);
           }
-          if (pendingBytes > 0) writeSync(fd, Buffer.concat(pending));
+          file.end();
         } finally {
           closeSync(fd);
         }
@@ -251,11 +406,7 @@ export async function applyLayer(
       }
       case "link": {
         const target = treePath(header.linkname ?? "");
-        const stats = target ? lstatOrNone(abs(target)) : undefined;
-        if (!stats?.isFile())
-          throw hostile(header.name, `hardlink to ${header.linkname ?? ""}, which is not a file in the image`);
-        clear(path);
-        linkSync(abs(target), abs(path));
+        hardlink(path, target, header.name, header.linkname ?? "");
         const targetMeta = meta.get(target);
         if (targetMeta) meta.set(path, targetMeta);
         stream.resume();
@@ -288,7 +439,22 @@ export async function applyLayer(
     );
   });
 
-  const source = await decompressed(blobPath);
-  await pipeline(source, hashing, extract, { signal: options.signal });
+  const { stream: source, zstd } = await decompressed(blobPath, options.signal);
+  try {
+    await pipeline(source, counting, extract, { signal: options.signal });
+    await zstd?.exited;
+  } catch (error) {
+    zstd?.stop();
+    // When zstd itself failed (not stopped by us just now), its own words say why.
+    const tool = await zstd?.exited.then(
+      () => undefined,
+      (e: unknown) => e as HostCommandError,
+    );
+    if (!(error instanceof BangerError) && tool?.exitCode !== null && tool !== undefined) {
+      throw malformed(tool.stderrTail, tool);
+    }
+    if (error instanceof HostCommandError) throw malformed(error.stderrTail, error);
+    throw layerError(error);
+  }
   return { diffId: `sha256:${hash.digest("hex")}`, entries };
 }

@@ -1,24 +1,24 @@
 import { applyLayer } from "./extract.js";
 import { buildRootfs, buildWorkSeed, verifyExt4 } from "./ext4.js";
+import { DEFAULT_BUILD_LIMITS, type BuildLimits, type BuildUsage } from "./limits.js";
 import type { MetadataMap } from "./metadata.js";
 import type { ImageBuilder } from "../core/pull.js";
 
 export { applyLayer, treePath } from "./extract.js";
 export { buildRootfs, buildWorkSeed, verifyExt4 } from "./ext4.js";
+export { DEFAULT_BUILD_LIMITS, type BuildLimits, type BuildUsage } from "./limits.js";
 export type { EntryMeta, MetadataMap } from "./metadata.js";
 
-/** Largest single file a layer may hold: 16 GiB. */
-const MAX_FILE_BYTES = 16 * 1024 ** 3;
-
 /**
- * The builder of one pull: the recorded metadata of its tree lives here
- * between the layers and the images built from them.
+ * The builder of one pull: the recorded metadata of its tree and what its
+ * layers used of the limits live here between the layers and the images
+ * built from them.
  */
-export function createImageBuilder(): ImageBuilder {
+export function createImageBuilder(limits: BuildLimits = DEFAULT_BUILD_LIMITS): ImageBuilder {
   const meta: MetadataMap = new Map();
+  const usage: BuildUsage = { bytes: 0, entries: 0 };
   return {
-    applyLayer: (treeDir, blobPath, signal) =>
-      applyLayer(treeDir, blobPath, meta, { signal, maxFileBytes: MAX_FILE_BYTES }),
+    applyLayer: (treeDir, blobPath, signal) => applyLayer(treeDir, blobPath, meta, { signal, limits, usage }),
     buildRootfs: (treeDir, outFile, options, onStage) => buildRootfs(treeDir, meta, outFile, options, onStage),
     buildWorkSeed: (treeDir, outFile, signal) => buildWorkSeed(treeDir, meta, outFile, signal),
     verify: verifyExt4,

@@ -1,4 +1,5 @@
 import { spawn } from "node:child_process";
+import type { Readable } from "node:stream";
 import { HostCommandError } from "@banger/common";
 
 /** Runs a host tool with an argument vector (never a shell); a non-zero exit is a HostCommandError. */
@@ -28,4 +29,41 @@ export function run(
     child.stdin.on("error", () => {});
     child.stdin.end(options.stdin ?? "");
   });
+}
+
+export interface StreamedRun {
+  /** The tool's standard output, read as the consumer pulls it (a full pipe stops the tool). */
+  readonly stdout: Readable;
+  /** Settles when the tool exits: a non-zero exit is a HostCommandError with the tail of its stderr. */
+  readonly exited: Promise<void>;
+  /** Kills the tool (when its output is no longer wanted); harmless after it exited. */
+  stop(): void;
+}
+
+/** Runs a host tool whose output is streamed, with the backpressure of a pipe: the tool waits while nobody reads. */
+export function runStreamed(argv: readonly string[], options: { signal: AbortSignal }): StreamedRun {
+  const [command, ...args] = argv;
+  if (command === undefined) throw new TypeError("empty argv");
+  const child = spawn(command, args, {
+    signal: options.signal,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" },
+  });
+  let stderr = "";
+  child.stderr.on("data", (c: Buffer) => (stderr = (stderr + c.toString()).slice(-4096)));
+  const exited = new Promise<void>((resolve, reject) => {
+    child.once("error", reject);
+    child.once("close", (code) => {
+      if (code === 0) resolve();
+      else reject(new HostCommandError(argv, code, stderr));
+    });
+  });
+  exited.catch(() => undefined); // the caller awaits it when it wants the verdict
+  return {
+    stdout: child.stdout,
+    exited,
+    stop: () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    },
+  };
 }

@@ -1,0 +1,186 @@
+/**
+ * applyLayer on layers made here, byte for byte: links are resolved inside
+ * the tree only, files are written sparse, and the image's limits (bytes,
+ * entries, free space) and malformed bytes end the layer with a clear error.
+ */
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { gzipSync } from "node:zlib";
+import { InvalidArgumentError, ResourceExhaustedError } from "@banger/common";
+import tar from "tar-stream";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { applyLayer } from "./extract.js";
+import { DEFAULT_BUILD_LIMITS, type BuildLimits, type BuildUsage } from "./limits.js";
+import type { MetadataMap } from "./metadata.js";
+
+interface Entry {
+  name: string;
+  type?: "file" | "directory" | "symlink" | "link";
+  linkname?: string;
+  content?: Buffer | string;
+  pax?: Record<string, string>;
+}
+
+async function tarOf(entries: readonly Entry[]): Promise<Buffer> {
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  pack.on("data", (c: Buffer) => chunks.push(c));
+  const ended = new Promise<void>((r) => pack.on("end", () => r()));
+  for (const e of entries) {
+    const type = e.type ?? "file";
+    await new Promise<void>((resolve, reject) => {
+      pack.entry(
+        {
+          name: e.name,
+          type,
+          mode: type === "directory" ? 0o755 : 0o644,
+          ...(e.linkname ? { linkname: e.linkname } : {}),
+          ...(e.pax ? { pax: e.pax } : {}),
+        },
+        type === "file" ? (e.content ?? "") : "",
+        (error) => (error ? reject(error) : resolve()),
+      );
+    });
+  }
+  pack.finalize();
+  await ended;
+  return Buffer.concat(chunks);
+}
+
+let work: string;
+let tree: string;
+beforeEach(() => {
+  work = mkdtempSync(join(tmpdir(), "banger-extract-"));
+  tree = join(work, "tree");
+  mkdirSync(tree);
+});
+afterEach(() => rmSync(work, { recursive: true, force: true }));
+
+function apply(blob: Buffer, limits: Partial<BuildLimits> = {}, usage: BuildUsage = { bytes: 0, entries: 0 }) {
+  const blobPath = join(work, `layer-${randomBytes(4).toString("hex")}`);
+  writeFileSync(blobPath, blob);
+  const meta: MetadataMap = new Map();
+  return applyLayer(tree, blobPath, meta, {
+    signal: new AbortController().signal,
+    limits: { ...DEFAULT_BUILD_LIMITS, ...limits },
+    usage,
+  });
+}
+
+describe("applyLayer: links", () => {
+  it("refuses a hardlink through a symlinked directory out of the tree, linking nothing", async () => {
+    // The owner's ~/.ssh, on the same file system as the tree (so link(2) could succeed).
+    const ssh = join(work, "home", ".ssh");
+    mkdirSync(ssh, { recursive: true });
+    writeFileSync(join(ssh, "id_ed25519"), "PRIVATE KEY");
+    const layer = await tarOf([
+      { name: "a", type: "symlink", linkname: ssh },
+      { name: "root/", type: "directory" },
+      { name: "root/key", type: "link", linkname: "a/id_ed25519" },
+    ]);
+    const error = await apply(layer).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(InvalidArgumentError);
+    expect(error).toMatchObject({ reason: "HOSTILE_LAYER" });
+    expect((error as Error).message).toMatch(/hostile layer entry "root\/key": hardlink to a\/id_ed25519/);
+    expect(statSync(join(ssh, "id_ed25519")).nlink).toBe(1);
+    expect(existsSync(join(tree, "root", "key"))).toBe(false);
+  });
+
+  it("still links a file reached through real directories, and refuses a link to a directory or itself", async () => {
+    await apply(
+      await tarOf([
+        { name: "usr/bin/tool", content: "tool" },
+        { name: "bin/tool", type: "link", linkname: "/usr/bin/tool" },
+      ]),
+    );
+    expect(statSync(join(tree, "bin", "tool")).ino).toBe(statSync(join(tree, "usr", "bin", "tool")).ino);
+    await expect(apply(await tarOf([{ name: "x", type: "link", linkname: "usr/bin" }]))).rejects.toThrow(
+      /hostile layer entry "x": hardlink to usr\/bin/,
+    );
+    await expect(apply(await tarOf([{ name: "bin/tool", type: "link", linkname: "bin/tool" }]))).rejects.toThrow(
+      /hostile layer entry "bin\/tool"/,
+    );
+  });
+});
+
+describe("applyLayer: sparse files", () => {
+  it("writes zeros as holes and everything else byte for byte, at any chunk boundary", async () => {
+    const big = Buffer.alloc(64 * 1024 * 1024);
+    big.write("the end", big.length - 7);
+    // Zero runs and data at odd offsets, across tar-stream's chunk boundaries.
+    const mixed = Buffer.alloc(3 * 1024 * 1024 + 123);
+    for (const at of [0, 4095, 4096 * 7 + 1, 65536 * 3 - 5, mixed.length - 1]) randomBytes(300).copy(mixed, at);
+    const zerosTail = Buffer.concat([randomBytes(5000), Buffer.alloc(10_000)]);
+    const layer = await tarOf([
+      { name: "big", content: big },
+      { name: "mixed", content: mixed },
+      { name: "zeros-tail", content: zerosTail },
+      { name: "empty", content: "" },
+    ]);
+    await apply(execFileSync("zstd", ["-q", "-c"], { input: layer, maxBuffer: 2 ** 30 }));
+    const stats = statSync(join(tree, "big"));
+    expect(stats.size).toBe(big.length);
+    expect(stats.blocks * 512).toBeLessThanOrEqual(64 * 1024); // one block of data, not 64 MiB
+    expect(readFileSync(join(tree, "big")).subarray(-7).toString()).toBe("the end");
+    expect(readFileSync(join(tree, "mixed")).equals(mixed)).toBe(true);
+    expect(readFileSync(join(tree, "zeros-tail")).equals(zerosTail)).toBe(true);
+    expect(statSync(join(tree, "empty")).size).toBe(0);
+  });
+});
+
+describe("applyLayer: limits and malformed layers", () => {
+  it("stops at the image's byte limit, counted across layers, naming the limit", async () => {
+    const usage = { bytes: 0, entries: 0 };
+    const layer = await tarOf([{ name: "a", content: Buffer.alloc(3 * 1024 * 1024, 1) }]);
+    await apply(gzipSync(layer), { maxImageBytes: 5 * 1024 * 1024 }, usage);
+    const error = await apply(gzipSync(layer), { maxImageBytes: 5 * 1024 * 1024 }, usage).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ResourceExhaustedError);
+    expect(error).toMatchObject({ reason: "IMAGE_TOO_LARGE" });
+    expect((error as Error).message).toContain("more than 5242880 bytes (5 MiB)");
+    expect((error as Error).message).toContain("--max-image-mib");
+  });
+
+  it("stops at the image's entry limit, counted across layers", async () => {
+    const usage = { bytes: 0, entries: 0 };
+    const names = (prefix: string) => Array.from({ length: 30 }, (_, i) => ({ name: `${prefix}${i}` }));
+    await apply(await tarOf(names("a")), { maxImageEntries: 50 }, usage);
+    const error = await apply(await tarOf(names("b")), { maxImageEntries: 50 }, usage).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ResourceExhaustedError);
+    expect(error).toMatchObject({ reason: "IMAGE_TOO_MANY_ENTRIES" });
+    expect((error as Error).message).toMatch(/more than 50 entries.*--max-image-entries/);
+    expect(existsSync(join(tree, "b20"))).toBe(false);
+  });
+
+  it("stops when the tree's file system has less free space than it keeps, before writing", async () => {
+    const error = await apply(await tarOf([{ name: "a", content: "x" }]), {
+      minFreeBytes: Number.MAX_SAFE_INTEGER,
+    }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ResourceExhaustedError);
+    expect(error).toMatchObject({ reason: "SCRATCH_SPACE_LOW" });
+    expect((error as Error).message).toContain("--min-free-mib");
+    expect(existsSync(join(tree, "a"))).toBe(false);
+  });
+
+  it.each([
+    ["gzip cut short", () => gzipSync(Buffer.alloc(100_000, 7)).subarray(0, 500)],
+    ["zstd cut short", () => execFileSync("zstd", ["-q", "-c"], { input: randomBytes(200_000) }).subarray(0, 1000)],
+    ["not a tar", () => gzipSync(randomBytes(4096))],
+  ])("refuses %s as a malformed layer", async (_what, bytes) => {
+    const error = await apply(bytes()).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(InvalidArgumentError);
+    expect(error).toMatchObject({ reason: "MALFORMED_LAYER" });
+  });
+
+  it("refuses names too long for Linux and outsized capabilities", async () => {
+    await expect(apply(await tarOf([{ name: `${"d/".repeat(2100)}x` }]))).rejects.toThrow(/longer than 4095 bytes/);
+    await expect(apply(await tarOf([{ name: "x".repeat(256) }]))).rejects.toThrow(/longer than 255 bytes/);
+    const pax = { "SCHILY.xattr.security.capability": "c".repeat(4096) };
+    await expect(apply(await tarOf([{ name: "bin/ping", content: "p", pax }]))).rejects.toThrow(
+      /security.capability of 4096 bytes/,
+    );
+    expect(lstatSync(tree).isDirectory()).toBe(true);
+  });
+});
