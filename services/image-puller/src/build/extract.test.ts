@@ -27,7 +27,7 @@ interface Entry {
 async function tarOf(entries: readonly Entry[]): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
-  pack.on("data", (c: Buffer) => chunks.push(c));
+  pack.on("data", (c: unknown) => chunks.push(c as Buffer));
   const ended = new Promise<void>((r) => pack.on("end", () => r()));
   for (const e of entries) {
     const type = e.type ?? "file";
