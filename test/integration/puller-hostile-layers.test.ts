@@ -61,7 +61,8 @@ async function zstdLayer(files: readonly BombFile[]): Promise<FixtureLayer> {
   const closed = new Promise<void>((resolve) => zstd.once("close", () => resolve()));
   const hash = createHash("sha256");
   const pack = tar.pack();
-  pack.on("data", (c: Buffer) => {
+  pack.on("data", (data: unknown) => {
+    const c = data as Buffer;
     hash.update(c);
     if (!zstd.stdin.write(c)) {
       pack.pause();
@@ -87,7 +88,7 @@ async function zstdLayer(files: readonly BombFile[]): Promise<FixtureLayer> {
       void (async () => {
         for (let left = size - tail.length; left > 0; left -= block.length) {
           if (!entry.write(left >= block.length ? block : block.subarray(0, left))) {
-            await new Promise((r) => entry.once("drain", r));
+            await new Promise<void>((r) => entry.once("drain", () => r()));
           }
         }
         entry.end(tail);

@@ -797,14 +797,19 @@ export const PullerService: GenService<{
    * half-done stays in the staging directory or the cache. Errors:
    * INVALID_ARGUMENT (INVALID_REFERENCE, INVALID_PLATFORM, INVALID_PATH,
    * SCHEMA1_UNSUPPORTED, HOSTILE_LAYER: a layer entry escapes the tree, with
-   * the entry and reason in the message), PERMISSION_DENIED
+   * the entry and reason in the message; MALFORMED_LAYER: a layer that is not
+   * a valid plain, gzip or zstd tar), PERMISSION_DENIED
    * (STAGING_OUTSIDE_STATE_DIR, REGISTRY_UNAUTHORIZED), FAILED_PRECONDITION
    * (STAGING_NOT_EMPTY, NOT_A_CONTAINER_IMAGE, UNSUPPORTED_MEDIA_TYPE,
    * UNSUPPORTED_DIGEST, INVALID_MANIFEST, INVALID_IMAGE_CONFIG,
    * INVALID_DESCRIPTOR, BLOB_TOO_LARGE, INSECURE_REDIRECT,
    * INSECURE_TOKEN_REALM, INVALID_DOCKER_CONFIG, CREDENTIAL_HELPER_FAILED,
    * REGISTRY_ERROR), NOT_FOUND (MANIFEST_NOT_FOUND, BLOB_NOT_FOUND,
-   * PLATFORM_NOT_FOUND), RESOURCE_EXHAUSTED (REGISTRY_RATE_LIMITED),
+   * PLATFORM_NOT_FOUND), RESOURCE_EXHAUSTED (REGISTRY_RATE_LIMITED;
+   * IMAGE_TOO_LARGE, IMAGE_TOO_MANY_ENTRIES: the layers unpack past the
+   * puller's --max-image-mib or --max-image-entries, named with its value in
+   * the message; SCRATCH_SPACE_LOW: the file system of the unpacked tree
+   * would go below --min-free-mib free),
    * UNAVAILABLE (REGISTRY_UNREACHABLE, BLOB_TRUNCATED, REGISTRY_ERROR),
    * INTERNAL (DIGEST_MISMATCH, DIFF_ID_MISMATCH: content not matching its
    * digest; HOST_COMMAND_FAILED: mkfs.ext4, debugfs or e2fsck failed).
