@@ -265,7 +265,7 @@ describe.skipIf(!HAVE_REGISTRY_TOOLS || process.getuid?.() !== 0)("hostile layer
     expect(maxDisk).toBeLessThan(1024 * MIB);
     expect(readdirSync(stagingDir)).toEqual([]);
     expect(readdirSync(limited.scratch)).toEqual([]);
-  });
+  }, 180_000);
 
   it("refuses a layer with more entries than the image may hold, naming the limit", async () => {
     const files = Array.from({ length: 150 }, (_, i) => ({ name: `f/${i}`, size: 1, fill: "x" }));
@@ -303,5 +303,5 @@ describe.skipIf(!HAVE_REGISTRY_TOOLS || process.getuid?.() !== 0)("hostile layer
     closeSync(fd);
     expect(block.subarray(4096 - tail.length).toString()).toBe(tail);
     expect(block.subarray(0, 4096 - tail.length).every((b) => b === 0)).toBe(true);
-  });
+  }, 180_000);
 });
