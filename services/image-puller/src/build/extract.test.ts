@@ -154,6 +154,15 @@ describe("applyLayer: limits and malformed layers", () => {
     expect(existsSync(join(tree, "b20"))).toBe(false);
   });
 
+  it("counts long paths against the entry limit, so the recorded metadata stays bounded", async () => {
+    const deep = `${"d".repeat(200)}/`.repeat(10); // 2010 bytes of path per entry
+    const files = Array.from({ length: 30 }, (_, i) => ({ name: `${deep}${i}` }));
+    const error = await apply(await tarOf(files), { maxImageEntries: 100 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ResourceExhaustedError);
+    expect(error).toMatchObject({ reason: "IMAGE_TOO_MANY_ENTRIES" });
+    expect((error as Error).message).toContain("paths of more than 25600 bytes");
+  });
+
   it("stops when the tree's file system has less free space than it keeps, before writing", async () => {
     const error = await apply(await tarOf([{ name: "a", content: "x" }]), {
       minFreeBytes: Number.MAX_SAFE_INTEGER,

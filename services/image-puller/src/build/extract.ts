@@ -38,7 +38,15 @@ import { pipeline } from "node:stream/promises";
 import { createGunzip } from "node:zlib";
 import { BangerError, HostCommandError, InvalidArgumentError, ResourceExhaustedError } from "@banger/common";
 import tar, { type Header } from "tar-stream";
-import { imageTooLarge, spaceLow, tooManyEntries, type BuildLimits, type BuildUsage } from "./limits.js";
+import {
+  imageTooLarge,
+  namesTooLong,
+  NAME_BYTES_PER_ENTRY,
+  spaceLow,
+  tooManyEntries,
+  type BuildLimits,
+  type BuildUsage,
+} from "./limits.js";
 import { forgetTree, type EntryMeta, type MetadataMap } from "./metadata.js";
 import { runStreamed, type StreamedRun } from "./run.js";
 
@@ -320,6 +328,8 @@ export async function applyLayer(
     if (usage.entries > limits.maxImageEntries) throw tooManyEntries(limits);
     if (++entriesSinceCheck >= SPACE_CHECK_ENTRIES) checkSpace();
     const path = treePath(header.name);
+    usage.nameBytes = (usage.nameBytes ?? 0) + path.length;
+    if (usage.nameBytes > limits.maxImageEntries * NAME_BYTES_PER_ENTRY) throw namesTooLong(limits);
     const base = path.split("/").at(-1) ?? "";
     const recorded = (type: EntryMeta["type"], extra: Partial<EntryMeta> = {}): EntryMeta => {
       const cap = (header.pax as Record<string, string> | undefined)?.["SCHILY.xattr.security.capability"];

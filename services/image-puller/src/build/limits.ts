@@ -24,8 +24,9 @@ export interface BuildLimits {
  * 32 GiB and a million entries: eight times a 4 GiB distribution image, above
  * the largest common images (CUDA development images, ~10-20 GiB, well under
  * a million files), while a bomb costs at most a minute of CPU and nothing on
- * disk (zeros are written as holes). The metadata kept per entry (~300 bytes)
- * makes a million entries ~300 MiB of puller memory at most. 1 GiB free is
+ * disk (zeros are written as holes). The metadata kept per entry (~200 bytes
+ * and its path, paths at most 256 bytes an entry on average) makes a million
+ * entries ~300 MiB of puller memory with real paths, under 500 MiB at worst. 1 GiB free is
  * what the scratch directory (tmpfs) already keeps for the host.
  */
 export const DEFAULT_BUILD_LIMITS: BuildLimits = {
@@ -39,7 +40,16 @@ export const DEFAULT_BUILD_LIMITS: BuildLimits = {
 export interface BuildUsage {
   bytes: number;
   entries: number;
+  /** Bytes of the entries' paths, which the recorded metadata keeps. */
+  nameBytes?: number;
 }
+
+/**
+ * Path bytes an image's entries may hold on average: real paths are far
+ * shorter, and it keeps the recorded metadata within about
+ * (~200 + 256 bytes) × --max-image-entries even when every name is 4 KiB.
+ */
+export const NAME_BYTES_PER_ENTRY = 256;
 
 const mib = (bytes: number) => `${Math.floor(bytes / MIB)} MiB`;
 
@@ -53,6 +63,14 @@ export function imageTooLarge(limits: BuildLimits): ResourceExhaustedError {
 export function tooManyEntries(limits: BuildLimits): ResourceExhaustedError {
   return new ResourceExhaustedError(
     `the image's layers hold more than ${limits.maxImageEntries} entries, the limit of the image puller (--max-image-entries)`,
+    { reason: "IMAGE_TOO_MANY_ENTRIES" },
+  );
+}
+
+export function namesTooLong(limits: BuildLimits): ResourceExhaustedError {
+  const bytes = limits.maxImageEntries * NAME_BYTES_PER_ENTRY;
+  return new ResourceExhaustedError(
+    `the image's entries have paths of more than ${bytes} bytes together (${NAME_BYTES_PER_ENTRY} bytes an entry × --max-image-entries ${limits.maxImageEntries})`,
     { reason: "IMAGE_TOO_MANY_ENTRIES" },
   );
 }
