@@ -56,7 +56,12 @@ await runService({
         // Staging directories the orchestrator names must be inside the state directory.
         stateDir,
         cache: createBlobCache(resolve(values["cache-dir"] ?? join(stateDir, "cache", "blobs"))),
-        createBuilder: () => createImageBuilder(limits),
+        createBuilder: (maxTreeBytes) =>
+          createImageBuilder(
+            maxTreeBytes === undefined
+              ? limits
+              : { ...limits, maxImageBytes: Math.min(limits.maxImageBytes, maxTreeBytes) },
+          ),
         scratchDir: createScratchDir(values["scratch-dir"]),
         builtCache: createBuiltCache(join(stateDir, "cache", "built")),
         logger,

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
 import tar from "tar-stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createImageBuilder } from "../build/index.js";
+import { DEFAULT_BUILD_LIMITS, createImageBuilder } from "../build/index.js";
 import { createBlobCache, createRegistryClient } from "../registry/index.js";
 import {
   HAVE_REGISTRY_TOOLS,
@@ -103,13 +103,17 @@ async function push(tag: string, layers: FixtureLayer[]): Promise<string> {
   return `${registry.host}/test/img:${tag}`;
 }
 
-function pullInto(reference: string, name: string, builtCache?: BuiltCache) {
+function pullInto(reference: string, name: string, builtCache?: BuiltCache, scratch?: string) {
   const stateDir = join(work, builtCache ? "state-shared" : `state-${name}`);
   mkdirSync(stateDir, { recursive: true });
   const events: PullEvent[] = [];
   const deps = {
     registry: createRegistryClient({ cache: createBlobCache(join(stateDir, "cache")), insecureRegistries: [] }),
-    createBuilder: createImageBuilder,
+    createBuilder: (maxTreeBytes?: number) =>
+      createImageBuilder(
+        maxTreeBytes === undefined ? DEFAULT_BUILD_LIMITS : { ...DEFAULT_BUILD_LIMITS, maxImageBytes: maxTreeBytes },
+      ),
+    ...(scratch ? { scratchDir: () => Promise.resolve(scratch) } : {}),
     stateDir,
     ...(builtCache ? { builtCache } : {}),
   };
@@ -279,6 +283,24 @@ describe.skipIf(!HAVE_REGISTRY_TOOLS)("pulling an image into ext4", () => {
     const { run, stagingDir } = pullInto(reference, "huge");
     await expect(run()).rejects.toThrow(/hostile layer entry "big": claims 68719476736 bytes/);
     expect(readdirSync(stagingDir)).toEqual([]);
+  });
+
+  it("keeps a tree in the memory scratch within four times the layers' size, finishing on disk beyond it", async () => {
+    // 8 MiB of text gzips to a few KiB: far more than the scratch directory (tmpfs) may take for it.
+    const text = "banger unpacks layers here\n".repeat((8 * 1024 * 1024) / 27);
+    const layer = await packLayer([{ name: "notes.txt", content: text }]);
+    expect(layer.size * 4).toBeLessThan(text.length);
+    const reference = await push("expands", [layer]);
+    const scratchRoot = mkdtempSync(join(work, "scratch-"));
+    const { run, stagingDir, events } = pullInto(reference, "expands", undefined, join(scratchRoot, "tree-"));
+    await run();
+    expect(
+      events.some(
+        (e) => e.kind === "stage" && /more than the \d+ bytes allowed in memory: unpacking on disk/.test(e.message),
+      ),
+    ).toBe(true);
+    expect(readdirSync(scratchRoot)).toEqual([]); // the capped tree is gone
+    expect(debugfs(join(stagingDir, "rootfs.ext4"), "stat /notes.txt")).toContain(`Size: ${text.length}`);
   });
 
   it.each([

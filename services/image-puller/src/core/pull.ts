@@ -6,7 +6,12 @@
  */
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { isAbsolute, join, normalize } from "node:path";
-import { FailedPreconditionError, InvalidArgumentError, PermissionDeniedError } from "@banger/common";
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  PermissionDeniedError,
+  ResourceExhaustedError,
+} from "@banger/common";
 import {
   DEFAULT_PLATFORM,
   parseReference,
@@ -91,11 +96,17 @@ export interface PullDeps {
   readonly builtCache?: BuiltCache;
   /** Blobs this pull uses are held here while it runs, so a cache prune leaves them alone. */
   readonly leases?: Leases;
-  /** A fresh builder per pull (it holds the metadata recorded from that pull's layers). */
-  readonly createBuilder: () => ImageBuilder;
+  /**
+   * A fresh builder per pull (it holds the metadata recorded from that pull's layers);
+   * `maxTreeBytes` lowers its limit on the unpacked bytes (a tree in memory, on tmpfs).
+   */
+  readonly createBuilder: (maxTreeBytes?: number) => ImageBuilder;
   /** The orchestrator's state directory: staging directories must be inside it. */
   readonly stateDir: string;
 }
+
+/** Unpacked bytes a tree in the scratch directory may take, per compressed byte of its layers. */
+const SCRATCH_EXPANSION = 4;
 
 const ROOTFS_FILE = "rootfs.ext4";
 const WORK_SEED_FILE = "work-seed.ext4";
@@ -126,7 +137,7 @@ export async function pull(
   emit: (event: PullEvent) => void,
 ): Promise<PullResult> {
   const reference = parseReference(req.reference);
-  const builder = deps.createBuilder();
+  let builder = deps.createBuilder();
   await prepareStaging(deps.stateDir, req.stagingDir);
   let tree = join(req.stagingDir, ".tree");
   let release: (() => void) | undefined;
@@ -177,12 +188,15 @@ export async function pull(
       );
     }
     let downloadedBytes = 0;
-    const scratch = await deps.scratchDir?.(layers.reduce((sum, l) => sum + l.size, 0) * 4);
-    if (scratch) tree = await mkdtemp(scratch);
+    // The scratch directory (tmpfs) is memory: a tree there may take what the layers' sizes promise
+    // (four times their compressed bytes), no more, whatever they claim to hold. A layer that unpacks
+    // to more (a bomb, or just text that compresses well) starts over on disk, with the image's limits.
+    const scratchBytes = layers.reduce((sum, l) => sum + l.size, 0) * SCRATCH_EXPANSION;
+    const scratch = await deps.scratchDir?.(scratchBytes);
+    const diskTree = tree;
     await timed(
       "layers",
       async () => {
-        if (!scratch) await mkdir(tree, { mode: 0o755 });
         const downloads = downloadAll(
           deps.registry,
           reference,
@@ -196,31 +210,56 @@ export async function pull(
         );
         // Each download is awaited in turn below; a failure of one not reached yet must not go unhandled.
         for (const download of downloads) download.catch(() => undefined);
-        for (const [index, layer] of layers.entries()) {
-          const blob = await downloads[index];
-          if (blob === undefined) throw new Error(`no download for layer ${index}`);
-          const { diffId } = await builder.applyLayer(tree, blob, signal);
-          if (diffId !== diffIds[index]) {
-            throw new FailedPreconditionError(
-              `layer ${index} (${layer.digest}) unpacks to ${diffId}, not ${diffIds[index]}`,
-              {
-                reason: "DIFF_ID_MISMATCH",
-              },
-            );
+        if (scratch) {
+          tree = await mkdtemp(scratch);
+          builder = deps.createBuilder(scratchBytes);
+          try {
+            await unpack(downloads);
+            return;
+          } catch (error) {
+            if (!(error instanceof ResourceExhaustedError && error.reason === "IMAGE_TOO_LARGE")) throw error;
+            await rm(tree, { recursive: true, force: true });
+            tree = diskTree;
+            builder = deps.createBuilder();
+            emit({
+              kind: "stage",
+              stage: "layers",
+              done: false,
+              durationMs: 0,
+              message: `the layers unpack to more than the ${scratchBytes} bytes allowed in memory: unpacking on disk`,
+            });
           }
-          emit({
-            kind: "layer",
-            digest: layer.digest,
-            index,
-            doneBytes: layer.size,
-            totalBytes: layer.size,
-            state: "applied",
-          });
         }
+        await mkdir(tree, { mode: 0o755 });
+        await unpack(downloads);
         await Promise.all(downloads); // surface any failure of a download not awaited yet
       },
       `${layers.length} layers`,
     );
+
+    async function unpack(downloads: readonly Promise<string>[]): Promise<void> {
+      for (const [index, layer] of layers.entries()) {
+        const blob = await downloads[index];
+        if (blob === undefined) throw new Error(`no download for layer ${index}`);
+        const { diffId } = await builder.applyLayer(tree, blob, signal);
+        if (diffId !== diffIds[index]) {
+          throw new FailedPreconditionError(
+            `layer ${index} (${layer.digest}) unpacks to ${diffId}, not ${diffIds[index]}`,
+            {
+              reason: "DIFF_ID_MISMATCH",
+            },
+          );
+        }
+        emit({
+          kind: "layer",
+          digest: layer.digest,
+          index,
+          doneBytes: layer.size,
+          totalBytes: layer.size,
+          state: "applied",
+        });
+      }
+    }
 
     const rootfs = join(req.stagingDir, ROOTFS_FILE);
     const t0 = new Map<string, number>();
