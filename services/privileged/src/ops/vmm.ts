@@ -11,7 +11,7 @@
  * chown or a create to somewhere else.
  */
 import { constants, type Stats } from "node:fs";
-import { lstat, mkdir, open, rm, unlink, type FileHandle } from "node:fs/promises";
+import { lstat, mkdir, open, readdir, rmdir, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
@@ -471,6 +471,16 @@ async function openOrMakeDir(
   return { dir, made };
 }
 
+/** `<runtime>/vms` must be root's and writable by no one else: the VM directories' entries are then root's to change. */
+async function checkRootsDir(dir: FileHandle, shownPath: string): Promise<void> {
+  const stats = await dir.stat();
+  if (stats.uid !== 0 || (stats.mode & 0o022) !== 0) {
+    throw new FailedPreconditionError(`${shownPath} must be root's and writable by no one else`, {
+      reason: "RUNTIME_DIR_UNSAFE",
+    });
+  }
+}
+
 async function openRuntimeDir(runtimeDir: string): Promise<FileHandle> {
   try {
     return await open(runtimeDir, constants.O_RDONLY | constants.O_DIRECTORY);
@@ -555,6 +565,68 @@ async function logTail(handle: FileHandle, bytes = 2048): Promise<string> {
   const buffer = Buffer.alloc(length);
   await handle.read(buffer, 0, length, size - length);
   return buffer.toString("utf8").trimEnd().split("\n").slice(-5).join("\n");
+}
+
+/** How many times a VM directory the owner keeps filling is emptied before RemoveVmmFiles gives up. */
+const EMPTY_TRIES = 3;
+
+/**
+ * Removes `<vms>/<vm_id>` (`vms` is root's, so the entry itself cannot be swapped). Below it every
+ * entry is the owner's to rename at any moment, so root never walks it: the owner empties it (`find
+ * -delete` as the owner, started on the open directory, so its races can only reach what the owner
+ * may delete anyway), then root removes the empty directory by its entry in `vms`. One that root made
+ * and never handed over holds nothing the owner could have put there.
+ */
+async function removeVmDir(
+  vms: FileHandle,
+  vmId: string,
+  owner: { uid: number; gid: number },
+  runner: Runner,
+  shownPath: string,
+): Promise<{ existed: boolean }> {
+  const entry = at(vms, vmId);
+  const stats = await lstat(entry).catch((error: unknown) => {
+    if (errnoOf(error) === "ENOENT") return undefined;
+    throw error;
+  });
+  if (!stats) return { existed: false };
+  if (!stats.isDirectory()) {
+    // A symlink (or anything else) in place of the directory: the entry goes, never what it names.
+    await unlink(entry);
+    return { existed: true };
+  }
+  for (let attempt = 1; ; attempt++) {
+    const dir = await open(entry, DIR_FLAGS);
+    try {
+      const mine = await dir.stat();
+      if (mine.uid === owner.uid) {
+        await runner.run(["find", "-H", "/proc/self/fd/3", "-mindepth", "1", "-delete"], {
+          as: owner,
+          fds: [dir.fd],
+          okCodes: [0, 1],
+        });
+      } else if (mine.uid === 0 && (mine.mode & 0o022) === 0) {
+        for (const name of await readdir(at(dir, ""))) await unlink(at(dir, name));
+      } else {
+        throw new FailedPreconditionError(`${shownPath} belongs to uid ${mine.uid}, not the owner`, {
+          reason: "RUNTIME_DIR_UNSAFE",
+        });
+      }
+    } finally {
+      await dir.close();
+    }
+    try {
+      await rmdir(entry);
+      return { existed: true };
+    } catch (error) {
+      if (errnoOf(error) !== "ENOTEMPTY" || attempt >= EMPTY_TRIES) {
+        throw new FailedPreconditionError(`${shownPath} cannot be removed: ${(error as Error).message}`, {
+          reason: "VMM_FILES_BUSY",
+          cause: error,
+        });
+      }
+    }
+  }
 }
 
 // ------------------------------------------------------------------- the ops
@@ -702,6 +774,7 @@ export function createVmmOps(deps: VmmDeps): VmmOps {
         const vms = await openOrMakeDir(runtime, "vms", 0o711, paths.vmsDir);
         keep(vms.dir);
         if (vms.made) await vms.dir.chmod(0o711); // whatever the umask: the owner must reach its VM's directory
+        await checkRootsDir(vms.dir, paths.vmsDir);
         const vm = keep((await openOrMakeDir(vms.dir, vmId, 0o700, paths.dir)).dir);
         // The owner's, group root, 0770: the VMM (the owner) and the helper (gid 0) both work in it, and
         // the installed helper needs no CAP_DAC_OVERRIDE or CAP_FOWNER for that. Mode first, while root
@@ -814,6 +887,7 @@ export function createVmmOps(deps: VmmDeps): VmmOps {
 
     async removeFiles(req) {
       const vmId = validVmId(req.vmId);
+      const paths = vmRuntimePaths(config.runtimeDir, vmId);
       if (launching.has(vmId) || (await list()).some((p) => p.vmId === vmId)) {
         throw new FailedPreconditionError(`VM ${vmId}'s VMM still runs; signal it first`, { reason: "VMM_RUNNING" });
       }
@@ -828,11 +902,8 @@ export function createVmmOps(deps: VmmDeps): VmmOps {
         const vms = await open(at(runtime, "vms"), DIR_FLAGS).catch(() => undefined);
         if (!vms) return { existed: false };
         try {
-          const target = at(vms, vmId);
-          if (!(await lstat(target).catch(() => undefined))) return { existed: false };
-          // rm never follows symlinks: one planted inside (or in place of the directory) is itself removed.
-          await rm(target, { recursive: true, force: true });
-          return { existed: true };
+          await checkRootsDir(vms, paths.vmsDir);
+          return await removeVmDir(vms, vmId, { uid: config.ownerUid, gid: config.ownerGid }, runner, paths.dir);
         } finally {
           await vms.close();
         }

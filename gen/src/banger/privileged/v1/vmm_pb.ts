@@ -481,9 +481,13 @@ export const VmmService: GenService<{
    * socket, logs and vsock socket; the owner cannot, as `<runtime>/vms` is
    * root's) once its VMM is gone: at VM deletion and when a create unwinds.
    * Idempotent: a directory that is not there succeeds with existed = false.
-   * Symlinks inside it are removed, never followed. Errors:
-   * FAILED_PRECONDITION (VMM_RUNNING: the VM's VMM still runs or is being
-   * launched; signal it first).
+   * Everything below the directory is the owner's to rename at any time, so
+   * its contents are removed as the owner (root never walks it), then root
+   * removes the empty directory; symlinks are removed, never followed.
+   * Errors: FAILED_PRECONDITION (VMM_RUNNING: the VM's VMM still runs or is
+   * being launched; signal it first; VMM_FILES_BUSY: the owner kept filling
+   * it; RUNTIME_DIR_UNSAFE: `<runtime>/vms` is not root's, or the directory
+   * belongs to someone else).
    *
    * @generated from rpc banger.privileged.v1.VmmService.RemoveVmmFiles
    */
