@@ -31,13 +31,20 @@
 //   InstanceStart logs `instance-start` and writes a `booting` line to stdout;
 //   SendCtrlAltDel logs `ctrl-alt-del`, and ~100 ms later `guest-shutdown`,
 //   and exits 0 as Firecracker does when the guest powers off.
-// QEMU form: -M microvm,… -qmp unix:PATH,server=on,wait=off -serial file:PATH …
+// QEMU form: -M microvm,… -qmp unix:PATH,server=on,wait=off -serial stdio …
 //   Serves QMP on the socket (greeting, qmp_capabilities, query-status, quit).
-//   One line goes to stderr (the VMM log), one to the serial file.
+//   One line goes to stderr (the VMM log), one to stdout (the serial console).
+//
+// A guest that floods its console: boot args (Firecracker's boot-source at
+// InstanceStart, QEMU's -append at start) with `fake.flood=<seconds>` make it
+// write numbered lines (`fake-vmm: flood <n> …`) to stdout and, one in ten, to
+// its log as fast as its reader takes them, for that long, then
+// `fake-vmm: flood done <n>` to both, and run on. Output whose reader is gone
+// (EPIPE) is dropped, as Firecracker and QEMU drop it.
 //
 // Every log line is `fake-vmm: <event> <json>` with pid, uid, gid and the argv
 // it was given, so tests can check exactly how it was started.
-import { appendFileSync, closeSync, openSync, unlinkSync, writeFileSync } from "node:fs";
+import { appendFileSync, closeSync, openSync, unlinkSync } from "node:fs";
 import { createServer } from "node:http";
 import { createServer as createNetServer } from "node:net";
 import { constants as osConstants } from "node:os";
@@ -80,6 +87,28 @@ function single(values, flag) {
   const all = values.get(flag);
   if (!Array.isArray(all) || all.length !== 1) fail(`${flag} must be given exactly once`);
   return all[0];
+}
+
+// The relay that reads our output may be gone: drop what cannot be written, as the real VMMs do.
+for (const stream of [process.stdout, process.stderr]) stream.on("error", () => {});
+
+/** Floods stdout (and the log, one line in ten) for `seconds`, respecting the pipe's backpressure. */
+function flood(bootArgs) {
+  const seconds = Number(/(?:^| )fake\.flood=(\d+)(?: |$)/.exec(bootArgs ?? "")?.[1] ?? 0);
+  if (seconds === 0) return;
+  const until = Date.now() + seconds * 1000;
+  const padding = "x".repeat(100);
+  let n = 0;
+  const more = () => {
+    while (Date.now() < until) {
+      n++;
+      if (n % 10 === 0) log("flood", { n });
+      if (!process.stdout.write(`fake-vmm: flood ${n} ${padding}\n`)) return void process.stdout.once("drain", more);
+    }
+    process.stdout.write(`fake-vmm: flood done ${n}\n`);
+    log("flood done", { n });
+  };
+  more();
 }
 
 process.on("SIGTERM", () => {
@@ -476,6 +505,7 @@ function firecrackerApi(id, requestsPath) {
         };
         log("instance-start", boot);
         process.stdout.write(`fake-vmm: guest of ${id} booting ${JSON.stringify(boot)}\n`);
+        setImmediate(() => flood(boot.boot_args));
         return undefined;
       }
       if (!started()) throw new Fault(PRE_BOOT);
@@ -573,7 +603,8 @@ if (args.includes("--api-sock")) {
   if (!/^[a-zA-Z0-9-]{1,64}$/.test(id)) fail(`invalid instance id ${id}`);
   const level = values.has("--level") ? single(values, "--level") : "Info";
   if (!["Error", "Warning", "Info", "Debug", "Trace", "Off"].includes(level)) fail(`invalid log level ${level}`);
-  log = (event, detail) => appendFileSync(logPath, `fake-vmm: ${event} ${JSON.stringify(detail)}\n`);
+  // a+: a pipe (the helper passes its stderr) opened read-write never waits for a reader.
+  log = (event, detail) => appendFileSync(logPath, `fake-vmm: ${event} ${JSON.stringify(detail)}\n`, { flag: "a+" });
 
   const server = createServer(firecrackerApi(id, join(dirname(socket), REQUESTS_FILE)));
   server.on("error", (error) => fail(`Failed to open the API socket at ${socket}: ${error.message}`));
@@ -603,12 +634,11 @@ if (args.includes("--api-sock")) {
   });
   const qmp = /^unix:([^,]+),(server=on,wait=off|server,nowait)$/.exec(single(values, "-qmp"));
   if (!qmp) fail("-qmp must be unix:PATH,server=on,wait=off");
-  const serial = /^file:(.+)$/.exec(single(values, "-serial"));
-  if (!serial) fail("-serial must be file:PATH");
+  if (single(values, "-serial") !== "stdio") fail("-serial must be stdio");
   if (!single(values, "-M").startsWith("microvm")) fail("-M must be microvm");
   single(values, "-kernel");
   const socket = qmp[1];
-  writeFileSync(serial[1], `fake-vmm: console of ${process.argv[1]}\n`);
+  process.stdout.write(`fake-vmm: console of ${process.argv[1]}\n`);
 
   const server = createNetServer((connection) => {
     connection.on("error", () => {});
@@ -649,6 +679,7 @@ if (args.includes("--api-sock")) {
   // The record is written before the socket appears: whoever waits for the socket then finds it.
   log("started", { kind: "qemu-microvm", ...identity });
   server.listen(socket);
+  flood(single(values, "-append"));
 } else {
   fail("neither a Firecracker (--api-sock) nor a QEMU (-qmp) command line");
 }

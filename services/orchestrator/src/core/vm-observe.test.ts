@@ -1,4 +1,4 @@
-import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, renameSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -53,5 +53,46 @@ describe("VM logs", () => {
     vmThere = false;
     await reading;
     expect(got.join("")).toBe("ready\nlogin:\nboot 2\n");
+  });
+
+  it("reads the predecessor the log relay rotated to, and follows across a rotation without losing output", async () => {
+    const path = join(dir, "rotated.log");
+    writeFileSync(`${path}.1`, "old 1\nold 2\nhalf a li");
+    writeFileSync(path, "ne\nnew 1\n");
+    const all: Buffer[] = [];
+    const aborted = new AbortController();
+    aborted.abort();
+    const whole = { follow: false, signal: aborted.signal, stillThere: () => Promise.resolve(true) };
+    for await (const chunk of readLog(path, { ...whole, tailLines: 0 })) all.push(chunk);
+    expect(Buffer.concat(all).toString()).toBe("old 1\nold 2\nhalf a line\nnew 1\n");
+    const tail: Buffer[] = [];
+    for await (const chunk of readLog(path, { ...whole, tailLines: 2 })) tail.push(chunk);
+    expect(Buffer.concat(tail).toString()).toBe("half a line\nnew 1\n");
+
+    const controller = new AbortController();
+    let vmThere = true;
+    const got: string[] = [];
+    const reading = (async () => {
+      for await (const chunk of readLog(path, {
+        tailLines: 1,
+        follow: true,
+        signal: controller.signal,
+        stillThere: () => Promise.resolve(vmThere),
+      })) {
+        got.push(chunk.toString());
+      }
+    })();
+    const waitFor = async (text: string) => {
+      while (!got.join("").includes(text)) await new Promise((r) => setTimeout(r, 20));
+    };
+    await waitFor("new 1");
+    // Written and rotated within one poll: the end of the old file is read from its new name.
+    appendFileSync(path, "new 2\n");
+    renameSync(path, `${path}.1`);
+    writeFileSync(path, "newest\n");
+    await waitFor("newest");
+    vmThere = false;
+    await reading;
+    expect(got.join("")).toBe("new 1\nnew 2\nnewest\n");
   });
 });

@@ -40,16 +40,19 @@ export function* chunks(data: Buffer): Generator<Buffer> {
   }
 }
 
-async function sizeOf(path: string): Promise<number> {
+/** A file's identity and size; undefined when it is not there. */
+async function look(path: string): Promise<{ ino: number; size: number } | undefined> {
   try {
-    return (await stat(path)).size;
+    const { ino, size } = await stat(path);
+    return { ino, size };
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return 0;
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
     throw error;
   }
 }
 
 async function readRange(path: string, from: number, to: number): Promise<Buffer> {
+  if (to <= from) return Buffer.alloc(0);
   const file = await open(path, "r");
   try {
     const buffer = Buffer.alloc(to - from);
@@ -60,29 +63,54 @@ async function readRange(path: string, from: number, to: number): Promise<Buffer
   }
 }
 
+/** Where the VMM's log relay moves a full log: the output just before what `path` holds. */
+export function predecessorOf(path: string): string {
+  return `${path}.1`;
+}
+
 /**
- * A log file's bytes: the last `tailLines` lines (or all), then, with
- * `follow`, what is appended until `signal` aborts or `stillThere` says the
- * VM is gone. A file that shrinks (the VMM started again and began a new
- * log) is followed from its start.
+ * A log file's bytes: the last `tailLines` lines (or all) of its predecessor
+ * and itself together (the log relay keeps the newest output in `path` and
+ * what came just before in `path.1`), then, with `follow`, what is appended
+ * until `signal` aborts or `stillThere` says the VM is gone. When the relay
+ * rotates (`path` is a new file), the rest of the old one is read from
+ * `path.1` and the new one from its start; a file that shrinks (the VMM
+ * started again) is followed from its start.
  */
 export async function* readLog(
   path: string,
   options: { tailLines: number; follow: boolean; signal: AbortSignal; stillThere: () => Promise<boolean> },
 ): AsyncGenerator<Buffer> {
-  let offset = await sizeOf(path);
-  if (offset > 0) yield* chunks(lastLines(await readRange(path, 0, offset), options.tailLines));
+  const previousPath = predecessorOf(path);
+  let current = await look(path);
+  const previous = await look(previousPath);
+  const text = Buffer.concat([
+    previous ? await readRange(previousPath, 0, previous.size) : Buffer.alloc(0),
+    current ? await readRange(path, 0, current.size) : Buffer.alloc(0),
+  ]);
+  if (text.length > 0) yield* chunks(lastLines(text, options.tailLines));
+  let ino = current?.ino;
+  let offset = current?.size ?? 0;
   while (options.follow && !options.signal.aborted) {
     await new Promise((resolve) => {
       const timer = setTimeout(resolve, FOLLOW_POLL_MS);
       options.signal.addEventListener("abort", () => (clearTimeout(timer), resolve(undefined)), { once: true });
     });
     if (options.signal.aborted || !(await options.stillThere())) return;
-    const size = await sizeOf(path);
-    if (size < offset) offset = 0;
-    if (size > offset) {
-      yield* chunks(await readRange(path, offset, size));
-      offset = size;
+    current = await look(path);
+    if (current === undefined) continue;
+    if (current.ino !== ino) {
+      const moved = await look(previousPath);
+      if (ino !== undefined && moved?.ino === ino && moved.size > offset) {
+        yield* chunks(await readRange(previousPath, offset, moved.size));
+      }
+      ino = current.ino;
+      offset = 0;
+    }
+    if (current.size < offset) offset = 0;
+    if (current.size > offset) {
+      yield* chunks(await readRange(path, offset, current.size));
+      offset = current.size;
     }
   }
 }
@@ -175,7 +203,7 @@ export function sshTarget(
 
 /** Forgets a VM's pinned host key (a new VM of that name gets a new key). Best effort: no file, no key, fine. */
 export async function forgetHostKey(knownHostsFile: string, vmName: string): Promise<void> {
-  if ((await sizeOf(knownHostsFile)) === 0) return;
+  if (((await look(knownHostsFile))?.size ?? 0) === 0) return;
   await promisify(execFile)("ssh-keygen", ["-R", `${vmName}.vm`, "-f", knownHostsFile]).catch(() => undefined);
   await rm(`${knownHostsFile}.old`, { force: true }); // ssh-keygen keeps the previous content there
 }

@@ -217,7 +217,9 @@ export interface DetachedSpawnOptions {
   readonly uid: number;
   readonly gid: number;
   readonly cwd: string;
-  /** Open file descriptors that become the process's stdout and stderr (stdin is /dev/null). */
+  /** An open file descriptor that becomes the process's stdin (default: /dev/null). */
+  readonly stdin?: number;
+  /** Open file descriptors that become the process's stdout and stderr. */
   readonly stdout: number;
   readonly stderr: number;
   readonly env: Readonly<Record<string, string>>;
@@ -244,7 +246,7 @@ export const spawnDetached: SpawnDetached = (options) => {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, {
       detached: true,
-      stdio: ["ignore", options.stdout, options.stderr],
+      stdio: [options.stdin ?? "ignore", options.stdout, options.stderr],
       uid: options.uid,
       gid: options.gid,
       cwd: options.cwd,

@@ -83,20 +83,33 @@ async function waitGone(pid: number): Promise<void> {
   throw new Error(`pid ${pid} is still alive`);
 }
 
-/** The `fake-vmm: started {...}` record the fake wrote to a log. */
-function startRecord(logPath: string): { pid: number; uid: number; gid: number; groups: number[]; argv: string[] } {
-  const line = readFileSync(logPath, "utf8")
-    .split("\n")
-    .filter((l) => l.startsWith("fake-vmm: started "))
-    .at(-1);
-  if (line === undefined) throw new Error(`no start record in ${logPath}`);
-  return JSON.parse(line.slice("fake-vmm: started ".length)) as {
-    pid: number;
-    uid: number;
-    gid: number;
-    groups: number[];
-    argv: string[];
-  };
+/** Waits (at most 5 s) until the log relay has written what `found` looks for into `path`. */
+async function relayed<T>(path: string, found: (text: string) => T | undefined): Promise<T> {
+  for (let i = 0; ; i++) {
+    const value = found(readFileSync(path, "utf8"));
+    if (value !== undefined) return value;
+    if (i >= 250) throw new Error(`nothing expected in ${path}`);
+    await sleep(20);
+  }
+}
+
+interface StartRecord {
+  pid: number;
+  uid: number;
+  gid: number;
+  groups: number[];
+  argv: string[];
+}
+
+/** The `fake-vmm: started {...}` record the fake wrote to its log (through the relay). */
+function startRecord(logPath: string): Promise<StartRecord> {
+  return relayed(logPath, (text) => {
+    const line = text
+      .split("\n")
+      .filter((l) => l.startsWith("fake-vmm: started "))
+      .at(-1);
+    return line === undefined ? undefined : (JSON.parse(line.slice("fake-vmm: started ".length)) as StartRecord);
+  });
 }
 
 /** Every path under the runtime directory with its type, owner and mode: what a refused request must not change. */
@@ -297,7 +310,7 @@ describe("a Firecracker VMM", () => {
       "--id",
       vmId,
       "--log-path",
-      `${dir}/vmm.log`,
+      "/proc/self/fd/2",
       "--level",
       "Info",
     ]);
@@ -313,7 +326,7 @@ describe("a Firecracker VMM", () => {
     // The fake is a `#!/usr/bin/env node` script: its interpreter comes first, then exactly the built argv.
     expect((await readCmdline(pid))?.slice(1)).toEqual(built);
     // And what the VMM itself received.
-    const record = startRecord(result.logPath);
+    const record = await startRecord(result.logPath);
     expect(record).toMatchObject({ pid, uid: NOBODY, gid: NOBODY, argv: built });
 
     // Its socket, owned by the owner, answering the API; its directory and logs the owner's.
@@ -325,9 +338,9 @@ describe("a Firecracker VMM", () => {
     expect([dirStats.mode & 0o7777, dirStats.uid, dirStats.gid]).toEqual([0o770, NOBODY, 0]);
     for (const file of [result.logPath, result.consolePath]) {
       const stats = lstatSync(file);
-      expect([stats.isFile(), stats.mode & 0o7777, stats.uid, stats.nlink]).toEqual([true, 0o660, NOBODY, 1]);
+      expect([stats.isFile(), stats.mode & 0o7777, stats.uid, stats.nlink]).toEqual([true, 0o644, NOBODY, 1]);
     }
-    expect(readFileSync(result.consolePath, "utf8")).toContain(`fake-vmm: console of ${vmId}`);
+    await relayed(result.consolePath, (text) => (text.includes(`fake-vmm: console of ${vmId}`) ? true : undefined));
 
     // The start time as the rpc layer sends it, and back.
     const startedAt = vmmStartDate(startTime);
@@ -514,13 +527,13 @@ describe("a QEMU microvm VMM", () => {
       "-qmp",
       `unix:${dir}/qmp.sock,server=on,wait=off`,
       "-serial",
-      `file:${dir}/console.log`,
+      "stdio",
       "-nographic",
       "-nodefaults",
       "-no-user-config",
       "-no-reboot",
     ]);
-    expect(startRecord(result.logPath)).toMatchObject({ pid: result.pid, uid: NOBODY, gid: NOBODY, argv: built });
+    expect(await startRecord(result.logPath)).toMatchObject({ pid: result.pid, uid: NOBODY, gid: NOBODY, argv: built });
     expect((await readCmdline(result.pid))?.slice(1)).toEqual(built);
     expect(await qmpGreeting(result.controlSocket)).toContain('"QMP"');
     expect(lstatSync(result.consolePath).uid).toBe(NOBODY);
@@ -539,7 +552,7 @@ describe("a QEMU microvm VMM", () => {
     const tcg = machine(vmId, { tscKhz: 0, initrdPath: "", rootDisk: "/dev/mapper/bgr-qm2-root" });
     const first = await kvmOps.launch({ vmId, kind: "qemu-microvm", qemu: tcg });
     started.push(first.pid);
-    const argv = startRecord(first.logPath).argv;
+    const argv = (await startRecord(first.logPath)).argv;
     expect(argv).toEqual(qemuArgv(config, vmId, tcg, 1_234_567));
     expect(argv).not.toContain("-initrd");
     expect(argv).toContain("id=root,file=/dev/mapper/bgr-qm2-root,format=raw,if=none");
@@ -550,7 +563,7 @@ describe("a QEMU microvm VMM", () => {
     const kvm = machine(vmId, { kvm: true });
     const second = await kvmOps.launch({ vmId, kind: "qemu-microvm", qemu: kvm });
     started.push(second.pid);
-    const kvmArgv = startRecord(second.logPath).argv;
+    const kvmArgv = (await startRecord(second.logPath)).argv;
     expect(kvmArgv.slice(3, 7)).toEqual(["-accel", "kvm", "-cpu", "host"]);
     expect(kvmArgv[kvmArgv.indexOf("-append") + 1]).toBe("console=ttyS0 root=/dev/vda rw"); // no TSC hint under KVM
     await kvmOps.signal({ vmId, pid: second.pid, startTime: second.startTime, signal: "TERM" });
@@ -606,7 +619,7 @@ describe("a launch that cannot go through", () => {
     expect(statSync(elsewhere).mode & 0o7777).toBe(0o755);
   });
 
-  it("log files the owner replaced with a symlink, a hard link or a FIFO are refused, their targets untouched", async () => {
+  it("log files the owner replaced with a symlink, a hard link or a FIFO are moved aside by the relay, never written through", async () => {
     const target = join(base, "root-secret");
     writeFileSync(target, "secret\n", { mode: 0o600 });
     const plant = (vmId: string, name: string, how: (path: string) => void) => {
@@ -622,10 +635,14 @@ describe("a launch that cannot go through", () => {
     plant("fifo1", "console.log", (p) => execFileSync("mkfifo", ["-m", "600", p]));
     plant("other1", "vmm.log", (p) => writeFileSync(p, "root's\n", { mode: 0o600 })); // a regular file, but root's
     for (const vmId of ["sym1", "sym2", "hard1", "fifo1", "other1"]) {
-      await expect(ops.launch({ vmId, kind: "firecracker" }), vmId).rejects.toMatchObject({
-        kind: "failed-precondition",
-        reason: "LOG_FILE_UNSAFE",
-      });
+      const launched = await ops.launch({ vmId, kind: "firecracker" });
+      started.push(launched.pid);
+      for (const file of [launched.consolePath, launched.logPath]) {
+        const stats = lstatSync(file);
+        expect([stats.isFile(), stats.uid, stats.nlink], `${vmId} ${file}`).toEqual([true, NOBODY, 1]);
+      }
+      await ops.signal({ vmId, pid: launched.pid, startTime: launched.startTime, signal: "KILL" });
+      await waitGone(launched.pid);
     }
     expect(readFileSync(target, "utf8")).toBe("secret\n");
     const stats = statSync(target);

@@ -9,8 +9,15 @@
  * (`/proc/self/fd/<dir>/<name>`, the openat of Node): a directory or symlink
  * swapped in by the owner while the helper works cannot redirect a mkdir, a
  * chown or a create to somewhere else.
+ *
+ * The VMM's output never goes straight to a file: its stdout (the guest
+ * console) and stderr (its own log) are pipes, each read by a log relay
+ * started beside it, detached and as the owner, that keeps the newest output
+ * in `console.log` / `vmm.log` plus one predecessor (`.1`), the two within the
+ * VM's log cap. A guest printing without end cannot fill the runtime
+ * directory (a tmpfs).
  */
-import { constants, type Stats } from "node:fs";
+import { closeSync, constants, fchownSync, openSync, type Stats } from "node:fs";
 import { lstat, mkdir, open, readdir, rmdir, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -43,6 +50,7 @@ import {
   type ProcStat,
   type SpawnDetached,
 } from "../host/proc.js";
+import { nonBlockingWriterPipe } from "../host/pipe.js";
 import { snapshotName, tapName, validVmId } from "../validate/ids.js";
 import { confinedPath } from "../validate/paths.js";
 
@@ -105,7 +113,13 @@ export interface VmmState {
 const NOT_RUNNING: VmmState = { running: false, cpuTimeMs: 0, rssBytes: 0 };
 
 export interface VmmOps {
-  launch(req: { vmId: string; kind: VmmKind; qemu?: QemuMachine | undefined }): Promise<LaunchResult>;
+  launch(req: {
+    vmId: string;
+    kind: VmmKind;
+    qemu?: QemuMachine | undefined;
+    /** Bytes kept per log (current + predecessor); 0 or absent = DEFAULT_LOG_MAX_BYTES. */
+    logMaxBytes?: number | bigint | undefined;
+  }): Promise<LaunchResult>;
   signal(req: { vmId: string; pid: number; startTime: bigint; signal: VmmSignal }): Promise<{ existed: boolean }>;
   /** Whether that pid is still the VM's VMM (proved as for signal), and its CPU time and memory. */
   get(req: { vmId: string; pid: number; startTime: bigint }): Promise<VmmState>;
@@ -147,6 +161,50 @@ const QMP_SOCKET = "qmp.sock";
 const VMM_LOG = "vmm.log";
 const CONSOLE_LOG = "console.log";
 
+/** What a VM's console and its VMM's log each keep at most, current file and predecessor together. */
+export const DEFAULT_LOG_MAX_BYTES = 8 * 1024 * 1024;
+export const MIN_LOG_MAX_BYTES = 128 * 1024;
+export const MAX_LOG_MAX_BYTES = 1024 * 1024 * 1024;
+
+/** The static busybox (Debian's busybox-static; banger's initramfs needs it too) the log relays run on. */
+export const RELAY_BUSYBOX = "/bin/busybox";
+const RELAY_NAME = "banger-log-relay";
+/**
+ * A log relay: `$2` in its working directory (the VM's) gets at most `$3` bytes of stdin, then
+ * becomes `$2.1` and a new `$2` begins; it ends when stdin does (the VMM is gone). busybox dd with
+ * count_bytes reads exactly what it writes (no output lost at a rotation) and writes each read at
+ * once (a prompt without a newline shows). Whatever is at `$2` when it starts (an earlier run's
+ * output, or anything the owner put there) becomes the predecessor, never written through. A
+ * failed write (the tmpfs full) drops that block and retries a second later with a new file.
+ */
+const RELAY_SCRIPT = [
+  `umask 022; b=${RELAY_BUSYBOX} f=$2 half=$3`,
+  `if [ -e "$f" ] || [ -L "$f" ]; then $b mv -f "$f" "$f.1"; fi`,
+  `while :; do`,
+  `  $b dd bs=65536 count="$half" iflag=count_bytes of="$f" 2>/dev/null`,
+  `  rc=$?`,
+  `  size=$($b stat -c %s "$f" 2>/dev/null || echo 0)`,
+  `  [ "$rc" = 0 ] && [ "$size" -lt "$half" ] && exit 0`,
+  `  [ "$rc" = 0 ] || $b sleep 1`,
+  `  $b mv -f "$f" "$f.1"`,
+  `done`,
+].join("\n");
+
+/** The argv of the relay that writes `file` of VM `vmId`, keeping `maxBytes` in all. */
+export function relayArgv(vmId: string, file: string, maxBytes: number): string[] {
+  return [RELAY_BUSYBOX, "sh", "-c", RELAY_SCRIPT, RELAY_NAME, vmId, file, String(Math.floor(maxBytes / 2))];
+}
+
+/** Which VM a command line is the log relay of, if it is exactly one. */
+function relayOf(cmdline: readonly string[]): string | undefined {
+  const [bin, sh, c, script, name, vmId, file, half] = cmdline;
+  if (bin !== RELAY_BUSYBOX || sh !== "sh" || c !== "-c" || script !== RELAY_SCRIPT || name !== RELAY_NAME) {
+    return undefined;
+  }
+  if (cmdline.length !== 8 || (file !== CONSOLE_LOG && file !== VMM_LOG) || !/^\d+$/.test(half ?? "")) return undefined;
+  return vmId !== undefined && isVmId(vmId) ? vmId : undefined;
+}
+
 export function vmRuntimePaths(runtimeDir: string, vmId: string): VmRuntimePaths {
   const vmsDir = join(runtimeDir, "vms");
   const dir = join(vmsDir, validVmId(vmId));
@@ -164,6 +222,9 @@ function controlSocketOf(paths: VmRuntimePaths, kind: VmmKind): string {
   return kind === "firecracker" ? paths.firecrackerSocket : paths.qmpSocket;
 }
 
+/** The VMM's stderr as a path it can open (Firecracker opens its log itself). */
+const VMM_STDERR = "/proc/self/fd/2";
+
 /** Firecracker's argv: only its API socket, id and log; the orchestrator configures the rest over the API. */
 export function firecrackerArgv(config: HelperConfig, vmId: string): string[] {
   const paths = vmRuntimePaths(config.runtimeDir, vmId);
@@ -173,8 +234,9 @@ export function firecrackerArgv(config: HelperConfig, vmId: string): string[] {
     paths.firecrackerSocket,
     "--id",
     vmId,
+    // Its stderr: the pipe to the VM's log relay.
     "--log-path",
-    paths.vmmLog,
+    VMM_STDERR,
     "--level",
     "Info",
   ];
@@ -187,9 +249,8 @@ function qmpValue(paths: VmRuntimePaths): string {
   return `unix:${paths.qmpSocket}${QMP_OPTIONS}`;
 }
 
-function serialValue(paths: VmRuntimePaths): string {
-  return `file:${paths.consoleLog}`;
-}
+/** The guest's serial console on QEMU's stdout, the pipe to the VM's console relay. */
+const SERIAL = "stdio";
 
 function netdevPrefix(vmId: string): string {
   return `tap,id=${NETDEV_ID},ifname=${tapName(vmId)},`;
@@ -242,7 +303,7 @@ export function qemuArgv(
     "-qmp",
     qmpValue(paths),
     "-serial",
-    serialValue(paths),
+    SERIAL,
     "-nographic",
     "-nodefaults",
     "-no-user-config",
@@ -361,6 +422,13 @@ export function validQemuMachine(stateDir: string, vmId: string, machine: unknow
   };
 }
 
+/** LaunchVmm's log_max_bytes: 0 (or absent) = the default, else within the bounds. */
+export function validLogMaxBytes(value: unknown): number {
+  if (value === undefined || value === 0 || value === 0n) return DEFAULT_LOG_MAX_BYTES;
+  const n = typeof value === "bigint" && value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : value;
+  return integerIn(n, MIN_LOG_MAX_BYTES, MAX_LOG_MAX_BYTES, "log_max_bytes", "INVALID_LOG_MAX_BYTES");
+}
+
 function validPid(pid: unknown): number {
   if (typeof pid !== "number" || !isPid(pid) || pid <= 1) {
     throw new InvalidArgumentError("pid must be a process id greater than 1", { reason: "INVALID_PID" });
@@ -399,9 +467,8 @@ function identifyArgv(config: HelperConfig, argv: readonly string[]): { vmId: st
     if (!qmp.startsWith(head) || !qmp.endsWith(tail)) return undefined;
     const vmId = qmp.slice(head.length, qmp.length - tail.length);
     if (!isVmId(vmId)) return undefined;
-    const paths = vmRuntimePaths(config.runtimeDir, vmId);
     if (
-      valueAfter(argv, "-serial") === serialValue(paths) &&
+      valueAfter(argv, "-serial") === SERIAL &&
       valueAfter(argv, "-netdev")?.startsWith(netdevPrefix(vmId)) === true
     ) {
       return { vmId, kind: "qemu-microvm" };
@@ -492,57 +559,6 @@ async function openRuntimeDir(runtimeDir: string): Promise<FileHandle> {
   }
 }
 
-/**
- * Opens a log file in the VM's directory for the VMM, creating it for the
- * owner (group root, 0660). An existing one must be a regular, singly-linked file of the
- * owner's: the helper never hands the VMM a file it did not mean to.
- */
-async function openOwnerFile(
-  vmDir: FileHandle,
-  name: string,
-  owner: { uid: number; gid: number },
-  options: { truncate: boolean; shownPath: string },
-): Promise<FileHandle> {
-  const path = at(vmDir, name);
-  const unsafe = (detail: string, cause?: unknown) =>
-    new FailedPreconditionError(`${options.shownPath} ${detail}; refusing to hand it to the VMM`, {
-      reason: "LOG_FILE_UNSAFE",
-      ...(cause === undefined ? {} : { cause }),
-    });
-  const base = constants.O_RDWR | constants.O_APPEND | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
-  let handle: FileHandle;
-  let made = false;
-  try {
-    handle = await open(path, base | constants.O_CREAT | constants.O_EXCL, 0o600);
-    made = true;
-  } catch (error) {
-    if (errnoOf(error) !== "EEXIST") throw error;
-    // Look before opening: a FIFO or device node is never opened.
-    const before = await lstat(path);
-    if (!before.isFile()) throw unsafe("is not a regular file");
-    try {
-      handle = await open(path, base);
-    } catch (openError) {
-      throw unsafe("cannot be opened safely", openError);
-    }
-  }
-  try {
-    const stats = await handle.stat();
-    if (!stats.isFile() || stats.nlink !== 1) throw unsafe("is not a regular file with one link");
-    // The owner's, group root, 0660, like the directory: the helper opens it again at the next launch
-    // through its gid, with no CAP_DAC_OVERRIDE (mode first, while root still owns it).
-    if (made) {
-      await handle.chmod(0o660);
-      await handle.chown(owner.uid, 0);
-    } else if (stats.uid !== owner.uid) throw unsafe(`belongs to uid ${stats.uid}, not the owner`);
-    if (options.truncate) await handle.truncate(0);
-    return handle;
-  } catch (error) {
-    await handle.close();
-    throw error;
-  }
-}
-
 /** Removes what a dead VMM left at its socket path (Firecracker refuses to start over a stale socket). */
 async function clearSocketPath(vmDir: FileHandle, name: string, shownPath: string): Promise<void> {
   let stats: Stats;
@@ -558,13 +574,29 @@ async function clearSocketPath(vmDir: FileHandle, name: string, shownPath: strin
   await unlink(at(vmDir, name));
 }
 
-async function logTail(handle: FileHandle, bytes = 2048): Promise<string> {
-  const { size } = await handle.stat();
-  const length = Math.min(size, bytes);
-  if (length === 0) return "";
-  const buffer = Buffer.alloc(length);
-  await handle.read(buffer, 0, length, size - length);
-  return buffer.toString("utf8").trimEnd().split("\n").slice(-5).join("\n");
+/**
+ * The last lines of a log the relay wrote (for an error message). Opened in the open VM directory
+ * without following a symlink or blocking on a FIFO, and read only if it is a regular file of the owner's.
+ */
+async function logTail(vmDir: FileHandle, name: string, ownerUid: number, bytes = 2048): Promise<string> {
+  let handle: FileHandle;
+  try {
+    handle = await open(at(vmDir, name), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch {
+    return "";
+  }
+  try {
+    const stats = await handle.stat();
+    if (!stats.isFile() || stats.uid !== ownerUid) return "";
+    const size = stats.size;
+    const length = Math.min(size, bytes);
+    if (length === 0) return "";
+    const buffer = Buffer.alloc(length);
+    await handle.read(buffer, 0, length, size - length);
+    return buffer.toString("utf8").trimEnd().split("\n").slice(-5).join("\n");
+  } finally {
+    await handle.close();
+  }
 }
 
 /** How many times a VM directory the owner keeps filling is emptied before RemoveVmmFiles gives up. */
@@ -671,6 +703,44 @@ export function createVmmOps(deps: VmmDeps): VmmOps {
     return found;
   }
 
+  /** The log relays of a VM (proved by their exact command line and the owner's uid). */
+  async function relaysOf(vmId: string): Promise<number[]> {
+    const found: number[] = [];
+    for (const pid of await listPids(procRoot)) {
+      const cmdline = await readCmdline(pid, procRoot);
+      if (!cmdline || relayOf(cmdline) !== vmId) continue;
+      const credentials = await readCredentials(pid, procRoot);
+      if (credentials?.uid.real === config.ownerUid) found.push(pid);
+    }
+    return found;
+  }
+
+  /**
+   * Ends the VM's log relays (each leads its own process group: its dd goes with it). A relay ends
+   * by itself when its VMM does; one still there holds a pipe the owner kept open, or is finishing.
+   */
+  async function stopRelays(vmId: string): Promise<void> {
+    for (let round = 0; round < 50; round++) {
+      const pids = await relaysOf(vmId);
+      if (pids.length === 0) return;
+      for (const pid of pids) {
+        try {
+          process.kill(-pid, "SIGKILL");
+        } catch (error) {
+          if (errnoOf(error) === "EPERM") {
+            // Root without CAP_KILL (the helper's unit): the owner may signal its own processes.
+            await runner.run(["kill", "-s", "KILL", "--", `-${pid}`], {
+              as: { uid: config.ownerUid, gid: config.ownerGid },
+              okCodes: [0, 1],
+            });
+          }
+        }
+      }
+      await sleep(20);
+    }
+    throw new FailedPreconditionError(`the log relays of VM ${vmId} do not stop`, { reason: "VMM_FILES_BUSY" });
+  }
+
   async function waitForSocket(
     vmDir: FileHandle,
     name: string,
@@ -719,6 +789,7 @@ export function createVmmOps(deps: VmmDeps): VmmOps {
       const paths = vmRuntimePaths(config.runtimeDir, vmId);
       const controlSocket = controlSocketOf(paths, kind);
       checkSocketPathLength(controlSocket);
+      const logMaxBytes = validLogMaxBytes(req.logMaxBytes);
       let argv: string[];
       if (kind === "firecracker") {
         argv = firecrackerArgv(config, vmId);
@@ -792,35 +863,75 @@ export function createVmmOps(deps: VmmDeps): VmmOps {
 
         const socketName = kind === "firecracker" ? FIRECRACKER_SOCKET : QMP_SOCKET;
         await clearSocketPath(vm, socketName, controlSocket);
-        const vmmLog = keep(await openOwnerFile(vm, VMM_LOG, owner, { truncate: false, shownPath: paths.vmmLog }));
-        // Firecracker writes the guest console to stdout; QEMU writes it itself (-serial file:).
-        const output =
-          kind === "firecracker"
-            ? keep(await openOwnerFile(vm, CONSOLE_LOG, owner, { truncate: true, shownPath: paths.consoleLog }))
-            : vmmLog;
-
+        // The VMM writes into pipes; a relay per log, as the owner, keeps the newest output in files.
+        await stopRelays(vmId);
+        const pipes: number[] = [];
+        const closePipes = () => pipes.splice(0).forEach((fd) => closeSync(fd));
         let child: DetachedProcess;
+        let relays: DetachedProcess[];
         try {
-          child = await spawnProcess({
-            argv,
-            uid: owner.uid,
-            gid: owner.gid,
-            cwd: paths.dir,
-            stdout: output.fd,
-            stderr: output.fd,
-            env: VMM_ENV,
-          });
-        } catch (error) {
-          throw new FailedPreconditionError(`cannot start ${argv[0]}: ${(error as Error).message}`, {
-            reason: "VMM_BINARY_UNUSABLE",
-            cause: error,
-          });
+          const consolePipe = nonBlockingWriterPipe();
+          pipes.push(consolePipe.read, consolePipe.write);
+          const logPipe = nonBlockingWriterPipe();
+          pipes.push(logPipe.read, logPipe.write);
+          // A pipe is its maker's, 0600: the owner's, so the VMM can open its stderr by path (Firecracker's log).
+          fchownSync(consolePipe.write, owner.uid, owner.gid);
+          fchownSync(logPipe.write, owner.uid, owner.gid);
+          const devNull = openSync("/dev/null", "w");
+          pipes.push(devNull);
+          relays = [];
+          for (const [file, pipe] of [
+            [CONSOLE_LOG, consolePipe],
+            [VMM_LOG, logPipe],
+          ] as const) {
+            try {
+              relays.push(
+                await spawnProcess({
+                  argv: relayArgv(vmId, file, logMaxBytes),
+                  uid: owner.uid,
+                  gid: owner.gid,
+                  cwd: paths.dir,
+                  stdin: pipe.read,
+                  stdout: devNull,
+                  stderr: devNull,
+                  env: VMM_ENV,
+                }),
+              );
+            } catch (error) {
+              throw new FailedPreconditionError(
+                `cannot start the log relay (${RELAY_BUSYBOX}; install busybox-static): ${(error as Error).message}`,
+                { reason: "LOG_RELAY_UNUSABLE", cause: error },
+              );
+            }
+          }
+          try {
+            child = await spawnProcess({
+              argv,
+              uid: owner.uid,
+              gid: owner.gid,
+              cwd: paths.dir,
+              stdout: consolePipe.write,
+              stderr: logPipe.write,
+              env: VMM_ENV,
+            });
+          } catch (error) {
+            throw new FailedPreconditionError(`cannot start ${argv[0]}: ${(error as Error).message}`, {
+              reason: "VMM_BINARY_UNUSABLE",
+              cause: error,
+            });
+          }
+        } finally {
+          // The relays end when the VMM's ends close (its exit), or at once when it never started.
+          closePipes();
         }
         const stat = await readStat(child.pid, procRoot);
-        const tails = async () =>
-          output === vmmLog
-            ? logTail(vmmLog)
-            : [await logTail(output), await logTail(vmmLog)].filter(Boolean).join("\n");
+        const tails = async () => {
+          // What the VMM printed before it exited is in the files once its relays have written it.
+          await Promise.race([Promise.all(relays.map((r) => r.exited)), sleep(2000)]);
+          return [await logTail(vm, CONSOLE_LOG, owner.uid), await logTail(vm, VMM_LOG, owner.uid)]
+            .filter(Boolean)
+            .join("\n");
+        };
         if (!stat) {
           throw new FailedPreconditionError(`the VMM exited at once: ${await tails()}`, { reason: "VMM_EXITED" });
         }
@@ -903,6 +1014,7 @@ export function createVmmOps(deps: VmmDeps): VmmOps {
         if (!vms) return { existed: false };
         try {
           await checkRootsDir(vms, paths.vmsDir);
+          await stopRelays(vmId);
           return await removeVmDir(vms, vmId, { uid: config.ownerUid, gid: config.ownerGid }, runner, paths.dir);
         } finally {
           await vms.close();

@@ -16,7 +16,7 @@ export function createVmmService(ops: VmmOps): ServiceImpl<typeof VmmService> {
   return implementService(VmmService, {
     async launchVmm(req) {
       const kind = kindFromProto(req.kind);
-      const launched = await ops.launch({ vmId: req.vmId, kind, qemu: req.qemu });
+      const launched = await ops.launch({ vmId: req.vmId, kind, qemu: req.qemu, logMaxBytes: req.logMaxBytes });
       return {
         pid: launched.pid,
         startTime: timestampFromDate(vmmStartDate(launched.startTime)),

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/privileged/v1/vmm.proto.
  */
 export const file_banger_privileged_v1_vmm: GenFile = /*@__PURE__*/
-  fileDesc("Ch5iYW5nZXIvcHJpdmlsZWdlZC92MS92bW0ucHJvdG8SFGJhbmdlci5wcml2aWxlZ2VkLnYxIn8KEExhdW5jaFZtbVJlcXVlc3QSDQoFdm1faWQYASABKAkSKwoEa2luZBgCIAEoDjIdLmJhbmdlci5wcml2aWxlZ2VkLnYxLlZtbUtpbmQSLwoEcWVtdRgDIAEoCzIhLmJhbmdlci5wcml2aWxlZ2VkLnYxLlFlbXVNYWNoaW5lIr0BCgtRZW11TWFjaGluZRIMCgR2Y3B1GAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0SEwoLa2VybmVsX3BhdGgYAyABKAkSEwoLaW5pdHJkX3BhdGgYBCABKAkSEQoJYm9vdF9hcmdzGAUgASgJEhEKCXJvb3RfZGlzaxgGIAEoCRIRCgl3b3JrX2Rpc2sYByABKAkSCwoDbWFjGAggASgJEgsKA2t2bRgJIAEoCBIPCgd0c2Nfa2h6GAogASgNIpABChFMYXVuY2hWbW1SZXNwb25zZRILCgNwaWQYASABKAUSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOY29udHJvbF9zb2NrZXQYAyABKAkSEAoIbG9nX3BhdGgYBCABKAkSFAoMY29uc29sZV9wYXRoGAUgASgJIo8BChBTaWduYWxWbW1SZXF1ZXN0Eg0KBXZtX2lkGAEgASgJEgsKA3BpZBgCIAEoBRIuCgpzdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgZzaWduYWwYBCABKA4yHy5iYW5nZXIucHJpdmlsZWdlZC52MS5WbW1TaWduYWwiWwoNR2V0Vm1tUmVxdWVzdBINCgV2bV9pZBgBIAEoCRILCgNwaWQYAiABKAUSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSQoOR2V0Vm1tUmVzcG9uc2USDwoHcnVubmluZxgBIAEoCBITCgtjcHVfdGltZV9tcxgCIAEoBBIRCglyc3NfYnl0ZXMYAyABKAQiJgoVUmVtb3ZlVm1tRmlsZXNSZXF1ZXN0Eg0KBXZtX2lkGAEgASgJIikKFlJlbW92ZVZtbUZpbGVzUmVzcG9uc2USDwoHZXhpc3RlZBgBIAEoCCIkChFTaWduYWxWbW1SZXNwb25zZRIPCgdleGlzdGVkGAEgASgIKlEKCVZtbVNpZ25hbBIaChZWTU1fU0lHTkFMX1VOU1BFQ0lGSUVEEAASEwoPVk1NX1NJR05BTF9URVJNEAESEwoPVk1NX1NJR05BTF9LSUxMEAIyigMKClZtbVNlcnZpY2USXAoJTGF1bmNoVm1tEiYuYmFuZ2VyLnByaXZpbGVnZWQudjEuTGF1bmNoVm1tUmVxdWVzdBonLmJhbmdlci5wcml2aWxlZ2VkLnYxLkxhdW5jaFZtbVJlc3BvbnNlElwKCVNpZ25hbFZtbRImLmJhbmdlci5wcml2aWxlZ2VkLnYxLlNpZ25hbFZtbVJlcXVlc3QaJy5iYW5nZXIucHJpdmlsZWdlZC52MS5TaWduYWxWbW1SZXNwb25zZRJTCgZHZXRWbW0SIy5iYW5nZXIucHJpdmlsZWdlZC52MS5HZXRWbW1SZXF1ZXN0GiQuYmFuZ2VyLnByaXZpbGVnZWQudjEuR2V0Vm1tUmVzcG9uc2USawoOUmVtb3ZlVm1tRmlsZXMSKy5iYW5nZXIucHJpdmlsZWdlZC52MS5SZW1vdmVWbW1GaWxlc1JlcXVlc3QaLC5iYW5nZXIucHJpdmlsZWdlZC52MS5SZW1vdmVWbW1GaWxlc1Jlc3BvbnNlYgZwcm90bzM", [file_banger_privileged_v1_host, file_google_protobuf_timestamp]);
+  fileDesc("Ch5iYW5nZXIvcHJpdmlsZWdlZC92MS92bW0ucHJvdG8SFGJhbmdlci5wcml2aWxlZ2VkLnYxIpYBChBMYXVuY2hWbW1SZXF1ZXN0Eg0KBXZtX2lkGAEgASgJEisKBGtpbmQYAiABKA4yHS5iYW5nZXIucHJpdmlsZWdlZC52MS5WbW1LaW5kEi8KBHFlbXUYAyABKAsyIS5iYW5nZXIucHJpdmlsZWdlZC52MS5RZW11TWFjaGluZRIVCg1sb2dfbWF4X2J5dGVzGAQgASgEIr0BCgtRZW11TWFjaGluZRIMCgR2Y3B1GAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0SEwoLa2VybmVsX3BhdGgYAyABKAkSEwoLaW5pdHJkX3BhdGgYBCABKAkSEQoJYm9vdF9hcmdzGAUgASgJEhEKCXJvb3RfZGlzaxgGIAEoCRIRCgl3b3JrX2Rpc2sYByABKAkSCwoDbWFjGAggASgJEgsKA2t2bRgJIAEoCBIPCgd0c2Nfa2h6GAogASgNIpABChFMYXVuY2hWbW1SZXNwb25zZRILCgNwaWQYASABKAUSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOY29udHJvbF9zb2NrZXQYAyABKAkSEAoIbG9nX3BhdGgYBCABKAkSFAoMY29uc29sZV9wYXRoGAUgASgJIo8BChBTaWduYWxWbW1SZXF1ZXN0Eg0KBXZtX2lkGAEgASgJEgsKA3BpZBgCIAEoBRIuCgpzdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgZzaWduYWwYBCABKA4yHy5iYW5nZXIucHJpdmlsZWdlZC52MS5WbW1TaWduYWwiWwoNR2V0Vm1tUmVxdWVzdBINCgV2bV9pZBgBIAEoCRILCgNwaWQYAiABKAUSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSQoOR2V0Vm1tUmVzcG9uc2USDwoHcnVubmluZxgBIAEoCBITCgtjcHVfdGltZV9tcxgCIAEoBBIRCglyc3NfYnl0ZXMYAyABKAQiJgoVUmVtb3ZlVm1tRmlsZXNSZXF1ZXN0Eg0KBXZtX2lkGAEgASgJIikKFlJlbW92ZVZtbUZpbGVzUmVzcG9uc2USDwoHZXhpc3RlZBgBIAEoCCIkChFTaWduYWxWbW1SZXNwb25zZRIPCgdleGlzdGVkGAEgASgIKlEKCVZtbVNpZ25hbBIaChZWTU1fU0lHTkFMX1VOU1BFQ0lGSUVEEAASEwoPVk1NX1NJR05BTF9URVJNEAESEwoPVk1NX1NJR05BTF9LSUxMEAIyigMKClZtbVNlcnZpY2USXAoJTGF1bmNoVm1tEiYuYmFuZ2VyLnByaXZpbGVnZWQudjEuTGF1bmNoVm1tUmVxdWVzdBonLmJhbmdlci5wcml2aWxlZ2VkLnYxLkxhdW5jaFZtbVJlc3BvbnNlElwKCVNpZ25hbFZtbRImLmJhbmdlci5wcml2aWxlZ2VkLnYxLlNpZ25hbFZtbVJlcXVlc3QaJy5iYW5nZXIucHJpdmlsZWdlZC52MS5TaWduYWxWbW1SZXNwb25zZRJTCgZHZXRWbW0SIy5iYW5nZXIucHJpdmlsZWdlZC52MS5HZXRWbW1SZXF1ZXN0GiQuYmFuZ2VyLnByaXZpbGVnZWQudjEuR2V0Vm1tUmVzcG9uc2USawoOUmVtb3ZlVm1tRmlsZXMSKy5iYW5nZXIucHJpdmlsZWdlZC52MS5SZW1vdmVWbW1GaWxlc1JlcXVlc3QaLC5iYW5nZXIucHJpdmlsZWdlZC52MS5SZW1vdmVWbW1GaWxlc1Jlc3BvbnNlYgZwcm90bzM", [file_banger_privileged_v1_host, file_google_protobuf_timestamp]);
 
 /**
  * Request of LaunchVmm.
@@ -43,6 +43,14 @@ export type LaunchVmmRequest = Message<"banger.privileged.v1.LaunchVmmRequest"> 
    * @generated from field: banger.privileged.v1.QemuMachine qemu = 3;
    */
   qemu?: QemuMachine | undefined;
+
+  /**
+   * Bytes of output kept per log (console and VMM log, each: current file
+   * plus predecessor), 131072-1073741824; 0 = 8 MiB.
+   *
+   * @generated from field: uint64 log_max_bytes = 4;
+   */
+  logMaxBytes: bigint;
 };
 
 /**
@@ -424,15 +432,22 @@ export const VmmService: GenService<{
    * configures machine, boot source, drives, network and vsock over the API
    * socket, which the owner owns); the guest console goes to console.log.
    * QEMU gets the whole machine on its command line from `qemu`, each field
-   * validated; its tap is the VM's (`bgr-` + 11 hex of sha256(vm_id)).
+   * validated; its tap is the VM's (`bgr-` + 11 hex of sha256(vm_id)); its
+   * serial console is its stdout. The VMM's stdout (the guest console) and
+   * stderr (its own log) are pipes, each read by a log relay (busybox sh + dd,
+   * detached, as the owner) that keeps the newest output in console.log /
+   * vmm.log and the output before it in console.log.1 / vmm.log.1, the two
+   * within log_max_bytes; a relay ends when the VMM does.
    * Errors: INVALID_ARGUMENT (INVALID_VMM_KIND, QEMU_MACHINE_REQUIRED,
    * INVALID_VCPU, INVALID_MEMORY, INVALID_PATH, INVALID_BOOT_ARGS,
-   * INVALID_MAC, INVALID_ACCELERATOR, INVALID_TSC_KHZ), PERMISSION_DENIED
+   * INVALID_MAC, INVALID_ACCELERATOR, INVALID_TSC_KHZ,
+   * INVALID_LOG_MAX_BYTES), PERMISSION_DENIED
    * (PATH_OUTSIDE_STATE_DIR), FAILED_PRECONDITION (VMM_RUNNING: the VM
    * already has one; KVM_ABSENT; OWNER_IS_ROOT; VMM_BINARY_UNUSABLE;
    * VMM_EXITED: it exited before opening its socket, with the tail of its
    * log in the message; RUNTIME_DIR_ABSENT, RUNTIME_DIR_UNSAFE,
-   * RUNTIME_DIR_UNSUPPORTED, LOG_FILE_UNSAFE, SOCKET_PATH_OCCUPIED),
+   * RUNTIME_DIR_UNSUPPORTED, LOG_RELAY_UNUSABLE: no static busybox at
+   * /bin/busybox, SOCKET_PATH_OCCUPIED),
    * DEADLINE_EXCEEDED (VMM_NOT_READY: it did not open its socket in time and
    * was killed).
    *
