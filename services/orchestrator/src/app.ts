@@ -100,7 +100,7 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
   });
   await operations.recover();
   await clearStaging(config.stateDir, config.logger);
-  const privileged = createPrivilegedPeer(config.privilegedSocket);
+  const privileged = createPrivilegedPeer(config.privilegedSocket, config.config.vm.logMaxMib * 1024 * 1024);
   const puller = createPullerPeer(config.pullerSocket);
   const credentialHelper = createProcessCredentialHelper();
   const images = createImageCatalog({

@@ -40,6 +40,8 @@ export interface ConfigValues {
     readonly memoryMib: number;
     readonly workDiskMib: number;
     readonly nat: boolean;
+    /** MiB of output kept per log of a VM (its console, its VMM's log): the newest file and its predecessor. */
+    readonly logMaxMib: number;
   };
   readonly image: { readonly minRootfsMib: number };
   readonly network: {
@@ -69,7 +71,7 @@ export const DEFAULT_CONFIG: ConfigValues = deepFreeze({
   defaultImage: "debian",
   defaultKernel: "",
   vmm: "firecracker",
-  vm: { vcpu: 2, memoryMib: 1024, workDiskMib: 8192, nat: false },
+  vm: { vcpu: 2, memoryMib: 1024, workDiskMib: 8192, nat: false, logMaxMib: 8 },
   image: { minRootfsMib: 2048 },
   network: { bridge: "bgr0", address: "172.30.0.1/24", tapPool: 4 },
   firecracker: { binary: "/usr/local/bin/firecracker" },
@@ -84,6 +86,7 @@ export const CONFIG_LIMITS = {
   vcpu: [1, 32],
   memoryMib: [128, 262_144],
   workDiskMib: [64, 16 * 1024 * 1024],
+  logMaxMib: [1, 1024],
   minRootfsMib: [64, 1024 * 1024],
   tapPool: [0, 64],
   bridgePrefix: [16, 30],
@@ -117,6 +120,11 @@ export const CONFIG_REFERENCE: readonly ConfigKeyDoc[] = deepFreeze([
     key: "vm.work_disk_mib",
     default: "8192",
     meaning: "size of a new VM's work disk (mounted at /root) in MiB, 64-16777216; sparse",
+  },
+  {
+    key: "vm.log_max_mib",
+    default: "8",
+    meaning: "MiB kept of each VM log (console, VMM log) in the runtime directory, newest first, 1-1024",
   },
   {
     key: "vm.nat",
@@ -297,6 +305,7 @@ class Checker {
         memoryMib: this.integer(vm, "vm.memory_mib", d.vm.memoryMib, CONFIG_LIMITS.memoryMib),
         workDiskMib: this.integer(vm, "vm.work_disk_mib", d.vm.workDiskMib, CONFIG_LIMITS.workDiskMib),
         nat: this.boolean(vm, "vm.nat", d.vm.nat),
+        logMaxMib: this.integer(vm, "vm.log_max_mib", d.vm.logMaxMib, CONFIG_LIMITS.logMaxMib),
       },
       image: {
         minRootfsMib: this.integer(image, "image.min_rootfs_mib", d.image.minRootfsMib, CONFIG_LIMITS.minRootfsMib),

@@ -25,7 +25,11 @@ function launchedVmm(launched: LaunchVmmResponse): LaunchedVmm {
 }
 
 /** The orchestrator's client of the privileged helper. Errors arrive as banger's typed errors. */
-export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
+export function createPrivilegedPeer(
+  socketPath: string,
+  /** Bytes the helper's log relays keep per VM log (LaunchVmm's log_max_bytes); 0 = the helper's default. */
+  logMaxBytes = 0,
+): PrivilegedPeer {
   const { transport, close } = createUnixTransport(socketPath, { peer: "privileged helper" });
   const host = createPeerClient(HostService, transport);
   const network = createPeerClient(NetworkService, transport);
@@ -113,11 +117,18 @@ export function createPrivilegedPeer(socketPath: string): PrivilegedPeer {
       );
     },
     async launchFirecracker(vmId, scope) {
-      return launchedVmm(await vmm.launchVmm({ vmId, kind: VmmKind.FIRECRACKER }, callOptions(scope)));
+      return launchedVmm(
+        await vmm.launchVmm({ vmId, kind: VmmKind.FIRECRACKER, logMaxBytes: BigInt(logMaxBytes) }, callOptions(scope)),
+      );
     },
     async launchQemu(vmId, machine, scope) {
       const qemu = { ...machine, tscKhz: 0 };
-      return launchedVmm(await vmm.launchVmm({ vmId, kind: VmmKind.QEMU_MICROVM, qemu }, callOptions(scope)));
+      return launchedVmm(
+        await vmm.launchVmm(
+          { vmId, kind: VmmKind.QEMU_MICROVM, qemu, logMaxBytes: BigInt(logMaxBytes) },
+          callOptions(scope),
+        ),
+      );
     },
     async createSnapshot(vmId, originDevice, cowDevice, scope) {
       return (await disk.createSnapshot({ vmId, originDevice, cowDevice }, callOptions(scope))).device;
