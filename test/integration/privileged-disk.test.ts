@@ -1,15 +1,27 @@
 /**
  * The helper's disk operations through its socket, for real: loop devices on
  * real files, e2fsck and guest-file writes on a real ext4 image, verified
- * with debugfs; hostile paths refused with the inventory unchanged. Needs root.
+ * with debugfs; hostile paths and files that are not the owner's refused with
+ * the inventory unchanged; e2fsprogs run as the owner. Needs root.
  * (device-mapper is absent here; its path is tested in ops/disk.test.ts with a
  * scripted runner.)
  */
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  linkSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { ErrorInfoSchema } from "@banger/gen/google/rpc/error_details_pb.js";
 import { DiskService, type GuestDisk } from "@banger/gen/banger/privileged/v1/disk_pb.js";
 import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
@@ -26,11 +38,20 @@ let helper: HelperInNs;
 let disk: Client<typeof DiskService>;
 let host: Client<typeof HostService>;
 
-function mkfs(path: string, mib = 8): void {
+/** An ext4 image, the owner's unless `owner` says otherwise. */
+function mkfs(path: string, mib = 8, owner = OWNER): void {
   writeFileSync(path, Buffer.alloc(0));
   execFileSync("truncate", ["-s", `${mib}M`, path]);
   execFileSync("mkfs.ext4", ["-q", "-F", path]);
+  chownSync(path, owner, owner);
 }
+
+/** `losetup -l` (the kernel's list, independent of the helper): the devices on files under this test's dir. */
+const losetupList = () =>
+  execFileSync("losetup", ["-l", "--noheadings", "-O", "NAME,BACK-FILE"], { encoding: "utf8" })
+    .split("\n")
+    .filter((line) => line.includes(` ${dir}/`))
+    .join("\n");
 
 const sha = (path: string) => createHash("sha256").update(readFileSync(path)).digest("hex");
 
@@ -65,6 +86,8 @@ describe.skipIf(!IS_ROOT)("privileged disk operations", () => {
       expect((await host.getInventory({})).loopDevices).toEqual([
         expect.objectContaining({ device, backingFile: root, readOnly: false }),
       ]);
+      await disk.detachLoop({ device, path: root });
+      // A clone root disk is a file: the helper checks and writes it without a loop device.
       expect((await disk.checkFilesystem({ vmId: "box" })).exitCode).toBe(0);
       const written = await disk.writeGuestFiles({
         vmId: "box",
@@ -80,14 +103,14 @@ describe.skipIf(!IS_ROOT)("privileged disk operations", () => {
         ],
       });
       expect(written.written).toBe(2);
-      const stat = execFileSync("debugfs", ["-R", "stat /root/.ssh/authorized_keys", device], {
+      const stat = execFileSync("debugfs", ["-R", "stat /root/.ssh/authorized_keys", root], {
         encoding: "utf8",
         stdio: ["ignore", "pipe", "ignore"],
       });
       expect(stat).toMatch(/Mode:\s+0600/);
       expect(stat).toMatch(/User:\s+1000\s+Group:\s+1000/);
       expect(
-        execFileSync("debugfs", ["-R", "cat /etc/hostname", device], {
+        execFileSync("debugfs", ["-R", "cat /etc/hostname", root], {
           encoding: "utf8",
           stdio: ["ignore", "pipe", "ignore"],
         }),
@@ -95,10 +118,69 @@ describe.skipIf(!IS_ROOT)("privileged disk operations", () => {
       expect((await disk.removeGuestFiles({ vmId: "box", paths: ["/etc/hostname", "/nope"] })).removed).toBe(1);
       expect((await disk.checkFilesystem({ vmId: "box" })).exitCode).toBe(0);
     } finally {
-      expect(await disk.detachLoop({ device, path: root })).toMatchObject({ existed: true });
+      await disk.detachLoop({ device, path: root });
     }
     expect(await disk.detachLoop({ device, path: root })).toMatchObject({ existed: false });
     expect((await host.getInventory({})).loopDevices).toEqual([]);
+  });
+
+  it("refuses to attach a root-owned file in the state directory (the dev-mode log), attaching nothing", async () => {
+    mkdirSync(join(state, "logs"), { recursive: true });
+    const log = join(state, "logs", "privileged.jsonl");
+    writeFileSync(log, '{"msg":"root\'s log"}\n', { mode: 0o600 });
+    const image = join(state, "images", "root-owned.ext4");
+    mkfs(image, 4, 0);
+    const before = losetupList();
+    for (const path of [log, image]) {
+      for (const readOnly of [true, false]) {
+        const error = await failure(() => disk.attachLoop({ path, readOnly }));
+        expect(error.code, `${path}: ${error.rawMessage}`).toBe(Code.PermissionDenied);
+        expect(error.rawMessage).toMatch(/not to banger's owner/);
+        expect(error.findDetails(ErrorInfoSchema)[0]?.reason).toBe("NOT_OWNERS_FILE");
+      }
+    }
+    expect(losetupList()).toBe(before);
+    expect((await host.getInventory({})).loopDevices).toEqual([]);
+  });
+
+  it("runs e2fsck and debugfs as the owner: a root disk the owner may only read is left unchanged", async () => {
+    mkdirSync(join(state, "vms", "ro"), { recursive: true });
+    const root = join(state, "vms", "ro", "root.ext4");
+    mkfs(root);
+    // Root's read-write loop device over it, as root-run tools used (they would succeed through it).
+    const { device } = await disk.attachLoop({ path: root });
+    const hostname = { path: "/etc/hostname", content: Buffer.from("ro\n"), mode: 0o644 };
+    expect((await disk.writeGuestFiles({ vmId: "ro", files: [hostname] })).written).toBe(1);
+    chmodSync(root, 0o400); // root could write it; the owner cannot
+    const hash = sha(root);
+    const calls: [string, () => Promise<unknown>][] = [
+      ["CheckFilesystem", () => disk.checkFilesystem({ vmId: "ro" })],
+      [
+        "WriteGuestFiles",
+        () =>
+          disk.writeGuestFiles({
+            vmId: "ro",
+            files: [{ ...hostname, content: Buffer.from("x\n") }],
+          }),
+      ],
+      ["RemoveGuestFiles", () => disk.removeGuestFiles({ vmId: "ro", paths: ["/etc/hostname"] })],
+    ];
+    try {
+      for (const [rpc, call] of calls) {
+        const error = await failure(call);
+        expect(error.code, `${rpc}: ${error.rawMessage}`).toBe(Code.PermissionDenied);
+        expect(error.findDetails(ErrorInfoSchema)[0]?.reason, rpc).toBe("OWNER_CANNOT_OPEN_DISK");
+      }
+    } finally {
+      await disk.detachLoop({ device, path: root });
+    }
+    expect(sha(root)).toBe(hash);
+    expect(
+      execFileSync("debugfs", ["-R", "cat /etc/hostname", root], {
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "ignore"],
+      }),
+    ).toBe("ro\n");
   });
 
   it("refuses hostile paths and devices with INVALID_ARGUMENT or PERMISSION_DENIED, changing nothing", async () => {

@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import {
@@ -35,7 +35,14 @@ const identity = { version: "test", pid: 1, uid: 1000, gid: 1000, privilegesOk: 
  * there when told to).
  */
 function scriptedPuller(
-  options: { delayMs?: number; failAt?: string; down?: boolean; requests?: PullRequestPlain[] } = {},
+  options: {
+    delayMs?: number;
+    failAt?: string;
+    down?: boolean;
+    requests?: PullRequestPlain[];
+    /** The puller's uid, when it is another user than this process (as under the installed units). */
+    uid?: number;
+  } = {},
 ): PullerPort {
   return {
     identify: () =>
@@ -52,6 +59,7 @@ function scriptedPuller(
         await onEvent({ kind: "stage", name: stage, done: true, message: "" });
       }
       writeFileSync(join(request.stagingDir, "rootfs.ext4"), "ext4");
+      if (options.uid !== undefined) chownSync(join(request.stagingDir, "rootfs.ext4"), options.uid, options.uid);
       const outcome: PullOutcome = {
         manifestDigest: `sha256:${"c".repeat(64)}`,
         platform: "linux/amd64",
@@ -104,6 +112,24 @@ describe("image pulls", () => {
     expect(readdirSync(join(tempDir(), "images", ".staging"))).toEqual([]);
     expect((await images.get("alpine")).reference).toBe("docker.io/library/alpine:3.20");
   });
+
+  it.skipIf(process.getuid?.() !== 0)(
+    "publish the orchestrator's own copy of a rootfs another user built (the helper opens only the owner's files)",
+    async () => {
+      const { operations, images } = catalog(scriptedPuller({ uid: 1000 }));
+      const op = await images.pull(
+        { reference: "alpine:3.20", name: "", platform: "", minRootfsMib: 0 },
+        { signal: new AbortController().signal },
+      );
+      await operations.settled();
+      expect((await operations.get(op.id)).state).toBe("succeeded");
+      const rootfs = join(tempDir(), "images", "alpine", "rootfs.ext4");
+      expect(statSync(rootfs).uid).toBe(process.getuid?.());
+      expect(statSync(rootfs).mode & 0o777).toBe(0o640);
+      expect(readFileSync(rootfs, "utf8")).toBe("ext4");
+      expect(readdirSync(join(tempDir(), "images", "alpine"))).toEqual(["rootfs.ext4"]);
+    },
+  );
 
   it("hand the puller the owner's credentials for that registry only, and the configured defaults", async () => {
     const requests: PullRequestPlain[] = [];

@@ -5,7 +5,7 @@
  * racing for one name give one winner and IMAGE_NAME_TAKEN for the other.
  */
 import { randomBytes } from "node:crypto";
-import { chmod, mkdir, open, rename, rm, stat } from "node:fs/promises";
+import { chmod, lstat, mkdir, open, rename, rm, stat } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
 import {
   AlreadyExistsError,
@@ -253,6 +253,29 @@ export function createImageCatalog(deps: {
     });
   }
 
+  /**
+   * The privileged helper opens only the owner's files (it never lends root's access to another
+   * user's), and it attaches an image's rootfs (the dm-snapshot origin). An installed puller is
+   * another user (banger-puller): what it built is replaced by the orchestrator's own copy, shared
+   * extents where the file system can. Nothing of the puller's may appear in the staging directory
+   * after this: it loses its write access first.
+   */
+  async function ownRootfs(staging: string, signal: AbortSignal): Promise<void> {
+    await chmod(staging, 0o750);
+    const rootfs = join(staging, ROOTFS_FILE);
+    const built = await lstat(rootfs);
+    if (!built.isFile()) {
+      throw new FailedPreconditionError(`the image puller left no regular ${ROOTFS_FILE}`, {
+        reason: "IMAGE_ROOTFS_MISSING",
+      });
+    }
+    if (built.uid === process.getuid?.()) return;
+    const own = join(staging, `.${ROOTFS_FILE}.own`);
+    await copySparse(rootfs, own, { signal });
+    await chmod(own, 0o640); // read by the helper through the group (it has no CAP_DAC_OVERRIDE)
+    await rename(own, rootfs);
+  }
+
   const view = async (image: ImageRecord): Promise<ImageView> => ({
     ...image,
     usedBy: await listImageUsers(db, image.name),
@@ -305,8 +328,9 @@ export function createImageCatalog(deps: {
       // The catalog's kernel, when it is here (else VMs boot the host default).
       const catalogKernel = fromCatalog?.defaultKernel ?? "";
       const defaultKernel = catalogKernel !== "" && (await getKernel(db, catalogKernel)) ? catalogKernel : null;
-      const image = await op.stage("publish", () =>
-        publish(staging, {
+      const image = await op.stage("publish", async () => {
+        await ownRootfs(staging, op.signal);
+        return publish(staging, {
           name,
           reference: outcome.canonicalReference || reference,
           manifestDigest: outcome.manifestDigest,
@@ -317,8 +341,8 @@ export function createImageCatalog(deps: {
           source: "pulled",
           config: outcome.config,
           createdAt: now(),
-        }),
-      );
+        });
+      });
       logger.info({ image: name, digest: image.manifestDigest }, "image published");
       return image;
     } finally {

@@ -654,18 +654,17 @@ export function createVmService(deps: {
                 await cow.close();
                 return attachRoot(created, scopeNow);
               }
+              // The owner's file: the helper opens it read-write through the group (the units give it no
+              // CAP_DAC_OVERRIDE) and hands it to e2fsck and debugfs, which run as the owner.
               await copySparse(imageRootfs, rootDisk, { signal: op.signal });
-              await chmod(rootDisk, 0o660); // the helper attaches it read-write through the group
-              const device = await host.attachLoop(rootDisk, false, scopeNow);
-              return { device, loops: [{ device, backingFile: rootDisk }] };
+              await chmod(rootDisk, 0o660);
+              return { device: rootDisk, loops: [] };
             },
             (attached) => detachRoot(created, attached, { signal: new AbortController().signal }),
           );
           await op.stage("fsck", () => host.checkFilesystem(created.id, scopeNow));
           await op.stage("guest-files", async () => {
             await host.writeGuestFiles(created.id, guest.rootDiskFiles(created, network), scopeNow);
-            // A clone is a file the VMM opens itself: its loop device was only for the helper's checks and writes.
-            if (created.rootDiskStrategy === "clone") await detachRoot(created, root, scopeNow);
           });
           // The work disk does not depend on the root disk: it is built meanwhile.
           await workDisk;

@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { link, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { chmod, chown, link, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -19,6 +19,8 @@ import { createDiskOps, type GuestFileSpec } from "./disk.js";
 let root: string;
 let stateDir: string;
 let config: HelperConfig;
+/** The owner the helper works for: the files it may open are this uid's. */
+const OWNER = 1000;
 /** Loop devices the tests attached outside the state dir (to show they are not banger's). */
 const foreignLoops: string[] = [];
 
@@ -27,7 +29,7 @@ beforeAll(async () => {
   stateDir = join(root, "state");
   await mkdir(join(stateDir, "images"), { recursive: true });
   await mkdir(join(root, "outside"));
-  config = helperConfig({ stateDir, runtimeDir: join(root, "run"), ownerUid: 1000, ownerGid: 1000 });
+  config = helperConfig({ stateDir, runtimeDir: join(root, "run"), ownerUid: OWNER, ownerGid: OWNER });
 });
 
 /** Detaches every loop device backed by a file under this test's temp dir, even after a failure. */
@@ -70,9 +72,11 @@ function stateLoops(): string {
   return JSON.stringify(losetupList().filter((l) => l.backFile.startsWith(`${stateDir}/`)));
 }
 
-function makeExt4(path: string, mib: number, populateFrom?: string): void {
+/** An ext4 image, the owner's unless `owner` says otherwise. */
+function makeExt4(path: string, mib: number, populateFrom?: string, owner = OWNER): void {
   execFileSync("truncate", ["-s", `${mib}M`, path]);
   execFileSync("mkfs.ext4", ["-q", "-F", ...(populateFrom ? ["-d", populateFrom] : []), path], { stdio: "pipe" });
+  execFileSync("chown", [`${owner}:${owner}`, path]);
 }
 
 async function sha256(path: string): Promise<string> {
@@ -190,6 +194,23 @@ describe("loop devices (real losetup)", () => {
     expect(reachable()).toBe(before);
   });
 
+  it("refuses a file in the state dir that is not the owner's (a root-owned log), attaching nothing", async () => {
+    await mkdir(join(stateDir, "logs"), { recursive: true });
+    const log = join(stateDir, "logs", "privileged.jsonl");
+    await writeFile(log, "root's log\n", { mode: 0o600 });
+    const image = join(stateDir, "images", "root-owned.ext4");
+    makeExt4(image, 4, undefined, 0);
+    const before = stateLoops();
+    for (const path of [log, image]) {
+      for (const readOnly of [true, false]) {
+        const error = await caught(ops().attachLoop({ path, readOnly }));
+        expect(error, path).toBeInstanceOf(PermissionDeniedError);
+        expect(error, path).toMatchObject({ reason: "NOT_OWNERS_FILE" });
+      }
+    }
+    expect(stateLoops()).toBe(before);
+  });
+
   it.each([
     "/dev/sda",
     "/dev/loop",
@@ -205,14 +226,13 @@ describe("loop devices (real losetup)", () => {
   });
 });
 
-describe("a VM's root filesystem (real ext4 on a real loop device)", () => {
+describe("a VM's root filesystem (real ext4, the clone strategy's root disk)", () => {
   const vmId = "vm1";
   let image: string;
-  let device: string;
   const disk = () => createDiskOps({ runner: createHostRunner(), config });
 
   function debugfsRequest(request: string): string {
-    return execFileSync("debugfs", ["-R", request, device], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    return execFileSync("debugfs", ["-R", request, image], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
   }
 
   function guestStat(
@@ -240,16 +260,15 @@ describe("a VM's root filesystem (real ext4 on a real loop device)", () => {
     image = join(stateDir, "vms", vmId, "root.ext4");
     await rm(image, { force: true });
     makeExt4(image, 8, seed);
-    ({ device } = await disk().attachLoop({ path: image, readOnly: false }));
   });
 
-  it("runs e2fsck -fy on the VM's loop device: 0 when clean, 1 after fixing, and reports the tail", async () => {
+  it("runs e2fsck -fy on the VM's root disk: 0 when clean, 1 after fixing, and reports the tail", async () => {
     const clean = await disk().checkFilesystem({ vmId });
     expect(clean.exitCode).toBe(0);
     expect(clean.outputTail).toMatch(/Pass 5/);
     expect(clean.outputTail).toMatch(/\d+\/\d+ files/);
 
-    execFileSync("debugfs", ["-w", "-R", "sif /etc/hostname links_count 5", device], { stdio: "pipe" });
+    execFileSync("debugfs", ["-w", "-R", "sif /etc/hostname links_count 5", image], { stdio: "pipe" });
     const fixed = await disk().checkFilesystem({ vmId });
     expect(fixed.exitCode).toBe(1);
     expect(fixed.outputTail).toMatch(/FILE SYSTEM WAS MODIFIED/);
@@ -260,7 +279,7 @@ describe("a VM's root filesystem (real ext4 on a real loop device)", () => {
     await mkdir(join(stateDir, "vms", "vm2"), { recursive: true });
     const junk = join(stateDir, "vms", "vm2", "root.ext4");
     await writeFile(junk, Buffer.alloc(4 * 1024 * 1024));
-    await disk().attachLoop({ path: junk, readOnly: false });
+    await chown(junk, OWNER, OWNER);
     const error = await caught(disk().checkFilesystem({ vmId: "vm2" }));
     expect(error).toBeInstanceOf(HostCommandError);
     expect((error as HostCommandError).exitCode).toBe(8);
@@ -306,7 +325,7 @@ describe("a VM's root filesystem (real ext4 on a real loop device)", () => {
       size: blob.length,
     });
     const dumped = join(root, "dumped.bin");
-    execFileSync("debugfs", ["-R", `dump /opt/banger/blob.bin ${dumped}`, device], { stdio: "pipe" });
+    execFileSync("debugfs", ["-R", `dump /opt/banger/blob.bin ${dumped}`, image], { stdio: "pipe" });
     expect((await readFile(dumped)).equals(blob)).toBe(true);
     expect(guestStat("/etc/empty")).toMatchObject({ type: "regular", mode: "0000", size: 0 });
 
@@ -318,7 +337,7 @@ describe("a VM's root filesystem (real ext4 on a real loop device)", () => {
     expect(debugfsRequest("cat /etc/hostname")).toBe("box2\n");
     expect(guestStat("/etc/hostname")).toMatchObject({ mode: "0644", user: 0, group: 0 });
     expect(await guestTempDirs()).toEqual(tempBefore);
-    execFileSync("e2fsck", ["-fn", device], { stdio: "pipe" });
+    execFileSync("e2fsck", ["-fn", image], { stdio: "pipe" });
   });
 
   it("refuses bad guest files before touching the disk: the image stays byte-for-byte the same", async () => {
@@ -387,17 +406,44 @@ describe("a VM's root filesystem (real ext4 on a real loop device)", () => {
     expect(guestStat("/root/.ssh/authorized_keys")).toBeUndefined();
     expect(guestStat("/root/.ssh")).toMatchObject({ type: "directory" });
     expect(await disk().removeGuestFiles({ vmId, paths })).toEqual({ removed: 0 });
-    execFileSync("e2fsck", ["-fn", device], { stdio: "pipe" });
+    execFileSync("e2fsck", ["-fn", image], { stdio: "pipe" });
 
     const dir = await caught(disk().removeGuestFiles({ vmId, paths: ["/root/.ssh"] }));
     expect(dir).toMatchObject({ reason: "GUEST_PATH_IS_DIRECTORY" });
     expect(guestStat("/root/.ssh")).toMatchObject({ type: "directory" });
   });
 
-  it("refuses a read-only root loop device", async () => {
-    await disk().detachLoop({ device, path: image });
-    await disk().attachLoop({ path: image, readOnly: true });
-    expect(await caught(disk().checkFilesystem({ vmId }))).toMatchObject({ reason: "VM_DISK_READ_ONLY" });
+  it("runs e2fsck and debugfs as the owner: a root disk the owner may only read is not written (root could)", async () => {
+    await chmod(image, 0o400);
+    const before = await sha256(image);
+    const fsck = await caught(disk().checkFilesystem({ vmId }));
+    expect(fsck).toBeInstanceOf(PermissionDeniedError);
+    expect(fsck).toMatchObject({ reason: "OWNER_CANNOT_OPEN_DISK" });
+    const file = { path: "/etc/hostname", content: Buffer.from("box\n"), mode: 0o644, uid: 0, gid: 0 };
+    const write = await caught(disk().writeGuestFiles({ vmId, files: [file] }));
+    expect(write).toMatchObject({ reason: "OWNER_CANNOT_OPEN_DISK" });
+    const remove = await caught(disk().removeGuestFiles({ vmId, paths: ["/etc/hostname"] }));
+    expect(remove).toMatchObject({ reason: "OWNER_CANNOT_OPEN_DISK" });
+    expect(await sha256(image)).toBe(before);
+    expect(debugfsRequest("cat /etc/hostname")).toBe("old-name\n");
+  });
+
+  it("refuses a root disk that is not the owner's, running nothing on it", async () => {
+    await chown(image, 0, 0);
+    const before = await sha256(image);
+    for (const attempt of [
+      disk().checkFilesystem({ vmId }),
+      disk().writeGuestFiles({
+        vmId,
+        files: [{ path: "/etc/hostname", content: Buffer.from("x"), mode: 0o644, uid: 0, gid: 0 }],
+      }),
+      disk().removeGuestFiles({ vmId, paths: ["/etc/hostname"] }),
+    ]) {
+      const error = await caught(attempt);
+      expect(error).toBeInstanceOf(PermissionDeniedError);
+      expect(error).toMatchObject({ reason: "NOT_OWNERS_FILE" });
+    }
+    expect(await sha256(image)).toBe(before);
   });
 });
 

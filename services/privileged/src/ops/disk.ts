@@ -7,10 +7,13 @@
  * record (the loop's backing file in sysfs, the dm uuid) before acting, so the
  * helper never detaches or removes a device that is not banger's. Guest files
  * are written with one batched `debugfs` script and verified by reading them
- * back. Every request is validated completely before the first host command
- * runs: a refused request changes nothing.
+ * back. e2fsck and debugfs parse filesystems a guest has written: they run as
+ * the owner, on a device or file the owner may open, so a parser bug gains an
+ * attacker nothing the owner did not have. Every request is validated
+ * completely before the first host command runs: a refused request changes
+ * nothing.
  */
-import { lstat, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, lstat, mkdtemp, open, readdir, readFile, rm, type FileHandle } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -19,6 +22,7 @@ import {
   HostCommandError,
   InternalError,
   InvalidArgumentError,
+  NotFoundError,
   PermissionDeniedError,
   debugfsErrors,
   debugfsSections,
@@ -111,6 +115,8 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
   const mapperNode = (name: string) => `${dev}/mapper/${name}`;
   /** The clone strategy's root disk of a VM. */
   const vmRootImage = (vmId: string) => join(stateDir, "vms", vmId, "root.ext4");
+  /** e2fsprogs over guest-written filesystems run as the owner, never as root. */
+  const asOwner = { as: { uid: config.ownerUid, gid: config.ownerGid } } as const;
 
   /** The kernel's record of a loop device; undefined when it is not attached. */
   async function loopInfo(name: string): Promise<LoopInfo | undefined> {
@@ -161,14 +167,21 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
   }
 
   /**
-   * The VM's root block device: its dm-snapshot when there is one (and it is
-   * banger's), else the loop device of `<stateDir>/vms/<vm_id>/root.ext4`.
+   * Runs `body` with the VM's root disk as e2fsprogs (running as the owner)
+   * name it: the VM's dm-snapshot when there is one (and it is banger's; its
+   * node is the owner's), else the owner's clone `<stateDir>/vms/<vm_id>/root.ext4`,
+   * opened by `openConfined` and handed over as `/dev/fd/3` (the tool reopens
+   * that very file, with the owner's rights).
    */
-  async function rootDevice(vmId: string, signal?: AbortSignal): Promise<string> {
+  async function withRootDisk<T>(
+    vmId: string,
+    signal: AbortSignal | undefined,
+    body: (disk: RootDisk) => Promise<T>,
+  ): Promise<T> {
     const name = snapshotName(vmId);
     if ((await present(dmControl)) && (await present(mapperNode(name)))) {
       const uuid = await dmUuid(name, signal);
-      if (uuid === snapshotUuid(vmId)) return mapperNode(name);
+      if (uuid === snapshotUuid(vmId)) return body({ path: mapperNode(name), fds: [], shown: mapperNode(name) });
       if (uuid !== undefined) {
         throw new PermissionDeniedError(`dm device ${name} exists but banger did not make it`, {
           reason: "NOT_BANGERS",
@@ -176,21 +189,23 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
       }
     }
     const image = vmRootImage(vmId);
-    const loop = (await listLoops()).find((l) => l.backingFile === image);
-    if (!loop) {
-      throw new FailedPreconditionError(
-        `VM ${vmId} has no root device attached (no dm-snapshot, no loop on ${image})`,
-        {
+    let handle: FileHandle;
+    try {
+      handle = await openConfined(stateDir, image, { write: true, ownerUid: config.ownerUid });
+    } catch (error) {
+      if (error instanceof NotFoundError) {
+        throw new FailedPreconditionError(`VM ${vmId} has no root disk (no dm-snapshot, no ${image})`, {
           reason: "VM_DISK_NOT_ATTACHED",
-        },
-      );
+          cause: error,
+        });
+      }
+      throw error;
     }
-    if (loop.readOnly) {
-      throw new FailedPreconditionError(`VM ${vmId}'s root device ${loop.device} is read-only`, {
-        reason: "VM_DISK_READ_ONLY",
-      });
+    try {
+      return await body({ path: "/dev/fd/3", fds: [handle.fd], shown: image });
+    } finally {
+      await handle.close();
     }
-    return loop.device;
   }
 
   async function listLoops(): Promise<LoopInfo[]> {
@@ -206,33 +221,131 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
     return infos.filter((i): i is LoopInfo => i !== undefined && isInsideStateDir(stateDir, i.backingFile));
   }
 
-  /** Runs a debugfs script (`-w` when `write`) on a device. */
-  function debugfs(device: string, lines: readonly string[], write: boolean, signal?: AbortSignal) {
-    return runner.run(["debugfs", ...(write ? ["-w"] : []), "-f", "-", device], {
+  /** Runs a debugfs script (`-w` when `write`) on a VM's root disk, as the owner. */
+  async function debugfs(disk: RootDisk, lines: readonly string[], write: boolean, signal?: AbortSignal) {
+    const result = await runner.run(["debugfs", ...(write ? ["-w"] : []), "-f", "-", disk.path], {
       stdin: `${lines.join("\n")}\n`,
+      fds: disk.fds,
+      ...asOwner,
       ...opts(signal),
     });
+    // debugfs goes on (and exits 0) when it cannot open the disk: every command then fails.
+    refuseUnopened(disk, result.stderr);
+    return result;
   }
 
-  /** `stat` of each guest path (read-only); undefined for the missing ones. Optionally dumps each into `dumpDir`. */
+  /** `stat` of each guest path (read-only); undefined for the missing ones. Optionally dumps each into `dumps[i]`. */
   async function statGuest(
-    device: string,
+    disk: RootDisk,
     paths: readonly string[],
     signal?: AbortSignal,
-    dumpDir?: string,
+    dumps?: readonly string[],
   ): Promise<Map<string, DebugfsStat | undefined>> {
-    const lines = paths.flatMap((p, i) => [
-      `stat ${p}`,
-      ...(dumpDir === undefined ? [] : [`dump ${p} ${dumpDir}/v${i}`]),
-    ]);
-    const { stdout } = await debugfs(device, lines, false, signal);
+    const lines = paths.flatMap((p, i) => [`stat ${p}`, ...(dumps === undefined ? [] : [`dump ${p} ${dumps[i]}`])]);
+    const { stdout } = await debugfs(disk, lines, false, signal);
     const sections = debugfsSections(stdout);
     return new Map(paths.map((p) => [p, parseDebugfsStat(sections.get(`stat ${p}`) ?? "")]));
   }
 
+  /** Writes `files` into the disk with one debugfs script, then reads them back. */
+  async function writeFiles(disk: RootDisk, files: readonly GuestFileSpec[], signal?: AbortSignal) {
+    // The last spec for each path is what the filesystem must hold at the end.
+    const final = new Map(files.map((f) => [f.path, f]));
+    const paths = [...final.keys()];
+    const parents = [...new Set(paths.flatMap(guestParents))].filter((p) => !final.has(p));
+    const before = await statGuest(disk, [...paths, ...parents], signal);
+    refuseDirectories(new Map(paths.map((p) => [p, before.get(p)])));
+    const notDirs = parents.filter((p) => {
+      const type = before.get(p)?.type;
+      return type !== undefined && type !== "directory" && type !== "symlink";
+    });
+    if (notDirs.length > 0) {
+      throw new FailedPreconditionError(`${notDirs.join(", ")} is not a directory in the guest`, {
+        reason: "GUEST_PARENT_NOT_DIRECTORY",
+      });
+    }
+
+    await withPrivateTempDir(config, async (dir) => {
+      const script: string[] = [];
+      // Parents that exist (or will, once made) get no mkdir: debugfs has no `mkdir -p`.
+      const made = new Set(parents.filter((p) => before.get(p) !== undefined));
+      const existing = new Set(paths.filter((p) => before.get(p) !== undefined));
+      for (const [i, file] of files.entries()) {
+        const source = await dir.ownersFile(`f${i}`, file.content);
+        for (const parent of guestParents(file.path)) {
+          if (!made.has(parent)) script.push(`mkdir ${parent}`);
+          made.add(parent);
+        }
+        if (existing.has(file.path)) script.push(`rm ${file.path}`);
+        script.push(
+          `write ${source} ${file.path}`,
+          `sif ${file.path} mode 0${(0o100000 | file.mode).toString(8)}`,
+          `sif ${file.path} uid ${file.uid}`,
+          `sif ${file.path} gid ${file.gid}`,
+        );
+        existing.add(file.path);
+      }
+      const { stderr } = await debugfs(disk, script, true, signal);
+
+      // Verify by reading back: type, mode, owner and the exact bytes.
+      const dumps: string[] = [];
+      for (const i of paths.keys()) dumps.push(await dir.ownersFile(`v${i}`, new Uint8Array()));
+      const after = await statGuest(disk, paths, signal, dumps);
+      const wrong: string[] = [];
+      for (const [i, path] of paths.entries()) {
+        const want = final.get(path);
+        const got = after.get(path);
+        if (!want || !got) {
+          wrong.push(`${path}: missing`);
+          continue;
+        }
+        if (got.type !== "regular" || got.mode !== want.mode || got.uid !== want.uid || got.gid !== want.gid) {
+          wrong.push(`${path}: ${got.type} mode 0${got.mode.toString(8)} owner ${got.uid}:${got.gid}`);
+        } else if (
+          got.size !== want.content.byteLength ||
+          !(await readUpTo(dumps[i] ?? "", want.content.byteLength + 1)).equals(want.content)
+        ) {
+          wrong.push(`${path}: content differs`);
+        }
+      }
+      if (wrong.length > 0) {
+        throw new FailedPreconditionError(
+          `writing guest files on ${disk.shown} failed (${wrong.join("; ")})${debugfsErrors(stderr)}`,
+          { reason: "GUEST_WRITE_FAILED" },
+        );
+      }
+    });
+    return { written: files.length };
+  }
+
+  /** Removes the guest files of `paths` that exist (refusing directories), then checks they are gone. */
+  async function removeFiles(disk: RootDisk, paths: readonly string[], signal?: AbortSignal) {
+    const before = await statGuest(disk, paths, signal);
+    refuseDirectories(before);
+    const present = paths.filter((p) => before.get(p) !== undefined);
+    if (present.length === 0) return { removed: 0 };
+    const { stderr } = await debugfs(
+      disk,
+      present.map((p) => `rm ${p}`),
+      true,
+      signal,
+    );
+    const after = await statGuest(disk, present, signal);
+    const left = present.filter((p) => after.get(p) !== undefined);
+    if (left.length > 0) {
+      throw new FailedPreconditionError(
+        `could not remove ${left.join(", ")} on ${disk.shown}${debugfsErrors(stderr)}`,
+        {
+          reason: "GUEST_REMOVE_FAILED",
+        },
+      );
+    }
+    return { removed: present.length };
+  }
+
   return {
     async attachLoop(req, signal) {
-      const handle = await openConfined(stateDir, req.path, { write: !req.readOnly });
+      const handle = await openConfined(stateDir, req.path, { write: !req.readOnly, ownerUid: config.ownerUid });
       let stdout: string;
       try {
         ({ stdout } = await runner.run(
@@ -336,84 +449,24 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
 
     async checkFilesystem(req, signal) {
       const vmId = validVmId(req.vmId);
-      const device = await rootDevice(vmId, signal);
-      const argv = ["e2fsck", "-fy", device];
-      // Every exit code is taken here so that a failure keeps e2fsck's stdout, where it reports.
-      const result = await runner.run(argv, { okCodes: ALL_EXIT_CODES, ...opts(signal) });
-      const output = [result.stderr.trimEnd(), result.stdout.trimEnd()].filter((s) => s !== "").join("\n");
-      if (result.code > 1) throw new HostCommandError(argv, result.code, output);
-      return { exitCode: result.code, outputTail: tail(output) };
+      return withRootDisk(vmId, signal, async (disk) => {
+        const argv = ["e2fsck", "-fy", disk.path];
+        // Every exit code is taken here so that a failure keeps e2fsck's stdout, where it reports.
+        const result = await runner.run(argv, { okCodes: ALL_EXIT_CODES, fds: disk.fds, ...asOwner, ...opts(signal) });
+        const output = [result.stderr.trimEnd(), result.stdout.trimEnd()].filter((s) => s !== "").join("\n");
+        if (result.code > 1) {
+          refuseUnopened(disk, output);
+          throw new HostCommandError(argv, result.code, output);
+        }
+        return { exitCode: result.code, outputTail: tail(output) };
+      });
     },
 
     async writeGuestFiles(req, signal) {
       const vmId = validVmId(req.vmId);
       const files = validGuestFiles(req.files);
       if (files.length === 0) return { written: 0 };
-      const device = await rootDevice(vmId, signal);
-      // The last spec for each path is what the filesystem must hold at the end.
-      const final = new Map(files.map((f) => [f.path, f]));
-      const paths = [...final.keys()];
-      const parents = [...new Set(paths.flatMap(guestParents))].filter((p) => !final.has(p));
-      const before = await statGuest(device, [...paths, ...parents], signal);
-      refuseDirectories(new Map(paths.map((p) => [p, before.get(p)])));
-      const notDirs = parents.filter((p) => {
-        const type = before.get(p)?.type;
-        return type !== undefined && type !== "directory" && type !== "symlink";
-      });
-      if (notDirs.length > 0) {
-        throw new FailedPreconditionError(`${notDirs.join(", ")} is not a directory in the guest`, {
-          reason: "GUEST_PARENT_NOT_DIRECTORY",
-        });
-      }
-
-      await withPrivateTempDir(async (dir) => {
-        const script: string[] = [];
-        // Parents that exist (or will, once made) get no mkdir: debugfs has no `mkdir -p`.
-        const made = new Set(parents.filter((p) => before.get(p) !== undefined));
-        const existing = new Set(paths.filter((p) => before.get(p) !== undefined));
-        for (const [i, file] of files.entries()) {
-          const source = `${dir}/f${i}`;
-          await writeFile(source, file.content, { mode: 0o600, flag: "wx" });
-          for (const parent of guestParents(file.path)) {
-            if (!made.has(parent)) script.push(`mkdir ${parent}`);
-            made.add(parent);
-          }
-          if (existing.has(file.path)) script.push(`rm ${file.path}`);
-          script.push(
-            `write ${source} ${file.path}`,
-            `sif ${file.path} mode 0${(0o100000 | file.mode).toString(8)}`,
-            `sif ${file.path} uid ${file.uid}`,
-            `sif ${file.path} gid ${file.gid}`,
-          );
-          existing.add(file.path);
-        }
-        const { stderr } = await debugfs(device, script, true, signal);
-
-        // Verify by reading back: type, mode, owner and the exact bytes.
-        const after = await statGuest(device, paths, signal, dir);
-        const wrong: string[] = [];
-        for (const [i, path] of paths.entries()) {
-          const want = final.get(path);
-          const got = after.get(path);
-          if (!want || !got) {
-            wrong.push(`${path}: missing`);
-            continue;
-          }
-          const content = await readFile(`${dir}/v${i}`).catch(() => Buffer.alloc(0));
-          if (got.type !== "regular" || got.mode !== want.mode || got.uid !== want.uid || got.gid !== want.gid) {
-            wrong.push(`${path}: ${got.type} mode 0${got.mode.toString(8)} owner ${got.uid}:${got.gid}`);
-          } else if (got.size !== want.content.byteLength || !content.equals(want.content)) {
-            wrong.push(`${path}: content differs`);
-          }
-        }
-        if (wrong.length > 0) {
-          throw new FailedPreconditionError(
-            `writing guest files on ${device} failed (${wrong.join("; ")})${debugfsErrors(stderr)}`,
-            { reason: "GUEST_WRITE_FAILED" },
-          );
-        }
-      });
-      return { written: files.length };
+      return withRootDisk(vmId, signal, (disk) => writeFiles(disk, files, signal));
     },
 
     async removeGuestFiles(req, signal) {
@@ -423,25 +476,7 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
       }
       const paths = [...new Set(req.paths.map((p, i) => validGuestPath(p, `paths[${i}]`)))];
       if (paths.length === 0) return { removed: 0 };
-      const device = await rootDevice(vmId, signal);
-      const before = await statGuest(device, paths, signal);
-      refuseDirectories(before);
-      const present = paths.filter((p) => before.get(p) !== undefined);
-      if (present.length === 0) return { removed: 0 };
-      const { stderr } = await debugfs(
-        device,
-        present.map((p) => `rm ${p}`),
-        true,
-        signal,
-      );
-      const after = await statGuest(device, present, signal);
-      const left = present.filter((p) => after.get(p) !== undefined);
-      if (left.length > 0) {
-        throw new FailedPreconditionError(`could not remove ${left.join(", ")} on ${device}${debugfsErrors(stderr)}`, {
-          reason: "GUEST_REMOVE_FAILED",
-        });
-      }
-      return { removed: present.length };
+      return withRootDisk(vmId, signal, (disk) => removeFiles(disk, paths, signal));
     },
 
     listLoops,
@@ -523,16 +558,83 @@ function refuseDirectories(stats: Map<string, DebugfsStat | undefined>): void {
   }
 }
 
-/** A 0700 directory under the system temp dir, removed afterwards whatever happens. */
-async function withPrivateTempDir<T>(body: (dir: string) => Promise<T>): Promise<T> {
+/** A VM's root disk as e2fsprogs name it: a path, and the open files it refers to (fd 3, 4, …). */
+interface RootDisk {
+  readonly path: string;
+  readonly fds: readonly number[];
+  /** For messages: the device or file behind `path`. */
+  readonly shown: string;
+}
+
+/**
+ * e2fsprogs report a disk they may not open on stderr ("Permission denied
+ * while trying to open …"); as they run as the owner, the owner may not open
+ * it. (Other open failures, such as a bad superblock, stay the tool's error.)
+ */
+function refuseUnopened(disk: RootDisk, stderr: string): void {
+  const line = stderr.split("\n").find((l) => /Permission denied while trying to open /.test(l));
+  if (line === undefined) return;
+  throw new PermissionDeniedError(
+    `the owner may not open ${disk.shown}, and e2fsprogs run as the owner (${line.trim()})`,
+    {
+      reason: "OWNER_CANNOT_OPEN_DISK",
+    },
+  );
+}
+
+/** At most `limit` bytes of a file (the owner's tool wrote it: its size is not trusted). */
+async function readUpTo(path: string, limit: number): Promise<Buffer> {
+  const handle = await open(path, "r").catch(() => undefined);
+  if (!handle) return Buffer.alloc(0);
+  try {
+    const buffer = Buffer.alloc(limit);
+    let length = 0;
+    while (length < limit) {
+      const { bytesRead } = await handle.read(buffer, length, limit - length, length);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+    }
+    return buffer.subarray(0, length);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** A private temp directory whose files the owner's debugfs can use by name but nobody else can replace. */
+interface PrivateTempDir {
+  /** Creates `name` (new, 0600) holding `content`, owned by the owner; returns its path. */
+  ownersFile(name: string, content: Uint8Array): Promise<string>;
+}
+
+/**
+ * A directory under the system temp dir, root's and 0711 (the owner's tools
+ * reach files in it by name, but cannot list, add, rename or remove any), its
+ * files created by the helper and handed to the owner by descriptor; removed
+ * afterwards whatever happens.
+ */
+async function withPrivateTempDir<T>(config: HelperConfig, body: (dir: PrivateTempDir) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), "banger-guest-"));
   if (!DEBUGFS_SAFE_HOST_PATH.test(dir)) {
     await rm(dir, { recursive: true, force: true });
     throw new InternalError(`temp directory ${dir} has characters debugfs cannot take`, { reason: "UNSAFE_TEMP_DIR" });
   }
+  const temp: PrivateTempDir = {
+    async ownersFile(name, content) {
+      const path = `${dir}/${name}`;
+      const handle = await open(path, "wx", 0o600);
+      try {
+        await handle.writeFile(content);
+        await handle.chown(config.ownerUid, config.ownerGid);
+      } finally {
+        await handle.close();
+      }
+      return path;
+    },
+  };
   let result: T;
   try {
-    result = await body(dir);
+    await chmod(dir, 0o711);
+    result = await body(temp);
   } catch (error) {
     try {
       await rm(dir, { recursive: true, force: true });

@@ -9,6 +9,8 @@ import { confinedPath, openConfined } from "./paths.js";
 let root: string;
 let stateDir: string;
 let outside: string;
+/** The files here are this process's: it plays the owner. */
+const ownerUid = process.getuid?.() ?? 0;
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), "banger-paths-"));
@@ -36,7 +38,7 @@ afterAll(async () => {
 /** Runs `openConfined` expecting a refusal; returns the error. */
 async function refusal(path: string, write = false): Promise<unknown> {
   try {
-    const handle = await openConfined(stateDir, path, { write });
+    const handle = await openConfined(stateDir, path, { write, ownerUid });
     await handle.close();
   } catch (error) {
     return error;
@@ -48,7 +50,7 @@ describe("openConfined", () => {
   it("opens a regular, singly-linked file inside the state dir and returns the open file", async () => {
     const path = join(stateDir, "vms", "box", "root.ext4");
     for (const write of [false, true]) {
-      const handle = await openConfined(stateDir, path, { write });
+      const handle = await openConfined(stateDir, path, { write, ownerUid });
       try {
         expect(handle.fd).toBeGreaterThan(2);
         const { bytesRead, buffer } = await handle.read(Buffer.alloc(5), 0, 5, 0);
@@ -111,9 +113,18 @@ describe("openConfined", () => {
     }
   });
 
+  it("refuses a file that is not the owner's, for reading and for writing (PERMISSION_DENIED NOT_OWNERS_FILE)", async () => {
+    const path = join(stateDir, "vms", "box", "root.ext4");
+    for (const write of [false, true]) {
+      const error = await openConfined(stateDir, path, { write, ownerUid: ownerUid + 1 }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(PermissionDeniedError);
+      expect(error).toMatchObject({ reason: "NOT_OWNERS_FILE" });
+    }
+  });
+
   it("refuses a FIFO without blocking, even one with no writer", async () => {
     const started = Date.now();
-    await expect(openConfined(stateDir, `${stateDir}/fifo.ext4`, { write: false })).rejects.toMatchObject({
+    await expect(openConfined(stateDir, `${stateDir}/fifo.ext4`, { write: false, ownerUid })).rejects.toMatchObject({
       reason: "NOT_REGULAR_FILE",
     });
     expect(Date.now() - started).toBeLessThan(2000);
@@ -122,7 +133,7 @@ describe("openConfined", () => {
   it("refuses everything when the state dir is not at its canonical path", async () => {
     const linkedState = join(root, "state-link");
     await symlink(stateDir, linkedState);
-    const error = await openConfined(linkedState, `${linkedState}/vms/box/root.ext4`, { write: false }).catch(
+    const error = await openConfined(linkedState, `${linkedState}/vms/box/root.ext4`, { write: false, ownerUid }).catch(
       (e: unknown) => e,
     );
     expect(error).toBeInstanceOf(FailedPreconditionError);

@@ -6,8 +6,11 @@
  * device never blocks or gets opened for real: the type is checked before the
  * open and again on the open file), and the open file is proved to be the one
  * that was checked (same inode, one hard link, and the kernel resolves the
- * open fd back to exactly the requested path). Callers hand the open file,
- * never the path, to host tools.
+ * open fd back to exactly the requested path). The file must also be the
+ * owner's (st_uid): the helper opens files on the owner's behalf, so it never
+ * lends root's access to one the owner does not own (a root-owned log in the
+ * state directory, another service's file). Callers hand the open file, never
+ * the path, to host tools.
  */
 import { constants, type Stats } from "node:fs";
 import { lstat, open, readlink, realpath, type FileHandle } from "node:fs/promises";
@@ -68,10 +71,15 @@ export function confinedPath(stateDir: string, path: string, field = "path"): st
 
 /**
  * Opens a file inside `stateDir` for a host tool, refusing anything that is
- * not exactly a regular, singly-linked file reached without symlinks. Returns
- * the open file; the caller closes it (pass `handle.fd` to the Runner's `fds`).
+ * not exactly a regular, singly-linked file of `options.ownerUid` reached
+ * without symlinks. Returns the open file; the caller closes it (pass
+ * `handle.fd` to the Runner's `fds`).
  */
-export async function openConfined(stateDir: string, path: string, options: { write: boolean }): Promise<FileHandle> {
+export async function openConfined(
+  stateDir: string,
+  path: string,
+  options: { write: boolean; ownerUid: number },
+): Promise<FileHandle> {
   confinedPath(stateDir, path);
   await checkStateDir(stateDir);
 
@@ -92,6 +100,7 @@ export async function openConfined(stateDir: string, path: string, options: { wr
   }
   if (!last) throw new InvalidArgumentError(`${path} names no file`, { reason: "INVALID_PATH" });
   checkRegularSingleLink(last, path);
+  checkOwner(last, path, options.ownerUid);
 
   const flags =
     (options.write ? constants.O_RDWR : constants.O_RDONLY) |
@@ -108,6 +117,7 @@ export async function openConfined(stateDir: string, path: string, options: { wr
     // The open file must be the one that was checked, and still be what the rules allow.
     const opened = await handle.stat();
     checkRegularSingleLink(opened, path);
+    checkOwner(opened, path, options.ownerUid);
     if (opened.dev !== last.dev || opened.ino !== last.ino) {
       throw new PermissionDeniedError(`${path} changed while it was being opened`, { reason: "PATH_CHANGED" });
     }
@@ -158,6 +168,15 @@ function checkRegularSingleLink(stats: Stats, path: string): void {
   if (stats.nlink !== 1) {
     throw new PermissionDeniedError(`${path} has ${stats.nlink} hard links; banger's files have one`, {
       reason: "HARD_LINKED_FILE",
+    });
+  }
+}
+
+/** The owner's files only: the helper's access is never lent to a file the owner could not open itself. */
+function checkOwner(stats: Stats, path: string, ownerUid: number): void {
+  if (stats.uid !== ownerUid) {
+    throw new PermissionDeniedError(`${path} belongs to uid ${stats.uid}, not to banger's owner (uid ${ownerUid})`, {
+      reason: "NOT_OWNERS_FILE",
     });
   }
 }

@@ -19,8 +19,8 @@ export const file_banger_privileged_v1_disk: GenFile = /*@__PURE__*/
  */
 export type AttachLoopRequest = Message<"banger.privileged.v1.AttachLoopRequest"> & {
   /**
-   * Absolute path of the file, inside banger's state directory (an image's
-   * rootfs, a VM's COW file or clone root disk).
+   * Absolute path of the file, inside banger's state directory and owned by
+   * the owner (an image's rootfs or a VM's COW file).
    *
    * @generated from field: string path = 1;
    */
@@ -457,7 +457,7 @@ export enum GuestDisk {
 
   /**
    * The VM's root device: its dm-snapshot, or under the clone strategy the
-   * loop device of `<state>/vms/<vm_id>/root.ext4`. (The work disk is the
+   * file `<state>/vms/<vm_id>/root.ext4`. (The work disk is the
    * owner's own file: the orchestrator writes it without the helper.)
    *
    * @generated from enum value: GUEST_DISK_ROOT = 1;
@@ -474,16 +474,18 @@ export const GuestDiskSchema: GenEnum<GuestDisk> = /*@__PURE__*/
 /**
  * Loop devices, dm-snapshots and changes to a VM's root block device. Paths
  * must be inside banger's state directory: every component is checked, the
- * file is opened with O_NOFOLLOW, must be a regular file with one hard link,
- * and the open file (not the path) is handed to losetup, so no path race
- * remains. Loop and dm teardown re-reads the kernel's own record (the loop's
+ * file is opened with O_NOFOLLOW, must be a regular file with one hard link
+ * owned by the owner (the helper never lends root's access to a file the
+ * owner does not own), and the open file (not the path) is handed to losetup
+ * or e2fsprogs, so no path race remains. e2fsck and debugfs, which parse
+ * filesystems a guest wrote, run as the owner. Loop and dm teardown re-reads the kernel's own record (the loop's
  * backing file, the dm uuid) before acting. Every request is validated
  * completely before the first host command runs. Errors common to all:
  * INVALID_ARGUMENT (INVALID_VM_ID, INVALID_PATH: empty, relative, not
  * normalised, control characters, over 4096 bytes; NOT_A_DIRECTORY,
  * NOT_REGULAR_FILE, INVALID_LOOP_DEVICE), PERMISSION_DENIED
  * (PATH_OUTSIDE_STATE_DIR, SYMLINK_IN_PATH, HARD_LINKED_FILE, PATH_CHANGED,
- * NOT_BANGERS), NOT_FOUND (PATH_NOT_FOUND), INTERNAL (HOST_COMMAND_FAILED).
+ * NOT_OWNERS_FILE, NOT_BANGERS), NOT_FOUND (PATH_NOT_FOUND), INTERNAL (HOST_COMMAND_FAILED).
  *
  * @generated from service banger.privileged.v1.DiskService
  */
@@ -543,11 +545,12 @@ export const DiskService: GenService<{
     output: typeof RemoveSnapshotResponseSchema;
   },
   /**
-   * Runs `e2fsck -fy` on a VM's root device: its dm-snapshot, or under the
-   * clone strategy the read-write loop device attached to
-   * `<state>/vms/<vm_id>/root.ext4`. Exit codes 0 and 1 succeed; higher
-   * ones are INTERNAL (HOST_COMMAND_FAILED). Errors: FAILED_PRECONDITION
-   * (VM_DISK_NOT_ATTACHED, VM_DISK_READ_ONLY).
+   * Runs `e2fsck -fy`, as the owner, on a VM's root device: its dm-snapshot,
+   * or under the clone strategy the file `<state>/vms/<vm_id>/root.ext4`
+   * (which must be the owner's). Exit codes 0 and 1 succeed; higher ones are
+   * INTERNAL (HOST_COMMAND_FAILED). Errors: FAILED_PRECONDITION
+   * (VM_DISK_NOT_ATTACHED: neither exists), PERMISSION_DENIED
+   * (OWNER_CANNOT_OPEN_DISK: the owner may not open it read-write).
    *
    * @generated from rpc banger.privileged.v1.DiskService.CheckFilesystem
    */
@@ -565,7 +568,8 @@ export const DiskService: GenService<{
    * Errors: INVALID_ARGUMENT (INVALID_GUEST_PATH, UNSUPPORTED_GUEST_PATH,
    * TOO_MANY_FILES, FILE_TOO_LARGE, INVALID_MODE, INVALID_OWNER),
    * FAILED_PRECONDITION (GUEST_PATH_IS_DIRECTORY, GUEST_PARENT_NOT_DIRECTORY,
-   * GUEST_WRITE_FAILED, VM_DISK_NOT_ATTACHED, VM_DISK_READ_ONLY).
+   * GUEST_WRITE_FAILED, VM_DISK_NOT_ATTACHED), PERMISSION_DENIED
+   * (OWNER_CANNOT_OPEN_DISK). debugfs runs as the owner.
    *
    * @generated from rpc banger.privileged.v1.DiskService.WriteGuestFiles
    */
@@ -579,7 +583,7 @@ export const DiskService: GenService<{
    * error; directories are refused. Errors: INVALID_ARGUMENT
    * (INVALID_GUEST_PATH, UNSUPPORTED_GUEST_PATH, TOO_MANY_FILES),
    * FAILED_PRECONDITION (GUEST_PATH_IS_DIRECTORY, GUEST_REMOVE_FAILED,
-   * VM_DISK_NOT_ATTACHED, VM_DISK_READ_ONLY).
+   * VM_DISK_NOT_ATTACHED), PERMISSION_DENIED (OWNER_CANNOT_OPEN_DISK).
    *
    * @generated from rpc banger.privileged.v1.DiskService.RemoveGuestFiles
    */
