@@ -20,6 +20,8 @@ describe("the host runner", () => {
     const ran = await runner.run(["id", "-u"], { as: { uid: 1000, gid: 1000 } });
     expect(ran.stdout).toBe("1000\n");
     expect((await runner.run(["id", "-g"], { as: { uid: 1000, gid: 1000 } })).stdout).toBe("1000\n");
+    // None of the caller's supplementary groups (the installed helper's banger and banger-puller): only its own.
+    expect((await runner.run(["id", "-G"], { as: { uid: 1000, gid: 1000 } })).stdout).toBe("1000\n");
   });
 
   it("says a tool is not installed (FAILED_PRECONDITION HOST_TOOL_MISSING)", async () => {
