@@ -57,12 +57,29 @@ export async function startHelperInNs(
   stateDir: string,
   owner: number,
   extraArgs: readonly string[] = [],
+  /** Run it as its unit does: root without CAP_DAC_OVERRIDE (nor DAC_READ_SEARCH, FOWNER), the owner's group added. */
+  asUnit = false,
 ): Promise<HelperInNs> {
   const entry = join(ROOT, "services/privileged/dist/main.js");
   const ids = ["--owner-uid", String(owner), "--owner-gid", String(owner), ...extraArgs];
+  const unit = asUnit
+    ? ["setpriv", `--groups=${owner}`, "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+    : [];
   const child = spawn(
     "ip",
-    ["netns", "exec", ns.name, process.execPath, entry, "--runtime-dir", runtimeDir, "--state-dir", stateDir, ...ids],
+    [
+      "netns",
+      "exec",
+      ns.name,
+      ...unit,
+      process.execPath,
+      entry,
+      "--runtime-dir",
+      runtimeDir,
+      "--state-dir",
+      stateDir,
+      ...ids,
+    ],
     { stdio: ["ignore", "pipe", "inherit"] },
   );
   const logs: Record<string, unknown>[] = [];

@@ -256,6 +256,38 @@ describe.skipIf(!IS_ROOT)("privileged disk operations", () => {
     expect([good, outside].map(sha)).toEqual(hashes);
   });
 
+  it("works as the installed unit runs it (no CAP_DAC_OVERRIDE): files through the group, e2fsprogs as the owner", async () => {
+    const unitDir = mkdtempSync(join(tmpdir(), "banger-disk-unit-"));
+    chmodSync(unitDir, 0o755);
+    const unitNs = createNetNs();
+    const unitState = join(unitDir, "state");
+    mkdirSync(join(unitDir, "run"));
+    mkdirSync(join(unitState, "vms", "u"), { recursive: true });
+    const unitHelper = await startHelperInNs(unitNs, join(unitDir, "run"), unitState, OWNER, [], true);
+    try {
+      const unitDisk = createClient(DiskService, unitHelper.transport.transport);
+      const root = join(unitState, "vms", "u", "root.ext4");
+      mkfs(root);
+      chmodSync(root, 0o660); // as bangerd makes a clone: the owner's, read-write for the group
+      expect((await unitDisk.checkFilesystem({ vmId: "u" })).exitCode).toBe(0);
+      const files = [{ path: "/etc/hostname", content: Buffer.from("unit\n"), mode: 0o644 }];
+      expect((await unitDisk.writeGuestFiles({ vmId: "u", files })).written).toBe(1);
+      expect(
+        execFileSync("debugfs", ["-R", "cat /etc/hostname", root], {
+          encoding: "utf8",
+          stdio: ["ignore", "pipe", "ignore"],
+        }),
+      ).toBe("unit\n");
+      expect((await unitDisk.removeGuestFiles({ vmId: "u", paths: ["/etc/hostname"] })).removed).toBe(1);
+      const { device } = await unitDisk.attachLoop({ path: root, readOnly: true });
+      await unitDisk.detachLoop({ device, path: root });
+    } finally {
+      await unitHelper.stop();
+      unitNs.remove();
+      rmSync(unitDir, { recursive: true, force: true });
+    }
+  });
+
   it("survives 1,000 random hostile requests per disk RPC with the inventory unchanged", async () => {
     const before = JSON.stringify(await host.getInventory({}));
     const pid = helper.child.pid;

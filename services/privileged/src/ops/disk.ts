@@ -271,7 +271,7 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
       const made = new Set(parents.filter((p) => before.get(p) !== undefined));
       const existing = new Set(paths.filter((p) => before.get(p) !== undefined));
       for (const [i, file] of files.entries()) {
-        const source = await dir.ownersFile(`f${i}`, file.content);
+        const { path: source } = await dir.ownersFile(`f${i}`, file.content);
         for (const parent of guestParents(file.path)) {
           if (!made.has(parent)) script.push(`mkdir ${parent}`);
           made.add(parent);
@@ -288,9 +288,14 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
       const { stderr } = await debugfs(disk, script, true, signal);
 
       // Verify by reading back: type, mode, owner and the exact bytes.
-      const dumps: string[] = [];
+      const dumps: OwnersFile[] = [];
       for (const i of paths.keys()) dumps.push(await dir.ownersFile(`v${i}`, new Uint8Array()));
-      const after = await statGuest(disk, paths, signal, dumps);
+      const after = await statGuest(
+        disk,
+        paths,
+        signal,
+        dumps.map((d) => d.path),
+      );
       const wrong: string[] = [];
       for (const [i, path] of paths.entries()) {
         const want = final.get(path);
@@ -303,7 +308,7 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
           wrong.push(`${path}: ${got.type} mode 0${got.mode.toString(8)} owner ${got.uid}:${got.gid}`);
         } else if (
           got.size !== want.content.byteLength ||
-          !(await readUpTo(dumps[i] ?? "", want.content.byteLength + 1)).equals(want.content)
+          !(await dumps[i]?.read(want.content.byteLength + 1))?.equals(want.content)
         ) {
           wrong.push(`${path}: content differs`);
         }
@@ -582,28 +587,21 @@ function refuseUnopened(disk: RootDisk, stderr: string): void {
   );
 }
 
-/** At most `limit` bytes of a file (the owner's tool wrote it: its size is not trusted). */
-async function readUpTo(path: string, limit: number): Promise<Buffer> {
-  const handle = await open(path, "r").catch(() => undefined);
-  if (!handle) return Buffer.alloc(0);
-  try {
-    const buffer = Buffer.alloc(limit);
-    let length = 0;
-    while (length < limit) {
-      const { bytesRead } = await handle.read(buffer, length, limit - length, length);
-      if (bytesRead === 0) break;
-      length += bytesRead;
-    }
-    return buffer.subarray(0, length);
-  } finally {
-    await handle.close();
-  }
+/** A file of the private temp directory, the owner's, that the helper keeps open. */
+interface OwnersFile {
+  readonly path: string;
+  /**
+   * At most `limit` bytes of what the file holds now, through the helper's own
+   * descriptor (the installed helper has no CAP_DAC_OVERRIDE to open the
+   * owner's 0600 file again; and the owner's tool wrote it: its size is not trusted).
+   */
+  read(limit: number): Promise<Buffer>;
 }
 
 /** A private temp directory whose files the owner's debugfs can use by name but nobody else can replace. */
 interface PrivateTempDir {
-  /** Creates `name` (new, 0600) holding `content`, owned by the owner; returns its path. */
-  ownersFile(name: string, content: Uint8Array): Promise<string>;
+  /** Creates `name` (new, 0600) holding `content`, owned by the owner. */
+  ownersFile(name: string, content: Uint8Array): Promise<OwnersFile>;
 }
 
 /**
@@ -618,18 +616,20 @@ async function withPrivateTempDir<T>(config: HelperConfig, body: (dir: PrivateTe
     await rm(dir, { recursive: true, force: true });
     throw new InternalError(`temp directory ${dir} has characters debugfs cannot take`, { reason: "UNSAFE_TEMP_DIR" });
   }
+  const handles: FileHandle[] = [];
   const temp: PrivateTempDir = {
     async ownersFile(name, content) {
       const path = `${dir}/${name}`;
-      const handle = await open(path, "wx", 0o600);
-      try {
-        await handle.writeFile(content);
-        await handle.chown(config.ownerUid, config.ownerGid);
-      } finally {
-        await handle.close();
-      }
-      return path;
+      const handle = await open(path, "wx+", 0o600);
+      handles.push(handle);
+      await handle.writeFile(content);
+      await handle.chown(config.ownerUid, config.ownerGid);
+      return { path, read: (limit) => readUpTo(handle, limit) };
     },
+  };
+  const cleanUp = async () => {
+    for (const handle of handles.splice(0)) await handle.close();
+    await rm(dir, { recursive: true, force: true });
   };
   let result: T;
   try {
@@ -637,14 +637,26 @@ async function withPrivateTempDir<T>(config: HelperConfig, body: (dir: PrivateTe
     result = await body(temp);
   } catch (error) {
     try {
-      await rm(dir, { recursive: true, force: true });
+      await cleanUp();
     } catch (cleanup) {
       if (error instanceof Error) error.message += ` (and removing ${dir} failed: ${String(cleanup)})`;
     }
     throw error;
   }
-  await rm(dir, { recursive: true, force: true });
+  await cleanUp();
   return result;
+}
+
+/** At most `limit` bytes of an open file, from its start. */
+async function readUpTo(handle: FileHandle, limit: number): Promise<Buffer> {
+  const buffer = Buffer.alloc(limit);
+  let length = 0;
+  while (length < limit) {
+    const { bytesRead } = await handle.read(buffer, length, limit - length, length);
+    if (bytesRead === 0) break;
+    length += bytesRead;
+  }
+  return buffer.subarray(0, length);
 }
 
 function tail(text: string, lines = OUTPUT_TAIL_LINES): string {
