@@ -24,6 +24,21 @@ describe("the host runner", () => {
     expect((await runner.run(["id", "-G"], { as: { uid: 1000, gid: 1000 } })).stdout).toBe("1000\n");
   });
 
+  it("stops a tool that prints without end (RESOURCE_EXHAUSTED HOST_OUTPUT_TOO_LARGE), keeping only what the cap allows", async () => {
+    const before = process.memoryUsage().rss;
+    const error = await runner
+      .run(["yes", "a guest's file system can make e2fsck print this forever"])
+      .catch((e: unknown) => e);
+    expect(error).toMatchObject({ kind: "resource-exhausted", reason: "HOST_OUTPUT_TOO_LARGE" });
+    expect((error as Error).message).toContain(`${16 * 1024 * 1024} bytes`);
+    // The runner kept at most the cap: nowhere near the gigabytes `yes` would print.
+    expect(process.memoryUsage().rss - before).toBeLessThan(256 * 1024 * 1024);
+    await expect(runner.run(["head", "-c", "2000", "/dev/zero"], { maxOutputBytes: 1000 })).rejects.toMatchObject({
+      reason: "HOST_OUTPUT_TOO_LARGE",
+    });
+    expect((await runner.run(["head", "-c", "1000", "/dev/zero"], { maxOutputBytes: 1000 })).stdout).toHaveLength(1000);
+  });
+
   it("says a tool is not installed (FAILED_PRECONDITION HOST_TOOL_MISSING)", async () => {
     const error = (await runner.run(["banger-no-such-tool"]).catch((e: unknown) => e)) as BangerError;
     expect([error.kind, error.reason, error.message]).toEqual([

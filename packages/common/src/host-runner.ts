@@ -5,7 +5,7 @@
  * failure paths and what the machine lacks.
  */
 import { spawn } from "node:child_process";
-import { CancelledError, FailedPreconditionError, HostCommandError } from "./errors.js";
+import { CancelledError, FailedPreconditionError, HostCommandError, ResourceExhaustedError } from "./errors.js";
 
 /** What a host command printed and how it ended. */
 export interface RunResult {
@@ -24,7 +24,16 @@ export interface RunOptions {
   readonly fds?: readonly number[];
   /** Run as this user and group (the caller needs CAP_SETUID and CAP_SETGID). */
   readonly as?: { readonly uid: number; readonly gid: number };
+  /** Most bytes kept of stdout and of stderr each (default {@link MAX_OUTPUT_BYTES}); beyond it the tool is killed. */
+  readonly maxOutputBytes?: number;
 }
+
+/**
+ * What a tool may print before it is killed: a tool run as the owner (e2fsck
+ * on a guest's disk) is the owner's to ptrace, and could otherwise print
+ * without end into the helper's memory. Real output is kilobytes.
+ */
+export const MAX_OUTPUT_BYTES = 16 * 1024 * 1024;
 
 /**
  * A non-OK exit is a HostCommandError (HOST_COMMAND_FAILED) with the argv,
@@ -53,8 +62,23 @@ export function createHostRunner(): Runner {
         });
         const out: Buffer[] = [];
         const err: Buffer[] = [];
-        child.stdout?.on("data", (c: Buffer) => out.push(c));
-        child.stderr?.on("data", (c: Buffer) => err.push(c));
+        const max = options.maxOutputBytes ?? MAX_OUTPUT_BYTES;
+        let tooMuch = false;
+        const collect = (into: Buffer[]) => {
+          let bytes = 0;
+          return (chunk: Buffer) => {
+            if (tooMuch) return;
+            bytes += chunk.length;
+            if (bytes > max) {
+              tooMuch = true;
+              child.kill("SIGKILL");
+              return;
+            }
+            into.push(chunk);
+          };
+        };
+        child.stdout?.on("data", collect(out));
+        child.stderr?.on("data", collect(err));
         child.once("error", (error: NodeJS.ErrnoException) => {
           if (signal?.aborted) reject(cancelled());
           else if (error.code === "ENOENT") {
@@ -68,6 +92,13 @@ export function createHostRunner(): Runner {
         });
         child.once("close", (code, killedBy) => {
           if (signal?.aborted) return reject(cancelled());
+          if (tooMuch) {
+            return reject(
+              new ResourceExhaustedError(`${command} printed more than ${max} bytes; it was stopped`, {
+                reason: "HOST_OUTPUT_TOO_LARGE",
+              }),
+            );
+          }
           const result = {
             code: code ?? -1,
             stdout: Buffer.concat(out).toString(),
