@@ -120,9 +120,10 @@ live("the installed permission model", () => {
     };
     await run(["image", "pull", `${registry.host}/tiny/os:v1`, "--name", "tiny"]);
     const image = join(cluster.stateDir, "images", "tiny");
-    // The puller's files, in a directory of the puller's group the helper can read through.
-    expect(mode(join(image, "rootfs.ext4"))).toMatchObject({ uid: ids.pullerUid, gid: ids.pullerGid });
-    expect(mode(image)).toMatchObject({ gid: ids.pullerGid, mode: "770" });
+    // The orchestrator publishes its own copy of what the puller built (the helper attaches only the
+    // owner's files), in a directory the puller can no longer write.
+    expect(mode(join(image, "rootfs.ext4"))).toMatchObject({ uid: OWNER, mode: "640" });
+    expect(mode(image)).toMatchObject({ gid: ids.pullerGid, mode: "750" });
 
     await run(["vm", "create", "--name", "box", "--image", "tiny", "--no-ssh-wait"]);
     const id = (JSON.parse((await run(["vm", "show", "box", "--json"])).stdout) as { id: string }[])[0]?.id ?? "";

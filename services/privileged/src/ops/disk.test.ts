@@ -431,15 +431,17 @@ describe("a VM's root filesystem (real ext4, the clone strategy's root disk)", (
   it("refuses a root disk that is not the owner's, running nothing on it", async () => {
     await chown(image, 0, 0);
     const before = await sha256(image);
+    // One at a time: a call started before the previous one is awaited would reject unhandled meanwhile.
     for (const attempt of [
-      disk().checkFilesystem({ vmId }),
-      disk().writeGuestFiles({
-        vmId,
-        files: [{ path: "/etc/hostname", content: Buffer.from("x"), mode: 0o644, uid: 0, gid: 0 }],
-      }),
-      disk().removeGuestFiles({ vmId, paths: ["/etc/hostname"] }),
+      () => disk().checkFilesystem({ vmId }),
+      () =>
+        disk().writeGuestFiles({
+          vmId,
+          files: [{ path: "/etc/hostname", content: Buffer.from("x"), mode: 0o644, uid: 0, gid: 0 }],
+        }),
+      () => disk().removeGuestFiles({ vmId, paths: ["/etc/hostname"] }),
     ]) {
-      const error = await caught(attempt);
+      const error = await caught(attempt());
       expect(error).toBeInstanceOf(PermissionDeniedError);
       expect(error).toMatchObject({ reason: "NOT_OWNERS_FILE" });
     }
