@@ -351,5 +351,5 @@ describe.skipIf(!IS_ROOT)("privileged disk operations", () => {
     expect(helper.child.pid).toBe(pid);
     expect(helper.child.exitCode).toBeNull();
     expect(JSON.stringify(await host.getInventory({}))).toBe(before);
-  });
+  }, 180_000); // thousands of calls: a correctness test, given room on a loaded machine
 });

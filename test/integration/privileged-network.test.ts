@@ -296,5 +296,5 @@ describe.skipIf(!IS_ROOT)("privileged network operations in a network namespace"
     expect(helper.child.exitCode).toBeNull();
     expect(await snapshot()).toBe(before);
     await network.deleteBridge({ name: "bgr0" });
-  });
+  }, 180_000); // 8,000 calls: a correctness test, given room on a loaded machine
 });
