@@ -1,14 +1,17 @@
 /**
  * Builds ext4 images from a staging tree without root: `mkfs.ext4 -d` copies
- * the tree (root owned by 0:0), then one `debugfs -w -f -` script restores
- * every recorded owner, mode (setuid included), device node and
- * security.capability.
+ * the tree (names byte for byte, hardlinks, root owned by 0:0), debugfs lists
+ * the image's directories to learn each entry's inode number, then one
+ * `debugfs -w -f -` script restores every recorded owner, mode (setuid
+ * included), mtime, device node and security.capability by inode number. No
+ * name is ever written into a debugfs command: its parser cannot hold a
+ * newline, and quotes and backslashes would need escaping.
  */
 import { lstat, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { EntryMeta, MetadataMap } from "./metadata.js";
-import { run } from "./run.js";
+import { shownName, type EntryMeta, type MetadataMap } from "./metadata.js";
+import { run, runForBytes } from "./run.js";
 
 export interface RootfsOptions {
   readonly minMib: number;
@@ -27,14 +30,16 @@ const TYPE_BITS: Record<EntryMeta["type"], number> = {
   fifo: 0o010000,
 };
 
+const SLASH_BYTES = Buffer.from("/");
+
 /** Bytes (in whole blocks) and inodes the tree needs. */
 async function measure(dir: string): Promise<{ bytes: number; inodes: number }> {
   let bytes = 0;
   let inodes = 1;
   const seen = new Set<number>();
-  const walk = async (path: string): Promise<void> => {
-    for (const name of await readdir(path)) {
-      const child = join(path, name);
+  const walk = async (path: Buffer): Promise<void> => {
+    for (const name of await readdir(path, { encoding: "buffer" })) {
+      const child = Buffer.concat([path, SLASH_BYTES, name]); // names need not be UTF-8
       const stats = await lstat(child);
       if (seen.has(stats.ino)) continue; // a hardlink takes no second inode
       seen.add(stats.ino);
@@ -43,7 +48,7 @@ async function measure(dir: string): Promise<{ bytes: number; inodes: number }> 
       if (stats.isDirectory()) await walk(child);
     }
   };
-  await walk(dir);
+  await walk(Buffer.from(dir));
   return { bytes, inodes };
 }
 
@@ -74,60 +79,192 @@ async function mkfs(treeDir: string, outFile: string, options: RootfsOptions, re
   );
 }
 
-/** One debugfs script for every recorded entry; paths relative to the image root. */
+/** An inode of the built image, as `debugfs ls -p` lists it in its directory. */
+interface ListedInode {
+  readonly ino: number;
+  readonly mode: number;
+  /** The entry's name, one byte a character. */
+  readonly name: string;
+}
+
+const SLASH = 0x2f;
+const NEWLINE = 0x0a;
+
+/**
+ * Reads what `debugfs -f -` printed for `ls -p <dir>` of each of `dirs`, in
+ * order: the echoed command, then `/ino/mode/uid/gid/name/size/` and a newline
+ * per entry (no size for a directory), then an empty line. A name holds any
+ * byte but `/` and NUL (a newline too), so it ends at the next slash and
+ * nothing in it can pass for a record or a command. Anything else is an error.
+ */
+export function parseListings(out: Buffer, dirs: readonly number[]): ListedInode[][] {
+  let at = 0;
+  const fail = (why: string) => new Error(`debugfs listed the image's directories unexpectedly at byte ${at} (${why})`);
+  const expect = (text: string) => {
+    const bytes = Buffer.from(text);
+    if (!out.subarray(at, at + bytes.length).equals(bytes)) throw fail(`expected ${JSON.stringify(text)}`);
+    at += bytes.length;
+  };
+  const field = (pattern: RegExp, what: string) => {
+    const end = out.indexOf(SLASH, at);
+    const text = end === -1 ? "" : out.toString("latin1", at, end);
+    if (end === -1 || !pattern.test(text)) throw fail(`a malformed ${what}`);
+    at = end + 1;
+    return text;
+  };
+  const listings = dirs.map((dir) => {
+    expect(`debugfs: ls -p <${dir}>\n`);
+    const listed: ListedInode[] = [];
+    while (out[at] === SLASH) {
+      at++;
+      const ino = Number(field(/^[1-9]\d{0,9}$/, "inode number"));
+      const mode = parseInt(field(/^[0-7]{1,6}$/, "mode"), 8);
+      field(/^-?\d+$/, "uid");
+      field(/^-?\d+$/, "gid");
+      const name = field(/^[^]+$/, "name");
+      field(/^\d*$/, "size");
+      if (out[at++] !== NEWLINE) throw fail("an entry not ended by a newline");
+      listed.push({ ino, mode, name });
+    }
+    if (out[at++] !== NEWLINE) throw fail("a listing not ended by an empty line");
+    return listed;
+  });
+  if (at !== out.length) throw fail("more than the listings asked for");
+  return listings;
+}
+
+const S_IFMT = 0o170000;
+
+/**
+ * The inode of every recorded entry in the built image, found by walking its
+ * directories by inode number from the root, one debugfs run a level: each
+ * recorded name must be listed in its recorded parent with the type the tree
+ * gave it (a device or FIFO is still the empty file that held its name), so a
+ * name never reaches debugfs's command parser and no parse of a name can
+ * point at another inode. Hardlinks are one inode, restored once.
+ */
+async function inodesOf(
+  image: string,
+  entries: ReadonlyMap<string, EntryMeta>,
+  signal: AbortSignal,
+): Promise<Map<number, EntryMeta>> {
+  const byInode = new Map<number, EntryMeta>();
+  let found = 0;
+  let level: [number, string][] = [[2, ""]];
+  while (level.length > 0) {
+    const dirs = level.map(([ino]) => ino);
+    const script = dirs.map((ino) => `ls -p <${ino}>\n`).join("");
+    // -c: read-only, without reading the bitmaps a listing does not need.
+    const out = await runForBytes(["debugfs", "-c", "-f", "-", image], { stdin: script, signal });
+    const listings = parseListings(out, dirs);
+    const next: [number, string][] = [];
+    level.forEach(([, dir], i) => {
+      for (const { ino, mode, name } of listings[i] ?? []) {
+        if (name === "." || name === "..") continue;
+        const path = dir === "" ? name : `${dir}/${name}`;
+        const meta = entries.get(path);
+        if (meta === undefined) continue; // lost+found
+        if ((mode & S_IFMT) !== IMAGE_TYPE_BITS[meta.type]) {
+          throw new Error(`the built image holds ${shownName(path)} as mode 0${mode.toString(8)}, not a ${meta.type}`);
+        }
+        found++;
+        byInode.set(ino, meta);
+        if (meta.type === "dir") next.push([ino, path]);
+      }
+    });
+    level = next;
+  }
+  if (found !== entries.size) {
+    throw new Error(`the built image lacks ${entries.size - found} of the tree's ${entries.size} entries`);
+  }
+  return byInode;
+}
+
+/**
+ * One debugfs script for every recorded entry, by inode number; paths relative
+ * to the image root. Devices and FIFOs, empty regular files until now, get
+ * their type and numbers; e2fsck then rewrites their directory entries' type.
+ */
 async function restoreMetadata(
   image: string,
-  entries: readonly [string, EntryMeta][],
+  entries: ReadonlyMap<string, EntryMeta>,
   signal: AbortSignal,
   rootMeta?: EntryMeta,
 ): Promise<void> {
+  const byInode = await inodesOf(image, entries, signal);
+  if (rootMeta) byInode.set(2, rootMeta);
+  if (byInode.size === 0) return;
   const scratch = await mkdtemp(join(tmpdir(), "banger-caps-"));
   try {
     const lines: string[] = [];
-    if (rootMeta) lines.push(...inodeFields("<2>", rootMeta));
     let capabilities = 0;
-    for (const [path, meta] of entries) {
-      const quoted = `"/${path}"`;
+    let nodes = 0;
+    for (const [ino, meta] of byInode) {
+      const target = `<${ino}>`;
+      lines.push(...inodeFields(target, meta));
       if (meta.type === "char" || meta.type === "block" || meta.type === "fifo") {
-        // debugfs's mknod links its whole argument as one name in the current directory:
-        // change into the parent and give it the last component only.
-        const slash = path.lastIndexOf("/");
-        const kind =
-          meta.type === "fifo"
-            ? "p"
-            : `${meta.type === "char" ? "c" : "b"} ${meta.devMajor ?? 0} ${meta.devMinor ?? 0}`;
-        lines.push(`cd "/${path.slice(0, Math.max(slash, 0))}"`, `mknod "${path.slice(slash + 1)}" ${kind}`, "cd /");
+        nodes++;
+        lines.push(...deviceFields(target, meta));
       }
-      lines.push(...inodeFields(quoted, meta));
       if (meta.capability) {
         const file = join(scratch, `cap-${capabilities++}`);
         await writeFile(file, meta.capability);
-        lines.push(`ea_set -f ${file} ${quoted} security.capability`);
+        lines.push(`ea_set -f ${file} ${target} security.capability`);
       }
     }
-    if (lines.length > 0) {
-      await run(["debugfs", "-w", "-f", "-", image], { stdin: lines.join("\n") + "\n", signal });
-      // debugfs leaves the group summaries (free inode/block counts) behind its mknods: let
-      // e2fsck recount them (exit 1 = "corrected"), so the image then passes e2fsck -fn.
-      await run(["e2fsck", "-fy", image], { signal, okCodes: [0, 1] });
-    }
+    await run(["debugfs", "-w", "-f", "-", image], { stdin: lines.join("\n") + "\n", signal });
+    // A directory entry records its inode's type: e2fsck sets the type of the
+    // entries of devices and FIFOs (exit 1 = "corrected"), so the image then passes e2fsck -fn.
+    if (nodes > 0) await run(["e2fsck", "-fy", image], { signal, okCodes: [0, 1] });
   } finally {
     await rm(scratch, { recursive: true, force: true });
   }
 }
 
+/** The type bits of the inode mkfs made for an entry: devices and FIFOs are regular files until restored. */
+const IMAGE_TYPE_BITS: Record<EntryMeta["type"], number> = {
+  ...TYPE_BITS,
+  char: 0o100000,
+  block: 0o100000,
+  fifo: 0o100000,
+};
+
 function inodeFields(target: string, meta: EntryMeta): string[] {
   const mode = (TYPE_BITS[meta.type] | meta.mode).toString(8);
-  return [`sif ${target} uid ${meta.uid}`, `sif ${target} gid ${meta.gid}`, `sif ${target} mode 0${mode}`];
+  const lines = [`sif ${target} uid ${meta.uid}`, `sif ${target} gid ${meta.gid}`, `sif ${target} mode 0${mode}`];
+  // ext4's 32-bit seconds; a time outside them keeps the build's.
+  if (meta.mtime !== undefined && meta.mtime >= 0 && meta.mtime <= 0x7fffffff) {
+    lines.push(`sif ${target} mtime @${meta.mtime}`);
+  }
+  return lines;
 }
 
-/** Parents before children, so nodes are made in directories that exist. */
-function sorted(meta: MetadataMap, under = ""): [string, EntryMeta][] {
-  const prefix = under ? `${under}/` : "";
-  return [...meta.entries()]
-    .filter(([path]) => path.startsWith(prefix) && path !== under)
-    .map(([path, m]): [string, EntryMeta] => [path.slice(prefix.length), m])
-    .sort(([a], [b]) => a.split("/").length - b.split("/").length || a.localeCompare(b));
+/**
+ * An empty regular file made a device or FIFO: no extent tree (flags 0), the
+ * device number in i_block[0] (old encoding) or i_block[1] (new), as
+ * debugfs's mknod writes them.
+ */
+function deviceFields(target: string, meta: EntryMeta): string[] {
+  const major = meta.devMajor ?? 0;
+  const minor = meta.devMinor ?? 0;
+  const small = meta.type !== "fifo" && major < 256 && minor < 256;
+  const large = meta.type !== "fifo" && !small;
+  const block0 = small ? major * 256 + minor : 0;
+  const block1 = large ? ((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)) >>> 0 : 0;
+  return [
+    `sif ${target} flags 0`,
+    `sif ${target} block[0] ${block0}`,
+    `sif ${target} block[1] ${block1}`,
+    `sif ${target} block[2] 0`,
+  ];
+}
+
+/** The recorded entries under `under` (the image's root), their paths relative to it. */
+function under(meta: MetadataMap, dir: string): Map<string, EntryMeta> {
+  const prefix = `${dir}/`;
+  const entries = new Map<string, EntryMeta>();
+  for (const [path, m] of meta) if (path.startsWith(prefix)) entries.set(path.slice(prefix.length), m);
+  return entries;
 }
 
 export async function buildRootfs(
@@ -141,7 +278,7 @@ export async function buildRootfs(
   await mkfs(treeDir, outFile, options, meta.size);
   onStage("mkfs", true);
   onStage("ownership", false);
-  await restoreMetadata(outFile, sorted(meta), options.signal);
+  await restoreMetadata(outFile, meta, options.signal);
   onStage("ownership", true);
   return { bytes: (await stat(outFile)).size };
 }
@@ -159,7 +296,7 @@ export async function buildWorkSeed(
   try {
     await mkfs(source, outFile, { minMib: 64, headroomPercent: 20, inodeMarginPercent: 25, signal }, 0);
     const rootMeta = meta.get("root") ?? { type: "dir" as const, mode: 0o700, uid: 0, gid: 0 };
-    await restoreMetadata(outFile, isDir ? sorted(meta, "root") : [], signal, rootMeta);
+    await restoreMetadata(outFile, isDir ? under(meta, "root") : new Map(), signal, rootMeta);
   } finally {
     if (!isDir) await rm(source, { recursive: true, force: true });
   }

@@ -5,16 +5,28 @@
  */
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { InvalidArgumentError, ResourceExhaustedError } from "@banger/common";
 import tar from "tar-stream";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { applyLayer } from "./extract.js";
+import { applyLayer, paxRecords } from "./extract.js";
 import { DEFAULT_BUILD_LIMITS, type BuildLimits, type BuildUsage } from "./limits.js";
 import type { MetadataMap } from "./metadata.js";
+import { rawTar } from "./testing/raw-tar.js";
 
 interface Entry {
   name: string;
@@ -59,10 +71,14 @@ beforeEach(() => {
 });
 afterEach(() => rmSync(work, { recursive: true, force: true }));
 
-function apply(blob: Buffer, limits: Partial<BuildLimits> = {}, usage: BuildUsage = { bytes: 0, entries: 0 }) {
+function apply(
+  blob: Buffer,
+  limits: Partial<BuildLimits> = {},
+  usage: BuildUsage = { bytes: 0, entries: 0 },
+  meta: MetadataMap = new Map(),
+) {
   const blobPath = join(work, `layer-${randomBytes(4).toString("hex")}`);
   writeFileSync(blobPath, blob);
-  const meta: MetadataMap = new Map();
   return applyLayer(tree, blobPath, meta, {
     signal: new AbortController().signal,
     limits: { ...DEFAULT_BUILD_LIMITS, ...limits },
@@ -185,11 +201,87 @@ describe("applyLayer: limits and malformed layers", () => {
 
   it("refuses names too long for Linux and outsized capabilities", async () => {
     await expect(apply(await tarOf([{ name: `${"d/".repeat(2100)}x` }]))).rejects.toThrow(/longer than 4095 bytes/);
-    await expect(apply(await tarOf([{ name: "x".repeat(256) }]))).rejects.toThrow(/longer than 255 bytes/);
+    await expect(apply(await tarOf([{ name: `d/${"x".repeat(256)}` }]))).rejects.toThrow(
+      /hostile layer entry "d\/x{198}": a name of 256 bytes, longer than the 255 ext4 can hold/,
+    );
     const pax = { "SCHILY.xattr.security.capability": "c".repeat(4096) };
     await expect(apply(await tarOf([{ name: "bin/ping", content: "p", pax }]))).rejects.toThrow(
       /security.capability of 4096 bytes/,
     );
     expect(lstatSync(tree).isDirectory()).toBe(true);
+  });
+});
+
+describe("applyLayer: names byte for byte", () => {
+  const bytes = (text: string) => Buffer.from(text, "latin1");
+  /** The tree's path of `name` (bytes) under the tree, as a Buffer for the file system. */
+  const inTree = (...parts: Buffer[]) =>
+    Buffer.concat([Buffer.from(`${tree}/`), ...parts.flatMap((p, i) => (i ? [Buffer.from("/"), p] : [p]))]);
+  // security.capability v2 with cap_setuid (bit 7: a byte of 0x80, not UTF-8 on its own) and cap_net_raw.
+  const capability = Buffer.from("0100000280200000000000000000000000000000", "hex");
+
+  it("keeps any name but `..` and NUL, from the header or a pax record, with its link target, capability, mtime and device", async () => {
+    const nonUtf8 = Buffer.from([0x6e, 0xff, 0xfe, 0x0a]);
+    const meta: MetadataMap = new Map();
+    await apply(
+      rawTar([
+        { name: "d/", type: "directory", mtime: 1111 },
+        { name: "d/system-systemd\\x2dcryptsetup.slice", content: "unit", mtime: 1234567890 },
+        { name: "d/q\"u'o te\nline", content: "q", uid: 1234, gid: 5678, mode: 0o4755 },
+        { name: Buffer.concat([Buffer.from("d/"), nonUtf8]), content: "header" },
+        { name: Buffer.concat([Buffer.from("d/pax-"), nonUtf8]), content: "pax", paxNames: true },
+        { name: "d/-ünïcødé", type: "symlink", linkname: Buffer.concat([Buffer.from("../"), nonUtf8]), paxNames: true },
+        {
+          name: "d/ping",
+          content: "p",
+          pax: { "SCHILY.xattr.security.capability": capability, mtime: "1700000000.75" },
+        },
+        { name: "d/tty\n1", type: "char", devmajor: 4, devminor: 1, mode: 0o620 },
+        { name: 'd/fifo "', type: "fifo", mode: 0o600 },
+      ]),
+      {},
+      undefined,
+      meta,
+    );
+    const names = readdirSync(inTree(bytes("d")), { encoding: "buffer" }).map((n) => n.toString("latin1"));
+    expect(names.sort()).toEqual(
+      [
+        "system-systemd\\x2dcryptsetup.slice",
+        bytes("q\"u'o te\nline").toString("latin1"),
+        nonUtf8.toString("latin1"),
+        `pax-${nonUtf8.toString("latin1")}`,
+        Buffer.from("-ünïcødé").toString("latin1"),
+        "ping",
+        "tty\n1",
+        'fifo "',
+      ].sort(),
+    );
+    expect(readFileSync(inTree(bytes("d"), nonUtf8)).toString()).toBe("header");
+    expect(readFileSync(inTree(bytes("d"), Buffer.concat([bytes("pax-"), nonUtf8]))).toString()).toBe("pax");
+    expect(readlinkSync(inTree(bytes("d"), Buffer.from("-ünïcødé")), { encoding: "buffer" })).toEqual(
+      Buffer.concat([Buffer.from("../"), nonUtf8]),
+    );
+    expect(meta.get("d")).toMatchObject({ type: "dir", mtime: 1111 });
+    expect(meta.get("d/system-systemd\\x2dcryptsetup.slice")).toMatchObject({ type: "file", mtime: 1234567890 });
+    expect(meta.get("d/q\"u'o te\nline")).toMatchObject({ uid: 1234, gid: 5678, mode: 0o4755 });
+    expect(meta.get("d/ping")?.capability).toEqual(capability);
+    expect(meta.get("d/ping")?.mtime).toBe(1700000000);
+    expect(meta.get("d/tty\n1")).toMatchObject({ type: "char", devMajor: 4, devMinor: 1, mode: 0o620 });
+    expect(meta.get('d/fifo "')).toMatchObject({ type: "fifo", mode: 0o600 });
+    // Devices and FIFOs hold their names as empty files until the image is built.
+    expect(lstatSync(inTree(bytes("d"), bytes("tty\n1"))).isFile()).toBe(true);
+    expect(lstatSync(inTree(bytes("d"), bytes("tty\n1"))).size).toBe(0);
+  });
+
+  it("reads pax records as bytes, as tar-stream's own decoder would but for the encoding", () => {
+    const records = Buffer.concat([Buffer.from("10 path=\xff\n", "latin1"), Buffer.from("8 a=b=c\n")]);
+    expect(paxRecords(records)).toEqual({ path: "\xff", a: "b=c" });
+    expect(paxRecords(Buffer.from("99 path=x\n"))).toEqual({});
+  });
+
+  it("refuses a device number ext4 cannot hold", async () => {
+    await expect(apply(rawTar([{ name: "dev/x", type: "char", devmajor: 4096, devminor: 0 }]))).rejects.toThrow(
+      /hostile layer entry "dev\/x": device 4096:0/,
+    );
   });
 });

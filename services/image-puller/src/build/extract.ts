@@ -1,12 +1,16 @@
 /**
  * Applies one OCI layer to a staging tree without ever following a link or
- * writing outside the tree. Every entry name is checked (no `..`, no NUL;
- * a leading `/` is stripped as tar does, so absolute names stay inside),
+ * writing outside the tree. Names are kept byte for byte (any byte but `/`
+ * and NUL, UTF-8 or not): they are read one byte a character ("latin1"
+ * strings) and reach the file system as Buffers. Every entry name is checked
+ * (no `..`, no NUL, no component longer than ext4's 255 bytes; a leading `/`
+ * is stripped as tar does, so absolute names stay inside),
  * every parent component must be a real directory inside the tree, files are
  * created with O_EXCL | O_NOFOLLOW, hardlinks must point at a regular file
  * already in the tree, reached one directory at a time without following a
- * symlink. Ownership, modes, devices and capabilities are recorded in `meta`,
- * not applied.
+ * symlink. Ownership, modes, times, devices and capabilities are recorded in
+ * `meta`, not applied; a device node or FIFO is an empty regular file in the
+ * tree (the puller cannot mknod), made one inside the image.
  *
  * A layer is a stranger's input, so nothing in it sets how much memory or
  * disk the puller uses: the bytes stream through with backpressure from the
@@ -29,10 +33,10 @@ import {
   statfsSync,
   symlinkSync,
   writeSync,
+  type PathLike,
   type Stats,
 } from "node:fs";
 import { open, readdir } from "node:fs/promises";
-import { join } from "node:path";
 import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip } from "node:zlib";
@@ -47,7 +51,7 @@ import {
   type BuildLimits,
   type BuildUsage,
 } from "./limits.js";
-import { forgetTree, type EntryMeta, type MetadataMap } from "./metadata.js";
+import { forgetTree, shownName, type EntryMeta, type MetadataMap } from "./metadata.js";
 import { runStreamed, type StreamedRun } from "./run.js";
 
 export interface ApplyOptions {
@@ -62,7 +66,7 @@ export interface ApplyOptions {
  * entries applied strictly in order, and a thread-pool round trip per call
  * (lstat, open, write, close) costs more than the calls themselves.
  */
-function lstatOrNone(path: string): Stats | undefined {
+function lstatOrNone(path: PathLike): Stats | undefined {
   try {
     return lstatSync(path);
   } catch {
@@ -81,24 +85,88 @@ const MAX_NAME_BYTES = 255;
 const MAX_CAPABILITY_BYTES = 64;
 
 function hostile(entry: string, why: string): InvalidArgumentError {
-  return new InvalidArgumentError(`hostile layer entry ${JSON.stringify(entry.slice(0, 200))}: ${why}`, {
-    reason: "HOSTILE_LAYER",
-  });
+  return new InvalidArgumentError(`hostile layer entry ${shownName(entry)}: ${why}`, { reason: "HOSTILE_LAYER" });
 }
 
-/** "./a/b/" or "/a/b" → "a/b"; refuses `..`, empty components, NUL, control characters, `"` and names too long for Linux. */
+/**
+ * "./a/b/" or "/a/b" → "a/b", for a name read one byte a character. Refuses
+ * only what no Linux file system can hold: `..`, NUL, a component longer
+ * than 255 bytes (ext4's limit) or a path longer than PATH_MAX. Any other
+ * byte (newlines, quotes, backslashes, non-UTF-8) is a name like any other.
+ */
 export function treePath(name: string): string {
   const parts = name.split("/").filter((p) => p !== "" && p !== ".");
   if (parts.length === 0) return "";
   for (const part of parts) {
     if (part === "..") throw hostile(name, "a `..` component would leave the tree");
-    if (/[\u0000-\u001f\u007f"\\]/.test(part))
-      throw hostile(name, "control characters, quotes or backslashes in a name");
-    if (Buffer.byteLength(part) > MAX_NAME_BYTES) throw hostile(name, `a name longer than ${MAX_NAME_BYTES} bytes`);
+    if (part.includes("\0")) throw hostile(name, "a NUL byte in a name");
+    if (part.length > MAX_NAME_BYTES) {
+      throw hostile(name, `a name of ${part.length} bytes, longer than the ${MAX_NAME_BYTES} ext4 can hold`);
+    }
   }
   const path = parts.join("/");
-  if (Buffer.byteLength(path) > MAX_PATH_BYTES) throw hostile(name, `a path longer than ${MAX_PATH_BYTES} bytes`);
+  if (path.length > MAX_PATH_BYTES) throw hostile(name, `a path longer than ${MAX_PATH_BYTES} bytes`);
   return path;
+}
+
+/** A tree path (one byte a character) as the file system takes it. */
+const bytesOf = (path: string) => Buffer.from(path, "latin1");
+
+/** Major and minor numbers ext4 can hold (Linux's dev_t: 12 and 20 bits). */
+const MAX_DEV_MAJOR = 0xfff;
+const MAX_DEV_MINOR = 0xfffff;
+
+/**
+ * A tar-stream extractor that keeps every byte of names, link targets and pax
+ * records. tar-stream reads the header's names in `filenameEncoding`, but pax
+ * records (`path`, `linkpath`, `SCHILY.xattr.*`) always as UTF-8, which turns
+ * bytes that are not UTF-8 into U+FFFD: a non-UTF-8 name, or a
+ * security.capability with a byte of 0x80 or more (cap_setuid), would change.
+ * Its pax decoding is internal; this replaces it on this one extractor, and
+ * extract.test.ts fails if tar-stream stops calling it.
+ */
+function byteExactExtract(): ReturnType<typeof tar.extract> {
+  // tar-stream takes filenameEncoding; its types do not list it.
+  const extract = tar.extract({ filenameEncoding: "latin1" } as Parameters<typeof tar.extract>[0]);
+  const internals = extract as unknown as {
+    _header: { type?: string } | null;
+    _pax: Record<string, string> | null;
+    _paxGlobal: Record<string, string> | null;
+    _decodeLongHeader: (buf: Buffer) => void;
+  };
+  const decodeLongHeader = internals._decodeLongHeader.bind(extract);
+  internals._decodeLongHeader = (buf: Buffer) => {
+    const type = internals._header?.type;
+    if (type === "pax-header") internals._pax = { ...internals._paxGlobal, ...paxRecords(buf) };
+    else if (type === "pax-global-header") internals._paxGlobal = paxRecords(buf);
+    else decodeLongHeader(buf);
+  };
+  return extract;
+}
+
+/** `<length> <key>=<value>\n` records, values one byte a character; stops at the first malformed one, as tar-stream does. */
+export function paxRecords(buf: Buffer): Record<string, string> {
+  const records: Record<string, string> = {};
+  let rest = buf;
+  while (rest.length > 0) {
+    const space = rest.indexOf(0x20);
+    const length = space > 0 ? Number(rest.toString("latin1", 0, space)) : NaN;
+    if (!Number.isSafeInteger(length) || length <= space + 1 || length > rest.length) break;
+    const record = rest.toString("latin1", space + 1, length - 1);
+    const equals = record.indexOf("=");
+    if (equals === -1) break;
+    records[record.slice(0, equals)] = record.slice(equals + 1);
+    rest = rest.subarray(length);
+  }
+  return records;
+}
+
+/** The entry's mtime in whole seconds: a pax `mtime` (fractional, or beyond ustar's range) over the header's. */
+function mtimeOf(header: Header): number | undefined {
+  const pax = Number((header.pax as Record<string, string> | undefined)?.["mtime"]);
+  if (Number.isFinite(pax)) return Math.floor(pax);
+  const ms = header.mtime?.getTime();
+  return ms === undefined || Number.isNaN(ms) ? undefined : Math.floor(ms / 1000);
 }
 
 /** The layer's bytes, decompressed by magic number (gzip, zstd, or a plain tar), read only as fast as they are used. */
@@ -211,7 +279,7 @@ function openTreeDir(treeDir: string, dir: string): number | undefined {
   for (const part of dir === "" ? [] : dir.split("/")) {
     let next: number;
     try {
-      next = openSync(`/proc/self/fd/${fd}/${part}`, flags);
+      next = openSync(bytesOf(`/proc/self/fd/${fd}/${part}`), flags);
     } catch {
       closeSync(fd);
       return undefined; // missing, a symlink (ELOOP) or not a directory
@@ -242,11 +310,12 @@ export async function applyLayer(
       done(null, chunk);
     },
   });
-  const extract = tar.extract();
+  const extract = byteExactExtract();
   const createdHere = new Set<string>();
   let entries = 0;
 
-  const abs = (path: string) => join(treeDir, path);
+  const treePrefix = Buffer.from(`${treeDir}/`);
+  const abs = (path: string) => Buffer.concat([treePrefix, bytesOf(path)]);
 
   let writtenSinceCheck = 0;
   let entriesSinceCheck = 0;
@@ -308,7 +377,7 @@ export async function applyLayer(
     const dirFd =
       target === "" || target === path ? undefined : openTreeDir(treeDir, target.slice(0, Math.max(slash, 0)));
     try {
-      const source = `/proc/self/fd/${dirFd}/${target.slice(slash + 1)}`;
+      const source = bytesOf(`/proc/self/fd/${dirFd}/${target.slice(slash + 1)}`);
       if (dirFd === undefined || !lstatOrNone(source)?.isFile()) {
         throw hostile(
           entry,
@@ -336,11 +405,13 @@ export async function applyLayer(
       if (cap !== undefined && cap.length > MAX_CAPABILITY_BYTES) {
         throw hostile(header.name, `a security.capability of ${cap.length} bytes (at most ${MAX_CAPABILITY_BYTES})`);
       }
+      const mtime = mtimeOf(header);
       return {
         type,
         mode: (header.mode ?? 0o644) & 0o7777,
         uid: header.uid ?? 0,
         gid: header.gid ?? 0,
+        ...(mtime !== undefined ? { mtime } : {}),
         ...(cap ? { capability: Buffer.from(cap, "latin1") } : {}),
         ...extra,
       };
@@ -355,7 +426,8 @@ export async function applyLayer(
     if (base === ".wh..wh..opq") {
       // Opaque directory: what lower layers put in it disappears.
       const dir = path.split("/").slice(0, -1).join("/");
-      for (const child of await readdir(abs(dir || "."))) {
+      for (const name of await readdir(abs(dir || "."), { encoding: "buffer" })) {
+        const child = name.toString("latin1");
         const childPath = dir ? `${dir}/${child}` : child;
         if (!createdHere.has(childPath)) clear(childPath);
       }
@@ -409,7 +481,7 @@ export async function applyLayer(
       }
       case "symlink": {
         clear(path);
-        symlinkSync(header.linkname ?? "", abs(path)); // created, never followed
+        symlinkSync(bytesOf(header.linkname ?? ""), abs(path)); // created, never followed
         meta.set(path, recorded("symlink", { mode: 0o777 }));
         stream.resume();
         return;
@@ -425,10 +497,18 @@ export async function applyLayer(
       case "character-device":
       case "block-device":
       case "fifo": {
-        // Recorded only: the node is made inside the ext4 image by debugfs.
+        // An empty file holds the name: the node itself is made inside the ext4 image by debugfs.
+        const devMajor = header.devmajor ?? 0;
+        const devMinor = header.devminor ?? 0;
+        if (devMajor > MAX_DEV_MAJOR || devMinor > MAX_DEV_MINOR) {
+          throw hostile(header.name, `device ${devMajor}:${devMinor}, beyond the 12:20 bits ext4 holds`);
+        }
         clear(path);
+        closeSync(
+          openSync(abs(path), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644),
+        );
         const type = header.type === "fifo" ? "fifo" : header.type === "block-device" ? "block" : "char";
-        meta.set(path, recorded(type, { devMajor: header.devmajor ?? 0, devMinor: header.devminor ?? 0 }));
+        meta.set(path, recorded(type, { devMajor, devMinor }));
         stream.resume();
         return;
       }

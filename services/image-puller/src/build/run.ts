@@ -2,11 +2,19 @@ import { spawn } from "node:child_process";
 import type { Readable } from "node:stream";
 import { HostCommandError } from "@banger/common";
 
+export interface RunOptions {
+  readonly stdin?: string;
+  readonly signal: AbortSignal;
+  readonly okCodes?: readonly number[];
+}
+
 /** Runs a host tool with an argument vector (never a shell); a non-zero exit is a HostCommandError. */
-export function run(
-  argv: readonly string[],
-  options: { stdin?: string; signal: AbortSignal; okCodes?: readonly number[] },
-): Promise<string> {
+export async function run(argv: readonly string[], options: RunOptions): Promise<string> {
+  return (await runForBytes(argv, options)).toString();
+}
+
+/** run(), its standard output as bytes (names in debugfs listings need not be UTF-8). */
+export function runForBytes(argv: readonly string[], options: RunOptions): Promise<Buffer> {
   const [command, ...args] = argv;
   if (command === undefined) return Promise.reject(new TypeError("empty argv"));
   return new Promise((resolve, reject) => {
@@ -20,11 +28,11 @@ export function run(
     child.stderr.on("data", (c: Buffer) => err.push(c));
     child.once("error", reject);
     child.once("close", (code) => {
-      const stdout = Buffer.concat(out).toString();
+      const stdout = Buffer.concat(out);
       const stderr = Buffer.concat(err).toString();
       if ((options.okCodes ?? [0]).includes(code ?? -1)) resolve(stdout);
       // Some tools (e2fsck) report their findings on stdout: keep both tails.
-      else reject(new HostCommandError(argv, code, `${stderr}\n${stdout}`));
+      else reject(new HostCommandError(argv, code, `${stderr}\n${stdout.toString()}`));
     });
     child.stdin.on("error", () => {});
     child.stdin.end(options.stdin ?? "");
