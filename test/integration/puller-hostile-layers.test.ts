@@ -1,8 +1,9 @@
 /**
  * Hostile layers against the real image puller process, pushed to a real
  * registry on 127.0.0.1: a hardlink through a symlink out of the tree, a
- * zstd bomb of a few GiB in a few hundred KB, too many entries; and a
- * legitimate 2 GiB sparse file. The puller's peak memory is read from
+ * zstd bomb of a few GiB in a few hundred KB, too many entries, a name too
+ * long for ext4; and a legitimate 2 GiB sparse file and every name a tar can
+ * carry, byte for byte in the image. The puller's peak memory is read from
  * /proc/<pid>/status (VmHWM, reset before each pull), the disk its tree
  * takes is polled with du while it pulls.
  */
@@ -22,6 +23,7 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { gzipSync } from "node:zlib";
 import { createUnixTransport } from "@banger/common";
 import { PullerService, type PullResult } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -38,6 +40,8 @@ import {
   startRegistry,
   type RegistryProcess,
 } from "../../services/image-puller/src/registry/testing/registry-process.js";
+import { ODD_LAYER, oddExpected, seenInImage } from "../../services/image-puller/src/build/testing/odd-names.js";
+import { rawTar } from "../../services/image-puller/src/build/testing/raw-tar.js";
 import { spawnService, waitUntil, type RunningService } from "./harness.js";
 
 const MIB = 1024 ** 2;
@@ -104,6 +108,18 @@ async function zstdLayer(files: readonly BombFile[]): Promise<FixtureLayer> {
     size: bytes.length,
     bytes,
     diffId: `sha256:${hash.digest("hex")}`,
+  };
+}
+
+/** A gzip layer of `tar` as it is. */
+function gzipLayer(tarBytes: Buffer): FixtureLayer {
+  const bytes = gzipSync(tarBytes);
+  return {
+    mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+    digest: sha256(bytes),
+    size: bytes.length,
+    bytes,
+    diffId: sha256(tarBytes),
   };
 }
 
@@ -274,6 +290,31 @@ describe.skipIf(!HAVE_REGISTRY_TOOLS || process.getuid?.() !== 0)("hostile layer
     expect(result).toBeUndefined();
     expect(error?.code).toBe(Code.ResourceExhausted);
     expect(error?.rawMessage).toMatch(/more than 100 entries, the limit of the image puller \(--max-image-entries\)/);
+    expect(readdirSync(stagingDir)).toEqual([]);
+  });
+
+  it("keeps every name a tar can carry byte for byte, with owners, modes, mtimes, links, devices and capabilities", async () => {
+    // Backslashes (systemd's escaped unit names), quotes, spaces, newlines, a leading dash, UTF-8 and
+    // non-UTF-8 bytes (in the header and in pax records), a 255-byte name, a directory of such a name.
+    const reference = await push("odd-names", [gzipLayer(rawTar(ODD_LAYER))]);
+    const { result, error, stagingDir } = await measuredPull(defaults, reference, "odd-names");
+    expect(error).toBeUndefined();
+    const image = join(stagingDir, result?.rootfsFile ?? "");
+    execFileSync("e2fsck", ["-fn", image], { stdio: "pipe" });
+    expect(seenInImage(image)).toEqual(oddExpected());
+  });
+
+  it("refuses a name longer than ext4 holds, naming the entry", async () => {
+    const long = `etc/ok/${"x".repeat(256)}`;
+    const reference = await push("long-name", [
+      gzipLayer(rawTar([{ name: "etc/ok/fine", content: "" }, { name: long }])),
+    ]);
+    const { result, error, stagingDir } = await measuredPull(defaults, reference, "long-name");
+    expect(result).toBeUndefined();
+    expect(error?.code).toBe(Code.InvalidArgument);
+    expect(error?.rawMessage).toContain(
+      `hostile layer entry "etc/ok/${"x".repeat(193)}": a name of 256 bytes, longer than the 255 ext4 can hold`,
+    );
     expect(readdirSync(stagingDir)).toEqual([]);
   });
 
