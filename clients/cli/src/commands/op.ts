@@ -44,7 +44,10 @@ export function registerOpCommands(program: Command, globals: () => GlobalOption
         }
         process.stdout.write(`${operation.id}  ${operation.target}  ${STATE_WORD[operation.state]}\n`);
         createStagePrinter((l) => process.stdout.write(l))(operation);
-        if (operation.error) process.stdout.write(`error: ${operation.error.message} (${operation.error.reason})\n`);
+        if (operation.error) {
+          process.stdout.write(`error: ${operation.error.message} (${operation.error.reason})\n`);
+          if (operation.error.vmmLogTail) process.stdout.write(lastOutput(operation.error.vmmLogTail));
+        }
       });
     });
   op.command("watch")
@@ -75,10 +78,18 @@ export async function watchToEnd(o: Orchestrator, id: string): Promise<Operation
   if (!last || !isEnded(last)) throw new Error(`lost the stream of ${id} before it ended; see 'banger op show ${id}'`);
   if (last.error && STATE_WORD[last.state] !== "succeeded") {
     const where = last.error.stage ? ` at ${last.error.stage}` : "";
+    // Before the error, so that the error stays the last line.
+    if (last.error.vmmLogTail) process.stderr.write(lastOutput(last.error.vmmLogTail));
     process.stderr.write(`banger: ${STATE_WORD[last.state]}${where}: ${last.error.message} (${last.id})\n`);
     throw new ReportedFailure(last.error.message);
   }
   return last;
+}
+
+/** A failed operation's record of what the VM printed last (`console: …`, `vmm: …` lines), indented. */
+function lastOutput(tail: string): string {
+  const lines = tail.split("\n").map((line) => `  ${line}\n`);
+  return `the VM's last output (console and VMM log):\n${lines.join("")}`;
 }
 
 export async function withOrchestrator<T>(globals: GlobalOptions, work: (o: Orchestrator) => Promise<T>): Promise<T> {

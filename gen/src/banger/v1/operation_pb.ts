@@ -327,8 +327,14 @@ export type OperationError = Message<"banger.v1.OperationError"> & {
   peerCall: string;
 
   /**
-   * The last lines (at most 20) of the VMM's log and guest console, when the
-   * failure came from the VMM or the guest (launch, start, wait for SSH).
+   * What the VM printed last, when the failure came from the VMM or the guest
+   * (stages launch-vmm, configure-vmm, start-vmm, wait-ssh): the last 20
+   * lines of the guest console, each as "console: <line>", then the last 10
+   * of the VMM's own log as "vmm: <line>"; lines cut at 240 characters,
+   * control characters and terminal escapes removed. It outlives the VM's
+   * files (a failed create removes them). A recognised cause (a kernel panic,
+   * a root disk that did not appear, no SSH server) is also named at the end
+   * of `message`.
    *
    * @generated from field: string vmm_log_tail = 6;
    */

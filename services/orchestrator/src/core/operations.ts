@@ -83,6 +83,15 @@ interface Live {
   readonly progress: Map<string, StageProgress>;
 }
 
+/**
+ * Marks `error` with the last output of the VM it concerns (console, VMM log;
+ * bounded by whoever made it): the failed operation keeps it as its error's
+ * `vmmLogTail`, which outlives the VM's files.
+ */
+export function withLogTail<E extends Error>(error: E, logTail: string): E {
+  return Object.assign(error, { logTail });
+}
+
 /** Watchers hear of progress at most this often per operation. */
 const PROGRESS_INTERVAL_MS = 200;
 
@@ -199,11 +208,13 @@ export function createOperations(deps: {
           if (running) setStage({ ...running, state: "failed", endedAt: now() });
           const thrownStage = (error as { failedStage?: unknown }).failedStage;
           const failedStage = typeof thrownStage === "string" ? thrownStage : running?.name;
+          const logTail = cancelled ? undefined : (error as { logTail?: unknown } | undefined)?.logTail;
           const failure: OperationFailure = {
             code: codeName(status.code),
             reason: status.reason,
             message: status.message,
             ...(typeof failedStage === "string" ? { stage: failedStage } : {}),
+            ...(typeof logTail === "string" && logTail !== "" ? { vmmLogTail: logTail } : {}),
           };
           await save({ state: cancelled ? "cancelled" : "failed", error: failure, stages }).catch(
             (saveError: unknown) => logger.error({ err: saveError }, "could not record the end of an operation"),

@@ -57,6 +57,7 @@ import type { OperationContext, Operations } from "./operations.js";
 import { orderCapabilities, workDiskCapability, type Capability } from "./capabilities.js";
 import { createSerialLock } from "./serial-lock.js";
 import { forgetHostKey, measureVm, readLog, sshTarget, type SshTarget, type VmUsage } from "./vm-observe.js";
+import { explainVmFailure, whileVmmRuns } from "./readiness.js";
 import {
   allocateGuestIp,
   allocateMac,
@@ -242,6 +243,11 @@ export function createVmService(deps: {
   const network = parseBridgeAddress(config.network.address);
   const bridge = config.network.bridge;
   const vmDir = (id: string) => join(deps.stateDir, "vms", id);
+  /** A VM's logs in its runtime directory (the guest console, the VMM's own log). */
+  const vmLogs = (id: string) => ({
+    console: join(deps.runtimeDir, "vms", id, "console.log"),
+    vmmLog: join(deps.runtimeDir, "vms", id, "vmm.log"),
+  });
   /**
    * Removes a VM's runtime directory (VMM sockets and logs) through the helper, as `<runtime>/vms` is root's.
    * A VMM just killed may take a moment to be gone: VMM_RUNNING is retried for up to 3 s.
@@ -465,8 +471,13 @@ export function createVmService(deps: {
       await op.track("wait-ssh", "running");
       await op.track("wait-ssh", "done", "skipped: not waiting for the guest");
     } else {
+      // Ends early when the VMM exits (a guest that panics or powers off): no point waiting out the timeout.
       await op.stage("wait-ssh", () =>
-        guest.waitForSsh(vm.guestIp, options.sshTimeoutMs ?? DEFAULT_SSH_TIMEOUT_MS, op.signal),
+        whileVmmRuns(
+          (signal) => guest.waitForSsh(vm.guestIp, options.sshTimeoutMs ?? DEFAULT_SSH_TIMEOUT_MS, signal),
+          async () => (await host.vmmState(vm.id, launched.pid, launched.startTime, scope)).running,
+          op.signal,
+        ),
       );
     }
     // Capabilities (DNS name, NAT, …) in dependency order; a failure unwinds all of their cleanups.
@@ -680,6 +691,9 @@ export function createVmService(deps: {
         } catch (error) {
           if (vm) phases.set(vm.id, "deleting");
           await workDisk?.catch(() => undefined); // nothing may still be writing when the directory goes
+          // What the guest and its VMM printed goes with the error (the operation keeps it): the unwind
+          // removes the runtime directory with the logs.
+          if (vm && !op.signal.aborted) await explainVmFailure(error, vmLogs(vm.id));
           await unwind(undo, name);
           if (vm) {
             // A helper call cut off by a cancel may have done its work without the answer arriving:
@@ -713,6 +727,7 @@ export function createVmService(deps: {
           try {
             await boot(op, current, undo, { skipSshWait, sshTimeoutMs });
           } catch (error) {
+            if (!op.signal.aborted) await explainVmFailure(error, vmLogs(current.id));
             await unwind(undo, name);
             await updateVm(db, name, { updatedAt: now(), lastError: `${(error as Error).message} (${op.id})` });
             throw error;
@@ -757,6 +772,7 @@ export function createVmService(deps: {
           try {
             await boot(op, current, undo, { skipSshWait: options.skipSshWait, sshTimeoutMs: undefined });
           } catch (error) {
+            if (!op.signal.aborted) await explainVmFailure(error, vmLogs(current.id));
             await unwind(undo, name);
             throw error;
           } finally {
