@@ -42,9 +42,20 @@
 // `fake-vmm: flood done <n>` to both, and run on. Output whose reader is gone
 // (EPIPE) is dropped, as Firecracker and QEMU drop it.
 //
+// A guest whose kernel panics: `fake.panic=exit` writes the end of a kernel
+// panic's console (Debian's kernel failing to mount its root file system, with
+// its call trace) to stdout, then exits 0 a moment later as the VMM does when
+// a guest with panic=1 reboots; `fake.panic=hang` writes it and runs on. The
+// fake serves no SSH in any case.
+//
+// The fake.* switches can also be carried by the kernel file (the text
+// `fake.panic=exit` anywhere in its first 64 KiB), so that a test can make a
+// guest misbehave through banger's own create, whose boot arguments it does
+// not choose: import a placeholder kernel with the switch in it.
+//
 // Every log line is `fake-vmm: <event> <json>` with pid, uid, gid and the argv
 // it was given, so tests can check exactly how it was started.
-import { appendFileSync, closeSync, openSync, unlinkSync } from "node:fs";
+import { appendFileSync, closeSync, openSync, readSync, unlinkSync } from "node:fs";
 import { createServer } from "node:http";
 import { createServer as createNetServer } from "node:net";
 import { constants as osConstants } from "node:os";
@@ -109,6 +120,58 @@ function flood(bootArgs) {
     log("flood done", { n });
   };
   more();
+}
+
+/** The boot arguments with the fake.* switches the kernel file carries. */
+function switches(bootArgs, kernelPath) {
+  let carried = "";
+  try {
+    const fd = openSync(kernelPath, "r");
+    const head = Buffer.alloc(64 * 1024);
+    const length = readSync(fd, head, 0, head.length, 0);
+    closeSync(fd);
+    carried = (
+      head
+        .subarray(0, length)
+        .toString("latin1")
+        .match(/fake\.[a-z]+=[a-z0-9]+/g) ?? []
+    ).join(" ");
+  } catch {
+    // no kernel file to read: the boot arguments alone
+  }
+  return `${bootArgs ?? ""} ${carried}`.trim();
+}
+
+/** The end of a kernel panic's console (the kernel could not mount its root file system). */
+const PANIC_CONSOLE = [
+  "[    0.000000] Linux version 6.1.0-27-amd64 (fake-vmm) #1 SMP PREEMPT_DYNAMIC Debian 6.1.115-1",
+  '[    1.204211] VFS: Cannot open root device "vda" or unknown-block(0,0): error -6',
+  '[    1.204650] Please append a correct "root=" boot option; here are the available partitions:',
+  "[    1.205120] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
+  "[    1.205500] CPU: 0 PID: 1 Comm: swapper/0 Not tainted 6.1.0-27-amd64 #1  Debian 6.1.115-1",
+  "[    1.205900] Call Trace:",
+  "[    1.206000]  <TASK>",
+  ...Array.from(
+    { length: 22 },
+    (_, i) => `[    1.2061${String(i).padStart(2, "0")}]  fake_frame_${i}+0x${(i * 37 + 16).toString(16)}/0x1a0`,
+  ),
+  "[    1.207000]  </TASK>",
+  "[    1.207100] Kernel Offset: 0x2a000000 from 0xffffffff81000000 (relocation range: 0xffffffff80000000-0xffffffffbfffffff)",
+  "[    1.207200] ---[ end Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0) ]---",
+];
+
+/** fake.panic=exit|hang: the guest's kernel panics (and, with exit, the VMM ends as on a reboot). */
+function panic(args) {
+  const mode = /(?:^| )fake\.panic=(exit|hang)(?: |$)/.exec(args)?.[1];
+  if (mode === undefined) return;
+  log("panic", { mode });
+  process.stdout.write(`${PANIC_CONSOLE.join("\r\n")}\r\n`);
+  if (mode === "exit") {
+    setTimeout(() => {
+      log("guest-reboot", {});
+      process.exit(0);
+    }, 300);
+  }
 }
 
 process.on("SIGTERM", () => {
@@ -505,7 +568,11 @@ function firecrackerApi(id, requestsPath) {
         };
         log("instance-start", boot);
         process.stdout.write(`fake-vmm: guest of ${id} booting ${JSON.stringify(boot)}\n`);
-        setImmediate(() => flood(boot.boot_args));
+        const active = switches(boot.boot_args, boot.kernel);
+        setImmediate(() => {
+          flood(active);
+          panic(active);
+        });
         return undefined;
       }
       if (!started()) throw new Fault(PRE_BOOT);
@@ -636,7 +703,7 @@ if (args.includes("--api-sock")) {
   if (!qmp) fail("-qmp must be unix:PATH,server=on,wait=off");
   if (single(values, "-serial") !== "stdio") fail("-serial must be stdio");
   if (!single(values, "-M").startsWith("microvm")) fail("-M must be microvm");
-  single(values, "-kernel");
+  const kernel = single(values, "-kernel");
   const socket = qmp[1];
   process.stdout.write(`fake-vmm: console of ${process.argv[1]}\n`);
 
@@ -679,7 +746,9 @@ if (args.includes("--api-sock")) {
   // The record is written before the socket appears: whoever waits for the socket then finds it.
   log("started", { kind: "qemu-microvm", ...identity });
   server.listen(socket);
-  flood(single(values, "-append"));
+  const active = switches(single(values, "-append"), kernel);
+  flood(active);
+  panic(active);
 } else {
   fail("neither a Firecracker (--api-sock) nor a QEMU (-qmp) command line");
 }

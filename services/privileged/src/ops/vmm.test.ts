@@ -590,6 +590,19 @@ describe("a launch that cannot go through", () => {
     expect(await ops.list()).toEqual([]);
   });
 
+  it("a VMM that prints and exits: its console and its log, through the log relays, are in the error", async () => {
+    const script = join(base, "complaining-vmm.sh");
+    writeFileSync(
+      script,
+      "#!/bin/sh\necho 'guest said this'\necho 'firecracker: cannot open the kernel' >&2\nexit 1\n",
+      { mode: 0o755 },
+    );
+    const complaining = createVmmOps({ config: { ...config, firecrackerBin: script } });
+    const failure = complaining.launch({ vmId: "gone3", kind: "firecracker" });
+    await expect(failure).rejects.toMatchObject({ kind: "failed-precondition", reason: "VMM_EXITED" });
+    await expect(failure).rejects.toThrow(/: guest said this\nfirecracker: cannot open the kernel$/);
+  });
+
   it("a VMM that never opens its socket is killed: DEADLINE_EXCEEDED VMM_NOT_READY", async () => {
     const script = join(base, "silent-vmm.sh");
     writeFileSync(script, "#!/bin/sh\nexec sleep 100\n", { mode: 0o755 });
