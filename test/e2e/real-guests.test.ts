@@ -94,6 +94,7 @@ beforeAll(async () => {
   for (const [name, extra] of [
     ["guest", ["--with-host-key"]],
     ["guest-init", ["--with-init"]],
+    ["guest-broken", ["--broken-init"]],
   ] as const) {
     execFileSync(process.execPath, [
       join(ROOT, "test/e2e/support/guest-image.mjs"),
@@ -135,9 +136,25 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
   it("pulls the image, imports the kernel and builds its initramfs", async () => {
     await cli(["image", "pull", `${registry.host}/banger/guest:1`, "--name", "guest"]);
     await cli(["image", "pull", `${registry.host}/banger/guest-init:1`, "--name", "guest-init"]);
+    await cli(["image", "pull", `${registry.host}/banger/guest-broken:1`, "--name", "guest-broken"]);
     await cli(["kernel", "import", "debian", join(work, "kernel-pkg")]);
     await cli(["kernel", "initramfs", "debian"]);
   }, 300_000);
+
+  it("a guest whose init exits fails the create at once, with its console's end and the cause; nothing is left", async () => {
+    const result = await cli(["vm", "create", "--name", "broken", "--image", "guest-broken"], 1);
+    console.log(`e2e: the failed create said:\n${result.stderr.slice(result.stderr.indexOf("the VM's last output"))}`);
+    // The kernel panics when PID 1 exits, reboots (panic=1) and QEMU exits: the wait ends with it.
+    // The console's end (a panic's call trace may push its first line out of the 20 kept).
+    expect(result.stderr).toMatch(/\nthe VM's last output \(console and VMM log\):\n(  console: .*\n){20}/);
+    expect(result.stderr).toMatch(
+      /banger: failed at wait-ssh: the VMM exited before the guest was ready \(the guest rebooted or powered off\): the image's init exited .*\(op-[0-9a-f]{12}\)\n$/,
+    );
+    const op = /\((op-[0-9a-f]{12})\)\n$/.exec(result.stderr)?.[1] ?? "";
+    const shown = await cli(["op", "show", op]);
+    expect(shown.stdout).toMatch(/error: .*the image's init exited .*\(VMM_EXITED\)\nthe VM's last output/);
+    expect(leftovers()).toEqual(NOTHING);
+  }, 120_000);
 
   it("creates a VM with NAT that boots a real kernel and answers exec", async () => {
     const created = await cli(["vm", "create", "--name", "one", "--image", "guest", "--nat", "--ssh-timeout", "120"]);

@@ -3,13 +3,15 @@
 // host, as an OCI image layout (one gzip'd tar layer, made reproducible with
 // tar's --sort/--mtime/--owner), optionally pushed to a registry with skopeo.
 //
-//   node test/e2e/support/guest-image.mjs --out DIR [--tag TAG] [--with-init] [--with-host-key] [--push HOST:PORT/REPO:TAG]
+//   node test/e2e/support/guest-image.mjs --out DIR [--tag TAG] [--with-init | --broken-init] [--with-host-key] [--push HOST:PORT/REPO:TAG]
 //
 // --with-host-key bakes a dropbear host key into the image (as images with an
 // SSH server installed often do): each VM must get its own instead.
 // Without --with-init the image has no /sbin/init: banger's minimal init runs
 // it. With --with-init, /sbin/init is busybox init with an /etc/inittab that
 // starts dropbear and acpid (power button -> poweroff), like a small distro.
+// With --broken-init, /sbin/init is a script that exits at once: the guest's
+// kernel panics ("Attempted to kill init!") and, with panic=1, reboots.
 // The root filesystem tree is left in DIR/rootfs as well.
 //
 // Needs: /bin/busybox (busybox-static), /usr/sbin/dropbear (dropbear-bin), tar, ldd; /usr/bin/git is added when present;
@@ -27,6 +29,7 @@ const { values: args } = parseArgs({
     tag: { type: "string", default: "latest" },
     "with-init": { type: "boolean", default: false },
     "with-host-key": { type: "boolean", default: false },
+    "broken-init": { type: "boolean", default: false },
     push: { type: "string" },
   },
 });
@@ -95,6 +98,9 @@ if (args["with-host-key"]) {
 }
 put("etc/os-release", 'NAME="banger guest image"\nID=banger-guest\nPRETTY_NAME="busybox + dropbear"\n');
 
+if (args["broken-init"]) {
+  put("sbin/init", "#!/bin/sh\necho guest-image: this init exits at once\nexit 1\n", 0o755);
+}
 if (args["with-init"]) {
   put(
     "etc/inittab",
