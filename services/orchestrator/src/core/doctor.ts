@@ -315,7 +315,10 @@ export function createDoctor(deps: DoctorDeps): Doctor {
 
       const checks: ReportedCheck[] = [...core.map((c) => ({ ...c, capability: "" })), ...capabilityChecks.flat()];
       const strategy = hostFeatures ? chooseRootDiskStrategy(hostFeatures) : undefined;
-      const vmm = chooseVmm(config.vmm, { kvm: hostFeatures?.kvm ?? (kvm.ok && kvm.value.ok) });
+      const vmm = chooseVmm(config.vmm, {
+        kvm: hostFeatures?.kvm ?? (kvm.ok && kvm.value.ok),
+        ...(hostFeatures?.kvmDetail ? { kvmDetail: hostFeatures.kvmDetail } : {}),
+      });
       return {
         checks,
         ok: !checks.some((c) => c.status === "fail"),
@@ -539,7 +542,11 @@ function featureChecks(features: HostFeatures | undefined): DoctorCheck[] {
     [
       "device-mapper",
       "deviceMapper",
-      check("device-mapper", "ok", "/dev/mapper/control is present: root disks are dm-snapshots of the image"),
+      check(
+        "device-mapper",
+        "ok",
+        "the kernel's device-mapper driver answers: root disks are dm-snapshots of the image",
+      ),
       check(
         "device-mapper",
         "warn",
@@ -559,6 +566,10 @@ function featureChecks(features: HostFeatures | undefined): DoctorCheck[] {
         "no bridge module is loaded, and the helper cannot see the installed ones: the first VM loads it if the kernel has it",
         "sudo modprobe bridge, to be sure now",
       );
+    }
+    if (key === "deviceMapper" && features.deviceMapperDetail) {
+      // Say why: a node without its driver (containers, libdevmapper) is not device-mapper.
+      return { ...lacking, detail: lacking.detail.replace("no /dev/mapper/control", features.deviceMapperDetail) };
     }
     return lacking;
   });

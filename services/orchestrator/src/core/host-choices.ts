@@ -14,27 +14,30 @@ export interface Choice<T> {
 }
 
 /** dm-snapshot where the kernel has device-mapper, else a reflink or sparse copy of the image. */
-export function chooseRootDiskStrategy(features: Pick<HostFeatures, "deviceMapper">): Choice<RootDiskStrategy> {
+export function chooseRootDiskStrategy(
+  features: Pick<HostFeatures, "deviceMapper" | "deviceMapperDetail">,
+): Choice<RootDiskStrategy> {
   return features.deviceMapper
     ? { value: "dm-snapshot", why: "device-mapper present" }
-    : { value: "clone", why: "no /dev/mapper/control" };
+    : { value: "clone", why: features.deviceMapperDetail || "no /dev/mapper/control" };
 }
 
 /** The configured VMM; QEMU uses KVM when the host has it, else TCG. */
 export function chooseVmm(
   configured: VmmDriver,
-  features: Pick<HostFeatures, "kvm">,
+  features: Pick<HostFeatures, "kvm" | "kvmDetail">,
 ): Choice<VmmDriver> & { readonly kvm: boolean } {
+  const noKvm = features.kvmDetail || "/dev/kvm absent";
   if (configured === "firecracker") {
     return {
       value: "firecracker",
       kvm: features.kvm,
-      why: features.kvm ? "configured" : "configured; /dev/kvm absent",
+      why: features.kvm ? "configured" : `configured; ${noKvm}`,
     };
   }
   return {
     value: "qemu-microvm",
     kvm: features.kvm,
-    why: features.kvm ? "configured; KVM" : "configured; TCG: /dev/kvm absent",
+    why: features.kvm ? "configured; KVM" : `configured; TCG: ${noKvm}`,
   };
 }

@@ -36,8 +36,12 @@ export interface HostFeatures {
   readonly nftables: boolean;
   readonly loop: boolean;
   readonly deviceMapper: boolean;
+  /** Why device-mapper is not usable (e.g. a node without its driver); empty or absent when it is. */
+  readonly deviceMapperDetail?: string;
   readonly resolved: boolean;
   readonly kvm: boolean;
+  /** Why KVM is not usable (e.g. /dev/kvm without a driver); empty or absent when it is. */
+  readonly kvmDetail?: string;
   readonly kernelRelease: string;
   /** net.ipv4.ip_forward where the helper runs (the host's network namespace); undefined when unreadable. */
   readonly ipForward?: boolean | undefined;

@@ -478,6 +478,9 @@ describe("dm-snapshots (scripted runner: this machine has no device-mapper)", ()
       }
     }
     await mkdir(join(dev, "mapper"), { recursive: true });
+    // The device-mapper driver, as the kernel lists it among its misc devices.
+    await mkdir(join(fake, "proc"), { recursive: true });
+    await writeFile(join(fake, "proc", "misc"), "183 hw_random\n236 device-mapper\n 60 loop-control\n");
     await writeFile(join(dev, "mapper", "control"), "");
     await mkdir(noDmDev);
   });
@@ -526,7 +529,8 @@ describe("dm-snapshots (scripted runner: this machine has no device-mapper)", ()
     return { devices, calls, runner };
   }
 
-  const ops = (runner: Runner, devRoot = dev) => createDiskOps({ runner, config, sysfsRoot: sys, devRoot });
+  const ops = (runner: Runner, devRoot = dev) =>
+    createDiskOps({ runner, config, sysfsRoot: sys, devRoot, procRoot: join(root, "fake", "proc") });
 
   it("creates the snapshot with banger's name and uuid and hands the node to the owner", async () => {
     const host = fakeHost();

@@ -33,6 +33,7 @@ import type { HelperConfig } from "../config.js";
 import type { RunOptions, Runner } from "@banger/common";
 import { guestParents, validGuestPath } from "../validate/guest-paths.js";
 import { snapshotName, snapshotUuid, validVmId } from "../validate/ids.js";
+import { deviceMapperStatus } from "../host/features.js";
 import { confinedPath, isInsideStateDir, openConfined } from "../validate/paths.js";
 import { withUndo } from "./undo.js";
 
@@ -89,8 +90,10 @@ export interface DiskDeps {
   readonly config: HelperConfig;
   /** Where sysfs is mounted (tests point it at a fake tree). Default `/sys`. */
   readonly sysfsRoot?: string;
-  /** Where device nodes live (`<devRoot>/mapper/control` tells whether device-mapper exists). Default `/dev`. */
+  /** Where device nodes live (`<devRoot>/mapper/control`). Default `/dev`. */
   readonly devRoot?: string;
+  /** Where procfs is mounted (`<procRoot>/misc` tells whether the device-mapper driver is there). Default `/proc`. */
+  readonly procRoot?: string;
 }
 
 const LOOP_DEVICE = /^\/dev\/(loop[0-9]{1,4})$/;
@@ -111,7 +114,9 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
   const stateDir = config.stateDir;
   const sysfs = deps.sysfsRoot ?? "/sys";
   const dev = deps.devRoot ?? "/dev";
-  const dmControl = `${dev}/mapper/control`;
+  const proc = deps.procRoot ?? "/proc";
+  /** The driver, not the node: /dev/mapper/control can exist on a kernel without device-mapper. */
+  const deviceMapper = () => deviceMapperStatus({ dev, proc });
   const mapperNode = (name: string) => `${dev}/mapper/${name}`;
   /** The clone strategy's root disk of a VM. */
   const vmRootImage = (vmId: string) => join(stateDir, "vms", vmId, "root.ext4");
@@ -158,9 +163,10 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
     }
   }
 
-  async function requireDeviceMapper(): Promise<void> {
-    if (!(await present(dmControl))) {
-      throw new FailedPreconditionError("the kernel has no device-mapper (no /dev/mapper/control)", {
+  function requireDeviceMapper(): void {
+    const status = deviceMapper();
+    if (!status.usable) {
+      throw new FailedPreconditionError(`the kernel has no usable device-mapper (${status.why})`, {
         reason: "DEVICE_MAPPER_ABSENT",
       });
     }
@@ -179,7 +185,7 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
     body: (disk: RootDisk) => Promise<T>,
   ): Promise<T> {
     const name = snapshotName(vmId);
-    if ((await present(dmControl)) && (await present(mapperNode(name)))) {
+    if (deviceMapper().usable && (await present(mapperNode(name)))) {
       const uuid = await dmUuid(name, signal);
       if (uuid === snapshotUuid(vmId)) return body({ path: mapperNode(name), fds: [], shown: mapperNode(name) });
       if (uuid !== undefined) {
@@ -400,7 +406,7 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
       if (req.originDevice === req.cowDevice) {
         throw new InvalidArgumentError("origin_device and cow_device must differ", { reason: "SAME_DEVICE" });
       }
-      await requireDeviceMapper();
+      requireDeviceMapper();
       await bangerLoop(req.originDevice, "origin_device");
       await bangerLoop(req.cowDevice, "cow_device");
       const name = snapshotName(vmId);
@@ -434,7 +440,7 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
 
     async removeSnapshot(req, signal) {
       const vmId = validVmId(req.vmId);
-      if (!(await present(dmControl))) return { existed: false };
+      if (!deviceMapper().usable) return { existed: false };
       const name = snapshotName(vmId);
       const uuid = await dmUuid(name, signal);
       if (uuid === undefined) return { existed: false };
@@ -487,7 +493,7 @@ export function createDiskOps(deps: DiskDeps): DiskOps {
     listLoops,
 
     async listSnapshots() {
-      if (!(await present(dmControl))) return [];
+      if (!deviceMapper().usable) return [];
       const { stdout } = await runner.run([
         "dmsetup",
         "info",
