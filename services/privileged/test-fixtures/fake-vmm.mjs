@@ -694,6 +694,7 @@ if (args.includes("--api-sock")) {
       "-drive",
       "-device",
       "-netdev",
+      "-chardev",
       "-qmp",
       "-serial",
       "-name",

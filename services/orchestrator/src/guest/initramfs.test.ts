@@ -17,6 +17,7 @@ import {
   type ModuleIndex,
 } from "./initramfs.js";
 import { fakeElf, haveTool, readNewc } from "./initramfs-test-support.js";
+import { KIT_DIR } from "./kit.js";
 
 let dir: string;
 beforeEach(async () => {
@@ -48,6 +49,7 @@ const DEBIAN_INDEX: ModuleIndex = {
     "kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko: kernel/net/vmw_vsock/vsock.ko",
     "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko kernel/net/vmw_vsock/vsock.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko",
     "kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko",
+    "kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko",
     "",
   ].join("\n"),
   builtin: "kernel/net/packet/af_packet.ko\n",
@@ -76,6 +78,7 @@ describe("the modules of the initramfs", () => {
       "vsock",
       "vmw_vsock_virtio_transport_common",
       "vmw_vsock_virtio_transport",
+      "virtio_console",
       "virtio_rng",
       "button",
       "evdev",
@@ -107,13 +110,13 @@ describe("the modules of the initramfs", () => {
       ...DEBIAN_INDEX,
       dep: DEBIAN_INDEX.dep
         .split("\n")
-        .filter((l) => !/virtio_mmio|vsock|evdev/.test(l))
+        .filter((l) => !/virtio_mmio|vsock|evdev|virtio_console/.test(l))
         .join("\n"),
       builtin: "kernel/drivers/virtio/virtio_mmio.ko\n",
     };
     const plan = planModules(index);
     expect(plan.builtin).toEqual(["virtio_mmio"]);
-    expect(plan.absent).toEqual(["vmw_vsock_virtio_transport", "evdev"]);
+    expect(plan.absent).toEqual(["vmw_vsock_virtio_transport", "virtio_console", "evdev"]);
     expect(plan.load.map((m) => m.name)).not.toContain("virtio_mmio");
   });
 
@@ -281,6 +284,17 @@ describe("building the initramfs", () => {
     }
     expect([...entries.values()].every((e) => e.uid === 0 && e.gid === 0)).toBe(true);
     expect(entries.get("dev/console")).toMatchObject({ rdevMajor: 5, rdevMinor: 1 });
+    // banger's guest kit: the host's dropbear and qemu-ga, their libraries and loader, run from /run/banger/kit.
+    expect(summary.kit.programs).toEqual(["dropbear", "dropbearkey", "qemu-ga"]);
+    expect(summary.kit.libraries).toEqual(expect.arrayContaining(["libc.so.6", "ld-linux-x86-64.so.2"]));
+    for (const program of summary.kit.programs) {
+      const elf = entries.get(`banger/kit/bin/${program}`)?.data ?? Buffer.alloc(0);
+      expect(elf.includes(Buffer.from(`${KIT_DIR}/lib/ld-linux-x86-64.so.2\0`))).toBe(true);
+      expect(elf.includes(Buffer.from(`${KIT_DIR}/lib\0`))).toBe(true);
+    }
+    for (const library of summary.kit.libraries) expect(entries.has(`banger/kit/lib/${library}`)).toBe(true);
+    expect(text("banger/kit/start")).toBe(await readFile(join(INIT_SCRIPTS_DIR, "kit-start.sh"), "utf8"));
+    expect(text("banger/kit/poweroff")).toBe(await readFile(join(INIT_SCRIPTS_DIR, "kit-poweroff.sh"), "utf8"));
     // Written beside the output, then renamed over it: nothing else is left.
     expect(await readdir(dir)).toEqual(expect.not.arrayContaining([expect.stringMatching(/^\.initrd\./)]));
   });
@@ -288,15 +302,15 @@ describe("building the initramfs", () => {
   it("is the same archive, byte for byte, when built twice from the same inputs", async () => {
     await writeFile(join(dir, "busybox"), fakeElf());
     const modulesDir = await modulesTree();
-    await buildInitramfs({ modulesDir, output: join(dir, "a"), busybox: join(dir, "busybox") });
-    await buildInitramfs({ modulesDir, output: join(dir, "b"), busybox: join(dir, "busybox") });
+    await buildInitramfs({ modulesDir, output: join(dir, "a"), busybox: join(dir, "busybox"), kit: "none" });
+    await buildInitramfs({ modulesDir, output: join(dir, "b"), busybox: join(dir, "busybox"), kit: "none" });
     expect(await readFile(join(dir, "a"))).toEqual(await readFile(join(dir, "b")));
   });
 
   it("fails before writing anything when busybox is missing", async () => {
     const output = join(dir, "initrd");
     await expect(
-      buildInitramfs({ modulesDir: await modulesTree(), output, busybox: join(dir, "no-busybox") }),
+      buildInitramfs({ modulesDir: await modulesTree(), output, busybox: join(dir, "no-busybox"), kit: "none" }),
     ).rejects.toMatchObject({ reason: "BUSYBOX_MISSING" });
     expect(existsSync(output)).toBe(false);
   });
@@ -310,6 +324,7 @@ describe("building the initramfs", () => {
         modulesDir: await modulesTree(),
         output: join(dir, "initrd"),
         busybox: join(dir, "busybox"),
+        kit: "none",
         signal: controller.signal,
       }),
     ).rejects.toThrow();
@@ -353,7 +368,7 @@ describe("banger's init scripts", () => {
 
   const shell = ["/bin/busybox", "/bin/dash", "/bin/sh"].find((s) => existsSync(s));
   it.skipIf(shell === undefined)("parse as POSIX shell", () => {
-    for (const script of ["init.sh", "minimal-init.sh"]) {
+    for (const script of ["init.sh", "minimal-init.sh", "kit-start.sh", "kit-poweroff.sh"]) {
       const args = shell === "/bin/busybox" ? ["sh", "-n"] : ["-n"];
       const result = spawnSync(shell ?? "", [...args, join(INIT_SCRIPTS_DIR, script)], { encoding: "utf8" });
       expect({ script, status: result.status, stderr: result.stderr }).toEqual({ script, status: 0, stderr: "" });

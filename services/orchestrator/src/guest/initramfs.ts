@@ -12,6 +12,10 @@
  *   `/lib/modules/banger/order`: the modules of `INITRAMFS_MODULES` that the
  *   kernel does not have built in, and what they need (modules.dep, plus the
  *   `pre:` soft dependencies of modules.softdep through modules.alias);
+ * - `/banger/kit/`: banger's guest kit (kit.ts): dropbear, dropbearkey and
+ *   qemu-ga with their libraries and loader, and the kit's scripts `start`
+ *   (init/kit-start.sh) and `poweroff` (init/kit-poweroff.sh); /init copies it
+ *   to the guest's /run/banger/kit;
  * - `/dev/console`, and the directories the init mounts on.
  *
  * The archive is written here, in Node, so every entry is owned by 0:0 (the
@@ -32,6 +36,7 @@ import { fileURLToPath } from "node:url";
 import { createGzip } from "node:zlib";
 import { FailedPreconditionError, InternalError } from "@banger/common";
 import { decompress, type Compression, type ToolRunner } from "./decompress.js";
+import { buildKit, type BuildKitOptions, type KitSummary } from "./kit.js";
 
 /** The static busybox put into the initramfs unless told otherwise (Debian's busybox-static installs it). */
 export const DEFAULT_BUSYBOX = "/bin/busybox";
@@ -57,6 +62,11 @@ export const INITRAMFS_MODULES: readonly WantedModule[] = [
   { name: "crc32c_intel", required: false, purpose: "ext4 checksums with SSE4.2" },
   { name: "ext4", required: true, purpose: "the root and work file systems" },
   { name: "vmw_vsock_virtio_transport", required: false, purpose: "vsock (Firecracker)" },
+  {
+    name: "virtio_console",
+    required: false,
+    purpose: "virtio-serial, the guest agent's port on QEMU (org.qemu.guest_agent.0)",
+  },
   { name: "virtio_rng", required: false, purpose: "entropy from the host (Firecracker's entropy device)" },
   { name: "button", required: false, purpose: "the ACPI power button (QEMU's system_powerdown)" },
   { name: "evdev", required: false, purpose: "input events, where acpid reads the power button" },
@@ -352,6 +362,8 @@ export interface BuildInitramfsOptions {
   readonly signal?: AbortSignal | undefined;
   /** Runs xz/zstd for compressed modules (tests). */
   readonly run?: ToolRunner | undefined;
+  /** The guest kit's programs and tools (tests); default `KIT_PROGRAMS` made with ldd and patchelf; "none" leaves it out (tests). */
+  readonly kit?: BuildKitOptions | "none" | undefined;
 }
 
 export interface InitramfsSummary {
@@ -363,13 +375,15 @@ export interface InitramfsSummary {
   readonly builtin: readonly string[];
   /** Optional modules the kernel lacks. */
   readonly absent: readonly string[];
+  /** banger's guest kit in it. */
+  readonly kit: KitSummary;
 }
 
 /**
  * Builds the initramfs for the modules tree `modulesDir` into `output`.
  * Errors: FAILED_PRECONDITION BUSYBOX_MISSING, BUSYBOX_NOT_STATIC,
  * KERNEL_MODULES_INCOMPLETE, KERNEL_MODULE_MISSING, HOST_TOOL_MISSING (xz or
- * zstd for compressed modules).
+ * zstd for compressed modules; ldd, patchelf for the kit), KIT_PROGRAM_MISSING.
  */
 export async function buildInitramfs(options: BuildInitramfsOptions): Promise<InitramfsSummary> {
   const busybox = await readStaticBusybox(options.busybox ?? DEFAULT_BUSYBOX);
@@ -382,6 +396,10 @@ export async function buildInitramfs(options: BuildInitramfsOptions): Promise<In
       throw new InternalError(`banger's ${file} is missing from ${scriptsDir}`, { cause: error });
     }
   };
+  const kit =
+    options.kit === "none"
+      ? { entries: [], summary: { programs: [], libraries: [], bytes: 0 } }
+      : await buildKit({ signal: options.signal, ...options.kit });
   const entries: CpioEntry[] = [
     ...["bin", "dev", "proc", "sys", "newroot", "banger", "lib", "lib/modules", "lib/modules/banger"].map(
       (name): CpioEntry => ({ kind: "directory", name, mode: 0o755 }),
@@ -391,6 +409,13 @@ export async function buildInitramfs(options: BuildInitramfsOptions): Promise<In
     { kind: "file", name: "banger/minimal-init", mode: 0o755, data: await script("minimal-init.sh") },
     { kind: "file", name: "bin/busybox", mode: 0o755, data: busybox },
     { kind: "symlink", name: "bin/sh", target: "busybox" },
+    ...kit.entries,
+    ...(kit.entries.length === 0
+      ? []
+      : [
+          { kind: "file", name: "banger/kit/start", mode: 0o755, data: await script("kit-start.sh") } as const,
+          { kind: "file", name: "banger/kit/poweroff", mode: 0o755, data: await script("kit-poweroff.sh") } as const,
+        ]),
   ];
   for (const module of plan.load) {
     options.signal?.throwIfAborted();
@@ -412,7 +437,7 @@ export async function buildInitramfs(options: BuildInitramfsOptions): Promise<In
   try {
     await pipeline(
       Readable.from(cpioNewc(entries)),
-      createGzip({ level: 9 }),
+      createGzip({ level: 6 }),
       createWriteStream(partial, { mode: 0o644 }),
       options.signal ? { signal: options.signal } : {},
     );
@@ -428,6 +453,7 @@ export async function buildInitramfs(options: BuildInitramfsOptions): Promise<In
     modules: plan.load.map((m) => m.name),
     builtin: plan.builtin,
     absent: plan.absent,
+    kit: kit.summary,
   };
 }
 

@@ -152,12 +152,15 @@ export interface VmRuntimePaths {
   readonly dir: string;
   readonly firecrackerSocket: string;
   readonly qmpSocket: string;
+  /** QEMU: the guest agent's virtio-serial port (banger's guest kit runs qemu-ga on the other end). */
+  readonly agentSocket: string;
   readonly vmmLog: string;
   readonly consoleLog: string;
 }
 
 const FIRECRACKER_SOCKET = "firecracker.sock";
 const QMP_SOCKET = "qmp.sock";
+const AGENT_SOCKET = "agent.sock";
 const VMM_LOG = "vmm.log";
 const CONSOLE_LOG = "console.log";
 
@@ -213,6 +216,7 @@ export function vmRuntimePaths(runtimeDir: string, vmId: string): VmRuntimePaths
     dir,
     firecrackerSocket: join(dir, FIRECRACKER_SOCKET),
     qmpSocket: join(dir, QMP_SOCKET),
+    agentSocket: join(dir, AGENT_SOCKET),
     vmmLog: join(dir, VMM_LOG),
     consoleLog: join(dir, CONSOLE_LOG),
   };
@@ -249,6 +253,15 @@ function qmpValue(paths: VmRuntimePaths): string {
   return `unix:${paths.qmpSocket}${QMP_OPTIONS}`;
 }
 
+/**
+ * The guest agent's channel: a virtio-serial port named as qemu-ga expects, backed by a socket QEMU
+ * listens on in the VM's runtime directory (one client at a time; the orchestrator speaks QGA to it).
+ */
+function agentChardev(paths: VmRuntimePaths): string {
+  return `socket,id=agent0,path=${paths.agentSocket},server=on,wait=off`;
+}
+const AGENT_PORT = "virtserialport,chardev=agent0,name=org.qemu.guest_agent.0";
+
 /** The guest's serial console on QEMU's stdout, the pipe to the VM's console relay. */
 const SERIAL = "stdio";
 
@@ -259,7 +272,8 @@ function netdevPrefix(vmId: string): string {
 /**
  * QEMU's argv for a validated machine: `-M microvm`, the kernel, initrd and
  * command line, the two disks as raw virtio-blk (never probed), the VM's tap,
- * QMP and the serial console under the VM's runtime directory.
+ * QMP, the guest agent's virtio-serial port and the serial console under the
+ * VM's runtime directory.
  * `tscKhz` is the resolved value (the request's, or the host's when it asked for 0).
  */
 export function qemuArgv(
@@ -300,6 +314,12 @@ export function qemuArgv(
     `${netdevPrefix(vmId)}script=no,downscript=no`,
     "-device",
     `virtio-net-device,netdev=${NETDEV_ID},mac=${machine.mac}`,
+    "-device",
+    "virtio-serial-device",
+    "-chardev",
+    agentChardev(paths),
+    "-device",
+    AGENT_PORT,
     "-qmp",
     qmpValue(paths),
     "-serial",
@@ -467,9 +487,12 @@ function identifyArgv(config: HelperConfig, argv: readonly string[]): { vmId: st
     if (!qmp.startsWith(head) || !qmp.endsWith(tail)) return undefined;
     const vmId = qmp.slice(head.length, qmp.length - tail.length);
     if (!isVmId(vmId)) return undefined;
+    // The agent's chardev, when there is one (a VMM started before the guest kit has none), is this VM's too.
+    const chardev = valueAfter(argv, "-chardev");
     if (
       valueAfter(argv, "-serial") === SERIAL &&
-      valueAfter(argv, "-netdev")?.startsWith(netdevPrefix(vmId)) === true
+      valueAfter(argv, "-netdev")?.startsWith(netdevPrefix(vmId)) === true &&
+      (chardev === undefined || chardev === agentChardev(vmRuntimePaths(config.runtimeDir, vmId)))
     ) {
       return { vmId, kind: "qemu-microvm" };
     }

@@ -23,12 +23,18 @@
 #  6. makes the VM its own SSH host keys (its own ssh-keygen and dropbearkey,
 #     run chrooted into the root disk) where the image lacks them or has keys
 #     not made for this VM (banger.id=), so they persist there;
-#  7. moves /dev, /proc and /sys into the root disk and switches to it, running
+#  7. mounts a tmpfs on the root disk's /run and copies banger's guest kit
+#     there (/run/banger/: this busybox, and kit/: dropbear, qemu-ga, their
+#     libraries and loader; see kit-start.sh), so it runs whatever the image's
+#     libc and on a read-only root; where the image has no SSH server, makes
+#     the host key of banger's dropbear (/etc/banger/dropbear_ed25519_host_key,
+#     with the kit's dropbearkey);
+#  8. moves /dev, /proc and /sys into the root disk and switches to it, running
 #     init= or the image's /sbin/init when that resolves (inside the root disk,
 #     symbolic links followed) to an executable file. An image without one gets
-#     banger's minimal init instead: a tmpfs is mounted on the root disk's /run,
-#     this busybox and the minimal init are copied to /run/banger/ on it, and
-#     that busybox runs it as PID 1 (see minimal-init.sh).
+#     banger's minimal init instead: it is copied to /run/banger/ too, and
+#     that busybox runs it as PID 1 (see minimal-init.sh), which starts the
+#     kit; an image with an init has the kit started just before the switch.
 #
 # Any failure prints "banger-init: …" on the console and reboots, which ends
 # the VMM (QEMU runs with -no-reboot; Firecracker exits on a guest reboot).
@@ -246,6 +252,21 @@ for dir in dev proc sys; do
   mount --move "/$dir" "/newroot/$dir" || fail "cannot move /$dir onto the root disk"
 done
 
+# banger's guest kit on a tmpfs on the root disk's /run (an init such as
+# systemd keeps a /run that is already mounted).
+kit=
+if [ -L /newroot/run ]; then
+  say "the image's /run is a symbolic link: banger's guest kit (agent, SSH server) cannot be placed"
+else
+  mkdir -p /newroot/run
+  if mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run && mkdir -p /newroot/run/banger &&
+    cp /bin/busybox /newroot/run/banger/busybox && cp -a /banger/kit /newroot/run/banger/kit; then
+    kit=1
+  else
+    say "cannot place banger's guest kit on a tmpfs on /run"
+  fi
+fi
+
 # SSH host keys, made once per VM and kept on its root disk (ed25519 only:
 # the others take seconds on an emulated CPU). Keys belong to one machine:
 # /etc/banger/host-keys-of names the VM (banger.id) they were made for, and a
@@ -284,6 +305,16 @@ if runnable_in_root /usr/bin/dropbearkey; then
       say "dropbearkey could not make a host key"
   fi
 fi
+# banger's dropbear serves where the image has no SSH server of its own: its host key.
+if [ -n "$kit" ] && ! runnable_in_root /usr/sbin/sshd && ! runnable_in_root /usr/sbin/dropbear; then
+  [ -z "$new_machine" ] || rm -f /newroot/etc/banger/dropbear_ed25519_host_key
+  if ! [ -e /newroot/etc/banger/dropbear_ed25519_host_key ]; then
+    mkdir -p /newroot/etc/banger
+    made_keys=1
+    chroot /newroot /run/banger/kit/bin/dropbearkey -t ed25519 -f /etc/banger/dropbear_ed25519_host_key >/dev/null 2>&1 ||
+      say "the kit's dropbearkey could not make a host key"
+  fi
+fi
 if [ -n "$new_machine" ]; then
   mkdir -p /newroot/etc/banger && echo "$vm_id" >/newroot/etc/banger/host-keys-of ||
     say "cannot record whose SSH host keys these are"
@@ -295,23 +326,26 @@ if [ -n "$new_machine" ] || [ -n "$made_keys" ]; then sync; fi
 # Seconds since the kernel started, for the console log.
 uptime_s() { read -r up _ </newroot/proc/uptime && echo "$up"; }
 
+# Starts the kit (agent, SSH server where the image has none) for an image's own init: its processes are
+# children of PID 1 chrooted into the root disk, which switch_root makes / (the same mount).
+start_kit() {
+  [ -z "$kit" ] || setsid chroot /newroot /run/banger/busybox sh /run/banger/kit/start init
+}
+
 if [ -n "$init" ] && runnable_in_root "$init"; then
+  start_kit
   say "starting $init ($(uptime_s) s after boot)"
   exec switch_root /newroot "$init"
 fi
 [ -z "$init" ] || say "init=$init is not an executable file on the root disk"
 if [ -z "$init" ] && runnable_in_root /sbin/init; then
+  start_kit
   say "starting the image's /sbin/init ($(uptime_s) s after boot)"
   exec switch_root /newroot /sbin/init
 fi
 
-# No init of its own: banger's minimal init, from a tmpfs on the root disk's /run.
-[ -L /newroot/run ] && fail "the image's /run is a symbolic link; banger's minimal init cannot be placed"
-mkdir -p /newroot/run
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run || fail "cannot mount a tmpfs on /run"
-mkdir -p /newroot/run/banger &&
-  cp /bin/busybox /newroot/run/banger/busybox &&
-  cp /banger/minimal-init /newroot/run/banger/init ||
-  fail "cannot copy banger's minimal init to /run/banger"
+# No init of its own: banger's minimal init, from the tmpfs on the root disk's /run.
+[ -n "$kit" ] || fail "banger's minimal init cannot be placed on /run"
+cp /banger/minimal-init /newroot/run/banger/init || fail "cannot copy banger's minimal init to /run/banger"
 say "no init on the root disk: starting banger's minimal init ($(uptime_s) s after boot)"
 exec switch_root /newroot /run/banger/busybox sh /run/banger/init

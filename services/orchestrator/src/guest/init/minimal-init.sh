@@ -3,12 +3,12 @@
 # banger's initramfs (init.sh) mounts a tmpfs on the root disk's /run, copies
 # its static busybox and this script to /run/banger/, and switches to
 # `/run/banger/busybox sh /run/banger/init`: nothing here needs the image to
-# have a shell or any tool but an SSH server. The network, hostname, work disk
+# have a shell or any tool. The network, hostname, work disk
 # (/root) and SSH host keys are already set up by then.
 #
-# It mounts /dev/pts and /dev/shm, starts the image's sshd (/usr/sbin/sshd)
-# or else dropbear (/usr/sbin/dropbear) in the foreground as its child, and
-# then waits: while it waits, busybox sh reaps every child that ends,
+# It mounts /dev/pts and /dev/shm, starts banger's guest kit (kit-start.sh:
+# the agent, and the image's sshd or dropbear, else banger's dropbear), each
+# supervised by a child of its own, and then waits: while it waits, busybox sh reaps every child that ends,
 # orphans re-parented to PID 1 included. It stops the guest:
 #  - powering off on the ACPI power button (QEMU's QMP system_powerdown:
 #    busybox acpid runs /run/banger/acpi/PWRF/00000080, which sends SIGUSR2),
@@ -66,20 +66,8 @@ printf '#!%s sh\n%s kill -USR2 1\n' "$BB" "$BB" >/run/banger/acpi/PWRF/00000080
 $BB chmod 0755 /run/banger/acpi/PWRF/00000080
 $BB acpid -c /run/banger/acpi -l /dev/null -p /run/banger/acpid.pid || say "acpid did not start: no power button"
 
-if [ -x /usr/sbin/sshd ]; then
-  $BB mkdir -p /run/sshd
-  /usr/sbin/sshd -D -e &
-elif [ -x /usr/sbin/dropbear ]; then
-  # Name the host keys there are (dropbear logs every default one it misses, per connection); -R makes one if none.
-  keys=
-  for key in /etc/dropbear/dropbear_ed25519_host_key /etc/dropbear/dropbear_ecdsa_host_key /etc/dropbear/dropbear_rsa_host_key; do
-    [ -f "$key" ] && keys="$keys -r $key"
-  done
-  # shellcheck disable=SC2086 # one word per option
-  /usr/sbin/dropbear -F -E ${keys:--R} &
-else
-  say "the image has no /usr/sbin/sshd or /usr/sbin/dropbear: nothing to log in with"
-fi
+# The agent and the SSH server (the image's sshd or dropbear, else banger's): kit-start.sh.
+$BB sh /run/banger/kit/start no-init || say "banger's guest kit did not start: no agent, no SSH server"
 
 while :; do
   # Keeps one child alive so that wait blocks; a trapped signal ends the wait.
