@@ -1,4 +1,4 @@
-import { VmSchema, VmState, type Vm } from "@banger/gen/banger/v1/resources_pb.js";
+import { AgentHealth, VmSchema, VmState, type Vm } from "@banger/gen/banger/v1/resources_pb.js";
 import { ListeningPortSchema, VmLogSource, VmService, VmStatsResponseSchema } from "@banger/gen/banger/v1/vm_pb.js";
 import type { Operation } from "@banger/gen/banger/v1/operation_pb.js";
 import { toJson } from "@bufbuild/protobuf";
@@ -121,6 +121,7 @@ export function registerVmCommands(program: Command, globals: () => GlobalOption
             `address:   ${found.guestIp} (${found.name}.vm)  mac ${found.mac}  vsock cid ${found.vsockCid}`,
             `size:      ${found.vcpu} vcpu, ${found.memoryMib} MiB memory, ${found.workDiskMib} MiB work disk`,
             `nat:       ${found.nat ? "on" : "off"}`,
+            ...(found.agentHealth === AgentHealth.UNSPECIFIED ? [] : [`agent:     ${agentWord(found)}`]),
             ...(found.pendingChanges.length > 0
               ? [`pending:   ${found.pendingChanges.join(", ")} (at next start)`]
               : []),
@@ -146,7 +147,13 @@ export function registerVmCommands(program: Command, globals: () => GlobalOption
       });
     });
   for (const [command, verb, description] of [
-    ["stop", "stopping", "shut a VM down (Ctrl-Alt-Del, then kill after the timeout); disks are kept"],
+    [
+      "stop",
+      "stopping",
+      "shut a VM down: the guest agent powers the guest off (guest-shutdown, else banger's poweroff), then the " +
+        "VMM's power button (QEMU) or Ctrl-Alt-Del (Firecracker), then SIGTERM and SIGKILL to the VMM once the " +
+        "timeout is spent; disks are kept",
+    ],
     ["restart", "restarting", "stop (if running) and start a VM, applying changes made with 'vm set'"],
   ] as const) {
     const sub = vm.command(command);
@@ -404,6 +411,28 @@ function printVms(vms: readonly Vm[], json: boolean): void {
     );
     return;
   }
-  const rows = vms.map((v) => [v.name, stateWord(v.state), v.image, v.guestIp, `${v.vcpu}`, `${v.memoryMib}`]);
-  process.stdout.write(renderTable(["NAME", "STATE", "IMAGE", "IP", "VCPU", "MEMORY"], rows));
+  const rows = vms.map((v) => [
+    v.name,
+    stateWord(v.state),
+    v.image,
+    v.guestIp,
+    `${v.vcpu}`,
+    `${v.memoryMib}`,
+    v.agentHealth === AgentHealth.UNSPECIFIED ? "-" : agentWord(v).split(" ")[0] ?? "",
+  ]);
+  process.stdout.write(renderTable(["NAME", "STATE", "IMAGE", "IP", "VCPU", "MEMORY", "AGENT"], rows));
+}
+
+/** The guest agent's health in words. */
+function agentWord(vm: Vm): string {
+  switch (vm.agentHealth) {
+    case AgentHealth.OK:
+      return `ok (qemu-ga ${vm.agentVersion})`;
+    case AgentHealth.UNREACHABLE:
+      return "unreachable (no answer in 1 s)";
+    case AgentHealth.NONE:
+      return "none (the kernel's initrd has no guest kit: banger kernel initramfs NAME)";
+    default:
+      return "-";
+  }
 }

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/v1/resources.proto.
  */
 export const file_banger_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("ChliYW5nZXIvdjEvcmVzb3VyY2VzLnByb3RvEgliYW5nZXIudjEizQMKAlZtEgwKBG5hbWUYASABKAkSCgoCaWQYAiABKAkSDQoFaW1hZ2UYAyABKAkSDgoGa2VybmVsGAQgASgJEiEKBXN0YXRlGAUgASgOMhIuYmFuZ2VyLnYxLlZtU3RhdGUSDAoEdmNwdRgGIAEoDRISCgptZW1vcnlfbWliGAcgASgNEhUKDXdvcmtfZGlza19taWIYCCABKAQSEAoIZ3Vlc3RfaXAYCSABKAkSCwoDbWFjGAogASgJEhEKCXZzb2NrX2NpZBgLIAEoDRILCgNuYXQYDCABKAgSHwoDdm1tGA0gASgOMhIuYmFuZ2VyLnYxLlZtbUtpbmQSNwoScm9vdF9kaXNrX3N0cmF0ZWd5GA4gASgOMhsuYmFuZ2VyLnYxLlJvb3REaXNrU3RyYXRlZ3kSCwoDcGlkGA8gASgFEi8KC2NyZWF0ZV90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGBIgASgJEhcKD3BlbmRpbmdfY2hhbmdlcxgTIAMoCSKsAgoFSW1hZ2USDAoEbmFtZRgBIAEoCRIRCglyZWZlcmVuY2UYAiABKAkSFwoPbWFuaWZlc3RfZGlnZXN0GAMgASgJEhAKCHBsYXRmb3JtGAQgASgJEhQKDHJvb3Rmc19ieXRlcxgFIAEoBBIXCg93b3JrX3NlZWRfYnl0ZXMYBiABKAQSFgoOZGVmYXVsdF9rZXJuZWwYByABKAkSJgoGc291cmNlGAggASgOMhYuYmFuZ2VyLnYxLkltYWdlU291cmNlEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd1c2VkX2J5GAogAygJEiYKBmNvbmZpZxgLIAEoCzIWLmJhbmdlci52MS5JbWFnZUNvbmZpZyJeCgtJbWFnZUNvbmZpZxISCgplbnRyeXBvaW50GAEgAygJEgsKA2NtZBgCIAMoCRILCgNlbnYYAyADKAkSDAoEdXNlchgEIAEoCRITCgt3b3JraW5nX2RpchgFIAEoCSLrAQoGS2VybmVsEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIVCg1rZXJuZWxfc2hhMjU2GAMgASgJEhQKDGtlcm5lbF9ieXRlcxgEIAEoBBIUCgx1bmNvbXByZXNzZWQYBSABKAgSFAoMaW5pdHJkX2J5dGVzGAYgASgEEhMKC2hhc19tb2R1bGVzGAcgASgIEhIKCmlzX2RlZmF1bHQYCCABKAgSLwoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3VzZWRfYnkYCiADKAkqwAEKB1ZtU3RhdGUSGAoUVk1fU1RBVEVfVU5TUEVDSUZJRUQQABIVChFWTV9TVEFURV9DUkVBVElORxABEhUKEVZNX1NUQVRFX1NUQVJUSU5HEAISFAoQVk1fU1RBVEVfUlVOTklORxADEhUKEVZNX1NUQVRFX1NUT1BQSU5HEAQSFAoQVk1fU1RBVEVfU1RPUFBFRBAFEhMKD1ZNX1NUQVRFX0ZBSUxFRBAGEhUKEVZNX1NUQVRFX0RFTEVUSU5HEAcqWAoHVm1tS2luZBIYChRWTU1fS0lORF9VTlNQRUNJRklFRBAAEhgKFFZNTV9LSU5EX0ZJUkVDUkFDS0VSEAESGQoVVk1NX0tJTkRfUUVNVV9NSUNST1ZNEAIqeAoQUm9vdERpc2tTdHJhdGVneRIiCh5ST09UX0RJU0tfU1RSQVRFR1lfVU5TUEVDSUZJRUQQABIiCh5ST09UX0RJU0tfU1RSQVRFR1lfRE1fU05BUFNIT1QQARIcChhST09UX0RJU0tfU1RSQVRFR1lfQ0xPTkUQAip8CgtJbWFnZVNvdXJjZRIcChhJTUFHRV9TT1VSQ0VfVU5TUEVDSUZJRUQQABIXChNJTUFHRV9TT1VSQ0VfUFVMTEVEEAESGwoXSU1BR0VfU09VUkNFX1JFR0lTVEVSRUQQAhIZChVJTUFHRV9TT1VSQ0VfUFJPTU9URUQQA2IGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChliYW5nZXIvdjEvcmVzb3VyY2VzLnByb3RvEgliYW5nZXIudjEikgQKAlZtEgwKBG5hbWUYASABKAkSCgoCaWQYAiABKAkSDQoFaW1hZ2UYAyABKAkSDgoGa2VybmVsGAQgASgJEiEKBXN0YXRlGAUgASgOMhIuYmFuZ2VyLnYxLlZtU3RhdGUSDAoEdmNwdRgGIAEoDRISCgptZW1vcnlfbWliGAcgASgNEhUKDXdvcmtfZGlza19taWIYCCABKAQSEAoIZ3Vlc3RfaXAYCSABKAkSCwoDbWFjGAogASgJEhEKCXZzb2NrX2NpZBgLIAEoDRILCgNuYXQYDCABKAgSHwoDdm1tGA0gASgOMhIuYmFuZ2VyLnYxLlZtbUtpbmQSNwoScm9vdF9kaXNrX3N0cmF0ZWd5GA4gASgOMhsuYmFuZ2VyLnYxLlJvb3REaXNrU3RyYXRlZ3kSCwoDcGlkGA8gASgFEi8KC2NyZWF0ZV90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGBIgASgJEhcKD3BlbmRpbmdfY2hhbmdlcxgTIAMoCRIsCgxhZ2VudF9oZWFsdGgYFCABKA4yFi5iYW5nZXIudjEuQWdlbnRIZWFsdGgSFQoNYWdlbnRfdmVyc2lvbhgVIAEoCSKsAgoFSW1hZ2USDAoEbmFtZRgBIAEoCRIRCglyZWZlcmVuY2UYAiABKAkSFwoPbWFuaWZlc3RfZGlnZXN0GAMgASgJEhAKCHBsYXRmb3JtGAQgASgJEhQKDHJvb3Rmc19ieXRlcxgFIAEoBBIXCg93b3JrX3NlZWRfYnl0ZXMYBiABKAQSFgoOZGVmYXVsdF9rZXJuZWwYByABKAkSJgoGc291cmNlGAggASgOMhYuYmFuZ2VyLnYxLkltYWdlU291cmNlEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd1c2VkX2J5GAogAygJEiYKBmNvbmZpZxgLIAEoCzIWLmJhbmdlci52MS5JbWFnZUNvbmZpZyJeCgtJbWFnZUNvbmZpZxISCgplbnRyeXBvaW50GAEgAygJEgsKA2NtZBgCIAMoCRILCgNlbnYYAyADKAkSDAoEdXNlchgEIAEoCRITCgt3b3JraW5nX2RpchgFIAEoCSLrAQoGS2VybmVsEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIVCg1rZXJuZWxfc2hhMjU2GAMgASgJEhQKDGtlcm5lbF9ieXRlcxgEIAEoBBIUCgx1bmNvbXByZXNzZWQYBSABKAgSFAoMaW5pdHJkX2J5dGVzGAYgASgEEhMKC2hhc19tb2R1bGVzGAcgASgIEhIKCmlzX2RlZmF1bHQYCCABKAgSLwoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3VzZWRfYnkYCiADKAkqdQoLQWdlbnRIZWFsdGgSHAoYQUdFTlRfSEVBTFRIX1VOU1BFQ0lGSUVEEAASEwoPQUdFTlRfSEVBTFRIX09LEAESHAoYQUdFTlRfSEVBTFRIX1VOUkVBQ0hBQkxFEAISFQoRQUdFTlRfSEVBTFRIX05PTkUQAyrAAQoHVm1TdGF0ZRIYChRWTV9TVEFURV9VTlNQRUNJRklFRBAAEhUKEVZNX1NUQVRFX0NSRUFUSU5HEAESFQoRVk1fU1RBVEVfU1RBUlRJTkcQAhIUChBWTV9TVEFURV9SVU5OSU5HEAMSFQoRVk1fU1RBVEVfU1RPUFBJTkcQBBIUChBWTV9TVEFURV9TVE9QUEVEEAUSEwoPVk1fU1RBVEVfRkFJTEVEEAYSFQoRVk1fU1RBVEVfREVMRVRJTkcQBypYCgdWbW1LaW5kEhgKFFZNTV9LSU5EX1VOU1BFQ0lGSUVEEAASGAoUVk1NX0tJTkRfRklSRUNSQUNLRVIQARIZChVWTU1fS0lORF9RRU1VX01JQ1JPVk0QAip4ChBSb290RGlza1N0cmF0ZWd5EiIKHlJPT1RfRElTS19TVFJBVEVHWV9VTlNQRUNJRklFRBAAEiIKHlJPT1RfRElTS19TVFJBVEVHWV9ETV9TTkFQU0hPVBABEhwKGFJPT1RfRElTS19TVFJBVEVHWV9DTE9ORRACKnwKC0ltYWdlU291cmNlEhwKGElNQUdFX1NPVVJDRV9VTlNQRUNJRklFRBAAEhcKE0lNQUdFX1NPVVJDRV9QVUxMRUQQARIbChdJTUFHRV9TT1VSQ0VfUkVHSVNURVJFRBACEhkKFUlNQUdFX1NPVVJDRV9QUk9NT1RFRBADYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * A microVM: what it is (durable, in the orchestrator's database) plus what is
@@ -161,6 +161,22 @@ export type Vm = Message<"banger.v1.Vm"> & {
    * @generated from field: repeated string pending_changes = 19;
    */
   pendingChanges: string[];
+
+  /**
+   * The guest agent (qemu-ga of banger's guest kit, over virtio-serial on
+   * QEMU or vsock on Firecracker), asked when this Vm was read: a running VM
+   * is pinged with a 1 s budget.
+   *
+   * @generated from field: banger.v1.AgentHealth agent_health = 20;
+   */
+  agentHealth: AgentHealth;
+
+  /**
+   * The agent's version (qemu-ga's, e.g. "7.2.22") when it answered.
+   *
+   * @generated from field: string agent_version = 21;
+   */
+  agentVersion: string;
 };
 
 /**
@@ -398,6 +414,49 @@ export const KernelSchema: GenMessage<Kernel> = /*@__PURE__*/
   messageDesc(file_banger_v1_resources, 3);
 
 /**
+ * Whether a VM's guest agent answers.
+ *
+ * @generated from enum banger.v1.AgentHealth
+ */
+export enum AgentHealth {
+  /**
+   * The VM is not running: nothing to ask.
+   *
+   * @generated from enum value: AGENT_HEALTH_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * It answered a ping.
+   *
+   * @generated from enum value: AGENT_HEALTH_OK = 1;
+   */
+  OK = 1,
+
+  /**
+   * The VM runs, but its agent did not answer in time (still booting, or
+   * stopped in the guest).
+   *
+   * @generated from enum value: AGENT_HEALTH_UNREACHABLE = 2;
+   */
+  UNREACHABLE = 2,
+
+  /**
+   * The VM's kernel has no guest kit: its initrd is not banger's, or was
+   * built before the kit (`banger kernel initramfs NAME` rebuilds it).
+   *
+   * @generated from enum value: AGENT_HEALTH_NONE = 3;
+   */
+  NONE = 3,
+}
+
+/**
+ * Describes the enum banger.v1.AgentHealth.
+ */
+export const AgentHealthSchema: GenEnum<AgentHealth> = /*@__PURE__*/
+  enumDesc(file_banger_v1_resources, 0);
+
+/**
  * Lifecycle state of a VM.
  *
  * @generated from enum banger.v1.VmState
@@ -465,7 +524,7 @@ export enum VmState {
  * Describes the enum banger.v1.VmState.
  */
 export const VmStateSchema: GenEnum<VmState> = /*@__PURE__*/
-  enumDesc(file_banger_v1_resources, 0);
+  enumDesc(file_banger_v1_resources, 1);
 
 /**
  * The virtual machine monitor that runs a VM.
@@ -499,7 +558,7 @@ export enum VmmKind {
  * Describes the enum banger.v1.VmmKind.
  */
 export const VmmKindSchema: GenEnum<VmmKind> = /*@__PURE__*/
-  enumDesc(file_banger_v1_resources, 1);
+  enumDesc(file_banger_v1_resources, 2);
 
 /**
  * How a VM's copy-on-write root disk is made.
@@ -534,7 +593,7 @@ export enum RootDiskStrategy {
  * Describes the enum banger.v1.RootDiskStrategy.
  */
 export const RootDiskStrategySchema: GenEnum<RootDiskStrategy> = /*@__PURE__*/
-  enumDesc(file_banger_v1_resources, 2);
+  enumDesc(file_banger_v1_resources, 3);
 
 /**
  * How an image came to exist.
@@ -575,5 +634,5 @@ export enum ImageSource {
  * Describes the enum banger.v1.ImageSource.
  */
 export const ImageSourceSchema: GenEnum<ImageSource> = /*@__PURE__*/
-  enumDesc(file_banger_v1_resources, 3);
+  enumDesc(file_banger_v1_resources, 4);
 

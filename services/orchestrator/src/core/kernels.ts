@@ -15,7 +15,7 @@
  * the lock, if the kernel is still the one it was built for, the old initrd is
  * moved aside, the new one renamed into place and the row's size updated.
  */
-import { constants, createReadStream } from "node:fs";
+import { constants, createReadStream, existsSync } from "node:fs";
 import { copyFile, cp, mkdir, open, readFile, readdir, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { createHash, randomBytes } from "node:crypto";
 import { basename, isAbsolute, join, relative, resolve, sep } from "node:path";
@@ -100,6 +100,8 @@ export interface KernelFiles {
   readonly initrd: string | null;
   /** The `lib/modules/<version>` tree. */
   readonly modules: string | null;
+  /** Whether its initrd is banger's with the guest kit (an agent to wait for and ask). */
+  readonly kit: boolean;
 }
 
 /** The files of `kernel`, stored in `dir`. */
@@ -108,11 +110,14 @@ export function kernelFiles(dir: string, kernel: KernelRecord): KernelFiles {
     kernel: join(dir, kernelFileName(kernel.uncompressed)),
     initrd: kernel.initrdBytes > 0 ? join(dir, INITRD_FILE) : null,
     modules: kernel.hasModules ? join(dir, MODULES_DIR) : null,
+    kit: kernel.initrdBytes > 0 && existsSync(join(dir, KIT_MARKER)),
   };
 }
 
 const KERNEL_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 const INITRD_FILE = "initrd";
+/** Beside an initrd banger built with its guest kit: what the kit holds (JSON). */
+const KIT_MARKER = "initrd.kit.json";
 const MODULES_DIR = "modules";
 /** A kernel release as `uname -r` prints it (at most 64 characters). */
 const VERSION = /^[A-Za-z0-9._+~-]{1,64}$/;
@@ -359,6 +364,9 @@ export function createKernelCatalog(deps: {
               };
               try {
                 await rename(join(staging, INITRD_FILE), target);
+                const marker = join(dir(kernel.name), KIT_MARKER);
+                if (built.kit.programs.length > 0) await writeFile(marker, `${JSON.stringify(built.kit)}\n`);
+                else await rm(marker, { force: true });
               } catch (error) {
                 return undoAfter(error, "put the old initrd back", putBack);
               }

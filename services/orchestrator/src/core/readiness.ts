@@ -13,7 +13,13 @@ import { withLogTail } from "./operations.js";
 import { predecessorOf } from "./vm-observe.js";
 
 /** Stages whose failure may be explained by the VM's own output. */
-export const VM_OUTPUT_STAGES: ReadonlySet<string> = new Set(["launch-vmm", "configure-vmm", "start-vmm", "wait-ssh"]);
+export const VM_OUTPUT_STAGES: ReadonlySet<string> = new Set([
+  "launch-vmm",
+  "configure-vmm",
+  "start-vmm",
+  "wait-agent",
+  "wait-ssh",
+]);
 
 /** Lines of each log kept with a failure: the console's, and the VMM's own. */
 export const CONSOLE_TAIL_LINES = 20;
@@ -149,7 +155,9 @@ export async function explainVmFailure(
     ...labelledTail(vmmLog, VMM_LOG_TAIL_LINES, "vmm"),
   ];
   if (tail.length > 0) withLogTail(error, tail.join("\n"));
-  const hint = consoleHint(console) ?? (stage === "wait-ssh" && console.trim() === "" ? SILENT_GUEST_HINT : undefined);
+  const hint =
+    consoleHint(console) ??
+    ((stage === "wait-ssh" || stage === "wait-agent") && console.trim() === "" ? SILENT_GUEST_HINT : undefined);
   // Only errors whose message is what the client sees (banger's own); a peer's ConnectError keeps its own.
   if (hint !== undefined && (error instanceof BangerError || !("rawMessage" in error))) {
     error.message = `${error.message}: ${hint}`;

@@ -53,6 +53,7 @@ import {
   type VmmDriver,
 } from "../vmm/drivers.js";
 import { chooseRootDiskStrategy, type RootDiskStrategy } from "./host-choices.js";
+import { createAgentClient, type AgentClient } from "../vmm/agent-client.js";
 import type { OperationContext, Operations } from "./operations.js";
 import { orderCapabilities, workDiskCapability, type Capability } from "./capabilities.js";
 import { createSerialLock } from "./serial-lock.js";
@@ -68,10 +69,16 @@ import {
 
 export type VmStateName = "creating" | "starting" | "running" | "stopping" | "stopped" | "failed" | "deleting";
 
-/** A VM as it is now: its row, its state and its VMM's pid (0 when none). */
+/** Whether a VM's guest agent answers: "" when it is not running. */
+export type AgentHealthName = "" | "ok" | "unreachable" | "none";
+
+/** A VM as it is now: its row, its state, its VMM's pid (0 when none) and its agent's health. */
 export interface VmView extends VmRecord {
   readonly state: VmStateName;
   readonly pid: number;
+  readonly agentHealth: AgentHealthName;
+  /** qemu-ga's version when it answered. */
+  readonly agentVersion: string;
 }
 
 export type { FirecrackerApi, QmpApi } from "../vmm/drivers.js";
@@ -150,6 +157,8 @@ interface Handles {
   readonly tap: string;
   readonly nat: boolean;
   readonly ready: boolean;
+  /** Whether the guest runs banger's guest kit (its kernel's initrd has it): an agent to wait for and ask. */
+  readonly agent?: boolean;
   /** dm-snapshot VMs: the root device and the loop devices under it (image, COW), released at stop. */
   readonly root?: RootAttachment;
 }
@@ -165,6 +174,12 @@ const DEFAULT_SSH_TIMEOUT_MS = 60_000;
 /** How often a stop asks the helper whether the VMM has exited. */
 const EXIT_POLL_MS = 100;
 const DEFAULT_STOP_TIMEOUT_MS = 30_000;
+/** How long a stop gives the guest after the agent's power-off (within the stop's timeout) before the power button. */
+const AGENT_STOP_MS = 10_000;
+/** How long list and show wait for an agent's answer. */
+const AGENT_HEALTH_MS = 1_000;
+/** The kit's power-off, run through the agent when guest-shutdown cannot (no /sbin/shutdown in the image). */
+const KIT_POWEROFF = ["/run/banger/busybox", ["sh", "/run/banger/kit/poweroff"]] as const;
 /** How long a VMM gets to exit after SIGTERM before SIGKILL. */
 const TERM_GRACE_MS = 3_000;
 const ROOT_DISK = "root.ext4";
@@ -302,12 +317,61 @@ export function createVmService(deps: {
   };
   const scopeOf = (op: OperationContext): CallScope => ({ signal: op.signal });
 
-  function view(vm: VmRecord): VmView {
+  function view(
+    vm: VmRecord,
+    agent: { health: AgentHealthName; version: string } = { health: "", version: "" },
+  ): VmView {
     const handle = handles.get(vm.id);
     const phase = phases.get(vm.id);
     const state: VmStateName =
       phase ?? (handle ? (handle.ready ? "running" : "starting") : vm.lastError ? "failed" : "stopped");
-    return { ...vm, state, pid: handle?.pid ?? 0 };
+    return { ...vm, state, pid: handle?.pid ?? 0, agentHealth: agent.health, agentVersion: agent.version };
+  }
+
+  /** One agent session at a time per VM (QEMU's port serves one client; others would queue behind it). */
+  const agentLocks = new Map<string, <T>(work: () => Promise<T>) => Promise<T>>();
+  function agentOf(vm: VmRecord, handle: Handles): AgentClient {
+    const client = createAgentClient(drivers[vm.vmm].agent(handle.controlSocket));
+    let lock = agentLocks.get(vm.id);
+    if (!lock) agentLocks.set(vm.id, (lock = createSerialLock()));
+    const serial = lock;
+    return {
+      ping: (ms) => serial(() => client.ping(ms)),
+      shutdown: (ms) => serial(() => client.shutdown(ms)),
+      exec: (path, args, ms) => serial(() => client.exec(path, args, ms)),
+    };
+  }
+
+  /** The VM with its agent's health, asked now (running VMs with the kit only). */
+  async function observe(vm: VmRecord): Promise<VmView> {
+    const handle = handles.get(vm.id);
+    if (!handle) return view(vm);
+    if (!handle.agent) return view(vm, { health: "none", version: "" });
+    try {
+      const { version } = await agentOf(vm, handle).ping(AGENT_HEALTH_MS);
+      return view(vm, { health: "ok", version });
+    } catch {
+      return view(vm, { health: "unreachable", version: "" });
+    }
+  }
+
+  /** Polls the agent until it answers: the guest's kit is up. */
+  async function waitForAgent(vm: VmRecord, handle: Handles, timeoutMs: number, signal: AbortSignal): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      signal.throwIfAborted();
+      try {
+        return (await agentOf(vm, handle).ping(Math.min(3_000, Math.max(500, deadline - Date.now())))).version;
+      } catch (error) {
+        if (Date.now() > deadline) {
+          throw new FailedPreconditionError(
+            `the guest agent did not answer in ${timeoutMs} ms (see 'banger vm logs ${vm.name}'): ${(error as Error).message}`,
+            { reason: "AGENT_NOT_READY", cause: error },
+          );
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
   }
 
   async function find(name: string): Promise<VmRecord> {
@@ -461,6 +525,7 @@ export function createVmService(deps: {
       tap,
       nat: false,
       ready: false,
+      agent: files.kit,
       ...(root ? { root } : {}),
     };
     await saveHandles(vm, handle);
@@ -471,11 +536,23 @@ export function createVmService(deps: {
       await op.track("wait-ssh", "running");
       await op.track("wait-ssh", "done", "skipped: not waiting for the guest");
     } else {
-      // Ends early when the VMM exits (a guest that panics or powers off): no point waiting out the timeout.
+      // Both waits end early when the VMM exits (a guest that panics or powers off): no point waiting out the timeout.
+      const vmmRuns = async () => (await host.vmmState(vm.id, launched.pid, launched.startTime, scope)).running;
+      // banger's guest kit: the agent answers (it starts before any SSH server).
+      if (handle.agent) {
+        await op.stage("wait-agent", async () => {
+          const version = await whileVmmRuns(
+            (signal) => waitForAgent(vm, handle, options.sshTimeoutMs ?? DEFAULT_SSH_TIMEOUT_MS, signal),
+            vmmRuns,
+            op.signal,
+          );
+          await op.track("wait-agent", "running", `qemu-ga ${version} answers`);
+        });
+      }
       await op.stage("wait-ssh", () =>
         whileVmmRuns(
           (signal) => guest.waitForSsh(vm.guestIp, options.sshTimeoutMs ?? DEFAULT_SSH_TIMEOUT_MS, signal),
-          async () => (await host.vmmState(vm.id, launched.pid, launched.startTime, scope)).running,
+          vmmRuns,
           op.signal,
         ),
       );
@@ -507,15 +584,38 @@ export function createVmService(deps: {
     if (handle) {
       const startTime = new Date(handle.startTime);
       let gone = false;
-      if (!options.force) {
-        // The guest shuts down (Ctrl-Alt-Del); then the VMM is asked to exit (SIGTERM); then it is killed.
+      const began = Date.now();
+      const timeoutMs = options.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS;
+      const left = () => Math.max(0, began + timeoutMs - Date.now());
+      let how = "SIGKILL";
+      if (!options.force && handle.agent) {
+        // The guest powers off through its agent: guest-shutdown (the image's /sbin/shutdown), else the kit's
+        // poweroff (asks PID 1 as its init expects).
         try {
+          const agent = agentOf(vm, handle);
+          how = "the agent's guest-shutdown";
+          await agent.shutdown(Math.min(1_000, left())).catch(async (error: unknown) => {
+            if (!(error instanceof FailedPreconditionError) || error.reason !== "AGENT_ERROR") throw error;
+            how = "the agent running the kit's poweroff";
+            await agent.exec(KIT_POWEROFF[0], KIT_POWEROFF[1], Math.max(500, Math.min(3_000, left())));
+          });
+          await waitForExit(handle, vm.id, Math.min(AGENT_STOP_MS, left()), scope);
+          gone = true;
+        } catch (error) {
+          logger.warn({ vm: vm.name, err: error }, "the guest agent did not stop the guest; pressing the power button");
+        }
+      }
+      if (!options.force && !gone) {
+        // The guest shuts down (Ctrl-Alt-Del, the power button); then the VMM is asked to exit (SIGTERM); then it is killed.
+        try {
+          how = "the power button";
           await drivers[vm.vmm].requestShutdown(handle.controlSocket);
-          await waitForExit(handle, vm.id, options.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS, scope);
+          await waitForExit(handle, vm.id, left(), scope);
           gone = true;
         } catch (error) {
           logger.warn({ vm: vm.name, err: error }, "the guest did not shut down in time; stopping the VMM");
           try {
+            how = "SIGTERM to the VMM";
             await host.signalVmm(vm.id, handle.pid, startTime, "term", scope);
             await waitForExit(handle, vm.id, TERM_GRACE_MS, scope);
             gone = true;
@@ -524,7 +624,11 @@ export function createVmService(deps: {
           }
         }
       }
-      if (!gone) await host.signalVmm(vm.id, handle.pid, startTime, "kill", scope);
+      if (!gone) {
+        how = "SIGKILL to the VMM";
+        await host.signalVmm(vm.id, handle.pid, startTime, "kill", scope);
+      }
+      logger.info({ vm: vm.name, stopped_by: how, duration_ms: Date.now() - began }, `VM stopped by ${how}`);
     }
     const current = (await getVmById(db, vm.id)) ?? vm;
     await eachCapability(true, (c) => c.cleanup?.(current, scope));
@@ -856,11 +960,11 @@ export function createVmService(deps: {
     },
 
     async list() {
-      return (await listVms(db)).map(view);
+      return Promise.all((await listVms(db)).map(observe));
     },
 
     async get(name) {
-      return view(await find(name));
+      return observe(await find(name));
     },
 
     poolSettled: async () => {
@@ -1118,5 +1222,7 @@ export function vmJson(vm: VmView): JsonObject {
     ...(vm.startedAt ? { startTime: vm.startedAt.toISOString() } : {}),
     lastError: vm.lastError ?? "",
     pendingChanges: Object.entries(vm.pendingChanges).map(([key, value]) => `${key}=${JSON.stringify(value)}`),
+    ...(vm.agentHealth === "" ? {} : { agentHealth: `AGENT_HEALTH_${vm.agentHealth.toUpperCase()}` }),
+    ...(vm.agentVersion === "" ? {} : { agentVersion: vm.agentVersion }),
   };
 }

@@ -9,6 +9,10 @@
  *   whole machine on its command line (KVM when the host has it, else TCG);
  *   configure-vmm is the QMP handshake and a check that the machine runs.
  *   QEMU has no vsock here (no vhost-vsock on the hosts it serves).
+ *
+ * Each also says how to reach the guest agent of banger's guest kit:
+ * Firecracker's hybrid vsock socket (`vsock.sock`, `CONNECT 1024`), QEMU's
+ * virtio-serial port socket (`agent.sock`, made by the helper's argv).
  */
 import { dirname, join } from "node:path";
 import { rm } from "node:fs/promises";
@@ -18,6 +22,8 @@ import type { CallScope } from "../core/call-scope.js";
 import type { HostPort, LaunchedVmm } from "../core/host.js";
 import type { FirecrackerClient } from "./firecracker-client.js";
 import type { QmpClient } from "./qmp-client.js";
+import { hybridVsockConnector, unixAgentConnector, type AgentConnector } from "./agent-client.js";
+import { AGENT_VSOCK_PORT } from "../guest/kit.js";
 
 /** The Firecracker API as the lifecycle uses it. */
 export type FirecrackerApi = Pick<
@@ -63,6 +69,8 @@ export interface VmmDriver {
   start(launched: LaunchedVmm): Promise<void>;
   /** Asks the guest to shut down (Ctrl-Alt-Del, the power button); the caller waits for the VMM to exit. */
   requestShutdown(controlSocket: string): Promise<void>;
+  /** How to reach the guest agent of a VMM with this control socket. */
+  agent(controlSocket: string): AgentConnector;
 }
 
 const SOCKET_WAIT_MS = 5_000;
@@ -92,6 +100,7 @@ export function firecrackerDriver(host: HostPort, api: (socketPath: string) => F
     },
     start: (launched) => api(launched.controlSocket).instanceStart(),
     requestShutdown: (controlSocket) => api(controlSocket).sendCtrlAltDel(),
+    agent: (controlSocket) => hybridVsockConnector(join(dirname(controlSocket), "vsock.sock"), AGENT_VSOCK_PORT),
   };
 }
 
@@ -135,5 +144,6 @@ export function qemuDriver(
     // QEMU runs the machine from its start: nothing to do.
     start: () => Promise.resolve(),
     requestShutdown: (controlSocket) => qmp(controlSocket).powerdown(),
+    agent: (controlSocket) => unixAgentConnector(join(dirname(controlSocket), "agent.sock")),
   };
 }
