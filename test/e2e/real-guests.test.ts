@@ -95,6 +95,8 @@ beforeAll(async () => {
     ["guest", ["--with-host-key"]],
     ["guest-init", ["--with-init"]],
     ["guest-broken", ["--broken-init"]],
+    // A static busybox alone: no SSH server, no init, no libc (banger's guest kit makes it reachable).
+    ["guest-bare", ["--without-ssh"]],
   ] as const) {
     execFileSync(process.execPath, [
       join(ROOT, "test/e2e/support/guest-image.mjs"),
@@ -137,6 +139,7 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
     await cli(["image", "pull", `${registry.host}/banger/guest:1`, "--name", "guest"]);
     await cli(["image", "pull", `${registry.host}/banger/guest-init:1`, "--name", "guest-init"]);
     await cli(["image", "pull", `${registry.host}/banger/guest-broken:1`, "--name", "guest-broken"]);
+    await cli(["image", "pull", `${registry.host}/banger/guest-bare:1`, "--name", "guest-bare"]);
     await cli(["kernel", "import", "debian", join(work, "kernel-pkg")]);
     await cli(["kernel", "initramfs", "debian"]);
   }, 300_000);
@@ -158,6 +161,7 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
 
   it("creates a VM with NAT that boots a real kernel and answers exec", async () => {
     const created = await cli(["vm", "create", "--name", "one", "--image", "guest", "--nat", "--ssh-timeout", "120"]);
+    expect(created.stderr).toMatch(/\n  wait-agent\s+done/);
     expect(created.stderr).toMatch(/\n  wait-ssh\s+done/);
     const uname = await cli(["vm", "exec", "one", "--", "uname", "-a"]);
     expect(uname.stdout).toMatch(new RegExp(`^Linux one ${kernelVersion?.replace(/\./g, "\\.") ?? ""} `));
@@ -266,9 +270,46 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
     expect(leftovers().qemu.length).toBe(1); // only one's QEMU is left
   }, 300_000);
 
-  it("a guest that ignores the power button is stopped with SIGTERM after the timeout", async () => {
-    // Without its acpid, banger's minimal init never hears QMP's power button.
-    await cli(["vm", "exec", "one", "--", "sh", "-c", "kill $(cat /run/banger/acpid.pid)"]);
+  it("an image with no SSH server, no init and no libc: banger's kit serves SSH and the agent; stop goes through the agent", async () => {
+    const stoppedBy = () =>
+      cluster
+        .service("orchestrator")
+        .logs.filter((l) => l["vm"] === "bare" && typeof l["stopped_by"] === "string")
+        .map((l) => l["stopped_by"]);
+    await cli(["vm", "create", "--name", "bare", "--image", "guest-bare", "--ssh-timeout", "120"]);
+    expect((await cli(["vm", "exec", "bare", "--", "cat", "/etc/os-release"])).stdout).toMatch(/banger guest image/);
+    // The SSH server is the kit's dropbear, running from the tmpfs on /run.
+    const server = await cli(["vm", "exec", "bare", "--", "sh", "-c", "readlink /proc/$PPID/exe"]);
+    expect(server.stdout).toBe("/run/banger/kit/bin/dropbear\n");
+    const shown = (JSON.parse((await cli(["vm", "show", "bare", "--json"])).stdout) as Record<string, unknown>[])[0];
+    expect(shown).toMatchObject({ agentHealth: "AGENT_HEALTH_OK", agentVersion: expect.stringMatching(/^\d+\.\d+/) });
+    expect((await cli(["vm", "list"])).stdout).toMatch(/\nbare .* ok\s*\n/);
+    // No /sbin/shutdown here: guest-shutdown fails, and the agent runs the kit's poweroff (SIGUSR2 to PID 1).
+    let t = Date.now();
+    await cli(["vm", "stop", "bare"]);
+    console.log(`e2e: bare stopped in ${((Date.now() - t) / 1000).toFixed(1)} s by ${String(stoppedBy()[0])}`);
+    expect(stoppedBy()).toEqual(["the agent running the kit's poweroff"]);
+    t = Date.now();
+    await cli(["vm", "start", "bare", "--ssh-timeout", "120"]);
+    console.log(`e2e: bare started again, exec-able in ${((Date.now() - t) / 1000).toFixed(1)} s`);
+    expect((await cli(["vm", "exec", "bare", "--", "cat", "/proc/1/cmdline"])).stdout.split("\0")[0]).toBe(
+      "/run/banger/busybox",
+    );
+    await cli(["vm", "delete", "bare"]);
+    expect(stoppedBy()).toHaveLength(2);
+  }, 300_000);
+
+  it("a guest that ignores its agent and the power button is stopped with SIGTERM after the timeout", async () => {
+    // With its agent stopped and without its acpid, banger's minimal init never hears the stop.
+    await cli([
+      "vm",
+      "exec",
+      "one",
+      "--",
+      "sh",
+      "-c",
+      "kill -STOP $(cat /run/banger/qemu-ga.pid); kill $(cat /run/banger/acpid.pid)",
+    ]);
     const t = Date.now();
     await cli(["vm", "stop", "one", "--timeout", "2"]);
     expect(Date.now() - t).toBeGreaterThanOrEqual(2000);

@@ -31,6 +31,11 @@
 //   InstanceStart logs `instance-start` and writes a `booting` line to stdout;
 //   SendCtrlAltDel logs `ctrl-alt-del`, and ~100 ms later `guest-shutdown`,
 //   and exits 0 as Firecracker does when the guest powers off.
+//   The vsock socket speaks the hybrid vsock handshake (`CONNECT 1024\n` →
+//   `OK <n>\n`) once the guest runs, then a fake guest agent: QGA's
+//   guest-sync-delimited, guest-ping, guest-info, guest-exec (logged), and
+//   guest-shutdown, which logs `agent-shutdown` and exits 0 ~100 ms later.
+//   Boot args `fake.agent=off` make the port refuse (a guest without the kit).
 // QEMU form: -M microvm,… -qmp unix:PATH,server=on,wait=off -serial stdio …
 //   Serves QMP on the socket (greeting, qmp_capabilities, query-status, quit).
 //   One line goes to stderr (the VMM log), one to stdout (the serial console).
@@ -408,6 +413,7 @@ function firecrackerApi(id, requestsPath) {
     drives: [],
     nets: [],
     vsock: undefined, // { config, server }
+    vsockConnections: 0,
   };
   const started = () => vm.state !== "Not started";
 
@@ -536,11 +542,27 @@ function firecrackerApi(id, requestsPath) {
         }
         vm.vsock = undefined;
       }
-      // Firecracker binds uds_path here, at configuration time; host-initiated
-      // connections (`CONNECT <port>`) find no guest behind it and are closed.
+      // Firecracker binds uds_path here, at configuration time. A host-initiated
+      // connection writes `CONNECT <port>\n`: before InstanceStart, or to a port
+      // no guest program listens on, it is closed; to the guest agent's port
+      // (1024, banger's guest kit) once the guest runs, the answer is
+      // `OK <host port>\n` and the stream is a fake qemu-ga (fakeGuestAgent),
+      // unless the boot args say `fake.agent=off`.
       const server = createNetServer((connection) => {
         connection.on("error", () => {});
-        connection.once("data", () => connection.destroy());
+        let handshake = "";
+        const onData = (chunk) => {
+          handshake += chunk.toString("latin1");
+          const newline = handshake.indexOf("\n");
+          if (newline < 0) return handshake.length > 64 ? connection.destroy() : undefined;
+          connection.off("data", onData);
+          const agentUp = started() && !/(^| )fake\.agent=off( |$)/.test(vm.bootSource?.boot_args ?? "");
+          if (handshake.slice(0, newline) !== "CONNECT 1024" || !agentUp) return connection.destroy();
+          log("vsock-connect", { port: 1024 });
+          connection.write(`OK ${1073741824 + vm.vsockConnections++}\n`);
+          fakeGuestAgent(connection, Buffer.from(handshake.slice(newline + 1), "latin1"));
+        };
+        connection.on("data", onData);
       });
       try {
         await listen(server, config.uds_path);
@@ -752,4 +774,54 @@ if (args.includes("--api-sock")) {
   panic(active);
 } else {
   fail("neither a Firecracker (--api-sock) nor a QEMU (-qmp) command line");
+}
+
+/**
+ * A fake qemu-ga on a connected stream: one JSON command a line (a 0xFF byte
+ * before guest-sync-delimited is skipped), one answer a line.
+ */
+function fakeGuestAgent(connection, first) {
+  let buffered = "";
+  const onData = (chunk) => {
+    buffered += chunk.toString("latin1").replace(/\xff/g, "");
+    let newline;
+    while ((newline = buffered.indexOf("\n")) >= 0) {
+      const line = buffered.slice(0, newline).trim();
+      buffered = buffered.slice(newline + 1);
+      if (line === "") continue;
+      let command;
+      try {
+        command = JSON.parse(line);
+      } catch {
+        connection.write(`${JSON.stringify({ error: { class: "GenericError", desc: "JSON parse error" } })}\n`);
+        continue;
+      }
+      const answer = (body) => connection.write(`${JSON.stringify(body)}\n`);
+      switch (command.execute) {
+        case "guest-sync-delimited":
+          connection.write(Buffer.from([0xff]));
+          answer({ return: command.arguments?.id });
+          break;
+        case "guest-ping":
+          answer({ return: {} });
+          break;
+        case "guest-info":
+          answer({ return: { version: "0.0.0-fake", supported_commands: [] } });
+          break;
+        case "guest-exec":
+          log("agent-exec", { path: command.arguments?.path, arg: command.arguments?.arg ?? [] });
+          answer({ return: { pid: 4242 } });
+          break;
+        case "guest-shutdown":
+          // As qemu-ga: no answer when the shutdown goes ahead; the guest powers off and the VMM exits.
+          log("agent-shutdown", { mode: command.arguments?.mode ?? "powerdown" });
+          setTimeout(() => process.exit(0), 100);
+          break;
+        default:
+          answer({ error: { class: "CommandNotFound", desc: `The command ${command.execute} has not been found` } });
+      }
+    }
+  };
+  connection.on("data", onData);
+  if (first.length > 0) onData(first);
 }

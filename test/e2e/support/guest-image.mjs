@@ -3,7 +3,8 @@
 // host, as an OCI image layout (one gzip'd tar layer, made reproducible with
 // tar's --sort/--mtime/--owner), optionally pushed to a registry with skopeo.
 //
-//   node test/e2e/support/guest-image.mjs --out DIR [--tag TAG] [--with-init | --broken-init] [--with-host-key] [--push HOST:PORT/REPO:TAG]
+//   node test/e2e/support/guest-image.mjs --out DIR [--tag TAG] [--with-init | --broken-init] [--with-host-key]
+//     [--without-ssh] [--push HOST:PORT/REPO:TAG]
 //
 // --with-host-key bakes a dropbear host key into the image (as images with an
 // SSH server installed often do): each VM must get its own instead.
@@ -12,6 +13,8 @@
 // starts dropbear and acpid (power button -> poweroff), like a small distro.
 // With --broken-init, /sbin/init is a script that exits at once: the guest's
 // kernel panics ("Attempted to kill init!") and, with panic=1, reboots.
+// --without-ssh leaves dropbear (and git, and so every shared library) out: a
+// static busybox alone, which banger's guest kit must make reachable.
 // The root filesystem tree is left in DIR/rootfs as well.
 //
 // Needs: /bin/busybox (busybox-static), /usr/sbin/dropbear (dropbear-bin), tar, ldd; /usr/bin/git is added when present;
@@ -30,12 +33,13 @@ const { values: args } = parseArgs({
     "with-init": { type: "boolean", default: false },
     "with-host-key": { type: "boolean", default: false },
     "broken-init": { type: "boolean", default: false },
+    "without-ssh": { type: "boolean", default: false },
     push: { type: "string" },
   },
 });
 if (!args.out) {
   process.stderr.write(
-    "usage: guest-image.mjs --out DIR [--tag TAG] [--with-init] [--with-host-key] [--push HOST:PORT/REPO:TAG]\n",
+    "usage: guest-image.mjs --out DIR [--tag TAG] [--with-init | --broken-init] [--with-host-key] [--without-ssh] [--push HOST:PORT/REPO:TAG]\n",
   );
   process.exit(2);
 }
@@ -78,7 +82,7 @@ for (const applet of applets) {
 
 // dropbear (and git, when the host has it: the workspace steps use it in the guest) and the shared
 // libraries they need, at the paths ldd names.
-for (const binary of ["/usr/sbin/dropbear", "/usr/bin/dropbearkey", "/usr/bin/git"]) {
+for (const binary of args["without-ssh"] ? [] : ["/usr/sbin/dropbear", "/usr/bin/dropbearkey", "/usr/bin/git"]) {
   if (binary === "/usr/bin/git" && !existsSync(binary)) continue;
   copy(binary, binary.slice(1));
   for (const line of execFileSync("ldd", [binary], { encoding: "utf8" }).split("\n")) {

@@ -418,7 +418,7 @@ function printVms(vms: readonly Vm[], json: boolean): void {
     v.guestIp,
     `${v.vcpu}`,
     `${v.memoryMib}`,
-    v.agentHealth === AgentHealth.UNSPECIFIED ? "-" : agentWord(v).split(" ")[0] ?? "",
+    v.agentHealth === AgentHealth.UNSPECIFIED ? "-" : (agentWord(v).split(" ")[0] ?? ""),
   ]);
   process.stdout.write(renderTable(["NAME", "STATE", "IMAGE", "IP", "VCPU", "MEMORY", "AGENT"], rows));
 }

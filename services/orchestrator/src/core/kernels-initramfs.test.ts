@@ -128,7 +128,10 @@ describe("BuildInitramfs", () => {
     expect(entries.get("lib/modules/banger/order")).toBe("virtio\nvirtio_mmio\nvirtio_blk\nvirtio_net\next4\n");
     expect(entries.get("lib/modules/banger/ext4.ko")).toBe("kernel/fs/ext4/ext4.ko bytes");
     expect(entries.get("init")).toMatch(/^#!\/bin\/busybox sh\n# banger's initramfs \/init/);
-    expect((await readdir(kernels.dir("debian"))).sort()).toEqual(["initrd", "modules", "vmlinux"]);
+    // The guest kit is in it, and said beside it: its VMs have an agent to wait for.
+    expect(entries.has("banger/kit/bin/qemu-ga")).toBe(true);
+    expect((await readdir(kernels.dir("debian"))).sort()).toEqual(["initrd", "initrd.kit.json", "modules", "vmlinux"]);
+    expect(kernelFiles(kernels.dir("debian"), kernel).kit).toBe(true);
     expect(await staging()).toEqual([]);
   });
 

@@ -11,6 +11,9 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DeadlineExceededError, FailedPreconditionError, UnavailableError } from "@banger/common";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { HostPort } from "../core/host.js";
+import { createAgentClient } from "./agent-client.js";
+import { firecrackerDriver } from "./drivers.js";
 import { createFirecrackerClient, type FirecrackerClient } from "./firecracker-client.js";
 
 const FAKE_VMM = fileURLToPath(new URL("../../../privileged/test-fixtures/fake-vmm.mjs", import.meta.url));
@@ -192,6 +195,35 @@ describe("configuring and starting a VM", () => {
       body: { action_type: "SendCtrlAltDel" },
     });
     expect(readFileSync(join(fake.dir, "vmm.log"), "utf8")).toMatch(/ctrl-alt-del[\s\S]*guest-shutdown/);
+  });
+});
+
+describe("the guest agent over Firecracker's hybrid vsock", () => {
+  const agentOf = (socket: string) =>
+    createAgentClient(firecrackerDriver({} as HostPort, (path) => createFirecrackerClient(path)).agent(socket));
+
+  it("answers once the guest runs (CONNECT 1024), and guest-shutdown powers the guest off", async () => {
+    const { fake, client } = await startedFake();
+    const files = guestFiles(fake.dir);
+    await client.putBootSource({ kernelImagePath: files.kernel, bootArgs: "console=ttyS0" });
+    await client.putVsock({ guestCid: 3, udsPath: join(fake.dir, "vsock.sock") });
+    // Before the guest runs, nothing listens behind the port: the connection is closed.
+    await expect(agentOf(fake.socket).ping(2_000)).rejects.toMatchObject({ reason: "AGENT_UNREACHABLE" });
+    await client.instanceStart();
+    expect(await agentOf(fake.socket).ping(2_000)).toEqual({ version: "0.0.0-fake" });
+    expect(await agentOf(fake.socket).exec("/run/banger/busybox", ["true"], 2_000)).toBe(4242);
+    await agentOf(fake.socket).shutdown(500);
+    expect(await fake.exited).toEqual({ code: 0, signal: null });
+    const log = readFileSync(join(fake.dir, "vmm.log"), "utf8");
+    expect(log).toMatch(/vsock-connect \{"port":1024\}[\s\S]*agent-exec[\s\S]*agent-shutdown \{"mode":"powerdown"\}/);
+  });
+
+  it("a guest without the kit (fake.agent=off) never answers", async () => {
+    const { fake, client } = await startedFake();
+    await client.putBootSource({ kernelImagePath: guestFiles(fake.dir).kernel, bootArgs: "fake.agent=off" });
+    await client.putVsock({ guestCid: 3, udsPath: join(fake.dir, "vsock.sock") });
+    await client.instanceStart();
+    await expect(agentOf(fake.socket).ping(2_000)).rejects.toMatchObject({ reason: "AGENT_UNREACHABLE" });
   });
 });
 
