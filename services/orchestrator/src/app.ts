@@ -208,7 +208,7 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       configDir: defaultConfigDir(process.env, home),
       configuredKeyPath: config.config.ssh.privateKey,
     }),
-    catalog: storeCatalog(config.db),
+    catalog: storeCatalog(config.db, (name) => kernels.dir(name)),
     // The lifecycle makes the work disk's capability itself; its checks need none of its state.
     capabilities: [{ name: "work-disk", dependsOn: [], doctorChecks: workDiskDoctorChecks }, ...capabilities],
   });

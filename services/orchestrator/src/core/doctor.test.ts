@@ -91,6 +91,7 @@ const catalog = (over: Partial<DoctorCatalog> = {}): DoctorCatalog => ({
   image: (name) => Promise.resolve(name === "debian" ? { defaultKernel: null } : undefined),
   kernelExists: (name) => Promise.resolve(name === "debian-6.1"),
   defaultKernel: () => Promise.resolve("debian-6.1"),
+  kernelHasKit: () => Promise.resolve(true),
   ...over,
 });
 
@@ -144,6 +145,7 @@ const ORDER = [
   "bridge",
   "default-image",
   "default-kernel",
+  "guest-kit",
   "ssh-key",
   "state-dir-space",
   "work-disk/work-disk-tools",
@@ -194,6 +196,9 @@ describe("doctor", () => {
     expect(summary(report, "service-privileged").detail).toBe("0.1.0, pid 42, uid 0, on /run/banger/privileged.sock");
     expect(summary(report, "service-versions").detail).toBe("all run 0.1.0, as this client does");
     expect(summary(report, "default-kernel").detail).toBe("debian-6.1 (the host default kernel)");
+    expect(summary(report, "guest-kit").detail).toBe(
+      "qemu-ga and dropbear at /usr/sbin/qemu-ga and /usr/sbin/dropbear; kernel debian-6.1's initrd has the kit",
+    );
     expect(summary(report, "default-image").detail).toBe("debian is local");
     expect(summary(report, "bridge").detail).toBe("bgr0 (172.30.0.1/24) is made when the first VM starts");
     expect(summary(report, "state-dir-space").detail).toBe("40.0 GiB free of 100.0 GiB in /var/lib/banger");
@@ -535,6 +540,24 @@ describe("doctor", () => {
       status: "fail",
       detail: "resize2fs not found in /usr/sbin:/usr/bin:/sbin:/bin: work disks cannot be made or grown",
     });
+  });
+
+  it("fails the guest kit without its programs or patchelf, and warns when the default kernel's initrd lacks it", async () => {
+    const without = await run(
+      deps({
+        probes: {
+          ...healthyProbes(),
+          findTool: (tool) => Promise.resolve(["qemu-ga", "patchelf"].includes(tool) ? undefined : `/sbin/${tool}`),
+        },
+      }),
+    );
+    expect(summary(without, "guest-kit")).toEqual({
+      status: "fail",
+      detail: "qemu-ga, patchelf not found: 'banger kernel initramfs' cannot build the guest kit (agent, SSH server)",
+      hint: "sudo apt-get install qemu-guest-agent patchelf",
+    });
+    const old = await run(deps({ catalog: catalog({ kernelHasKit: () => Promise.resolve(false) }) }));
+    expect(summary(old, "guest-kit")).toMatchObject({ status: "warn", hint: "banger kernel initramfs debian-6.1" });
   });
 
   it("warns about NAT without IP forwarding or nftables, and fails it when every VM wants NAT", async () => {

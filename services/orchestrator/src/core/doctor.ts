@@ -26,7 +26,7 @@ import {
 import { chooseRootDiskStrategy, chooseVmm } from "./host-choices.js";
 import type { HostFeatures } from "./host.js";
 import { CATALOG } from "./images.js";
-import { compareVersions } from "./kernels.js";
+import { compareVersions, kernelFiles } from "./kernels.js";
 import type { PeerProbe, ServiceHealth, ServiceIdentity, ServiceRole } from "./status.js";
 import { parseBridgeAddress } from "./vm-addresses.js";
 
@@ -88,14 +88,24 @@ export interface DoctorCatalog {
   kernelExists(name: string): Promise<boolean>;
   /** The host default kernel's name, or undefined when no kernel is imported. */
   defaultKernel(): Promise<string | undefined>;
+  /** Whether a kernel's initrd is banger's with the guest kit (agent and SSH server); undefined: not known. */
+  kernelHasKit?(name: string): Promise<boolean>;
 }
 
 /** The catalog as the store holds it. */
-export function storeCatalog(db: Kysely<Database>): DoctorCatalog {
+export function storeCatalog(db: Kysely<Database>, kernelDir?: (name: string) => string): DoctorCatalog {
   return {
     image: (name) => getImage(db, name),
     kernelExists: async (name) => (await getKernel(db, name)) !== undefined,
     defaultKernel: async () => (await getDefaultKernel(db))?.name,
+    ...(kernelDir
+      ? {
+          kernelHasKit: async (name: string) => {
+            const kernel = await getKernel(db, name);
+            return kernel !== undefined && kernelFiles(kernelDir(name), kernel).kit;
+          },
+        }
+      : {}),
   };
 }
 
@@ -144,6 +154,14 @@ const CORE_TOOLS = [
   { tool: "mkfs.ext4", check: "mkfs-ext4", without: "images and work disks cannot be made" },
   { tool: "debugfs", check: "debugfs", without: "image ownership and guest files cannot be written" },
   { tool: "e2fsck", check: "e2fsck", without: "disks cannot be checked" },
+] as const;
+/** What `banger kernel initramfs` makes banger's guest kit from (guest/kit.ts): programs, and the tools that bundle them. */
+const KIT_TOOLS = [
+  { tool: "qemu-ga", pkg: "qemu-guest-agent" },
+  { tool: "dropbear", pkg: "dropbear-bin" },
+  { tool: "dropbearkey", pkg: "dropbear-bin" },
+  { tool: "patchelf", pkg: "patchelf" },
+  { tool: "ldd", pkg: "libc-bin" },
 ] as const;
 const MIN_FIRECRACKER = "1.8.0";
 const GIB = 1024 ** 3;
@@ -225,7 +243,7 @@ export function createDoctor(deps: DoctorDeps): Doctor {
         signal,
         timeoutMs: Math.min(scope.timeoutMs ?? timeoutMs, timeoutMs),
       });
-      const toolNames = [...CORE_TOOLS.map((t) => t.tool), ...CAPABILITY_TOOLS];
+      const toolNames = [...CORE_TOOLS.map((t) => t.tool), ...KIT_TOOLS.map((t) => t.tool), ...CAPABILITY_TOOLS];
       const imageName = config.defaultImage;
       const [peers, features, kvm, version, tools, ipForwarding, lowPorts, addresses, space, sshKey, image, kernel] =
         await Promise.all([
@@ -284,6 +302,7 @@ export function createDoctor(deps: DoctorDeps): Doctor {
         bridgeCheck(addresses, config.network, configPath),
         defaultImageCheck(image, imageName, configPath),
         defaultKernelCheck(kernel),
+        guestKitCheck(toolPaths, kernel),
         sshKeyCheck(sshKey, configPath),
         spaceCheck(space, deps.stateDir),
       ];
@@ -339,7 +358,7 @@ function settledValue<T>(settled: Settled<T> | undefined): T | undefined {
 async function resolveDefaultKernel(
   deps: DoctorDeps,
   imageName: string,
-): Promise<{ name: string; source: string; exists: boolean } | undefined> {
+): Promise<{ name: string; source: string; exists: boolean; hasKit: boolean | undefined } | undefined> {
   const local = await deps.catalog.image(imageName);
   const catalogKernel = CATALOG.find((entry) => entry.name === imageName)?.defaultKernel ?? "";
   let name: string | undefined;
@@ -349,7 +368,8 @@ async function resolveDefaultKernel(
   else if (deps.config.defaultKernel) [name, source] = [deps.config.defaultKernel, "default_kernel in config"];
   else [name, source] = [await deps.catalog.defaultKernel(), "the host default kernel"];
   if (name === undefined) return undefined;
-  return { name, source, exists: await deps.catalog.kernelExists(name) };
+  const exists = await deps.catalog.kernelExists(name);
+  return { name, source, exists, hasKit: exists ? await deps.catalog.kernelHasKit?.(name) : undefined };
 }
 
 function kvmCheck(kvm: Settled<KvmAccess>, vmm: VmmDriver): DoctorCheck {
@@ -659,6 +679,40 @@ function defaultKernelCheck(
     );
   }
   return check("default-kernel", "ok", `${kernel.name} (${kernel.source})`);
+}
+
+/**
+ * The host side of banger's guest kit: the programs and tools `banger kernel initramfs` bundles it from, and
+ * whether the default kernel's initrd has it (without it, guests have no agent, and images without an SSH
+ * server cannot be reached).
+ */
+function guestKitCheck(
+  toolPaths: ReadonlyMap<string, string | undefined>,
+  found: Settled<{ name: string; exists: boolean; hasKit?: boolean | undefined } | undefined>,
+): DoctorCheck {
+  const missing = KIT_TOOLS.filter(({ tool }) => toolPaths.get(tool) === undefined);
+  if (missing.length > 0) {
+    return check(
+      "guest-kit",
+      "fail",
+      `${missing.map((m) => m.tool).join(", ")} not found: 'banger kernel initramfs' cannot build the guest kit (agent, SSH server)`,
+      `sudo apt-get install ${[...new Set(missing.map((m) => m.pkg))].join(" ")}`,
+    );
+  }
+  const kernel = found.ok ? found.value : undefined;
+  if (kernel?.exists && kernel.hasKit === false) {
+    return check(
+      "guest-kit",
+      "warn",
+      `kernel ${kernel.name}'s initrd has no guest kit: its guests have no agent (no health, no graceful stop through it) and images without an SSH server cannot be reached`,
+      `banger kernel initramfs ${kernel.name}`,
+    );
+  }
+  return check(
+    "guest-kit",
+    "ok",
+    `qemu-ga and dropbear at ${toolPaths.get("qemu-ga")} and ${toolPaths.get("dropbear")}${kernel?.hasKit ? `; kernel ${kernel.name}'s initrd has the kit` : ""}`,
+  );
 }
 
 function sshKeyCheck(found: Settled<SshKeyState>, configPath: string): DoctorCheck {
