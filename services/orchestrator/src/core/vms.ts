@@ -337,7 +337,7 @@ export function createVmService(deps: {
     const serial = lock;
     return {
       ping: (ms) => serial(() => client.ping(ms)),
-      shutdown: (ms) => serial(() => client.shutdown(ms)),
+      shutdown: (answerMs, timeoutMs) => serial(() => client.shutdown(answerMs, timeoutMs)),
       exec: (path, args, ms) => serial(() => client.exec(path, args, ms)),
     };
   }
@@ -594,11 +594,13 @@ export function createVmService(deps: {
         try {
           const agent = agentOf(vm, handle);
           how = "the agent's guest-shutdown";
-          await agent.shutdown(Math.min(1_000, left())).catch(async (error: unknown) => {
-            if (!(error instanceof FailedPreconditionError) || error.reason !== "AGENT_ERROR") throw error;
-            how = "the agent running the kit's poweroff";
-            await agent.exec(KIT_POWEROFF[0], KIT_POWEROFF[1], Math.max(500, Math.min(3_000, left())));
-          });
+          await agent
+            .shutdown(Math.min(1_000, left()), Math.max(500, Math.min(5_000, left())))
+            .catch(async (error: unknown) => {
+              if (!(error instanceof FailedPreconditionError) || error.reason !== "AGENT_ERROR") throw error;
+              how = "the agent running the kit's poweroff";
+              await agent.exec(KIT_POWEROFF[0], KIT_POWEROFF[1], Math.max(500, Math.min(3_000, left())));
+            });
           await waitForExit(handle, vm.id, Math.min(AGENT_STOP_MS, left()), scope);
           gone = true;
         } catch (error) {

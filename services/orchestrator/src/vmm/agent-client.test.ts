@@ -1,10 +1,10 @@
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { createServer, type Server } from "node:net";
+import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { createAgentClient, hybridVsockConnector, unixAgentConnector } from "./agent-client.js";
+import { MAX_ANSWER_BYTES, createAgentClient, hybridVsockConnector, unixAgentConnector } from "./agent-client.js";
 
 const QEMU_GA = "/usr/sbin/qemu-ga";
 const haveQemuGa = existsSync(QEMU_GA);
@@ -25,7 +25,7 @@ async function waitFor(path: string): Promise<void> {
 
 /** A fake agent: answers the sync (0xFF first), guest-ping and guest-info; `extra` answers the rest. */
 function fakeAgent(extra: (command: { execute: string }) => object | undefined = () => undefined) {
-  return (connection: import("node:net").Socket) => {
+  return (connection: Socket) => {
     connection.on("error", () => {});
     let buffered = "";
     connection.on("data", (chunk) => {
@@ -91,6 +91,21 @@ describe("the guest agent client", () => {
       reason: "AGENT_UNREACHABLE",
     });
     expect(ports).toEqual(["CONNECT 1024\n", "CONNECT 1024\n", "CONNECT 52\n"]);
+  });
+
+  it("holds at most MAX_ANSWER_BYTES of one answer from a guest that never ends its line", async () => {
+    const socket = join(dir, "flood.sock");
+    const server = createServer(
+      fakeAgent((command) => {
+        if (command.execute !== "guest-exec") return undefined;
+        return { return: { pid: 1, padding: "x".repeat(MAX_ANSWER_BYTES + 1) } };
+      }),
+    );
+    await new Promise<void>((resolve) => server.listen(socket, resolve));
+    cleanups.push(() => server.close());
+    await expect(createAgentClient(unixAgentConnector(socket)).exec("/bin/true", [], 5_000)).rejects.toMatchObject({
+      reason: "AGENT_ANSWER_TOO_LARGE",
+    });
   });
 
   it("takes no answer to guest-shutdown as accepted; an agent that never answers the sync times out", async () => {

@@ -16,11 +16,18 @@
  * Errors: an `error` answer is a FailedPreconditionError `AGENT_ERROR` with
  * the agent's words; a socket that is missing, refuses, or a vsock port no
  * one listens on is an UnavailableError `AGENT_UNREACHABLE`; no answer in
- * time is a DeadlineExceededError `AGENT_TIMEOUT`.
+ * time is a DeadlineExceededError `AGENT_TIMEOUT`; an answer over
+ * `MAX_ANSWER_BYTES` (the guest is not trusted) is a ResourceExhaustedError
+ * `AGENT_ANSWER_TOO_LARGE`.
  */
 import { randomInt } from "node:crypto";
 import { connect, type Socket } from "node:net";
-import { DeadlineExceededError, FailedPreconditionError, UnavailableError } from "@banger/common";
+import {
+  DeadlineExceededError,
+  FailedPreconditionError,
+  ResourceExhaustedError,
+  UnavailableError,
+} from "@banger/common";
 
 /** Opens a byte stream to the agent. */
 export type AgentConnector = (signal: AbortSignal) => Promise<Socket>;
@@ -36,9 +43,9 @@ export interface AgentClient {
   /**
    * guest-shutdown (powerdown): qemu-ga runs the image's /sbin/shutdown and
    * sends no answer when that works; an error answer (no /sbin/shutdown, or it
-   * failed) within `answerMs` is thrown.
+   * failed) within `answerMs` is thrown; the whole call (sync included) takes at most `timeoutMs`.
    */
-  shutdown(answerMs: number): Promise<void>;
+  shutdown(answerMs: number, timeoutMs?: number): Promise<void>;
   /** guest-exec of `path` with `args` (not waited for); resolves with its pid in the guest. */
   exec(path: string, args: readonly string[], timeoutMs: number): Promise<number>;
 }
@@ -83,6 +90,8 @@ export function createAgentClient(connector: AgentConnector): AgentClient {
       const deadline = AbortSignal.any([signal, AbortSignal.timeout(ms)]);
       for (;;) {
         const newline = buffered.indexOf(0x0a);
+        // The guest writes this: what it may make the host hold is bounded.
+        if (newline > MAX_ANSWER_BYTES || (newline < 0 && buffered.length > MAX_ANSWER_BYTES)) throw tooLarge();
         if (newline >= 0) {
           const line = buffered.subarray(0, newline).toString("utf8").trim();
           buffered = buffered.subarray(newline + 1);
@@ -111,6 +120,7 @@ export function createAgentClient(connector: AgentConnector): AgentClient {
           buffered = buffered.subarray(marker + 1);
           break;
         }
+        buffered = buffered.length > MAX_ANSWER_BYTES ? Buffer.alloc(0) : buffered;
         buffered = Buffer.concat([buffered, await readChunk(socket, signal)]);
       }
       for (;;) {
@@ -141,8 +151,8 @@ export function createAgentClient(connector: AgentConnector): AgentClient {
         const info = (await call({ execute: "guest-info" })) as { version?: string } | undefined;
         return { version: info?.version ?? "" };
       }),
-    shutdown: (answerMs) =>
-      session(answerMs + 5_000, async (call) => {
+    shutdown: (answerMs, timeoutMs = answerMs + 5_000) =>
+      session(timeoutMs, async (call) => {
         try {
           await call({ execute: "guest-shutdown", arguments: { mode: "powerdown" } }, answerMs);
         } catch (error) {
@@ -225,6 +235,15 @@ async function readUntil(socket: Socket, byte: number, signal: AbortSignal): Pro
     }
     buffered = Buffer.concat([buffered, await readChunk(socket, signal)]);
   }
+}
+
+/** The most of one answer (or of what precedes the sync's marker) held from a guest: qemu-ga's are a few KiB. */
+export const MAX_ANSWER_BYTES = 1024 * 1024;
+
+function tooLarge(): ResourceExhaustedError {
+  return new ResourceExhaustedError(`the guest agent sent an answer over ${MAX_ANSWER_BYTES} bytes`, {
+    reason: "AGENT_ANSWER_TOO_LARGE",
+  });
 }
 
 function timeoutError(what: string): DeadlineExceededError {

@@ -578,6 +578,23 @@ describe("a QEMU microvm VMM", () => {
   });
 });
 
+describe("the proof that a QEMU is a VM's", () => {
+  it("refuses a QEMU whose agent chardev is not the one derived from its VM id", async () => {
+    const vmId = "qm3";
+    mkdirSync(`${runtimeDir}/vms/${vmId}`, { recursive: true, mode: 0o700 });
+    const argv = qemuArgv(config, vmId, machine(vmId), 2_500_000);
+    const at = argv.indexOf("-chardev") + 1;
+    argv[at] = (argv[at] ?? "").replace(`/vms/${vmId}/`, "/vms/other/");
+    const [bin, ...args] = argv;
+    const impostor = spawn(bin ?? "", args, { stdio: "ignore" });
+    started.push(impostor.pid ?? 0);
+    await sleep(1_000); // time to start: it must still never be listed
+    expect((await ops.list()).some((p) => p.vmId === vmId || p.pid === impostor.pid)).toBe(false);
+    impostor.kill("SIGKILL");
+    await waitGone(impostor.pid ?? 0);
+  });
+});
+
 describe("a launch that cannot go through", () => {
   it("a VMM binary that is not there: FAILED_PRECONDITION VMM_BINARY_UNUSABLE", async () => {
     const missing = createVmmOps({ config: { ...config, firecrackerBin: "/nonexistent/firecracker" } });

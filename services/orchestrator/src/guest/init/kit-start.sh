@@ -50,7 +50,7 @@ agent() {
     while [ $i -lt 100 ]; do
       for dir in /sys/class/virtio-ports/*; do
         if [ "$($BB cat "$dir/name" 2>/dev/null)" = org.qemu.guest_agent.0 ]; then
-          exec "$KIT/bin/qemu-ga" -m virtio-serial -p "/dev/${dir##*/}" -f /run/banger/qemu-ga.pid -t /run/banger
+          exec "$KIT/bin/qemu-ga" -m virtio-serial -p "/dev/${dir##*/}" -t /run/banger
         fi
       done
       i=$((i + 1))
@@ -61,7 +61,7 @@ agent() {
   fi
   if [ -e /dev/vsock ]; then
     # 4294967295: VMADDR_CID_ANY.
-    exec "$KIT/bin/qemu-ga" -m vsock-listen -p 4294967295:1024 -f /run/banger/qemu-ga.pid -t /run/banger
+    exec "$KIT/bin/qemu-ga" -m vsock-listen -p 4294967295:1024 -t /run/banger
   fi
   say "neither a virtio-serial port nor vsock: the agent cannot serve"
   $BB sleep 60
