@@ -457,9 +457,12 @@ describe.skipIf(missing.length > 0)("banger system against a live systemd (syste
   vmIt(
     "stops and deletes the VM, leaving no QEMU, tap, NAT rule, loop device or VM file",
     async () => {
-      // Without its acpid the guest never hears the power button: the helper must SIGTERM QEMU (the owner's
-      // process) after the timeout, from inside its unit.
-      await banger(["vm", "exec", "one", "--", "sh", "-c", "kill $(cat /run/banger/acpid.pid)"], OWNER);
+      // With its agent stopped (SIGSTOP) and without its acpid the guest never hears the stop: the helper must
+      // SIGTERM QEMU (the owner's process) after the timeout, from inside its unit.
+      await banger(
+        ["vm", "exec", "one", "--", "sh", "-c", "kill -STOP $(pidof qemu-ga) && kill $(cat /run/banger/acpid.pid)"],
+        OWNER,
+      );
       const stopped = await banger(["vm", "stop", "one", "--timeout", "2"], OWNER);
       expect(stopped.code, stopped.stderr).toBe(0);
       const journal = await sh(["journalctl", "--no-pager", "-o", "cat", "--unit=bangerd.service"]);
