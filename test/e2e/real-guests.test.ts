@@ -151,7 +151,7 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
     // The console's end (a panic's call trace may push its first line out of the 20 kept).
     expect(result.stderr).toMatch(/\nthe VM's last output \(console and VMM log\):\n(  console: .*\n){20}/);
     expect(result.stderr).toMatch(
-      /banger: failed at wait-ssh: the VMM exited before the guest was ready \(the guest rebooted or powered off\): the image's init exited .*\(op-[0-9a-f]{12}\)\n$/,
+      /banger: failed at wait-(agent|ssh): the VMM exited before the guest was ready \(the guest rebooted or powered off\): the image's init exited .*\(op-[0-9a-f]{12}\)\n$/,
     );
     const op = /\((op-[0-9a-f]{12})\)\n$/.exec(result.stderr)?.[1] ?? "";
     const shown = await cli(["op", "show", op]);

@@ -191,6 +191,7 @@ live("banger doctor", () => {
       "bridge",
       "default-image",
       "default-kernel",
+      "guest-kit",
       "ssh-key",
       "state-dir-space",
       "work-disk/work-disk-tools",
