@@ -188,6 +188,8 @@ live("banger doctor", () => {
       "mkfs-ext4",
       "debugfs",
       "e2fsck",
+      "zstd",
+      "busybox",
       "bridge",
       "default-image",
       "default-kernel",

@@ -142,6 +142,8 @@ const ORDER = [
   "mkfs-ext4",
   "debugfs",
   "e2fsck",
+  "zstd",
+  "busybox",
   "bridge",
   "default-image",
   "default-kernel",
@@ -540,6 +542,29 @@ describe("doctor", () => {
       status: "fail",
       detail: "resize2fs not found in /usr/sbin:/usr/bin:/sbin:/bin: work disks cannot be made or grown",
     });
+  });
+
+  it("fails without zstd (zstd layers) or busybox (the VMs' log relays), saying which package brings each", async () => {
+    const report = await run(
+      deps({
+        probes: {
+          ...healthyProbes(),
+          findTool: (tool) => Promise.resolve(["zstd", "busybox"].includes(tool) ? undefined : `/sbin/${tool}`),
+        },
+      }),
+    );
+    expect(summary(report, "zstd")).toEqual({
+      status: "fail",
+      detail: "zstd not found in /usr/sbin:/usr/bin:/sbin:/bin: images with zstd layers cannot be pulled",
+      hint: "install zstd (e.g. sudo apt-get install zstd)",
+    });
+    expect(summary(report, "busybox")).toEqual({
+      status: "fail",
+      detail:
+        "busybox not found in /usr/sbin:/usr/bin:/sbin:/bin: VMs cannot start (their console and VMM logs go through busybox log relays)",
+      hint: "install busybox-static (e.g. sudo apt-get install busybox-static)",
+    });
+    expect(report.ok).toBe(false);
   });
 
   it("fails the guest kit without its programs or patchelf, and warns when the default kernel's initrd lacks it", async () => {

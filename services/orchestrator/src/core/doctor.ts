@@ -149,11 +149,32 @@ export interface Doctor {
 }
 
 const DEFAULT_PROBE_TIMEOUT_MS = 5_000;
-/** Tools doctor checks itself: images are built with them (puller), root disks checked (helper), work disks made (bangerd). */
+const E2FSPROGS_HINT = "install e2fsprogs (e.g. sudo apt-get install e2fsprogs)";
+/**
+ * Tools doctor checks itself: images are built with them (puller), root disks checked (helper), work disks
+ * made (bangerd); zstd layers unpack through zstd (puller); each VM's log relays are busybox (helper).
+ */
 const CORE_TOOLS = [
-  { tool: "mkfs.ext4", check: "mkfs-ext4", without: "images and work disks cannot be made" },
-  { tool: "debugfs", check: "debugfs", without: "image ownership and guest files cannot be written" },
-  { tool: "e2fsck", check: "e2fsck", without: "disks cannot be checked" },
+  { tool: "mkfs.ext4", check: "mkfs-ext4", without: "images and work disks cannot be made", hint: E2FSPROGS_HINT },
+  {
+    tool: "debugfs",
+    check: "debugfs",
+    without: "image ownership and guest files cannot be written",
+    hint: E2FSPROGS_HINT,
+  },
+  { tool: "e2fsck", check: "e2fsck", without: "disks cannot be checked", hint: E2FSPROGS_HINT },
+  {
+    tool: "zstd",
+    check: "zstd",
+    without: "images with zstd layers cannot be pulled",
+    hint: "install zstd (e.g. sudo apt-get install zstd)",
+  },
+  {
+    tool: "busybox",
+    check: "busybox",
+    without: "VMs cannot start (their console and VMM logs go through busybox log relays)",
+    hint: "install busybox-static (e.g. sudo apt-get install busybox-static)",
+  },
 ] as const;
 /** What `banger kernel initramfs` makes banger's guest kit from (guest/kit.ts): programs, and the tools that bundle them. */
 const KIT_TOOLS = [
@@ -168,7 +189,6 @@ const GIB = 1024 ** 3;
 const SPACE_FAIL_BYTES = 1 * GIB;
 const SPACE_WARN_BYTES = 5 * GIB;
 const HELPER_DOWN = "not checked: the privileged helper is not reachable";
-const E2FSPROGS_HINT = "install e2fsprogs (e.g. sudo apt-get install e2fsprogs)";
 
 /** "Firecracker v1.9.1" → "1.9.1"; "QEMU emulator version 7.2.5 (Debian …)" → "7.2.5"; undefined when absent. */
 export function parseVmmVersion(vmm: VmmDriver, text: string): string | undefined {
@@ -293,11 +313,11 @@ export function createDoctor(deps: DoctorDeps): Doctor {
         serviceVersionsCheck(services, clientVersion),
         helperPrivilegesCheck(helper),
         ...featureChecks(hostFeatures),
-        ...CORE_TOOLS.map(({ tool, check: name, without }) => {
+        ...CORE_TOOLS.map(({ tool, check: name, without, hint }) => {
           const path = toolPaths.get(tool);
           return path
             ? check(name, "ok", path)
-            : check(name, "fail", `${tool} not found in /usr/sbin:/usr/bin:/sbin:/bin: ${without}`, E2FSPROGS_HINT);
+            : check(name, "fail", `${tool} not found in /usr/sbin:/usr/bin:/sbin:/bin: ${without}`, hint);
         }),
         bridgeCheck(addresses, config.network, configPath),
         defaultImageCheck(image, imageName, configPath),
