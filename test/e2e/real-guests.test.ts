@@ -34,6 +34,9 @@ const missing = [
   !kernelVersion && "linux-image-amd64",
   !existsSync("/bin/busybox") && "busybox-static",
   !existsSync("/usr/sbin/dropbear") && "dropbear-bin",
+  // banger kernel initramfs bundles the guest kit from these.
+  !existsSync("/usr/sbin/qemu-ga") && "qemu-guest-agent",
+  !existsSync("/usr/bin/patchelf") && "patchelf",
   !HAVE_REGISTRY_TOOLS && "docker-registry and skopeo",
 ].filter((m): m is string => typeof m === "string");
 if (missing.length > 0) console.warn(`SKIPPING the end-to-end suite: this machine lacks ${missing.join(", ")}`);

@@ -72,6 +72,9 @@ const vmMissing = [
   !KERNEL_VERSION && "linux-image-amd64",
   !existsSync("/bin/busybox") && "busybox-static",
   !existsSync("/usr/sbin/dropbear") && "dropbear-bin",
+  // banger kernel initramfs bundles the guest kit from these.
+  !existsSync("/usr/sbin/qemu-ga") && "qemu-guest-agent",
+  !existsSync("/usr/bin/patchelf") && "patchelf",
   !HAVE_REGISTRY_TOOLS && "docker-registry and skopeo",
   !existsSync("/dev/loop-control") && "loop devices",
 ].filter((m): m is string => typeof m === "string");
