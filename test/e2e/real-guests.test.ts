@@ -9,142 +9,74 @@
  *
  * Each step prints its wall time. Nothing is faked.
  */
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { HAVE_REGISTRY_TOOLS } from "../../services/image-puller/src/registry/testing/oci-image.js";
+import { MDWE_WRAPPER, ROOT } from "../integration/harness.js";
 import {
-  startRegistry,
-  type RegistryProcess,
-} from "../../services/image-puller/src/registry/testing/registry-process.js";
-import { MDWE_WRAPPER, OWNER_CAN_READ_CHECKOUT, ROOT, startCluster, type Cluster } from "../integration/harness.js";
-import { IS_ROOT, createNetNs, type NetNs } from "../integration/netns.js";
-import { KERNEL_VERSION, TCG_GUEST_CONFIG, writeKernelPackage } from "./support/kernel-package.js";
+  GUEST_SUITE_MISSING,
+  NOTHING,
+  makeRepository,
+  sshInNs,
+  startGuestEnv,
+  type GuestEnv,
+} from "./support/guest-env.js";
+import { KERNEL_VERSION } from "./support/kernel-package.js";
 
-const OWNER = 1000;
-const QEMU = "/usr/bin/qemu-system-x86_64";
 const kernelVersion = KERNEL_VERSION;
-const missing = [
-  !IS_ROOT && "root",
-  !OWNER_CAN_READ_CHECKOUT && "a checkout uid 1000 can read",
-  !existsSync(QEMU) && "qemu-system-x86",
-  !kernelVersion && "linux-image-amd64",
-  !existsSync("/bin/busybox") && "busybox-static",
-  !existsSync("/usr/sbin/dropbear") && "dropbear-bin",
-  // banger kernel initramfs bundles the guest kit from these.
-  !existsSync("/usr/sbin/qemu-ga") && "qemu-guest-agent",
-  !existsSync("/usr/bin/patchelf") && "patchelf",
-  !HAVE_REGISTRY_TOOLS && "docker-registry and skopeo",
-].filter((m): m is string => typeof m === "string");
+const missing = GUEST_SUITE_MISSING;
 if (missing.length > 0) console.warn(`SKIPPING the end-to-end suite: this machine lacks ${missing.join(", ")}`);
 if (!MDWE_WRAPPER) console.warn("no PR_SET_MDWE here: the helper and its VMMs run without the W^X refusal of its unit");
 const e2e = describe.skipIf(missing.length > 0);
 
-let ns: NetNs;
-let cluster: Cluster;
-let registry: RegistryProcess;
+let env: GuestEnv;
 /** The dropbear host key the "guest" image carries, relative to the root. */
 const HOST_KEY = "etc/dropbear/dropbear_ed25519_host_key";
 /** sha256 of VM one's host key file. */
 let oneHostKey = "";
 const sha256 = (data: Buffer) => createHash("sha256").update(data).digest("hex");
-let work: string;
 const started = Date.now();
-
-/** Runs a CLI command, prints its time, and expects exit 0. */
-async function cli(args: string[], expectCode = 0) {
-  const t = Date.now();
-  const result = await cluster.cli(args);
-  console.log(`e2e: banger ${args.join(" ")} -> ${result.code} in ${((Date.now() - t) / 1000).toFixed(1)} s`);
-  expect(result.code, `${args.join(" ")}\n${result.stderr}`).toBe(expectCode);
-  return result;
-}
-
-const inNs = (command: string, ...args: string[]) =>
-  execFileSync("ip", ["netns", "exec", ns.name, command, ...args], { encoding: "utf8" });
-
-/** What of this cluster is left on the host: VMM processes, VM taps, NAT rules, loop devices, VM files. */
-function leftovers() {
-  return {
-    qemu: spawnSync("pgrep", ["-f", `qemu-system-x86_64.*${cluster.runtimeDir}/`], { encoding: "utf8" })
-      .stdout.split("\n")
-      .filter((l) => l !== ""),
-    taps: ns.links().filter((l) => l.ifname.startsWith("bgr-") && !l.ifname.startsWith("bgr-p")),
-    nat: ns
-      .ruleset()
-      .split("\n")
-      .filter((line) => line.includes("masquerade")),
-    loops: execFileSync("losetup", ["-l", "-n", "-O", "NAME,BACK-FILE"], { encoding: "utf8" })
-      .split("\n")
-      .filter((line) => line.includes(cluster.stateDir)),
-    vmFiles: existsSync(join(cluster.stateDir, "vms")) ? readdirSync(join(cluster.stateDir, "vms")) : [],
-  };
-}
-const NOTHING = { qemu: [], taps: [], nat: [], loops: [], vmFiles: [] };
+const cli = (args: string[], expectCode = 0) => env.cli(args, expectCode);
+const leftovers = () => env.leftovers();
 
 beforeAll(async () => {
   if (missing.length > 0) return;
-  const version = kernelVersion ?? "";
-  work = mkdtempSync(join(tmpdir(), "banger-e2e-"));
-  ns = createNetNs();
-  registry = await startRegistry(join(work, "registry"));
-  let t = Date.now();
-  // Two images: without an init of its own (banger's minimal init runs it) and with a host key baked in,
-  // and with busybox init.
-  for (const [name, extra] of [
-    ["guest", ["--with-host-key"]],
-    ["guest-init", ["--with-init"]],
-    ["guest-broken", ["--broken-init"]],
-    // A static busybox alone: no SSH server, no init, no libc (banger's guest kit makes it reachable).
-    ["guest-bare", ["--without-ssh"]],
-  ] as const) {
-    execFileSync(process.execPath, [
-      join(ROOT, "test/e2e/support/guest-image.mjs"),
-      ...["--out", join(work, name), "--tag", "1", "--push", `${registry.host}/banger/${name}:1`],
-      ...extra,
-    ]);
-  }
-  console.log(`e2e: guest images built and pushed in ${((Date.now() - t) / 1000).toFixed(1)} s`);
-
-  t = Date.now();
-  const modules = await writeKernelPackage(version, join(work, "kernel-pkg"));
-  execFileSync("chown", ["-R", `${OWNER}:${OWNER}`, work]);
-  console.log(`e2e: kernel layout (${modules} modules) in ${((Date.now() - t) / 1000).toFixed(1)} s`);
-
-  cluster = await startCluster({
-    owner: OWNER,
-    netns: ns.name,
-    orchestratorInNetns: true,
-    // Port 53 on the bridge's address bound as root and passed to the owner's orchestrator, as
-    // bangerd-dns.socket does (the owner cannot bind it).
-    orchestratorDnsSockets: "172.30.0.1",
-    // The helper as its unit runs it: QEMU (a TCG JIT) inherits its refusal of writable-executable memory.
-    helperUnitSandbox: true,
-    configToml: TCG_GUEST_CONFIG,
+  env = await startGuestEnv((registry, work) => {
+    const t = Date.now();
+    // Two images: without an init of its own (banger's minimal init runs it) and with a host key baked in,
+    // and with busybox init.
+    for (const [name, extra] of [
+      ["guest", ["--with-host-key"]],
+      ["guest-init", ["--with-init"]],
+      ["guest-broken", ["--broken-init"]],
+      // A static busybox alone: no SSH server, no init, no libc (banger's guest kit makes it reachable).
+      ["guest-bare", ["--without-ssh"]],
+    ] as const) {
+      execFileSync(process.execPath, [
+        join(ROOT, "test/e2e/support/guest-image.mjs"),
+        ...["--out", join(work, name), "--tag", "1", "--push", `${registry.host}/banger/${name}:1`],
+        ...extra,
+      ]);
+    }
+    console.log(`e2e: guest images built and pushed in ${((Date.now() - t) / 1000).toFixed(1)} s`);
   });
 }, 300_000);
 
 afterAll(async () => {
   if (missing.length > 0) return;
-  spawnSync("pkill", ["-9", "-f", `qemu-system-x86_64.*${cluster.runtimeDir}/`]);
-  await cluster.shutdown();
-  await registry.stop();
-  ns.remove();
-  rmSync(work, { recursive: true, force: true });
+  await env?.shutdown();
   console.log(`e2e: whole suite ${((Date.now() - started) / 1000).toFixed(1)} s`);
 });
 
 e2e("real guests through banger (qemu-microvm, TCG)", () => {
   it("pulls the image, imports the kernel and builds its initramfs", async () => {
-    await cli(["image", "pull", `${registry.host}/banger/guest:1`, "--name", "guest"]);
-    await cli(["image", "pull", `${registry.host}/banger/guest-init:1`, "--name", "guest-init"]);
-    await cli(["image", "pull", `${registry.host}/banger/guest-broken:1`, "--name", "guest-broken"]);
-    await cli(["image", "pull", `${registry.host}/banger/guest-bare:1`, "--name", "guest-bare"]);
-    await cli(["kernel", "import", "debian", join(work, "kernel-pkg")]);
-    await cli(["kernel", "initramfs", "debian"]);
+    await cli(["image", "pull", `${env.registry.host}/banger/guest:1`, "--name", "guest"]);
+    await cli(["image", "pull", `${env.registry.host}/banger/guest-init:1`, "--name", "guest-init"]);
+    await cli(["image", "pull", `${env.registry.host}/banger/guest-broken:1`, "--name", "guest-broken"]);
+    await cli(["image", "pull", `${env.registry.host}/banger/guest-bare:1`, "--name", "guest-bare"]);
+    await env.importKernel();
   }, 300_000);
 
   it("a guest whose init exits fails the create at once, with its console's end and the cause; nothing is left", async () => {
@@ -172,24 +104,24 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
     const key = await cli(["vm", "exec", "one", "--", "cat", "/root/.ssh/authorized_keys"]);
     expect(key.stdout).toMatch(/^ssh-ed25519 /);
     // The image carries a dropbear host key: the VM got its own (banger's initramfs, banger.id=).
-    const baked = sha256(readFileSync(join(work, "guest", "rootfs", HOST_KEY)));
+    const baked = sha256(readFileSync(join(env.work, "guest", "rootfs", HOST_KEY)));
     oneHostKey = (await cli(["vm", "exec", "one", "--", "sha256sum", `/${HOST_KEY}`])).stdout.split(" ")[0] ?? "";
     expect(oneHostKey).toMatch(/^[0-9a-f]{64}$/);
     expect(oneHostKey).not.toBe(baked);
     const id = (JSON.parse((await cli(["vm", "show", "one", "--json"])).stdout) as { id: string }[])[0]?.id;
     expect((await cli(["vm", "exec", "one", "--", "cat", "/etc/banger/host-keys-of"])).stdout).toBe(`${id}\n`);
-    expect(ns.ruleset()).toMatch(/masquerade/);
+    expect(env.ns.ruleset()).toMatch(/masquerade/);
   }, 300_000);
 
   it("resolves <vm>.vm through banger's DNS responder, from the host and from the guest", async () => {
     const ip = (JSON.parse((await cli(["vm", "show", "one", "--json"])).stdout) as { guestIp: string }[])[0]?.guestIp;
     // On the sockets handed over (as from bangerd-dns.socket), not ones it bound itself.
-    expect(cluster.service("orchestrator").logs.find((l) => l["msg"] === "dns responder listening")).toMatchObject({
+    expect(env.cluster.service("orchestrator").logs.find((l) => l["msg"] === "dns responder listening")).toMatchObject({
       address: "172.30.0.1",
       port: 53,
       passed: true,
     });
-    expect(inNs("dig", "+short", "@172.30.0.1", "one.vm").trim()).toBe(ip);
+    expect(env.inNs("dig", "+short", "@172.30.0.1", "one.vm").trim()).toBe(ip);
     const lookup = await cli(["vm", "exec", "one", "--", "nslookup", "one.vm"]);
     expect(lookup.stdout).toContain(ip ?? "no ip");
   }, 120_000);
@@ -205,30 +137,12 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
     const ports = await cli(["vm", "ports", "one", "--json"]);
     expect(ports.stdout).toMatch(/"port":\s*22\b/); // the image's dropbear
     // `vm ssh` hands over to the system ssh: run where the guest network is (the namespace).
-    const ssh = execFileSync(
-      "ip",
-      ["netns", "exec", ns.name, join(ROOT, "bin/banger"), "vm", "ssh", "one", "--", "cat", "/etc/hostname"],
-      { encoding: "utf8", env: { ...process.env, BANGER_RUNTIME_DIR: cluster.runtimeDir, BANGER_SOCKET: "" } },
-    );
+    const ssh = sshInNs(env, "one", "cat", "/etc/hostname");
     expect(ssh).toBe("one\n");
   }, 120_000);
 
   it("prepares a workspace from a host git repository and exports the guest's edit as a patch", async () => {
-    // A repository in the owner's home (the services' HOME is the cluster's directory).
-    const repo = join(cluster.dir, "project");
-    mkdirSync(repo);
-    writeFileSync(join(repo, "README"), "hello\n");
-    writeFileSync(join(repo, ".gitignore"), "build/\n");
-    mkdirSync(join(repo, "build"));
-    writeFileSync(join(repo, "build", "junk"), "ignored\n");
-    writeFileSync(join(repo, "notes.txt"), "untracked, not ignored\n");
-    const git = (...args: string[]) =>
-      execFileSync("git", ["-c", "user.name=E2E", "-c", "user.email=e2e@example.org", "-C", repo, ...args]);
-    git("init", "-q");
-    git("add", "README", ".gitignore");
-    git("commit", "-q", "-m", "first");
-    execFileSync("chown", ["-R", `${OWNER}:${OWNER}`, repo]);
-
+    const repo = makeRepository(env, "project");
     await cli(["workspace", "prepare", "one", "--path", repo]);
     const listed = await cli(["vm", "exec", "one", "--", "ls", "-a", "/root/project"]);
     expect(
@@ -241,7 +155,7 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
     // git in the guest (the image carries the host's) sees the copy as a repository with that edit.
     const status = await cli(["vm", "exec", "one", "--", "git", "-C", "/root/project", "status", "--short"]);
     expect(status.stdout).toBe(" M README\n"); // copy mode: one commit of exactly what was copied
-    const patch = join(work, "guest.patch");
+    const patch = join(env.work, "guest.patch");
     await cli(["workspace", "export", "one", "--out", patch]);
     expect(readFileSync(patch, "utf8")).toContain("+edited in the guest");
     execFileSync("git", ["-C", repo, "apply", "--check", patch]);
@@ -275,7 +189,7 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
 
   it("an image with no SSH server, no init and no libc: banger's kit serves SSH and the agent; stop goes through the agent", async () => {
     const stoppedBy = () =>
-      cluster
+      env.cluster
         .service("orchestrator")
         .logs.filter((l) => l["vm"] === "bare" && typeof l["stopped_by"] === "string")
         .map((l) => l["stopped_by"]);
@@ -321,7 +235,7 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
     await cli(["vm", "stop", "one", "--timeout", "2"]);
     expect(Date.now() - t).toBeGreaterThanOrEqual(2000);
     expect(
-      cluster
+      env.cluster
         .service("orchestrator")
         .logs.some((l) => l["msg"] === "the guest did not shut down in time; stopping the VMM"),
     ).toBe(true);
@@ -329,7 +243,7 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
   }, 120_000);
 
   it("vm run creates a VM, waits for it and prints the command's output and exit code", async () => {
-    const ran = await cluster.cli([
+    const ran = await env.cluster.cli([
       "vm",
       "run",
       "--name",
@@ -350,16 +264,16 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
     await cli(["vm", "delete", "one"]);
     await cli(["vm", "delete", "two"]);
     expect(leftovers()).toEqual(NOTHING);
-    expect(readdirSync(join(cluster.runtimeDir, "vms"))).toEqual([]);
+    expect(readdirSync(join(env.cluster.runtimeDir, "vms"))).toEqual([]);
   }, 120_000);
 
   it("a failure injected after a real guest answered SSH leaves nothing behind", async () => {
-    await cluster.stop("orchestrator");
-    await cluster.start("orchestrator", { BANGER_FAIL_AFTER_STAGE: "wait-ssh" });
+    await env.cluster.stop("orchestrator");
+    await env.cluster.start("orchestrator", { BANGER_FAIL_AFTER_STAGE: "wait-ssh" });
     const failed = await cli(["vm", "create", "--name", "doomed", "--image", "guest", "--ssh-timeout", "120"], 1);
     expect(failed.stderr).toMatch(/failed at wait-ssh: injected failure after stage wait-ssh/);
     expect(leftovers()).toEqual(NOTHING);
-    await cluster.stop("orchestrator");
-    await cluster.start("orchestrator");
+    await env.cluster.stop("orchestrator");
+    await env.cluster.start("orchestrator");
   }, 300_000);
 });

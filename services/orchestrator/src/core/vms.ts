@@ -598,6 +598,11 @@ export function createVmService(deps: {
             .shutdown(Math.min(1_000, left()), Math.max(500, Math.min(5_000, left())))
             .catch(async (error: unknown) => {
               if (!(error instanceof FailedPreconditionError) || error.reason !== "AGENT_ERROR") throw error;
+              // E.g. no /sbin/shutdown, or systemd's without logind on D-Bus (it schedules "+0" through logind).
+              logger.info(
+                { vm: vm.name, err: error },
+                "the guest's shutdown failed; the agent runs the kit's poweroff",
+              );
               how = "the agent running the kit's poweroff";
               await agent.exec(KIT_POWEROFF[0], KIT_POWEROFF[1], Math.max(500, Math.min(3_000, left())));
             });
