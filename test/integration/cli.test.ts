@@ -39,6 +39,9 @@ describe("banger CLI", () => {
       expect(result.stdout).toContain("Usage: banger");
     }
     expect((await runCli(["daemon", "status", "--help"])).stdout).toContain("--json");
+    const devUpHelp = (await runCli(["dev", "up", "--help"])).stdout.replace(/\s+/g, " ");
+    expect(devUpHelp).toContain("--owner <user>");
+    expect(devUpHelp).toContain("plain root with neither is refused");
   });
 
   it("exits 2 on a usage error", async () => {
@@ -61,15 +64,59 @@ describe("banger CLI", () => {
   });
 });
 
-describe("banger dev up", () => {
-  it("runs the three services, writes their logs, refuses a second instance, and stops all on SIGTERM", async () => {
+/** uid 1000's name, from the passwd database. */
+const OWNER_NAME = spawnSync("getent", ["passwd", "1000"], { encoding: "utf8" }).stdout.split(":")[0] ?? "";
+
+describe.skipIf(process.getuid?.() !== 0)("banger dev up as plain root", () => {
+  const plainRoot = { ...process.env, SUDO_UID: "", SUDO_GID: "", SUDO_USER: "" };
+
+  it("refuses to start without an owner (no sudo, no --owner), saying how, and makes nothing", async () => {
     const dir = mkdtempSync(join(tmpdir(), "banger-dev-"));
     dirs.push(dir);
     const runtimeDir = join(dir, "run");
     const stateDir = join(dir, "state");
-    const dev = spawn(BANGER, ["dev", "up", "--runtime-dir", runtimeDir, "--state-dir", stateDir], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const result = await runCli(["dev", "up", "--runtime-dir", runtimeDir, "--state-dir", stateDir], plainRoot);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain(
+      "banger: dev up runs as root without an owner, and VMs never run as root: pass --owner USER",
+    );
+    expect(result.stderr).toContain(
+      "or run it with sudo from your user (sudo ./bin/banger dev up …); nothing was started",
+    );
+    // Nothing was made, so nothing was started.
+    expect(existsSync(runtimeDir)).toBe(false);
+    expect(existsSync(stateDir)).toBe(false);
+  });
+
+  it("refuses root as the owner, and a user that does not exist", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "banger-dev-"));
+    dirs.push(dir);
+    const args = ["dev", "up", "--runtime-dir", join(dir, "run"), "--state-dir", join(dir, "state")];
+    for (const owner of ["root", "0"]) {
+      const result = await runCli([...args, "--owner", owner], plainRoot);
+      expect(result.code, owner).toBe(2);
+      expect(result.stderr).toContain(`--owner ${owner} is root: VMs never run as root`);
+    }
+    const nobody = await runCli([...args, "--owner", "no-such-user-here"], plainRoot);
+    expect(nobody.code).toBe(2);
+    expect(nobody.stderr).toContain("--owner no-such-user-here: no such user in /etc/passwd");
+    expect(existsSync(join(dir, "run"))).toBe(false);
+  });
+});
+
+describe.skipIf(!OWNER_CAN_READ_CHECKOUT || OWNER_NAME === "")("banger dev up --owner", () => {
+  it("runs the orchestrator and the puller as the owner (by name), writes their logs, refuses a second instance, and stops all on SIGTERM", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "banger-dev-"));
+    dirs.push(dir);
+    chmodSync(dir, 0o755);
+    const runtimeDir = join(dir, "run");
+    const stateDir = join(dir, "state");
+    // Plain root: no sudo in the environment, the owner named on the command line.
+    const dev = spawn(
+      BANGER,
+      ["dev", "up", "--runtime-dir", runtimeDir, "--state-dir", stateDir, "--owner", OWNER_NAME],
+      { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, SUDO_UID: "", SUDO_GID: "" } },
+    );
     let stderr = "";
     dev.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
     dev.stdout.resume();
@@ -77,8 +124,18 @@ describe("banger dev up", () => {
     await waitUntil(() => stderr.includes("are up"), undefined, "dev up to start");
 
     const status = await runCli(["daemon", "status", "--json"], { BANGER_RUNTIME_DIR: runtimeDir });
-    expect(status.code).toBe(0);
-    const { opId } = JSON.parse(status.stdout) as { opId: string };
+    expect(status.code, status.stderr).toBe(0);
+    const { opId, services } = JSON.parse(status.stdout) as {
+      opId: string;
+      services: { name: string; uid: number; reachable: boolean }[];
+    };
+    expect(services.map((s) => [s.name, s.reachable, s.uid])).toEqual([
+      ["orchestrator", true, 1000],
+      ["privileged", true, 0],
+      ["image-puller", true, 1000],
+    ]);
+    expect(statSync(runtimeDir).uid).toBe(1000);
+    expect(statSync(stateDir).uid).toBe(1000);
 
     // Each service logs to <state-dir>/logs/<service>.jsonl under its own service name.
     for (const service of ["orchestrator", "privileged", "image-puller"]) {
@@ -92,7 +149,7 @@ describe("banger dev up", () => {
       expect(lines.some((l) => l["op_id"] === opId && String(l["msg"]).endsWith("rpc completed"))).toBe(true);
     }
 
-    const second = await runCli(["dev", "up", "--runtime-dir", runtimeDir, "--state-dir", stateDir]);
+    const second = await runCli(["dev", "up", "--runtime-dir", runtimeDir, "--state-dir", stateDir, "--owner", "1000"]);
     expect(second.code).toBe(1);
     expect(second.stderr).toContain(`banger is already running in ${runtimeDir}`);
 

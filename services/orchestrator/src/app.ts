@@ -138,9 +138,11 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
   const dns = createDnsResponder({ lookup: (name) => names.resolve(name), logger: config.logger });
   const names = dnsCapability(async (network) => {
     try {
-      // Installed: systemd passes the sockets bound as root (bangerd-dns.socket); else bind them here.
+      // Installed, systemd passes the sockets bound as root (bangerd-dns.socket); `dev up` as root does the
+      // same (with LISTEN_FDS); else bind them here.
       const [udpFd, tcpFd] = activatedFds(DNS_FD_NAME);
-      if (udpFd !== undefined && tcpFd !== undefined) {
+      const passed = udpFd !== undefined && tcpFd !== undefined;
+      if (passed) {
         const bound = await dns.listenOnFds({ udp: udpFd, tcp: tcpFd });
         if (bound.address !== network.address) {
           config.logger.warn(
@@ -151,7 +153,8 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       } else {
         await dns.listen(network.address, DNS_PORT);
       }
-      config.logger.info({ address: network.address, port: DNS_PORT }, "DNS responder for .vm listening");
+      // passed: on sockets bound for it as root (the units, dev up), not bound here.
+      config.logger.info({ address: network.address, port: DNS_PORT, passed }, "DNS responder for .vm listening");
       // The host's own lookups of <name>.vm go to it too, where systemd-resolved runs.
       await privileged
         .configureResolver(config.config.network.bridge, network.address, { signal: AbortSignal.timeout(10_000) })

@@ -52,7 +52,7 @@ export function openOwnedDir(path: string, user: DevUser | undefined, parent?: O
       fchownSync(fd, user.uid, user.gid);
     } else if (user && stats.uid !== user.uid) {
       throw new Error(
-        `${path} belongs to uid ${stats.uid}, not to uid ${user.uid} (the user behind sudo): banger dev takes ` +
+        `${path} belongs to uid ${stats.uid}, not to uid ${user.uid} (the owner): banger dev takes ` +
           `no one else's directory (choose another, or chown it to uid ${user.uid})`,
       );
     }

@@ -1,11 +1,12 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream, readFileSync, type WriteStream } from "node:fs";
-import { basename, dirname, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { checkSocketPathLength, probeSocket, runtimeLayout, stateLayout } from "@banger/common";
 import type { Command } from "commander";
 import { UsageError } from "../errors.js";
+import { devBridgeAddress, findOnPath, withDnsSockets } from "./dev-dns.js";
 import { openLogFile, openOwnedDir } from "./dev-files.js";
 
 /** The checkout this CLI was built in (clients/cli/dist/banger.js → the repository root). */
@@ -20,22 +21,65 @@ interface ServiceSpec {
   readonly asOwner: boolean;
 }
 
-/** The user behind `sudo`, when `dev up` runs as root through sudo, with their home (/etc/passwd). */
-function devOwner(): { uid: number; gid: number; home: string | undefined } | undefined {
-  const uid = Number(process.env["SUDO_UID"]);
-  const gid = Number(process.env["SUDO_GID"]);
-  if (process.getuid?.() !== 0 || !Number.isInteger(uid) || uid <= 0 || !Number.isInteger(gid)) return undefined;
-  let home: string | undefined;
-  try {
-    const entry = readFileSync("/etc/passwd", "utf8")
-      .split("\n")
-      .map((line) => line.split(":"))
-      .find((fields) => fields[2] === String(uid));
-    home = entry?.[5] || undefined;
-  } catch {
-    home = undefined;
+/** Who VMs run as under `dev up` as root: the orchestrator and the puller run as this user, the helper answers only it. */
+export interface DevOwner {
+  readonly uid: number;
+  readonly gid: number;
+  /** From /etc/passwd; undefined for a uid without an entry (the state directory stands in). */
+  readonly home: string | undefined;
+}
+
+const NO_OWNER =
+  "dev up runs as root without an owner, and VMs never run as root: pass --owner USER (the user who will run " +
+  "VMs and the CLI), or run it with sudo from your user (sudo ./bin/banger dev up …); nothing was started";
+
+/**
+ * The owner of a `dev up` run as root: `--owner` (a name or uid in /etc/passwd, or a bare uid, whose group is
+ * then the same number), else the user behind `sudo` (SUDO_UID/SUDO_GID). Root itself is never the owner: as
+ * plain root with neither, or with `--owner root`, dev up refuses before it starts or makes anything. Not
+ * root, there is no owner (everything runs as the caller), and `--owner` is refused.
+ */
+export function devOwner(
+  option: string | undefined,
+  env: NodeJS.ProcessEnv,
+  euid: number | undefined,
+  passwd: () => string = () => readFileSync("/etc/passwd", "utf8"),
+): DevOwner | undefined {
+  const entries = () => {
+    try {
+      return passwd()
+        .split("\n")
+        .map((line) => line.split(":"))
+        .filter((fields) => fields.length >= 7);
+    } catch {
+      return [];
+    }
+  };
+  const homeOf = (fields: string[] | undefined) => fields?.[5] || undefined;
+  if (euid !== 0) {
+    if (option !== undefined) {
+      throw new UsageError(
+        "--owner needs root: dev up then runs the helper as root and everything else as the owner (sudo ./bin/banger dev up --owner USER …)",
+      );
+    }
+    return undefined;
   }
-  return { uid, gid, home };
+  if (option !== undefined) {
+    const byName = entries().find((fields) => fields[0] === option);
+    const numeric = /^\d+$/.test(option) ? Number(option) : undefined;
+    const entry = byName ?? (numeric === undefined ? undefined : entries().find((fields) => fields[2] === option));
+    if (!entry && numeric === undefined) throw new UsageError(`--owner ${option}: no such user in /etc/passwd`);
+    const uid = entry ? Number(entry[2]) : (numeric ?? 0);
+    const gid = entry ? Number(entry[3]) : uid;
+    if (uid === 0 || gid === 0 || !Number.isSafeInteger(uid) || !Number.isSafeInteger(gid)) {
+      throw new UsageError(`--owner ${option} is root: VMs never run as root; name the user who will run them`);
+    }
+    return { uid, gid, home: homeOf(entry) };
+  }
+  const uid = Number(env["SUDO_UID"]);
+  const gid = Number(env["SUDO_GID"]);
+  if (!Number.isInteger(uid) || uid <= 0 || !Number.isInteger(gid) || gid <= 0) throw new UsageError(NO_OWNER);
+  return { uid, gid, home: homeOf(entries().find((fields) => fields[2] === String(uid))) };
 }
 
 export function registerDevCommands(program: Command): void {
@@ -43,19 +87,35 @@ export function registerDevCommands(program: Command): void {
   dev
     .command("up")
     .description(
-      "run the three services in the foreground with sockets in --runtime-dir and logs in <state-dir>/logs/<service>.jsonl; Ctrl-C stops all three",
+      "run the three services in the foreground with sockets in --runtime-dir and logs in <state-dir>/logs/<service>.jsonl; " +
+        "Ctrl-C stops all three. As root the helper runs as root and the others as the owner, who alone may call it and " +
+        "whose uid VMs run as: the user behind sudo, or --owner; plain root with neither is refused",
     )
     .requiredOption("--runtime-dir <dir>", "directory for the three sockets (created 0700)")
     .requiredOption("--state-dir <dir>", "directory for state and logs")
     .option("--firecracker <path>", "the Firecracker binary the helper launches (default: /usr/local/bin/firecracker)")
+    .option(
+      "--owner <user>",
+      "as root: the user (name or uid) VMs, the orchestrator and the puller run as (default: the user behind sudo)",
+    )
     .option("--json", "print the services' raw JSON log lines instead of a readable form")
-    .action(async (opts: { runtimeDir: string; stateDir: string; firecracker?: string; json?: boolean }) => {
-      const helperArgs = opts.firecracker ? ["--firecracker", resolve(opts.firecracker)] : [];
-      await devUp(resolve(opts.runtimeDir), resolve(opts.stateDir), opts.json === true, helperArgs);
-    });
+    .action(
+      async (opts: { runtimeDir: string; stateDir: string; firecracker?: string; owner?: string; json?: boolean }) => {
+        // Decided before anything is probed, made or started.
+        const owner = devOwner(opts.owner, process.env, process.geteuid?.());
+        const helperArgs = opts.firecracker ? ["--firecracker", resolve(opts.firecracker)] : [];
+        await devUp(resolve(opts.runtimeDir), resolve(opts.stateDir), owner, opts.json === true, helperArgs);
+      },
+    );
 }
 
-async function devUp(runtimeDir: string, stateDir: string, json: boolean, helperArgs: string[]): Promise<void> {
+async function devUp(
+  runtimeDir: string,
+  stateDir: string,
+  owner: DevOwner | undefined,
+  json: boolean,
+  helperArgs: string[],
+): Promise<void> {
   const runtime = runtimeLayout(runtimeDir);
   const state = stateLayout(stateDir);
   for (const socket of [runtime.orchestratorSocket, runtime.privilegedSocket, runtime.pullerSocket]) {
@@ -68,7 +128,21 @@ async function devUp(runtimeDir: string, stateDir: string, json: boolean, helper
       throw new Error(`banger is already running in ${runtimeDir} (${socket} answers); stop it first`);
     }
   }
-  const owner = devOwner();
+  // `.vm` DNS: port 53 bound as root for the orchestrator (the owner), as bangerd-dns.socket does.
+  let dns: { python: string; address: string } | undefined;
+  if (owner) {
+    const say = (line: string) => process.stderr.write(`banger dev: ${line}\n`);
+    let address: string;
+    try {
+      ({ address } = devBridgeAddress(join(owner.home ?? stateDir, ".config", "banger"), owner.uid, say));
+    } catch (error) {
+      throw new Error(`${(error as Error).message}; fix it; nothing was started`);
+    }
+    const python = findOnPath("python3");
+    if (python) dns = { python, address };
+    else
+      say(`python3 not found: nothing binds port 53 on ${address} for the orchestrator, so <name>.vm will not resolve`);
+  }
   // Under sudo the directories belong to the user, who runs the orchestrator, the puller and the
   // CLI; root (this process, the helper) works in them only through checked open directories.
   openOwnedDir(runtimeDir, owner).close();
@@ -131,12 +205,16 @@ async function devUp(runtimeDir: string, stateDir: string, json: boolean, helper
   for (const spec of specs) {
     const log = logs.get(spec.name);
     if (!log) throw new Error(`no log opened for ${spec.name}`);
-    const child = spawn(process.execPath, [resolve(CHECKOUT, spec.entry), ...spec.args], {
+    const argv = [process.execPath, resolve(CHECKOUT, spec.entry), ...spec.args];
+    // The orchestrator behind the DNS binder, which drops to the owner itself once port 53 is bound.
+    const behindDns = owner && dns && spec.name === "orchestrator";
+    const [command = "", ...args] =
+      owner && dns && behindDns ? withDnsSockets(dns.python, dns.address, owner, argv) : argv;
+    const child = spawn(command, args, {
       stdio: ["ignore", "pipe", "pipe"],
       ...(owner && spec.asOwner
         ? {
-            uid: owner.uid,
-            gid: owner.gid,
+            ...(behindDns ? {} : { uid: owner.uid, gid: owner.gid }),
             // The owner's config directory, not root's (sudo keeps HOME=/root on some systems);
             // an owner without a passwd entry gets the state directory as its home.
             env: { ...process.env, HOME: owner.home ?? stateDir, XDG_CONFIG_HOME: "" },

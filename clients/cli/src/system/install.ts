@@ -18,7 +18,7 @@ import {
 } from "node:fs";
 import { dirname, join } from "node:path";
 import { BANGER_VERSION } from "@banger/common";
-import { parse as parseToml } from "smol-toml";
+import { bridgeAddressOf } from "../bridge-address.js";
 import { waitForHealth, allAnswer, type LiveStatus } from "./health.js";
 import { removeHostNetwork } from "./host-network.js";
 import { groupIdFromFile, lookupGroupId, lookupUser, userFromFile, type SystemHost, type UserEntry } from "./host.js";
@@ -64,33 +64,20 @@ export interface InstallOptions {
   readonly dnsAddress?: string;
 }
 
-const DEFAULT_DNS_ADDRESS = "172.30.0.1";
-
 /** The bridge's address from the owner's config (what bangerd will put on the bridge), and where it came from. */
 function dnsAddressOf(root: InstallRoot, owner: UserEntry): { address: string; from: string } {
   const file = join(owner.home, ".config", "banger", "config.toml");
-  let text: string;
+  let text: string | undefined;
   try {
     text = readFileSync(root.file(file), "utf8");
   } catch {
-    return { address: DEFAULT_DNS_ADDRESS, from: "bangerd's default network.address" };
+    text = undefined;
   }
-  let network: unknown;
   try {
-    network = (parseToml(text) as { network?: unknown }).network;
+    return bridgeAddressOf(text, file);
   } catch (error) {
-    throw new RefusedError(
-      `${file} is not valid TOML (${(error as Error).message.split("\n")[0] ?? ""}); fix it or pass --dns-address; nothing was changed`,
-    );
+    throw new RefusedError(`${(error as Error).message}; fix it or pass --dns-address; nothing was changed`);
   }
-  const address = (network as { address?: unknown } | undefined)?.address;
-  if (address === undefined) return { address: DEFAULT_DNS_ADDRESS, from: "bangerd's default network.address" };
-  if (typeof address !== "string" || !address.includes("/")) {
-    throw new RefusedError(
-      `network.address in ${file} is not an IPv4 address with a prefix; fix it or pass --dns-address; nothing was changed`,
-    );
-  }
-  return { address: address.slice(0, address.indexOf("/")), from: `network.address in ${file}` };
 }
 
 const SYSCTL_TEXT =

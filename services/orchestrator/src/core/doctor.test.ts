@@ -412,6 +412,27 @@ describe("doctor", () => {
     });
   });
 
+  it("fails the helper's privileges when its owner is root: no VM can start", async () => {
+    const report = await run(
+      deps({
+        peers: [
+          peer("privileged", () => Promise.resolve(identity({ uid: 0 }))),
+          peer("image-puller", () => Promise.resolve(identity())),
+        ],
+        features: () => Promise.resolve({ ...ALL_FEATURES, ownerUid: 0 }),
+      }),
+    );
+    expect(report.ok).toBe(false);
+    expect(summary(report, "helper-privileges")).toMatchObject({
+      status: "fail",
+      detail: "VMs cannot start: the helper's owner is root (a VMM never runs as root)",
+    });
+    expect(summary(report, "helper-privileges").hint).toContain("dev up --owner USER");
+    // An owner that is not root: the check is the capabilities' as before.
+    const owned = await run(deps({ features: () => Promise.resolve({ ...ALL_FEATURES, ownerUid: 1000 }) }));
+    expect(summary(owned, "helper-privileges").status).toBe("ok");
+  });
+
   it("gives a probe that hangs its own failing or unknown check; the others still answer", async () => {
     const report = await run(
       deps({

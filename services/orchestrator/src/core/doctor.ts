@@ -311,7 +311,7 @@ export function createDoctor(deps: DoctorDeps): Doctor {
         ),
         ...services.map(serviceCheck),
         serviceVersionsCheck(services, clientVersion),
-        helperPrivilegesCheck(helper),
+        helperPrivilegesCheck(helper, hostFeatures),
         ...featureChecks(hostFeatures),
         ...CORE_TOOLS.map(({ tool, check: name, without, hint }) => {
           const path = toolPaths.get(tool);
@@ -546,9 +546,19 @@ function serviceVersionsCheck(services: readonly ServiceHealth[], clientVersion:
   );
 }
 
-function helperPrivilegesCheck(helper: ServiceHealth | undefined): DoctorCheck {
+function helperPrivilegesCheck(helper: ServiceHealth | undefined, features: HostFeatures | undefined): DoctorCheck {
   const identity = helper?.identity;
   if (!identity) return check("helper-privileges", "warn", HELPER_DOWN);
+  // Its owner is the uid VMMs run as, and the helper never runs one as root: every VM would fail at launch-vmm.
+  if (features?.ownerUid === 0) {
+    return check(
+      "helper-privileges",
+      "fail",
+      "VMs cannot start: the helper's owner is root (a VMM never runs as root)",
+      "start the helper for the user who runs VMs: from a checkout, sudo ./bin/banger dev up … from that user, or " +
+        "dev up --owner USER as root; installed, sudo banger system install --owner USER",
+    );
+  }
   if (identity.privilegesOk)
     return check("helper-privileges", "ok", `uid ${identity.uid}: ${identity.privilegesDetail}`);
   return check(

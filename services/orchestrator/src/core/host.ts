@@ -20,8 +20,10 @@ export interface LaunchedVmm {
 export interface HostInventory {
   /** VM taps (warm-pool taps and the bridge are left out). */
   readonly taps: readonly { readonly name: string; readonly vmId: string }[];
-  /** Warm-pool taps, ready to be taken over by a VM. */
-  readonly poolTaps: readonly string[];
+  /** Warm-pool taps, with the uid each was made for (its tun owner): only the helper's owner's can serve a VM. */
+  readonly poolTaps: readonly { readonly name: string; readonly ownerUid: number }[];
+  /** The helper's owner (the uid VMMs run as); undefined when the helper did not say. */
+  readonly ownerUid?: number | undefined;
   readonly natRules: readonly { readonly vmId: string }[];
   readonly loops: readonly { readonly device: string; readonly backingFile: string }[];
   /** VMs' dm-snapshots (`bgr-<vm_id>-root`). */
@@ -49,6 +51,8 @@ export interface HostFeatures {
   readonly modulesVisible?: boolean;
   /** The VMM binaries the helper launches (its configuration, not bangerd's). */
   readonly vmmBinaries?: { readonly firecracker: string; readonly qemu: string };
+  /** The helper's owner: the only uid it answers, and the one VMMs run as (never root: then no VM starts). */
+  readonly ownerUid?: number;
 }
 
 export interface VmmState {

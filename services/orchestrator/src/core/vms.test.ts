@@ -81,7 +81,8 @@ function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPo
     inventory: () =>
       Promise.resolve({
         taps: [...model.taps].map((vmId) => ({ name: `bgr-${vmId.slice(0, 11)}`, vmId })),
-        poolTaps: [...model.pool],
+        poolTaps: [...model.pool].map((name) => ({ name, ownerUid: 1000 })),
+        ownerUid: 1000,
         natRules: [...model.nat].map((vmId) => ({ vmId })),
         loops: [...model.loops].map(([device, backingFile]) => ({ device, backingFile })),
         vmms: [...model.vmms].map((vmId) => ({ vmId, pid: 999_999, startTime: new Date(0) })),

@@ -484,6 +484,10 @@ export function createVmService(deps: {
           return tap;
         } catch (error) {
           logger.warn({ err: error, tap: pooled }, "a warm-pool tap could not be taken over; making a new one");
+          // One the helper will never hand over (made for another uid) goes; deleting refuses what is not a pool tap.
+          if (error instanceof FailedPreconditionError && error.reason === "NOT_IN_POOL") {
+            await host.deletePoolTap(pooled, scope).catch(() => undefined);
+          }
           return host.createTap(vm.id, bridge, scope);
         }
       },
@@ -1126,7 +1130,23 @@ export function createVmService(deps: {
         logger.warn({ id }, "removed the directory of a VM that does not exist");
       }
       if (!inventory) return;
-      tapPool.push(...inventory.poolTaps.filter((name) => !tapPool.includes(name)));
+      // Warm-pool taps made for this owner are taken into the pool; one made for another uid (an earlier
+      // owner's) cannot be opened by this owner's VMMs: it is deleted, and the pool makes new ones.
+      for (const tap of inventory.poolTaps) {
+        if (inventory.ownerUid === undefined || tap.ownerUid === inventory.ownerUid) {
+          if (!tapPool.includes(tap.name)) tapPool.push(tap.name);
+          continue;
+        }
+        await host
+          .deletePoolTap(tap.name, scope)
+          .then(() =>
+            logger.warn(
+              { tap: tap.name, tap_owner: tap.ownerUid, owner: inventory.ownerUid },
+              "deleted a warm-pool tap made for another uid than the helper's owner",
+            ),
+          )
+          .catch((error: unknown) => logger.error({ tap: tap.name, err: error }, "could not delete a warm-pool tap"));
+      }
       // banger's resources that belong to no VM at all.
       const orphans = new Set<string>([
         ...inventory.taps.map((t) => t.vmId),

@@ -58,17 +58,22 @@ export function createPrivilegedPeer(
         ipForward: found?.ipForward,
         modulesVisible: found?.modulesVisible ?? false,
         vmmBinaries: { firecracker: version.firecrackerBinary, qemu: version.qemuBinary },
+        ownerUid: version.ownerUid,
       };
     },
     async inventory(scope) {
-      const found = await host.getInventory({}, callOptions(scope));
+      const [found, version] = await Promise.all([
+        host.getInventory({}, callOptions(scope)),
+        host.getVersion({}, callOptions(scope)),
+      ]);
       return {
+        ownerUid: version.ownerUid,
         taps: found.links
           .filter((link) => link.kind === LinkKind.TAP && link.vmId !== "")
           .map((link) => ({ name: link.name, vmId: link.vmId })),
         poolTaps: found.links
           .filter((link) => link.kind === LinkKind.TAP && link.vmId === "" && link.name.startsWith("bgr-p"))
-          .map((link) => link.name),
+          .map((link) => ({ name: link.name, ownerUid: link.ownerUid })),
         natRules: found.natRules.map((rule) => ({ vmId: rule.vmId })),
         loops: found.loopDevices.map((loop) => ({ device: loop.device, backingFile: loop.backingFile })),
         snapshots: found.dmDevices.filter((dm) => dm.vmId !== "").map((dm) => ({ vmId: dm.vmId })),

@@ -222,6 +222,14 @@ export function createNetworkOps(deps: NetworkDeps): NetworkOps {
       if (pooled?.ifalias !== `${ALIAS_PREFIX}pool`) {
         throw new FailedPreconditionError(`${req.fromPool} is not a warm-pool tap`, { reason: "NOT_IN_POOL" });
       }
+      // Made for another owner (an earlier helper's): this owner's VMM could not open it.
+      const madeFor = uidOf(pooled.linkinfo?.info_data?.user);
+      if (madeFor !== config.ownerUid) {
+        throw new FailedPreconditionError(
+          `${req.fromPool} was made for uid ${madeFor}, not for the owner (uid ${config.ownerUid})`,
+          { reason: "NOT_IN_POOL" },
+        );
+      }
       const from = req.fromPool;
       try {
         await ipBatch([

@@ -452,8 +452,9 @@ export const NetworkService: GenService<{
    * `bgr-` + the first 11 hex digits of sha256(vm_id) (15 bytes). Errors:
    * INVALID_ARGUMENT (INVALID_ARGUMENT: pool with vm_id or from_pool,
    * INVALID_POOL_NAME), FAILED_PRECONDITION (BRIDGE_ABSENT, NOT_IN_POOL:
-   * from_pool is not a warm-pool tap), ALREADY_EXISTS (TAP_EXISTS: a tap of
-   * that name belongs to another VM).
+   * from_pool is not a warm-pool tap, or one made for another uid than the
+   * owner), ALREADY_EXISTS (TAP_EXISTS: a tap of that name belongs to another
+   * VM).
    *
    * @generated from rpc banger.privileged.v1.NetworkService.CreateTap
    */
