@@ -20,11 +20,14 @@ export async function startFakeVmCluster(
     withInitrd?: boolean;
     rootfsSize?: string;
     /** Another "Firecracker" than the fake. */ firecracker?: string;
+    /** Runs in the namespace before any service starts (e.g. to leave links there as an earlier run would). */
+    prepareNetns?: (ns: NetNs) => void;
   } = {},
 ) {
   console.log("no KVM or Firecracker here: VMs run under test-fixtures/fake-vmm.mjs (Firecracker's API, no guest)");
   const firecracker = options.firecracker ?? FAKE_VMM;
   const ns: NetNs = createNetNs();
+  options.prepareNetns?.(ns);
   const cluster: Cluster = await startCluster({
     owner: OWNER,
     netns: ns.name,

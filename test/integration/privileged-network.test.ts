@@ -136,6 +136,28 @@ describe.skipIf(!IS_ROOT)("privileged network operations in a network namespace"
     await network.deleteBridge({ name: "bgr0" });
   });
 
+  it("hands over no warm-pool tap made for another uid than the owner (its VMM could not open it)", async () => {
+    await network.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" });
+    // As a helper of another owner left it.
+    const foreign = "bgr-p00000000cc";
+    for (const argv of [
+      ["ip", "tuntap", "add", "dev", foreign, "mode", "tap", "user", "4242"],
+      ["ip", "link", "set", "dev", foreign, "alias", "banger:pool"],
+      ["ip", "link", "set", "dev", foreign, "master", "bgr0"],
+    ]) {
+      ns.exec(argv);
+    }
+    const refused = await failure(() => network.createTap({ vmId: "box4", bridge: "bgr0", fromPool: foreign }));
+    expect(refused.code).toBe(Code.FailedPrecondition);
+    expect(refused.rawMessage).toBe(`${foreign} was made for uid 4242, not for the owner (uid ${OWNER})`);
+    expect(ns.links().find((l) => l.ifname === foreign)).toMatchObject({ ifalias: "banger:pool" });
+    // The inventory says whose it is, so the orchestrator can leave it out of its pool.
+    const listed = (await host.getInventory({})).links.find((l) => l.name === foreign);
+    expect(listed?.ownerUid).toBe(4242);
+    expect(await network.deleteTap({ vmId: "", poolName: foreign })).toMatchObject({ existed: true });
+    await network.deleteBridge({ name: "bgr0" });
+  });
+
   it("refuses bad input with the right code and changes nothing", async () => {
     await network.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" });
     // Links banger did not make, with names banger would use.

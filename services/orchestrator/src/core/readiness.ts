@@ -180,6 +180,8 @@ export async function whileVmmRuns<T>(
   vmmRunning: () => Promise<boolean>,
   signal: AbortSignal,
   pollMs = VMM_POLL_MS,
+  /** What the VMM's exit means for this wait. */
+  exitedMessage = "the VMM exited before the guest was ready (the guest rebooted or powered off)",
 ): Promise<T> {
   const done = new AbortController();
   const forward = () => done.abort(signal.reason);
@@ -190,11 +192,7 @@ export async function whileVmmRuns<T>(
       const running = await vmmRunning().catch(() => true);
       if (done.signal.aborted) return;
       if (!running) {
-        reject(
-          new FailedPreconditionError("the VMM exited before the guest was ready (the guest rebooted or powered off)", {
-            reason: "VMM_EXITED",
-          }),
-        );
+        reject(new FailedPreconditionError(exitedMessage, { reason: "VMM_EXITED" }));
         return;
       }
       timer = setTimeout(() => void look(), pollMs);

@@ -533,7 +533,18 @@ export function createVmService(deps: {
       ...(root ? { root } : {}),
     };
     await saveHandles(vm, handle);
-    await op.stage("configure-vmm", () => driver.configure(launched, spec, op.signal));
+    const vmmRuns = async () => (await host.vmmState(vm.id, launched.pid, launched.startTime, scope)).running;
+    // A VMM that exits after making its socket (QEMU makes QMP's before it opens the tap) ends the wait for its
+    // API at once; what it printed goes with the error (explainVmFailure).
+    await op.stage("configure-vmm", () =>
+      whileVmmRuns(
+        (signal) => driver.configure(launched, spec, signal),
+        vmmRuns,
+        op.signal,
+        undefined,
+        "the VMM exited before it answered on its API socket",
+      ),
+    );
     await op.stage("start-vmm", () => driver.start(launched));
     await saveHandles(vm, { ...handle, ready: false });
     if (options.skipSshWait) {
@@ -541,7 +552,6 @@ export function createVmService(deps: {
       await op.track("wait-ssh", "done", "skipped: not waiting for the guest");
     } else {
       // Both waits end early when the VMM exits (a guest that panics or powers off): no point waiting out the timeout.
-      const vmmRuns = async () => (await host.vmmState(vm.id, launched.pid, launched.startTime, scope)).running;
       // banger's guest kit: the agent answers (it starts before any SSH server).
       if (handle.agent) {
         await op.stage("wait-agent", async () => {
