@@ -4,7 +4,7 @@
  * warm-pool taps made for another owner are not taken (its VMM could not open them), and a VMM that
  * fails tells the client why, in its own words.
  */
-import { execFileSync, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
