@@ -145,5 +145,14 @@ describe.skipIf(missing.length > 0)("banger dev up --owner with a VM", () => {
       }).trim();
     expect(dig(`@${BRIDGE_ADDRESS}`, "box.vm")).toBe(guestIp);
     expect(dig("+tcp", `@${BRIDGE_ADDRESS}`, "box.vm")).toBe(guestIp);
+
+    // doctor agrees: the responder answers, and the helper's owner is one that can run VMs.
+    const doctor = await cli(["doctor", "--json"]);
+    const checks = (JSON.parse(doctor.stdout) as { checks: { name: string; status: string; detail: string }[] }).checks;
+    expect(checks.find((c) => c.name === "dns")).toMatchObject({
+      status: "CHECK_STATUS_OK",
+      detail: `answering <name>.vm on ${BRIDGE_ADDRESS}:53`,
+    });
+    expect(checks.find((c) => c.name === "helper-privileges")?.detail).not.toContain("owner is root");
   });
 });

@@ -255,3 +255,23 @@ live("banger doctor", () => {
     }
   });
 });
+
+describe.skipIf(!IS_ROOT)("banger doctor with a helper whose owner is root", () => {
+  it("fails helper-privileges: VMs cannot start (every launch would be refused)", async () => {
+    // Everything as root, as a plain-root `dev up` once ran it; the helper told of no owner (no sudo either).
+    const rooted = await startCluster();
+    try {
+      await rooted.stop("privileged");
+      await rooted.start("privileged", { SUDO_UID: "", SUDO_GID: "" });
+      const result = await rooted.cli(["doctor", "--json"]);
+      expect(result.code).toBe(1);
+      const report = JSON.parse(result.stdout) as DoctorJson;
+      expect(jsonCheck(report, "helper-privileges")).toMatchObject({
+        status: "CHECK_STATUS_FAIL",
+        detail: "VMs cannot start: the helper's owner is root (a VMM never runs as root)",
+      });
+    } finally {
+      await rooted.shutdown();
+    }
+  });
+});

@@ -78,7 +78,7 @@ export function createDoctorProbes(options: {
 
     async lowPorts() {
       if (activatedFds(DNS_FD_NAME).length >= 2) {
-        return { ok: true, why: "gets its port 53 sockets from systemd (bangerd-dns.socket)" };
+        return { ok: true, why: "gets its port 53 sockets bound as root (bangerd-dns.socket, or dev up)" };
       }
       if (process.getuid?.() === 0) return { ok: true, why: "runs as root" };
       if (effectiveCapabilities().includes("CAP_NET_BIND_SERVICE")) {
