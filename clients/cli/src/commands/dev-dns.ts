@@ -9,7 +9,8 @@
  * LISTEN_PID must name the orchestrator itself: a few lines of python3 bind, drop to the owner and exec
  * the orchestrator in the same process.
  */
-import { closeSync, constants, fstatSync, openSync, readFileSync, statSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { statSync } from "node:fs";
 import { delimiter, join } from "node:path";
 import { bridgeAddressOf } from "../bridge-address.js";
 
@@ -67,34 +68,44 @@ export function findOnPath(name: string, path = process.env["PATH"] ?? ""): stri
 
 const MAX_CONFIG_BYTES = 1024 * 1024;
 
+/** Run as the owner: prints the file (at most 1 MiB), nothing when there is none, else the errno code and exits 1. */
+const READ_AS_OWNER = [
+  "const fs = require('node:fs');",
+  "try {",
+  "  const fd = fs.openSync(process.argv[1], fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);",
+  "  if (!fs.fstatSync(fd).isFile() || fs.fstatSync(fd).size > " +
+    String(MAX_CONFIG_BYTES) +
+    ") throw { code: 'not a regular file of at most 1 MiB' };",
+  "  process.stdout.write(fs.readFileSync(fd));",
+  "} catch (e) { if (e.code !== 'ENOENT' && e.code !== 'ENOTDIR') { process.stderr.write(String(e.code)); process.exit(1); } process.exit(3); }",
+].join("\n");
+
 /**
  * The bridge's address from the owner's config.toml (`configDir`/config.toml), as bangerd will read it.
- * Root reads a file in the owner's home: only a regular file of the owner's, not through a
- * symlink, at most 1 MiB; another one counts as absent (bangerd's default) and `say` tells so.
+ * Root opens nothing in the owner's home: the file is read by a child running as the owner (what the owner
+ * can read, through whatever symlinks bangerd would follow). One that cannot be read counts as absent
+ * (bangerd's default), and `say` tells so.
  */
 export function devBridgeAddress(
   configDir: string,
-  ownerUid: number,
+  owner: { readonly uid: number; readonly gid: number },
   say: (line: string) => void,
 ): { address: string; from: string } {
   const file = join(configDir, "config.toml");
+  const read = spawnSync(process.execPath, ["-e", READ_AS_OWNER, file], {
+    uid: owner.uid,
+    gid: owner.gid,
+    cwd: "/",
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "pipe"],
+    maxBuffer: 2 * MAX_CONFIG_BYTES,
+    timeout: 10_000,
+  });
   let text: string | undefined;
-  let fd: number | undefined;
-  try {
-    fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-    const stats = fstatSync(fd);
-    if (!stats.isFile() || stats.uid !== ownerUid || stats.size > MAX_CONFIG_BYTES) {
-      say(`${file} is not a regular file of uid ${ownerUid}'s (at most 1 MiB): .vm DNS binds bangerd's default`);
-    } else {
-      text = readFileSync(fd, "utf8");
-    }
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === "ELOOP") say(`${file} is a symlink: .vm DNS binds bangerd's default`);
-    else if (code !== "ENOENT" && code !== "ENOTDIR")
-      say(`cannot read ${file} (${code}): .vm DNS binds bangerd's default`);
-  } finally {
-    if (fd !== undefined) closeSync(fd);
+  if (read.status === 0) text = read.stdout;
+  else if (read.status !== 3) {
+    const why = read.stderr.trim() || read.error?.message || `exit ${read.status ?? read.signal}`;
+    say(`cannot read ${file} as uid ${owner.uid} (${why}): .vm DNS binds bangerd's default`);
   }
   return bridgeAddressOf(text, file);
 }

@@ -134,7 +134,7 @@ async function devUp(
     const say = (line: string) => process.stderr.write(`banger dev: ${line}\n`);
     let address: string;
     try {
-      ({ address } = devBridgeAddress(join(owner.home ?? stateDir, ".config", "banger"), owner.uid, say));
+      ({ address } = devBridgeAddress(join(owner.home ?? stateDir, ".config", "banger"), owner, say));
     } catch (error) {
       throw new Error(`${(error as Error).message}; fix it; nothing was started`);
     }
