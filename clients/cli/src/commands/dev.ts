@@ -71,8 +71,13 @@ export function devOwner(
     if (!entry && numeric === undefined) throw new UsageError(`--owner ${option}: no such user in /etc/passwd`);
     const uid = entry ? Number(entry[2]) : (numeric ?? 0);
     const gid = entry ? Number(entry[3]) : uid;
-    if (uid === 0 || gid === 0 || !Number.isSafeInteger(uid) || !Number.isSafeInteger(gid)) {
+    if (uid === 0 || !Number.isSafeInteger(uid)) {
       throw new UsageError(`--owner ${option} is root: VMs never run as root; name the user who will run them`);
+    }
+    if (gid === 0 || !Number.isSafeInteger(gid)) {
+      throw new UsageError(
+        `--owner ${option}'s group is root (gid 0): VMs never run with it; give the user a group of its own`,
+      );
     }
     return { uid, gid, home: homeOf(entry) };
   }
