@@ -19,3 +19,4 @@ export * from "./version.js";
 export * from "./registry/index.js";
 export * from "./debugfs.js";
 export * from "./host-runner.js";
+export * from "./static-busybox.js";

@@ -20,6 +20,8 @@ const { values } = parseArgs({
     "max-image-mib": { type: "string" },
     "max-image-entries": { type: "string" },
     "min-free-mib": { type: "string" },
+    // The static busybox of the built-in image `tiny`.
+    busybox: { type: "string" },
   },
   strict: true,
 });
@@ -66,6 +68,7 @@ await runService({
         builtCache: createBuiltCache(join(stateDir, "cache", "built")),
         logger,
         dockerConfigPath: defaultDockerConfigPath(process.env, homedir()),
+        ...(values.busybox ? { busybox: resolve(values.busybox) } : {}),
       }),
     );
   },

@@ -25,7 +25,9 @@ export type PullImageRequest = Message<"banger.v1.PullImageRequest"> & {
   /**
    * OCI reference ("debian:bookworm", "alpine", "ghcr.io/org/img@sha256:…",
    * "127.0.0.1:5000/x:tag"; Docker Hub naming rules apply) or a catalog name
-   * ("debian"). Registries marked insecure in the config (and loopback ones)
+   * ("debian"), or `tiny`: banger's built-in image (the host's static
+   * busybox; banger's guest kit comes with its initramfs), built by the image
+   * puller with no download. Registries marked insecure in the config (and loopback ones)
    * are reached over plain HTTP; credentials come from the docker config.
    *
    * @generated from field: string reference = 1;

@@ -886,8 +886,14 @@ export const VmLogSourceSchema: GenEnum<VmLogSource> = /*@__PURE__*/
  */
 export const VmService: GenService<{
   /**
-   * Creates a VM and boots it: resolve-image (pulling it if the catalog knows
-   * it) → reserve (name, guest IP, MAC, vsock CID) → root-disk → fsck →
+   * Creates a VM and boots it: kernel (only when no kernel is imported at
+   * all and the request names none: the host's installed kernel, with only
+   * the modules banger's initramfs loads, is imported and becomes the
+   * default, and its initramfs is built; the stage's note says so) →
+   * resolve-image (pulling it if the catalog knows it, building it for the
+   * built-in `tiny`; when the request names no image and the default image
+   * cannot be pulled because its registry is unreachable, `tiny` serves
+   * instead and the stage's note says why) → reserve (name, guest IP, MAC, vsock CID) → root-disk → fsck →
    * guest-files → work-disk → tap → launch-vmm → configure-vmm → start-vmm →
    * wait-ssh → network (DNS name + NAT). Returns at once with the operation,
    * whose result is the Vm. Any stage failure unwinds what earlier stages
@@ -896,7 +902,7 @@ export const VmService: GenService<{
    * INVALID_ARGUMENT (INVALID_VM_NAME, INVALID_VCPU, INVALID_MEMORY,
    * INVALID_DISK_SIZE), ALREADY_EXISTS (VM_NAME_TAKEN), NOT_FOUND
    * (IMAGE_NOT_FOUND for a name neither local nor in the catalog,
-   * KERNEL_NOT_FOUND), FAILED_PRECONDITION (VMM_UNAVAILABLE: the chosen VMM
+   * KERNEL_NOT_FOUND for a kernel named that does not exist), FAILED_PRECONDITION (VMM_UNAVAILABLE: the chosen VMM
    * cannot run here, e.g. Firecracker without /dev/kvm), RESOURCE_EXHAUSTED
    * (NO_FREE_ADDRESS: the bridge subnet is full).
    *

@@ -3,6 +3,7 @@ import {
   LayerState,
   PullStage,
   PullerService,
+  type BuildTinyImageResponseSchema,
   type PullRequest,
   type PullResponseSchema,
 } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
@@ -10,6 +11,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { BuiltCache } from "../core/built-cache.js";
 import { createLeases, pull, type PullDeps, type PullEvent, type PullResult } from "../core/pull.js";
+import { buildTiny, type TinyDeps } from "../core/tiny.js";
 import { describePuller } from "../identity.js";
 import {
   createRegistryClient,
@@ -45,6 +47,10 @@ export interface PullerServiceDeps {
   readonly createBuilder: PullDeps["createBuilder"];
   readonly scratchDir?: PullDeps["scratchDir"];
   readonly builtCache?: BuiltCache;
+  /** The static busybox of the built-in image `tiny`; default /bin/busybox. */
+  readonly busybox?: string;
+  /** Its applets (tests); default what `busybox --list-full` prints. */
+  readonly busyboxApplets?: TinyDeps["applets"];
   /** docker config.json with registry credentials; unset = none. */
   readonly dockerConfigPath?: string;
   readonly logger?: Logger;
@@ -113,6 +119,18 @@ export function createPullerService(deps: PullerServiceDeps): ServiceImpl<typeof
         ctx.signal,
       );
     },
+    buildTinyImage(req, ctx) {
+      return streamTiny(
+        {
+          createBuilder: () => deps.createBuilder(),
+          stateDir: deps.stateDir,
+          ...(deps.busybox ? { busybox: deps.busybox } : {}),
+          ...(deps.busyboxApplets ? { applets: deps.busyboxApplets } : {}),
+        },
+        { stagingDir: req.stagingDir, minRootfsMib: Number(req.minRootfsMib) },
+        ctx.signal,
+      );
+    },
     async resolve(req, ctx) {
       const reference = parseReference(req.reference);
       const resolved = await registryFor(req).resolve(reference, req.platform ?? DEFAULT_PLATFORM, ctx.signal);
@@ -159,19 +177,34 @@ async function* streamPull(deps: PullDeps, req: PullRequest, signal: AbortSignal
       ),
     (pending, next) => downloading(pending) !== undefined && downloading(pending) === downloading(next),
   );
-  yield {
-    event: {
-      case: "result",
-      value: {
-        ...r,
-        rootfsBytes: BigInt(r.rootfsBytes),
-        workSeedBytes: BigInt(r.workSeedBytes),
-        downloadedBytes: BigInt(r.downloadedBytes),
-        entrypoint: [...r.entrypoint],
-        cmd: [...r.cmd],
-        env: [...r.env],
-      },
-    },
+  yield { event: { case: "result", value: resultToProto(r) } };
+}
+
+type TinyResponse = MessageInitShape<typeof BuildTinyImageResponseSchema>;
+
+async function* streamTiny(
+  deps: TinyDeps,
+  req: Parameters<typeof buildTiny>[1],
+  signal: AbortSignal,
+): AsyncIterable<TinyResponse> {
+  const r = yield* eventStream<TinyResponse, PullResult>((emit) =>
+    buildTiny(deps, req, signal, (event) => {
+      const { stage, done, durationMs, message } = event;
+      emit({ event: { case: "stage", value: { stage: STAGE[stage], done, durationMs: BigInt(durationMs), message } } });
+    }),
+  );
+  yield { event: { case: "result", value: resultToProto(r) } };
+}
+
+function resultToProto(r: PullResult) {
+  return {
+    ...r,
+    rootfsBytes: BigInt(r.rootfsBytes),
+    workSeedBytes: BigInt(r.workSeedBytes),
+    downloadedBytes: BigInt(r.downloadedBytes),
+    entrypoint: [...r.entrypoint],
+    cmd: [...r.cmd],
+    env: [...r.env],
   };
 }
 

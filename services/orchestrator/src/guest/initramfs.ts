@@ -34,12 +34,12 @@ import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
 import { createGzip } from "node:zlib";
-import { FailedPreconditionError, InternalError } from "@banger/common";
+import { DEFAULT_BUSYBOX, FailedPreconditionError, InternalError, readStaticBusybox } from "@banger/common";
 import { decompress, type Compression, type ToolRunner } from "./decompress.js";
 import { buildKit, type BuildKitOptions, type KitSummary } from "./kit.js";
 
 /** The static busybox put into the initramfs unless told otherwise (Debian's busybox-static installs it). */
-export const DEFAULT_BUSYBOX = "/bin/busybox";
+export { DEFAULT_BUSYBOX } from "@banger/common";
 
 /** Where banger's init scripts live (see the file comment). */
 export const INIT_SCRIPTS_DIR = fileURLToPath(new URL("../../src/guest/init/", import.meta.url));
@@ -214,54 +214,8 @@ export async function readModuleIndex(modulesDir: string): Promise<ModuleIndex> 
 
 // ---------------------------------------------------------------- busybox
 
-/**
- * Checks that `path` is a statically linked ELF (the initramfs has no shared
- * libraries) and returns its bytes. Errors: FAILED_PRECONDITION
- * BUSYBOX_MISSING, BUSYBOX_NOT_STATIC.
- */
-export async function readStaticBusybox(path: string = DEFAULT_BUSYBOX): Promise<Buffer> {
-  const hint = "install a static busybox there (Debian, Ubuntu: apt install busybox-static)";
-  let bytes: Buffer;
-  try {
-    bytes = await readFile(path);
-  } catch (error) {
-    const code = errnoOf(error);
-    if (code === "ENOENT" || code === "ENOTDIR" || code === "EISDIR" || code === "EACCES") {
-      throw new FailedPreconditionError(`no busybox at ${path} for the initramfs: ${hint}`, {
-        reason: "BUSYBOX_MISSING",
-        cause: error,
-      });
-    }
-    throw error;
-  }
-  const linking = elfLinking(bytes);
-  if (linking !== "static") {
-    throw new FailedPreconditionError(
-      `${path} is ${linking === "dynamic" ? "dynamically linked" : "not an ELF executable"}; the initramfs has no shared libraries: ${hint}`,
-      { reason: linking === "dynamic" ? "BUSYBOX_NOT_STATIC" : "BUSYBOX_MISSING" },
-    );
-  }
-  return bytes;
-}
-
-/** "static" for an ELF without a PT_INTERP program header, "dynamic" with one, "not-elf" otherwise. */
-export function elfLinking(file: Buffer): "static" | "dynamic" | "not-elf" {
-  if (file.length < 52 || file.readUInt32BE(0) !== 0x7f454c46) return "not-elf";
-  const is64 = file[4] === 2;
-  const little = file[5] === 1;
-  const u16 = (at: number) => (little ? file.readUInt16LE(at) : file.readUInt16BE(at));
-  const u32 = (at: number) => (little ? file.readUInt32LE(at) : file.readUInt32BE(at));
-  const u64 = (at: number) => Number(little ? file.readBigUInt64LE(at) : file.readBigUInt64BE(at));
-  const phoff = is64 ? u64(0x20) : u32(0x1c);
-  const phentsize = u16(is64 ? 0x36 : 0x2a);
-  const phnum = u16(is64 ? 0x38 : 0x2c);
-  for (let i = 0; i < phnum; i++) {
-    const at = phoff + i * phentsize;
-    if (at + 4 > file.length) return "not-elf";
-    if (u32(at) === 3) return "dynamic"; // PT_INTERP
-  }
-  return "static";
-}
+// The check is shared with the image puller, which builds the built-in image `tiny` from the same busybox.
+export { elfLinking, readStaticBusybox } from "@banger/common";
 
 // ---------------------------------------------------------------- cpio
 

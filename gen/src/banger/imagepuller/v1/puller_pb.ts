@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/imagepuller/v1/puller.proto.
  */
 export const file_banger_imagepuller_v1_puller: GenFile = /*@__PURE__*/
-  fileDesc("CiJiYW5nZXIvaW1hZ2VwdWxsZXIvdjEvcHVsbGVyLnByb3RvEhViYW5nZXIuaW1hZ2VwdWxsZXIudjEiEwoRR2V0VmVyc2lvblJlcXVlc3QifgoSR2V0VmVyc2lvblJlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSCwoDcGlkGAIgASgFEgsKA3VpZBgDIAEoDRILCgNnaWQYBCABKA0SFQoNcHJpdmlsZWdlc19vaxgFIAEoCBIZChFwcml2aWxlZ2VzX2RldGFpbBgGIAEoCSI9CghQbGF0Zm9ybRIKCgJvcxgBIAEoCRIUCgxhcmNoaXRlY3R1cmUYAiABKAkSDwoHdmFyaWFudBgDIAEoCSJiChJSZWdpc3RyeUNyZWRlbnRpYWwSEAoIcmVnaXN0cnkYASABKAkSEAoIdXNlcm5hbWUYAiABKAkSEAoIcGFzc3dvcmQYAyABKAkSFgoOaWRlbnRpdHlfdG9rZW4YBCABKAkizwIKC1B1bGxSZXF1ZXN0EhEKCXJlZmVyZW5jZRgBIAEoCRITCgtzdGFnaW5nX2RpchgCIAEoCRIxCghwbGF0Zm9ybRgDIAEoCzIfLmJhbmdlci5pbWFnZXB1bGxlci52MS5QbGF0Zm9ybRIbChNpbnNlY3VyZV9yZWdpc3RyaWVzGAQgAygJEhYKDm1pbl9yb290ZnNfbWliGAUgASgEEhgKEGhlYWRyb29tX3BlcmNlbnQYBiABKA0SHAoUaW5vZGVfbWFyZ2luX3BlcmNlbnQYByABKA0SFgoOc2tpcF93b3JrX3NlZWQYCCABKAgSIAoYbWF4X2NvbmN1cnJlbnRfZG93bmxvYWRzGAkgASgNEj4KC2NyZWRlbnRpYWxzGAogAygLMikuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlJlZ2lzdHJ5Q3JlZGVudGlhbCK3AQoMUHVsbFJlc3BvbnNlEjIKBXN0YWdlGAEgASgLMiEuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlN0YWdlRXZlbnRIABI1CgVsYXllchgCIAEoCzIkLmJhbmdlci5pbWFnZXB1bGxlci52MS5MYXllclByb2dyZXNzSAASMwoGcmVzdWx0GAMgASgLMiEuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlB1bGxSZXN1bHRIAEIHCgVldmVudCJxCgpTdGFnZUV2ZW50Ei8KBXN0YWdlGAEgASgOMiAuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlB1bGxTdGFnZRIMCgRkb25lGAIgASgIEhMKC2R1cmF0aW9uX21zGAMgASgEEg8KB21lc3NhZ2UYBCABKAkiiQEKDUxheWVyUHJvZ3Jlc3MSDgoGZGlnZXN0GAEgASgJEg0KBWluZGV4GAIgASgNEhIKCmRvbmVfYnl0ZXMYAyABKAQSEwoLdG90YWxfYnl0ZXMYBCABKAQSMAoFc3RhdGUYBSABKA4yIS5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuTGF5ZXJTdGF0ZSLJAgoKUHVsbFJlc3VsdBIXCg9tYW5pZmVzdF9kaWdlc3QYASABKAkSFQoNY29uZmlnX2RpZ2VzdBgCIAEoCRIQCghwbGF0Zm9ybRgDIAEoCRITCgtyb290ZnNfZmlsZRgEIAEoCRIUCgxyb290ZnNfYnl0ZXMYBSABKAQSFgoOd29ya19zZWVkX2ZpbGUYBiABKAkSFwoPd29ya19zZWVkX2J5dGVzGAcgASgEEhIKCmVudHJ5cG9pbnQYCCADKAkSCwoDY21kGAkgAygJEgsKA2VudhgKIAMoCRIMCgR1c2VyGAsgASgJEhMKC3dvcmtpbmdfZGlyGAwgASgJEhgKEGRvd25sb2FkZWRfYnl0ZXMYDSABKAQSFQoNbWFuaWZlc3RfZmlsZRgOIAEoCRIbChNjYW5vbmljYWxfcmVmZXJlbmNlGA8gASgJIrMBCg5SZXNvbHZlUmVxdWVzdBIRCglyZWZlcmVuY2UYASABKAkSMQoIcGxhdGZvcm0YAiABKAsyHy5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUGxhdGZvcm0SGwoTaW5zZWN1cmVfcmVnaXN0cmllcxgDIAMoCRI+CgtjcmVkZW50aWFscxgEIAMoCzIpLmJhbmdlci5pbWFnZXB1bGxlci52MS5SZWdpc3RyeUNyZWRlbnRpYWwidAoPUmVzb2x2ZVJlc3BvbnNlEhsKE2Nhbm9uaWNhbF9yZWZlcmVuY2UYASABKAkSFwoPbWFuaWZlc3RfZGlnZXN0GAIgASgJEhEKCXBsYXRmb3JtcxgDIAMoCRIYChBjb21wcmVzc2VkX2J5dGVzGAQgASgEIiYKEVBydW5lQ2FjaGVSZXF1ZXN0EhEKCWtlZXBfZGF5cxgBIAEoDSJAChJQcnVuZUNhY2hlUmVzcG9uc2USFQoNcmVtb3ZlZF9ibG9icxgBIAEoDRITCgtmcmVlZF9ieXRlcxgCIAEoBCq2AQoJUHVsbFN0YWdlEhoKFlBVTExfU1RBR0VfVU5TUEVDSUZJRUQQABIWChJQVUxMX1NUQUdFX1JFU09MVkUQARIVChFQVUxMX1NUQUdFX0xBWUVSUxACEhMKD1BVTExfU1RBR0VfTUtGUxADEhgKFFBVTExfU1RBR0VfT1dORVJTSElQEAQSGAoUUFVMTF9TVEFHRV9XT1JLX1NFRUQQBRIVChFQVUxMX1NUQUdFX1ZFUklGWRAGKqwBCgpMYXllclN0YXRlEhsKF0xBWUVSX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTTEFZRVJfU1RBVEVfV0FJVElORxABEhsKF0xBWUVSX1NUQVRFX0RPV05MT0FESU5HEAISFgoSTEFZRVJfU1RBVEVfQ0FDSEVEEAMSGgoWTEFZRVJfU1RBVEVfRE9XTkxPQURFRBAEEhcKE0xBWUVSX1NUQVRFX0FQUExJRUQQBTKCAwoNUHVsbGVyU2VydmljZRJhCgpHZXRWZXJzaW9uEiguYmFuZ2VyLmltYWdlcHVsbGVyLnYxLkdldFZlcnNpb25SZXF1ZXN0GikuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLkdldFZlcnNpb25SZXNwb25zZRJRCgRQdWxsEiIuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlB1bGxSZXF1ZXN0GiMuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlB1bGxSZXNwb25zZTABElgKB1Jlc29sdmUSJS5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUmVzb2x2ZVJlcXVlc3QaJi5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUmVzb2x2ZVJlc3BvbnNlEmEKClBydW5lQ2FjaGUSKC5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUHJ1bmVDYWNoZVJlcXVlc3QaKS5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUHJ1bmVDYWNoZVJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("CiJiYW5nZXIvaW1hZ2VwdWxsZXIvdjEvcHVsbGVyLnByb3RvEhViYW5nZXIuaW1hZ2VwdWxsZXIudjEiEwoRR2V0VmVyc2lvblJlcXVlc3QifgoSR2V0VmVyc2lvblJlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSCwoDcGlkGAIgASgFEgsKA3VpZBgDIAEoDRILCgNnaWQYBCABKA0SFQoNcHJpdmlsZWdlc19vaxgFIAEoCBIZChFwcml2aWxlZ2VzX2RldGFpbBgGIAEoCSI9CghQbGF0Zm9ybRIKCgJvcxgBIAEoCRIUCgxhcmNoaXRlY3R1cmUYAiABKAkSDwoHdmFyaWFudBgDIAEoCSJiChJSZWdpc3RyeUNyZWRlbnRpYWwSEAoIcmVnaXN0cnkYASABKAkSEAoIdXNlcm5hbWUYAiABKAkSEAoIcGFzc3dvcmQYAyABKAkSFgoOaWRlbnRpdHlfdG9rZW4YBCABKAkizwIKC1B1bGxSZXF1ZXN0EhEKCXJlZmVyZW5jZRgBIAEoCRITCgtzdGFnaW5nX2RpchgCIAEoCRIxCghwbGF0Zm9ybRgDIAEoCzIfLmJhbmdlci5pbWFnZXB1bGxlci52MS5QbGF0Zm9ybRIbChNpbnNlY3VyZV9yZWdpc3RyaWVzGAQgAygJEhYKDm1pbl9yb290ZnNfbWliGAUgASgEEhgKEGhlYWRyb29tX3BlcmNlbnQYBiABKA0SHAoUaW5vZGVfbWFyZ2luX3BlcmNlbnQYByABKA0SFgoOc2tpcF93b3JrX3NlZWQYCCABKAgSIAoYbWF4X2NvbmN1cnJlbnRfZG93bmxvYWRzGAkgASgNEj4KC2NyZWRlbnRpYWxzGAogAygLMikuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlJlZ2lzdHJ5Q3JlZGVudGlhbCK3AQoMUHVsbFJlc3BvbnNlEjIKBXN0YWdlGAEgASgLMiEuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlN0YWdlRXZlbnRIABI1CgVsYXllchgCIAEoCzIkLmJhbmdlci5pbWFnZXB1bGxlci52MS5MYXllclByb2dyZXNzSAASMwoGcmVzdWx0GAMgASgLMiEuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlB1bGxSZXN1bHRIAEIHCgVldmVudCJxCgpTdGFnZUV2ZW50Ei8KBXN0YWdlGAEgASgOMiAuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlB1bGxTdGFnZRIMCgRkb25lGAIgASgIEhMKC2R1cmF0aW9uX21zGAMgASgEEg8KB21lc3NhZ2UYBCABKAkiiQEKDUxheWVyUHJvZ3Jlc3MSDgoGZGlnZXN0GAEgASgJEg0KBWluZGV4GAIgASgNEhIKCmRvbmVfYnl0ZXMYAyABKAQSEwoLdG90YWxfYnl0ZXMYBCABKAQSMAoFc3RhdGUYBSABKA4yIS5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuTGF5ZXJTdGF0ZSLJAgoKUHVsbFJlc3VsdBIXCg9tYW5pZmVzdF9kaWdlc3QYASABKAkSFQoNY29uZmlnX2RpZ2VzdBgCIAEoCRIQCghwbGF0Zm9ybRgDIAEoCRITCgtyb290ZnNfZmlsZRgEIAEoCRIUCgxyb290ZnNfYnl0ZXMYBSABKAQSFgoOd29ya19zZWVkX2ZpbGUYBiABKAkSFwoPd29ya19zZWVkX2J5dGVzGAcgASgEEhIKCmVudHJ5cG9pbnQYCCADKAkSCwoDY21kGAkgAygJEgsKA2VudhgKIAMoCRIMCgR1c2VyGAsgASgJEhMKC3dvcmtpbmdfZGlyGAwgASgJEhgKEGRvd25sb2FkZWRfYnl0ZXMYDSABKAQSFQoNbWFuaWZlc3RfZmlsZRgOIAEoCRIbChNjYW5vbmljYWxfcmVmZXJlbmNlGA8gASgJIrMBCg5SZXNvbHZlUmVxdWVzdBIRCglyZWZlcmVuY2UYASABKAkSMQoIcGxhdGZvcm0YAiABKAsyHy5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuUGxhdGZvcm0SGwoTaW5zZWN1cmVfcmVnaXN0cmllcxgDIAMoCRI+CgtjcmVkZW50aWFscxgEIAMoCzIpLmJhbmdlci5pbWFnZXB1bGxlci52MS5SZWdpc3RyeUNyZWRlbnRpYWwidAoPUmVzb2x2ZVJlc3BvbnNlEhsKE2Nhbm9uaWNhbF9yZWZlcmVuY2UYASABKAkSFwoPbWFuaWZlc3RfZGlnZXN0GAIgASgJEhEKCXBsYXRmb3JtcxgDIAMoCRIYChBjb21wcmVzc2VkX2J5dGVzGAQgASgEIiYKEVBydW5lQ2FjaGVSZXF1ZXN0EhEKCWtlZXBfZGF5cxgBIAEoDSJEChVCdWlsZFRpbnlJbWFnZVJlcXVlc3QSEwoLc3RhZ2luZ19kaXIYASABKAkSFgoObWluX3Jvb3Rmc19taWIYAiABKAQiigEKFkJ1aWxkVGlueUltYWdlUmVzcG9uc2USMgoFc3RhZ2UYASABKAsyIS5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuU3RhZ2VFdmVudEgAEjMKBnJlc3VsdBgCIAEoCzIhLmJhbmdlci5pbWFnZXB1bGxlci52MS5QdWxsUmVzdWx0SABCBwoFZXZlbnQiQAoSUHJ1bmVDYWNoZVJlc3BvbnNlEhUKDXJlbW92ZWRfYmxvYnMYASABKA0SEwoLZnJlZWRfYnl0ZXMYAiABKAQqtgEKCVB1bGxTdGFnZRIaChZQVUxMX1NUQUdFX1VOU1BFQ0lGSUVEEAASFgoSUFVMTF9TVEFHRV9SRVNPTFZFEAESFQoRUFVMTF9TVEFHRV9MQVlFUlMQAhITCg9QVUxMX1NUQUdFX01LRlMQAxIYChRQVUxMX1NUQUdFX09XTkVSU0hJUBAEEhgKFFBVTExfU1RBR0VfV09SS19TRUVEEAUSFQoRUFVMTF9TVEFHRV9WRVJJRlkQBiqsAQoKTGF5ZXJTdGF0ZRIbChdMQVlFUl9TVEFURV9VTlNQRUNJRklFRBAAEhcKE0xBWUVSX1NUQVRFX1dBSVRJTkcQARIbChdMQVlFUl9TVEFURV9ET1dOTE9BRElORxACEhYKEkxBWUVSX1NUQVRFX0NBQ0hFRBADEhoKFkxBWUVSX1NUQVRFX0RPV05MT0FERUQQBBIXChNMQVlFUl9TVEFURV9BUFBMSUVEEAUy8wMKDVB1bGxlclNlcnZpY2USYQoKR2V0VmVyc2lvbhIoLmJhbmdlci5pbWFnZXB1bGxlci52MS5HZXRWZXJzaW9uUmVxdWVzdBopLmJhbmdlci5pbWFnZXB1bGxlci52MS5HZXRWZXJzaW9uUmVzcG9uc2USUQoEUHVsbBIiLmJhbmdlci5pbWFnZXB1bGxlci52MS5QdWxsUmVxdWVzdBojLmJhbmdlci5pbWFnZXB1bGxlci52MS5QdWxsUmVzcG9uc2UwARJYCgdSZXNvbHZlEiUuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlJlc29sdmVSZXF1ZXN0GiYuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlJlc29sdmVSZXNwb25zZRJhCgpQcnVuZUNhY2hlEiguYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlBydW5lQ2FjaGVSZXF1ZXN0GikuYmFuZ2VyLmltYWdlcHVsbGVyLnYxLlBydW5lQ2FjaGVSZXNwb25zZRJvCg5CdWlsZFRpbnlJbWFnZRIsLmJhbmdlci5pbWFnZXB1bGxlci52MS5CdWlsZFRpbnlJbWFnZVJlcXVlc3QaLS5iYW5nZXIuaW1hZ2VwdWxsZXIudjEuQnVpbGRUaW55SW1hZ2VSZXNwb25zZTABYgZwcm90bzM");
 
 /**
  * Request of GetVersion.
@@ -622,6 +622,73 @@ export const PruneCacheRequestSchema: GenMessage<PruneCacheRequest> = /*@__PURE_
   messageDesc(file_banger_imagepuller_v1_puller, 11);
 
 /**
+ * Request of BuildTinyImage.
+ *
+ * @generated from message banger.imagepuller.v1.BuildTinyImageRequest
+ */
+export type BuildTinyImageRequest = Message<"banger.imagepuller.v1.BuildTinyImageRequest"> & {
+  /**
+   * As in PullRequest: an existing, empty directory inside banger's state
+   * directory.
+   *
+   * @generated from field: string staging_dir = 1;
+   */
+  stagingDir: string;
+
+  /**
+   * Minimum size of the root filesystem in MiB; 0 = 256.
+   *
+   * @generated from field: uint64 min_rootfs_mib = 2;
+   */
+  minRootfsMib: bigint;
+};
+
+/**
+ * Describes the message banger.imagepuller.v1.BuildTinyImageRequest.
+ * Use `create(BuildTinyImageRequestSchema)` to create a new message.
+ */
+export const BuildTinyImageRequestSchema: GenMessage<BuildTinyImageRequest> = /*@__PURE__*/
+  messageDesc(file_banger_imagepuller_v1_puller, 12);
+
+/**
+ * One message of BuildTinyImage's stream: stage events, then the result
+ * (always the last message). It sends no layer progress.
+ *
+ * @generated from message banger.imagepuller.v1.BuildTinyImageResponse
+ */
+export type BuildTinyImageResponse = Message<"banger.imagepuller.v1.BuildTinyImageResponse"> & {
+  /**
+   * What happened.
+   *
+   * @generated from oneof banger.imagepuller.v1.BuildTinyImageResponse.event
+   */
+  event: {
+    /**
+     * A stage started or ended.
+     *
+     * @generated from field: banger.imagepuller.v1.StageEvent stage = 1;
+     */
+    value: StageEvent;
+    case: "stage";
+  } | {
+    /**
+     * The build finished; always the last message.
+     *
+     * @generated from field: banger.imagepuller.v1.PullResult result = 2;
+     */
+    value: PullResult;
+    case: "result";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message banger.imagepuller.v1.BuildTinyImageResponse.
+ * Use `create(BuildTinyImageResponseSchema)` to create a new message.
+ */
+export const BuildTinyImageResponseSchema: GenMessage<BuildTinyImageResponse> = /*@__PURE__*/
+  messageDesc(file_banger_imagepuller_v1_puller, 13);
+
+/**
  * Response of PruneCache.
  *
  * @generated from message banger.imagepuller.v1.PruneCacheResponse
@@ -647,7 +714,7 @@ export type PruneCacheResponse = Message<"banger.imagepuller.v1.PruneCacheRespon
  * Use `create(PruneCacheResponseSchema)` to create a new message.
  */
 export const PruneCacheResponseSchema: GenMessage<PruneCacheResponse> = /*@__PURE__*/
-  messageDesc(file_banger_imagepuller_v1_puller, 12);
+  messageDesc(file_banger_imagepuller_v1_puller, 14);
 
 /**
  * The stages of a pull, in order.
@@ -844,6 +911,28 @@ export const PullerService: GenService<{
     methodKind: "unary";
     input: typeof PruneCacheRequestSchema;
     output: typeof PruneCacheResponseSchema;
+  },
+  /**
+   * Builds banger's built-in image `tiny` into `staging_dir`, with no
+   * download: the puller's host's static busybox (`--busybox`, default
+   * /bin/busybox) with a link for each of its applets, and the directories
+   * and /etc files (passwd, group, shadow) a guest needs. banger's guest kit
+   * (SSH, the agent, an init for images without one) comes with banger's
+   * initramfs, not with the image. The tree is made as one tar layer and
+   * built like a pulled image's (owners 0:0, the same ext4 path and limits).
+   * Streams the stages LAYERS (the tree), MKFS, OWNERSHIP, WORK_SEED and
+   * VERIFY, then the result (manifest_digest is the layer's sha256, the
+   * platform linux/amd64, no reference). Errors: INVALID_ARGUMENT and
+   * PERMISSION_DENIED as Pull's for staging_dir; FAILED_PRECONDITION
+   * (STAGING_NOT_EMPTY; BUSYBOX_MISSING, BUSYBOX_NOT_STATIC: no static
+   * busybox where the puller looks); INTERNAL (HOST_COMMAND_FAILED).
+   *
+   * @generated from rpc banger.imagepuller.v1.PullerService.BuildTinyImage
+   */
+  buildTinyImage: {
+    methodKind: "server_streaming";
+    input: typeof BuildTinyImageRequestSchema;
+    output: typeof BuildTinyImageResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_banger_imagepuller_v1_puller, 0);
