@@ -230,6 +230,8 @@ export interface ClusterOptions {
    * tests' registry on 127.0.0.1.)
    */
   readonly orchestratorInNetns?: boolean;
+  /** Run the image puller in `netns` too: with no registry of the tests' there, a machine offline. */
+  readonly pullerInNetns?: boolean;
   /** Hand the orchestrator its DNS sockets on this address as the installed units do (see SpawnOptions). */
   readonly orchestratorDnsSockets?: string;
   /** The owner's config.toml (written to the cluster's own config directory before anything starts). */
@@ -291,7 +293,10 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       ...extraEnv,
     };
     const inNetns =
-      options.netns && (name === "privileged" || (name === "orchestrator" && options.orchestratorInNetns))
+      options.netns &&
+      (name === "privileged" ||
+        (name === "orchestrator" && options.orchestratorInNetns) ||
+        (name === "image-puller" && options.pullerInNetns))
         ? { netns: options.netns }
         : {};
     const installed = options.installed && owner !== undefined ? installedIdentity(name, owner, options.installed) : {};

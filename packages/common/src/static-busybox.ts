@@ -57,7 +57,6 @@ export function elfLinking(file: Buffer): "static" | "dynamic" | "not-elf" {
   return "static";
 }
 
-
 function errnoOf(error: unknown): string | undefined {
   return (error as NodeJS.ErrnoException | undefined)?.code;
 }

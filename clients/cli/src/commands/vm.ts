@@ -371,33 +371,50 @@ function registerRunCommands(vm: Command, globals: () => GlobalOptions): void {
     .argument("<command...>", "the command and its arguments (put -- before it)")
     .description("run a command in a VM, creating (or starting) it first and waiting for its SSH")
     .option("--name <name>", "the VM (default: a new one named run-<random>)")
-    .option("--image <image>", "image for a VM that has to be created (default: from the config)", "")
+    .option(
+      "--image <image>",
+      "image for a VM that has to be created (default: from the config; the built-in tiny when its registry is unreachable)",
+      "",
+    )
+    .option("--ssh-timeout <seconds>", "how long to wait for the guest's SSH when creating or starting it (default 60)")
     .option("--timeout <seconds>", "kill the command after this long")
     .option("-i, --stdin", "send this command's standard input (read to its end, at most 4 MiB)")
-    .action(async (argv: string[], opts: { name?: string; image: string; timeout?: string; stdin?: boolean }) => {
-      const name = opts.name ?? `run-${randomBytes(3).toString("hex")}`;
-      await withOrchestrator(globals(), async (o) => {
-        const client = o.client(VmService);
-        const existing = await client.getVm({ name }, o.callOptions()).catch((error: unknown) => {
-          if (error instanceof ConnectError && error.code === Code.NotFound) return undefined;
-          throw error;
+    .action(
+      async (
+        argv: string[],
+        opts: { name?: string; image: string; sshTimeout?: string; timeout?: string; stdin?: boolean },
+      ) => {
+        const name = opts.name ?? `run-${randomBytes(3).toString("hex")}`;
+        const sshTimeout = seconds(opts.sshTimeout, "--ssh-timeout");
+        await withOrchestrator(globals(), async (o) => {
+          const client = o.client(VmService);
+          const existing = await client.getVm({ name }, o.callOptions()).catch((error: unknown) => {
+            if (error instanceof ConnectError && error.code === Code.NotFound) return undefined;
+            throw error;
+          });
+          if (!existing?.vm) {
+            const { operation } = await client.createVm(
+              { name, image: opts.image, ...(sshTimeout ? { sshTimeout } : {}) },
+              o.callOptions(),
+            );
+            if (operation) {
+              process.stderr.write(`creating ${name} (${operation.id})\n`);
+              await watchToEnd(o, operation.id);
+            }
+          } else if (existing.vm.state === VmState.STOPPED || existing.vm.state === VmState.FAILED) {
+            const { operation } = await client.startVm(
+              { name, ...(sshTimeout ? { sshTimeout } : {}) },
+              o.callOptions(),
+            );
+            if (operation) {
+              process.stderr.write(`starting ${name} (${operation.id})\n`);
+              await watchToEnd(o, operation.id);
+            }
+          }
+          await execIn(o, name, argv, opts);
         });
-        if (!existing?.vm) {
-          const { operation } = await client.createVm({ name, image: opts.image }, o.callOptions());
-          if (operation) {
-            process.stderr.write(`creating ${name} (${operation.id})\n`);
-            await watchToEnd(o, operation.id);
-          }
-        } else if (existing.vm.state === VmState.STOPPED || existing.vm.state === VmState.FAILED) {
-          const { operation } = await client.startVm({ name }, o.callOptions());
-          if (operation) {
-            process.stderr.write(`starting ${name} (${operation.id})\n`);
-            await watchToEnd(o, operation.id);
-          }
-        }
-        await execIn(o, name, argv, opts);
-      });
-    });
+      },
+    );
 }
 
 function printVms(vms: readonly Vm[], json: boolean): void {

@@ -16,7 +16,8 @@ import { buildTiny, tinyEntries, type TinyEvent } from "./tiny.js";
 const BUSYBOX = "/bin/busybox";
 const haveStaticBusybox = existsSync(BUSYBOX) && elfLinking(readFileSync(BUSYBOX)) === "static";
 const haveE2fsprogs = existsSync("/sbin/mkfs.ext4") || existsSync("/usr/sbin/mkfs.ext4");
-if (!haveStaticBusybox) console.warn("SKIPPING the tiny image build: no static busybox at /bin/busybox (busybox-static)");
+if (!haveStaticBusybox)
+  console.warn("SKIPPING the tiny image build: no static busybox at /bin/busybox (busybox-static)");
 
 let state: string;
 let staging: string;
@@ -60,7 +61,11 @@ describe.skipIf(!haveStaticBusybox || !haveE2fsprogs)("buildTiny", () => {
       signal,
       (e) => events.push(e),
     );
-    expect(result).toMatchObject({ rootfsFile: "rootfs.ext4", workSeedFile: "work-seed.ext4", platform: "linux/amd64" });
+    expect(result).toMatchObject({
+      rootfsFile: "rootfs.ext4",
+      workSeedFile: "work-seed.ext4",
+      platform: "linux/amd64",
+    });
     expect(result.manifestDigest).toMatch(/^sha256:[0-9a-f]{64}$/);
     expect(readdirSync(staging).sort()).toEqual(["rootfs.ext4", "work-seed.ext4"]);
     expect(events.filter((e) => e.done).map((e) => e.stage)).toEqual([

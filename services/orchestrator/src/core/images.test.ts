@@ -5,6 +5,9 @@ import { Writable } from "node:stream";
 import {
   AlreadyExistsError,
   FailedPreconditionError,
+  NotFoundError,
+  PermissionDeniedError,
+  ResourceExhaustedError,
   UnavailableError,
   createLogger,
   runWithOpId,
@@ -42,6 +45,10 @@ function scriptedPuller(
     requests?: PullRequestPlain[];
     /** The puller's uid, when it is another user than this process (as under the installed units). */
     uid?: number;
+    /** What every pull fails with at its resolve stage (a registry's answer, or none). */
+    pullError?: Error;
+    /** How many times tiny was built. */
+    tinyBuilds?: { count: number };
   } = {},
 ): PullerPort {
   return {
@@ -49,8 +56,31 @@ function scriptedPuller(
       options.down
         ? Promise.reject(new UnavailableError("image puller is unavailable at /x.sock"))
         : Promise.resolve(identity),
+    async buildTiny(request, _scope, onEvent) {
+      if (options.tinyBuilds) options.tinyBuilds.count += 1;
+      for (const stage of ["layers", "mkfs", "ownership", "work-seed", "verify"]) {
+        await onEvent({ kind: "stage", name: stage, done: false, message: "" });
+        await onEvent({ kind: "stage", name: stage, done: true, message: "" });
+      }
+      writeFileSync(join(request.stagingDir, "rootfs.ext4"), "tiny");
+      writeFileSync(join(request.stagingDir, "work-seed.ext4"), "seed");
+      return {
+        manifestDigest: `sha256:${"7".repeat(64)}`,
+        platform: "linux/amd64",
+        rootfsFile: "rootfs.ext4",
+        rootfsBytes: 4,
+        workSeedFile: "work-seed.ext4",
+        workSeedBytes: 4,
+        config: { entrypoint: [], cmd: ["/bin/sh"], env: [], user: "", workingDir: "" },
+        canonicalReference: "",
+      };
+    },
     async pull(request, _scope, onEvent) {
       options.requests?.push(request);
+      if (options.pullError) {
+        await onEvent({ kind: "stage", name: "resolve", done: false, message: "" });
+        throw options.pullError;
+      }
       for (const stage of ["resolve", "layers", "mkfs", "ownership", "work-seed", "verify"]) {
         await onEvent({ kind: "stage", name: stage, done: false, message: "" });
         if (stage === "layers") await new Promise((r) => setTimeout(r, options.delayMs ?? 0));
@@ -256,6 +286,80 @@ describe("image pulls", () => {
     expect(await images.delete("debian")).toEqual({ existed: true });
     expect(existsSync(join(tempDir(), "images", "debian"))).toBe(false);
     expect(await images.delete("debian")).toEqual({ existed: false });
+  });
+});
+
+describe("the built-in image tiny", () => {
+  const scope = { signal: new AbortController().signal };
+  /** A create's resolve-image stage for the default image `name`: the image it got, and the stage as recorded. */
+  let ops = 0;
+  async function resolveDefault(puller: PullerPort, name = "debian") {
+    const { operations, images } = catalog(puller);
+    const op = await runWithOpId(`op-00000000d0${(ops++).toString(16).padStart(2, "0")}`, () =>
+      operations.start("create-vm", "box", async (ctx) => {
+        const image = await ctx.stage("resolve-image", () => images.ensureDefault(name, ctx, "resolve-image", scope));
+        return { image: image.name };
+      }),
+    );
+    await operations.settled();
+    return { images, done: await operations.get(op.id) };
+  }
+
+  it("`image pull tiny` builds it in the puller with no registry, as a built-in image", async () => {
+    const tinyBuilds = { count: 0 };
+    const requests: PullRequestPlain[] = [];
+    const { operations, images } = catalog(scriptedPuller({ tinyBuilds, requests }));
+    const op = await images.pull({ reference: "tiny", name: "", platform: "", minRootfsMib: 0 }, scope);
+    await operations.settled();
+    const done = await operations.get(op.id);
+    expect(done.state).toBe("succeeded");
+    expect(done.stages.map((s) => s.name)).toEqual(["layers", "mkfs", "ownership", "work-seed", "verify", "publish"]);
+    expect([tinyBuilds.count, requests.length]).toEqual([1, 0]);
+    expect(await images.get("tiny")).toMatchObject({ name: "tiny", source: "builtin", reference: null });
+    expect(readFileSync(join(tempDir(), "images", "tiny", "rootfs.ext4"), "utf8")).toBe("tiny");
+  });
+
+  it("serves when the default image's registry is unreachable, and the stage says so and why", async () => {
+    const tinyBuilds = { count: 0 };
+    const unreachable = new UnavailableError(
+      "registry host registry-1.docker.io is unreachable: getaddrinfo EAI_AGAIN registry-1.docker.io",
+      { reason: "REGISTRY_UNREACHABLE" },
+    );
+    const { images, done } = await resolveDefault(scriptedPuller({ pullError: unreachable, tinyBuilds }));
+    expect(done.state).toBe("succeeded");
+    expect(done.result).toEqual({ image: "tiny" });
+    expect(done.stages).toMatchObject([{ name: "resolve-image", state: "done" }]);
+    expect(done.stages[0]?.message).toBe(
+      "the default image debian could not be pulled (registry host registry-1.docker.io is unreachable: getaddrinfo " +
+        "EAI_AGAIN registry-1.docker.io): using the built-in image tiny instead (busybox and banger's guest kit, built here)",
+    );
+    expect(tinyBuilds.count).toBe(1);
+    expect((await images.list()).map((i) => i.name)).toEqual(["tiny"]);
+    // Once built, it is local: the next offline create takes it without building it again.
+    await resolveDefault(scriptedPuller({ pullError: unreachable, tinyBuilds }));
+    expect(tinyBuilds.count).toBe(1);
+  });
+
+  it.each([
+    ["refuses the owner's login", new PermissionDeniedError("unauthorized", { reason: "REGISTRY_UNAUTHORIZED" })],
+    ["has no such image", new NotFoundError("manifest unknown", { reason: "MANIFEST_NOT_FOUND" })],
+    ["rate-limits", new ResourceExhaustedError("too many requests", { reason: "REGISTRY_RATE_LIMITED" })],
+    ["answers with an error", new UnavailableError("503 from the registry", { reason: "REGISTRY_ERROR" })],
+    ["sends a truncated blob", new UnavailableError("blob ended early", { reason: "BLOB_TRUNCATED" })],
+  ])("does not stand in when the registry answers but %s: the pull's error fails the stage", async (_what, error) => {
+    const tinyBuilds = { count: 0 };
+    const { images, done } = await resolveDefault(scriptedPuller({ pullError: error, tinyBuilds }));
+    expect(done.state).toBe("failed");
+    expect(done.error).toMatchObject({ reason: error.reason, stage: "resolve-image" });
+    expect(tinyBuilds.count).toBe(0);
+    expect(await images.list()).toEqual([]);
+  });
+
+  it("does not stand in when the puller itself is down", async () => {
+    const tinyBuilds = { count: 0 };
+    const { done } = await resolveDefault(scriptedPuller({ down: true, tinyBuilds }));
+    expect(done.state).toBe("failed");
+    expect(tinyBuilds.count).toBe(0);
   });
 });
 

@@ -3,6 +3,11 @@
  * published under a short per-name lock (re-check the name, atomic rename
  * into place, insert the row). Different images pull in parallel; two pulls
  * racing for one name give one winner and IMAGE_NAME_TAKEN for the other.
+ *
+ * `tiny` is built in: the puller builds it from the host's static busybox
+ * with no download (banger's guest kit comes with banger's initramfs), and it
+ * serves a create that names no image when the default image cannot be pulled
+ * because its registry is unreachable (a machine offline): ensureDefault.
  */
 import { randomBytes } from "node:crypto";
 import { chmod, lstat, mkdir, open, rename, rm, stat } from "node:fs/promises";
@@ -13,6 +18,7 @@ import {
   InvalidArgumentError,
   NotFoundError,
   PermissionDeniedError,
+  UnavailableError,
   copySparse,
   parseReference,
   type Credentials,
@@ -67,6 +73,33 @@ export const CATALOG: readonly CatalogEntry[] = [
     description: "Ubuntu 24.04 LTS",
   },
 ];
+
+/** banger's built-in image: the host's static busybox, built by the puller with no download. */
+export const TINY_IMAGE = "tiny";
+
+/** Images banger builds itself, with no registry. */
+export const BUILTIN_IMAGES: readonly { readonly name: string; readonly description: string }[] = [
+  {
+    name: TINY_IMAGE,
+    description: "the host's static busybox and banger's guest kit; built locally, no download",
+  },
+];
+
+/** Whether `name` is one banger can make on first use: a catalog name or a built-in image. */
+export function isKnownImageName(name: string): boolean {
+  return CATALOG.some((entry) => entry.name === name) || BUILTIN_IMAGES.some((entry) => entry.name === name);
+}
+
+/**
+ * Whether a pull failed because no registry could be reached at all (no
+ * route, no name resolution, refused, reset): the only failure after which
+ * the built-in image may stand in for the default one. A registry that
+ * answers (unauthorized, not found, rate limited, a bad manifest) or a puller
+ * that is down is a failure to report, not a reason to boot something else.
+ */
+export function registryUnreachable(error: unknown): error is UnavailableError {
+  return error instanceof UnavailableError && error.reason === "REGISTRY_UNREACHABLE";
+}
 
 export interface PullRequestPlain {
   readonly reference: string;
@@ -129,12 +162,20 @@ export interface PullerPort {
   /** Answers when the puller is up (UnavailableError naming its socket when not). */
   identify(scope: CallScope): Promise<ServiceIdentity>;
   pull(request: PullRequestPlain, scope: CallScope, onEvent: (event: PullEvent) => Promise<void>): Promise<PullOutcome>;
+  /** Builds the built-in image `tiny` into the staging directory (no download). */
+  buildTiny(
+    request: { readonly stagingDir: string; readonly minRootfsMib: number },
+    scope: CallScope,
+    onEvent: (event: PullEvent) => Promise<void>,
+  ): Promise<PullOutcome>;
 }
 
 /** What a pull needs from the operation it runs in. */
 type PullContext = Pick<OperationContext, "id" | "signal" | "track" | "progress" | "stage">;
 
 interface PlannedPull {
+  /** Built by the puller from the host's files (`tiny`), not pulled: reference and registry are "". */
+  readonly builtin: boolean;
   readonly reference: string;
   readonly registry: string;
   readonly name: string;
@@ -184,6 +225,13 @@ export interface ImageCatalog {
    */
   ensureLocal(name: string, op: OperationContext, stage: string, scope: CallScope): Promise<ImageRecord>;
   /**
+   * ensureLocal for the default image (a create that names none); when its
+   * pull fails because the registry is unreachable, the built-in image `tiny`
+   * serves instead, built if it is not local, and a note on the caller's stage
+   * says so and why. Any other failure is the pull's.
+   */
+  ensureDefault(name: string, op: OperationContext, stage: string, scope: CallScope): Promise<ImageRecord>;
+  /**
    * Publishes local ext4 files as image `name` (copied first: the sources stay
    * as they are). Errors: IMAGE_NAME_TAKEN, KERNEL_NOT_FOUND.
    */
@@ -228,6 +276,7 @@ export function createImageCatalog(deps: {
   const dir = (name: string) => join(imagesDir, validImageName(name));
   /** A short lock: publishes run one at a time (milliseconds: renames and a row). */
   const underPublishLock = createSerialLock();
+  const minRootfsMib = (requested: number) => requested || (deps.pullDefaults?.minRootfsMib ?? 0);
   /** Catalog pulls that creates started, by image name. */
   const pulling = new Map<string, Promise<ImageRecord>>();
 
@@ -283,7 +332,7 @@ export function createImageCatalog(deps: {
 
   /** The pull itself: the puller builds into a staging directory, then the image is published. */
   async function runPull(op: PullContext, req: PlannedPull): Promise<ImageRecord> {
-    const { reference, registry, name, fromCatalog } = req;
+    const { reference, registry, name, fromCatalog, builtin } = req;
     const staging = join(stagingRoot, op.id);
     // Group-writable: an installed puller is another user, sharing `.staging`'s group (setgid; see
     // deploy/systemd). Explicit chmod: the service's umask would take the group's bits away.
@@ -291,7 +340,7 @@ export function createImageCatalog(deps: {
     await chmod(staging, 0o770);
     try {
       // The owner's docker login for that registry travels with this pull only.
-      const found = await deps.credentials?.(registry, op.signal);
+      const found = builtin ? undefined : await deps.credentials?.(registry, op.signal);
       const credentials: RegistryCredential[] = found
         ? [
             found.kind === "basic"
@@ -300,31 +349,38 @@ export function createImageCatalog(deps: {
           ]
         : [];
       const layers: { id: string; doneBytes: number; totalBytes: number; state: string }[] = [];
-      const outcome = await puller.pull(
-        {
-          reference,
-          stagingDir: staging,
-          platform: req.platform,
-          minRootfsMib: req.minRootfsMib || (deps.pullDefaults?.minRootfsMib ?? 0),
-          insecureRegistries: deps.pullDefaults?.insecureRegistries ?? [],
-          credentials,
-        },
-        { signal: op.signal },
-        async (event) => {
-          if (event.kind === "stage") {
-            await op.track(event.name, event.done ? "done" : "running", event.message);
-            return;
-          }
-          const { digest: id, doneBytes, totalBytes, state } = event;
-          layers[event.index] = { id, doneBytes, totalBytes, state };
-          const known = layers.filter((layer) => layer !== undefined);
-          op.progress("layers", {
-            doneBytes: known.reduce((sum, layer) => sum + layer.doneBytes, 0),
-            totalBytes: known.reduce((sum, layer) => sum + layer.totalBytes, 0),
-            items: [...known],
-          });
-        },
-      );
+      const onEvent = async (event: PullEvent) => {
+        if (event.kind === "stage") {
+          await op.track(event.name, event.done ? "done" : "running", event.message);
+          return;
+        }
+        const { digest: id, doneBytes, totalBytes, state } = event;
+        layers[event.index] = { id, doneBytes, totalBytes, state };
+        const known = layers.filter((layer) => layer !== undefined);
+        op.progress("layers", {
+          doneBytes: known.reduce((sum, layer) => sum + layer.doneBytes, 0),
+          totalBytes: known.reduce((sum, layer) => sum + layer.totalBytes, 0),
+          items: [...known],
+        });
+      };
+      const outcome = builtin
+        ? await puller.buildTiny(
+            { stagingDir: staging, minRootfsMib: minRootfsMib(req.minRootfsMib) },
+            { signal: op.signal },
+            onEvent,
+          )
+        : await puller.pull(
+            {
+              reference,
+              stagingDir: staging,
+              platform: req.platform,
+              minRootfsMib: minRootfsMib(req.minRootfsMib),
+              insecureRegistries: deps.pullDefaults?.insecureRegistries ?? [],
+              credentials,
+            },
+            { signal: op.signal },
+            onEvent,
+          );
       // The catalog's kernel, when it is here (else VMs boot the host default).
       const catalogKernel = fromCatalog?.defaultKernel ?? "";
       const defaultKernel = catalogKernel !== "" && (await getKernel(db, catalogKernel)) ? catalogKernel : null;
@@ -332,13 +388,13 @@ export function createImageCatalog(deps: {
         await ownRootfs(staging, op.signal);
         return publish(staging, {
           name,
-          reference: outcome.canonicalReference || reference,
+          reference: builtin ? null : outcome.canonicalReference || reference,
           manifestDigest: outcome.manifestDigest,
           platform: outcome.platform,
           rootfsBytes: outcome.rootfsBytes,
           workSeedBytes: outcome.workSeedBytes,
           defaultKernel,
-          source: "pulled",
+          source: builtin ? "builtin" : "pulled",
           config: outcome.config,
           createdAt: now(),
         });
@@ -387,17 +443,58 @@ export function createImageCatalog(deps: {
     return view(image);
   }
 
+  async function ensureLocal(name: string, op: OperationContext, stage: string, scope: CallScope) {
+    const local = await getImage(db, validImageName(name));
+    if (local) return local;
+    // Two creates of one catalog image share its pull.
+    const running = pulling.get(name);
+    if (running) return running;
+    const builtin = name === TINY_IMAGE;
+    const fromCatalog = CATALOG.find((entry) => entry.name === name);
+    if (!fromCatalog && !builtin) {
+      throw new NotFoundError(`image ${name} is neither local nor in the catalog`, { reason: "IMAGE_NOT_FOUND" });
+    }
+    await puller.identify(scope);
+    // The pull runs inside the caller's stage: its own stages become notes, its layers that stage's progress.
+    const inner: PullContext = {
+      id: op.id,
+      signal: op.signal,
+      track: async (stage, state) => {
+        if (state === "done") logger.info({ image: name, stage }, "pull stage done");
+        return Promise.resolve();
+      },
+      progress: (_stage, value) => op.progress(stage, value),
+      stage: (_stage, work) => work(),
+    };
+    const pull = runPull(inner, {
+      builtin,
+      reference: fromCatalog?.reference ?? "",
+      registry: fromCatalog ? parseReference(fromCatalog.reference).registry : "",
+      name,
+      fromCatalog,
+      platform: "",
+      minRootfsMib: 0,
+    }).finally(() => pulling.delete(name));
+    pulling.set(name, pull);
+    return pull;
+  }
+
   return {
     dir,
     get,
     list: async () => Promise.all((await listImages(db)).map(view)),
 
     async pull(req, scope) {
+      const builtin = req.reference === TINY_IMAGE;
       const fromCatalog = CATALOG.find((entry) => entry.name === req.reference);
-      const reference = fromCatalog?.reference ?? req.reference;
-      if (reference === "") throw new InvalidArgumentError("reference is required", { reason: "INVALID_REFERENCE" });
-      const { registry } = parseReference(reference); // INVALID_REFERENCE before any operation
-      const name = validImageName(req.name || fromCatalog?.name || imageNameFromReference(reference));
+      const reference = builtin ? "" : (fromCatalog?.reference ?? req.reference);
+      if (reference === "" && !builtin) {
+        throw new InvalidArgumentError("reference is required", { reason: "INVALID_REFERENCE" });
+      }
+      const registry = builtin ? "" : parseReference(reference).registry; // INVALID_REFERENCE before any operation
+      const name = validImageName(
+        req.name || (builtin ? TINY_IMAGE : fromCatalog?.name || imageNameFromReference(reference)),
+      );
       if (await getImage(db, name)) {
         throw new AlreadyExistsError(`image ${name} already exists`, { reason: "IMAGE_NAME_TAKEN" });
       }
@@ -405,6 +502,7 @@ export function createImageCatalog(deps: {
       return operations.start("pull-image", name, async (op) => ({
         image: imageJson(
           await runPull(op, {
+            builtin,
             reference,
             registry,
             name,
@@ -416,39 +514,18 @@ export function createImageCatalog(deps: {
       }));
     },
 
-    async ensureLocal(name, op, stage, scope) {
-      const local = await getImage(db, validImageName(name));
-      if (local) return local;
-      // Two creates of one catalog image share its pull.
-      const running = pulling.get(name);
-      if (running) return running;
-      const fromCatalog = CATALOG.find((entry) => entry.name === name);
-      if (!fromCatalog) {
-        throw new NotFoundError(`image ${name} is neither local nor in the catalog`, { reason: "IMAGE_NOT_FOUND" });
+    ensureLocal,
+
+    async ensureDefault(name, op, stage, scope) {
+      try {
+        return await ensureLocal(name, op, stage, scope);
+      } catch (error) {
+        if (name === TINY_IMAGE || !registryUnreachable(error)) throw error;
+        const note = `the default image ${name} could not be pulled (${error.message}): using the built-in image ${TINY_IMAGE} instead (busybox and banger's guest kit, built here)`;
+        logger.warn({ image: name, err: error }, note);
+        await op.note(stage, note);
+        return ensureLocal(TINY_IMAGE, op, stage, scope);
       }
-      await puller.identify(scope);
-      // The pull runs inside the caller's stage: its own stages become notes, its layers that stage's progress.
-      const inner: PullContext = {
-        id: op.id,
-        signal: op.signal,
-        track: async (stage, state) => {
-          if (state === "done") logger.info({ image: name, stage }, "pull stage done");
-          return Promise.resolve();
-        },
-        progress: (_stage, value) => op.progress(stage, value),
-        stage: (_stage, work) => work(),
-      };
-      const { registry } = parseReference(fromCatalog.reference);
-      const pull = runPull(inner, {
-        reference: fromCatalog.reference,
-        registry,
-        name: fromCatalog.name,
-        fromCatalog,
-        platform: "",
-        minRootfsMib: 0,
-      }).finally(() => pulling.delete(name));
-      pulling.set(name, pull);
-      return pull;
     },
 
     async register(req) {

@@ -14,11 +14,18 @@
  * kernel's modules in a staging directory and publishes it the same way: under
  * the lock, if the kernel is still the one it was built for, the old initrd is
  * moved aside, the new one renamed into place and the row's size updated.
+ *
+ * ensureHostKernel gives a first VM something to boot on a machine where no
+ * kernel was imported: the host's installed kernel (/boot/vmlinuz-$(uname -r),
+ * else the newest /boot/vmlinuz-* whose modules are installed) is imported the
+ * same way, with only the modules banger's initramfs loads (a distribution's
+ * whole tree is some 400 MB), made the default, and its initramfs built.
  */
 import { constants, createReadStream, existsSync } from "node:fs";
 import { copyFile, cp, mkdir, open, readFile, readdir, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { createHash, randomBytes } from "node:crypto";
-import { basename, isAbsolute, join, relative, resolve, sep } from "node:path";
+import { release as osRelease } from "node:os";
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import {
   AlreadyExistsError,
   FailedPreconditionError,
@@ -43,9 +50,15 @@ import {
   type KernelRecord,
   type OperationRecord,
 } from "../store/index.js";
-import { DEFAULT_BUSYBOX, buildInitramfs, readStaticBusybox } from "../guest/initramfs.js";
+import {
+  DEFAULT_BUSYBOX,
+  buildInitramfs,
+  planModules,
+  readModuleIndex,
+  readStaticBusybox,
+} from "../guest/initramfs.js";
 import { extractVmlinux } from "../guest/vmlinux.js";
-import type { Operations } from "./operations.js";
+import type { OperationContext, Operations } from "./operations.js";
 import { createSerialLock } from "./serial-lock.js";
 
 /** A kernel with the images and VMs that use it. */
@@ -91,6 +104,60 @@ export interface KernelCatalog {
    * meanwhile.
    */
   buildInitramfs(name: string): Promise<OperationRecord>;
+  /**
+   * The default kernel; when there is none, the host's installed kernel,
+   * imported inside the caller's operation (its steps are not stages of their
+   * own), made the default, with banger's initramfs built for it. Concurrent
+   * callers share one import. Returns the kernel and, when it imported one,
+   * a sentence saying what it did. Errors: NOT_FOUND KERNEL_NOT_FOUND when
+   * the host has no kernel with its modules installed; the import's and the
+   * initramfs build's.
+   */
+  ensureDefault(op: Pick<OperationContext, "id" | "signal">): Promise<{ kernel: KernelRecord; imported?: string }>;
+}
+
+/** The host's installed kernel: its compressed image and its modules tree. */
+export interface HostKernel {
+  readonly version: string;
+  /** `<root>/boot/vmlinuz-<version>`. */
+  readonly kernel: string;
+  /** `<root>/lib/modules/<version>`, with its modules.dep. */
+  readonly modules: string;
+}
+
+/**
+ * `<root>/boot/vmlinuz-<release>` when its modules are installed (the kernel
+ * this host runs), else the newest `<root>/boot/vmlinuz-*` whose modules are;
+ * undefined when there is none.
+ */
+export async function findHostKernel(root = "/", release = osRelease()): Promise<HostKernel | undefined> {
+  const boot = join(root, "boot");
+  const hasModules = async (version: string) =>
+    stat(join(root, "lib", "modules", version, "modules.dep")).then(
+      (info) => info.isFile(),
+      () => false,
+    );
+  const versions = versioned(await entries(boot, "file"), /^vmlinuz-(.+)$/).map((v) => v.version);
+  const candidates = [
+    ...(versions.includes(release) ? [release] : []),
+    ...[...versions].sort((a, b) => compareVersions(b, a)),
+  ];
+  for (const version of candidates) {
+    if (await hasModules(version)) {
+      return { version, kernel: join(boot, `vmlinuz-${version}`), modules: join(root, "lib", "modules", version) };
+    }
+  }
+  return undefined;
+}
+
+/** The catalog name of the host's kernel `version`: "host-6.1.0-27-amd64". */
+export function hostKernelName(version: string): string {
+  return validKernelName(
+    `host-${version
+      .toLowerCase()
+      .replace(/[^a-z0-9._-]/g, "-")
+      .slice(0, 59)}`,
+  );
 }
 
 /** The files of a kernel in the catalog. */
@@ -143,6 +210,10 @@ export function createKernelCatalog(deps: {
   readonly now?: () => Date;
   /** The static busybox put into initramfs images; default `DEFAULT_BUSYBOX` (/bin/busybox). */
   readonly busybox?: string;
+  /** Where the host's installed kernels are found for ensureDefault (its boot/ and lib/modules/); default "/". */
+  readonly hostRoot?: string;
+  /** The running kernel's release (`uname -r`); default os.release(). */
+  readonly hostRelease?: string;
 }): KernelCatalog {
   const { db, operations, logger } = deps;
   const now = deps.now ?? (() => new Date());
@@ -239,6 +310,173 @@ export function createKernelCatalog(deps: {
     );
   }
 
+  /**
+   * Imports a kernel (the body of the import operation, or part of a create's
+   * stage): inspect, copy (all its modules, or only those banger's initramfs
+   * loads), extract the vmlinux, publish under the lock.
+   */
+  async function importKernel(
+    op: Stager,
+    req: {
+      name: string;
+      plan: () => Promise<ImportPlan>;
+      setDefault: boolean;
+      replace: boolean;
+      modules: ModuleChoice;
+    },
+  ): Promise<KernelView> {
+    const { name } = req;
+    const staging = join(stagingRoot, op.id);
+    try {
+      const plan = await op.stage("inspect", req.plan);
+      const files = await op.stage("copy", () => copyInto(staging, plan, req.modules));
+      const copied = files.uncompressed
+        ? files
+        : await op.stage("extract", () => extractInto(staging, files, op.signal));
+      const kernel = await op.stage("publish", () =>
+        underPublishLock(async () => {
+          const existing = await getKernel(db, name);
+          if (existing && !req.replace) {
+            throw new AlreadyExistsError(`kernel "${name}" was imported by another import meanwhile`, {
+              reason: "KERNEL_NAME_TAKEN",
+            });
+          }
+          const record: KernelRecord = {
+            name,
+            ...copied,
+            version: plan.version,
+            // The first kernel becomes the default; replacing keeps the default with the name.
+            isDefault: req.setDefault || (await getDefaultKernel(db)) === undefined,
+            createdAt: now(),
+          };
+          // A directory without a row is left over from a crash: it goes too.
+          const old = await moveAside(name);
+          try {
+            await rename(staging, dir(name));
+          } catch (error) {
+            return undoAfter(error, "put the old kernel back", async () => old && rename(old, dir(name)));
+          }
+          try {
+            const stored = req.replace ? (await replaceKernel(db, record)).kernel : await insertKernel(db, record);
+            return { stored, old };
+          } catch (error) {
+            return undoAfter(error, "put the old kernel back", async () => {
+              await rm(dir(name), { recursive: true, force: true });
+              if (old) await rename(old, dir(name));
+            });
+          }
+        }),
+      );
+      if (kernel.old) await removeQuietly(kernel.old, name);
+      logger.info(
+        { kernel: name, version: kernel.stored.version, sha256: kernel.stored.kernelSha256 },
+        "kernel imported",
+      );
+      return view(kernel.stored);
+    } finally {
+      await rm(staging, { recursive: true, force: true });
+    }
+  }
+
+  /** Builds banger's initramfs for `kernel` and publishes it as its initrd (the body of the build operation). */
+  async function initramfsFor(op: Stager, kernel: KernelView): Promise<KernelView> {
+    const staging = join(stagingRoot, op.id);
+    try {
+      await mkdir(staging, { recursive: true, mode: 0o700 });
+      const built = await op.stage("build", () =>
+        buildInitramfs({
+          modulesDir: join(dir(kernel.name), MODULES_DIR),
+          output: join(staging, INITRD_FILE),
+          busybox,
+          signal: op.signal,
+        }),
+      );
+      const stored = await op.stage("publish", () =>
+        underPublishLock(async () => {
+          const current = await getKernel(db, kernel.name);
+          if (
+            current?.kernelSha256 !== kernel.kernelSha256 ||
+            current.createdAt.getTime() !== kernel.createdAt.getTime()
+          ) {
+            throw new FailedPreconditionError(
+              `kernel "${kernel.name}" was deleted or replaced while its initramfs was built; build it again`,
+              { reason: "KERNEL_CHANGED" },
+            );
+          }
+          const target = join(dir(kernel.name), INITRD_FILE);
+          const old = join(staging, `${INITRD_FILE}.old`);
+          const hadOld = await rename(target, old).then(
+            () => true,
+            (error: unknown) => {
+              if (errnoOf(error) === "ENOENT") return false;
+              throw error;
+            },
+          );
+          const putBack = async () => {
+            if (hadOld) await rename(old, target);
+            else await rm(target, { force: true });
+          };
+          try {
+            await rename(join(staging, INITRD_FILE), target);
+            const marker = join(dir(kernel.name), KIT_MARKER);
+            if (built.kit.programs.length > 0) await writeFile(marker, `${JSON.stringify(built.kit)}\n`);
+            else await rm(marker, { force: true });
+          } catch (error) {
+            return undoAfter(error, "put the old initrd back", putBack);
+          }
+          try {
+            return await setKernelInitrdBytes(db, kernel.name, built.bytes);
+          } catch (error) {
+            return undoAfter(error, "put the old initrd back", putBack);
+          }
+        }),
+      );
+      logger.info(
+        { kernel: kernel.name, initrd_bytes: built.bytes, modules: built.modules, absent: built.absent },
+        "initramfs built",
+      );
+      return view(stored);
+    } finally {
+      await rm(staging, { recursive: true, force: true });
+    }
+  }
+
+  let hostImport: Promise<{ kernel: KernelRecord; imported?: string }> | undefined;
+
+  /** The host's installed kernel imported (only the modules the initramfs loads), made the default, its initramfs built. */
+  async function importHostKernel(op: Pick<OperationContext, "id" | "signal">) {
+    const root = deps.hostRoot ?? "/";
+    const found = await findHostKernel(root, deps.hostRelease);
+    if (!found) {
+      throw new NotFoundError(
+        "no kernel to boot: none is imported, and this host has no installed kernel banger can use " +
+          `(${join(root, "boot", "vmlinuz-*")} with its modules in ${join(root, "lib", "modules")}); ` +
+          "install one (Debian, Ubuntu: apt install linux-image-amd64) or import one with 'banger kernel import NAME DIR'",
+        { reason: "KERNEL_NOT_FOUND" },
+      );
+    }
+    const name = hostKernelName(found.version);
+    const inline: Stager = { id: `${op.id}-host-kernel`, signal: op.signal, stage: (_name, work) => work() };
+    const existing = await getKernel(db, name);
+    // Imported before, then no longer the default: it becomes the default again.
+    const kernel = existing
+      ? await view(await setDefaultKernel(db, name))
+      : await importKernel(inline, {
+          name,
+          plan: () =>
+            Promise.resolve({ kernel: found.kernel, initrd: null, modules: found.modules, version: found.version }),
+          setDefault: true,
+          replace: false,
+          modules: "initramfs",
+        });
+    const withInitramfs = kernelFiles(dir(name), kernel).kit ? kernel : await initramfsFor(inline, kernel);
+    const imported =
+      `no kernel was imported: imported this host's kernel ${found.version} (${found.kernel}, with the modules ` +
+      `banger's initramfs loads) as ${name}, the default kernel, and built banger's initramfs for it`;
+    logger.info({ kernel: name, version: found.version, source: found.kernel }, imported);
+    return { kernel: withInitramfs, imported };
+  }
+
   return {
     dir,
     get,
@@ -262,58 +500,17 @@ export function createKernelCatalog(deps: {
         }
         await refuseInUse(name);
       }
-      return operations.start("import-kernel", name, async (op) => {
-        const staging = join(stagingRoot, op.id);
-        try {
-          const plan = await op.stage("inspect", () => planImport(sourceDir));
-          const files = await op.stage("copy", () => copyInto(staging, plan));
-          const copied = files.uncompressed
-            ? files
-            : await op.stage("extract", () => extractInto(staging, files, op.signal));
-          const kernel = await op.stage("publish", () =>
-            underPublishLock(async () => {
-              const existing = await getKernel(db, name);
-              if (existing && !req.replace) {
-                throw new AlreadyExistsError(`kernel "${name}" was imported by another import meanwhile`, {
-                  reason: "KERNEL_NAME_TAKEN",
-                });
-              }
-              const record: KernelRecord = {
-                name,
-                ...copied,
-                version: plan.version,
-                // The first kernel becomes the default; replacing keeps the default with the name.
-                isDefault: req.setDefault || (await getDefaultKernel(db)) === undefined,
-                createdAt: now(),
-              };
-              // A directory without a row is left over from a crash: it goes too.
-              const old = await moveAside(name);
-              try {
-                await rename(staging, dir(name));
-              } catch (error) {
-                return undoAfter(error, "put the old kernel back", async () => old && rename(old, dir(name)));
-              }
-              try {
-                const stored = req.replace ? (await replaceKernel(db, record)).kernel : await insertKernel(db, record);
-                return { stored, old };
-              } catch (error) {
-                return undoAfter(error, "put the old kernel back", async () => {
-                  await rm(dir(name), { recursive: true, force: true });
-                  if (old) await rename(old, dir(name));
-                });
-              }
-            }),
-          );
-          if (kernel.old) await removeQuietly(kernel.old, name);
-          logger.info(
-            { kernel: name, version: kernel.stored.version, sha256: kernel.stored.kernelSha256 },
-            "kernel imported",
-          );
-          return { kernel: kernelJson(await view(kernel.stored)) };
-        } finally {
-          await rm(staging, { recursive: true, force: true });
-        }
-      });
+      return operations.start("import-kernel", name, async (op) => ({
+        kernel: kernelJson(
+          await importKernel(op, {
+            name,
+            plan: () => planImport(sourceDir),
+            setDefault: req.setDefault,
+            replace: req.replace,
+            modules: "all",
+          }),
+        ),
+      }));
     },
 
     async buildInitramfs(name) {
@@ -325,67 +522,17 @@ export function createKernelCatalog(deps: {
         );
       }
       await readStaticBusybox(busybox);
-      return operations.start("build-initramfs", kernel.name, async (op) => {
-        const staging = join(stagingRoot, op.id);
-        try {
-          await mkdir(staging, { recursive: true, mode: 0o700 });
-          const built = await op.stage("build", () =>
-            buildInitramfs({
-              modulesDir: join(dir(kernel.name), MODULES_DIR),
-              output: join(staging, INITRD_FILE),
-              busybox,
-              signal: op.signal,
-            }),
-          );
-          const stored = await op.stage("publish", () =>
-            underPublishLock(async () => {
-              const current = await getKernel(db, kernel.name);
-              if (
-                current?.kernelSha256 !== kernel.kernelSha256 ||
-                current.createdAt.getTime() !== kernel.createdAt.getTime()
-              ) {
-                throw new FailedPreconditionError(
-                  `kernel "${kernel.name}" was deleted or replaced while its initramfs was built; build it again`,
-                  { reason: "KERNEL_CHANGED" },
-                );
-              }
-              const target = join(dir(kernel.name), INITRD_FILE);
-              const old = join(staging, `${INITRD_FILE}.old`);
-              const hadOld = await rename(target, old).then(
-                () => true,
-                (error: unknown) => {
-                  if (errnoOf(error) === "ENOENT") return false;
-                  throw error;
-                },
-              );
-              const putBack = async () => {
-                if (hadOld) await rename(old, target);
-                else await rm(target, { force: true });
-              };
-              try {
-                await rename(join(staging, INITRD_FILE), target);
-                const marker = join(dir(kernel.name), KIT_MARKER);
-                if (built.kit.programs.length > 0) await writeFile(marker, `${JSON.stringify(built.kit)}\n`);
-                else await rm(marker, { force: true });
-              } catch (error) {
-                return undoAfter(error, "put the old initrd back", putBack);
-              }
-              try {
-                return await setKernelInitrdBytes(db, kernel.name, built.bytes);
-              } catch (error) {
-                return undoAfter(error, "put the old initrd back", putBack);
-              }
-            }),
-          );
-          logger.info(
-            { kernel: kernel.name, initrd_bytes: built.bytes, modules: built.modules, absent: built.absent },
-            "initramfs built",
-          );
-          return { kernel: kernelJson(await view(stored)) };
-        } finally {
-          await rm(staging, { recursive: true, force: true });
-        }
-      });
+      return operations.start("build-initramfs", kernel.name, async (op) => ({
+        kernel: kernelJson(await initramfsFor(op, kernel)),
+      }));
+    },
+
+    async ensureDefault(op) {
+      const current = await getDefaultKernel(db);
+      if (current) return { kernel: current };
+      // Two creates on a fresh machine share one import.
+      hostImport ??= importHostKernel(op).finally(() => (hostImport = undefined));
+      return hostImport;
     },
 
     async delete(name) {
@@ -646,11 +793,36 @@ async function entries(dir: string, kind: "file" | "directory"): Promise<string[
   return kept.filter((name) => name !== undefined).sort();
 }
 
+/** What a kernel's work needs of the operation it runs in (its stages pass through when it runs inside another's). */
+type Stager = Pick<OperationContext, "id" | "signal" | "stage">;
+
+/** Which of a kernel's modules to copy: all of them, or only those banger's initramfs loads (and the index files). */
+type ModuleChoice = "all" | "initramfs";
+
+/** The index files of a modules tree that banger's initramfs reads (modules.dep at least). */
+const MODULE_INDEX_FILES = ["modules.dep", "modules.builtin", "modules.alias", "modules.softdep", "modules.order"];
+
+/** Copies the modules banger's initramfs loads from `source` (a lib/modules/<version> tree), with its index files. */
+async function copyInitramfsModules(source: string, target: string): Promise<number> {
+  const plan = planModules(await readModuleIndex(source));
+  await mkdir(target, { recursive: true, mode: 0o755 });
+  for (const file of MODULE_INDEX_FILES) {
+    await copyFile(join(source, file), join(target, file), constants.COPYFILE_FICLONE).catch((error: unknown) => {
+      if (errnoOf(error) !== "ENOENT") throw error;
+    });
+  }
+  for (const module of plan.load) {
+    await mkdir(dirname(join(target, module.path)), { recursive: true });
+    await copyFile(join(source, module.path), join(target, module.path), constants.COPYFILE_FICLONE);
+  }
+  return plan.load.length;
+}
+
 /** The row's file fields, measured on the copies as stored. */
 type Copied = Pick<KernelRecord, "kernelSha256" | "kernelBytes" | "uncompressed" | "initrdBytes" | "hasModules">;
 
 /** Copies the plan's files into `staging` (reflink when possible): kernel, initrd, modules/. */
-async function copyInto(staging: string, plan: ImportPlan): Promise<Copied> {
+async function copyInto(staging: string, plan: ImportPlan, modules: ModuleChoice): Promise<Copied> {
   await mkdir(staging, { recursive: true, mode: 0o700 });
   const uncompressed = await isElf(plan.kernel);
   const kernel = join(staging, kernelFileName(uncompressed));
@@ -660,7 +832,9 @@ async function copyInto(staging: string, plan: ImportPlan): Promise<Copied> {
     await copyFile(plan.initrd, join(staging, INITRD_FILE), constants.COPYFILE_FICLONE);
     initrdBytes = (await stat(join(staging, INITRD_FILE))).size;
   }
-  if (plan.modules !== null) {
+  if (plan.modules !== null && modules === "initramfs") {
+    await copyInitramfsModules(plan.modules, join(staging, MODULES_DIR));
+  } else if (plan.modules !== null) {
     await cp(plan.modules, join(staging, MODULES_DIR), {
       recursive: true,
       verbatimSymlinks: true,

@@ -42,6 +42,11 @@ export interface OperationContext {
    */
   track(name: string, state: "running" | "done", message?: string): Promise<void>;
   /**
+   * Leaves a note on a stage (shown with it when it ends: "kernel done (9.1 s): imported …"),
+   * for what a user should hear of: a choice made for them, a fallback.
+   */
+  note(name: string, message: string): Promise<void>;
+  /**
    * Live byte progress of a running stage (not stored: a restart does not
    * resume the work). Watchers see it at most a few times a second.
    */
@@ -156,6 +161,11 @@ export function createOperations(deps: {
             setStage({ name, state, startedAt: begun.started, endedAt: now(), message });
             logger.info({ stage: name, duration_ms: Math.round(performance.now() - begun.t0) }, "stage completed");
           }
+          await save({ stages });
+        },
+        async note(name, message) {
+          stages = stages.map((s) => (s.name === name ? { ...s, message } : s));
+          logger.info({ stage: name, note: message }, "stage note");
           await save({ stages });
         },
         async stage(name, run) {

@@ -284,6 +284,7 @@ async function setup(script: Script = {}, config: BangerConfig = CONFIG) {
         canonicalReference: request.reference,
       };
     },
+    buildTiny: () => Promise.reject(new Error("tiny is not built in these tests")),
   };
   const images = createImageCatalog({ db, stateDir, puller, operations, logger });
   const kernels = createKernelCatalog({ db, stateDir, operations, logger });

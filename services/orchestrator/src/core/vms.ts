@@ -42,7 +42,15 @@ import {
 import type { CallScope } from "./call-scope.js";
 import type { GuestTarget } from "./guest-exec.js";
 import type { GuestFileSpec, HostInventory, HostPort } from "./host.js";
-import { CATALOG, ROOTFS_FILE, WORK_SEED_FILE, imageJson, validImageName, type ImageCatalog } from "./images.js";
+import {
+  CATALOG,
+  ROOTFS_FILE,
+  WORK_SEED_FILE,
+  imageJson,
+  isKnownImageName,
+  validImageName,
+  type ImageCatalog,
+} from "./images.js";
 import { kernelFiles, type KernelCatalog } from "./kernels.js";
 import {
   firecrackerDriver,
@@ -666,9 +674,9 @@ export function createVmService(deps: {
       const vcpu = inRange(req.vcpu || config.vm.vcpu, 1, 32, "vcpu", "INVALID_VCPU");
       const memoryMib = inRange(req.memoryMib || config.vm.memoryMib, 128, 262144, "memory_mib", "INVALID_MEMORY");
       const imageName = req.image || config.defaultImage;
-      // A local image, or a catalog name pulled in stage resolve-image.
+      // A local image, or a catalog name pulled (a built-in one built) in stage resolve-image.
       const local = await deps.images.get(imageName).catch((error: unknown) => {
-        if (error instanceof NotFoundError && CATALOG.some((entry) => entry.name === imageName)) return undefined;
+        if (error instanceof NotFoundError && isKnownImageName(imageName)) return undefined;
         throw error instanceof NotFoundError
           ? new NotFoundError(
               `image ${imageName} is neither local nor in the catalog; pull it with 'banger image pull'`,
@@ -695,15 +703,11 @@ export function createVmService(deps: {
         catalogKernel ||
         config.defaultKernel ||
         (await getDefaultKernel(db))?.name;
-      if (!kernelName || !(await getKernel(db, kernelName))) {
-        throw new NotFoundError(
-          kernelName
-            ? `kernel ${kernelName} does not exist`
-            : "no kernel to boot: import one with 'banger kernel import NAME DIR'",
-          { reason: "KERNEL_NOT_FOUND" },
-        );
+      // None named and none imported at all: stage `kernel` imports the host's installed kernel.
+      if (kernelName && !(await getKernel(db, kernelName))) {
+        throw new NotFoundError(`kernel ${kernelName} does not exist`, { reason: "KERNEL_NOT_FOUND" });
       }
-      const chosenKernel: string = kernelName;
+      let chosenKernel: string = kernelName ?? "";
       if (await getVmByName(db, name)) {
         throw new AlreadyExistsError(`a VM named ${name} already exists`, { reason: "VM_NAME_TAKEN" });
       }
@@ -721,8 +725,19 @@ export function createVmService(deps: {
         let vm: VmRecord | undefined;
         let workDisk: Promise<void> | undefined;
         try {
+          if (chosenKernel === "") {
+            chosenKernel = await op.stage("kernel", async () => {
+              const { kernel, imported } = await deps.kernels.ensureDefault(op);
+              if (imported) await op.note("kernel", imported);
+              return kernel.name;
+            });
+          }
           const image = await op.stage("resolve-image", async () => {
-            const found = await deps.images.ensureLocal(imageName, op, "resolve-image", scopeOf(op));
+            // The default image may be stood in for by the built-in one when its registry is unreachable.
+            const found =
+              req.image === ""
+                ? await deps.images.ensureDefault(imageName, op, "resolve-image", scopeOf(op))
+                : await deps.images.ensureLocal(imageName, op, "resolve-image", scopeOf(op));
             checkWorkDisk(found.workSeedBytes);
             return found;
           });

@@ -1,5 +1,5 @@
 import { createPeerClient, createUnixTransport } from "@banger/common";
-import { LayerState, PullStage, PullerService } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
+import { LayerState, PullStage, PullerService, type PullResult } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import type { CallScope } from "../core/call-scope.js";
 import type { PullEvent, PullerPort, PullOutcome } from "../core/images.js";
 import type { PeerProbe } from "../core/status.js";
@@ -67,22 +67,41 @@ export function createPullerPeer(socketPath: string): PullerPeer {
             state: LAYER_STATES[layer.state],
           });
         } else if (event.case === "result") {
-          const r = event.value;
-          return {
-            manifestDigest: r.manifestDigest,
-            platform: r.platform,
-            rootfsFile: r.rootfsFile,
-            rootfsBytes: Number(r.rootfsBytes),
-            workSeedFile: r.workSeedFile,
-            workSeedBytes: Number(r.workSeedBytes),
-            config: { entrypoint: r.entrypoint, cmd: r.cmd, env: r.env, user: r.user, workingDir: r.workingDir },
-            canonicalReference: r.canonicalReference,
-          };
+          return outcomeOf(event.value);
         }
       }
       throw new Error("the image puller ended the pull without a result");
     },
+    async buildTiny(request, scope: CallScope, onEvent: (event: PullEvent) => Promise<void>): Promise<PullOutcome> {
+      const stream = puller.buildTinyImage(
+        { stagingDir: request.stagingDir, minRootfsMib: BigInt(request.minRootfsMib) },
+        callOptions(scope),
+      );
+      for await (const message of stream) {
+        const event = message.event;
+        if (event.case === "stage") {
+          const name = STAGE_NAMES[event.value.stage];
+          if (name) await onEvent({ kind: "stage", name, done: event.value.done, message: event.value.message });
+        } else if (event.case === "result") {
+          return outcomeOf(event.value);
+        }
+      }
+      throw new Error("the image puller ended the build of tiny without a result");
+    },
     close,
+  };
+}
+
+function outcomeOf(r: PullResult): PullOutcome {
+  return {
+    manifestDigest: r.manifestDigest,
+    platform: r.platform,
+    rootfsFile: r.rootfsFile,
+    rootfsBytes: Number(r.rootfsBytes),
+    workSeedFile: r.workSeedFile,
+    workSeedBytes: Number(r.workSeedBytes),
+    config: { entrypoint: r.entrypoint, cmd: r.cmd, env: r.env, user: r.user, workingDir: r.workingDir },
+    canonicalReference: r.canonicalReference,
   };
 }
 

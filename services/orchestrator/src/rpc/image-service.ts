@@ -13,6 +13,7 @@ const SOURCE: Record<ImageRecord["source"], ImageSource> = {
   pulled: ImageSource.PULLED,
   registered: ImageSource.REGISTERED,
   promoted: ImageSource.PROMOTED,
+  builtin: ImageSource.BUILTIN,
 };
 
 /** `banger.v1.ImageService`: pull (an operation), list, show, delete, the catalog. */

@@ -15,7 +15,7 @@ import type { Database } from "./schema.js";
 
 export { listImageUsers } from "./references.js";
 
-export const IMAGE_SOURCES = ["pulled", "registered", "promoted"] as const;
+export const IMAGE_SOURCES = ["pulled", "registered", "promoted", "builtin"] as const;
 export type ImageSource = (typeof IMAGE_SOURCES)[number];
 
 /** The parts of an OCI image config banger keeps. */
