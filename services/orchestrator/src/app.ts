@@ -31,7 +31,7 @@ import { knownHostsPath } from "./core/vm-observe.js";
 import { createImageCatalog } from "./core/images.js";
 import { dnsCapability, natCapability, workDiskDoctorChecks } from "./core/capabilities.js";
 import { createDoctor, storeCatalog } from "./core/doctor.js";
-import { createKernelCatalog } from "./core/kernels.js";
+import { createKernelCatalog, findHostKernel } from "./core/kernels.js";
 import { createVmService as createVmLifecycle } from "./core/vms.js";
 import { createWorkspaces } from "./core/workspaces.js";
 import { createDnsResponder } from "./dns/index.js";
@@ -211,7 +211,11 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       configDir: defaultConfigDir(process.env, home),
       configuredKeyPath: config.config.ssh.privateKey,
     }),
-    catalog: storeCatalog(config.db, (name) => kernels.dir(name)),
+    catalog: storeCatalog(
+      config.db,
+      (name) => kernels.dir(name),
+      () => findHostKernel(),
+    ),
     // The lifecycle makes the work disk's capability itself; its checks need none of its state.
     capabilities: [{ name: "work-disk", dependsOn: [], doctorChecks: workDiskDoctorChecks }, ...capabilities],
   });

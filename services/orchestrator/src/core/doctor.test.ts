@@ -490,12 +490,32 @@ describe("doctor", () => {
     );
     expect(summary(fresh, "default-image")).toMatchObject({
       status: "ok",
-      detail: "debian is not local yet: pulled from docker.io/library/debian:bookworm on first use",
+      detail:
+        "debian is not local yet: pulled from docker.io/library/debian:bookworm on first use (the built-in tiny, " +
+        "built here, when that registry is unreachable and the create names no image)",
     });
     expect(summary(fresh, "default-kernel")).toEqual({
       status: "fail",
-      detail: "no kernel imported: VMs have nothing to boot",
-      hint: "banger kernel import NAME DIR (a directory with vmlinux and initrd, or an unpacked distribution kernel package)",
+      detail: "no kernel imported, and none installed on this host that banger can use: VMs have nothing to boot",
+      hint:
+        "banger kernel import NAME DIR (a directory with vmlinux and initrd, or an unpacked distribution kernel " +
+        "package), or install one (Debian, Ubuntu: apt install linux-image-amd64)",
+    });
+    // With a kernel installed on the host, the first VM imports it.
+    const withHostKernel = await run(
+      deps({
+        catalog: catalog({
+          image: () => Promise.resolve(undefined),
+          defaultKernel: () => Promise.resolve(undefined),
+          hostKernel: () => Promise.resolve({ version: "6.1.0-9-amd64", kernel: "/boot/vmlinuz-6.1.0-9-amd64" }),
+        }),
+      }),
+    );
+    expect(summary(withHostKernel, "default-kernel")).toMatchObject({
+      status: "ok",
+      detail:
+        "none imported yet: the first VM imports this host's kernel 6.1.0-9-amd64 (/boot/vmlinuz-6.1.0-9-amd64) " +
+        "and builds its initramfs",
     });
     const named = await run(
       deps({

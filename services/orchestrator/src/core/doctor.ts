@@ -25,7 +25,7 @@ import {
 } from "./capabilities.js";
 import { chooseRootDiskStrategy, chooseVmm } from "./host-choices.js";
 import type { HostFeatures } from "./host.js";
-import { CATALOG } from "./images.js";
+import { CATALOG, TINY_IMAGE, isKnownImageName } from "./images.js";
 import { compareVersions, kernelFiles } from "./kernels.js";
 import type { PeerProbe, ServiceHealth, ServiceIdentity, ServiceRole } from "./status.js";
 import { parseBridgeAddress } from "./vm-addresses.js";
@@ -90,11 +90,18 @@ export interface DoctorCatalog {
   defaultKernel(): Promise<string | undefined>;
   /** Whether a kernel's initrd is banger's with the guest kit (agent and SSH server); undefined: not known. */
   kernelHasKit?(name: string): Promise<boolean>;
+  /** The host's installed kernel a first VM imports when none is (kernels.ts findHostKernel); undefined: none. */
+  hostKernel?(): Promise<{ readonly version: string; readonly kernel: string } | undefined>;
 }
 
 /** The catalog as the store holds it. */
-export function storeCatalog(db: Kysely<Database>, kernelDir?: (name: string) => string): DoctorCatalog {
+export function storeCatalog(
+  db: Kysely<Database>,
+  kernelDir?: (name: string) => string,
+  hostKernel?: DoctorCatalog["hostKernel"],
+): DoctorCatalog {
   return {
+    ...(hostKernel ? { hostKernel } : {}),
     image: (name) => getImage(db, name),
     kernelExists: async (name) => (await getKernel(db, name)) !== undefined,
     defaultKernel: async () => (await getDefaultKernel(db))?.name,
@@ -265,21 +272,35 @@ export function createDoctor(deps: DoctorDeps): Doctor {
       });
       const toolNames = [...CORE_TOOLS.map((t) => t.tool), ...KIT_TOOLS.map((t) => t.tool), ...CAPABILITY_TOOLS];
       const imageName = config.defaultImage;
-      const [peers, features, kvm, version, tools, ipForwarding, lowPorts, addresses, space, sshKey, image, kernel] =
-        await Promise.all([
-          Promise.all(deps.peers.map((peer) => probe((signal) => peer.identify(peerScope(signal))))),
-          probe((signal) => deps.features(peerScope(signal))),
-          probe(() => probes.kvmAccess()),
-          probe((signal) => probes.version(vmmBinary, signal)),
-          Promise.all(toolNames.map((tool) => probe(() => probes.findTool(tool)))),
-          probe(() => probes.ipForwarding()),
-          probe(() => probes.lowPorts()),
-          probe(() => probes.addresses()),
-          probe(() => probes.freeSpace(deps.stateDir)),
-          probe(() => probes.sshKey()),
-          probe(() => deps.catalog.image(imageName)),
-          probe(() => resolveDefaultKernel(deps, imageName)),
-        ]);
+      const [
+        peers,
+        features,
+        kvm,
+        version,
+        tools,
+        ipForwarding,
+        lowPorts,
+        addresses,
+        space,
+        sshKey,
+        image,
+        kernel,
+        host,
+      ] = await Promise.all([
+        Promise.all(deps.peers.map((peer) => probe((signal) => peer.identify(peerScope(signal))))),
+        probe((signal) => deps.features(peerScope(signal))),
+        probe(() => probes.kvmAccess()),
+        probe((signal) => probes.version(vmmBinary, signal)),
+        Promise.all(toolNames.map((tool) => probe(() => probes.findTool(tool)))),
+        probe(() => probes.ipForwarding()),
+        probe(() => probes.lowPorts()),
+        probe(() => probes.addresses()),
+        probe(() => probes.freeSpace(deps.stateDir)),
+        probe(() => probes.sshKey()),
+        probe(() => deps.catalog.image(imageName)),
+        probe(() => resolveDefaultKernel(deps, imageName)),
+        probe(async () => (await deps.catalog.hostKernel?.()) ?? null),
+      ]);
 
       const self = deps.self();
       const services: ServiceHealth[] = [
@@ -321,7 +342,7 @@ export function createDoctor(deps: DoctorDeps): Doctor {
         }),
         bridgeCheck(addresses, config.network, configPath),
         defaultImageCheck(image, imageName, configPath),
-        defaultKernelCheck(kernel),
+        defaultKernelCheck(kernel, host.ok ? (host.value ?? undefined) : undefined),
         guestKitCheck(toolPaths, kernel),
         sshKeyCheck(sshKey, configPath),
         spaceCheck(space, deps.stateDir),
@@ -681,8 +702,15 @@ function defaultImageCheck(
   if (!found.ok) return check("default-image", "warn", `could not look up image ${name}: ${found.error.message}`);
   if (found.value) return check("default-image", "ok", `${name} is local`);
   const entry = CATALOG.find((e) => e.name === name);
-  if (entry)
-    return check("default-image", "ok", `${name} is not local yet: pulled from ${entry.reference} on first use`);
+  if (entry) {
+    return check(
+      "default-image",
+      "ok",
+      `${name} is not local yet: pulled from ${entry.reference} on first use (the built-in ${TINY_IMAGE}, built here, ` +
+        "when that registry is unreachable and the create names no image)",
+    );
+  }
+  if (isKnownImageName(name)) return check("default-image", "ok", `${name} is built in: built here on first use`);
   return check(
     "default-image",
     "fail",
@@ -693,13 +721,27 @@ function defaultImageCheck(
 
 function defaultKernelCheck(
   found: Settled<{ name: string; source: string; exists: boolean } | undefined>,
+  host: { readonly version: string; readonly kernel: string } | undefined,
 ): DoctorCheck {
   if (!found.ok) return check("default-kernel", "warn", `could not look up the default kernel: ${found.error.message}`);
   const kernel = found.value;
   const importHint = (name: string) =>
     `banger kernel import ${name} DIR (a directory with vmlinux and initrd, or an unpacked distribution kernel package)`;
-  if (!kernel)
-    return check("default-kernel", "fail", "no kernel imported: VMs have nothing to boot", importHint("NAME"));
+  if (!kernel && host) {
+    return check(
+      "default-kernel",
+      "ok",
+      `none imported yet: the first VM imports this host's kernel ${host.version} (${host.kernel}) and builds its initramfs`,
+    );
+  }
+  if (!kernel) {
+    return check(
+      "default-kernel",
+      "fail",
+      "no kernel imported, and none installed on this host that banger can use: VMs have nothing to boot",
+      `${importHint("NAME")}, or install one (Debian, Ubuntu: apt install linux-image-amd64)`,
+    );
+  }
   if (!kernel.exists) {
     return check(
       "default-kernel",
