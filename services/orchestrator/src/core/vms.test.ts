@@ -8,7 +8,7 @@
 import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Writable } from "node:stream";
-import { BangerError, FailedPreconditionError, createLogger } from "@banger/common";
+import { BangerError, FailedPreconditionError, UnavailableError, createLogger } from "@banger/common";
 import { describe, expect, it } from "vitest";
 import { DEFAULT_CONFIG, type BangerConfig } from "../config/index.js";
 import { insertImage, insertKernel } from "../store/index.js";
@@ -60,6 +60,8 @@ interface Script {
   /** The host has device-mapper: VMs get dm-snapshot root disks. */
   deviceMapper?: boolean;
   delayMs?: number;
+  /** No registry can be reached (a machine offline): every pull fails REGISTRY_UNREACHABLE. */
+  offline?: boolean;
 }
 
 /** How many scripted helper calls were in flight at once, at most. */
@@ -269,6 +271,11 @@ async function setup(script: Script = {}, config: BangerConfig = CONFIG) {
     identify: () => Promise.resolve({ version: "t", pid: 1, uid: 1, gid: 1, privilegesOk: true, privilegesDetail: "" }),
     async pull(request, _scope, onEvent) {
       pulls.push(request.reference);
+      if (script.offline) {
+        throw new UnavailableError("registry host registry-1.docker.io is unreachable: getaddrinfo EAI_AGAIN", {
+          reason: "REGISTRY_UNREACHABLE",
+        });
+      }
       await onEvent({ kind: "stage", name: "layers", done: false, message: "" });
       await new Promise((r) => setTimeout(r, 30));
       await onEvent({ kind: "layer", index: 0, digest: "sha256:1", doneBytes: 10, totalBytes: 10, state: "applied" });
@@ -284,7 +291,20 @@ async function setup(script: Script = {}, config: BangerConfig = CONFIG) {
         canonicalReference: request.reference,
       };
     },
-    buildTiny: () => Promise.reject(new Error("tiny is not built in these tests")),
+    async buildTiny(request) {
+      pulls.push("tiny");
+      writeFileSync(join(request.stagingDir, "rootfs.ext4"), "tiny rootfs");
+      return {
+        manifestDigest: `sha256:${"7".repeat(64)}`,
+        platform: "linux/amd64",
+        rootfsFile: "rootfs.ext4",
+        rootfsBytes: 11,
+        workSeedFile: "",
+        workSeedBytes: 0,
+        config: { entrypoint: [], cmd: [], env: [], user: "", workingDir: "" },
+        canonicalReference: "",
+      };
+    },
   };
   const images = createImageCatalog({ db, stateDir, puller, operations, logger });
   const kernels = createKernelCatalog({ db, stateDir, operations, logger });
@@ -441,6 +461,28 @@ describe("VM create", () => {
     expect(pulls).toEqual(["docker.io/library/alpine:3.20"]);
     expect((await images.get("alpine")).usedBy).toEqual(["a1", "a2"]);
     void create;
+  });
+
+  it("naming no image on a machine offline, boots the built-in tiny and says why; naming the image fails", async () => {
+    const { vms, operations, pulls } = await setup({ offline: true }, { ...CONFIG, defaultImage: "alpine" });
+    const scope = { signal: new AbortController().signal };
+    const unnamed = await vms.create({ ...base("offline"), image: "" }, scope);
+    await operations.settled();
+    const done = await operations.get(unnamed.id);
+    expect(done.state, JSON.stringify(done.error)).toBe("succeeded");
+    expect(done.stages.find((s) => s.name === "resolve-image")?.message).toMatch(
+      /^the default image alpine could not be pulled \(registry host registry-1\.docker\.io is unreachable: .*\): using the built-in image tiny instead/,
+    );
+    expect((await vms.get("offline")).imageName).toBe("tiny");
+    expect(pulls).toEqual(["docker.io/library/alpine:3.20", "tiny"]);
+
+    const named = await vms.create({ ...base("named"), image: "alpine" }, scope);
+    await operations.settled();
+    expect(await operations.get(named.id)).toMatchObject({
+      state: "failed",
+      error: { reason: "REGISTRY_UNREACHABLE", stage: "resolve-image" },
+    });
+    expect((await vms.list()).map((vm) => vm.name)).toEqual(["offline"]);
   });
 
   it("ten creates in parallel get unique addresses and overlap in time", async () => {
