@@ -15,7 +15,7 @@ export function registerImageCommands(program: Command, globals: () => GlobalOpt
     .command("pull")
     .argument(
       "<reference>",
-      'an OCI reference ("debian:bookworm", "127.0.0.1:5000/x:tag") or a catalog name ("debian")',
+      'an OCI reference ("debian:bookworm", "127.0.0.1:5000/x:tag"), a catalog name ("debian"), or tiny (built in: the host\'s busybox, built here with no download)',
     )
     .description("pull an image and build its ext4 root filesystem; shows each stage, exits 1 if the pull fails")
     .option("--name <name>", "publish it under this name (default: from the reference)")

@@ -106,7 +106,9 @@ export const CONFIG_REFERENCE: readonly ConfigKeyDoc[] = deepFreeze([
   {
     key: "default_image",
     default: '"debian"',
-    meaning: "image of `vm create` without --image: a local image or a catalog name (pulled on first use)",
+    meaning:
+      "image of `vm create` without --image: a local image, a catalog name (pulled on first use) or tiny (built in); " +
+      "the built-in tiny stands in when its registry is unreachable",
   },
   {
     key: "default_kernel",
