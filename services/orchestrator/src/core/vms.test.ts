@@ -291,10 +291,10 @@ async function setup(script: Script = {}, config: BangerConfig = CONFIG) {
         canonicalReference: request.reference,
       };
     },
-    async buildTiny(request) {
+    buildTiny(request) {
       pulls.push("tiny");
       writeFileSync(join(request.stagingDir, "rootfs.ext4"), "tiny rootfs");
-      return {
+      return Promise.resolve({
         manifestDigest: `sha256:${"7".repeat(64)}`,
         platform: "linux/amd64",
         rootfsFile: "rootfs.ext4",
@@ -303,7 +303,7 @@ async function setup(script: Script = {}, config: BangerConfig = CONFIG) {
         workSeedBytes: 0,
         config: { entrypoint: [], cmd: [], env: [], user: "", workingDir: "" },
         canonicalReference: "",
-      };
+      });
     },
   };
   const images = createImageCatalog({ db, stateDir, puller, operations, logger });
