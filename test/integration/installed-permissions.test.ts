@@ -139,4 +139,14 @@ live("the installed permission model", () => {
     expect(JSON.parse((await run(["vm", "list", "--json"])).stdout)).toEqual([]);
     await run(["image", "delete", "tiny"]);
   }, 120_000);
+
+  it("builds the built-in tiny as the puller's user, published as the owner's copy", async () => {
+    const pulled = await cluster.cli(["image", "pull", "tiny"]);
+    expect(pulled.code, pulled.stderr).toBe(0);
+    const image = join(cluster.stateDir, "images", "tiny");
+    expect(mode(join(image, "rootfs.ext4"))).toMatchObject({ uid: OWNER, mode: "640" });
+    const shown = JSON.parse((await cluster.cli(["image", "show", "tiny", "--json"])).stdout) as { source: string }[];
+    expect(shown[0]?.source).toBe("IMAGE_SOURCE_BUILTIN");
+    expect((await cluster.cli(["image", "delete", "tiny"])).code).toBe(0);
+  }, 120_000);
 });
