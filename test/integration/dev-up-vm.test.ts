@@ -60,7 +60,7 @@ beforeAll(async () => {
   // The owner's config (its home is the state directory): another bridge address than the default.
   const configDir = join(stateDir, ".config", "banger");
   mkdirSync(configDir, { recursive: true });
-  writeFileSync(join(configDir, "config.toml"), `[network]\naddress = "${BRIDGE_ADDRESS}/24"\n`);
+  writeFileSync(join(configDir, "config.toml"), `vmm = "firecracker"\n[network]\naddress = "${BRIDGE_ADDRESS}/24"\n`);
   // A kernel placeholder in a distribution layout and an image made from a tree, as the owner's files.
   const pkg = join(dir, "kernel-pkg");
   mkdirSync(join(pkg, "boot"), { recursive: true });

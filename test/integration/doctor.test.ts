@@ -44,7 +44,7 @@ beforeAll(async () => {
   const configDir = join(cluster.dir, "config", "banger");
   configPath = join(configDir, "config.toml");
   mkdirSync(configDir, { recursive: true });
-  writeFileSync(configPath, `[firecracker]\nbinary = "${firecracker}"\n`);
+  writeFileSync(configPath, `vmm = "firecracker"\n[firecracker]\nbinary = "${firecracker}"\n`);
   for (const path of [join(cluster.dir, "config"), configDir, configPath, bin]) chownSync(path, OWNER, OWNER);
   await cluster.start("orchestrator");
 });

@@ -234,7 +234,10 @@ export interface ClusterOptions {
   readonly pullerInNetns?: boolean;
   /** Hand the orchestrator its DNS sockets on this address as the installed units do (see SpawnOptions). */
   readonly orchestratorDnsSockets?: string;
-  /** The owner's config.toml (written to the cluster's own config directory before anything starts). */
+  /**
+   * The owner's config.toml (written to the cluster's own config directory before anything starts), with
+   * `vmm = "firecracker"` put first unless it names a VMM.
+   */
   readonly configToml?: string;
   /** Run the helper as its systemd unit does: `--jitless` with no writable-executable memory. */
   readonly helperUnitSandbox?: boolean;
@@ -333,9 +336,15 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   };
 
   mkdirSync(runtimeDir, { recursive: true, mode: 0o700 });
-  if (options.configToml !== undefined) {
+  {
+    // Firecracker unless the test says otherwise: the fake VMM speaks its API, and "auto" (the default) would
+    // take QEMU on a machine without KVM.
+    const toml = options.configToml ?? "";
     mkdirSync(join(dir, "config", "banger"), { recursive: true });
-    writeFileSync(join(dir, "config", "banger", "config.toml"), options.configToml);
+    writeFileSync(
+      join(dir, "config", "banger", "config.toml"),
+      /^vmm\s*=/m.test(toml) ? toml : `vmm = "firecracker"\n${toml}`,
+    );
     if (owner !== undefined) {
       for (const path of ["config", "config/banger", "config/banger/config.toml"])
         chownSync(join(dir, path), owner, owner);

@@ -67,7 +67,7 @@ describe("loadConfig defaults", () => {
   const expected = {
     defaultImage: "debian",
     defaultKernel: "",
-    vmm: "firecracker",
+    vmm: "auto",
     vm: { vcpu: 2, memoryMib: 1024, workDiskMib: 8192, nat: false, logMaxMib: 8 },
     image: { minRootfsMib: 2048 },
     network: { bridge: "bgr0", address: "172.30.0.1/24", tapPool: 4 },
@@ -170,7 +170,7 @@ describe("loadConfig problems", () => {
   it.each([
     ["default_image = 'Debian!'", "default_image", /must be an image name/],
     ["default_kernel = '../k'", "default_kernel", /kernel name/],
-    ["vmm = 'kvmtool'", "vmm", /must be "firecracker" or "qemu-microvm", got "kvmtool"/],
+    ["vmm = 'kvmtool'", "vmm", /must be "auto", "firecracker" or "qemu-microvm", got "kvmtool"/],
     ["[vm]\nvcpu = 0", "vm.vcpu", /between 1 and 32, got 0/],
     ["[vm]\nvcpu = 33", "vm.vcpu", /between 1 and 32, got 33/],
     ["[vm]\nvcpu = 2.5", "vm.vcpu", /must be an integer, got float 2.5/],

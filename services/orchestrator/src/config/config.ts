@@ -16,6 +16,8 @@ import { FailedPreconditionError } from "@banger/common";
 import { TomlDate, TomlError, parse } from "smol-toml";
 
 export type VmmDriver = "firecracker" | "qemu-microvm";
+/** The `vmm` setting: a driver, or "auto" (Firecracker where KVM and its binary are, else QEMU). */
+export type VmmSetting = VmmDriver | "auto";
 
 /** One `[[file_sync]]` entry: a file of the owner's home copied onto each new VM's work disk. */
 export interface FileSyncEntry {
@@ -33,8 +35,8 @@ export interface ConfigValues {
   readonly defaultImage: string;
   /** Kernel of a new VM when neither the request nor the image names one; "" = the host default kernel. */
   readonly defaultKernel: string;
-  /** VMM of a new VM when the request names none. */
-  readonly vmm: VmmDriver;
+  /** VMM of a new VM when the request names none ("auto": chosen per host, core/host-choices.ts). */
+  readonly vmm: VmmSetting;
   readonly vm: {
     readonly vcpu: number;
     readonly memoryMib: number;
@@ -70,7 +72,7 @@ export interface BangerConfig extends ConfigValues {
 export const DEFAULT_CONFIG: ConfigValues = deepFreeze({
   defaultImage: "debian",
   defaultKernel: "",
-  vmm: "firecracker",
+  vmm: "auto",
   vm: { vcpu: 2, memoryMib: 1024, workDiskMib: 8192, nat: false, logMaxMib: 8 },
   image: { minRootfsMib: 2048 },
   network: { bridge: "bgr0", address: "172.30.0.1/24", tapPool: 4 },
@@ -300,8 +302,10 @@ class Checker {
         s === "" || NAME.test(s) ? undefined : `must be "" or a kernel name matching ${NAME.source}`,
       ),
       vmm: this.string(doc, "vmm", d.vmm, (s) =>
-        s === "firecracker" || s === "qemu-microvm" ? undefined : 'must be "firecracker" or "qemu-microvm"',
-      ) as VmmDriver,
+        s === "auto" || s === "firecracker" || s === "qemu-microvm"
+          ? undefined
+          : 'must be "auto", "firecracker" or "qemu-microvm"',
+      ) as VmmSetting,
       vm: {
         vcpu: this.integer(vm, "vm.vcpu", d.vm.vcpu, CONFIG_LIMITS.vcpu),
         memoryMib: this.integer(vm, "vm.memory_mib", d.vm.memoryMib, CONFIG_LIMITS.memoryMib),

@@ -14,5 +14,6 @@ export {
   type ConfigValues,
   type FileSyncEntry,
   type VmmDriver,
+  type VmmSetting,
 } from "./config.js";
 export { ensureSshIdentity, readSshIdentity, sshIdentityPaths, type SshIdentity } from "./ssh-identity.js";

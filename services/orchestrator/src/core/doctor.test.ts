@@ -28,6 +28,7 @@ import type { PeerProbe, ServiceRole } from "./status.js";
 const tempDir = useTempDir();
 const CONFIG: BangerConfig = {
   ...DEFAULT_CONFIG,
+  vmm: "firecracker",
   source: { path: "/home/ada/.config/banger/config.toml", exists: true },
 };
 const GIB = 1024 ** 3;
@@ -267,6 +268,63 @@ describe("doctor", () => {
       detail: "bangerd's user cannot open /dev/kvm read-write: Firecracker cannot run",
       hint: "add the owner to group kvm (sudo usermod -aG kvm ada), then restart bangerd",
     });
+  });
+
+  it('with vmm = "auto" takes QEMU (TCG) where KVM does not answer and Firecracker where it does', async () => {
+    // The helper's binaries: a QEMU that exists and may run, no Firecracker at its path.
+    const qemu = join(tempDir(), "qemu-system-x86_64");
+    writeFileSync(qemu, "#!/bin/sh\n", { mode: 0o755 });
+    const firecracker = join(tempDir(), "firecracker");
+    const config: BangerConfig = {
+      ...CONFIG,
+      vmm: "auto",
+      qemu: { binary: qemu },
+      firecracker: { binary: firecracker },
+    };
+    const vmmBinaries = { firecracker, qemu };
+    const qemuVersion = (binary: string) =>
+      Promise.resolve(
+        binary === qemu
+          ? ({ kind: "output", text: "QEMU emulator version 7.2.11\n" } as const)
+          : ({ kind: "missing" } as const),
+      );
+    const noKvm = await run(
+      deps({
+        config,
+        features: () =>
+          Promise.resolve({
+            ...ALL_FEATURES,
+            kvm: false,
+            kvmDetail: "/dev/kvm exists but cannot be opened (ENXIO): no KVM driver",
+            vmmBinaries,
+          }),
+        probes: {
+          ...healthyProbes(),
+          kvmAccess: () => Promise.resolve({ ok: false, code: "ENXIO" }),
+          version: qemuVersion,
+        },
+      }),
+    );
+    expect(noKvm.vmm).toBe(
+      "qemu-microvm (auto: TCG (no Firecracker without KVM): /dev/kvm exists but cannot be opened (ENXIO): no KVM driver)",
+    );
+    expect(summary(noKvm, "kvm").status).toBe("warn"); // QEMU runs without it
+    expect(summary(noKvm, "vmm-version")).toMatchObject({ status: "ok", detail: `QEMU 7.2.11 at ${qemu}` });
+
+    // KVM answers but there is no Firecracker binary: still QEMU, now with KVM.
+    const kvmNoFirecracker = await run(
+      deps({
+        config,
+        features: () => Promise.resolve({ ...ALL_FEATURES, vmmBinaries }),
+        probes: { ...healthyProbes(), version: qemuVersion },
+      }),
+    );
+    expect(kvmNoFirecracker.vmm).toBe("qemu-microvm (auto: KVM, no Firecracker binary)");
+
+    // Both: Firecracker.
+    writeFileSync(firecracker, "#!/bin/sh\n", { mode: 0o755 });
+    const both = await run(deps({ config, features: () => Promise.resolve({ ...ALL_FEATURES, vmmBinaries }) }));
+    expect(both.vmm).toBe("firecracker (auto: KVM and Firecracker)");
   });
 
   it("with qemu-microvm and no KVM only warns (TCG), and reads QEMU's version", async () => {

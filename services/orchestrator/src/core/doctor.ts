@@ -23,7 +23,7 @@ import {
   type DoctorCheck,
   type DoctorFacts,
 } from "./capabilities.js";
-import { chooseRootDiskStrategy, chooseVmm } from "./host-choices.js";
+import { chooseRootDiskStrategy, chooseVmm, vmmBinariesPresent } from "./host-choices.js";
 import type { HostFeatures } from "./host.js";
 import { CATALOG, TINY_IMAGE, isKnownImageName } from "./images.js";
 import { compareVersions, kernelFiles } from "./kernels.js";
@@ -261,7 +261,6 @@ export function createDoctor(deps: DoctorDeps): Doctor {
   const timeoutMs = deps.probeTimeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS;
   const { config, probes } = deps;
   const configPath = config.source.path;
-  const vmmBinary = config.vmm === "firecracker" ? config.firecracker.binary : config.qemu.binary;
 
   return {
     async run(clientVersion, scope) {
@@ -272,10 +271,29 @@ export function createDoctor(deps: DoctorDeps): Doctor {
       });
       const toolNames = [...CORE_TOOLS.map((t) => t.tool), ...KIT_TOOLS.map((t) => t.tool), ...CAPABILITY_TOOLS];
       const imageName = config.defaultImage;
+      // The VMM new VMs get ("auto" decides by the helper's host features and the binaries it launches).
+      const featuresProbe = probe((signal) => deps.features(peerScope(signal)));
+      const kvmProbe = probe(() => probes.kvmAccess());
+      const vmmChoice = Promise.all([featuresProbe, kvmProbe]).then(async ([features, kvm]) => {
+        const known = features.ok ? features.value : undefined;
+        const binaries = known?.vmmBinaries ?? { firecracker: config.firecracker.binary, qemu: config.qemu.binary };
+        return {
+          ...chooseVmm(
+            config.vmm,
+            {
+              kvm: known?.kvm ?? (kvm.ok && kvm.value.ok),
+              ...(known?.kvmDetail ? { kvmDetail: known.kvmDetail } : {}),
+            },
+            await vmmBinariesPresent(binaries),
+          ),
+          binaries,
+        };
+      });
       const [
         peers,
         features,
         kvm,
+        vmm,
         version,
         tools,
         ipForwarding,
@@ -288,9 +306,10 @@ export function createDoctor(deps: DoctorDeps): Doctor {
         host,
       ] = await Promise.all([
         Promise.all(deps.peers.map((peer) => probe((signal) => peer.identify(peerScope(signal))))),
-        probe((signal) => deps.features(peerScope(signal))),
-        probe(() => probes.kvmAccess()),
-        probe((signal) => probes.version(vmmBinary, signal)),
+        featuresProbe,
+        kvmProbe,
+        vmmChoice,
+        vmmChoice.then((chosen) => probe((signal) => probes.version(configuredBinary(config, chosen.value), signal))),
         Promise.all(toolNames.map((tool) => probe(() => probes.findTool(tool)))),
         probe(() => probes.ipForwarding()),
         probe(() => probes.lowPorts()),
@@ -322,11 +341,11 @@ export function createDoctor(deps: DoctorDeps): Doctor {
       const toolPaths = new Map(toolNames.map((tool, i) => [tool, settledValue(tools[i])]));
 
       const core: DoctorCheck[] = [
-        kvmCheck(kvm, config.vmm),
+        kvmCheck(kvm, vmm.value),
         helperBinaryCheck(
-          vmmVersionCheck(version, config.vmm, vmmBinary, configPath),
-          config.vmm,
-          vmmBinary,
+          vmmVersionCheck(version, vmm.value, configuredBinary(config, vmm.value), configPath),
+          vmm.value,
+          configuredBinary(config, vmm.value),
           features.ok ? features.value.vmmBinaries : undefined,
           configPath,
         ),
@@ -375,10 +394,6 @@ export function createDoctor(deps: DoctorDeps): Doctor {
 
       const checks: ReportedCheck[] = [...core.map((c) => ({ ...c, capability: "" })), ...capabilityChecks.flat()];
       const strategy = hostFeatures ? chooseRootDiskStrategy(hostFeatures) : undefined;
-      const vmm = chooseVmm(config.vmm, {
-        kvm: hostFeatures?.kvm ?? (kvm.ok && kvm.value.ok),
-        ...(hostFeatures?.kvmDetail ? { kvmDetail: hostFeatures.kvmDetail } : {}),
-      });
       return {
         checks,
         ok: !checks.some((c) => c.status === "fail"),
@@ -389,6 +404,11 @@ export function createDoctor(deps: DoctorDeps): Doctor {
       };
     },
   };
+}
+
+/** The binary bangerd's configuration names for `vmm` (doctor runs its --version). */
+function configuredBinary(config: Pick<BangerConfig, "firecracker" | "qemu">, vmm: VmmDriver): string {
+  return vmm === "firecracker" ? config.firecracker.binary : config.qemu.binary;
 }
 
 function settledValue<T>(settled: Settled<T> | undefined): T | undefined {

@@ -23,7 +23,8 @@ import { createVmService, type FirecrackerApi, type GuestPort, type QmpApi } fro
 const store = useStore();
 const tempDir = useTempDir();
 const logger = createLogger({ service: "orchestrator", destination: new Writable({ write: (_c, _e, d) => d() }) });
-const CONFIG: BangerConfig = { ...DEFAULT_CONFIG, source: { path: "/nonexistent", exists: false } };
+// Firecracker configured: what the scripted helper and the fake VMM speak ("auto" would ask this machine).
+const CONFIG: BangerConfig = { ...DEFAULT_CONFIG, vmm: "firecracker", source: { path: "/nonexistent", exists: false } };
 
 // In the order they first start: the work disk is built while the root disk is made and checked.
 const CREATE_STAGES = [

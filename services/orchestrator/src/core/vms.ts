@@ -23,7 +23,7 @@ import {
   type Logger,
 } from "@banger/common";
 import type { Kysely } from "kysely";
-import type { BangerConfig } from "../config/index.js";
+import type { BangerConfig, VmmDriver as VmmDriverName } from "../config/index.js";
 import {
   deleteVm,
   getDefaultKernel,
@@ -60,7 +60,7 @@ import {
   type QmpApi,
   type VmmDriver,
 } from "../vmm/drivers.js";
-import { chooseRootDiskStrategy, type RootDiskStrategy } from "./host-choices.js";
+import { chooseRootDiskStrategy, chooseVmm, vmmBinariesPresent, type RootDiskStrategy } from "./host-choices.js";
 import { createAgentClient, type AgentClient } from "../vmm/agent-client.js";
 import type { OperationContext, Operations } from "./operations.js";
 import { orderCapabilities, workDiskCapability, type Capability } from "./capabilities.js";
@@ -262,6 +262,26 @@ export function createVmService(deps: {
         strategy = undefined;
         throw error;
       }));
+  /** The VMM of a new VM: the configured one, or for "auto" this host's choice (asked once per run, as above). */
+  let autoVmm: Promise<VmmDriverName> | undefined;
+  const vmmOfNewVm = (scope: CallScope): Promise<VmmDriverName> =>
+    config.vmm !== "auto"
+      ? Promise.resolve(config.vmm)
+      : (autoVmm ??= host
+          .features(scope)
+          .then(async (features) => {
+            const binaries = features.vmmBinaries ?? {
+              firecracker: config.firecracker.binary,
+              qemu: config.qemu.binary,
+            };
+            const choice = chooseVmm("auto", features, await vmmBinariesPresent(binaries));
+            logger.info({ vmm: choice.value, why: choice.why }, "vmm = auto: new VMs use " + choice.value);
+            return choice.value;
+          })
+          .catch((error: unknown) => {
+            autoVmm = undefined;
+            throw error;
+          }));
   const now = deps.now ?? (() => new Date());
   const network = parseBridgeAddress(config.network.address);
   const bridge = config.network.bridge;
@@ -750,6 +770,7 @@ export function createVmService(deps: {
           });
           vm = await op.stage("reserve", async () => {
             const strategy = await rootDiskStrategy(scopeOf(op));
+            const vmmDriver = await vmmOfNewVm(scopeOf(op));
             return underReservation(async () => {
               const existing = await listVms(db);
               // The marker goes first: whatever a crash cuts off from here on is found and undone at start-up.
@@ -770,7 +791,7 @@ export function createVmService(deps: {
                 mac: allocateMac(id, new Set(existing.map((v) => v.mac))),
                 vsockCid: allocateVsockCid(new Set(existing.map((v) => v.vsockCid))),
                 nat,
-                vmm: config.vmm,
+                vmm: vmmDriver,
                 rootDiskStrategy: strategy,
                 desiredState: "running",
                 createdAt: now(),
