@@ -10,12 +10,12 @@
  * delete) come with the guest kit.
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT } from "../integration/harness.js";
 import {
-  GUEST_SUITE_MISSING,
+  guestSuiteMissing,
   NOTHING,
   makeRepository,
   sshInNs,
@@ -23,10 +23,7 @@ import {
   type GuestEnv,
 } from "./support/guest-env.js";
 
-const missing = [...GUEST_SUITE_MISSING, !existsSync("/usr/bin/mmdebstrap") && "mmdebstrap"].filter(
-  (m): m is string => typeof m === "string",
-);
-if (missing.length > 0) console.warn(`SKIPPING the Debian images: this machine lacks ${missing.join(", ")}`);
+const missing = guestSuiteMissing("the Debian images", ["mmdebstrap"]);
 const debian = describe.skipIf(missing.length > 0);
 
 let env: GuestEnv;

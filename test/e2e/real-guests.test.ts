@@ -16,8 +16,8 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { MDWE_WRAPPER, ROOT } from "../integration/harness.js";
 import {
-  GUEST_SUITE_MISSING,
   NOTHING,
+  guestSuiteMissing,
   makeRepository,
   sshInNs,
   startGuestEnv,
@@ -26,8 +26,7 @@ import {
 import { KERNEL_VERSION } from "./support/kernel-package.js";
 
 const kernelVersion = KERNEL_VERSION;
-const missing = GUEST_SUITE_MISSING;
-if (missing.length > 0) console.warn(`SKIPPING the end-to-end suite: this machine lacks ${missing.join(", ")}`);
+const missing = guestSuiteMissing("the end-to-end suite");
 if (!MDWE_WRAPPER) console.warn("no PR_SET_MDWE here: the helper and its VMMs run without the W^X refusal of its unit");
 const e2e = describe.skipIf(missing.length > 0);
 

@@ -21,15 +21,16 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { HAVE_REGISTRY_TOOLS } from "../../services/image-puller/src/registry/testing/oci-image.js";
 import {
   startRegistry,
   type RegistryProcess,
 } from "../../services/image-puller/src/registry/testing/registry-process.js";
 import { OWNER_CAN_READ_CHECKOUT, ROOT } from "../integration/harness.js";
 import { KERNEL_VERSION, TCG_GUEST_CONFIG, writeKernelPackage } from "./support/kernel-package.js";
-import { HAVE_NSPAWN, bootContainer, onRootFileSystem, type Container, type RunResult } from "./support/nspawn.js";
+import { REAL_GUEST_NEEDS } from "./support/needs.js";
+import { bootContainer, onRootFileSystem, type Container, type RunResult } from "./support/nspawn.js";
 
 const IS_ROOT = process.getuid?.() === 0;
 const OWNER_ENTRY = spawnSync("getent", ["passwd", "1000"], { encoding: "utf8" }).stdout.trim().split(":");
@@ -57,30 +58,23 @@ const THRESHOLDS: Record<string, number> = {
   "banger-image-puller.service": 1.5,
 };
 
-const missing = [
+const unable = [
   !IS_ROOT && "root",
-  !HAVE_NSPAWN && "systemd-nspawn (Debian's systemd-container)",
   !OWNER.name && "a user with uid 1000",
   !OWNER_CAN_READ_CHECKOUT && "a checkout uid 1000 can read",
 ].filter((m): m is string => typeof m === "string");
-if (missing.length > 0)
-  console.warn(`SKIPPING banger system against a live systemd: this machine lacks ${missing.join(", ")}`);
+if (unable.length > 0) console.warn(`SKIPPING banger system against a live systemd: it needs ${unable.join(", ")}`);
+const missing =
+  unable.length > 0 ? unable : requireTools("banger system against a live systemd", ["systemd-nspawn", "systemctl"]);
 
 /** What the VM part needs beyond the rest: it boots a real guest under the installed units (QEMU, TCG). */
-const vmMissing = [
-  !existsSync("/usr/bin/qemu-system-x86_64") && "qemu-system-x86",
-  !KERNEL_VERSION && "linux-image-amd64",
-  !existsSync("/bin/busybox") && "busybox-static",
-  !existsSync("/usr/sbin/dropbear") && "dropbear-bin",
-  // banger kernel initramfs bundles the guest kit from these.
-  !existsSync("/usr/sbin/qemu-ga") && "qemu-guest-agent",
-  !existsSync("/usr/bin/patchelf") && "patchelf",
-  !HAVE_REGISTRY_TOOLS && "docker-registry and skopeo",
-  !existsSync("/dev/loop-control") && "loop devices",
-].filter((m): m is string => typeof m === "string");
-if (missing.length === 0 && vmMissing.length > 0) {
-  console.warn(`SKIPPING VMs under the installed units: this machine lacks ${vmMissing.join(", ")}`);
-}
+const vmMissing =
+  missing.length > 0
+    ? missing
+    : requireTools("VMs under the installed units", [
+        ...REAL_GUEST_NEEDS,
+        { what: "loop devices (/dev/loop-control)", present: existsSync("/dev/loop-control") },
+      ]);
 const vmIt = it.skipIf(vmMissing.length > 0);
 
 let container: Container;

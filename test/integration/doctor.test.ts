@@ -11,13 +11,16 @@
 import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OWNER_CAN_READ_CHECKOUT, startCluster, type Cluster } from "./harness.js";
-import { IS_ROOT, createNetNs, type NetNs } from "./netns.js";
+import { IS_ROOT, NETNS_TOOLS, createNetNs, type NetNs } from "./netns.js";
 import { findHostKernel } from "../../services/orchestrator/src/core/kernels.js";
 
 const OWNER = 1000;
-const live = describe.skipIf(!IS_ROOT || !OWNER_CAN_READ_CHECKOUT);
+const RUNS =
+  IS_ROOT && OWNER_CAN_READ_CHECKOUT && requireTools("banger doctor on this machine", NETNS_TOOLS).length === 0;
+const live = describe.skipIf(!RUNS);
 const HAS_KVM = existsSync("/dev/kvm");
 // The driver, as the helper tells it: the node alone can exist without it.
 const HAS_DM = existsSync("/dev/mapper/control") && /^\s*\d+ device-mapper$/m.test(readFileSync("/proc/misc", "utf8"));
@@ -29,7 +32,7 @@ let firecracker: string;
 let configPath: string;
 
 beforeAll(async () => {
-  if (!IS_ROOT || !OWNER_CAN_READ_CHECKOUT) return;
+  if (!RUNS) return;
   console.log(
     `doctor on this machine: /dev/kvm ${HAS_KVM ? "present" : "absent"}, device-mapper ${HAS_DM ? "present" : "absent"}; ` +
       "Firecracker is a path in the test's directory (absent, then a script that answers --version)",
@@ -50,7 +53,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  if (!IS_ROOT || !OWNER_CAN_READ_CHECKOUT) return;
+  if (!RUNS) return;
   await cluster.shutdown();
   ns.remove();
   rmSync(dirname(firecracker), { recursive: true, force: true });

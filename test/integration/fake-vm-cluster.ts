@@ -9,11 +9,15 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { EXT4_TOOLS } from "@banger/common/testing";
 import { ROOT, startCluster, type Cluster } from "./harness.js";
-import { createNetNs, type NetNs } from "./netns.js";
+import { NETNS_TOOLS, VMM_TOOLS, createNetNs, type NetNs } from "./netns.js";
 
 export const OWNER = 1000;
 export const FAKE_VMM = join(ROOT, "services/privileged/test-fixtures/fake-vmm.mjs");
+
+/** The host tools a fake-VM cluster runs: the network, the VMM, ext4 disks, loop devices, finding the fake VMMs. */
+export const FAKE_VM_TOOLS = [...NETNS_TOOLS, ...VMM_TOOLS, ...EXT4_TOOLS, "losetup", "pgrep", "pkill"];
 
 export async function startFakeVmCluster(
   options: {

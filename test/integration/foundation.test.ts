@@ -24,6 +24,7 @@ import { PullerService, file_banger_imagepuller_v1_puller } from "@banger/gen/ba
 import type { DescFile } from "@bufbuild/protobuf";
 import { createAsyncIterable } from "@connectrpc/connect/protocol";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   ROOT,
@@ -356,8 +357,11 @@ describe("an independent gRPC client (@grpc/grpc-js)", () => {
 });
 
 const PYTHON = "/usr/bin/python3";
-// .ci/run installs python3-grpcio; a developer machine may lack it, and then this is reported as skipped.
-const hasGrpcio = spawnSync(PYTHON, ["-c", "import grpc"]).status === 0;
+const hasGrpcio =
+  requireTools("Debian's python3-grpcio as a client", [
+    PYTHON,
+    { what: "Python's grpc module (python3-grpcio)", present: spawnSync(PYTHON, ["-c", "import grpc"]).status === 0 },
+  ]).length === 0;
 
 describe("Debian's python3-grpcio (C-core) as a client", () => {
   it.skipIf(!hasGrpcio)(

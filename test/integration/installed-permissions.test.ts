@@ -13,13 +13,14 @@
  * socket is handed to the owner (the socket units' SocketUser=). No KVM or
  * Firecracker here: the helper launches test-fixtures/fake-vmm.mjs.
  */
+import { EXT4_TOOLS, requireTools } from "@banger/common/testing";
 import { execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
-  HAVE_REGISTRY_TOOLS,
+  REGISTRY_TOOLS,
   makeImage,
   makeLayer,
   skopeoCopy,
@@ -32,6 +33,9 @@ import {
 import { FAKE_VMM, OWNER } from "./fake-vm-cluster.js";
 import { OWNER_CAN_READ_CHECKOUT, startCluster, type Cluster } from "./harness.js";
 import { IS_ROOT, createNetNs, type NetNs } from "./netns.js";
+
+const HAVE_REGISTRY_TOOLS =
+  requireTools("the services under the units' permissions", [...REGISTRY_TOOLS, ...EXT4_TOOLS]).length === 0;
 
 const GROUP = "banger-it";
 const PULLER = "banger-puller-it";

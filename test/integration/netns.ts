@@ -9,6 +9,12 @@ import { ROOT, waitUntil } from "./harness.js";
 
 export const IS_ROOT = process.getuid?.() === 0;
 
+/** What a namespace and the helper in it run: links and addresses, the ruleset. */
+export const NETNS_TOOLS = ["ip", "nft"];
+
+/** What the helper runs for a VMM: its log relays (busybox), and kill to signal it as the owner. */
+export const VMM_TOOLS = ["/bin/busybox", "kill"];
+
 export interface NetNs {
   readonly name: string;
   /** Runs a command inside the namespace and returns its stdout. */

@@ -26,9 +26,10 @@ import { DiskService, type GuestDisk } from "@banger/gen/banger/privileged/v1/di
 import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import fc from "fast-check";
+import { EXT4_TOOLS, requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { failure } from "./harness.js";
-import { IS_ROOT, createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
+import { IS_ROOT, NETNS_TOOLS, createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
 
 const OWNER = 1000;
 let ns: NetNs;
@@ -55,8 +56,11 @@ const losetupList = () =>
 
 const sha = (path: string) => createHash("sha256").update(readFileSync(path)).digest("hex");
 
+const RUNS =
+  IS_ROOT && requireTools("privileged disk operations", [...NETNS_TOOLS, ...EXT4_TOOLS, "losetup"]).length === 0;
+
 beforeAll(async () => {
-  if (!IS_ROOT) return;
+  if (!RUNS) return;
   ns = createNetNs();
   dir = mkdtempSync(join(tmpdir(), "banger-disk-"));
   chmodSync(dir, 0o755);
@@ -70,13 +74,13 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  if (!IS_ROOT) return;
+  if (!RUNS) return;
   await helper.stop();
   ns.remove();
   rmSync(dir, { recursive: true, force: true });
 });
 
-describe.skipIf(!IS_ROOT)("privileged disk operations", () => {
+describe.skipIf(!RUNS)("privileged disk operations", () => {
   it("attaches a VM's root image, checks it, writes and removes guest files, and detaches", async () => {
     const root = join(state, "vms", "box", "root.ext4");
     mkfs(root);

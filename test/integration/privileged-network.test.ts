@@ -11,9 +11,10 @@ import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { NetworkService } from "@banger/gen/banger/privileged/v1/network_pb.js";
 import { Code, createClient, type Client } from "@connectrpc/connect";
 import fc from "fast-check";
+import { requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { waitUntil, failure } from "./harness.js";
-import { IS_ROOT, createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
+import { IS_ROOT, NETNS_TOOLS, createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
 
 let ns: NetNs;
 let dir: string;
@@ -22,9 +23,10 @@ let network: Client<typeof NetworkService>;
 let host: Client<typeof HostService>;
 
 const OWNER = 1000;
+const RUNS = IS_ROOT && requireTools("privileged network operations", NETNS_TOOLS).length === 0;
 
 beforeAll(async () => {
-  if (!IS_ROOT) return;
+  if (!RUNS) return;
   ns = createNetNs();
   dir = mkdtempSync(join(tmpdir(), "banger-net-"));
   chmodSync(dir, 0o755);
@@ -35,7 +37,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  if (!IS_ROOT) return;
+  if (!RUNS) return;
   await helper.stop();
   ns.remove();
   rmSync(dir, { recursive: true, force: true });
@@ -48,7 +50,7 @@ async function snapshot(): Promise<string> {
   return JSON.stringify({ inventory, links, ruleset: ns.ruleset() });
 }
 
-describe.skipIf(!IS_ROOT)("privileged network operations in a network namespace", () => {
+describe.skipIf(!RUNS)("privileged network operations in a network namespace", () => {
   it("makes a bridge, taps and NAT rules, and removes them without a trace", async () => {
     expect(await network.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" })).toMatchObject({ created: true });
     expect(await network.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" })).toMatchObject({ created: false });

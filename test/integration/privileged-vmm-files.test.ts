@@ -10,13 +10,17 @@ import { join } from "node:path";
 import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { VmmService } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT, OWNER_CAN_READ_CHECKOUT, waitUntil } from "./harness.js";
-import { createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
+import { NETNS_TOOLS, createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
 
 const OWNER = 1000;
 const FAKE_VMM = join(ROOT, "services/privileged/test-fixtures/fake-vmm.mjs");
 const VICTIM_FILES = 20;
+const RUNS =
+  OWNER_CAN_READ_CHECKOUT &&
+  requireTools("RemoveVmmFiles against a swapping owner", [...NETNS_TOOLS, "/usr/bin/python3"]).length === 0;
 let ns: NetNs;
 let dir: string;
 let helper: HelperInNs;
@@ -33,7 +37,7 @@ while True:
 `;
 
 beforeAll(async () => {
-  if (!OWNER_CAN_READ_CHECKOUT) return;
+  if (!RUNS) return;
   ns = createNetNs();
   dir = mkdtempSync(join(tmpdir(), "banger-vmm-files-"));
   chmodSync(dir, 0o755);
@@ -43,7 +47,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  if (!OWNER_CAN_READ_CHECKOUT) return;
+  if (!RUNS) return;
   await helper.stop();
   ns.remove();
   rmSync(dir, { recursive: true, force: true });
@@ -84,7 +88,7 @@ function startFlipper(vmDir: string): Promise<ChildProcess> {
   });
 }
 
-describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("RemoveVmmFiles against an owner who swaps entries while it works", () => {
+describe.skipIf(!RUNS)("RemoveVmmFiles against an owner who swaps entries while it works", () => {
   it("never deletes outside the VM's directory: a directory/symlink flipper during 20 removals", async () => {
     const vmm = createClient(VmmService, helper.transport.transport);
     const victim = join(dir, "victim");

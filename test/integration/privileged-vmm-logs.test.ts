@@ -13,15 +13,19 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { HostService, VmmKind } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { VmmService, VmmSignal } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
 import { Code, createClient } from "@connectrpc/connect";
+import { requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readLog } from "../../services/orchestrator/src/core/vm-observe.js";
 import { ROOT, OWNER_CAN_READ_CHECKOUT, failure, waitUntil } from "./harness.js";
-import { createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
+import { NETNS_TOOLS, VMM_TOOLS, createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
 
 const OWNER = 1000;
 const FAKE_VMM = join(ROOT, "services/privileged/test-fixtures/fake-vmm.mjs");
 const CAP = 1024 * 1024;
 const FLOOD_SECONDS = 30;
+const RUNS =
+  OWNER_CAN_READ_CHECKOUT &&
+  requireTools("a guest flooding its console", [...NETNS_TOOLS, ...VMM_TOOLS, "ps"]).length === 0;
 let ns: NetNs;
 let dir: string;
 let helper: HelperInNs;
@@ -30,7 +34,7 @@ const start = () =>
   startHelperInNs(ns, join(dir, "run"), join(dir, "state"), OWNER, ["--firecracker", FAKE_VMM, "--qemu", FAKE_VMM]);
 
 beforeAll(async () => {
-  if (!OWNER_CAN_READ_CHECKOUT) return;
+  if (!RUNS) return;
   ns = createNetNs();
   dir = mkdtempSync(join(tmpdir(), "banger-vmm-logs-"));
   chmodSync(dir, 0o755);
@@ -43,7 +47,7 @@ beforeAll(async () => {
 const started: number[] = [];
 
 afterAll(async () => {
-  if (!OWNER_CAN_READ_CHECKOUT) return;
+  if (!RUNS) return;
   for (const pid of [...started, ...relays("flood").map((r) => r.pid)]) {
     try {
       process.kill(pid, "SIGKILL");
@@ -92,7 +96,7 @@ async function tail(path: string, lines: number): Promise<string> {
   return Buffer.concat(parts).toString();
 }
 
-describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("a guest flooding its console", () => {
+describe.skipIf(!RUNS)("a guest flooding its console", () => {
   it("keeps console.log and vmm.log within the cap for 30 s, across a helper restart, with the newest lines shown", async () => {
     let vmm = createClient(VmmService, helper.transport.transport);
     const vmId = "flood";

@@ -13,12 +13,16 @@ import { VmmService, VmmSignal } from "@banger/gen/banger/privileged/v1/vmm_pb.j
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, createClient } from "@connectrpc/connect";
 import fc from "fast-check";
+import { requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT, waitUntil, OWNER_CAN_READ_CHECKOUT, failure } from "./harness.js";
-import { createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
+import { NETNS_TOOLS, VMM_TOOLS, createNetNs, startHelperInNs, type HelperInNs, type NetNs } from "./netns.js";
 
 const OWNER = 1000;
 const FAKE_VMM = join(ROOT, "services/privileged/test-fixtures/fake-vmm.mjs");
+const RUNS =
+  OWNER_CAN_READ_CHECKOUT &&
+  requireTools("VMMs launched and signalled by the helper", [...NETNS_TOOLS, ...VMM_TOOLS]).length === 0;
 let ns: NetNs;
 let dir: string;
 let helper: HelperInNs;
@@ -38,7 +42,7 @@ async function start(): Promise<HelperInNs> {
 }
 
 beforeAll(async () => {
-  if (!OWNER_CAN_READ_CHECKOUT) return;
+  if (!RUNS) return;
   console.log("no Firecracker on this machine: the helper launches test-fixtures/fake-vmm.mjs in its place");
   ns = createNetNs();
   dir = mkdtempSync(join(tmpdir(), "banger-vmm-"));
@@ -49,13 +53,13 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  if (!OWNER_CAN_READ_CHECKOUT) return;
+  if (!RUNS) return;
   await helper.stop();
   ns.remove();
   rmSync(dir, { recursive: true, force: true });
 });
 
-describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("the helper launches VMMs as the owner and signals only with proof", () => {
+describe.skipIf(!RUNS)("the helper launches VMMs as the owner and signals only with proof", () => {
   it("launches, outlives the helper, is listed after a restart, and stops only with the right proof", async () => {
     let vmm = createClient(VmmService, helper.transport.transport);
     const launched = await vmm.launchVmm({ vmId: "box", kind: VmmKind.FIRECRACKER });

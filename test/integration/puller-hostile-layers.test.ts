@@ -7,6 +7,7 @@
  * /proc/<pid>/status (VmHWM, reset before each pull), the disk its tree
  * takes is polled with du while it pulls.
  */
+import { EXT4_TOOLS, requireTools } from "@banger/common/testing";
 import { execFile, execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
@@ -30,7 +31,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import tar from "tar-stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
-  HAVE_REGISTRY_TOOLS,
+  REGISTRY_TOOLS,
   makeImage,
   skopeoCopy,
   writeOciLayout,
@@ -43,6 +44,9 @@ import {
 import { ODD_LAYER, oddExpected, seenInImage } from "../../services/image-puller/src/build/testing/odd-names.js";
 import { rawTar } from "../../services/image-puller/src/build/testing/raw-tar.js";
 import { spawnService, waitUntil, type RunningService } from "./harness.js";
+
+const HAVE_REGISTRY_TOOLS =
+  requireTools("hostile layers against the real puller", [...REGISTRY_TOOLS, ...EXT4_TOOLS]).length === 0;
 
 const MIB = 1024 ** 2;
 const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;

@@ -27,6 +27,7 @@ import { join } from "node:path";
 import { createUnixTransport } from "@banger/common";
 import { PullerService } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import { Code, createClient } from "@connectrpc/connect";
+import { requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BANGER, MDWE_WRAPPER, OWNER_CAN_READ_CHECKOUT, ROOT, runCli, waitUntil } from "./harness.js";
 
@@ -35,12 +36,13 @@ const IS_ROOT = process.getuid?.() === 0;
 const OWNER_ENTRY = spawnSync("getent", ["passwd", String(OWNER)], { encoding: "utf8" }).stdout.split(":");
 const OWNER_NAME = OWNER_ENTRY[0] ?? "";
 const OWNER_HOME = OWNER_ENTRY[5] ?? "";
-/** systemd-analyze, systemd-sysusers, systemctl and systemd-socket-activate: Debian's package systemd. */
-const HAVE_SYSTEMD_TOOLS = ["systemd-analyze", "systemd-sysusers", "systemctl", "systemd-socket-activate"].every(
-  (tool) => spawnSync(tool, ["--version"]).status === 0,
-);
-if (!HAVE_SYSTEMD_TOOLS)
-  console.warn("SKIPPING banger system tests: install Debian's package systemd (systemd-analyze…)");
+const HAVE_SYSTEMD_TOOLS =
+  requireTools("banger system (units rendered and checked)", [
+    "systemd-analyze",
+    "systemd-sysusers",
+    "systemctl",
+    "systemd-socket-activate",
+  ]).length === 0;
 const SYSTEMD_IS_PID1 = existsSync("/run/systemd/system");
 
 /** The hardening thresholds CI holds (systemd-analyze security's overall exposure, 0.0–10.0). */

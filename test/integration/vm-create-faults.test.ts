@@ -12,19 +12,22 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
+import { requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startFakeVmCluster } from "./fake-vm-cluster.js";
+import { FAKE_VM_TOOLS, startFakeVmCluster } from "./fake-vm-cluster.js";
 import { OWNER_CAN_READ_CHECKOUT, type Cluster } from "./harness.js";
 import { IS_ROOT, type NetNs } from "./netns.js";
 
-const live = describe.skipIf(!IS_ROOT || !OWNER_CAN_READ_CHECKOUT);
+const RUNS =
+  IS_ROOT && OWNER_CAN_READ_CHECKOUT && requireTools("VM create faults on fake VMMs", FAKE_VM_TOOLS).length === 0;
+const live = describe.skipIf(!RUNS);
 
 let ns: NetNs;
 let cluster: Cluster;
 let shutdown: () => Promise<void>;
 
 beforeAll(async () => {
-  if (!IS_ROOT || !OWNER_CAN_READ_CHECKOUT) return;
+  if (!RUNS) return;
   const started = await startFakeVmCluster({ rootfsSize: "32M" });
   ({ ns, cluster } = started);
   shutdown = started.shutdown;
@@ -39,7 +42,7 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  if (!IS_ROOT || !OWNER_CAN_READ_CHECKOUT) return;
+  if (!RUNS) return;
   await shutdown();
 });
 

@@ -12,12 +12,15 @@ import { join } from "node:path";
 import { createUnixTransport } from "@banger/common";
 import { VmService } from "@banger/gen/banger/v1/vm_pb.js";
 import { createClient } from "@connectrpc/connect";
+import { requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { OWNER, startFakeVmCluster } from "./fake-vm-cluster.js";
+import { OWNER, FAKE_VM_TOOLS, startFakeVmCluster } from "./fake-vm-cluster.js";
 import { OWNER_CAN_READ_CHECKOUT, waitUntil, type Cluster } from "./harness.js";
 import { IS_ROOT, type NetNs } from "./netns.js";
 
-const live = describe.skipIf(!IS_ROOT || !OWNER_CAN_READ_CHECKOUT);
+const RUNS =
+  IS_ROOT && OWNER_CAN_READ_CHECKOUT && requireTools("the VM lifecycle on fake VMMs", FAKE_VM_TOOLS).length === 0;
+const live = describe.skipIf(!RUNS);
 // Each test drives many CLI calls through real processes; a loaded machine may take a while.
 
 let ns: NetNs;
@@ -25,7 +28,7 @@ let cluster: Cluster;
 let shutdown: () => Promise<void>;
 
 beforeAll(async () => {
-  if (!IS_ROOT || !OWNER_CAN_READ_CHECKOUT) return;
+  if (!RUNS) return;
   const started = await startFakeVmCluster({ withInitrd: true });
   ({ ns, cluster } = started);
   shutdown = started.shutdown;
@@ -34,7 +37,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  if (!IS_ROOT || !OWNER_CAN_READ_CHECKOUT) return;
+  if (!RUNS) return;
   await shutdown();
 });
 

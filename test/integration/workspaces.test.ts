@@ -31,14 +31,14 @@ import { ErrorInfoSchema } from "@banger/gen/google/rpc/error_details_pb.js";
 import { Code, createClient, type ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createOperations } from "../../services/orchestrator/src/core/operations.js";
-import { sshdMissing, startTestGuest, type TestGuest } from "../../services/orchestrator/src/core/sshd-test-support.js";
+import { sshdSkip, startTestGuest, type TestGuest } from "../../services/orchestrator/src/core/sshd-test-support.js";
 import { createWorkspaces } from "../../services/orchestrator/src/core/workspaces.js";
 import { createOperationService } from "../../services/orchestrator/src/rpc/operation-service.js";
 import { createWorkspaceService } from "../../services/orchestrator/src/rpc/workspace-service.js";
 import { openStore, type Store } from "../../services/orchestrator/src/store/index.js";
 import { failure, runCli } from "./harness.js";
 
-if (sshdMissing) console.warn(`SKIPPING workspaces through the socket and the CLI: ${sshdMissing}`);
+const sshdMissing = sshdSkip("workspaces through the socket and the CLI", ["git", "tar"]);
 
 let dir: string;
 let guest: TestGuest;
@@ -116,7 +116,7 @@ afterAll(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-describe.skipIf(sshdMissing !== undefined)("workspaces through the socket", () => {
+describe.skipIf(sshdMissing)("workspaces through the socket", () => {
   it("PrepareWorkspace returns the operation at once; ExportWorkspace streams a patch in messages of at most 64 KiB", async () => {
     const workspaces = createClient(WorkspaceService, transport.transport);
     const operations = createClient(OperationService, transport.transport);

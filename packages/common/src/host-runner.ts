@@ -44,7 +44,10 @@ export interface Runner {
   run(argv: readonly string[], options?: RunOptions): Promise<RunResult>;
 }
 
-/** The real runner: sbin on PATH (a user's may lack it) and the C locale (output is parsed). */
+/** Where the real runner finds host tools: sbin too (a user's PATH may lack it). */
+export const HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/** The real runner: {@link HOST_PATH} and the C locale (output is parsed). */
 export function createHostRunner(): Runner {
   return {
     run(argv, options = {}) {
@@ -56,7 +59,7 @@ export function createHostRunner(): Runner {
       return new Promise((resolve, reject) => {
         const child = spawn(command, args, {
           stdio: ["pipe", "pipe", "pipe", ...(options.fds ?? [])],
-          env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" },
+          env: { PATH: HOST_PATH, LC_ALL: "C" },
           ...(signal ? { signal } : {}),
           ...(options.as ? { uid: options.as.uid, gid: options.as.gid } : {}),
         });

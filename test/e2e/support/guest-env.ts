@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expect } from "vitest";
-import { HAVE_REGISTRY_TOOLS } from "../../../services/image-puller/src/registry/testing/oci-image.js";
+import { requireTools, type Need } from "@banger/common/testing";
 import {
   startRegistry,
   type RegistryProcess,
@@ -26,23 +26,24 @@ import {
 } from "../../integration/harness.js";
 import { IS_ROOT, createNetNs, type NetNs } from "../../integration/netns.js";
 import { KERNEL_VERSION, TCG_GUEST_CONFIG, writeKernelPackage } from "./kernel-package.js";
+import { REAL_GUEST_NEEDS } from "./needs.js";
 
 export const OWNER = 1000;
-export const QEMU = "/usr/bin/qemu-system-x86_64";
 
-/** What this machine lacks for real guests (empty when it has everything). */
-export const GUEST_SUITE_MISSING = [
-  !IS_ROOT && "root",
-  !OWNER_CAN_READ_CHECKOUT && "a checkout uid 1000 can read",
-  !existsSync(QEMU) && "qemu-system-x86",
-  !KERNEL_VERSION && "linux-image-amd64",
-  !existsSync("/bin/busybox") && "busybox-static",
-  !existsSync("/usr/sbin/dropbear") && "dropbear-bin",
-  // banger kernel initramfs bundles the guest kit from these.
-  !existsSync("/usr/sbin/qemu-ga") && "qemu-guest-agent",
-  !existsSync("/usr/bin/patchelf") && "patchelf",
-  !HAVE_REGISTRY_TOOLS && "docker-registry and skopeo",
-].filter((m): m is string => typeof m === "string");
+/**
+ * What this machine lacks for `suite`'s real guests (empty when it has everything): root and a checkout uid
+ * 1000 can read, then every host tool (support/needs.ts) and `extra`, said in one line naming the setup command.
+ */
+export function guestSuiteMissing(suite: string, extra: readonly Need[] = []): string[] {
+  const unable = [!IS_ROOT && "root", !OWNER_CAN_READ_CHECKOUT && "a checkout uid 1000 can read"].filter(
+    (m): m is string => typeof m === "string",
+  );
+  if (unable.length > 0) {
+    console.warn(`SKIPPING ${suite}: it needs ${unable.join(" and ")}`);
+    return unable;
+  }
+  return requireTools(suite, [...REAL_GUEST_NEEDS, ...extra]);
+}
 
 export interface GuestEnv {
   readonly ns: NetNs;

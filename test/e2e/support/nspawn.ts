@@ -11,8 +11,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
-export const HAVE_NSPAWN = spawnSync("systemd-nspawn", ["--version"]).status === 0;
-
 export interface RunResult {
   code: number | null;
   stdout: string;

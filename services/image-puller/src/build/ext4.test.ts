@@ -8,6 +8,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { EXT4_TOOLS, requireTools } from "@banger/common/testing";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { buildRootfs, parseListings, verifyExt4 } from "./ext4.js";
 import { applyLayer } from "./extract.js";
@@ -70,7 +71,7 @@ describe("parseListings", () => {
   });
 });
 
-describe.skipIf(process.getuid?.() !== 0)("buildRootfs", () => {
+describe.skipIf(process.getuid?.() !== 0 || requireTools("buildRootfs", EXT4_TOOLS).length > 0)("buildRootfs", () => {
   it("keeps every name byte for byte with its owner, mode, mtime, links, device and capability", async () => {
     const tree = join(work, "tree");
     mkdirSync(tree);

@@ -5,6 +5,7 @@
  * an ext4 image whose entries, owners and modes debugfs confirms; hostile
  * layers are refused with nothing written outside the staging tree.
  */
+import { EXT4_TOOLS, requireTools } from "@banger/common/testing";
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -16,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_BUILD_LIMITS, createImageBuilder } from "../build/index.js";
 import { createBlobCache, createRegistryClient } from "../registry/index.js";
 import {
-  HAVE_REGISTRY_TOOLS,
+  REGISTRY_TOOLS,
   makeImage,
   skopeoCopy,
   writeOciLayout,
@@ -25,6 +26,9 @@ import {
 import { startRegistry, type RegistryProcess } from "../registry/testing/registry-process.js";
 import { createBuiltCache, type BuiltCache } from "./built-cache.js";
 import { pull, type PullEvent } from "./pull.js";
+
+const HAVE_REGISTRY_TOOLS =
+  requireTools("pulling an image into ext4 from a real registry", [...REGISTRY_TOOLS, ...EXT4_TOOLS]).length === 0;
 
 interface Entry {
   name: string;

@@ -3,6 +3,7 @@
  * 127.0.0.1 (one open, one behind token auth with a token service of the
  * test's), holding images this file builds and pushes with skopeo.
  */
+import { requireTools } from "@banger/common/testing";
 import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
@@ -16,7 +17,7 @@ import type { CredentialHelper } from "@banger/common";
 import { DEFAULT_PLATFORM, MediaType } from "./manifest.js";
 import { parseReference } from "@banger/common";
 import {
-  HAVE_REGISTRY_TOOLS,
+  REGISTRY_TOOLS,
   makeImage,
   makeIndex,
   makeLayer,
@@ -27,8 +28,8 @@ import {
 import { startRegistry, type RegistryProcess } from "./testing/registry-process.js";
 import { startTokenServer, type TokenServer } from "./testing/token-server.js";
 
-if (!HAVE_REGISTRY_TOOLS)
-  console.warn("SKIPPING real-registry tests: docker-registry, skopeo, tar or openssl is missing");
+const HAVE_REGISTRY_TOOLS = requireTools("the registry client against a real registry", REGISTRY_TOOLS).length === 0;
+
 const live = it.skipIf(!HAVE_REGISTRY_TOOLS);
 
 const ARM64 = { os: "linux", architecture: "arm64" };

@@ -15,10 +15,9 @@ import {
   type GuestInput,
   type GuestTarget,
 } from "./guest-exec.js";
-import { freePort, sshdMissing, startTestGuest, type TestGuest } from "./sshd-test-support.js";
+import { freePort, sshdSkip, startTestGuest, type TestGuest } from "./sshd-test-support.js";
 
-if (sshdMissing) console.warn(`SKIPPING guest exec over SSH: ${sshdMissing}`);
-const canRun = sshdMissing === undefined;
+const canRun = !sshdSkip("guest exec over SSH");
 
 let guest: TestGuest | undefined;
 let dir: string;

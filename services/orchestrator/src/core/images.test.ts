@@ -12,6 +12,7 @@ import {
   createLogger,
   runWithOpId,
 } from "@banger/common";
+import { EXT4_TOOLS, requireTools } from "@banger/common/testing";
 import { describe, expect, it } from "vitest";
 import { insertKernel, insertVm } from "../store/index.js";
 import { kernel, useStore, useTempDir, vm } from "../store/test-support.js";
@@ -363,7 +364,7 @@ describe("the built-in image tiny", () => {
   });
 });
 
-describe("image register", () => {
+describe.skipIf(requireTools("image register", EXT4_TOOLS).length > 0)("image register", () => {
   /** A 64 MiB ext4 image holding one file, mostly holes. */
   function ext4(name: string, file: string): string {
     const path = join(tempDir(), name);

@@ -21,6 +21,7 @@ import {
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { requireTools, type Need } from "@banger/common/testing";
 import type { GuestTarget } from "./guest-exec.js";
 
 const SSHD = "/usr/sbin/sshd";
@@ -28,15 +29,20 @@ const BUSYBOX = ["/usr/bin/busybox", "/bin/busybox"].find((path) => existsSync(p
 /** The stalled guest's shell: busybox's own sh would run its tar applet whatever PATH says. */
 const DASH = ["/usr/bin/dash", "/bin/dash"].find((path) => existsSync(path));
 
-/** Why the sshd tests cannot run here, or undefined when they can. */
-export const sshdMissing: string | undefined =
-  process.getuid?.() !== 0
-    ? "needs root (sshd logs in as root)"
-    : !existsSync(SSHD)
-      ? `needs ${SSHD} (Debian's openssh-server)`
-      : BUSYBOX === undefined || DASH === undefined
-        ? "needs busybox (a minimal guest's tools) and dash"
-        : undefined;
+/** What the stand-in guest runs on the host: OpenSSH's server and key tools, busybox (a minimal guest's tools), dash. */
+const SSHD_TOOLS = [SSHD, "ssh-keygen", "ssh-keyscan", "busybox", "dash"];
+
+/**
+ * Whether `suite` must skip its sshd tests here (then one SKIPPING line says
+ * why): it needs root (sshd logs in as root), {@link SSHD_TOOLS} and `extra`.
+ */
+export function sshdSkip(suite: string, extra: readonly Need[] = []): boolean {
+  if (process.getuid?.() !== 0) {
+    console.warn(`SKIPPING ${suite}: needs root (sshd logs in as root)`);
+    return true;
+  }
+  return requireTools(suite, [...SSHD_TOOLS, ...extra]).length > 0;
+}
 
 export type GuestKind = "full" | "busybox" | "stalled";
 
@@ -60,9 +66,7 @@ export function freePort(): Promise<number> {
 }
 
 export async function startTestGuest(): Promise<TestGuest> {
-  if (sshdMissing !== undefined || BUSYBOX === undefined || DASH === undefined) {
-    throw new Error(`cannot start sshd: ${sshdMissing}`);
-  }
+  if (BUSYBOX === undefined || DASH === undefined) throw new Error("cannot start sshd: busybox or dash is missing");
   const dir = mkdtempSync(join(tmpdir(), "banger-guest-"));
   mkdirSync("/run/sshd", { recursive: true, mode: 0o755 });
   const kinds: GuestKind[] = ["full", "busybox", "stalled"];

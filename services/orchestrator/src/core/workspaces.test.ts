@@ -25,7 +25,7 @@ import { FailedPreconditionError, NotFoundError, createLogger, type BangerError 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { useStore, useTempDir } from "../store/test-support.js";
 import { createOperations, type Operations } from "./operations.js";
-import { sshdMissing, startTestGuest, type GuestKind, type TestGuest } from "./sshd-test-support.js";
+import { sshdSkip, startTestGuest, type GuestKind, type TestGuest } from "./sshd-test-support.js";
 import {
   createWorkspaces,
   defaultGuestPath,
@@ -34,7 +34,8 @@ import {
   type Workspaces,
 } from "./workspaces.js";
 
-if (sshdMissing) console.warn(`SKIPPING workspaces over SSH: ${sshdMissing}`);
+/** The repositories the tests prepare and export are made with the host's git and tar. */
+const sshdMissing = sshdSkip("workspaces over SSH", ["git", "tar"]);
 
 const store = useStore();
 const temp = useTempDir();
@@ -167,7 +168,7 @@ describe("guest paths", () => {
   });
 });
 
-describe.skipIf(sshdMissing !== undefined)("workspaces over SSH (a real sshd on 127.0.0.1 as the guest)", () => {
+describe.skipIf(sshdMissing)("workspaces over SSH (a real sshd on 127.0.0.1 as the guest)", () => {
   it.each<GuestKind>(["busybox", "full"])(
     "COPY (%s guest): tracked and untracked-not-ignored files arrive, ignored ones do not, with a one-commit repository",
     async (kind) => {

@@ -2,10 +2,11 @@
  * Fixtures for the guest kit's tests: small ELF files, bzImages around a
  * payload, and a reader for the newc cpio archives the initramfs is made of.
  */
-import { spawnSync } from "node:child_process";
 import { gunzipSync } from "node:zlib";
+import { KIT_PROGRAMS } from "./kit.js";
 
-export const haveTool = (tool: string): boolean => spawnSync(tool, ["--version"]).status === 0;
+/** What building the guest kit runs from the host: its programs, and patchelf (ldd is libc's). */
+export const KIT_TOOLS = [...KIT_PROGRAMS.map((program) => program.hostPath), "patchelf"];
 
 /**
  * An ELF64 little-endian executable: a header, one PT_LOAD program header

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { FailedPreconditionError } from "@banger/common";
+import { hasTool, requireTools } from "@banger/common/testing";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import {
   INIT_SCRIPTS_DIR,
@@ -16,8 +17,19 @@ import {
   readStaticBusybox,
   type ModuleIndex,
 } from "./initramfs.js";
-import { fakeElf, haveTool, readNewc } from "./initramfs-test-support.js";
+import { KIT_TOOLS, fakeElf, readNewc } from "./initramfs-test-support.js";
 import { KIT_DIR } from "./kit.js";
+
+// The distribution kernel package the boot proof uses, when the host has one installed.
+const hostModules = existsSync("/lib/modules")
+  ? readdirSync("/lib/modules").find((v) => existsSync(`/lib/modules/${v}/kernel/fs/ext4`))
+  : undefined;
+// One line for the tests below that need the host's: each skips on its own.
+requireTools("parts of the initramfs built from the host", [
+  ...KIT_TOOLS,
+  "cpio",
+  { what: "a kernel's modules in /lib/modules (linux-image-amd64)", present: hostModules !== undefined },
+]);
 
 let dir: string;
 beforeEach(async () => {
@@ -143,10 +155,6 @@ describe("the modules of the initramfs", () => {
     });
   });
 
-  // The distribution kernel package the boot proof uses, when the host has one installed.
-  const hostModules = existsSync("/lib/modules")
-    ? readdirSync("/lib/modules").find((v) => existsSync(`/lib/modules/${v}/kernel/fs/ext4`))
-    : undefined;
   it.skipIf(hostModules === undefined)("are found in the host's Debian kernel package", async () => {
     const plan = planModules(await readModuleIndex(`/lib/modules/${hostModules}`));
     expect(plan.load.map((m) => m.name)).toEqual(expect.arrayContaining(["virtio_mmio", "virtio_blk", "ext4"]));
@@ -199,7 +207,7 @@ describe("the cpio archive", () => {
     expect([read[3]?.rdevMajor, read[3]?.rdevMinor]).toEqual([5, 1]);
   });
 
-  it.skipIf(!haveTool("cpio"))("reads back with GNU cpio", () => {
+  it.skipIf(!hasTool("cpio"))("reads back with GNU cpio", () => {
     const archive = Buffer.concat([...cpioNewc(entries)]);
     const names = execFileSync("cpio", ["-it", "--quiet"], { input: archive }).toString().trim().split("\n");
     expect(names).toEqual(["bin", "bin/busybox", "bin/sh", "dev/console", "empty"]);
@@ -233,8 +241,8 @@ describe("building the initramfs", () => {
         "kernel/drivers/virtio/virtio.ko:",
         "kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko",
         "kernel/drivers/block/virtio_blk.ko.gz: kernel/drivers/virtio/virtio.ko",
-        `kernel/drivers/net/virtio_net.ko${haveTool("zstd") ? ".zst" : ""}: kernel/drivers/virtio/virtio.ko`,
-        `kernel/fs/ext4/ext4.ko${haveTool("xz") ? ".xz" : ""}:`,
+        `kernel/drivers/net/virtio_net.ko${hasTool("zstd") ? ".zst" : ""}: kernel/drivers/virtio/virtio.ko`,
+        `kernel/fs/ext4/ext4.ko${hasTool("xz") ? ".xz" : ""}:`,
         "",
       ].join("\n"),
       "modules.builtin": "",
@@ -242,12 +250,12 @@ describe("building the initramfs", () => {
       "kernel/drivers/virtio/virtio_mmio.ko": "virtio_mmio module",
       "kernel/drivers/block/virtio_blk.ko.gz": gzipSync("virtio_blk module"),
     };
-    files[haveTool("zstd") ? "kernel/drivers/net/virtio_net.ko.zst" : "kernel/drivers/net/virtio_net.ko"] = haveTool(
+    files[hasTool("zstd") ? "kernel/drivers/net/virtio_net.ko.zst" : "kernel/drivers/net/virtio_net.ko"] = hasTool(
       "zstd",
     )
       ? execFileSync("zstd", ["-c", "-q"], { input: "virtio_net module" })
       : "virtio_net module";
-    files[haveTool("xz") ? "kernel/fs/ext4/ext4.ko.xz" : "kernel/fs/ext4/ext4.ko"] = haveTool("xz")
+    files[hasTool("xz") ? "kernel/fs/ext4/ext4.ko.xz" : "kernel/fs/ext4/ext4.ko"] = hasTool("xz")
       ? execFileSync("xz", ["-c", "--check=crc32"], { input: "ext4 module" })
       : "ext4 module";
     for (const [path, content] of Object.entries(files)) {
@@ -257,47 +265,50 @@ describe("building the initramfs", () => {
     return root;
   }
 
-  it("holds banger's init, the busybox, the modules uncompressed and their order, all owned by root", async () => {
-    await writeFile(join(dir, "busybox"), fakeElf());
-    const output = join(dir, "initrd");
-    await writeFile(output, "the old initrd");
-    const summary = await buildInitramfs({
-      modulesDir: await modulesTree(),
-      output,
-      busybox: join(dir, "busybox"),
-    });
-    expect(summary.modules).toEqual(["virtio", "virtio_mmio", "virtio_blk", "virtio_net", "ext4"]);
-    expect(summary.absent).toContain("vmw_vsock_virtio_transport");
+  it.skipIf(!KIT_TOOLS.every(hasTool))(
+    "holds banger's init, the busybox, the modules uncompressed and their order, all owned by root",
+    async () => {
+      await writeFile(join(dir, "busybox"), fakeElf());
+      const output = join(dir, "initrd");
+      await writeFile(output, "the old initrd");
+      const summary = await buildInitramfs({
+        modulesDir: await modulesTree(),
+        output,
+        busybox: join(dir, "busybox"),
+      });
+      expect(summary.modules).toEqual(["virtio", "virtio_mmio", "virtio_blk", "virtio_net", "ext4"]);
+      expect(summary.absent).toContain("vmw_vsock_virtio_transport");
 
-    const archive = await readFile(output);
-    expect(summary.bytes).toBe(archive.length);
-    const entries = new Map(readNewc(archive).map((e) => [e.name, e]));
-    const text = (name: string) => entries.get(name)?.data.toString();
-    expect(text("init")).toBe(await readFile(join(INIT_SCRIPTS_DIR, "init.sh"), "utf8"));
-    expect(entries.get("init")?.mode.toString(8)).toBe("100755");
-    expect(text("banger/minimal-init")).toBe(await readFile(join(INIT_SCRIPTS_DIR, "minimal-init.sh"), "utf8"));
-    expect(entries.get("bin/busybox")?.data).toEqual(fakeElf());
-    expect(text("bin/sh")).toBe("busybox");
-    expect(text("lib/modules/banger/order")).toBe("virtio\nvirtio_mmio\nvirtio_blk\nvirtio_net\next4\n");
-    for (const module of ["virtio", "virtio_mmio", "virtio_blk", "virtio_net", "ext4"]) {
-      expect(text(`lib/modules/banger/${module}.ko`)).toBe(`${module} module`);
-    }
-    expect([...entries.values()].every((e) => e.uid === 0 && e.gid === 0)).toBe(true);
-    expect(entries.get("dev/console")).toMatchObject({ rdevMajor: 5, rdevMinor: 1 });
-    // banger's guest kit: the host's dropbear and qemu-ga, their libraries and loader, run from /run/banger/kit.
-    expect(summary.kit.programs).toEqual(["dropbear", "dropbearkey", "qemu-ga"]);
-    expect(summary.kit.libraries).toEqual(expect.arrayContaining(["libc.so.6", "ld-linux-x86-64.so.2"]));
-    for (const program of summary.kit.programs) {
-      const elf = entries.get(`banger/kit/bin/${program}`)?.data ?? Buffer.alloc(0);
-      expect(elf.includes(Buffer.from(`${KIT_DIR}/lib/ld-linux-x86-64.so.2\0`))).toBe(true);
-      expect(elf.includes(Buffer.from(`${KIT_DIR}/lib\0`))).toBe(true);
-    }
-    for (const library of summary.kit.libraries) expect(entries.has(`banger/kit/lib/${library}`)).toBe(true);
-    expect(text("banger/kit/start")).toBe(await readFile(join(INIT_SCRIPTS_DIR, "kit-start.sh"), "utf8"));
-    expect(text("banger/kit/poweroff")).toBe(await readFile(join(INIT_SCRIPTS_DIR, "kit-poweroff.sh"), "utf8"));
-    // Written beside the output, then renamed over it: nothing else is left.
-    expect(await readdir(dir)).toEqual(expect.not.arrayContaining([expect.stringMatching(/^\.initrd\./)]));
-  });
+      const archive = await readFile(output);
+      expect(summary.bytes).toBe(archive.length);
+      const entries = new Map(readNewc(archive).map((e) => [e.name, e]));
+      const text = (name: string) => entries.get(name)?.data.toString();
+      expect(text("init")).toBe(await readFile(join(INIT_SCRIPTS_DIR, "init.sh"), "utf8"));
+      expect(entries.get("init")?.mode.toString(8)).toBe("100755");
+      expect(text("banger/minimal-init")).toBe(await readFile(join(INIT_SCRIPTS_DIR, "minimal-init.sh"), "utf8"));
+      expect(entries.get("bin/busybox")?.data).toEqual(fakeElf());
+      expect(text("bin/sh")).toBe("busybox");
+      expect(text("lib/modules/banger/order")).toBe("virtio\nvirtio_mmio\nvirtio_blk\nvirtio_net\next4\n");
+      for (const module of ["virtio", "virtio_mmio", "virtio_blk", "virtio_net", "ext4"]) {
+        expect(text(`lib/modules/banger/${module}.ko`)).toBe(`${module} module`);
+      }
+      expect([...entries.values()].every((e) => e.uid === 0 && e.gid === 0)).toBe(true);
+      expect(entries.get("dev/console")).toMatchObject({ rdevMajor: 5, rdevMinor: 1 });
+      // banger's guest kit: the host's dropbear and qemu-ga, their libraries and loader, run from /run/banger/kit.
+      expect(summary.kit.programs).toEqual(["dropbear", "dropbearkey", "qemu-ga"]);
+      expect(summary.kit.libraries).toEqual(expect.arrayContaining(["libc.so.6", "ld-linux-x86-64.so.2"]));
+      for (const program of summary.kit.programs) {
+        const elf = entries.get(`banger/kit/bin/${program}`)?.data ?? Buffer.alloc(0);
+        expect(elf.includes(Buffer.from(`${KIT_DIR}/lib/ld-linux-x86-64.so.2\0`))).toBe(true);
+        expect(elf.includes(Buffer.from(`${KIT_DIR}/lib\0`))).toBe(true);
+      }
+      for (const library of summary.kit.libraries) expect(entries.has(`banger/kit/lib/${library}`)).toBe(true);
+      expect(text("banger/kit/start")).toBe(await readFile(join(INIT_SCRIPTS_DIR, "kit-start.sh"), "utf8"));
+      expect(text("banger/kit/poweroff")).toBe(await readFile(join(INIT_SCRIPTS_DIR, "kit-poweroff.sh"), "utf8"));
+      // Written beside the output, then renamed over it: nothing else is left.
+      expect(await readdir(dir)).toEqual(expect.not.arrayContaining([expect.stringMatching(/^\.initrd\./)]));
+    },
+  );
 
   it("is the same archive, byte for byte, when built twice from the same inputs", async () => {
     await writeFile(join(dir, "busybox"), fakeElf());

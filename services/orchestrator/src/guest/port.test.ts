@@ -1,11 +1,11 @@
-import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { requireTools } from "@banger/common/testing";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { readGitIdentity } from "./port.js";
 
-const HAVE_GIT = spawnSync("git", ["--version"]).status === 0;
+const HAVE_GIT = requireTools("the owner's git identity", ["git"]).length === 0;
 
 describe.skipIf(!HAVE_GIT)("the owner's git identity", () => {
   let home: string;

@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writ
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BangerError } from "@banger/common";
+import { EXT4_TOOLS, requireTools } from "@banger/common/testing";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { workDiskFiles, type WorkDiskEntry } from "./guest-files.js";
 import { createHostRunner, type Runner } from "@banger/common";
@@ -83,7 +84,10 @@ async function failure(promise: Promise<unknown>): Promise<{ kind: string; reaso
 
 const keyFiles = () => workDiskFiles({ publicKey: KEY, fileSync: [], home });
 
-describe("prepareWorkDisk", () => {
+/** Work disks are ext4 files made and checked with e2fsprogs. */
+const HAVE_E2FSPROGS = requireTools("work disks", EXT4_TOOLS).length === 0;
+
+describe.skipIf(!HAVE_E2FSPROGS)("prepareWorkDisk", () => {
   it("copies the seed, grows it to the size asked and adds authorized_keys 0600 0:0 in /.ssh 0700", async () => {
     const seed = makeSeed(16);
     const target = join(dir, "work.ext4");
@@ -264,7 +268,7 @@ describe("prepareWorkDisk", () => {
   });
 });
 
-describe("growWorkDisk", () => {
+describe.skipIf(!HAVE_E2FSPROGS)("growWorkDisk", () => {
   it("grows the file system, keeps its files, and refuses to shrink", async () => {
     const target = join(dir, "work.ext4");
     await prepareWorkDisk({ target, seedPath: makeSeed(), sizeMib: 32, files: await keyFiles() });

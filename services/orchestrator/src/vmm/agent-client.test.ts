@@ -3,11 +3,12 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { requireTools } from "@banger/common/testing";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { MAX_ANSWER_BYTES, createAgentClient, hybridVsockConnector, unixAgentConnector } from "./agent-client.js";
 
 const QEMU_GA = "/usr/sbin/qemu-ga";
-const haveQemuGa = existsSync(QEMU_GA);
+const haveQemuGa = requireTools("the agent client against a real qemu-ga", [QEMU_GA]).length === 0;
 
 let dir: string;
 const cleanups: (() => void)[] = [];

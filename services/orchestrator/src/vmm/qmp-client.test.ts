@@ -2,17 +2,17 @@
  * The QMP client against a real QEMU (`-M microvm`, started paused with no
  * guest: QMP answers the same), and against paths where nothing listens.
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BangerError } from "@banger/common";
+import { requireTools } from "@banger/common/testing";
 import { afterEach, describe, expect, it } from "vitest";
 import { createQmpClient } from "./qmp-client.js";
 
 const QEMU = "/usr/bin/qemu-system-x86_64";
-const haveQemu = spawnSync(QEMU, ["--version"]).status === 0;
-if (!haveQemu) console.warn(`SKIPPING the real-QEMU QMP tests: ${QEMU} is absent (apt-get install qemu-system-x86)`);
+const haveQemu = requireTools("the QMP client against a real QEMU", [QEMU]).length === 0;
 
 let qemu: ChildProcess | undefined;
 let dir: string | undefined;

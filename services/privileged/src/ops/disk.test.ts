@@ -3,6 +3,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { chmod, chown, link, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { EXT4_TOOLS, requireTools } from "@banger/common/testing";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import {
   AlreadyExistsError,
@@ -23,6 +24,7 @@ let config: HelperConfig;
 const OWNER = 1000;
 /** Loop devices the tests attached outside the state dir (to show they are not banger's). */
 const foreignLoops: string[] = [];
+const HAVE_LOOP_TOOLS = requireTools("loop devices", ["losetup", "mkfs.ext4"]).length === 0;
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), "banger-disk-"));
@@ -34,6 +36,7 @@ beforeAll(async () => {
 
 /** Detaches every loop device backed by a file under this test's temp dir, even after a failure. */
 function detachOurLoops(): void {
+  if (!HAVE_LOOP_TOOLS) return; // nothing was attached
   const failures: string[] = [];
   for (const loop of [...losetupList().filter((l) => l.backFile.startsWith(`${root}/`)), ...foreignLoops.splice(0)]) {
     const device = typeof loop === "string" ? loop : loop.name;
@@ -94,7 +97,7 @@ async function caught(promise: Promise<unknown>): Promise<unknown> {
   throw new Error("expected a refusal, got success");
 }
 
-describe("loop devices (real losetup)", () => {
+describe.skipIf(!HAVE_LOOP_TOOLS)("loop devices (real losetup)", () => {
   const ops = () => createDiskOps({ runner: createHostRunner(), config });
 
   it("attaches a real ext4 file, shows it in losetup -l and listLoops, and detaches it idempotently", async () => {
@@ -226,228 +229,233 @@ describe("loop devices (real losetup)", () => {
   });
 });
 
-describe("a VM's root filesystem (real ext4, the clone strategy's root disk)", () => {
-  const vmId = "vm1";
-  let image: string;
-  const disk = () => createDiskOps({ runner: createHostRunner(), config });
+describe.skipIf(requireTools("a VM's root filesystem", EXT4_TOOLS).length > 0)(
+  "a VM's root filesystem (real ext4, the clone strategy's root disk)",
+  () => {
+    const vmId = "vm1";
+    let image: string;
+    const disk = () => createDiskOps({ runner: createHostRunner(), config });
 
-  function debugfsRequest(request: string): string {
-    return execFileSync("debugfs", ["-R", request, image], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
-  }
-
-  function guestStat(
-    path: string,
-  ): { mode: string; user: number; group: number; size: number; type: string } | undefined {
-    const out = debugfsRequest(`stat ${path}`);
-    const head = /Type: (\S+)\s+Mode:\s+([0-7]+)/.exec(out);
-    // debugfs prints ids as signed 32-bit numbers.
-    const owner = /User:\s+(-?\d+)\s+Group:\s+(-?\d+).*Size:\s+(\d+)/.exec(out);
-    if (!head?.[1] || !head[2] || !owner) return undefined;
-    const id = (text: string | undefined) => Number(text) >>> 0;
-    return { type: head[1], mode: head[2], user: id(owner[1]), group: id(owner[2]), size: Number(owner[3]) };
-  }
-
-  async function guestTempDirs(): Promise<string[]> {
-    return (await readdir(tmpdir())).filter((n) => n.startsWith("banger-guest-"));
-  }
-
-  beforeEach(async () => {
-    const seed = join(root, "seed");
-    await rm(seed, { recursive: true, force: true });
-    await mkdir(join(seed, "etc"), { recursive: true });
-    await writeFile(join(seed, "etc", "hostname"), "old-name\n");
-    await mkdir(join(stateDir, "vms", vmId), { recursive: true });
-    image = join(stateDir, "vms", vmId, "root.ext4");
-    await rm(image, { force: true });
-    makeExt4(image, 8, seed);
-  });
-
-  it("runs e2fsck -fy on the VM's root disk: 0 when clean, 1 after fixing, and reports the tail", async () => {
-    const clean = await disk().checkFilesystem({ vmId });
-    expect(clean.exitCode).toBe(0);
-    expect(clean.outputTail).toMatch(/Pass 5/);
-    expect(clean.outputTail).toMatch(/\d+\/\d+ files/);
-
-    execFileSync("debugfs", ["-w", "-R", "sif /etc/hostname links_count 5", image], { stdio: "pipe" });
-    const fixed = await disk().checkFilesystem({ vmId });
-    expect(fixed.exitCode).toBe(1);
-    expect(fixed.outputTail).toMatch(/FILE SYSTEM WAS MODIFIED/);
-    expect((await disk().checkFilesystem({ vmId })).exitCode).toBe(0);
-  });
-
-  it("reports an unrepairable filesystem as a HostCommandError with e2fsck's code", async () => {
-    await mkdir(join(stateDir, "vms", "vm2"), { recursive: true });
-    const junk = join(stateDir, "vms", "vm2", "root.ext4");
-    await writeFile(junk, Buffer.alloc(4 * 1024 * 1024));
-    await chown(junk, OWNER, OWNER);
-    const error = await caught(disk().checkFilesystem({ vmId: "vm2" }));
-    expect(error).toBeInstanceOf(HostCommandError);
-    expect((error as HostCommandError).exitCode).toBe(8);
-  });
-
-  it("refuses a VM with no root device, or a bad id, before running anything", async () => {
-    const none = await caught(disk().checkFilesystem({ vmId: "vm-none" }));
-    expect(none).toBeInstanceOf(FailedPreconditionError);
-    expect(none).toMatchObject({ reason: "VM_DISK_NOT_ATTACHED" });
-    for (const vmId of ["", "VM1", "../vm1", "vm1/..", "vm 1", "vm%1", "vmé", "a".repeat(33)]) {
-      expect(await caught(disk().checkFilesystem({ vmId }))).toMatchObject({ reason: "INVALID_VM_ID" });
-      expect(await caught(disk().writeGuestFiles({ vmId, files: [] }))).toMatchObject({ reason: "INVALID_VM_ID" });
+    function debugfsRequest(request: string): string {
+      return execFileSync("debugfs", ["-R", request, image], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
     }
-  });
 
-  it("writes files with content, mode (setuid too) and owner in one batch, creating parents, and removes its temp dir", async () => {
-    const blob = randomBytes(1024 * 1024);
-    const tempBefore = await guestTempDirs();
-    const files: GuestFileSpec[] = [
-      { path: "/etc/hostname", content: Buffer.from("box\n"), mode: 0o4755, uid: 1000, gid: 1000 },
-      {
-        path: "/root/.ssh/authorized_keys",
-        content: Buffer.from("ssh-ed25519 AAAAC3 test\n"),
-        mode: 0o600,
-        uid: 0,
-        gid: 0,
-      },
-      { path: "/opt/banger/blob.bin", content: blob, mode: 0o644, uid: 4294967294, gid: 65534 },
-      { path: "/etc/empty", content: new Uint8Array(0), mode: 0, uid: 0, gid: 0 },
-    ];
-    expect(await disk().writeGuestFiles({ vmId, files })).toEqual({ written: 4 });
-
-    // Verified with debugfs, independently of the code under test.
-    expect(guestStat("/etc/hostname")).toEqual({ type: "regular", mode: "04755", user: 1000, group: 1000, size: 4 });
-    expect(debugfsRequest("cat /etc/hostname")).toBe("box\n");
-    expect(guestStat("/root/.ssh/authorized_keys")).toMatchObject({ type: "regular", mode: "0600", user: 0 });
-    expect(guestStat("/root/.ssh")).toMatchObject({ type: "directory", mode: "0755" });
-    expect(guestStat("/opt/banger/blob.bin")).toEqual({
-      type: "regular",
-      mode: "0644",
-      user: 4294967294,
-      group: 65534,
-      size: blob.length,
-    });
-    const dumped = join(root, "dumped.bin");
-    execFileSync("debugfs", ["-R", `dump /opt/banger/blob.bin ${dumped}`, image], { stdio: "pipe" });
-    expect((await readFile(dumped)).equals(blob)).toBe(true);
-    expect(guestStat("/etc/empty")).toMatchObject({ type: "regular", mode: "0000", size: 0 });
-
-    // Overwriting is fine, and the filesystem stays consistent.
-    await disk().writeGuestFiles({
-      vmId,
-      files: [{ path: "/etc/hostname", content: Buffer.from("box2\n"), mode: 0o644, uid: 0, gid: 0 }],
-    });
-    expect(debugfsRequest("cat /etc/hostname")).toBe("box2\n");
-    expect(guestStat("/etc/hostname")).toMatchObject({ mode: "0644", user: 0, group: 0 });
-    expect(await guestTempDirs()).toEqual(tempBefore);
-    execFileSync("e2fsck", ["-fn", image], { stdio: "pipe" });
-  });
-
-  it("refuses bad guest files before touching the disk: the image stays byte-for-byte the same", async () => {
-    const good = { path: "/etc/ok", content: Buffer.from("x"), mode: 0o644, uid: 0, gid: 0 };
-    const bad: [Partial<GuestFileSpec>, string][] = [
-      [{ path: "/etc/host name" }, "UNSUPPORTED_GUEST_PATH"],
-      [{ path: '/etc/"x"' }, "UNSUPPORTED_GUEST_PATH"],
-      [{ path: "/etc/../etc/shadow" }, "INVALID_GUEST_PATH"],
-      [{ path: "/etc/x\nrm /etc/hostname" }, "INVALID_GUEST_PATH"],
-      [{ path: "/etc/x\0" }, "INVALID_GUEST_PATH"],
-      [{ path: "/" }, "INVALID_GUEST_PATH"],
-      [{ path: "etc/x" }, "INVALID_GUEST_PATH"],
-      [{ path: `/${"a/".repeat(2048)}b` }, "INVALID_GUEST_PATH"],
-      [{ content: Buffer.alloc(1024 * 1024 + 1) }, "FILE_TOO_LARGE"],
-      [{ mode: 0o10000 }, "INVALID_MODE"],
-      [{ mode: -1 }, "INVALID_MODE"],
-      [{ mode: 1.5 }, "INVALID_MODE"],
-      [{ uid: 2 ** 32 - 1 }, "INVALID_OWNER"],
-      [{ gid: -1 }, "INVALID_OWNER"],
-      [{ uid: Number.NaN }, "INVALID_OWNER"],
-    ];
-    const before = await sha256(image);
-    for (const [change, reason] of bad) {
-      // A good file first: validation covers the whole request before anything runs.
-      const error = await caught(disk().writeGuestFiles({ vmId, files: [good, { ...good, ...change }] }));
-      expect(error, JSON.stringify(change)).toBeInstanceOf(InvalidArgumentError);
-      expect(error, JSON.stringify(change)).toMatchObject({ reason });
+    function guestStat(
+      path: string,
+    ): { mode: string; user: number; group: number; size: number; type: string } | undefined {
+      const out = debugfsRequest(`stat ${path}`);
+      const head = /Type: (\S+)\s+Mode:\s+([0-7]+)/.exec(out);
+      // debugfs prints ids as signed 32-bit numbers.
+      const owner = /User:\s+(-?\d+)\s+Group:\s+(-?\d+).*Size:\s+(\d+)/.exec(out);
+      if (!head?.[1] || !head[2] || !owner) return undefined;
+      const id = (text: string | undefined) => Number(text) >>> 0;
+      return { type: head[1], mode: head[2], user: id(owner[1]), group: id(owner[2]), size: Number(owner[3]) };
     }
-    const tooMany = Array.from({ length: 257 }, (_, i) => ({ ...good, path: `/f${i}` }));
-    expect(await caught(disk().writeGuestFiles({ vmId, files: tooMany }))).toMatchObject({ reason: "TOO_MANY_FILES" });
-    expect(await caught(disk().removeGuestFiles({ vmId, paths: ["/etc/hostname", "/etc/a b"] }))).toMatchObject({
-      reason: "UNSUPPORTED_GUEST_PATH",
+
+    async function guestTempDirs(): Promise<string[]> {
+      return (await readdir(tmpdir())).filter((n) => n.startsWith("banger-guest-"));
+    }
+
+    beforeEach(async () => {
+      const seed = join(root, "seed");
+      await rm(seed, { recursive: true, force: true });
+      await mkdir(join(seed, "etc"), { recursive: true });
+      await writeFile(join(seed, "etc", "hostname"), "old-name\n");
+      await mkdir(join(stateDir, "vms", vmId), { recursive: true });
+      image = join(stateDir, "vms", vmId, "root.ext4");
+      await rm(image, { force: true });
+      makeExt4(image, 8, seed);
     });
-    expect(await sha256(image)).toBe(before);
-    expect(debugfsRequest("cat /etc/hostname")).toBe("old-name\n");
-    expect(guestStat("/etc/ok")).toBeUndefined();
-  });
 
-  it("refuses to write over a guest directory, changing nothing", async () => {
-    const before = await sha256(image);
-    const error = await caught(
-      disk().writeGuestFiles({
-        vmId,
-        files: [{ path: "/etc", content: Buffer.from("x"), mode: 0o644, uid: 0, gid: 0 }],
-      }),
-    );
-    expect(error).toMatchObject({ reason: "GUEST_PATH_IS_DIRECTORY" });
-    const under = await caught(
-      disk().writeGuestFiles({
-        vmId,
-        files: [{ path: "/etc/hostname/x", content: Buffer.from("x"), mode: 0o644, uid: 0, gid: 0 }],
-      }),
-    );
-    expect(under).toMatchObject({ reason: "GUEST_PARENT_NOT_DIRECTORY" });
-    expect(await sha256(image)).toBe(before);
-  });
+    it("runs e2fsck -fy on the VM's root disk: 0 when clean, 1 after fixing, and reports the tail", async () => {
+      const clean = await disk().checkFilesystem({ vmId });
+      expect(clean.exitCode).toBe(0);
+      expect(clean.outputTail).toMatch(/Pass 5/);
+      expect(clean.outputTail).toMatch(/\d+\/\d+ files/);
 
-  it("removes guest files, counting only those that existed; removing again removes nothing", async () => {
-    await disk().writeGuestFiles({
-      vmId,
-      files: [{ path: "/root/.ssh/authorized_keys", content: Buffer.from("k\n"), mode: 0o600, uid: 0, gid: 0 }],
+      execFileSync("debugfs", ["-w", "-R", "sif /etc/hostname links_count 5", image], { stdio: "pipe" });
+      const fixed = await disk().checkFilesystem({ vmId });
+      expect(fixed.exitCode).toBe(1);
+      expect(fixed.outputTail).toMatch(/FILE SYSTEM WAS MODIFIED/);
+      expect((await disk().checkFilesystem({ vmId })).exitCode).toBe(0);
     });
-    const paths = ["/etc/hostname", "/root/.ssh/authorized_keys", "/nope/missing", "/etc/hostname"];
-    expect(await disk().removeGuestFiles({ vmId, paths })).toEqual({ removed: 2 });
-    expect(guestStat("/etc/hostname")).toBeUndefined();
-    expect(guestStat("/root/.ssh/authorized_keys")).toBeUndefined();
-    expect(guestStat("/root/.ssh")).toMatchObject({ type: "directory" });
-    expect(await disk().removeGuestFiles({ vmId, paths })).toEqual({ removed: 0 });
-    execFileSync("e2fsck", ["-fn", image], { stdio: "pipe" });
 
-    const dir = await caught(disk().removeGuestFiles({ vmId, paths: ["/root/.ssh"] }));
-    expect(dir).toMatchObject({ reason: "GUEST_PATH_IS_DIRECTORY" });
-    expect(guestStat("/root/.ssh")).toMatchObject({ type: "directory" });
-  });
+    it("reports an unrepairable filesystem as a HostCommandError with e2fsck's code", async () => {
+      await mkdir(join(stateDir, "vms", "vm2"), { recursive: true });
+      const junk = join(stateDir, "vms", "vm2", "root.ext4");
+      await writeFile(junk, Buffer.alloc(4 * 1024 * 1024));
+      await chown(junk, OWNER, OWNER);
+      const error = await caught(disk().checkFilesystem({ vmId: "vm2" }));
+      expect(error).toBeInstanceOf(HostCommandError);
+      expect((error as HostCommandError).exitCode).toBe(8);
+    });
 
-  it("runs e2fsck and debugfs as the owner: a root disk the owner may only read is not written (root could)", async () => {
-    await chmod(image, 0o400);
-    const before = await sha256(image);
-    const fsck = await caught(disk().checkFilesystem({ vmId }));
-    expect(fsck).toBeInstanceOf(PermissionDeniedError);
-    expect(fsck).toMatchObject({ reason: "OWNER_CANNOT_OPEN_DISK" });
-    const file = { path: "/etc/hostname", content: Buffer.from("box\n"), mode: 0o644, uid: 0, gid: 0 };
-    const write = await caught(disk().writeGuestFiles({ vmId, files: [file] }));
-    expect(write).toMatchObject({ reason: "OWNER_CANNOT_OPEN_DISK" });
-    const remove = await caught(disk().removeGuestFiles({ vmId, paths: ["/etc/hostname"] }));
-    expect(remove).toMatchObject({ reason: "OWNER_CANNOT_OPEN_DISK" });
-    expect(await sha256(image)).toBe(before);
-    expect(debugfsRequest("cat /etc/hostname")).toBe("old-name\n");
-  });
+    it("refuses a VM with no root device, or a bad id, before running anything", async () => {
+      const none = await caught(disk().checkFilesystem({ vmId: "vm-none" }));
+      expect(none).toBeInstanceOf(FailedPreconditionError);
+      expect(none).toMatchObject({ reason: "VM_DISK_NOT_ATTACHED" });
+      for (const vmId of ["", "VM1", "../vm1", "vm1/..", "vm 1", "vm%1", "vmé", "a".repeat(33)]) {
+        expect(await caught(disk().checkFilesystem({ vmId }))).toMatchObject({ reason: "INVALID_VM_ID" });
+        expect(await caught(disk().writeGuestFiles({ vmId, files: [] }))).toMatchObject({ reason: "INVALID_VM_ID" });
+      }
+    });
 
-  it("refuses a root disk that is not the owner's, running nothing on it", async () => {
-    await chown(image, 0, 0);
-    const before = await sha256(image);
-    // One at a time: a call started before the previous one is awaited would reject unhandled meanwhile.
-    for (const attempt of [
-      () => disk().checkFilesystem({ vmId }),
-      () =>
+    it("writes files with content, mode (setuid too) and owner in one batch, creating parents, and removes its temp dir", async () => {
+      const blob = randomBytes(1024 * 1024);
+      const tempBefore = await guestTempDirs();
+      const files: GuestFileSpec[] = [
+        { path: "/etc/hostname", content: Buffer.from("box\n"), mode: 0o4755, uid: 1000, gid: 1000 },
+        {
+          path: "/root/.ssh/authorized_keys",
+          content: Buffer.from("ssh-ed25519 AAAAC3 test\n"),
+          mode: 0o600,
+          uid: 0,
+          gid: 0,
+        },
+        { path: "/opt/banger/blob.bin", content: blob, mode: 0o644, uid: 4294967294, gid: 65534 },
+        { path: "/etc/empty", content: new Uint8Array(0), mode: 0, uid: 0, gid: 0 },
+      ];
+      expect(await disk().writeGuestFiles({ vmId, files })).toEqual({ written: 4 });
+
+      // Verified with debugfs, independently of the code under test.
+      expect(guestStat("/etc/hostname")).toEqual({ type: "regular", mode: "04755", user: 1000, group: 1000, size: 4 });
+      expect(debugfsRequest("cat /etc/hostname")).toBe("box\n");
+      expect(guestStat("/root/.ssh/authorized_keys")).toMatchObject({ type: "regular", mode: "0600", user: 0 });
+      expect(guestStat("/root/.ssh")).toMatchObject({ type: "directory", mode: "0755" });
+      expect(guestStat("/opt/banger/blob.bin")).toEqual({
+        type: "regular",
+        mode: "0644",
+        user: 4294967294,
+        group: 65534,
+        size: blob.length,
+      });
+      const dumped = join(root, "dumped.bin");
+      execFileSync("debugfs", ["-R", `dump /opt/banger/blob.bin ${dumped}`, image], { stdio: "pipe" });
+      expect((await readFile(dumped)).equals(blob)).toBe(true);
+      expect(guestStat("/etc/empty")).toMatchObject({ type: "regular", mode: "0000", size: 0 });
+
+      // Overwriting is fine, and the filesystem stays consistent.
+      await disk().writeGuestFiles({
+        vmId,
+        files: [{ path: "/etc/hostname", content: Buffer.from("box2\n"), mode: 0o644, uid: 0, gid: 0 }],
+      });
+      expect(debugfsRequest("cat /etc/hostname")).toBe("box2\n");
+      expect(guestStat("/etc/hostname")).toMatchObject({ mode: "0644", user: 0, group: 0 });
+      expect(await guestTempDirs()).toEqual(tempBefore);
+      execFileSync("e2fsck", ["-fn", image], { stdio: "pipe" });
+    });
+
+    it("refuses bad guest files before touching the disk: the image stays byte-for-byte the same", async () => {
+      const good = { path: "/etc/ok", content: Buffer.from("x"), mode: 0o644, uid: 0, gid: 0 };
+      const bad: [Partial<GuestFileSpec>, string][] = [
+        [{ path: "/etc/host name" }, "UNSUPPORTED_GUEST_PATH"],
+        [{ path: '/etc/"x"' }, "UNSUPPORTED_GUEST_PATH"],
+        [{ path: "/etc/../etc/shadow" }, "INVALID_GUEST_PATH"],
+        [{ path: "/etc/x\nrm /etc/hostname" }, "INVALID_GUEST_PATH"],
+        [{ path: "/etc/x\0" }, "INVALID_GUEST_PATH"],
+        [{ path: "/" }, "INVALID_GUEST_PATH"],
+        [{ path: "etc/x" }, "INVALID_GUEST_PATH"],
+        [{ path: `/${"a/".repeat(2048)}b` }, "INVALID_GUEST_PATH"],
+        [{ content: Buffer.alloc(1024 * 1024 + 1) }, "FILE_TOO_LARGE"],
+        [{ mode: 0o10000 }, "INVALID_MODE"],
+        [{ mode: -1 }, "INVALID_MODE"],
+        [{ mode: 1.5 }, "INVALID_MODE"],
+        [{ uid: 2 ** 32 - 1 }, "INVALID_OWNER"],
+        [{ gid: -1 }, "INVALID_OWNER"],
+        [{ uid: Number.NaN }, "INVALID_OWNER"],
+      ];
+      const before = await sha256(image);
+      for (const [change, reason] of bad) {
+        // A good file first: validation covers the whole request before anything runs.
+        const error = await caught(disk().writeGuestFiles({ vmId, files: [good, { ...good, ...change }] }));
+        expect(error, JSON.stringify(change)).toBeInstanceOf(InvalidArgumentError);
+        expect(error, JSON.stringify(change)).toMatchObject({ reason });
+      }
+      const tooMany = Array.from({ length: 257 }, (_, i) => ({ ...good, path: `/f${i}` }));
+      expect(await caught(disk().writeGuestFiles({ vmId, files: tooMany }))).toMatchObject({
+        reason: "TOO_MANY_FILES",
+      });
+      expect(await caught(disk().removeGuestFiles({ vmId, paths: ["/etc/hostname", "/etc/a b"] }))).toMatchObject({
+        reason: "UNSUPPORTED_GUEST_PATH",
+      });
+      expect(await sha256(image)).toBe(before);
+      expect(debugfsRequest("cat /etc/hostname")).toBe("old-name\n");
+      expect(guestStat("/etc/ok")).toBeUndefined();
+    });
+
+    it("refuses to write over a guest directory, changing nothing", async () => {
+      const before = await sha256(image);
+      const error = await caught(
         disk().writeGuestFiles({
           vmId,
-          files: [{ path: "/etc/hostname", content: Buffer.from("x"), mode: 0o644, uid: 0, gid: 0 }],
+          files: [{ path: "/etc", content: Buffer.from("x"), mode: 0o644, uid: 0, gid: 0 }],
         }),
-      () => disk().removeGuestFiles({ vmId, paths: ["/etc/hostname"] }),
-    ]) {
-      const error = await caught(attempt());
-      expect(error).toBeInstanceOf(PermissionDeniedError);
-      expect(error).toMatchObject({ reason: "NOT_OWNERS_FILE" });
-    }
-    expect(await sha256(image)).toBe(before);
-  });
-});
+      );
+      expect(error).toMatchObject({ reason: "GUEST_PATH_IS_DIRECTORY" });
+      const under = await caught(
+        disk().writeGuestFiles({
+          vmId,
+          files: [{ path: "/etc/hostname/x", content: Buffer.from("x"), mode: 0o644, uid: 0, gid: 0 }],
+        }),
+      );
+      expect(under).toMatchObject({ reason: "GUEST_PARENT_NOT_DIRECTORY" });
+      expect(await sha256(image)).toBe(before);
+    });
+
+    it("removes guest files, counting only those that existed; removing again removes nothing", async () => {
+      await disk().writeGuestFiles({
+        vmId,
+        files: [{ path: "/root/.ssh/authorized_keys", content: Buffer.from("k\n"), mode: 0o600, uid: 0, gid: 0 }],
+      });
+      const paths = ["/etc/hostname", "/root/.ssh/authorized_keys", "/nope/missing", "/etc/hostname"];
+      expect(await disk().removeGuestFiles({ vmId, paths })).toEqual({ removed: 2 });
+      expect(guestStat("/etc/hostname")).toBeUndefined();
+      expect(guestStat("/root/.ssh/authorized_keys")).toBeUndefined();
+      expect(guestStat("/root/.ssh")).toMatchObject({ type: "directory" });
+      expect(await disk().removeGuestFiles({ vmId, paths })).toEqual({ removed: 0 });
+      execFileSync("e2fsck", ["-fn", image], { stdio: "pipe" });
+
+      const dir = await caught(disk().removeGuestFiles({ vmId, paths: ["/root/.ssh"] }));
+      expect(dir).toMatchObject({ reason: "GUEST_PATH_IS_DIRECTORY" });
+      expect(guestStat("/root/.ssh")).toMatchObject({ type: "directory" });
+    });
+
+    it("runs e2fsck and debugfs as the owner: a root disk the owner may only read is not written (root could)", async () => {
+      await chmod(image, 0o400);
+      const before = await sha256(image);
+      const fsck = await caught(disk().checkFilesystem({ vmId }));
+      expect(fsck).toBeInstanceOf(PermissionDeniedError);
+      expect(fsck).toMatchObject({ reason: "OWNER_CANNOT_OPEN_DISK" });
+      const file = { path: "/etc/hostname", content: Buffer.from("box\n"), mode: 0o644, uid: 0, gid: 0 };
+      const write = await caught(disk().writeGuestFiles({ vmId, files: [file] }));
+      expect(write).toMatchObject({ reason: "OWNER_CANNOT_OPEN_DISK" });
+      const remove = await caught(disk().removeGuestFiles({ vmId, paths: ["/etc/hostname"] }));
+      expect(remove).toMatchObject({ reason: "OWNER_CANNOT_OPEN_DISK" });
+      expect(await sha256(image)).toBe(before);
+      expect(debugfsRequest("cat /etc/hostname")).toBe("old-name\n");
+    });
+
+    it("refuses a root disk that is not the owner's, running nothing on it", async () => {
+      await chown(image, 0, 0);
+      const before = await sha256(image);
+      // One at a time: a call started before the previous one is awaited would reject unhandled meanwhile.
+      for (const attempt of [
+        () => disk().checkFilesystem({ vmId }),
+        () =>
+          disk().writeGuestFiles({
+            vmId,
+            files: [{ path: "/etc/hostname", content: Buffer.from("x"), mode: 0o644, uid: 0, gid: 0 }],
+          }),
+        () => disk().removeGuestFiles({ vmId, paths: ["/etc/hostname"] }),
+      ]) {
+        const error = await caught(attempt());
+        expect(error).toBeInstanceOf(PermissionDeniedError);
+        expect(error).toMatchObject({ reason: "NOT_OWNERS_FILE" });
+      }
+      expect(await sha256(image)).toBe(before);
+    });
+  },
+);
 
 describe("dm-snapshots (scripted runner: this machine has no device-mapper)", () => {
   console.log("device-mapper is absent on this machine: dm-snapshot tested through a scripted runner");

@@ -2,15 +2,17 @@
  * Test fixtures: OCI image layouts built from scratch (tar layers made by
  * `tar`, gzip, sha256, JSON), pushed to a registry with `skopeo copy`.
  */
-import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { gzipSync } from "node:zlib";
+import { hasTool } from "@banger/common/testing";
 
-const which = (tool: string): boolean => spawnSync("sh", ["-c", `command -v ${tool}`]).status === 0;
-/** Whether the real-registry tests can run here. */
-export const HAVE_REGISTRY_TOOLS = which("docker-registry") && which("skopeo") && which("tar") && which("openssl");
+/** What the real-registry tests run: the registry, skopeo to push, tar for layers, openssl for TLS and tokens. */
+export const REGISTRY_TOOLS = ["docker-registry", "skopeo", "tar", "openssl"];
+/** Whether the real-registry tests can run here (a suite says what it lacks with requireTools). */
+export const HAVE_REGISTRY_TOOLS = REGISTRY_TOOLS.every(hasTool);
 
 export const sha256 = (bytes: Uint8Array): string => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
 
