@@ -42,6 +42,8 @@ describe("banger CLI", () => {
     const devUpHelp = (await runCli(["dev", "up", "--help"])).stdout.replace(/\s+/g, " ");
     expect(devUpHelp).toContain("--owner <user>");
     expect(devUpHelp).toContain("plain root with neither is refused");
+    expect(devUpHelp).toContain("by default, as root, /run/banger-dev/<owner uid> and /var/lib/banger-dev/<owner uid>");
+    expect(devUpHelp).toContain("The CLI run by the owner finds these sockets with no variable set");
   });
 
   it("exits 2 on a usage error", async () => {
@@ -49,7 +51,7 @@ describe("banger CLI", () => {
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toContain("unknown option '--no-such-flag'");
     expect((await runCli(["frobnicate"])).code).toBe(2);
-    expect((await runCli(["dev", "up"])).code).toBe(2);
+    expect((await runCli(["dev", "up", "--owner"])).code).toBe(2);
   });
 
   it("prints `banger: <message> (op-…)` and exits 1 when the orchestrator is not there", async () => {
@@ -222,6 +224,77 @@ describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("sudo banger dev up", () => {
     ]);
   });
 });
+
+/** A uid without a passwd entry of this test's own, so no other test's dev up shares its default directories. */
+const NO_FLAGS_UID = 1236;
+const noFlagsUidCanRead =
+  OWNER_CAN_READ_CHECKOUT &&
+  spawnSync(
+    "setpriv",
+    ["--reuid", String(NO_FLAGS_UID), "--regid", String(NO_FLAGS_UID), "--clear-groups"].concat(["test", "-r", BANGER]),
+  ).status === 0;
+
+describe.skipIf(!noFlagsUidCanRead || existsSync("/run/banger/orchestrator.sock"))(
+  "sudo banger dev up with no flags",
+  () => {
+    const runtimeDir = `/run/banger-dev/${NO_FLAGS_UID}`;
+    const stateDir = `/var/lib/banger-dev/${NO_FLAGS_UID}`;
+    afterAll(() => {
+      for (const d of [runtimeDir, stateDir]) rmSync(d, { recursive: true, force: true });
+    });
+
+    it("puts its sockets and state in the user's directories under root's, says where, and the user's CLI finds it unasked", async () => {
+      for (const d of [runtimeDir, stateDir]) rmSync(d, { recursive: true, force: true });
+      const dev = spawn(BANGER, ["dev", "up"], {
+        stdio: ["ignore", "pipe", "pipe"],
+        env: { ...process.env, SUDO_UID: String(NO_FLAGS_UID), SUDO_GID: String(NO_FLAGS_UID) },
+      });
+      let stderr = "";
+      dev.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+      dev.stdout.resume();
+      const exited = new Promise<number | null>((r) => dev.once("exit", (code) => r(code)));
+      await waitUntil(() => stderr.includes("are up"), undefined, "dev up to start", 60_000);
+      expect(stderr).toContain(
+        `banger dev: sockets in ${runtimeDir}, state in ${stateDir}, logs in ${stateDir}/logs ` +
+          `(the helper as root, the others as uid ${NO_FLAGS_UID})`,
+      );
+      expect(stderr).toContain(`try (as uid ${NO_FLAGS_UID}, HOME=${stateDir}): ./bin/banger vm run -- uname -a`);
+
+      // The CLI as the user, with nothing telling it where dev up runs.
+      const status = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+        const child = spawn(BANGER, ["daemon", "status", "--json"], {
+          uid: NO_FLAGS_UID,
+          gid: NO_FLAGS_UID,
+          env: { ...process.env, BANGER_SOCKET: "", BANGER_RUNTIME_DIR: "", XDG_RUNTIME_DIR: "" },
+        });
+        let out = "";
+        let err = "";
+        child.stdout.on("data", (c: Buffer) => (out += c.toString()));
+        child.stderr.on("data", (c: Buffer) => (err += c.toString()));
+        child.once("exit", (code) => resolve({ code, stdout: out, stderr: err }));
+      });
+      dev.kill("SIGTERM");
+      expect(await exited).toBe(0);
+      expect(status.code, status.stderr + status.stdout).toBe(0);
+      const services = (JSON.parse(status.stdout) as { services: { name: string; uid: number; reachable: boolean }[] })
+        .services;
+      expect(services.map((s) => [s.name, s.reachable, s.uid])).toEqual([
+        ["orchestrator", true, NO_FLAGS_UID],
+        ["privileged", true, 0],
+        ["image-puller", true, NO_FLAGS_UID],
+      ]);
+      // The user's directories (0700), in root's parents that no one else may write.
+      for (const d of [runtimeDir, stateDir]) {
+        expect(statSync(d).uid, d).toBe(NO_FLAGS_UID);
+        expect(statSync(d).mode & 0o777, d).toBe(0o700);
+      }
+      for (const parent of ["/run/banger-dev", "/var/lib/banger-dev"]) {
+        expect(statSync(parent).uid, parent).toBe(0);
+        expect(statSync(parent).mode & 0o777, parent).toBe(0o755);
+      }
+    });
+  },
+);
 
 describe.skipIf(!OWNER_CAN_READ_CHECKOUT)("sudo banger dev up in directories the user planted", () => {
   // Root works in the user's directories: a name the user points elsewhere must not make root

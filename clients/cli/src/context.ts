@@ -1,4 +1,6 @@
+import { existsSync } from "node:fs";
 import { DEFAULT_RUNTIME_DIR, mintOpId, runtimeLayout } from "@banger/common";
+import { devRuntimeDirsOf } from "./dev-dirs.js";
 
 /** Options every command accepts. */
 export interface GlobalOptions {
@@ -6,13 +8,25 @@ export interface GlobalOptions {
 }
 
 /**
- * The orchestrator's socket: `--socket`, then `BANGER_SOCKET`, then
- * `$BANGER_RUNTIME_DIR/orchestrator.sock`, then the system default.
+ * The orchestrator's socket: `--socket`, then `BANGER_SOCKET`, then `$BANGER_RUNTIME_DIR/orchestrator.sock`;
+ * with none of them, the first that exists of the installed one (/run/banger) and those of a `dev up` for
+ * the calling uid (dev-dirs.ts: `/run/banger-dev/<uid>`, then `$XDG_RUNTIME_DIR/banger-dev`); with none
+ * there, the installed one (which the error then names).
  */
-export function resolveOrchestratorSocket(options: GlobalOptions, env: NodeJS.ProcessEnv = process.env): string {
+export function resolveOrchestratorSocket(
+  options: GlobalOptions,
+  env: NodeJS.ProcessEnv = process.env,
+  uid: number | undefined = process.getuid?.(),
+): string {
   if (options.socket) return options.socket;
   if (env["BANGER_SOCKET"]) return env["BANGER_SOCKET"];
-  return runtimeLayout(env["BANGER_RUNTIME_DIR"] || DEFAULT_RUNTIME_DIR).orchestratorSocket;
+  if (env["BANGER_RUNTIME_DIR"]) return runtimeLayout(env["BANGER_RUNTIME_DIR"]).orchestratorSocket;
+  const installed = runtimeLayout(DEFAULT_RUNTIME_DIR).orchestratorSocket;
+  if (uid === undefined || existsSync(installed)) return installed;
+  const dev = devRuntimeDirsOf(uid, env)
+    .map((dir) => runtimeLayout(dir).orchestratorSocket)
+    .find((socket) => existsSync(socket));
+  return dev ?? installed;
 }
 
 /**

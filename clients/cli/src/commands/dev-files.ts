@@ -5,7 +5,7 @@
  * user's; a log file is opened inside that open directory, not through a symlink, and must be a
  * regular file with one link belonging to the user (or root, from an older `dev up`).
  */
-import { closeSync, constants, fchownSync, fstatSync, mkdirSync, openSync, readdirSync } from "node:fs";
+import { closeSync, constants, fchmodSync, fchownSync, fstatSync, mkdirSync, openSync, readdirSync } from "node:fs";
 import { basename, dirname } from "node:path";
 
 export interface DevUser {
@@ -95,4 +95,33 @@ export function openLogFile(dir: OpenDir, name: string, user: DevUser | undefine
     );
   }
   return fd;
+}
+
+/**
+ * Makes (0755) and opens a directory that must be root's and writable by no one else: the parent of a
+ * `dev up` run as root's per-owner directories (dev-dirs.ts). Only root can make a name in it, so the
+ * owner's directory there cannot be planted or swapped; one that is not root's, or is group- or
+ * world-writable, is refused (chmod or remove it); one others cannot enter is made 0755.
+ */
+export function openRootDir(path: string): OpenDir {
+  mkdirSync(path, { recursive: true, mode: 0o755 });
+  let fd: number;
+  try {
+    fd = openSync(path, DIR_FLAGS);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== "ELOOP" && code !== "ENOTDIR") throw error;
+    throw new Error(`${path} is a symlink or not a directory; banger dev uses only real directories`);
+  }
+  const stats = fstatSync(fd);
+  if (stats.uid !== 0 || (stats.mode & 0o022) !== 0) {
+    closeSync(fd);
+    throw new Error(
+      `${path} must be root's and writable by no one else (it is uid ${stats.uid}'s, mode ` +
+        `${(stats.mode & 0o7777).toString(8)}): it holds each owner's dev directories; fix or remove it`,
+    );
+  }
+  // Every owner must reach its own directory in it (one made 0700 by hand would lock them out).
+  if ((stats.mode & 0o7777) !== 0o755) fchmodSync(fd, 0o755);
+  return { path, fd, at: (entry) => `/proc/self/fd/${fd}/${entry}`, close: () => closeSync(fd) };
 }

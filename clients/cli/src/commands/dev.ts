@@ -5,9 +5,11 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { checkSocketPathLength, probeSocket, runtimeLayout, stateLayout } from "@banger/common";
 import type { Command } from "commander";
+import { resolveOrchestratorSocket } from "../context.js";
+import { defaultDevDirs, type DevDirs } from "../dev-dirs.js";
 import { UsageError } from "../errors.js";
 import { devBridgeAddress, findOnPath, withDnsSockets } from "./dev-dns.js";
-import { openLogFile, openOwnedDir } from "./dev-files.js";
+import { openLogFile, openOwnedDir, openRootDir, type OpenDir } from "./dev-files.js";
 
 /** The checkout this CLI was built in (clients/cli/dist/banger.js → the repository root). */
 const CHECKOUT = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
@@ -92,12 +94,15 @@ export function registerDevCommands(program: Command): void {
   dev
     .command("up")
     .description(
-      "run the three services in the foreground with sockets in --runtime-dir and logs in <state-dir>/logs/<service>.jsonl; " +
-        "Ctrl-C stops all three. As root the helper runs as root and the others as the owner, who alone may call it and " +
-        "whose uid VMs run as: the user behind sudo, or --owner; plain root with neither is refused",
+      "run the three services in the foreground; Ctrl-C stops all three. As root the helper runs as root and the " +
+        "others as the owner, who alone may call it and whose uid VMs run as: the user behind sudo, or --owner; plain " +
+        "root with neither is refused. Sockets in --runtime-dir, state in --state-dir, logs in <state-dir>/logs/" +
+        "<service>.jsonl; by default, as root, /run/banger-dev/<owner uid> and /var/lib/banger-dev/<owner uid> " +
+        "(the owner's, 0700), else $XDG_RUNTIME_DIR/banger-dev and ~/.local/state/banger-dev. The CLI run by the " +
+        "owner finds these sockets with no variable set (when no installed banger's are there)",
     )
-    .requiredOption("--runtime-dir <dir>", "directory for the three sockets (created 0700)")
-    .requiredOption("--state-dir <dir>", "directory for state and logs")
+    .option("--runtime-dir <dir>", "directory for the three sockets (created 0700; default above)")
+    .option("--state-dir <dir>", "directory for state and logs (default above)")
     .option("--firecracker <path>", "the Firecracker binary the helper launches (default: /usr/local/bin/firecracker)")
     .option(
       "--owner <user>",
@@ -105,29 +110,56 @@ export function registerDevCommands(program: Command): void {
     )
     .option("--json", "print the services' raw JSON log lines instead of a readable form")
     .action(
-      async (opts: { runtimeDir: string; stateDir: string; firecracker?: string; owner?: string; json?: boolean }) => {
+      async (opts: {
+        runtimeDir?: string;
+        stateDir?: string;
+        firecracker?: string;
+        owner?: string;
+        json?: boolean;
+      }) => {
         // Decided before anything is probed, made or started.
         const owner = devOwner(opts.owner, process.env, process.geteuid?.());
         const helperArgs = opts.firecracker ? ["--firecracker", resolve(opts.firecracker)] : [];
-        await devUp(resolve(opts.runtimeDir), resolve(opts.stateDir), owner, opts.json === true, helperArgs);
+        const defaults = defaultDevDirs(owner?.uid ?? process.geteuid?.() ?? 0, owner !== undefined);
+        const dirs = {
+          runtimeDir: opts.runtimeDir === undefined ? undefined : resolve(opts.runtimeDir),
+          stateDir: opts.stateDir === undefined ? undefined : resolve(opts.stateDir),
+        };
+        await devUp(dirs, defaults, owner, opts.json === true, helperArgs);
       },
     );
 }
 
+/**
+ * Opens (making it) one of dev up's two directories: a named one as it is (dev-files.ts), a default one
+ * of a dev up as root inside its root-owned parent (dev-dirs.ts), so the owner can have planted nothing.
+ */
+function openDevDir(path: string, isDefault: boolean, owner: DevOwner | undefined): OpenDir {
+  if (!owner || !isDefault) return openOwnedDir(path, owner);
+  const parent = openRootDir(dirname(path));
+  try {
+    return openOwnedDir(path, owner, parent);
+  } finally {
+    parent.close();
+  }
+}
+
 async function devUp(
-  runtimeDir: string,
-  stateDir: string,
+  named: { runtimeDir: string | undefined; stateDir: string | undefined },
+  defaults: DevDirs,
   owner: DevOwner | undefined,
   json: boolean,
   helperArgs: string[],
 ): Promise<void> {
+  const runtimeDir = named.runtimeDir ?? defaults.runtimeDir;
+  const stateDir = named.stateDir ?? defaults.stateDir;
   const runtime = runtimeLayout(runtimeDir);
   const state = stateLayout(stateDir);
   for (const socket of [runtime.orchestratorSocket, runtime.privilegedSocket, runtime.pullerSocket]) {
     try {
       checkSocketPathLength(socket);
     } catch (error) {
-      throw new UsageError(`--runtime-dir is too long: ${(error as Error).message}`);
+      throw new UsageError(`the runtime directory ${runtimeDir} is too long: ${(error as Error).message}`);
     }
     if (await probeSocket(socket)) {
       throw new Error(`banger is already running in ${runtimeDir} (${socket} answers); stop it first`);
@@ -150,8 +182,8 @@ async function devUp(
   }
   // Under sudo the directories belong to the user, who runs the orchestrator, the puller and the
   // CLI; root (this process, the helper) works in them only through checked open directories.
-  openOwnedDir(runtimeDir, owner).close();
-  const stateDirFd = openOwnedDir(stateDir, owner);
+  openDevDir(runtimeDir, named.runtimeDir === undefined, owner).close();
+  const stateDirFd = openDevDir(stateDir, named.stateDir === undefined, owner);
   const logDir = openOwnedDir(state.logDir, owner, stateDirFd);
   stateDirFd.close();
 
@@ -180,6 +212,11 @@ async function devUp(
       asOwner: true,
     },
   ];
+
+  const who = owner ? `the helper as root, the others as uid ${owner.uid}` : "all as this user";
+  process.stderr.write(
+    `banger dev: sockets in ${runtimeDir}, state in ${stateDir}, logs in ${state.logDir} (${who})\n`,
+  );
 
   // Every log opened (and checked) before any service starts: a refused one leaves nothing running.
   const logs = new Map<string, WriteStream>();
@@ -242,9 +279,14 @@ async function devUp(
       return;
     }
   }
+  // What the owner types: nothing more than the command when the CLI finds these sockets by itself.
+  const cliUid = owner?.uid ?? process.geteuid?.();
+  const unset = { ...process.env, BANGER_SOCKET: "", BANGER_RUNTIME_DIR: "" };
+  const found = resolveOrchestratorSocket({}, unset, cliUid) === runtime.orchestratorSocket;
+  const as = owner ? ` (as uid ${owner.uid}${owner.home ? "" : `, HOME=${stateDir}`})` : "";
   process.stderr.write(
     `banger dev: orchestrator, privileged and image-puller are up in ${runtimeDir}\n` +
-      `banger dev: logs in ${state.logDir}; try: BANGER_RUNTIME_DIR=${runtimeDir} ./bin/banger daemon status\n`,
+      `banger dev: try${as}: ${found ? "" : `BANGER_RUNTIME_DIR=${runtimeDir} `}./bin/banger vm run -- uname -a\n`,
   );
   await new Promise<never>(() => {}); // runs until a signal
 }
