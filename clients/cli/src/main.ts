@@ -19,7 +19,9 @@ export function buildProgram(): Command {
     .version(BANGER_VERSION, "-V, --version")
     .option(
       "--socket <path>",
-      "orchestrator socket (default: $BANGER_SOCKET, else $BANGER_RUNTIME_DIR/orchestrator.sock, else /run/banger/orchestrator.sock)",
+      "orchestrator socket (default: $BANGER_SOCKET, else $BANGER_RUNTIME_DIR/orchestrator.sock, else the first that " +
+        "exists of /run/banger/orchestrator.sock, /run/banger-dev/<uid>/orchestrator.sock and " +
+        "$XDG_RUNTIME_DIR/banger-dev/orchestrator.sock (dev up's), else /run/banger/orchestrator.sock)",
     )
     .showHelpAfterError()
     .exitOverride();
