@@ -18,7 +18,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BANGER, waitUntil, type CliResult } from "../integration/harness.js";
 import { createNetNs, type NetNs } from "../integration/netns.js";
-import { GUEST_SUITE_MISSING } from "./support/guest-env.js";
+import { guestSuiteMissing } from "./support/guest-env.js";
 import { KERNEL_VERSION, TCG_GUEST_CONFIG } from "./support/kernel-package.js";
 
 /** No passwd entry: dev up gives it the state directory as its home. */
@@ -27,17 +27,14 @@ const RUNTIME_DIR = `/run/banger-dev/${OWNER}`;
 const STATE_DIR = `/var/lib/banger-dev/${OWNER}`;
 /** bangerd's default bridge address (TCG_GUEST_CONFIG names none). */
 const BRIDGE = "172.30.0.1";
-const have = (tool: string) => spawnSync("sh", ["-c", `command -v ${tool}`]).status === 0;
 const ownerCanRead = (path: string) =>
   spawnSync("setpriv", ["--reuid", String(OWNER), "--regid", String(OWNER), "--clear-groups", "test", "-r", path])
     .status === 0;
-const missing = [
-  ...GUEST_SUITE_MISSING.filter((m) => !m.startsWith("docker-registry")), // offline: no registry
-  !have("python3") && "python3",
-  !have("dig") && "dig (bind9-dnsutils)",
-  GUEST_SUITE_MISSING.length === 0 && !ownerCanRead(BANGER) && `a checkout uid ${OWNER} can read (o+rX)`,
-].filter((m): m is string => typeof m === "string");
-if (missing.length > 0) console.warn(`SKIPPING the dev up first-VM suite: this machine lacks ${missing.join(", ")}`);
+const lacking = guestSuiteMissing("the dev up first-VM suite", ["python3", "dig"], { registry: false });
+const missing = lacking.length === 0 && !ownerCanRead(BANGER) ? [`a checkout uid ${OWNER} can read (o+rX)`] : lacking;
+if (lacking.length === 0 && missing.length > 0) {
+  console.warn(`SKIPPING the dev up first-VM suite: it needs ${missing.join(", ")}`);
+}
 const e2e = describe.skipIf(missing.length > 0);
 
 let ns: NetNs;
@@ -101,9 +98,10 @@ beforeAll(async () => {
   ns = createNetNs();
   // No uplink: only lo, and the bridge and taps banger makes.
   expect(ns.links().map((l) => l.ifname)).toEqual(["lo"]);
-  // The owner's config.toml in its home (the state directory): QEMU under TCG, small VMs.
+  // The owner's config.toml in its home (the state directory): small VMs, and no VMM named: "auto" takes QEMU
+  // here (no KVM, no Firecracker), TCG.
   mkdirSync(join(STATE_DIR, ".config", "banger"), { recursive: true, mode: 0o755 });
-  writeFileSync(join(STATE_DIR, ".config", "banger", "config.toml"), TCG_GUEST_CONFIG);
+  writeFileSync(join(STATE_DIR, ".config", "banger", "config.toml"), TCG_GUEST_CONFIG.replace(/^vmm = .*\n/m, ""));
   execFileSync("chown", ["-R", `${OWNER}:${OWNER}`, STATE_DIR]);
   chmodSync(STATE_DIR, 0o700);
 
@@ -190,8 +188,11 @@ e2e("dev up, then the first VM offline, with embedded defaults (qemu-microvm, TC
     const shown = JSON.parse((await cli(["vm", "show", "first", "--json"])).stdout) as {
       image: string;
       kernel: string;
+      vmm: string;
     }[];
     expect(shown[0]).toMatchObject({ image: "tiny", kernel: `host-${version}` });
+    console.log(`e2e: vmm = "auto" chose ${shown[0]?.vmm}`);
+    if (!existsSync("/usr/local/bin/firecracker")) expect(String(shown[0]?.vmm)).toMatch(/qemu/i);
 
     // The agent of the kit answers in tiny too, and the VM stops and goes.
     expect((await cli(["vm", "exec", "first", "--", "cat", "/etc/os-release"])).stdout).toContain("banger tiny");

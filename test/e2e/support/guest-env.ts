@@ -26,15 +26,20 @@ import {
 } from "../../integration/harness.js";
 import { IS_ROOT, createNetNs, type NetNs } from "../../integration/netns.js";
 import { KERNEL_VERSION, TCG_GUEST_CONFIG, writeKernelPackage } from "./kernel-package.js";
-import { REAL_GUEST_NEEDS } from "./needs.js";
+import { OFFLINE_GUEST_NEEDS, REAL_GUEST_NEEDS } from "./needs.js";
 
 export const OWNER = 1000;
 
 /**
  * What this machine lacks for `suite`'s real guests (empty when it has everything): root and a checkout uid
- * 1000 can read, then every host tool (support/needs.ts) and `extra`, said in one line naming the setup command.
+ * 1000 can read, then every host tool (support/needs.ts; without the registry's for an offline suite) and `extra`,
+ * said in one line naming the setup command.
  */
-export function guestSuiteMissing(suite: string, extra: readonly Need[] = []): string[] {
+export function guestSuiteMissing(
+  suite: string,
+  extra: readonly Need[] = [],
+  { registry = true }: { readonly registry?: boolean } = {},
+): string[] {
   const unable = [!IS_ROOT && "root", !OWNER_CAN_READ_CHECKOUT && "a checkout uid 1000 can read"].filter(
     (m): m is string => typeof m === "string",
   );
@@ -42,7 +47,7 @@ export function guestSuiteMissing(suite: string, extra: readonly Need[] = []): s
     console.warn(`SKIPPING ${suite}: it needs ${unable.join(" and ")}`);
     return unable;
   }
-  return requireTools(suite, [...REAL_GUEST_NEEDS, ...extra]);
+  return requireTools(suite, [...(registry ? REAL_GUEST_NEEDS : OFFLINE_GUEST_NEEDS), ...extra]);
 }
 
 export interface GuestEnv {

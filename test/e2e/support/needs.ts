@@ -5,7 +5,7 @@ import { KIT_TOOLS } from "../../../services/orchestrator/src/guest/initramfs-te
 import { NETNS_TOOLS, VMM_TOOLS } from "../../integration/netns.js";
 import { KERNEL_VERSION } from "./kernel-package.js";
 
-export const REAL_GUEST_NEEDS: readonly Need[] = [
+export const OFFLINE_GUEST_NEEDS: readonly Need[] = [
   "/usr/bin/qemu-system-x86_64",
   { what: "a kernel in /boot with its modules (linux-image-amd64)", present: KERNEL_VERSION !== undefined },
   "xz", // Debian's vmlinuz and modules
@@ -15,6 +15,7 @@ export const REAL_GUEST_NEEDS: readonly Need[] = [
   ...NETNS_TOOLS,
   ...EXT4_TOOLS,
   "losetup",
-  // the images come from a registry on 127.0.0.1
-  ...REGISTRY_TOOLS,
 ];
+
+/** The same with the images coming from a registry on 127.0.0.1. */
+export const REAL_GUEST_NEEDS: readonly Need[] = [...OFFLINE_GUEST_NEEDS, ...REGISTRY_TOOLS];
