@@ -9,11 +9,16 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { FAKE_VMM, OWNER, startFakeVmCluster } from "./fake-vm-cluster.js";
+import { requireTools } from "@banger/common/testing";
+import { FAKE_VMM, FAKE_VM_TOOLS, OWNER, startFakeVmCluster } from "./fake-vm-cluster.js";
 import { OWNER_CAN_READ_CHECKOUT, waitUntil, type Cluster } from "./harness.js";
 import { IS_ROOT, type NetNs } from "./netns.js";
 
-const live = describe.skipIf(!IS_ROOT || !OWNER_CAN_READ_CHECKOUT);
+const live = describe.skipIf(
+  !IS_ROOT ||
+    !OWNER_CAN_READ_CHECKOUT ||
+    requireTools("VM launches on fake VMMs (pool taps, the VMM's own words)", FAKE_VM_TOOLS).length > 0,
+);
 
 /** Pool taps as an earlier helper left them: one made for another uid, one for this owner. */
 const FOREIGN_TAP = "bgr-p00000000aa";

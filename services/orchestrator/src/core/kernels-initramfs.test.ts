@@ -177,6 +177,10 @@ describe("BuildInitramfs", () => {
 });
 
 describe("the host's kernel on first use (ensureDefault)", () => {
+  // Importing builds banger's initramfs, and so the guest kit from the host's programs.
+  const withKit = it.skipIf(
+    requireTools("the host's kernel on first use (its initramfs bundles the kit)", KIT_TOOLS).length > 0,
+  );
   /** A host root with installed kernels: `versions` each with its vmlinuz and modules (plus one module nothing loads). */
   async function hostRoot(versions: readonly string[], extra: Record<string, string | Buffer> = {}) {
     const files: Record<string, string | Buffer> = { ...extra };
@@ -209,34 +213,40 @@ describe("the host's kernel on first use (ensureDefault)", () => {
   }
   const op = { id: "op-000000000001", signal: new AbortController().signal };
 
-  it("imports the running kernel with only the modules the initramfs loads, makes it the default, builds its initramfs", async () => {
-    const root = await hostRoot(["6.1.0-9-amd64", "6.1.0-10-amd64"]);
-    const { kernels } = await withHost(root, "6.1.0-9-amd64");
-    const { kernel, imported } = await kernels.ensureDefault(op);
-    expect(kernel).toMatchObject({ name: "host-6.1.0-9-amd64", version: "6.1.0-9-amd64", isDefault: true });
-    expect(imported).toBe(
-      `no kernel was imported: imported this host's kernel 6.1.0-9-amd64 (${root}/boot/vmlinuz-6.1.0-9-amd64, with ` +
-        "the modules banger's initramfs loads) as host-6.1.0-9-amd64, the default kernel, and built banger's initramfs for it",
-    );
-    const dir = kernels.dir("host-6.1.0-9-amd64");
-    expect((await readdir(dir)).sort()).toEqual(["initrd", "initrd.kit.json", "modules", "vmlinux"]);
-    expect(await readdir(join(dir, "modules", "kernel"))).not.toContain("sound");
-    expect(kernelFiles(dir, await kernels.get("host-6.1.0-9-amd64")).kit).toBe(true);
-    // Then it is the default: nothing more is imported.
-    const again = await kernels.ensureDefault(op);
-    expect([again.kernel.name, again.imported]).toEqual(["host-6.1.0-9-amd64", undefined]);
-    expect(await readdir(join(tempDir(), "state", "kernels", ".staging")).catch(() => [])).toEqual([]);
-  });
+  withKit(
+    "imports the running kernel with only the modules the initramfs loads, makes it the default, builds its initramfs",
+    async () => {
+      const root = await hostRoot(["6.1.0-9-amd64", "6.1.0-10-amd64"]);
+      const { kernels } = await withHost(root, "6.1.0-9-amd64");
+      const { kernel, imported } = await kernels.ensureDefault(op);
+      expect(kernel).toMatchObject({ name: "host-6.1.0-9-amd64", version: "6.1.0-9-amd64", isDefault: true });
+      expect(imported).toBe(
+        `no kernel was imported: imported this host's kernel 6.1.0-9-amd64 (${root}/boot/vmlinuz-6.1.0-9-amd64, with ` +
+          "the modules banger's initramfs loads) as host-6.1.0-9-amd64, the default kernel, and built banger's initramfs for it",
+      );
+      const dir = kernels.dir("host-6.1.0-9-amd64");
+      expect((await readdir(dir)).sort()).toEqual(["initrd", "initrd.kit.json", "modules", "vmlinux"]);
+      expect(await readdir(join(dir, "modules", "kernel"))).not.toContain("sound");
+      expect(kernelFiles(dir, await kernels.get("host-6.1.0-9-amd64")).kit).toBe(true);
+      // Then it is the default: nothing more is imported.
+      const again = await kernels.ensureDefault(op);
+      expect([again.kernel.name, again.imported]).toEqual(["host-6.1.0-9-amd64", undefined]);
+      expect(await readdir(join(tempDir(), "state", "kernels", ".staging")).catch(() => [])).toEqual([]);
+    },
+  );
 
-  it("takes the newest installed kernel when the running one is not installed (a container, a VM host)", async () => {
-    const root = await hostRoot(["6.1.0-9-amd64", "6.1.0-10-amd64"], { "boot/vmlinuz-6.2.0-1-amd64": VMLINUZ });
-    const { kernels } = await withHost(root, "6.18.4-cloud");
-    const [first, second] = await Promise.all([kernels.ensureDefault(op), kernels.ensureDefault(op)]);
-    // 6.2.0-1 has no modules installed: 6.1.0-10 is the newest one banger can use. Two creates shared one import.
-    expect(first.kernel.name).toBe("host-6.1.0-10-amd64");
-    expect(second).toEqual(first);
-    expect((await kernels.list()).map((k) => k.name)).toEqual(["host-6.1.0-10-amd64"]);
-  });
+  withKit(
+    "takes the newest installed kernel when the running one is not installed (a container, a VM host)",
+    async () => {
+      const root = await hostRoot(["6.1.0-9-amd64", "6.1.0-10-amd64"], { "boot/vmlinuz-6.2.0-1-amd64": VMLINUZ });
+      const { kernels } = await withHost(root, "6.18.4-cloud");
+      const [first, second] = await Promise.all([kernels.ensureDefault(op), kernels.ensureDefault(op)]);
+      // 6.2.0-1 has no modules installed: 6.1.0-10 is the newest one banger can use. Two creates shared one import.
+      expect(first.kernel.name).toBe("host-6.1.0-10-amd64");
+      expect(second).toEqual(first);
+      expect((await kernels.list()).map((k) => k.name)).toEqual(["host-6.1.0-10-amd64"]);
+    },
+  );
 
   it("fails KERNEL_NOT_FOUND, saying what to install, on a host with no kernel it can use", async () => {
     const root = await put(join(tempDir(), "empty"), { "boot/vmlinuz-6.1.0-9-amd64": VMLINUZ });
