@@ -1,6 +1,6 @@
 // Shared pieces of the benchmarks: start the three real services, time things, print a table.
 import { spawn } from "node:child_process";
-import { chownSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -19,9 +19,15 @@ export async function startServices({ owner, netns, helperArgs = [] } = {}) {
   const runtimeDir = join(dir, "run");
   const stateDir = join(dir, "state");
   mkdirSync(runtimeDir, { mode: 0o700 });
+  // Firecracker, whose API the fake VMM speaks ("auto", the default, would take QEMU on a host without KVM).
+  const configDir = join(dir, "config", "banger");
+  mkdirSync(configDir, { recursive: true });
+  writeFileSync(join(configDir, "config.toml"), 'vmm = "firecracker"\n');
   if (owner !== undefined) {
     mkdirSync(stateDir, { mode: 0o700 });
-    for (const path of [dir, runtimeDir, stateDir]) chownSync(path, owner, owner);
+    for (const path of [dir, runtimeDir, stateDir, join(dir, "config"), configDir, join(configDir, "config.toml")]) {
+      chownSync(path, owner, owner);
+    }
   }
   const children = [];
   const stop = async () => {
