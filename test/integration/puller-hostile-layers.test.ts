@@ -41,8 +41,8 @@ import {
   startRegistry,
   type RegistryProcess,
 } from "../../services/image-puller/src/registry/testing/registry-process.js";
-import { ODD_LAYER, oddExpected, seenInImage } from "../../services/image-puller/src/build/testing/odd-names.js";
-import { rawTar } from "../../services/image-puller/src/build/testing/raw-tar.js";
+import { ODD_LAYER, oddExpected, seenInImage } from "../../services/image-puller/src/layers/testing/odd-names.js";
+import { rawTar } from "../../services/image-puller/src/layers/testing/raw-tar.js";
 import { spawnService, waitUntil, type RunningService } from "./harness.js";
 
 const HAVE_REGISTRY_TOOLS =

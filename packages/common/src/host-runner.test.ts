@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { type BangerError, CancelledError, HostCommandError } from "./errors.js";
-import { createHostRunner } from "./host-runner.js";
+import { createHostRunner, runAttached, runProcess, streamProcess } from "./host-runner.js";
 
 const runner = createHostRunner();
 
@@ -54,5 +54,59 @@ describe("the host runner", () => {
     controller.abort();
     await expect(running).rejects.toBeInstanceOf(CancelledError);
     await expect(runner.run(["true"], { signal: controller.signal })).rejects.toBeInstanceOf(CancelledError);
+  });
+
+  it("keeps stdout as bytes, runs where and with the environment it is told, and can quote stdout in a failure", async () => {
+    const bytes = await runProcess(["printf", "\\377\\000\\n"]);
+    expect([...bytes.stdout]).toEqual([0xff, 0x00, 0x0a]);
+    const where = await runProcess(["sh", "-c", 'pwd; echo "$PATH $LC_ALL $SEEN"'], {
+      cwd: "/tmp",
+      env: { PATH: "/usr/bin:/bin", SEEN: "yes" },
+    });
+    expect(where.stdout.toString()).toBe("/tmp\n/usr/bin:/bin  yes\n");
+    expect((await runProcess(["sh", "-c", "echo $PATH $LC_ALL"])).stdout.toString()).toBe(
+      "/usr/sbin:/usr/bin:/sbin:/bin C\n",
+    );
+    const error = await runProcess(["sh", "-c", "echo found 3 errors; exit 4"], { stdoutInError: true }).catch(
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(HostCommandError);
+    expect((error as HostCommandError).message).toContain("found 3 errors");
+  });
+
+  it("streams a program's output as it is read, and says how it ended", async () => {
+    const seq = streamProcess(["seq", "3"]);
+    const chunks: Buffer[] = [];
+    for await (const chunk of seq.stdout) chunks.push(chunk as Buffer);
+    await seq.exited;
+    expect(Buffer.concat(chunks).toString()).toBe("1\n2\n3\n");
+    expect(seq.running()).toBe(false);
+
+    const failing = streamProcess(["sh", "-c", "echo bad input >&2; exit 2"]);
+    failing.stdout.resume();
+    await expect(failing.exited).rejects.toMatchObject({ reason: "HOST_COMMAND_FAILED", exitCode: 2 });
+    await expect(failing.exited).rejects.toThrow(/bad input/);
+
+    // Nobody reads: the pipe fills and `yes` waits; stop() ends it.
+    const endless = streamProcess(["yes"]);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(endless.running()).toBe(true);
+    endless.stop();
+    endless.stdout.resume();
+    await expect(endless.exited).rejects.toMatchObject({ exitCode: null });
+
+    const missing = streamProcess(["banger-no-such-tool"]);
+    await expect(missing.exited).rejects.toMatchObject({ reason: "HOST_TOOL_MISSING" });
+
+    const controller = new AbortController();
+    const cancelled = streamProcess(["sleep", "10"], { signal: controller.signal });
+    controller.abort();
+    await expect(cancelled.exited).rejects.toBeInstanceOf(CancelledError);
+  });
+
+  it("hands a program this process's stdio and resolves with its exit code", async () => {
+    expect(await runAttached(["sh", "-c", "exit 7"])).toBe(7);
+    expect(await runAttached(["true"])).toBe(0);
+    await expect(runAttached(["banger-no-such-tool"])).rejects.toMatchObject({ reason: "HOST_TOOL_MISSING" });
   });
 });

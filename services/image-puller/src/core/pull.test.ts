@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
 import tar from "tar-stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DEFAULT_BUILD_LIMITS, createImageBuilder } from "../build/index.js";
+import { DEFAULT_BUILD_LIMITS, createImageBuilder } from "../image-builder.js";
 import { createBlobCache, createRegistryClient } from "../registry/index.js";
 import {
   REGISTRY_TOOLS,

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { elfLinking } from "@banger/common";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { createImageBuilder } from "../build/index.js";
+import { createImageBuilder } from "../image-builder.js";
 import { buildTiny, tinyEntries, type TinyEvent } from "./tiny.js";
 
 const BUSYBOX = "/bin/busybox";

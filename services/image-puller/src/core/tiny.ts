@@ -14,9 +14,8 @@ import { createWriteStream } from "node:fs";
 import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import { DEFAULT_BUSYBOX, readStaticBusybox } from "@banger/common";
+import { DEFAULT_BUSYBOX, readStaticBusybox, runProcess } from "@banger/common";
 import tar from "tar-stream";
-import { run } from "../build/run.js";
 import { prepareStaging, type ImageBuilder, type PullResult, type PullStageName } from "./pull.js";
 
 export interface TinyRequest {
@@ -135,7 +134,7 @@ async function writeTar(entries: readonly TarEntry[], file: string, signal: Abor
 }
 
 async function busyboxApplets(busybox: string, signal: AbortSignal): Promise<readonly string[]> {
-  return (await run([busybox, "--list-full"], { signal })).split("\n");
+  return (await runProcess([busybox, "--list-full"], { signal })).stdout.toString().split("\n");
 }
 
 /** Builds `tiny` into the staging directory: the tree, then the root filesystem and work seed as a pull does. */

@@ -10,12 +10,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EXT4_TOOLS, requireTools } from "@banger/common/testing";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { buildRootfs, parseListings, verifyExt4 } from "./ext4.js";
-import { applyLayer } from "./extract.js";
-import { DEFAULT_BUILD_LIMITS } from "./limits.js";
-import type { MetadataMap } from "./metadata.js";
-import { ODD_LAYER, oddExpected, seenInImage } from "./testing/odd-names.js";
-import { rawTar } from "./testing/raw-tar.js";
+import { buildRootfs, parseListings, verifyExt4 } from "./image.js";
+import { applyLayer } from "../layers/extract.js";
+import { DEFAULT_BUILD_LIMITS } from "../layers/limits.js";
+import type { MetadataMap } from "../layers/metadata.js";
+import { ODD_LAYER, oddExpected, seenInImage } from "../layers/testing/odd-names.js";
+import { rawTar } from "../layers/testing/raw-tar.js";
 
 let work: string;
 beforeEach(() => {

@@ -10,8 +10,8 @@
 import { lstat, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { shownName, type EntryMeta, type MetadataMap } from "./metadata.js";
-import { run, runForBytes } from "./run.js";
+import { runProcess } from "@banger/common";
+import { shownName, type EntryMeta, type MetadataMap } from "../layers/metadata.js";
 
 export interface RootfsOptions {
   readonly minMib: number;
@@ -21,6 +21,20 @@ export interface RootfsOptions {
 }
 
 const BLOCK = 4096;
+
+/**
+ * What an e2fsprogs run may print: one debugfs listing holds a whole level of
+ * the tree, at most the build limits' million entries of a line each.
+ */
+const TOOL_OUTPUT_BYTES = 1024 ** 3;
+
+/** Runs an e2fsprogs tool; its stdout as bytes, a failure quoting stdout too (e2fsck reports its findings there). */
+async function run(
+  argv: readonly string[],
+  options: { readonly signal: AbortSignal; readonly stdin?: string; readonly okCodes?: readonly number[] },
+): Promise<Buffer> {
+  return (await runProcess(argv, { ...options, stdoutInError: true, maxOutputBytes: TOOL_OUTPUT_BYTES })).stdout;
+}
 const TYPE_BITS: Record<EntryMeta["type"], number> = {
   file: 0o100000,
   dir: 0o040000,
@@ -155,7 +169,7 @@ async function inodesOf(
     const dirs = level.map(([ino]) => ino);
     const script = dirs.map((ino) => `ls -p <${ino}>\n`).join("");
     // -c: read-only, without reading the bitmaps a listing does not need.
-    const out = await runForBytes(["debugfs", "-c", "-f", "-", image], { stdin: script, signal });
+    const out = await run(["debugfs", "-c", "-f", "-", image], { stdin: script, signal });
     const listings = parseListings(out, dirs);
     const next: [number, string][] = [];
     level.forEach(([, dir], i) => {

@@ -40,7 +40,14 @@ import { open, readdir } from "node:fs/promises";
 import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip } from "node:zlib";
-import { BangerError, HostCommandError, InvalidArgumentError, ResourceExhaustedError } from "@banger/common";
+import {
+  BangerError,
+  HostCommandError,
+  InvalidArgumentError,
+  ResourceExhaustedError,
+  streamProcess,
+  type StreamedRun,
+} from "@banger/common";
 import tar, { type Header } from "tar-stream";
 import {
   imageTooLarge,
@@ -52,7 +59,6 @@ import {
   type BuildUsage,
 } from "./limits.js";
 import { forgetTree, shownName, type EntryMeta, type MetadataMap } from "./metadata.js";
-import { runStreamed, type StreamedRun } from "./run.js";
 
 export interface ApplyOptions {
   readonly signal: AbortSignal;
@@ -179,7 +185,7 @@ async function decompressed(blobPath: string, signal: AbortSignal): Promise<{ st
     // The zstd tool, not a JavaScript decoder: a pipe stops it while the tree is behind (a decoder
     // called from JavaScript turns one input chunk into gigabytes at once), and it is five times
     // faster. Its window is capped at zstd's default, 128 MiB, the most a frame may ask for.
-    const zstd = runStreamed(["zstd", "-d", "-c", "-q", "--memory=128MB", "--", blobPath], { signal });
+    const zstd = streamProcess(["zstd", "-d", "-c", "-q", "--memory=128MB", "--", blobPath], { signal });
     return { stream: zstd.stdout, zstd };
   }
   const raw = createReadStream(blobPath);

@@ -1,13 +1,13 @@
-import { applyLayer } from "./extract.js";
-import { buildRootfs, buildWorkSeed, verifyExt4 } from "./ext4.js";
-import { DEFAULT_BUILD_LIMITS, type BuildLimits, type BuildUsage } from "./limits.js";
-import type { MetadataMap } from "./metadata.js";
-import type { ImageBuilder } from "../core/pull.js";
+import { applyLayer } from "./layers/extract.js";
+import { buildRootfs, buildWorkSeed, verifyExt4 } from "./ext4/image.js";
+import { DEFAULT_BUILD_LIMITS, type BuildLimits, type BuildUsage } from "./layers/limits.js";
+import type { MetadataMap } from "./layers/metadata.js";
+import type { ImageBuilder } from "./core/pull.js";
 
-export { applyLayer, treePath } from "./extract.js";
-export { buildRootfs, buildWorkSeed, verifyExt4 } from "./ext4.js";
-export { DEFAULT_BUILD_LIMITS, type BuildLimits, type BuildUsage } from "./limits.js";
-export type { EntryMeta, MetadataMap } from "./metadata.js";
+export { applyLayer, treePath } from "./layers/extract.js";
+export { buildRootfs, buildWorkSeed, verifyExt4 } from "./ext4/image.js";
+export { DEFAULT_BUILD_LIMITS, type BuildLimits, type BuildUsage } from "./layers/limits.js";
+export type { EntryMeta, MetadataMap } from "./layers/metadata.js";
 
 /**
  * The builder of one pull: the recorded metadata of its tree and what its
