@@ -9,9 +9,9 @@
  * LISTEN_PID must name the orchestrator itself: a few lines of python3 bind, drop to the owner and exec
  * the orchestrator in the same process.
  */
-import { spawnSync } from "node:child_process";
 import { statSync } from "node:fs";
 import { delimiter, join } from "node:path";
+import { HostCommandError, runProcess } from "@banger/common";
 import { bridgeAddressOf } from "../bridge-address.js";
 
 /** Binds both sockets (or says why not, and goes on without them), drops to the owner, execs argv[4:]. */
@@ -86,25 +86,25 @@ const READ_AS_OWNER = [
  * can read, through whatever symlinks bangerd would follow). One that cannot be read counts as absent
  * (bangerd's default), and `say` tells so.
  */
-export function devBridgeAddress(
+export async function devBridgeAddress(
   configDir: string,
   owner: { readonly uid: number; readonly gid: number },
   say: (line: string) => void,
-): { address: string; from: string } {
+): Promise<{ address: string; from: string }> {
   const file = join(configDir, "config.toml");
-  const read = spawnSync(process.execPath, ["-e", READ_AS_OWNER, file], {
-    uid: owner.uid,
-    gid: owner.gid,
-    cwd: "/",
-    encoding: "utf8",
-    stdio: ["ignore", "pipe", "pipe"],
-    maxBuffer: 2 * MAX_CONFIG_BYTES,
-    timeout: 10_000,
-  });
   let text: string | undefined;
-  if (read.status === 0) text = read.stdout;
-  else if (read.status !== 3) {
-    const why = read.stderr.trim() || read.error?.message || `exit ${read.status ?? read.signal}`;
+  try {
+    const read = await runProcess([process.execPath, "-e", READ_AS_OWNER, file], {
+      as: owner,
+      cwd: "/",
+      env: process.env,
+      okCodes: [0, 3],
+      maxOutputBytes: 2 * MAX_CONFIG_BYTES,
+      signal: AbortSignal.timeout(10_000),
+    });
+    if (read.code === 0) text = read.stdout.toString("utf8");
+  } catch (error) {
+    const why = (error instanceof HostCommandError && error.stderrTail) || (error as Error).message;
     say(`cannot read ${file} as uid ${owner.uid} (${why}): .vm DNS binds bangerd's default`);
   }
   return bridgeAddressOf(text, file);

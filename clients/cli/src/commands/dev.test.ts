@@ -55,28 +55,28 @@ describe("dev up's .vm DNS sockets", () => {
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const me = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 
-  it("binds where the owner's config puts the bridge (read through a symlink as bangerd would), else bangerd's default", () => {
+  it("binds where the owner's config puts the bridge (read through a symlink as bangerd would), else bangerd's default", async () => {
     const said: string[] = [];
     const say = (line: string) => said.push(line);
-    expect(devBridgeAddress(join(dir, "none"), me, say)).toMatchObject({ address: "172.30.0.1" });
+    expect(await devBridgeAddress(join(dir, "none"), me, say)).toMatchObject({ address: "172.30.0.1" });
     mkdirSync(join(dir, "mine"));
     writeFileSync(join(dir, "mine", "config.toml"), '[network]\naddress = "10.77.0.1/24"\n');
-    expect(devBridgeAddress(join(dir, "mine"), me, say)).toEqual({
+    expect(await devBridgeAddress(join(dir, "mine"), me, say)).toEqual({
       address: "10.77.0.1",
       from: `network.address in ${join(dir, "mine", "config.toml")}`,
     });
     mkdirSync(join(dir, "linked"));
     symlinkSync(join(dir, "mine", "config.toml"), join(dir, "linked", "config.toml"));
-    expect(devBridgeAddress(join(dir, "linked"), me, say)).toMatchObject({ address: "10.77.0.1" });
+    expect(await devBridgeAddress(join(dir, "linked"), me, say)).toMatchObject({ address: "10.77.0.1" });
     expect(said).toEqual([]);
   });
 
-  it.skipIf(me.uid !== 0)("reads the config as the owner: what the owner cannot read counts as absent", () => {
+  it.skipIf(me.uid !== 0)("reads the config as the owner: what the owner cannot read counts as absent", async () => {
     const said: string[] = [];
     mkdirSync(join(dir, "secret"), { mode: 0o700 });
     writeFileSync(join(dir, "secret", "config.toml"), '[network]\naddress = "10.88.0.1/24"\n', { mode: 0o600 });
     chmodSync(dir, 0o755);
-    expect(devBridgeAddress(join(dir, "secret"), { uid: 4242, gid: 4242 }, (l) => said.push(l))).toMatchObject({
+    expect(await devBridgeAddress(join(dir, "secret"), { uid: 4242, gid: 4242 }, (l) => said.push(l))).toMatchObject({
       address: "172.30.0.1",
     });
     expect(said).toEqual([

@@ -1,9 +1,16 @@
-import { spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream, readFileSync, type WriteStream } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { checkSocketPathLength, probeSocket, runtimeLayout, stateLayout } from "@banger/common";
+import {
+  HostCommandError,
+  checkSocketPathLength,
+  probeSocket,
+  runtimeLayout,
+  stateLayout,
+  streamProcess,
+  type StreamedRun,
+} from "@banger/common";
 import type { Command } from "commander";
 import { resolveOrchestratorSocket } from "../context.js";
 import { defaultDevDirs, type DevDirs } from "../dev-dirs.js";
@@ -171,7 +178,7 @@ async function devUp(
     const say = (line: string) => process.stderr.write(`banger dev: ${line}\n`);
     let address: string;
     try {
-      ({ address } = devBridgeAddress(join(owner.home ?? stateDir, ".config", "banger"), owner, say));
+      ({ address } = await devBridgeAddress(join(owner.home ?? stateDir, ".config", "banger"), owner, say));
     } catch (error) {
       throw new Error(`${(error as Error).message}; fix it; nothing was started`);
     }
@@ -232,8 +239,14 @@ async function devUp(
     logDir.close();
   }
 
-  const children = new Map<string, ChildProcess>();
+  const children = new Map<string, StreamedRun>();
   let stopping = false;
+  const exitedEarly = (name: string, how: string) => {
+    children.delete(name);
+    if (!stopping) {
+      process.stderr.write(`banger dev: ${name} exited (${how}); the others keep running, Ctrl-C to stop\n`);
+    }
+  };
   const stopAll = async (code: number) => {
     if (stopping) return;
     stopping = true;
@@ -252,27 +265,30 @@ async function devUp(
     const behindDns = owner && dns && spec.name === "orchestrator";
     const [command = "", ...args] =
       owner && dns && behindDns ? withDnsSockets(dns.python, dns.address, owner, argv) : argv;
-    const child = spawn(command, args, {
-      stdio: ["ignore", "pipe", "pipe"],
+    const child = streamProcess([command, ...args], {
       ...(owner && spec.asOwner
         ? {
-            ...(behindDns ? {} : { uid: owner.uid, gid: owner.gid }),
+            ...(behindDns ? {} : { as: { uid: owner.uid, gid: owner.gid } }),
             // The owner's config directory, not root's (sudo keeps HOME=/root on some systems);
             // an owner without a passwd entry gets the state directory as its home.
             env: { ...process.env, HOME: owner.home ?? stateDir, XDG_CONFIG_HOME: "" },
           }
-        : {}),
+        : { env: process.env }),
     });
     children.set(spec.name, child);
     forwardOutput(child, spec.name, log, json);
-    child.once("exit", (code, signal) => {
-      children.delete(spec.name);
-      if (!stopping) {
-        process.stderr.write(
-          `banger dev: ${spec.name} exited (${signal ?? `code ${code}`}); the others keep running, Ctrl-C to stop\n`,
-        );
-      }
-    });
+    void child.exited.then(
+      () => exitedEarly(spec.name, "code 0"),
+      (error: unknown) =>
+        exitedEarly(
+          spec.name,
+          !(error instanceof HostCommandError)
+            ? (error as Error).message
+            : error.exitCode === null
+              ? "killed by a signal"
+              : `code ${error.exitCode}`,
+        ),
+    );
     if (!(await waitForSocket(spec.socket, child, 10_000))) {
       process.stderr.write(`banger dev: ${spec.name} did not start (see ${state.logFile(spec.name)})\n`);
       await stopAll(1);
@@ -291,18 +307,14 @@ async function devUp(
   await new Promise<never>(() => {}); // runs until a signal
 }
 
-function forwardOutput(child: ChildProcess, name: string, log: WriteStream, json: boolean): void {
-  if (child.stdout) {
-    createInterface({ input: child.stdout }).on("line", (line) => {
-      log.write(line + "\n");
-      process.stdout.write((json ? line : readableLogLine(line)) + "\n");
-    });
-  }
-  if (child.stderr) {
-    createInterface({ input: child.stderr }).on("line", (line) => {
-      process.stderr.write(`${name}: ${line}\n`);
-    });
-  }
+function forwardOutput(child: StreamedRun, name: string, log: WriteStream, json: boolean): void {
+  createInterface({ input: child.stdout }).on("line", (line) => {
+    log.write(line + "\n");
+    process.stdout.write((json ? line : readableLogLine(line)) + "\n");
+  });
+  createInterface({ input: child.stderr }).on("line", (line) => {
+    process.stderr.write(`${name}: ${line}\n`);
+  });
 }
 
 /** `12:01:02.123 orchestrator op-… rpc completed rpc=… code=ok duration_ms=1.2` */
@@ -327,24 +339,20 @@ export function readableLogLine(line: string): string {
   return [...head.filter((p) => p !== ""), msg, ...extras].join(" ");
 }
 
-async function waitForSocket(socket: string, child: ChildProcess, timeoutMs: number): Promise<boolean> {
+async function waitForSocket(socket: string, child: StreamedRun, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if (child.exitCode !== null || child.signalCode !== null) return false;
+    if (!child.running()) return false;
     if (await probeSocket(socket, 200).catch(() => false)) return true;
     await new Promise((r) => setTimeout(r, 50));
   }
   return false;
 }
 
-function stopChild(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
-    child.once("exit", () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    child.kill("SIGTERM");
-  });
+async function stopChild(child: StreamedRun): Promise<void> {
+  if (!child.running()) return;
+  const timer = setTimeout(() => child.stop("SIGKILL"), 10_000);
+  child.stop("SIGTERM");
+  await child.exited.catch(() => undefined);
+  clearTimeout(timer);
 }

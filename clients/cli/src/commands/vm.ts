@@ -2,7 +2,7 @@ import { AgentHealth, VmSchema, VmState, type Vm } from "@banger/gen/banger/v1/r
 import { ListeningPortSchema, VmLogSource, VmService, VmStatsResponseSchema } from "@banger/gen/banger/v1/vm_pb.js";
 import type { Operation } from "@banger/gen/banger/v1/operation_pb.js";
 import { toJson } from "@bufbuild/protobuf";
-import { spawn } from "node:child_process";
+import { runAttached } from "@banger/common";
 import { randomBytes } from "node:crypto";
 import { ExecService } from "@banger/gen/banger/v1/exec_pb.js";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -317,12 +317,8 @@ function registerObserveCommands(vm: Command, globals: () => GlobalOptions): voi
         );
         return;
       }
-      const [program = "ssh", ...args] = argv;
-      const code = await new Promise<number>((resolve, reject) => {
-        const child = spawn(program, args, { stdio: "inherit" });
-        child.once("error", reject);
-        child.once("exit", (exitCode, signal) => resolve(exitCode ?? (signal ? 128 : 1)));
-      });
+      // The terminal and the user's environment (ssh-agent, TERM, locale) go to ssh.
+      const code = await runAttached(argv, { env: process.env });
       if (code !== 0) throw new PassExitCode(code);
     });
 }

@@ -1,11 +1,11 @@
 /**
- * The one place the registry code starts a process: Docker credential
+ * The one process the registry code starts, through the host runner: Docker credential
  * helpers (`docker-credential-<name> get`, server URL on stdin, JSON
  * `{ServerURL, Username, Secret}` on stdout). Tests inject their own
  * CredentialHelper instead.
  */
-import { spawn } from "node:child_process";
 import { FailedPreconditionError } from "../errors.js";
+import { ANY_EXIT_CODE, runProcess, type ProcessResult } from "../host-runner.js";
 import type { CredentialHelper, HelperCredentials } from "./credentials.js";
 import { abortError } from "./abort.js";
 
@@ -31,49 +31,47 @@ export function createProcessCredentialHelper(options: ProcessCredentialHelperOp
     if (!HELPER_NAME.test(name)) {
       return Promise.reject(helperFailed(name.slice(0, 64), "the helper name in the docker config is not valid"));
     }
-    return new Promise<HelperCredentials | undefined>((resolve, reject) => {
-      const env = { ...process.env, ...(options.path === undefined ? {} : { PATH: options.path }) };
-      const child = spawn(`docker-credential-${name}`, ["get"], {
-        env,
-        signal: AbortSignal.any([signal, AbortSignal.timeout(TIMEOUT_MS)]),
-        stdio: ["pipe", "pipe", "pipe"],
-      });
-      const out: Buffer[] = [];
-      const err: Buffer[] = [];
-      child.stdout.on("data", (chunk: Buffer) => out.push(chunk));
-      child.stderr.on("data", (chunk: Buffer) => err.push(chunk));
-      child.once("error", (error: NodeJS.ErrnoException) => {
-        if (signal.aborted) reject(abortError(signal));
-        else if (error.code === "ENOENT") reject(helperFailed(name, "it is not installed (not found in PATH)", error));
-        else reject(helperFailed(name, error.message, error));
-      });
-      child.once("close", (code) => {
-        const stdout = Buffer.concat(out).toString("utf8");
-        const stderr = Buffer.concat(err).toString("utf8");
-        if (code !== 0) {
-          if (NOT_FOUND.test(stdout) || NOT_FOUND.test(stderr)) resolve(undefined);
-          else
-            reject(helperFailed(name, `exited ${code}: ${(stderr || stdout).trim().split("\n").slice(-3).join(" ")}`));
-          return;
-        }
-        let answer: unknown;
-        try {
-          answer = JSON.parse(stdout);
-        } catch (error) {
-          reject(helperFailed(name, "it did not print JSON", error));
-          return;
-        }
-        const record = typeof answer === "object" && answer !== null ? (answer as Record<string, unknown>) : {};
-        const username = record["Username"];
-        const secret = record["Secret"];
-        if (typeof username !== "string" || typeof secret !== "string") {
-          reject(helperFailed(name, "its answer lacks Username or Secret"));
-          return;
-        }
-        resolve({ username, secret });
-      });
-      child.stdin.on("error", () => {}); // a helper that exits without reading stdin
-      child.stdin.end(serverUrl);
-    });
+    return askHelper(name, serverUrl, signal, options);
   };
+}
+
+async function askHelper(
+  name: string,
+  serverUrl: string,
+  signal: AbortSignal,
+  options: ProcessCredentialHelperOptions,
+): Promise<HelperCredentials | undefined> {
+  let ran: ProcessResult;
+  try {
+    ran = await runProcess([`docker-credential-${name}`, "get"], {
+      env: { ...process.env, ...(options.path === undefined ? {} : { PATH: options.path }) },
+      signal: AbortSignal.any([signal, AbortSignal.timeout(TIMEOUT_MS)]),
+      stdin: serverUrl,
+      okCodes: ANY_EXIT_CODE,
+    });
+  } catch (error) {
+    if (signal.aborted) throw abortError(signal);
+    if (error instanceof FailedPreconditionError && error.reason === "HOST_TOOL_MISSING") {
+      throw helperFailed(name, "it is not installed (not found in PATH)", error);
+    }
+    throw helperFailed(name, (error as Error).message, error);
+  }
+  const stdout = ran.stdout.toString("utf8");
+  if (ran.code !== 0) {
+    if (NOT_FOUND.test(stdout) || NOT_FOUND.test(ran.stderr)) return undefined;
+    throw helperFailed(name, `exited ${ran.code}: ${(ran.stderr || stdout).trim().split("\n").slice(-3).join(" ")}`);
+  }
+  let answer: unknown;
+  try {
+    answer = JSON.parse(stdout);
+  } catch (error) {
+    throw helperFailed(name, "it did not print JSON", error);
+  }
+  const record = typeof answer === "object" && answer !== null ? (answer as Record<string, unknown>) : {};
+  const username = record["Username"];
+  const secret = record["Secret"];
+  if (typeof username !== "string" || typeof secret !== "string") {
+    throw helperFailed(name, "its answer lacks Username or Secret");
+  }
+  return { username, secret };
 }

@@ -4,11 +4,9 @@
  * system `ssh` (banger's key, and a banger-owned known_hosts that pins each
  * VM's host key on first contact and forgets it when the VM is deleted).
  */
-import { execFile } from "node:child_process";
 import { open, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { promisify } from "node:util";
-import { FailedPreconditionError } from "@banger/common";
+import { FailedPreconditionError, runProcess } from "@banger/common";
 import type { VmmState } from "./host.js";
 
 const MAX_CHUNK = 64 * 1024;
@@ -204,7 +202,9 @@ export function sshTarget(
 /** Forgets a VM's pinned host key (a new VM of that name gets a new key). Best effort: no file, no key, fine. */
 export async function forgetHostKey(knownHostsFile: string, vmName: string): Promise<void> {
   if (((await look(knownHostsFile))?.size ?? 0) === 0) return;
-  await promisify(execFile)("ssh-keygen", ["-R", `${vmName}.vm`, "-f", knownHostsFile]).catch(() => undefined);
+  await runProcess(["ssh-keygen", "-R", `${vmName}.vm`, "-f", knownHostsFile], { env: process.env }).catch(
+    () => undefined,
+  );
   await rm(`${knownHostsFile}.old`, { force: true }); // ssh-keygen keeps the previous content there
 }
 

@@ -10,10 +10,15 @@
  * excludes apply), but never with their GIT_* environment, and with the
  * options a patch depends on pinned on the command line.
  */
-import { spawn } from "node:child_process";
 import { lstat, mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { FailedPreconditionError, HostCommandError, InvalidArgumentError } from "@banger/common";
+import {
+  FailedPreconditionError,
+  HostCommandError,
+  InvalidArgumentError,
+  runProcess,
+  streamProcess,
+} from "@banger/common";
 
 export interface GitOptions {
   readonly cwd?: string;
@@ -31,42 +36,43 @@ function gitEnv(extra: Readonly<Record<string, string>> = {}): NodeJS.ProcessEnv
   return { ...env, LC_ALL: "C", GIT_TERMINAL_PROMPT: "0", GIT_OPTIONAL_LOCKS: "0", ...extra };
 }
 
+/**
+ * What one git run may print: a listing of the files a prepare copies or a
+ * baseline's object, from the owner's own repository; larger output (a
+ * patch) is streamed ({@link streamGit}).
+ */
+const GIT_OUTPUT_BYTES = 1024 ** 3;
+
 const gitMissing = (cause: unknown) =>
   new FailedPreconditionError("git is not installed on the host; workspaces need it", {
     reason: "HOST_TOOL_MISSING",
     cause,
   });
 
+/** What a run's failure means to a workspace: the caller's abort reason, git missing, or itself. */
+function gitFailure(error: unknown, signal: AbortSignal): unknown {
+  if (signal.aborted) return signal.reason;
+  if (error instanceof FailedPreconditionError && error.reason === "HOST_TOOL_MISSING") return gitMissing(error);
+  return error;
+}
+
 /** Runs git and returns its stdout; a non-OK exit is a HostCommandError with the stderr tail. */
-export function runGit(args: readonly string[], options: GitOptions): Promise<{ code: number; stdout: Buffer }> {
+export async function runGit(args: readonly string[], options: GitOptions): Promise<{ code: number; stdout: Buffer }> {
   const { signal } = options;
-  if (signal.aborted) return Promise.reject(signal.reason as Error);
-  return new Promise((resolve, reject) => {
-    const child = spawn("git", args, {
-      cwd: options.cwd,
+  if (signal.aborted) throw signal.reason as Error;
+  try {
+    const { code, stdout } = await runProcess(["git", ...args], {
+      ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
       env: gitEnv(options.env),
-      stdio: ["pipe", "pipe", "pipe"],
+      stdin: options.input ?? "",
+      ...(options.okCodes ? { okCodes: options.okCodes } : {}),
+      maxOutputBytes: GIT_OUTPUT_BYTES,
       signal,
     });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on("data", (chunk: Buffer) => out.push(chunk));
-    child.stderr.on("data", (chunk: Buffer) => err.push(chunk));
-    child.once("error", (error: NodeJS.ErrnoException) => {
-      if (signal.aborted) reject(signal.reason as Error);
-      else reject(error.code === "ENOENT" ? gitMissing(error) : error);
-    });
-    child.once("close", (code, killedBy) => {
-      if (signal.aborted) return reject(signal.reason as Error);
-      if (killedBy === null && code !== null && (options.okCodes ?? [0]).includes(code)) {
-        resolve({ code, stdout: Buffer.concat(out) });
-      } else {
-        reject(new HostCommandError(["git", ...args], killedBy === null ? code : null, Buffer.concat(err).toString()));
-      }
-    });
-    child.stdin.on("error", () => undefined); // git may exit without reading all of it
-    child.stdin.end(options.input ?? "");
-  });
+    return { code, stdout };
+  } catch (error) {
+    throw gitFailure(error, signal);
+  }
 }
 
 async function git(args: readonly string[], options: GitOptions): Promise<string> {
@@ -77,26 +83,18 @@ async function git(args: readonly string[], options: GitOptions): Promise<string
 export async function* streamGit(args: readonly string[], options: GitOptions): AsyncGenerator<Buffer> {
   const { signal } = options;
   signal.throwIfAborted();
-  const child = spawn("git", args, { cwd: options.cwd, env: gitEnv(options.env), stdio: ["ignore", "pipe", "pipe"] });
-  const kill = () => child.kill("SIGTERM");
-  signal.addEventListener("abort", kill, { once: true });
-  const err: Buffer[] = [];
-  child.stderr.on("data", (chunk: Buffer) => err.push(chunk));
-  const ended = new Promise<{ code: number | null; killedBy: NodeJS.Signals | null }>((resolve, reject) => {
-    child.once("error", (error: NodeJS.ErrnoException) => reject(error.code === "ENOENT" ? gitMissing(error) : error));
-    child.once("close", (code, killedBy) => resolve({ code, killedBy }));
+  const run = streamProcess(["git", ...args], {
+    ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
+    env: gitEnv(options.env),
+    signal,
   });
-  ended.catch(() => undefined);
   try {
-    for await (const chunk of child.stdout) yield chunk as Buffer;
-    const { code, killedBy } = await ended;
-    signal.throwIfAborted();
-    if (code !== 0 || killedBy !== null) {
-      throw new HostCommandError(["git", ...args], killedBy === null ? code : null, Buffer.concat(err).toString());
-    }
+    for await (const chunk of run.stdout) yield chunk as Buffer;
+    await run.exited;
+  } catch (error) {
+    throw gitFailure(error, signal);
   } finally {
-    signal.removeEventListener("abort", kill);
-    if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+    run.stop("SIGTERM");
   }
 }
 

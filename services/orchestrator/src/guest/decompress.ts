@@ -5,10 +5,9 @@
  * argument vector (never a shell) with the data on stdin and the result read
  * from stdout.
  */
-import { spawn } from "node:child_process";
 import { promisify } from "node:util";
 import { gunzip } from "node:zlib";
-import { CancelledError, FailedPreconditionError, HostCommandError } from "@banger/common";
+import { FailedPreconditionError, runProcess } from "@banger/common";
 
 export type Compression = "gzip" | "xz" | "lzma" | "zstd" | "bzip2" | "lz4";
 
@@ -58,35 +57,14 @@ export async function decompress(
   }
 }
 
+/**
+ * What decompressed data may take: a distribution's vmlinux is tens of MiB,
+ * a module a few; a bomb of a few KB stops here.
+ */
+const MAX_DECOMPRESSED_BYTES = 1024 ** 3;
+
 /** The real ToolRunner: C locale, a fixed PATH, stdout collected, the stderr tail kept on failure. */
-export const runTool: ToolRunner = (argv, input, signal) => {
-  const [command, ...args] = argv;
-  if (command === undefined) return Promise.reject(new TypeError("empty argv"));
-  if (signal?.aborted) return Promise.reject(new CancelledError(`${command} was cancelled`, { cause: signal.reason }));
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, {
-      stdio: ["pipe", "pipe", "pipe"],
-      env: { PATH: "/usr/local/bin:/usr/bin:/bin", LC_ALL: "C" },
-      ...(signal ? { signal } : {}),
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on("data", (chunk: Buffer) => out.push(chunk));
-    child.stderr.on("data", (chunk: Buffer) => err.push(chunk));
-    child.once("error", (error: NodeJS.ErrnoException) => {
-      if (signal?.aborted) reject(new CancelledError(`${command} was cancelled`, { cause: signal.reason }));
-      else if (error.code === "ENOENT") {
-        reject(
-          new FailedPreconditionError(`${command} is not installed`, { reason: "HOST_TOOL_MISSING", cause: error }),
-        );
-      } else reject(error);
-    });
-    child.once("close", (code, killedBy) => {
-      if (signal?.aborted) return reject(new CancelledError(`${command} was cancelled`, { cause: signal.reason }));
-      if (code === 0) resolve(Buffer.concat(out));
-      else reject(new HostCommandError(argv, killedBy === null ? code : null, Buffer.concat(err).toString()));
-    });
-    child.stdin.on("error", () => {}); // a tool that fails before reading all of stdin
-    child.stdin.end(input);
-  });
+export const runTool: ToolRunner = async (argv, input, signal) => {
+  const env = { PATH: "/usr/local/bin:/usr/bin:/bin", LC_ALL: "C" };
+  return (await runProcess(argv, { stdin: input, signal, env, maxOutputBytes: MAX_DECOMPRESSED_BYTES })).stdout;
 };

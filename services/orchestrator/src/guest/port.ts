@@ -3,10 +3,8 @@
  * disk builders here, the owner's SSH identity and config, and a TCP probe
  * of the guest's SSH port.
  */
-import { execFile } from "node:child_process";
 import { connect } from "node:net";
-import { promisify } from "node:util";
-import { DeadlineExceededError } from "@banger/common";
+import { DeadlineExceededError, runProcess } from "@banger/common";
 import type { BangerConfig, SshIdentity } from "../config/index.js";
 import type { GuestPort } from "../core/vms.js";
 import { bootArgsIp, rootDiskFiles, workDiskFiles } from "./guest-files.js";
@@ -60,11 +58,11 @@ export function createGuestPort(deps: {
 export async function readGitIdentity(home: string): Promise<{ name: string; email: string } | undefined> {
   const get = async (key: string) => {
     try {
-      const { stdout } = await promisify(execFile)("git", ["config", "--global", "--get", key], {
+      const { stdout } = await runProcess(["git", "config", "--global", "--get", key], {
         env: { ...process.env, HOME: home, XDG_CONFIG_HOME: "", GIT_CONFIG_NOSYSTEM: "1" },
-        timeout: 5_000,
+        signal: AbortSignal.timeout(5_000),
       });
-      return stdout.trim();
+      return stdout.toString().trim();
     } catch {
       return "";
     }

@@ -3,14 +3,20 @@
  * them as a port). Each looks; none changes anything: /dev/kvm is opened and
  * closed, the VMM only asked for `--version`, the SSH key read, never made.
  */
-import { execFile } from "node:child_process";
 import { constants } from "node:fs";
 import { access, open, readFile, stat, statfs } from "node:fs/promises";
 import { networkInterfaces, userInfo } from "node:os";
 import { join } from "node:path";
-import { DNS_FD_NAME, FailedPreconditionError, activatedFds, effectiveCapabilities } from "@banger/common";
+import {
+  ANY_EXIT_CODE,
+  DNS_FD_NAME,
+  FailedPreconditionError,
+  activatedFds,
+  effectiveCapabilities,
+  runProcess,
+} from "@banger/common";
 import { readSshIdentity, sshIdentityPaths } from "../config/index.js";
-import type { DoctorProbes, SshKeyState, VersionOutput } from "../core/doctor.js";
+import type { DoctorProbes, SshKeyState } from "../core/doctor.js";
 
 /** Where bangerd's tools are looked up (the PATH its runners use: the owner's may lack sbin). */
 const TOOL_DIRS = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
@@ -39,22 +45,24 @@ export function createDoctorProbes(options: {
       }
     },
 
-    version(binary, signal) {
-      return new Promise<VersionOutput>((resolve) => {
-        execFile(
-          binary,
-          ["--version"],
-          { signal, env: { PATH: TOOL_DIRS.join(":"), LC_ALL: "C" }, maxBuffer: 64 * 1024 },
-          (error, stdout, stderr) => {
-            if (!error) return resolve({ kind: "output", text: `${stdout}${stderr}` });
-            const code = (error as NodeJS.ErrnoException).code;
-            if (code === "ENOENT") return resolve({ kind: "missing" });
-            if (code === "EACCES") return resolve({ kind: "not-executable" });
-            const said = `${stderr}`.trim().split("\n").pop() ?? "";
-            resolve({ kind: "failed", message: said || error.message });
-          },
-        );
-      });
+    async version(binary, signal) {
+      const env = { PATH: TOOL_DIRS.join(":"), LC_ALL: "C" };
+      try {
+        const { code, stdout, stderr } = await runProcess([binary, "--version"], {
+          signal,
+          env,
+          okCodes: ANY_EXIT_CODE,
+          maxOutputBytes: 64 * 1024,
+        });
+        if (code === 0) return { kind: "output", text: `${stdout.toString()}${stderr}` };
+        const said = stderr.trim().split("\n").pop() ?? "";
+        return { kind: "failed", message: said || `${binary} --version exited ${code}` };
+      } catch (error) {
+        if (error instanceof FailedPreconditionError && error.reason === "HOST_TOOL_MISSING")
+          return { kind: "missing" };
+        if ((error as NodeJS.ErrnoException).code === "EACCES") return { kind: "not-executable" };
+        return { kind: "failed", message: (error as Error).message };
+      }
     },
 
     async findTool(tool) {
