@@ -1,10 +1,30 @@
-// Typed lint for every workspace. Boundaries: core code stays proto-free, and
-// no service imports another service's code.
+// Typed lint for every workspace, plain lint for the .mjs scripts (the fake
+// VMM, bench/, e2e support, the CLI bundler). Boundaries: core code stays
+// proto-free, no service imports another service's code, and host programs
+// start only in the host runners.
+import js from "@eslint/js";
+import globals from "globals";
 import tseslint from "typescript-eslint";
 import importPlugin from "eslint-plugin-import";
 
+/**
+ * The modules that may start processes: packages/common's host runner (every
+ * service's and the CLI's tools: runProcess, streamProcess, runAttached), the
+ * helper's launcher of VMMs (detached in their own session, stdio on files),
+ * and the CLI's `banger system` host (synchronous, step by step, as root).
+ */
+const HOST_RUNNERS = [
+  "packages/common/src/host-runner.ts",
+  "services/privileged/src/host/proc.ts",
+  "clients/cli/src/system/host.ts",
+];
+/** Tests and their support start real programs (registries, sshd, mkfs) as they like. */
+const TEST_CODE = ["**/*.test.ts", "**/testing/**", "**/*test-support.ts"];
+const childProcessMessage =
+  "start host programs through @banger/common's host runner (runProcess, streamProcess, runAttached); see eslint.config.js HOST_RUNNERS";
+
 export default tseslint.config(
-  { ignores: ["**/dist/**", "gen/**", "node_modules/**", "**/*.js", "**/*.mjs", "vitest.config.ts"] },
+  { ignores: ["**/dist/**", "gen/**", "node_modules/**", "vitest.config.ts"] },
   ...tseslint.configs.recommendedTypeChecked,
   {
     languageOptions: {
@@ -50,4 +70,27 @@ export default tseslint.config(
       },
     ];
   }),
+  // node:child_process only in the host runners.
+  {
+    files: ["packages/*/src/**/*.ts", "services/*/src/**/*.ts", "clients/*/src/**/*.ts"],
+    ignores: [...HOST_RUNNERS, ...TEST_CODE],
+    rules: {
+      "@typescript-eslint/no-restricted-imports": [
+        "error",
+        {
+          paths: [
+            { name: "node:child_process", message: childProcessMessage },
+            { name: "child_process", message: childProcessMessage },
+          ],
+        },
+      ],
+    },
+  },
+  // Scripts in plain JavaScript run on Node: no type information, Node's globals.
+  {
+    files: ["**/*.mjs", "**/*.js"],
+    extends: [js.configs.recommended, tseslint.configs.disableTypeChecked],
+    languageOptions: { globals: globals.node },
+    rules: { "no-unused-vars": "off" }, // @typescript-eslint/no-unused-vars says it, with the `_` exception
+  },
 );
