@@ -4,7 +4,7 @@
  * `{ServerURL, Username, Secret}` on stdout). Tests inject their own
  * CredentialHelper instead.
  */
-import { FailedPreconditionError } from "../errors.js";
+import { CancelledError, FailedPreconditionError } from "../errors.js";
 import { ANY_EXIT_CODE, runProcess, type ProcessResult } from "../host-runner.js";
 import type { CredentialHelper, HelperCredentials } from "./credentials.js";
 import { abortError } from "./abort.js";
@@ -51,6 +51,7 @@ async function askHelper(
     });
   } catch (error) {
     if (signal.aborted) throw abortError(signal);
+    if (error instanceof CancelledError) throw helperFailed(name, `it did not answer within ${TIMEOUT_MS / 1000} s`);
     if (error instanceof FailedPreconditionError && error.reason === "HOST_TOOL_MISSING") {
       throw helperFailed(name, "it is not installed (not found in PATH)", error);
     }
