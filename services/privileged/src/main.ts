@@ -1,23 +1,17 @@
 #!/usr/bin/env node
 import { parseArgs } from "node:util";
-import {
-  DEFAULT_RUNTIME_DIR,
-  DEFAULT_STATE_DIR,
-  PermissionDeniedError,
-  runService,
-  runtimeLayout,
-} from "@banger/common";
+import { PermissionDeniedError } from "@banger/common/errors";
+import { DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, runtimeLayout } from "@banger/common/layout";
+import { runService } from "@banger/common/service-main";
 import { DiskService } from "@banger/gen/banger/privileged/v1/disk_pb.js";
 import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { NetworkService } from "@banger/gen/banger/privileged/v1/network_pb.js";
 import { VmmService } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
 import { helperConfig } from "./config.js";
-import { probeHostFeatures } from "./host/features.js";
-import { peerCredentials } from "./host/peer-cred.js";
-import { createHostRunner } from "@banger/common";
 import { createDiskOps } from "./ops/disk.js";
 import { createNetworkOps } from "./ops/network.js";
 import { createVmmOps } from "./ops/vmm.js";
+import { hostPorts } from "./ports.js";
 import { PRIVILEGED_FILES } from "./rpc/files.js";
 import { createDiskService } from "./rpc/disk-service.js";
 import { createHostService } from "./rpc/host-service.js";
@@ -59,10 +53,19 @@ const config = helperConfig({
   firecrackerBin: values.firecracker,
   qemuBin: values.qemu,
 });
-const runner = createHostRunner();
-const network = createNetworkOps({ runner, config, resolvedPresent: () => probeHostFeatures().resolved });
+// The composition root: the host's adapters, built once here, and the ops over them.
+const ports = hostPorts();
+const { runner } = ports;
+const network = createNetworkOps({ runner, config, resolvedPresent: ports.resolvedPresent });
 const disk = createDiskOps({ runner, config });
-const vmm = createVmmOps({ config });
+const vmm = createVmmOps({
+  config,
+  runner,
+  procRoot: ports.procRoot,
+  spawnProcess: ports.spawnProcess,
+  kvmUsable: ports.kvmUsable,
+  hostTscKhz: ports.hostTscKhz,
+});
 
 // Only the owner may call: the socket admits the owner's group (0660, root:<owner gid>, given
 // at bind time) when the owner is not root, and every connection's SO_PEERCRED uid is checked on every RPC.
@@ -75,7 +78,7 @@ await runService({
   mode: sharedSocket ? 0o660 : 0o600,
   access: {
     logArguments: true,
-    peerCredentials,
+    peerCredentials: ports.peerCredentials,
     authorize: (peer) => {
       if (peer?.uid !== config.ownerUid) {
         throw new PermissionDeniedError(

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
-import { InvalidArgumentError, LINK_ALIAS_PREFIX } from "@banger/common";
+import { InvalidArgumentError } from "@banger/common/errors";
+import { LINK_ALIAS_PREFIX } from "@banger/common/layout";
 
 /** VM ids as every banger service spells them; checked once, before they become names or paths. */
 const VM_ID = /^[a-z0-9][a-z0-9-]{0,31}$/;
@@ -15,6 +16,16 @@ export function validVmId(value: string, field = "vm_id"): string {
     throw new InvalidArgumentError(`${field} must match ${VM_ID.source}`, { reason: "INVALID_VM_ID" });
   }
   return value;
+}
+
+/** Whether `value` is a valid VM id (validVmId without the error). */
+export function isVmId(value: string): boolean {
+  try {
+    validVmId(value);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /**
