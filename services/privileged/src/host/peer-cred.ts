@@ -1,6 +1,6 @@
 import type { Socket } from "node:net";
 import koffi from "koffi";
-import type { PeerCredentials } from "@banger/common";
+import type { PeerCredentials } from "@banger/common/op-id";
 
 // Node has no API for SO_PEERCRED; koffi calls getsockopt(2) without a compiler.
 const SOL_SOCKET = 1;

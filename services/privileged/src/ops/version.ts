@@ -1,4 +1,5 @@
-import { BANGER_VERSION, effectiveCapabilities } from "@banger/common";
+import { effectiveCapabilities } from "@banger/common/process-info";
+import { BANGER_VERSION } from "@banger/common/version";
 
 /** The capabilities the helper needs, and nothing more (DESIGN.md §7). */
 export const REQUIRED_CAPABILITIES = [

@@ -1,4 +1,5 @@
-import { InvalidArgumentError, implementService } from "@banger/common";
+import { InvalidArgumentError } from "@banger/common/errors";
+import { implementService } from "@banger/common/service-impl";
 import { DiskService, GuestDisk } from "@banger/gen/banger/privileged/v1/disk_pb.js";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { DiskOps } from "../ops/disk.js";

@@ -1,4 +1,4 @@
-import { implementService } from "@banger/common";
+import { implementService } from "@banger/common/service-impl";
 import { HostService, LinkKind } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { probeHostFeatures } from "../host/features.js";

@@ -1,4 +1,4 @@
-import { implementService } from "@banger/common";
+import { implementService } from "@banger/common/service-impl";
 import { NetworkService } from "@banger/gen/banger/privileged/v1/network_pb.js";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { NetworkOps } from "../ops/network.js";

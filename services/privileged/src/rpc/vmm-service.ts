@@ -1,4 +1,5 @@
-import { InvalidArgumentError, implementService } from "@banger/common";
+import { InvalidArgumentError } from "@banger/common/errors";
+import { implementService } from "@banger/common/service-impl";
 import { VmmKind } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { VmmService, VmmSignal } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";

@@ -4,7 +4,7 @@
  * `<N>` as an inode number, so instead of escaping, the helper accepts only
  * names made of characters debugfs reads literally; anything else is refused.
  */
-import { InvalidArgumentError } from "@banger/common";
+import { InvalidArgumentError } from "@banger/common/errors";
 import { hasControlCharacter } from "./paths.js";
 
 /** Longest guest path accepted, in bytes (Linux PATH_MAX). */

@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from "@banger/common";
+import { InvalidArgumentError } from "@banger/common/errors";
 
 /** An IPv4 address as a 32-bit unsigned number, with its dotted form. */
 export interface Ipv4 {

@@ -14,7 +14,12 @@
  */
 import { constants, type Stats } from "node:fs";
 import { lstat, open, readlink, realpath, type FileHandle } from "node:fs/promises";
-import { FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError } from "@banger/common";
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  PermissionDeniedError,
+} from "@banger/common/errors";
 
 /** Linux PATH_MAX. */
 const MAX_PATH_BYTES = 4096;
