@@ -103,6 +103,7 @@ await runService({
         network,
         disk,
         vmm,
+        hostFeatures: ports.hostFeatures,
       }),
     );
     router.service(NetworkService, createNetworkService(network));

@@ -7,7 +7,7 @@
 import type { Socket } from "node:net";
 import { createHostRunner, type Runner } from "@banger/common/host-runner";
 import type { PeerCredentials } from "@banger/common/op-id";
-import { probeHostFeatures } from "./host/features.js";
+import { probeHostFeatures, type HostFeatures } from "./host/features.js";
 import { peerCredentials } from "./host/peer-cred.js";
 import { DEFAULT_PROC_ROOT, cpuKhz, spawnDetached, type SpawnDetached } from "./host/proc.js";
 
@@ -18,6 +18,8 @@ export interface HelperPorts {
   readonly spawnProcess: SpawnDetached;
   /** Where /proc is: every pid the helper proves (VMM identity, start times) and the TSC are read there. */
   readonly procRoot: string;
+  /** What the host offers (tun, bridge, nftables, loop, device-mapper, resolved, KVM, …), probed now. */
+  readonly hostFeatures: () => HostFeatures;
   /** Whether the owner's VMM can use /dev/kvm. */
   readonly kvmUsable: () => boolean;
   /** The host's TSC frequency, handed to TCG guests. */
@@ -34,6 +36,7 @@ export function hostPorts(procRoot: string = DEFAULT_PROC_ROOT): HelperPorts {
     runner: createHostRunner(),
     spawnProcess: spawnDetached,
     procRoot,
+    hostFeatures: probeHostFeatures,
     kvmUsable: () => probeHostFeatures().kvm,
     hostTscKhz: () => cpuKhz(procRoot),
     resolvedPresent: () => probeHostFeatures().resolved,

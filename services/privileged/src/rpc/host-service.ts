@@ -1,7 +1,7 @@
 import { implementService } from "@banger/common/service-impl";
 import { HostService, LinkKind } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import type { ServiceImpl } from "@connectrpc/connect";
-import { probeHostFeatures } from "../host/features.js";
+import type { HostFeatures } from "../host/features.js";
 import type { DiskOps } from "../ops/disk.js";
 import type { NetworkOps } from "../ops/network.js";
 import type { VmmOps } from "../ops/vmm.js";
@@ -16,6 +16,8 @@ export interface HostServiceDeps {
   readonly network: NetworkOps;
   readonly disk: DiskOps;
   readonly vmm: VmmOps;
+  /** The host feature probe (a port: main.ts hands in the host's). */
+  readonly hostFeatures: () => HostFeatures;
 }
 
 /** `banger.privileged.v1.HostService`: identity, host features and the inventory of banger's resources. */
@@ -27,7 +29,7 @@ export function createHostService(deps: HostServiceDeps): ServiceImpl<typeof Hos
         ...identity,
         capabilities: [...identity.capabilities],
         missingCapabilities: [...identity.missingCapabilities],
-        features: probeHostFeatures(),
+        features: deps.hostFeatures(),
         firecrackerBinary: deps.firecrackerBinary,
         qemuBinary: deps.qemuBinary,
       };
