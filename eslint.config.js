@@ -62,8 +62,23 @@ export default tseslint.config(
       group: ["@banger/gen/*", "@connectrpc/*"],
       message: "core/ is proto-free: map at the rpc/ edge",
     };
+    // The root helper loads only what it runs: common through its subpath entry points, never the root index
+    // (which pulls in the registry and credential-helper code); test code may use the root.
+    const commonRoot = {
+      name: "@banger/common",
+      message: "the privileged helper imports common through its subpaths (@banger/common/errors, …) only",
+    };
     return [
       { files: [`${dir}/**/*.ts`], rules: { "no-restricted-imports": ["error", { patterns: [others] }] } },
+      ...(dir === "services/privileged"
+        ? [
+            {
+              files: [`${dir}/src/**/*.ts`],
+              ignores: TEST_CODE,
+              rules: { "no-restricted-imports": ["error", { patterns: [others], paths: [commonRoot] }] },
+            },
+          ]
+        : []),
       {
         files: [`${dir}/src/core/**/*.ts`],
         rules: { "no-restricted-imports": ["error", { patterns: [others, protoFree] }] },
