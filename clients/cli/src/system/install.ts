@@ -415,7 +415,7 @@ export function uninstall(ctx: SystemContext, options: UninstallOptions): void {
     return;
   }
   if (options.purge && root.live) {
-    const vmsDir = join(SYSTEM_PATHS.runtime.runtimeDir, "vms");
+    const vmsDir = SYSTEM_PATHS.runtime.vmsDir;
     const vms = existsSync(vmsDir) ? readdirSync(vmsDir) : [];
     if (vms.length > 0) {
       throw new RefusedError(
@@ -430,7 +430,7 @@ export function uninstall(ctx: SystemContext, options: UninstallOptions): void {
     const stopOrder = [...[...SERVICE_UNITS].reverse().map((s) => s.unit), ...SERVICE_UNITS.map((s) => s.socket)];
     ctx.host.run(["systemctl", "stop", ...stopOrder]);
     // The sockets' RemoveOnStop= removes their files; the runtime directory goes too when no VM has one there.
-    removeIfEmpty(join(SYSTEM_PATHS.runtime.runtimeDir, "vms"));
+    removeIfEmpty(SYSTEM_PATHS.runtime.vmsDir);
     removeIfEmpty(SYSTEM_PATHS.runtime.runtimeDir);
     const network = removeHostNetwork(ctx.host, options.purge ? "all" : "pool");
     if (network.length > 0) ctx.say(`removed ${network.join(" ")}`);

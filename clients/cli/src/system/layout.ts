@@ -5,7 +5,7 @@
  * `--root DIR` renders into a directory tree).
  */
 import { join } from "node:path";
-import { DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, runtimeLayout, type RuntimeLayout } from "@banger/common";
+import { DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, runtimeLayout, stateLayout, type RuntimeLayout } from "@banger/common";
 
 /** The group whose members may connect to the helper's socket (bangerd runs with it as its group). */
 export const BANGER_GROUP = "banger";
@@ -61,7 +61,7 @@ export interface SystemPaths {
 export const SYSTEM_PATHS: SystemPaths = {
   runtime: runtimeLayout(DEFAULT_RUNTIME_DIR),
   stateDir: DEFAULT_STATE_DIR,
-  stagingDir: join(DEFAULT_STATE_DIR, "images", ".staging"),
+  stagingDir: stateLayout(DEFAULT_STATE_DIR).imageStagingDir,
   cacheDir: "/var/cache/banger-image-puller",
   builtCacheDir: "/var/cache/banger-image-puller/built",
   helperRoot: "/var/lib/banger-helper-root",
