@@ -10,6 +10,7 @@ import {
   findCredentials,
   type Logger,
 } from "@banger/common";
+import { stateLayout } from "@banger/common/layout";
 import { ExecService, file_banger_v1_exec } from "@banger/gen/banger/v1/exec_pb.js";
 import { ImageService, file_banger_v1_image } from "@banger/gen/banger/v1/image_pb.js";
 import { KernelService, file_banger_v1_kernel } from "@banger/gen/banger/v1/kernel_pb.js";
@@ -38,6 +39,7 @@ import { createDnsResponder } from "./dns/index.js";
 import { createGuestPort } from "./guest/port.js";
 import { createFirecrackerClient } from "./vmm/firecracker-client.js";
 import { createQmpClient } from "./vmm/qmp-client.js";
+import { createVmmPorts } from "./vmm/drivers.js";
 import { createOperations } from "./core/operations.js";
 import { describeOrchestrator } from "./core/status.js";
 import { createDoctorProbes } from "./host/doctor-probes.js";
@@ -71,7 +73,8 @@ export interface OrchestratorConfig {
  * start-up none runs, so whatever is there was cut off by a crash or a kill.
  */
 async function clearStaging(stateDir: string, logger: Logger): Promise<void> {
-  for (const root of [join(stateDir, "images", ".staging"), join(stateDir, "kernels", ".staging")]) {
+  const layout = stateLayout(stateDir);
+  for (const root of [layout.imageStagingDir, layout.kernelStagingDir]) {
     const entries = await readdir(root).catch(() => []);
     for (const entry of entries) await rm(join(root, entry), { recursive: true, force: true });
     if (entries.length > 0) logger.info({ dir: root, removed: entries }, "removed staging left by an earlier run");
@@ -183,8 +186,11 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
     images,
     kernels,
     host: privileged,
-    firecracker: (socket) => createFirecrackerClient(socket),
-    qmp: (socket) => createQmpClient(socket),
+    vmm: createVmmPorts(
+      privileged,
+      (socket) => createFirecrackerClient(socket),
+      (socket) => createQmpClient(socket),
+    ),
     guest: createGuestPort({ config: config.config, home, sshIdentity }),
     runtimeDir: config.runtimeDir,
     ssh: {

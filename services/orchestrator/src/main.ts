@@ -2,7 +2,6 @@
 import { parseArgs } from "node:util";
 import { mkdir } from "node:fs/promises";
 import { homedir } from "node:os";
-import { join } from "node:path";
 import {
   DEFAULT_RUNTIME_DIR,
   DEFAULT_STATE_DIR,
@@ -10,6 +9,7 @@ import {
   createLogger,
   runService,
   runtimeLayout,
+  stateLayout,
 } from "@banger/common";
 import { createOrchestrator, type Orchestrator } from "./app.js";
 import { ConfigError, defaultConfigPath, loadConfig } from "./config/index.js";
@@ -45,7 +45,7 @@ try {
   // mark that instance's running operations interrupted).
   await clearStaleSocket(socketPath);
   await mkdir(values["state-dir"], { recursive: true, mode: 0o700 });
-  store = await openStore(join(values["state-dir"], "banger.db"));
+  store = await openStore(stateLayout(values["state-dir"]).database);
   orchestrator = await createOrchestrator({
     socketPath,
     privilegedSocket: values["privileged-socket"] ?? layout.privilegedSocket,

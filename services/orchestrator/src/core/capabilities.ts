@@ -15,7 +15,7 @@
 import { InvalidArgumentError } from "@banger/common";
 import type { VmRecord } from "../store/index.js";
 import type { CallScope } from "./call-scope.js";
-import type { HostFeatures, HostPort } from "./host.js";
+import type { HostFeatures, HostPort } from "./ports.js";
 import type { BridgeNetwork } from "./vm-addresses.js";
 
 export interface VmChange {

@@ -4,7 +4,7 @@
  */
 import { access, constants } from "node:fs/promises";
 import type { VmmDriver, VmmSetting } from "../config/index.js";
-import type { HostFeatures } from "./host.js";
+import type { HostFeatures } from "./ports.js";
 
 export type RootDiskStrategy = "dm-snapshot" | "clone";
 

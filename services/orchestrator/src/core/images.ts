@@ -23,8 +23,8 @@ import {
   parseReference,
   type Credentials,
   type Logger,
-  type ServiceIdentity,
 } from "@banger/common";
+import { IMAGE_FILES, stateLayout } from "@banger/common/layout";
 import type { Kysely } from "kysely";
 import {
   deleteImage,
@@ -35,14 +35,16 @@ import {
   listImages,
   listImageUsers,
   type Database,
-  type ImageConfig,
   type ImageRecord,
   type JsonObject,
   type OperationRecord,
 } from "../store/index.js";
 import type { CallScope } from "./call-scope.js";
 import type { OperationContext, Operations } from "./operations.js";
+import type { PullEvent, PullerPort, RegistryCredential } from "./ports.js";
 import { createSerialLock } from "./serial-lock.js";
+
+export type { PullEvent, PullerPort, PullOutcome, PullRequestPlain, RegistryCredential } from "./ports.js";
 
 /** A friendly name banger knows how to pull. */
 export interface CatalogEntry {
@@ -101,25 +103,6 @@ export function registryUnreachable(error: unknown): error is UnavailableError {
   return error instanceof UnavailableError && error.reason === "REGISTRY_UNREACHABLE";
 }
 
-export interface PullRequestPlain {
-  readonly reference: string;
-  readonly stagingDir: string;
-  readonly platform: string;
-  readonly minRootfsMib: number;
-  /** Registry hosts reached over plain HTTP (the config's `registries.insecure`). */
-  readonly insecureRegistries: readonly string[];
-  /** The owner's credentials for the reference's registry, when they have some. */
-  readonly credentials: readonly RegistryCredential[];
-}
-
-/** Credentials for one registry, as the puller takes them. */
-export interface RegistryCredential {
-  readonly registry: string;
-  readonly username: string;
-  readonly password: string;
-  readonly identityToken: string;
-}
-
 /** The owner's credentials for a registry host (docker config, credential helpers), or undefined. */
 export type CredentialLookup = (registry: string, signal: AbortSignal) => Promise<Credentials | undefined>;
 
@@ -127,47 +110,6 @@ export type CredentialLookup = (registry: string, signal: AbortSignal) => Promis
 export interface PullDefaults {
   readonly insecureRegistries: readonly string[];
   readonly minRootfsMib: number;
-}
-
-export type PullEvent =
-  | {
-      readonly kind: "stage";
-      readonly name: string;
-      readonly done: boolean;
-      readonly message: string;
-    }
-  | {
-      readonly kind: "layer";
-      readonly index: number;
-      readonly digest: string;
-      readonly doneBytes: number;
-      readonly totalBytes: number;
-      /** "waiting", "downloading", "cached", "downloaded", "applied". */
-      readonly state: string;
-    };
-
-export interface PullOutcome {
-  readonly manifestDigest: string;
-  readonly platform: string;
-  readonly rootfsFile: string;
-  readonly rootfsBytes: number;
-  readonly workSeedFile: string;
-  readonly workSeedBytes: number;
-  readonly config: ImageConfig;
-  readonly canonicalReference: string;
-}
-
-/** What the orchestrator needs from the image puller. */
-export interface PullerPort {
-  /** Answers when the puller is up (UnavailableError naming its socket when not). */
-  identify(scope: CallScope): Promise<ServiceIdentity>;
-  pull(request: PullRequestPlain, scope: CallScope, onEvent: (event: PullEvent) => Promise<void>): Promise<PullOutcome>;
-  /** Builds the built-in image `tiny` into the staging directory (no download). */
-  buildTiny(
-    request: { readonly stagingDir: string; readonly minRootfsMib: number },
-    scope: CallScope,
-    onEvent: (event: PullEvent) => Promise<void>,
-  ): Promise<PullOutcome>;
 }
 
 /** What a pull needs from the operation it runs in. */
@@ -271,9 +213,10 @@ export function createImageCatalog(deps: {
 }): ImageCatalog {
   const { db, puller, operations, logger } = deps;
   const now = deps.now ?? (() => new Date());
-  const imagesDir = join(deps.stateDir, "images");
-  const stagingRoot = join(imagesDir, ".staging");
-  const dir = (name: string) => join(imagesDir, validImageName(name));
+  const layout = stateLayout(deps.stateDir);
+  const imagesDir = layout.imagesDir;
+  const stagingRoot = layout.imageStagingDir;
+  const dir = (name: string) => layout.image(validImageName(name)).dir;
   /** A short lock: publishes run one at a time (milliseconds: renames and a row). */
   const underPublishLock = createSerialLock();
   const minRootfsMib = (requested: number) => requested || (deps.pullDefaults?.minRootfsMib ?? 0);
@@ -565,9 +508,9 @@ export function createImageCatalog(deps: {
   };
 }
 
-/** An image's root filesystem and work seed inside its directory. */
-export const ROOTFS_FILE = "rootfs.ext4";
-export const WORK_SEED_FILE = "work-seed.ext4";
+/** An image's root filesystem and work seed inside its directory (see the layout's imageFiles). */
+export const ROOTFS_FILE = IMAGE_FILES.rootfs;
+export const WORK_SEED_FILE = IMAGE_FILES.workSeed;
 
 /** Offset of the ext2/3/4 superblock's magic number (0xEF53, little-endian). */
 const EXT4_MAGIC_OFFSET = 1024 + 56;

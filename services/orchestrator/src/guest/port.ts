@@ -6,7 +6,7 @@
 import { connect } from "node:net";
 import { DeadlineExceededError, runProcess } from "@banger/common";
 import type { BangerConfig, SshIdentity } from "../config/index.js";
-import type { GuestPort } from "../core/vms.js";
+import type { GuestPort } from "../core/ports.js";
 import { bootArgsIp, rootDiskFiles, workDiskFiles } from "./guest-files.js";
 import { growWorkDisk, prepareWorkDisk } from "./work-disk.js";
 

@@ -16,7 +16,7 @@ import {
   runProcess,
 } from "@banger/common";
 import { readSshIdentity, sshIdentityPaths } from "../config/index.js";
-import type { DoctorProbes, SshKeyState } from "../core/doctor.js";
+import type { DoctorProbes, SshKeyState } from "../core/ports.js";
 
 /** Where bangerd's tools are looked up (the PATH its runners use: the owner's may lack sbin). */
 const TOOL_DIRS = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];

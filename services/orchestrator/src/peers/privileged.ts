@@ -4,7 +4,7 @@ import { HostService, LinkKind, VmmKind } from "@banger/gen/banger/privileged/v1
 import { NetworkService } from "@banger/gen/banger/privileged/v1/network_pb.js";
 import { VmmService, VmmSignal, type LaunchVmmResponse } from "@banger/gen/banger/privileged/v1/vmm_pb.js";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { HostPort, LaunchedVmm } from "../core/host.js";
+import type { HostPort, LaunchedVmm } from "../core/ports.js";
 import type { PeerProbe } from "../core/status.js";
 import { callOptions } from "./call-options.js";
 import { identityFromVersion } from "./identity.js";

@@ -1,7 +1,7 @@
 import { createPeerClient, createUnixTransport } from "@banger/common";
 import { LayerState, PullStage, PullerService, type PullResult } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import type { CallScope } from "../core/call-scope.js";
-import type { PullEvent, PullerPort, PullOutcome } from "../core/images.js";
+import type { PullEvent, PullerPort, PullOutcome } from "../core/ports.js";
 import type { PeerProbe } from "../core/status.js";
 import { callOptions } from "./call-options.js";
 import { identityFromVersion } from "./identity.js";

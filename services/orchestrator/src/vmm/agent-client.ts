@@ -28,27 +28,9 @@ import {
   ResourceExhaustedError,
   UnavailableError,
 } from "@banger/common";
+import type { AgentClient, AgentConnector } from "../core/ports.js";
 
-/** Opens a byte stream to the agent. */
-export type AgentConnector = (signal: AbortSignal) => Promise<Socket>;
-
-export interface AgentInfo {
-  /** qemu-ga's version, e.g. "7.2.22". */
-  readonly version: string;
-}
-
-export interface AgentClient {
-  /** guest-ping after the sync; resolves with guest-info's version. */
-  ping(timeoutMs: number): Promise<AgentInfo>;
-  /**
-   * guest-shutdown (powerdown): qemu-ga runs the image's /sbin/shutdown and
-   * sends no answer when that works; an error answer (no /sbin/shutdown, or it
-   * failed) within `answerMs` is thrown; the whole call (sync included) takes at most `timeoutMs`.
-   */
-  shutdown(answerMs: number, timeoutMs?: number): Promise<void>;
-  /** guest-exec of `path` with `args` (not waited for); resolves with its pid in the guest. */
-  exec(path: string, args: readonly string[], timeoutMs: number): Promise<number>;
-}
+export type { AgentClient, AgentConnector, AgentInfo } from "../core/ports.js";
 
 /** QEMU: the virtio-serial port's socket. */
 export function unixAgentConnector(socketPath: string): AgentConnector {

@@ -14,15 +14,15 @@
  * Firecracker's hybrid vsock socket (`vsock.sock`, `CONNECT 1024`), QEMU's
  * virtio-serial port socket (`agent.sock`, made by the helper's argv).
  */
-import { dirname, join } from "node:path";
+import { dirname } from "node:path";
 import { rm } from "node:fs/promises";
 import { FailedPreconditionError } from "@banger/common";
-import type { VmmDriver as VmmDriverName } from "../config/index.js";
+import { vmRuntimeFiles } from "@banger/common/layout";
 import type { CallScope } from "../core/call-scope.js";
-import type { HostPort, LaunchedVmm } from "../core/host.js";
+import type { HostPort, VmmDriver, VmmPorts } from "../core/ports.js";
 import type { FirecrackerClient } from "./firecracker-client.js";
 import type { QmpClient } from "./qmp-client.js";
-import { hybridVsockConnector, unixAgentConnector, type AgentConnector } from "./agent-client.js";
+import { createAgentClient, hybridVsockConnector, unixAgentConnector } from "./agent-client.js";
 import { AGENT_VSOCK_PORT } from "../guest/kit.js";
 
 /** The Firecracker API as the lifecycle uses it. */
@@ -40,38 +40,7 @@ export type FirecrackerApi = Pick<
 
 export type QmpApi = Pick<QmpClient, "waitForSocket" | "status" | "powerdown">;
 
-/** Everything a VM boots with, whatever the VMM. */
-export interface MachineSpec {
-  readonly vmId: string;
-  readonly vcpu: number;
-  readonly memoryMib: number;
-  readonly kernelPath: string;
-  /** null = none. */
-  readonly initrdPath: string | null;
-  readonly bootArgs: string;
-  /** A file or block device (dm-snapshot). */
-  readonly rootDisk: string;
-  readonly workDisk: string;
-  readonly tap: string;
-  readonly mac: string;
-  readonly vsockCid: number;
-}
-
-export interface VmmDriver {
-  readonly kind: VmmDriverName;
-  /** The kernel arguments this VMM's guests need before banger's root and network ones. */
-  readonly kernelArgs: string;
-  /** Stage launch-vmm: the helper starts the VMM as the owner. */
-  launch(spec: MachineSpec, scope: CallScope): Promise<LaunchedVmm>;
-  /** Stage configure-vmm. */
-  configure(launched: LaunchedVmm, spec: MachineSpec, signal: AbortSignal): Promise<void>;
-  /** Stage start-vmm. */
-  start(launched: LaunchedVmm): Promise<void>;
-  /** Asks the guest to shut down (Ctrl-Alt-Del, the power button); the caller waits for the VMM to exit. */
-  requestShutdown(controlSocket: string): Promise<void>;
-  /** How to reach the guest agent of a VMM with this control socket. */
-  agent(controlSocket: string): AgentConnector;
-}
+export type { MachineSpec, VmmDriver } from "../core/ports.js";
 
 const SOCKET_WAIT_MS = 5_000;
 
@@ -94,13 +63,14 @@ export function firecrackerDriver(host: HostPort, api: (socketPath: string) => F
       await fc.putDrive({ driveId: "work", pathOnHost: spec.workDisk, isRootDevice: false, isReadOnly: false });
       await fc.putNetworkInterface({ ifaceId: "eth0", hostDevName: spec.tap, guestMac: spec.mac });
       // Firecracker binds the vsock socket itself and refuses one left by an earlier boot.
-      const udsPath = join(dirname(launched.controlSocket), "vsock.sock");
+      const udsPath = vmRuntimeFiles(dirname(launched.controlSocket)).vsockSocket;
       await rm(udsPath, { force: true });
       await fc.putVsock({ guestCid: spec.vsockCid, udsPath });
     },
     start: (launched) => api(launched.controlSocket).instanceStart(),
     requestShutdown: (controlSocket) => api(controlSocket).sendCtrlAltDel(),
-    agent: (controlSocket) => hybridVsockConnector(join(dirname(controlSocket), "vsock.sock"), AGENT_VSOCK_PORT),
+    agent: (controlSocket) =>
+      hybridVsockConnector(vmRuntimeFiles(dirname(controlSocket)).vsockSocket, AGENT_VSOCK_PORT),
   };
 }
 
@@ -144,6 +114,24 @@ export function qemuDriver(
     // QEMU runs the machine from its start: nothing to do.
     start: () => Promise.resolve(),
     requestShutdown: (controlSocket) => qmp(controlSocket).powerdown(),
-    agent: (controlSocket) => unixAgentConnector(join(dirname(controlSocket), "agent.sock")),
+    agent: (controlSocket) => unixAgentConnector(vmRuntimeFiles(dirname(controlSocket)).agentSocket),
+  };
+}
+
+/**
+ * Both VMMs over the helper (`host`) and their API clients, and the guest
+ * agent's client: what the VM lifecycle is given (the composition root builds it).
+ */
+export function createVmmPorts(
+  host: HostPort,
+  firecracker: (socketPath: string) => FirecrackerApi,
+  qmp: (socketPath: string) => QmpApi,
+): VmmPorts {
+  return {
+    drivers: {
+      firecracker: firecrackerDriver(host, firecracker),
+      "qemu-microvm": qemuDriver(host, qmp, async (scope) => (await host.features(scope)).kvm),
+    },
+    agentClient: createAgentClient,
   };
 }

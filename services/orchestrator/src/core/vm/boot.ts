@@ -1,0 +1,182 @@
+/**
+ * Booting a VM that has its disks: (root device) → tap → launch-vmm →
+ * configure-vmm → start-vmm → (wait-agent) → wait-ssh → network, each stage
+ * that changed the host pushing its undo. Create, start and restart end here.
+ */
+import { NotFoundError } from "@banger/common";
+import { getKernel, updateVm, type VmRecord } from "../../store/index.js";
+import { kernelFiles } from "../kernels.js";
+import type { OperationContext } from "../operations.js";
+import type { LaunchedVmm, MachineSpec, VmmDriver } from "../ports.js";
+import { whileVmmRuns } from "../readiness.js";
+import { waitForAgent } from "./agent.js";
+import { scopeOf, type VmContext } from "./context.js";
+import type { Handles, RootAttachment } from "./model.js";
+import { attachRoot, detachRoot } from "./root-disk.js";
+import { staged, type UndoList } from "./undo.js";
+
+const DEFAULT_SSH_TIMEOUT_MS = 60_000;
+
+export interface BootOptions {
+  readonly skipSshWait: boolean;
+  readonly sshTimeoutMs: number | undefined;
+  /** A dm-snapshot VM's root device a create already made (it is handed over, not attached again). */
+  readonly root?: RootAttachment;
+}
+
+/** Stages that bring a VM with disks to running. */
+export async function boot(
+  ctx: VmContext,
+  op: OperationContext,
+  vm: VmRecord,
+  undo: UndoList,
+  options: BootOptions,
+): Promise<void> {
+  const { host, net } = ctx;
+  const scope = scopeOf(op);
+  const driver = ctx.vmm.drivers[vm.vmm];
+  // A dm-snapshot VM's root device exists while it runs (a create hands over the one it made).
+  const root =
+    vm.rootDiskStrategy === "dm-snapshot"
+      ? (options.root ??
+        (await staged(
+          op,
+          undo,
+          "root-disk",
+          () => attachRoot(ctx, vm, scope),
+          (attached) => detachRoot(ctx, vm, attached, { signal: AbortSignal.timeout(30_000) }),
+        )))
+      : undefined;
+  // Ensured once per orchestrator run, on the first boot; a failure is retried by the next one.
+  const ready = net.ready(scope);
+  const tap = await staged(
+    op,
+    undo,
+    "tap",
+    async () => {
+      await ready;
+      return net.takeTap(op, vm, scope);
+    },
+    () => host.deleteTap(vm.id, { signal: new AbortController().signal }),
+  );
+  const { spec, kit } = await machineSpec(ctx, vm, driver, tap, root);
+  const launched = await staged(
+    op,
+    undo,
+    "launch-vmm",
+    () => driver.launch(spec, scope),
+    async (vmm) => {
+      await host.signalVmm(vm.id, vmm.pid, vmm.startTime, "kill", { signal: new AbortController().signal });
+      await ctx.runtime.saveHandles(vm, undefined);
+    },
+  );
+  const handle: Handles = {
+    pid: launched.pid,
+    startTime: launched.startTime.toISOString(),
+    controlSocket: launched.controlSocket,
+    logPath: launched.logPath,
+    consolePath: launched.consolePath,
+    tap,
+    nat: false,
+    ready: false,
+    agent: kit,
+    ...(root ? { root } : {}),
+  };
+  await ctx.runtime.saveHandles(vm, handle);
+  await startVmm(ctx, op, vm, driver, launched, spec, handle, options);
+  // Capabilities (DNS name, NAT, …) in dependency order; a failure unwinds all of their cleanups.
+  undo.push(() => ctx.eachCapability(true, (c) => c.cleanup?.(vm, { signal: AbortSignal.timeout(30_000) })));
+  await op.stage("network", async () => {
+    await ctx.eachCapability(false, (c) => c.postStart?.(vm, scope));
+    await ctx.runtime.saveHandles(vm, { ...handle, ready: !options.skipSshWait });
+  });
+  await updateVm(ctx.db, vm.name, {
+    updatedAt: ctx.now(),
+    desiredState: "running",
+    lastError: null,
+    startedAt: ctx.now(),
+  });
+}
+
+/** What the VMM boots: the kernel (and initrd) of the VM's kernel, its disks, tap and addresses. */
+async function machineSpec(
+  ctx: VmContext,
+  vm: VmRecord,
+  driver: VmmDriver,
+  tap: string,
+  root: RootAttachment | undefined,
+): Promise<{ spec: MachineSpec; kit: boolean }> {
+  const kernel = await getKernel(ctx.db, vm.kernelName);
+  if (!kernel) throw new NotFoundError(`kernel ${vm.kernelName} does not exist`, { reason: "KERNEL_NOT_FOUND" });
+  const files = kernelFiles(ctx.kernels.dir(kernel.name), kernel);
+  const paths = ctx.state.vm(vm.id);
+  const spec: MachineSpec = {
+    vmId: vm.id,
+    vcpu: vm.vcpu,
+    memoryMib: vm.memoryMib,
+    kernelPath: files.kernel,
+    initrdPath: files.initrd,
+    // banger.id: banger's initramfs makes this VM its own SSH host keys instead of the image's.
+    bootArgs: `${driver.kernelArgs} root=/dev/vda rw ${ctx.guest.bootArgsIp(vm, ctx.network)} banger.id=${vm.id}`,
+    rootDisk: root?.device ?? paths.rootDisk,
+    workDisk: paths.workDisk,
+    tap,
+    mac: vm.mac,
+    vsockCid: vm.vsockCid,
+  };
+  return { spec, kit: files.kit };
+}
+
+/** configure-vmm, start-vmm, then (unless skipped) the waits for the guest's agent and SSH. */
+async function startVmm(
+  ctx: VmContext,
+  op: OperationContext,
+  vm: VmRecord,
+  driver: VmmDriver,
+  launched: LaunchedVmm,
+  spec: MachineSpec,
+  handle: Handles,
+  options: BootOptions,
+): Promise<void> {
+  const vmmRuns = async () => (await ctx.host.vmmState(vm.id, launched.pid, launched.startTime, scopeOf(op))).running;
+  // A VMM that exits after making its socket (QEMU makes QMP's before it opens the tap) ends the wait for its
+  // API at once; what it printed goes with the error (explainVmFailure).
+  await op.stage("configure-vmm", () =>
+    whileVmmRuns(
+      (signal) => driver.configure(launched, spec, signal),
+      vmmRuns,
+      op.signal,
+      undefined,
+      "the VMM exited before it answered on its API socket",
+    ),
+  );
+  await op.stage("start-vmm", () => driver.start(launched));
+  await ctx.runtime.saveHandles(vm, { ...handle, ready: false });
+  if (options.skipSshWait) {
+    await op.track("wait-ssh", "running");
+    await op.track("wait-ssh", "done", "skipped: not waiting for the guest");
+    return;
+  }
+  const timeoutMs = options.sshTimeoutMs ?? DEFAULT_SSH_TIMEOUT_MS;
+  // Both waits end early when the VMM exits (a guest that panics or powers off): no point waiting out the timeout.
+  // banger's guest kit: the agent answers (it starts before any SSH server).
+  if (handle.agent) {
+    await op.stage("wait-agent", async () => {
+      const version = await whileVmmRuns(
+        (signal) => waitForAgent(ctx, vm, handle, timeoutMs, signal),
+        vmmRuns,
+        op.signal,
+      );
+      await op.track("wait-agent", "running", `qemu-ga ${version} answers`);
+    });
+  }
+  await op.stage("wait-ssh", () =>
+    whileVmmRuns((signal) => ctx.guest.waitForSsh(vm.guestIp, timeoutMs, signal), vmmRuns, op.signal),
+  );
+}
+
+/** A VM's logs in its runtime directory (the guest console, the VMM's own log): what explainVmFailure reads. */
+export function bootLogs(ctx: VmContext, id: string): { console: string; vmmLog: string } {
+  const paths = ctx.run.vm(id);
+  return { console: paths.consoleLog, vmmLog: paths.vmmLog };
+}

@@ -1,0 +1,118 @@
+/**
+ * What a VM is to the rest of the orchestrator: the service's interface, a VM
+ * as it is now (its row, state, pid, agent health), the handles of a running
+ * one, and the checks of a name and of a size.
+ */
+import { InvalidArgumentError } from "@banger/common";
+import type { OperationRecord, VmRecord } from "../../store/index.js";
+import type { CallScope } from "../call-scope.js";
+import type { VmChange } from "../capabilities.js";
+import type { GuestTarget } from "../guest-exec.js";
+import type { SshTarget, VmUsage } from "../vm-observe.js";
+
+export type VmStateName = "creating" | "starting" | "running" | "stopping" | "stopped" | "failed" | "deleting";
+
+/** Whether a VM's guest agent answers: "" when it is not running. */
+export type AgentHealthName = "" | "ok" | "unreachable" | "none";
+
+/** A VM as it is now: its row, its state, its VMM's pid (0 when none) and its agent's health. */
+export interface VmView extends VmRecord {
+  readonly state: VmStateName;
+  readonly pid: number;
+  readonly agentHealth: AgentHealthName;
+  /** qemu-ga's version when it answered. */
+  readonly agentVersion: string;
+}
+
+export interface CreateVmRequest {
+  readonly name: string;
+  readonly image: string;
+  readonly kernel: string;
+  readonly vcpu: number;
+  readonly memoryMib: number;
+  readonly workDiskMib: number;
+  readonly nat: boolean;
+  readonly skipSshWait: boolean;
+  readonly sshTimeoutMs: number | undefined;
+}
+
+export interface VmService {
+  create(req: CreateVmRequest, scope: CallScope): Promise<OperationRecord>;
+  start(name: string, options: { sshTimeoutMs: number | undefined; skipSshWait: boolean }): Promise<OperationRecord>;
+  stop(name: string, options: { timeoutMs: number | undefined; force: boolean }): Promise<OperationRecord>;
+  restart(
+    name: string,
+    options: { timeoutMs: number | undefined; force: boolean; skipSshWait: boolean },
+  ): Promise<OperationRecord>;
+  /** Idempotent; a missing VM gives `existed: false` and an operation with nothing to do. */
+  delete(name: string): Promise<{ existed: boolean; operation: OperationRecord }>;
+  set(name: string, change: VmChange): Promise<VmView>;
+  list(): Promise<VmView[]>;
+  get(name: string): Promise<VmView>;
+  /**
+   * Turns a stopped VM's disks into image `imageName` (root disk → root
+   * filesystem, work disk → work seed); an operation whose result is the
+   * Image. Errors: VM_NOT_FOUND, VM_RUNNING, IMAGE_NAME_TAKEN.
+   */
+  promote(vmName: string, imageName: string): Promise<OperationRecord>;
+  /** A VM's console or VMM log: the tail, then (follow) what comes, until `signal` or the VM's deletion. */
+  logs(
+    name: string,
+    options: { source: "console" | "vmm"; tailLines: number; follow: boolean; signal: AbortSignal },
+  ): Promise<AsyncIterable<Buffer>>;
+  /** Resource use of a running VM over the next second. Errors: VM_NOT_RUNNING. */
+  stats(name: string): Promise<VmUsage & { uptimeMs: number }>;
+  /** How to reach a running VM with the system ssh. Errors: VM_NOT_RUNNING. */
+  sshTarget(name: string): Promise<SshTarget>;
+  /** Where Exec connects for a running VM. Errors: VM_NOT_RUNNING. */
+  guestTarget(name: string): Promise<GuestTarget>;
+  /** At start-up: VMs whose VMM died while the orchestrator was away are cleaned and marked stopped. */
+  recover(): Promise<void>;
+  /** Resolves when the warm tap pool is not being topped up (tests). */
+  poolSettled(): Promise<void>;
+}
+
+/** What is true on the host for a running VM; kept in memory and in handles.json. */
+export interface Handles {
+  readonly pid: number;
+  readonly startTime: string;
+  readonly controlSocket: string;
+  readonly logPath: string;
+  readonly consolePath: string;
+  readonly tap: string;
+  readonly nat: boolean;
+  readonly ready: boolean;
+  /** Whether the guest runs banger's guest kit (its kernel's initrd has it): an agent to wait for and ask. */
+  readonly agent?: boolean;
+  /** dm-snapshot VMs: the root device and the loop devices under it (image, COW), released at stop. */
+  readonly root?: RootAttachment;
+}
+
+/** A dm-snapshot root device and the loops it stands on. */
+export interface RootAttachment {
+  readonly device: string;
+  readonly loops: readonly { readonly device: string; readonly backingFile: string }[];
+}
+
+const VM_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
+
+export function validVmName(name: string): string {
+  if (!VM_NAME.test(name)) {
+    throw new InvalidArgumentError(`VM name must match ${VM_NAME.source}, got ${JSON.stringify(name)}`, {
+      reason: "INVALID_VM_NAME",
+    });
+  }
+  return name;
+}
+
+export function inRange(value: number, low: number, high: number, what: string, reason: string): number {
+  if (!Number.isInteger(value) || value < low || value > high) {
+    throw new InvalidArgumentError(`${what} must be between ${low} and ${high}, got ${value}`, { reason });
+  }
+  return value;
+}
+
+/** The vCPU count of a VM: 1 to 32. */
+export const validVcpu = (value: number): number => inRange(value, 1, 32, "vcpu", "INVALID_VCPU");
+/** A VM's memory: 128 MiB to 256 GiB. */
+export const validMemoryMib = (value: number): number => inRange(value, 128, 262144, "memory_mib", "INVALID_MEMORY");
