@@ -35,7 +35,7 @@ import { createDoctor, storeCatalog } from "./core/doctor.js";
 import { createKernelCatalog, findHostKernel } from "./core/kernels.js";
 import { createVmService as createVmLifecycle } from "./core/vms.js";
 import { createWorkspaces } from "./core/workspaces.js";
-import { createDnsResponder } from "./dns/index.js";
+import { createDnsResponder, type DnsResponder } from "./dns/index.js";
 import { createGuestPort } from "./guest/port.js";
 import { createFirecrackerClient } from "./vmm/firecracker-client.js";
 import { createQmpClient } from "./vmm/qmp-client.js";
@@ -43,7 +43,7 @@ import { createVmmPorts } from "./vmm/drivers.js";
 import { createOperations } from "./core/operations.js";
 import { describeOrchestrator } from "./core/status.js";
 import { createDoctorProbes } from "./host/doctor-probes.js";
-import { createPrivilegedPeer } from "./peers/privileged.js";
+import { createPrivilegedPeer, type PrivilegedPeer } from "./peers/privileged.js";
 import { createPullerPeer } from "./peers/puller.js";
 import { createExecService } from "./rpc/exec-service.js";
 import { createImageService } from "./rpc/image-service.js";
@@ -135,47 +135,8 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       identity = undefined;
       throw error;
     }));
-  // `<name>.vm` is answered on the bridge address once the bridge exists. Port 53 comes bound from
-  // systemd when installed (bangerd-dns.socket); else bangerd binds it if it may. Without it VMs
-  // still run, unnamed.
   const dns = createDnsResponder({ lookup: (name) => names.resolve(name), logger: config.logger });
-  const names = dnsCapability(async (network) => {
-    try {
-      // Installed, systemd passes the sockets bound as root (bangerd-dns.socket); `dev up` as root does the
-      // same (with LISTEN_FDS); else bind them here.
-      const [udpFd, tcpFd] = activatedFds(DNS_FD_NAME);
-      const passed = udpFd !== undefined && tcpFd !== undefined;
-      if (passed) {
-        const bound = await dns.listenOnFds({ udp: udpFd, tcp: tcpFd });
-        if (bound.address !== network.address) {
-          config.logger.warn(
-            { passed: bound, bridge: network.address },
-            "the DNS sockets systemd passes are not on the bridge's address: rerun 'banger system install'",
-          );
-        }
-      } else {
-        await dns.listen(network.address, DNS_PORT);
-      }
-      // passed: on sockets bound for it as root (the units, dev up), not bound here.
-      config.logger.info({ address: network.address, port: DNS_PORT, passed }, "DNS responder for .vm listening");
-      // The host's own lookups of <name>.vm go to it too, where systemd-resolved runs.
-      await privileged
-        .configureResolver(config.config.network.bridge, network.address, { signal: AbortSignal.timeout(10_000) })
-        .catch((error: unknown) =>
-          config.logger.warn(
-            { err: error },
-            "could not route .vm through systemd-resolved: the host cannot resolve <name>.vm",
-          ),
-        );
-      return { name: "dns", ok: true, detail: `answering <name>.vm on ${network.address}:${DNS_PORT}` };
-    } catch (error) {
-      config.logger.warn(
-        { err: error, address: network.address, port: DNS_PORT },
-        "DNS responder could not listen: <name>.vm names will not resolve",
-      );
-      return { name: "dns", ok: false, detail: `cannot listen on ${network.address}:${DNS_PORT}: ${String(error)}` };
-    }
-  });
+  const names = dnsNames(config, dns, privileged);
   const capabilities = [natCapability(privileged, config.config.network.bridge, config.config.vm.nat), names];
   const vms = createVmLifecycle({
     db: config.db,
@@ -250,4 +211,53 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       router.service(ExecService, createExecService(vms));
     },
   };
+}
+
+/**
+ * `<name>.vm` answered on the bridge address once the bridge exists. Port 53 comes bound from
+ * systemd when installed (bangerd-dns.socket); else bangerd binds it if it may. Without it VMs
+ * still run, unnamed.
+ */
+function dnsNames(
+  config: OrchestratorConfig,
+  dns: DnsResponder,
+  privileged: PrivilegedPeer,
+): ReturnType<typeof dnsCapability> {
+  return dnsCapability(async (network) => {
+    try {
+      // Installed, systemd passes the sockets bound as root (bangerd-dns.socket); `dev up` as root does the
+      // same (with LISTEN_FDS); else bind them here.
+      const [udpFd, tcpFd] = activatedFds(DNS_FD_NAME);
+      const passed = udpFd !== undefined && tcpFd !== undefined;
+      if (passed) {
+        const bound = await dns.listenOnFds({ udp: udpFd, tcp: tcpFd });
+        if (bound.address !== network.address) {
+          config.logger.warn(
+            { passed: bound, bridge: network.address },
+            "the DNS sockets systemd passes are not on the bridge's address: rerun 'banger system install'",
+          );
+        }
+      } else {
+        await dns.listen(network.address, DNS_PORT);
+      }
+      // passed: on sockets bound for it as root (the units, dev up), not bound here.
+      config.logger.info({ address: network.address, port: DNS_PORT, passed }, "DNS responder for .vm listening");
+      // The host's own lookups of <name>.vm go to it too, where systemd-resolved runs.
+      await privileged
+        .configureResolver(config.config.network.bridge, network.address, { signal: AbortSignal.timeout(10_000) })
+        .catch((error: unknown) =>
+          config.logger.warn(
+            { err: error },
+            "could not route .vm through systemd-resolved: the host cannot resolve <name>.vm",
+          ),
+        );
+      return { name: "dns", ok: true, detail: `answering <name>.vm on ${network.address}:${DNS_PORT}` };
+    } catch (error) {
+      config.logger.warn(
+        { err: error, address: network.address, port: DNS_PORT },
+        "DNS responder could not listen: <name>.vm names will not resolve",
+      );
+      return { name: "dns", ok: false, detail: `cannot listen on ${network.address}:${DNS_PORT}: ${String(error)}` };
+    }
+  });
 }
