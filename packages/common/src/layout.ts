@@ -23,6 +23,9 @@ export const LINK_ALIAS_PREFIX = "banger:";
 /** banger's nftables table (`ip banger`): the VMs' masquerade rules. */
 export const NFT_TABLE = "banger";
 
+/** The directory of VMs' directories, in the state and in the runtime directory alike (`<dir>/vms/<id>/`). */
+export const VMS_DIR = "vms";
+
 /** The names inside a VM's runtime directory `<runtime>/vms/<id>/`. */
 export const VM_RUNTIME_FILES = {
   firecrackerSocket: "firecracker.sock",
@@ -72,7 +75,7 @@ export function vmRuntimeFiles(dir: string): VmRuntimeLayout {
 }
 
 export function runtimeLayout(runtimeDir: string): RuntimeLayout {
-  const vmsDir = join(runtimeDir, "vms");
+  const vmsDir = join(runtimeDir, VMS_DIR);
   return {
     runtimeDir,
     orchestratorSocket: join(runtimeDir, "orchestrator.sock"),
@@ -183,7 +186,7 @@ export function stateLayout(stateDir: string): StateLayout {
   const logDir = join(stateDir, "logs");
   const imagesDir = join(stateDir, "images");
   const kernelsDir = join(stateDir, "kernels");
-  const vmsDir = join(stateDir, "vms");
+  const vmsDir = join(stateDir, VMS_DIR);
   const v = VM_STATE_FILES;
   return {
     stateDir,
