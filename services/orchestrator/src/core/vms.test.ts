@@ -18,7 +18,8 @@ import { dnsCapability, natCapability } from "./capabilities.js";
 import { createImageCatalog, type PullerPort } from "./images.js";
 import { createKernelCatalog } from "./kernels.js";
 import { createOperations } from "./operations.js";
-import { createVmService, type FirecrackerApi, type GuestPort, type QmpApi } from "./vms.js";
+import { createVmmPorts, type FirecrackerApi, type QmpApi } from "../vmm/drivers.js";
+import { createVmService, type GuestPort } from "./vms.js";
 
 const store = useStore();
 const tempDir = useTempDir();
@@ -337,8 +338,12 @@ async function setup(script: Script = {}, config: BangerConfig = CONFIG) {
       kernels,
       host: scriptedHost(model, script, calls),
       capabilities: [natCapability(scriptedHost(model, script, calls), "bgr0"), names],
-      firecracker: fakeFirecracker(script, requests, model),
-      qmp: fakeQmp(script, requests, model),
+      // banger's drivers over scripted VMM APIs, built as the composition root builds them.
+      vmm: createVmmPorts(
+        scriptedHost(model, script, calls),
+        fakeFirecracker(script, requests, model),
+        fakeQmp(script, requests, model),
+      ),
       guest: scriptedGuest(script),
       runtimeDir: join(stateDir, "run"),
       ssh: {

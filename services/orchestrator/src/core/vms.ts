@@ -19,8 +19,6 @@
  * - recovery.ts (with host-cleanup.ts): what the host holds, checked at start-up
  * - json.ts: a VM in proto JSON form
  */
-import type { FirecrackerApi, QmpApi } from "../vmm/drivers.js";
-import { createVmmPorts } from "../vmm/drivers.js";
 import type { VmmPorts } from "./ports.js";
 import { observe } from "./vm/agent.js";
 import { createVmContext, type VmServiceDeps } from "./vm/context.js";
@@ -38,22 +36,10 @@ export { validVmName } from "./vm/model.js";
 export { vmJson } from "./vm/json.js";
 export type { VmServiceDeps } from "./vm/context.js";
 export type { GuestPort } from "./ports.js";
-export type { FirecrackerApi, QmpApi } from "../vmm/drivers.js";
 
-/**
- * The VMMs: `vmm`, built by the composition root (vmm/drivers.ts createVmmPorts); or, for tests that
- * script the VMMs' APIs, `firecracker` and `qmp`, with banger's drivers over them.
- */
-export type VmmDeps =
-  | { readonly vmm: VmmPorts }
-  | {
-      readonly firecracker: (socketPath: string) => FirecrackerApi;
-      readonly qmp: (socketPath: string) => QmpApi;
-    };
-
-export function createVmService(deps: VmServiceDeps & VmmDeps): VmService {
-  const vmm = "vmm" in deps ? deps.vmm : createVmmPorts(deps.host, deps.firecracker, deps.qmp);
-  const ctx = createVmContext(deps, vmm);
+/** The VM service over its ports; the VMM drivers come built from the composition root (createVmmPorts). */
+export function createVmService(deps: VmServiceDeps & { readonly vmm: VmmPorts }): VmService {
+  const ctx = createVmContext(deps, deps.vmm);
   return {
     create: (req) => createVm(ctx, req),
     start: (name, options) => startVm(ctx, name, options),
