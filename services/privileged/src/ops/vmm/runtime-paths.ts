@@ -1,4 +1,4 @@
-import { join } from "node:path";
+import { VM_RUNTIME_FILES, runtimeLayout } from "@banger/common/layout";
 import { validVmId } from "../../validate/ids.js";
 import type { VmmKind } from "./types.js";
 
@@ -16,23 +16,23 @@ export interface VmRuntimePaths {
   readonly consoleLog: string;
 }
 
-export const FIRECRACKER_SOCKET = "firecracker.sock";
-export const QMP_SOCKET = "qmp.sock";
-const AGENT_SOCKET = "agent.sock";
-export const VMM_LOG = "vmm.log";
-export const CONSOLE_LOG = "console.log";
+export const FIRECRACKER_SOCKET = VM_RUNTIME_FILES.firecrackerSocket;
+export const QMP_SOCKET = VM_RUNTIME_FILES.qmpSocket;
+export const VMM_LOG = VM_RUNTIME_FILES.vmmLog;
+export const CONSOLE_LOG = VM_RUNTIME_FILES.consoleLog;
 
+/** The VM's paths from common's layout (the orchestrator derives the same ones), its id validated first. */
 export function vmRuntimePaths(runtimeDir: string, vmId: string): VmRuntimePaths {
-  const vmsDir = join(runtimeDir, "vms");
-  const dir = join(vmsDir, validVmId(vmId));
+  const layout = runtimeLayout(runtimeDir);
+  const vm = layout.vm(validVmId(vmId));
   return {
-    vmsDir,
-    dir,
-    firecrackerSocket: join(dir, FIRECRACKER_SOCKET),
-    qmpSocket: join(dir, QMP_SOCKET),
-    agentSocket: join(dir, AGENT_SOCKET),
-    vmmLog: join(dir, VMM_LOG),
-    consoleLog: join(dir, CONSOLE_LOG),
+    vmsDir: layout.vmsDir,
+    dir: vm.dir,
+    firecrackerSocket: vm.firecrackerSocket,
+    qmpSocket: vm.qmpSocket,
+    agentSocket: vm.agentSocket,
+    vmmLog: vm.vmmLog,
+    consoleLog: vm.consoleLog,
   };
 }
 
