@@ -268,7 +268,7 @@ e2e("real guests through banger (qemu-microvm, TCG)", () => {
 
   it("a failure injected after a real guest answered SSH leaves nothing behind", async () => {
     await env.cluster.stop("orchestrator");
-    await env.cluster.start("orchestrator", { BANGER_FAIL_AFTER_STAGE: "wait-ssh" });
+    await env.cluster.start("orchestrator", {}, { failAfterStages: ["wait-ssh"] });
     const failed = await cli(["vm", "create", "--name", "doomed", "--image", "guest", "--ssh-timeout", "120"], 1);
     expect(failed.stderr).toMatch(/failed at wait-ssh: injected failure after stage wait-ssh/);
     expect(leftovers()).toEqual(NOTHING);

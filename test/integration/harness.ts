@@ -34,6 +34,9 @@ const ENTRY: Record<ServiceName, string> = {
   "image-puller": "services/image-puller/dist/main.js",
 };
 
+/** bangerd with failure injection (the installed one has none): see StartOptions.failAfterStages. */
+const ORCHESTRATOR_WITH_FAULTS = "test/support/orchestrator-with-faults.mjs";
+
 const SOCKET: Record<ServiceName, string> = {
   orchestrator: "orchestrator.sock",
   privileged: "privileged.sock",
@@ -53,8 +56,8 @@ export interface Cluster {
   readonly runtimeDir: string;
   readonly stateDir: string;
   socket(name: ServiceName): string;
-  /** Starts a service; `env` is added to its environment (e.g. BANGER_FAIL_AFTER_STAGE). */
-  start(name: ServiceName, env?: NodeJS.ProcessEnv): Promise<RunningService>;
+  /** Starts a service; `env` is added to its environment. */
+  start(name: ServiceName, env?: NodeJS.ProcessEnv, options?: StartOptions): Promise<RunningService>;
   stop(name: ServiceName): Promise<void>;
   kill9(name: ServiceName): Promise<void>;
   service(name: ServiceName): RunningService;
@@ -64,6 +67,14 @@ export interface Cluster {
   shutdown(): Promise<void>;
 }
 
+export interface StartOptions {
+  /**
+   * Orchestrator only: run it from the test entry that fails these create stages right after their work
+   * succeeded (see createOperations) instead of from dist/main.js.
+   */
+  readonly failAfterStages?: readonly string[];
+}
+
 export interface CliResult {
   readonly code: number | null;
   readonly stdout: string;
@@ -71,6 +82,8 @@ export interface CliResult {
 }
 
 export interface SpawnOptions {
+  /** Run this file (relative to the checkout) instead of the service's dist/main.js. */
+  readonly entry?: string;
   /** Run as this uid and gid (the owner) instead of the test's own. */
   readonly owner?: number;
   /** Run inside this network namespace (`ip netns exec`). */
@@ -181,9 +194,10 @@ export function spawnService(
   options: SpawnOptions = {},
 ): RunningService {
   // As the helper's unit runs it: no writable-executable memory (inherited by its VMMs), so Node runs --jitless.
+  const entry = join(ROOT, options.entry ?? ENTRY[name]);
   const argv = options.unitSandbox
-    ? [...(MDWE_WRAPPER ?? []), process.execPath, "--jitless", join(ROOT, ENTRY[name]), ...args]
-    : [process.execPath, join(ROOT, ENTRY[name]), ...args];
+    ? [...(MDWE_WRAPPER ?? []), process.execPath, "--jitless", entry, ...args]
+    : [process.execPath, entry, ...args];
   // In a namespace as the owner: `ip netns exec` needs root, so it drops to the owner with setpriv.
   const stateDir = args[args.indexOf("--state-dir") + 1] ?? "";
   const asOwner = options.identity
@@ -283,7 +297,10 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   const running = new Map<ServiceName, RunningService>();
   const socket = (name: ServiceName) => join(runtimeDir, SOCKET[name]);
 
-  const start = async (name: ServiceName, extraEnv: NodeJS.ProcessEnv = {}) => {
+  const start = async (name: ServiceName, extraEnv: NodeJS.ProcessEnv = {}, startOptions: StartOptions = {}) => {
+    const faults = startOptions.failAfterStages ?? [];
+    if (faults.length > 0 && name !== "orchestrator")
+      throw new Error(`failAfterStages is the orchestrator's, not ${name}'s`);
     const args = ["--runtime-dir", runtimeDir];
     args.push("--state-dir", stateDir);
     if (name === "privileged" && owner !== undefined) {
@@ -294,6 +311,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       XDG_CONFIG_HOME: join(dir, "config"),
       ...(owner !== undefined ? { HOME: dir } : {}),
       ...extraEnv,
+      ...(faults.length > 0 ? { BANGER_FAIL_AFTER_STAGE: faults.join(",") } : {}),
     };
     const inNetns =
       options.netns &&
@@ -304,6 +322,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         : {};
     const installed = options.installed && owner !== undefined ? installedIdentity(name, owner, options.installed) : {};
     const svc = spawnService(name, args, env, {
+      ...(faults.length > 0 ? { entry: ORCHESTRATOR_WITH_FAULTS } : {}),
       ...inNetns,
       ...(name === "privileged" && options.helperUnitSandbox ? { unitSandbox: true } : {}),
       ...(name === "orchestrator" && options.orchestratorDnsSockets

@@ -1,7 +1,7 @@
 /**
  * A failure at every create stage in turn, through the real three services:
- * the orchestrator is restarted with BANGER_FAIL_AFTER_STAGE=<stage>, which
- * fails that stage right after its work succeeded (the hardest moment: what
+ * the orchestrator is restarted from its test entry with failure injection
+ * (test/support/orchestrator-with-faults.mjs), which fails that stage right after its work succeeded (the hardest moment: what
  * it made exists, its own undo was never registered). wait-ssh fails for
  * real (the fake VMM boots no guest), and with what the guest printed when its
  * kernel panics. Each time the client gets the stage and a code, and the host (links, NAT rules, loop devices, VMM processes) and
@@ -113,7 +113,7 @@ live("a failure at every create stage, through the real helper", () => {
     "fails at %s with its code, and leaves the host and the state directory as they were",
     async (stage) => {
       await cluster.stop("orchestrator");
-      await cluster.start("orchestrator", { BANGER_FAIL_AFTER_STAGE: stage });
+      await cluster.start("orchestrator", {}, { failAfterStages: [stage] });
       await poolFull();
       await poolFull();
       const before = snapshot();
@@ -129,9 +129,7 @@ live("a failure at every create stage, through the real helper", () => {
       ]);
       expect(result.code, result.stderr).toBe(1);
       expect(result.stderr).toMatch(
-        new RegExp(
-          `banger: failed at ${stage}: injected failure after stage ${stage} \\(BANGER_FAIL_AFTER_STAGE\\) \\(op-[0-9a-f]{12}\\)\\n$`,
-        ),
+        new RegExp(`banger: failed at ${stage}: injected failure after stage ${stage} \\(op-[0-9a-f]{12}\\)\\n$`),
       );
       const op = /\((op-[0-9a-f]{12})\)\n$/.exec(result.stderr)?.[1] ?? "";
       const shown = JSON.parse((await cluster.cli(["op", "show", op, "--json"])).stdout) as {
@@ -148,6 +146,16 @@ live("a failure at every create stage, through the real helper", () => {
     },
     60_000,
   );
+
+  it("the installed bangerd (dist/main.js) ignores BANGER_FAIL_AFTER_STAGE: a create succeeds", async () => {
+    await cluster.stop("orchestrator");
+    const svc = await cluster.start("orchestrator", { BANGER_FAIL_AFTER_STAGE: INJECTED.join(",") });
+    const created = await cluster.cli(["vm", "create", "--name", "whole", "--image", "tiny", "--no-ssh-wait"]);
+    expect(created.code, created.stderr).toBe(0);
+    const deleted = await cluster.cli(["vm", "delete", "whole"]);
+    expect(deleted.code, deleted.stderr).toBe(0);
+    expect(svc.logs.filter((l) => l["msg"] === "failure injection is on")).toEqual([]);
+  }, 60_000);
 
   it("fails at wait-ssh when no guest answers, with DEADLINE_EXCEEDED, and leaves nothing", async () => {
     await cluster.stop("orchestrator");

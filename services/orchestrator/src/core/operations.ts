@@ -105,7 +105,7 @@ export function createOperations(deps: {
   readonly logger: Logger;
   readonly now?: () => Date;
   /**
-   * Failure injection for tests (`BANGER_FAIL_AFTER_STAGE`): a stage of one of
+   * Failure injection for tests (test/support/orchestrator-with-faults.mjs): a stage of one of
    * these names fails right after its work succeeded, the hardest moment to
    * unwind from (what it made exists, its own undo was never registered).
    */
@@ -183,7 +183,7 @@ export function createOperations(deps: {
           try {
             const value = await run();
             if (deps.failAfterStages?.has(name)) {
-              throw new InternalError(`injected failure after stage ${name} (BANGER_FAIL_AFTER_STAGE)`, {
+              throw new InternalError(`injected failure after stage ${name}`, {
                 reason: "INJECTED_FAILURE",
               });
             }
