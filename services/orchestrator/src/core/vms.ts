@@ -49,7 +49,6 @@ export function createVmService(deps: VmServiceDeps & { readonly vmm: VmmPorts }
     set: (name, change) => setVm(ctx, name, change),
     list: async () => Promise.all((await listVms(ctx.db)).map((vm) => observe(ctx, vm))),
     get: async (name) => observe(ctx, await ctx.find(name)),
-    poolSettled: () => ctx.net.settled(),
     logs: (name, options) => vmLogs(ctx, name, options),
     stats: (name) => vmStats(ctx, name),
     guestTarget: (name) => vmGuestTarget(ctx, name),

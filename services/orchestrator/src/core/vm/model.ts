@@ -68,8 +68,6 @@ export interface VmService {
   guestTarget(name: string): Promise<GuestTarget>;
   /** At start-up: VMs whose VMM died while the orchestrator was away are cleaned and marked stopped. */
   recover(): Promise<void>;
-  /** Resolves when the warm tap pool is not being topped up (tests). */
-  poolSettled(): Promise<void>;
 }
 
 /** What is true on the host for a running VM; kept in memory and in handles.json. */

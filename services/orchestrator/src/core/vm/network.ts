@@ -19,8 +19,6 @@ export interface VmNetwork {
   takeTap(op: OperationContext, vm: VmRecord, scope: CallScope): Promise<string>;
   /** A warm-pool tap found at start-up, taken into the pool. */
   adoptPoolTap(name: string): void;
-  /** Resolves when the pool is not being topped up (tests). */
-  settled(): Promise<void>;
 }
 
 export function createVmNetwork(deps: {
@@ -91,9 +89,6 @@ export function createVmNetwork(deps: {
     },
     adoptPoolTap(name) {
       if (!tapPool.includes(name)) tapPool.push(name);
-    },
-    async settled() {
-      await refilling;
     },
   };
 }
