@@ -49,10 +49,21 @@ async function look(path: string): Promise<{ ino: number; size: number } | undef
   }
 }
 
-async function readRange(path: string, from: number, to: number): Promise<Buffer> {
-  if (to <= from) return Buffer.alloc(0);
-  const file = await open(path, "r");
+/**
+ * Bytes `from`..`to` of the file at `path` if it is still the one `look` saw (inode `ino`); undefined when the
+ * relay rotated it away in between (the caller looks again).
+ */
+async function readRange(path: string, ino: number, from: number, to: number): Promise<Buffer | undefined> {
+  let file;
   try {
+    file = await open(path, "r");
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw error;
+  }
+  try {
+    if ((await file.stat()).ino !== ino) return undefined;
+    if (to <= from) return Buffer.alloc(0);
     const buffer = Buffer.alloc(to - from);
     const { bytesRead } = await file.read(buffer, 0, buffer.length, from);
     return buffer.subarray(0, bytesRead);
@@ -82,10 +93,11 @@ export async function* readLog(
   const previousPath = predecessorOf(path);
   let current = await look(path);
   const previous = await look(previousPath);
-  const text = Buffer.concat([
-    previous ? await readRange(previousPath, 0, previous.size) : Buffer.alloc(0),
-    current ? await readRange(path, 0, current.size) : Buffer.alloc(0),
-  ]);
+  const before = previous ? await readRange(previousPath, previous.ino, 0, previous.size) : undefined;
+  const now = current ? await readRange(path, current.ino, 0, current.size) : undefined;
+  // Rotated between the look and the read: follow from the file there is now.
+  if (now === undefined) current = undefined;
+  const text = Buffer.concat([before ?? Buffer.alloc(0), now ?? Buffer.alloc(0)]);
   if (text.length > 0) yield* chunks(lastLines(text, options.tailLines));
   let ino = current?.ino;
   let offset = current?.size ?? 0;
@@ -100,15 +112,17 @@ export async function* readLog(
     if (current.ino !== ino) {
       const moved = await look(previousPath);
       if (ino !== undefined && moved?.ino === ino && moved.size > offset) {
-        yield* chunks(await readRange(previousPath, offset, moved.size));
+        yield* chunks((await readRange(previousPath, moved.ino, offset, moved.size)) ?? Buffer.alloc(0));
       }
       ino = current.ino;
       offset = 0;
     }
     if (current.size < offset) offset = 0;
     if (current.size > offset) {
-      yield* chunks(await readRange(path, offset, current.size));
-      offset = current.size;
+      const data = await readRange(path, current.ino, offset, current.size);
+      if (data === undefined) continue; // rotated since the look: the next one sees the new file
+      yield* chunks(data);
+      offset += data.length;
     }
   }
 }
