@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 import { homedir } from "node:os";
-import { join, resolve } from "node:path";
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, runService, runtimeLayout } from "@banger/common";
+import { DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, runService, runtimeLayout, stateLayout } from "@banger/common";
 import { PullerService, file_banger_imagepuller_v1_puller } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import { createImageBuilder, DEFAULT_BUILD_LIMITS, type BuildLimits } from "./image-builder.js";
 import { createScratchDir } from "./layers/scratch.js";
@@ -57,7 +57,7 @@ await runService({
       createPullerService({
         // Staging directories the orchestrator names must be inside the state directory.
         stateDir,
-        cache: createBlobCache(resolve(values["cache-dir"] ?? join(stateDir, "cache", "blobs"))),
+        cache: createBlobCache(resolve(values["cache-dir"] ?? stateLayout(stateDir).blobCacheDir)),
         createBuilder: (maxTreeBytes) =>
           createImageBuilder(
             maxTreeBytes === undefined
@@ -65,7 +65,7 @@ await runService({
               : { ...limits, maxImageBytes: Math.min(limits.maxImageBytes, maxTreeBytes) },
           ),
         scratchDir: createScratchDir(values["scratch-dir"]),
-        builtCache: createBuiltCache(join(stateDir, "cache", "built")),
+        builtCache: createBuiltCache(stateLayout(stateDir).builtCacheDir),
         logger,
         dockerConfigPath: defaultDockerConfigPath(process.env, homedir()),
         ...(values.busybox ? { busybox: resolve(values.busybox) } : {}),

@@ -1,6 +1,6 @@
 import { lstat } from "node:fs/promises";
-import { join } from "node:path";
 import type { RunOptions, Runner } from "@banger/common/host-runner";
+import { stateLayout } from "@banger/common/layout";
 import type { HelperConfig } from "../../config.js";
 import { deviceMapperStatus, type FeatureStatus } from "../../host/features.js";
 
@@ -38,7 +38,7 @@ export function diskContext(deps: {
     sysfs: deps.sysfsRoot ?? "/sys",
     deviceMapper: () => deviceMapperStatus({ dev, proc }),
     mapperNode: (name: string) => `${dev}/mapper/${name}`,
-    vmRootImage: (vmId: string) => join(stateDir, "vms", vmId, "root.ext4"),
+    vmRootImage: (vmId: string) => stateLayout(stateDir).vm(vmId).rootDisk,
     asOwner: { as: { uid: config.ownerUid, gid: config.ownerGid } },
   };
 }
