@@ -2,7 +2,7 @@
  * The argument vectors the helper builds for a VMM from validated fields, and the inverse: which
  * VM's VMM a command line is, if it is exactly one of them (what proves a pid before a signal).
  */
-import { join } from "node:path";
+import { runtimeLayout } from "@banger/common/layout";
 import type { HelperConfig } from "../../config.js";
 import { isVmId, tapName } from "../../validate/ids.js";
 import { QMP_SOCKET, vmRuntimePaths, type VmRuntimePaths } from "./runtime-paths.js";
@@ -124,7 +124,7 @@ export function kernelCommandLine(machine: QemuMachine, tscKhz: number | undefin
 
 /** Which VM's VMM an argument vector is, if it is exactly one the helper builds. */
 function identifyArgv(config: HelperConfig, argv: readonly string[]): { vmId: string; kind: VmmKind } | undefined {
-  const vmsPrefix = `${join(config.runtimeDir, "vms")}/`;
+  const vmsPrefix = `${runtimeLayout(config.runtimeDir).vmsDir}/`;
   if (argv[0] === config.firecrackerBin && argv[3] === "--id") {
     const vmId = argv[4] ?? "";
     if (isVmId(vmId) && sameArgv(argv, firecrackerArgv(config, vmId))) return { vmId, kind: "firecracker" };
