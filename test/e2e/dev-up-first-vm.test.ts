@@ -18,7 +18,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BANGER, waitUntil, type CliResult } from "../integration/harness.js";
 import { createNetNs, type NetNs } from "../integration/netns.js";
-import { guestSuiteMissing } from "./support/guest-env.js";
+import { guestSuiteMissing, leftoversOf } from "./support/guest-env.js";
 import { KERNEL_VERSION, TCG_GUEST_CONFIG } from "./support/kernel-package.js";
 
 /** No passwd entry: dev up gives it the state directory as its home. */
@@ -74,21 +74,7 @@ const inNs = (command: string, ...args: string[]) =>
 const vmmPattern = `qemu-system-x86_64.*${RUNTIME_DIR}/`;
 
 /** What of this dev up is left: VMM processes, VM taps, NAT rules, loop devices, VM files. */
-const leftovers = () => ({
-  qemu: spawnSync("pgrep", ["-f", vmmPattern], { encoding: "utf8" }).stdout.split("\n").filter(Boolean),
-  taps: ns
-    .links()
-    .filter((l) => l.ifname.startsWith("bgr-") && !l.ifname.startsWith("bgr-p"))
-    .map((l) => l.ifname),
-  nat: ns
-    .ruleset()
-    .split("\n")
-    .filter((line) => line.includes("masquerade")),
-  loops: execFileSync("losetup", ["-l", "-n", "-O", "NAME,BACK-FILE"], { encoding: "utf8" })
-    .split("\n")
-    .filter((line) => line.includes(STATE_DIR)),
-  vmFiles: existsSync(join(STATE_DIR, "vms")) ? readdirSync(join(STATE_DIR, "vms")) : [],
-});
+const leftovers = () => leftoversOf(ns, RUNTIME_DIR, STATE_DIR);
 
 beforeAll(async () => {
   if (missing.length > 0) return;

@@ -67,6 +67,27 @@ export interface GuestEnv {
   shutdown(): Promise<void>;
 }
 
+/** What of a banger whose directories are `runtimeDir` and `stateDir` is left on the host and in `ns`. */
+export function leftoversOf(ns: NetNs, runtimeDir: string, stateDir: string): Leftovers {
+  return {
+    qemu: spawnSync("pgrep", ["-f", `qemu-system-x86_64.*${runtimeDir}/`], { encoding: "utf8" })
+      .stdout.split("\n")
+      .filter((l) => l !== ""),
+    taps: ns
+      .links()
+      .filter((l) => l.ifname.startsWith("bgr-") && !l.ifname.startsWith("bgr-p"))
+      .map((l) => l.ifname),
+    nat: ns
+      .ruleset()
+      .split("\n")
+      .filter((line) => line.includes("masquerade")),
+    loops: execFileSync("losetup", ["-l", "-n", "-O", "NAME,BACK-FILE"], { encoding: "utf8" })
+      .split("\n")
+      .filter((line) => line.includes(stateDir)),
+    vmFiles: existsSync(join(stateDir, "vms")) ? readdirSync(join(stateDir, "vms")) : [],
+  };
+}
+
 export interface Leftovers {
   readonly qemu: string[];
   readonly taps: string[];
@@ -134,23 +155,7 @@ function guestEnv(ns: NetNs, cluster: Cluster, registry: RegistryProcess, work: 
     work,
     cli,
     inNs: (command, ...args) => execFileSync("ip", ["netns", "exec", ns.name, command, ...args], { encoding: "utf8" }),
-    leftovers: () => ({
-      qemu: spawnSync("pgrep", ["-f", vmmPattern], { encoding: "utf8" })
-        .stdout.split("\n")
-        .filter((l) => l !== ""),
-      taps: ns
-        .links()
-        .filter((l) => l.ifname.startsWith("bgr-") && !l.ifname.startsWith("bgr-p"))
-        .map((l) => l.ifname),
-      nat: ns
-        .ruleset()
-        .split("\n")
-        .filter((line) => line.includes("masquerade")),
-      loops: execFileSync("losetup", ["-l", "-n", "-O", "NAME,BACK-FILE"], { encoding: "utf8" })
-        .split("\n")
-        .filter((line) => line.includes(cluster.stateDir)),
-      vmFiles: existsSync(join(cluster.stateDir, "vms")) ? readdirSync(join(cluster.stateDir, "vms")) : [],
-    }),
+    leftovers: () => leftoversOf(ns, cluster.runtimeDir, cluster.stateDir),
     importKernel: async () => {
       await cli(["kernel", "import", "debian", join(work, "kernel-pkg")]);
       await cli(["kernel", "initramfs", "debian"]);

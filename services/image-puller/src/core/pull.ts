@@ -130,6 +130,17 @@ export async function prepareStaging(stateDir: string, stagingDir: string): Prom
   }
 }
 
+/** Runs a stage's work between its start and done events, the done one with its duration and `message`. */
+export function stageTimer(emit: (event: Extract<PullEvent, { kind: "stage" }>) => void) {
+  return async <T>(stage: PullStageName, work: () => Promise<T>, message = ""): Promise<T> => {
+    const t0 = performance.now();
+    emit({ kind: "stage", stage, done: false, durationMs: 0, message: "" });
+    const value = await work();
+    emit({ kind: "stage", stage, done: true, durationMs: Math.round(performance.now() - t0), message });
+    return value;
+  };
+}
+
 export async function pull(
   deps: PullDeps,
   req: PullRequest,
@@ -141,13 +152,7 @@ export async function pull(
   await prepareStaging(deps.stateDir, req.stagingDir);
   let tree = join(req.stagingDir, ".tree");
   let release: (() => void) | undefined;
-  const timed = async <T>(stage: PullStageName, work: () => Promise<T>, message = ""): Promise<T> => {
-    const t0 = performance.now();
-    emit({ kind: "stage", stage, done: false, durationMs: 0, message: "" });
-    const value = await work();
-    emit({ kind: "stage", stage, done: true, durationMs: Math.round(performance.now() - t0), message });
-    return value;
-  };
+  const timed = stageTimer(emit);
   try {
     const resolved = await timed("resolve", () =>
       deps.registry.resolve(reference, req.platform ?? DEFAULT_PLATFORM, signal),

@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { DEFAULT_BUSYBOX, readStaticBusybox, runProcess } from "@banger/common";
 import tar from "tar-stream";
-import { prepareStaging, type ImageBuilder, type PullResult, type PullStageName } from "./pull.js";
+import { prepareStaging, stageTimer, type ImageBuilder, type PullResult, type PullStageName } from "./pull.js";
 
 export interface TinyRequest {
   readonly stagingDir: string;
@@ -149,13 +149,7 @@ export async function buildTiny(
   const builder = deps.createBuilder();
   const tree = join(req.stagingDir, ".tree");
   const layer = join(req.stagingDir, LAYER_FILE);
-  const timed = async <T>(stage: PullStageName, work: () => Promise<T>, message = ""): Promise<T> => {
-    const t0 = performance.now();
-    emit({ kind: "stage", stage, done: false, durationMs: 0, message: "" });
-    const value = await work();
-    emit({ kind: "stage", stage, done: true, durationMs: Math.round(performance.now() - t0), message });
-    return value;
-  };
+  const timed = stageTimer(emit);
   try {
     const busybox = await readStaticBusybox(busyboxPath);
     const applets = await (deps.applets ?? busyboxApplets)(busyboxPath, signal);
