@@ -1,13 +1,11 @@
+export { defaultConfigDir, defaultConfigPath, loadConfig } from "./config.js";
+export { parseConfig } from "./parse.js";
 export {
   CONFIG_LIMITS,
   CONFIG_REFERENCE,
   ConfigError,
   DEFAULT_CONFIG,
-  defaultConfigDir,
-  defaultConfigPath,
   describeConfig,
-  loadConfig,
-  parseConfig,
   type BangerConfig,
   type ConfigKeyDoc,
   type ConfigProblem,
@@ -15,5 +13,5 @@ export {
   type FileSyncEntry,
   type VmmDriver,
   type VmmSetting,
-} from "./config.js";
+} from "./schema.js";
 export { ensureSshIdentity, readSshIdentity, sshIdentityPaths, type SshIdentity } from "./ssh-identity.js";
