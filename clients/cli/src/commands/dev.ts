@@ -9,6 +9,8 @@ import {
   runtimeLayout,
   stateLayout,
   streamProcess,
+  type RuntimeLayout,
+  type StateLayout,
   type StreamedRun,
 } from "@banger/common";
 import type { Command } from "commander";
@@ -28,6 +30,12 @@ interface ServiceSpec {
   readonly socket: string;
   /** Runs as the invoking user when `dev up` runs under sudo; the helper alone stays root. */
   readonly asOwner: boolean;
+}
+
+/** The `.vm` DNS binder of a dev up as root: python3 and the bridge address it binds port 53 on. */
+interface DevDns {
+  readonly python: string;
+  readonly address: string;
 }
 
 /** Who VMs run as under `dev up` as root: the orchestrator and the puller run as this user, the helper answers only it. */
@@ -162,31 +170,8 @@ async function devUp(
   const stateDir = named.stateDir ?? defaults.stateDir;
   const runtime = runtimeLayout(runtimeDir);
   const state = stateLayout(stateDir);
-  for (const socket of [runtime.orchestratorSocket, runtime.privilegedSocket, runtime.pullerSocket]) {
-    try {
-      checkSocketPathLength(socket);
-    } catch (error) {
-      throw new UsageError(`the runtime directory ${runtimeDir} is too long: ${(error as Error).message}`);
-    }
-    if (await probeSocket(socket)) {
-      throw new Error(`banger is already running in ${runtimeDir} (${socket} answers); stop it first`);
-    }
-  }
-  // `.vm` DNS: port 53 bound as root for the orchestrator (the owner), as bangerd-dns.socket does.
-  let dns: { python: string; address: string } | undefined;
-  if (owner) {
-    const say = (line: string) => process.stderr.write(`banger dev: ${line}\n`);
-    let address: string;
-    try {
-      ({ address } = await devBridgeAddress(join(owner.home ?? stateDir, ".config", "banger"), owner, say));
-    } catch (error) {
-      throw new Error(`${(error as Error).message}; fix it; nothing was started`);
-    }
-    const python = findOnPath("python3");
-    if (python) dns = { python, address };
-    else
-      say(`python3 not found: nothing binds port 53 on ${address} for the orchestrator, so <name>.vm will not resolve`);
-  }
+  await checkNotRunning(runtimeDir, runtime);
+  const dns = owner ? await devDns(owner, stateDir) : undefined;
   // Under sudo the directories belong to the user, who runs the orchestrator, the puller and the
   // CLI; root (this process, the helper) works in them only through checked open directories.
   openDevDir(runtimeDir, named.runtimeDir === undefined, owner).close();
@@ -194,31 +179,7 @@ async function devUp(
   const logDir = openOwnedDir(state.logDir, owner, stateDirFd);
   stateDirFd.close();
 
-  const common = ["--runtime-dir", runtimeDir];
-  const ownerArgs = owner ? ["--owner-uid", String(owner.uid), "--owner-gid", String(owner.gid)] : [];
-  const specs: ServiceSpec[] = [
-    {
-      name: "privileged",
-      entry: "services/privileged/dist/main.js",
-      args: [...common, "--state-dir", stateDir, ...ownerArgs, ...helperArgs],
-      socket: runtime.privilegedSocket,
-      asOwner: false,
-    },
-    {
-      name: "image-puller",
-      entry: "services/image-puller/dist/main.js",
-      args: [...common, "--state-dir", stateDir],
-      socket: runtime.pullerSocket,
-      asOwner: true,
-    },
-    {
-      name: "orchestrator",
-      entry: "services/orchestrator/dist/main.js",
-      args: [...common, "--state-dir", stateDir],
-      socket: runtime.orchestratorSocket,
-      asOwner: true,
-    },
-  ];
+  const specs = serviceSpecs(runtimeDir, stateDir, owner, helperArgs);
 
   const who = owner ? `the helper as root, the others as uid ${owner.uid}` : "all as this user";
   process.stderr.write(
@@ -226,18 +187,7 @@ async function devUp(
   );
 
   // Every log opened (and checked) before any service starts: a refused one leaves nothing running.
-  const logs = new Map<string, WriteStream>();
-  try {
-    for (const spec of specs) {
-      const fd = openLogFile(logDir, basename(state.logFile(spec.name)), owner);
-      logs.set(spec.name, createWriteStream(state.logFile(spec.name), { fd }));
-    }
-  } catch (error) {
-    for (const log of logs.values()) log.destroy();
-    throw error;
-  } finally {
-    logDir.close();
-  }
+  const logs = openLogs(specs, logDir, state, owner);
 
   const children = new Map<string, StreamedRun>();
   let stopping = false;
@@ -260,21 +210,7 @@ async function devUp(
   for (const spec of specs) {
     const log = logs.get(spec.name);
     if (!log) throw new Error(`no log opened for ${spec.name}`);
-    const argv = [process.execPath, resolve(CHECKOUT, spec.entry), ...spec.args];
-    // The orchestrator behind the DNS binder, which drops to the owner itself once port 53 is bound.
-    const behindDns = owner && dns && spec.name === "orchestrator";
-    const [command = "", ...args] =
-      owner && dns && behindDns ? withDnsSockets(dns.python, dns.address, owner, argv) : argv;
-    const child = streamProcess([command, ...args], {
-      ...(owner && spec.asOwner
-        ? {
-            ...(behindDns ? {} : { as: { uid: owner.uid, gid: owner.gid } }),
-            // The owner's config directory, not root's (sudo keeps HOME=/root on some systems);
-            // an owner without a passwd entry gets the state directory as its home.
-            env: { ...process.env, HOME: owner.home ?? stateDir, XDG_CONFIG_HOME: "" },
-          }
-        : { env: process.env }),
-    });
+    const child = startService(spec, owner, dns, stateDir);
     children.set(spec.name, child);
     forwardOutput(child, spec.name, log, json);
     void child.exited.then(
@@ -295,16 +231,125 @@ async function devUp(
       return;
     }
   }
-  // What the owner types: nothing more than the command when the CLI finds these sockets by itself.
+  printReady(runtimeDir, stateDir, runtime.orchestratorSocket, owner);
+  await new Promise<never>(() => {}); // runs until a signal
+}
+
+/** Refuses a runtime directory whose socket paths are too long, or where banger already answers. */
+async function checkNotRunning(runtimeDir: string, runtime: RuntimeLayout): Promise<void> {
+  for (const socket of [runtime.orchestratorSocket, runtime.privilegedSocket, runtime.pullerSocket]) {
+    try {
+      checkSocketPathLength(socket);
+    } catch (error) {
+      throw new UsageError(`the runtime directory ${runtimeDir} is too long: ${(error as Error).message}`);
+    }
+    if (await probeSocket(socket)) {
+      throw new Error(`banger is already running in ${runtimeDir} (${socket} answers); stop it first`);
+    }
+  }
+}
+
+/** `.vm` DNS: port 53 bound as root for the orchestrator (the owner), as bangerd-dns.socket does. */
+async function devDns(owner: DevOwner, stateDir: string): Promise<DevDns | undefined> {
+  const say = (line: string) => process.stderr.write(`banger dev: ${line}\n`);
+  let address: string;
+  try {
+    ({ address } = await devBridgeAddress(join(owner.home ?? stateDir, ".config", "banger"), owner, say));
+  } catch (error) {
+    throw new Error(`${(error as Error).message}; fix it; nothing was started`);
+  }
+  const python = findOnPath("python3");
+  if (python) return { python, address };
+  say(`python3 not found: nothing binds port 53 on ${address} for the orchestrator, so <name>.vm will not resolve`);
+  return undefined;
+}
+
+/** The three services in the order they start: the helper, the puller, the orchestrator. */
+function serviceSpecs(
+  runtimeDir: string,
+  stateDir: string,
+  owner: DevOwner | undefined,
+  helperArgs: string[],
+): ServiceSpec[] {
+  const runtime = runtimeLayout(runtimeDir);
+  const common = ["--runtime-dir", runtimeDir];
+  const ownerArgs = owner ? ["--owner-uid", String(owner.uid), "--owner-gid", String(owner.gid)] : [];
+  return [
+    {
+      name: "privileged",
+      entry: "services/privileged/dist/main.js",
+      args: [...common, "--state-dir", stateDir, ...ownerArgs, ...helperArgs],
+      socket: runtime.privilegedSocket,
+      asOwner: false,
+    },
+    {
+      name: "image-puller",
+      entry: "services/image-puller/dist/main.js",
+      args: [...common, "--state-dir", stateDir],
+      socket: runtime.pullerSocket,
+      asOwner: true,
+    },
+    {
+      name: "orchestrator",
+      entry: "services/orchestrator/dist/main.js",
+      args: [...common, "--state-dir", stateDir],
+      socket: runtime.orchestratorSocket,
+      asOwner: true,
+    },
+  ];
+}
+
+/** Opens every service's log (the owner's, checked) in `logDir`, then closes `logDir`; on a refusal, none stays open. */
+function openLogs(
+  specs: readonly ServiceSpec[],
+  logDir: OpenDir,
+  state: StateLayout,
+  owner: DevOwner | undefined,
+): Map<string, WriteStream> {
+  const logs = new Map<string, WriteStream>();
+  try {
+    for (const spec of specs) {
+      const fd = openLogFile(logDir, basename(state.logFile(spec.name)), owner);
+      logs.set(spec.name, createWriteStream(state.logFile(spec.name), { fd }));
+    }
+  } catch (error) {
+    for (const log of logs.values()) log.destroy();
+    throw error;
+  } finally {
+    logDir.close();
+  }
+  return logs;
+}
+
+/** Starts one service: as the owner when it runs as the owner, the orchestrator behind the DNS binder. */
+function startService(spec: ServiceSpec, owner: DevOwner | undefined, dns: DevDns | undefined, stateDir: string) {
+  const argv = [process.execPath, resolve(CHECKOUT, spec.entry), ...spec.args];
+  // The orchestrator behind the DNS binder, which drops to the owner itself once port 53 is bound.
+  const behindDns = owner && dns && spec.name === "orchestrator";
+  const [command = "", ...args] =
+    owner && dns && behindDns ? withDnsSockets(dns.python, dns.address, owner, argv) : argv;
+  return streamProcess([command, ...args], {
+    ...(owner && spec.asOwner
+      ? {
+          ...(behindDns ? {} : { as: { uid: owner.uid, gid: owner.gid } }),
+          // The owner's config directory, not root's (sudo keeps HOME=/root on some systems);
+          // an owner without a passwd entry gets the state directory as its home.
+          env: { ...process.env, HOME: owner.home ?? stateDir, XDG_CONFIG_HOME: "" },
+        }
+      : { env: process.env }),
+  });
+}
+
+/** What the owner types: nothing more than the command when the CLI finds these sockets by itself. */
+function printReady(runtimeDir: string, stateDir: string, orchestratorSocket: string, owner: DevOwner | undefined) {
   const cliUid = owner?.uid ?? process.geteuid?.();
   const unset = { ...process.env, BANGER_SOCKET: "", BANGER_RUNTIME_DIR: "" };
-  const found = resolveOrchestratorSocket({}, unset, cliUid) === runtime.orchestratorSocket;
+  const found = resolveOrchestratorSocket({}, unset, cliUid) === orchestratorSocket;
   const as = owner ? ` (as uid ${owner.uid}${owner.home ? "" : `, HOME=${stateDir}`})` : "";
   process.stderr.write(
     `banger dev: orchestrator, privileged and image-puller are up in ${runtimeDir}\n` +
       `banger dev: try${as}: ${found ? "" : `BANGER_RUNTIME_DIR=${runtimeDir} `}./bin/banger vm run -- uname -a\n`,
   );
-  await new Promise<never>(() => {}); // runs until a signal
 }
 
 function forwardOutput(child: StreamedRun, name: string, log: WriteStream, json: boolean): void {
