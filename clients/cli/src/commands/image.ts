@@ -1,16 +1,29 @@
 import { resolve } from "node:path";
 import { ImageService } from "@banger/gen/banger/v1/image_pb.js";
 import { ImageSchema, ImageSource, type Image } from "@banger/gen/banger/v1/resources_pb.js";
-import { toJson } from "@bufbuild/protobuf";
 import type { Command } from "commander";
 import type { GlobalOptions } from "../context.js";
+import { printJsonList } from "../render/json.js";
+import { mib } from "../render/size.js";
 import { renderTable } from "../render/table.js";
-import { watchToEnd, withOrchestrator } from "./op.js";
+import { registerDelete, registerListShow, type ListShowSpec } from "./resource.js";
+import { announceAndWatch, withOrchestrator } from "./op.js";
 
 export function registerImageCommands(program: Command, globals: () => GlobalOptions): void {
   const image = program
     .command("image")
     .description("root filesystem images: pull, register, promote, list, show, delete");
+  registerImageSources(image, globals);
+  registerListShow(image, globals, IMAGE_LISTING);
+  registerDelete(image, globals, {
+    noun: "image",
+    description: "delete an image (refused while a VM uses it; deleting a missing image succeeds)",
+    remove: async (o, name) => (await o.client(ImageService).deleteImage({ name }, o.callOptions())).existed,
+  });
+}
+
+/** `image pull`, `image register` and `image promote`: the ways an image comes to be. */
+function registerImageSources(image: Command, globals: () => GlobalOptions): void {
   image
     .command("pull")
     .argument(
@@ -28,14 +41,8 @@ export function registerImageCommands(program: Command, globals: () => GlobalOpt
           .client(ImageService)
           .pullImage({ reference, name: opts.name ?? "", platform: opts.platform }, o.callOptions());
         if (!operation) return;
-        process.stderr.write(`pulling ${reference} as ${operation.target} (${operation.id})\n`);
-        if (!opts.wait) {
-          process.stdout.write(`${operation.id}\n`);
-          return;
-        }
-        const done = await watchToEnd(o, operation.id);
-        const pulled = done.result.case === "image" ? done.result.value : undefined;
-        if (pulled) printImages([pulled], opts.json === true);
+        const done = await announceAndWatch(o, operation, `pulling ${reference} as ${operation.target}`, opts.wait);
+        if (done?.result.case === "image") printImages([done.result.value], opts.json === true);
       });
     });
   image
@@ -76,79 +83,42 @@ export function registerImageCommands(program: Command, globals: () => GlobalOpt
       await withOrchestrator(globals(), async (o) => {
         const { operation } = await o.client(ImageService).promoteImage({ vm, name }, o.callOptions());
         if (!operation) return;
-        process.stderr.write(`promoting ${vm} to image ${name} (${operation.id})\n`);
-        if (!opts.wait) {
-          process.stdout.write(`${operation.id}\n`);
-          return;
-        }
-        const done = await watchToEnd(o, operation.id);
-        if (done.result.case === "image") printImages([done.result.value], opts.json === true);
-      });
-    });
-  image
-    .command("list")
-    .description("local images")
-    .option("--json", "print JSON")
-    .action(async (opts: { json?: boolean }) => {
-      await withOrchestrator(globals(), async (o) => {
-        const { images } = await o.client(ImageService).listImages({}, o.callOptions());
-        printImages(images, opts.json === true);
-      });
-    });
-  image
-    .command("show")
-    .argument("<name>", "image name")
-    .description("one image: reference, digest, sizes, config")
-    .option("--json", "print JSON")
-    .action(async (name: string, opts: { json?: boolean }) => {
-      await withOrchestrator(globals(), async (o) => {
-        const { image: found } = await o.client(ImageService).getImage({ name }, o.callOptions());
-        if (!found) return;
-        if (opts.json) return printImages([found], true);
-        const c = found.config;
-        process.stdout.write(
-          [
-            `name:       ${found.name}`,
-            `reference:  ${found.reference}`,
-            `digest:     ${found.manifestDigest}`,
-            `platform:   ${found.platform}`,
-            `rootfs:     ${mib(found.rootfsBytes)}`,
-            `work seed:  ${found.workSeedBytes > 0n ? mib(found.workSeedBytes) : "none"}`,
-            `kernel:     ${found.defaultKernel || "(host default)"}`,
-            `source:     ${ImageSource[found.source].toLowerCase()}`,
-            `used by:    ${found.usedBy.length > 0 ? found.usedBy.join(", ") : "no VM"}`,
-            `entrypoint: ${JSON.stringify(c?.entrypoint ?? [])}  cmd: ${JSON.stringify(c?.cmd ?? [])}`,
-          ].join("\n") + "\n",
-        );
-      });
-    });
-  image
-    .command("delete")
-    .argument("<name>", "image name")
-    .description("delete an image (refused while a VM uses it; deleting a missing image succeeds)")
-    .action(async (name: string) => {
-      await withOrchestrator(globals(), async (o) => {
-        const { existed } = await o.client(ImageService).deleteImage({ name }, o.callOptions());
-        process.stderr.write(existed ? `deleted ${name}\n` : `no image ${name}: nothing to delete\n`);
+        const done = await announceAndWatch(o, operation, `promoting ${vm} to image ${name}`, opts.wait);
+        if (done?.result.case === "image") printImages([done.result.value], opts.json === true);
       });
     });
 }
 
+/** The lines of `image show`. */
+function describeImage(found: Image): string[] {
+  const c = found.config;
+  return [
+    `name:       ${found.name}`,
+    `reference:  ${found.reference}`,
+    `digest:     ${found.manifestDigest}`,
+    `platform:   ${found.platform}`,
+    `rootfs:     ${mib(found.rootfsBytes)}`,
+    `work seed:  ${found.workSeedBytes > 0n ? mib(found.workSeedBytes) : "none"}`,
+    `kernel:     ${found.defaultKernel || "(host default)"}`,
+    `source:     ${ImageSource[found.source].toLowerCase()}`,
+    `used by:    ${found.usedBy.length > 0 ? found.usedBy.join(", ") : "no VM"}`,
+    `entrypoint: ${JSON.stringify(c?.entrypoint ?? [])}  cmd: ${JSON.stringify(c?.cmd ?? [])}`,
+  ];
+}
+
 function printImages(images: readonly Image[], json: boolean): void {
-  if (json) {
-    process.stdout.write(
-      JSON.stringify(
-        images.map((i) => toJson(ImageSchema, i)),
-        null,
-        2,
-      ) + "\n",
-    );
-    return;
-  }
+  if (json) return printJsonList(ImageSchema, images);
   const rows = images.map((i) => [i.name, i.reference, i.manifestDigest.slice(0, 19), mib(i.rootfsBytes)]);
   process.stdout.write(renderTable(["NAME", "REFERENCE", "DIGEST", "ROOTFS"], rows));
 }
 
-function mib(bytes: bigint): string {
-  return `${(Number(bytes) / 1048576).toFixed(1)} MiB`;
-}
+/** `image list` and `image show`. */
+const IMAGE_LISTING: ListShowSpec<Image> = {
+  listDescription: "local images",
+  showDescription: "one image: reference, digest, sizes, config",
+  nameArgument: "image name",
+  fetchAll: async (o) => (await o.client(ImageService).listImages({}, o.callOptions())).images,
+  fetchOne: async (o, name) => (await o.client(ImageService).getImage({ name }, o.callOptions())).image,
+  print: printImages,
+  describe: describeImage,
+};

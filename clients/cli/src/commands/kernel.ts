@@ -1,17 +1,40 @@
 import { resolve } from "node:path";
 import { KernelService } from "@banger/gen/banger/v1/kernel_pb.js";
 import { KernelSchema, type Kernel } from "@banger/gen/banger/v1/resources_pb.js";
-import { toJson } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
 import type { GlobalOptions } from "../context.js";
+import { printJsonList } from "../render/json.js";
+import { mib } from "../render/size.js";
 import { renderTable } from "../render/table.js";
-import { watchToEnd, withOrchestrator } from "./op.js";
+import { registerDelete, registerListShow, type ListShowSpec } from "./resource.js";
+import { announceAndWatch, withOrchestrator } from "./op.js";
 
 export function registerKernelCommands(program: Command, globals: () => GlobalOptions): void {
   const kernel = program
     .command("kernel")
     .description("guest kernels: import, build an initramfs, list, show, delete, set the default");
+  registerKernelSources(kernel, globals);
+  registerListShow(kernel, globals, KERNEL_LISTING);
+  kernel
+    .command("set-default")
+    .argument("<name>", "kernel name")
+    .description("make a kernel the default (the previous default stops being it)")
+    .action(async (name: string) => {
+      await withOrchestrator(globals(), async (o) => {
+        await o.client(KernelService).setDefaultKernel({ name }, o.callOptions());
+        process.stderr.write(`${name} is now the default kernel\n`);
+      });
+    });
+  registerDelete(kernel, globals, {
+    noun: "kernel",
+    description: "delete a kernel (refused while an image or VM uses it; deleting a missing kernel succeeds)",
+    remove: async (o, name) => (await o.client(KernelService).deleteKernel({ name }, o.callOptions())).existed,
+  });
+}
+
+/** `kernel import` and `kernel initramfs`: a kernel brought in, and its initrd built. */
+function registerKernelSources(kernel: Command, globals: () => GlobalOptions): void {
   kernel
     .command("import")
     .argument("<name>", "name to import it under, e.g. debian-6.1")
@@ -41,14 +64,9 @@ export function registerKernelCommands(program: Command, globals: () => GlobalOp
               o.callOptions(),
             );
           if (!operation) return;
-          process.stderr.write(`importing ${sourceDir} as ${operation.target} (${operation.id})\n`);
-          if (!opts.wait) {
-            process.stdout.write(`${operation.id}\n`);
-            return;
-          }
-          const done = await watchToEnd(o, operation.id);
-          const imported = done.result.case === "kernel" ? done.result.value : undefined;
-          if (imported) printKernels([imported], opts.json === true);
+          const what = `importing ${sourceDir} as ${operation.target}`;
+          const done = await announceAndWatch(o, operation, what, opts.wait);
+          if (done?.result.case === "kernel") printKernels([done.result.value], opts.json === true);
         });
       },
     );
@@ -64,83 +82,28 @@ export function registerKernelCommands(program: Command, globals: () => GlobalOp
       await withOrchestrator(globals(), async (o) => {
         const { operation } = await o.client(KernelService).buildInitramfs({ name }, o.callOptions());
         if (!operation) return;
-        process.stderr.write(`building the initramfs of ${operation.target} (${operation.id})\n`);
-        if (!opts.wait) {
-          process.stdout.write(`${operation.id}\n`);
-          return;
-        }
-        const done = await watchToEnd(o, operation.id);
-        const built = done.result.case === "kernel" ? done.result.value : undefined;
-        if (built) printKernels([built], opts.json === true);
-      });
-    });
-  kernel
-    .command("list")
-    .description("imported kernels; * marks the default")
-    .option("--json", "print JSON")
-    .action(async (opts: { json?: boolean }) => {
-      await withOrchestrator(globals(), async (o) => {
-        const { kernels } = await o.client(KernelService).listKernels({}, o.callOptions());
-        printKernels(kernels, opts.json === true);
-      });
-    });
-  kernel
-    .command("show")
-    .argument("<name>", "kernel name")
-    .description("one kernel: version, digest, sizes, initrd, modules, who uses it")
-    .option("--json", "print JSON")
-    .action(async (name: string, opts: { json?: boolean }) => {
-      await withOrchestrator(globals(), async (o) => {
-        const { kernel: found } = await o.client(KernelService).getKernel({ name }, o.callOptions());
-        if (!found) return;
-        if (opts.json) return printKernels([found], true);
-        process.stdout.write(
-          [
-            `name:      ${found.name}${found.isDefault ? " (default)" : ""}`,
-            `version:   ${found.version || "unknown"}`,
-            `kernel:    ${mib(found.kernelBytes)}, ${found.uncompressed ? "vmlinux (uncompressed)" : "vmlinuz (compressed)"}`,
-            `digest:    ${found.kernelSha256}`,
-            `initrd:    ${found.initrdBytes > 0n ? mib(found.initrdBytes) : "none"}`,
-            `modules:   ${found.hasModules ? "yes" : "no"}`,
-            `imported:  ${found.createTime ? timestampDate(found.createTime).toISOString() : ""}`,
-            `used by:   ${found.usedBy.length > 0 ? found.usedBy.join(", ") : "nothing"}`,
-          ].join("\n") + "\n",
-        );
-      });
-    });
-  kernel
-    .command("set-default")
-    .argument("<name>", "kernel name")
-    .description("make a kernel the default (the previous default stops being it)")
-    .action(async (name: string) => {
-      await withOrchestrator(globals(), async (o) => {
-        await o.client(KernelService).setDefaultKernel({ name }, o.callOptions());
-        process.stderr.write(`${name} is now the default kernel\n`);
-      });
-    });
-  kernel
-    .command("delete")
-    .argument("<name>", "kernel name")
-    .description("delete a kernel (refused while an image or VM uses it; deleting a missing kernel succeeds)")
-    .action(async (name: string) => {
-      await withOrchestrator(globals(), async (o) => {
-        const { existed } = await o.client(KernelService).deleteKernel({ name }, o.callOptions());
-        process.stderr.write(existed ? `deleted ${name}\n` : `no kernel ${name}: nothing to delete\n`);
+        const done = await announceAndWatch(o, operation, `building the initramfs of ${operation.target}`, opts.wait);
+        if (done?.result.case === "kernel") printKernels([done.result.value], opts.json === true);
       });
     });
 }
 
+/** The lines of `kernel show`. */
+function describeKernel(found: Kernel): string[] {
+  return [
+    `name:      ${found.name}${found.isDefault ? " (default)" : ""}`,
+    `version:   ${found.version || "unknown"}`,
+    `kernel:    ${mib(found.kernelBytes)}, ${found.uncompressed ? "vmlinux (uncompressed)" : "vmlinuz (compressed)"}`,
+    `digest:    ${found.kernelSha256}`,
+    `initrd:    ${found.initrdBytes > 0n ? mib(found.initrdBytes) : "none"}`,
+    `modules:   ${found.hasModules ? "yes" : "no"}`,
+    `imported:  ${found.createTime ? timestampDate(found.createTime).toISOString() : ""}`,
+    `used by:   ${found.usedBy.length > 0 ? found.usedBy.join(", ") : "nothing"}`,
+  ];
+}
+
 function printKernels(kernels: readonly Kernel[], json: boolean): void {
-  if (json) {
-    process.stdout.write(
-      JSON.stringify(
-        kernels.map((k) => toJson(KernelSchema, k)),
-        null,
-        2,
-      ) + "\n",
-    );
-    return;
-  }
+  if (json) return printJsonList(KernelSchema, kernels);
   const rows = kernels.map((k) => [
     `${k.name}${k.isDefault ? " *" : ""}`,
     k.version,
@@ -152,6 +115,13 @@ function printKernels(kernels: readonly Kernel[], json: boolean): void {
   process.stdout.write(renderTable(["NAME", "VERSION", "KERNEL", "INITRD", "MODULES", "USED BY"], rows));
 }
 
-function mib(bytes: bigint): string {
-  return `${(Number(bytes) / 1048576).toFixed(1)} MiB`;
-}
+/** `kernel list` and `kernel show`. */
+const KERNEL_LISTING: ListShowSpec<Kernel> = {
+  listDescription: "imported kernels; * marks the default",
+  showDescription: "one kernel: version, digest, sizes, initrd, modules, who uses it",
+  nameArgument: "kernel name",
+  fetchAll: async (o) => (await o.client(KernelService).listKernels({}, o.callOptions())).kernels,
+  fetchOne: async (o, name) => (await o.client(KernelService).getKernel({ name }, o.callOptions())).kernel,
+  print: printKernels,
+  describe: describeKernel,
+};

@@ -86,6 +86,24 @@ export async function watchToEnd(o: Orchestrator, id: string): Promise<Operation
   return last;
 }
 
+/**
+ * Says on stderr that an operation started (`<what> (<op id>)`); with --no-wait prints its id on
+ * stdout and returns undefined, else follows it to its end (see watchToEnd) and returns it.
+ */
+export async function announceAndWatch(
+  o: Orchestrator,
+  operation: Operation,
+  what: string,
+  wait: boolean,
+): Promise<Operation | undefined> {
+  process.stderr.write(`${what} (${operation.id})\n`);
+  if (!wait) {
+    process.stdout.write(`${operation.id}\n`);
+    return undefined;
+  }
+  return watchToEnd(o, operation.id);
+}
+
 /** A failed operation's record of what the VM printed last (`console: …`, `vmm: …` lines), indented. */
 function lastOutput(tail: string): string {
   const lines = tail.split("\n").map((line) => `  ${line}\n`);

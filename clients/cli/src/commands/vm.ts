@@ -10,8 +10,11 @@ import type { Command } from "commander";
 import type { Orchestrator } from "../client.js";
 import type { GlobalOptions } from "../context.js";
 import { PassExitCode, UsageError } from "../errors.js";
+import { printJsonList } from "../render/json.js";
+import { mib } from "../render/size.js";
 import { renderTable } from "../render/table.js";
-import { watchToEnd, withOrchestrator } from "./op.js";
+import { registerListShow } from "./resource.js";
+import { announceAndWatch, watchToEnd, withOrchestrator } from "./op.js";
 
 const stateWord = (state: VmState) => VmState[state].toLowerCase();
 
@@ -33,13 +36,8 @@ async function follow(
   opts: { json?: boolean; wait?: boolean },
 ) {
   if (!operation) return;
-  process.stderr.write(`${what} ${operation.target} (${operation.id})\n`);
-  if (opts.wait === false) {
-    process.stdout.write(`${operation.id}\n`);
-    return;
-  }
-  const done = await watchToEnd(o, operation.id);
-  if (done.result.case === "vm") printVms([done.result.value], opts.json === true);
+  const done = await announceAndWatch(o, operation, `${what} ${operation.target}`, opts.wait !== false);
+  if (done?.result.case === "vm") printVms([done.result.value], opts.json === true);
 }
 
 export function registerVmCommands(program: Command, globals: () => GlobalOptions): void {
@@ -48,6 +46,26 @@ export function registerVmCommands(program: Command, globals: () => GlobalOption
     .description(
       "virtual machines: create, list, show, start, stop, restart, delete, set, logs, stats, ports, ssh, exec, run",
     );
+  registerCreateCommand(vm, globals);
+  registerListShow(vm, globals, {
+    listDescription: "all VMs",
+    showDescription: "one VM: state, addresses, sizes, image and kernel",
+    nameArgument: "VM name",
+    fetchAll: async (o) => (await o.client(VmService).listVms({}, o.callOptions())).vms,
+    fetchOne: async (o, name) => (await o.client(VmService).getVm({ name }, o.callOptions())).vm,
+    print: printVms,
+    describe: describeVm,
+  });
+  registerStartCommand(vm, globals);
+  registerStopRestartCommands(vm, globals);
+  registerDeleteCommand(vm, globals);
+  registerObserveCommands(vm, globals);
+  registerRunCommands(vm, globals);
+  registerSetCommand(vm, globals);
+}
+
+/** `vm create`. */
+function registerCreateCommand(vm: Command, globals: () => GlobalOptions): void {
   vm.command("create")
     .description(
       "create a VM from an image and boot it; shows each stage, exits 1 if a stage fails (nothing is left behind)",
@@ -95,41 +113,10 @@ export function registerVmCommands(program: Command, globals: () => GlobalOption
         });
       },
     );
-  vm.command("list")
-    .description("all VMs")
-    .option("--json", "print JSON")
-    .action(async (opts: { json?: boolean }) => {
-      await withOrchestrator(globals(), async (o) => {
-        const { vms } = await o.client(VmService).listVms({}, o.callOptions());
-        printVms(vms, opts.json === true);
-      });
-    });
-  vm.command("show")
-    .argument("<name>", "VM name")
-    .description("one VM: state, addresses, sizes, image and kernel")
-    .option("--json", "print JSON")
-    .action(async (name: string, opts: { json?: boolean }) => {
-      await withOrchestrator(globals(), async (o) => {
-        const { vm: found } = await o.client(VmService).getVm({ name }, o.callOptions());
-        if (!found) return;
-        if (opts.json) return printVms([found], true);
-        process.stdout.write(
-          [
-            `name:      ${found.name} (${found.id})`,
-            `state:     ${stateWord(found.state)}${found.pid ? ` (pid ${found.pid})` : ""}`,
-            `image:     ${found.image}   kernel: ${found.kernel}`,
-            `address:   ${found.guestIp} (${found.name}.vm)  mac ${found.mac}  vsock cid ${found.vsockCid}`,
-            `size:      ${found.vcpu} vcpu, ${found.memoryMib} MiB memory, ${found.workDiskMib} MiB work disk`,
-            `nat:       ${found.nat ? "on" : "off"}`,
-            ...(found.agentHealth === AgentHealth.UNSPECIFIED ? [] : [`agent:     ${agentWord(found)}`]),
-            ...(found.pendingChanges.length > 0
-              ? [`pending:   ${found.pendingChanges.join(", ")} (at next start)`]
-              : []),
-            ...(found.lastError ? [`error:     ${found.lastError}`] : []),
-          ].join("\n") + "\n",
-        );
-      });
-    });
+}
+
+/** `vm start`. */
+function registerStartCommand(vm: Command, globals: () => GlobalOptions): void {
   vm.command("start")
     .argument("<name>", "VM name")
     .description("boot a stopped VM (applying changes made with 'vm set')")
@@ -146,6 +133,10 @@ export function registerVmCommands(program: Command, globals: () => GlobalOption
         await follow(o, operation, "starting", opts);
       });
     });
+}
+
+/** `vm stop` and `vm restart`: the same options but --no-ssh-wait, which only restart has. */
+function registerStopRestartCommands(vm: Command, globals: () => GlobalOptions): void {
   for (const [command, verb, description] of [
     [
       "stop",
@@ -190,6 +181,10 @@ export function registerVmCommands(program: Command, globals: () => GlobalOption
         },
       );
   }
+}
+
+/** `vm delete`. */
+function registerDeleteCommand(vm: Command, globals: () => GlobalOptions): void {
   vm.command("delete")
     .argument("<name>", "VM name")
     .description("stop a VM and remove it with every host resource and file it had (deleting a missing VM succeeds)")
@@ -204,8 +199,10 @@ export function registerVmCommands(program: Command, globals: () => GlobalOption
         process.stderr.write(`deleted ${name}\n`);
       });
     });
-  registerObserveCommands(vm, globals);
-  registerRunCommands(vm, globals);
+}
+
+/** `vm set`. */
+function registerSetCommand(vm: Command, globals: () => GlobalOptions): void {
   vm.command("set")
     .argument("<name>", "VM name")
     .description("change vcpu or memory (at the next start if it runs), grow the work disk, turn NAT on or off")
@@ -266,7 +263,6 @@ function registerObserveCommands(vm: Command, globals: () => GlobalOptions): voi
           process.stdout.write(JSON.stringify(toJson(VmStatsResponseSchema, stats), null, 2) + "\n");
           return;
         }
-        const mib = (bytes: bigint) => `${(Number(bytes) / 1048576).toFixed(1)} MiB`;
         const secs = (d: { seconds: bigint; nanos: number } | undefined) =>
           d ? `${(Number(d.seconds) + d.nanos / 1e9).toFixed(1)} s` : "0 s";
         process.stdout.write(
@@ -287,16 +283,7 @@ function registerObserveCommands(vm: Command, globals: () => GlobalOptions): voi
     .action(async (name: string, opts: { json?: boolean }) => {
       await withOrchestrator(globals(), async (o) => {
         const { ports } = await o.client(VmService).vmPorts({ name }, o.callOptions());
-        if (opts.json) {
-          process.stdout.write(
-            JSON.stringify(
-              ports.map((p) => toJson(ListeningPortSchema, p)),
-              null,
-              2,
-            ) + "\n",
-          );
-          return;
-        }
+        if (opts.json) return printJsonList(ListeningPortSchema, ports);
         const rows = ports.map((p) => [p.protocol, p.address, String(p.port), p.process]);
         process.stdout.write(renderTable(["PROTO", "ADDRESS", "PORT", "PROCESS"], rows));
       });
@@ -413,17 +400,23 @@ function registerRunCommands(vm: Command, globals: () => GlobalOptions): void {
     );
 }
 
+/** The lines of `vm show`. */
+function describeVm(found: Vm): string[] {
+  return [
+    `name:      ${found.name} (${found.id})`,
+    `state:     ${stateWord(found.state)}${found.pid ? ` (pid ${found.pid})` : ""}`,
+    `image:     ${found.image}   kernel: ${found.kernel}`,
+    `address:   ${found.guestIp} (${found.name}.vm)  mac ${found.mac}  vsock cid ${found.vsockCid}`,
+    `size:      ${found.vcpu} vcpu, ${found.memoryMib} MiB memory, ${found.workDiskMib} MiB work disk`,
+    `nat:       ${found.nat ? "on" : "off"}`,
+    ...(found.agentHealth === AgentHealth.UNSPECIFIED ? [] : [`agent:     ${agentWord(found)}`]),
+    ...(found.pendingChanges.length > 0 ? [`pending:   ${found.pendingChanges.join(", ")} (at next start)`] : []),
+    ...(found.lastError ? [`error:     ${found.lastError}`] : []),
+  ];
+}
+
 function printVms(vms: readonly Vm[], json: boolean): void {
-  if (json) {
-    process.stdout.write(
-      JSON.stringify(
-        vms.map((v) => toJson(VmSchema, v)),
-        null,
-        2,
-      ) + "\n",
-    );
-    return;
-  }
+  if (json) return printJsonList(VmSchema, vms);
   const rows = vms.map((v) => [
     v.name,
     stateWord(v.state),
