@@ -38,93 +38,33 @@ export abstract class BangerError extends Error {
   }
 }
 
-export class InvalidArgumentError extends BangerError {
-  readonly kind = "invalid-argument";
-  override readonly name = "InvalidArgumentError";
-  constructor(message: string, options?: BangerErrorOptions) {
-    super(message, "INVALID_ARGUMENT", options);
-  }
+/**
+ * The class of one error kind: the classes below differ only in their kind and their name. The
+ * reason they carry when the thrower names none is the kind in UPPER_SNAKE (`NOT_FOUND`).
+ * `name` is a plain string so that a subclass (HostCommandError) can name itself.
+ */
+function errorOfKind<K extends ErrorKind>(kind: K, name: string) {
+  const defaultReason = kind.toUpperCase().replace(/-/g, "_");
+  return class extends BangerError {
+    readonly kind: K = kind;
+    override readonly name: string = name;
+    constructor(message: string, options?: BangerErrorOptions) {
+      super(message, defaultReason, options);
+    }
+  };
 }
 
-export class NotFoundError extends BangerError {
-  readonly kind = "not-found";
-  override readonly name = "NotFoundError";
-  constructor(message: string, options?: BangerErrorOptions) {
-    super(message, "NOT_FOUND", options);
-  }
-}
-
-export class AlreadyExistsError extends BangerError {
-  readonly kind = "already-exists";
-  override readonly name = "AlreadyExistsError";
-  constructor(message: string, options?: BangerErrorOptions) {
-    super(message, "ALREADY_EXISTS", options);
-  }
-}
-
-export class FailedPreconditionError extends BangerError {
-  readonly kind = "failed-precondition";
-  override readonly name = "FailedPreconditionError";
-  constructor(message: string, options?: BangerErrorOptions) {
-    super(message, "FAILED_PRECONDITION", options);
-  }
-}
-
-export class PermissionDeniedError extends BangerError {
-  readonly kind = "permission-denied";
-  override readonly name = "PermissionDeniedError";
-  constructor(message: string, options?: BangerErrorOptions) {
-    super(message, "PERMISSION_DENIED", options);
-  }
-}
-
-export class ResourceExhaustedError extends BangerError {
-  readonly kind = "resource-exhausted";
-  override readonly name = "ResourceExhaustedError";
-  constructor(message: string, options?: BangerErrorOptions) {
-    super(message, "RESOURCE_EXHAUSTED", options);
-  }
-}
-
-export class UnavailableError extends BangerError {
-  readonly kind = "unavailable";
-  override readonly name = "UnavailableError";
-  constructor(message: string, options?: BangerErrorOptions) {
-    super(message, "UNAVAILABLE", options);
-  }
-}
-
-export class DeadlineExceededError extends BangerError {
-  readonly kind = "deadline-exceeded";
-  override readonly name = "DeadlineExceededError";
-  constructor(message: string, options?: BangerErrorOptions) {
-    super(message, "DEADLINE_EXCEEDED", options);
-  }
-}
-
-export class CancelledError extends BangerError {
-  readonly kind = "cancelled";
-  override readonly name = "CancelledError";
-  constructor(message: string, options?: BangerErrorOptions) {
-    super(message, "CANCELLED", options);
-  }
-}
-
-export class UnimplementedError extends BangerError {
-  readonly kind = "unimplemented";
-  override readonly name = "UnimplementedError";
-  constructor(message: string, options?: BangerErrorOptions) {
-    super(message, "UNIMPLEMENTED", options);
-  }
-}
-
-export class InternalError extends BangerError {
-  readonly kind = "internal";
-  override readonly name: string = "InternalError";
-  constructor(message: string, options?: BangerErrorOptions) {
-    super(message, "INTERNAL", options);
-  }
-}
+export class InvalidArgumentError extends errorOfKind("invalid-argument", "InvalidArgumentError") {}
+export class NotFoundError extends errorOfKind("not-found", "NotFoundError") {}
+export class AlreadyExistsError extends errorOfKind("already-exists", "AlreadyExistsError") {}
+export class FailedPreconditionError extends errorOfKind("failed-precondition", "FailedPreconditionError") {}
+export class PermissionDeniedError extends errorOfKind("permission-denied", "PermissionDeniedError") {}
+export class ResourceExhaustedError extends errorOfKind("resource-exhausted", "ResourceExhaustedError") {}
+export class UnavailableError extends errorOfKind("unavailable", "UnavailableError") {}
+export class DeadlineExceededError extends errorOfKind("deadline-exceeded", "DeadlineExceededError") {}
+export class CancelledError extends errorOfKind("cancelled", "CancelledError") {}
+export class UnimplementedError extends errorOfKind("unimplemented", "UnimplementedError") {}
+export class InternalError extends errorOfKind("internal", "InternalError") {}
 
 /** A host command that failed: keeps the argv, exit code and the tail of stderr. */
 export class HostCommandError extends InternalError {
