@@ -63,14 +63,15 @@ export default tseslint.config(
       message: "core/ is proto-free: map at the rpc/ edge",
     };
     // The root helper loads only what it runs: common through its subpath entry points, never the root index
-    // (which pulls in the registry and credential-helper code); test code may use the root.
+    // (which pulls in the registry and credential-helper code); test code may use the root. The puller too.
+    const subpathsOnly = dir === "services/privileged" || dir === "services/image-puller";
     const commonRoot = {
       name: "@banger/common",
-      message: "the privileged helper imports common through its subpaths (@banger/common/errors, …) only",
+      message: "this service imports common through its subpaths (@banger/common/errors, …) only",
     };
     return [
       { files: [`${dir}/**/*.ts`], rules: { "no-restricted-imports": ["error", { patterns: [others] }] } },
-      ...(dir === "services/privileged"
+      ...(subpathsOnly
         ? [
             {
               files: [`${dir}/src/**/*.ts`],
@@ -81,7 +82,12 @@ export default tseslint.config(
         : []),
       {
         files: [`${dir}/src/core/**/*.ts`],
-        rules: { "no-restricted-imports": ["error", { patterns: [others, protoFree] }] },
+        rules: {
+          "no-restricted-imports": [
+            "error",
+            { patterns: [others, protoFree], ...(subpathsOnly ? { paths: [commonRoot] } : {}) },
+          ],
+        },
       },
     ];
   }),

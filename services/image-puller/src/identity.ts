@@ -1,4 +1,5 @@
-import { BANGER_VERSION, effectiveCapabilities, type ServiceIdentity } from "@banger/common";
+import { BANGER_VERSION } from "@banger/common/version";
+import { effectiveCapabilities, type ServiceIdentity } from "@banger/common/process-info";
 
 /**
  * Who the puller runs as. It parses untrusted archives, so the right answer

@@ -2,7 +2,8 @@
 import { homedir } from "node:os";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, runService, runtimeLayout, stateLayout } from "@banger/common";
+import { DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, runtimeLayout, stateLayout } from "@banger/common/layout";
+import { runService } from "@banger/common/service-main";
 import { PullerService, file_banger_imagepuller_v1_puller } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import { createImageBuilder, DEFAULT_BUILD_LIMITS, type BuildLimits } from "./image-builder.js";
 import { createScratchDir } from "./layers/scratch.js";

@@ -14,7 +14,8 @@
 import { createHash } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, rm, stat, utimes, writeFile, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
-import { copySparse, processIsAlive } from "@banger/common";
+import { copySparse } from "@banger/common/copy-file";
+import { processIsAlive } from "@banger/common/process-info";
 
 export interface BuildKey {
   readonly manifestDigest: string;

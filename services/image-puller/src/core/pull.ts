@@ -11,7 +11,7 @@ import {
   InvalidArgumentError,
   PermissionDeniedError,
   ResourceExhaustedError,
-} from "@banger/common";
+} from "@banger/common/errors";
 import {
   DEFAULT_PLATFORM,
   parseReference,

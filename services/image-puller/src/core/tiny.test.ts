@@ -8,7 +8,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { elfLinking } from "@banger/common";
+import { elfLinking } from "@banger/common/static-busybox";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createImageBuilder } from "../image-builder.js";
 import { buildTiny, tinyEntries, type TinyEvent } from "./tiny.js";

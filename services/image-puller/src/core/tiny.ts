@@ -14,7 +14,8 @@ import { createWriteStream } from "node:fs";
 import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import { DEFAULT_BUSYBOX, readStaticBusybox, runProcess } from "@banger/common";
+import { DEFAULT_BUSYBOX, readStaticBusybox } from "@banger/common/static-busybox";
+import { runProcess } from "@banger/common/host-runner";
 import tar from "tar-stream";
 import { prepareStaging, stageTimer, type ImageBuilder, type PullResult, type PullStageName } from "./pull.js";
 

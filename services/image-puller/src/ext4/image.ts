@@ -10,7 +10,7 @@
 import { lstat, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { runProcess } from "@banger/common";
+import { runProcess } from "@banger/common/host-runner";
 import { shownName, type EntryMeta, type MetadataMap } from "../layers/metadata.js";
 
 export interface RootfsOptions {

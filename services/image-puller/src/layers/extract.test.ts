@@ -20,7 +20,7 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
-import { InvalidArgumentError, ResourceExhaustedError } from "@banger/common";
+import { InvalidArgumentError, ResourceExhaustedError } from "@banger/common/errors";
 import { requireTools } from "@banger/common/testing";
 import tar from "tar-stream";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";

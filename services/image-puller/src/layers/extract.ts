@@ -40,14 +40,8 @@ import { open, readdir } from "node:fs/promises";
 import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip } from "node:zlib";
-import {
-  BangerError,
-  HostCommandError,
-  InvalidArgumentError,
-  ResourceExhaustedError,
-  streamProcess,
-  type StreamedRun,
-} from "@banger/common";
+import { BangerError, HostCommandError, InvalidArgumentError, ResourceExhaustedError } from "@banger/common/errors";
+import { streamProcess, type StreamedRun } from "@banger/common/host-runner";
 import tar, { type Header } from "tar-stream";
 import {
   imageTooLarge,

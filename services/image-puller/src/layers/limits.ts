@@ -4,7 +4,7 @@
  * or millions of entries. Memory is bounded by streaming with backpressure
  * (see extract.ts); these bound the work, the disk and the recorded metadata.
  */
-import { ResourceExhaustedError } from "@banger/common";
+import { ResourceExhaustedError } from "@banger/common/errors";
 
 const MIB = 1024 ** 2;
 const GIB = 1024 ** 3;

@@ -13,7 +13,8 @@
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, rm, stat, utimes, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
-import { FailedPreconditionError, NotFoundError, processIsAlive } from "@banger/common";
+import { FailedPreconditionError, NotFoundError } from "@banger/common/errors";
+import { processIsAlive } from "@banger/common/process-info";
 import { blobTruncated, DigestMismatchError, digestHex, sha256Digest } from "./digest.js";
 
 /** A blob's bytes as they arrive: a web stream (a fetch body), any async iterable, or chunks at hand. */

@@ -8,12 +8,12 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BangerError } from "@banger/common";
+import { BangerError } from "@banger/common/errors";
 import { createBlobCache } from "./blob-cache.js";
 import { createRegistryClient } from "./client.js";
 import { DigestMismatchError } from "./digest.js";
 import { DEFAULT_PLATFORM, MediaType, type Descriptor } from "./manifest.js";
-import { parseReference } from "@banger/common";
+import { parseReference } from "@banger/common/registry";
 import { sha256 } from "./testing/oci-image.js";
 import { startBlobStore, startFakeRegistry, type FakeServer } from "./testing/fake-registry.js";
 

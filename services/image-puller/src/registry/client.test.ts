@@ -10,12 +10,11 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BangerError } from "@banger/common";
+import { BangerError } from "@banger/common/errors";
 import { createBlobCache } from "./blob-cache.js";
 import { createRegistryClient, type RegistryClientOptions } from "./client.js";
-import type { CredentialHelper } from "@banger/common";
 import { DEFAULT_PLATFORM, MediaType } from "./manifest.js";
-import { parseReference } from "@banger/common";
+import { parseReference, type CredentialHelper } from "@banger/common/registry";
 import {
   REGISTRY_TOOLS,
   makeImage,

@@ -10,7 +10,7 @@
  * is cached makes no request at all, and a cached blob is never fetched again.
  */
 import { stat } from "node:fs/promises";
-import { FailedPreconditionError, NotFoundError } from "@banger/common";
+import { FailedPreconditionError, NotFoundError } from "@banger/common/errors";
 import type { BlobBody, BlobCache } from "./blob-cache.js";
 import {
   abortError,
@@ -20,7 +20,7 @@ import {
   type CredentialHelper,
   type Credentials,
   type ImageReference,
-} from "@banger/common";
+} from "@banger/common/registry";
 import { blobTruncated, DigestMismatchError, sha256Digest } from "./digest.js";
 import {
   formatPlatform,

@@ -3,7 +3,12 @@
  * match them. Only sha256 is supported (as by every registry in use).
  */
 import { createHash } from "node:crypto";
-import { FailedPreconditionError, InternalError, UnavailableError, type BangerErrorOptions } from "@banger/common";
+import {
+  FailedPreconditionError,
+  InternalError,
+  UnavailableError,
+  type BangerErrorOptions,
+} from "@banger/common/errors";
 
 const SHA256_DIGEST = /^sha256:([a-f0-9]{64})$/;
 

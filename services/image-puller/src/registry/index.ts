@@ -25,7 +25,7 @@ export {
   type HelperCredentials,
   type ImageReference,
   type ProcessCredentialHelperOptions,
-} from "@banger/common";
+} from "@banger/common/registry";
 export { DigestMismatchError, isSha256Digest } from "./digest.js";
 export {
   DEFAULT_PLATFORM,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { BangerError } from "@banger/common";
+import { BangerError } from "@banger/common/errors";
 import {
   formatPlatform,
   indexPlatforms,

@@ -3,7 +3,7 @@
  * untrusted JSON into checked, typed values (or a FailedPreconditionError /
  * InvalidArgumentError that says what is wrong with the image).
  */
-import { FailedPreconditionError, InvalidArgumentError } from "@banger/common";
+import { FailedPreconditionError, InvalidArgumentError } from "@banger/common/errors";
 import { isSha256Digest } from "./digest.js";
 
 export const MediaType = {

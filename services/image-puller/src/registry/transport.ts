@@ -4,17 +4,16 @@
  * redirects followed by hand so that Authorization never leaves the origin
  * it was meant for, and network failures turned into typed errors.
  */
+import { abortError, type Credentials } from "@banger/common/registry";
+import { BANGER_VERSION } from "@banger/common/version";
 import {
-  abortError,
-  BANGER_VERSION,
   BangerError,
   FailedPreconditionError,
   NotFoundError,
   PermissionDeniedError,
   ResourceExhaustedError,
   UnavailableError,
-} from "@banger/common";
-import type { Credentials } from "@banger/common";
+} from "@banger/common/errors";
 
 export type FetchFunction = typeof globalThis.fetch;
 

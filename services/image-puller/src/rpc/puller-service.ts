@@ -1,4 +1,7 @@
-import { InvalidArgumentError, eventStream, implementService, type Logger } from "@banger/common";
+import { InvalidArgumentError } from "@banger/common/errors";
+import { eventStream } from "@banger/common/event-stream";
+import { implementService } from "@banger/common/service-impl";
+import type { Logger } from "@banger/common/logging";
 import {
   LayerState,
   PullStage,
