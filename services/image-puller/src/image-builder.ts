@@ -4,7 +4,8 @@ import { DEFAULT_BUILD_LIMITS, type BuildLimits, type BuildUsage } from "./layer
 import type { MetadataMap } from "./layers/metadata.js";
 import type { ImageBuilder } from "./core/pull.js";
 
-export { applyLayer, treePath } from "./layers/extract.js";
+export { applyLayer } from "./layers/extract.js";
+export { treePath } from "./layers/tree.js";
 export { buildRootfs, buildWorkSeed, verifyExt4 } from "./ext4/image.js";
 export { DEFAULT_BUILD_LIMITS, type BuildLimits, type BuildUsage } from "./layers/limits.js";
 export type { EntryMeta, MetadataMap } from "./layers/metadata.js";

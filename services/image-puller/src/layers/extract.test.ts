@@ -24,7 +24,8 @@ import { InvalidArgumentError, ResourceExhaustedError } from "@banger/common/err
 import { requireTools } from "@banger/common/testing";
 import tar from "tar-stream";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { applyLayer, paxRecords } from "./extract.js";
+import { applyLayer } from "./extract.js";
+import { paxRecords } from "./layer-stream.js";
 import { DEFAULT_BUILD_LIMITS, type BuildLimits, type BuildUsage } from "./limits.js";
 import type { MetadataMap } from "./metadata.js";
 import { rawTar } from "./testing/raw-tar.js";
