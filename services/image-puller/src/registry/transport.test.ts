@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { allowsPlainHttp, parseChallenge } from "./transport.js";
+import { parseChallenge } from "./auth.js";
+import { allowsPlainHttp } from "./http.js";
 
 describe("parseChallenge", () => {
   it("reads Bearer and Basic challenges", () => {
