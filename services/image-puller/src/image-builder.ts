@@ -2,7 +2,7 @@ import { applyLayer } from "./layers/extract.js";
 import { buildRootfs, buildWorkSeed, verifyExt4 } from "./ext4/image.js";
 import { DEFAULT_BUILD_LIMITS, type BuildLimits, type BuildUsage } from "./layers/limits.js";
 import type { MetadataMap } from "./layers/metadata.js";
-import type { ImageBuilder } from "./core/pull.js";
+import type { ImageBuilder } from "./core/ports.js";
 
 export { applyLayer } from "./layers/extract.js";
 export { treePath } from "./layers/tree.js";

@@ -7,8 +7,9 @@ import { runService } from "@banger/common/service-main";
 import { PullerService, file_banger_imagepuller_v1_puller } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import { createImageBuilder, DEFAULT_BUILD_LIMITS, type BuildLimits } from "./image-builder.js";
 import { createScratchDir } from "./layers/scratch.js";
-import { createBuiltCache } from "./core/built-cache.js";
-import { createBlobCache, defaultDockerConfigPath } from "./registry/index.js";
+import { createBuiltCache } from "./cache/built-cache.js";
+import { createHostBusybox } from "./host/busybox.js";
+import { createBlobCache, createRegistryClient, defaultDockerConfigPath } from "./registry/index.js";
 import { createPullerService } from "./rpc/puller-service.js";
 
 const { values } = parseArgs({
@@ -47,6 +48,9 @@ const limits: BuildLimits = {
 };
 
 const stateDir = resolve(values["state-dir"]);
+// The composition root: every adapter core uses (core/ports.ts) is built here.
+const cache = createBlobCache(resolve(values["cache-dir"] ?? stateLayout(stateDir).blobCacheDir));
+const dockerConfigPath = defaultDockerConfigPath(process.env, homedir());
 await runService({
   service: "image-puller",
   socketPath: values.socket ?? runtimeLayout(values["runtime-dir"]).pullerSocket,
@@ -58,7 +62,9 @@ await runService({
       createPullerService({
         // Staging directories the orchestrator names must be inside the state directory.
         stateDir,
-        cache: createBlobCache(resolve(values["cache-dir"] ?? stateLayout(stateDir).blobCacheDir)),
+        cache,
+        openRegistry: (access) =>
+          createRegistryClient({ cache, ...access, ...(dockerConfigPath ? { dockerConfigPath } : {}) }),
         createBuilder: (maxTreeBytes) =>
           createImageBuilder(
             maxTreeBytes === undefined
@@ -68,8 +74,7 @@ await runService({
         scratchDir: createScratchDir(values["scratch-dir"]),
         builtCache: createBuiltCache(stateLayout(stateDir).builtCacheDir),
         logger,
-        dockerConfigPath: defaultDockerConfigPath(process.env, homedir()),
-        ...(values.busybox ? { busybox: resolve(values.busybox) } : {}),
+        busybox: createHostBusybox(values.busybox ? resolve(values.busybox) : undefined),
       }),
     );
   },

@@ -24,7 +24,8 @@ import {
   type FixtureLayer,
 } from "../registry/testing/oci-image.js";
 import { startRegistry, type RegistryProcess } from "../registry/testing/registry-process.js";
-import { createBuiltCache, type BuiltCache } from "./built-cache.js";
+import { createBuiltCache } from "../cache/built-cache.js";
+import type { BuiltCache } from "./ports.js";
 import { pull, type PullEvent } from "./pull.js";
 
 const HAVE_REGISTRY_TOOLS =

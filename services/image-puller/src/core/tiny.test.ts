@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { elfLinking } from "@banger/common/static-busybox";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createHostBusybox } from "../host/busybox.js";
 import { createImageBuilder } from "../image-builder.js";
 import { buildTiny, tinyEntries, type TinyEvent } from "./tiny.js";
 
@@ -56,7 +57,7 @@ describe.skipIf(!haveStaticBusybox || !haveE2fsprogs)("buildTiny", () => {
   it("builds busybox, its applets and /etc into a clean image owned by root, and a work seed", async () => {
     const events: TinyEvent[] = [];
     const result = await buildTiny(
-      { createBuilder: () => createImageBuilder(), stateDir: state },
+      { createBuilder: () => createImageBuilder(), stateDir: state, busybox: createHostBusybox(BUSYBOX) },
       { stagingDir: staging, minRootfsMib: 64 },
       signal,
       (e) => events.push(e),
@@ -92,7 +93,7 @@ describe.skipIf(!haveStaticBusybox || !haveE2fsprogs)("buildTiny", () => {
     rmSync(staging, { recursive: true });
     mkdirSync(staging);
     const again = await buildTiny(
-      { createBuilder: () => createImageBuilder(), stateDir: state },
+      { createBuilder: () => createImageBuilder(), stateDir: state, busybox: createHostBusybox(BUSYBOX) },
       { stagingDir: staging, minRootfsMib: 64 },
       signal,
       () => {},
@@ -103,7 +104,7 @@ describe.skipIf(!haveStaticBusybox || !haveE2fsprogs)("buildTiny", () => {
   it("refuses a busybox that is not static, leaving the staging directory empty", async () => {
     await expect(
       buildTiny(
-        { createBuilder: () => createImageBuilder(), stateDir: state, busybox: process.execPath },
+        { createBuilder: () => createImageBuilder(), stateDir: state, busybox: createHostBusybox(process.execPath) },
         { stagingDir: staging, minRootfsMib: 64 },
         signal,
         () => {},

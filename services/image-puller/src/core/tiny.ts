@@ -11,13 +11,21 @@
  * nothing is left there.
  */
 import { createWriteStream } from "node:fs";
-import { mkdir, readdir, rm } from "node:fs/promises";
+import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import { DEFAULT_BUSYBOX, readStaticBusybox } from "@banger/common/static-busybox";
-import { runProcess } from "@banger/common/host-runner";
 import tar from "tar-stream";
-import { prepareStaging, stageTimer, type ImageBuilder, type PullResult, type PullStageName } from "./pull.js";
+import type { Busybox, ImageBuilder } from "./ports.js";
+import type { PullResult } from "./pull.js";
+import {
+  builderStages,
+  emptyStaging,
+  prepareStaging,
+  ROOTFS_FILE,
+  stageTimer,
+  WORK_SEED_FILE,
+  type StageEvent,
+} from "./staging.js";
 
 export interface TinyRequest {
   readonly stagingDir: string;
@@ -28,25 +36,15 @@ export interface TinyDeps {
   readonly createBuilder: () => ImageBuilder;
   /** The orchestrator's state directory: staging directories must be inside it. */
   readonly stateDir: string;
-  /** The static busybox to put in; default /bin/busybox. */
-  readonly busybox?: string;
-  /** Its applets' paths ("bin/ls", "sbin/ip", …); default: what `busybox --list-full` prints. */
-  readonly applets?: (busybox: string, signal: AbortSignal) => Promise<readonly string[]>;
+  /** The static busybox to put in, and its applets. */
+  readonly busybox: Busybox;
 }
 
-export type TinyEvent = {
-  readonly kind: "stage";
-  readonly stage: PullStageName;
-  readonly done: boolean;
-  readonly durationMs: number;
-  readonly message: string;
-};
+export type TinyEvent = StageEvent;
 
 /** The name the orchestrator publishes it under. */
 export const TINY_IMAGE = "tiny";
 
-const ROOTFS_FILE = "rootfs.ext4";
-const WORK_SEED_FILE = "work-seed.ext4";
 const LAYER_FILE = ".tiny-layer.tar";
 
 type TarEntry =
@@ -134,10 +132,6 @@ async function writeTar(entries: readonly TarEntry[], file: string, signal: Abor
   await written;
 }
 
-async function busyboxApplets(busybox: string, signal: AbortSignal): Promise<readonly string[]> {
-  return (await runProcess([busybox, "--list-full"], { signal })).stdout.toString().split("\n");
-}
-
 /** Builds `tiny` into the staging directory: the tree, then the root filesystem and work seed as a pull does. */
 export async function buildTiny(
   deps: TinyDeps,
@@ -145,15 +139,14 @@ export async function buildTiny(
   signal: AbortSignal,
   emit: (event: TinyEvent) => void,
 ): Promise<PullResult> {
-  const busyboxPath = deps.busybox ?? DEFAULT_BUSYBOX;
   await prepareStaging(deps.stateDir, req.stagingDir);
   const builder = deps.createBuilder();
   const tree = join(req.stagingDir, ".tree");
   const layer = join(req.stagingDir, LAYER_FILE);
   const timed = stageTimer(emit);
   try {
-    const busybox = await readStaticBusybox(busyboxPath);
-    const applets = await (deps.applets ?? busyboxApplets)(busyboxPath, signal);
+    const busybox = await deps.busybox.read();
+    const applets = await deps.busybox.applets(signal);
     const entries = tinyEntries(busybox, applets);
     const { diffId } = await timed(
       "layers",
@@ -164,19 +157,14 @@ export async function buildTiny(
         await rm(layer, { force: true });
         return applied;
       },
-      `${busyboxPath} with ${entries.filter((e) => e.type === "symlink").length - 1} applets`,
+      `${deps.busybox.path} with ${entries.filter((e) => e.type === "symlink").length - 1} applets`,
     );
     const rootfs = join(req.stagingDir, ROOTFS_FILE);
-    const t0 = new Map<string, number>();
     const { bytes: rootfsBytes } = await builder.buildRootfs(
       tree,
       rootfs,
       { minMib: req.minRootfsMib || 256, headroomPercent: 20, inodeMarginPercent: 25, signal },
-      (stage, done) => {
-        if (!done) t0.set(stage, performance.now());
-        const durationMs = done ? Math.round(performance.now() - (t0.get(stage) ?? 0)) : 0;
-        emit({ kind: "stage", stage, done, durationMs, message: "" });
-      },
+      builderStages(emit),
     );
     const workSeed = join(req.stagingDir, WORK_SEED_FILE);
     const { bytes: workSeedBytes } = await timed("work-seed", () => builder.buildWorkSeed(tree, workSeed, signal));
@@ -203,10 +191,7 @@ export async function buildTiny(
       workingDir: "",
     };
   } catch (error) {
-    // Nothing half-done stays in the staging directory (the directory itself is the orchestrator's).
-    for (const entry of await readdir(req.stagingDir).catch(() => [])) {
-      await rm(join(req.stagingDir, entry), { recursive: true, force: true });
-    }
+    await emptyStaging(req.stagingDir);
     throw error;
   }
 }

@@ -5,7 +5,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BangerError } from "@banger/common/errors";
-import { createBlobCache, type BlobCache } from "./blob-cache.js";
+import type { BlobCache } from "../core/ports.js";
+import { createBlobCache } from "./blob-cache.js";
 
 const digestOf = (bytes: Uint8Array): string => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
 

@@ -15,44 +15,8 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, utimes, type FileHand
 import { join } from "node:path";
 import { FailedPreconditionError, NotFoundError } from "@banger/common/errors";
 import { processIsAlive } from "@banger/common/process-info";
+import type { BlobBody, BlobCache } from "../core/ports.js";
 import { blobTruncated, DigestMismatchError, digestHex, sha256Digest } from "./digest.js";
-
-/** A blob's bytes as they arrive: a web stream (a fetch body), any async iterable, or chunks at hand. */
-export type BlobBody = ReadableStream<Uint8Array> | AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
-
-export interface BlobCache {
-  /** The cache's root directory. */
-  readonly dir: string;
-  /** Where the blob `digest` is (or would be) stored. Throws for a malformed digest. */
-  path(digest: string): string;
-  /** Whether the verified blob `digest` is in the cache. */
-  has(digest: string): Promise<boolean>;
-  /**
-   * Stores `body` as blob `digest`, which must be exactly `size` bytes, and
-   * returns its path. `onProgress` gets the bytes written so far. Throws
-   * DigestMismatchError (DIGEST_MISMATCH) when the bytes hash differently or
-   * run past `size`, UnavailableError (BLOB_TRUNCATED) when they end early,
-   * and whatever the body throws; in every case the temporary file is gone
-   * and nothing is under the final name. When the blob is already there the
-   * body is cancelled unread.
-   */
-  put(digest: string, size: number, body: BlobBody, onProgress?: (doneBytes: number) => void): Promise<string>;
-  /**
-   * The bytes of a small cached blob (manifests, configs), hashed again on
-   * the way: a blob that no longer matches its digest is removed and
-   * DIGEST_MISMATCH thrown.
-   */
-  read(digest: string, maxBytes?: number): Promise<Buffer>;
-  /** Removes temporary files of puts that are not running any more; returns how many. */
-  sweep(): Promise<number>;
-  /** Marks blobs as used now (their mtime), for prune; blobs not in the cache are ignored. */
-  touch(digests: readonly string[]): Promise<void>;
-  /**
-   * Removes blobs last used before `before` whose digest is not in `inUse`,
-   * and temporary files of puts that are not running; returns what it freed.
-   */
-  prune(before: Date, inUse: ReadonlySet<string>): Promise<{ removed: number; freedBytes: number }>;
-}
 
 /**
  * Temporary files (full paths) of puts still running in this process, across

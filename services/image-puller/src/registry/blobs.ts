@@ -6,18 +6,12 @@
  */
 import { stat } from "node:fs/promises";
 import { abortError, type ImageReference } from "@banger/common/registry";
-import type { BlobBody, BlobCache } from "./blob-cache.js";
+import type { BlobBody, BlobCache, FetchBlobOptions } from "../core/ports.js";
 import { blobTruncated, DigestMismatchError } from "./digest.js";
 import { raceAbort } from "./http.js";
 import type { Descriptor } from "./manifest.js";
 import { statusError } from "./responses.js";
 import type { Transport } from "./transport.js";
-
-export interface FetchBlobOptions {
-  readonly signal: AbortSignal;
-  /** Bytes downloaded so far; not called when the blob was already cached. */
-  readonly onProgress?: (doneBytes: number) => void;
-}
 
 interface SharedDownload {
   readonly promise: Promise<string>;

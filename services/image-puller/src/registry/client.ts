@@ -16,17 +16,12 @@ import {
   hostOfKey,
   type CredentialHelper,
   type Credentials,
-  type ImageReference,
 } from "@banger/common/registry";
-import type { BlobCache } from "./blob-cache.js";
-import { fetchBlob, type ClientContext, type FetchBlobOptions } from "./blobs.js";
+import type { BlobCache, RegistryClient } from "../core/ports.js";
+import { fetchBlob, type ClientContext } from "./blobs.js";
 import type { FetchFunction } from "./http.js";
-import type { Descriptor, Platform } from "./manifest.js";
-import { resolveImage, type ResolvedImage } from "./resolve.js";
+import { resolveImage } from "./resolve.js";
 import { createTransport } from "./transport.js";
-
-export type { FetchBlobOptions } from "./blobs.js";
-export type { ResolvedImage } from "./resolve.js";
 
 export interface RegistryClientOptions {
   /** Where verified blobs (layers, configs, manifests) are kept. */
@@ -44,21 +39,6 @@ export interface RegistryClientOptions {
   readonly credentialHelper?: CredentialHelper;
   /** Default: the global fetch. */
   readonly fetch?: FetchFunction;
-}
-
-export interface RegistryClient {
-  readonly cache: BlobCache;
-  /**
-   * The manifest and config of `reference` for `platform` (chosen from an
-   * index or manifest list; a single-platform image must match it).
-   */
-  resolve(reference: ImageReference, platform: Platform, signal: AbortSignal): Promise<ResolvedImage>;
-  /**
-   * Path of blob `descriptor` of `reference`'s repository in the cache,
-   * downloaded and verified first unless already there. Concurrent calls for
-   * one digest share a single download.
-   */
-  fetchBlob(reference: ImageReference, descriptor: Descriptor, options: FetchBlobOptions): Promise<string>;
 }
 
 export function createRegistryClient(options: RegistryClientOptions): RegistryClient {

@@ -3,14 +3,8 @@
  * (auth, manifests, platform selection, verified blob downloads) and the
  * content-addressed blob cache. Proto-free; the rpc/ edge maps its errors.
  */
-export { createBlobCache, type BlobBody, type BlobCache } from "./blob-cache.js";
-export {
-  createRegistryClient,
-  type FetchBlobOptions,
-  type RegistryClient,
-  type RegistryClientOptions,
-  type ResolvedImage,
-} from "./client.js";
+export { createBlobCache } from "./blob-cache.js";
+export { createRegistryClient, type RegistryClientOptions } from "./client.js";
 // References and credentials live in @banger/common: the orchestrator resolves the owner's credentials.
 export {
   createProcessCredentialHelper,

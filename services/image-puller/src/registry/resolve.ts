@@ -8,6 +8,7 @@
  */
 import { FailedPreconditionError, NotFoundError } from "@banger/common/errors";
 import { abortError, type ImageReference } from "@banger/common/registry";
+import type { ResolvedImage } from "../core/ports.js";
 import { fetchBlob, pullScope, type ClientContext } from "./blobs.js";
 import { DigestMismatchError, sha256Digest } from "./digest.js";
 import {
@@ -32,20 +33,6 @@ const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
 /** Indexes pointing at indexes are followed this deep. */
 const MAX_INDEX_DEPTH = 3;
-
-export interface ResolvedImage {
-  readonly reference: ImageReference;
-  /** Digest of the chosen platform's image manifest. */
-  readonly manifestDigest: string;
-  /** Digest of the index (or manifest list) it was chosen from, when there was one. */
-  readonly indexDigest?: string;
-  readonly manifest: ImageManifest;
-  readonly config: ImageConfig;
-  /** The platform chosen, "linux/amd64". */
-  readonly platform: string;
-  /** Every platform the reference offers; just `platform` for a single-platform image. */
-  readonly platforms: readonly string[];
-}
 
 interface FetchedManifest {
   readonly digest: string;

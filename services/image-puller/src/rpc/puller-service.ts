@@ -12,18 +12,12 @@ import {
 } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
-import type { BuiltCache } from "../core/built-cache.js";
-import { createLeases, pull, type PullDeps, type PullEvent, type PullResult } from "../core/pull.js";
+import { createLeases } from "../core/leases.js";
+import type { BlobCache, Busybox, BuiltCache, OpenRegistry } from "../core/ports.js";
+import { pull, type PullDeps, type PullEvent, type PullResult } from "../core/pull.js";
 import { buildTiny, type TinyDeps } from "../core/tiny.js";
 import { describePuller } from "../identity.js";
-import {
-  createRegistryClient,
-  DEFAULT_PLATFORM,
-  hostOfKey,
-  parseReference,
-  type BlobCache,
-  type Credentials,
-} from "../registry/index.js";
+import { DEFAULT_PLATFORM, hostOfKey, parseReference, type Credentials } from "../registry/index.js";
 
 type Response = MessageInitShape<typeof PullResponseSchema>;
 
@@ -44,18 +38,18 @@ const LAYER: Record<Extract<PullEvent, { kind: "layer" }>["state"], LayerState> 
   applied: LayerState.APPLIED,
 };
 
+/** The ports the service passes to core, built by the composition root (main.ts). */
 export interface PullerServiceDeps {
+  /** The blob cache, for prune. */
   readonly cache: BlobCache;
+  /** A registry client over `cache` for one request's registries and credentials. */
+  readonly openRegistry: OpenRegistry;
   readonly stateDir: string;
   readonly createBuilder: PullDeps["createBuilder"];
   readonly scratchDir?: PullDeps["scratchDir"];
   readonly builtCache?: BuiltCache;
-  /** The static busybox of the built-in image `tiny`; default /bin/busybox. */
-  readonly busybox?: string;
-  /** Its applets (tests); default what `busybox --list-full` prints. */
-  readonly busyboxApplets?: TinyDeps["applets"];
-  /** docker config.json with registry credentials; unset = none. */
-  readonly dockerConfigPath?: string;
+  /** The static busybox of the built-in image `tiny`. */
+  readonly busybox: Busybox;
   readonly logger?: Logger;
 }
 
@@ -98,12 +92,7 @@ const DAY_MS = 24 * 60 * 60 * 1000;
 export function createPullerService(deps: PullerServiceDeps): ServiceImpl<typeof PullerService> {
   const leases = createLeases();
   const registryFor = (req: { insecureRegistries: string[]; credentials: RequestCredential[] }) =>
-    createRegistryClient({
-      cache: deps.cache,
-      insecureRegistries: req.insecureRegistries,
-      credentials: credentialMap(req.credentials),
-      ...(deps.dockerConfigPath ? { dockerConfigPath: deps.dockerConfigPath } : {}),
-    });
+    deps.openRegistry({ insecureRegistries: req.insecureRegistries, credentials: credentialMap(req.credentials) });
   return implementService(PullerService, {
     getVersion() {
       return describePuller();
@@ -127,8 +116,7 @@ export function createPullerService(deps: PullerServiceDeps): ServiceImpl<typeof
         {
           createBuilder: () => deps.createBuilder(),
           stateDir: deps.stateDir,
-          ...(deps.busybox ? { busybox: deps.busybox } : {}),
-          ...(deps.busyboxApplets ? { applets: deps.busyboxApplets } : {}),
+          busybox: deps.busybox,
         },
         { stagingDir: req.stagingDir, minRootfsMib: Number(req.minRootfsMib) },
         ctx.signal,

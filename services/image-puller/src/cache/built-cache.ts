@@ -16,35 +16,7 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, utimes, writeFile, ty
 import { join } from "node:path";
 import { copySparse } from "@banger/common/copy-file";
 import { processIsAlive } from "@banger/common/process-info";
-
-export interface BuildKey {
-  readonly manifestDigest: string;
-  readonly minRootfsMib: number;
-  readonly headroomPercent: number;
-  readonly inodeMarginPercent: number;
-  readonly skipWorkSeed: boolean;
-}
-
-export interface BuiltCache {
-  /** The entry name for an image built with these settings. */
-  key(build: BuildKey): string;
-  /**
-   * Copies entry `key` into `stagingDir` and returns its manifest (the
-   * PullResult stored with it), or undefined when there is no complete entry.
-   * Waits for a keep of the same key still running.
-   */
-  restore(key: string, stagingDir: string): Promise<unknown>;
-  /**
-   * Starts keeping `files` (names inside `stagingDir`, opened now) and
-   * `result` under `key`; returns once the files are open. Best effort: a
-   * failure (no room, say) only means the next pull builds again.
-   */
-  keep(key: string, stagingDir: string, files: readonly string[], result: unknown): Promise<void>;
-  /** Resolves when no keep is running (tests, shutdown). */
-  settled(): Promise<void>;
-  /** Removes entries not used since `before` (never one being kept or restored). */
-  prune(before: Date): Promise<{ removed: number; freedBytes: number }>;
-}
+import type { BuildKey, BuiltCache } from "../core/ports.js";
 
 /** The stored PullResult; every other file of an entry is copied into the staging directory. */
 const RESULT = "result.json";

@@ -14,7 +14,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { requireTools } from "@banger/common/testing";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { createBuiltCache, type BuiltCache } from "./built-cache.js";
+import type { BuiltCache } from "../core/ports.js";
+import { createBuiltCache } from "./built-cache.js";
 
 const KEY = {
   manifestDigest: `sha256:${"1".repeat(64)}`,
