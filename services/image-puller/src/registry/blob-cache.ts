@@ -48,150 +48,178 @@ async function cancelBody(body: BlobBody): Promise<void> {
   }
 }
 
+/** One cache's state: its blob directory, and its first sweep (run once, before the first put). */
+interface CacheDir {
+  readonly blobDir: string;
+  firstSweep?: Promise<number>;
+}
+
 export function createBlobCache(dir: string): BlobCache {
-  const blobDir = join(dir, "sha256");
-  let firstSweep: Promise<number> | undefined;
+  const cache: CacheDir = { blobDir: join(dir, "sha256") };
+  return {
+    dir,
+    path: (digest) => blobPath(cache, digest),
+    has: (digest) => has(cache, digest),
+    put: (digest, size, body, onProgress) => put(cache, digest, size, body, onProgress),
+    read: (digest, maxBytes) => read(cache, digest, maxBytes),
+    sweep: () => sweep(cache),
+    touch: (digests) => touch(cache, digests),
+    prune: (before, inUse) => prune(cache, before, inUse),
+  };
+}
 
-  const path = (digest: string): string => join(blobDir, digestHex(digest));
+const blobPath = (cache: CacheDir, digest: string): string => join(cache.blobDir, digestHex(digest));
 
-  async function sweep(): Promise<number> {
-    let names: string[];
-    try {
-      names = await readdir(blobDir);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return 0;
-      throw error;
-    }
-    let removed = 0;
-    for (const name of names) {
-      const match = TEMP_NAME.exec(name);
-      if (match === null) continue;
-      const pid = Number(match[2]);
-      const ours = pid === process.pid;
-      if (ours ? running.has(join(blobDir, name)) : processIsAlive(pid)) continue;
-      await rm(join(blobDir, name), { force: true });
-      removed += 1;
-    }
-    return removed;
+async function sweep({ blobDir }: CacheDir): Promise<number> {
+  let names: string[];
+  try {
+    names = await readdir(blobDir);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return 0;
+    throw error;
   }
-
-  async function has(digest: string): Promise<boolean> {
-    try {
-      return (await stat(path(digest))).isFile();
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return false;
-      throw error;
-    }
+  let removed = 0;
+  for (const name of names) {
+    const match = TEMP_NAME.exec(name);
+    if (match === null) continue;
+    const pid = Number(match[2]);
+    const ours = pid === process.pid;
+    if (ours ? running.has(join(blobDir, name)) : processIsAlive(pid)) continue;
+    await rm(join(blobDir, name), { force: true });
+    removed += 1;
   }
+  return removed;
+}
 
-  async function put(
-    digest: string,
-    size: number,
-    body: BlobBody,
-    onProgress?: (doneBytes: number) => void,
-  ): Promise<string> {
-    const hex = digestHex(digest);
-    if (!Number.isSafeInteger(size) || size < 0) {
-      await cancelBody(body);
-      throw new FailedPreconditionError(`blob ${digest} has an invalid size ${size}`, { reason: "INVALID_DESCRIPTOR" });
-    }
-    const finalPath = join(blobDir, hex);
-    await mkdir(blobDir, { recursive: true, mode: 0o755 });
-    firstSweep ??= sweep();
-    await firstSweep;
-    if (await has(digest)) {
-      await cancelBody(body);
-      return finalPath;
-    }
-
-    const tempName = `.${hex}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`;
-    const tempPath = join(blobDir, tempName);
-    running.add(tempPath);
-    let file: FileHandle | undefined;
-    try {
-      file = await open(tempPath, "wx", 0o644);
-      const hash = createHash("sha256");
-      let done = 0;
-      for await (const chunk of body) {
-        done += chunk.byteLength;
-        if (done > size) {
-          throw new DigestMismatchError(`blob ${digest} is longer than the ${size} bytes its descriptor says`, digest);
-        }
-        hash.update(chunk);
-        await writeAll(file, chunk);
-        onProgress?.(done);
-      }
-      if (done < size) throw blobTruncated(digest, done, size);
-      const actual = `sha256:${hash.digest("hex")}`;
-      if (actual !== digest) {
-        throw new DigestMismatchError(`blob ${digest} arrived with content that hashes to ${actual}`, digest, actual);
-      }
-      await file.sync();
-      await file.close();
-      file = undefined;
-      await rename(tempPath, finalPath);
-      const directory = await open(blobDir, "r");
-      try {
-        await directory.sync();
-      } finally {
-        await directory.close();
-      }
-      return finalPath;
-    } catch (error) {
-      await file?.close().catch(() => {});
-      await rm(tempPath, { force: true });
-      throw error;
-    } finally {
-      running.delete(tempPath);
-    }
+async function has(cache: CacheDir, digest: string): Promise<boolean> {
+  try {
+    return (await stat(blobPath(cache, digest))).isFile();
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return false;
+    throw error;
   }
+}
 
-  async function read(digest: string, maxBytes = DEFAULT_READ_LIMIT): Promise<Buffer> {
-    const where = path(digest);
-    const info = await stat(where).catch((error: NodeJS.ErrnoException) => {
-      if (error.code !== "ENOENT") throw error;
-      throw new NotFoundError(`blob ${digest} is not in the cache`, { reason: "BLOB_NOT_CACHED", cause: error });
-    });
-    if (info.size > maxBytes) {
-      throw new FailedPreconditionError(
-        `blob ${digest} is ${info.size} bytes, more than the ${maxBytes} allowed here`,
-        {
-          reason: "BLOB_TOO_LARGE",
-        },
-      );
+async function put(
+  cache: CacheDir,
+  digest: string,
+  size: number,
+  body: BlobBody,
+  onProgress?: (doneBytes: number) => void,
+): Promise<string> {
+  const hex = digestHex(digest);
+  if (!Number.isSafeInteger(size) || size < 0) {
+    await cancelBody(body);
+    throw new FailedPreconditionError(`blob ${digest} has an invalid size ${size}`, { reason: "INVALID_DESCRIPTOR" });
+  }
+  const finalPath = join(cache.blobDir, hex);
+  await mkdir(cache.blobDir, { recursive: true, mode: 0o755 });
+  cache.firstSweep ??= sweep(cache);
+  await cache.firstSweep;
+  if (await has(cache, digest)) {
+    await cancelBody(body);
+    return finalPath;
+  }
+  return writeVerified(cache.blobDir, digest, size, body, onProgress);
+}
+
+/** Writes `body` to a temporary file of its own, hashing and counting it, and renames it to the blob's name once it matches. */
+async function writeVerified(
+  blobDir: string,
+  digest: string,
+  size: number,
+  body: BlobBody,
+  onProgress?: (doneBytes: number) => void,
+): Promise<string> {
+  const hex = digestHex(digest);
+  const finalPath = join(blobDir, hex);
+  const tempName = `.${hex}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`;
+  const tempPath = join(blobDir, tempName);
+  running.add(tempPath);
+  let file: FileHandle | undefined;
+  try {
+    file = await open(tempPath, "wx", 0o644);
+    const hash = createHash("sha256");
+    let done = 0;
+    for await (const chunk of body) {
+      done += chunk.byteLength;
+      if (done > size) {
+        throw new DigestMismatchError(`blob ${digest} is longer than the ${size} bytes its descriptor says`, digest);
+      }
+      hash.update(chunk);
+      await writeAll(file, chunk);
+      onProgress?.(done);
     }
-    const bytes = await readFile(where);
-    const actual = sha256Digest(bytes);
+    if (done < size) throw blobTruncated(digest, done, size);
+    const actual = `sha256:${hash.digest("hex")}`;
     if (actual !== digest) {
-      await rm(where, { force: true });
-      throw new DigestMismatchError(
-        `cached blob ${digest} was damaged (it hashes to ${actual}); removed it`,
-        digest,
-        actual,
-      );
+      throw new DigestMismatchError(`blob ${digest} arrived with content that hashes to ${actual}`, digest, actual);
     }
-    return bytes;
-  }
-
-  async function touch(digests: readonly string[]): Promise<void> {
-    const now = new Date();
-    for (const digest of digests) await utimes(path(digest), now, now).catch(() => undefined);
-  }
-
-  async function prune(before: Date, inUse: ReadonlySet<string>) {
-    await sweep();
-    let removed = 0;
-    let freedBytes = 0;
-    for (const name of await readdir(blobDir).catch(() => [])) {
-      if (!/^[a-f0-9]{64}$/.test(name) || inUse.has(`sha256:${name}`)) continue;
-      const info = await stat(join(blobDir, name)).catch(() => undefined);
-      if (info === undefined || !info.isFile() || info.mtime >= before) continue;
-      await rm(join(blobDir, name), { force: true });
-      removed += 1;
-      freedBytes += info.size;
+    await file.sync();
+    await file.close();
+    file = undefined;
+    await rename(tempPath, finalPath);
+    const directory = await open(blobDir, "r");
+    try {
+      await directory.sync();
+    } finally {
+      await directory.close();
     }
-    return { removed, freedBytes };
+    return finalPath;
+  } catch (error) {
+    await file?.close().catch(() => {});
+    await rm(tempPath, { force: true });
+    throw error;
+  } finally {
+    running.delete(tempPath);
   }
+}
 
-  return { dir, path, has, put, read, sweep, touch, prune };
+async function read(cache: CacheDir, digest: string, maxBytes = DEFAULT_READ_LIMIT): Promise<Buffer> {
+  const where = blobPath(cache, digest);
+  const info = await stat(where).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== "ENOENT") throw error;
+    throw new NotFoundError(`blob ${digest} is not in the cache`, { reason: "BLOB_NOT_CACHED", cause: error });
+  });
+  if (info.size > maxBytes) {
+    throw new FailedPreconditionError(`blob ${digest} is ${info.size} bytes, more than the ${maxBytes} allowed here`, {
+      reason: "BLOB_TOO_LARGE",
+    });
+  }
+  const bytes = await readFile(where);
+  const actual = sha256Digest(bytes);
+  if (actual !== digest) {
+    await rm(where, { force: true });
+    throw new DigestMismatchError(
+      `cached blob ${digest} was damaged (it hashes to ${actual}); removed it`,
+      digest,
+      actual,
+    );
+  }
+  return bytes;
+}
+
+async function touch(cache: CacheDir, digests: readonly string[]): Promise<void> {
+  const now = new Date();
+  for (const digest of digests) await utimes(blobPath(cache, digest), now, now).catch(() => undefined);
+}
+
+async function prune(
+  cache: CacheDir,
+  before: Date,
+  inUse: ReadonlySet<string>,
+): Promise<{ removed: number; freedBytes: number }> {
+  const { blobDir } = cache;
+  await sweep(cache);
+  let removed = 0;
+  let freedBytes = 0;
+  for (const name of await readdir(blobDir).catch(() => [])) {
+    if (!/^[a-f0-9]{64}$/.test(name) || inUse.has(`sha256:${name}`)) continue;
+    const info = await stat(join(blobDir, name)).catch(() => undefined);
+    if (info === undefined || !info.isFile() || info.mtime >= before) continue;
+    await rm(join(blobDir, name), { force: true });
+    removed += 1;
+    freedBytes += info.size;
+  }
+  return { removed, freedBytes };
 }
