@@ -31,99 +31,119 @@ async function diskBytes(dir: string): Promise<number> {
   return total;
 }
 
+/** One cache's state: its directory, the keeps running (by key) and the restores running (counted, by key). */
+interface CacheState {
+  readonly dir: string;
+  readonly keeping: Map<string, Promise<void>>;
+  readonly restoring: Map<string, number>;
+}
+
 export function createBuiltCache(dir: string): BuiltCache {
-  const keeping = new Map<string, Promise<void>>();
-  const restoring = new Map<string, number>();
+  const cache: CacheState = { dir, keeping: new Map(), restoring: new Map() };
+  return {
+    key,
+    restore: (entryKey, stagingDir) => restore(cache, entryKey, stagingDir),
+    keep: (entryKey, stagingDir, files, result) => keep(cache, entryKey, stagingDir, files, result),
+    settled: () => settled(cache),
+    prune: (before) => prune(cache, before),
+  };
+}
 
-  function key(build: BuildKey): string {
-    return createHash("sha256")
-      .update(
-        JSON.stringify([
-          build.manifestDigest,
-          build.minRootfsMib,
-          build.headroomPercent,
-          build.inodeMarginPercent,
-          build.skipWorkSeed,
-        ]),
-      )
-      .digest("hex");
+function key(build: BuildKey): string {
+  return createHash("sha256")
+    .update(
+      JSON.stringify([
+        build.manifestDigest,
+        build.minRootfsMib,
+        build.headroomPercent,
+        build.inodeMarginPercent,
+        build.skipWorkSeed,
+      ]),
+    )
+    .digest("hex");
+}
+
+async function restore(cache: CacheState, entryKey: string, stagingDir: string): Promise<unknown> {
+  const { dir, keeping, restoring } = cache;
+  await keeping.get(entryKey);
+  restoring.set(entryKey, (restoring.get(entryKey) ?? 0) + 1);
+  const entry = join(dir, entryKey);
+  let names: string[] = [];
+  try {
+    const result: unknown = JSON.parse(await readFile(join(entry, RESULT), "utf8"));
+    names = (await readdir(entry)).filter((name) => name !== RESULT);
+    for (const name of names) await copySparse(join(entry, name), join(stagingDir, name));
+    const now = new Date();
+    await utimes(entry, now, now).catch(() => undefined); // last used, for prune
+    return result;
+  } catch {
+    for (const name of names) await rm(join(stagingDir, name), { force: true });
+    return undefined; // none, pruned, or no room: build instead
+  } finally {
+    const left = (restoring.get(entryKey) ?? 1) - 1;
+    if (left === 0) restoring.delete(entryKey);
+    else restoring.set(entryKey, left);
   }
+}
 
-  async function restore(entryKey: string, stagingDir: string): Promise<unknown> {
-    await keeping.get(entryKey);
-    restoring.set(entryKey, (restoring.get(entryKey) ?? 0) + 1);
-    const entry = join(dir, entryKey);
-    let names: string[] = [];
+async function keep(
+  cache: CacheState,
+  entryKey: string,
+  stagingDir: string,
+  files: readonly string[],
+  result: unknown,
+): Promise<void> {
+  const { dir, keeping } = cache;
+  if (keeping.has(entryKey)) return;
+  const handles: [string, FileHandle][] = [];
+  try {
+    for (const name of files) handles.push([name, await open(join(stagingDir, name), "r")]);
+  } catch {
+    for (const [, handle] of handles) await handle.close();
+    return;
+  }
+  const temporary = join(dir, `.${entryKey}.${process.pid}.tmp`);
+  const work = (async () => {
     try {
-      const result: unknown = JSON.parse(await readFile(join(entry, RESULT), "utf8"));
-      names = (await readdir(entry)).filter((name) => name !== RESULT);
-      for (const name of names) await copySparse(join(entry, name), join(stagingDir, name));
-      const now = new Date();
-      await utimes(entry, now, now).catch(() => undefined); // last used, for prune
-      return result;
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await rm(temporary, { recursive: true, force: true });
+      await mkdir(temporary, { mode: 0o700 });
+      for (const [name, handle] of handles) await copySparse("/dev/fd/3", join(temporary, name), { fd: handle.fd });
+      await writeFile(join(temporary, RESULT), JSON.stringify(result), { mode: 0o644 });
+      await rm(join(dir, entryKey), { recursive: true, force: true });
+      await rename(temporary, join(dir, entryKey));
     } catch {
-      for (const name of names) await rm(join(stagingDir, name), { force: true });
-      return undefined; // none, pruned, or no room: build instead
+      await rm(temporary, { recursive: true, force: true });
     } finally {
-      const left = (restoring.get(entryKey) ?? 1) - 1;
-      if (left === 0) restoring.delete(entryKey);
-      else restoring.set(entryKey, left);
-    }
-  }
-
-  async function keep(entryKey: string, stagingDir: string, files: readonly string[], result: unknown) {
-    if (keeping.has(entryKey)) return;
-    const handles: [string, FileHandle][] = [];
-    try {
-      for (const name of files) handles.push([name, await open(join(stagingDir, name), "r")]);
-    } catch {
       for (const [, handle] of handles) await handle.close();
-      return;
+      keeping.delete(entryKey);
     }
-    const temporary = join(dir, `.${entryKey}.${process.pid}.tmp`);
-    const work = (async () => {
-      try {
-        await mkdir(dir, { recursive: true, mode: 0o700 });
-        await rm(temporary, { recursive: true, force: true });
-        await mkdir(temporary, { mode: 0o700 });
-        for (const [name, handle] of handles) await copySparse("/dev/fd/3", join(temporary, name), { fd: handle.fd });
-        await writeFile(join(temporary, RESULT), JSON.stringify(result), { mode: 0o644 });
-        await rm(join(dir, entryKey), { recursive: true, force: true });
-        await rename(temporary, join(dir, entryKey));
-      } catch {
-        await rm(temporary, { recursive: true, force: true });
-      } finally {
-        for (const [, handle] of handles) await handle.close();
-        keeping.delete(entryKey);
-      }
-    })();
-    keeping.set(entryKey, work);
-  }
+  })();
+  keeping.set(entryKey, work);
+}
 
-  async function settled(): Promise<void> {
-    while (keeping.size > 0) await Promise.all(keeping.values());
-  }
+async function settled({ keeping }: CacheState): Promise<void> {
+  while (keeping.size > 0) await Promise.all(keeping.values());
+}
 
-  async function prune(before: Date) {
-    let removed = 0;
-    let freedBytes = 0;
-    for (const name of await readdir(dir).catch(() => [])) {
-      const temp = TEMP_NAME.exec(name);
-      if (temp !== null) {
-        const pid = Number(temp[2]);
-        if (pid === process.pid ? keeping.has(temp[1] ?? "") : processIsAlive(pid)) continue;
-      } else if (keeping.has(name) || restoring.has(name)) {
-        continue;
-      } else {
-        const info = await stat(join(dir, name)).catch(() => undefined);
-        if (info === undefined || info.mtime >= before) continue;
-      }
-      freedBytes += await diskBytes(join(dir, name));
-      await rm(join(dir, name), { recursive: true, force: true });
-      if (temp === null) removed += 1;
+async function prune(cache: CacheState, before: Date): Promise<{ removed: number; freedBytes: number }> {
+  const { dir, keeping, restoring } = cache;
+  let removed = 0;
+  let freedBytes = 0;
+  for (const name of await readdir(dir).catch(() => [])) {
+    const temp = TEMP_NAME.exec(name);
+    if (temp !== null) {
+      const pid = Number(temp[2]);
+      if (pid === process.pid ? keeping.has(temp[1] ?? "") : processIsAlive(pid)) continue;
+    } else if (keeping.has(name) || restoring.has(name)) {
+      continue;
+    } else {
+      const info = await stat(join(dir, name)).catch(() => undefined);
+      if (info === undefined || info.mtime >= before) continue;
     }
-    return { removed, freedBytes };
+    freedBytes += await diskBytes(join(dir, name));
+    await rm(join(dir, name), { recursive: true, force: true });
+    if (temp === null) removed += 1;
   }
-
-  return { key, restore, keep, settled, prune };
+  return { removed, freedBytes };
 }
