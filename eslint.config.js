@@ -107,6 +107,37 @@ export default tseslint.config(
       ],
     },
   },
+  // Error reasons are typed (packages/common/src/reasons.ts): a reason is never cast into the union, a
+  // peer's reason is rebuilt only in error-mapping.ts, and a comparison names the reason's constant.
+  {
+    files: ["packages/*/src/**/*.ts", "services/*/src/**/*.ts", "clients/*/src/**/*.ts"],
+    ignores: TEST_CODE,
+    rules: {
+      "no-restricted-syntax": [
+        "error",
+        {
+          selector: "Property[key.name='reason'] > TSAsExpression",
+          message: "a reason is one of the build's typed reasons (reasons.ts), never cast",
+        },
+        {
+          selector: "Property[key.name='receivedReason']",
+          message: "only error-mapping.ts rebuilds a peer's error with its reason; throw with `reason:`",
+        },
+        {
+          selector: "BinaryExpression[operator=/^[!=]==$/][left.property.name='reason'][right.type='Literal']",
+          message: "compare with the reason's constant (CommonReason, SharedReason or the service's), not a literal",
+        },
+        {
+          selector: "BinaryExpression[operator=/^[!=]==$/][right.property.name='reason'][left.type='Literal']",
+          message: "compare with the reason's constant (CommonReason, SharedReason or the service's), not a literal",
+        },
+      ],
+    },
+  },
+  {
+    files: ["packages/common/src/error-mapping.ts"],
+    rules: { "no-restricted-syntax": "off" },
+  },
   // Scripts in plain JavaScript run on Node: no type information, Node's globals.
   {
     files: ["**/*.mjs", "**/*.js"],

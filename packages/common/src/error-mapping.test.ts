@@ -20,11 +20,15 @@ import {
 
 const OP = "op-0123456789ab";
 
+// Services' own reasons, which common's build does not declare: built as a peer's would be.
 const cases: [BangerError, Code][] = [
   [new InvalidArgumentError("bad name"), Code.InvalidArgument],
-  [new NotFoundError('vm "box" not found', { reason: "VM_NOT_FOUND" }), Code.NotFound],
+  [new NotFoundError('vm "box" not found', { receivedReason: "VM_NOT_FOUND" }), Code.NotFound],
   [new AlreadyExistsError("exists"), Code.AlreadyExists],
-  [new FailedPreconditionError('vm "box" is not running', { reason: "VM_NOT_RUNNING" }), Code.FailedPrecondition],
+  [
+    new FailedPreconditionError('vm "box" is not running', { receivedReason: "VM_NOT_RUNNING" }),
+    Code.FailedPrecondition,
+  ],
   [new PermissionDeniedError("not the owner"), Code.PermissionDenied],
   [new ResourceExhaustedError("no free IP"), Code.ResourceExhausted],
   [new UnavailableError("image puller is unavailable"), Code.Unavailable],
@@ -84,6 +88,6 @@ describe("error mapping", () => {
   });
 
   it("refuses a reason that is not a stable UPPER_SNAKE code", () => {
-    expect(() => new NotFoundError("x", { reason: "vm not found" })).toThrow(/UPPER_SNAKE/);
+    expect(() => new NotFoundError("x", { receivedReason: "vm not found" })).toThrow(/UPPER_SNAKE/);
   });
 });

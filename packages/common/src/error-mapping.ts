@@ -122,7 +122,7 @@ export function opIdOfError(error: ConnectError): string | undefined {
 /** The typed error for a status received from another banger service. */
 export function fromConnectError(error: ConnectError): BangerError {
   const info = error.findDetails(ErrorInfoSchema)[0];
-  const options: BangerErrorOptions = info ? { reason: info.reason, cause: error } : { cause: error };
+  const options: BangerErrorOptions = info ? { receivedReason: info.reason, cause: error } : { cause: error };
   const ErrorType = CLASS_OF_CODE[error.code] ?? InternalError;
   try {
     return new ErrorType(error.rawMessage, options);

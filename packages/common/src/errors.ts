@@ -1,7 +1,9 @@
 /**
  * Typed domain errors. Core code throws these; the gRPC edge maps them to
  * status codes in one place (error-mapping.ts). Nothing here knows gRPC.
+ * Reasons are typed: see reasons.ts.
  */
+import type { Reason } from "./reasons.js";
 
 export type ErrorKind =
   | "invalid-argument"
@@ -16,11 +18,23 @@ export type ErrorKind =
   | "unimplemented"
   | "internal";
 
-export interface BangerErrorOptions {
-  /** Stable UPPER_SNAKE code for programs, e.g. `VM_NOT_FOUND`. */
-  readonly reason?: string;
+/** What an error is thrown with. */
+export interface ThrownErrorOptions {
+  /** Stable UPPER_SNAKE code for programs, e.g. `VM_NOT_FOUND`: one this build declares (reasons.ts). */
+  readonly reason?: Reason;
   readonly cause?: unknown;
 }
+
+/**
+ * What an error received from a peer is rebuilt with (error-mapping.ts only):
+ * its reason is the peer's, which this build need not declare.
+ */
+export interface ReceivedErrorOptions {
+  readonly receivedReason: string;
+  readonly cause?: unknown;
+}
+
+export type BangerErrorOptions = ThrownErrorOptions | ReceivedErrorOptions;
 
 const REASON_PATTERN = /^[A-Z][A-Z0-9_]{0,62}$/;
 
@@ -28,9 +42,9 @@ export abstract class BangerError extends Error {
   abstract readonly kind: ErrorKind;
   readonly reason: string;
 
-  constructor(message: string, defaultReason: string, options: BangerErrorOptions = {}) {
+  constructor(message: string, defaultReason: Reason, options: BangerErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    const reason = options.reason ?? defaultReason;
+    const reason = "receivedReason" in options ? options.receivedReason : (options.reason ?? defaultReason);
     if (!REASON_PATTERN.test(reason)) {
       throw new TypeError(`error reason must be UPPER_SNAKE, got ${JSON.stringify(reason)}`);
     }
@@ -73,7 +87,7 @@ export class HostCommandError extends InternalError {
   readonly exitCode: number | null;
   readonly stderrTail: string;
 
-  constructor(argv: readonly string[], exitCode: number | null, stderr: string, options?: BangerErrorOptions) {
+  constructor(argv: readonly string[], exitCode: number | null, stderr: string, options?: ThrownErrorOptions) {
     const tail = stderr.trimEnd().split("\n").slice(-5).join("\n");
     const status = exitCode === null ? "was killed" : `exited ${exitCode}`;
     super(`${argv.join(" ")} ${status}${tail ? `: ${tail}` : ""}`, {

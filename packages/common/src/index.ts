@@ -7,6 +7,7 @@ export * from "./layout.js";
 export * from "./logging.js";
 export * from "./op-id.js";
 export * from "./process-info.js";
+export * from "./reasons.js";
 export * from "./reflection.js";
 export * from "./rpc-interceptor.js";
 export * from "./service-main.js";

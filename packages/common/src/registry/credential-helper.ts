@@ -8,6 +8,7 @@ import { CancelledError, FailedPreconditionError } from "../errors.js";
 import { ANY_EXIT_CODE, runProcess, type ProcessResult } from "../host-runner.js";
 import type { CredentialHelper, HelperCredentials } from "./credentials.js";
 import { abortError } from "./abort.js";
+import { CommonReason } from "../reasons.js";
 
 const HELPER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const NOT_FOUND = /credentials not found/i;
@@ -52,7 +53,7 @@ async function askHelper(
   } catch (error) {
     if (signal.aborted) throw abortError(signal);
     if (error instanceof CancelledError) throw helperFailed(name, `it did not answer within ${TIMEOUT_MS / 1000} s`);
-    if (error instanceof FailedPreconditionError && error.reason === "HOST_TOOL_MISSING") {
+    if (error instanceof FailedPreconditionError && error.reason === CommonReason.HOST_TOOL_MISSING) {
       throw helperFailed(name, "it is not installed (not found in PATH)", error);
     }
     throw helperFailed(name, (error as Error).message, error);

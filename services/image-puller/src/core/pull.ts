@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { FailedPreconditionError, ResourceExhaustedError } from "@banger/common/errors";
 import { parseReference, type ImageReference } from "@banger/common/registry";
 import { DEFAULT_PLATFORM, type Descriptor, type Platform } from "../registry/manifest.js";
+import { PullerReason } from "../reasons.js";
 import { downloadAll, type LayerEvent } from "./downloads.js";
 import type { Leases } from "./leases.js";
 import type { BuildKey, BuiltCache, ImageBuilder, RegistryClient, ResolvedImage, ScratchDir } from "./ports.js";
@@ -239,7 +240,7 @@ async function unpackInMemory(
     await applyInOrder(run, layers, diffIds, downloads);
     return true;
   } catch (error) {
-    if (!(error instanceof ResourceExhaustedError && error.reason === "IMAGE_TOO_LARGE")) throw error;
+    if (!(error instanceof ResourceExhaustedError && error.reason === PullerReason.IMAGE_TOO_LARGE)) throw error;
     await rm(run.tree, { recursive: true, force: true });
     run.tree = run.diskTree;
     run.builder = run.deps.createBuilder();

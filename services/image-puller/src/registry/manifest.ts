@@ -4,6 +4,7 @@
  * InvalidArgumentError that says what is wrong with the image).
  */
 import { FailedPreconditionError, InvalidArgumentError } from "@banger/common/errors";
+import type { Reason } from "@banger/common/reasons";
 import { isSha256Digest } from "./digest.js";
 
 export const MediaType = {
@@ -165,12 +166,12 @@ function isObject(value: Json | undefined): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-function bad(what: string, why: string, reason: string): FailedPreconditionError {
+function bad(what: string, why: string, reason: Reason): FailedPreconditionError {
   return new FailedPreconditionError(`${what} is not valid: ${why}`, { reason });
 }
 
 /** Parses JSON text; a syntax error becomes `reason`. */
-export function parseJson(bytes: Uint8Array, what: string, reason: string): Json {
+export function parseJson(bytes: Uint8Array, what: string, reason: Reason): Json {
   try {
     return JSON.parse(Buffer.from(bytes).toString("utf8")) as Json;
   } catch (error) {
@@ -178,14 +179,14 @@ export function parseJson(bytes: Uint8Array, what: string, reason: string): Json
   }
 }
 
-function optionalString(object: JsonObject, key: string, what: string, reason: string): string | undefined {
+function optionalString(object: JsonObject, key: string, what: string, reason: Reason): string | undefined {
   const value = object[key];
   if (value === undefined || value === null) return undefined;
   if (typeof value !== "string") throw bad(what, `"${key}" must be a string`, reason);
   return value;
 }
 
-function optionalStrings(object: JsonObject, key: string, what: string, reason: string): string[] | undefined {
+function optionalStrings(object: JsonObject, key: string, what: string, reason: Reason): string[] | undefined {
   const value = object[key];
   if (value === undefined || value === null) return undefined;
   if (!Array.isArray(value) || !value.every((item): item is string => typeof item === "string")) {
@@ -198,7 +199,7 @@ function stringRecord(
   value: Json | undefined,
   key: string,
   what: string,
-  reason: string,
+  reason: Reason,
 ): Record<string, string> | undefined {
   if (value === undefined || value === null) return undefined;
   if (!isObject(value)) throw bad(what, `"${key}" must be an object of strings`, reason);

@@ -4,11 +4,13 @@
  * in a 0700 directory, OpenSSH format so `ssh -i` takes it), or a key the config
  * names (`ssh.private_key`). The public key is always derived from the private key.
  */
+import type { Reason } from "@banger/common";
 import { createHash, generateKeyPairSync, randomBytes } from "node:crypto";
 import { constants } from "node:fs";
 import { chmod, link, lstat, mkdir, open, readFile, rename, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { FailedPreconditionError } from "@banger/common";
+import { OrchestratorReason } from "../reasons.js";
 
 export interface SshIdentity {
   /** Absolute path of the private key (what `ssh -i` and ssh2 read). */
@@ -52,7 +54,8 @@ export async function ensureSshIdentity(options: {
   try {
     blob = await readPrivateKey(paths.privateKey, { followSymlinks: false });
   } catch (error) {
-    if (!(error instanceof FailedPreconditionError && error.reason === "SSH_KEY_NOT_FOUND")) throw error;
+    if (!(error instanceof FailedPreconditionError && error.reason === OrchestratorReason.SSH_KEY_NOT_FOUND))
+      throw error;
     await publishPrivateKey(paths.dir, paths.privateKey, openSshPrivateKey());
     blob = await readPrivateKey(paths.privateKey, { followSymlinks: false });
   }
@@ -159,7 +162,7 @@ async function writePublicKey(dir: string, path: string, line: string): Promise<
  * the open descriptor) and returns its public key blob.
  */
 async function readPrivateKey(path: string, options: { followSymlinks: boolean }): Promise<Buffer> {
-  const fail = (what: string, reason: string, cause?: unknown): never => {
+  const fail = (what: string, reason: Reason, cause?: unknown): never => {
     throw new FailedPreconditionError(`SSH private key ${path} ${what}`, {
       reason,
       ...(cause === undefined ? {} : { cause }),

@@ -86,7 +86,7 @@ function scriptedPuller(
         await onEvent({ kind: "stage", name: stage, done: false, message: "" });
         if (stage === "layers") await new Promise((r) => setTimeout(r, options.delayMs ?? 0));
         if (stage === options.failAt)
-          throw new FailedPreconditionError("layer digest mismatch", { reason: "DIFF_ID_MISMATCH" });
+          throw new FailedPreconditionError("layer digest mismatch", { receivedReason: "DIFF_ID_MISMATCH" });
         await onEvent({ kind: "stage", name: stage, done: true, message: "" });
       }
       writeFileSync(join(request.stagingDir, "rootfs.ext4"), "ext4");
@@ -342,11 +342,14 @@ describe("the built-in image tiny", () => {
   });
 
   it.each([
-    ["refuses the owner's login", new PermissionDeniedError("unauthorized", { reason: "REGISTRY_UNAUTHORIZED" })],
-    ["has no such image", new NotFoundError("manifest unknown", { reason: "MANIFEST_NOT_FOUND" })],
-    ["rate-limits", new ResourceExhaustedError("too many requests", { reason: "REGISTRY_RATE_LIMITED" })],
-    ["answers with an error", new UnavailableError("503 from the registry", { reason: "REGISTRY_ERROR" })],
-    ["sends a truncated blob", new UnavailableError("blob ended early", { reason: "BLOB_TRUNCATED" })],
+    [
+      "refuses the owner's login",
+      new PermissionDeniedError("unauthorized", { receivedReason: "REGISTRY_UNAUTHORIZED" }),
+    ],
+    ["has no such image", new NotFoundError("manifest unknown", { receivedReason: "MANIFEST_NOT_FOUND" })],
+    ["rate-limits", new ResourceExhaustedError("too many requests", { receivedReason: "REGISTRY_RATE_LIMITED" })],
+    ["answers with an error", new UnavailableError("503 from the registry", { receivedReason: "REGISTRY_ERROR" })],
+    ["sends a truncated blob", new UnavailableError("blob ended early", { receivedReason: "BLOB_TRUNCATED" })],
   ])("does not stand in when the registry answers but %s: the pull's error fails the stage", async (_what, error) => {
     const tinyBuilds = { count: 0 };
     const { images, done } = await resolveDefault(scriptedPuller({ pullError: error, tinyBuilds }));

@@ -43,6 +43,7 @@ import type { CallScope } from "./call-scope.js";
 import type { OperationContext, Operations } from "./operations.js";
 import type { PullEvent, PullerPort, RegistryCredential } from "./ports.js";
 import { createSerialLock } from "./serial-lock.js";
+import { SharedReason } from "@banger/common/reasons";
 
 export type { PullEvent, PullerPort, PullOutcome, PullRequestPlain, RegistryCredential } from "./ports.js";
 
@@ -100,7 +101,7 @@ export function isKnownImageName(name: string): boolean {
  * that is down is a failure to report, not a reason to boot something else.
  */
 export function registryUnreachable(error: unknown): error is UnavailableError {
-  return error instanceof UnavailableError && error.reason === "REGISTRY_UNREACHABLE";
+  return error instanceof UnavailableError && error.reason === SharedReason.REGISTRY_UNREACHABLE;
 }
 
 /** The owner's credentials for a registry host (docker config, credential helpers), or undefined. */

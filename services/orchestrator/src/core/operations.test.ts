@@ -75,7 +75,7 @@ describe("operations", () => {
     const ops = createOperations({ db: store.db, logger });
     const { id } = await ops.start("pull-image", "debian", async (op) => {
       await op.stage("resolve", () =>
-        Promise.reject(new FailedPreconditionError("no such tag", { reason: "MANIFEST_NOT_FOUND" })),
+        Promise.reject(new FailedPreconditionError("no such tag", { receivedReason: "MANIFEST_NOT_FOUND" })),
       );
       return null;
     });

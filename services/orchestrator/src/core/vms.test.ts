@@ -78,7 +78,7 @@ function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPo
     if (script.delayMs) await new Promise((r) => setTimeout(r, script.delayMs)).finally(() => concurrency.now--);
     else concurrency.now--;
     if (script.failAt === name) {
-      throw new FailedPreconditionError(`helper refused ${name}`, { reason: "SCRIPTED_FAILURE" });
+      throw new FailedPreconditionError(`helper refused ${name}`, { receivedReason: "SCRIPTED_FAILURE" });
     }
   };
   return {

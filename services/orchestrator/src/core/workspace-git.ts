@@ -19,6 +19,7 @@ import {
   runProcess,
   streamProcess,
 } from "@banger/common";
+import { CommonReason } from "@banger/common/reasons";
 
 export interface GitOptions {
   readonly cwd?: string;
@@ -52,7 +53,8 @@ const gitMissing = (cause: unknown) =>
 /** What a run's failure means to a workspace: the caller's abort reason, git missing, or itself. */
 function gitFailure(error: unknown, signal: AbortSignal): unknown {
   if (signal.aborted) return signal.reason;
-  if (error instanceof FailedPreconditionError && error.reason === "HOST_TOOL_MISSING") return gitMissing(error);
+  if (error instanceof FailedPreconditionError && error.reason === CommonReason.HOST_TOOL_MISSING)
+    return gitMissing(error);
   return error;
 }
 

@@ -8,6 +8,7 @@
 import { promisify } from "node:util";
 import { gunzip } from "node:zlib";
 import { FailedPreconditionError, runProcess } from "@banger/common";
+import { CommonReason } from "@banger/common/reasons";
 
 export type Compression = "gzip" | "xz" | "lzma" | "zstd" | "bzip2" | "lz4";
 
@@ -47,7 +48,7 @@ export async function decompress(
   try {
     return await (options.run ?? runTool)(tool.argv, bytes, options.signal);
   } catch (error) {
-    if (error instanceof FailedPreconditionError && error.reason === "HOST_TOOL_MISSING") {
+    if (error instanceof FailedPreconditionError && error.reason === CommonReason.HOST_TOOL_MISSING) {
       throw new FailedPreconditionError(
         `${tool.argv[0]} is not installed: it is needed to decompress ${format} data (Debian package ${tool.pkg})`,
         { reason: "HOST_TOOL_MISSING", cause: error },

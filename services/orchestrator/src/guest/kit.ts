@@ -25,6 +25,7 @@ import { basename, join } from "node:path";
 import { FailedPreconditionError } from "@banger/common";
 import { runTool, type ToolRunner } from "./decompress.js";
 import type { CpioEntry } from "./initramfs.js";
+import { CommonReason } from "@banger/common/reasons";
 
 /** Where the guest's /init puts the kit (a tmpfs); the patched programs find their loader and libraries there. */
 export const KIT_DIR = "/run/banger/kit";
@@ -75,7 +76,7 @@ export async function buildKit(options: BuildKitOptions = {}): Promise<{ entries
     try {
       return await run(argv, new Uint8Array(), options.signal);
     } catch (error) {
-      if (error instanceof FailedPreconditionError && error.reason === "HOST_TOOL_MISSING") {
+      if (error instanceof FailedPreconditionError && error.reason === CommonReason.HOST_TOOL_MISSING) {
         throw new FailedPreconditionError(
           `${argv[0]} is not installed: banger's guest kit is made with it (Debian package ${pkg})`,
           { reason: "HOST_TOOL_MISSING", cause: error },

@@ -29,6 +29,7 @@
  * The commands go through a `Runner` (argv, AbortSignal, captured output,
  * exit code), so tests can script failures; `createE2fsRunner` is the real one.
  */
+import type { Reason } from "@banger/common";
 import { mkdtemp, readFile, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, dirname, isAbsolute, join } from "node:path";
@@ -170,7 +171,7 @@ async function grow(
   runner: Runner,
   path: string,
   sizeBytes: number,
-  shrinkReason: string,
+  shrinkReason: Reason,
   signal: AbortSignal | undefined,
 ): Promise<void> {
   const before = await filesystemSize(runner, path, signal);
@@ -387,7 +388,7 @@ function validEntries(entries: readonly WorkDiskEntry[]): readonly WorkDiskEntry
   return entries;
 }
 
-async function requireFile(path: string, what: string, reason: string): Promise<void> {
+async function requireFile(path: string, what: string, reason: Reason): Promise<void> {
   try {
     if ((await stat(path)).isFile()) return;
   } catch (cause) {

@@ -17,6 +17,8 @@ import {
 } from "@banger/common";
 import { readSshIdentity, sshIdentityPaths } from "../config/index.js";
 import type { DoctorProbes, SshKeyState } from "../core/ports.js";
+import { CommonReason } from "@banger/common/reasons";
+import { OrchestratorReason } from "../reasons.js";
 
 /** Where bangerd's tools are looked up (the PATH its runners use: the owner's may lack sbin). */
 const TOOL_DIRS = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
@@ -58,7 +60,7 @@ export function createDoctorProbes(options: {
         const said = stderr.trim().split("\n").pop() ?? "";
         return { kind: "failed", message: said || `${binary} --version exited ${code}` };
       } catch (error) {
-        if (error instanceof FailedPreconditionError && error.reason === "HOST_TOOL_MISSING")
+        if (error instanceof FailedPreconditionError && error.reason === CommonReason.HOST_TOOL_MISSING)
           return { kind: "missing" };
         if ((error as NodeJS.ErrnoException).code === "EACCES") return { kind: "not-executable" };
         return { kind: "failed", message: (error as Error).message };
@@ -125,7 +127,7 @@ export function createDoctorProbes(options: {
         return { kind: "ok", path, managed, fingerprint: identity.fingerprint };
       } catch (error) {
         if (!(error instanceof FailedPreconditionError)) throw error;
-        if (error.reason === "SSH_KEY_NOT_FOUND") return { kind: "missing", path, managed };
+        if (error.reason === OrchestratorReason.SSH_KEY_NOT_FOUND) return { kind: "missing", path, managed };
         return { kind: "unusable", path, managed, message: error.message };
       }
     },

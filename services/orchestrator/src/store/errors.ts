@@ -4,6 +4,7 @@
  * must exist, rows that cannot be deleted while referenced); this file only
  * says what a failed rule means to a user. Anything else is returned as is.
  */
+import type { Reason } from "@banger/common";
 import { AlreadyExistsError, type BangerError, FailedPreconditionError, NotFoundError } from "@banger/common";
 import Sqlite from "better-sqlite3";
 import type { Kysely } from "kysely";
@@ -53,7 +54,7 @@ const UNIQUE_RULES: Readonly<Record<string, (values: Values, cause: Error) => Ba
 interface Reference {
   readonly column: string;
   readonly noun: string;
-  readonly reason: string;
+  readonly reason: Reason;
   readonly exists: (db: Kysely<Database>, name: string) => Promise<boolean>;
 }
 

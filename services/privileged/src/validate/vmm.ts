@@ -2,6 +2,7 @@
  * VmmService's fields against their rules (vmm.proto): each check touches nothing, and a launch
  * checks every field before anything happens.
  */
+import type { Reason } from "@banger/common/reasons";
 import { InvalidArgumentError } from "@banger/common/errors";
 import { isPid } from "../host/proc.js";
 import type { QemuMachine, VmmKind } from "../ops/vmm/types.js";
@@ -23,7 +24,7 @@ export function validKind(kind: unknown): VmmKind {
   return kind;
 }
 
-function integerIn(value: unknown, min: number, max: number, field: string, reason: string): number {
+function integerIn(value: unknown, min: number, max: number, field: string, reason: Reason): number {
   if (typeof value !== "number" || !Number.isSafeInteger(value) || value < min || value > max) {
     throw new InvalidArgumentError(`${field} must be an integer from ${min} to ${max}`, { reason });
   }

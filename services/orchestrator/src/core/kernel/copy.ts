@@ -14,6 +14,7 @@ import type { KernelRecord } from "../../store/index.js";
 import { planModules, readModuleIndex } from "../../guest/initramfs.js";
 import { extractVmlinux } from "../../guest/vmlinux.js";
 import { errnoOf, type ImportPlan } from "./source.js";
+import { CommonReason } from "@banger/common/reasons";
 
 /** Which of a kernel's modules to copy: all of them, or only those banger's initramfs loads (and the index files). */
 export type ModuleChoice = "all" | "initramfs";
@@ -106,7 +107,7 @@ export async function extractInto(
   try {
     extracted = await extractVmlinux(vmlinuz, { signal });
   } catch (error) {
-    if (!(error instanceof FailedPreconditionError && error.reason === "HOST_TOOL_MISSING")) throw error;
+    if (!(error instanceof FailedPreconditionError && error.reason === CommonReason.HOST_TOOL_MISSING)) throw error;
     logger.warn({ err: error }, "kept the compressed kernel: its decompressor is missing (Firecracker cannot boot it)");
     return copied;
   }

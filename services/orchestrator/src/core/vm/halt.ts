@@ -11,6 +11,7 @@ import { agentOf } from "./agent.js";
 import type { VmContext } from "./context.js";
 import type { Handles } from "./model.js";
 import { detachRoot } from "./root-disk.js";
+import { OrchestratorReason } from "../../reasons.js";
 
 /** How often a stop asks the helper whether the VMM has exited. */
 const EXIT_POLL_MS = 100;
@@ -61,7 +62,8 @@ async function stopVmm(
       await agent
         .shutdown(Math.min(1_000, left()), Math.max(500, Math.min(5_000, left())))
         .catch(async (error: unknown) => {
-          if (!(error instanceof FailedPreconditionError) || error.reason !== "AGENT_ERROR") throw error;
+          if (!(error instanceof FailedPreconditionError) || error.reason !== OrchestratorReason.AGENT_ERROR)
+            throw error;
           // E.g. no /sbin/shutdown, or systemd's without logind on D-Bus (it schedules "+0" through logind).
           logger.info({ vm: vm.name, err: error }, "the guest's shutdown failed; the agent runs the kit's poweroff");
           how = "the agent running the kit's poweroff";

@@ -7,6 +7,7 @@ import { FailedPreconditionError } from "@banger/common";
 import type { CallScope } from "../call-scope.js";
 import type { HostInventory } from "../ports.js";
 import type { VmContext } from "./context.js";
+import { SharedReason } from "@banger/common/reasons";
 
 /**
  * Removes a VM's runtime directory (VMM sockets and logs) through the helper, as `<runtime>/vms` is root's.
@@ -18,7 +19,8 @@ export async function removeRunDir(ctx: VmContext, id: string, scope: CallScope)
       await ctx.host.removeVmmFiles(id, scope);
       return;
     } catch (error) {
-      if (!(error instanceof FailedPreconditionError) || error.reason !== "VMM_RUNNING" || attempt >= 30) throw error;
+      if (!(error instanceof FailedPreconditionError) || error.reason !== SharedReason.VMM_RUNNING || attempt >= 30)
+        throw error;
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
   }

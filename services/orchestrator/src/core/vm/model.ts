@@ -3,6 +3,7 @@
  * as it is now (its row, state, pid, agent health), the handles of a running
  * one, and the checks of a name and of a size.
  */
+import type { Reason } from "@banger/common";
 import { InvalidArgumentError } from "@banger/common";
 import type { OperationRecord, VmRecord } from "../../store/index.js";
 import type { CallScope } from "../call-scope.js";
@@ -103,7 +104,7 @@ export function validVmName(name: string): string {
   return name;
 }
 
-export function inRange(value: number, low: number, high: number, what: string, reason: string): number {
+export function inRange(value: number, low: number, high: number, what: string, reason: Reason): number {
   if (!Number.isInteger(value) || value < low || value > high) {
     throw new InvalidArgumentError(`${what} must be between ${low} and ${high}, got ${value}`, { reason });
   }

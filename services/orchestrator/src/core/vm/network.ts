@@ -11,6 +11,7 @@ import type { Capability } from "../capabilities.js";
 import type { OperationContext } from "../operations.js";
 import type { HostPort } from "../ports.js";
 import type { BridgeNetwork } from "../vm-addresses.js";
+import { SharedReason } from "@banger/common/reasons";
 
 export interface VmNetwork {
   /** Resolves when the bridge exists and the capabilities prepared the host; a failure is retried by the next call. */
@@ -81,7 +82,7 @@ export function createVmNetwork(deps: {
       } catch (error) {
         logger.warn({ err: error, tap: pooled }, "a warm-pool tap could not be taken over; making a new one");
         // One the helper will never hand over (made for another uid) goes; deleting refuses what is not a pool tap.
-        if (error instanceof FailedPreconditionError && error.reason === "NOT_IN_POOL") {
+        if (error instanceof FailedPreconditionError && error.reason === SharedReason.NOT_IN_POOL) {
           await host.deletePoolTap(pooled, scope).catch(() => undefined);
         }
         return host.createTap(vm.id, bridge, scope);
