@@ -4,6 +4,7 @@ export default defineConfig({
   test: {
     include: [
       "{packages,services,clients}/*/src/**/*.test.ts",
+      "test/unit/**/*.test.ts",
       "test/integration/**/*.test.ts",
       "test/e2e/**/*.test.ts",
     ],

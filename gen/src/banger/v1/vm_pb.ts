@@ -902,9 +902,10 @@ export const VmService: GenService<{
    * INVALID_ARGUMENT (INVALID_VM_NAME, INVALID_VCPU, INVALID_MEMORY,
    * INVALID_DISK_SIZE), ALREADY_EXISTS (VM_NAME_TAKEN), NOT_FOUND
    * (IMAGE_NOT_FOUND for a name neither local nor in the catalog,
-   * KERNEL_NOT_FOUND for a kernel named that does not exist), FAILED_PRECONDITION (VMM_UNAVAILABLE: the chosen VMM
-   * cannot run here, e.g. Firecracker without /dev/kvm), RESOURCE_EXHAUSTED
-   * (NO_FREE_ADDRESS: the bridge subnet is full).
+   * KERNEL_NOT_FOUND for a kernel named that does not exist), RESOURCE_EXHAUSTED
+   * (NO_FREE_ADDRESS: the bridge subnet is full). A VMM that cannot run here
+   * (e.g. Firecracker without /dev/kvm) fails the operation at launch-vmm with
+   * the helper's code and reason (see banger.privileged.v1.VmmService.LaunchVmm).
    *
    * @generated from rpc banger.v1.VmService.CreateVm
    */

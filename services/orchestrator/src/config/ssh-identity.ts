@@ -4,12 +4,11 @@
  * in a 0700 directory, OpenSSH format so `ssh -i` takes it), or a key the config
  * names (`ssh.private_key`). The public key is always derived from the private key.
  */
-import type { Reason } from "@banger/common";
 import { createHash, generateKeyPairSync, randomBytes } from "node:crypto";
 import { constants } from "node:fs";
 import { chmod, link, lstat, mkdir, open, readFile, rename, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { FailedPreconditionError } from "@banger/common";
+import { FailedPreconditionError, type Reason } from "@banger/common";
 import { OrchestratorReason } from "../reasons.js";
 
 export interface SshIdentity {

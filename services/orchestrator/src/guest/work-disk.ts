@@ -29,7 +29,6 @@
  * The commands go through a `Runner` (argv, AbortSignal, captured output,
  * exit code), so tests can script failures; `createE2fsRunner` is the real one.
  */
-import type { Reason } from "@banger/common";
 import { mkdtemp, readFile, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, dirname, isAbsolute, join } from "node:path";
@@ -45,6 +44,7 @@ import {
   parseDebugfsStat,
   type DebugfsStat,
   type Runner,
+  type Reason,
 } from "@banger/common";
 import { diskParents, diskPathProblem, type WorkDiskEntry } from "./guest-files.js";
 

@@ -4,8 +4,13 @@
  * must exist, rows that cannot be deleted while referenced); this file only
  * says what a failed rule means to a user. Anything else is returned as is.
  */
-import type { Reason } from "@banger/common";
-import { AlreadyExistsError, type BangerError, FailedPreconditionError, NotFoundError } from "@banger/common";
+import {
+  AlreadyExistsError,
+  type BangerError,
+  FailedPreconditionError,
+  NotFoundError,
+  type Reason,
+} from "@banger/common";
 import Sqlite from "better-sqlite3";
 import type { Kysely } from "kysely";
 import { imageExists, kernelExists, listImageUsers, listKernelUsers } from "./references.js";

@@ -862,7 +862,7 @@ export const PullerService: GenService<{
    * with the result, always the last message; the stream then closes with
    * OK. Cancelling the call stops the pull. On failure (or cancel) nothing
    * half-done stays in the staging directory or the cache. Errors:
-   * INVALID_ARGUMENT (INVALID_REFERENCE, INVALID_PLATFORM, INVALID_PATH,
+   * INVALID_ARGUMENT (INVALID_REFERENCE, INVALID_PLATFORM, INVALID_STAGING_DIR,
    * SCHEMA1_UNSUPPORTED, HOSTILE_LAYER: a layer entry escapes the tree, with
    * the entry and reason in the message; MALFORMED_LAYER: a layer that is not
    * a valid plain, gzip or zstd tar), PERMISSION_DENIED

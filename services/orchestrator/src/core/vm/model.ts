@@ -3,8 +3,7 @@
  * as it is now (its row, state, pid, agent health), the handles of a running
  * one, and the checks of a name and of a size.
  */
-import type { Reason } from "@banger/common";
-import { InvalidArgumentError } from "@banger/common";
+import { InvalidArgumentError, type Reason } from "@banger/common";
 import type { OperationRecord, VmRecord } from "../../store/index.js";
 import type { CallScope } from "../call-scope.js";
 import type { VmChange } from "../capabilities.js";
