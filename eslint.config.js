@@ -131,6 +131,10 @@ export default tseslint.config(
           selector: "BinaryExpression[operator=/^[!=]==$/][right.property.name='reason'][left.type='Literal']",
           message: "compare with the reason's constant (CommonReason, SharedReason or the service's), not a literal",
         },
+        {
+          selector: "SwitchStatement[discriminant.property.name='reason'] > SwitchCase[test.type='Literal']",
+          message: "compare with the reason's constant (CommonReason, SharedReason or the service's), not a literal",
+        },
       ],
     },
   },

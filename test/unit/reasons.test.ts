@@ -8,6 +8,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { join, relative, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
+import { NotFoundError } from "../../packages/common/src/errors.js";
 import { COMMON_REASONS, SHARED_REASONS } from "../../packages/common/src/reasons.js";
 import { PULLER_REASONS } from "../../services/image-puller/src/reasons.js";
 import { ORCHESTRATOR_REASONS } from "../../services/orchestrator/src/reasons.js";
@@ -100,6 +101,12 @@ describe("error reasons", () => {
         service.name,
       ).toEqual([]);
     }
+  });
+
+  it("are all that `reason:` takes: any other fails tsc (tsc -p test checks this file)", () => {
+    // @ts-expect-error -- a reason no build declares
+    expect(new NotFoundError("x", { reason: "NO_SUCH_REASON" }).reason).toBe("NO_SUCH_REASON");
+    expect(new NotFoundError("x", { reason: "VMM_RUNNING" }).reason).toBe("VMM_RUNNING");
   });
 
   it("are read from the proto comments in each form they are written", () => {
