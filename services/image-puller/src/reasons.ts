@@ -5,6 +5,11 @@
  */
 import { reasonConstants } from "@banger/common/reasons";
 
+declare module "@banger/common/reasons" {
+  // eslint-disable-next-line @typescript-eslint/no-empty-object-type -- merging adds the list's names as keys
+  interface ServiceReasons extends Record<PullerReason, true> {}
+}
+
 export const PULLER_REASONS = [
   "BLOB_NOT_CACHED",
   "BLOB_NOT_FOUND",
@@ -40,8 +45,3 @@ export const PULLER_REASONS = [
 ] as const;
 export type PullerReason = (typeof PULLER_REASONS)[number];
 export const PullerReason = reasonConstants(PULLER_REASONS);
-
-declare module "@banger/common/reasons" {
-  // eslint-disable-next-line @typescript-eslint/no-empty-object-type -- merging adds the list's names as keys
-  interface ServiceReasons extends Record<PullerReason, true> {}
-}

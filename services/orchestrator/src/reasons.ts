@@ -5,6 +5,11 @@
  */
 import { reasonConstants } from "@banger/common/reasons";
 
+declare module "@banger/common/reasons" {
+  // eslint-disable-next-line @typescript-eslint/no-empty-object-type -- merging adds the list's names as keys
+  interface ServiceReasons extends Record<OrchestratorReason, true> {}
+}
+
 export const ORCHESTRATOR_REASONS = [
   "ADDRESS_TAKEN",
   "AGENT_ANSWER_TOO_LARGE",
@@ -121,8 +126,3 @@ export const ORCHESTRATOR_REASONS = [
 ] as const;
 export type OrchestratorReason = (typeof ORCHESTRATOR_REASONS)[number];
 export const OrchestratorReason = reasonConstants(ORCHESTRATOR_REASONS);
-
-declare module "@banger/common/reasons" {
-  // eslint-disable-next-line @typescript-eslint/no-empty-object-type -- merging adds the list's names as keys
-  interface ServiceReasons extends Record<OrchestratorReason, true> {}
-}

@@ -5,6 +5,11 @@
  */
 import { reasonConstants } from "@banger/common/reasons";
 
+declare module "@banger/common/reasons" {
+  // eslint-disable-next-line @typescript-eslint/no-empty-object-type -- merging adds the list's names as keys
+  interface ServiceReasons extends Record<HelperReason, true> {}
+}
+
 export const HELPER_REASONS = [
   "ADDRESS_OUTSIDE_BRIDGE",
   "BRIDGE_ABSENT",
@@ -77,8 +82,3 @@ export const HELPER_REASONS = [
 ] as const;
 export type HelperReason = (typeof HELPER_REASONS)[number];
 export const HelperReason = reasonConstants(HELPER_REASONS);
-
-declare module "@banger/common/reasons" {
-  // eslint-disable-next-line @typescript-eslint/no-empty-object-type -- merging adds the list's names as keys
-  interface ServiceReasons extends Record<HelperReason, true> {}
-}
