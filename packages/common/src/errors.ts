@@ -57,8 +57,22 @@ export abstract class BangerError extends Error {
  * reason they carry when the thrower names none is the kind in UPPER_SNAKE (`NOT_FOUND`).
  * `name` is a plain string so that a subclass (HostCommandError) can name itself.
  */
+const DEFAULT_REASON: Readonly<Record<ErrorKind, Reason>> = {
+  "invalid-argument": "INVALID_ARGUMENT",
+  "not-found": "NOT_FOUND",
+  "already-exists": "ALREADY_EXISTS",
+  "failed-precondition": "FAILED_PRECONDITION",
+  "permission-denied": "PERMISSION_DENIED",
+  "resource-exhausted": "RESOURCE_EXHAUSTED",
+  unavailable: "UNAVAILABLE",
+  "deadline-exceeded": "DEADLINE_EXCEEDED",
+  cancelled: "CANCELLED",
+  unimplemented: "UNIMPLEMENTED",
+  internal: "INTERNAL",
+};
+
 function errorOfKind<K extends ErrorKind>(kind: K, name: string) {
-  const defaultReason = kind.toUpperCase().replace(/-/g, "_");
+  const defaultReason = DEFAULT_REASON[kind];
   return class extends BangerError {
     readonly kind: K = kind;
     override readonly name: string = name;
