@@ -19,7 +19,18 @@ const HOST_RUNNERS = [
   "clients/cli/src/system/host.ts",
 ];
 /** Tests and their support start real programs (registries, sshd, mkfs) as they like. */
-const TEST_CODE = ["**/*.test.ts", "**/testing/**", "**/*test-support.ts"];
+const TEST_CODE = ["**/*.test.ts", "**/test-support/**"];
+/**
+ * The TypeScript projects typed rules read: each package's build (src/ without its tests) and
+ * test/tsconfig.json, which holds every test and test-support file (outside any build).
+ */
+const TS_PROJECTS = [
+  "gen/tsconfig.json",
+  "packages/*/tsconfig.json",
+  "services/*/tsconfig.json",
+  "clients/*/tsconfig.json",
+  "test/tsconfig.json",
+];
 const childProcessMessage =
   "start host programs through @banger/common's host runner (runProcess, streamProcess, runAttached); see eslint.config.js HOST_RUNNERS";
 
@@ -28,13 +39,13 @@ export default tseslint.config(
   ...tseslint.configs.recommendedTypeChecked,
   {
     languageOptions: {
-      parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
+      parserOptions: { project: TS_PROJECTS, tsconfigRootDir: import.meta.dirname },
     },
     plugins: { import: importPlugin },
     settings: {
       "import/parsers": { "@typescript-eslint/parser": [".ts"] },
       "import/extensions": [".ts"],
-      "import/resolver": { typescript: { project: ["*/*/tsconfig.json", "gen/tsconfig.json", "test/tsconfig.json"] } },
+      "import/resolver": { typescript: { project: TS_PROJECTS } },
     },
     rules: {
       "@typescript-eslint/no-floating-promises": "error",

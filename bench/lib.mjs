@@ -3,8 +3,33 @@ import { spawn } from "node:child_process";
 import { chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import { build } from "esbuild";
 
 export const ROOT = resolve(import.meta.dirname, "..");
+
+/**
+ * A module of the tests' support (TypeScript outside every build, e.g.
+ * services/image-puller/test-support/registry/oci-image.ts): esbuild bundles it with what it
+ * imports relatively into .bench/test-support/ (packages stay imports), and the bench loads that.
+ * `@banger/common/testing` is the alias vitest.config.ts and test/tsconfig.json give the tests.
+ */
+export async function importTestSupport(path) {
+  const outfile = join(ROOT, ".bench", "test-support", path.replace(/\.ts$/, ".mjs"));
+  await build({
+    entryPoints: [join(ROOT, path)],
+    outfile,
+    bundle: true,
+    packages: "external",
+    alias: { "@banger/common/testing": "./packages/common/test-support/requires.ts" },
+    absWorkingDir: ROOT,
+    platform: "node",
+    format: "esm",
+    target: "node20",
+    logLevel: "warning",
+  });
+  return import(pathToFileURL(outfile).href);
+}
 
 /**
  * The three services as real processes, sockets in a temporary runtime directory.

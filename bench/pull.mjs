@@ -10,9 +10,12 @@ import { gzip } from "node:zlib";
 import { createUnixTransport } from "@banger/common";
 import { PullStage, PullerService } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import { createClient } from "@connectrpc/connect";
-import { makeImage, skopeoCopy, writeOciLayout } from "../services/image-puller/dist/registry/testing/oci-image.js";
-import { startRegistry } from "../services/image-puller/dist/registry/testing/registry-process.js";
-import { ROOT, fmt, printTable, startServices } from "./lib.mjs";
+import { ROOT, fmt, importTestSupport, printTable, startServices } from "./lib.mjs";
+
+const { makeImage, skopeoCopy, writeOciLayout } = await importTestSupport(
+  "services/image-puller/test-support/registry/oci-image.ts",
+);
+const { startRegistry } = await importTestSupport("services/image-puller/test-support/registry/registry-process.ts");
 
 const WORK = join(ROOT, ".bench");
 const sha256 = (bytes) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;

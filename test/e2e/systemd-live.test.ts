@@ -26,7 +26,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import {
   startRegistry,
   type RegistryProcess,
-} from "../../services/image-puller/src/registry/testing/registry-process.js";
+} from "../../services/image-puller/test-support/registry/registry-process.js";
 import { OWNER_CAN_READ_CHECKOUT, ROOT } from "../integration/harness.js";
 import { KERNEL_VERSION, TCG_GUEST_CONFIG, writeKernelPackage } from "./support/kernel-package.js";
 import { REAL_GUEST_NEEDS } from "./support/needs.js";

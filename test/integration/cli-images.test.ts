@@ -15,11 +15,11 @@ import {
   makeLayer,
   skopeoCopy,
   writeOciLayout,
-} from "../../services/image-puller/src/registry/testing/oci-image.js";
+} from "../../services/image-puller/test-support/registry/oci-image.js";
 import {
   startRegistry,
   type RegistryProcess,
-} from "../../services/image-puller/src/registry/testing/registry-process.js";
+} from "../../services/image-puller/test-support/registry/registry-process.js";
 import { createUnixTransport } from "@banger/common";
 import { PullerService } from "@banger/gen/banger/imagepuller/v1/puller_pb.js";
 import { ImageService } from "@banger/gen/banger/v1/image_pb.js";

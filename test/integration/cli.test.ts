@@ -22,8 +22,8 @@ import {
   makeLayer,
   skopeoCopy,
   writeOciLayout,
-} from "../../services/image-puller/src/registry/testing/oci-image.js";
-import { startRegistry } from "../../services/image-puller/src/registry/testing/registry-process.js";
+} from "../../services/image-puller/test-support/registry/oci-image.js";
+import { startRegistry } from "../../services/image-puller/test-support/registry/registry-process.js";
 import { BANGER, runCli, socketAnswers, waitUntil, OWNER_CAN_READ_CHECKOUT } from "./harness.js";
 
 const dirs: string[] = [];

@@ -25,11 +25,11 @@ import {
   makeLayer,
   skopeoCopy,
   writeOciLayout,
-} from "../../services/image-puller/src/registry/testing/oci-image.js";
+} from "../../services/image-puller/test-support/registry/oci-image.js";
 import {
   startRegistry,
   type RegistryProcess,
-} from "../../services/image-puller/src/registry/testing/registry-process.js";
+} from "../../services/image-puller/test-support/registry/registry-process.js";
 import { FAKE_VMM, OWNER } from "./fake-vm-cluster.js";
 import { OWNER_CAN_READ_CHECKOUT, startCluster, type Cluster } from "./harness.js";
 import { IS_ROOT, createNetNs, type NetNs } from "./netns.js";

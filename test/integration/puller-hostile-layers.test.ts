@@ -36,13 +36,13 @@ import {
   skopeoCopy,
   writeOciLayout,
   type FixtureLayer,
-} from "../../services/image-puller/src/registry/testing/oci-image.js";
+} from "../../services/image-puller/test-support/registry/oci-image.js";
 import {
   startRegistry,
   type RegistryProcess,
-} from "../../services/image-puller/src/registry/testing/registry-process.js";
-import { ODD_LAYER, oddExpected, seenInImage } from "../../services/image-puller/src/layers/testing/odd-names.js";
-import { rawTar } from "../../services/image-puller/src/layers/testing/raw-tar.js";
+} from "../../services/image-puller/test-support/registry/registry-process.js";
+import { ODD_LAYER, oddExpected, seenInImage } from "../../services/image-puller/test-support/layers/odd-names.js";
+import { rawTar } from "../../services/image-puller/test-support/layers/raw-tar.js";
 import { spawnService, waitUntil, type RunningService } from "./harness.js";
 
 const HAVE_REGISTRY_TOOLS =

@@ -31,7 +31,7 @@ import { ErrorInfoSchema } from "@banger/gen/google/rpc/error_details_pb.js";
 import { Code, createClient, type ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createOperations } from "../../services/orchestrator/src/core/operations.js";
-import { sshdSkip, startTestGuest, type TestGuest } from "../../services/orchestrator/src/core/sshd-test-support.js";
+import { sshdSkip, startTestGuest, type TestGuest } from "../../services/orchestrator/test-support/sshd.js";
 import { createWorkspaces } from "../../services/orchestrator/src/core/workspaces.js";
 import { createOperationService } from "../../services/orchestrator/src/rpc/operation-service.js";
 import { createWorkspaceService } from "../../services/orchestrator/src/rpc/workspace-service.js";

@@ -15,7 +15,7 @@ import { requireTools, type Need } from "@banger/common/testing";
 import {
   startRegistry,
   type RegistryProcess,
-} from "../../../services/image-puller/src/registry/testing/registry-process.js";
+} from "../../../services/image-puller/test-support/registry/registry-process.js";
 import {
   OWNER_CAN_READ_CHECKOUT,
   ROOT,

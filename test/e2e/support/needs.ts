@@ -1,7 +1,7 @@
 /** What booting real guests through banger's services needs from the host (QEMU under TCG). */
 import { EXT4_TOOLS, type Need } from "@banger/common/testing";
-import { REGISTRY_TOOLS } from "../../../services/image-puller/src/registry/testing/oci-image.js";
-import { KIT_TOOLS } from "../../../services/orchestrator/src/guest/initramfs-test-support.js";
+import { REGISTRY_TOOLS } from "../../../services/image-puller/test-support/registry/oci-image.js";
+import { KIT_TOOLS } from "../../../services/orchestrator/test-support/initramfs.js";
 import { NETNS_TOOLS, VMM_TOOLS } from "../../integration/netns.js";
 import { KERNEL_VERSION } from "./kernel-package.js";
 

@@ -22,8 +22,8 @@ import {
   skopeoCopy,
   writeOciLayout,
   type FixtureLayer,
-} from "../registry/testing/oci-image.js";
-import { startRegistry, type RegistryProcess } from "../registry/testing/registry-process.js";
+} from "../../test-support/registry/oci-image.js";
+import { startRegistry, type RegistryProcess } from "../../test-support/registry/registry-process.js";
 import { createBuiltCache } from "../cache/built-cache.js";
 import type { BuiltCache } from "./ports.js";
 import { pull, type PullEvent } from "./pull.js";

@@ -14,8 +14,8 @@ import { buildRootfs, parseListings, verifyExt4 } from "./image.js";
 import { applyLayer } from "../layers/extract.js";
 import { DEFAULT_BUILD_LIMITS } from "../layers/limits.js";
 import type { MetadataMap } from "../layers/metadata.js";
-import { ODD_LAYER, oddExpected, seenInImage } from "../layers/testing/odd-names.js";
-import { rawTar } from "../layers/testing/raw-tar.js";
+import { ODD_LAYER, oddExpected, seenInImage } from "../../test-support/layers/odd-names.js";
+import { rawTar } from "../../test-support/layers/raw-tar.js";
 
 let work: string;
 beforeEach(() => {

@@ -28,7 +28,7 @@ import { applyLayer } from "./extract.js";
 import { paxRecords } from "./layer-stream.js";
 import { DEFAULT_BUILD_LIMITS, type BuildLimits, type BuildUsage } from "./limits.js";
 import type { MetadataMap } from "./metadata.js";
-import { rawTar } from "./testing/raw-tar.js";
+import { rawTar } from "../../test-support/layers/raw-tar.js";
 
 interface Entry {
   name: string;

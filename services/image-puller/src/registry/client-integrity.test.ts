@@ -14,8 +14,8 @@ import { createRegistryClient } from "./client.js";
 import { DigestMismatchError } from "./digest.js";
 import { DEFAULT_PLATFORM, MediaType, type Descriptor } from "./manifest.js";
 import { parseReference } from "@banger/common/registry";
-import { sha256 } from "./testing/oci-image.js";
-import { startBlobStore, startFakeRegistry, type FakeServer } from "./testing/fake-registry.js";
+import { sha256 } from "../../test-support/registry/oci-image.js";
+import { startBlobStore, startFakeRegistry, type FakeServer } from "../../test-support/registry/fake-registry.js";
 
 const LAYER = "application/vnd.oci.image.layer.v1.tar+gzip";
 const signal = (): AbortSignal => AbortSignal.timeout(10_000);

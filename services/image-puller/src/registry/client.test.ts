@@ -23,9 +23,9 @@ import {
   skopeoCopy,
   writeOciLayout,
   type FixtureImage,
-} from "./testing/oci-image.js";
-import { startRegistry, type RegistryProcess } from "./testing/registry-process.js";
-import { startTokenServer, type TokenServer } from "./testing/token-server.js";
+} from "../../test-support/registry/oci-image.js";
+import { startRegistry, type RegistryProcess } from "../../test-support/registry/registry-process.js";
+import { startTokenServer, type TokenServer } from "../../test-support/registry/token-server.js";
 
 const HAVE_REGISTRY_TOOLS = requireTools("the registry client against a real registry", REGISTRY_TOOLS).length === 0;
 

@@ -11,7 +11,7 @@ import { UnavailableError, type ServiceIdentity } from "@banger/common";
 import { describe, expect, it } from "vitest";
 import { DEFAULT_CONFIG, type BangerConfig } from "../config/index.js";
 import { createDoctorProbes } from "../host/doctor-probes.js";
-import { useTempDir } from "../store/test-support.js";
+import { useTempDir } from "../../test-support/store.js";
 import { dnsCapability, natCapability, workDiskCapability, type Capability } from "./capabilities.js";
 import {
   createDoctor,

@@ -15,7 +15,7 @@ import {
   type GuestInput,
   type GuestTarget,
 } from "./guest-exec.js";
-import { freePort, sshdSkip, startTestGuest, type TestGuest } from "./sshd-test-support.js";
+import { freePort, sshdSkip, startTestGuest, type TestGuest } from "../../test-support/sshd.js";
 
 const canRun = !sshdSkip("guest exec over SSH");
 

@@ -15,7 +15,7 @@ import {
 import { EXT4_TOOLS, requireTools } from "@banger/common/testing";
 import { describe, expect, it } from "vitest";
 import { insertKernel, insertVm } from "../store/index.js";
-import { kernel, useStore, useTempDir, vm } from "../store/test-support.js";
+import { kernel, useStore, useTempDir, vm } from "../../test-support/store.js";
 import {
   createImageCatalog,
   type CredentialLookup,

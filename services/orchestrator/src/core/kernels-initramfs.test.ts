@@ -11,8 +11,8 @@ import { gzipSync } from "node:zlib";
 import { FailedPreconditionError, NotFoundError, createLogger } from "@banger/common";
 import { requireTools } from "@banger/common/testing";
 import { describe, expect, it } from "vitest";
-import { KIT_TOOLS, fakeBzImage, fakeElf, readNewc } from "../guest/initramfs-test-support.js";
-import { rejectionOf, useStore, useTempDir } from "../store/test-support.js";
+import { KIT_TOOLS, fakeBzImage, fakeElf, readNewc } from "../../test-support/initramfs.js";
+import { rejectionOf, useStore, useTempDir } from "../../test-support/store.js";
 import { createKernelCatalog, kernelFiles } from "./kernels.js";
 import { createOperations } from "./operations.js";
 

@@ -13,7 +13,7 @@ import {
 } from "@banger/common";
 import { describe, expect, it } from "vitest";
 import { getKernel, insertImage, insertVm, type OperationRecord } from "../store/index.js";
-import { image, rejectionOf, useStore, useTempDir, vm } from "../store/test-support.js";
+import { image, rejectionOf, useStore, useTempDir, vm } from "../../test-support/store.js";
 import { compareVersions, createKernelCatalog, kernelFiles, type ImportKernelRequest } from "./kernels.js";
 import { createOperations } from "./operations.js";
 

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { FailedPreconditionError, createLogger, runWithOpId } from "@banger/common";
 import { describe, expect, it } from "vitest";
 import { openStore, type OperationRecord } from "../store/index.js";
-import { useTempDir } from "../store/test-support.js";
+import { useTempDir } from "../../test-support/store.js";
 import { createOperations } from "./operations.js";
 
 const tempDir = useTempDir();

@@ -12,7 +12,7 @@ import { BangerError, FailedPreconditionError, UnavailableError, createLogger } 
 import { describe, expect, it } from "vitest";
 import { DEFAULT_CONFIG, type BangerConfig } from "../config/index.js";
 import { insertImage, insertKernel } from "../store/index.js";
-import { image, kernel, useStore, useTempDir } from "../store/test-support.js";
+import { image, kernel, useStore, useTempDir } from "../../test-support/store.js";
 import type { HostPort, QemuMachine } from "./host.js";
 import { dnsCapability, natCapability } from "./capabilities.js";
 import { createImageCatalog, type PullerPort } from "./images.js";

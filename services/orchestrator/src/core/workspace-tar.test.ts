@@ -19,7 +19,7 @@ import { Readable } from "node:stream";
 import type { BangerError } from "@banger/common";
 import tar from "tar-stream";
 import { describe, expect, it } from "vitest";
-import { useTempDir } from "../store/test-support.js";
+import { useTempDir } from "../../test-support/store.js";
 import { extractTree, packTree, type TreeEntry } from "./workspace-tar.js";
 
 const temp = useTempDir();

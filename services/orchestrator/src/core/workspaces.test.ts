@@ -23,9 +23,9 @@ import { join } from "node:path";
 import { Writable } from "node:stream";
 import { FailedPreconditionError, NotFoundError, createLogger, type BangerError } from "@banger/common";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { useStore, useTempDir } from "../store/test-support.js";
+import { useStore, useTempDir } from "../../test-support/store.js";
 import { createOperations, type Operations } from "./operations.js";
-import { sshdSkip, startTestGuest, type GuestKind, type TestGuest } from "./sshd-test-support.js";
+import { sshdSkip, startTestGuest, type GuestKind, type TestGuest } from "../../test-support/sshd.js";
 import {
   createWorkspaces,
   defaultGuestPath,

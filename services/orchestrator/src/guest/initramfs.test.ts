@@ -17,7 +17,7 @@ import {
   readStaticBusybox,
   type ModuleIndex,
 } from "./initramfs.js";
-import { KIT_TOOLS, fakeElf, readNewc } from "./initramfs-test-support.js";
+import { KIT_TOOLS, fakeElf, readNewc } from "../../test-support/initramfs.js";
 import { KIT_DIR } from "./kit.js";
 
 // The distribution kernel package the boot proof uses, when the host has one installed.

@@ -7,7 +7,7 @@ import { gzipSync } from "node:zlib";
 import { FailedPreconditionError } from "@banger/common";
 import { hasTool, requireTools } from "@banger/common/testing";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { fakeBzImage, fakeElf } from "./initramfs-test-support.js";
+import { fakeBzImage, fakeElf } from "../../test-support/initramfs.js";
 import { bzImagePayload, elfEnd, extractVmlinux } from "./vmlinux.js";
 
 let dir: string;

@@ -10,7 +10,7 @@ import { getImage, listImages } from "./image-repository.js";
 import { getKernel } from "./kernel-repository.js";
 import { appliedMigrations, MIGRATION_TABLE, MIGRATIONS, migrateToLatest } from "./migrations.js";
 import { getOperation } from "./operation-repository.js";
-import { T0, at, rejectionOf, useTempDir } from "./test-support.js";
+import { T0, at, rejectionOf, useTempDir } from "../../test-support/store.js";
 import { getVmByName, listVms, updateVm } from "./vm-repository.js";
 
 const ALL = Object.keys(MIGRATIONS);

@@ -2,7 +2,7 @@ import { AlreadyExistsError, FailedPreconditionError, NotFoundError } from "@ban
 import { beforeEach, describe, expect, it } from "vitest";
 import { deleteImage, getImage, insertImage, listImageUsers, listImages } from "./image-repository.js";
 import { insertKernel } from "./kernel-repository.js";
-import { T0, expectRefused, image, kernel, useStore, vm } from "./test-support.js";
+import { T0, expectRefused, image, kernel, useStore, vm } from "../../test-support/store.js";
 import { deleteVm, insertVm } from "./vm-repository.js";
 
 describe("image repository", () => {

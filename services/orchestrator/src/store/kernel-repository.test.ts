@@ -11,7 +11,7 @@ import {
   replaceKernel,
   setDefaultKernel,
 } from "./kernel-repository.js";
-import { T0, at, expectRefused, image, kernel, rejectionOf, useStore, vm } from "./test-support.js";
+import { T0, at, expectRefused, image, kernel, rejectionOf, useStore, vm } from "../../test-support/store.js";
 import { inTransaction } from "./transaction.js";
 import { insertVm } from "./vm-repository.js";
 

@@ -10,7 +10,7 @@ import {
   type OperationStage,
   updateOperation,
 } from "./operation-repository.js";
-import { T0, at, expectRefused, rejectionOf, useStore, useTempDir } from "./test-support.js";
+import { T0, at, expectRefused, rejectionOf, useStore, useTempDir } from "../../test-support/store.js";
 
 const stage = (name: string, state: OperationStage["state"], startedAt: Date | null = null): OperationStage => ({
   name,

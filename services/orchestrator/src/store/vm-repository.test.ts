@@ -2,7 +2,7 @@ import { AlreadyExistsError, NotFoundError } from "@banger/common";
 import { beforeEach, describe, expect, it } from "vitest";
 import { insertImage } from "./image-repository.js";
 import { insertKernel } from "./kernel-repository.js";
-import { T0, at, expectRefused, image, kernel, useStore, vm } from "./test-support.js";
+import { T0, at, expectRefused, image, kernel, useStore, vm } from "../../test-support/store.js";
 import { deleteVm, getVmById, getVmByName, insertVm, listVms, updateVm } from "./vm-repository.js";
 
 describe("vm repository", () => {

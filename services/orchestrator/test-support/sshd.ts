@@ -22,7 +22,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { requireTools, type Need } from "@banger/common/testing";
-import type { GuestTarget } from "./guest-exec.js";
+import type { GuestTarget } from "../src/core/guest-exec.js";
 
 const SSHD = "/usr/sbin/sshd";
 const BUSYBOX = ["/usr/bin/busybox", "/bin/busybox"].find((path) => existsSync(path));

@@ -3,7 +3,7 @@
  * payload, and a reader for the newc cpio archives the initramfs is made of.
  */
 import { gunzipSync } from "node:zlib";
-import { KIT_PROGRAMS } from "./kit.js";
+import { KIT_PROGRAMS } from "../src/guest/kit.js";
 
 /** What building the guest kit runs from the host: its programs, and patchelf (ldd is libc's). */
 export const KIT_TOOLS = [...KIT_PROGRAMS.map((program) => program.hostPath), "patchelf"];

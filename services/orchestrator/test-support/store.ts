@@ -5,11 +5,11 @@ import { join } from "node:path";
 import type { BangerError } from "@banger/common";
 import type { Kysely } from "kysely";
 import { afterEach, beforeEach, expect } from "vitest";
-import { openStore, type Store } from "./database.js";
-import type { ImageRecord } from "./image-repository.js";
-import type { KernelRecord } from "./kernel-repository.js";
-import type { Database } from "./schema.js";
-import type { NewVm } from "./vm-repository.js";
+import { openStore, type Store } from "../src/store/database.js";
+import type { ImageRecord } from "../src/store/image-repository.js";
+import type { KernelRecord } from "../src/store/kernel-repository.js";
+import type { Database } from "../src/store/schema.js";
+import type { NewVm } from "../src/store/vm-repository.js";
 
 /** A fresh directory per test, removed afterwards; call at describe level. */
 export function useTempDir(): () => string {

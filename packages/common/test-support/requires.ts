@@ -11,7 +11,7 @@
  */
 import { accessSync, constants, statSync } from "node:fs";
 import { join } from "node:path";
-import { HOST_PATH } from "../host-runner.js";
+import { HOST_PATH } from "@banger/common/host-runner";
 
 /** The command that installs every host package the tests need. */
 export const SETUP_COMMAND = "npm run setup";
