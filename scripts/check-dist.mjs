@@ -42,7 +42,7 @@ if (offenders.length > 0) {
   console.error(`dist holds ${offenders.length} test-only file(s):\n  ${offenders.join("\n  ")}`);
   console.error(
     "tests belong in src/**/*.test.ts and support in <package>/test-support/ (both outside the build); " +
-      "a dist/ from an older build may keep stale files: remove it and run npm run build",
+      "a dist/ from an older build may keep stale files: npm run clean && npm run build",
   );
   process.exit(1);
 }
