@@ -34,6 +34,39 @@ const TS_PROJECTS = [
 const childProcessMessage =
   "start host programs through @banger/common's host runner (runProcess, streamProcess, runAttached); see eslint.config.js HOST_RUNNERS";
 
+const REASON_LITERAL = "compare with the reason's constant (CommonReason, SharedReason or the service's), not a literal";
+/** Reasons are typed: never cast into the union, a peer's rebuilt only in error-mapping.ts, compared by constant. */
+const REASON_RULES = [
+  {
+    selector: "Property[key.name='reason'] > TSAsExpression",
+    message: "a reason is one of the build's typed reasons (reasons.ts), never cast",
+  },
+  {
+    selector: "Property[key.name='receivedReason']",
+    message: "only error-mapping.ts rebuilds a peer's error with its reason; throw with `reason:`",
+  },
+  {
+    selector: "BinaryExpression[operator=/^[!=]==$/][left.property.name='reason'][right.type='Literal']",
+    message: REASON_LITERAL,
+  },
+  {
+    selector: "BinaryExpression[operator=/^[!=]==$/][right.property.name='reason'][left.type='Literal']",
+    message: REASON_LITERAL,
+  },
+  {
+    selector: "SwitchStatement[discriminant.property.name='reason'] > SwitchCase[test.type='Literal']",
+    message: REASON_LITERAL,
+  },
+];
+/** An installed service reads no BANGER_ variable but the operator's log level: tests inject their hooks. */
+const ENV_RULES = [
+  "MemberExpression[object.object.name='process'][object.property.name='env'][property.value=/^BANGER_(?!LOG_LEVEL$)/]",
+  "MemberExpression[object.object.name='process'][object.property.name='env'][property.name=/^BANGER_(?!LOG_LEVEL$)/]",
+].map((selector) => ({
+  selector,
+  message: "an installed service reads no BANGER_ variable but BANGER_LOG_LEVEL: tests inject hooks",
+}));
+
 export default tseslint.config(
   { ignores: ["**/dist/**", "gen/**", "node_modules/**", "vitest.config.ts"] },
   ...tseslint.configs.recommendedTypeChecked,
@@ -120,38 +153,22 @@ export default tseslint.config(
   },
   // Error reasons are typed (packages/common/src/reasons.ts): a reason is never cast into the union, a
   // peer's reason is rebuilt only in error-mapping.ts, and a comparison names the reason's constant.
+  // Installed services take no test hook from their environment (tests inject hooks through their
+  // own entry points, e.g. test/support/orchestrator-with-faults.mjs); the one BANGER_ variable they
+  // read is the operator's log level.
   {
-    files: ["packages/*/src/**/*.ts", "services/*/src/**/*.ts", "clients/*/src/**/*.ts"],
+    files: ["packages/*/src/**/*.ts", "services/*/src/**/*.ts"],
+    ignores: [...TEST_CODE, "packages/common/src/error-mapping.ts"],
+    rules: { "no-restricted-syntax": ["error", ...REASON_RULES, ...ENV_RULES] },
+  },
+  {
+    files: ["clients/*/src/**/*.ts"],
     ignores: TEST_CODE,
-    rules: {
-      "no-restricted-syntax": [
-        "error",
-        {
-          selector: "Property[key.name='reason'] > TSAsExpression",
-          message: "a reason is one of the build's typed reasons (reasons.ts), never cast",
-        },
-        {
-          selector: "Property[key.name='receivedReason']",
-          message: "only error-mapping.ts rebuilds a peer's error with its reason; throw with `reason:`",
-        },
-        {
-          selector: "BinaryExpression[operator=/^[!=]==$/][left.property.name='reason'][right.type='Literal']",
-          message: "compare with the reason's constant (CommonReason, SharedReason or the service's), not a literal",
-        },
-        {
-          selector: "BinaryExpression[operator=/^[!=]==$/][right.property.name='reason'][left.type='Literal']",
-          message: "compare with the reason's constant (CommonReason, SharedReason or the service's), not a literal",
-        },
-        {
-          selector: "SwitchStatement[discriminant.property.name='reason'] > SwitchCase[test.type='Literal']",
-          message: "compare with the reason's constant (CommonReason, SharedReason or the service's), not a literal",
-        },
-      ],
-    },
+    rules: { "no-restricted-syntax": ["error", ...REASON_RULES] },
   },
   {
     files: ["packages/common/src/error-mapping.ts"],
-    rules: { "no-restricted-syntax": "off" },
+    rules: { "no-restricted-syntax": ["error", ...ENV_RULES] },
   },
   // Scripts in plain JavaScript run on Node: no type information, Node's globals.
   {
