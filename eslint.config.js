@@ -34,7 +34,8 @@ const TS_PROJECTS = [
 const childProcessMessage =
   "start host programs through @banger/common's host runner (runProcess, streamProcess, runAttached); see eslint.config.js HOST_RUNNERS";
 
-const REASON_LITERAL = "compare with the reason's constant (CommonReason, SharedReason or the service's), not a literal";
+const REASON_LITERAL =
+  "compare with the reason's constant (CommonReason, SharedReason or the service's), not a literal";
 /** Reasons are typed: never cast into the union, a peer's rebuilt only in error-mapping.ts, compared by constant. */
 const REASON_RULES = [
   {

@@ -71,7 +71,13 @@ const DEFAULT_REASON: Readonly<Record<ErrorKind, Reason>> = {
   internal: "INTERNAL",
 };
 
-function errorOfKind<K extends ErrorKind>(kind: K, name: string) {
+/** What errorOfKind makes: a BangerError of one kind (spelled out so declarations keep the Error type). */
+type ErrorOfKind<K extends ErrorKind> = new (
+  message: string,
+  options?: BangerErrorOptions,
+) => BangerError & { readonly kind: K };
+
+function errorOfKind<K extends ErrorKind>(kind: K, name: string): ErrorOfKind<K> {
   const defaultReason = DEFAULT_REASON[kind];
   return class extends BangerError {
     readonly kind: K = kind;
