@@ -1,7 +1,7 @@
 // Cold start of `./bin/banger daemon status` against `node -e 0`, as a ratio.
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
-import { ROOT, fmt, percentile, printTable, startServices } from "./lib.mjs";
+import { ROOT, fmt, percentile, printTable, report, startServices } from "./lib.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 20);
 
@@ -33,6 +33,13 @@ export async function benchCliStart() {
     console.log(
       `\nratio: banger daemon status takes ${fmt(banger.p50 / node.p50)}x node -e 0 (includes the status RPC through all three services)`,
     );
+    report({
+      measure: "CLI `banger daemon status` cold",
+      baseline: `node -e 0: ${fmt(node.p50, 0)} ms`,
+      now: `${fmt(banger.p50, 0)} ms`,
+      ratio: banger.p50 / node.p50,
+      goal: 1.5,
+    });
   } finally {
     await services.stop();
   }

@@ -147,3 +147,33 @@ export function printTable(header, rows) {
   console.log(line(header));
   for (const row of rows) console.log(line(row));
 }
+
+/**
+ * The summary `npm run bench` ends with: each bench reports its rows here — what was measured,
+ * the baseline timed in the same run, banger's figure, their ratio and the goal (docs: issue's table).
+ * `goal` is the ratio to reach; `lowerIsBetter` false for throughput-like ratios.
+ */
+const summary = [];
+export function report({ measure, baseline, now, ratio, goal, lowerIsBetter = true }) {
+  summary.push({ measure, baseline, now, ratio, goal, lowerIsBetter });
+}
+
+export function printSummary() {
+  if (summary.length === 0) return;
+  console.log("\n## summary: ratios against the goals (baselines measured in this run)\n");
+  printTable(
+    ["measure", "baseline", "banger", "ratio", "goal", "met"],
+    summary.map((r) => [
+      r.measure,
+      r.baseline,
+      r.now,
+      Number.isFinite(r.ratio) ? `${fmt(r.ratio)}x` : "-",
+      r.goal === undefined ? "-" : `${r.lowerIsBetter ? "≤" : "≥"} ${r.goal}x`,
+      r.goal === undefined || !Number.isFinite(r.ratio)
+        ? "-"
+        : (r.lowerIsBetter ? r.ratio <= r.goal : r.ratio >= r.goal)
+          ? "yes"
+          : "no",
+    ]),
+  );
+}

@@ -4,6 +4,7 @@ import { benchCliStart } from "./cli-start.mjs";
 import { benchPull } from "./pull.mjs";
 import { benchRpc } from "./rpc.mjs";
 import { benchVm } from "./vm.mjs";
+import { printSummary } from "./lib.mjs";
 
 const BENCHES = { rpc: benchRpc, "cli-start": benchCliStart, pull: benchPull, vm: benchVm };
 const wanted = process.argv.slice(2);
@@ -15,3 +16,4 @@ if (unknown.length > 0) {
 
 console.log(`banger benchmarks — node ${process.version}, ${new Date().toISOString()}`);
 for (const [name, bench] of Object.entries(BENCHES)) if (wanted.length === 0 || wanted.includes(name)) await bench();
+printSummary();
