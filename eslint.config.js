@@ -90,7 +90,7 @@ export default tseslint.config(
     },
   },
   // A service or client never imports another one's code (share through
-  // packages/common); core/ is proto-free (map at the rpc/ edge).
+  // packages/common); core/ and store/ are proto-free (map at the rpc/ edge).
   ...["services/orchestrator", "services/privileged", "services/image-puller", "clients/cli"].flatMap((dir) => {
     const others = {
       group: [
@@ -105,7 +105,7 @@ export default tseslint.config(
     };
     const protoFree = {
       group: ["@banger/gen/*", "@connectrpc/*"],
-      message: "core/ is proto-free: map at the rpc/ edge",
+      message: "core/ and store/ are proto-free: map at the rpc/ edge",
     };
     // The root helper loads only what it runs: common through its subpath entry points, never the root index
     // (which pulls in the registry and credential-helper code); test code may use the root. The puller too.
@@ -126,7 +126,7 @@ export default tseslint.config(
           ]
         : []),
       {
-        files: [`${dir}/src/core/**/*.ts`],
+        files: [`${dir}/src/core/**/*.ts`, `${dir}/src/store/**/*.ts`],
         rules: {
           "no-restricted-imports": [
             "error",

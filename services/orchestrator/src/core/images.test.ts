@@ -138,7 +138,10 @@ describe("image pulls", () => {
     expect(done.stages.map((s) => [s.name, s.state])).toEqual(
       ["resolve", "layers", "mkfs", "ownership", "work-seed", "verify", "publish"].map((n) => [n, "done"]),
     );
-    expect(done.result).toMatchObject({ image: { name: "alpine", manifestDigest: `sha256:${"c".repeat(64)}` } });
+    expect(done.result).toMatchObject({
+      kind: "image",
+      image: { name: "alpine", manifestDigest: `sha256:${"c".repeat(64)}` },
+    });
     expect(readdirSync(join(tempDir(), "images", "alpine"))).toEqual(["rootfs.ext4"]);
     expect(readdirSync(join(tempDir(), "images", ".staging"))).toEqual([]);
     expect((await images.get("alpine")).reference).toBe("docker.io/library/alpine:3.20");
@@ -299,7 +302,7 @@ describe("the built-in image tiny", () => {
     const op = await runWithOpId(`op-00000000d0${(ops++).toString(16).padStart(2, "0")}`, () =>
       operations.start("create-vm", "box", async (ctx) => {
         const image = await ctx.stage("resolve-image", () => images.ensureDefault(name, ctx, "resolve-image", scope));
-        return { image: image.name };
+        return { kind: "image", image };
       }),
     );
     await operations.settled();
@@ -328,7 +331,7 @@ describe("the built-in image tiny", () => {
     );
     const { images, done } = await resolveDefault(scriptedPuller({ pullError: unreachable, tinyBuilds }));
     expect(done.state).toBe("succeeded");
-    expect(done.result).toEqual({ image: "tiny" });
+    expect(done.result).toMatchObject({ kind: "image", image: { name: "tiny", source: "builtin" } });
     expect(done.stages).toMatchObject([{ name: "resolve-image", state: "done" }]);
     expect(done.stages[0]?.message).toBe(
       "the default image debian could not be pulled (registry host registry-1.docker.io is unreachable: getaddrinfo " +

@@ -36,7 +36,6 @@ import {
   listImageUsers,
   type Database,
   type ImageRecord,
-  type JsonObject,
   type OperationRecord,
 } from "../store/index.js";
 import type { CallScope } from "./call-scope.js";
@@ -444,17 +443,16 @@ export function createImageCatalog(deps: {
       }
       await puller.identify(scope);
       return operations.start("pull-image", name, async (op) => ({
-        image: imageJson(
-          await runPull(op, {
-            builtin,
-            reference,
-            registry,
-            name,
-            fromCatalog,
-            platform: req.platform,
-            minRootfsMib: req.minRootfsMib,
-          }),
-        ),
+        kind: "image",
+        image: await runPull(op, {
+          builtin,
+          reference,
+          registry,
+          name,
+          fromCatalog,
+          platform: req.platform,
+          minRootfsMib: req.minRootfsMib,
+        }),
       }));
     },
 
@@ -550,25 +548,4 @@ async function ext4File(path: string, field: string): Promise<{ path: string; by
   } finally {
     await file.close();
   }
-}
-
-/** The operation result: the Image in proto JSON form (the rpc edge turns it into the message). */
-export function imageJson(image: ImageRecord): JsonObject {
-  return {
-    name: image.name,
-    reference: image.reference ?? "",
-    manifestDigest: image.manifestDigest ?? "",
-    platform: image.platform,
-    rootfsBytes: String(image.rootfsBytes),
-    workSeedBytes: String(image.workSeedBytes),
-    defaultKernel: image.defaultKernel ?? "",
-    source: `IMAGE_SOURCE_${image.source.toUpperCase()}`,
-    createTime: image.createdAt.toISOString(),
-    config: {
-      ...image.config,
-      entrypoint: [...image.config.entrypoint],
-      cmd: [...image.config.cmd],
-      env: [...image.config.env],
-    },
-  };
 }

@@ -126,7 +126,7 @@ describe("BuildInitramfs", () => {
       const kernel = await kernels.get("debian");
       const initrd = await readFile(kernelFiles(kernels.dir("debian"), kernel).initrd ?? "");
       expect(kernel.initrdBytes).toBe(initrd.length);
-      expect(op.result).toMatchObject({ kernel: { name: "debian", initrdBytes: String(initrd.length) } });
+      expect(op.result).toMatchObject({ kind: "kernel", kernel: { name: "debian", initrdBytes: initrd.length } });
       const entries = new Map(readNewc(initrd).map((e) => [e.name, e.data.toString()]));
       expect(entries.get("lib/modules/banger/order")).toBe("virtio\nvirtio_mmio\nvirtio_blk\nvirtio_net\next4\n");
       expect(entries.get("lib/modules/banger/ext4.ko")).toBe("kernel/fs/ext4/ext4.ko bytes");

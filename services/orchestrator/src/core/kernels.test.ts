@@ -119,7 +119,8 @@ describe("kernel import", () => {
     };
     expect(await kernels.get("custom-6.6")).toMatchObject(expected);
     expect(op.result).toMatchObject({
-      kernel: { ...expected, kernelBytes: String(ELF.length), initrdBytes: "12" },
+      kind: "kernel",
+      kernel: { ...expected, kernelBytes: ELF.length, initrdBytes: 12 },
     });
 
     const dir = kernels.dir("custom-6.6");

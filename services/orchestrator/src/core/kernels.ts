@@ -32,7 +32,6 @@ import {
   listKernelUsers,
   setDefaultKernel,
   type Database,
-  type JsonObject,
   type KernelRecord,
   type OperationRecord,
 } from "../store/index.js";
@@ -176,15 +175,14 @@ export function createKernelCatalog(deps: {
         await refuseInUse(name);
       }
       return operations.start("import-kernel", name, async (op) => ({
-        kernel: kernelJson(
-          await importKernel(shelf, op, {
-            name,
-            plan: () => planImport(sourceDir),
-            setDefault: req.setDefault,
-            replace: req.replace,
-            modules: "all",
-          }),
-        ),
+        kind: "kernel",
+        kernel: await importKernel(shelf, op, {
+          name,
+          plan: () => planImport(sourceDir),
+          setDefault: req.setDefault,
+          replace: req.replace,
+          modules: "all",
+        }),
       }));
     },
 
@@ -198,7 +196,8 @@ export function createKernelCatalog(deps: {
       }
       await readStaticBusybox(shelf.busybox);
       return operations.start("build-initramfs", kernel.name, async (op) => ({
-        kernel: kernelJson(await initramfsFor(shelf, op, kernel)),
+        kind: "kernel",
+        kernel: await initramfsFor(shelf, op, kernel),
       }));
     },
 
@@ -223,22 +222,6 @@ export function createKernelCatalog(deps: {
       if (existed) logger.info({ kernel: name }, "kernel deleted");
       return { existed };
     },
-  };
-}
-
-/** The operation result: the Kernel in proto JSON form (the rpc edge turns it into the message). */
-export function kernelJson(kernel: KernelView): JsonObject {
-  return {
-    name: kernel.name,
-    version: kernel.version,
-    kernelSha256: kernel.kernelSha256,
-    kernelBytes: String(kernel.kernelBytes),
-    uncompressed: kernel.uncompressed,
-    initrdBytes: String(kernel.initrdBytes),
-    hasModules: kernel.hasModules,
-    isDefault: kernel.isDefault,
-    createTime: kernel.createdAt.toISOString(),
-    usedBy: [...kernel.usedBy],
   };
 }
 

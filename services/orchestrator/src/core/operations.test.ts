@@ -2,7 +2,7 @@ import { Writable } from "node:stream";
 import { join } from "node:path";
 import { FailedPreconditionError, createLogger, runWithOpId } from "@banger/common";
 import { describe, expect, it } from "vitest";
-import { openStore, type OperationRecord } from "../store/index.js";
+import { EMPTY_IMAGE_CONFIG, openStore, type OperationRecord, type OperationResult } from "../store/index.js";
 import { useTempDir } from "../../test-support/store.js";
 import { createOperations } from "./operations.js";
 
@@ -36,6 +36,23 @@ async function collect(iterable: AsyncIterable<OperationRecord>): Promise<Operat
   return seen;
 }
 
+/** What a pull left. */
+const debian: OperationResult = {
+  kind: "image",
+  image: {
+    name: "debian",
+    reference: "docker.io/library/debian:bookworm",
+    manifestDigest: `sha256:${"a".repeat(64)}`,
+    platform: "linux/amd64",
+    rootfsBytes: 1 << 30,
+    workSeedBytes: 0,
+    defaultKernel: null,
+    source: "pulled",
+    config: EMPTY_IMAGE_CONFIG,
+    createdAt: new Date("2026-12-01T08:00:00.000Z"),
+  },
+};
+
 describe("operations", () => {
   it("persist stages and the result; a watcher sees every stage and the end; the op id is the call's", async () => {
     const { logger, lines, path } = setup();
@@ -46,7 +63,7 @@ describe("operations", () => {
       ops.start("pull-image", "debian", async (op) => {
         await op.stage("resolve", async () => {});
         await op.stage("layers", () => hold.promise);
-        return { image: "debian" };
+        return debian;
       }),
     );
     expect(started).toMatchObject({ id: "op-00000000abcd", state: "running", kind: "pull-image", target: "debian" });
@@ -54,7 +71,7 @@ describe("operations", () => {
     setTimeout(hold.open, 50);
     const seen = await watching;
     const last = seen.at(-1);
-    expect(last).toMatchObject({ state: "succeeded", result: { image: "debian" } });
+    expect(last).toMatchObject({ state: "succeeded", result: debian });
     expect(last?.stages.map((s) => [s.name, s.state])).toEqual([
       ["resolve", "done"],
       ["layers", "done"],

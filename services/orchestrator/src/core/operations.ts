@@ -22,11 +22,11 @@ import {
   markInterrupted,
   updateOperation,
   type Database,
-  type JsonObject,
   type OperationFailure,
   type OperationFilter,
   type OperationKind,
   type OperationRecord,
+  type OperationResult,
   type OperationStage,
 } from "../store/index.js";
 
@@ -65,7 +65,7 @@ export interface Operations {
   start(
     kind: OperationKind,
     target: string,
-    work: (op: OperationContext) => Promise<JsonObject | null>,
+    work: (op: OperationContext) => Promise<OperationResult | null>,
   ): Promise<OperationRecord>;
   get(id: string): Promise<OperationRecord>;
   list(filter: OperationFilter): Promise<OperationRecord[]>;

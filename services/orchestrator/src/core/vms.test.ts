@@ -393,7 +393,7 @@ describe("VM create", () => {
     const vm = await vms.get("box");
     expect(vm).toMatchObject({ state: "running", guestIp: "172.30.0.2", vsockCid: 3, vcpu: 2, nat: true });
     expect(vm.mac).toMatch(/^02(:[0-9a-f]{2}){5}$/);
-    expect(done.result).toMatchObject({ vm: { name: "box", state: "VM_STATE_RUNNING", guestIp: "172.30.0.2" } });
+    expect(done.result).toMatchObject({ kind: "vm", vm: { name: "box", state: "running", guestIp: "172.30.0.2" } });
     expect([...model.taps, ...model.vmms, ...model.nat]).toEqual([vm.id, vm.id, vm.id]);
     expect(model.loops.size).toBe(0); // a clone is a file: the helper checks and writes it without a loop device
     expect(names.resolve("box")).toBe("172.30.0.2"); // the DNS capability's postStart
@@ -643,7 +643,7 @@ describe("root-disk strategy dm-snapshot (scripted helper: this machine has no d
     expect(done.state, JSON.stringify(done.error)).toBe("succeeded");
     const vm = await vms.get("box");
     expect(vm.rootDiskStrategy).toBe("dm-snapshot");
-    expect(done.result).toMatchObject({ vm: { rootDiskStrategy: "ROOT_DISK_STRATEGY_DM_SNAPSHOT" } });
+    expect(done.result).toMatchObject({ kind: "vm", vm: { rootDiskStrategy: "dm-snapshot" } });
     // The image read-only under the snapshot, the VM's COW file under it read-write; no copy of the image.
     expect([...model.loops.values()]).toEqual([
       join(stateDir, "images", "debian", "rootfs.ext4"),

@@ -33,7 +33,6 @@ import { listVms } from "../store/index.js";
 
 export type { AgentHealthName, CreateVmRequest, VmService, VmStateName, VmView } from "./vm/model.js";
 export { validVmName } from "./vm/model.js";
-export { vmJson } from "./vm/json.js";
 export type { VmServiceDeps } from "./vm/context.js";
 export type { GuestPort } from "./ports.js";
 

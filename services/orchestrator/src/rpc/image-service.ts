@@ -1,20 +1,10 @@
 import { implementService } from "@banger/common";
 import { ImageService } from "@banger/gen/banger/v1/image_pb.js";
-import { ImageSource, type ImageSchema } from "@banger/gen/banger/v1/resources_pb.js";
-import type { MessageInitShape } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { CATALOG, type ImageCatalog } from "../core/images.js";
-import type { ImageRecord, OperationRecord } from "../store/index.js";
-import { operationToProto } from "./operation-service.js";
+import type { OperationRecord } from "../store/index.js";
+import { imageToProto, operationToProto } from "./to-proto.js";
 import { scopeOf } from "./scope.js";
-
-const SOURCE: Record<ImageRecord["source"], ImageSource> = {
-  pulled: ImageSource.PULLED,
-  registered: ImageSource.REGISTERED,
-  promoted: ImageSource.PROMOTED,
-  builtin: ImageSource.BUILTIN,
-};
 
 /** `banger.v1.ImageService`: pull (an operation), list, show, delete, the catalog. */
 export function createImageService(
@@ -55,27 +45,4 @@ export function createImageService(
       return { entries: CATALOG.map((entry) => ({ ...entry, local: local.has(entry.name) })) };
     },
   });
-}
-
-export function imageToProto(
-  image: ImageRecord & { usedBy?: readonly string[] },
-): MessageInitShape<typeof ImageSchema> {
-  return {
-    name: image.name,
-    reference: image.reference ?? "",
-    manifestDigest: image.manifestDigest ?? "",
-    platform: image.platform,
-    rootfsBytes: BigInt(image.rootfsBytes),
-    workSeedBytes: BigInt(image.workSeedBytes),
-    defaultKernel: image.defaultKernel ?? "",
-    source: SOURCE[image.source],
-    createTime: timestampFromDate(image.createdAt),
-    usedBy: [...(image.usedBy ?? [])],
-    config: {
-      ...image.config,
-      entrypoint: [...image.config.entrypoint],
-      cmd: [...image.config.cmd],
-      env: [...image.config.env],
-    },
-  };
 }

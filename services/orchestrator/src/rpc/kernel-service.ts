@@ -1,11 +1,8 @@
 import { implementService } from "@banger/common";
 import { KernelService } from "@banger/gen/banger/v1/kernel_pb.js";
-import type { KernelSchema } from "@banger/gen/banger/v1/resources_pb.js";
-import type { MessageInitShape } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
-import type { KernelCatalog, KernelView } from "../core/kernels.js";
-import { operationToProto } from "./operation-service.js";
+import type { KernelCatalog } from "../core/kernels.js";
+import { kernelToProto, operationToProto } from "./to-proto.js";
 
 /** `banger.v1.KernelService`: import and build an initramfs (operations), list, show, set the default, delete. */
 export function createKernelService(kernels: KernelCatalog): ServiceImpl<typeof KernelService> {
@@ -35,19 +32,4 @@ export function createKernelService(kernels: KernelCatalog): ServiceImpl<typeof 
       return { kernel: kernelToProto(await kernels.get(req.name)) };
     },
   });
-}
-
-export function kernelToProto(kernel: KernelView): MessageInitShape<typeof KernelSchema> {
-  return {
-    name: kernel.name,
-    version: kernel.version,
-    kernelSha256: kernel.kernelSha256,
-    kernelBytes: BigInt(kernel.kernelBytes),
-    uncompressed: kernel.uncompressed,
-    initrdBytes: BigInt(kernel.initrdBytes),
-    hasModules: kernel.hasModules,
-    isDefault: kernel.isDefault,
-    createTime: timestampFromDate(kernel.createdAt),
-    usedBy: [...kernel.usedBy],
-  };
 }

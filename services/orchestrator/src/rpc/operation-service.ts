@@ -1,22 +1,9 @@
 import { InvalidArgumentError, implementService, isOpId } from "@banger/common";
-import {
-  OperationKind,
-  OperationService,
-  OperationState,
-  StageState,
-  type OperationSchema,
-} from "@banger/gen/banger/v1/operation_pb.js";
-import { ImageSchema, KernelSchema, VmSchema } from "@banger/gen/banger/v1/resources_pb.js";
-import { fromJson, type MessageInitShape } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { OperationKind, OperationService } from "@banger/gen/banger/v1/operation_pb.js";
 import type { ServiceImpl } from "@connectrpc/connect";
-import type { Operations, StageProgress } from "../core/operations.js";
-import {
-  OPERATION_KINDS,
-  type OperationKind as Kind,
-  type OperationRecord,
-  type OperationStage,
-} from "../store/index.js";
+import type { Operations } from "../core/operations.js";
+import { OPERATION_KINDS, type OperationKind as Kind } from "../store/index.js";
+import { kindToProto, operationToProto } from "./to-proto.js";
 
 const DEFAULT_LIST_LIMIT = 50;
 const MAX_LIST_LIMIT = 1000;
@@ -63,89 +50,8 @@ function validOpId(id: string): string {
   return id;
 }
 
-// "create-vm" ↔ OperationKind.CREATE_VM, by name, so the two lists cannot drift apart silently.
-const protoKindName = (kind: Kind) => kind.toUpperCase().replaceAll("-", "_") as keyof typeof OperationKind;
-
-function kindToProto(kind: Kind): OperationKind {
-  return OperationKind[protoKindName(kind)];
-}
-
 function kindFromProto(kind: OperationKind): Kind {
   const found = OPERATION_KINDS.find((k) => kindToProto(k) === kind);
   if (found === undefined) throw new InvalidArgumentError(`unknown operation kind ${kind}`, { reason: "INVALID_KIND" });
   return found;
-}
-
-const STATE: Record<OperationRecord["state"], OperationState> = {
-  pending: OperationState.PENDING,
-  running: OperationState.RUNNING,
-  succeeded: OperationState.SUCCEEDED,
-  failed: OperationState.FAILED,
-  cancelled: OperationState.CANCELLED,
-};
-
-const STAGE_STATE: Record<OperationStage["state"], StageState> = {
-  pending: StageState.PENDING,
-  running: StageState.RUNNING,
-  done: StageState.DONE,
-  failed: StageState.FAILED,
-  skipped: StageState.SKIPPED,
-  "rolled-back": StageState.ROLLED_BACK,
-};
-
-export function operationToProto(
-  op: OperationRecord,
-  cancelRequested = false,
-  progress: ReadonlyMap<string, StageProgress> = new Map(),
-): MessageInitShape<typeof OperationSchema> {
-  return {
-    id: op.id,
-    kind: kindToProto(op.kind),
-    state: STATE[op.state],
-    target: op.target,
-    stages: op.stages.map((stage) => {
-      const elapsedMs = stage.startedAt ? (stage.endedAt ?? new Date()).getTime() - stage.startedAt.getTime() : 0;
-      return {
-        name: stage.name,
-        state: STAGE_STATE[stage.state],
-        ...(stage.startedAt ? { startTime: timestampFromDate(stage.startedAt) } : {}),
-        ...(stage.endedAt ? { endTime: timestampFromDate(stage.endedAt) } : {}),
-        elapsed: { seconds: BigInt(Math.floor(elapsedMs / 1000)), nanos: (elapsedMs % 1000) * 1_000_000 },
-        message: stage.message,
-        ...progressToProto(progress.get(stage.name)),
-      };
-    }),
-    createTime: timestampFromDate(op.createdAt),
-    updateTime: timestampFromDate(op.updatedAt),
-    ...(op.endedAt ? { endTime: timestampFromDate(op.endedAt) } : {}),
-    result: resultToProto(op),
-    ...(op.error ? { error: { ...op.error } } : {}),
-    cancelRequested,
-  };
-}
-
-function progressToProto(progress: StageProgress | undefined) {
-  if (!progress) return {};
-  return {
-    progress: {
-      doneBytes: BigInt(progress.doneBytes),
-      totalBytes: BigInt(progress.totalBytes),
-      items: progress.items.map((item) => ({
-        id: item.id,
-        doneBytes: BigInt(item.doneBytes),
-        totalBytes: BigInt(item.totalBytes),
-        state: item.state,
-      })),
-    },
-  };
-}
-
-/** The result is stored as `{ vm | image | kernel: <proto JSON> }`. */
-function resultToProto(op: OperationRecord): NonNullable<MessageInitShape<typeof OperationSchema>["result"]> {
-  const result = op.result;
-  if (!result) return { case: undefined };
-  if (result["vm"] !== undefined) return { case: "vm", value: fromJson(VmSchema, result["vm"]) };
-  if (result["image"] !== undefined) return { case: "image", value: fromJson(ImageSchema, result["image"]) };
-  if (result["kernel"] !== undefined) return { case: "kernel", value: fromJson(KernelSchema, result["kernel"]) };
-  return { case: undefined };
 }

@@ -1,12 +1,11 @@
 import { UnavailableError, implementService } from "@banger/common";
 import { VmLogSource, VmService } from "@banger/gen/banger/v1/vm_pb.js";
-import { VmSchema, VmState } from "@banger/gen/banger/v1/resources_pb.js";
-import { fromJson } from "@bufbuild/protobuf";
+import { VmState } from "@banger/gen/banger/v1/resources_pb.js";
 import { timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { LISTENING_PORTS_ARGV, execInGuest, parseListeningPorts } from "../core/guest-exec.js";
-import { vmJson, type VmService as Vms, type VmView } from "../core/vms.js";
-import { operationToProto } from "./operation-service.js";
+import type { VmService as Vms } from "../core/vms.js";
+import { operationToProto, vmToProto } from "./to-proto.js";
 import { scopeOf } from "./scope.js";
 
 const durationOf = (ms: number) => ({
@@ -16,8 +15,6 @@ const durationOf = (ms: number) => ({
 
 const millis = (duration: Duration | undefined): number | undefined =>
   duration === undefined ? undefined : Number(duration.seconds) * 1000 + Math.round(duration.nanos / 1e6);
-
-export const vmToProto = (vm: VmView) => fromJson(VmSchema, vmJson(vm));
 
 /** `banger.v1.VmService`: the lifecycle (operations), set, list and get. */
 export function createVmService(vms: Vms): ServiceImpl<typeof VmService> {

@@ -2,7 +2,7 @@ import { InvalidArgumentError, implementService } from "@banger/common";
 import { ExportFormat, WorkspaceMode, WorkspaceService } from "@banger/gen/banger/v1/workspace_pb.js";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { ExportFormat as Format, WorkspaceMode as Mode, Workspaces } from "../core/workspaces.js";
-import { operationToProto } from "./operation-service.js";
+import { operationToProto } from "./to-proto.js";
 
 /** At most this many bytes per ExportWorkspaceResponse. */
 const MAX_CHUNK = 64 * 1024;

@@ -84,6 +84,24 @@ export function nullableStringField(object: JsonObject, key: string, where: stri
   return object[key] === null ? null : stringField(object, key, where);
 }
 
+export function numberField(object: JsonObject, key: string, where: string): number {
+  const value = object[key];
+  if (typeof value !== "number") throw corrupt(where, `"${key}" is not a number`);
+  return value;
+}
+
+export function booleanField(object: JsonObject, key: string, where: string): boolean {
+  const value = object[key];
+  if (typeof value !== "boolean") throw corrupt(where, `"${key}" is not true or false`);
+  return value;
+}
+
+export function objectField(object: JsonObject, key: string, where: string): JsonObject {
+  const value = object[key];
+  if (value === undefined || !isJsonObject(value)) throw corrupt(where, `"${key}" is not an object`);
+  return value;
+}
+
 export function stringArrayField(object: JsonObject, key: string, where: string): string[] {
   const value = object[key];
   if (!Array.isArray(value)) throw corrupt(where, `"${key}" is not a list`);

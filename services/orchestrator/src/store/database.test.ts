@@ -142,9 +142,10 @@ describe("openStore", () => {
       });
       expect(await getImage(store.db, "debian")).toMatchObject({ defaultKernel: "k", config: { cmd: ["bash"] } });
       expect(await getKernel(store.db, "k")).toMatchObject({ isDefault: true });
+      // Not a result today's code ever wrote: the operation stays readable, its result marked unreadable.
       expect(await getOperation(store.db, "op-0123456789ab")).toMatchObject({
         state: "succeeded",
-        result: { vm: "box" },
+        result: { kind: "unreadable" },
       });
       // The new column works.
       const started = await updateVm(store.db, "box", { updatedAt: at(5), startedAt: at(5) });

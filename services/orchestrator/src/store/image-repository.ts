@@ -61,7 +61,7 @@ export async function insertImage(db: Kysely<Database>, image: ImageRecord): Pro
     work_seed_bytes: image.workSeedBytes,
     default_kernel: image.defaultKernel,
     source: image.source,
-    config: toJson(configToJson(image.config)),
+    config: toJson(imageConfigToJson(image.config)),
     created_at: toTimestamp(image.createdAt),
   };
   const inserted = await guardWrite(db, { action: "insert", table: "images", values: row }, () =>
@@ -92,7 +92,8 @@ export async function deleteImage(db: Kysely<Database>, name: string): Promise<b
   return result.numDeletedRows > 0n;
 }
 
-function configToJson(config: ImageConfig): JsonObject {
+/** An image's config as stored (in its row and in operation results). */
+export function imageConfigToJson(config: ImageConfig): JsonObject {
   return {
     entrypoint: [...config.entrypoint],
     cmd: [...config.cmd],
@@ -104,7 +105,6 @@ function configToJson(config: ImageConfig): JsonObject {
 
 function imageFromRow(row: Selectable<ImageTable>): ImageRecord {
   const at = (column: string) => `images.${column} of image "${row.name}"`;
-  const config = parseJsonObject(row.config, at("config"));
   return {
     name: row.name,
     reference: row.reference,
@@ -114,13 +114,17 @@ function imageFromRow(row: Selectable<ImageTable>): ImageRecord {
     workSeedBytes: row.work_seed_bytes,
     defaultKernel: row.default_kernel,
     source: oneOf(IMAGE_SOURCES, row.source, at("source")),
-    config: {
-      entrypoint: stringArrayField(config, "entrypoint", at("config")),
-      cmd: stringArrayField(config, "cmd", at("config")),
-      env: stringArrayField(config, "env", at("config")),
-      user: stringField(config, "user", at("config")),
-      workingDir: stringField(config, "workingDir", at("config")),
-    },
+    config: imageConfigFromJson(parseJsonObject(row.config, at("config")), at("config")),
     createdAt: fromTimestamp(row.created_at, at("created_at")),
+  };
+}
+
+export function imageConfigFromJson(config: JsonObject, where: string): ImageConfig {
+  return {
+    entrypoint: stringArrayField(config, "entrypoint", where),
+    cmd: stringArrayField(config, "cmd", where),
+    env: stringArrayField(config, "env", where),
+    user: stringField(config, "user", where),
+    workingDir: stringField(config, "workingDir", where),
   };
 }

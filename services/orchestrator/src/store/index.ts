@@ -12,3 +12,4 @@ export * from "./vm-repository.js";
 export * from "./image-repository.js";
 export * from "./kernel-repository.js";
 export * from "./operation-repository.js";
+export * from "./operation-result.js";

@@ -10,7 +10,36 @@ import {
   type OperationStage,
   updateOperation,
 } from "./operation-repository.js";
+import type { OperationResult } from "./operation-result.js";
 import { T0, at, expectRefused, rejectionOf, useStore, useTempDir } from "../../test-support/store.js";
+
+/** What a create left: the VM running. */
+const box: Extract<OperationResult, { kind: "vm" }> = {
+  kind: "vm",
+  vm: {
+    id: "3f2a9c1e7b4d",
+    name: "box",
+    imageName: "debian",
+    kernelName: "k",
+    vcpu: 2,
+    memoryMib: 1024,
+    workDiskMib: 8192,
+    guestIp: "172.30.0.2",
+    mac: "06:00:ac:1e:00:02",
+    vsockCid: 3,
+    nat: true,
+    vmm: "firecracker",
+    rootDiskStrategy: "clone",
+    lastError: null,
+    pendingChanges: { vcpu: 4 },
+    createdAt: T0,
+    startedAt: at(3),
+    state: "running",
+    pid: 4242,
+    agentHealth: "ok",
+    agentVersion: "8.1.3",
+  },
+};
 
 const stage = (name: string, state: OperationStage["state"], startedAt: Date | null = null): OperationStage => ({
   name,
@@ -65,15 +94,65 @@ describe("operation repository", () => {
     const done = await updateOperation(db(), "op-3f9a2c01b7de", {
       updatedAt: at(9),
       state: "succeeded",
-      result: { vm: { name: "box", guestIp: "172.30.0.2" } },
+      result: box,
     });
-    expect(done).toMatchObject({
-      state: "succeeded",
-      endedAt: at(9),
-      result: { vm: { name: "box", guestIp: "172.30.0.2" } },
-    });
+    expect(done).toMatchObject({ state: "succeeded", endedAt: at(9), result: box });
     expect(await getOperation(db(), "op-3f9a2c01b7de")).toEqual(done);
     expect(await getOperation(db(), "op-000000000000")).toBeUndefined();
+  });
+
+  it("gives back each kind of result as it was stored", async () => {
+    const results: OperationResult[] = [
+      box,
+      {
+        kind: "vm",
+        vm: {
+          ...box.vm,
+          state: "stopped",
+          pid: 0,
+          agentHealth: "",
+          agentVersion: "",
+          startedAt: null,
+          lastError: "boom",
+        },
+      },
+      {
+        kind: "image",
+        image: {
+          name: "golden",
+          reference: null,
+          manifestDigest: null,
+          platform: "linux/amd64",
+          rootfsBytes: 2 ** 33,
+          workSeedBytes: 1024,
+          defaultKernel: "k",
+          source: "promoted",
+          config: { entrypoint: ["/init"], cmd: [], env: ["A=1"], user: "app", workingDir: "/srv" },
+          createdAt: T0,
+        },
+      },
+      {
+        kind: "kernel",
+        kernel: {
+          name: "k",
+          version: "6.1.0",
+          kernelSha256: `sha256:${"c".repeat(64)}`,
+          kernelBytes: 8_000_000,
+          uncompressed: true,
+          initrdBytes: 0,
+          hasModules: false,
+          isDefault: true,
+          createdAt: T0,
+          usedBy: ["image:golden", "vm:box"],
+        },
+      },
+    ];
+    for (const [i, result] of results.entries()) {
+      const id = `op-00000000a${i.toString(16).padStart(3, "0")}`;
+      await insertOperation(db(), { id, kind: "create-vm", target: "box", createdAt: T0 });
+      await updateOperation(db(), id, { updatedAt: at(1), state: "succeeded", result });
+      expect((await getOperation(db(), id))?.result).toEqual(result);
+    }
   });
 
   it("keeps a failure with every detail", async () => {
@@ -224,7 +303,7 @@ describe("operations across a restart", () => {
     await updateOperation(before.db, "op-00000000cafe", {
       updatedAt: at(5),
       state: "succeeded",
-      result: { vm: "box" },
+      result: box,
     });
     await before.close();
 
@@ -238,7 +317,7 @@ describe("operations across a restart", () => {
       });
       expect(await getOperation(after.db, "op-00000000cafe")).toMatchObject({
         state: "succeeded",
-        result: { vm: "box" },
+        result: box,
       });
     } finally {
       await after.close();

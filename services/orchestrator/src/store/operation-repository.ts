@@ -17,6 +17,7 @@ import {
   toTimestamp,
 } from "./columns.js";
 import { guardWrite } from "./errors.js";
+import { type OperationResult, resultFromText, resultToJson, type UnreadableResult } from "./operation-result.js";
 import type { OperationTable } from "./operation.table.js";
 import type { Database } from "./schema.js";
 import { inTransaction } from "./transaction.js";
@@ -80,8 +81,8 @@ export interface OperationRecord {
   /** The VM, image or kernel name it acts on. */
   readonly target: string;
   readonly stages: readonly OperationStage[];
-  /** What it produced, once succeeded (shape chosen by its kind). */
-  readonly result: JsonObject | null;
+  /** What it produced, once succeeded; null when its kind produces nothing. */
+  readonly result: OperationResult | UnreadableResult | null;
   readonly error: OperationFailure | null;
   readonly createdAt: Date;
   readonly updatedAt: Date;
@@ -105,7 +106,7 @@ export interface OperationPatch {
   readonly updatedAt: Date;
   readonly state?: OperationState;
   readonly stages?: readonly OperationStage[];
-  readonly result?: JsonObject | null;
+  readonly result?: OperationResult | null;
   readonly error?: OperationFailure | null;
 }
 
@@ -161,7 +162,7 @@ export async function updateOperation(
     values.ended_at = isActive(patch.state) ? null : updatedAt;
   }
   if (patch.stages !== undefined) values.stages = toJson(stagesToJson(patch.stages));
-  if (patch.result !== undefined) values.result = patch.result && toJson(patch.result);
+  if (patch.result !== undefined) values.result = patch.result && toJson(resultToJson(patch.result));
   if (patch.error !== undefined) values.error = patch.error && toJson(failureToJson(patch.error));
 
   const row = await guardWrite(db, { action: "update", table: "operations", values }, () =>
@@ -256,7 +257,7 @@ function operationFromRow(row: Selectable<OperationTable>): OperationRecord {
     state: oneOf(OPERATION_STATES, row.state, at("state")),
     target: row.target,
     stages: stagesFromJson(parseJson(row.stages, at("stages")), at("stages")),
-    result: row.result === null ? null : parseJsonObject(row.result, at("result")),
+    result: row.result === null ? null : resultFromText(row.result, at("result")),
     error: row.error === null ? null : failureFromJson(parseJsonObject(row.error, at("error")), at("error")),
     createdAt: fromTimestamp(row.created_at, at("created_at")),
     updatedAt: fromTimestamp(row.updated_at, at("updated_at")),

@@ -10,7 +10,7 @@ export interface OperationTable {
   target: string;
   /** JSON array of stages, in order. */
   stages: string;
-  /** JSON object: what it produced, once succeeded. */
+  /** JSON object: what it produced, once succeeded: `{kind: "vm", vm: {…}}` and so on (operation-result.ts). */
   result: string | null;
   /** JSON object {code, reason, message, …}, once failed or cancelled. */
   error: string | null;

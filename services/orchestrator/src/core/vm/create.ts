@@ -19,8 +19,8 @@ import {
   insertVm,
   listVms,
   type ImageRecord,
-  type JsonObject,
   type OperationRecord,
+  type OperationResult,
   type VmRecord,
 } from "../../store/index.js";
 import { CATALOG, isKnownImageName } from "../images.js";
@@ -101,7 +101,7 @@ async function planCreate(ctx: VmContext, req: CreateVmRequest): Promise<CreateP
   return { req, name, vcpu, memoryMib, imageName, workDiskMib, nat, kernelName: kernelName ?? "" };
 }
 
-async function createSteps(ctx: VmContext, plan: CreatePlan, op: OperationContext): Promise<JsonObject> {
+async function createSteps(ctx: VmContext, plan: CreatePlan, op: OperationContext): Promise<OperationResult> {
   const { req, name } = plan;
   const undo: UndoList = [];
   let vm: VmRecord | undefined;

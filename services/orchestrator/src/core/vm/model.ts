@@ -4,16 +4,13 @@
  * one, and the checks of a name and of a size.
  */
 import { InvalidArgumentError, type Reason } from "@banger/common";
-import type { OperationRecord, VmRecord } from "../../store/index.js";
+import type { AgentHealthName, OperationRecord, VmRecord, VmStateName } from "../../store/index.js";
 import type { CallScope } from "../call-scope.js";
 import type { VmChange } from "../capabilities.js";
 import type { GuestTarget } from "../guest-exec.js";
 import type { SshTarget, VmUsage } from "../vm-observe.js";
 
-export type VmStateName = "creating" | "starting" | "running" | "stopping" | "stopped" | "failed" | "deleting";
-
-/** Whether a VM's guest agent answers: "" when it is not running. */
-export type AgentHealthName = "" | "ok" | "unreachable" | "none";
+export type { AgentHealthName, VmStateName };
 
 /** A VM as it is now: its row, its state, its VMM's pid (0 when none) and its agent's health. */
 export interface VmView extends VmRecord {

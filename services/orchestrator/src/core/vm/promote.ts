@@ -1,7 +1,7 @@
 /** Promote: a stopped VM's disks become an image (root disk → root filesystem, work disk → work seed). */
 import { AlreadyExistsError, FailedPreconditionError } from "@banger/common";
 import { getImage, type OperationRecord } from "../../store/index.js";
-import { imageJson, validImageName } from "../images.js";
+import { validImageName } from "../images.js";
 import type { VmContext } from "./context.js";
 
 export async function promoteVm(ctx: VmContext, vmName: string, imageName: string): Promise<OperationRecord> {
@@ -40,7 +40,7 @@ export async function promoteVm(ctx: VmContext, vmName: string, imageName: strin
         }),
       );
       ctx.logger.info({ image: name, vm: vmName }, "VM promoted to an image");
-      return { image: imageJson(image) };
+      return { kind: "image", image };
     }),
   );
 }
