@@ -4,16 +4,7 @@
  * work), cancelled on request. The work runs detached from the RPC that began
  * it, in the op id context of that RPC, so every log line keeps its op id.
  */
-import {
-  CancelledError,
-  InternalError,
-  NotFoundError,
-  codeName,
-  currentOpId,
-  mintOpId,
-  statusOf,
-  type Logger,
-} from "@banger/common";
+import { NotFoundError, currentOpId, mintOpId, type Logger } from "@banger/common";
 import type { Kysely } from "kysely";
 import {
   getOperation,
@@ -22,13 +13,15 @@ import {
   markInterrupted,
   updateOperation,
   type Database,
-  type OperationFailure,
   type OperationFilter,
   type OperationKind,
+  type OperationPatch,
   type OperationRecord,
   type OperationResult,
-  type OperationStage,
 } from "../store/index.js";
+import { createContext, type RunState } from "./operation/context.js";
+import { failureOf } from "./operation/failure.js";
+import { watchOperation, type Live } from "./operation/watch.js";
 
 /** What the work of an operation gets: its id, a cancel signal and stages. */
 export interface OperationContext {
@@ -81,13 +74,6 @@ export interface Operations {
   settled(): Promise<void>;
 }
 
-interface Live {
-  readonly controller: AbortController;
-  readonly listeners: Set<() => void>;
-  readonly done: Promise<void>;
-  readonly progress: Map<string, StageProgress>;
-}
-
 /**
  * Marks `error` with the last output of the VM it concerns (console, VMM log;
  * bounded by whoever made it): the failed operation keeps it as its error's
@@ -96,9 +82,6 @@ interface Live {
 export function withLogTail<E extends Error>(error: E, logTail: string): E {
   return Object.assign(error, { logTail });
 }
-
-/** Watchers hear of progress at most this often per operation. */
-const PROGRESS_INTERVAL_MS = 200;
 
 export function createOperations(deps: {
   readonly db: Kysely<Database>;
@@ -124,122 +107,60 @@ export function createOperations(deps: {
     return found;
   };
 
+  /** Runs `work` to its end and records how it ended; never rejects. */
+  async function run(
+    state: RunState,
+    kind: OperationKind,
+    target: string,
+    work: (op: OperationContext) => Promise<OperationResult | null>,
+  ): Promise<void> {
+    const { id, controller } = state;
+    const save = async (patch: Omit<OperationPatch, "updatedAt">) => {
+      await updateOperation(db, id, { ...patch, updatedAt: now() });
+      notify(id);
+    };
+    const context = createContext(state, {
+      logger,
+      now,
+      saveStages: () => save({ stages: state.stages }),
+      notify: () => notify(id),
+      failAfterStages: deps.failAfterStages,
+    });
+    try {
+      const result = await work(context);
+      await save({ state: "succeeded", result });
+      logger.info({ operation: kind, target }, "operation succeeded");
+    } catch (error) {
+      const cancelled = controller.signal.aborted;
+      const { failure, stages } = failureOf(id, error, cancelled, state.stages, now);
+      state.stages = stages;
+      await save({ state: cancelled ? "cancelled" : "failed", error: failure, stages }).catch((saveError: unknown) =>
+        logger.error({ err: saveError }, "could not record the end of an operation"),
+      );
+      logger.warn(
+        { operation: kind, target, code: failure.code, reason: failure.reason, err: error },
+        "operation failed",
+      );
+    } finally {
+      clearTimeout(state.progressTimer);
+      notify(id);
+      live.delete(id);
+    }
+  }
+
   return {
     async start(kind, target, work) {
       const id = currentOpId() ?? mintOpId();
       const record = await insertOperation(db, { id, kind, target, state: "running", createdAt: now() });
-      const controller = new AbortController();
-      const listeners = new Set<() => void>();
-      const progress = new Map<string, StageProgress>();
-      let progressTimer: NodeJS.Timeout | undefined;
-      let stages: OperationStage[] = [];
-      const save = async (patch: Omit<Parameters<typeof updateOperation>[2], "updatedAt">) => {
-        await updateOperation(db, id, { ...patch, updatedAt: now() });
-        notify(id);
-      };
-
-      const tracked = new Map<string, { started: Date; t0: number }>();
-      const setStage = (stage: OperationStage) => {
-        stages = placeStage(stages, stage);
-      };
-      const context: OperationContext = {
+      const state: RunState = {
         id,
-        signal: controller.signal,
-        progress(stage, value) {
-          progress.set(stage, value);
-          progressTimer ??= setTimeout(() => {
-            progressTimer = undefined;
-            notify(id);
-          }, PROGRESS_INTERVAL_MS);
-        },
-        async track(name, state, message = "") {
-          if (state === "running") {
-            tracked.set(name, { started: now(), t0: performance.now() });
-            setStage({ name, state, startedAt: now(), endedAt: null, message });
-          } else {
-            const begun = tracked.get(name) ?? { started: now(), t0: performance.now() };
-            setStage({ name, state, startedAt: begun.started, endedAt: now(), message });
-            logger.info({ stage: name, duration_ms: Math.round(performance.now() - begun.t0) }, "stage completed");
-          }
-          await save({ stages });
-        },
-        async note(name, message) {
-          stages = stages.map((s) => (s.name === name ? { ...s, message } : s));
-          logger.info({ stage: name, note: message }, "stage note");
-          await save({ stages });
-        },
-        async stage(name, run) {
-          if (controller.signal.aborted)
-            throw new CancelledError(`operation ${id} was cancelled`, { reason: "CANCELLED" });
-          const started = now();
-          const t0 = performance.now();
-          const set = (state: OperationStage["state"], endedAt: Date | null) => {
-            // A note the work left on its stage (track() with a message) stays when the stage ends.
-            const message = state === "running" ? "" : (stages.find((s) => s.name === name)?.message ?? "");
-            stages = placeStage(stages, { name, state, startedAt: started, endedAt, message });
-          };
-          set("running", null);
-          await save({ stages });
-          try {
-            const value = await run();
-            if (deps.failAfterStages?.has(name)) {
-              throw new InternalError(`injected failure after stage ${name}`, {
-                reason: "INJECTED_FAILURE",
-              });
-            }
-            set("done", now());
-            await save({ stages });
-            logger.info({ stage: name, duration_ms: Math.round(performance.now() - t0) }, "stage completed");
-            return value;
-          } catch (error) {
-            set("failed", now());
-            await save({ stages });
-            logger.warn(
-              { stage: name, duration_ms: Math.round(performance.now() - t0), error: String(error) },
-              "stage failed",
-            );
-            throw Object.assign(error instanceof Error ? error : new Error(String(error)), { failedStage: name });
-          }
-        },
+        controller: new AbortController(),
+        progress: new Map<string, StageProgress>(),
+        stages: [],
+        progressTimer: undefined,
       };
-
-      const done = (async () => {
-        try {
-          const result = await work(context);
-          await save({ state: "succeeded", result });
-          logger.info({ operation: kind, target }, "operation succeeded");
-        } catch (error) {
-          const cancelled = controller.signal.aborted;
-          const status = statusOf(
-            cancelled ? new CancelledError(`operation ${id} was cancelled`, { reason: "CANCELLED" }) : error,
-          );
-          // A stage another service was running when it failed is the failing stage.
-          const running = stages.find((st) => st.state === "running");
-          if (running) setStage({ ...running, state: "failed", endedAt: now() });
-          const thrownStage = (error as { failedStage?: unknown }).failedStage;
-          const failedStage = typeof thrownStage === "string" ? thrownStage : running?.name;
-          const logTail = cancelled ? undefined : (error as { logTail?: unknown } | undefined)?.logTail;
-          const failure: OperationFailure = {
-            code: codeName(status.code),
-            reason: status.reason,
-            message: status.message,
-            ...(typeof failedStage === "string" ? { stage: failedStage } : {}),
-            ...(typeof logTail === "string" && logTail !== "" ? { vmmLogTail: logTail } : {}),
-          };
-          await save({ state: cancelled ? "cancelled" : "failed", error: failure, stages }).catch(
-            (saveError: unknown) => logger.error({ err: saveError }, "could not record the end of an operation"),
-          );
-          logger.warn(
-            { operation: kind, target, code: failure.code, reason: failure.reason, err: error },
-            "operation failed",
-          );
-        } finally {
-          clearTimeout(progressTimer);
-          notify(id);
-          live.delete(id);
-        }
-      })();
-      live.set(id, { controller, listeners, done, progress });
+      const done = run(state, kind, target, work);
+      live.set(id, { controller: state.controller, listeners: new Set(), done, progress: state.progress });
       return record;
     },
 
@@ -252,27 +173,7 @@ export function createOperations(deps: {
       return { operation: await get(id), cancelRequested: running !== undefined };
     },
 
-    async *watch(id, signal) {
-      let last = "";
-      for (;;) {
-        // Listen before reading, so a change between the read and the wait is not missed.
-        const entry = live.get(id);
-        const change = entry ? nextChange(entry, signal) : undefined;
-        try {
-          const current = await get(id);
-          const seen = JSON.stringify([current, [...(live.get(id)?.progress ?? [])]]);
-          if (seen !== last) {
-            last = seen;
-            yield current;
-          }
-          if (current.endedAt !== null || !change || signal.aborted) return;
-          await change.promise;
-          if (signal.aborted) return;
-        } finally {
-          change?.dispose();
-        }
-      }
-    },
+    watch: (id, signal) => watchOperation(live, get, id, signal),
 
     async recover() {
       const interrupted = await markInterrupted(db, now());
@@ -289,28 +190,6 @@ export function createOperations(deps: {
 
     async settled() {
       await Promise.all([...live.values()].map((entry) => entry.done));
-    },
-  };
-}
-
-/** `stage` in its place in the list (where it first appeared), or at the end when it is new. */
-function placeStage(stages: OperationStage[], stage: OperationStage): OperationStage[] {
-  return stages.some((s) => s.name === stage.name)
-    ? stages.map((s) => (s.name === stage.name ? stage : s))
-    : [...stages, stage];
-}
-
-/** Resolves at the entry's next change or when `signal` aborts; dispose() stops listening. */
-function nextChange(entry: Live, signal: AbortSignal): { promise: Promise<void>; dispose: () => void } {
-  let wake = () => {};
-  const promise = new Promise<void>((resolve) => (wake = resolve));
-  entry.listeners.add(wake);
-  signal.addEventListener("abort", wake);
-  return {
-    promise,
-    dispose: () => {
-      entry.listeners.delete(wake);
-      signal.removeEventListener("abort", wake);
     },
   };
 }
