@@ -66,7 +66,7 @@ export interface KernelCatalog {
   /**
    * Checks the name and the directory (failing at once: INVALID_KERNEL_NAME,
    * INVALID_PATH, PATH_NOT_FOUND, KERNEL_NAME_TAKEN, KERNEL_IN_USE), then
-   * starts the import operation; its result is `{ kernel }`.
+   * starts the import operation; its result is the kernel (`{ kind: "kernel", kernel }`).
    */
   import(req: ImportKernelRequest): Promise<OperationRecord>;
   /** Every kernel, sorted by name. */
@@ -83,7 +83,7 @@ export interface KernelCatalog {
    * KERNEL_HAS_NO_MODULES) and the host's static busybox (FAILED_PRECONDITION
    * BUSYBOX_MISSING, BUSYBOX_NOT_STATIC), then starts the build operation:
    * banger's initramfs for the kernel's modules becomes its initrd, replacing
-   * one it had. Its result is `{ kernel }`. The operation fails
+   * one it had. Its result is the kernel. The operation fails
    * FAILED_PRECONDITION KERNEL_MODULE_MISSING when the modules lack a driver
    * the guest needs, KERNEL_CHANGED when the kernel was deleted or replaced
    * meanwhile.
