@@ -17,7 +17,7 @@
  * - lifecycle.ts: start, stop, restart, delete; halt.ts: stopping a VMM; agent.ts: the guest agent
  * - settings.ts: SetVm and pending changes; promote.ts; inspect.ts: logs, stats, ssh and Exec targets
  * - recovery.ts (with host-cleanup.ts): what the host holds, checked at start-up
- * - json.ts: a VM operation's result (the VM as it is now)
+ * - result.ts: a VM operation's result (the VM as it is now)
  */
 import type { VmmPorts } from "./ports.js";
 import { observe } from "./vm/agent.js";

@@ -31,7 +31,7 @@ import { boot, bootLogs } from "./boot.js";
 import { scopeOf, type VmContext } from "./context.js";
 import { removeHostResources, removeRunDir } from "./host-cleanup.js";
 import { validMemoryMib, validVcpu, validVmName, type CreateVmRequest } from "./model.js";
-import { vmResult } from "./json.js";
+import { vmResult } from "./result.js";
 import { makeRootDisk, detachRoot } from "./root-disk.js";
 import { staged, unwind, type UndoList } from "./undo.js";
 

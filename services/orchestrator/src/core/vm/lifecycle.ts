@@ -13,7 +13,7 @@ import { boot, bootLogs, type BootOptions } from "./boot.js";
 import { scopeOf, type VmContext } from "./context.js";
 import { halt, type HaltOptions } from "./halt.js";
 import { removeRunDir } from "./host-cleanup.js";
-import { vmResult } from "./json.js";
+import { vmResult } from "./result.js";
 import { validVmName } from "./model.js";
 import { applyPending } from "./settings.js";
 import { unwind, type UndoList } from "./undo.js";
