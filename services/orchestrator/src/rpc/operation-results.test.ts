@@ -1,7 +1,17 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { OperationSchema } from "@banger/gen/banger/v1/operation_pb.js";
+import { Writable } from "node:stream";
+import { createLogger } from "@banger/common";
+import {
+  GetOperationRequestSchema,
+  GetOperationResponseSchema,
+  OperationSchema,
+  OperationService,
+  WatchOperationRequestSchema,
+  WatchOperationResponseSchema,
+} from "@banger/gen/banger/v1/operation_pb.js";
 import { create, toJson } from "@bufbuild/protobuf";
+import { createHandlerContext } from "@connectrpc/connect";
 import Sqlite from "better-sqlite3";
 import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
@@ -9,6 +19,8 @@ import { openStore } from "../store/database.js";
 import { appliedMigrations } from "../store/migrations.js";
 import { getOperation, listOperations } from "../store/operation-repository.js";
 import { useTempDir } from "../store/test-support.js";
+import { createOperations } from "../core/operations.js";
+import { createOperationService } from "./operation-service.js";
 import { operationToProto } from "./to-proto.js";
 
 const fixture = (name: string) => readFileSync(new URL(`./fixtures/${name}`, import.meta.url), "utf8");
@@ -34,17 +46,37 @@ describe("operation results stored by earlier code (proto JSON)", () => {
     return path;
   }
 
-  it("are rewritten as domain records, and GetOperation gives every one as before", async () => {
+  it("are rewritten as domain records, and GetOperation and WatchOperation give every one as before", async () => {
     const store = await openStore(oldDatabase());
     try {
       expect(await appliedMigrations(store.db)).toContain("2026_12_07_0003_operation_results_as_domain_records");
+      const quiet = new Writable({ write: (_chunk, _encoding, done) => done() });
+      const service = createOperationService(
+        createOperations({ db: store.db, logger: createLogger({ service: "orchestrator", destination: quiet }) }),
+      );
+      const context = (method: keyof typeof OperationService.method) =>
+        createHandlerContext({
+          service: OperationService,
+          method: OperationService.method[method],
+          protocolName: "grpc",
+          requestMethod: "POST",
+          url: `/banger.v1.OperationService/${method}`,
+        });
       const ids = Object.keys(expected);
       expect(ids).toHaveLength(15);
       for (const id of ids) {
         const op = await getOperation(store.db, id);
-        if (!op) throw new Error(`${id} is gone`);
-        expect(op.result?.kind, id).not.toBe("unreadable");
-        expect(wire(op), id).toEqual(expected[id]);
+        expect(op?.result?.kind, id).not.toBe("unreadable");
+        const got = await service.getOperation(create(GetOperationRequestSchema, { id }), context("getOperation"));
+        expect(toJson(GetOperationResponseSchema, create(GetOperationResponseSchema, got)), id).toEqual({
+          operation: expected[id],
+        });
+        const watched = [];
+        const request = create(WatchOperationRequestSchema, { id });
+        for await (const event of service.watchOperation(request, context("watchOperation"))) {
+          watched.push(toJson(WatchOperationResponseSchema, create(WatchOperationResponseSchema, event)));
+        }
+        expect(watched, id).toEqual([{ operation: expected[id] }]);
       }
       // Stored as the domain form now: tagged, with domain enum names and plain numbers.
       const { rows } = await sql<{
