@@ -18,7 +18,7 @@ import { describe, expect, it } from "vitest";
 import { openStore } from "../store/database.js";
 import { appliedMigrations } from "../store/migrations.js";
 import { getOperation, listOperations } from "../store/operation-repository.js";
-import { useTempDir } from "../store/test-support.js";
+import { useTempDir } from "../../test-support/store.js";
 import { createOperations } from "../core/operations.js";
 import { createOperationService } from "./operation-service.js";
 import { operationToProto } from "./to-proto.js";
