@@ -19,19 +19,10 @@
  */
 import { open, type FileHandle } from "node:fs/promises";
 import { FailedPreconditionError, HostCommandError, PermissionDeniedError } from "@banger/common/errors";
-import type { Runner } from "@banger/common/host-runner";
 import type { HelperConfig } from "../config.js";
 import { DIR_FLAGS, at, checkRootsDir, errnoOf, removeVmDir } from "../host/dirfd.js";
-import {
-  CLK_TCK,
-  DEFAULT_PROC_ROOT,
-  dateToStartTime,
-  readRssBytes,
-  readStat,
-  startTimeToDate,
-  type SpawnDetached,
-} from "../host/proc.js";
-import { hostPorts } from "../ports.js";
+import { CLK_TCK, DEFAULT_PROC_ROOT, dateToStartTime, readRssBytes, readStat, startTimeToDate } from "../host/proc.js";
+import type { HelperPorts } from "../ports.js";
 import { validVmId } from "../validate/ids.js";
 import { validPid, validSignal, validStartTime } from "../validate/vmm.js";
 import { launchVmm, type LaunchDeps } from "./vmm/launch.js";
@@ -54,18 +45,12 @@ export interface VmmOps {
   removeFiles(req: { vmId: string }): Promise<{ existed: boolean }>;
 }
 
-export interface VmmDeps {
+/** The ports the VMM ops use (main.ts builds them with `hostPorts()`; tests hand in their own). */
+export interface VmmDeps extends Pick<
+  HelperPorts,
+  "runner" | "procRoot" | "spawnProcess" | "kvmUsable" | "hostTscKhz"
+> {
   readonly config: HelperConfig;
-  /** Where /proc is (tests hand in a crafted one). */
-  readonly procRoot?: string;
-  /** How the VMM is started (default: a detached spawn as the owner). */
-  readonly spawnProcess?: SpawnDetached;
-  /** Whether the owner's VMM can use /dev/kvm (default: the host feature probe). */
-  readonly kvmUsable?: () => boolean;
-  /** The host's TSC frequency for TCG guests (default: /proc/cpuinfo). */
-  readonly hostTscKhz?: () => number | undefined;
-  /** Runs host tools (default: common's host runner); the owner's `kill` when the helper may not signal. */
-  readonly runner?: Runner;
   /** How long a new VMM has to create its control socket (default 10 s). */
   readonly readyTimeoutMs?: number;
 }
@@ -82,18 +67,15 @@ export function vmmStartTimeFromDate(date: Date, procRoot = DEFAULT_PROC_ROOT): 
 
 export function createVmmOps(deps: VmmDeps): VmmOps {
   const { config } = deps;
-  const procRoot = deps.procRoot ?? DEFAULT_PROC_ROOT;
-  // What the caller leaves out (tests) is the host's: the same adapters main.ts builds.
-  const host = hostPorts(procRoot);
-  const runner = deps.runner ?? host.runner;
+  const { procRoot, runner } = deps;
   const processes = createVmmProcesses({ config, procRoot, runner });
   const { inspect, list, stopRelays } = processes;
   const launchDeps: LaunchDeps = {
     config,
     procRoot,
-    spawnProcess: deps.spawnProcess ?? host.spawnProcess,
-    kvmUsable: deps.kvmUsable ?? host.kvmUsable,
-    hostTscKhz: deps.hostTscKhz ?? host.hostTscKhz,
+    spawnProcess: deps.spawnProcess,
+    kvmUsable: deps.kvmUsable,
+    hostTscKhz: deps.hostTscKhz,
     readyTimeoutMs: deps.readyTimeoutMs ?? 10_000,
     processes,
     /** VMs whose launch is under way in this helper (between the running check and the spawn). */
