@@ -10,6 +10,7 @@ import {
   defaultConfigPath,
   describeConfig,
   loadConfig,
+  parseConfig,
   type BangerConfig,
 } from "./index.js";
 
@@ -295,6 +296,13 @@ describe("the key reference", () => {
     const text = describeConfig();
     for (const doc of CONFIG_REFERENCE) expect(text).toContain(`${doc.key} = `);
     expect(text).toContain('network.bridge = "bgr0"');
+  });
+
+  it("each key's documented default is the default the parser gives", () => {
+    const written = CONFIG_REFERENCE.filter((doc) => doc.default !== "" && !doc.key.includes("[]"))
+      .map((doc) => `${doc.key} = ${doc.default}`)
+      .join("\n");
+    expect(parseConfig(written, "reference.toml", home)).toEqual(parseConfig("", "empty.toml", home));
   });
 
   it("docs/CONFIG.md documents every key", async () => {

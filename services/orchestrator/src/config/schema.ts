@@ -108,7 +108,12 @@ export const CONFIG_REFERENCE: readonly ConfigKeyDoc[] = deepFreeze([
     default: '""',
     meaning: 'kernel when neither the request nor the image names one; "" = the host default kernel',
   },
-  { key: "vmm", default: '"firecracker"', meaning: 'VMM of new VMs: "firecracker" or "qemu-microvm"' },
+  {
+    key: "vmm",
+    default: '"auto"',
+    meaning:
+      'VMM of new VMs: "firecracker", "qemu-microvm" or "auto" (Firecracker where KVM and its binary are, else QEMU)',
+  },
   { key: "vm.vcpu", default: "2", meaning: "virtual CPUs of a new VM, 1-32" },
   { key: "vm.memory_mib", default: "1024", meaning: "memory of a new VM in MiB, 128-262144" },
   {
