@@ -47,15 +47,15 @@ describe("parseListings", () => {
     ]);
     expect(parseListings(out, [2, 13])).toEqual([
       [
-        { ino: 2, mode: 0o40755, name: "." },
-        { ino: 2, mode: 0o40755, name: ".." },
-        { ino: 12, mode: 0o100644, name: fake },
-        { ino: 13, mode: 0o40755, name: "d\ndebugfs: ls -p <1>" },
+        { ino: 2, mode: 0o40755, uid: 0, gid: 0, name: "." },
+        { ino: 2, mode: 0o40755, uid: 0, gid: 0, name: ".." },
+        { ino: 12, mode: 0o100644, uid: 0, gid: 0, name: fake },
+        { ino: 13, mode: 0o40755, uid: 0, gid: 0, name: "d\ndebugfs: ls -p <1>" },
       ],
       [
-        { ino: 13, mode: 0o40755, name: "." },
-        { ino: 2, mode: 0o40755, name: ".." },
-        { ino: 14, mode: 0o100644, name: "\xff\xfe" },
+        { ino: 13, mode: 0o40755, uid: 0, gid: 0, name: "." },
+        { ino: 2, mode: 0o40755, uid: 0, gid: 0, name: ".." },
+        { ino: 14, mode: 0o100644, uid: 1000, gid: 1000, name: "\xff\xfe" },
       ],
     ]);
   });

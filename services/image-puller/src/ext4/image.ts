@@ -7,11 +7,13 @@
  * name is ever written into a debugfs command: its parser cannot hold a
  * newline, and quotes and backslashes would need escaping.
  */
-import { lstat, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { lstatSync, readdirSync } from "node:fs";
+import { lstat, mkdtemp, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runProcess } from "@banger/common/host-runner";
 import { shownName, type EntryMeta, type MetadataMap } from "../layers/metadata.js";
+import { settleTree, treeMtime } from "../layers/tree-meta.js";
 
 export interface RootfsOptions {
   readonly minMib: number;
@@ -46,28 +48,31 @@ const TYPE_BITS: Record<EntryMeta["type"], number> = {
 
 const SLASH_BYTES = Buffer.from("/");
 
-/** Bytes (in whole blocks) and inodes the tree needs. */
-async function measure(dir: string): Promise<{ bytes: number; inodes: number }> {
+/**
+ * Bytes (in whole blocks) and inodes the tree needs. Synchronous calls: a
+ * thread-pool round trip per lstat costs more than the lstat.
+ */
+function measure(dir: string): { bytes: number; inodes: number } {
   let bytes = 0;
   let inodes = 1;
   const seen = new Set<number>();
-  const walk = async (path: Buffer): Promise<void> => {
-    for (const name of await readdir(path, { encoding: "buffer" })) {
+  const walk = (path: Buffer): void => {
+    for (const name of readdirSync(path, { encoding: "buffer" })) {
       const child = Buffer.concat([path, SLASH_BYTES, name]); // names need not be UTF-8
-      const stats = await lstat(child);
+      const stats = lstatSync(child);
       if (seen.has(stats.ino)) continue; // a hardlink takes no second inode
       seen.add(stats.ino);
       inodes++;
       bytes += Math.ceil(stats.size / BLOCK) * BLOCK + (stats.isDirectory() ? BLOCK : 0);
-      if (stats.isDirectory()) await walk(child);
+      if (stats.isDirectory()) walk(child);
     }
   };
-  await walk(Buffer.from(dir));
+  walk(Buffer.from(dir));
   return { bytes, inodes };
 }
 
 async function mkfs(treeDir: string, outFile: string, options: RootfsOptions, recordedEntries: number): Promise<void> {
-  const used = await measure(treeDir);
+  const used = measure(treeDir);
   const inodes = Math.ceil(Math.max(used.inodes, recordedEntries) * (1 + options.inodeMarginPercent / 100)) + 256;
   const bytes = used.bytes * (1 + options.headroomPercent / 100) + inodes * 256 + 32 * 1024 * 1024;
   const sizeMib = Math.max(options.minMib, Math.ceil(bytes / 1024 / 1024));
@@ -97,6 +102,8 @@ async function mkfs(treeDir: string, outFile: string, options: RootfsOptions, re
 interface ListedInode {
   readonly ino: number;
   readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
   /** The entry's name, one byte a character. */
   readonly name: string;
 }
@@ -133,12 +140,13 @@ export function parseListings(out: Buffer, dirs: readonly number[]): ListedInode
       at++;
       const ino = Number(field(/^[1-9]\d{0,9}$/, "inode number"));
       const mode = parseInt(field(/^[0-7]{1,6}$/, "mode"), 8);
-      field(/^-?\d+$/, "uid");
-      field(/^-?\d+$/, "gid");
+      // Printed as signed 32-bit numbers.
+      const uid = Number(field(/^-?\d{1,10}$/, "uid")) >>> 0;
+      const gid = Number(field(/^-?\d{1,10}$/, "gid")) >>> 0;
       const name = field(/^[^]+$/, "name");
       field(/^\d*$/, "size");
       if (out[at++] !== NEWLINE) throw fail("an entry not ended by a newline");
-      listed.push({ ino, mode, name });
+      listed.push({ ino, mode, uid, gid, name });
     }
     if (out[at++] !== NEWLINE) throw fail("a listing not ended by an empty line");
     return listed;
@@ -148,6 +156,12 @@ export function parseListings(out: Buffer, dirs: readonly number[]): ListedInode
 }
 
 const S_IFMT = 0o170000;
+
+/** A recorded entry and how the built image lists its inode (undefined: not listed, e.g. the root). */
+interface FoundInode {
+  readonly meta: EntryMeta;
+  readonly listed?: ListedInode;
+}
 
 /**
  * The inode of every recorded entry in the built image, found by walking its
@@ -161,8 +175,8 @@ async function inodesOf(
   image: string,
   entries: ReadonlyMap<string, EntryMeta>,
   signal: AbortSignal,
-): Promise<Map<number, EntryMeta>> {
-  const byInode = new Map<number, EntryMeta>();
+): Promise<Map<number, FoundInode>> {
+  const byInode = new Map<number, FoundInode>();
   let found = 0;
   let level: [number, string][] = [[2, ""]];
   while (level.length > 0) {
@@ -173,7 +187,8 @@ async function inodesOf(
     const listings = parseListings(out, dirs);
     const next: [number, string][] = [];
     level.forEach(([, dir], i) => {
-      for (const { ino, mode, name } of listings[i] ?? []) {
+      for (const listed of listings[i] ?? []) {
+        const { ino, mode, name } = listed;
         if (name === "." || name === "..") continue;
         const path = dir === "" ? name : `${dir}/${name}`;
         const meta = entries.get(path);
@@ -182,7 +197,7 @@ async function inodesOf(
           throw new Error(`the built image holds ${shownName(path)} as mode 0${mode.toString(8)}, not a ${meta.type}`);
         }
         found++;
-        byInode.set(ino, meta);
+        byInode.set(ino, { meta, listed });
         if (meta.type === "dir") next.push([ino, path]);
       }
     });
@@ -195,9 +210,13 @@ async function inodesOf(
 }
 
 /**
- * One debugfs script for every recorded entry, by inode number; paths relative
- * to the image root. Devices and FIFOs, empty regular files until now, get
- * their type and numbers; e2fsck then rewrites their directory entries' type.
+ * One debugfs script for what the image does not hold yet, by inode number;
+ * paths relative to the image root. mkfs copied each entry's mode and mtime
+ * as the tree holds them (tree-meta.ts put there what it could) and the tree's
+ * owner: a field the image lists otherwise is set, the mtime only where the
+ * tree could not hold it. Devices and FIFOs, empty regular files until now,
+ * get every field, their type and numbers; e2fsck then rewrites their
+ * directory entries' type.
  */
 async function restoreMetadata(
   image: string,
@@ -206,19 +225,20 @@ async function restoreMetadata(
   rootMeta?: EntryMeta,
 ): Promise<void> {
   const byInode = await inodesOf(image, entries, signal);
-  if (rootMeta) byInode.set(2, rootMeta);
+  if (rootMeta) byInode.set(2, { meta: rootMeta });
   if (byInode.size === 0) return;
   const scratch = await mkdtemp(join(tmpdir(), "banger-caps-"));
   try {
     const lines: string[] = [];
     let capabilities = 0;
     let nodes = 0;
-    for (const [ino, meta] of byInode) {
+    for (const [ino, { meta, listed }] of byInode) {
       const target = `<${ino}>`;
-      lines.push(...inodeFields(target, meta));
       if (meta.type === "char" || meta.type === "block" || meta.type === "fifo") {
         nodes++;
-        lines.push(...deviceFields(target, meta));
+        lines.push(...inodeFields(target, meta), ...deviceFields(target, meta));
+      } else {
+        lines.push(...inodeFields(target, meta, listed));
       }
       if (meta.capability) {
         const file = join(scratch, `cap-${capabilities++}`);
@@ -226,7 +246,7 @@ async function restoreMetadata(
         lines.push(`ea_set -f ${file} ${target} security.capability`);
       }
     }
-    await run(["debugfs", "-w", "-f", "-", image], { stdin: lines.join("\n") + "\n", signal });
+    if (lines.length > 0) await run(["debugfs", "-w", "-f", "-", image], { stdin: lines.join("\n") + "\n", signal });
     // A directory entry records its inode's type: e2fsck sets the type of the
     // entries of devices and FIFOs (exit 1 = "corrected"), so the image then passes e2fsck -fn.
     if (nodes > 0) await run(["e2fsck", "-fy", image], { signal, okCodes: [0, 1] });
@@ -243,13 +263,18 @@ const IMAGE_TYPE_BITS: Record<EntryMeta["type"], number> = {
   fifo: 0o100000,
 };
 
-function inodeFields(target: string, meta: EntryMeta): string[] {
-  const mode = (TYPE_BITS[meta.type] | meta.mode).toString(8);
-  const lines = [`sif ${target} uid ${meta.uid}`, `sif ${target} gid ${meta.gid}`, `sif ${target} mode 0${mode}`];
-  // ext4's 32-bit seconds; a time outside them keeps the build's.
-  if (meta.mtime !== undefined && meta.mtime >= 0 && meta.mtime <= 0x7fffffff) {
-    lines.push(`sif ${target} mtime @${meta.mtime}`);
-  }
+/**
+ * The sif lines setting `meta`'s owner, mode and mtime on `target`: every one,
+ * or with `listed` (how mkfs made the inode from the tree) only those that
+ * differ from it, and the mtime only where the tree could not carry it.
+ */
+function inodeFields(target: string, meta: EntryMeta, listed?: ListedInode): string[] {
+  const mode = TYPE_BITS[meta.type] | meta.mode;
+  const lines: string[] = [];
+  if (listed?.uid !== meta.uid) lines.push(`sif ${target} uid ${meta.uid}`);
+  if (listed?.gid !== meta.gid) lines.push(`sif ${target} gid ${meta.gid}`);
+  if (listed?.mode !== mode) lines.push(`sif ${target} mode 0${mode.toString(8)}`);
+  if (listed === undefined && treeMtime(meta) !== undefined) lines.push(`sif ${target} mtime @${meta.mtime}`);
   return lines;
 }
 
@@ -289,6 +314,7 @@ export async function buildRootfs(
   onStage: (stage: "mkfs" | "ownership", done: boolean) => void,
 ): Promise<{ bytes: number }> {
   onStage("mkfs", false);
+  settleTree(treeDir, meta);
   await mkfs(treeDir, outFile, options, meta.size);
   onStage("mkfs", true);
   onStage("ownership", false);

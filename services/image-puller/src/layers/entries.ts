@@ -12,6 +12,7 @@ import type { Readable } from "node:stream";
 import type { Header } from "tar-stream";
 import { mtimeOf } from "./layer-stream.js";
 import { SparseWriter } from "./sparse-writer.js";
+import { settleFile } from "./tree-meta.js";
 import type { LayerMeter } from "./meter.js";
 import type { EntryMeta } from "./metadata.js";
 import { bytesOf, clear, hardlink, hostile, lstatOrNone, parentsOf, treePath, type LayerTree } from "./tree.js";
@@ -98,6 +99,7 @@ async function writeFile(ctx: LayerContext, path: string, header: Header, stream
   const { tree, meter } = ctx;
   const size = header.size ?? 0;
   meter.claimFile(size, header.name);
+  const meta = recorded(header, "file");
   clear(tree, path);
   const fd = openSync(tree.abs(path), CREATE_FLAGS, 0o644);
   try {
@@ -111,10 +113,11 @@ async function writeFile(ctx: LayerContext, path: string, header: Header, stream
       file.write(chunk);
     }
     file.end();
+    settleFile(fd, meta);
   } finally {
     closeSync(fd);
   }
-  tree.meta.set(path, recorded(header, "file"));
+  tree.meta.set(path, meta);
 }
 
 /** An entry without content: a directory, symlink, hardlink or device; other kinds (pax headers …) carry no file. */

@@ -34,7 +34,8 @@ export function hostile(entry: string, why: string): InvalidArgumentError {
 
 export function lstatOrNone(path: PathLike): Stats | undefined {
   try {
-    return lstatSync(path);
+    // Nothing there is the common case (every new entry): no exception built for it.
+    return lstatSync(path, { throwIfNoEntry: false });
   } catch {
     return undefined;
   }
