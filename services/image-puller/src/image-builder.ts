@@ -19,7 +19,7 @@ export function createImageBuilder(limits: BuildLimits = DEFAULT_BUILD_LIMITS): 
   const meta: MetadataMap = new Map();
   const usage: BuildUsage = { bytes: 0, entries: 0 };
   return {
-    applyLayer: (treeDir, blobPath, signal) => applyLayer(treeDir, blobPath, meta, { signal, limits, usage }),
+    applyLayer: (treeDir, blob, signal) => applyLayer(treeDir, blob, meta, { signal, limits, usage }),
     buildRootfs: (treeDir, outFile, options, onStage) => buildRootfs(treeDir, meta, outFile, options, onStage),
     buildWorkSeed: (treeDir, outFile, signal) => buildWorkSeed(treeDir, meta, outFile, signal),
     verify: verifyExt4,

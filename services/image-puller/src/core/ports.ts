@@ -16,6 +16,7 @@
  *
  * Unit tests pass the real adapters on temporary directories, or scripted ones.
  */
+import type { Readable } from "node:stream";
 import type { Credentials, ImageReference } from "@banger/common/registry";
 import type { Descriptor, ImageConfig, ImageManifest, Platform } from "../registry/manifest.js";
 
@@ -39,6 +40,21 @@ export interface FetchBlobOptions {
   readonly signal: AbortSignal;
   /** Bytes downloaded so far; not called when the blob was already cached. */
   readonly onProgress?: (doneBytes: number) => void;
+  /** The blob's bytes can be read as they are written, before it is verified; not called when it was already cached. */
+  readonly onWriting?: (blob: GrowingBlob) => void;
+}
+
+/**
+ * A blob being written into the cache (registry/growing-blob.ts): what is
+ * read from it is not verified until `done` resolves.
+ */
+export interface GrowingBlob {
+  /** Its first `bytes` bytes (fewer when it is shorter), once written; the download's error when it fails first. */
+  head(bytes: number): Promise<Buffer>;
+  /** All its bytes as they are written, ending once it is verified, failing with the download's error. */
+  stream(): Readable;
+  /** Its path in the cache once verified; the download's error otherwise. */
+  readonly done: Promise<string>;
 }
 
 export interface RegistryClient {
@@ -85,9 +101,16 @@ export interface BlobCache {
    * run past `size`, UnavailableError (BLOB_TRUNCATED) when they end early,
    * and whatever the body throws; in every case the temporary file is gone
    * and nothing is under the final name. When the blob is already there the
-   * body is cancelled unread.
+   * body is cancelled unread. `onWriting` gets the blob as it is written
+   * (not called when it was already there).
    */
-  put(digest: string, size: number, body: BlobBody, onProgress?: (doneBytes: number) => void): Promise<string>;
+  put(
+    digest: string,
+    size: number,
+    body: BlobBody,
+    onProgress?: (doneBytes: number) => void,
+    onWriting?: (blob: GrowingBlob) => void,
+  ): Promise<string>;
   /**
    * The bytes of a small cached blob (manifests, configs), hashed again on
    * the way: a blob that no longer matches its digest is removed and
@@ -141,8 +164,11 @@ export interface BuiltCache {
 
 /** Turns layers into a tree and the tree into ext4 images (layers/ and ext4/ implement it). */
 export interface ImageBuilder {
-  /** Applies the compressed layer at `blobPath` onto the tree at `treeDir`; returns the uncompressed digest. */
-  applyLayer(treeDir: string, blobPath: string, signal: AbortSignal): Promise<{ diffId: string }>;
+  /**
+   * Applies the compressed layer (a cached blob's path, or a blob as it
+   * downloads) onto the tree at `treeDir`; returns the uncompressed digest.
+   */
+  applyLayer(treeDir: string, blob: string | GrowingBlob, signal: AbortSignal): Promise<{ diffId: string }>;
   /** Builds the root filesystem (mkfs, then ownership restored) from the tree. */
   buildRootfs(
     treeDir: string,

@@ -108,12 +108,18 @@ async function push(tag: string, layers: FixtureLayer[]): Promise<string> {
   return `${registry.host}/test/img:${tag}`;
 }
 
-function pullInto(reference: string, name: string, builtCache?: BuiltCache, scratch?: string) {
+function pullInto(
+  reference: string,
+  name: string,
+  builtCache?: BuiltCache,
+  scratch?: string,
+  fetch: typeof globalThis.fetch = globalThis.fetch,
+) {
   const stateDir = join(work, builtCache ? "state-shared" : `state-${name}`);
   mkdirSync(stateDir, { recursive: true });
   const events: PullEvent[] = [];
   const deps = {
-    registry: createRegistryClient({ cache: createBlobCache(join(stateDir, "cache")), insecureRegistries: [] }),
+    registry: createRegistryClient({ cache: createBlobCache(join(stateDir, "cache")), insecureRegistries: [], fetch }),
     createBuilder: (maxTreeBytes?: number) =>
       createImageBuilder(
         maxTreeBytes === undefined ? DEFAULT_BUILD_LIMITS : { ...DEFAULT_BUILD_LIMITS, maxImageBytes: maxTreeBytes },
@@ -262,6 +268,42 @@ describe.skipIf(!HAVE_REGISTRY_TOOLS)("pulling an image into ext4", () => {
     await expect(run()).rejects.toThrow(/hostile layer entry/);
     expect(readdirSync(stagingDir)).toEqual([]);
     expect(readdirSync(sentinel)).toEqual(["keep"]);
+  });
+
+  it("unpacks a layer while it downloads, and throws the tree away when the blob turns out not to match its digest", async () => {
+    const layer = await packLayer([
+      { name: "etc/", type: "directory" },
+      { name: "etc/motd", content: "unpacked before the digest was known" },
+    ]);
+    const reference = await push("tampered", [layer]);
+    // The registry's blob with one byte of the gzip header's mtime changed: the same tar (a
+    // valid layer with the right diff_id), but not the bytes the manifest names.
+    const tampering: typeof globalThis.fetch = async (input, init) => {
+      const response = await globalThis.fetch(input, init);
+      if (!String(input instanceof Request ? input.url : input).endsWith(`/blobs/${layer.digest}`)) return response;
+      const bytes = Buffer.from(await response.arrayBuffer());
+      bytes[4] = (bytes[4] ?? 0) ^ 0xff;
+      return new Response(bytes, { status: response.status, headers: response.headers });
+    };
+    const scratchRoot = mkdtempSync(join(work, "scratch-"));
+    const { run, stagingDir, events } = pullInto(
+      reference,
+      "tampered",
+      undefined,
+      join(scratchRoot, "tree-"),
+      tampering,
+    );
+    await expect(run()).rejects.toMatchObject({ reason: "DIGEST_MISMATCH" });
+    expect(events.some((e) => e.kind === "layer" && e.state === "applied")).toBe(false);
+    expect(readdirSync(stagingDir)).toEqual([]);
+    expect(readdirSync(scratchRoot)).toEqual([]);
+
+    // Untouched, the same layer unpacks while it downloads and builds.
+    const good = pullInto(reference, "untampered");
+    const result = await good.run();
+    expect(debugfs(join(good.stagingDir, result.rootfsFile), "cat /etc/motd")).toBe(
+      "unpacked before the digest was known",
+    );
   });
 
   it("refuses a layer claiming a huge file before writing any of it", async () => {

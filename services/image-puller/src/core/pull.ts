@@ -12,7 +12,7 @@ import { FailedPreconditionError, ResourceExhaustedError } from "@banger/common/
 import { parseReference, type ImageReference } from "@banger/common/registry";
 import { DEFAULT_PLATFORM, type Descriptor, type Platform } from "../registry/manifest.js";
 import { PullerReason } from "../reasons.js";
-import { downloadAll, type LayerEvent } from "./downloads.js";
+import { downloadAll, type LayerDownload, type LayerEvent } from "./downloads.js";
 import type { Leases } from "./leases.js";
 import type { BuildKey, BuiltCache, ImageBuilder, RegistryClient, ResolvedImage, ScratchDir } from "./ports.js";
 import {
@@ -215,11 +215,11 @@ async function unpackLayers(run: PullRun, layers: readonly Descriptor[], diffIds
         },
       );
       // Each download is awaited in turn below; a failure of one not reached yet must not go unhandled.
-      for (const download of downloads) download.catch(() => undefined);
+      for (const download of downloads) download.blob.catch(() => undefined);
       if (scratch && (await unpackInMemory(run, scratch, scratchBytes, layers, diffIds, downloads))) return;
       await mkdir(run.tree, { mode: 0o755 });
       await applyInOrder(run, layers, diffIds, downloads);
-      await Promise.all(downloads); // surface any failure of a download not awaited yet
+      await Promise.all(downloads.map((d) => d.blob)); // surface any failure of a download not awaited yet
     },
     `${layers.length} layers`,
   );
@@ -232,7 +232,7 @@ async function unpackInMemory(
   scratchBytes: number,
   layers: readonly Descriptor[],
   diffIds: readonly string[],
-  downloads: readonly Promise<string>[],
+  downloads: readonly LayerDownload[],
 ): Promise<boolean> {
   run.tree = await mkdtemp(scratch);
   run.builder = run.deps.createBuilder(scratchBytes);
@@ -255,17 +255,23 @@ async function unpackInMemory(
   }
 }
 
-/** Applies each layer as soon as its download is done and the one before it applied, checked against its diff_id. */
+/**
+ * Applies each layer once the one before it is applied, while it downloads
+ * (or from the cache), checked against its digest and its diff_id: what was
+ * unpacked from a blob that turns out not to match its digest fails the pull,
+ * and the tree is thrown away.
+ */
 async function applyInOrder(
   run: PullRun,
   layers: readonly Descriptor[],
   diffIds: readonly string[],
-  downloads: readonly Promise<string>[],
+  downloads: readonly LayerDownload[],
 ): Promise<void> {
   for (const [index, layer] of layers.entries()) {
-    const blob = await downloads[index];
-    if (blob === undefined) throw new Error(`no download for layer ${index}`);
-    const { diffId } = await run.builder.applyLayer(run.tree, blob, run.signal);
+    const download = downloads[index];
+    if (download === undefined) throw new Error(`no download for layer ${index}`);
+    const { diffId } = await run.builder.applyLayer(run.tree, await download.source, run.signal);
+    await download.blob;
     if (diffId !== diffIds[index]) {
       throw new FailedPreconditionError(
         `layer ${index} (${layer.digest}) unpacks to ${diffId}, not ${diffIds[index]}`,
@@ -300,12 +306,24 @@ async function buildImages(run: PullRun, resolved: ResolvedImage): Promise<PullR
     },
     builderStages(run.emit),
   );
-  const workSeedBytes = req.skipWorkSeed
-    ? 0
-    : (await run.timed("work-seed", () => builder.buildWorkSeed(tree, join(req.stagingDir, WORK_SEED_FILE), signal)))
-        .bytes;
+  // The root filesystem is checked while the work seed is built (e2fsck reads it, mkfs writes another file).
+  const rootfsChecked = builder.verify(rootfs, signal);
+  const checkDone = rootfsChecked.then(
+    () => undefined,
+    () => undefined,
+  );
+  let workSeedBytes = 0;
+  try {
+    if (!req.skipWorkSeed) {
+      const seed = join(req.stagingDir, WORK_SEED_FILE);
+      workSeedBytes = (await run.timed("work-seed", () => builder.buildWorkSeed(tree, seed, signal))).bytes;
+    }
+  } catch (error) {
+    await checkDone; // no e2fsck left reading a staging directory being emptied
+    throw error;
+  }
   await run.timed("verify", async () => {
-    await builder.verify(rootfs, signal);
+    await rootfsChecked;
     if (!req.skipWorkSeed) await builder.verify(join(req.stagingDir, WORK_SEED_FILE), signal);
   });
   await rm(tree, { recursive: true, force: true });

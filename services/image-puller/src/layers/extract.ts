@@ -25,6 +25,7 @@
  * as the layer grows), sparse-writer.ts (holes for zeros).
  */
 import type { Readable } from "node:stream";
+import type { GrowingBlob } from "../core/ports.js";
 import { pipeline } from "node:stream/promises";
 import { BangerError, HostCommandError } from "@banger/common/errors";
 import { applyEntry, type LayerContext } from "./entries.js";
@@ -41,10 +42,13 @@ export interface ApplyOptions {
   readonly usage: BuildUsage;
 }
 
-/** Applies the layer at `blobPath` to `treeDir`; returns the sha256 of the uncompressed tar (its diff_id). */
+/**
+ * Applies the layer (a blob's path, or a blob as it downloads) to `treeDir`;
+ * returns the sha256 of the uncompressed tar (its diff_id).
+ */
 export async function applyLayer(
   treeDir: string,
-  blobPath: string,
+  blob: string | GrowingBlob,
   meta: MetadataMap,
   options: ApplyOptions,
 ): Promise<{ diffId: string; entries: number }> {
@@ -63,7 +67,7 @@ export async function applyLayer(
     );
   });
 
-  const { stream: source, zstd } = await decompressed(blobPath, options.signal);
+  const { stream: source, zstd } = await decompressed(blob, options.signal);
   try {
     await pipeline(source, meter.counting(), extract, { signal: options.signal });
     await zstd?.exited;

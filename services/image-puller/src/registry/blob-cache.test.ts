@@ -52,6 +52,43 @@ describe("blob cache", () => {
     expect(await cache.read(digest)).toEqual(bytes);
   });
 
+  it("hands the blob over as it is written: its bytes in order, ending once verified, failing as the put does", async () => {
+    const bytes = Buffer.from("bytes read while they are written");
+    const digest = digestOf(bytes);
+    let read: Promise<Buffer> | undefined;
+    let head: Promise<Buffer> | undefined;
+    const path = await cache.put(
+      digest,
+      bytes.length,
+      chunks(bytes.subarray(0, 3), bytes.subarray(3, 20), bytes.subarray(20)),
+      undefined,
+      (blob) => {
+        head = blob.head(4);
+        read = (async () => {
+          const got: Buffer[] = [];
+          for await (const chunk of blob.stream()) got.push(chunk as Buffer);
+          expect(await blob.done).toBe(join(dir, "sha256", digest.slice(7)));
+          return Buffer.concat(got);
+        })();
+      },
+    );
+    expect(await head).toEqual(bytes.subarray(0, 4));
+    expect(await read).toEqual(bytes);
+    expect(readFileSync(path)).toEqual(bytes);
+
+    const other = Buffer.from("not the bytes the digest names");
+    let failed: Promise<string | undefined> | undefined;
+    const put = cache.put(digestOf(Buffer.from("x")), other.length, chunks(other), undefined, (blob) => {
+      failed = reasonOf(
+        (async () => {
+          for await (const chunk of blob.stream()) void chunk;
+        })(),
+      );
+    });
+    expect(await reasonOf(put)).toBe("DIGEST_MISMATCH");
+    expect(await failed).toBe("DIGEST_MISMATCH");
+  });
+
   it("accepts a web ReadableStream", async () => {
     const bytes = Buffer.from("streamed");
     const stream = new ReadableStream<Uint8Array>({

@@ -15,7 +15,8 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, utimes, type FileHand
 import { join } from "node:path";
 import { FailedPreconditionError, NotFoundError } from "@banger/common/errors";
 import { processIsAlive } from "@banger/common/process-info";
-import type { BlobBody, BlobCache } from "../core/ports.js";
+import type { BlobBody, BlobCache, GrowingBlob } from "../core/ports.js";
+import { GrowingFile } from "./growing-blob.js";
 import { blobTruncated, DigestMismatchError, digestHex, sha256Digest } from "./digest.js";
 
 /**
@@ -60,7 +61,7 @@ export function createBlobCache(dir: string): BlobCache {
     dir,
     path: (digest) => blobPath(cache, digest),
     has: (digest) => has(cache, digest),
-    put: (digest, size, body, onProgress) => put(cache, digest, size, body, onProgress),
+    put: (digest, size, body, onProgress, onWriting) => put(cache, digest, size, body, onProgress, onWriting),
     read: (digest, maxBytes) => read(cache, digest, maxBytes),
     sweep: () => sweep(cache),
     touch: (digests) => touch(cache, digests),
@@ -106,6 +107,7 @@ async function put(
   size: number,
   body: BlobBody,
   onProgress?: (doneBytes: number) => void,
+  onWriting?: (blob: GrowingBlob) => void,
 ): Promise<string> {
   const hex = digestHex(digest);
   if (!Number.isSafeInteger(size) || size < 0) {
@@ -120,7 +122,7 @@ async function put(
     await cancelBody(body);
     return finalPath;
   }
-  return writeVerified(cache.blobDir, digest, size, body, onProgress);
+  return writeVerified(cache.blobDir, digest, size, body, onProgress, onWriting);
 }
 
 /** Writes `body` to a temporary file of its own, hashing and counting it, and renames it to the blob's name once it matches. */
@@ -130,6 +132,7 @@ async function writeVerified(
   size: number,
   body: BlobBody,
   onProgress?: (doneBytes: number) => void,
+  onWriting?: (blob: GrowingBlob) => void,
 ): Promise<string> {
   const hex = digestHex(digest);
   const finalPath = join(blobDir, hex);
@@ -137,8 +140,10 @@ async function writeVerified(
   const tempPath = join(blobDir, tempName);
   running.add(tempPath);
   let file: FileHandle | undefined;
+  const growing = onWriting && new GrowingFile(tempPath, finalPath);
   try {
     file = await open(tempPath, "wx", 0o644);
+    if (growing) onWriting?.(growing);
     const hash = createHash("sha256");
     let done = 0;
     for await (const chunk of body) {
@@ -148,6 +153,7 @@ async function writeVerified(
       }
       hash.update(chunk);
       await writeAll(file, chunk);
+      growing?.advance(done);
       onProgress?.(done);
     }
     if (done < size) throw blobTruncated(digest, done, size);
@@ -165,10 +171,12 @@ async function writeVerified(
     } finally {
       await directory.close();
     }
+    growing?.finish();
     return finalPath;
   } catch (error) {
     await file?.close().catch(() => {});
     await rm(tempPath, { force: true });
+    growing?.fail(error);
     throw error;
   } finally {
     running.delete(tempPath);

@@ -6,7 +6,7 @@
  */
 import { stat } from "node:fs/promises";
 import { abortError, type ImageReference } from "@banger/common/registry";
-import type { BlobBody, BlobCache, FetchBlobOptions } from "../core/ports.js";
+import type { BlobBody, BlobCache, FetchBlobOptions, GrowingBlob } from "../core/ports.js";
 import { blobTruncated, DigestMismatchError } from "./digest.js";
 import { raceAbort } from "./http.js";
 import type { Descriptor } from "./manifest.js";
@@ -17,6 +17,9 @@ interface SharedDownload {
   readonly promise: Promise<string>;
   readonly controller: AbortController;
   readonly listeners: Set<(doneBytes: number) => void>;
+  /** The blob as it is written, once it is; and who waits for it. */
+  growing?: GrowingBlob;
+  readonly writingListeners: Set<(blob: GrowingBlob) => void>;
   waiters: number;
 }
 
@@ -70,6 +73,7 @@ async function download(
   descriptor: Descriptor,
   signal: AbortSignal,
   onProgress: (doneBytes: number) => void,
+  onWriting: (blob: GrowingBlob) => void,
 ): Promise<string> {
   const response = await ctx.transport.request(reference.registry, {
     method: "GET",
@@ -94,7 +98,7 @@ async function download(
     );
   }
   const body: BlobBody = guardedBody(response.body, descriptor, signal);
-  return ctx.cache.put(descriptor.digest, descriptor.size, body, onProgress);
+  return ctx.cache.put(descriptor.digest, descriptor.size, body, onProgress, onWriting);
 }
 
 async function cachedPath(cache: BlobCache, descriptor: Descriptor): Promise<string | undefined> {
@@ -124,13 +128,24 @@ function sharedDownload(ctx: ClientContext, reference: ImageReference, descripto
   if (shared !== undefined && !shared.controller.signal.aborted) return shared;
   const controller = new AbortController();
   const listeners = new Set<(doneBytes: number) => void>();
-  const promise = download(ctx, reference, descriptor, controller.signal, (doneBytes) => {
-    for (const listener of listeners) listener(doneBytes);
-  }).finally(() => {
+  const writingListeners = new Set<(blob: GrowingBlob) => void>();
+  const promise = download(
+    ctx,
+    reference,
+    descriptor,
+    controller.signal,
+    (doneBytes) => {
+      for (const listener of listeners) listener(doneBytes);
+    },
+    (blob) => {
+      entry.growing = blob;
+      for (const listener of writingListeners) listener(blob);
+    },
+  ).finally(() => {
     if (downloads.get(key) === entry) downloads.delete(key);
   });
   promise.catch(() => {}); // each waiter gets the error through raceAbort
-  const entry: SharedDownload = { promise, controller, listeners, waiters: 0 };
+  const entry: SharedDownload = { promise, controller, listeners, writingListeners, waiters: 0 };
   downloads.set(key, entry);
   return entry;
 }
@@ -142,7 +157,7 @@ export async function fetchBlob(
   descriptor: Descriptor,
   options: FetchBlobOptions,
 ): Promise<string> {
-  const { signal, onProgress } = options;
+  const { signal, onProgress, onWriting } = options;
   if (signal.aborted) throw abortError(signal);
   const cached = await cachedPath(ctx.cache, descriptor);
   if (cached !== undefined) return cached;
@@ -150,10 +165,15 @@ export async function fetchBlob(
   const job = sharedDownload(ctx, reference, descriptor);
   job.waiters += 1;
   if (onProgress !== undefined) job.listeners.add(onProgress);
+  if (onWriting !== undefined) {
+    if (job.growing) onWriting(job.growing);
+    else job.writingListeners.add(onWriting);
+  }
   try {
     return await raceAbort(job.promise, signal);
   } finally {
     if (onProgress !== undefined) job.listeners.delete(onProgress);
+    if (onWriting !== undefined) job.writingListeners.delete(onWriting);
     job.waiters -= 1;
     // The last one waiting gave up: stop downloading.
     if (job.waiters === 0 && signal.aborted) job.controller.abort(signal.reason);
