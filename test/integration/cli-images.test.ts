@@ -118,6 +118,42 @@ describe("banger image and op", () => {
   );
 });
 
+describe("banger prune", () => {
+  it("--force alone is refused before anything is asked", async () => {
+    const refused = await cluster.cli(["prune", "--force"]);
+    expect([refused.code, refused.stderr]).toEqual([
+      2,
+      "banger: --force deletes what --all lists: give both\nRun 'banger --help' for usage.\n",
+    ]);
+  });
+
+  it.skipIf(!HAVE_REGISTRY_TOOLS)(
+    "empties the puller's cache, lists an unused image with --all and deletes it only with --force",
+    async () => {
+      const reference = `${registry.host}/tiny/os:v1`;
+      expect((await cluster.cli(["image", "pull", reference, "--name", "idle"])).code).toBe(0);
+
+      const first = await cluster.cli(["prune"]);
+      expect(first.code, first.stderr).toBe(0);
+      expect(first.stdout).toMatch(/^operations: 0 removed \(ended over 30 days ago\)\n/);
+      expect(first.stdout).toMatch(/image puller's cache: [1-9]\d* blobs removed, \d+\.\d MiB freed\n/);
+      expect(first.stdout).not.toContain("idle");
+
+      const listed = await cluster.cli(["prune", "--all"]);
+      expect(listed.stdout).toMatch(/image\s+idle\s+\d+\.\d MiB\s+would delete/);
+      expect(listed.stdout).toContain("run again with --all --force to delete them");
+      expect(existsSync(join(cluster.stateDir, "images", "idle"))).toBe(true);
+
+      const forced = await cluster.cli(["prune", "--all", "--force", "--json"]);
+      expect(forced.code, forced.stderr).toBe(0);
+      const report = JSON.parse(forced.stdout) as { unused: { kind: string; name: string; removed: boolean }[] };
+      expect(report.unused).toEqual([expect.objectContaining({ kind: "image", name: "idle", removed: true })]);
+      expect(existsSync(join(cluster.stateDir, "images", "idle"))).toBe(false);
+      expect(JSON.parse((await cluster.cli(["image", "list", "--json"])).stdout)).toEqual([]);
+    },
+  );
+});
+
 describe.skipIf(!HAVE_REGISTRY_TOOLS)("the image puller over its socket", () => {
   it("resolves without downloading layers, copies a re-pull from its built cache, and prunes its caches", async () => {
     const { transport, close } = createUnixTransport(cluster.socket("image-puller"), { peer: "image puller" });

@@ -3,6 +3,7 @@ import { Command, CommanderError } from "commander";
 import { registerDaemonCommands } from "./commands/daemon.js";
 import { registerDevCommands } from "./commands/dev.js";
 import { registerDoctorCommand } from "./commands/doctor.js";
+import { registerPruneCommand } from "./commands/prune.js";
 import { registerImageCommands } from "./commands/image.js";
 import { registerKernelCommands } from "./commands/kernel.js";
 import { registerOpCommands } from "./commands/op.js";
@@ -32,6 +33,7 @@ export function buildProgram(): Command {
   registerImageCommands(program, globals);
   registerKernelCommands(program, globals);
   registerOpCommands(program, globals);
+  registerPruneCommand(program, globals);
   registerSystemCommands(program);
   registerVmCommands(program, globals);
   registerWorkspaceCommands(program, globals);

@@ -33,6 +33,7 @@ import { createImageCatalog } from "./core/images.js";
 import { dnsCapability, natCapability, workDiskDoctorChecks } from "./core/capabilities.js";
 import { createDoctor, storeCatalog } from "./core/doctor.js";
 import { createKernelCatalog, findHostKernel } from "./core/kernels.js";
+import { createPruner } from "./core/prune.js";
 import { createVmService as createVmLifecycle } from "./core/vms.js";
 import { createWorkspaces } from "./core/workspaces.js";
 import { createDnsResponder, type DnsResponder } from "./dns/index.js";
@@ -187,8 +188,27 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
     capabilities: [{ name: "work-disk", dependsOn: [], doctorChecks: workDiskDoctorChecks }, ...capabilities],
   });
 
+  const pruner = createPruner({
+    db: config.db,
+    images,
+    kernels,
+    puller,
+    retentionDays: config.config.operations.retentionDays,
+    logger: config.logger,
+  });
+  // Operation history is kept for the retention: pruned now and once a day while bangerd runs.
+  const pruneOperations = () =>
+    void pruner
+      .pruneOperations()
+      .catch((error: unknown) => config.logger.warn({ err: error }, "pruning old operations failed"));
+  pruneOperations();
+  const dailyPrune = setInterval(pruneOperations, 24 * 60 * 60 * 1000).unref();
+
   return {
-    stop: () => dns.close(),
+    stop: async () => {
+      clearInterval(dailyPrune);
+      await dns.close();
+    },
     files: [
       file_banger_v1_system,
       file_banger_v1_vm,
@@ -199,7 +219,7 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       file_banger_v1_exec,
     ],
     routes: (router) => {
-      router.service(SystemService, createSystemService({ self, peers: [privileged, puller], doctor }));
+      router.service(SystemService, createSystemService({ self, peers: [privileged, puller], doctor, pruner }));
       router.service(
         ImageService,
         createImageService(images, (vm, name) => vms.promote(vm, name)),

@@ -10,7 +10,138 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/v1/system.proto.
  */
 export const file_banger_v1_system: GenFile = /*@__PURE__*/
-  fileDesc("ChZiYW5nZXIvdjEvc3lzdGVtLnByb3RvEgliYW5nZXIudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCI/ChFHZXRTdGF0dXNSZXNwb25zZRIqCghzZXJ2aWNlcxgBIAMoCzIYLmJhbmdlci52MS5TZXJ2aWNlU3RhdHVzItUBCg1TZXJ2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSEQoJcmVhY2hhYmxlGAIgASgIEg4KBnNvY2tldBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEgsKA3BpZBgFIAEoBRILCgN1aWQYBiABKA0SCwoDZ2lkGAcgASgNEhUKDXByaXZpbGVnZXNfb2sYCCABKAgSGQoRcHJpdmlsZWdlc19kZXRhaWwYCSABKAkSEgoKZXJyb3JfY29kZRgKIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAsgASgJIicKDURvY3RvclJlcXVlc3QSFgoOY2xpZW50X3ZlcnNpb24YASABKAkibQoORG9jdG9yUmVzcG9uc2USJgoGY2hlY2tzGAEgAygLMhYuYmFuZ2VyLnYxLkRvY3RvckNoZWNrEgoKAm9rGAIgASgIEhoKEnJvb3RfZGlza19zdHJhdGVneRgDIAEoCRILCgN2bW0YBCABKAkidQoLRG9jdG9yQ2hlY2sSDAoEbmFtZRgBIAEoCRImCgZzdGF0dXMYAiABKA4yFi5iYW5nZXIudjEuQ2hlY2tTdGF0dXMSDgoGZGV0YWlsGAMgASgJEgwKBGhpbnQYBCABKAkSEgoKY2FwYWJpbGl0eRgFIAEoCSpuCgtDaGVja1N0YXR1cxIcChhDSEVDS19TVEFUVVNfVU5TUEVDSUZJRUQQABITCg9DSEVDS19TVEFUVVNfT0sQARIVChFDSEVDS19TVEFUVVNfV0FSThACEhUKEUNIRUNLX1NUQVRVU19GQUlMEAMylgEKDVN5c3RlbVNlcnZpY2USRgoJR2V0U3RhdHVzEhsuYmFuZ2VyLnYxLkdldFN0YXR1c1JlcXVlc3QaHC5iYW5nZXIudjEuR2V0U3RhdHVzUmVzcG9uc2USPQoGRG9jdG9yEhguYmFuZ2VyLnYxLkRvY3RvclJlcXVlc3QaGS5iYW5nZXIudjEuRG9jdG9yUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChZiYW5nZXIvdjEvc3lzdGVtLnByb3RvEgliYW5nZXIudjEiKgoMUHJ1bmVSZXF1ZXN0EgsKA2FsbBgBIAEoCBINCgVmb3JjZRgCIAEoCCKxAQoNUHJ1bmVSZXNwb25zZRIWCg5yZXRlbnRpb25fZGF5cxgBIAEoDRIaChJyZW1vdmVkX29wZXJhdGlvbnMYAiABKA0SFQoNcmVtb3ZlZF9ibG9icxgDIAEoDRIZChFjYWNoZV9mcmVlZF9ieXRlcxgEIAEoBBITCgtjYWNoZV9lcnJvchgFIAEoCRIlCgZ1bnVzZWQYBiADKAsyFS5iYW5nZXIudjEuUHJ1bmVkSXRlbSJWCgpQcnVuZWRJdGVtEgwKBGtpbmQYASABKAkSDAoEbmFtZRgCIAEoCRINCgVieXRlcxgDIAEoBBIPCgdyZW1vdmVkGAQgASgIEgwKBG5vdGUYBSABKAkiEgoQR2V0U3RhdHVzUmVxdWVzdCI/ChFHZXRTdGF0dXNSZXNwb25zZRIqCghzZXJ2aWNlcxgBIAMoCzIYLmJhbmdlci52MS5TZXJ2aWNlU3RhdHVzItUBCg1TZXJ2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSEQoJcmVhY2hhYmxlGAIgASgIEg4KBnNvY2tldBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEgsKA3BpZBgFIAEoBRILCgN1aWQYBiABKA0SCwoDZ2lkGAcgASgNEhUKDXByaXZpbGVnZXNfb2sYCCABKAgSGQoRcHJpdmlsZWdlc19kZXRhaWwYCSABKAkSEgoKZXJyb3JfY29kZRgKIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAsgASgJIicKDURvY3RvclJlcXVlc3QSFgoOY2xpZW50X3ZlcnNpb24YASABKAkibQoORG9jdG9yUmVzcG9uc2USJgoGY2hlY2tzGAEgAygLMhYuYmFuZ2VyLnYxLkRvY3RvckNoZWNrEgoKAm9rGAIgASgIEhoKEnJvb3RfZGlza19zdHJhdGVneRgDIAEoCRILCgN2bW0YBCABKAkidQoLRG9jdG9yQ2hlY2sSDAoEbmFtZRgBIAEoCRImCgZzdGF0dXMYAiABKA4yFi5iYW5nZXIudjEuQ2hlY2tTdGF0dXMSDgoGZGV0YWlsGAMgASgJEgwKBGhpbnQYBCABKAkSEgoKY2FwYWJpbGl0eRgFIAEoCSpuCgtDaGVja1N0YXR1cxIcChhDSEVDS19TVEFUVVNfVU5TUEVDSUZJRUQQABITCg9DSEVDS19TVEFUVVNfT0sQARIVChFDSEVDS19TVEFUVVNfV0FSThACEhUKEUNIRUNLX1NUQVRVU19GQUlMEAMy0gEKDVN5c3RlbVNlcnZpY2USRgoJR2V0U3RhdHVzEhsuYmFuZ2VyLnYxLkdldFN0YXR1c1JlcXVlc3QaHC5iYW5nZXIudjEuR2V0U3RhdHVzUmVzcG9uc2USPQoGRG9jdG9yEhguYmFuZ2VyLnYxLkRvY3RvclJlcXVlc3QaGS5iYW5nZXIudjEuRG9jdG9yUmVzcG9uc2USOgoFUHJ1bmUSFy5iYW5nZXIudjEuUHJ1bmVSZXF1ZXN0GhguYmFuZ2VyLnYxLlBydW5lUmVzcG9uc2ViBnByb3RvMw");
+
+/**
+ * Request of Prune.
+ *
+ * @generated from message banger.v1.PruneRequest
+ */
+export type PruneRequest = Message<"banger.v1.PruneRequest"> & {
+  /**
+   * Also the images and kernels nothing uses.
+   *
+   * @generated from field: bool all = 1;
+   */
+  all: boolean;
+
+  /**
+   * With `all`: delete them (without it they are only listed).
+   *
+   * @generated from field: bool force = 2;
+   */
+  force: boolean;
+};
+
+/**
+ * Describes the message banger.v1.PruneRequest.
+ * Use `create(PruneRequestSchema)` to create a new message.
+ */
+export const PruneRequestSchema: GenMessage<PruneRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_system, 0);
+
+/**
+ * Response of Prune.
+ *
+ * @generated from message banger.v1.PruneResponse
+ */
+export type PruneResponse = Message<"banger.v1.PruneResponse"> & {
+  /**
+   * The retention in force, in days.
+   *
+   * @generated from field: uint32 retention_days = 1;
+   */
+  retentionDays: number;
+
+  /**
+   * Operations removed (they ended before the retention).
+   *
+   * @generated from field: uint32 removed_operations = 2;
+   */
+  removedOperations: number;
+
+  /**
+   * Blobs the image puller removed from its cache.
+   *
+   * @generated from field: uint32 removed_blobs = 3;
+   */
+  removedBlobs: number;
+
+  /**
+   * Bytes the image puller freed (blobs and built images).
+   *
+   * @generated from field: uint64 cache_freed_bytes = 4;
+   */
+  cacheFreedBytes: bigint;
+
+  /**
+   * Why the image puller's cache was not pruned; empty when it was.
+   *
+   * @generated from field: string cache_error = 5;
+   */
+  cacheError: string;
+
+  /**
+   * With `all`: each image and kernel nothing uses, deleted or not.
+   *
+   * @generated from field: repeated banger.v1.PrunedItem unused = 6;
+   */
+  unused: PrunedItem[];
+};
+
+/**
+ * Describes the message banger.v1.PruneResponse.
+ * Use `create(PruneResponseSchema)` to create a new message.
+ */
+export const PruneResponseSchema: GenMessage<PruneResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_system, 1);
+
+/**
+ * An image or kernel nothing uses.
+ *
+ * @generated from message banger.v1.PrunedItem
+ */
+export type PrunedItem = Message<"banger.v1.PrunedItem"> & {
+  /**
+   * "image" or "kernel".
+   *
+   * @generated from field: string kind = 1;
+   */
+  kind: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Bytes it holds on disk.
+   *
+   * @generated from field: uint64 bytes = 3;
+   */
+  bytes: bigint;
+
+  /**
+   * Whether it was deleted.
+   *
+   * @generated from field: bool removed = 4;
+   */
+  removed: boolean;
+
+  /**
+   * Why it was kept although `force` asked to delete it; empty else.
+   *
+   * @generated from field: string note = 5;
+   */
+  note: string;
+};
+
+/**
+ * Describes the message banger.v1.PrunedItem.
+ * Use `create(PrunedItemSchema)` to create a new message.
+ */
+export const PrunedItemSchema: GenMessage<PrunedItem> = /*@__PURE__*/
+  messageDesc(file_banger_v1_system, 2);
 
 /**
  * Request of GetStatus.
@@ -25,7 +156,7 @@ export type GetStatusRequest = Message<"banger.v1.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_banger_v1_system, 0);
+  messageDesc(file_banger_v1_system, 3);
 
 /**
  * Response of GetStatus.
@@ -46,7 +177,7 @@ export type GetStatusResponse = Message<"banger.v1.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_banger_v1_system, 1);
+  messageDesc(file_banger_v1_system, 4);
 
 /**
  * One service as it answered (or did not).
@@ -143,7 +274,7 @@ export type ServiceStatus = Message<"banger.v1.ServiceStatus"> & {
  * Use `create(ServiceStatusSchema)` to create a new message.
  */
 export const ServiceStatusSchema: GenMessage<ServiceStatus> = /*@__PURE__*/
-  messageDesc(file_banger_v1_system, 2);
+  messageDesc(file_banger_v1_system, 5);
 
 /**
  * Request of Doctor.
@@ -167,7 +298,7 @@ export type DoctorRequest = Message<"banger.v1.DoctorRequest"> & {
  * Use `create(DoctorRequestSchema)` to create a new message.
  */
 export const DoctorRequestSchema: GenMessage<DoctorRequest> = /*@__PURE__*/
-  messageDesc(file_banger_v1_system, 3);
+  messageDesc(file_banger_v1_system, 6);
 
 /**
  * Response of Doctor.
@@ -212,7 +343,7 @@ export type DoctorResponse = Message<"banger.v1.DoctorResponse"> & {
  * Use `create(DoctorResponseSchema)` to create a new message.
  */
 export const DoctorResponseSchema: GenMessage<DoctorResponse> = /*@__PURE__*/
-  messageDesc(file_banger_v1_system, 4);
+  messageDesc(file_banger_v1_system, 7);
 
 /**
  * One thing doctor looked at.
@@ -263,7 +394,7 @@ export type DoctorCheck = Message<"banger.v1.DoctorCheck"> & {
  * Use `create(DoctorCheckSchema)` to create a new message.
  */
 export const DoctorCheckSchema: GenMessage<DoctorCheck> = /*@__PURE__*/
-  messageDesc(file_banger_v1_system, 5);
+  messageDesc(file_banger_v1_system, 8);
 
 /**
  * Outcome of a doctor check.
@@ -348,6 +479,24 @@ export const SystemService: GenService<{
     methodKind: "unary";
     input: typeof DoctorRequestSchema;
     output: typeof DoctorResponseSchema;
+  },
+  /**
+   * Housekeeping. Always: removes the operations that ended more than
+   * `operations.retention_days` (config, default 30) ago — bangerd also does
+   * this at start and once a day — and asks the image puller to remove every
+   * cached blob and built image no pull is using (its caches refill on the
+   * next pull). With `all`: lists the images no VM uses and the kernels no
+   * image or VM uses (never the default kernel), and deletes them only with
+   * `force`; an item something took into use meanwhile is kept, with a note.
+   * An unreachable puller is reported in the response (cache_error), not as an
+   * error of the call. Errors: none of its own beyond the usual transport ones.
+   *
+   * @generated from rpc banger.v1.SystemService.Prune
+   */
+  prune: {
+    methodKind: "unary";
+    input: typeof PruneRequestSchema;
+    output: typeof PruneResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_banger_v1_system, 0);

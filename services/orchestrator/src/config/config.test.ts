@@ -71,6 +71,7 @@ describe("loadConfig defaults", () => {
     vmm: "auto",
     vm: { vcpu: 2, memoryMib: 1024, workDiskMib: 8192, nat: false, logMaxMib: 8 },
     image: { minRootfsMib: 2048 },
+    operations: { retentionDays: 30 },
     network: { bridge: "bgr0", address: "172.30.0.1/24", tapPool: 4 },
     firecracker: { binary: "/usr/local/bin/firecracker" },
     qemu: { binary: "/usr/bin/qemu-system-x86_64" },
@@ -122,6 +123,9 @@ nat = true
 [image]
 min_rootfs_mib = 4096
 
+[operations]
+retention_days = 7
+
 [network]
 bridge = "bgrlab1"
 address = "10.99.0.1/16"
@@ -154,6 +158,7 @@ target = "/root/.config/tool/settings.json"
       vmm: "qemu-microvm",
       vm: { vcpu: 32, memoryMib: 262144, workDiskMib: 64, nat: true },
       image: { minRootfsMib: 4096 },
+      operations: { retentionDays: 7 },
       network: { bridge: "bgrlab1", address: "10.99.0.1/16", tapPool: 0 },
       firecracker: { binary: join(home, "bin/firecracker") },
       qemu: { binary: "/opt/qemu/bin/qemu-system-x86_64" },
@@ -173,6 +178,7 @@ describe("loadConfig problems", () => {
     ["default_kernel = '../k'", "default_kernel", /kernel name/],
     ["vmm = 'kvmtool'", "vmm", /must be "auto", "firecracker" or "qemu-microvm", got "kvmtool"/],
     ["[vm]\nvcpu = 0", "vm.vcpu", /between 1 and 32, got 0/],
+    ["[operations]\nretention_days = 0", "operations.retention_days", /between 1 and 3650, got 0/],
     ["[vm]\nvcpu = 33", "vm.vcpu", /between 1 and 32, got 33/],
     ["[vm]\nvcpu = 2.5", "vm.vcpu", /must be an integer, got float 2.5/],
     ["[vm]\nvcpu = '2'", "vm.vcpu", /must be an integer, got string "2"/],

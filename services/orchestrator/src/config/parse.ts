@@ -66,6 +66,7 @@ class Checker {
     const vm = this.table(doc, "vm");
     const image = this.table(doc, "image");
     const network = this.table(doc, "network");
+    const operations = this.table(doc, "operations");
     const firecracker = this.table(doc, "firecracker");
     const qemu = this.table(doc, "qemu");
     const registries = this.table(doc, "registries");
@@ -91,6 +92,14 @@ class Checker {
       },
       image: {
         minRootfsMib: this.integer(image, "image.min_rootfs_mib", d.image.minRootfsMib, CONFIG_LIMITS.minRootfsMib),
+      },
+      operations: {
+        retentionDays: this.integer(
+          operations,
+          "operations.retention_days",
+          d.operations.retentionDays,
+          CONFIG_LIMITS.retentionDays,
+        ),
       },
       network: {
         bridge: this.string(network, "network.bridge", d.network.bridge, (s) =>

@@ -37,6 +37,8 @@ export interface ConfigValues {
     readonly logMaxMib: number;
   };
   readonly image: { readonly minRootfsMib: number };
+  /** Days an ended operation is kept; older ones are pruned at start, daily, and by `banger prune`. */
+  readonly operations: { readonly retentionDays: number };
   readonly network: {
     /** Host bridge name, `^bgr[a-z0-9]{1,12}$`. */
     readonly bridge: string;
@@ -66,6 +68,7 @@ export const DEFAULT_CONFIG: ConfigValues = deepFreeze({
   vmm: "auto",
   vm: { vcpu: 2, memoryMib: 1024, workDiskMib: 8192, nat: false, logMaxMib: 8 },
   image: { minRootfsMib: 2048 },
+  operations: { retentionDays: 30 },
   network: { bridge: "bgr0", address: "172.30.0.1/24", tapPool: 4 },
   firecracker: { binary: "/usr/local/bin/firecracker" },
   qemu: { binary: "/usr/bin/qemu-system-x86_64" },
@@ -81,6 +84,7 @@ export const CONFIG_LIMITS = {
   workDiskMib: [64, 16 * 1024 * 1024],
   logMaxMib: [1, 1024],
   minRootfsMib: [64, 1024 * 1024],
+  retentionDays: [1, 3650],
   tapPool: [0, 64],
   bridgePrefix: [16, 30],
   fileSyncEntries: 64,
@@ -135,6 +139,11 @@ export const CONFIG_REFERENCE: readonly ConfigKeyDoc[] = deepFreeze([
     key: "image.min_rootfs_mib",
     default: "2048",
     meaning: "minimum root filesystem size of pulled images in MiB, 64-1048576; sparse",
+  },
+  {
+    key: "operations.retention_days",
+    default: "30",
+    meaning: "days an ended operation is kept, 1-3650; older ones are pruned at start, daily and by `banger prune`",
   },
   { key: "network.bridge", default: '"bgr0"', meaning: "host bridge VMs attach to, `^bgr[a-z0-9]{1,12}$`" },
   {

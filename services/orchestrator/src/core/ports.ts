@@ -280,6 +280,11 @@ export interface PullerPort {
     scope: CallScope,
     onEvent: (event: PullEvent) => Promise<void>,
   ): Promise<PullOutcome>;
+  /** Removes cached blobs and built images not used in the last `keepDays` days (0: every one not in use). */
+  pruneCache(
+    keepDays: number,
+    scope: CallScope,
+  ): Promise<{ readonly removedBlobs: number; readonly freedBytes: number }>;
 }
 
 // ---- doctor's host probes -----------------------------------------------------------------------

@@ -271,6 +271,7 @@ async function setup(script: Script = {}, config: BangerConfig = CONFIG) {
   // A puller that builds a catalog image: a rootfs file, and layer progress on the way.
   const puller: PullerPort = {
     identify: () => Promise.resolve({ version: "t", pid: 1, uid: 1, gid: 1, privilegesOk: true, privilegesDetail: "" }),
+    pruneCache: () => Promise.resolve({ removedBlobs: 0, freedBytes: 0 }),
     async pull(request, _scope, onEvent) {
       pulls.push(request.reference);
       if (script.offline) {

@@ -88,6 +88,10 @@ export function createPullerPeer(socketPath: string): PullerPeer {
       }
       throw new Error("the image puller ended the build of tiny without a result");
     },
+    async pruneCache(keepDays, scope) {
+      const response = await puller.pruneCache({ keepDays }, callOptions(scope));
+      return { removedBlobs: response.removedBlobs, freedBytes: Number(response.freedBytes) };
+    },
     close,
   };
 }

@@ -3,11 +3,13 @@ import {
   CheckStatus,
   SystemService,
   type DoctorResponseSchema,
+  type PruneResponseSchema,
   type ServiceStatusSchema,
 } from "@banger/gen/banger/v1/system_pb.js";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { CheckStatus as CoreCheckStatus, Doctor, DoctorReport } from "../core/doctor.js";
+import type { PruneReport, Pruner } from "../core/prune.js";
 import { collectStatus, type PeerProbe, type ServiceHealth } from "../core/status.js";
 import { scopeOf } from "./scope.js";
 
@@ -15,6 +17,7 @@ export interface SystemServiceDeps {
   readonly self: () => ServiceHealth;
   readonly peers: readonly PeerProbe[];
   readonly doctor: Doctor;
+  readonly pruner: Pruner;
 }
 
 export function createSystemService(deps: SystemServiceDeps): ServiceImpl<typeof SystemService> {
@@ -25,6 +28,9 @@ export function createSystemService(deps: SystemServiceDeps): ServiceImpl<typeof
     },
     async doctor(req, ctx) {
       return doctorReportToProto(await deps.doctor.run(req.clientVersion, scopeOf(ctx)));
+    },
+    async prune(req, ctx) {
+      return pruneReportToProto(await deps.pruner.prune({ all: req.all, force: req.force }, scopeOf(ctx)));
     },
   });
 }
@@ -61,5 +67,17 @@ export function doctorReportToProto(report: DoctorReport): MessageInitShape<type
     ok: report.ok,
     rootDiskStrategy: report.rootDiskStrategy,
     vmm: report.vmm,
+  };
+}
+
+export function pruneReportToProto(report: PruneReport): MessageInitShape<typeof PruneResponseSchema> {
+  const cache = "error" in report.cache ? undefined : report.cache;
+  return {
+    retentionDays: report.retentionDays,
+    removedOperations: report.removedOperations,
+    removedBlobs: cache?.removedBlobs ?? 0,
+    cacheFreedBytes: BigInt(cache?.freedBytes ?? 0),
+    cacheError: "error" in report.cache ? report.cache.error : "",
+    unused: report.unused.map((item) => ({ ...item, bytes: BigInt(item.bytes) })),
   };
 }

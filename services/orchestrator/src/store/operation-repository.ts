@@ -197,6 +197,20 @@ export async function listOperations(db: Kysely<Database>, filter: OperationFilt
 }
 
 /**
+ * Removes the operations that ended before `cutoff` (an operation under way is
+ * never removed, however old). Returns how many went.
+ */
+export async function deleteOperationsEndedBefore(db: Kysely<Database>, cutoff: Date): Promise<number> {
+  const result = await db
+    .deleteFrom("operations")
+    .where("state", "not in", ACTIVE_OPERATION_STATES)
+    .where("ended_at", "is not", null)
+    .where("ended_at", "<", toTimestamp(cutoff))
+    .executeTakeFirst();
+  return Number(result.numDeletedRows);
+}
+
+/**
  * At start-up: every operation that had not ended was cut off by the restart
  * (nothing resumes it). Each becomes failed with INTERRUPTED_FAILURE, naming
  * the stage that was running, which is marked failed too. Returns them.
