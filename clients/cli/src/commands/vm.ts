@@ -70,7 +70,10 @@ function registerCreateCommand(vm: Command, globals: () => GlobalOptions): void 
     .description(
       "create a VM from an image and boot it; shows each stage, exits 1 if a stage fails (nothing is left behind)",
     )
-    .requiredOption("--name <name>", "VM name (also its hostname and <name>.vm DNS name)")
+    .option(
+      "--name <name>",
+      "VM name, also its hostname and <name>.vm DNS name (default: a generated one such as brave-otter)",
+    )
     .option("--image <image>", "local image or catalog name (default: the configured default image)", "")
     .option("--kernel <name>", "kernel to boot (default: the image's, else the host default)", "")
     .option("--vcpu <n>", "virtual CPUs, 1-32 (default: from the config)")
@@ -83,7 +86,7 @@ function registerCreateCommand(vm: Command, globals: () => GlobalOptions): void 
     .option("--json", "print the VM as JSON when done")
     .action(
       async (opts: {
-        name: string;
+        name?: string;
         image: string;
         kernel: string;
         vcpu?: string;
@@ -97,7 +100,7 @@ function registerCreateCommand(vm: Command, globals: () => GlobalOptions): void 
       }) => {
         const sshTimeout = seconds(opts.sshTimeout, "--ssh-timeout");
         const request = {
-          name: opts.name,
+          name: opts.name ?? "",
           image: opts.image,
           kernel: opts.kernel,
           vcpu: positiveInt(opts.vcpu, "--vcpu"),

@@ -26,7 +26,9 @@ export const file_banger_v1_vm: GenFile = /*@__PURE__*/
  */
 export type CreateVmRequest = Message<"banger.v1.CreateVmRequest"> & {
   /**
-   * Name of the new VM, `^[a-z0-9][a-z0-9-]{0,31}$`.
+   * Name of the new VM, `^[a-z0-9][a-z0-9-]{0,31}$`; empty = a readable
+   * generated one (adjective-noun, e.g. "brave-otter", with a short suffix
+   * when those are taken), which the operation's target and result carry.
    *
    * @generated from field: string name = 1;
    */

@@ -513,6 +513,16 @@ describe("VM create", () => {
     expect(concurrency.max).toBeGreaterThanOrEqual(5);
   });
 
+  it("names a VM created without a name: readable, valid and unique, also among creates under way", async () => {
+    const { vms, operations, create } = await setup({ delayMs: 20 });
+    const ops = await Promise.all(Array.from({ length: 6 }, () => create("")));
+    await operations.settled();
+    const names = ops.map((op) => op.target);
+    for (const name of names) expect(name).toMatch(/^[a-z]+-[a-z]+(-[0-9a-f]{4})?$/);
+    expect(new Set(names).size).toBe(6);
+    expect((await vms.list()).map((vm) => vm.name).sort()).toEqual([...names].sort());
+  });
+
   it("refuses a taken name, a bad name, bad sizes and an unknown image before any operation", async () => {
     const { operations, create, vms } = await setup();
     await create("box");

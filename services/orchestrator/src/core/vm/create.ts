@@ -31,6 +31,7 @@ import { boot, bootLogs } from "./boot.js";
 import { scopeOf, type VmContext } from "./context.js";
 import { removeHostResources, removeRunDir } from "./host-cleanup.js";
 import { validMemoryMib, validVcpu, validVmName, type CreateVmRequest } from "./model.js";
+import { generateVmName } from "./names.js";
 import { vmResult } from "./result.js";
 import { makeRootDisk, detachRoot } from "./root-disk.js";
 import { staged, unwind, type UndoList } from "./undo.js";
@@ -73,7 +74,13 @@ function checkWorkDisk(workDiskMib: number, workSeedBytes: number): void {
 
 async function planCreate(ctx: VmContext, req: CreateVmRequest): Promise<CreatePlan> {
   const { config, db } = ctx;
-  const name = validVmName(req.name);
+  // No name: a readable one (brave-otter), not taken by a VM or a create under way.
+  const name =
+    req.name === ""
+      ? await generateVmName(
+          async (candidate) => ctx.runtime.creating.has(candidate) || !!(await getVmByName(db, candidate)),
+        )
+      : validVmName(req.name);
   const vcpu = validVcpu(req.vcpu || config.vm.vcpu);
   const memoryMib = validMemoryMib(req.memoryMib || config.vm.memoryMib);
   const imageName = req.image || config.defaultImage;

@@ -1,0 +1,122 @@
+/**
+ * A readable name for a VM created without one: adjective-noun ("brave-otter"),
+ * a valid VM name, not taken by a VM or a create under way. After a few
+ * collisions a short random suffix makes it unique ("brave-otter-3f9a").
+ */
+import { randomBytes, randomInt } from "node:crypto";
+
+const ADJECTIVES = [
+  "amber",
+  "bold",
+  "brave",
+  "brisk",
+  "calm",
+  "clever",
+  "cosy",
+  "crisp",
+  "daring",
+  "eager",
+  "fancy",
+  "fleet",
+  "gentle",
+  "glad",
+  "golden",
+  "happy",
+  "hardy",
+  "jolly",
+  "keen",
+  "kind",
+  "lively",
+  "lucky",
+  "mellow",
+  "merry",
+  "mighty",
+  "nimble",
+  "noble",
+  "plucky",
+  "polite",
+  "proud",
+  "quick",
+  "quiet",
+  "rapid",
+  "rosy",
+  "shiny",
+  "silent",
+  "snappy",
+  "steady",
+  "sunny",
+  "swift",
+  "tidy",
+  "trusty",
+  "vivid",
+  "warm",
+  "wild",
+  "wise",
+  "witty",
+  "zesty",
+] as const;
+
+const NOUNS = [
+  "badger",
+  "beaver",
+  "bison",
+  "crane",
+  "dingo",
+  "dolphin",
+  "eagle",
+  "falcon",
+  "ferret",
+  "finch",
+  "gecko",
+  "heron",
+  "ibis",
+  "jackal",
+  "koala",
+  "lemur",
+  "lynx",
+  "marten",
+  "mole",
+  "moose",
+  "newt",
+  "ocelot",
+  "orca",
+  "osprey",
+  "otter",
+  "owl",
+  "panda",
+  "puffin",
+  "quail",
+  "raven",
+  "robin",
+  "salmon",
+  "seal",
+  "shrew",
+  "sparrow",
+  "stoat",
+  "swan",
+  "tapir",
+  "tiger",
+  "toad",
+  "trout",
+  "turtle",
+  "viper",
+  "walrus",
+  "weasel",
+  "wombat",
+  "wren",
+  "yak",
+] as const;
+
+/** Plain draws before a suffix is added; the space is 48 × 48 = 2,304 names. */
+const PLAIN_TRIES = 16;
+
+export async function generateVmName(
+  taken: (name: string) => Promise<boolean>,
+  pick: (count: number) => number = randomInt,
+): Promise<string> {
+  for (let attempt = 0; ; attempt++) {
+    const base = `${ADJECTIVES[pick(ADJECTIVES.length)]}-${NOUNS[pick(NOUNS.length)]}`;
+    const name = attempt < PLAIN_TRIES ? base : `${base}-${randomBytes(2).toString("hex")}`;
+    if (!(await taken(name))) return name;
+  }
+}
