@@ -108,11 +108,12 @@ export default tseslint.config(
       message: "core/ and store/ are proto-free: map at the rpc/ edge",
     };
     // The root helper loads only what it runs: common through its subpath entry points, never the root index
-    // (which pulls in the registry and credential-helper code); test code may use the root. The puller too.
-    const subpathsOnly = dir === "services/privileged" || dir === "services/image-puller";
+    // (which pulls in the registry and credential-helper code); test code may use the root. The puller too, and the
+    // CLI, whose bundle would otherwise load and evaluate all of common (pino included) at every start.
+    const subpathsOnly = dir === "services/privileged" || dir === "services/image-puller" || dir === "clients/cli";
     const commonRoot = {
       name: "@banger/common",
-      message: "this service imports common through its subpaths (@banger/common/errors, …) only",
+      message: "this package imports common through its subpaths (@banger/common/errors, …) only",
     };
     return [
       { files: [`${dir}/**/*.ts`], rules: { "no-restricted-imports": ["error", { patterns: [others] }] } },

@@ -1,4 +1,5 @@
-import { OP_ID_HEADER, createUnixTransport } from "@banger/common";
+import { OP_ID_HEADER } from "@banger/common/op-id";
+import { createUnixTransport } from "@banger/common/unix-client";
 import { createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
 import type { DescService } from "@bufbuild/protobuf";
 import { commandOpId, resolveOrchestratorSocket, type GlobalOptions } from "./context.js";

@@ -1,5 +1,6 @@
 import { existsSync } from "node:fs";
-import { DEFAULT_RUNTIME_DIR, mintOpId, runtimeLayout } from "@banger/common";
+import { DEFAULT_RUNTIME_DIR, runtimeLayout } from "@banger/common/layout";
+import { mintOpId } from "@banger/common/op-id";
 import { devRuntimeDirsOf } from "./dev-dirs.js";
 
 /** Options every command accepts. */

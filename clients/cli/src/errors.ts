@@ -1,4 +1,4 @@
-import { opIdOfError } from "@banger/common";
+import { opIdOfError } from "@banger/common/error-mapping";
 import { ConnectError } from "@connectrpc/connect";
 import { commandOpId } from "./context.js";
 

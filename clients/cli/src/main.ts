@@ -1,20 +1,103 @@
-import { BANGER_VERSION } from "@banger/common";
+import { BANGER_VERSION } from "@banger/common/version";
 import { Command, CommanderError } from "commander";
-import { registerDaemonCommands } from "./commands/daemon.js";
-import { registerDevCommands } from "./commands/dev.js";
-import { registerDoctorCommand } from "./commands/doctor.js";
-import { registerPruneCommand } from "./commands/prune.js";
-import { registerImageCommands } from "./commands/image.js";
-import { registerKernelCommands } from "./commands/kernel.js";
-import { registerOpCommands } from "./commands/op.js";
-import { registerSystemCommands } from "./commands/system.js";
-import { registerVmCommands } from "./commands/vm.js";
-import { registerWorkspaceCommands } from "./commands/workspace.js";
 import type { GlobalOptions } from "./context.js";
-import { reportError } from "./errors.js";
 
-/** The `banger` command tree. Later commands slot in with one `registerXCommands(program)` each. */
-export function buildProgram(): Command {
+/** Fills in a top-level command: its subcommands, or a leaf's action. */
+type Register = (command: Command, globals: () => GlobalOptions) => void;
+
+/**
+ * A top-level command as `banger --help` lists it (name, description, a leaf's options), and the module that
+ * fills it in, loaded only when the command runs: `banger daemon status` loads neither the VM commands nor
+ * their protos.
+ */
+interface TopLevelCommand {
+  readonly name: string;
+  readonly description: string;
+  readonly options?: readonly (readonly [flags: string, description: string])[];
+  readonly load: () => Promise<Register>;
+}
+
+const COMMANDS: readonly TopLevelCommand[] = [
+  {
+    name: "daemon",
+    description: "inspect banger's three services",
+    load: async () => (await import("./commands/daemon.js")).registerDaemonCommands,
+  },
+  {
+    name: "dev",
+    description: "run banger from this checkout (development)",
+    load: async () => (await import("./commands/dev.js")).registerDevCommands,
+  },
+  {
+    name: "doctor",
+    description:
+      "check this machine and banger's setup: /dev/kvm, the VMM and its version, the three services and their versions, " +
+      "the helper's privileges, host features (tun, bridge, loop, device-mapper), e2fsprogs, the bridge's subnet, " +
+      "the default image and kernel, the SSH key, free space, then each feature's own checks (work disk, NAT, DNS). " +
+      "Each check is ok, WARN (works, not as well as it could) or FAIL (cannot work until fixed), with a hint; " +
+      "changes nothing; exits 1 when any check fails",
+    options: [["--json", "print JSON instead of a table"]],
+    load: async () => (await import("./commands/doctor.js")).registerDoctorCommand,
+  },
+  {
+    name: "image",
+    description: "root filesystem images: pull, register, promote, list, show, delete",
+    load: async () => (await import("./commands/image.js")).registerImageCommands,
+  },
+  {
+    name: "kernel",
+    description: "guest kernels: import, build an initramfs, list, show, delete, set the default",
+    load: async () => (await import("./commands/kernel.js")).registerKernelCommands,
+  },
+  {
+    name: "op",
+    description: "long-running operations (create, pull, …): list, show, watch",
+    load: async () => (await import("./commands/op.js")).registerOpCommands,
+  },
+  {
+    name: "prune",
+    description:
+      "housekeeping: removes the operations that ended over operations.retention_days ago (config, default 30; " +
+      "bangerd also does this at start and daily) and every blob and built image in the image puller's cache " +
+      "that no pull is using (the next pull downloads again). With --all, also lists the images no VM uses and " +
+      "the kernels no image or VM uses (never the default kernel), and deletes them only with --force",
+    options: [
+      ["--all", "also the images and kernels nothing uses: listed, deleted only with --force"],
+      ["--force", "with --all: delete those images and kernels"],
+      ["--json", "print JSON instead of text"],
+    ],
+    load: async () => (await import("./commands/prune.js")).registerPruneCommand,
+  },
+  {
+    name: "system",
+    description:
+      "run banger as three hardened systemd services (needs systemd as PID 1; install, restart, uninstall need root)",
+    load: async () => (await import("./commands/system.js")).registerSystemCommands,
+  },
+  {
+    name: "vm",
+    description:
+      "virtual machines: create, list, show, start, stop, restart, delete, set, logs, stats, ports, ssh, exec, run",
+    load: async () => (await import("./commands/vm.js")).registerVmCommands,
+  },
+  {
+    name: "workspace",
+    description: "copy a host git repository into a VM (prepare) and bring the guest's changes back (export)",
+    load: async () => (await import("./commands/workspace.js")).registerWorkspaceCommands,
+  },
+];
+
+/** Usage errors end with exit code 2 instead of commander's process.exit. */
+function overrideExits(command: Command): void {
+  command.exitOverride();
+  command.commands.forEach(overrideExits);
+}
+
+/**
+ * The `banger` command tree: every top-level command declared, each filled in by its module by `fillIn`, which
+ * commander's preSubcommand hook calls just before the command runs.
+ */
+export function buildProgram(): { program: Command; fillIn: (name: string) => Promise<void> } {
   const program = new Command("banger")
     .description("disposable Firecracker microVMs on your own Linux machine")
     .version(BANGER_VERSION, "-V, --version")
@@ -27,32 +110,40 @@ export function buildProgram(): Command {
     .showHelpAfterError()
     .exitOverride();
   const globals = () => program.opts<GlobalOptions>();
-  registerDaemonCommands(program, globals);
-  registerDevCommands(program);
-  registerDoctorCommand(program, globals);
-  registerImageCommands(program, globals);
-  registerKernelCommands(program, globals);
-  registerOpCommands(program, globals);
-  registerPruneCommand(program, globals);
-  registerSystemCommands(program);
-  registerVmCommands(program, globals);
-  registerWorkspaceCommands(program, globals);
-  program.commands.forEach(function override(cmd: Command): void {
-    cmd.exitOverride();
-    cmd.commands.forEach(override);
-  });
-  return program;
+  const declared = new Map<string, { command: Command; load: TopLevelCommand["load"] }>();
+  for (const { name, description, options = [], load } of COMMANDS) {
+    const command = program.command(name).description(description);
+    for (const [flags, text] of options) command.option(flags, text);
+    declared.set(name, { command, load });
+  }
+  const filled = new Set<string>();
+  const fillIn = async (name: string) => {
+    const entry = declared.get(name);
+    if (entry === undefined || filled.has(name)) return;
+    filled.add(name);
+    (await entry.load())(entry.command, globals);
+    overrideExits(entry.command);
+  };
+  program.hook("preSubcommand", (_program, command) => fillIn(command.name()));
+  overrideExits(program);
+  return { program, fillIn };
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
   try {
-    await buildProgram().parseAsync(argv, { from: "user" });
+    const { program, fillIn } = buildProgram();
+    // `banger help <command>` prints the command's help without running it (no preSubcommand hook): with `help`
+    // anywhere in the arguments, every command is filled in first, as if none were lazy.
+    if (argv.includes("help")) await Promise.all(COMMANDS.map(({ name }) => fillIn(name)));
+    await program.parseAsync(argv, { from: "user" });
     return 0;
   } catch (error) {
     if (error instanceof CommanderError) {
       // Help and --version end with exit code 0; every other commander error is a usage error.
       return error.exitCode === 0 ? 0 : 2;
     }
+    // Loaded only now: it needs connect's errors, which `banger --version` has no use for.
+    const { reportError } = await import("./errors.js");
     return reportError(error);
   }
 }

@@ -10,8 +10,8 @@ import { renderTable } from "../render/table.js";
 
 const STATUS_TIMEOUT_MS = 10_000;
 
-export function registerDaemonCommands(program: Command, globals: () => GlobalOptions): void {
-  const daemon = program.command("daemon").description("inspect banger's three services");
+/** `daemon status`. */
+export function registerDaemonCommands(daemon: Command, globals: () => GlobalOptions): void {
   daemon
     .command("status")
     .description(

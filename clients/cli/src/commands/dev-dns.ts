@@ -11,7 +11,8 @@
  */
 import { statSync } from "node:fs";
 import { delimiter, join } from "node:path";
-import { HostCommandError, runProcess } from "@banger/common";
+import { HostCommandError } from "@banger/common/errors";
+import { runProcess } from "@banger/common/host-runner";
 import { bridgeAddressOf } from "../bridge-address.js";
 
 /** Binds both sockets (or says why not, and goes on without them), drops to the owner, execs argv[4:]. */

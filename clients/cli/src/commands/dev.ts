@@ -2,17 +2,10 @@ import { createWriteStream, readFileSync, type WriteStream } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import {
-  HostCommandError,
-  checkSocketPathLength,
-  probeSocket,
-  runtimeLayout,
-  stateLayout,
-  streamProcess,
-  type RuntimeLayout,
-  type StateLayout,
-  type StreamedRun,
-} from "@banger/common";
+import { HostCommandError } from "@banger/common/errors";
+import { streamProcess, type StreamedRun } from "@banger/common/host-runner";
+import { runtimeLayout, stateLayout, type RuntimeLayout, type StateLayout } from "@banger/common/layout";
+import { checkSocketPathLength, probeSocket } from "@banger/common/socket-path";
 import type { Command } from "commander";
 import { resolveOrchestratorSocket } from "../context.js";
 import { defaultDevDirs, type DevDirs } from "../dev-dirs.js";
@@ -104,8 +97,8 @@ export function devOwner(
   return { uid, gid, home: homeOf(entries().find((fields) => fields[2] === String(uid))) };
 }
 
-export function registerDevCommands(program: Command): void {
-  const dev = program.command("dev").description("run banger from this checkout (development)");
+/** `dev up`. */
+export function registerDevCommands(dev: Command): void {
   dev
     .command("up")
     .description(

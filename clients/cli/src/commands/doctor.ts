@@ -1,4 +1,4 @@
-import { BANGER_VERSION } from "@banger/common";
+import { BANGER_VERSION } from "@banger/common/version";
 import {
   CheckStatus,
   DoctorResponseSchema,
@@ -17,22 +17,13 @@ import { renderTable } from "../render/table.js";
 /** Each of doctor's probes has its own 5 s deadline; this bounds the whole call. */
 const DOCTOR_TIMEOUT_MS = 30_000;
 
-export function registerDoctorCommand(program: Command, globals: () => GlobalOptions): void {
-  program
-    .command("doctor")
-    .description(
-      "check this machine and banger's setup: /dev/kvm, the VMM and its version, the three services and their versions, " +
-        "the helper's privileges, host features (tun, bridge, loop, device-mapper), e2fsprogs, the bridge's subnet, " +
-        "the default image and kernel, the SSH key, free space, then each feature's own checks (work disk, NAT, DNS). " +
-        "Each check is ok, WARN (works, not as well as it could) or FAIL (cannot work until fixed), with a hint; " +
-        "changes nothing; exits 1 when any check fails",
-    )
-    .option("--json", "print JSON instead of a table")
-    .action(async (opts: { json?: boolean }) => {
-      const report = await fetchDoctor(globals());
-      process.stdout.write(opts.json ? renderDoctorJson(report) : renderDoctorTable(report));
-      if (!report.ok) throw new ReportedFailure("a check failed");
-    });
+/** `doctor`'s action; main.ts declares the command with its description and `--json` (what `banger --help` shows). */
+export function registerDoctorCommand(doctor: Command, globals: () => GlobalOptions): void {
+  doctor.action(async (opts: { json?: boolean }) => {
+    const report = await fetchDoctor(globals());
+    process.stdout.write(opts.json ? renderDoctorJson(report) : renderDoctorTable(report));
+    if (!report.ok) throw new ReportedFailure("a check failed");
+  });
 }
 
 /** Asks the orchestrator; when it cannot be reached, that is the one (failing) check. */

@@ -9,10 +9,8 @@ import { renderTable } from "../render/table.js";
 import { registerDelete, registerListShow, type ListShowSpec } from "./resource.js";
 import { announceAndWatch, withOrchestrator } from "./op.js";
 
-export function registerImageCommands(program: Command, globals: () => GlobalOptions): void {
-  const image = program
-    .command("image")
-    .description("root filesystem images: pull, register, promote, list, show, delete");
+/** `image pull`, `register`, `promote`, `list`, `show`, `delete`. */
+export function registerImageCommands(image: Command, globals: () => GlobalOptions): void {
   registerImageSources(image, globals);
   registerListShow(image, globals, IMAGE_LISTING);
   registerDelete(image, globals, {

@@ -10,10 +10,8 @@ import { renderTable } from "../render/table.js";
 import { registerDelete, registerListShow, type ListShowSpec } from "./resource.js";
 import { announceAndWatch, withOrchestrator } from "./op.js";
 
-export function registerKernelCommands(program: Command, globals: () => GlobalOptions): void {
-  const kernel = program
-    .command("kernel")
-    .description("guest kernels: import, build an initramfs, list, show, delete, set the default");
+/** `kernel import`, `initramfs`, `list`, `show`, `delete`, `set-default`. */
+export function registerKernelCommands(kernel: Command, globals: () => GlobalOptions): void {
   registerKernelSources(kernel, globals);
   registerListShow(kernel, globals, KERNEL_LISTING);
   kernel

@@ -9,8 +9,8 @@ import { STATE_WORD, createStagePrinter, isEnded } from "../render/operation.js"
 import { createProgressRenderer } from "../render/progress.js";
 import { renderTable } from "../render/table.js";
 
-export function registerOpCommands(program: Command, globals: () => GlobalOptions): void {
-  const op = program.command("op").description("long-running operations (create, pull, …): list, show, watch");
+/** `op list`, `show`, `watch`. */
+export function registerOpCommands(op: Command, globals: () => GlobalOptions): void {
   op.command("list")
     .description("recent operations, newest first")
     .option("--target <name>", "only operations on this VM, image or kernel")

@@ -7,32 +7,22 @@ import { UsageError } from "../errors.js";
 import { mib } from "../render/size.js";
 import { renderTable } from "../render/table.js";
 
-export function registerPruneCommand(program: Command, globals: () => GlobalOptions): void {
-  program
-    .command("prune")
-    .description(
-      "housekeeping: removes the operations that ended over operations.retention_days ago (config, default 30; " +
-        "bangerd also does this at start and daily) and every blob and built image in the image puller's cache " +
-        "that no pull is using (the next pull downloads again). With --all, also lists the images no VM uses and " +
-        "the kernels no image or VM uses (never the default kernel), and deletes them only with --force",
-    )
-    .option("--all", "also the images and kernels nothing uses: listed, deleted only with --force")
-    .option("--force", "with --all: delete those images and kernels")
-    .option("--json", "print JSON instead of text")
-    .action(async (opts: { all?: boolean; force?: boolean; json?: boolean }) => {
-      if (opts.force === true && opts.all !== true) throw new UsageError("--force deletes what --all lists: give both");
-      const orchestrator = connectOrchestrator(globals());
-      try {
-        const report = await orchestrator
-          .client(SystemService)
-          .prune({ all: opts.all === true, force: opts.force === true }, orchestrator.callOptions());
-        process.stdout.write(
-          opts.json ? renderPruneJson(report) : renderPrune(report, opts.all === true, opts.force === true),
-        );
-      } finally {
-        orchestrator.close();
-      }
-    });
+/** `prune`'s action; main.ts declares the command with its description and options (what `banger --help` shows). */
+export function registerPruneCommand(prune: Command, globals: () => GlobalOptions): void {
+  prune.action(async (opts: { all?: boolean; force?: boolean; json?: boolean }) => {
+    if (opts.force === true && opts.all !== true) throw new UsageError("--force deletes what --all lists: give both");
+    const orchestrator = connectOrchestrator(globals());
+    try {
+      const report = await orchestrator
+        .client(SystemService)
+        .prune({ all: opts.all === true, force: opts.force === true }, orchestrator.callOptions());
+      process.stdout.write(
+        opts.json ? renderPruneJson(report) : renderPrune(report, opts.all === true, opts.force === true),
+      );
+    } finally {
+      orchestrator.close();
+    }
+  });
 }
 
 function renderPruneJson(report: PruneResponse): string {

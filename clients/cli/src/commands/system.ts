@@ -44,13 +44,8 @@ function absolute(dir: string | undefined, flag: string): string | undefined {
   return resolve(dir);
 }
 
-export function registerSystemCommands(program: Command): void {
-  const system = program
-    .command("system")
-    .description(
-      "run banger as three hardened systemd services (needs systemd as PID 1; install, restart, uninstall need root)",
-    );
-
+/** `system install`, `status`, `restart`, `uninstall`. */
+export function registerSystemCommands(system: Command): void {
   system
     .command("install")
     .description(

@@ -2,7 +2,7 @@ import { AgentHealth, VmSchema, VmState, type Vm } from "@banger/gen/banger/v1/r
 import { ListeningPortSchema, VmLogSource, VmService, VmStatsResponseSchema } from "@banger/gen/banger/v1/vm_pb.js";
 import type { Operation } from "@banger/gen/banger/v1/operation_pb.js";
 import { toJson } from "@bufbuild/protobuf";
-import { runAttached } from "@banger/common";
+import { runAttached } from "@banger/common/host-runner";
 import { randomBytes } from "node:crypto";
 import { ExecService } from "@banger/gen/banger/v1/exec_pb.js";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -40,12 +40,8 @@ async function follow(
   if (done?.result.case === "vm") printVms([done.result.value], opts.json === true);
 }
 
-export function registerVmCommands(program: Command, globals: () => GlobalOptions): void {
-  const vm = program
-    .command("vm")
-    .description(
-      "virtual machines: create, list, show, start, stop, restart, delete, set, logs, stats, ports, ssh, exec, run",
-    );
+/** `vm`'s subcommands: create, list, show, start, stop, restart, delete, set, logs, stats, ports, ssh, exec, run. */
+export function registerVmCommands(vm: Command, globals: () => GlobalOptions): void {
   registerCreateCommand(vm, globals);
   registerListShow(vm, globals, {
     listDescription: "all VMs",

@@ -28,11 +28,9 @@ function choice<T>(table: Record<string, T>, value: string, flag: string): T {
   return found;
 }
 
-export function registerWorkspaceCommands(program: Command, globals: () => GlobalOptions): void {
-  const workspace = program
-    .command("workspace")
-    .description("copy a host git repository into a VM (prepare) and bring the guest's changes back (export)")
-    .addHelpText("after", GUEST_NEEDS);
+/** `workspace prepare` and `export`. */
+export function registerWorkspaceCommands(workspace: Command, globals: () => GlobalOptions): void {
+  workspace.addHelpText("after", GUEST_NEEDS);
   workspace
     .command("prepare")
     .argument("<vm>", "a running VM")

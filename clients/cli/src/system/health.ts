@@ -3,7 +3,8 @@
  * through their sockets as the owner, so one answer covers all three (and,
  * with socket activation, the call starts whatever is not running yet).
  */
-import { OP_ID_HEADER, createUnixTransport } from "@banger/common";
+import { OP_ID_HEADER } from "@banger/common/op-id";
+import { createUnixTransport } from "@banger/common/unix-client";
 import { SystemService, type ServiceStatus } from "@banger/gen/banger/v1/system_pb.js";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";

@@ -3,7 +3,7 @@
  * services are stopped: links are banger's by their alias (as the helper marks
  * them), the NAT rules are its nftables table. Runs as root with ip and nft.
  */
-import { LINK_ALIAS_PREFIX, NFT_TABLE } from "@banger/common";
+import { LINK_ALIAS_PREFIX, NFT_TABLE } from "@banger/common/layout";
 import type { SystemHost } from "./host.js";
 
 interface Link {

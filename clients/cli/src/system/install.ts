@@ -17,7 +17,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { dirname, join } from "node:path";
-import { BANGER_VERSION } from "@banger/common";
+import { BANGER_VERSION } from "@banger/common/version";
 import { bridgeAddressOf } from "../bridge-address.js";
 import { waitForHealth, allAnswer, type LiveStatus } from "./health.js";
 import { removeHostNetwork } from "./host-network.js";

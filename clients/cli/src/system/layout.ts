@@ -5,7 +5,13 @@
  * `--root DIR` renders into a directory tree).
  */
 import { join } from "node:path";
-import { DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, runtimeLayout, stateLayout, type RuntimeLayout } from "@banger/common";
+import {
+  DEFAULT_RUNTIME_DIR,
+  DEFAULT_STATE_DIR,
+  runtimeLayout,
+  stateLayout,
+  type RuntimeLayout,
+} from "@banger/common/layout";
 
 /** The group whose members may connect to the helper's socket (bangerd runs with it as its group). */
 export const BANGER_GROUP = "banger";
