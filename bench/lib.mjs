@@ -68,7 +68,8 @@ export async function startServices({ owner, netns, helperArgs = [] } = {}) {
   };
   try {
     for (const name of ["privileged", "image-puller", "orchestrator"]) {
-      const args = [join(ROOT, `services/${name}/dist/main.js`), "--runtime-dir", runtimeDir];
+      // BENCH_NODE_ARGS: node's own options for every service, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
+      const args = [...nodeArgs(), join(ROOT, `services/${name}/dist/main.js`), "--runtime-dir", runtimeDir];
       args.push("--state-dir", stateDir);
       let argv = [process.execPath, ...args];
       // The benchmark's own config directory always: the one of whoever runs it must not change the numbers.
@@ -110,6 +111,11 @@ export async function startServices({ owner, netns, helperArgs = [] } = {}) {
     socket: (name) => join(runtimeDir, `${name}.sock`),
     stop,
   };
+}
+
+/** Node's options for the processes a bench starts (BENCH_NODE_ARGS, space-separated). */
+export function nodeArgs() {
+  return (process.env.BENCH_NODE_ARGS ?? "").split(" ").filter(Boolean);
 }
 
 export function percentile(sorted, p) {
