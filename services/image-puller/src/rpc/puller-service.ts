@@ -91,11 +91,13 @@ const DAY_MS = 24 * 60 * 60 * 1000;
 /** `banger.imagepuller.v1.PullerService`. */
 export function createPullerService(deps: PullerServiceDeps): ServiceImpl<typeof PullerService> {
   const leases = createLeases();
+  // Who the puller is does not change while it runs: read once, not /proc/self/status at every call.
+  const identity = describePuller();
   const registryFor = (req: { insecureRegistries: string[]; credentials: RequestCredential[] }) =>
     deps.openRegistry({ insecureRegistries: req.insecureRegistries, credentials: credentialMap(req.credentials) });
   return implementService(PullerService, {
     getVersion() {
-      return describePuller();
+      return identity;
     },
     pull(req, ctx) {
       return streamPull(

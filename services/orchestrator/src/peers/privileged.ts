@@ -39,7 +39,7 @@ export function createPrivilegedPeer(
     name: "privileged",
     socket: socketPath,
     async identify(scope) {
-      return identityFromVersion(await host.getVersion({}, callOptions(scope)));
+      return identityFromVersion(await host.getVersion({ identityOnly: true }, callOptions(scope)));
     },
     async features(scope) {
       const version = await host.getVersion({}, callOptions(scope));
@@ -64,7 +64,7 @@ export function createPrivilegedPeer(
     async inventory(scope) {
       const [found, version] = await Promise.all([
         host.getInventory({}, callOptions(scope)),
-        host.getVersion({}, callOptions(scope)),
+        host.getVersion({ identityOnly: true }, callOptions(scope)),
       ]);
       return {
         ownerUid: version.ownerUid,

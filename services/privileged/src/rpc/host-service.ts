@@ -22,13 +22,19 @@ export interface HostServiceDeps {
 
 /** `banger.privileged.v1.HostService`: identity, host features and the inventory of banger's resources. */
 export function createHostService(deps: HostServiceDeps): ServiceImpl<typeof HostService> {
+  // Who the helper is does not change while it runs (nothing in it changes its capabilities):
+  // read once, not /proc/self/status at every call.
+  const identity = describeHelper(deps.ownerUid);
   return implementService(HostService, {
-    getVersion() {
-      const identity = describeHelper(deps.ownerUid);
-      return {
+    getVersion(req) {
+      const who = {
         ...identity,
         capabilities: [...identity.capabilities],
         missingCapabilities: [...identity.missingCapabilities],
+      };
+      if (req.identityOnly) return who;
+      return {
+        ...who,
         features: deps.hostFeatures(),
         firecrackerBinary: deps.firecrackerBinary,
         qemuBinary: deps.qemuBinary,
