@@ -53,3 +53,16 @@ export function debugfsErrors(stderr: string): string {
   const lines = stderr.split("\n").filter((l) => l.trim() !== "" && !/^debugfs \d/.test(l));
   return lines.length > 0 ? `: ${lines.slice(-5).join("; ")}` : "";
 }
+
+/**
+ * A failure of debugfs to write back what its session changed (bitmaps, the
+ * superblock, cached blocks) when it closed the file system: reported on
+ * stderr under the library call's name, after every command's output. A
+ * session that reads its own writes back is only as good as this close.
+ */
+export function debugfsCloseFailure(stderr: string): string | undefined {
+  return stderr
+    .split("\n")
+    .find((l) => /^ext2fs_(close|flush|write_inode_bitmap|write_block_bitmap)\b/.test(l.trim()))
+    ?.trim();
+}

@@ -152,6 +152,12 @@ export interface GuestPort {
   /** Builds the work disk at `target` from the image's seed (or empty), grown to `sizeMib`, with banger's files. */
   prepareWorkDisk(args: { target: string; seedPath?: string; sizeMib: number; signal: AbortSignal }): Promise<void>;
   growWorkDisk(path: string, sizeMib: number, signal: AbortSignal): Promise<void>;
+  /**
+   * The identity (device, inode, size, times) of the published image file `rootfs` as it is now, when
+   * `e2fsck -fn` found the file as it is now clean (asked once per identity); else undefined. A copy
+   * made while the identity stayed the same needs no check of its own (guest/clean-image.ts).
+   */
+  cleanRootfs(rootfs: string): Promise<string | undefined>;
   /** Resolves when the guest's SSH answers. */
   waitForSsh(ip: string, timeoutMs: number, signal: AbortSignal): Promise<void>;
 }

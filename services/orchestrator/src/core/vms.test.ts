@@ -27,15 +27,15 @@ const logger = createLogger({ service: "orchestrator", destination: new Writable
 // Firecracker configured: what the scripted helper and the fake VMM speak ("auto" would ask this machine).
 const CONFIG: BangerConfig = { ...DEFAULT_CONFIG, vmm: "firecracker", source: { path: "/nonexistent", exists: false } };
 
-// In the order they first start: the work disk is built while the root disk is made and checked.
+// In the order they first start: the work disk is built and the tap taken while the root disk is made and checked.
 const CREATE_STAGES = [
   "resolve-image",
   "reserve",
   "work-disk",
+  "tap",
   "root-disk",
   "fsck",
   "guest-files",
-  "tap",
   "launch-vmm",
   "configure-vmm",
   "start-vmm",
@@ -64,6 +64,8 @@ interface Script {
   delayMs?: number;
   /** No registry can be reached (a machine offline): every pull fails REGISTRY_UNREACHABLE. */
   offline?: boolean;
+  /** The image's root filesystem was found clean (guest port cleanRootfs). */
+  imageClean?: boolean;
 }
 
 /** How many scripted helper calls were in flight at once, at most. */
@@ -259,6 +261,8 @@ function scriptedGuest(script: Script): GuestPort {
       return Promise.resolve();
     },
     growWorkDisk: () => Promise.resolve(),
+    // Not known clean unless a test says so: the create checks its root disk itself.
+    cleanRootfs: () => Promise.resolve(script.imageClean ? "1:2:3:4:5" : undefined),
     waitForSsh: () => (script.failAt === "waitForSsh" ? Promise.reject(new Error("no SSH banner")) : Promise.resolve()),
   };
 }
@@ -444,6 +448,20 @@ describe("VM create", () => {
       expect(vmDirs(stateDir)).toEqual([]);
     },
   );
+
+  it("leaves out the root disk's fsck when the image it copies was found clean, and says so", async () => {
+    const { operations, calls, create } = await setup({ imageClean: true });
+    const op = await create("box");
+    await operations.settled();
+    const done = await operations.get(op.id);
+    expect(done.state, JSON.stringify(done.error)).toBe("succeeded");
+    expect(done.stages.find((s) => s.name === "fsck")).toMatchObject({
+      state: "done",
+      message: "not needed: a fresh copy of image debian, which e2fsck found clean",
+    });
+    expect(calls).not.toContain("checkFilesystem");
+    expect(calls).toContain("writeGuestFiles");
+  });
 
   it("takes taps from a warm pool that it keeps topped up", async () => {
     const { operations, model, create } = await setup();

@@ -17,6 +17,14 @@ describe.skipIf(!HAVE_GIT)("the owner's git identity", () => {
     expect(await readGitIdentity(home)).toEqual({ name: "Ada Lovelace", email: "ada@example.org" });
   });
 
+  it("takes the last value of a key set twice, as git config --get does", async () => {
+    writeFileSync(
+      join(home, ".gitconfig"),
+      "[user]\n\tname = First\n\temail = a@example.org\n[User]\n\tName = Second Name\n",
+    );
+    expect(await readGitIdentity(home)).toEqual({ name: "Second Name", email: "a@example.org" });
+  });
+
   it("is absent when the name or the e-mail is not set", async () => {
     expect(await readGitIdentity(home)).toBeUndefined();
     writeFileSync(join(home, ".gitconfig"), "[user]\n\tname = Only A Name\n");

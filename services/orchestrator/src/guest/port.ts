@@ -7,6 +7,7 @@ import { connect } from "node:net";
 import { DeadlineExceededError, runProcess } from "@banger/common";
 import type { BangerConfig, SshIdentity } from "../config/index.js";
 import type { GuestPort } from "../core/ports.js";
+import { createCleanImageCheck } from "./clean-image.js";
 import { bootArgsIp, rootDiskFiles, workDiskFiles } from "./guest-files.js";
 import { growWorkDisk, prepareWorkDisk } from "./work-disk.js";
 
@@ -17,6 +18,7 @@ export function createGuestPort(deps: {
   /** The guests' key pair, made on first use. */
   readonly sshIdentity: () => Promise<SshIdentity>;
 }): GuestPort {
+  const cleanRootfs = createCleanImageCheck();
   return {
     rootDiskFiles: (vm, network) =>
       rootDiskFiles({
@@ -35,39 +37,48 @@ export function createGuestPort(deps: {
         gateway: network.address,
       }),
     async prepareWorkDisk({ target, seedPath, sizeMib, signal }) {
-      const identity = await deps.sshIdentity();
-      const gitIdentity = await readGitIdentity(deps.home);
-      const files = await workDiskFiles({
-        publicKey: identity.publicKey,
-        ...(gitIdentity ? { gitIdentity } : {}),
-        fileSync: deps.config.fileSync,
-        home: deps.home,
-      });
+      // Gathered (the key, git's identity, file_sync's sources) while the disk is made.
+      const files = (async () => {
+        const [identity, gitIdentity] = await Promise.all([deps.sshIdentity(), readGitIdentity(deps.home)]);
+        return workDiskFiles({
+          publicKey: identity.publicKey,
+          ...(gitIdentity ? { gitIdentity } : {}),
+          fileSync: deps.config.fileSync,
+          home: deps.home,
+        });
+      })();
       await prepareWorkDisk({ target, seedPath, sizeMib, files, signal });
     },
     growWorkDisk: (path, sizeMib, signal) => growWorkDisk(path, sizeMib, signal),
+    cleanRootfs,
     waitForSsh: (ip, timeoutMs, signal) => waitForSshBanner(ip, timeoutMs, signal),
   };
 }
 
 /**
  * The owner's git identity (`git config --global user.name` and `user.email`,
- * read with HOME set to the owner's home), so commits in the guest carry it;
- * undefined when either is unset or git is not installed.
+ * read with HOME set to the owner's home, both in one git run), so commits in
+ * the guest carry it; undefined when either is unset or git is not installed.
  */
 export async function readGitIdentity(home: string): Promise<{ name: string; email: string } | undefined> {
-  const get = async (key: string) => {
-    try {
-      const { stdout } = await runProcess(["git", "config", "--global", "--get", key], {
-        env: { ...process.env, HOME: home, XDG_CONFIG_HOME: "", GIT_CONFIG_NOSYSTEM: "1" },
-        signal: AbortSignal.timeout(5_000),
-      });
-      return stdout.toString().trim();
-    } catch {
-      return "";
-    }
-  };
-  const [name, email] = [await get("user.name"), await get("user.email")];
+  let stdout: Buffer;
+  try {
+    // -z: each entry is the key, a newline, the value and a NUL (a value may hold newlines).
+    ({ stdout } = await runProcess(["git", "config", "--global", "-z", "--get-regexp", "^user\\.(name|email)$"], {
+      env: { ...process.env, HOME: home, XDG_CONFIG_HOME: "", GIT_CONFIG_NOSYSTEM: "1" },
+      signal: AbortSignal.timeout(5_000),
+    }));
+  } catch {
+    return undefined; // exit 1: neither is set; or no git
+  }
+  const values = new Map<string, string>();
+  for (const entry of stdout.toString().split("\0")) {
+    const newline = entry.indexOf("\n");
+    // As `--get` does, the last value of a key set more than once.
+    if (newline > 0) values.set(entry.slice(0, newline), entry.slice(newline + 1));
+  }
+  const name = values.get("user.name")?.trim() ?? "";
+  const email = values.get("user.email")?.trim() ?? "";
   return name !== "" && email !== "" ? { name, email } : undefined;
 }
 

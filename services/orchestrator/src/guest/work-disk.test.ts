@@ -212,6 +212,34 @@ describe.skipIf(!HAVE_E2FSPROGS)("prepareWorkDisk", () => {
     expect(readdirSync(scratch)).toEqual([]);
   });
 
+  it("fails WORK_DISK_WRITE_FAILED when the write session wrote nothing or could not close, though it exited 0", async () => {
+    const real = createHostRunner();
+    const writeSession = (
+      fake: (argv: readonly string[], options: Parameters<Runner["run"]>[1]) => ReturnType<Runner["run"]>,
+    ): Runner => ({
+      run: (argv, options) =>
+        argv[0] === "debugfs" && argv[1] === "-w" ? fake(argv, options) : real.run(argv, options),
+    });
+    // A session that does nothing at all: its read-back shows nothing either.
+    const idle = writeSession((_argv, options) => real.run(["true"], options));
+    // A session that wrote everything, then failed to flush it when it closed.
+    const unflushed = writeSession(async (argv, options) => {
+      const result = await real.run(argv, options);
+      return { ...result, stderr: `${result.stderr}ext2fs_close: Short write trying to write a block\n` };
+    });
+    for (const [runner, message] of [
+      [idle, "/.ssh/authorized_keys: missing"],
+      [unflushed, "closing the file system: ext2fs_close: Short write"],
+    ] as const) {
+      const target = join(dir, "work.ext4");
+      const error = await failure(prepareWorkDisk({ target, sizeMib: 32, files: await keyFiles(), runner }));
+      expect(error).toMatchObject({ kind: "failed-precondition", reason: "WORK_DISK_WRITE_FAILED" });
+      expect(error.message).toContain(message);
+      expect(existsSync(target)).toBe(false);
+      expect(readdirSync(scratch)).toEqual([]);
+    }
+  });
+
   it("reports e2fsck's stderr when the copied seed is beyond repair", async () => {
     const seed = join(dir, "garbage.ext4");
     writeFileSync(seed, Buffer.alloc(2 * MIB, 7));

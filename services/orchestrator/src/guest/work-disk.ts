@@ -2,8 +2,9 @@
  * A VM's work disk (`<state>/vms/<vm_id>/work.ext4`, mounted at /root in the
  * guest), built by the owner without root and without mounting: the image's
  * work seed is copied (or a fresh ext4 made), checked, grown, and the entries
- * from guest-files.ts are written with one debugfs script, then read back and
- * checked again. Nothing here chowns a host file: owners exist only inside
+ * from guest-files.ts are written and read back in one debugfs session, then
+ * the disk is checked again (and read back once more only when that check
+ * changed something). Nothing here chowns a host file: owners exist only inside
  * the disk, set with debugfs `sif`.
  *
  * debugfs quirks this code works around:
@@ -39,6 +40,7 @@ import {
   InvalidArgumentError,
   copySparse,
   createHostRunner,
+  debugfsCloseFailure,
   debugfsErrors,
   debugfsSections,
   parseDebugfsStat,
@@ -65,8 +67,11 @@ export interface PrepareWorkDiskOptions {
   readonly seedPath?: string | undefined;
   /** Size of the disk; at least the seed's file system (never shrunk). */
   readonly sizeMib: number;
-  /** What to write onto it (from `workDiskFiles`), with disk-relative paths. */
-  readonly files: readonly WorkDiskEntry[];
+  /**
+   * What to write onto it (from `workDiskFiles`), with disk-relative paths. Given as a promise, it is
+   * gathered while the disk is made, and checked when it arrives (before anything is written).
+   */
+  readonly files: readonly WorkDiskEntry[] | Promise<readonly WorkDiskEntry[]>;
   readonly signal?: AbortSignal | undefined;
   /** Default: `createHostRunner()`. */
   readonly runner?: Runner | undefined;
@@ -79,7 +84,8 @@ export interface PrepareWorkDiskOptions {
  * grows it to `sizeMib` (truncate + `resize2fs`; a size below the seed's file
  * system is WORK_DISK_TOO_SMALL), writes `files` in one debugfs script
  * (missing parents made 0755 0:0; the entries' modes and owners set with
- * `sif`), runs `e2fsck -fy`, verifies every entry by reading it back, and
+ * `sif`) and reads every entry back in the same session, runs `e2fsck -fy`
+ * (when it fixed something, reads the entries back again), verifies them, and
  * finally requires `e2fsck -fn` to pass. The target is created 0600
  * exclusively (an existing file is ALREADY_EXISTS and left alone); on any
  * failure, or abort, the target and the temp files are removed.
@@ -91,7 +97,9 @@ export async function prepareWorkDisk(options: PrepareWorkDiskOptions): Promise<
     throw new InvalidArgumentError(`work disk path ${target} must be absolute`, { reason: "INVALID_ARGUMENT" });
   }
   const sizeBytes = validSize(sizeMib);
-  const entries = validEntries(files);
+  // Entries given as they are are checked before anything happens; promised ones when they arrive.
+  const entries = files instanceof Promise ? files.then(validEntries) : Promise.resolve(validEntries(files));
+  entries.catch(() => undefined); // awaited below, unless an earlier step failed
   if (signal?.aborted) throw cancelled(["prepareWorkDisk"], signal.reason);
   if (seedPath !== undefined) await requireFile(seedPath, "work seed", "WORK_SEED_MISSING");
 
@@ -128,7 +136,7 @@ export async function prepareWorkDisk(options: PrepareWorkDiskOptions): Promise<
         { signal },
       );
     }
-    const written = await writeEntries(runner, target, entries, { fresh: seedPath === undefined }, signal);
+    const written = await writeEntries(runner, target, await entries, { fresh: seedPath === undefined }, signal);
     // After writing, `e2fsck -fy` ran; when it found nothing to fix, a second, read-only pass proves nothing more.
     if (written !== "clean") await runner.run(["e2fsck", "-fn", target], { signal });
   } catch (error) {
@@ -292,16 +300,20 @@ async function writeEntries(
       exists.add(entry.path);
     }
     script.push("cd /");
-    const { stderr } = await runner.run(["debugfs", "-w", "-f", "-", path], {
-      stdin: `${script.join("\n")}\n`,
+    // Read back at the end of the same session (what it wrote reaches the disk when it closes, which
+    // it reports when it fails): type, mode, owner, and the exact bytes of every file.
+    const files = entries.flatMap((e, i) => (e.kind === "file" ? [[e.path, `${dir}/v${i}`] as const] : []));
+    const readBack = readBackLines([...wanted], files);
+    const { stdout, stderr } = await runner.run(["debugfs", "-w", "-f", "-", path], {
+      stdin: `${[...script, ...readBack].join("\n")}\n`,
       signal,
     });
     const checked = await fsck(runner, path, signal);
-
-    // Read back: type, mode, owner, and the exact bytes of every file.
-    const files = entries.flatMap((e, i) => (e.kind === "file" ? [[e.path, `${dir}/v${i}`] as const] : []));
-    const after = await statPaths(runner, path, [...wanted], signal, files);
-    const wrong: string[] = [];
+    // e2fsck changed nothing (exit 0): the session's read-back is what the disk holds. Else read it again.
+    const after =
+      checked.code === 0 ? statsOf(stdout, [...wanted]) : await statPaths(runner, path, [...wanted], signal, files);
+    const closeFailure = debugfsCloseFailure(stderr);
+    const wrong: string[] = closeFailure === undefined ? [] : [`closing the file system: ${closeFailure}`];
     for (const [i, entry] of entries.entries()) {
       const got = after.get(entry.path);
       const type = entry.kind === "file" ? "regular" : "directory";
@@ -343,8 +355,17 @@ async function statPaths(
   signal: AbortSignal | undefined,
   dumps: readonly (readonly [string, string])[] = [],
 ): Promise<Map<string, DebugfsStat | undefined>> {
-  const lines = [...paths.map((p) => `stat ${p}`), ...dumps.map(([p, host]) => `dump ${p} ${host}`)];
+  const lines = readBackLines(paths, dumps);
   const { stdout } = await runner.run(["debugfs", "-f", "-", path], { stdin: `${lines.join("\n")}\n`, signal });
+  return statsOf(stdout, paths);
+}
+
+function readBackLines(paths: readonly string[], dumps: readonly (readonly [string, string])[]): string[] {
+  return [...paths.map((p) => `stat ${p}`), ...dumps.map(([p, host]) => `dump ${p} ${host}`)];
+}
+
+/** The `stat` sections of a debugfs session's output, by path. */
+function statsOf(stdout: string, paths: readonly string[]): Map<string, DebugfsStat | undefined> {
   const sections = debugfsSections(stdout);
   return new Map(paths.map((p) => [p, parseDebugfsStat(sections.get(`stat ${p}`) ?? "")]));
 }

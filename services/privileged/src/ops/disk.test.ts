@@ -300,6 +300,30 @@ describe.skipIf(requireTools("a VM's root filesystem", EXT4_TOOLS).length > 0)(
       }
     });
 
+    it("fails GUEST_WRITE_FAILED when the write session wrote nothing, or could not close, though it exited 0", async () => {
+      const real = createHostRunner();
+      const writeSession = (fake: Runner["run"]): Runner => ({
+        run: (argv, options) =>
+          argv[0] === "debugfs" && argv[1] === "-w" ? fake(argv, options) : real.run(argv, options),
+      });
+      const file: GuestFileSpec = { path: "/etc/hostname", content: Buffer.from("box\n"), mode: 0o644, uid: 0, gid: 0 };
+      // A session that does nothing at all: its read-back shows nothing either.
+      const idle = writeSession((_argv, options) => real.run(["true"], options));
+      // A session that wrote everything, then failed to flush it when it closed.
+      const unflushed = writeSession(async (argv, options) => {
+        const result = await real.run(argv, options);
+        return { ...result, stderr: `${result.stderr}ext2fs_close: Short write trying to write a block\n` };
+      });
+      for (const [runner, message] of [
+        [idle, "/etc/hostname: missing"],
+        [unflushed, "closing the file system: ext2fs_close: Short write"],
+      ] as const) {
+        const error = await caught(createDiskOps({ runner, config }).writeGuestFiles({ vmId, files: [file] }));
+        expect(error).toMatchObject({ reason: "GUEST_WRITE_FAILED" });
+        expect((error as Error).message).toContain(message);
+      }
+    });
+
     it("writes files with content, mode (setuid too) and owner in one batch, creating parents, and removes its temp dir", async () => {
       const blob = randomBytes(1024 * 1024);
       const tempBefore = await guestTempDirs();

@@ -1,7 +1,8 @@
 /**
  * Booting a VM that has its disks: (root device) → tap → launch-vmm →
  * configure-vmm → start-vmm → (wait-agent) → wait-ssh → network, each stage
- * that changed the host pushing its undo. Create, start and restart end here.
+ * that changed the host pushing its undo. Create, start and restart end here
+ * (a create takes its tap ahead, beside its disks).
  */
 import { NotFoundError } from "@banger/common";
 import { getKernel, updateVm, type VmRecord } from "../../store/index.js";
@@ -22,6 +23,32 @@ export interface BootOptions {
   readonly sshTimeoutMs: number | undefined;
   /** A dm-snapshot VM's root device a create already made (it is handed over, not attached again). */
   readonly root?: RootAttachment;
+  /** The tap a create took while it made the disks (takeTapAhead), its undo already pushed. */
+  readonly tap?: Promise<string>;
+}
+
+/**
+ * Stage tap, started by a create beside its disks: the bridge ensured, then a warm-pool tap taken
+ * over (or one made). Its undo is pushed once it succeeded; the create awaits it before unwinding,
+ * so nothing is made after the undo ran (and the inventory sweep takes what a cut-off call made).
+ */
+export function takeTapAhead(ctx: VmContext, op: OperationContext, vm: VmRecord, undo: UndoList): Promise<string> {
+  const taken = staged(
+    op,
+    undo,
+    "tap",
+    () => takeTap(ctx, op, vm),
+    () => ctx.host.deleteTap(vm.id, { signal: new AbortController().signal }),
+  );
+  taken.catch(() => undefined); // awaited by boot, or before unwinding
+  return taken;
+}
+
+async function takeTap(ctx: VmContext, op: OperationContext, vm: VmRecord): Promise<string> {
+  const scope = scopeOf(op);
+  // Ensured once per orchestrator run, on the first boot; a failure is retried by the next one.
+  await ctx.net.ready(scope);
+  return ctx.net.takeTap(op, vm, scope);
 }
 
 /** Stages that bring a VM with disks to running. */
@@ -32,7 +59,7 @@ export async function boot(
   undo: UndoList,
   options: BootOptions,
 ): Promise<void> {
-  const { host, net } = ctx;
+  const { host } = ctx;
   const scope = scopeOf(op);
   const driver = ctx.vmm.drivers[vm.vmm];
   // A dm-snapshot VM's root device exists while it runs (a create hands over the one it made).
@@ -47,18 +74,7 @@ export async function boot(
           (attached) => detachRoot(ctx, vm, attached, { signal: AbortSignal.timeout(30_000) }),
         )))
       : undefined;
-  // Ensured once per orchestrator run, on the first boot; a failure is retried by the next one.
-  const ready = net.ready(scope);
-  const tap = await staged(
-    op,
-    undo,
-    "tap",
-    async () => {
-      await ready;
-      return net.takeTap(op, vm, scope);
-    },
-    () => host.deleteTap(vm.id, { signal: new AbortController().signal }),
-  );
+  const tap = await (options.tap ?? takeTapAhead(ctx, op, vm, undo));
   const { spec, kit } = await machineSpec(ctx, vm, driver, tap, root);
   const launched = await staged(
     op,

@@ -3,7 +3,7 @@
  * image, kernel) and the capabilities' preflight hooks run. The operation,
  * under the VM's lifecycle lock: kernel (only when none exists) →
  * resolve-image → reserve (name, addresses, row, under the short reservation
- * lock) → work-disk (meanwhile) → root-disk → fsck → guest-files → boot.
+ * lock) → work-disk and tap (meanwhile) → root-disk → fsck → guest-files → boot.
  * Each stage that changed the host pushes its undo; a failure unwinds them in
  * reverse and then removes whatever the helper still lists for the VM.
  */
@@ -27,7 +27,7 @@ import { CATALOG, isKnownImageName } from "../images.js";
 import type { OperationContext } from "../operations.js";
 import { explainVmFailure } from "../readiness.js";
 import { allocateGuestIp, allocateMac, allocateVsockCid } from "../vm-addresses.js";
-import { boot, bootLogs } from "./boot.js";
+import { boot, bootLogs, takeTapAhead } from "./boot.js";
 import { scopeOf, type VmContext } from "./context.js";
 import { removeHostResources, removeRunDir } from "./host-cleanup.js";
 import { validMemoryMib, validVcpu, validVmName, type CreateVmRequest } from "./model.js";
@@ -112,7 +112,8 @@ async function createSteps(ctx: VmContext, plan: CreatePlan, op: OperationContex
   const { req, name } = plan;
   const undo: UndoList = [];
   let vm: VmRecord | undefined;
-  let workDisk: Promise<void> | undefined;
+  /** Stages run beside the root disk's: awaited before the boot, or before unwinding. */
+  let meanwhile: Promise<unknown>[] = [];
   try {
     const kernelName =
       plan.kernelName !== ""
@@ -131,6 +132,9 @@ async function createSteps(ctx: VmContext, plan: CreatePlan, op: OperationContex
       checkWorkDisk(plan.workDiskMib, found.workSeedBytes);
       return found;
     });
+    // Asked while the root disk is made: a copy of a clean image, unchanged meanwhile, needs no fsck of its own.
+    const imageRootfs = ctx.state.image(image.name).rootfs;
+    const cleanBefore = ctx.guest.cleanRootfs(imageRootfs).catch(() => undefined);
     const id = randomBytes(6).toString("hex");
     // Registered first, and safe whatever the stage got to: its own failure may come after the row was written.
     undo.push(async () => {
@@ -142,7 +146,7 @@ async function createSteps(ctx: VmContext, plan: CreatePlan, op: OperationContex
     const created = vm;
     ctx.runtime.phases.set(created.id, "creating");
     const paths = ctx.state.vm(created.id);
-    workDisk = op.stage("work-disk", () =>
+    const workDisk = op.stage("work-disk", () =>
       ctx.guest.prepareWorkDisk({
         target: paths.workDisk,
         ...(image.workSeedBytes > 0 ? { seedPath: ctx.state.image(image.name).workSeed } : {}),
@@ -151,6 +155,9 @@ async function createSteps(ctx: VmContext, plan: CreatePlan, op: OperationContex
       }),
     );
     workDisk.catch(() => undefined); // awaited below, or before unwinding
+    // The tap does not depend on the disks either: taken meanwhile (its undo pushed once it is made).
+    const tap = takeTapAhead(ctx, op, created, undo);
+    meanwhile = [workDisk, tap];
     const scope = scopeOf(op);
     const root = await staged(
       op,
@@ -159,7 +166,14 @@ async function createSteps(ctx: VmContext, plan: CreatePlan, op: OperationContex
       () => makeRootDisk(ctx, created, image, op.signal, scope),
       (attached) => detachRoot(ctx, created, attached, { signal: new AbortController().signal }),
     );
-    await op.stage("fsck", () => ctx.host.checkFilesystem(created.id, scope));
+    await op.stage("fsck", async () => {
+      const before = await cleanBefore;
+      if (before !== undefined && before === (await ctx.guest.cleanRootfs(imageRootfs).catch(() => undefined))) {
+        await op.track("fsck", "running", `not needed: a fresh copy of image ${image.name}, which e2fsck found clean`);
+        return;
+      }
+      await ctx.host.checkFilesystem(created.id, scope);
+    });
     await op.stage("guest-files", async () => {
       await ctx.host.writeGuestFiles(created.id, ctx.guest.rootDiskFiles(created, ctx.network), scope);
     });
@@ -168,6 +182,7 @@ async function createSteps(ctx: VmContext, plan: CreatePlan, op: OperationContex
     await boot(ctx, op, created, undo, {
       skipSshWait: req.skipSshWait,
       sshTimeoutMs: req.sshTimeoutMs,
+      tap,
       ...(created.rootDiskStrategy === "dm-snapshot" ? { root } : {}),
     });
     await rm(paths.creatingMarker, { force: true });
@@ -175,7 +190,7 @@ async function createSteps(ctx: VmContext, plan: CreatePlan, op: OperationContex
     ctx.logger.info({ vm: name, id: created.id, ip: created.guestIp }, "VM created");
     return vmResult(ctx, name);
   } catch (error) {
-    await abandonCreate(ctx, op, name, vm, undo, workDisk, error);
+    await abandonCreate(ctx, op, name, vm, undo, meanwhile, error);
     throw error;
   }
 }
@@ -191,14 +206,16 @@ async function reserve(
   const strategy = await ctx.choices.rootDiskStrategy(scopeOf(op));
   const vmm = await ctx.choices.vmm(scopeOf(op));
   const paths = ctx.state.vm(id);
+  // The marker goes first: whatever a crash cuts off from here on is found and undone at start-up.
+  // The group may traverse it: an installed helper (root without CAP_DAC_OVERRIDE, in banger's
+  // group) opens the root disk in it. The service's umask would take that bit away: chmod.
+  // The id is this create's alone: none of it needs the lock, which parallel creates wait for.
+  await mkdir(paths.dir, { recursive: true, mode: 0o750 });
+  await chmod(paths.dir, 0o750);
+  await writeFile(paths.creatingMarker, op.id, { mode: 0o600 });
+  // Under the lock only what must be unique among VMs: the name's row and its addresses.
   return ctx.runtime.underReservation(async () => {
     const existing = await listVms(ctx.db);
-    // The marker goes first: whatever a crash cuts off from here on is found and undone at start-up.
-    // The group may traverse it: an installed helper (root without CAP_DAC_OVERRIDE, in banger's
-    // group) opens the root disk in it. The service's umask would take that bit away: chmod.
-    await mkdir(paths.dir, { recursive: true, mode: 0o750 });
-    await chmod(paths.dir, 0o750);
-    await writeFile(paths.creatingMarker, op.id, { mode: 0o600 });
     return insertVm(ctx.db, {
       id,
       name: plan.name,
@@ -226,11 +243,12 @@ async function abandonCreate(
   name: string,
   vm: VmRecord | undefined,
   undo: UndoList,
-  workDisk: Promise<void> | undefined,
+  meanwhile: readonly Promise<unknown>[],
   error: unknown,
 ): Promise<void> {
   if (vm) ctx.runtime.phases.set(vm.id, "deleting");
-  await workDisk?.catch(() => undefined); // nothing may still be writing when the directory goes
+  // Nothing may still be writing when the directory goes, nor a tap be made after its undo ran.
+  await Promise.allSettled(meanwhile);
   // What the guest and its VMM printed goes with the error (the operation keeps it): the unwind
   // removes the runtime directory with the logs.
   if (vm && !op.signal.aborted) await explainVmFailure(error, bootLogs(ctx, vm.id));

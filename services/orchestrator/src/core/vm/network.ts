@@ -40,9 +40,14 @@ export function createVmNetwork(deps: {
   /** Warm-pool taps ready to be taken over. */
   const tapPool: string[] = [];
   let refilling: Promise<void> | undefined;
+  /** A tap was taken while a refill ran: it may have ended its loop already, so another follows. */
+  let again = false;
   /** Tops the warm pool up in the background (one refill at a time; failures only logged). */
-  const refillTapPool = () => {
-    if (refilling) return refilling;
+  const refillTapPool = (): Promise<void> => {
+    if (refilling) {
+      again = true;
+      return refilling;
+    }
     const run = async () => {
       try {
         while (tapPool.length < deps.poolSize) {
@@ -56,6 +61,10 @@ export function createVmNetwork(deps: {
     // assignment when the pool is already full, and leave a settled refill in place for good.
     refilling = run().finally(() => {
       refilling = undefined;
+      if (again) {
+        again = false;
+        void refillTapPool();
+      }
     });
     return refilling;
   };

@@ -1,9 +1,16 @@
 /**
  * Files written into (and removed from) a VM's root filesystem with one batched `debugfs` script,
- * run as the owner, then verified by reading them back: type, mode, owner and the exact bytes.
+ * run as the owner, then verified by reading them back: type, mode, owner and the exact bytes (a
+ * write reads back at the end of its own session).
  */
 import { FailedPreconditionError, InvalidArgumentError } from "@banger/common/errors";
-import { debugfsErrors, debugfsSections, parseDebugfsStat, type DebugfsStat } from "@banger/common/debugfs";
+import {
+  debugfsCloseFailure,
+  debugfsErrors,
+  debugfsSections,
+  parseDebugfsStat,
+  type DebugfsStat,
+} from "@banger/common/debugfs";
 import { withPrivateTempDir, type OwnersFile } from "../../host/private-temp-dir.js";
 import { MAX_GUEST_FILES, validGuestFiles } from "../../validate/disk.js";
 import { guestParents, validGuestPath } from "../../validate/guest-paths.js";
@@ -12,16 +19,25 @@ import type { DiskContext } from "./context.js";
 import { debugfs, withRootDisk, type RootDisk } from "./root-disk.js";
 import type { GuestFileSpec } from "./types.js";
 
-/** `stat` of each guest path (read-only); undefined for the missing ones. Optionally dumps each into `dumps[i]`. */
+/** `stat` of each guest path (read-only); undefined for the missing ones. */
 async function statGuest(
   ctx: DiskContext,
   disk: RootDisk,
   paths: readonly string[],
   signal?: AbortSignal,
-  dumps?: readonly string[],
 ): Promise<Map<string, DebugfsStat | undefined>> {
-  const lines = paths.flatMap((p, i) => [`stat ${p}`, ...(dumps === undefined ? [] : [`dump ${p} ${dumps[i]}`])]);
-  const { stdout } = await debugfs(ctx, disk, lines, false, signal);
+  const { stdout } = await debugfs(
+    ctx,
+    disk,
+    paths.map((p) => `stat ${p}`),
+    false,
+    signal,
+  );
+  return statsOf(stdout, paths);
+}
+
+/** The `stat` sections of a debugfs session's output, by path. */
+function statsOf(stdout: string, paths: readonly string[]): Map<string, DebugfsStat | undefined> {
   const sections = debugfsSections(stdout);
   return new Map(paths.map((p) => [p, parseDebugfsStat(sections.get(`stat ${p}`) ?? "")]));
 }
@@ -64,19 +80,18 @@ async function writeFiles(ctx: DiskContext, disk: RootDisk, files: readonly Gues
       );
       existing.add(file.path);
     }
-    const { stderr } = await debugfs(ctx, disk, script, true, signal);
-
-    // Verify by reading back: type, mode, owner and the exact bytes.
+    // Verified by reading back, in the same session (what it wrote reaches the disk when it closes,
+    // which it reports when it fails): type, mode, owner and the exact bytes.
     const dumps: OwnersFile[] = [];
-    for (const i of paths.keys()) dumps.push(await dir.ownersFile(`v${i}`, new Uint8Array()));
-    const after = await statGuest(
-      ctx,
-      disk,
-      paths,
-      signal,
-      dumps.map((d) => d.path),
-    );
-    const wrong: string[] = [];
+    for (const [i, path] of paths.entries()) {
+      const dump = await dir.ownersFile(`v${i}`, new Uint8Array());
+      dumps.push(dump);
+      script.push(`stat ${path}`, `dump ${path} ${dump.path}`);
+    }
+    const { stdout, stderr } = await debugfs(ctx, disk, script, true, signal);
+    const after = statsOf(stdout, paths);
+    const closeFailure = debugfsCloseFailure(stderr);
+    const wrong: string[] = closeFailure === undefined ? [] : [`closing the file system: ${closeFailure}`];
     for (const [i, path] of paths.entries()) {
       const want = final.get(path);
       const got = after.get(path);

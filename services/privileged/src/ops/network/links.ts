@@ -47,7 +47,14 @@ export async function findLink(deps: NetworkDeps, name: string): Promise<IpLink 
 
 /** The bridge `name`, which must exist and be banger's. */
 export async function bangerBridge(deps: NetworkDeps, name: string): Promise<{ link: IpLink; cidr: Ipv4Cidr }> {
-  const link = await findLink(deps, validBridgeName(name));
+  validBridgeName(name);
+  return bangerBridgeIn(await rawLinks(deps), name);
+}
+
+/** bangerBridge, found in a listing the caller already has (one `ip` run for all it checks). */
+export function bangerBridgeIn(links: readonly IpLink[], name: string): { link: IpLink; cidr: Ipv4Cidr } {
+  const bridgeName = validBridgeName(name);
+  const link = links.find((l) => l.ifname === bridgeName);
   if (!link) throw new FailedPreconditionError(`bridge ${name} does not exist`, { reason: "BRIDGE_ABSENT" });
   if (link.ifalias !== `${ALIAS_PREFIX}bridge`) {
     throw new PermissionDeniedError(`link ${name} exists but banger did not make it`, { reason: "NOT_BANGERS" });

@@ -9,7 +9,7 @@ import {
 import { uidOf } from "../../host/passwd.js";
 import { ALIAS_PREFIX, DEVICE_PREFIX, tapName, validBridgeName, validVmId } from "../../validate/ids.js";
 import type { NetworkDeps } from "./types.js";
-import { bangerBridge, findLink, ip, ipBatch, makeTap, rawLinks } from "./links.js";
+import { bangerBridge, bangerBridgeIn, findLink, ip, ipBatch, makeTap, rawLinks } from "./links.js";
 
 const POOL_NAME = /^bgr-p[0-9a-f]{10}$/;
 
@@ -33,8 +33,8 @@ export async function createTap(
   if (req.fromPool !== "" && !POOL_NAME.test(req.fromPool)) {
     throw new InvalidArgumentError(`from_pool must match ${POOL_NAME.source}`, { reason: "INVALID_POOL_NAME" });
   }
-  await bangerBridge(deps, bridgeName);
   const links = await rawLinks(deps);
+  bangerBridgeIn(links, bridgeName);
   const existing = links.find((l) => l.ifname === name);
   if (existing) {
     if (existing.ifalias === alias) return { name }; // already there: idempotent
