@@ -37,17 +37,27 @@ export async function importTestSupport(path) {
  * the orchestrator and the puller as that uid and gid, the helper as root with it
  * as its owner, inside `netns` when given, with `helperArgs` (e.g. `--firecracker`
  * pointing at the fake VMM); the directory belongs to the owner and the services
- * read a fresh config directory inside it.
+ * read a fresh config directory inside it. `vmm` is the config's VMM (the fake speaks Firecracker's API);
+ * `orchestratorInNetns` runs the orchestrator in `netns` too, where it reaches real guests;
+ * `nodeArgs` gives node's own flags per service name (e.g. the units' `--jitless` for "privileged").
  */
-export async function startServices({ owner, netns, helperArgs = [] } = {}) {
+export async function startServices({
+  owner,
+  netns,
+  helperArgs = [],
+  vmm = "firecracker",
+  configToml = "",
+  orchestratorInNetns = false,
+  nodeArgs = {},
+} = {}) {
   const dir = mkdtempSync(join(tmpdir(), "banger-bench-"));
   const runtimeDir = join(dir, "run");
   const stateDir = join(dir, "state");
   mkdirSync(runtimeDir, { mode: 0o700 });
-  // Firecracker, whose API the fake VMM speaks ("auto", the default, would take QEMU on a host without KVM).
+  // Firecracker by default, whose API the fake VMM speaks ("auto" would take QEMU on a host without KVM).
   const configDir = join(dir, "config", "banger");
   mkdirSync(configDir, { recursive: true });
-  writeFileSync(join(configDir, "config.toml"), 'vmm = "firecracker"\n');
+  writeFileSync(join(configDir, "config.toml"), `vmm = "${vmm}"\n${configToml}`);
   if (owner !== undefined) {
     mkdirSync(stateDir, { mode: 0o700 });
     for (const path of [dir, runtimeDir, stateDir, join(dir, "config"), configDir, join(configDir, "config.toml")]) {
@@ -55,6 +65,7 @@ export async function startServices({ owner, netns, helperArgs = [] } = {}) {
     }
   }
   const children = [];
+  const pids = {};
   const stop = async () => {
     await Promise.all(
       children.map(
@@ -71,7 +82,7 @@ export async function startServices({ owner, netns, helperArgs = [] } = {}) {
       // BENCH_NODE_ARGS: node's own options for every service, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
       const args = [...nodeArgs(), join(ROOT, `services/${name}/dist/main.js`), "--runtime-dir", runtimeDir];
       args.push("--state-dir", stateDir);
-      let argv = [process.execPath, ...args];
+      let argv = [process.execPath, ...(nodeArgs[name] ?? []), ...args];
       // The benchmark's own config directory always: the one of whoever runs it must not change the numbers.
       const env = { ...process.env, BANGER_LOG_LEVEL: "info", XDG_CONFIG_HOME: join(dir, "config"), HOME: dir };
       const options = { stdio: ["ignore", "pipe", "inherit"], env };
@@ -79,6 +90,10 @@ export async function startServices({ owner, netns, helperArgs = [] } = {}) {
         if (name === "privileged") {
           argv.push("--owner-uid", String(owner), "--owner-gid", String(owner), ...helperArgs);
           if (netns) argv = ["ip", "netns", "exec", netns, ...argv];
+        } else if (name === "orchestrator" && netns && orchestratorInNetns) {
+          // `ip netns exec` needs root: it enters the namespace, then setpriv drops to the owner.
+          const drop = ["setpriv", "--reuid", String(owner), "--regid", String(owner), "--clear-groups"];
+          argv = ["ip", "netns", "exec", netns, ...drop, ...argv];
         } else {
           Object.assign(options, { uid: owner, gid: owner });
         }
@@ -86,6 +101,8 @@ export async function startServices({ owner, netns, helperArgs = [] } = {}) {
       // Logs go nowhere: the benchmark measures RPCs, not the terminal.
       const child = spawn(argv[0], argv.slice(1), options);
       children.push(child);
+      // `ip netns exec` and setpriv exec the service: the child's pid is the service's.
+      pids[name] = child.pid;
       await new Promise((resolveStart, reject) => {
         let out = "";
         const onData = (chunk) => {
@@ -109,6 +126,8 @@ export async function startServices({ owner, netns, helperArgs = [] } = {}) {
     runtimeDir,
     stateDir,
     socket: (name) => join(runtimeDir, `${name}.sock`),
+    /** Each service's pid, by name ("privileged", "image-puller", "orchestrator"). */
+    pids,
     stop,
   };
 }

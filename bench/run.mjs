@@ -1,12 +1,21 @@
 // `npm run bench`: prints numbers and ratios; nothing here asserts a time.
-// `npm run bench -- pull vm` runs only the named ones (rpc, cli-start, pull, vm).
+// `npm run bench -- pull vm` runs only the named ones (rpc, cli-start, pull, vm, boot, rss).
+import { benchBoot } from "./boot.mjs";
 import { benchCliStart } from "./cli-start.mjs";
 import { benchPull } from "./pull.mjs";
 import { benchRpc } from "./rpc.mjs";
+import { benchRss } from "./rss.mjs";
 import { benchVm } from "./vm.mjs";
 import { printSummary } from "./lib.mjs";
 
-const BENCHES = { rpc: benchRpc, "cli-start": benchCliStart, pull: benchPull, vm: benchVm };
+const BENCHES = {
+  rpc: benchRpc,
+  "cli-start": benchCliStart,
+  pull: benchPull,
+  vm: benchVm,
+  boot: benchBoot,
+  rss: benchRss,
+};
 const wanted = process.argv.slice(2);
 const unknown = wanted.filter((name) => !(name in BENCHES));
 if (unknown.length > 0) {
