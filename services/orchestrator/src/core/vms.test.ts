@@ -66,6 +66,8 @@ interface Script {
   offline?: boolean;
   /** The image's root filesystem was found clean (guest port cleanRootfs). */
   imageClean?: boolean;
+  /** The guest's SSH never answers: the wait for it ends only when it is told to stop (then `stopped`). */
+  sshSilent?: { stopped: boolean };
 }
 
 /** How many scripted helper calls were in flight at once, at most. */
@@ -263,7 +265,17 @@ function scriptedGuest(script: Script): GuestPort {
     growWorkDisk: () => Promise.resolve(),
     // Not known clean unless a test says so: the create checks its root disk itself.
     cleanRootfs: () => Promise.resolve(script.imageClean ? "1:2:3:4:5" : undefined),
-    waitForSsh: () => (script.failAt === "waitForSsh" ? Promise.reject(new Error("no SSH banner")) : Promise.resolve()),
+    waitForSsh: (_ip, _timeoutMs, signal) => {
+      if (script.failAt === "waitForSsh") return Promise.reject(new Error("no SSH banner"));
+      const silent = script.sshSilent;
+      if (!silent) return Promise.resolve();
+      return new Promise((_, reject) =>
+        signal.addEventListener("abort", () => {
+          silent.stopped = true;
+          reject(new Error("stopped"));
+        }),
+      );
+    },
   };
 }
 
@@ -359,7 +371,7 @@ async function setup(script: Script = {}, config: BangerConfig = CONFIG) {
   });
   const built = build();
   const { vms, names } = built;
-  const create = (name: string, extra: { nat?: boolean; skipSshWait?: boolean } = {}) =>
+  const create = (name: string, extra: { nat?: boolean; skipSshWait?: boolean; sshTimeoutMs?: number } = {}) =>
     vms.create(
       {
         name,
@@ -370,7 +382,7 @@ async function setup(script: Script = {}, config: BangerConfig = CONFIG) {
         workDiskMib: 0,
         nat: extra.nat ?? false,
         skipSshWait: extra.skipSshWait ?? false,
-        sshTimeoutMs: undefined,
+        sshTimeoutMs: extra.sshTimeoutMs,
       },
       { signal: new AbortController().signal },
     );
@@ -461,6 +473,18 @@ describe("VM create", () => {
     });
     expect(calls).not.toContain("checkFilesystem");
     expect(calls).toContain("writeGuestFiles");
+  });
+
+  it("a guest whose SSH never answers fails wait-ssh SSH_TIMEOUT after its timeout, and the look for it stops", async () => {
+    const sshSilent = { stopped: false };
+    const { vms, operations, create } = await setup({ sshSilent });
+    const op = await create("box", { sshTimeoutMs: 50 });
+    await operations.settled();
+    const failed = await operations.get(op.id);
+    expect(failed.error).toMatchObject({ stage: "wait-ssh", reason: "SSH_TIMEOUT" });
+    expect(failed.error?.message).toMatch(/did not answer within 50 ms/);
+    expect(sshSilent.stopped).toBe(true);
+    expect(await vms.list()).toEqual([]);
   });
 
   it("takes taps from a warm pool that it keeps topped up", async () => {

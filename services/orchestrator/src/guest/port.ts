@@ -82,7 +82,10 @@ export async function readGitIdentity(home: string): Promise<{ name: string; ema
   return name !== "" && email !== "" ? { name, email } : undefined;
 }
 
-/** Resolves once `ip:22` answers with an SSH banner; retries until `timeoutMs`. */
+/**
+ * Resolves once `ip:22` answers with an SSH banner; retries every SSH_POLL_MS (a refused connection costs a
+ * guest nothing but a reset) until `timeoutMs` (may be infinite: then until `signal` aborts).
+ */
 export async function waitForSshBanner(ip: string, timeoutMs: number, signal: AbortSignal): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -93,9 +96,11 @@ export async function waitForSshBanner(ip: string, timeoutMs: number, signal: Ab
         reason: "SSH_TIMEOUT",
       });
     }
-    await new Promise((resolve) => setTimeout(resolve, 250));
+    await new Promise((resolve) => setTimeout(resolve, SSH_POLL_MS));
   }
 }
+
+const SSH_POLL_MS = 100;
 
 function bannerOnce(ip: string, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {

@@ -4,7 +4,7 @@
  * that changed the host pushing its undo. Create, start and restart end here
  * (a create takes its tap ahead, beside its disks).
  */
-import { NotFoundError } from "@banger/common";
+import { DeadlineExceededError, NotFoundError } from "@banger/common";
 import { getKernel, updateVm, type VmRecord } from "../../store/index.js";
 import { kernelFiles } from "../kernels.js";
 import type { OperationContext } from "../operations.js";
@@ -174,21 +174,57 @@ async function startVmm(
     return;
   }
   const timeoutMs = options.sshTimeoutMs ?? DEFAULT_SSH_TIMEOUT_MS;
-  // Both waits end early when the VMM exits (a guest that panics or powers off): no point waiting out the timeout.
-  // banger's guest kit: the agent answers (it starts before any SSH server).
-  if (handle.agent) {
-    await op.stage("wait-agent", async () => {
-      const version = await whileVmmRuns(
-        (signal) => waitForAgent(ctx, vm, handle, timeoutMs, signal),
-        vmmRuns,
-        op.signal,
-      );
-      await op.track("wait-agent", "running", `qemu-ga ${version} answers`);
-    });
+  // The SSH banner is looked for from now on, while the agent is waited for (the guest kit starts both at
+  // once): wait-ssh then ends as soon as it has been seen instead of starting to look. Its timeout still counts
+  // from its own start.
+  const probe = new AbortController();
+  const banner = ctx.guest.waitForSsh(vm.guestIp, Number.POSITIVE_INFINITY, AbortSignal.any([op.signal, probe.signal]));
+  banner.catch(() => undefined);
+  try {
+    // Both waits end early when the VMM exits (a guest that panics or powers off): no point waiting out the timeout.
+    // banger's guest kit: the agent answers (it starts before any SSH server).
+    if (handle.agent) {
+      await op.stage("wait-agent", async () => {
+        const version = await whileVmmRuns(
+          (signal) => waitForAgent(ctx, vm, handle, timeoutMs, signal),
+          vmmRuns,
+          op.signal,
+        );
+        await op.track("wait-agent", "running", `qemu-ga ${version} answers`);
+      });
+    }
+    await op.stage("wait-ssh", () =>
+      whileVmmRuns((signal) => within(banner, timeoutMs, signal, vm.guestIp), vmmRuns, op.signal),
+    );
+  } finally {
+    probe.abort();
   }
-  await op.stage("wait-ssh", () =>
-    whileVmmRuns((signal) => ctx.guest.waitForSsh(vm.guestIp, timeoutMs, signal), vmmRuns, op.signal),
-  );
+}
+
+/** `banner` (the wait for the guest's SSH), failing SSH_TIMEOUT after `timeoutMs`, or when `signal` aborts. */
+async function within(banner: Promise<void>, timeoutMs: number, signal: AbortSignal, ip: string): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  const limit = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new DeadlineExceededError(`the guest's SSH at ${ip}:22 did not answer within ${timeoutMs} ms`, {
+            reason: "SSH_TIMEOUT",
+          }),
+        ),
+      timeoutMs,
+    );
+    onAbort = () => reject(signal.reason instanceof Error ? signal.reason : new Error("the wait was stopped"));
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([banner, limit]);
+  } finally {
+    clearTimeout(timer);
+    if (onAbort) signal.removeEventListener("abort", onAbort);
+  }
 }
 
 /** A VM's logs in its runtime directory (the guest console, the VMM's own log): what explainVmFailure reads. */
