@@ -69,7 +69,7 @@ const ENV_RULES = [
 }));
 
 export default tseslint.config(
-  { ignores: ["**/dist/**", "gen/**", "node_modules/**", "vitest.config.ts"] },
+  { ignores: ["**/dist/**", "gen/**", "node_modules/**", "vitest.config.ts", ".bench/**"] },
   ...tseslint.configs.recommendedTypeChecked,
   {
     languageOptions: {
