@@ -10,7 +10,7 @@ import { createUnixTransport } from "@banger/common";
 import { HostService } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { SystemService } from "@banger/gen/banger/v1/system_pb.js";
 import { createClient } from "@connectrpc/connect";
-import { fmt, measure, nodeArgs, printTable, report, startServices } from "./lib.mjs";
+import { benchNodeArgs, fmt, measure, printTable, report, startServices } from "./lib.mjs";
 
 const SEQUENTIAL = Number(process.env.BENCH_CALLS ?? 2000);
 const CONCURRENT = SEQUENTIAL * 2;
@@ -138,7 +138,7 @@ export async function benchRpc() {
 
 /** The bare Connect server (rpc-floor.mjs) as its own process, like the services. */
 async function startFloor(socket) {
-  const child = spawn(process.execPath, [...nodeArgs(), join(import.meta.dirname, "rpc-floor.mjs"), socket], {
+  const child = spawn(process.execPath, [...benchNodeArgs(), join(import.meta.dirname, "rpc-floor.mjs"), socket], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   await new Promise((resolve, reject) => {
