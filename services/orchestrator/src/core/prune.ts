@@ -5,7 +5,7 @@
  * to delete it; operations and the puller's cache are history and caches and
  * go at once.
  */
-import { BangerError, type Logger } from "@banger/common";
+import type { Logger } from "@banger/common";
 import { type Kysely } from "kysely";
 import { deleteOperationsEndedBefore, type Database } from "../store/index.js";
 import type { CallScope } from "./call-scope.js";
@@ -37,9 +37,7 @@ export interface PruneReport {
   readonly retentionDays: number;
   readonly removedOperations: number;
   /** The puller's part; `error` when it could not be asked (the rest still ran). */
-  readonly cache:
-    | { readonly removedBlobs: number; readonly freedBytes: number }
-    | { readonly error: string; readonly reason: string };
+  readonly cache: { readonly removedBlobs: number; readonly freedBytes: number } | { readonly error: string };
   readonly unused: readonly PrunedItem[];
 }
 
@@ -78,7 +76,6 @@ export function createPruner(deps: PrunerDeps): Pruner {
       const removedOperations = await pruneOperations();
       const cache = await deps.puller.pruneCache(0, scope).catch((error: unknown) => ({
         error: error instanceof Error ? error.message : String(error),
-        reason: error instanceof BangerError ? error.reason : "INTERNAL",
       }));
       const unused = request.all ? await pruneUnused(deps, request.force) : [];
       return { retentionDays: deps.retentionDays, removedOperations, cache, unused };
