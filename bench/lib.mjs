@@ -80,7 +80,12 @@ export async function startServices({
   try {
     for (const name of ["privileged", "image-puller", "orchestrator"]) {
       // BENCH_NODE_ARGS: node's own options for every service, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
-      const args = [...benchNodeArgs(), join(ROOT, `services/${name}/dist/main.js`), "--runtime-dir", runtimeDir];
+      const args = [
+        ...benchNodeArgs(),
+        join(ROOT, `services/${name}/dist/bundle/main.js`),
+        "--runtime-dir",
+        runtimeDir,
+      ];
       args.push("--state-dir", stateDir);
       let argv = [process.execPath, ...(nodeArgs[name] ?? []), ...args];
       // The benchmark's own config directory always: the one of whoever runs it must not change the numbers.

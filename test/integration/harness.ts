@@ -29,9 +29,9 @@ if (process.getuid?.() === 0 && !OWNER_CAN_READ_CHECKOUT) {
 export type ServiceName = "orchestrator" | "privileged" | "image-puller";
 
 const ENTRY: Record<ServiceName, string> = {
-  orchestrator: "services/orchestrator/dist/main.js",
-  privileged: "services/privileged/dist/main.js",
-  "image-puller": "services/image-puller/dist/main.js",
+  orchestrator: "services/orchestrator/dist/bundle/main.js",
+  privileged: "services/privileged/dist/bundle/main.js",
+  "image-puller": "services/image-puller/dist/bundle/main.js",
 };
 
 /** bangerd with failure injection (the installed one has none): see StartOptions.failAfterStages. */
@@ -70,7 +70,7 @@ export interface Cluster {
 export interface StartOptions {
   /**
    * Orchestrator only: run it from the test entry that fails these create stages right after their work
-   * succeeded (see createOperations) instead of from dist/main.js.
+   * succeeded (see createOperations) instead of from dist/bundle/main.js.
    */
   readonly failAfterStages?: readonly string[];
 }
@@ -82,7 +82,7 @@ export interface CliResult {
 }
 
 export interface SpawnOptions {
-  /** Run this file (relative to the checkout) instead of the service's dist/main.js. */
+  /** Run this file (relative to the checkout) instead of the service's dist/bundle/main.js. */
   readonly entry?: string;
   /** Run as this uid and gid (the owner) instead of the test's own. */
   readonly owner?: number;

@@ -4,6 +4,7 @@
  * code the puller and orchestrator use). Measured on the built helper by scripts/loaded-modules.mjs.
  */
 import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
 const ROOT = resolve(import.meta.dirname, "../..");
@@ -25,5 +26,19 @@ describe("the privileged helper's imports", () => {
     expect(common.filter((file) => /^(index\.js|registry\/|copy-file|static-busybox|unix-client)/.test(file))).toEqual(
       [],
     );
+  });
+
+  it("and the bundle the unit runs holds no more of common than that", () => {
+    const inputs = JSON.parse(
+      readFileSync(join(ROOT, "services/privileged/dist/bundle/inputs.json"), "utf8"),
+    ) as string[];
+    const common = inputs.filter((file) => file.startsWith("packages/common/dist/"));
+    expect(common).toContain("packages/common/dist/service-main.js");
+    expect(
+      common.filter((file) => /dist\/(index\.js|registry\/|copy-file|static-busybox|unix-client)/.test(file)),
+    ).toEqual([]);
+    expect(
+      inputs.filter((file) => file.startsWith("services/image-puller/") || file.startsWith("services/orchestrator/")),
+    ).toEqual([]);
   });
 });

@@ -147,7 +147,7 @@ live("a failure at every create stage, through the real helper", () => {
     60_000,
   );
 
-  it("the installed bangerd (dist/main.js) ignores BANGER_FAIL_AFTER_STAGE: a create succeeds", async () => {
+  it("the installed bangerd (dist/bundle/main.js) ignores BANGER_FAIL_AFTER_STAGE: a create succeeds", async () => {
     await cluster.stop("orchestrator");
     const svc = await cluster.start("orchestrator", { BANGER_FAIL_AFTER_STAGE: INJECTED.join(",") });
     const created = await cluster.cli(["vm", "create", "--name", "whole", "--image", "tiny", "--no-ssh-wait"]);

@@ -270,21 +270,21 @@ function serviceSpecs(
   return [
     {
       name: "privileged",
-      entry: "services/privileged/dist/main.js",
+      entry: "services/privileged/dist/bundle/main.js",
       args: [...common, "--state-dir", stateDir, ...ownerArgs, ...helperArgs],
       socket: runtime.privilegedSocket,
       asOwner: false,
     },
     {
       name: "image-puller",
-      entry: "services/image-puller/dist/main.js",
+      entry: "services/image-puller/dist/bundle/main.js",
       args: [...common, "--state-dir", stateDir],
       socket: runtime.pullerSocket,
       asOwner: true,
     },
     {
       name: "orchestrator",
-      entry: "services/orchestrator/dist/main.js",
+      entry: "services/orchestrator/dist/bundle/main.js",
       args: [...common, "--state-dir", stateDir],
       socket: runtime.orchestratorSocket,
       asOwner: true,

@@ -42,7 +42,7 @@ export class RefusedError extends Error {
 
 export interface SystemContext {
   readonly host: SystemHost;
-  /** The code this CLI belongs to: the units run `<codeDir>/services/*\/dist/main.js`. */
+  /** The code this CLI belongs to: the units run `<codeDir>/services/*\/dist/bundle/main.js`. */
   readonly codeDir: string;
   /** The node binary running this CLI; the units run the services with it. */
   readonly node: string;
@@ -134,7 +134,7 @@ function resolveOwner(ctx: SystemContext, spec: string | undefined): UserEntry {
 /** The built entry points and the templates must be there before anything is written. */
 function checkCode(ctx: SystemContext): void {
   for (const service of ["orchestrator", "privileged", "image-puller"]) {
-    const entry = join(ctx.codeDir, "services", service, "dist", "main.js");
+    const entry = join(ctx.codeDir, "services", service, "dist", "bundle", "main.js");
     if (!existsSync(entry)) throw new RefusedError(`${entry} is missing: build banger first (npm run build)`);
   }
   for (const unit of UNIT_FILES) {
@@ -175,9 +175,9 @@ function checkNotInTmp(ctx: SystemContext, root: InstallRoot): void {
 function checkReadable(ctx: SystemContext): void {
   const files = [
     ctx.node,
-    join(ctx.codeDir, "services", "privileged", "dist", "main.js"),
-    join(ctx.codeDir, "services", "image-puller", "dist", "main.js"),
-    join(ctx.codeDir, "node_modules", "@banger", "common", "package.json"),
+    join(ctx.codeDir, "services", "privileged", "dist", "bundle", "main.js"),
+    join(ctx.codeDir, "services", "image-puller", "dist", "bundle", "main.js"),
+    join(ctx.codeDir, "node_modules", "koffi", "package.json"),
   ];
   for (const file of files) {
     const bindRoot = [ctx.codeDir, ctx.node].find(

@@ -22,7 +22,7 @@ export interface InstallMetadata {
     readonly pullerUid: number;
     readonly pullerGid: number;
   };
-  /** The code the units run: `<codeDir>/services/<service>/dist/main.js` with `node`. */
+  /** The code the units run: `<codeDir>/services/<service>/dist/bundle/main.js` with `node`. */
   readonly code: { readonly dir: string; readonly node: string };
   readonly firecracker: string;
   readonly paths: {

@@ -11,7 +11,7 @@ import { SYSTEM_PATHS, UNIT_FILES } from "./layout.js";
 /** What the units are rendered for. */
 export interface UnitValues {
   readonly version: string;
-  /** The checkout (or unpacked bundle) the services run from: `<codeDir>/services/*\/dist/main.js`. */
+  /** The checkout (or unpacked bundle) the services run from: `<codeDir>/services/*\/dist/bundle/main.js`. */
   readonly codeDir: string;
   /** The node binary. */
   readonly node: string;

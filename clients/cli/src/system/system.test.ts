@@ -33,7 +33,7 @@ describe("unit rendering", () => {
       /^ProtectHome=tmpfs\nBindReadOnlyPaths=\/home\/alice\nBindPaths=\/home\/alice\/\.config\/banger$/m,
     );
     expect(units.get("bangerd.service")).toContain(
-      "ExecStart=/usr/bin/node /opt/banger/services/orchestrator/dist/main.js",
+      "ExecStart=/usr/bin/node /opt/banger/services/orchestrator/dist/bundle/main.js",
     );
   });
 

@@ -7,7 +7,8 @@
 import { appendFile, mkdir, readFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError } from "@banger/common";
-import { Client, type ClientChannel } from "ssh2";
+import type { ClientChannel } from "ssh2";
+import { newSshClient } from "./ssh2-client.js";
 
 export interface GuestCommand {
   readonly argv: readonly string[];
@@ -106,7 +107,7 @@ export async function verifyHostKey(target: GuestTarget, key: Buffer): Promise<v
  * comes. A non-zero exit is a result, not an error. Cancelling `signal`
  * closes the channel (the command is hung up).
  */
-export function execInGuest(
+export async function execInGuest(
   target: GuestTarget,
   command: GuestCommand,
   output: { onStdout: (chunk: Buffer) => void; onStderr: (chunk: Buffer) => void },
@@ -114,8 +115,8 @@ export function execInGuest(
   interactive?: Interactive,
 ): Promise<ExitStatus> {
   const line = remoteCommand(command);
+  const client = await newSshClient();
   return new Promise<ExitStatus>((resolve, reject) => {
-    const client = new Client();
     let hostKeyError: unknown;
     let settled = false;
     let timer: NodeJS.Timeout | undefined;

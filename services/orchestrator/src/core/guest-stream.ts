@@ -5,7 +5,8 @@
  * caller writes to and reads from the SSH channel itself.
  */
 import { UnavailableError } from "@banger/common";
-import { Client, type ClientChannel } from "ssh2";
+import type { ClientChannel } from "ssh2";
+import { newSshClient } from "./ssh2-client.js";
 import { verifyHostKey, type GuestTarget } from "./guest-exec.js";
 
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -39,9 +40,13 @@ export interface GuestStream {
 }
 
 /** Runs `commandLine` (a shell line for the guest's login shell) and returns its channel once it started. */
-export function openGuestStream(target: GuestTarget, commandLine: string, signal: AbortSignal): Promise<GuestStream> {
+export async function openGuestStream(
+  target: GuestTarget,
+  commandLine: string,
+  signal: AbortSignal,
+): Promise<GuestStream> {
+  const client = await newSshClient();
   return new Promise<GuestStream>((resolveOpen, rejectOpen) => {
-    const client = new Client();
     let hostKeyError: unknown;
     let opened = false;
     let settled = false;

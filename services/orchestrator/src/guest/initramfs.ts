@@ -42,6 +42,7 @@ import { buildKit, type BuildKitOptions, type KitSummary } from "./kit.js";
 export { DEFAULT_BUSYBOX } from "@banger/common";
 
 /** Where banger's init scripts live (see the file comment). */
+// Two levels below the package both from tsc's dist/guest/ and from the bundle in dist/bundle/.
 export const INIT_SCRIPTS_DIR = fileURLToPath(new URL("../../src/guest/init/", import.meta.url));
 
 /** A module the initramfs loads, unless the kernel has it built in. */
