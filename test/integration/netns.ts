@@ -66,7 +66,7 @@ export async function startHelperInNs(
   /** Run it as its unit does: root without CAP_DAC_OVERRIDE (nor DAC_READ_SEARCH, FOWNER), the owner's group added. */
   asUnit = false,
 ): Promise<HelperInNs> {
-  const entry = join(ROOT, "services/privileged/dist/main.js");
+  const entry = join(ROOT, "services/privileged/dist/bundle/main.js");
   const ids = ["--owner-uid", String(owner), "--owner-gid", String(owner), ...extraArgs];
   const unit = asUnit
     ? ["setpriv", `--groups=${owner}`, "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]

@@ -180,11 +180,11 @@ describe.skipIf(!IS_ROOT || !OWNER_NAME || !HAVE_SYSTEMD_TOOLS)(
       const unit = (name: string) => readFileSync(join(root, "etc/systemd/system", name), "utf8");
       const code = realpathSync(ROOT);
       const node = realpathSync(process.execPath);
-      expect(unit("bangerd.service")).toContain(`ExecStart=${node} ${code}/services/orchestrator/dist/main.js `);
+      expect(unit("bangerd.service")).toContain(`ExecStart=${node} ${code}/services/orchestrator/dist/bundle/main.js `);
       expect(unit("bangerd.service")).toMatch(new RegExp(`^User=${OWNER_NAME}$`, "m"));
       expect(unit("bangerd.service")).toContain(`BindPaths=${OWNER_HOME}/.config/banger`);
       const helper = unit("banger-privileged.service");
-      expect(helper).toContain(`ExecStart=${node} --jitless ${code}/services/privileged/dist/main.js `);
+      expect(helper).toContain(`ExecStart=${node} --jitless ${code}/services/privileged/dist/bundle/main.js `);
       expect(helper).toContain(`--owner-uid ${OWNER} --owner-gid ${OWNER}`);
       expect(helper).toMatch(/^MemoryDenyWriteExecute=yes$/m);
       expect(helper).toMatch(/^CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN CAP_CHOWN CAP_SETUID CAP_SETGID$/m);
@@ -396,7 +396,7 @@ describe.skipIf(!IS_ROOT || !HAVE_SYSTEMD_TOOLS || !OWNER_CAN_READ_CHECKOUT)("so
       ...(MDWE_WRAPPER ?? []),
       process.execPath,
       "--jitless",
-      join(ROOT, "services/privileged/dist/main.js"),
+      join(ROOT, "services/privileged/dist/bundle/main.js"),
       ...["--runtime-dir", dir, "--state-dir", join(dir, "state")],
       ...["--owner-uid", String(OWNER), "--owner-gid", String(OWNER)],
     ]);
@@ -432,12 +432,12 @@ describe.skipIf(!IS_ROOT || !HAVE_SYSTEMD_TOOLS || !OWNER_CAN_READ_CHECKOUT)("so
     const common = ["--runtime-dir", dir, "--state-dir", join(dir, "state")];
     const orchestrator = activate(
       orchestratorSocket,
-      [process.execPath, join(ROOT, "services/orchestrator/dist/main.js"), ...common],
+      [process.execPath, join(ROOT, "services/orchestrator/dist/bundle/main.js"), ...common],
       env,
     );
     const puller = activate(
       pullerSocket,
-      [process.execPath, join(ROOT, "services/image-puller/dist/main.js"), ...common],
+      [process.execPath, join(ROOT, "services/image-puller/dist/bundle/main.js"), ...common],
       env,
     );
     try {
