@@ -15,6 +15,7 @@ import { mib } from "../render/size.js";
 import { renderTable } from "../render/table.js";
 import { registerListShow } from "./resource.js";
 import { announceAndWatch, watchToEnd, withOrchestrator } from "./op.js";
+import { collect, describePublished, publishedPortOf, registerPortCommands } from "./vm-port.js";
 
 const stateWord = (state: VmState) => VmState[state].toLowerCase();
 
@@ -40,7 +41,7 @@ async function follow(
   if (done?.result.case === "vm") printVms([done.result.value], opts.json === true);
 }
 
-/** `vm`'s subcommands: create, list, show, start, stop, restart, delete, set, logs, stats, ports, ssh, exec, run. */
+/** `vm`'s subcommands: create, list, show, start, stop, restart, delete, set, logs, stats, ports, port, ssh, exec, run. */
 export function registerVmCommands(vm: Command, globals: () => GlobalOptions): void {
   registerCreateCommand(vm, globals);
   registerListShow(vm, globals, {
@@ -58,6 +59,7 @@ export function registerVmCommands(vm: Command, globals: () => GlobalOptions): v
   registerObserveCommands(vm, globals);
   registerRunCommands(vm, globals);
   registerSetCommand(vm, globals);
+  registerPortCommands(vm, globals);
 }
 
 /** `vm create`. */
@@ -76,12 +78,19 @@ function registerCreateCommand(vm: Command, globals: () => GlobalOptions): void 
     .option("--memory <mib>", "memory in MiB, 128-262144 (default: from the config)")
     .option("--disk <mib>", "work disk size in MiB (default: from the config)")
     .option("--nat", "let the guest reach the outside network")
+    .option(
+      "-p, --publish <spec>",
+      "publish a host port to the guest, [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp] (repeatable), e.g. -p 8080:80",
+      collect,
+      [],
+    )
     .option("--ssh-timeout <seconds>", "how long to wait for the guest's SSH (default 60)")
     .option("--no-ssh-wait", "succeed once the VMM runs, without waiting for the guest's SSH")
     .option("--no-wait", "print the operation id and return at once")
     .option("--json", "print the VM as JSON when done")
     .action(
       async (opts: {
+        publish: string[];
         name?: string;
         image: string;
         kernel: string;
@@ -105,6 +114,7 @@ function registerCreateCommand(vm: Command, globals: () => GlobalOptions): void 
           nat: opts.nat === true,
           skipSshWait: !opts.sshWait,
           ...(sshTimeout ? { sshTimeout } : {}),
+          publishedPorts: opts.publish.map(publishedPortOf),
         };
         await withOrchestrator(globals(), async (o) => {
           const { operation } = await o.client(VmService).createVm(request, o.callOptions());
@@ -408,6 +418,7 @@ function describeVm(found: Vm): string[] {
     `address:   ${found.guestIp} (${found.name}.vm)  mac ${found.mac}  vsock cid ${found.vsockCid}`,
     `size:      ${found.vcpu} vcpu, ${found.memoryMib} MiB memory, ${found.workDiskMib} MiB work disk`,
     `nat:       ${found.nat ? "on" : "off"}`,
+    ...describePublished(found),
     ...(found.agentHealth === AgentHealth.UNSPECIFIED ? [] : [`agent:     ${agentWord(found)}`]),
     ...(found.pendingChanges.length > 0 ? [`pending:   ${found.pendingChanges.join(", ")} (at next start)`] : []),
     ...(found.lastError ? [`error:     ${found.lastError}`] : []),

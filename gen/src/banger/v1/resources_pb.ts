@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/v1/resources.proto.
  */
 export const file_banger_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("ChliYW5nZXIvdjEvcmVzb3VyY2VzLnByb3RvEgliYW5nZXIudjEikgQKAlZtEgwKBG5hbWUYASABKAkSCgoCaWQYAiABKAkSDQoFaW1hZ2UYAyABKAkSDgoGa2VybmVsGAQgASgJEiEKBXN0YXRlGAUgASgOMhIuYmFuZ2VyLnYxLlZtU3RhdGUSDAoEdmNwdRgGIAEoDRISCgptZW1vcnlfbWliGAcgASgNEhUKDXdvcmtfZGlza19taWIYCCABKAQSEAoIZ3Vlc3RfaXAYCSABKAkSCwoDbWFjGAogASgJEhEKCXZzb2NrX2NpZBgLIAEoDRILCgNuYXQYDCABKAgSHwoDdm1tGA0gASgOMhIuYmFuZ2VyLnYxLlZtbUtpbmQSNwoScm9vdF9kaXNrX3N0cmF0ZWd5GA4gASgOMhsuYmFuZ2VyLnYxLlJvb3REaXNrU3RyYXRlZ3kSCwoDcGlkGA8gASgFEi8KC2NyZWF0ZV90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGBIgASgJEhcKD3BlbmRpbmdfY2hhbmdlcxgTIAMoCRIsCgxhZ2VudF9oZWFsdGgYFCABKA4yFi5iYW5nZXIudjEuQWdlbnRIZWFsdGgSFQoNYWdlbnRfdmVyc2lvbhgVIAEoCSKsAgoFSW1hZ2USDAoEbmFtZRgBIAEoCRIRCglyZWZlcmVuY2UYAiABKAkSFwoPbWFuaWZlc3RfZGlnZXN0GAMgASgJEhAKCHBsYXRmb3JtGAQgASgJEhQKDHJvb3Rmc19ieXRlcxgFIAEoBBIXCg93b3JrX3NlZWRfYnl0ZXMYBiABKAQSFgoOZGVmYXVsdF9rZXJuZWwYByABKAkSJgoGc291cmNlGAggASgOMhYuYmFuZ2VyLnYxLkltYWdlU291cmNlEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd1c2VkX2J5GAogAygJEiYKBmNvbmZpZxgLIAEoCzIWLmJhbmdlci52MS5JbWFnZUNvbmZpZyJeCgtJbWFnZUNvbmZpZxISCgplbnRyeXBvaW50GAEgAygJEgsKA2NtZBgCIAMoCRILCgNlbnYYAyADKAkSDAoEdXNlchgEIAEoCRITCgt3b3JraW5nX2RpchgFIAEoCSLrAQoGS2VybmVsEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIVCg1rZXJuZWxfc2hhMjU2GAMgASgJEhQKDGtlcm5lbF9ieXRlcxgEIAEoBBIUCgx1bmNvbXByZXNzZWQYBSABKAgSFAoMaW5pdHJkX2J5dGVzGAYgASgEEhMKC2hhc19tb2R1bGVzGAcgASgIEhIKCmlzX2RlZmF1bHQYCCABKAgSLwoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3VzZWRfYnkYCiADKAkqdQoLQWdlbnRIZWFsdGgSHAoYQUdFTlRfSEVBTFRIX1VOU1BFQ0lGSUVEEAASEwoPQUdFTlRfSEVBTFRIX09LEAESHAoYQUdFTlRfSEVBTFRIX1VOUkVBQ0hBQkxFEAISFQoRQUdFTlRfSEVBTFRIX05PTkUQAyrAAQoHVm1TdGF0ZRIYChRWTV9TVEFURV9VTlNQRUNJRklFRBAAEhUKEVZNX1NUQVRFX0NSRUFUSU5HEAESFQoRVk1fU1RBVEVfU1RBUlRJTkcQAhIUChBWTV9TVEFURV9SVU5OSU5HEAMSFQoRVk1fU1RBVEVfU1RPUFBJTkcQBBIUChBWTV9TVEFURV9TVE9QUEVEEAUSEwoPVk1fU1RBVEVfRkFJTEVEEAYSFQoRVk1fU1RBVEVfREVMRVRJTkcQBypYCgdWbW1LaW5kEhgKFFZNTV9LSU5EX1VOU1BFQ0lGSUVEEAASGAoUVk1NX0tJTkRfRklSRUNSQUNLRVIQARIZChVWTU1fS0lORF9RRU1VX01JQ1JPVk0QAip4ChBSb290RGlza1N0cmF0ZWd5EiIKHlJPT1RfRElTS19TVFJBVEVHWV9VTlNQRUNJRklFRBAAEiIKHlJPT1RfRElTS19TVFJBVEVHWV9ETV9TTkFQU0hPVBABEhwKGFJPT1RfRElTS19TVFJBVEVHWV9DTE9ORRACKpYBCgtJbWFnZVNvdXJjZRIcChhJTUFHRV9TT1VSQ0VfVU5TUEVDSUZJRUQQABIXChNJTUFHRV9TT1VSQ0VfUFVMTEVEEAESGwoXSU1BR0VfU09VUkNFX1JFR0lTVEVSRUQQAhIZChVJTUFHRV9TT1VSQ0VfUFJPTU9URUQQAxIYChRJTUFHRV9TT1VSQ0VfQlVJTFRJThAEYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChliYW5nZXIvdjEvcmVzb3VyY2VzLnByb3RvEgliYW5nZXIudjEixQQKAlZtEgwKBG5hbWUYASABKAkSCgoCaWQYAiABKAkSDQoFaW1hZ2UYAyABKAkSDgoGa2VybmVsGAQgASgJEiEKBXN0YXRlGAUgASgOMhIuYmFuZ2VyLnYxLlZtU3RhdGUSDAoEdmNwdRgGIAEoDRISCgptZW1vcnlfbWliGAcgASgNEhUKDXdvcmtfZGlza19taWIYCCABKAQSEAoIZ3Vlc3RfaXAYCSABKAkSCwoDbWFjGAogASgJEhEKCXZzb2NrX2NpZBgLIAEoDRILCgNuYXQYDCABKAgSHwoDdm1tGA0gASgOMhIuYmFuZ2VyLnYxLlZtbUtpbmQSNwoScm9vdF9kaXNrX3N0cmF0ZWd5GA4gASgOMhsuYmFuZ2VyLnYxLlJvb3REaXNrU3RyYXRlZ3kSCwoDcGlkGA8gASgFEi8KC2NyZWF0ZV90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGBIgASgJEhcKD3BlbmRpbmdfY2hhbmdlcxgTIAMoCRIsCgxhZ2VudF9oZWFsdGgYFCABKA4yFi5iYW5nZXIudjEuQWdlbnRIZWFsdGgSFQoNYWdlbnRfdmVyc2lvbhgVIAEoCRIxCg9wdWJsaXNoZWRfcG9ydHMYFiADKAsyGC5iYW5nZXIudjEuUHVibGlzaGVkUG9ydCJZCg1QdWJsaXNoZWRQb3J0Eg8KB2hvc3RfaXAYASABKAkSEQoJaG9zdF9wb3J0GAIgASgNEhIKCmd1ZXN0X3BvcnQYAyABKA0SEAoIcHJvdG9jb2wYBCABKAkirAIKBUltYWdlEgwKBG5hbWUYASABKAkSEQoJcmVmZXJlbmNlGAIgASgJEhcKD21hbmlmZXN0X2RpZ2VzdBgDIAEoCRIQCghwbGF0Zm9ybRgEIAEoCRIUCgxyb290ZnNfYnl0ZXMYBSABKAQSFwoPd29ya19zZWVkX2J5dGVzGAYgASgEEhYKDmRlZmF1bHRfa2VybmVsGAcgASgJEiYKBnNvdXJjZRgIIAEoDjIWLmJhbmdlci52MS5JbWFnZVNvdXJjZRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHdXNlZF9ieRgKIAMoCRImCgZjb25maWcYCyABKAsyFi5iYW5nZXIudjEuSW1hZ2VDb25maWciXgoLSW1hZ2VDb25maWcSEgoKZW50cnlwb2ludBgBIAMoCRILCgNjbWQYAiADKAkSCwoDZW52GAMgAygJEgwKBHVzZXIYBCABKAkSEwoLd29ya2luZ19kaXIYBSABKAki6wEKBktlcm5lbBIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSFQoNa2VybmVsX3NoYTI1NhgDIAEoCRIUCgxrZXJuZWxfYnl0ZXMYBCABKAQSFAoMdW5jb21wcmVzc2VkGAUgASgIEhQKDGluaXRyZF9ieXRlcxgGIAEoBBITCgtoYXNfbW9kdWxlcxgHIAEoCBISCgppc19kZWZhdWx0GAggASgIEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd1c2VkX2J5GAogAygJKnUKC0FnZW50SGVhbHRoEhwKGEFHRU5UX0hFQUxUSF9VTlNQRUNJRklFRBAAEhMKD0FHRU5UX0hFQUxUSF9PSxABEhwKGEFHRU5UX0hFQUxUSF9VTlJFQUNIQUJMRRACEhUKEUFHRU5UX0hFQUxUSF9OT05FEAMqwAEKB1ZtU3RhdGUSGAoUVk1fU1RBVEVfVU5TUEVDSUZJRUQQABIVChFWTV9TVEFURV9DUkVBVElORxABEhUKEVZNX1NUQVRFX1NUQVJUSU5HEAISFAoQVk1fU1RBVEVfUlVOTklORxADEhUKEVZNX1NUQVRFX1NUT1BQSU5HEAQSFAoQVk1fU1RBVEVfU1RPUFBFRBAFEhMKD1ZNX1NUQVRFX0ZBSUxFRBAGEhUKEVZNX1NUQVRFX0RFTEVUSU5HEAcqWAoHVm1tS2luZBIYChRWTU1fS0lORF9VTlNQRUNJRklFRBAAEhgKFFZNTV9LSU5EX0ZJUkVDUkFDS0VSEAESGQoVVk1NX0tJTkRfUUVNVV9NSUNST1ZNEAIqeAoQUm9vdERpc2tTdHJhdGVneRIiCh5ST09UX0RJU0tfU1RSQVRFR1lfVU5TUEVDSUZJRUQQABIiCh5ST09UX0RJU0tfU1RSQVRFR1lfRE1fU05BUFNIT1QQARIcChhST09UX0RJU0tfU1RSQVRFR1lfQ0xPTkUQAiqWAQoLSW1hZ2VTb3VyY2USHAoYSU1BR0VfU09VUkNFX1VOU1BFQ0lGSUVEEAASFwoTSU1BR0VfU09VUkNFX1BVTExFRBABEhsKF0lNQUdFX1NPVVJDRV9SRUdJU1RFUkVEEAISGQoVSU1BR0VfU09VUkNFX1BST01PVEVEEAMSGAoUSU1BR0VfU09VUkNFX0JVSUxUSU4QBGIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * A microVM: what it is (durable, in the orchestrator's database) plus what is
@@ -177,6 +177,15 @@ export type Vm = Message<"banger.v1.Vm"> & {
    * @generated from field: string agent_version = 21;
    */
   agentVersion: string;
+
+  /**
+   * Host ports published to the guest (`vm create -p`, `vm port add`):
+   * listening on the host while the VM runs, stored with it while it is
+   * stopped. Sorted by host port, then protocol, then host address.
+   *
+   * @generated from field: repeated banger.v1.PublishedPort published_ports = 22;
+   */
+  publishedPorts: PublishedPort[];
 };
 
 /**
@@ -185,6 +194,52 @@ export type Vm = Message<"banger.v1.Vm"> & {
  */
 export const VmSchema: GenMessage<Vm> = /*@__PURE__*/
   messageDesc(file_banger_v1_resources, 0);
+
+/**
+ * A host port published to a guest port: connections (TCP) or datagrams
+ * (UDP) to host_ip:host_port are relayed by bangerd to the guest's
+ * guest_port on its bridge address.
+ *
+ * @generated from message banger.v1.PublishedPort
+ */
+export type PublishedPort = Message<"banger.v1.PublishedPort"> & {
+  /**
+   * The host address listened on: "0.0.0.0" (every address, the default),
+   * "127.0.0.1" or one of the host's own IPv4 addresses.
+   *
+   * @generated from field: string host_ip = 1;
+   */
+  hostIp: string;
+
+  /**
+   * Host port, 1-65535; below 1024 only when the config's
+   * network.publish_privileged_ports allows it.
+   *
+   * @generated from field: uint32 host_port = 2;
+   */
+  hostPort: number;
+
+  /**
+   * Guest port, 1-65535.
+   *
+   * @generated from field: uint32 guest_port = 3;
+   */
+  guestPort: number;
+
+  /**
+   * "tcp" or "udp"; empty = "tcp".
+   *
+   * @generated from field: string protocol = 4;
+   */
+  protocol: string;
+};
+
+/**
+ * Describes the message banger.v1.PublishedPort.
+ * Use `create(PublishedPortSchema)` to create a new message.
+ */
+export const PublishedPortSchema: GenMessage<PublishedPort> = /*@__PURE__*/
+  messageDesc(file_banger_v1_resources, 1);
 
 /**
  * A root filesystem image VMs are created from.
@@ -277,7 +332,7 @@ export type Image = Message<"banger.v1.Image"> & {
  * Use `create(ImageSchema)` to create a new message.
  */
 export const ImageSchema: GenMessage<Image> = /*@__PURE__*/
-  messageDesc(file_banger_v1_resources, 1);
+  messageDesc(file_banger_v1_resources, 2);
 
 /**
  * The parts of an OCI image config banger keeps.
@@ -326,7 +381,7 @@ export type ImageConfig = Message<"banger.v1.ImageConfig"> & {
  * Use `create(ImageConfigSchema)` to create a new message.
  */
 export const ImageConfigSchema: GenMessage<ImageConfig> = /*@__PURE__*/
-  messageDesc(file_banger_v1_resources, 2);
+  messageDesc(file_banger_v1_resources, 3);
 
 /**
  * A guest kernel (with optional initrd and modules) in banger's catalog.
@@ -411,7 +466,7 @@ export type Kernel = Message<"banger.v1.Kernel"> & {
  * Use `create(KernelSchema)` to create a new message.
  */
 export const KernelSchema: GenMessage<Kernel> = /*@__PURE__*/
-  messageDesc(file_banger_v1_resources, 3);
+  messageDesc(file_banger_v1_resources, 4);
 
 /**
  * Whether a VM's guest agent answers.

@@ -6,7 +6,7 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Operation } from "./operation_pb.js";
 import { file_banger_v1_operation } from "./operation_pb.js";
-import type { Vm, VmmKind, VmState } from "./resources_pb.js";
+import type { PublishedPort, Vm, VmmKind, VmState } from "./resources_pb.js";
 import { file_banger_v1_resources } from "./resources_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/v1/vm.proto.
  */
 export const file_banger_v1_vm: GenFile = /*@__PURE__*/
-  fileDesc("ChJiYW5nZXIvdjEvdm0ucHJvdG8SCWJhbmdlci52MSLsAQoPQ3JlYXRlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFaW1hZ2UYAiABKAkSDgoGa2VybmVsGAMgASgJEgwKBHZjcHUYBCABKA0SEgoKbWVtb3J5X21pYhgFIAEoDRIVCg13b3JrX2Rpc2tfbWliGAYgASgEEgsKA25hdBgHIAEoCBIfCgN2bW0YCCABKA4yEi5iYW5nZXIudjEuVm1tS2luZBIVCg1za2lwX3NzaF93YWl0GAkgASgIEi4KC3NzaF90aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjsKEENyZWF0ZVZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJlCg5TdGFydFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEi4KC3NzaF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXNraXBfc3NoX3dhaXQYAyABKAgiOgoPU3RhcnRWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iWAoNU3RvcFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFZm9yY2UYAyABKAgiOQoOU3RvcFZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJyChBSZXN0YXJ0Vm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVmb3JjZRgDIAEoCBIVCg1za2lwX3NzaF93YWl0GAQgASgIIjwKEVJlc3RhcnRWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iHwoPRGVsZXRlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkiTAoQRGVsZXRlVm1SZXNwb25zZRInCglvcGVyYXRpb24YASABKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uEg8KB2V4aXN0ZWQYAiABKAgiqAEKDFNldFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKBHZjcHUYAiABKA1IAIgBARIXCgptZW1vcnlfbWliGAMgASgNSAGIAQESGgoNd29ya19kaXNrX21pYhgEIAEoBEgCiAEBEhAKA25hdBgFIAEoCEgDiAEBQgcKBV92Y3B1Qg0KC19tZW1vcnlfbWliQhAKDl93b3JrX2Rpc2tfbWliQgYKBF9uYXQiKgoNU2V0Vm1SZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSIzCg5MaXN0Vm1zUmVxdWVzdBIhCgVzdGF0ZRgBIAEoDjISLmJhbmdlci52MS5WbVN0YXRlIi0KD0xpc3RWbXNSZXNwb25zZRIaCgN2bXMYASADKAsyDS5iYW5nZXIudjEuVm0iHAoMR2V0Vm1SZXF1ZXN0EgwKBG5hbWUYASABKAkiKgoNR2V0Vm1SZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSJpCg1WbUxvZ3NSZXF1ZXN0EgwKBG5hbWUYASABKAkSJgoGc291cmNlGAIgASgOMhYuYmFuZ2VyLnYxLlZtTG9nU291cmNlEhIKCnRhaWxfbGluZXMYAyABKA0SDgoGZm9sbG93GAQgASgIIh4KDlZtTG9nc1Jlc3BvbnNlEgwKBGRhdGEYASABKAwiHgoOVm1TdGF0c1JlcXVlc3QSDAoEbmFtZRgBIAEoCSL+AQoPVm1TdGF0c1Jlc3BvbnNlEigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGNwdV90aW1lGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC2NwdV9wZXJjZW50GAMgASgBEhgKEG1lbW9yeV9yc3NfYnl0ZXMYBCABKAQSHAoUcm9vdF9kaXNrX3VzZWRfYnl0ZXMYBSABKAQSHAoUd29ya19kaXNrX3VzZWRfYnl0ZXMYBiABKAQSKQoGdXB0aW1lGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIh4KDlZtUG9ydHNSZXF1ZXN0EgwKBG5hbWUYASABKAkiOgoPVm1Qb3J0c1Jlc3BvbnNlEicKBXBvcnRzGAEgAygLMhguYmFuZ2VyLnYxLkxpc3RlbmluZ1BvcnQiUQoNTGlzdGVuaW5nUG9ydBIQCghwcm90b2NvbBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEgwKBHBvcnQYAyABKA0SDwoHcHJvY2VzcxgEIAEoCSIiChJWbVNzaFRhcmdldFJlcXVlc3QSDAoEbmFtZRgBIAEoCSKaAQoTVm1Tc2hUYXJnZXRSZXNwb25zZRIMCgRob3N0GAEgASgJEgwKBHBvcnQYAiABKA0SDAoEdXNlchgDIAEoCRIVCg1pZGVudGl0eV9maWxlGAQgASgJEhgKEGtub3duX2hvc3RzX2ZpbGUYBSABKAkSFgoOaG9zdF9rZXlfYWxpYXMYBiABKAkSEAoIc3NoX2FyZ3YYByADKAkqXgoLVm1Mb2dTb3VyY2USHQoZVk1fTE9HX1NPVVJDRV9VTlNQRUNJRklFRBAAEhkKFVZNX0xPR19TT1VSQ0VfQ09OU09MRRABEhUKEVZNX0xPR19TT1VSQ0VfVk1NEAIyqwYKCVZtU2VydmljZRJDCghDcmVhdGVWbRIaLmJhbmdlci52MS5DcmVhdGVWbVJlcXVlc3QaGy5iYW5nZXIudjEuQ3JlYXRlVm1SZXNwb25zZRJACgdTdGFydFZtEhkuYmFuZ2VyLnYxLlN0YXJ0Vm1SZXF1ZXN0GhouYmFuZ2VyLnYxLlN0YXJ0Vm1SZXNwb25zZRI9CgZTdG9wVm0SGC5iYW5nZXIudjEuU3RvcFZtUmVxdWVzdBoZLmJhbmdlci52MS5TdG9wVm1SZXNwb25zZRJGCglSZXN0YXJ0Vm0SGy5iYW5nZXIudjEuUmVzdGFydFZtUmVxdWVzdBocLmJhbmdlci52MS5SZXN0YXJ0Vm1SZXNwb25zZRJDCghEZWxldGVWbRIaLmJhbmdlci52MS5EZWxldGVWbVJlcXVlc3QaGy5iYW5nZXIudjEuRGVsZXRlVm1SZXNwb25zZRI6CgVTZXRWbRIXLmJhbmdlci52MS5TZXRWbVJlcXVlc3QaGC5iYW5nZXIudjEuU2V0Vm1SZXNwb25zZRJACgdMaXN0Vm1zEhkuYmFuZ2VyLnYxLkxpc3RWbXNSZXF1ZXN0GhouYmFuZ2VyLnYxLkxpc3RWbXNSZXNwb25zZRI6CgVHZXRWbRIXLmJhbmdlci52MS5HZXRWbVJlcXVlc3QaGC5iYW5nZXIudjEuR2V0Vm1SZXNwb25zZRI/CgZWbUxvZ3MSGC5iYW5nZXIudjEuVm1Mb2dzUmVxdWVzdBoZLmJhbmdlci52MS5WbUxvZ3NSZXNwb25zZTABEkAKB1ZtU3RhdHMSGS5iYW5nZXIudjEuVm1TdGF0c1JlcXVlc3QaGi5iYW5nZXIudjEuVm1TdGF0c1Jlc3BvbnNlEkAKB1ZtUG9ydHMSGS5iYW5nZXIudjEuVm1Qb3J0c1JlcXVlc3QaGi5iYW5nZXIudjEuVm1Qb3J0c1Jlc3BvbnNlEkwKC1ZtU3NoVGFyZ2V0Eh0uYmFuZ2VyLnYxLlZtU3NoVGFyZ2V0UmVxdWVzdBoeLmJhbmdlci52MS5WbVNzaFRhcmdldFJlc3BvbnNlYgZwcm90bzM", [file_banger_v1_operation, file_banger_v1_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChJiYW5nZXIvdjEvdm0ucHJvdG8SCWJhbmdlci52MSKfAgoPQ3JlYXRlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFaW1hZ2UYAiABKAkSDgoGa2VybmVsGAMgASgJEgwKBHZjcHUYBCABKA0SEgoKbWVtb3J5X21pYhgFIAEoDRIVCg13b3JrX2Rpc2tfbWliGAYgASgEEgsKA25hdBgHIAEoCBIfCgN2bW0YCCABKA4yEi5iYW5nZXIudjEuVm1tS2luZBIVCg1za2lwX3NzaF93YWl0GAkgASgIEi4KC3NzaF90aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjEKD3B1Ymxpc2hlZF9wb3J0cxgLIAMoCzIYLmJhbmdlci52MS5QdWJsaXNoZWRQb3J0IjsKEENyZWF0ZVZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJlCg5TdGFydFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEi4KC3NzaF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXNraXBfc3NoX3dhaXQYAyABKAgiOgoPU3RhcnRWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iWAoNU3RvcFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFZm9yY2UYAyABKAgiOQoOU3RvcFZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJyChBSZXN0YXJ0Vm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVmb3JjZRgDIAEoCBIVCg1za2lwX3NzaF93YWl0GAQgASgIIjwKEVJlc3RhcnRWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iHwoPRGVsZXRlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkiTAoQRGVsZXRlVm1SZXNwb25zZRInCglvcGVyYXRpb24YASABKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uEg8KB2V4aXN0ZWQYAiABKAgiqAEKDFNldFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKBHZjcHUYAiABKA1IAIgBARIXCgptZW1vcnlfbWliGAMgASgNSAGIAQESGgoNd29ya19kaXNrX21pYhgEIAEoBEgCiAEBEhAKA25hdBgFIAEoCEgDiAEBQgcKBV92Y3B1Qg0KC19tZW1vcnlfbWliQhAKDl93b3JrX2Rpc2tfbWliQgYKBF9uYXQiKgoNU2V0Vm1SZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSIzCg5MaXN0Vm1zUmVxdWVzdBIhCgVzdGF0ZRgBIAEoDjISLmJhbmdlci52MS5WbVN0YXRlIi0KD0xpc3RWbXNSZXNwb25zZRIaCgN2bXMYASADKAsyDS5iYW5nZXIudjEuVm0iHAoMR2V0Vm1SZXF1ZXN0EgwKBG5hbWUYASABKAkiKgoNR2V0Vm1SZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSJpCg1WbUxvZ3NSZXF1ZXN0EgwKBG5hbWUYASABKAkSJgoGc291cmNlGAIgASgOMhYuYmFuZ2VyLnYxLlZtTG9nU291cmNlEhIKCnRhaWxfbGluZXMYAyABKA0SDgoGZm9sbG93GAQgASgIIh4KDlZtTG9nc1Jlc3BvbnNlEgwKBGRhdGEYASABKAwiHgoOVm1TdGF0c1JlcXVlc3QSDAoEbmFtZRgBIAEoCSL+AQoPVm1TdGF0c1Jlc3BvbnNlEigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGNwdV90aW1lGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC2NwdV9wZXJjZW50GAMgASgBEhgKEG1lbW9yeV9yc3NfYnl0ZXMYBCABKAQSHAoUcm9vdF9kaXNrX3VzZWRfYnl0ZXMYBSABKAQSHAoUd29ya19kaXNrX3VzZWRfYnl0ZXMYBiABKAQSKQoGdXB0aW1lGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIh4KDlZtUG9ydHNSZXF1ZXN0EgwKBG5hbWUYASABKAkiOgoPVm1Qb3J0c1Jlc3BvbnNlEicKBXBvcnRzGAEgAygLMhguYmFuZ2VyLnYxLkxpc3RlbmluZ1BvcnQiUQoNTGlzdGVuaW5nUG9ydBIQCghwcm90b2NvbBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEgwKBHBvcnQYAyABKA0SDwoHcHJvY2VzcxgEIAEoCSIiChJWbVNzaFRhcmdldFJlcXVlc3QSDAoEbmFtZRgBIAEoCSKaAQoTVm1Tc2hUYXJnZXRSZXNwb25zZRIMCgRob3N0GAEgASgJEgwKBHBvcnQYAiABKA0SDAoEdXNlchgDIAEoCRIVCg1pZGVudGl0eV9maWxlGAQgASgJEhgKEGtub3duX2hvc3RzX2ZpbGUYBSABKAkSFgoOaG9zdF9rZXlfYWxpYXMYBiABKAkSEAoIc3NoX2FyZ3YYByADKAkiTAoUUHVibGlzaFZtUG9ydFJlcXVlc3QSDAoEbmFtZRgBIAEoCRImCgRwb3J0GAIgASgLMhguYmFuZ2VyLnYxLlB1Ymxpc2hlZFBvcnQiMgoVUHVibGlzaFZtUG9ydFJlc3BvbnNlEhkKAnZtGAEgASgLMg0uYmFuZ2VyLnYxLlZtIlwKFlVucHVibGlzaFZtUG9ydFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIRCglob3N0X3BvcnQYAiABKA0SEAoIcHJvdG9jb2wYAyABKAkSDwoHaG9zdF9pcBgEIAEoCSI0ChdVbnB1Ymxpc2hWbVBvcnRSZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSpeCgtWbUxvZ1NvdXJjZRIdChlWTV9MT0dfU09VUkNFX1VOU1BFQ0lGSUVEEAASGQoVVk1fTE9HX1NPVVJDRV9DT05TT0xFEAESFQoRVk1fTE9HX1NPVVJDRV9WTU0QAjLZBwoJVm1TZXJ2aWNlEkMKCENyZWF0ZVZtEhouYmFuZ2VyLnYxLkNyZWF0ZVZtUmVxdWVzdBobLmJhbmdlci52MS5DcmVhdGVWbVJlc3BvbnNlEkAKB1N0YXJ0Vm0SGS5iYW5nZXIudjEuU3RhcnRWbVJlcXVlc3QaGi5iYW5nZXIudjEuU3RhcnRWbVJlc3BvbnNlEj0KBlN0b3BWbRIYLmJhbmdlci52MS5TdG9wVm1SZXF1ZXN0GhkuYmFuZ2VyLnYxLlN0b3BWbVJlc3BvbnNlEkYKCVJlc3RhcnRWbRIbLmJhbmdlci52MS5SZXN0YXJ0Vm1SZXF1ZXN0GhwuYmFuZ2VyLnYxLlJlc3RhcnRWbVJlc3BvbnNlEkMKCERlbGV0ZVZtEhouYmFuZ2VyLnYxLkRlbGV0ZVZtUmVxdWVzdBobLmJhbmdlci52MS5EZWxldGVWbVJlc3BvbnNlEjoKBVNldFZtEhcuYmFuZ2VyLnYxLlNldFZtUmVxdWVzdBoYLmJhbmdlci52MS5TZXRWbVJlc3BvbnNlEkAKB0xpc3RWbXMSGS5iYW5nZXIudjEuTGlzdFZtc1JlcXVlc3QaGi5iYW5nZXIudjEuTGlzdFZtc1Jlc3BvbnNlEjoKBUdldFZtEhcuYmFuZ2VyLnYxLkdldFZtUmVxdWVzdBoYLmJhbmdlci52MS5HZXRWbVJlc3BvbnNlEj8KBlZtTG9ncxIYLmJhbmdlci52MS5WbUxvZ3NSZXF1ZXN0GhkuYmFuZ2VyLnYxLlZtTG9nc1Jlc3BvbnNlMAESQAoHVm1TdGF0cxIZLmJhbmdlci52MS5WbVN0YXRzUmVxdWVzdBoaLmJhbmdlci52MS5WbVN0YXRzUmVzcG9uc2USQAoHVm1Qb3J0cxIZLmJhbmdlci52MS5WbVBvcnRzUmVxdWVzdBoaLmJhbmdlci52MS5WbVBvcnRzUmVzcG9uc2USTAoLVm1Tc2hUYXJnZXQSHS5iYW5nZXIudjEuVm1Tc2hUYXJnZXRSZXF1ZXN0Gh4uYmFuZ2VyLnYxLlZtU3NoVGFyZ2V0UmVzcG9uc2USUgoNUHVibGlzaFZtUG9ydBIfLmJhbmdlci52MS5QdWJsaXNoVm1Qb3J0UmVxdWVzdBogLmJhbmdlci52MS5QdWJsaXNoVm1Qb3J0UmVzcG9uc2USWAoPVW5wdWJsaXNoVm1Qb3J0EiEuYmFuZ2VyLnYxLlVucHVibGlzaFZtUG9ydFJlcXVlc3QaIi5iYW5nZXIudjEuVW5wdWJsaXNoVm1Qb3J0UmVzcG9uc2ViBnByb3RvMw", [file_banger_v1_operation, file_banger_v1_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Request of CreateVm. Zero values take the configured defaults (the config
@@ -99,6 +99,14 @@ export type CreateVmRequest = Message<"banger.v1.CreateVmRequest"> & {
    * @generated from field: google.protobuf.Duration ssh_timeout = 10;
    */
   sshTimeout?: Duration | undefined;
+
+  /**
+   * Host ports to publish to the guest (`-p [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]`),
+   * checked as PublishVmPort checks one, before the operation begins.
+   *
+   * @generated from field: repeated banger.v1.PublishedPort published_ports = 11;
+   */
+  publishedPorts: PublishedPort[];
 };
 
 /**
@@ -836,6 +844,119 @@ export const VmSshTargetResponseSchema: GenMessage<VmSshTargetResponse> = /*@__P
   messageDesc(file_banger_v1_vm, 24);
 
 /**
+ * Request of PublishVmPort.
+ *
+ * @generated from message banger.v1.PublishVmPortRequest
+ */
+export type PublishVmPortRequest = Message<"banger.v1.PublishVmPortRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * What to publish; an empty host_ip is "0.0.0.0", an empty protocol "tcp".
+   *
+   * @generated from field: banger.v1.PublishedPort port = 2;
+   */
+  port?: PublishedPort | undefined;
+};
+
+/**
+ * Describes the message banger.v1.PublishVmPortRequest.
+ * Use `create(PublishVmPortRequestSchema)` to create a new message.
+ */
+export const PublishVmPortRequestSchema: GenMessage<PublishVmPortRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 25);
+
+/**
+ * Response of PublishVmPort.
+ *
+ * @generated from message banger.v1.PublishVmPortResponse
+ */
+export type PublishVmPortResponse = Message<"banger.v1.PublishVmPortResponse"> & {
+  /**
+   * The VM with the port in published_ports.
+   *
+   * @generated from field: banger.v1.Vm vm = 1;
+   */
+  vm?: Vm | undefined;
+};
+
+/**
+ * Describes the message banger.v1.PublishVmPortResponse.
+ * Use `create(PublishVmPortResponseSchema)` to create a new message.
+ */
+export const PublishVmPortResponseSchema: GenMessage<PublishVmPortResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 26);
+
+/**
+ * Request of UnpublishVmPort: the published port with this host port and
+ * protocol (and host_ip, when given).
+ *
+ * @generated from message banger.v1.UnpublishVmPortRequest
+ */
+export type UnpublishVmPortRequest = Message<"banger.v1.UnpublishVmPortRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Host port, 1-65535.
+   *
+   * @generated from field: uint32 host_port = 2;
+   */
+  hostPort: number;
+
+  /**
+   * "tcp" or "udp"; empty = "tcp".
+   *
+   * @generated from field: string protocol = 3;
+   */
+  protocol: string;
+
+  /**
+   * The host address it was published on; empty = whichever it was.
+   *
+   * @generated from field: string host_ip = 4;
+   */
+  hostIp: string;
+};
+
+/**
+ * Describes the message banger.v1.UnpublishVmPortRequest.
+ * Use `create(UnpublishVmPortRequestSchema)` to create a new message.
+ */
+export const UnpublishVmPortRequestSchema: GenMessage<UnpublishVmPortRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 27);
+
+/**
+ * Response of UnpublishVmPort.
+ *
+ * @generated from message banger.v1.UnpublishVmPortResponse
+ */
+export type UnpublishVmPortResponse = Message<"banger.v1.UnpublishVmPortResponse"> & {
+  /**
+   * The VM without the port.
+   *
+   * @generated from field: banger.v1.Vm vm = 1;
+   */
+  vm?: Vm | undefined;
+};
+
+/**
+ * Describes the message banger.v1.UnpublishVmPortResponse.
+ * Use `create(UnpublishVmPortResponseSchema)` to create a new message.
+ */
+export const UnpublishVmPortResponseSchema: GenMessage<UnpublishVmPortResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 28);
+
+/**
  * Which log of a VM.
  *
  * @generated from enum banger.v1.VmLogSource
@@ -1045,6 +1166,39 @@ export const VmService: GenService<{
     methodKind: "unary";
     input: typeof VmSshTargetRequestSchema;
     output: typeof VmSshTargetResponseSchema;
+  },
+  /**
+   * Publishes a host port to a guest port (`banger vm port add`): at once on
+   * a running VM (bangerd listens on host_ip:host_port and relays to the
+   * guest), at its next start on a stopped one; stored with the VM either
+   * way. Errors: INVALID_ARGUMENT (INVALID_PORT: a port outside 1-65535 or a
+   * protocol other than tcp/udp; HOST_IP_NOT_LOCAL: not 0.0.0.0 nor one of
+   * the host's IPv4 addresses; PRIVILEGED_PORT: a host port below 1024 and
+   * network.publish_privileged_ports is false; TOO_MANY_PORTS: more than 64
+   * on one VM), ALREADY_EXISTS (PORT_PUBLISHED: this VM or another already
+   * publishes the host port; HOST_PORT_IN_USE: something on the host is
+   * bound to it), FAILED_PRECONDITION (HOST_PORT_NOT_BINDABLE: bangerd may
+   * not bind it, e.g. a port below 1024 without CAP_NET_BIND_SERVICE).
+   * Nothing changes on an error.
+   *
+   * @generated from rpc banger.v1.VmService.PublishVmPort
+   */
+  publishVmPort: {
+    methodKind: "unary";
+    input: typeof PublishVmPortRequestSchema;
+    output: typeof PublishVmPortResponseSchema;
+  },
+  /**
+   * Stops publishing a host port (`banger vm port rm`): the listener closes
+   * at once (with its relayed connections) and the VM forgets it. Errors:
+   * NOT_FOUND (PORT_NOT_PUBLISHED).
+   *
+   * @generated from rpc banger.v1.VmService.UnpublishVmPort
+   */
+  unpublishVmPort: {
+    methodKind: "unary";
+    input: typeof UnpublishVmPortRequestSchema;
+    output: typeof UnpublishVmPortResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_banger_v1_vm, 0);

@@ -107,6 +107,11 @@ class Checker {
         ),
         address: this.string(network, "network.address", d.network.address, bridgeAddressProblem),
         tapPool: this.integer(network, "network.tap_pool", d.network.tapPool, CONFIG_LIMITS.tapPool),
+        publishPrivilegedPorts: this.boolean(
+          network,
+          "network.publish_privileged_ports",
+          d.network.publishPrivilegedPorts,
+        ),
       },
       firecracker: { binary: this.hostPath(firecracker, "firecracker.binary", d.firecracker.binary) },
       qemu: { binary: this.hostPath(qemu, "qemu.binary", d.qemu.binary) },

@@ -46,6 +46,8 @@ export interface ConfigValues {
     readonly address: string;
     /** Warm-pool taps kept ready for fast creates. */
     readonly tapPool: number;
+    /** Whether VMs may publish host ports below 1024 (bangerd then needs CAP_NET_BIND_SERVICE). */
+    readonly publishPrivilegedPorts: boolean;
   };
   readonly firecracker: { readonly binary: string };
   readonly qemu: { readonly binary: string };
@@ -69,7 +71,7 @@ export const DEFAULT_CONFIG: ConfigValues = deepFreeze({
   vm: { vcpu: 2, memoryMib: 1024, workDiskMib: 8192, nat: false, logMaxMib: 8 },
   image: { minRootfsMib: 2048 },
   operations: { retentionDays: 30 },
-  network: { bridge: "bgr0", address: "172.30.0.1/24", tapPool: 4 },
+  network: { bridge: "bgr0", address: "172.30.0.1/24", tapPool: 4, publishPrivilegedPorts: false },
   firecracker: { binary: "/usr/local/bin/firecracker" },
   qemu: { binary: "/usr/bin/qemu-system-x86_64" },
   registries: { insecure: [] },
@@ -152,6 +154,12 @@ export const CONFIG_REFERENCE: readonly ConfigKeyDoc[] = deepFreeze([
     meaning: "the bridge's address and the guests' subnet: IPv4 CIDR, prefix /16-/30, a host address",
   },
   { key: "network.tap_pool", default: "4", meaning: "warm-pool taps kept ready for fast creates, 0-64" },
+  {
+    key: "network.publish_privileged_ports",
+    default: "false",
+    meaning:
+      "let `vm create -p`/`vm port add` publish host ports below 1024 (bangerd must then hold CAP_NET_BIND_SERVICE)",
+  },
   {
     key: "firecracker.binary",
     default: '"/usr/local/bin/firecracker"',

@@ -15,6 +15,7 @@
  *   choices.ts: this host's root-disk strategy and VMM for new VMs
  * - create.ts: the create pipeline and its undo (undo.ts), root-disk.ts, boot.ts
  * - lifecycle.ts: start, stop, restart, delete; halt.ts: stopping a VMM; agent.ts: the guest agent
+ * - publish.ts: published ports (port-publishing.ts: their checks, relays and capability)
  * - settings.ts: SetVm and pending changes; promote.ts; inspect.ts: logs, stats, ssh and Exec targets
  * - recovery.ts (with host-cleanup.ts): what the host holds, checked at start-up
  * - result.ts: a VM operation's result (the VM as it is now)
@@ -27,6 +28,7 @@ import { vmGuestTarget, vmLogs, vmSshTarget, vmStats } from "./vm/inspect.js";
 import { deleteVmByName, restartVm, startVm, stopVm } from "./vm/lifecycle.js";
 import type { VmService } from "./vm/model.js";
 import { promoteVm } from "./vm/promote.js";
+import { publishVmPort, unpublishVmPort } from "./vm/publish.js";
 import { recoverVms } from "./vm/recovery.js";
 import { setVm } from "./vm/settings.js";
 import { listVms } from "../store/index.js";
@@ -53,6 +55,8 @@ export function createVmService(deps: VmServiceDeps & { readonly vmm: VmmPorts }
     guestTarget: (name) => vmGuestTarget(ctx, name),
     sshTarget: (name) => vmSshTarget(ctx, name),
     promote: (vmName, imageName) => promoteVm(ctx, vmName, imageName),
+    publishPort: (name, port) => publishVmPort(ctx, name, port),
+    unpublishPort: (name, port) => unpublishVmPort(ctx, name, port),
     recover: () => recoverVms(ctx),
   };
 }

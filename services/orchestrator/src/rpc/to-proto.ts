@@ -84,6 +84,7 @@ export function vmToProto(vm: VmSnapshot): MessageInitShape<typeof VmSchema> {
     pendingChanges: Object.entries(vm.pendingChanges).map(([key, value]) => `${key}=${JSON.stringify(value)}`),
     agentHealth: AGENT_HEALTH[vm.agentHealth],
     agentVersion: vm.agentVersion,
+    publishedPorts: vm.publishedPorts.map((port) => ({ ...port })),
   };
 }
 

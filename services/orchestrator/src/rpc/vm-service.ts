@@ -31,6 +31,7 @@ export function createVmService(vms: Vms): ServiceImpl<typeof VmService> {
           nat: req.nat,
           skipSshWait: req.skipSshWait,
           sshTimeoutMs: millis(req.sshTimeout),
+          publishedPorts: req.publishedPorts,
         },
         scopeOf(ctx),
       );
@@ -115,6 +116,14 @@ export function createVmService(vms: Vms): ServiceImpl<typeof VmService> {
     },
     async vmSshTarget(req) {
       return vms.sshTarget(req.name);
+    },
+    async publishVmPort(req) {
+      const port = req.port ?? { hostIp: "", hostPort: 0, guestPort: 0, protocol: "" };
+      return { vm: vmToProto(await vms.publishPort(req.name, port)) };
+    },
+    async unpublishVmPort(req) {
+      const { hostPort, protocol, hostIp } = req;
+      return { vm: vmToProto(await vms.unpublishPort(req.name, { hostPort, protocol, hostIp })) };
     },
   });
 }

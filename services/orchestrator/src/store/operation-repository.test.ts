@@ -38,6 +38,7 @@ const box: Extract<OperationResult, { kind: "vm" }> = {
     pid: 4242,
     agentHealth: "ok",
     agentVersion: "8.1.3",
+    publishedPorts: [{ hostIp: "0.0.0.0", hostPort: 8080, guestPort: 80, protocol: "tcp" }],
   },
 };
 

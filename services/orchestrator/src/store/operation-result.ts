@@ -8,6 +8,7 @@ import { IMAGE_SOURCES, imageConfigFromJson, imageConfigToJson, type ImageRecord
 import type { KernelRecord } from "./kernel-repository.js";
 import {
   choice,
+  type FieldCodec,
   flag,
   nullableText,
   nullableTimestamp,
@@ -20,7 +21,20 @@ import {
   timestamp,
   writeRecord,
 } from "./record-codec.js";
-import { ROOT_DISK_STRATEGIES, VMM_KINDS, type VmRecord } from "./vm-repository.js";
+import {
+  ROOT_DISK_STRATEGIES,
+  VMM_KINDS,
+  publishedPortsFromJson,
+  publishedPortsToJson,
+  type PublishedPort,
+  type VmRecord,
+} from "./vm-repository.js";
+
+/** A VM's published ports; a result stored before there were any has none. */
+const publishedPorts: FieldCodec<readonly PublishedPort[]> = {
+  write: publishedPortsToJson,
+  read: (json, key, where) => (json[key] === undefined ? [] : publishedPortsFromJson(json[key], `${where}.${key}`)),
+};
 
 export const VM_STATES = ["creating", "starting", "running", "stopping", "stopped", "failed", "deleting"] as const;
 export type VmStateName = (typeof VM_STATES)[number];
@@ -116,6 +130,7 @@ const VM_CODEC: RecordCodec<VmSnapshot> = {
   pid: number,
   agentHealth: choice(AGENT_HEALTHS),
   agentVersion: text,
+  publishedPorts,
 };
 
 const IMAGE_CODEC: RecordCodec<ImageRecord> = {

@@ -37,6 +37,7 @@ describe("vm repository", () => {
       createdAt: T0,
       updatedAt: T0,
       startedAt: null,
+      publishedPorts: [],
     };
     expect(await getVmByName(db(), "box")).toEqual(expected);
     expect(await getVmById(db(), "vm-0001")).toEqual(expected);
@@ -75,6 +76,16 @@ describe("vm repository", () => {
     expect(await getVmByName(db(), "box")).toEqual(updated);
     const cleared = await updateVm(db(), "box", { updatedAt: at(61), lastError: null, startedAt: null });
     expect(cleared).toMatchObject({ lastError: null, startedAt: null, kernelName: "debian-6.12" });
+  });
+
+  it("keeps a VM's published ports, sorted by host port and protocol, and replaces them on update", async () => {
+    const udp = { hostIp: "127.0.0.1", hostPort: 5353, guestPort: 53, protocol: "udp" } as const;
+    const web = { hostIp: "0.0.0.0", hostPort: 8080, guestPort: 80, protocol: "tcp" } as const;
+    const dns = { ...udp, protocol: "tcp" } as const;
+    const updated = await updateVm(db(), "box", { updatedAt: at(1), publishedPorts: [web, udp, dns] });
+    expect(updated.publishedPorts).toEqual([dns, udp, web]);
+    expect((await getVmByName(db(), "box"))?.publishedPorts).toEqual([dns, udp, web]);
+    expect((await updateVm(db(), "box", { updatedAt: at(2), publishedPorts: [] })).publishedPorts).toEqual([]);
   });
 
   it("deletes a VM; deleting it again is not an error", async () => {

@@ -1,12 +1,18 @@
 import { NotFoundError } from "@banger/common";
 import type { Insertable, Kysely, Selectable, Updateable } from "kysely";
 import {
+  corrupt,
   fromFlag,
   fromNullableTimestamp,
   fromTimestamp,
+  isJsonObject,
   type JsonObject,
+  type JsonValue,
+  numberField,
   oneOf,
+  parseJson,
   parseJsonObject,
+  stringField,
   toFlag,
   toJson,
   toTimestamp,
@@ -20,6 +26,18 @@ export type VmmKind = (typeof VMM_KINDS)[number];
 
 export const ROOT_DISK_STRATEGIES = ["dm-snapshot", "clone"] as const;
 export type RootDiskStrategy = (typeof ROOT_DISK_STRATEGIES)[number];
+
+export const PORT_PROTOCOLS = ["tcp", "udp"] as const;
+export type PortProtocol = (typeof PORT_PROTOCOLS)[number];
+
+/** A host port a VM publishes: host traffic to hostIp:hostPort reaches the guest's guestPort. */
+export interface PublishedPort {
+  /** "0.0.0.0" (every address), "127.0.0.1" or one of the host's IPv4 addresses. */
+  readonly hostIp: string;
+  readonly hostPort: number;
+  readonly guestPort: number;
+  readonly protocol: PortProtocol;
+}
 
 export const DESIRED_STATES = ["running", "stopped"] as const;
 export type DesiredState = (typeof DESIRED_STATES)[number];
@@ -48,10 +66,13 @@ export interface VmRecord {
   readonly updatedAt: Date;
   /** When it last started; null if it never did. */
   readonly startedAt: Date | null;
+  /** The host ports it publishes, sorted (host port, protocol, host address). */
+  readonly publishedPorts: readonly PublishedPort[];
 }
 
 /** A VM to insert: `updatedAt` defaults to `createdAt`, the rest to "nothing yet". */
-export type NewVm = Omit<VmRecord, "lastError" | "pendingChanges" | "updatedAt" | "startedAt"> & {
+export type NewVm = Omit<VmRecord, "lastError" | "pendingChanges" | "updatedAt" | "startedAt" | "publishedPorts"> & {
+  readonly publishedPorts?: readonly PublishedPort[];
   readonly lastError?: string | null;
   readonly pendingChanges?: JsonObject;
   readonly updatedAt?: Date;
@@ -75,6 +96,7 @@ export interface VmPatch {
   readonly lastError?: string | null;
   readonly pendingChanges?: JsonObject;
   readonly startedAt?: Date | null;
+  readonly publishedPorts?: readonly PublishedPort[];
 }
 
 /**
@@ -102,6 +124,7 @@ export async function insertVm(db: Kysely<Database>, vm: NewVm): Promise<VmRecor
     created_at: toTimestamp(vm.createdAt),
     updated_at: toTimestamp(vm.updatedAt ?? vm.createdAt),
     started_at: vm.startedAt ? toTimestamp(vm.startedAt) : null,
+    published_ports: portsToJson(vm.publishedPorts ?? []),
   };
   const inserted = await guardWrite(db, { action: "insert", table: "vms", values: row }, () =>
     db.insertInto("vms").values(row).returningAll().executeTakeFirstOrThrow(),
@@ -142,6 +165,7 @@ export async function updateVm(db: Kysely<Database>, name: string, patch: VmPatc
   if (patch.lastError !== undefined) values.last_error = patch.lastError;
   if (patch.pendingChanges !== undefined) values.pending_changes = toJson(patch.pendingChanges);
   if (patch.startedAt !== undefined) values.started_at = patch.startedAt && toTimestamp(patch.startedAt);
+  if (patch.publishedPorts !== undefined) values.published_ports = portsToJson(patch.publishedPorts);
 
   const row = await guardWrite(db, { action: "update", table: "vms", values }, () =>
     db.updateTable("vms").set(values).where("name", "=", name).returningAll().executeTakeFirst(),
@@ -180,5 +204,40 @@ function vmFromRow(row: Selectable<VmTable>): VmRecord {
     createdAt: fromTimestamp(row.created_at, at("created_at")),
     updatedAt: fromTimestamp(row.updated_at, at("updated_at")),
     startedAt: fromNullableTimestamp(row.started_at, at("started_at")),
+    publishedPorts: portsFromJson(row.published_ports, at("published_ports")),
   };
+}
+
+/** The order published ports are kept and shown in: host port, protocol, host address. */
+export function comparePorts(a: PublishedPort, b: PublishedPort): number {
+  return a.hostPort - b.hostPort || a.protocol.localeCompare(b.protocol) || a.hostIp.localeCompare(b.hostIp);
+}
+
+function portsToJson(ports: readonly PublishedPort[]): string {
+  return toJson(publishedPortsToJson(ports));
+}
+
+function portsFromJson(text: string, where: string): PublishedPort[] {
+  return publishedPortsFromJson(parseJson(text, where), where);
+}
+
+/** Published ports as plain JSON, sorted. */
+export function publishedPortsToJson(ports: readonly PublishedPort[]): JsonValue {
+  return [...ports]
+    .sort(comparePorts)
+    .map(({ hostIp, hostPort, guestPort, protocol }) => ({ hostIp, hostPort, guestPort, protocol }));
+}
+
+/** Published ports read back from plain JSON (an array of objects), each field checked. */
+export function publishedPortsFromJson(value: JsonValue, where: string): PublishedPort[] {
+  if (!Array.isArray(value)) throw corrupt(where, "not a JSON array");
+  return value.map((item) => {
+    if (!isJsonObject(item)) throw corrupt(where, "an entry is not a JSON object");
+    return {
+      hostIp: stringField(item, "hostIp", where),
+      hostPort: numberField(item, "hostPort", where),
+      guestPort: numberField(item, "guestPort", where),
+      protocol: oneOf(PORT_PROTOCOLS, stringField(item, "protocol", where), where),
+    };
+  });
 }

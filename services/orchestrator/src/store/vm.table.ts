@@ -1,3 +1,5 @@
+import type { Generated } from "kysely";
+
 /**
  * Row of `vms`: what a VM *is*. What is currently true of it on the host
  * (VMM pid, tap, loop and dm devices) is not stored here (DESIGN §5).
@@ -35,4 +37,6 @@ export interface VmTable {
   updated_at: string;
   /** When it last started; null if it never did. Added by 2026_11_23_0002. */
   started_at: string | null;
+  /** JSON array of the host ports it publishes ({ hostIp, hostPort, guestPort, protocol }). Added by 2026_12_07_0004. */
+  published_ports: Generated<string>;
 }

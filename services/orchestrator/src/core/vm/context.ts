@@ -13,6 +13,7 @@ import { orderCapabilities, workDiskCapability, type Capability } from "../capab
 import type { ImageCatalog } from "../images.js";
 import type { KernelCatalog } from "../kernels.js";
 import type { OperationContext, Operations } from "../operations.js";
+import { createPortRelays, publishedPortsCapability, type PortRelays } from "../port-publishing.js";
 import type { GuestPort, HostPort, VmmPorts } from "../ports.js";
 import { parseBridgeAddress, type BridgeNetwork } from "../vm-addresses.js";
 import { createNewVmChoices, type NewVmChoices } from "./choices.js";
@@ -37,6 +38,8 @@ export interface VmServiceDeps {
   readonly ssh: { readonly identityFile: () => Promise<string>; readonly knownHostsFile: string };
   /** Host features (NAT, DNS, the work disk, …) whose hooks run at fixed points of a VM's life. */
   readonly capabilities?: readonly Capability[];
+  /** The listeners of published ports; bangerd's own by default. */
+  readonly portRelays?: PortRelays;
   readonly now?: () => Date;
 }
 
@@ -58,6 +61,8 @@ export interface VmContext {
   readonly runtime: VmRuntime;
   readonly net: VmNetwork;
   readonly choices: NewVmChoices;
+  /** The listeners of the running VMs' published ports. */
+  readonly relays: PortRelays;
   /** Runs `hook` of every capability in dependency order (reverse for cleanups). */
   eachCapability(reverse: boolean, hook: (capability: Capability) => Promise<void> | undefined): Promise<void>;
   /** The VM named `name`; VM_NOT_FOUND when there is none. */
@@ -67,11 +72,13 @@ export interface VmContext {
 export function createVmContext(deps: VmServiceDeps, vmm: VmmPorts): VmContext {
   const { db, logger, host, guest, config } = deps;
   const state = stateLayout(deps.stateDir);
-  // The work disk is this service's own; the composition root adds the rest (NAT, DNS, …).
+  const relays = deps.portRelays ?? createPortRelays(logger);
+  // The work disk and published ports are this service's own; the composition root adds the rest (NAT, DNS, …).
   const capabilities = orderCapabilities([
     workDiskCapability((vm, sizeMib) =>
       guest.growWorkDisk(state.vm(vm.id).workDisk, sizeMib, AbortSignal.timeout(120_000)),
     ),
+    publishedPortsCapability(relays),
     ...(deps.capabilities ?? []),
   ]);
   const eachCapability: VmContext["eachCapability"] = async (reverse, hook) => {
@@ -104,6 +111,7 @@ export function createVmContext(deps: VmServiceDeps, vmm: VmmPorts): VmContext {
       eachCapability,
     }),
     choices: createNewVmChoices({ host, config, logger }),
+    relays,
     eachCapability,
     async find(name) {
       const vm = await getVmByName(db, validVmName(name));

@@ -21,8 +21,10 @@ import {
   type ImageRecord,
   type OperationRecord,
   type OperationResult,
+  type PublishedPort,
   type VmRecord,
 } from "../../store/index.js";
+import { checkNoClash } from "../port-publishing.js";
 import { CATALOG, isKnownImageName } from "../images.js";
 import type { OperationContext } from "../operations.js";
 import { explainVmFailure } from "../readiness.js";
@@ -33,6 +35,7 @@ import { removeHostResources, removeRunDir } from "./host-cleanup.js";
 import { validMemoryMib, validVcpu, validVmName, type CreateVmRequest } from "./model.js";
 import { generateVmName } from "./names.js";
 import { vmResult } from "./result.js";
+import { checkWantedPorts, underPublishLock } from "./publish.js";
 import { makeRootDisk, detachRoot } from "./root-disk.js";
 import { staged, unwind, type UndoList } from "./undo.js";
 
@@ -45,6 +48,8 @@ interface CreatePlan {
   readonly imageName: string;
   readonly workDiskMib: number;
   readonly nat: boolean;
+  /** The host ports it publishes, checked (valid, clashing with no other VM's, free on the host). */
+  readonly publishedPorts: readonly PublishedPort[];
   /** "": none named and none imported at all; stage `kernel` imports the host's installed kernel. */
   readonly kernelName: string;
 }
@@ -105,7 +110,9 @@ async function planCreate(ctx: VmContext, req: CreateVmRequest): Promise<CreateP
     throw new AlreadyExistsError(`a VM named ${name} already exists`, { reason: "VM_NAME_TAKEN" });
   }
   const nat = req.nat || config.vm.nat;
-  return { req, name, vcpu, memoryMib, imageName, workDiskMib, nat, kernelName: kernelName ?? "" };
+  const publishedPorts = await checkWantedPorts(ctx, req.publishedPorts ?? [], undefined);
+  for (const port of publishedPorts) await ctx.relays.probe(port);
+  return { req, name, vcpu, memoryMib, imageName, workDiskMib, nat, publishedPorts, kernelName: kernelName ?? "" };
 }
 
 async function createSteps(ctx: VmContext, plan: CreatePlan, op: OperationContext): Promise<OperationResult> {
@@ -214,26 +221,31 @@ async function reserve(
   await chmod(paths.dir, 0o750);
   await writeFile(paths.creatingMarker, op.id, { mode: 0o600 });
   // Under the lock only what must be unique among VMs: the name's row and its addresses.
-  return ctx.runtime.underReservation(async () => {
-    const existing = await listVms(ctx.db);
-    return insertVm(ctx.db, {
-      id,
-      name: plan.name,
-      imageName: chosen.image.name,
-      kernelName: chosen.kernelName,
-      vcpu: plan.vcpu,
-      memoryMib: plan.memoryMib,
-      workDiskMib: plan.workDiskMib,
-      guestIp: allocateGuestIp(ctx.network, new Set(existing.map((v) => v.guestIp))),
-      mac: allocateMac(id, new Set(existing.map((v) => v.mac))),
-      vsockCid: allocateVsockCid(new Set(existing.map((v) => v.vsockCid))),
-      nat: plan.nat,
-      vmm,
-      rootDiskStrategy: strategy,
-      desiredState: "running",
-      createdAt: ctx.now(),
-    });
-  });
+  return ctx.runtime.underReservation(() =>
+    underPublishLock(ctx, async () => {
+      const existing = await listVms(ctx.db);
+      // A port another VM took since the create was checked is refused now.
+      checkNoClash(plan.publishedPorts, existing);
+      return insertVm(ctx.db, {
+        id,
+        name: plan.name,
+        imageName: chosen.image.name,
+        kernelName: chosen.kernelName,
+        vcpu: plan.vcpu,
+        memoryMib: plan.memoryMib,
+        workDiskMib: plan.workDiskMib,
+        guestIp: allocateGuestIp(ctx.network, new Set(existing.map((v) => v.guestIp))),
+        mac: allocateMac(id, new Set(existing.map((v) => v.mac))),
+        vsockCid: allocateVsockCid(new Set(existing.map((v) => v.vsockCid))),
+        nat: plan.nat,
+        vmm,
+        rootDiskStrategy: strategy,
+        desiredState: "running",
+        createdAt: ctx.now(),
+        publishedPorts: plan.publishedPorts,
+      });
+    }),
+  );
 }
 
 /** A create that failed or was cancelled: its stages undone, and whatever the host still lists for it removed. */

@@ -8,6 +8,7 @@ import type { AgentHealthName, OperationRecord, VmRecord, VmStateName } from "..
 import type { CallScope } from "../call-scope.js";
 import type { VmChange } from "../capabilities.js";
 import type { GuestTarget } from "../guest-exec.js";
+import type { PortRequest } from "../port-publishing.js";
 import type { SshTarget, VmUsage } from "../vm-observe.js";
 
 export type { AgentHealthName, VmStateName };
@@ -31,6 +32,8 @@ export interface CreateVmRequest {
   readonly nat: boolean;
   readonly skipSshWait: boolean;
   readonly sshTimeoutMs: number | undefined;
+  /** Host ports to publish (`-p`); none when absent. */
+  readonly publishedPorts?: readonly PortRequest[];
 }
 
 export interface VmService {
@@ -63,6 +66,14 @@ export interface VmService {
   sshTarget(name: string): Promise<SshTarget>;
   /** Where Exec connects for a running VM. Errors: VM_NOT_RUNNING. */
   guestTarget(name: string): Promise<GuestTarget>;
+  /**
+   * Publishes a host port to the VM: at once when it runs, at its next start otherwise. Errors:
+   * INVALID_PORT, HOST_IP_NOT_LOCAL, PRIVILEGED_PORT, TOO_MANY_PORTS, PORT_PUBLISHED, HOST_PORT_IN_USE,
+   * HOST_PORT_NOT_BINDABLE.
+   */
+  publishPort(name: string, port: PortRequest): Promise<VmView>;
+  /** Stops publishing a host port. Errors: INVALID_PORT, PORT_NOT_PUBLISHED. */
+  unpublishPort(name: string, port: { hostPort: number; protocol: string; hostIp: string }): Promise<VmView>;
   /** At start-up: VMs whose VMM died while the orchestrator was away are cleaned and marked stopped. */
   recover(): Promise<void>;
 }
