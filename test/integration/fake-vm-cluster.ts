@@ -26,6 +26,8 @@ export async function startFakeVmCluster(
     /** Another "Firecracker" than the fake. */ firecracker?: string;
     /** Runs in the namespace before any service starts (e.g. to leave links there as an earlier run would). */
     prepareNetns?: (ns: NetNs) => void;
+    /** Run the orchestrator in the namespace too (it then reaches the bridge's addresses). */
+    orchestratorInNetns?: boolean;
   } = {},
 ) {
   console.log("no KVM or Firecracker here: VMs run under test-fixtures/fake-vmm.mjs (Firecracker's API, no guest)");
@@ -36,6 +38,7 @@ export async function startFakeVmCluster(
     owner: OWNER,
     netns: ns.name,
     helperArgs: ["--firecracker", firecracker],
+    ...(options.orchestratorInNetns ? { orchestratorInNetns: true } : {}),
   });
   const pkg = join(cluster.dir, "kernel-pkg");
   mkdirSync(join(pkg, "boot"), { recursive: true });
