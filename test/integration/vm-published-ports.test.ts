@@ -141,6 +141,14 @@ live("published ports on fake VMMs", () => {
     expect(listening()).toEqual(expect.arrayContaining(["0.0.0.0:18080", "0.0.0.0:18081"]));
     expect(await askHost("127.0.0.1", 18081, "again")).toBe("guest again");
 
+    // A crashed bangerd leaves no listener behind (they die with it); restarted, it finds the VM
+    // running and listens again.
+    await cluster.kill9("orchestrator");
+    expect(listening()).not.toContain("0.0.0.0:18080");
+    await cluster.start("orchestrator");
+    await waitUntil(() => listening().includes("0.0.0.0:18081"), undefined, "the listeners after the restart");
+    expect(await askHost("127.0.0.1", 18080, "back")).toBe("guest back");
+
     // Removed from a running VM: closed at once.
     await ok(["vm", "port", "rm", "web", "18081"]);
     expect(listening()).not.toContain("0.0.0.0:18081");
