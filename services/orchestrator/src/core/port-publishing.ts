@@ -275,6 +275,8 @@ async function udpRelay(port: PublishedPort, guestIp: string, logger: Logger): P
     if (clients.size >= MAX_UDP_CLIENTS_PER_PORT) return undefined;
     const upstream = createSocket("udp4");
     upstream.on("message", (data) => {
+      // An answer that comes as the port closes has no one to go to.
+      if (clients.get(key)?.upstream !== upstream) return;
       clients.get(key)?.timer.refresh();
       socket.send(data, from.port, from.address);
     });
