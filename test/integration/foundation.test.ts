@@ -142,7 +142,7 @@ describe("three services on Unix sockets", () => {
 
   it("answers every RPC not built yet with UNIMPLEMENTED naming it, with an op id", async () => {
     const implemented = new Set([
-      ...["GetStatus", "Doctor", "Prune"].map((m) => `banger.v1.SystemService/${m}`),
+      ...["GetStatus", "Doctor", "Prune", "GetCapacity"].map((m) => `banger.v1.SystemService/${m}`),
       ...ImageService.methods.map((m) => `${ImageService.typeName}/${m.name}`),
       "banger.privileged.v1.HostService/GetVersion",
       "banger.privileged.v1.HostService/GetInventory",

@@ -52,8 +52,9 @@ import { createKernelService } from "./rpc/kernel-service.js";
 import { createVmService } from "./rpc/vm-service.js";
 import { createOperationService } from "./rpc/operation-service.js";
 import { createSystemService } from "./rpc/system-service.js";
+import { measureCapacity } from "./core/capacity.js";
 import { createWorkspaceService } from "./rpc/workspace-service.js";
-import type { Database } from "./store/index.js";
+import { listVms, type Database } from "./store/index.js";
 
 export interface OrchestratorConfig {
   readonly socketPath: string;
@@ -219,7 +220,13 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       file_banger_v1_exec,
     ],
     routes: (router) => {
-      router.service(SystemService, createSystemService({ self, peers: [privileged, puller], doctor, pruner }));
+      router.service(SystemService, createSystemService({
+          self,
+          peers: [privileged, puller],
+          doctor,
+          pruner,
+          capacity: async () => measureCapacity(config.stateDir, await listVms(config.db)),
+        }),);
       router.service(
         ImageService,
         createImageService(images, (vm, name) => vms.promote(vm, name)),

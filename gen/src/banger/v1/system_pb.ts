@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/v1/system.proto.
  */
 export const file_banger_v1_system: GenFile = /*@__PURE__*/
-  fileDesc("ChZiYW5nZXIvdjEvc3lzdGVtLnByb3RvEgliYW5nZXIudjEiKgoMUHJ1bmVSZXF1ZXN0EgsKA2FsbBgBIAEoCBINCgVmb3JjZRgCIAEoCCKxAQoNUHJ1bmVSZXNwb25zZRIWCg5yZXRlbnRpb25fZGF5cxgBIAEoDRIaChJyZW1vdmVkX29wZXJhdGlvbnMYAiABKA0SFQoNcmVtb3ZlZF9ibG9icxgDIAEoDRIZChFjYWNoZV9mcmVlZF9ieXRlcxgEIAEoBBITCgtjYWNoZV9lcnJvchgFIAEoCRIlCgZ1bnVzZWQYBiADKAsyFS5iYW5nZXIudjEuUHJ1bmVkSXRlbSJWCgpQcnVuZWRJdGVtEgwKBGtpbmQYASABKAkSDAoEbmFtZRgCIAEoCRINCgVieXRlcxgDIAEoBBIPCgdyZW1vdmVkGAQgASgIEgwKBG5vdGUYBSABKAkiEgoQR2V0U3RhdHVzUmVxdWVzdCI/ChFHZXRTdGF0dXNSZXNwb25zZRIqCghzZXJ2aWNlcxgBIAMoCzIYLmJhbmdlci52MS5TZXJ2aWNlU3RhdHVzItUBCg1TZXJ2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSEQoJcmVhY2hhYmxlGAIgASgIEg4KBnNvY2tldBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEgsKA3BpZBgFIAEoBRILCgN1aWQYBiABKA0SCwoDZ2lkGAcgASgNEhUKDXByaXZpbGVnZXNfb2sYCCABKAgSGQoRcHJpdmlsZWdlc19kZXRhaWwYCSABKAkSEgoKZXJyb3JfY29kZRgKIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAsgASgJIicKDURvY3RvclJlcXVlc3QSFgoOY2xpZW50X3ZlcnNpb24YASABKAkibQoORG9jdG9yUmVzcG9uc2USJgoGY2hlY2tzGAEgAygLMhYuYmFuZ2VyLnYxLkRvY3RvckNoZWNrEgoKAm9rGAIgASgIEhoKEnJvb3RfZGlza19zdHJhdGVneRgDIAEoCRILCgN2bW0YBCABKAkidQoLRG9jdG9yQ2hlY2sSDAoEbmFtZRgBIAEoCRImCgZzdGF0dXMYAiABKA4yFi5iYW5nZXIudjEuQ2hlY2tTdGF0dXMSDgoGZGV0YWlsGAMgASgJEgwKBGhpbnQYBCABKAkSEgoKY2FwYWJpbGl0eRgFIAEoCSpuCgtDaGVja1N0YXR1cxIcChhDSEVDS19TVEFUVVNfVU5TUEVDSUZJRUQQABITCg9DSEVDS19TVEFUVVNfT0sQARIVChFDSEVDS19TVEFUVVNfV0FSThACEhUKEUNIRUNLX1NUQVRVU19GQUlMEAMy0gEKDVN5c3RlbVNlcnZpY2USRgoJR2V0U3RhdHVzEhsuYmFuZ2VyLnYxLkdldFN0YXR1c1JlcXVlc3QaHC5iYW5nZXIudjEuR2V0U3RhdHVzUmVzcG9uc2USPQoGRG9jdG9yEhguYmFuZ2VyLnYxLkRvY3RvclJlcXVlc3QaGS5iYW5nZXIudjEuRG9jdG9yUmVzcG9uc2USOgoFUHJ1bmUSFy5iYW5nZXIudjEuUHJ1bmVSZXF1ZXN0GhguYmFuZ2VyLnYxLlBydW5lUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChZiYW5nZXIvdjEvc3lzdGVtLnByb3RvEgliYW5nZXIudjEiKgoMUHJ1bmVSZXF1ZXN0EgsKA2FsbBgBIAEoCBINCgVmb3JjZRgCIAEoCCKxAQoNUHJ1bmVSZXNwb25zZRIWCg5yZXRlbnRpb25fZGF5cxgBIAEoDRIaChJyZW1vdmVkX29wZXJhdGlvbnMYAiABKA0SFQoNcmVtb3ZlZF9ibG9icxgDIAEoDRIZChFjYWNoZV9mcmVlZF9ieXRlcxgEIAEoBBITCgtjYWNoZV9lcnJvchgFIAEoCRIlCgZ1bnVzZWQYBiADKAsyFS5iYW5nZXIudjEuUHJ1bmVkSXRlbSJWCgpQcnVuZWRJdGVtEgwKBGtpbmQYASABKAkSDAoEbmFtZRgCIAEoCRINCgVieXRlcxgDIAEoBBIPCgdyZW1vdmVkGAQgASgIEgwKBG5vdGUYBSABKAkiEgoQR2V0U3RhdHVzUmVxdWVzdCI/ChFHZXRTdGF0dXNSZXNwb25zZRIqCghzZXJ2aWNlcxgBIAMoCzIYLmJhbmdlci52MS5TZXJ2aWNlU3RhdHVzItUBCg1TZXJ2aWNlU3RhdHVzEgwKBG5hbWUYASABKAkSEQoJcmVhY2hhYmxlGAIgASgIEg4KBnNvY2tldBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEgsKA3BpZBgFIAEoBRILCgN1aWQYBiABKA0SCwoDZ2lkGAcgASgNEhUKDXByaXZpbGVnZXNfb2sYCCABKAgSGQoRcHJpdmlsZWdlc19kZXRhaWwYCSABKAkSEgoKZXJyb3JfY29kZRgKIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAsgASgJIicKDURvY3RvclJlcXVlc3QSFgoOY2xpZW50X3ZlcnNpb24YASABKAkibQoORG9jdG9yUmVzcG9uc2USJgoGY2hlY2tzGAEgAygLMhYuYmFuZ2VyLnYxLkRvY3RvckNoZWNrEgoKAm9rGAIgASgIEhoKEnJvb3RfZGlza19zdHJhdGVneRgDIAEoCRILCgN2bW0YBCABKAkidQoLRG9jdG9yQ2hlY2sSDAoEbmFtZRgBIAEoCRImCgZzdGF0dXMYAiABKA4yFi5iYW5nZXIudjEuQ2hlY2tTdGF0dXMSDgoGZGV0YWlsGAMgASgJEgwKBGhpbnQYBCABKAkSEgoKY2FwYWJpbGl0eRgFIAEoCSIUChJHZXRDYXBhY2l0eVJlcXVlc3QizwEKE0dldENhcGFjaXR5UmVzcG9uc2USEQoJaG9zdF9jcHVzGAEgASgNEhkKEWhvc3RfbWVtb3J5X2J5dGVzGAIgASgEEhEKCXN0YXRlX2RpchgDIAEoCRIbChNzdGF0ZV9mc19zaXplX2J5dGVzGAQgASgEEhsKE3N0YXRlX2ZzX3VzZWRfYnl0ZXMYBSABKAQSFwoPYWxsb2NhdGVkX2J5dGVzGAYgASgEEiQKA3ZtcxgHIAMoCzIXLmJhbmdlci52MS5WbUFsbG9jYXRpb24iYgoMVm1BbGxvY2F0aW9uEgwKBG5hbWUYASABKAkSIQoZcm9vdF9kaXNrX2FsbG9jYXRlZF9ieXRlcxgCIAEoBBIhChl3b3JrX2Rpc2tfYWxsb2NhdGVkX2J5dGVzGAMgASgEKm4KC0NoZWNrU3RhdHVzEhwKGENIRUNLX1NUQVRVU19VTlNQRUNJRklFRBAAEhMKD0NIRUNLX1NUQVRVU19PSxABEhUKEUNIRUNLX1NUQVRVU19XQVJOEAISFQoRQ0hFQ0tfU1RBVFVTX0ZBSUwQAzKgAgoNU3lzdGVtU2VydmljZRJGCglHZXRTdGF0dXMSGy5iYW5nZXIudjEuR2V0U3RhdHVzUmVxdWVzdBocLmJhbmdlci52MS5HZXRTdGF0dXNSZXNwb25zZRI9CgZEb2N0b3ISGC5iYW5nZXIudjEuRG9jdG9yUmVxdWVzdBoZLmJhbmdlci52MS5Eb2N0b3JSZXNwb25zZRI6CgVQcnVuZRIXLmJhbmdlci52MS5QcnVuZVJlcXVlc3QaGC5iYW5nZXIudjEuUHJ1bmVSZXNwb25zZRJMCgtHZXRDYXBhY2l0eRIdLmJhbmdlci52MS5HZXRDYXBhY2l0eVJlcXVlc3QaHi5iYW5nZXIudjEuR2V0Q2FwYWNpdHlSZXNwb25zZWIGcHJvdG8z");
 
 /**
  * Request of Prune.
@@ -397,6 +397,119 @@ export const DoctorCheckSchema: GenMessage<DoctorCheck> = /*@__PURE__*/
   messageDesc(file_banger_v1_system, 8);
 
 /**
+ * Request of GetCapacity.
+ *
+ * @generated from message banger.v1.GetCapacityRequest
+ */
+export type GetCapacityRequest = Message<"banger.v1.GetCapacityRequest"> & {
+};
+
+/**
+ * Describes the message banger.v1.GetCapacityRequest.
+ * Use `create(GetCapacityRequestSchema)` to create a new message.
+ */
+export const GetCapacityRequestSchema: GenMessage<GetCapacityRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_system, 9);
+
+/**
+ * Response of GetCapacity.
+ *
+ * @generated from message banger.v1.GetCapacityResponse
+ */
+export type GetCapacityResponse = Message<"banger.v1.GetCapacityResponse"> & {
+  /**
+   * Logical CPUs of the host, e.g. 8.
+   *
+   * @generated from field: uint32 host_cpus = 1;
+   */
+  hostCpus: number;
+
+  /**
+   * The host's total memory in bytes.
+   *
+   * @generated from field: uint64 host_memory_bytes = 2;
+   */
+  hostMemoryBytes: bigint;
+
+  /**
+   * Absolute path of banger's state directory, e.g. "/var/lib/banger".
+   *
+   * @generated from field: string state_dir = 3;
+   */
+  stateDir: string;
+
+  /**
+   * Size of the filesystem that holds the state directory, in bytes.
+   *
+   * @generated from field: uint64 state_fs_size_bytes = 4;
+   */
+  stateFsSizeBytes: bigint;
+
+  /**
+   * Bytes used on that filesystem (by anything, banger or not).
+   *
+   * @generated from field: uint64 state_fs_used_bytes = 5;
+   */
+  stateFsUsedBytes: bigint;
+
+  /**
+   * Bytes all VMs' disk files allocate (sum of `vms`).
+   *
+   * @generated from field: uint64 allocated_bytes = 6;
+   */
+  allocatedBytes: bigint;
+
+  /**
+   * Each VM's disk files, in ListVms order.
+   *
+   * @generated from field: repeated banger.v1.VmAllocation vms = 7;
+   */
+  vms: VmAllocation[];
+};
+
+/**
+ * Describes the message banger.v1.GetCapacityResponse.
+ * Use `create(GetCapacityResponseSchema)` to create a new message.
+ */
+export const GetCapacityResponseSchema: GenMessage<GetCapacityResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_system, 10);
+
+/**
+ * What one VM's disk files allocate on the host (blocks held, not apparent size).
+ *
+ * @generated from message banger.v1.VmAllocation
+ */
+export type VmAllocation = Message<"banger.v1.VmAllocation"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The root disk's copy-on-write layer: the clone, or the dm-snapshot's COW file.
+   *
+   * @generated from field: uint64 root_disk_allocated_bytes = 2;
+   */
+  rootDiskAllocatedBytes: bigint;
+
+  /**
+   * The work disk file.
+   *
+   * @generated from field: uint64 work_disk_allocated_bytes = 3;
+   */
+  workDiskAllocatedBytes: bigint;
+};
+
+/**
+ * Describes the message banger.v1.VmAllocation.
+ * Use `create(VmAllocationSchema)` to create a new message.
+ */
+export const VmAllocationSchema: GenMessage<VmAllocation> = /*@__PURE__*/
+  messageDesc(file_banger_v1_system, 11);
+
+/**
  * Outcome of a doctor check.
  *
  * @generated from enum banger.v1.CheckStatus
@@ -497,6 +610,22 @@ export const SystemService: GenService<{
     methodKind: "unary";
     input: typeof PruneRequestSchema;
     output: typeof PruneResponseSchema;
+  },
+  /**
+   * The host's capacity and banger's share of it, for `banger top`'s bars:
+   * the CPUs and memory the orchestrator's host has (the VMs' reservations are
+   * their vcpu and memory_mib in ListVms), the filesystem that holds banger's
+   * state directory, and the bytes every VM's disk files (root copy-on-write
+   * layer, work disk) actually allocate on it, per VM and in total. Reads
+   * only the host and banger's own files; answers in well under a second.
+   * Errors: none of its own beyond the usual transport ones.
+   *
+   * @generated from rpc banger.v1.SystemService.GetCapacity
+   */
+  getCapacity: {
+    methodKind: "unary";
+    input: typeof GetCapacityRequestSchema;
+    output: typeof GetCapacityResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_banger_v1_system, 0);

@@ -8,6 +8,7 @@ import {
 } from "@banger/gen/banger/v1/system_pb.js";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { HostCapacity } from "../core/capacity.js";
 import type { CheckStatus as CoreCheckStatus, Doctor, DoctorReport } from "../core/doctor.js";
 import type { PruneReport, Pruner } from "../core/prune.js";
 import { collectStatus, type PeerProbe, type ServiceHealth } from "../core/status.js";
@@ -18,6 +19,7 @@ export interface SystemServiceDeps {
   readonly peers: readonly PeerProbe[];
   readonly doctor: Doctor;
   readonly pruner: Pruner;
+  readonly capacity: () => Promise<HostCapacity>;
 }
 
 export function createSystemService(deps: SystemServiceDeps): ServiceImpl<typeof SystemService> {
@@ -31,6 +33,22 @@ export function createSystemService(deps: SystemServiceDeps): ServiceImpl<typeof
     },
     async prune(req, ctx) {
       return pruneReportToProto(await deps.pruner.prune({ all: req.all, force: req.force }, scopeOf(ctx)));
+    },
+    async getCapacity() {
+      const capacity = await deps.capacity();
+      return {
+        hostCpus: capacity.hostCpus,
+        hostMemoryBytes: BigInt(capacity.hostMemoryBytes),
+        stateDir: capacity.stateDir,
+        stateFsSizeBytes: BigInt(capacity.stateFsSizeBytes),
+        stateFsUsedBytes: BigInt(capacity.stateFsUsedBytes),
+        allocatedBytes: BigInt(capacity.allocatedBytes),
+        vms: capacity.vms.map((vm) => ({
+          name: vm.name,
+          rootDiskAllocatedBytes: BigInt(vm.rootDiskAllocatedBytes),
+          workDiskAllocatedBytes: BigInt(vm.workDiskAllocatedBytes),
+        })),
+      };
     },
   });
 }
