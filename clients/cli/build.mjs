@@ -22,6 +22,10 @@ await build({
   target: "node20",
   sourcemap: true,
   logLevel: "warning",
+  // ink (`banger top`) imports React's devtools only when DEV=true; never in banger, so left out of the bundle.
+  external: ["react-devtools-core"],
+  // React picks its production build (smaller, no development checks) by this.
+  define: { "process.env.NODE_ENV": '"production"' },
   // Some bundled CommonJS dependencies call require(); give each ESM file one.
   banner: {
     js: "import { createRequire as __bangerRequire } from 'node:module'; const require = __bangerRequire(import.meta.url);",

@@ -220,13 +220,16 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
       file_banger_v1_exec,
     ],
     routes: (router) => {
-      router.service(SystemService, createSystemService({
+      router.service(
+        SystemService,
+        createSystemService({
           self,
           peers: [privileged, puller],
           doctor,
           pruner,
           capacity: async () => measureCapacity(config.stateDir, await listVms(config.db)),
-        }),);
+        }),
+      );
       router.service(
         ImageService,
         createImageService(images, (vm, name) => vms.promote(vm, name)),

@@ -1,0 +1,297 @@
+/**
+ * `banger top`'s full screen, drawn by ink (React for terminals). What it shows comes from render/top-view.ts
+ * as lines; this file only keeps the state (data, selection, a question being asked), maps keys to calls and
+ * draws. Refreshes: every `intervalMs` (ListVms, VmStats of the running VMs, GetCapacity, ListOperations),
+ * and live between refreshes from WatchOperation on each operation that runs.
+ *
+ * Logs, exec and ssh leave the screen: the TUI unmounts, the CLI runs its own `banger vm logs|exec|ssh`
+ * on the terminal, and the screen comes back when it ends.
+ */
+import { OperationService, type Operation } from "@banger/gen/banger/v1/operation_pb.js";
+import { VmService } from "@banger/gen/banger/v1/vm_pb.js";
+import { runAttached } from "@banger/common/host-runner";
+import { ConnectError } from "@connectrpc/connect";
+import { Box, Text, render, useApp, useInput, useStdout } from "ink";
+import { createElement as h, useEffect, useState } from "react";
+import { connectOrchestrator, type Orchestrator } from "../client.js";
+import type { GlobalOptions } from "../context.js";
+import { isEnded } from "../render/operation.js";
+import { screenLines, type TopData } from "../render/top-view.js";
+import { gatherTop } from "./gather.js";
+
+const ALT_SCREEN_ON = "\x1b[?1049h";
+const ALT_SCREEN_OFF = "\x1b[?1049l";
+
+/** What leaving the screen is for: quitting, or running one of the CLI's own commands on the terminal. */
+type Leave = { readonly kind: "quit" } | { readonly kind: "run"; readonly args: string[]; readonly pause: boolean };
+
+/**
+ * The data the screen shows, kept up to date: refreshed every `intervalMs`, and each running operation
+ * watched (WatchOperation) so its stages move between refreshes.
+ */
+class TopFeed {
+  data: TopData = { vms: [], stats: new Map(), capacity: undefined, operations: [] };
+  error = "";
+  private readonly listeners = new Set<() => void>();
+  private readonly watched = new Map<string, AbortController>();
+  private readonly stop = new AbortController();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly o: Orchestrator,
+    private readonly intervalMs: number,
+  ) {}
+
+  subscribe(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  start(): void {
+    void this.refresh();
+  }
+
+  /** Refreshes now (after a key's call) and then every interval again. */
+  async refresh(): Promise<void> {
+    clearTimeout(this.timer);
+    try {
+      this.data = await gatherTop(this.o, this.stop.signal);
+      this.error = "";
+      for (const op of this.data.operations) if (!isEnded(op)) this.watch(op.id);
+    } catch (error) {
+      if (this.stop.signal.aborted) return;
+      this.error = `refresh failed: ${error instanceof ConnectError ? error.rawMessage : String(error)}`;
+    }
+    this.changed();
+    if (!this.stop.signal.aborted) this.timer = setTimeout(() => void this.refresh(), this.intervalMs);
+  }
+
+  intervalSeconds(): number {
+    return this.intervalMs / 1000;
+  }
+
+  close(): void {
+    clearTimeout(this.timer);
+    this.stop.abort();
+  }
+
+  private changed(): void {
+    for (const listener of this.listeners) listener();
+  }
+
+  /** Follows one operation to its end, replacing it in the list at each update. */
+  private watch(id: string): void {
+    if (this.watched.has(id)) return;
+    const controller = new AbortController();
+    this.watched.set(id, controller);
+    const signal = AbortSignal.any([controller.signal, this.stop.signal]);
+    void (async () => {
+      try {
+        const stream = this.o.client(OperationService).watchOperation({ id }, this.o.callOptions({ signal }));
+        for await (const { operation } of stream) if (operation) this.update(operation);
+      } catch {
+        // The next refresh shows where it is.
+      } finally {
+        this.watched.delete(id);
+        // It ended: the VM's state changed with it.
+        if (!this.stop.signal.aborted) void this.refresh();
+      }
+    })();
+  }
+
+  private update(op: Operation): void {
+    const operations = this.data.operations.map((known) => (known.id === op.id ? op : known));
+    this.data = { ...this.data, operations };
+    this.changed();
+  }
+}
+
+interface AppProps {
+  readonly feed: TopFeed;
+  readonly o: Orchestrator;
+  readonly initialSelected: string;
+  readonly leave: (how: Leave, selected: string) => void;
+}
+
+/** A question at the bottom: y/n for a delete, a command line for exec. */
+type Question =
+  { readonly kind: "delete"; readonly vm: string } | { readonly kind: "exec"; readonly vm: string; text: string };
+
+function TopApp({ feed, o, initialSelected, leave }: AppProps) {
+  const { exit } = useApp();
+  const { stdout } = useStdout();
+  const [, setTick] = useState(0);
+  const [selectedName, setSelectedName] = useState(initialSelected);
+  const [status, setStatus] = useState("");
+  const [question, setQuestion] = useState<Question | undefined>(undefined);
+  const [size, setSize] = useState({ cols: stdout.columns || 80, rows: stdout.rows || 24 });
+
+  useEffect(() => feed.subscribe(() => setTick((n) => n + 1)), [feed]);
+  useEffect(() => {
+    const onResize = () => setSize({ cols: stdout.columns || 80, rows: stdout.rows || 24 });
+    stdout.on("resize", onResize);
+    return () => void stdout.off("resize", onResize);
+  }, [stdout]);
+
+  const vms = feed.data.vms;
+  const found = vms.findIndex((vm) => vm.name === selectedName);
+  const selected = found >= 0 ? found : 0;
+  const vm = vms[selected];
+
+  const call = (what: string, action: () => Promise<{ operation?: Operation | undefined }>) => {
+    setStatus(`${what}…`);
+    action()
+      .then(({ operation }) => {
+        setStatus(operation ? `${what} (${operation.id})` : what);
+        void feed.refresh();
+      })
+      .catch((error: unknown) =>
+        setStatus(`${what} failed: ${error instanceof ConnectError ? error.rawMessage : String(error)}`),
+      );
+  };
+  const quit = (how: Leave) => {
+    leave(how, vm?.name ?? "");
+    exit();
+  };
+
+  useInput((input, key) => {
+    if (question?.kind === "delete") {
+      if (input === "y" || input === "Y") {
+        call(`deleting ${question.vm}`, () => o.client(VmService).deleteVm({ name: question.vm }, o.callOptions()));
+      } else {
+        setStatus(`kept ${question.vm}`);
+      }
+      setQuestion(undefined);
+      return;
+    }
+    if (question?.kind === "exec") {
+      if (key.escape) {
+        setQuestion(undefined);
+        setStatus("");
+      } else if (key.return) {
+        setQuestion(undefined);
+        if (question.text.trim() !== "") {
+          quit({ kind: "run", args: ["vm", "exec", question.vm, "--", "sh", "-c", question.text], pause: true });
+        }
+      } else if (key.backspace || key.delete) {
+        setQuestion({ ...question, text: question.text.slice(0, -1) });
+      } else if (!key.ctrl && !key.meta && input) {
+        setQuestion({ ...question, text: question.text + input });
+      }
+      return;
+    }
+    if (input === "q" || key.escape || (key.ctrl && input === "c")) return quit({ kind: "quit" });
+    if (key.upArrow || input === "k") return setSelectedName(vms[Math.max(0, selected - 1)]?.name ?? "");
+    if (key.downArrow || input === "j") return setSelectedName(vms[Math.min(vms.length - 1, selected + 1)]?.name ?? "");
+    if (!vm) return;
+    const name = vm.name;
+    const client = o.client(VmService);
+    switch (input) {
+      case "s":
+        return call(`starting ${name}`, () => client.startVm({ name }, o.callOptions()));
+      case "x":
+        return call(`stopping ${name}`, () => client.stopVm({ name }, o.callOptions()));
+      case "r":
+        return call(`restarting ${name}`, () => client.restartVm({ name }, o.callOptions()));
+      case "d":
+        setQuestion({ kind: "delete", vm: name });
+        return setStatus(`delete ${name} and its disks? y/n`);
+      case "l":
+        return quit({ kind: "run", args: ["vm", "logs", name, "--tail", "200", "--follow"], pause: false });
+      case "e":
+        return setQuestion({ kind: "exec", vm: name, text: "" });
+      case "c":
+        return quit({ kind: "run", args: ["vm", "ssh", name], pause: false });
+    }
+  });
+
+  const statusLine =
+    question?.kind === "exec"
+      ? `exec in ${question.vm} (Enter runs, Esc cancels): ${question.text}_`
+      : question?.kind === "delete"
+        ? `delete ${question.vm} and its disks? y/n`
+        : feed.error || status;
+  const lines = screenLines(
+    feed.data,
+    {
+      selected,
+      status: statusLine,
+      title: `banger top — ${vms.length} VMs, refresh ${feed.intervalSeconds()}s — ${new Date().toTimeString().slice(0, 8)}`,
+    },
+    size.cols,
+    size.rows,
+    new Date(),
+  );
+  return h(
+    Box,
+    { flexDirection: "column", width: size.cols, height: size.rows },
+    ...lines.map((line, i) =>
+      h(
+        Text,
+        { key: i, inverse: line.selected === true, dimColor: line.dim === true, wrap: "truncate" },
+        line.text || " ",
+      ),
+    ),
+  );
+}
+
+/** Runs the screen until `q`; logs, exec and ssh leave it for the CLI's own command and come back. */
+export async function runTopTui(globals: GlobalOptions, intervalMs: number): Promise<void> {
+  const o = connectOrchestrator(globals);
+  const feed = new TopFeed(o, intervalMs);
+  let selected = "";
+  feed.start();
+  try {
+    for (;;) {
+      let how: Leave = { kind: "quit" };
+      process.stdout.write(ALT_SCREEN_ON);
+      const instance = render(
+        h(TopApp, {
+          feed,
+          o,
+          initialSelected: selected,
+          leave: (chosen: Leave, vm: string) => {
+            how = chosen;
+            selected = vm;
+          },
+        }),
+        { exitOnCtrlC: false },
+      );
+      await instance.waitUntilExit();
+      instance.cleanup();
+      process.stdout.write(ALT_SCREEN_OFF);
+      const chosen = how as Leave;
+      if (chosen.kind === "quit") return;
+      await runCli(globals, chosen.args, chosen.pause);
+      void feed.refresh();
+    }
+  } finally {
+    feed.close();
+    o.close();
+  }
+}
+
+/**
+ * Runs `banger <args>` (this same CLI, same socket) on the terminal. Ctrl-C goes to it (ending `logs -f`),
+ * not to top; with `pause`, waits for Enter so its output can be read before the screen comes back.
+ */
+async function runCli(globals: GlobalOptions, args: readonly string[], pause: boolean): Promise<void> {
+  const ignore = () => undefined;
+  process.on("SIGINT", ignore);
+  try {
+    const socket = globals.socket ? ["--socket", globals.socket] : [];
+    const script = process.argv[1] ?? "banger";
+    const code = await runAttached([process.execPath, script, ...socket, ...args], { env: process.env });
+    if (pause || code !== 0) {
+      process.stdout.write(`\n[exit ${code}] press Enter to go back to banger top`);
+      await new Promise<void>((resolve) => {
+        process.stdin.setRawMode(false);
+        process.stdin.resume();
+        process.stdin.once("data", () => resolve());
+      });
+      process.stdin.pause();
+    }
+  } finally {
+    process.off("SIGINT", ignore);
+  }
+}
