@@ -42,6 +42,7 @@ const PACKAGE_OF: Record<string, string> = {
   openssl: "openssl",
   "docker-registry": "docker-registry",
   skopeo: "skopeo",
+  tmux: "tmux",
   ssh: "openssh-client",
   "ssh-keygen": "openssh-client",
   "ssh-keyscan": "openssh-client",

@@ -66,11 +66,14 @@ export function percent(used: number, total: number): number {
   return total > 0 ? Math.round((used / total) * 100) : 0;
 }
 
+/** Room kept right of the bars for the numbers, so that the three bars line up. */
+const DETAIL_WIDTH = 30;
+
 /** `CPU  [#####-----------]  38%  3/8 vCPU`, `width` columns at most. Overcommit fills the bar and says so. */
 export function barLine(usage: Usage, width: number): string {
   const pct = percent(usage.used, usage.total);
   const tail = ` ${String(pct).padStart(3)}%  ${usage.detail}`;
-  const barWidth = Math.max(10, width - 6 - 2 - tail.length);
+  const barWidth = Math.max(10, width - 5 - 2 - 6 - DETAIL_WIDTH);
   const filled = usage.total > 0 ? Math.min(barWidth, Math.round((usage.used / usage.total) * barWidth)) : 0;
   return `${usage.label.padEnd(5)}[${"#".repeat(filled)}${"-".repeat(barWidth - filled)}]${tail}`.slice(0, width);
 }

@@ -10,9 +10,10 @@
 import { OperationService, type Operation } from "@banger/gen/banger/v1/operation_pb.js";
 import { VmService } from "@banger/gen/banger/v1/vm_pb.js";
 import { runAttached } from "@banger/common/host-runner";
+import { OP_ID_HEADER, mintOpId } from "@banger/common/op-id";
 import { ConnectError } from "@connectrpc/connect";
 import { Box, Text, render, useApp, useInput, useStdout } from "ink";
-import { createElement as h, useEffect, useState } from "react";
+import { createElement as h, useEffect, useRef, useState } from "react";
 import { connectOrchestrator, type Orchestrator } from "../client.js";
 import type { GlobalOptions } from "../context.js";
 import { isEnded } from "../render/operation.js";
@@ -113,104 +114,131 @@ interface AppProps {
   readonly leave: (how: Leave, selected: string) => void;
 }
 
+/**
+ * Call options with an op id of its own: the orchestrator adopts the caller's op id as the operation's id,
+ * and top, unlike a one-shot command, starts many operations (the command's id would collide).
+ */
+const ownOpId = () => ({ headers: { [OP_ID_HEADER]: mintOpId() } });
+
 /** A question at the bottom: y/n for a delete, a command line for exec. */
 type Question =
   { readonly kind: "delete"; readonly vm: string } | { readonly kind: "exec"; readonly vm: string; text: string };
+
+/**
+ * What the keys change. Kept in a ref, not in React state: keys typed faster than a redraw (`j` then `x`)
+ * must each see what the one before did, not the state of the last render.
+ */
+interface UiState {
+  selectedName: string;
+  status: string;
+  question: Question | undefined;
+}
 
 function TopApp({ feed, o, initialSelected, leave }: AppProps) {
   const { exit } = useApp();
   const { stdout } = useStdout();
   const [, setTick] = useState(0);
-  const [selectedName, setSelectedName] = useState(initialSelected);
-  const [status, setStatus] = useState("");
-  const [question, setQuestion] = useState<Question | undefined>(undefined);
+  const ui = useRef<UiState>({ selectedName: initialSelected, status: "", question: undefined }).current;
   const [size, setSize] = useState({ cols: stdout.columns || 80, rows: stdout.rows || 24 });
+  const redraw = () => setTick((n) => n + 1);
 
-  useEffect(() => feed.subscribe(() => setTick((n) => n + 1)), [feed]);
+  useEffect(() => feed.subscribe(redraw), [feed]);
   useEffect(() => {
     const onResize = () => setSize({ cols: stdout.columns || 80, rows: stdout.rows || 24 });
     stdout.on("resize", onResize);
     return () => void stdout.off("resize", onResize);
   }, [stdout]);
 
-  const vms = feed.data.vms;
-  const found = vms.findIndex((vm) => vm.name === selectedName);
-  const selected = found >= 0 ? found : 0;
-  const vm = vms[selected];
+  /** The selected VM's index: the one named, else the first (it was deleted, or nothing was chosen yet). */
+  const selectedIndex = () =>
+    Math.max(
+      0,
+      feed.data.vms.findIndex((vm) => vm.name === ui.selectedName),
+    );
+  const set = (change: Partial<UiState>) => {
+    Object.assign(ui, change);
+    redraw();
+  };
 
   const call = (what: string, action: () => Promise<{ operation?: Operation | undefined }>) => {
-    setStatus(`${what}…`);
+    set({ status: `${what}…` });
     action()
       .then(({ operation }) => {
-        setStatus(operation ? `${what} (${operation.id})` : what);
+        set({ status: operation ? `${what} (${operation.id})` : what });
         void feed.refresh();
       })
       .catch((error: unknown) =>
-        setStatus(`${what} failed: ${error instanceof ConnectError ? error.rawMessage : String(error)}`),
+        set({ status: `${what} failed: ${error instanceof ConnectError ? error.rawMessage : String(error)}` }),
       );
   };
   const quit = (how: Leave) => {
-    leave(how, vm?.name ?? "");
+    leave(how, feed.data.vms[selectedIndex()]?.name ?? "");
     exit();
   };
 
   useInput((input, key) => {
+    const question = ui.question;
     if (question?.kind === "delete") {
+      ui.question = undefined;
       if (input === "y" || input === "Y") {
-        call(`deleting ${question.vm}`, () => o.client(VmService).deleteVm({ name: question.vm }, o.callOptions()));
+        call(`deleting ${question.vm}`, () => o.client(VmService).deleteVm({ name: question.vm }, ownOpId()));
       } else {
-        setStatus(`kept ${question.vm}`);
+        set({ status: `kept ${question.vm}` });
       }
-      setQuestion(undefined);
       return;
     }
     if (question?.kind === "exec") {
       if (key.escape) {
-        setQuestion(undefined);
-        setStatus("");
+        set({ question: undefined, status: "" });
       } else if (key.return) {
-        setQuestion(undefined);
+        set({ question: undefined });
         if (question.text.trim() !== "") {
           quit({ kind: "run", args: ["vm", "exec", question.vm, "--", "sh", "-c", question.text], pause: true });
         }
       } else if (key.backspace || key.delete) {
-        setQuestion({ ...question, text: question.text.slice(0, -1) });
+        set({ question: { ...question, text: question.text.slice(0, -1) } });
       } else if (!key.ctrl && !key.meta && input) {
-        setQuestion({ ...question, text: question.text + input });
+        set({ question: { ...question, text: question.text + input } });
       }
       return;
     }
+    const vms = feed.data.vms;
+    const selected = selectedIndex();
     if (input === "q" || key.escape || (key.ctrl && input === "c")) return quit({ kind: "quit" });
-    if (key.upArrow || input === "k") return setSelectedName(vms[Math.max(0, selected - 1)]?.name ?? "");
-    if (key.downArrow || input === "j") return setSelectedName(vms[Math.min(vms.length - 1, selected + 1)]?.name ?? "");
-    if (!vm) return;
-    const name = vm.name;
+    if (key.upArrow || input === "k") return set({ selectedName: vms[Math.max(0, selected - 1)]?.name ?? "" });
+    if (key.downArrow || input === "j") {
+      return set({ selectedName: vms[Math.min(vms.length - 1, selected + 1)]?.name ?? "" });
+    }
+    const name = vms[selected]?.name;
+    if (name === undefined) return;
     const client = o.client(VmService);
     switch (input) {
       case "s":
-        return call(`starting ${name}`, () => client.startVm({ name }, o.callOptions()));
+        return call(`starting ${name}`, () => client.startVm({ name }, ownOpId()));
       case "x":
-        return call(`stopping ${name}`, () => client.stopVm({ name }, o.callOptions()));
+        return call(`stopping ${name}`, () => client.stopVm({ name }, ownOpId()));
       case "r":
-        return call(`restarting ${name}`, () => client.restartVm({ name }, o.callOptions()));
+        return call(`restarting ${name}`, () => client.restartVm({ name }, ownOpId()));
       case "d":
-        setQuestion({ kind: "delete", vm: name });
-        return setStatus(`delete ${name} and its disks? y/n`);
+        return set({ question: { kind: "delete", vm: name } });
       case "l":
         return quit({ kind: "run", args: ["vm", "logs", name, "--tail", "200", "--follow"], pause: false });
       case "e":
-        return setQuestion({ kind: "exec", vm: name, text: "" });
+        return set({ question: { kind: "exec", vm: name, text: "" } });
       case "c":
         return quit({ kind: "run", args: ["vm", "ssh", name], pause: false });
     }
   });
 
+  const { question } = ui;
+  const vms = feed.data.vms;
+  const selected = selectedIndex();
   const statusLine =
     question?.kind === "exec"
       ? `exec in ${question.vm} (Enter runs, Esc cancels): ${question.text}_`
       : question?.kind === "delete"
         ? `delete ${question.vm} and its disks? y/n`
-        : feed.error || status;
+        : feed.error || ui.status;
   const lines = screenLines(
     feed.data,
     {
@@ -273,7 +301,8 @@ export async function runTopTui(globals: GlobalOptions, intervalMs: number): Pro
 
 /**
  * Runs `banger <args>` (this same CLI, same socket) on the terminal. Ctrl-C goes to it (ending `logs -f`),
- * not to top; with `pause`, waits for Enter so its output can be read before the screen comes back.
+ * not to top; with `pause` (exec), or when it failed, waits for Enter so that its output can be read
+ * before the screen comes back.
  */
 async function runCli(globals: GlobalOptions, args: readonly string[], pause: boolean): Promise<void> {
   const ignore = () => undefined;
@@ -282,7 +311,8 @@ async function runCli(globals: GlobalOptions, args: readonly string[], pause: bo
     const socket = globals.socket ? ["--socket", globals.socket] : [];
     const script = process.argv[1] ?? "banger";
     const code = await runAttached([process.execPath, script, ...socket, ...args], { env: process.env });
-    if (pause || code !== 0) {
+    // 128: ended by a signal, the user's Ctrl-C (logs -f): straight back. Another failure stays readable.
+    if (pause || (code !== 0 && code !== 128)) {
       process.stdout.write(`\n[exit ${code}] press Enter to go back to banger top`);
       await new Promise<void>((resolve) => {
         process.stdin.setRawMode(false);
