@@ -64,7 +64,9 @@ function startTop(env: Record<string, string> = {}) {
     "80",
     "-y",
     "24",
-    `env ${vars} ${BANGER} top --interval 2; echo "top exited $?"; sleep 600`,
+    // The pane's shell ignores Ctrl-C as a login shell would (it has no job control here: Ctrl-C for
+    // `logs -f` would end it with the pane).
+    `trap '' INT; env ${vars} ${BANGER} top --interval 2; echo "top exited $?"; sleep 600`,
   );
 }
 
@@ -172,6 +174,17 @@ live("banger top in tmux", () => {
     keys("y");
     await until(async () => (await show("beta")) === undefined, "beta deleted");
     await screenShows(/^(?![\s\S]*\nbeta )[\s\S]*alpha +starting/, "beta gone from the table");
+
+    // Exec asks for a command, leaves the screen for `vm exec`, and waits for Enter so that its output can
+    // be read (here its error: a fake VM has no guest to run it in).
+    keys("e");
+    await screenShows(/exec in alpha \(Enter runs, Esc cancels\): _/, "the exec prompt");
+    keys("-l", "echo hello");
+    await screenShows(/exec in alpha \(Enter runs, Esc cancels\): echo hello_/, "the command typed");
+    keys("Enter");
+    await screenShows(/\[exit \d+\] press Enter to go back to banger top/, "exec's end");
+    keys("Enter");
+    await screenShows(/NAME +STATE[\s\S]*alpha +starting/, "the table back after exec");
 
     // Logs leave the screen for `vm logs -f`; Ctrl-C ends them and the screen comes back.
     keys("l");

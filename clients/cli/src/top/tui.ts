@@ -300,9 +300,17 @@ export async function runTopTui(globals: GlobalOptions, intervalMs: number): Pro
 }
 
 /**
+ * After the command: when `pause` is 1 (exec), or it failed (not by a signal: the user's Ctrl-C on
+ * `logs -f`), wait for Enter so that its output can be read before the screen comes back. Done by the
+ * shell that runs the command, on the terminal as it left it: top's own stdin stays ink's alone.
+ */
+const AFTER_COMMAND =
+  '"$@"; code=$?; if [ "$0" = 1 ] || { [ $code -ne 0 ] && [ $code -lt 128 ]; }; then ' +
+  "printf '\\n[exit %d] press Enter to go back to banger top' $code; read -r _; fi";
+
+/**
  * Runs `banger <args>` (this same CLI, same socket) on the terminal. Ctrl-C goes to it (ending `logs -f`),
- * not to top; with `pause` (exec), or when it failed, waits for Enter so that its output can be read
- * before the screen comes back.
+ * not to top; see AFTER_COMMAND for when it waits for Enter.
  */
 async function runCli(globals: GlobalOptions, args: readonly string[], pause: boolean): Promise<void> {
   const ignore = () => undefined;
@@ -310,17 +318,8 @@ async function runCli(globals: GlobalOptions, args: readonly string[], pause: bo
   try {
     const socket = globals.socket ? ["--socket", globals.socket] : [];
     const script = process.argv[1] ?? "banger";
-    const code = await runAttached([process.execPath, script, ...socket, ...args], { env: process.env });
-    // 128: ended by a signal, the user's Ctrl-C (logs -f): straight back. Another failure stays readable.
-    if (pause || (code !== 0 && code !== 128)) {
-      process.stdout.write(`\n[exit ${code}] press Enter to go back to banger top`);
-      await new Promise<void>((resolve) => {
-        process.stdin.setRawMode(false);
-        process.stdin.resume();
-        process.stdin.once("data", () => resolve());
-      });
-      process.stdin.pause();
-    }
+    const banger = [process.execPath, script, ...socket, ...args];
+    await runAttached(["/bin/sh", "-c", AFTER_COMMAND, pause ? "1" : "0", ...banger], { env: process.env });
   } finally {
     process.off("SIGINT", ignore);
   }
