@@ -1,4 +1,4 @@
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import {
   OperationKind,
   OperationSchema,
@@ -54,7 +54,7 @@ const capacity = create(GetCapacityResponseSchema, {
 const stats = (cpuPercent: number, rss: number): VmStatsResponse =>
   create(VmStatsResponseSchema, { cpuPercent, memoryRssBytes: BigInt(rss) });
 
-const op = (id: string, state: OperationState, extra: Partial<Operation> = {}): Operation =>
+const op = (id: string, state: OperationState, extra: MessageInitShape<typeof OperationSchema> = {}): Operation =>
   create(OperationSchema, { id, kind: OperationKind.CREATE_VM, target: "web", state, ...extra });
 
 const data = (vms: Vm[], operations: Operation[] = []): TopData => ({
