@@ -73,6 +73,8 @@ export interface StartOptions {
    * succeeded (see createOperations) instead of from dist/bundle/main.js.
    */
   readonly failAfterStages?: readonly string[];
+  /** Orchestrator only: likewise, stages that wait this many ms before their work (a cancel waits for them). */
+  readonly delayStages?: Readonly<Record<string, number>>;
 }
 
 export interface CliResult {
@@ -299,7 +301,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
 
   const start = async (name: ServiceName, extraEnv: NodeJS.ProcessEnv = {}, startOptions: StartOptions = {}) => {
     const faults = startOptions.failAfterStages ?? [];
-    if (faults.length > 0 && name !== "orchestrator")
+    const delays = Object.entries(startOptions.delayStages ?? {}).map(([stage, ms]) => `${stage}:${ms}`);
+    if (faults.length + delays.length > 0 && name !== "orchestrator")
       throw new Error(`failAfterStages is the orchestrator's, not ${name}'s`);
     const args = ["--runtime-dir", runtimeDir];
     args.push("--state-dir", stateDir);
@@ -312,6 +315,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       ...(owner !== undefined ? { HOME: dir } : {}),
       ...extraEnv,
       ...(faults.length > 0 ? { BANGER_FAIL_AFTER_STAGE: faults.join(",") } : {}),
+      ...(delays.length > 0 ? { BANGER_DELAY_STAGE: delays.join(",") } : {}),
     };
     const inNetns =
       options.netns &&
@@ -322,7 +326,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         : {};
     const installed = options.installed && owner !== undefined ? installedIdentity(name, owner, options.installed) : {};
     const svc = spawnService(name, args, env, {
-      ...(faults.length > 0 ? { entry: ORCHESTRATOR_WITH_FAULTS } : {}),
+      ...(faults.length + delays.length > 0 ? { entry: ORCHESTRATOR_WITH_FAULTS } : {}),
       ...inNetns,
       ...(name === "privileged" && options.helperUnitSandbox ? { unitSandbox: true } : {}),
       ...(name === "orchestrator" && options.orchestratorDnsSockets

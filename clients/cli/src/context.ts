@@ -6,6 +6,8 @@ import { devRuntimeDirsOf } from "./dev-dirs.js";
 /** Options every command accepts. */
 export interface GlobalOptions {
   readonly socket?: string;
+  /** `--timeout`: the deadline of each unary call and the idle deadline of streams (a duration: 1s, 500ms, 2m). */
+  readonly timeout?: string;
 }
 
 /**

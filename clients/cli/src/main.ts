@@ -51,7 +51,7 @@ const COMMANDS: readonly TopLevelCommand[] = [
   },
   {
     name: "op",
-    description: "long-running operations (create, pull, …): list, show, watch",
+    description: "long-running operations (create, pull, …): list, show, watch, cancel",
     load: async () => (await import("./commands/op.js")).registerOpCommands,
   },
   {
@@ -122,6 +122,13 @@ export function buildProgram(): { program: Command; fillIn: (name: string) => Pr
         "exists of /run/banger/orchestrator.sock, /run/banger-dev/<uid>/orchestrator.sock and " +
         "$XDG_RUNTIME_DIR/banger-dev/orchestrator.sock (dev up's), else /run/banger/orchestrator.sock)",
     )
+    .option(
+      "--timeout <duration>",
+      "how long a call may wait for bangerd (30s, 500ms, 2m): each request's deadline (default 30s; a few slow " +
+        "ones longer), and for a stream (watching an operation, logs --follow, exec) how long bangerd may leave a " +
+        "keepalive unanswered. Anywhere before --, but after vm stop, restart or run it is their own --timeout",
+    )
+    .enablePositionalOptions()
     .showHelpAfterError()
     .exitOverride();
   const globals = () => program.opts<GlobalOptions>();
@@ -144,13 +151,59 @@ export function buildProgram(): { program: Command; fillIn: (name: string) => Pr
   return { program, fillIn };
 }
 
+/**
+ * Global options are the program's, read before the command (enablePositionalOptions: `vm stop --timeout` is
+ * stop's own). After the command (up to `--`) `--socket` is still taken, as it always was, and `--timeout`
+ * where the command has no --timeout of its own: both moved to the front.
+ */
+export function hoistGlobals(argv: readonly string[], commandHasTimeout: boolean): string[] {
+  const global = (arg: string) =>
+    arg === "--socket" ||
+    arg.startsWith("--socket=") ||
+    (!commandHasTimeout && (arg === "--timeout" || arg.startsWith("--timeout=")));
+  const front: string[] = [];
+  const rest: string[] = [];
+  let command = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] ?? "";
+    if (arg === "--") {
+      rest.push(...argv.slice(i));
+      break;
+    }
+    const takesValue = arg === "--socket" || arg === "--timeout";
+    const into = command && global(arg) ? front : rest;
+    into.push(arg);
+    if (takesValue && i + 1 < argv.length && (into === front || !command)) into.push(argv[++i] ?? "");
+    else if (!arg.startsWith("-")) command = true;
+  }
+  return [...front, ...rest];
+}
+
+/** The command `argv` names (its words, as far as they name subcommands), once its top-level one is filled in. */
+function namedCommand(program: Command, argv: readonly string[]): Command {
+  let command = program;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] ?? "";
+    if (arg === "--") break;
+    if (arg === "--socket" || arg === "--timeout") i++;
+    if (arg.startsWith("-")) continue;
+    const sub = command.commands.find((c) => c.name() === arg || c.aliases().includes(arg));
+    if (sub === undefined) break;
+    command = sub;
+  }
+  return command;
+}
+
 export async function main(argv: readonly string[]): Promise<number> {
   try {
     const { program, fillIn } = buildProgram();
     // `banger help <command>` prints the command's help without running it (no preSubcommand hook): with `help`
     // anywhere in the arguments, every command is filled in first, as if none were lazy.
     if (argv.includes("help")) await Promise.all(COMMANDS.map(({ name }) => fillIn(name)));
-    await program.parseAsync(argv, { from: "user" });
+    const top = argv.find((arg, i) => !arg.startsWith("-") && !["--socket", "--timeout"].includes(argv[i - 1] ?? ""));
+    if (top !== undefined) await fillIn(top);
+    const own = namedCommand(program, argv).options.some((option) => option.long === "--timeout");
+    await program.parseAsync(hoistGlobals(argv, own), { from: "user" });
     return 0;
   } catch (error) {
     if (error instanceof CommanderError) {

@@ -9,6 +9,12 @@ export interface UnixTransportOptions {
   /** Who is behind the socket, for messages: `orchestrator`, `image-puller`… */
   readonly peer: string;
   readonly interceptors?: readonly Interceptor[];
+  /**
+   * HTTP/2 PINGs while a call is open: one after `intervalMs` without data, and the connection (with its
+   * calls) closes with UNAVAILABLE "PING timed out" when no answer comes within `timeoutMs`. A peer that
+   * stops answering is found this way however quiet its streams legitimately are.
+   */
+  readonly ping?: { readonly intervalMs: number; readonly timeoutMs: number };
 }
 
 export interface UnixTransport {
@@ -32,7 +38,7 @@ export function createUnixTransport(socketPath: string, options: UnixTransportOp
   const baseUrl = "http://localhost";
   const sessionManager = new Http2SessionManager(
     baseUrl,
-    {},
+    options.ping ? { pingIntervalMs: options.ping.intervalMs, pingTimeoutMs: options.ping.timeoutMs } : {},
     {
       createConnection: () => connect(socketPath),
     },

@@ -68,6 +68,8 @@ export interface OrchestratorConfig {
   readonly config: BangerConfig;
   /** Stages that fail right after their work (tests only; see createOperations). */
   readonly failAfterStages?: ReadonlySet<string>;
+  /** Stages that wait this many ms before their work (tests only; see createOperations). */
+  readonly delayStages?: ReadonlyMap<string, number>;
 }
 
 /**
@@ -102,6 +104,7 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
     db: config.db,
     logger: config.logger,
     ...(config.failAfterStages ? { failAfterStages: config.failAfterStages } : {}),
+    ...(config.delayStages ? { delayStages: config.delayStages } : {}),
   });
   await operations.recover();
   await clearStaging(config.stateDir, config.logger);

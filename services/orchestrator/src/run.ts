@@ -25,6 +25,8 @@ export interface RunOptions {
   readonly args: readonly string[];
   /** Stages that fail right after their work (tests only; see createOperations). */
   readonly failAfterStages?: ReadonlySet<string>;
+  /** Stages that wait this many ms before their work (tests only; see createOperations). */
+  readonly delayStages?: ReadonlyMap<string, number>;
 }
 
 export async function runOrchestrator(options: RunOptions): Promise<void> {
@@ -45,8 +47,9 @@ export async function runOrchestrator(options: RunOptions): Promise<void> {
   const socketPath = values.socket ?? layout.orchestratorSocket;
   const logger = createLogger({ service: "orchestrator" });
 
-  const { failAfterStages } = options;
+  const { failAfterStages, delayStages } = options;
   if (failAfterStages?.size) logger.warn({ stages: [...failAfterStages] }, "failure injection is on");
+  if (delayStages?.size) logger.warn({ stages: Object.fromEntries(delayStages) }, "delay injection is on");
 
   let store: Store;
   let orchestrator: Orchestrator;
@@ -69,6 +72,7 @@ export async function runOrchestrator(options: RunOptions): Promise<void> {
       runtimeDir: values["runtime-dir"],
       config,
       ...(failAfterStages?.size ? { failAfterStages } : {}),
+      ...(delayStages?.size ? { delayStages } : {}),
     });
   } catch (error) {
     const problems = error instanceof ConfigError ? { problems: error.problems } : {};

@@ -7,7 +7,7 @@ import { printJsonList } from "../render/json.js";
 import { mib } from "../render/size.js";
 import { renderTable } from "../render/table.js";
 import { registerDelete, registerListShow, type ListShowSpec } from "./resource.js";
-import { announceAndWatch, withOrchestrator } from "./op.js";
+import { announceAndWatch, detachOption, withOrchestrator } from "./op.js";
 
 /** `image pull`, `register`, `promote`, `list`, `show`, `delete`. */
 export function registerImageCommands(image: Command, globals: () => GlobalOptions): void {
@@ -32,6 +32,7 @@ function registerImageSources(image: Command, globals: () => GlobalOptions): voi
     .option("--name <name>", "publish it under this name (default: from the reference)")
     .option("--platform <os/arch>", "platform to pull from a multi-platform image", "")
     .option("--no-wait", "print the operation id and return at once")
+    .addOption(detachOption())
     .option("--json", "print the image as JSON when done")
     .action(async (reference: string, opts: { name?: string; platform: string; wait: boolean; json?: boolean }) => {
       await withOrchestrator(globals(), async (o) => {
@@ -76,6 +77,7 @@ function registerImageSources(image: Command, globals: () => GlobalOptions): voi
     .argument("<name>", "name of the new image")
     .description("turn a stopped VM's disks into a new image (its root disk, and its work disk as the work seed)")
     .option("--no-wait", "print the operation id and return at once")
+    .addOption(detachOption())
     .option("--json", "print the image as JSON when done")
     .action(async (vm: string, name: string, opts: { wait: boolean; json?: boolean }) => {
       await withOrchestrator(globals(), async (o) => {

@@ -8,7 +8,7 @@ import { printJsonList } from "../render/json.js";
 import { mib } from "../render/size.js";
 import { renderTable } from "../render/table.js";
 import { registerDelete, registerListShow, type ListShowSpec } from "./resource.js";
-import { announceAndWatch, withOrchestrator } from "./op.js";
+import { announceAndWatch, detachOption, withOrchestrator } from "./op.js";
 
 /** `kernel import`, `initramfs`, `list`, `show`, `delete`, `set-default`. */
 export function registerKernelCommands(kernel: Command, globals: () => GlobalOptions): void {
@@ -46,6 +46,7 @@ function registerKernelSources(kernel: Command, globals: () => GlobalOptions): v
     .option("--default", "make it the default kernel (the first kernel imported always becomes it)")
     .option("--replace", "replace a kernel of that name (refused while an image or VM uses it)")
     .option("--no-wait", "print the operation id and return at once")
+    .addOption(detachOption())
     .option("--json", "print the kernel as JSON when done")
     .action(
       async (
@@ -75,6 +76,7 @@ function registerKernelSources(kernel: Command, globals: () => GlobalOptions): v
       "build banger's initramfs from a kernel's modules (virtio, ext4, vsock; the guest's network, work disk and init); it becomes the kernel's initrd. Needs a static /bin/busybox (busybox-static); shows each stage, exits 1 if the build fails",
     )
     .option("--no-wait", "print the operation id and return at once")
+    .addOption(detachOption())
     .option("--json", "print the kernel as JSON when done")
     .action(async (name: string, opts: { wait: boolean; json?: boolean }) => {
       await withOrchestrator(globals(), async (o) => {

@@ -1,15 +1,20 @@
-import { OperationSchema, OperationService, type Operation } from "@banger/gen/banger/v1/operation_pb.js";
+import {
+  OperationSchema,
+  OperationService,
+  OperationState,
+  type Operation,
+} from "@banger/gen/banger/v1/operation_pb.js";
 import { toJson } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import { connectOrchestrator, type Orchestrator } from "../client.js";
 import type { GlobalOptions } from "../context.js";
-import { ReportedFailure } from "../errors.js";
+import { PassExitCode, ReportedFailure } from "../errors.js";
 import { STATE_WORD, createStagePrinter, isEnded } from "../render/operation.js";
 import { createProgressRenderer } from "../render/progress.js";
 import { renderTable } from "../render/table.js";
 
-/** `op list`, `show`, `watch`. */
+/** `op list`, `show`, `watch`, `cancel`. */
 export function registerOpCommands(op: Command, globals: () => GlobalOptions): void {
   op.command("list")
     .description("recent operations, newest first")
@@ -52,30 +57,114 @@ export function registerOpCommands(op: Command, globals: () => GlobalOptions): v
     });
   op.command("watch")
     .argument("<op-id>", "the operation's id (op-…)")
-    .description("follow an operation until it ends (Ctrl-C stops watching, not the operation); exits 1 if it fails")
+    .description(
+      "follow an operation until it ends; exits 1 if it fails. Ctrl-C stops watching, not the operation " +
+        "(to stop it: banger op cancel)",
+    )
     .action(async (id: string) => {
-      await withOrchestrator(globals(), (o) => watchToEnd(o, id));
+      await withOrchestrator(globals(), (o) => watchToEnd(o, id, { interrupt: "stop-watching" }));
+    });
+  op.command("cancel")
+    .argument("<op-id>", "the operation's id (op-…)")
+    .description(
+      "cancel a running operation: it stops at its next safe point and unwinds what it made (a create removes " +
+        "its tap, disks, VMM and row); shows the unwind to its end, exits 1 unless it ends cancelled " +
+        "(--no-wait: returns at once). Cancelling an ended operation changes nothing",
+    )
+    .option("--no-wait", "ask and return at once")
+    .action(async (id: string, opts: { wait: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { operation } = await o.client(OperationService).cancelOperation({ id }, o.callOptions());
+        if (!operation) return;
+        if (isEnded(operation) && !operation.cancelRequested) {
+          process.stderr.write(`${id} had already ended: ${STATE_WORD[operation.state]}\n`);
+          return;
+        }
+        process.stderr.write(`cancelling ${id} (${operation.target})\n`);
+        if (!opts.wait) return;
+        const done = await watchToEnd(o, id, { interrupt: "stop-watching", expectCancel: true });
+        if (done.state !== OperationState.CANCELLED) {
+          process.stderr.write(`banger: ${id} ${STATE_WORD[done.state]} before it could stop\n`);
+          throw new ReportedFailure(`${id} was not cancelled`);
+        }
+        process.stderr.write(`${id} cancelled; what it had made was unwound\n`);
+      });
     });
 }
 
+/**
+ * `--detach`, for the commands that start an operation: print its id and return at once (as --no-wait,
+ * which it sets).
+ */
+export function detachOption(): Option {
+  return new Option("--detach", "print the operation id and return at once (as --no-wait)").implies({ wait: false });
+}
+
+export interface WatchOptions {
+  /**
+   * What Ctrl-C does. "cancel" (the commands that started the operation): the first cancels it and the watch
+   * goes on through its unwind to its end (exit code 130 once it ended cancelled); the second stops watching
+   * (exit code 130, the operation goes on). "stop-watching" (`op watch`): Ctrl-C ends the command at once.
+   */
+  readonly interrupt?: "cancel" | "stop-watching";
+  /** The operation was cancelled on purpose (`op cancel`): ending cancelled is success. */
+  readonly expectCancel?: boolean;
+}
+
 /** Follows an operation, printing its stages; throws ReportedFailure when it does not succeed. */
-export async function watchToEnd(o: Orchestrator, id: string): Promise<Operation> {
+export async function watchToEnd(o: Orchestrator, id: string, options: WatchOptions = {}): Promise<Operation> {
   const renderer = createProgressRenderer({
     write: (text) => process.stderr.write(text),
     isTTY: process.stderr.isTTY,
     columns: process.stderr.columns || 80,
   });
+  const detach = new AbortController();
+  let interrupts = 0;
+  let cancelling: Promise<void> | undefined;
+  const onInterrupt = () => {
+    interrupts += 1;
+    if (interrupts > 1) return detach.abort();
+    renderer.say(`cancelling ${id}: it unwinds what it made (Ctrl-C again to stop watching; it goes on)\n`);
+    cancelling = o
+      .client(OperationService)
+      .cancelOperation({ id }, o.callOptions())
+      .then(
+        () => undefined,
+        (error: unknown) => {
+          renderer.say(`banger: could not cancel ${id}: ${error instanceof Error ? error.message : String(error)}\n`);
+        },
+      );
+  };
+  if (options.interrupt !== "stop-watching") process.on("SIGINT", onInterrupt);
   let last: Operation | undefined;
   try {
-    for await (const { operation } of o.client(OperationService).watchOperation({ id }, o.callOptions())) {
+    const stream = o.client(OperationService).watchOperation({ id }, o.callOptions({ signal: detach.signal }));
+    for await (const { operation } of stream) {
       if (!operation) continue;
       last = operation;
       renderer.update(operation);
     }
+  } catch (error) {
+    if (!detach.signal.aborted) throw error;
   } finally {
+    process.off("SIGINT", onInterrupt);
     renderer.finish();
   }
+  await cancelling; // its answer (or its error) comes before the last line
+  if (detach.signal.aborted) {
+    process.stderr.write(
+      `banger: stopped watching ${id}; it goes on${interrupts > 0 ? " (cancel requested)" : ""}: ` +
+        `banger op watch ${id}\n`,
+    );
+    throw new PassExitCode(130);
+  }
   if (!last || !isEnded(last)) throw new Error(`lost the stream of ${id} before it ended; see 'banger op show ${id}'`);
+  if (last.state === OperationState.CANCELLED && options.expectCancel) return last;
+  if (last.state === OperationState.CANCELLED && interrupts > 0) {
+    const where = last.error?.stage ? ` at ${last.error.stage}` : "";
+    process.stderr.write(`banger: cancelled${where}; what it had made was unwound (${last.id})\n`);
+    throw new PassExitCode(130);
+  }
   if (last.error && STATE_WORD[last.state] !== "succeeded") {
     const where = last.error.stage ? ` at ${last.error.stage}` : "";
     // Before the error, so that the error stays the last line.

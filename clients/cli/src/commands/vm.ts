@@ -14,7 +14,7 @@ import { printJsonList } from "../render/json.js";
 import { mib } from "../render/size.js";
 import { renderTable } from "../render/table.js";
 import { registerListShow } from "./resource.js";
-import { announceAndWatch, watchToEnd, withOrchestrator } from "./op.js";
+import { announceAndWatch, detachOption, watchToEnd, withOrchestrator } from "./op.js";
 import { collect, describePublished, publishedPortOf, registerPortCommands } from "./vm-port.js";
 
 const stateWord = (state: VmState) => VmState[state].toLowerCase();
@@ -87,6 +87,7 @@ function registerCreateCommand(vm: Command, globals: () => GlobalOptions): void 
     .option("--ssh-timeout <seconds>", "how long to wait for the guest's SSH (default 60)")
     .option("--no-ssh-wait", "succeed once the VMM runs, without waiting for the guest's SSH")
     .option("--no-wait", "print the operation id and return at once")
+    .addOption(detachOption())
     .option("--json", "print the VM as JSON when done")
     .action(
       async (opts: {
@@ -132,6 +133,7 @@ function registerStartCommand(vm: Command, globals: () => GlobalOptions): void {
     .option("--ssh-timeout <seconds>", "how long to wait for the guest's SSH (default 60)")
     .option("--no-ssh-wait", "succeed once the VMM runs, without waiting for the guest's SSH")
     .option("--no-wait", "print the operation id and return at once")
+    .addOption(detachOption())
     .option("--json", "print the VM as JSON when done")
     .action(async (name: string, opts: { sshTimeout?: string; sshWait: boolean; wait: boolean; json?: boolean }) => {
       await withOrchestrator(globals(), async (o) => {
@@ -166,6 +168,7 @@ function registerStopRestartCommands(vm: Command, globals: () => GlobalOptions):
       .option("--timeout <seconds>", "how long a graceful shutdown may take before the VMM is killed (default 30)")
       .option("--force", "kill at once, without a graceful shutdown")
       .option("--no-wait", "print the operation id and return at once")
+      .addOption(detachOption())
       .option("--json", "print the VM as JSON when done")
       .action(
         async (

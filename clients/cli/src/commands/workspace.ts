@@ -8,7 +8,7 @@ import { toJson } from "@bufbuild/protobuf";
 import type { Command } from "commander";
 import type { GlobalOptions } from "../context.js";
 import { UsageError } from "../errors.js";
-import { watchToEnd, withOrchestrator } from "./op.js";
+import { detachOption, watchToEnd, withOrchestrator } from "./op.js";
 
 const GUEST_NEEDS = `
 How it works: bangerd reads the repository on this host (it must be inside
@@ -54,6 +54,7 @@ export function registerWorkspaceCommands(workspace: Command, globals: () => Glo
       "copy",
     )
     .option("--no-wait", "print the operation id and return at once")
+    .addOption(detachOption())
     .option("--json", "print the finished operation as JSON")
     .addHelpText("after", GUEST_NEEDS)
     .action(

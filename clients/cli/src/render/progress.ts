@@ -31,7 +31,12 @@ function shortId(id: string): string {
  * of a pull) one bar per item, redrawn in place on a terminal. Elsewhere (a
  * pipe, a log) each item gets one plain line when its bytes are in.
  */
-export function createProgressRenderer(out: ProgressOutput): { update(op: Operation): void; finish(): void } {
+export function createProgressRenderer(out: ProgressOutput): {
+  update(op: Operation): void;
+  /** Writes a line of its own between updates (the live bars are drawn again at the next update). */
+  say(line: string): void;
+  finish(): void;
+} {
   let liveLines = 0;
   const reported = new Set<string>();
   const stagePrinter = createStagePrinter((line) => out.write(line));
@@ -84,6 +89,10 @@ export function createProgressRenderer(out: ProgressOutput): { update(op: Operat
       const lines = liveArea(op);
       for (const line of lines) out.write(`${line}\n`);
       liveLines = lines.length;
+    },
+    say(line) {
+      if (out.isTTY) clearLive();
+      out.write(line);
     },
     finish() {
       if (out.isTTY) clearLive();

@@ -66,6 +66,8 @@ export interface Operations {
   cancel(id: string): Promise<{ operation: OperationRecord; cancelRequested: boolean }>;
   /** The operation now, then after every change, until it ends or `signal` aborts. */
   watch(id: string, signal: AbortSignal): AsyncIterable<OperationRecord>;
+  /** Whether a running operation was asked to stop (it is unwinding); false once it ended. */
+  cancelRequested(id: string): boolean;
   /** Live progress of a running operation's stages, by stage name; empty once it ended. */
   progress(id: string): ReadonlyMap<string, StageProgress>;
   /** At start-up: operations a restart cut off become failed (INTERRUPTED). */
@@ -93,6 +95,11 @@ export function createOperations(deps: {
    * unwind from (what it made exists, its own undo was never registered).
    */
   readonly failAfterStages?: ReadonlySet<string>;
+  /**
+   * Delay injection for tests: a stage of one of these names waits this many ms before its work, and a
+   * cancel does not cut the wait short (a step under way that stops only at its end).
+   */
+  readonly delayStages?: ReadonlyMap<string, number>;
 }): Operations {
   const { db, logger } = deps;
   const now = deps.now ?? (() => new Date());
@@ -125,6 +132,7 @@ export function createOperations(deps: {
       saveStages: () => save({ stages: state.stages }),
       notify: () => notify(id),
       failAfterStages: deps.failAfterStages,
+      delayStages: deps.delayStages,
     });
     try {
       const result = await work(context);
@@ -187,6 +195,7 @@ export function createOperations(deps: {
     },
 
     progress: (id) => live.get(id)?.progress ?? new Map<string, StageProgress>(),
+    cancelRequested: (id) => live.get(id)?.controller.signal.aborted ?? false,
 
     async settled() {
       await Promise.all([...live.values()].map((entry) => entry.done));

@@ -13,12 +13,12 @@ export function createOperationService(operations: Operations): ServiceImpl<type
   return implementService(OperationService, {
     async getOperation(req) {
       const op = await operations.get(validOpId(req.id));
-      return { operation: operationToProto(op, false, operations.progress(op.id)) };
+      return { operation: operationToProto(op, operations.cancelRequested(op.id), operations.progress(op.id)) };
     },
     async *watchOperation(req, ctx) {
       // The client going away ends this stream, never the operation.
       for await (const op of operations.watch(validOpId(req.id), ctx.signal)) {
-        yield { operation: operationToProto(op, false, operations.progress(op.id)) };
+        yield { operation: operationToProto(op, operations.cancelRequested(op.id), operations.progress(op.id)) };
       }
     },
     async cancelOperation(req) {

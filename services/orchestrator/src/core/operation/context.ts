@@ -28,6 +28,8 @@ export interface ContextDeps {
   readonly notify: () => void;
   /** Failure injection for tests: a stage of one of these names fails right after its work succeeded. */
   readonly failAfterStages: ReadonlySet<string> | undefined;
+  /** Delay injection for tests: a stage of one of these names waits this many ms before its work. */
+  readonly delayStages?: ReadonlyMap<string, number> | undefined;
 }
 
 /** `stage` in its place in the list (where it first appeared), or at the end when it is new. */
@@ -88,6 +90,8 @@ async function runStage<T>(run: RunState, deps: ContextDeps, name: string, work:
   set("running", null);
   await saveStages();
   try {
+    const delay = deps.delayStages?.get(name);
+    if (delay !== undefined) await new Promise((resolve) => setTimeout(resolve, delay));
     const value = await work();
     if (deps.failAfterStages?.has(name)) {
       throw new InternalError(`injected failure after stage ${name}`, {
