@@ -148,9 +148,24 @@ const OP = /\((op-[0-9a-f]{12})\)/;
 live("cancelling a create from the CLI", () => {
   it("the first Ctrl-C cancels: the CLI shows the unwind, exits 130 naming the cancel; nothing is left", async () => {
     const before = snapshot();
-    const cli = startCli(["vm", "create", "--name", "doomed", "--image", "tiny", "--nat", "--ssh-timeout", "120"]);
+    // --timeout 1s: the watch is quiet for longer than that while bangerd answers its keepalives, and goes on.
+    const cli = startCli([
+      "--timeout",
+      "1s",
+      "vm",
+      "create",
+      "--name",
+      "doomed",
+      "--image",
+      "tiny",
+      "--nat",
+      "--ssh-timeout",
+      "120",
+    ]);
     // The VMM runs, the tap and disks exist: the create waits for the guest's SSH (the fake VMM has no guest).
     await cli.until(/\n {2}wait-ssh +…\n/);
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    expect(cli.child.exitCode, cli.stderr).toBe(null);
     const op = OP.exec(cli.stderr)?.[1] ?? "";
     cli.child.kill("SIGINT");
     expect(await cli.exited, cli.stderr).toBe(130);

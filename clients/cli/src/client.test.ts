@@ -1,6 +1,6 @@
 import type { UnaryRequest, UnaryResponse } from "@connectrpc/connect";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { slowAnswerHint } from "./client.js";
+import { parseDuration, slowAnswerHint } from "./client.js";
 
 afterEach(() => {
   vi.useRealTimers();
@@ -30,5 +30,12 @@ describe("slowAnswerHint", () => {
     await quick(() => Promise.resolve({} as UnaryResponse))({} as UnaryRequest);
     await vi.advanceTimersByTimeAsync(60_000);
     expect(said).toHaveLength(1);
+  });
+});
+
+describe("parseDuration", () => {
+  it("reads ms, s, m and bare seconds; refuses anything else as a usage error", () => {
+    expect(["500ms", "1s", "1.5s", "2m", "30"].map(parseDuration)).toEqual([500, 1000, 1500, 120_000, 30_000]);
+    for (const bad of ["", "0", "soon", "1h", "-1s"]) expect(() => parseDuration(bad)).toThrow(/expected a duration/);
   });
 });

@@ -70,6 +70,8 @@ export function unaryDeadline(socket: string, timeoutMs: number | undefined): In
     if (req.stream) return next(req);
     const ms = timeoutMs ?? SLOW_CALLS[req.method.name] ?? DEFAULT_DEADLINE_MS;
     const deadline = AbortSignal.timeout(ms);
+    // bangerd learns it too (ctx.timeoutMs) and passes what is left on to its own calls to the helper and the puller.
+    if (!req.header.has("grpc-timeout")) req.header.set("grpc-timeout", `${ms}m`);
     try {
       return await next({ ...req, signal: AbortSignal.any([req.signal, deadline]) });
     } catch (error) {
