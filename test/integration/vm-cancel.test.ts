@@ -233,6 +233,21 @@ live("cancelling a create from the CLI", () => {
     expect([again.code, again.stderr]).toEqual([0, `${op} had already ended: cancelled\n`]);
   }, 90_000);
 
+  it("Ctrl-C once a delete removes files lets it finish (a cancel there would leave the VMM's files): exit 0, nothing left", async () => {
+    await cluster.stop("orchestrator");
+    await cluster.start("orchestrator", {}, { delayStages: { "remove-files": 3_000 } });
+    const before = snapshot();
+    const created = await cluster.cli(["vm", "create", "--name", "gone", "--image", "tiny", "--no-ssh-wait"]);
+    expect(created.code, created.stderr).toBe(0);
+    const cli = startCli(["vm", "delete", "gone"]);
+    await cli.until(/\n {2}remove-files +…\n/);
+    cli.child.kill("SIGINT");
+    expect(await cli.exited, cli.stderr).toBe(0);
+    expect(cli.stderr).toMatch(/cancelling op-[0-9a-f]{12}: it unwinds what it made/);
+    expect(cli.stderr.endsWith("deleted gone\n"), cli.stderr).toBe(true);
+    expect(snapshot()).toEqual(before);
+  }, 90_000);
+
   it("--detach: the create goes on to its end without the CLI", async () => {
     await cluster.stop("orchestrator");
     await cluster.start("orchestrator");

@@ -124,10 +124,11 @@ export async function deleteVmByName(
       runtime.phases.set(vm.id, "deleting");
       try {
         await op.stage("stop-vmm", () => halt(ctx, vm, { timeoutMs: 5_000, force: false }, scopeOf(op)));
+        // Once the row is gone the rest follows, cancelled or not: a cancel here would leave the VMM's files.
         await op.stage("remove-files", async () => {
           await deleteVm(db, name);
           await rm(ctx.state.vm(vm.id).dir, { recursive: true, force: true });
-          await removeRunDir(ctx, vm.id, scopeOf(op));
+          await removeRunDir(ctx, vm.id, { signal: new AbortController().signal });
           await forgetHostKey(ctx.ssh.knownHostsFile, name);
         });
       } finally {
