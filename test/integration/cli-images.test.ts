@@ -43,6 +43,9 @@ beforeAll(async () => {
     v1: makeImage("amd64", [makeLayer({ "etc/os-release": "ID=tiny\n", "root/.profile": "PS1=tiny\n" })]),
   });
   await skopeoCopy(layout, "v1", `${registry.host}/tiny/os:v1`);
+  const layout2 = join(work, "layout2");
+  writeOciLayout(layout2, { v2: makeImage("amd64", [makeLayer({ "etc/os-release": "ID=tiny2\n" })]) });
+  await skopeoCopy(layout2, "v2", `${registry.host}/tiny/os:v2`);
 });
 afterAll(async () => {
   await cluster.shutdown();
@@ -114,6 +117,76 @@ describe("banger image and op", () => {
       expect((await cluster.cli(["image", "delete", "tiny"])).code).toBe(0);
       expect(existsSync(join(cluster.stateDir, "images", "tiny"))).toBe(false);
       expect(JSON.parse((await cluster.cli(["image", "list", "--json"])).stdout)).toEqual([]);
+    },
+  );
+});
+
+describe("image catalog, pull --min-rootfs and --replace", () => {
+  it("lists the catalog's names, none of them local, as a table and as JSON", async () => {
+    const table = await cluster.cli(["image", "catalog"]);
+    expect(table.code, table.stderr).toBe(0);
+    expect(table.stdout).toMatch(/^NAME\s+LOCAL\s+REFERENCE\s+DESCRIPTION\n/);
+    expect(table.stdout).toMatch(/\ndebian\s+no\s+docker\.io\/library\/debian:bookworm\s+Debian 12/);
+    const entries = JSON.parse((await cluster.cli(["image", "catalog", "--json"])).stdout) as {
+      name: string;
+      reference: string;
+      local?: boolean;
+    }[];
+    expect(entries.map((e) => e.name)).toEqual(["alpine", "debian", "ubuntu"]);
+    expect(entries.every((e) => e.reference.startsWith("docker.io/") && e.local !== true)).toBe(true);
+  });
+
+  it("refuses a --min-rootfs that is not a number of MiB before asking anything", async () => {
+    const refused = await cluster.cli(["image", "pull", "debian", "--min-rootfs", "1.5G"]);
+    expect([refused.code, refused.stderr]).toEqual([
+      2,
+      "banger: --min-rootfs must be a positive whole number of MiB, got 1.5G\nRun 'banger --help' for usage.\n",
+    ]);
+  });
+
+  it.skipIf(!HAVE_REGISTRY_TOOLS)(
+    "pulls to the asked root filesystem size, and replaces a local image only with --replace",
+    async () => {
+      const rootfs = join(cluster.stateDir, "images", "swap", "rootfs.ext4");
+      const osRelease = () =>
+        execFileSync("debugfs", ["-R", "cat /etc/os-release", rootfs], {
+          encoding: "utf8",
+          stdio: ["ignore", "pipe", "ignore"],
+        });
+      const first = await cluster.cli([
+        "image",
+        "pull",
+        `${registry.host}/tiny/os:v1`,
+        "--name",
+        "swap",
+        "--min-rootfs",
+        "100",
+        "--json",
+      ]);
+      expect(first.code, first.stderr).toBe(0);
+      const [pulled] = JSON.parse(first.stdout) as { rootfsBytes: string }[];
+      // 100 MiB asked, not the config's default of 2048.
+      expect(Number(pulled?.rootfsBytes)).toBeGreaterThanOrEqual(100 * 2 ** 20);
+      expect(Number(pulled?.rootfsBytes)).toBeLessThan(2048 * 2 ** 20);
+      expect(statSync(rootfs).size).toBe(Number(pulled?.rootfsBytes));
+      expect(osRelease()).toBe("ID=tiny\n");
+
+      const v2 = `${registry.host}/tiny/os:v2`;
+      const taken = await cluster.cli(["image", "pull", v2, "--name", "swap"]);
+      expect([taken.code, taken.stderr]).toEqual([1, expect.stringMatching(/^banger: image swap already exists /)]);
+
+      const replaced = await cluster.cli(["image", "pull", v2, "--name", "swap", "--replace", "--min-rootfs", "64"]);
+      expect(replaced.code, replaced.stderr).toBe(0);
+      expect(osRelease()).toBe("ID=tiny2\n");
+      const listed = JSON.parse((await cluster.cli(["image", "list", "--json"])).stdout) as {
+        name: string;
+        reference: string;
+      }[];
+      expect(listed.map((i) => [i.name, i.reference])).toEqual([["swap", v2]]);
+      // Nothing of the old image or the pull left beside it.
+      expect(readdirSync(join(cluster.stateDir, "images", ".staging"))).toEqual([]);
+      expect(readdirSync(join(cluster.stateDir, "images")).sort()).toEqual([".staging", "swap"]);
+      expect((await cluster.cli(["image", "delete", "swap"])).code).toBe(0);
     },
   );
 });

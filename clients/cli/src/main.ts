@@ -19,6 +19,14 @@ interface TopLevelCommand {
 
 const COMMANDS: readonly TopLevelCommand[] = [
   {
+    name: "completion",
+    description:
+      "print a shell completion script: subcommands, options, and the names of VMs, images, kernels and operations " +
+      "(asked of bangerd with a short deadline; nothing when it is down). " +
+      "bash: source <(banger completion bash); zsh: source <(banger completion zsh); fish: banger completion fish | source",
+    load: async () => (await import("./commands/completion.js")).registerCompletionCommand,
+  },
+  {
     name: "daemon",
     description: "inspect banger's three services",
     load: async () => (await import("./commands/daemon.js")).registerDaemonCommands,
@@ -41,7 +49,7 @@ const COMMANDS: readonly TopLevelCommand[] = [
   },
   {
     name: "image",
-    description: "root filesystem images: pull, register, promote, list, show, delete",
+    description: "root filesystem images: pull, register, promote, list, show, catalog, delete",
     load: async () => (await import("./commands/image.js")).registerImageCommands,
   },
   {
@@ -197,6 +205,11 @@ function namedCommand(program: Command, argv: readonly string[]): Command {
 export async function main(argv: readonly string[]): Promise<number> {
   try {
     const { program, fillIn } = buildProgram();
+    // The completion scripts' call: hidden, never a command of its own (it must not show in help or complete itself).
+    if (argv[0] === "__complete") {
+      await (await import("./completion.js")).complete(program, fillIn, argv.slice(1));
+      return 0;
+    }
     // `banger help <command>` prints the command's help without running it (no preSubcommand hook): with `help`
     // anywhere in the arguments, every command is filled in first, as if none were lazy.
     if (argv.includes("help")) await Promise.all(COMMANDS.map(({ name }) => fillIn(name)));

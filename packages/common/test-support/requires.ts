@@ -61,6 +61,8 @@ const PACKAGE_OF: Record<string, string> = {
   patchelf: "patchelf",
   mmdebstrap: "mmdebstrap",
   dash: "dash",
+  zsh: "zsh",
+  fish: "fish",
 };
 
 /** e2fsprogs' tools, which banger runs on every ext4 image and disk. */

@@ -1,8 +1,9 @@
 import { resolve } from "node:path";
-import { ImageService } from "@banger/gen/banger/v1/image_pb.js";
+import { CatalogEntrySchema, ImageService } from "@banger/gen/banger/v1/image_pb.js";
 import { ImageSchema, ImageSource, type Image } from "@banger/gen/banger/v1/resources_pb.js";
 import type { Command } from "commander";
 import type { GlobalOptions } from "../context.js";
+import { UsageError } from "../errors.js";
 import { printJsonList } from "../render/json.js";
 import { mib } from "../render/size.js";
 import { renderTable } from "../render/table.js";
@@ -13,11 +14,48 @@ import { announceAndWatch, detachOption, withOrchestrator } from "./op.js";
 export function registerImageCommands(image: Command, globals: () => GlobalOptions): void {
   registerImageSources(image, globals);
   registerListShow(image, globals, IMAGE_LISTING);
+  registerCatalog(image, globals);
   registerDelete(image, globals, {
     noun: "image",
     description: "delete an image (refused while a VM uses it; deleting a missing image succeeds)",
     remove: async (o, name) => (await o.client(ImageService).deleteImage({ name }, o.callOptions())).existed,
   });
+}
+
+interface PullOptions {
+  name?: string;
+  platform: string;
+  replace?: boolean;
+  minRootfs?: string;
+  wait: boolean;
+  json?: boolean;
+}
+
+function mibValue(value: string, flag: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n <= 0) {
+    throw new UsageError(`${flag} must be a positive whole number of MiB, got ${value}`);
+  }
+  return n;
+}
+
+/** `image catalog`: the names `image pull` and `vm create --image` know, and whether each is local. */
+function registerCatalog(image: Command, globals: () => GlobalOptions): void {
+  image
+    .command("catalog")
+    .description(
+      "the images banger knows by name (`image pull NAME`, `vm create --image NAME` pulls on first use) and " +
+        "whether each is local",
+    )
+    .option("--json", "print JSON")
+    .action(async (opts: { json?: boolean }) => {
+      await withOrchestrator(globals(), async (o) => {
+        const { entries } = await o.client(ImageService).listCatalog({}, o.callOptions());
+        if (opts.json) return printJsonList(CatalogEntrySchema, entries);
+        const rows = entries.map((e) => [e.name, e.local ? "yes" : "no", e.reference, e.description]);
+        process.stdout.write(renderTable(["NAME", "LOCAL", "REFERENCE", "DESCRIPTION"], rows));
+      });
+    });
 }
 
 /** `image pull`, `image register` and `image promote`: the ways an image comes to be. */
@@ -31,14 +69,24 @@ function registerImageSources(image: Command, globals: () => GlobalOptions): voi
     .description("pull an image and build its ext4 root filesystem; shows each stage, exits 1 if the pull fails")
     .option("--name <name>", "publish it under this name (default: from the reference)")
     .option("--platform <os/arch>", "platform to pull from a multi-platform image", "")
+    .option("--replace", "replace a local image of that name (refused while a VM uses it)")
+    .option(
+      "--min-rootfs <mib>",
+      "root filesystem of at least this many MiB, 64-1048576 (default: image.min_rootfs_mib in the config); " +
+        "never less than the content plus headroom",
+    )
     .option("--no-wait", "print the operation id and return at once")
     .addOption(detachOption())
     .option("--json", "print the image as JSON when done")
-    .action(async (reference: string, opts: { name?: string; platform: string; wait: boolean; json?: boolean }) => {
+    .action(async (reference: string, opts: PullOptions) => {
+      const minRootfsMib = opts.minRootfs === undefined ? 0n : BigInt(mibValue(opts.minRootfs, "--min-rootfs"));
       await withOrchestrator(globals(), async (o) => {
         const { operation } = await o
           .client(ImageService)
-          .pullImage({ reference, name: opts.name ?? "", platform: opts.platform }, o.callOptions());
+          .pullImage(
+            { reference, name: opts.name ?? "", platform: opts.platform, replace: opts.replace === true, minRootfsMib },
+            o.callOptions(),
+          );
         if (!operation) return;
         const done = await announceAndWatch(o, operation, `pulling ${reference} as ${operation.target}`, opts.wait);
         if (done?.result.case === "image") printImages([done.result.value], opts.json === true);

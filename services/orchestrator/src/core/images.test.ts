@@ -294,6 +294,43 @@ describe("image pulls", () => {
   });
 });
 
+describe("image pull --replace", () => {
+  const scope = { signal: new AbortController().signal };
+  const pullDebian = (images: ReturnType<typeof catalog>["images"], replace: boolean) =>
+    images.pull({ reference: "debian", name: "", platform: "", minRootfsMib: 0, replace }, scope);
+
+  it("refuses a VM's image at once, and when a VM is made from it during the pull, keeps the old one whole", async () => {
+    const { operations, images } = catalog(scriptedPuller({ delayMs: 300 }));
+    await runWithOpId("op-00000000f001", () => pullDebian(images, false));
+    await operations.settled();
+    const before = await images.get("debian");
+    await insertKernel(store().db, kernel());
+    await insertVm(store().db, vm({ imageName: "debian" }));
+    const refused = await pullDebian(images, true).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(FailedPreconditionError);
+    expect((refused as FailedPreconditionError).reason).toBe("IMAGE_IN_USE");
+    expect((await operations.list({ limit: 10 })).length).toBe(1); // no operation for it
+
+    await store().db.deleteFrom("vms").execute();
+    const op = await runWithOpId("op-00000000f002", () => pullDebian(images, true));
+    await insertVm(store().db, vm({ imageName: "debian" })); // while the pull downloads
+    await operations.settled();
+    const failed = await operations.get(op.id);
+    expect([failed.state, failed.error?.reason]).toEqual(["failed", "IMAGE_IN_USE"]);
+    expect(await images.get("debian")).toEqual({ ...before, usedBy: ["box"] });
+    expect(readdirSync(join(tempDir(), "images", "debian"))).toEqual(["rootfs.ext4"]);
+    expect(readdirSync(join(tempDir(), "images", ".staging"))).toEqual([]);
+
+    await store().db.deleteFrom("vms").execute();
+    const replaced = await runWithOpId("op-00000000f003", () => pullDebian(images, true));
+    await operations.settled();
+    expect((await operations.get(replaced.id)).state).toBe("succeeded");
+    expect((await images.get("debian")).createdAt).not.toEqual(before.createdAt);
+    expect(readdirSync(join(tempDir(), "images")).sort()).toEqual([".staging", "debian"]);
+    expect(readdirSync(join(tempDir(), "images", ".staging"))).toEqual([]);
+  });
+});
+
 describe("the built-in image tiny", () => {
   const scope = { signal: new AbortController().signal };
   /** A create's resolve-image stage for the default image `name`: the image it got, and the stage as recorded. */

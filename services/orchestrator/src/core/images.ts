@@ -65,7 +65,14 @@ export {
 export interface ImageCatalog {
   /** Checks that the puller answers (failing at once if not), then starts the pull operation. */
   pull(
-    req: { reference: string; name: string; platform: string; minRootfsMib: number },
+    req: {
+      reference: string;
+      name: string;
+      platform: string;
+      minRootfsMib: number;
+      /** Replace a local image of that name (refused while a VM uses it: IMAGE_IN_USE). */
+      replace?: boolean;
+    },
     scope: CallScope,
   ): Promise<OperationRecord>;
   /** Every image, sorted by name, with the VMs that use it. */
@@ -152,7 +159,16 @@ export function createImageCatalog(deps: {
     async pull(req, scope) {
       const planned = planPull(req);
       if (await getImage(db, planned.name)) {
-        throw new AlreadyExistsError(`image ${planned.name} already exists`, { reason: "IMAGE_NAME_TAKEN" });
+        if (!planned.replace) {
+          throw new AlreadyExistsError(`image ${planned.name} already exists`, { reason: "IMAGE_NAME_TAKEN" });
+        }
+        // Checked again when the new image is published: a VM made from it meanwhile refuses the swap.
+        const users = await listImageUsers(db, planned.name);
+        if (users.length > 0) {
+          throw new FailedPreconditionError(`image ${planned.name} is used by ${users.join(", ")}`, {
+            reason: "IMAGE_IN_USE",
+          });
+        }
       }
       await puller.identify(scope);
       return operations.start("pull-image", planned.name, async (op) => ({

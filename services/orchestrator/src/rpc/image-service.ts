@@ -14,7 +14,13 @@ export function createImageService(
   return implementService(ImageService, {
     async pullImage(req, ctx) {
       const operation = await images.pull(
-        { reference: req.reference, name: req.name, platform: req.platform, minRootfsMib: Number(req.minRootfsMib) },
+        {
+          reference: req.reference,
+          name: req.name,
+          platform: req.platform,
+          minRootfsMib: Number(req.minRootfsMib),
+          replace: req.replace,
+        },
         scopeOf(ctx),
       );
       return { operation: operationToProto(operation) };

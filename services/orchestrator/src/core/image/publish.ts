@@ -7,7 +7,7 @@ import { chmod, lstat, mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { AlreadyExistsError, FailedPreconditionError, copySparse, type Logger } from "@banger/common";
 import type { Kysely } from "kysely";
-import { getImage, insertImage, type Database, type ImageRecord } from "../../store/index.js";
+import { deleteImage, getImage, insertImage, type Database, type ImageRecord } from "../../store/index.js";
 import type { PullerPort } from "../ports.js";
 import { ROOTFS_FILE, type CredentialLookup, type PullDefaults } from "./model.js";
 
@@ -34,24 +34,49 @@ export interface ImageShelf {
 /**
  * Under the short lock: re-checks the name, renames the staging directory
  * into place and inserts the row (the files go again if the row cannot).
+ * With `replace`, an image of that name goes first: its row (refused while a
+ * VM uses it: IMAGE_IN_USE), its directory renamed to `aside`, removed once
+ * the new image is in (put back with its row if the new one cannot be).
  */
-export function publish(shelf: ImageShelf, staging: string, image: ImageRecord): Promise<ImageRecord> {
+export async function publish(
+  shelf: ImageShelf,
+  staging: string,
+  image: ImageRecord,
+  options: { readonly replace: boolean; readonly aside: string } = { replace: false, aside: "" },
+): Promise<ImageRecord> {
   const { db, dir } = shelf;
-  return shelf.underPublishLock(async () => {
-    if (await getImage(db, image.name)) {
+  let replaced: ImageRecord | undefined;
+  const published = await shelf.underPublishLock(async () => {
+    const existing = await getImage(db, image.name);
+    if (existing && !options.replace) {
       throw new AlreadyExistsError(`image ${image.name} was published by another call meanwhile`, {
         reason: "IMAGE_NAME_TAKEN",
       });
     }
     await mkdir(shelf.imagesDir, { recursive: true, mode: 0o700 });
-    await rename(staging, dir(image.name));
+    if (existing) {
+      await deleteImage(db, image.name); // IMAGE_IN_USE if a VM was made from it meanwhile
+      await rename(dir(image.name), options.aside);
+      replaced = existing;
+    }
     try {
+      await rename(staging, dir(image.name));
       return await insertImage(db, image);
     } catch (error) {
       await rm(dir(image.name), { recursive: true, force: true });
+      if (replaced) {
+        await rename(options.aside, dir(image.name));
+        await insertImage(db, replaced);
+        replaced = undefined;
+      }
       throw error;
     }
   });
+  if (replaced) {
+    await rm(options.aside, { recursive: true, force: true });
+    shelf.logger.info({ image: image.name, was: replaced.manifestDigest }, "image replaced");
+  }
+  return published;
 }
 
 /**

@@ -27,6 +27,8 @@ export interface PlannedPull {
   readonly fromCatalog: CatalogEntry | undefined;
   readonly platform: string;
   readonly minRootfsMib: number;
+  /** Publish over a local image of that name (not in use) instead of refusing it. */
+  readonly replace: boolean;
 }
 
 /** What `image pull` asked for, resolved: a catalog name or `tiny` to its reference, the image's name. */
@@ -35,6 +37,7 @@ export function planPull(req: {
   name: string;
   platform: string;
   minRootfsMib: number;
+  replace?: boolean;
 }): PlannedPull {
   const builtin = req.reference === TINY_IMAGE;
   const fromCatalog = CATALOG.find((entry) => entry.name === req.reference);
@@ -46,7 +49,16 @@ export function planPull(req: {
   const name = validImageName(
     req.name || (builtin ? TINY_IMAGE : fromCatalog?.name || imageNameFromReference(reference)),
   );
-  return { builtin, reference, registry, name, fromCatalog, platform: req.platform, minRootfsMib: req.minRootfsMib };
+  return {
+    builtin,
+    reference,
+    registry,
+    name,
+    fromCatalog,
+    platform: req.platform,
+    minRootfsMib: req.minRootfsMib,
+    replace: req.replace === true,
+  };
 }
 
 /** The pull itself: the puller builds into a staging directory, then the image is published. */
@@ -64,18 +76,23 @@ export async function runPull(shelf: ImageShelf, op: PullContext, req: PlannedPu
     const defaultKernel = catalogKernel !== "" && (await getKernel(shelf.db, catalogKernel)) ? catalogKernel : null;
     const image = await op.stage("publish", async () => {
       await ownRootfs(staging, op.signal);
-      return publish(shelf, staging, {
-        name,
-        reference: builtin ? null : outcome.canonicalReference || req.reference,
-        manifestDigest: outcome.manifestDigest,
-        platform: outcome.platform,
-        rootfsBytes: outcome.rootfsBytes,
-        workSeedBytes: outcome.workSeedBytes,
-        defaultKernel,
-        source: builtin ? "builtin" : "pulled",
-        config: outcome.config,
-        createdAt: shelf.now(),
-      });
+      return publish(
+        shelf,
+        staging,
+        {
+          name,
+          reference: builtin ? null : outcome.canonicalReference || req.reference,
+          manifestDigest: outcome.manifestDigest,
+          platform: outcome.platform,
+          rootfsBytes: outcome.rootfsBytes,
+          workSeedBytes: outcome.workSeedBytes,
+          defaultKernel,
+          source: builtin ? "builtin" : "pulled",
+          config: outcome.config,
+          createdAt: shelf.now(),
+        },
+        { replace: req.replace, aside: join(shelf.stagingRoot, `${op.id}.replaced`) },
+      );
     });
     shelf.logger.info({ image: name, digest: image.manifestDigest }, "image published");
     return image;
@@ -174,6 +191,7 @@ export async function ensureLocal(
     fromCatalog,
     platform: "",
     minRootfsMib: 0,
+    replace: false,
   }).finally(() => shelf.pulling.delete(name));
   shelf.pulling.set(name, pull);
   return pull;
