@@ -28,6 +28,8 @@ export async function startFakeVmCluster(
     prepareNetns?: (ns: NetNs) => void;
     /** Run the orchestrator in the namespace too (it then reaches the bridge's addresses). */
     orchestratorInNetns?: boolean;
+    /** The owner's config.toml (the harness adds `vmm = "firecracker"`). */
+    configToml?: string;
   } = {},
 ) {
   console.log("no KVM or Firecracker here: VMs run under test-fixtures/fake-vmm.mjs (Firecracker's API, no guest)");
@@ -39,6 +41,7 @@ export async function startFakeVmCluster(
     netns: ns.name,
     helperArgs: ["--firecracker", firecracker],
     ...(options.orchestratorInNetns ? { orchestratorInNetns: true } : {}),
+    ...(options.configToml !== undefined ? { configToml: options.configToml } : {}),
   });
   const pkg = join(cluster.dir, "kernel-pkg");
   mkdirSync(join(pkg, "boot"), { recursive: true });

@@ -241,7 +241,7 @@ class Checker {
     if (pathProblem !== undefined) return pathProblem;
     const rel = relative(this.home, expandHome(text, this.home));
     if (rel === "" || rel.startsWith("..") || isAbsolute(rel)) {
-      return `must be a file inside the owner's home ${this.home} (file_sync reads nothing else)`;
+      return `must be a file or directory inside the owner's home ${this.home} (file_sync reads nothing else)`;
     }
     return undefined;
   }

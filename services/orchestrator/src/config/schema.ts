@@ -10,7 +10,7 @@ export type VmmDriver = "firecracker" | "qemu-microvm";
 /** The `vmm` setting: a driver, or "auto" (Firecracker where KVM and its binary are, else QEMU). */
 export type VmmSetting = VmmDriver | "auto";
 
-/** One `[[file_sync]]` entry: a file of the owner's home copied onto each new VM's work disk. */
+/** One `[[file_sync]]` entry: a file or directory of the owner's home copied onto each VM's work disk (create, each start). */
 export interface FileSyncEntry {
   /** Absolute host path, strictly inside the owner's home (`~/` expanded). */
   readonly source: string;
@@ -184,10 +184,16 @@ export const CONFIG_REFERENCE: readonly ConfigKeyDoc[] = deepFreeze([
   {
     key: "file_sync[].source",
     default: "",
-    meaning: "required: a file inside the owner's home (absolute or ~/…) copied to every new VM",
+    meaning:
+      "required: a file or directory (copied recursively, modes kept, symlinks left out) inside the owner's home " +
+      "(absolute or ~/…), copied onto each VM's work disk at create and again at each start",
   },
   { key: "file_sync[].target", default: "", meaning: "required: its absolute guest path, below /root" },
-  { key: "file_sync[].mode", default: '"0600"', meaning: 'permission bits of the guest file, octal string ("0644")' },
+  {
+    key: "file_sync[].mode",
+    default: '"0600"',
+    meaning: 'permission bits of the guest file, octal string ("0644"); a directory\'s files keep their own',
+  },
 ]);
 
 /** The reference as plain text, one key per line: `key = default  # meaning`. */

@@ -152,6 +152,8 @@ export interface GuestPort {
   /** Builds the work disk at `target` from the image's seed (or empty), grown to `sizeMib`, with banger's files. */
   prepareWorkDisk(args: { target: string; seedPath?: string; sizeMib: number; signal: AbortSignal }): Promise<void>;
   growWorkDisk(path: string, sizeMib: number, signal: AbortSignal): Promise<void>;
+  /** Writes banger's files (SSH key, git identity, file_sync) onto a stopped VM's work disk again, as configured now. */
+  refreshWorkDisk(path: string, signal: AbortSignal): Promise<void>;
   /**
    * The identity (device, inode, size, times) of the published image file `rootfs` as it is now, when
    * `e2fsck -fn` found the file as it is now clean (asked once per identity); else undefined. A copy

@@ -68,6 +68,8 @@ interface Script {
   imageClean?: boolean;
   /** The guest's SSH never answers: the wait for it ends only when it is told to stop (then `stopped`). */
   sshSilent?: { stopped: boolean };
+  /** Work disks banger's files were written onto again (guest port refreshWorkDisk), in order. */
+  refreshed?: string[];
 }
 
 /** How many scripted helper calls were in flight at once, at most. */
@@ -263,6 +265,17 @@ function scriptedGuest(script: Script): GuestPort {
       return Promise.resolve();
     },
     growWorkDisk: () => Promise.resolve(),
+    refreshWorkDisk(path) {
+      if (script.failAt === "refreshWorkDisk") {
+        return Promise.reject(
+          new FailedPreconditionError("file_sync[0].source /home/me/gone does not exist", {
+            reason: "FILE_SYNC_MISSING",
+          }),
+        );
+      }
+      script.refreshed?.push(path);
+      return Promise.resolve();
+    },
     // Not known clean unless a test says so: the create checks its root disk itself.
     cleanRootfs: () => Promise.resolve(script.imageClean ? "1:2:3:4:5" : undefined),
     waitForSsh: (_ip, _timeoutMs, signal) => {
@@ -631,6 +644,37 @@ describe("VM lifecycle", () => {
     expect(vmDirs(stateDir)).toEqual([]);
   });
 
+  it("writes banger's files onto the work disk again at each start and restart; a failure is a note, not a failed start", async () => {
+    const refreshed: string[] = [];
+    const script: Script = { refreshed };
+    const { vms, operations, stateDir, create } = await setup(script);
+    await create("box");
+    await operations.settled();
+    const workDisk = join(stateDir, "vms", (await vms.get("box")).id, "work.ext4");
+    expect(refreshed).toEqual([]); // the create wrote them
+
+    await vms.stop("box", { timeoutMs: 100, force: true });
+    await operations.settled();
+    await vms.start("box", { sshTimeoutMs: undefined, skipSshWait: false });
+    await operations.settled();
+    await vms.restart("box", { timeoutMs: 100, force: true, skipSshWait: false });
+    await operations.settled();
+    expect(refreshed).toEqual([workDisk, workDisk]);
+
+    await vms.stop("box", { timeoutMs: 100, force: true });
+    await operations.settled();
+    script.failAt = "refreshWorkDisk";
+    const started = await vms.start("box", { sshTimeoutMs: undefined, skipSshWait: false });
+    await operations.settled();
+    const done = await operations.get(started.id);
+    expect(done.state).toBe("succeeded");
+    expect(done.stages[0]).toMatchObject({ name: "work-files", state: "done" });
+    expect(done.stages[0]?.message).toMatch(
+      /^banger's files were not written again \(.*gone does not exist, FILE_SYNC_MISSING\)/,
+    );
+    expect((await vms.get("box")).state).toBe("running");
+  });
+
   it("stop, start, restart, set and delete round trips, with the right codes for no-op requests", async () => {
     const { vms, names, operations, model, requests, stateDir, create } = await setup();
     await create("box");
@@ -717,6 +761,7 @@ describe("root-disk strategy dm-snapshot (scripted helper: this machine has no d
     await operations.settled();
     const start = await operations.get(started.id);
     expect(start.stages.map((s) => s.name)).toEqual([
+      "work-files",
       "root-disk",
       "tap",
       "launch-vmm",

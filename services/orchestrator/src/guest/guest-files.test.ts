@@ -5,6 +5,8 @@ import { join } from "node:path";
 import { BangerError } from "@banger/common";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import {
+  FILE_SYNC_MAX_DEPTH,
+  FILE_SYNC_MAX_ENTRIES,
   FILE_SYNC_MAX_FILE_BYTES,
   bootArgsIp,
   rootDiskFiles,
@@ -228,13 +230,107 @@ describe("workDiskFiles", () => {
     }
   });
 
-  it("refuses directories and FIFOs (file_sync copies regular files only)", async () => {
+  it("refuses FIFOs (file_sync copies regular files and directories)", async () => {
     execFileSync("mkfifo", [join(home, "fifo")]);
-    for (const source of [join(home, ".config"), join(home, "fifo")]) {
-      expect(
-        await failure(workDiskFiles({ publicKey: KEY, fileSync: [{ source, target: "/root/s", mode: 0o600 }], home })),
-      ).toMatchObject({ reason: "FILE_SYNC_NOT_REGULAR" });
-    }
+    expect(
+      await failure(
+        workDiskFiles({
+          publicKey: KEY,
+          fileSync: [{ source: join(home, "fifo"), target: "/root/s", mode: 0o600 }],
+          home,
+        }),
+      ),
+    ).toMatchObject({ reason: "FILE_SYNC_NOT_REGULAR" });
+  });
+
+  it("copies a directory recursively with each file's and directory's own mode, leaving symlinks and FIFOs out", async () => {
+    const tree = join(home, ".config", "tool");
+    mkdirSync(join(tree, "sub", "deeper"), { recursive: true });
+    writeFileSync(join(tree, "config.toml"), "a = 1\n");
+    writeFileSync(join(tree, "sub", "run.sh"), "#!/bin/sh\n");
+    chmodSync(join(tree, "sub", "run.sh"), 0o755);
+    chmodSync(join(tree, "sub"), 0o750);
+    writeFileSync(join(dir, "outside"), "secret");
+    symlinkSync(join(dir, "outside"), join(tree, "escape")); // outside the home: never read
+    symlinkSync(join(tree, "config.toml"), join(tree, "alias")); // inside: left out too (not followed)
+    execFileSync("mkfifo", [join(tree, "pipe")]);
+    writeFileSync(join(home, "single"), "one");
+    const entries = await workDiskFiles({
+      publicKey: KEY,
+      fileSync: [
+        { source: join(home, ".config", "tool"), target: "/root/.config/tool", mode: 0o600 },
+        // A file target inside a directory target that the tree does not hold.
+        { source: join(home, "single"), target: "/root/.config/tool/extra", mode: 0o640 },
+      ],
+      home,
+    });
+    const got = byPath(entries);
+    expect([...got.keys()].filter((p) => p.startsWith("/.config")).sort()).toEqual([
+      "/.config/tool",
+      "/.config/tool/config.toml",
+      "/.config/tool/extra",
+      "/.config/tool/sub",
+      "/.config/tool/sub/deeper",
+      "/.config/tool/sub/run.sh",
+    ]);
+    expect(got.get("/.config/tool/sub")).toMatchObject({ kind: "directory", mode: 0o750, uid: 0, gid: 0 });
+    expect(got.get("/.config/tool/sub/run.sh")).toMatchObject({ kind: "file", mode: 0o755 });
+    expect(got.get("/.config/tool/config.toml")).toMatchObject({ kind: "file", mode: 0o644 & ~process.umask() });
+    expect(
+      text(
+        entries.filter((e) => e.kind === "file"),
+        "/.config/tool/extra",
+      ),
+    ).toBe("one");
+    expect(got.get("/.config/tool/extra")).toMatchObject({ mode: 0o640 });
+
+    // The tree holding another entry's target is a conflict.
+    writeFileSync(join(tree, "extra"), "clash");
+    expect(
+      await failure(
+        workDiskFiles({
+          publicKey: KEY,
+          fileSync: [
+            { source: tree, target: "/root/.config/tool", mode: 0o600 },
+            { source: join(home, "single"), target: "/root/.config/tool/extra", mode: 0o640 },
+          ],
+          home,
+        }),
+      ),
+    ).toMatchObject({ reason: "FILE_SYNC_TARGET_CONFLICT" });
+  });
+
+  it("holds a directory to its limits: entries, depth, bytes, and names debugfs can take", async () => {
+    const sync = (source: string) =>
+      failure(workDiskFiles({ publicKey: KEY, fileSync: [{ source, target: "/root/d", mode: 0o600 }], home }));
+    const many = join(home, "many");
+    mkdirSync(many);
+    for (let i = 0; i < FILE_SYNC_MAX_ENTRIES; i++) writeFileSync(join(many, `f${i}`), "");
+    expect(await sync(many)).toMatchObject({ kind: "failed-precondition", reason: "FILE_SYNC_TOO_LARGE" });
+    rmSync(join(many, "f0"));
+    // The directory itself and FILE_SYNC_MAX_ENTRIES - 1 files: exactly at the limit.
+    const atLimit = await workDiskFiles({
+      publicKey: KEY,
+      fileSync: [{ source: many, target: "/root/d", mode: 0o600 }],
+      home,
+    });
+    expect(atLimit.filter((e) => e.path.startsWith("/d")).length).toBe(FILE_SYNC_MAX_ENTRIES);
+
+    const deep = join(home, "deep");
+    mkdirSync(join(deep, ...Array.from({ length: FILE_SYNC_MAX_DEPTH + 1 }, (_, i) => `l${i}`)), { recursive: true });
+    const tooDeep = await sync(deep);
+    expect([tooDeep.reason, tooDeep.message]).toEqual(["FILE_SYNC_TOO_LARGE", expect.stringContaining("deeper")]);
+
+    const heavy = join(home, "heavy");
+    mkdirSync(heavy);
+    for (let i = 0; i < 9; i++) sparse(join(heavy, `part${i}`), FILE_SYNC_MAX_FILE_BYTES);
+    const tooHeavy = await sync(heavy);
+    expect([tooHeavy.reason, tooHeavy.message]).toEqual(["FILE_SYNC_TOO_LARGE", expect.stringContaining("add up")]);
+
+    const odd = join(home, "odd");
+    mkdirSync(odd);
+    writeFileSync(join(odd, "has space"), "");
+    expect(await sync(odd)).toMatchObject({ kind: "invalid-argument", reason: "FILE_SYNC_INVALID_TARGET" });
   });
 
   it("refuses a source larger than 8 MiB and takes one of exactly 8 MiB", async () => {

@@ -8,8 +8,8 @@
  * config's `file_sync[].target`.
  */
 import { constants } from "node:fs";
-import { open, realpath } from "node:fs/promises";
-import { isAbsolute, relative } from "node:path";
+import { lstat, open, readdir, realpath } from "node:fs/promises";
+import { isAbsolute, join, relative } from "node:path";
 import { FailedPreconditionError, InvalidArgumentError, PermissionDeniedError } from "@banger/common";
 
 /** A file of a guest filesystem: the shape of the helper's `GuestFile` (disk.proto). */
@@ -43,6 +43,10 @@ export const WORK_DISK_MOUNT = "/root";
 export const FILE_SYNC_MAX_FILE_BYTES = 8 * 1024 * 1024;
 /** Largest total of all file_sync sources of one VM, in bytes (they are held in memory until written). */
 export const FILE_SYNC_MAX_TOTAL_BYTES = 64 * 1024 * 1024;
+/** Most files and directories all file_sync directory sources of one VM may bring (one debugfs session writes them). */
+export const FILE_SYNC_MAX_ENTRIES = 4096;
+/** Deepest a file_sync directory source is walked (levels below the directory itself). */
+export const FILE_SYNC_MAX_DEPTH = 16;
 
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 const HOSTNAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
@@ -227,15 +231,21 @@ export interface WorkDiskInput {
  * `/.ssh/authorized_keys` (0600) with the banger key, `/.gitconfig` (0644)
  * when a git identity is given, then each file_sync entry.
  *
- * file_sync copies regular files only (a directory is refused with
- * FILE_SYNC_NOT_REGULAR): the source's real path (symlinks followed) must be
- * inside the real path of `home` (FILE_SYNC_OUTSIDE_HOME), at most 8 MiB each
- * and 64 MiB in all (FILE_SYNC_TOO_LARGE), read without blocking on FIFOs and
- * without following a symlink swapped in after the check. This is a policy
- * (what leaves the home), not a privilege boundary: the orchestrator runs as
- * the owner and reads only what the owner can. A target may not be a path
- * banger writes itself nor the parent of another target
- * (FILE_SYNC_TARGET_CONFLICT).
+ * file_sync copies a regular file, or a directory recursively (anything
+ * else is FILE_SYNC_NOT_REGULAR): the source's real path (symlinks followed)
+ * must be inside the real path of `home` (FILE_SYNC_OUTSIDE_HOME), each file
+ * at most 8 MiB and all of them 64 MiB in all (FILE_SYNC_TOO_LARGE), read
+ * without blocking on FIFOs and without following a symlink swapped in after
+ * the check. A file gets the entry's `mode`; a directory's files and
+ * subdirectories keep their own permission bits (the directory too). Inside a
+ * directory, symlinks are not followed and are left out, as are sockets,
+ * FIFOs and devices; a directory brings at most FILE_SYNC_MAX_ENTRIES entries
+ * in all, FILE_SYNC_MAX_DEPTH levels deep (FILE_SYNC_TOO_LARGE), and names
+ * debugfs cannot take are refused (FILE_SYNC_INVALID_TARGET). This is a
+ * policy (what leaves the home), not a privilege boundary: the orchestrator
+ * runs as the owner and reads only what the owner can. A target may not be a
+ * path banger writes itself nor lie below a file target, nor be above another
+ * entry unless it is a directory (FILE_SYNC_TARGET_CONFLICT).
  */
 export async function workDiskFiles(input: WorkDiskInput): Promise<WorkDiskEntry[]> {
   const key = validPublicKey(input.publicKey);
@@ -265,23 +275,139 @@ export async function workDiskFiles(input: WorkDiskInput): Promise<WorkDiskEntry
     }
     return toWorkDiskPath(entry.target, `${field}.target`);
   });
-  refuseConflicts(entries, targets);
+  if (input.fileSync.length === 0) return entries;
+  // Clashes whatever the sources are, before anything is read; then again once it is known which are directories.
+  refuseConflicts(
+    entries,
+    targets,
+    targets.map(() => ({ directory: true })),
+  );
+  const home = await realHome(input.home);
+  const kinds = await Promise.all(
+    input.fileSync.map((entry, i) => syncSourceKind(entry.source, home, `file_sync[${i}].source`)),
+  );
+  refuseConflicts(entries, targets, kinds);
 
-  if (input.fileSync.length > 0) {
-    const home = await realHome(input.home);
-    let total = 0;
-    for (const [i, entry] of input.fileSync.entries()) {
-      const content = await readSyncSource(entry.source, home, `file_sync[${i}].source`);
-      total += content.byteLength;
-      if (total > FILE_SYNC_MAX_TOTAL_BYTES) {
-        throw new FailedPreconditionError(
-          `file_sync sources add up to more than ${FILE_SYNC_MAX_TOTAL_BYTES} bytes (at file_sync[${i}].source ${entry.source})`,
-          { reason: "FILE_SYNC_TOO_LARGE" },
+  const budget: SyncBudget = { bytes: 0, entries: 0 };
+  for (const [i, entry] of input.fileSync.entries()) {
+    const field = `file_sync[${i}].source`;
+    const target = targets[i] ?? "";
+    if (kinds[i]?.directory === true) {
+      entries.push(...(await readSyncTree(kinds[i].real, target, field, budget)));
+      continue;
+    }
+    const content = await readSyncSource(entry.source, home, field);
+    countBytes(budget, content.byteLength, `${field} ${entry.source}`);
+    entries.push({ kind: "file", path: target, content, mode: entry.mode, uid: 0, gid: 0 });
+  }
+  // A directory's tree may hold the path of another entry's target.
+  const seen = new Set<string>();
+  for (const entry of entries) {
+    if (seen.has(entry.path)) {
+      throw new InvalidArgumentError(`/root${entry.path} would be written by two file_sync entries`, {
+        reason: "FILE_SYNC_TARGET_CONFLICT",
+      });
+    }
+    seen.add(entry.path);
+  }
+  return entries;
+}
+
+/** What file_sync sources have used of the limits so far. */
+interface SyncBudget {
+  bytes: number;
+  entries: number;
+}
+
+function countBytes(budget: SyncBudget, bytes: number, at: string): void {
+  budget.bytes += bytes;
+  if (budget.bytes > FILE_SYNC_MAX_TOTAL_BYTES) {
+    throw new FailedPreconditionError(
+      `file_sync sources add up to more than ${FILE_SYNC_MAX_TOTAL_BYTES} bytes (at ${at})`,
+      {
+        reason: "FILE_SYNC_TOO_LARGE",
+      },
+    );
+  }
+}
+
+/** Whether a source is a directory (and its real path), after the checks every source gets. */
+async function syncSourceKind(
+  source: string,
+  home: string,
+  field: string,
+): Promise<{ directory: boolean; real: string }> {
+  let real: string;
+  try {
+    real = await realpath(source);
+  } catch (cause) {
+    throw sourceError(cause, `${field} ${source}`);
+  }
+  refuseOutsideHome(source, real, home, field);
+  const stats = await lstat(real).catch((cause: unknown) => {
+    throw sourceError(cause, `${field} ${source}`);
+  });
+  return { directory: stats.isDirectory(), real };
+}
+
+/**
+ * A directory source's tree, as work disk entries below `target`: directories (outermost first) and regular
+ * files with their own permission bits; symlinks (never followed), sockets, FIFOs and devices left out. Each
+ * file is read as a file source is (O_NOFOLLOW, the size limits); the tree is held to FILE_SYNC_MAX_ENTRIES and
+ * FILE_SYNC_MAX_DEPTH.
+ */
+async function readSyncTree(real: string, target: string, field: string, budget: SyncBudget): Promise<WorkDiskEntry[]> {
+  const entries: WorkDiskEntry[] = [];
+  const count = (what: string) => {
+    budget.entries += 1;
+    if (budget.entries > FILE_SYNC_MAX_ENTRIES) {
+      throw new FailedPreconditionError(
+        `file_sync directories bring more than ${FILE_SYNC_MAX_ENTRIES} files and directories (at ${field} ${what})`,
+        { reason: "FILE_SYNC_TOO_LARGE" },
+      );
+    }
+  };
+  const walk = async (hostDir: string, diskDir: string, level: number): Promise<void> => {
+    const stats = await lstat(hostDir).catch((cause: unknown) => {
+      throw sourceError(cause, `${field} ${hostDir}`);
+    });
+    if (!stats.isDirectory()) return; // replaced since it was listed: left out, as a symlink is
+    count(hostDir);
+    entries.push({ kind: "directory", path: diskDir, mode: stats.mode & 0o777, uid: 0, gid: 0 });
+    const names = await readdir(hostDir, { withFileTypes: true }).catch((cause: unknown) => {
+      throw sourceError(cause, `${field} ${hostDir}`);
+    });
+    names.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const dirent of names) {
+      const hostPath = join(hostDir, dirent.name);
+      if (!dirent.isFile() && !dirent.isDirectory()) continue; // symlinks, sockets, FIFOs, devices
+      const diskPath = `${diskDir}/${dirent.name}`;
+      const problem = diskPathProblem(diskPath);
+      if (problem !== undefined) {
+        throw new InvalidArgumentError(
+          `${field}: ${hostPath} cannot be copied: its guest path /root${diskPath} ${problem}`,
+          {
+            reason: "FILE_SYNC_INVALID_TARGET",
+          },
         );
       }
-      entries.push({ kind: "file", path: targets[i] ?? "", content, mode: entry.mode, uid: 0, gid: 0 });
+      if (dirent.isDirectory()) {
+        if (level >= FILE_SYNC_MAX_DEPTH) {
+          throw new FailedPreconditionError(`${field} is deeper than ${FILE_SYNC_MAX_DEPTH} levels (at ${hostPath})`, {
+            reason: "FILE_SYNC_TOO_LARGE",
+          });
+        }
+        await walk(hostPath, diskPath, level + 1);
+        continue;
+      }
+      count(hostPath);
+      const file = await readRegularFile(hostPath, `${field} ${hostPath}`);
+      if (file === undefined) continue; // replaced by a symlink or something else since it was listed
+      countBytes(budget, file.content.byteLength, `${field} ${hostPath}`);
+      entries.push({ kind: "file", path: diskPath, content: file.content, mode: file.mode & 0o777, uid: 0, gid: 0 });
     }
-  }
+  };
+  await walk(real, target, 0);
   return entries;
 }
 
@@ -362,10 +488,18 @@ function gitConfig(identity: { readonly name: string; readonly email: string }):
  * path banger writes, nor lie below a file, nor be above another entry
  * (it may lie in banger's /.ssh directory, e.g. /root/.ssh/config).
  */
-function refuseConflicts(own: readonly WorkDiskEntry[], targets: readonly string[]): void {
+function refuseConflicts(
+  own: readonly WorkDiskEntry[],
+  targets: readonly string[],
+  kinds: readonly { readonly directory: boolean }[],
+): void {
   const all = [
     ...own.map((e) => ({ path: e.path, dir: e.kind === "directory", label: `banger's own /root${e.path}` })),
-    ...targets.map((path, i) => ({ path, dir: false, label: `file_sync[${i}].target /root${path}` })),
+    ...targets.map((path, i) => ({
+      path,
+      dir: kinds[i]?.directory === true,
+      label: `file_sync[${i}].target /root${path}`,
+    })),
   ];
   for (const [i, a] of all.entries()) {
     for (const b of all.slice(i + 1)) {
@@ -403,6 +537,17 @@ async function readSyncSource(source: string, home: string, field: string): Prom
   } catch (cause) {
     throw sourceError(cause, `${field} ${source}`);
   }
+  refuseOutsideHome(source, real, home, field);
+  const file = await readRegularFile(real, `${field} ${source}`);
+  if (file === undefined) {
+    throw new FailedPreconditionError(`${field} ${source} is not a regular file or a directory`, {
+      reason: "FILE_SYNC_NOT_REGULAR",
+    });
+  }
+  return file.content;
+}
+
+function refuseOutsideHome(source: string, real: string, home: string, field: string): void {
   const rel = relative(home, real);
   if (rel === "" || rel === ".." || rel.startsWith("../") || isAbsolute(rel)) {
     throw new PermissionDeniedError(
@@ -410,37 +555,46 @@ async function readSyncSource(source: string, home: string, field: string): Prom
       { reason: "FILE_SYNC_OUTSIDE_HOME" },
     );
   }
+}
+
+/**
+ * A regular file's bytes and mode, opened without following a symlink and without blocking on a FIFO;
+ * undefined when `path` is not a regular file (a symlink is ELOOP: FILE_SYNC_UNREADABLE).
+ */
+async function readRegularFile(path: string, what: string): Promise<{ content: Uint8Array; mode: number } | undefined> {
   let handle;
   try {
     // O_NOFOLLOW: a symlink swapped in after realpath is refused; O_NONBLOCK: a FIFO does not hang the open.
-    handle = await open(real, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY);
+    handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY);
   } catch (cause) {
-    throw sourceError(cause, `${field} ${source}`);
+    throw sourceError(cause, what);
   }
   try {
     const stats = await handle.stat();
-    if (!stats.isFile()) {
-      throw new FailedPreconditionError(`${field} ${source} is not a regular file (file_sync copies files only)`, {
-        reason: "FILE_SYNC_NOT_REGULAR",
-      });
-    }
+    if (!stats.isFile()) return undefined;
     const tooLarge = () =>
-      new FailedPreconditionError(`${field} ${source} is larger than ${FILE_SYNC_MAX_FILE_BYTES} bytes`, {
+      new FailedPreconditionError(`${what} is larger than ${FILE_SYNC_MAX_FILE_BYTES} bytes`, {
         reason: "FILE_SYNC_TOO_LARGE",
       });
     if (stats.size > FILE_SYNC_MAX_FILE_BYTES) throw tooLarge();
-    // Read at most one byte past the cap: a file that grew since fstat is caught too.
-    const buffer = Buffer.alloc(FILE_SYNC_MAX_FILE_BYTES + 1);
+    // Read at most one byte past the cap: a file that grew since fstat is caught too. The buffer starts at the
+    // size fstat gave (a directory of small files allocates little) and grows to the cap if the file grew.
+    let buffer = Buffer.alloc(stats.size + 1);
     let length = 0;
     for (;;) {
+      if (length === buffer.length) {
+        const larger = Buffer.alloc(FILE_SYNC_MAX_FILE_BYTES + 1);
+        buffer.copy(larger);
+        buffer = larger;
+      }
       const { bytesRead } = await handle.read(buffer, length, buffer.length - length, null);
       if (bytesRead === 0) break;
       length += bytesRead;
       if (length > FILE_SYNC_MAX_FILE_BYTES) throw tooLarge();
     }
-    return Buffer.from(buffer.subarray(0, length));
+    return { content: Buffer.from(buffer.subarray(0, length)), mode: stats.mode };
   } catch (cause) {
-    throw cause instanceof Error && "reason" in cause ? cause : sourceError(cause, `${field} ${source}`);
+    throw cause instanceof Error && "reason" in cause ? cause : sourceError(cause, what);
   } finally {
     await handle.close();
   }

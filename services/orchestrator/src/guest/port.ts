@@ -9,7 +9,7 @@ import type { BangerConfig, SshIdentity } from "../config/index.js";
 import type { GuestPort } from "../core/ports.js";
 import { createCleanImageCheck } from "./clean-image.js";
 import { bootArgsIp, rootDiskFiles, workDiskFiles } from "./guest-files.js";
-import { growWorkDisk, prepareWorkDisk } from "./work-disk.js";
+import { growWorkDisk, prepareWorkDisk, refreshWorkDisk } from "./work-disk.js";
 
 export function createGuestPort(deps: {
   readonly config: BangerConfig;
@@ -19,6 +19,16 @@ export function createGuestPort(deps: {
   readonly sshIdentity: () => Promise<SshIdentity>;
 }): GuestPort {
   const cleanRootfs = createCleanImageCheck();
+  /** What banger writes onto a work disk, from the config and the owner's files as they are now. */
+  const bangerFiles = async () => {
+    const [identity, gitIdentity] = await Promise.all([deps.sshIdentity(), readGitIdentity(deps.home)]);
+    return workDiskFiles({
+      publicKey: identity.publicKey,
+      ...(gitIdentity ? { gitIdentity } : {}),
+      fileSync: deps.config.fileSync,
+      home: deps.home,
+    });
+  };
   return {
     rootDiskFiles: (vm, network) =>
       rootDiskFiles({
@@ -38,18 +48,10 @@ export function createGuestPort(deps: {
       }),
     async prepareWorkDisk({ target, seedPath, sizeMib, signal }) {
       // Gathered (the key, git's identity, file_sync's sources) while the disk is made.
-      const files = (async () => {
-        const [identity, gitIdentity] = await Promise.all([deps.sshIdentity(), readGitIdentity(deps.home)]);
-        return workDiskFiles({
-          publicKey: identity.publicKey,
-          ...(gitIdentity ? { gitIdentity } : {}),
-          fileSync: deps.config.fileSync,
-          home: deps.home,
-        });
-      })();
-      await prepareWorkDisk({ target, seedPath, sizeMib, files, signal });
+      await prepareWorkDisk({ target, seedPath, sizeMib, files: bangerFiles(), signal });
     },
     growWorkDisk: (path, sizeMib, signal) => growWorkDisk(path, sizeMib, signal),
+    refreshWorkDisk: (path, signal) => refreshWorkDisk({ path, files: bangerFiles(), signal }),
     cleanRootfs,
     waitForSsh: (ip, timeoutMs, signal) => waitForSshBanner(ip, timeoutMs, signal),
   };

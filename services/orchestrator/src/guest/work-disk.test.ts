@@ -7,7 +7,7 @@ import { EXT4_TOOLS, requireTools } from "@banger/common/testing";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { workDiskFiles, type WorkDiskEntry } from "./guest-files.js";
 import { createHostRunner, type Runner } from "@banger/common";
-import { growWorkDisk, prepareWorkDisk } from "./work-disk.js";
+import { growWorkDisk, prepareWorkDisk, refreshWorkDisk } from "./work-disk.js";
 
 const KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTestsOnly0000000000000000000000 banger@host";
 const PATH = "/usr/sbin:/usr/bin:/sbin:/bin";
@@ -329,5 +329,47 @@ describe.skipIf(!HAVE_E2FSPROGS)("growWorkDisk", () => {
 
   it("says so when the disk does not exist", async () => {
     expect(await failure(growWorkDisk(join(dir, "nope.ext4"), 64))).toMatchObject({ reason: "WORK_DISK_MISSING" });
+  });
+});
+
+describe.skipIf(!HAVE_E2FSPROGS)("refreshWorkDisk", () => {
+  const OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherKeyForTestsOnly000000000000000000000 banger@host";
+  /** Changes the disk as a guest might, with a debugfs -w script. */
+  const asGuest = (disk: string, lines: readonly string[]) =>
+    execFileSync("debugfs", ["-w", "-f", "-", disk], { input: `${lines.join("\n")}\n`, env: { PATH }, stdio: "pipe" });
+
+  it("writes banger's files again over what the guest changed, and leaves the guest's own files alone", async () => {
+    const target = join(dir, "work.ext4");
+    await prepareWorkDisk({ target, seedPath: makeSeed(), sizeMib: 32, files: await keyFiles() });
+    const mine = join(dir, "mine");
+    writeFileSync(mine, "the guest's\n");
+    asGuest(target, ["cd /", `write ${mine} mine`, "cd /.ssh", "rm authorized_keys", `write ${mine} authorized_keys`]);
+
+    await refreshWorkDisk({ path: target, files: await workDiskFiles({ publicKey: OTHER_KEY, fileSync: [], home }) });
+    expect(debugfs(target, "cat /.ssh/authorized_keys")).toBe(`${OTHER_KEY}\n`);
+    expect(inode(target, "/.ssh/authorized_keys")).toEqual({ type: "regular", mode: "0600", uid: 0, gid: 0 });
+    expect(debugfs(target, "cat /mine")).toBe("the guest's\n");
+    expect(debugfs(target, "cat /.profile")).toBe("export EDITOR=vi\n");
+    expect(fsckClean(target)).toBe(0);
+    expect(readdirSync(scratch)).toEqual([]);
+  });
+
+  it("refuses, writing nothing, when the guest turned a directory of banger's into a symlink", async () => {
+    const target = join(dir, "work.ext4");
+    await prepareWorkDisk({ target, sizeMib: 32, files: await keyFiles() });
+    asGuest(target, ["cd /.ssh", "rm authorized_keys", "cd /", "rmdir .ssh", "symlink .ssh /etc"]);
+
+    const error = await failure(
+      refreshWorkDisk({ path: target, files: await workDiskFiles({ publicKey: OTHER_KEY, fileSync: [], home }) }),
+    );
+    expect(error).toMatchObject({ kind: "failed-precondition", reason: "WORK_DISK_PATH_CONFLICT" });
+    expect(inode(target, "/.ssh")).toMatchObject({ type: "symlink" });
+    expect(fsckClean(target)).toBe(0);
+  });
+
+  it("says so when the disk does not exist", async () => {
+    expect(await failure(refreshWorkDisk({ path: join(dir, "nope.ext4"), files: [] }))).toMatchObject({
+      reason: "WORK_DISK_MISSING",
+    });
   });
 });

@@ -148,6 +148,28 @@ export async function prepareWorkDisk(options: PrepareWorkDiskOptions): Promise<
 }
 
 /**
+ * Writes `files` again onto an existing work disk (a stopped VM's, before it boots: the SSH key, git identity and
+ * file_sync of the config as it is now): `e2fsck -fy`, one debugfs session that writes and reads back (a file
+ * the guest replaced is overwritten; a path the guest turned into a directory, or a parent it turned into a
+ * symlink or file, is WORK_DISK_PATH_CONFLICT and nothing is written), `e2fsck -fy` and, if that fixed
+ * something, `e2fsck -fn`. Nothing else on the disk is touched.
+ */
+export async function refreshWorkDisk(options: {
+  readonly path: string;
+  readonly files: readonly WorkDiskEntry[] | Promise<readonly WorkDiskEntry[]>;
+  readonly signal?: AbortSignal | undefined;
+  readonly runner?: Runner | undefined;
+}): Promise<void> {
+  const { path, signal } = options;
+  const runner = options.runner ?? createHostRunner();
+  await requireFile(path, "work disk", "WORK_DISK_MISSING");
+  const entries = validEntries(await options.files);
+  await fsck(runner, path, signal);
+  const written = await writeEntries(runner, path, entries, { fresh: false }, signal);
+  if (written !== "clean") await runner.run(["e2fsck", "-fn", path], { signal });
+}
+
+/**
  * Grows an existing work disk to `sizeMib` (`vm set --disk`; the VM must be
  * stopped): `e2fsck -fy`, truncate, `resize2fs`, `e2fsck -fn`. The same size
  * is a no-op; a smaller one is WORK_DISK_SHRINK_REFUSED. If resize2fs fails

@@ -12,6 +12,7 @@ import { forgetHostKey } from "../vm-observe.js";
 import { boot, bootLogs, type BootOptions } from "./boot.js";
 import { scopeOf, type VmContext } from "./context.js";
 import { halt, type HaltOptions } from "./halt.js";
+import { refreshGuestFiles } from "./guest-refresh.js";
 import { removeRunDir } from "./host-cleanup.js";
 import { vmResult } from "./result.js";
 import { validVmName } from "./model.js";
@@ -30,6 +31,7 @@ export async function startVm(
   return ctx.operations.start("start-vm", name, (op) =>
     ctx.runtime.lifecycle(name, async () => {
       const current = await applyPending(ctx, await ctx.find(name));
+      await refreshGuestFiles(ctx, op, current);
       await bootOrUnwind(ctx, op, name, current, options, true);
       return vmResult(ctx, name);
     }),
@@ -69,6 +71,7 @@ export async function restartVm(
         await op.stage("stop-vmm", () => halt(ctx, vm, options, scopeOf(op))).finally(() => phases.delete(vm.id));
       }
       const current = await applyPending(ctx, await ctx.find(name));
+      await refreshGuestFiles(ctx, op, current);
       const bootOptions = { skipSshWait: options.skipSshWait, sshTimeoutMs: undefined };
       await bootOrUnwind(ctx, op, name, current, bootOptions, false);
       return vmResult(ctx, name);
