@@ -142,6 +142,13 @@ describe("image catalog, pull --min-rootfs and --replace", () => {
       2,
       "banger: --min-rootfs must be a positive whole number of MiB, got 1.5G\nRun 'banger --help' for usage.\n",
     ]);
+    // A number out of range is the orchestrator's to refuse, before any operation.
+    const small = await cluster.cli(["image", "pull", "debian", "--min-rootfs", "10", "--json"]);
+    expect([small.code, small.stdout]).toEqual([1, ""]);
+    expect(small.stderr).toMatch(/^banger: min_rootfs_mib must be 64-1048576 MiB .*got 10 \(op-[0-9a-f]{12}\)\n$/);
+    expect(JSON.parse((await cluster.cli(["op", "list", "--json"])).stdout)).not.toContainEqual(
+      expect.objectContaining({ target: "debian" }),
+    );
   });
 
   it.skipIf(!HAVE_REGISTRY_TOOLS)(

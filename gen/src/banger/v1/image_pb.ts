@@ -430,7 +430,8 @@ export const ImageService: GenService<{
    * Image. Pulls of different images run in parallel; two pulls racing for
    * one name: one wins, the other's operation fails ALREADY_EXISTS
    * (IMAGE_NAME_TAKEN). Errors (before the operation begins): INVALID_ARGUMENT
-   * (INVALID_REFERENCE), ALREADY_EXISTS (IMAGE_NAME_TAKEN,
+   * (INVALID_REFERENCE; INVALID_ROOTFS_SIZE: min_rootfs_mib neither 0 nor
+   * 64-1048576), ALREADY_EXISTS (IMAGE_NAME_TAKEN,
    * unless `replace`), FAILED_PRECONDITION (IMAGE_IN_USE when replacing),
    * UNAVAILABLE (the image puller is down). Failures of the pull itself (a
    * platform it cannot parse, registry, digests, hostile layers) end the

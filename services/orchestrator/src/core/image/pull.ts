@@ -7,6 +7,7 @@
 import { chmod, mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { InvalidArgumentError, NotFoundError, parseReference } from "@banger/common";
+import { CONFIG_LIMITS } from "../../config/index.js";
 import { getImage, getKernel, type ImageRecord } from "../../store/index.js";
 import type { CallScope } from "../call-scope.js";
 import type { OperationContext } from "../operations.js";
@@ -46,6 +47,18 @@ export function planPull(req: {
     throw new InvalidArgumentError("reference is required", { reason: "INVALID_REFERENCE" });
   }
   const registry = builtin ? "" : parseReference(reference).registry; // INVALID_REFERENCE before any operation
+  const [minMib, maxMib] = CONFIG_LIMITS.minRootfsMib;
+  if (
+    req.minRootfsMib !== 0 &&
+    !(Number.isInteger(req.minRootfsMib) && req.minRootfsMib >= minMib && req.minRootfsMib <= maxMib)
+  ) {
+    throw new InvalidArgumentError(
+      `min_rootfs_mib must be ${minMib}-${maxMib} MiB (or 0: the configured default), got ${req.minRootfsMib}`,
+      {
+        reason: "INVALID_ROOTFS_SIZE",
+      },
+    );
+  }
   const name = validImageName(
     req.name || (builtin ? TINY_IMAGE : fromCatalog?.name || imageNameFromReference(reference)),
   );
