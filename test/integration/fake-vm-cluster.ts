@@ -21,6 +21,8 @@ export const FAKE_VM_TOOLS = [...NETNS_TOOLS, ...VMM_TOOLS, ...EXT4_TOOLS, "lose
 
 export async function startFakeVmCluster(
   options: {
+    /** The owner's config.toml (the harness adds `vmm = "firecracker"`). */
+    configToml?: string;
     withInitrd?: boolean;
     rootfsSize?: string;
     /** Another "Firecracker" than the fake. */ firecracker?: string;
@@ -28,8 +30,6 @@ export async function startFakeVmCluster(
     prepareNetns?: (ns: NetNs) => void;
     /** Run the orchestrator in the namespace too (it then reaches the bridge's addresses). */
     orchestratorInNetns?: boolean;
-    /** The owner's config.toml (the harness adds `vmm = "firecracker"`). */
-    configToml?: string;
   } = {},
 ) {
   console.log("no KVM or Firecracker here: VMs run under test-fixtures/fake-vmm.mjs (Firecracker's API, no guest)");
@@ -37,11 +37,11 @@ export async function startFakeVmCluster(
   const ns: NetNs = createNetNs();
   options.prepareNetns?.(ns);
   const cluster: Cluster = await startCluster({
+    ...(options.configToml !== undefined ? { configToml: options.configToml } : {}),
     owner: OWNER,
     netns: ns.name,
     helperArgs: ["--firecracker", firecracker],
     ...(options.orchestratorInNetns ? { orchestratorInNetns: true } : {}),
-    ...(options.configToml !== undefined ? { configToml: options.configToml } : {}),
   });
   const pkg = join(cluster.dir, "kernel-pkg");
   mkdirSync(join(pkg, "boot"), { recursive: true });
