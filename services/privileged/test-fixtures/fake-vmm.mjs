@@ -19,7 +19,9 @@
 //     PUT /actions InstanceStart (needs a boot source; machine config defaults
 //                  to 1 vCPU / 128 MiB), SendCtrlAltDel and FlushMetrics
 //                  (post-boot only).
-//     PATCH /vm    Paused | Resumed, post-boot only.
+//     PATCH /vm    Paused | Resumed, post-boot only (GET / then says "Paused" or
+//                  "Running"; logs `paused` / `resumed`). A paused guest's
+//                  agent does not answer (the vsock connection is closed).
 //     GET /, /version, /machine-config.
 //   Success is 204 with no body (200 + JSON for GETs); a refusal is 400 with
 //   {"fault_message": "..."} worded as Firecracker words it (serde messages
@@ -37,7 +39,8 @@
 //   guest-shutdown, which logs `agent-shutdown` and exits 0 ~100 ms later.
 //   Boot args `fake.agent=off` make the port refuse (a guest without the kit).
 // QEMU form: -M microvm,… -qmp unix:PATH,server=on,wait=off -serial stdio …
-//   Serves QMP on the socket (greeting, qmp_capabilities, query-status, quit).
+//   Serves QMP on the socket (greeting, qmp_capabilities, query-status, quit,
+//   stop and cont: query-status then says "paused" / "running"; each logged).
 //   One line goes to stderr (the VMM log), one to stdout (the serial console).
 //
 // A guest that floods its console: boot args (Firecracker's boot-source at
@@ -556,7 +559,8 @@ function firecrackerApi(id, requestsPath) {
           const newline = handshake.indexOf("\n");
           if (newline < 0) return handshake.length > 64 ? connection.destroy() : undefined;
           connection.off("data", onData);
-          const agentUp = started() && !/(^| )fake\.agent=off( |$)/.test(vm.bootSource?.boot_args ?? "");
+          // A paused guest runs nothing: its agent does not answer (the connection is closed here).
+          const agentUp = vm.state === "Running" && !/(^| )fake\.agent=off( |$)/.test(vm.bootSource?.boot_args ?? "");
           if (handshake.slice(0, newline) !== "CONNECT 1024" || !agentUp) return connection.destroy();
           log("vsock-connect", { port: 1024 });
           connection.write(`OK ${1073741824 + vm.vsockConnections++}\n`);
@@ -729,6 +733,7 @@ if (args.includes("--api-sock")) {
   const kernel = single(values, "-kernel");
   const socket = qmp[1];
   process.stdout.write(`fake-vmm: console of ${process.argv[1]}\n`);
+  let qemuStatus = "running";
 
   const server = createNetServer((connection) => {
     connection.on("error", () => {});
@@ -755,8 +760,13 @@ if (args.includes("--api-sock")) {
             `${JSON.stringify({ ...body, ...(command.id === undefined ? {} : { id: command.id }) })}\r\n`,
           );
         if (command.execute === "qmp_capabilities") answer({ return: {} });
-        else if (command.execute === "query-status") answer({ return: { status: "running", running: true } });
-        else if (command.execute === "quit") {
+        else if (command.execute === "query-status")
+          answer({ return: { status: qemuStatus, running: qemuStatus === "running" } });
+        else if (command.execute === "stop" || command.execute === "cont") {
+          qemuStatus = command.execute === "stop" ? "paused" : "running";
+          log(command.execute, {});
+          answer({ return: {} });
+        } else if (command.execute === "quit") {
           answer({ return: {} });
           log("quit", {});
           process.exit(0);

@@ -41,7 +41,7 @@ async function follow(
   if (done?.result.case === "vm") printVms([done.result.value], opts.json === true);
 }
 
-/** `vm`'s subcommands: create, list, show, start, stop, restart, delete, set, logs, stats, ports, port, ssh, exec, run. */
+/** `vm`'s subcommands: create, list, show, start, stop, restart, delete, set, logs, stats, ports, port, ssh, exec, run, pause, resume. */
 export function registerVmCommands(vm: Command, globals: () => GlobalOptions): void {
   registerCreateCommand(vm, globals);
   registerListShow(vm, globals, {
@@ -60,6 +60,33 @@ export function registerVmCommands(vm: Command, globals: () => GlobalOptions): v
   registerRunCommands(vm, globals);
   registerSetCommand(vm, globals);
   registerPortCommands(vm, globals);
+  registerPauseCommands(vm, globals);
+}
+
+/** `vm pause` and `vm resume`: the guest stops where it is, its memory kept, and goes on from there. */
+function registerPauseCommands(vm: Command, globals: () => GlobalOptions): void {
+  for (const [command, description] of [
+    [
+      "pause",
+      "stop a running VM's guest where it is (its memory is kept; nothing in it runs or answers) until 'vm resume'",
+    ],
+    ["resume", "let a paused VM's guest run on from where it was paused"],
+  ] as const) {
+    vm.command(command)
+      .argument("<name>", "VM name")
+      .description(description)
+      .option("--json", "print the VM as JSON")
+      .action(async (name: string, opts: { json?: boolean }) => {
+        await withOrchestrator(globals(), async (o) => {
+          const client = o.client(VmService);
+          const { vm: changed } =
+            command === "pause"
+              ? await client.pauseVm({ name }, o.callOptions())
+              : await client.resumeVm({ name }, o.callOptions());
+          if (changed) printVms([changed], opts.json === true);
+        });
+      });
+  }
 }
 
 /** `vm create`. */

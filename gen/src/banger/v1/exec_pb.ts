@@ -345,7 +345,7 @@ export const ExecInteractiveResponseSchema: GenMessage<ExecInteractiveResponse> 
  * closes the SSH channel, which hangs the command up. Errors common to all:
  * INVALID_ARGUMENT (INVALID_VM_NAME, EMPTY_ARGV, INVALID_ENV: not
  * "KEY=value"), NOT_FOUND (VM_NOT_FOUND), FAILED_PRECONDITION
- * (VM_NOT_RUNNING, HOST_KEY_MISMATCH: the guest's host key is not the pinned
+ * (VM_NOT_RUNNING, VM_PAUSED: resume it first, HOST_KEY_MISMATCH: the guest's host key is not the pinned
  * one), UNAVAILABLE (GUEST_UNREACHABLE), DEADLINE_EXCEEDED.
  *
  * @generated from service banger.v1.ExecService

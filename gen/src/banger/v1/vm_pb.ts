@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/v1/vm.proto.
  */
 export const file_banger_v1_vm: GenFile = /*@__PURE__*/
-  fileDesc("ChJiYW5nZXIvdjEvdm0ucHJvdG8SCWJhbmdlci52MSKfAgoPQ3JlYXRlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFaW1hZ2UYAiABKAkSDgoGa2VybmVsGAMgASgJEgwKBHZjcHUYBCABKA0SEgoKbWVtb3J5X21pYhgFIAEoDRIVCg13b3JrX2Rpc2tfbWliGAYgASgEEgsKA25hdBgHIAEoCBIfCgN2bW0YCCABKA4yEi5iYW5nZXIudjEuVm1tS2luZBIVCg1za2lwX3NzaF93YWl0GAkgASgIEi4KC3NzaF90aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjEKD3B1Ymxpc2hlZF9wb3J0cxgLIAMoCzIYLmJhbmdlci52MS5QdWJsaXNoZWRQb3J0IjsKEENyZWF0ZVZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJlCg5TdGFydFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEi4KC3NzaF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXNraXBfc3NoX3dhaXQYAyABKAgiOgoPU3RhcnRWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iWAoNU3RvcFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFZm9yY2UYAyABKAgiOQoOU3RvcFZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJyChBSZXN0YXJ0Vm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVmb3JjZRgDIAEoCBIVCg1za2lwX3NzaF93YWl0GAQgASgIIjwKEVJlc3RhcnRWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iHwoPRGVsZXRlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkiTAoQRGVsZXRlVm1SZXNwb25zZRInCglvcGVyYXRpb24YASABKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uEg8KB2V4aXN0ZWQYAiABKAgiqAEKDFNldFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKBHZjcHUYAiABKA1IAIgBARIXCgptZW1vcnlfbWliGAMgASgNSAGIAQESGgoNd29ya19kaXNrX21pYhgEIAEoBEgCiAEBEhAKA25hdBgFIAEoCEgDiAEBQgcKBV92Y3B1Qg0KC19tZW1vcnlfbWliQhAKDl93b3JrX2Rpc2tfbWliQgYKBF9uYXQiKgoNU2V0Vm1SZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSIzCg5MaXN0Vm1zUmVxdWVzdBIhCgVzdGF0ZRgBIAEoDjISLmJhbmdlci52MS5WbVN0YXRlIi0KD0xpc3RWbXNSZXNwb25zZRIaCgN2bXMYASADKAsyDS5iYW5nZXIudjEuVm0iHAoMR2V0Vm1SZXF1ZXN0EgwKBG5hbWUYASABKAkiKgoNR2V0Vm1SZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSJpCg1WbUxvZ3NSZXF1ZXN0EgwKBG5hbWUYASABKAkSJgoGc291cmNlGAIgASgOMhYuYmFuZ2VyLnYxLlZtTG9nU291cmNlEhIKCnRhaWxfbGluZXMYAyABKA0SDgoGZm9sbG93GAQgASgIIh4KDlZtTG9nc1Jlc3BvbnNlEgwKBGRhdGEYASABKAwiHgoOVm1TdGF0c1JlcXVlc3QSDAoEbmFtZRgBIAEoCSL+AQoPVm1TdGF0c1Jlc3BvbnNlEigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGNwdV90aW1lGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC2NwdV9wZXJjZW50GAMgASgBEhgKEG1lbW9yeV9yc3NfYnl0ZXMYBCABKAQSHAoUcm9vdF9kaXNrX3VzZWRfYnl0ZXMYBSABKAQSHAoUd29ya19kaXNrX3VzZWRfYnl0ZXMYBiABKAQSKQoGdXB0aW1lGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIh4KDlZtUG9ydHNSZXF1ZXN0EgwKBG5hbWUYASABKAkiOgoPVm1Qb3J0c1Jlc3BvbnNlEicKBXBvcnRzGAEgAygLMhguYmFuZ2VyLnYxLkxpc3RlbmluZ1BvcnQiUQoNTGlzdGVuaW5nUG9ydBIQCghwcm90b2NvbBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEgwKBHBvcnQYAyABKA0SDwoHcHJvY2VzcxgEIAEoCSIiChJWbVNzaFRhcmdldFJlcXVlc3QSDAoEbmFtZRgBIAEoCSKaAQoTVm1Tc2hUYXJnZXRSZXNwb25zZRIMCgRob3N0GAEgASgJEgwKBHBvcnQYAiABKA0SDAoEdXNlchgDIAEoCRIVCg1pZGVudGl0eV9maWxlGAQgASgJEhgKEGtub3duX2hvc3RzX2ZpbGUYBSABKAkSFgoOaG9zdF9rZXlfYWxpYXMYBiABKAkSEAoIc3NoX2FyZ3YYByADKAkiTAoUUHVibGlzaFZtUG9ydFJlcXVlc3QSDAoEbmFtZRgBIAEoCRImCgRwb3J0GAIgASgLMhguYmFuZ2VyLnYxLlB1Ymxpc2hlZFBvcnQiMgoVUHVibGlzaFZtUG9ydFJlc3BvbnNlEhkKAnZtGAEgASgLMg0uYmFuZ2VyLnYxLlZtIlwKFlVucHVibGlzaFZtUG9ydFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIRCglob3N0X3BvcnQYAiABKA0SEAoIcHJvdG9jb2wYAyABKAkSDwoHaG9zdF9pcBgEIAEoCSI0ChdVbnB1Ymxpc2hWbVBvcnRSZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSpeCgtWbUxvZ1NvdXJjZRIdChlWTV9MT0dfU09VUkNFX1VOU1BFQ0lGSUVEEAASGQoVVk1fTE9HX1NPVVJDRV9DT05TT0xFEAESFQoRVk1fTE9HX1NPVVJDRV9WTU0QAjLZBwoJVm1TZXJ2aWNlEkMKCENyZWF0ZVZtEhouYmFuZ2VyLnYxLkNyZWF0ZVZtUmVxdWVzdBobLmJhbmdlci52MS5DcmVhdGVWbVJlc3BvbnNlEkAKB1N0YXJ0Vm0SGS5iYW5nZXIudjEuU3RhcnRWbVJlcXVlc3QaGi5iYW5nZXIudjEuU3RhcnRWbVJlc3BvbnNlEj0KBlN0b3BWbRIYLmJhbmdlci52MS5TdG9wVm1SZXF1ZXN0GhkuYmFuZ2VyLnYxLlN0b3BWbVJlc3BvbnNlEkYKCVJlc3RhcnRWbRIbLmJhbmdlci52MS5SZXN0YXJ0Vm1SZXF1ZXN0GhwuYmFuZ2VyLnYxLlJlc3RhcnRWbVJlc3BvbnNlEkMKCERlbGV0ZVZtEhouYmFuZ2VyLnYxLkRlbGV0ZVZtUmVxdWVzdBobLmJhbmdlci52MS5EZWxldGVWbVJlc3BvbnNlEjoKBVNldFZtEhcuYmFuZ2VyLnYxLlNldFZtUmVxdWVzdBoYLmJhbmdlci52MS5TZXRWbVJlc3BvbnNlEkAKB0xpc3RWbXMSGS5iYW5nZXIudjEuTGlzdFZtc1JlcXVlc3QaGi5iYW5nZXIudjEuTGlzdFZtc1Jlc3BvbnNlEjoKBUdldFZtEhcuYmFuZ2VyLnYxLkdldFZtUmVxdWVzdBoYLmJhbmdlci52MS5HZXRWbVJlc3BvbnNlEj8KBlZtTG9ncxIYLmJhbmdlci52MS5WbUxvZ3NSZXF1ZXN0GhkuYmFuZ2VyLnYxLlZtTG9nc1Jlc3BvbnNlMAESQAoHVm1TdGF0cxIZLmJhbmdlci52MS5WbVN0YXRzUmVxdWVzdBoaLmJhbmdlci52MS5WbVN0YXRzUmVzcG9uc2USQAoHVm1Qb3J0cxIZLmJhbmdlci52MS5WbVBvcnRzUmVxdWVzdBoaLmJhbmdlci52MS5WbVBvcnRzUmVzcG9uc2USTAoLVm1Tc2hUYXJnZXQSHS5iYW5nZXIudjEuVm1Tc2hUYXJnZXRSZXF1ZXN0Gh4uYmFuZ2VyLnYxLlZtU3NoVGFyZ2V0UmVzcG9uc2USUgoNUHVibGlzaFZtUG9ydBIfLmJhbmdlci52MS5QdWJsaXNoVm1Qb3J0UmVxdWVzdBogLmJhbmdlci52MS5QdWJsaXNoVm1Qb3J0UmVzcG9uc2USWAoPVW5wdWJsaXNoVm1Qb3J0EiEuYmFuZ2VyLnYxLlVucHVibGlzaFZtUG9ydFJlcXVlc3QaIi5iYW5nZXIudjEuVW5wdWJsaXNoVm1Qb3J0UmVzcG9uc2ViBnByb3RvMw", [file_banger_v1_operation, file_banger_v1_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChJiYW5nZXIvdjEvdm0ucHJvdG8SCWJhbmdlci52MSKfAgoPQ3JlYXRlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFaW1hZ2UYAiABKAkSDgoGa2VybmVsGAMgASgJEgwKBHZjcHUYBCABKA0SEgoKbWVtb3J5X21pYhgFIAEoDRIVCg13b3JrX2Rpc2tfbWliGAYgASgEEgsKA25hdBgHIAEoCBIfCgN2bW0YCCABKA4yEi5iYW5nZXIudjEuVm1tS2luZBIVCg1za2lwX3NzaF93YWl0GAkgASgIEi4KC3NzaF90aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjEKD3B1Ymxpc2hlZF9wb3J0cxgLIAMoCzIYLmJhbmdlci52MS5QdWJsaXNoZWRQb3J0IjsKEENyZWF0ZVZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJlCg5TdGFydFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEi4KC3NzaF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXNraXBfc3NoX3dhaXQYAyABKAgiOgoPU3RhcnRWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iWAoNU3RvcFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFZm9yY2UYAyABKAgiOQoOU3RvcFZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJyChBSZXN0YXJ0Vm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVmb3JjZRgDIAEoCBIVCg1za2lwX3NzaF93YWl0GAQgASgIIjwKEVJlc3RhcnRWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iHwoPRGVsZXRlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkiTAoQRGVsZXRlVm1SZXNwb25zZRInCglvcGVyYXRpb24YASABKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uEg8KB2V4aXN0ZWQYAiABKAgiqAEKDFNldFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKBHZjcHUYAiABKA1IAIgBARIXCgptZW1vcnlfbWliGAMgASgNSAGIAQESGgoNd29ya19kaXNrX21pYhgEIAEoBEgCiAEBEhAKA25hdBgFIAEoCEgDiAEBQgcKBV92Y3B1Qg0KC19tZW1vcnlfbWliQhAKDl93b3JrX2Rpc2tfbWliQgYKBF9uYXQiKgoNU2V0Vm1SZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSIzCg5MaXN0Vm1zUmVxdWVzdBIhCgVzdGF0ZRgBIAEoDjISLmJhbmdlci52MS5WbVN0YXRlIi0KD0xpc3RWbXNSZXNwb25zZRIaCgN2bXMYASADKAsyDS5iYW5nZXIudjEuVm0iHAoMR2V0Vm1SZXF1ZXN0EgwKBG5hbWUYASABKAkiKgoNR2V0Vm1SZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSJpCg1WbUxvZ3NSZXF1ZXN0EgwKBG5hbWUYASABKAkSJgoGc291cmNlGAIgASgOMhYuYmFuZ2VyLnYxLlZtTG9nU291cmNlEhIKCnRhaWxfbGluZXMYAyABKA0SDgoGZm9sbG93GAQgASgIIh4KDlZtTG9nc1Jlc3BvbnNlEgwKBGRhdGEYASABKAwiHgoOVm1TdGF0c1JlcXVlc3QSDAoEbmFtZRgBIAEoCSL+AQoPVm1TdGF0c1Jlc3BvbnNlEigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGNwdV90aW1lGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC2NwdV9wZXJjZW50GAMgASgBEhgKEG1lbW9yeV9yc3NfYnl0ZXMYBCABKAQSHAoUcm9vdF9kaXNrX3VzZWRfYnl0ZXMYBSABKAQSHAoUd29ya19kaXNrX3VzZWRfYnl0ZXMYBiABKAQSKQoGdXB0aW1lGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIh4KDlZtUG9ydHNSZXF1ZXN0EgwKBG5hbWUYASABKAkiOgoPVm1Qb3J0c1Jlc3BvbnNlEicKBXBvcnRzGAEgAygLMhguYmFuZ2VyLnYxLkxpc3RlbmluZ1BvcnQiUQoNTGlzdGVuaW5nUG9ydBIQCghwcm90b2NvbBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEgwKBHBvcnQYAyABKA0SDwoHcHJvY2VzcxgEIAEoCSIiChJWbVNzaFRhcmdldFJlcXVlc3QSDAoEbmFtZRgBIAEoCSKaAQoTVm1Tc2hUYXJnZXRSZXNwb25zZRIMCgRob3N0GAEgASgJEgwKBHBvcnQYAiABKA0SDAoEdXNlchgDIAEoCRIVCg1pZGVudGl0eV9maWxlGAQgASgJEhgKEGtub3duX2hvc3RzX2ZpbGUYBSABKAkSFgoOaG9zdF9rZXlfYWxpYXMYBiABKAkSEAoIc3NoX2FyZ3YYByADKAkiTAoUUHVibGlzaFZtUG9ydFJlcXVlc3QSDAoEbmFtZRgBIAEoCRImCgRwb3J0GAIgASgLMhguYmFuZ2VyLnYxLlB1Ymxpc2hlZFBvcnQiMgoVUHVibGlzaFZtUG9ydFJlc3BvbnNlEhkKAnZtGAEgASgLMg0uYmFuZ2VyLnYxLlZtIlwKFlVucHVibGlzaFZtUG9ydFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIRCglob3N0X3BvcnQYAiABKA0SEAoIcHJvdG9jb2wYAyABKAkSDwoHaG9zdF9pcBgEIAEoCSI0ChdVbnB1Ymxpc2hWbVBvcnRSZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSIeCg5QYXVzZVZtUmVxdWVzdBIMCgRuYW1lGAEgASgJIiwKD1BhdXNlVm1SZXNwb25zZRIZCgJ2bRgBIAEoCzINLmJhbmdlci52MS5WbSIfCg9SZXN1bWVWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCSItChBSZXN1bWVWbVJlc3BvbnNlEhkKAnZtGAEgASgLMg0uYmFuZ2VyLnYxLlZtKl4KC1ZtTG9nU291cmNlEh0KGVZNX0xPR19TT1VSQ0VfVU5TUEVDSUZJRUQQABIZChVWTV9MT0dfU09VUkNFX0NPTlNPTEUQARIVChFWTV9MT0dfU09VUkNFX1ZNTRACMuAICglWbVNlcnZpY2USQwoIQ3JlYXRlVm0SGi5iYW5nZXIudjEuQ3JlYXRlVm1SZXF1ZXN0GhsuYmFuZ2VyLnYxLkNyZWF0ZVZtUmVzcG9uc2USQAoHU3RhcnRWbRIZLmJhbmdlci52MS5TdGFydFZtUmVxdWVzdBoaLmJhbmdlci52MS5TdGFydFZtUmVzcG9uc2USPQoGU3RvcFZtEhguYmFuZ2VyLnYxLlN0b3BWbVJlcXVlc3QaGS5iYW5nZXIudjEuU3RvcFZtUmVzcG9uc2USRgoJUmVzdGFydFZtEhsuYmFuZ2VyLnYxLlJlc3RhcnRWbVJlcXVlc3QaHC5iYW5nZXIudjEuUmVzdGFydFZtUmVzcG9uc2USQwoIRGVsZXRlVm0SGi5iYW5nZXIudjEuRGVsZXRlVm1SZXF1ZXN0GhsuYmFuZ2VyLnYxLkRlbGV0ZVZtUmVzcG9uc2USOgoFU2V0Vm0SFy5iYW5nZXIudjEuU2V0Vm1SZXF1ZXN0GhguYmFuZ2VyLnYxLlNldFZtUmVzcG9uc2USQAoHTGlzdFZtcxIZLmJhbmdlci52MS5MaXN0Vm1zUmVxdWVzdBoaLmJhbmdlci52MS5MaXN0Vm1zUmVzcG9uc2USOgoFR2V0Vm0SFy5iYW5nZXIudjEuR2V0Vm1SZXF1ZXN0GhguYmFuZ2VyLnYxLkdldFZtUmVzcG9uc2USPwoGVm1Mb2dzEhguYmFuZ2VyLnYxLlZtTG9nc1JlcXVlc3QaGS5iYW5nZXIudjEuVm1Mb2dzUmVzcG9uc2UwARJACgdWbVN0YXRzEhkuYmFuZ2VyLnYxLlZtU3RhdHNSZXF1ZXN0GhouYmFuZ2VyLnYxLlZtU3RhdHNSZXNwb25zZRJACgdWbVBvcnRzEhkuYmFuZ2VyLnYxLlZtUG9ydHNSZXF1ZXN0GhouYmFuZ2VyLnYxLlZtUG9ydHNSZXNwb25zZRJMCgtWbVNzaFRhcmdldBIdLmJhbmdlci52MS5WbVNzaFRhcmdldFJlcXVlc3QaHi5iYW5nZXIudjEuVm1Tc2hUYXJnZXRSZXNwb25zZRJSCg1QdWJsaXNoVm1Qb3J0Eh8uYmFuZ2VyLnYxLlB1Ymxpc2hWbVBvcnRSZXF1ZXN0GiAuYmFuZ2VyLnYxLlB1Ymxpc2hWbVBvcnRSZXNwb25zZRJYCg9VbnB1Ymxpc2hWbVBvcnQSIS5iYW5nZXIudjEuVW5wdWJsaXNoVm1Qb3J0UmVxdWVzdBoiLmJhbmdlci52MS5VbnB1Ymxpc2hWbVBvcnRSZXNwb25zZRJACgdQYXVzZVZtEhkuYmFuZ2VyLnYxLlBhdXNlVm1SZXF1ZXN0GhouYmFuZ2VyLnYxLlBhdXNlVm1SZXNwb25zZRJDCghSZXN1bWVWbRIaLmJhbmdlci52MS5SZXN1bWVWbVJlcXVlc3QaGy5iYW5nZXIudjEuUmVzdW1lVm1SZXNwb25zZWIGcHJvdG8z", [file_banger_v1_operation, file_banger_v1_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Request of CreateVm. Zero values take the configured defaults (the config
@@ -957,6 +957,90 @@ export const UnpublishVmPortResponseSchema: GenMessage<UnpublishVmPortResponse> 
   messageDesc(file_banger_v1_vm, 28);
 
 /**
+ * Request of PauseVm.
+ *
+ * @generated from message banger.v1.PauseVmRequest
+ */
+export type PauseVmRequest = Message<"banger.v1.PauseVmRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message banger.v1.PauseVmRequest.
+ * Use `create(PauseVmRequestSchema)` to create a new message.
+ */
+export const PauseVmRequestSchema: GenMessage<PauseVmRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 29);
+
+/**
+ * Response of PauseVm.
+ *
+ * @generated from message banger.v1.PauseVmResponse
+ */
+export type PauseVmResponse = Message<"banger.v1.PauseVmResponse"> & {
+  /**
+   * The VM, PAUSED.
+   *
+   * @generated from field: banger.v1.Vm vm = 1;
+   */
+  vm?: Vm | undefined;
+};
+
+/**
+ * Describes the message banger.v1.PauseVmResponse.
+ * Use `create(PauseVmResponseSchema)` to create a new message.
+ */
+export const PauseVmResponseSchema: GenMessage<PauseVmResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 30);
+
+/**
+ * Request of ResumeVm.
+ *
+ * @generated from message banger.v1.ResumeVmRequest
+ */
+export type ResumeVmRequest = Message<"banger.v1.ResumeVmRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message banger.v1.ResumeVmRequest.
+ * Use `create(ResumeVmRequestSchema)` to create a new message.
+ */
+export const ResumeVmRequestSchema: GenMessage<ResumeVmRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 31);
+
+/**
+ * Response of ResumeVm.
+ *
+ * @generated from message banger.v1.ResumeVmResponse
+ */
+export type ResumeVmResponse = Message<"banger.v1.ResumeVmResponse"> & {
+  /**
+   * The VM, running again.
+   *
+   * @generated from field: banger.v1.Vm vm = 1;
+   */
+  vm?: Vm | undefined;
+};
+
+/**
+ * Describes the message banger.v1.ResumeVmResponse.
+ * Use `create(ResumeVmResponseSchema)` to create a new message.
+ */
+export const ResumeVmResponseSchema: GenMessage<ResumeVmResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 32);
+
+/**
  * Which log of a VM.
  *
  * @generated from enum banger.v1.VmLogSource
@@ -1039,7 +1123,8 @@ export const VmService: GenService<{
   },
   /**
    * Boots a stopped (or FAILED) VM, applying pending SetVm changes. Errors:
-   * FAILED_PRECONDITION (VM_RUNNING) when it already runs (nothing changes).
+   * FAILED_PRECONDITION (VM_RUNNING) when it already runs, VM_PAUSED when it
+   * is paused (nothing changes).
    *
    * @generated from rpc banger.v1.VmService.StartVm
    */
@@ -1052,8 +1137,9 @@ export const VmService: GenService<{
    * Stops a VM: a graceful shutdown (Ctrl-Alt-Del for Firecracker, the ACPI
    * power button through QMP for QEMU), then SIGTERM and SIGKILL after the
    * timeout. Disks are kept; the tap, NAT rule and DNS name are released.
-   * Errors: FAILED_PRECONDITION (VM_NOT_RUNNING) when it is already stopped
-   * (nothing changes).
+   * A PAUSED VM is resumed first so that its guest can shut down (with force:
+   * killed as it is). Errors: FAILED_PRECONDITION (VM_NOT_RUNNING) when it is
+   * already stopped (nothing changes).
    *
    * @generated from rpc banger.v1.VmService.StopVm
    */
@@ -1199,6 +1285,36 @@ export const VmService: GenService<{
     methodKind: "unary";
     input: typeof UnpublishVmPortRequestSchema;
     output: typeof UnpublishVmPortResponseSchema;
+  },
+  /**
+   * Pauses a running VM: the VMM stops the guest's vCPUs (Firecracker's
+   * PATCH /vm Paused, QEMU's QMP stop) and keeps its memory; the VM is PAUSED
+   * (also after an orchestrator restart, which asks the VMM) until ResumeVm.
+   * While paused, Exec, VmSshTarget, VmPorts and workspaces answer
+   * FAILED_PRECONDITION (VM_PAUSED); StopVm and DeleteVm resume it first and
+   * stop it as usual (StopVm with force kills it without resuming). Errors:
+   * FAILED_PRECONDITION (VM_NOT_RUNNING: not running; VM_PAUSED: already
+   * paused), UNAVAILABLE or FAILED_PRECONDITION (VMM_API_UNREACHABLE,
+   * VMM_API_ERROR) from the VMM.
+   *
+   * @generated from rpc banger.v1.VmService.PauseVm
+   */
+  pauseVm: {
+    methodKind: "unary";
+    input: typeof PauseVmRequestSchema;
+    output: typeof PauseVmResponseSchema;
+  },
+  /**
+   * Resumes a PAUSED VM where it stopped; it is RUNNING again. Errors:
+   * FAILED_PRECONDITION (VM_NOT_RUNNING: not running; VM_NOT_PAUSED: running
+   * and not paused), and the VMM's as for PauseVm.
+   *
+   * @generated from rpc banger.v1.VmService.ResumeVm
+   */
+  resumeVm: {
+    methodKind: "unary";
+    input: typeof ResumeVmRequestSchema;
+    output: typeof ResumeVmResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_banger_v1_vm, 0);

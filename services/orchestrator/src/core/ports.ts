@@ -201,6 +201,12 @@ export interface VmmDriver {
   requestShutdown(controlSocket: string): Promise<void>;
   /** How to reach the guest agent of a VMM with this control socket. */
   agent(controlSocket: string): AgentConnector;
+  /** Stops the guest's vCPUs; its memory stays (Firecracker PATCH /vm Paused, QMP stop). */
+  pause(controlSocket: string): Promise<void>;
+  /** Continues a paused guest (Firecracker PATCH /vm Resumed, QMP cont). */
+  resume(controlSocket: string): Promise<void>;
+  /** Whether the VMM holds its guest paused now (asked at start-up, when handles.json may be stale). */
+  paused(controlSocket: string): Promise<boolean>;
 }
 
 export interface AgentInfo {

@@ -55,6 +55,8 @@ interface HostModel {
   snapshots: Set<string>;
   /** QEMU machines launched, by VM id. */
   qemu: Map<string, QemuMachine>;
+  /** Control sockets of VMMs holding their guest paused. */
+  paused: Set<string>;
 }
 
 interface Script {
@@ -210,19 +212,32 @@ function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPo
   };
 }
 
-/** QMP of the scripted QEMU: the power button makes the guest (and QEMU) exit. */
+/** QMP of the scripted QEMU: the power button makes the guest (and QEMU) exit; stop and cont pause and resume it. */
 function fakeQmp(script: Script, requests: string[], model: HostModel): (socket: string) => QmpApi {
+  const { paused } = model;
   return (socket) => ({
     waitForSocket: () => Promise.resolve(),
     status: () => {
       requests.push("qmp query-status");
       return script.failAt === "query-status"
         ? Promise.reject(new FailedPreconditionError("qemu query-status: scripted", { reason: "VMM_API_ERROR" }))
-        : Promise.resolve({ running: true, status: "running" });
+        : Promise.resolve(
+            paused.has(socket) ? { running: false, status: "paused" } : { running: true, status: "running" },
+          );
     },
     powerdown: () => {
       requests.push("qmp system_powerdown");
       model.vmms.delete(socket.split("/").at(-2) ?? "");
+      return Promise.resolve();
+    },
+    stop: () => {
+      requests.push("qmp stop");
+      paused.add(socket);
+      return Promise.resolve();
+    },
+    cont: () => {
+      requests.push("qmp cont");
+      paused.delete(socket);
       return Promise.resolve();
     },
   });
@@ -249,6 +264,9 @@ function fakeFirecracker(script: Script, requests: string[], model: HostModel): 
         model.vmms.delete(socket.split("/").at(-2) ?? "");
         return put("SendCtrlAltDel")();
       },
+      pause: put("vm Paused"),
+      resume: put("vm Resumed"),
+      describeInstance: () => Promise.resolve({ id: "fake", state: "Running", vmmVersion: "1.8.0", appName: "x" }),
     };
   };
 }
@@ -353,6 +371,7 @@ async function setup(script: Script = {}, config: BangerConfig = CONFIG) {
     vmms: new Set(),
     snapshots: new Set(),
     qemu: new Map(),
+    paused: new Set(),
   };
   const calls: string[] = [];
   const requests: string[] = [];
@@ -851,6 +870,31 @@ describe("VMM driver qemu-microvm", () => {
     expect(requests.at(-1)).toBe("qmp system_powerdown");
     expect([...model.vmms, ...model.taps]).toEqual([]);
     expect((await vms.get("box")).state).toBe("stopped");
+  });
+
+  it("pauses with QMP stop and resumes with cont; a restart finds it paused by asking QMP; stop resumes it first", async () => {
+    const { vms, operations, requests, create, restarted } = await setup({}, QEMU);
+    await create("box");
+    await operations.settled();
+    expect((await vms.pause("box")).state).toBe("paused");
+    expect(requests.at(-1)).toBe("qmp stop");
+    await expect(vms.guestTarget("box")).rejects.toMatchObject({ reason: "VM_PAUSED" });
+    await expect(vms.pause("box")).rejects.toMatchObject({ reason: "VM_PAUSED" });
+
+    const { vms: after } = restarted();
+    await after.recover();
+    expect((await after.get("box")).state).toBe("paused");
+    expect(requests.at(-1)).toBe("qmp query-status");
+    expect((await after.resume("box")).state).toBe("running");
+    await expect(after.resume("box")).rejects.toMatchObject({ reason: "VM_NOT_PAUSED" });
+    expect(requests.at(-1)).toBe("qmp cont");
+
+    await after.pause("box");
+    await after.stop("box", { timeoutMs: 1000, force: false });
+    await operations.settled();
+    expect(requests.slice(-3)).toEqual(["qmp stop", "qmp cont", "qmp system_powerdown"]);
+    expect((await after.get("box")).state).toBe("stopped");
+    await expect(after.pause("box")).rejects.toMatchObject({ reason: "VM_NOT_RUNNING" });
   });
 
   it("a machine QMP cannot confirm fails configure-vmm and unwinds", async () => {

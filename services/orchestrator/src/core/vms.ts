@@ -14,7 +14,8 @@
  * - runtime.ts: handles, phases, running creates, the locks; network.ts: the bridge and warm tap pool;
  *   choices.ts: this host's root-disk strategy and VMM for new VMs
  * - create.ts: the create pipeline and its undo (undo.ts), root-disk.ts, boot.ts
- * - lifecycle.ts: start, stop, restart, delete; halt.ts: stopping a VMM; agent.ts: the guest agent
+ * - lifecycle.ts: start, stop, restart, delete; halt.ts: stopping a VMM; agent.ts: the guest agent;
+ *   pause.ts: pause and resume
  * - publish.ts: published ports (port-publishing.ts: their checks, relays and capability)
  * - settings.ts: SetVm and pending changes; promote.ts; inspect.ts: logs, stats, ssh and Exec targets
  * - recovery.ts (with host-cleanup.ts): what the host holds, checked at start-up
@@ -26,6 +27,7 @@ import { createVmContext, type VmServiceDeps } from "./vm/context.js";
 import { createVm } from "./vm/create.js";
 import { vmGuestTarget, vmLogs, vmSshTarget, vmStats } from "./vm/inspect.js";
 import { deleteVmByName, restartVm, startVm, stopVm } from "./vm/lifecycle.js";
+import { pauseVm, resumeVm } from "./vm/pause.js";
 import type { VmService } from "./vm/model.js";
 import { promoteVm } from "./vm/promote.js";
 import { publishVmPort, unpublishVmPort } from "./vm/publish.js";
@@ -57,6 +59,8 @@ export function createVmService(deps: VmServiceDeps & { readonly vmm: VmmPorts }
     promote: (vmName, imageName) => promoteVm(ctx, vmName, imageName),
     publishPort: (name, port) => publishVmPort(ctx, name, port),
     unpublishPort: (name, port) => unpublishVmPort(ctx, name, port),
+    pause: (name) => pauseVm(ctx, name),
+    resume: (name) => resumeVm(ctx, name),
     recover: () => recoverVms(ctx),
   };
 }

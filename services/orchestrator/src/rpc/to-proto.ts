@@ -34,6 +34,7 @@ const VM_STATE: Record<VmSnapshot["state"], VmState> = {
   stopped: VmState.STOPPED,
   failed: VmState.FAILED,
   deleting: VmState.DELETING,
+  paused: VmState.PAUSED,
 };
 
 const VMM: Record<VmSnapshot["vmm"], VmmKind> = {

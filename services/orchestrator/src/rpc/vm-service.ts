@@ -125,5 +125,11 @@ export function createVmService(vms: Vms): ServiceImpl<typeof VmService> {
       const { hostPort, protocol, hostIp } = req;
       return { vm: vmToProto(await vms.unpublishPort(req.name, { hostPort, protocol, hostIp })) };
     },
+    async pauseVm(req) {
+      return { vm: vmToProto(await vms.pause(req.name)) };
+    },
+    async resumeVm(req) {
+      return { vm: vmToProto(await vms.resume(req.name)) };
+    },
   });
 }

@@ -36,7 +36,16 @@ const publishedPorts: FieldCodec<readonly PublishedPort[]> = {
   read: (json, key, where) => (json[key] === undefined ? [] : publishedPortsFromJson(json[key], `${where}.${key}`)),
 };
 
-export const VM_STATES = ["creating", "starting", "running", "stopping", "stopped", "failed", "deleting"] as const;
+export const VM_STATES = [
+  "creating",
+  "starting",
+  "running",
+  "stopping",
+  "stopped",
+  "failed",
+  "deleting",
+  "paused",
+] as const;
 export type VmStateName = (typeof VM_STATES)[number];
 
 /** Whether a VM's guest agent answers: "" when it is not running. */

@@ -36,9 +36,12 @@ export type FirecrackerApi = Pick<
   | "putVsock"
   | "instanceStart"
   | "sendCtrlAltDel"
+  | "pause"
+  | "resume"
+  | "describeInstance"
 >;
 
-export type QmpApi = Pick<QmpClient, "waitForSocket" | "status" | "powerdown">;
+export type QmpApi = Pick<QmpClient, "waitForSocket" | "status" | "powerdown" | "stop" | "cont">;
 
 export type { MachineSpec, VmmDriver } from "../core/ports.js";
 
@@ -71,6 +74,9 @@ export function firecrackerDriver(host: HostPort, api: (socketPath: string) => F
     requestShutdown: (controlSocket) => api(controlSocket).sendCtrlAltDel(),
     agent: (controlSocket) =>
       hybridVsockConnector(vmRuntimeFiles(dirname(controlSocket)).vsockSocket, AGENT_VSOCK_PORT),
+    pause: (controlSocket) => api(controlSocket).pause(),
+    resume: (controlSocket) => api(controlSocket).resume(),
+    paused: async (controlSocket) => (await api(controlSocket).describeInstance()).state === "Paused",
   };
 }
 
@@ -115,6 +121,9 @@ export function qemuDriver(
     start: () => Promise.resolve(),
     requestShutdown: (controlSocket) => qmp(controlSocket).powerdown(),
     agent: (controlSocket) => unixAgentConnector(vmRuntimeFiles(dirname(controlSocket)).agentSocket),
+    pause: (controlSocket) => qmp(controlSocket).stop(),
+    resume: (controlSocket) => qmp(controlSocket).cont(),
+    paused: async (controlSocket) => (await qmp(controlSocket).status()).status === "paused",
   };
 }
 

@@ -1,7 +1,7 @@
 /**
  * A client for QEMU's machine protocol (QMP) on a VM's QMP socket: the
- * greeting and capabilities handshake, the machine's run state, and the power
- * button. One connection per call: QEMU serves one QMP client at a time, and
+ * greeting and capabilities handshake, the machine's run state, the power
+ * button, and stop/cont (pause and resume). One connection per call: QEMU serves one QMP client at a time, and
  * the orchestrator talks to it rarely (after launch, at stop).
  *
  * QMP is JSON objects, one per line: QEMU greets with `{"QMP": …}`, the
@@ -26,7 +26,9 @@ export interface QmpClient {
   status(): Promise<{ readonly running: boolean; readonly status: string }>;
   /** Presses the ACPI power button: the guest shuts down (QEMU then exits, started with -no-reboot). */
   powerdown(): Promise<void>;
-  /** Resumes a machine started paused. */
+  /** Stops the guest's vCPUs (status "paused"); its memory stays. */
+  stop(): Promise<void>;
+  /** Resumes a paused machine (or one started paused). */
   cont(): Promise<void>;
 }
 
@@ -105,6 +107,9 @@ export function createQmpClient(socketPath: string, options: { timeoutMs?: numbe
     },
     async powerdown() {
       await session([{ execute: "system_powerdown" }]);
+    },
+    async stop() {
+      await session([{ execute: "stop" }]);
     },
     async cont() {
       await session([{ execute: "cont" }]);

@@ -28,6 +28,8 @@ export async function observe(ctx: VmContext, vm: VmRecord): Promise<VmView> {
   const { runtime } = ctx;
   const handle = runtime.handles.get(vm.id);
   if (!handle) return runtime.view(vm);
+  // A paused guest answers nothing; asking would only wait out the timeout.
+  if (handle.paused) return runtime.view(vm);
   if (!handle.agent) return runtime.view(vm, { health: "none", version: "" });
   try {
     const { version } = await agentOf(ctx, vm, handle).ping(AGENT_HEALTH_MS);

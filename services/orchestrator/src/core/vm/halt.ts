@@ -1,7 +1,8 @@
 /**
  * Stopping a VM's VMM: through the guest agent's power-off when the guest has
  * the kit, else (or when that fails) the power button, then SIGTERM, then
- * SIGKILL, each within the stop's timeout; then its host features, tap and
+ * SIGKILL, each within the stop's timeout (a paused guest is resumed first,
+ * unless the stop is forced); then its host features, tap and
  * root device are released and its handles forgotten.
  */
 import { FailedPreconditionError } from "@banger/common";
@@ -10,6 +11,7 @@ import type { CallScope } from "../call-scope.js";
 import { agentOf } from "./agent.js";
 import type { VmContext } from "./context.js";
 import type { Handles } from "./model.js";
+import { resumeHandles } from "./pause.js";
 import { detachRoot } from "./root-disk.js";
 import { OrchestratorReason } from "../../reasons.js";
 
@@ -30,8 +32,15 @@ export interface HaltOptions {
 
 /** Stops the VMM (graceful first unless `force`), then releases its tap and NAT rule. */
 export async function halt(ctx: VmContext, vm: VmRecord, options: HaltOptions, scope: CallScope): Promise<void> {
-  const handle = ctx.runtime.handles.get(vm.id);
-  if (handle) await stopVmm(ctx, vm, handle, options, scope);
+  let handle = ctx.runtime.handles.get(vm.id);
+  // A paused guest cannot shut down: it is resumed first (a forced stop kills it as it is).
+  if (handle?.paused && !options.force) {
+    handle = await resumeHandles(ctx, vm, handle).catch((error: unknown) => {
+      ctx.logger.warn({ vm: vm.name, err: error }, "could not resume the paused guest to stop it; killing its VMM");
+      return handle;
+    });
+  }
+  if (handle) await stopVmm(ctx, vm, handle, handle.paused ? { ...options, force: true } : options, scope);
   const current = (await getVmById(ctx.db, vm.id)) ?? vm;
   await ctx.eachCapability(true, (c) => c.cleanup?.(current, scope));
   await ctx.host.deleteTap(vm.id, scope);

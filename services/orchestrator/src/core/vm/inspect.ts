@@ -6,6 +6,7 @@ import type { GuestTarget } from "../guest-exec.js";
 import { measureVm, readLog, sshTarget, type SshTarget, type VmUsage } from "../vm-observe.js";
 import type { VmContext } from "./context.js";
 import type { Handles } from "./model.js";
+import { pausedError } from "./pause.js";
 
 /** A running VM and its handles; VM_NOT_RUNNING when it is not running. */
 async function running(ctx: VmContext, name: string): Promise<{ vm: VmRecord; handle: Handles }> {
@@ -43,7 +44,8 @@ export async function vmStats(ctx: VmContext, name: string): Promise<VmUsage & {
 }
 
 export async function vmSshTarget(ctx: VmContext, name: string): Promise<SshTarget> {
-  const { vm } = await running(ctx, name);
+  const { vm, handle } = await running(ctx, name);
+  if (handle.paused) throw pausedError(name);
   return sshTarget(vm, await ctx.ssh.identityFile(), ctx.ssh.knownHostsFile);
 }
 

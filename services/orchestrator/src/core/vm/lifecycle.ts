@@ -16,6 +16,7 @@ import { refreshGuestFiles } from "./guest-refresh.js";
 import { removeRunDir } from "./host-cleanup.js";
 import { vmResult } from "./result.js";
 import { validVmName } from "./model.js";
+import { pausedError } from "./pause.js";
 import { applyPending } from "./settings.js";
 import { unwind, type UndoList } from "./undo.js";
 
@@ -25,6 +26,7 @@ export async function startVm(
   options: { sshTimeoutMs: number | undefined; skipSshWait: boolean },
 ): Promise<OperationRecord> {
   const vm = await ctx.find(name);
+  if (ctx.runtime.handles.get(vm.id)?.paused) throw pausedError(name);
   if (ctx.runtime.handles.has(vm.id)) {
     throw new FailedPreconditionError(`VM ${name} is already running`, { reason: "VM_RUNNING" });
   }

@@ -74,6 +74,10 @@ export interface VmService {
   publishPort(name: string, port: PortRequest): Promise<VmView>;
   /** Stops publishing a host port. Errors: INVALID_PORT, PORT_NOT_PUBLISHED. */
   unpublishPort(name: string, port: { hostPort: number; protocol: string; hostIp: string }): Promise<VmView>;
+  /** Pauses a running VM (its VMM keeps its memory). Errors: VM_NOT_RUNNING, VM_PAUSED. */
+  pause(name: string): Promise<VmView>;
+  /** Resumes a paused VM. Errors: VM_NOT_RUNNING, VM_NOT_PAUSED. */
+  resume(name: string): Promise<VmView>;
   /** At start-up: VMs whose VMM died while the orchestrator was away are cleaned and marked stopped. */
   recover(): Promise<void>;
 }
@@ -90,6 +94,8 @@ export interface Handles {
   readonly ready: boolean;
   /** Whether the guest runs banger's guest kit (its kernel's initrd has it): an agent to wait for and ask. */
   readonly agent?: boolean;
+  /** The guest is paused (PauseVm): its VMM runs, its vCPUs do not. */
+  readonly paused?: boolean;
   /** dm-snapshot VMs: the root device and the loop devices under it (image, COW), released at stop. */
   readonly root?: RootAttachment;
 }

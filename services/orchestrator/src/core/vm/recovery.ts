@@ -1,7 +1,7 @@
 /**
  * At start-up, what the host holds is checked against the rows and each VM's
  * handles.json: a create a restart cut off is undone; a VM whose VMM still
- * runs is kept (its host features put back); one whose VMM died is cleaned
+ * runs is kept (its host features put back, paused if its VMM says so); one whose VMM died is cleaned
  * and marked stopped; directories, taps, NAT rules, VMMs and loop devices of
  * VMs that no longer exist are removed; warm-pool taps are taken back.
  */
@@ -88,14 +88,17 @@ async function recoverVm(
   // cannot read the VMM's /proc): keep the VM rather than lose a running one; the helper proves it later.
   const alive = inventory ? inventory.vmms.some((vmm) => vmm.vmId === vm.id && vmm.pid === pid) : processIsAlive(pid);
   if (alive) {
-    ctx.runtime.handles.set(vm.id, stored);
+    await ctx.runtime.saveHandles(vm, await withPausedState(ctx, vm, stored));
     // Its DNS name, NAT rule, … are put back (postStart hooks are idempotent).
     await ctx
       .eachCapability(false, (c) => c.postStart?.(vm, scope))
       .catch((error: unknown) =>
         logger.warn({ vm: vm.name, err: error }, "could not restore a running VM's host features"),
       );
-    logger.info({ vm: vm.name, pid }, "VM still running: kept");
+    logger.info(
+      { vm: vm.name, pid, paused: ctx.runtime.handles.get(vm.id)?.paused === true },
+      "VM still running: kept",
+    );
     return;
   }
   if (inventory) await removeHostResources(ctx, vm.id, inventory, scope);
@@ -109,6 +112,22 @@ async function recoverVm(
   await rm(paths.handles, { force: true });
   await updateVm(ctx.db, vm.name, { updatedAt: ctx.now(), desiredState: "stopped" });
   logger.warn({ vm: vm.name, pid }, "VM's VMM died while the orchestrator was away: cleaned up, marked stopped");
+}
+
+/**
+ * The handles of a VM whose VMM still runs, with `paused` as the VMM says now
+ * (a pause or resume the restart cut off may have reached the VMM and not the
+ * file); as stored when the VMM does not answer.
+ */
+async function withPausedState(ctx: VmContext, vm: VmRecord, stored: Handles): Promise<Handles> {
+  try {
+    const paused = await ctx.vmm.drivers[vm.vmm].paused(stored.controlSocket);
+    const { paused: _was, ...rest } = stored;
+    return paused ? { ...rest, paused } : rest;
+  } catch (error) {
+    ctx.logger.warn({ vm: vm.name, err: error }, "could not ask the VMM whether the guest is paused");
+    return stored;
+  }
 }
 
 /**

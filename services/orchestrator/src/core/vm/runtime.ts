@@ -53,7 +53,16 @@ export function createVmRuntime(state: StateLayout): VmRuntime {
       const handle = handles.get(vm.id);
       const phase = phases.get(vm.id);
       const state: VmStateName =
-        phase ?? (handle ? (handle.ready ? "running" : "starting") : vm.lastError ? "failed" : "stopped");
+        phase ??
+        (handle
+          ? handle.paused
+            ? "paused"
+            : handle.ready
+              ? "running"
+              : "starting"
+          : vm.lastError
+            ? "failed"
+            : "stopped");
       return { ...vm, state, pid: handle?.pid ?? 0, agentHealth: agent.health, agentVersion: agent.version };
     },
     async saveHandles(vm, value) {
