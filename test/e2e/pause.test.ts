@@ -1,0 +1,93 @@
+/**
+ * Pause and resume of one real guest (qemu-microvm under TCG, Debian's kernel
+ * with banger's initramfs, the busybox + dropbear image of
+ * support/guest-image.mjs): a process in the guest counts into a file in
+ * /root and onto the console; while the VM is paused the console shows no new
+ * count and exec says it is paused; once resumed the same process counts on.
+ * One guest only: each TCG boot costs CI time.
+ */
+import { execFileSync } from "node:child_process";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ROOT } from "../integration/harness.js";
+import { NOTHING, guestSuiteMissing, startGuestEnv, type GuestEnv } from "./support/guest-env.js";
+
+const missing = guestSuiteMissing("the pause end-to-end suite");
+const e2e = describe.skipIf(missing.length > 0);
+
+let env: GuestEnv;
+const cli = (args: string[], expectCode = 0) => env.cli(args, expectCode);
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The counter: every 200 ms the next number into /root/count and, as `tick N`, onto the console. */
+const COUNTER = 'i=0; while :; do i=$((i+1)); echo $i > /root/count; echo "tick $i" > /dev/console; sleep 0.2; done';
+
+/** The last `tick N` of the guest's console (0 when none yet). */
+async function lastTick(): Promise<number> {
+  const ticks = [...(await cli(["vm", "logs", "pz", "--tail", "50"])).stdout.matchAll(/tick (\d+)/g)];
+  return Number(ticks.at(-1)?.[1] ?? 0);
+}
+
+const count = async () => Number((await cli(["vm", "exec", "pz", "--", "cat", "/root/count"])).stdout.trim());
+
+beforeAll(async () => {
+  if (missing.length > 0) return;
+  env = await startGuestEnv((registry, work) => {
+    execFileSync(process.execPath, [
+      join(ROOT, "test/e2e/support/guest-image.mjs"),
+      ...["--out", join(work, "guest"), "--tag", "1", "--push", `${registry.host}/banger/guest:1`],
+    ]);
+  });
+  await cli(["image", "pull", `${env.registry.host}/banger/guest:1`, "--name", "guest"]);
+  await env.importKernel();
+}, 600_000);
+
+afterAll(async () => {
+  if (missing.length > 0) return;
+  await env?.shutdown();
+});
+
+e2e("pause and resume a real guest (qemu-microvm, TCG)", () => {
+  it("a paused guest runs nothing and says so to exec; resumed, the same process counts on", async () => {
+    await cli(["vm", "create", "--name", "pz", "--image", "guest", "--ssh-timeout", "180"]);
+    const pid = (
+      await cli([
+        "vm",
+        "exec",
+        "pz",
+        "--",
+        "sh",
+        "-c",
+        `setsid sh -c '${COUNTER}' </dev/null >/dev/null 2>&1 & echo $!`,
+      ])
+    ).stdout.trim();
+    expect(pid).toMatch(/^\d+$/);
+    const deadline = Date.now() + 60_000;
+    while ((await lastTick()) < 3 && Date.now() < deadline) await sleep(500);
+    expect(await lastTick()).toBeGreaterThanOrEqual(3);
+
+    const paused = await cli(["vm", "pause", "pz"]);
+    expect(paused.stdout).toMatch(/^pz\s+paused\s/m);
+    const exec = await cli(["vm", "exec", "pz", "--", "true"], 1);
+    expect(exec.stderr).toContain("VM pz is paused: resume it with 'banger vm resume pz'");
+    // What the guest wrote before the pause has reached the console log by now; then nothing more comes.
+    await sleep(1_000);
+    const atPause = await lastTick();
+    await sleep(3_000);
+    expect(await lastTick()).toBe(atPause);
+
+    await cli(["vm", "resume", "pz"]);
+    const resumedBy = Date.now() + 60_000;
+    while ((await lastTick()) <= atPause + 2 && Date.now() < resumedBy) await sleep(500);
+    expect(await lastTick()).toBeGreaterThan(atPause + 2);
+    expect(await count()).toBeGreaterThan(atPause);
+    // The same process, still counting.
+    await cli(["vm", "exec", "pz", "--", "kill", "-0", pid]);
+
+    // A stop of a paused VM resumes it and shuts it down.
+    await cli(["vm", "pause", "pz"]);
+    await cli(["vm", "stop", "pz"]);
+    await cli(["vm", "delete", "pz"]);
+    expect(env.leftovers()).toEqual(NOTHING);
+  }, 600_000);
+});
