@@ -6,11 +6,11 @@
  * that an orchestrator restart finds it paused by asking the VMM, and that a
  * stop of a paused VM resumes it before shutting the guest down.
  */
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { FAKE_VM_TOOLS, startFakeVmCluster } from "./fake-vm-cluster.js";
+import { FAKE_VM_TOOLS, OWNER, startFakeVmCluster } from "./fake-vm-cluster.js";
 import { OWNER_CAN_READ_CHECKOUT, type Cluster } from "./harness.js";
 import { IS_ROOT } from "./netns.js";
 
@@ -133,5 +133,74 @@ live("pause and resume", () => {
     const notRunning = await cluster.cli(["vm", "pause", "pk"]);
     expect([notRunning.code, notRunning.stderr]).toEqual([1, expect.stringMatching(/VM pk is not running/)]);
     for (const name of ["ps", "pk"]) expect((await cluster.cli(["vm", "delete", name])).code).toBe(0);
+  }, 180_000);
+
+  it("stop --save has Firecracker snapshot the paused guest; start loads it instead of booting; a snapshot it refuses boots cold", async () => {
+    const created = await cluster.cli(["vm", "create", "--name", "sv", "--image", "tiny", "--no-ssh-wait"]);
+    expect(created.code, created.stderr).toBe(0);
+    const vm = await show("sv");
+    const saved = join(cluster.stateDir, "vms", vm.id, "saved");
+    let seen = requests(vm.id).length;
+    const since = () => {
+      const all = requests(vm.id);
+      const fresh = all.slice(seen);
+      seen = all.length;
+      return fresh.filter((r) => !r.startsWith("GET"));
+    };
+
+    const stopped = await cluster.cli(["vm", "stop", "sv", "--save"]);
+    expect(stopped.code, stopped.stderr).toBe(0);
+    expect(stopped.stderr).toMatch(/\n  save-state\s+done/);
+    expect(since()).toEqual([
+      'PATCH /vm {"state":"Paused"}',
+      `PUT /snapshot/create ${JSON.stringify({ snapshot_type: "Full", snapshot_path: join(saved, "vmstate"), mem_file_path: join(saved, "memory") })}`,
+    ]);
+    expect((await show("sv")).state).toBe("VM_STATE_STOPPED");
+    // Firecracker (as the owner) wrote the state; saved.json, written last, says what it fits.
+    expect(readdirSync(saved).sort()).toEqual(["memory", "saved.json", "vmstate"]);
+    expect(statSync(join(saved, "memory"))).toMatchObject({ uid: OWNER, size: 1024 * 1024 * 1024 });
+    expect(JSON.parse(readFileSync(join(saved, "saved.json"), "utf8"))).toMatchObject({
+      vmm: "firecracker",
+      vcpu: 2,
+      memoryMib: 1024,
+    });
+
+    const started = await cluster.cli(["vm", "start", "sv", "--no-ssh-wait"]);
+    expect(started.code, started.stderr).toBe(0);
+    expect(started.stderr).toMatch(/\n  resume-vmm\s+done \([\d.]+ s\): resumed from the state saved at /);
+    expect(started.stderr).not.toMatch(/configure-vmm|start-vmm/);
+    expect(since()).toEqual([
+      `PUT /snapshot/load ${JSON.stringify({ snapshot_path: join(saved, "vmstate"), mem_backend: { backend_type: "File", backend_path: join(saved, "memory") }, resume_vm: true })}`,
+    ]);
+    expect(existsSync(saved)).toBe(false);
+    expect((await show("sv")).state).toBe("VM_STATE_STARTING");
+
+    // A saved state the VMM refuses: the try is undone, the state dropped, and the VM boots cold.
+    expect((await cluster.cli(["vm", "stop", "sv", "--save"])).code).toBe(0);
+    writeFileSync(join(saved, "vmstate"), "not a snapshot");
+    since();
+    const cold = await cluster.cli(["vm", "start", "sv", "--no-ssh-wait"]);
+    expect(cold.code, cold.stderr).toBe(0);
+    expect(cold.stderr).toMatch(
+      /\n  resume-vmm\s+done \([\d.]+ s\): could not resume from the saved state \(firecracker PUT \/snapshot\/load: Load snapshot error: .*\): booting cold instead\n/,
+    );
+    expect(cold.stderr).toMatch(/\n  start-vmm\s+done/);
+    // The refused load is not recorded (the fake records what it accepted): a cold boot's requests follow.
+    expect(since().map((r) => r.split(" ").slice(0, 2).join(" "))).toEqual([
+      "PUT /machine-config",
+      "PUT /boot-source",
+      "PUT /drives/root",
+      "PUT /drives/work",
+      "PUT /network-interfaces/eth0",
+      "PUT /vsock",
+      "PUT /actions",
+    ]);
+    expect(existsSync(saved)).toBe(false);
+
+    // Deleting a VM with a saved state removes it with the rest.
+    expect((await cluster.cli(["vm", "stop", "sv", "--save"])).code).toBe(0);
+    expect(existsSync(saved)).toBe(true);
+    expect((await cluster.cli(["vm", "delete", "sv"])).code).toBe(0);
+    expect(existsSync(join(cluster.stateDir, "vms", vm.id))).toBe(false);
   }, 180_000);
 });

@@ -29,6 +29,7 @@ describe("layout", () => {
       workDisk: "/var/lib/banger/vms/0123456789ab/work.ext4",
       handles: "/var/lib/banger/vms/0123456789ab/handles.json",
       creatingMarker: "/var/lib/banger/vms/0123456789ab/creating",
+      savedDir: "/var/lib/banger/vms/0123456789ab/saved",
     });
     expect([state.workspacesDir, state.blobCacheDir, state.builtCacheDir, state.logFile("privileged")]).toEqual([
       "/var/lib/banger/workspaces",

@@ -98,6 +98,8 @@ export const VM_STATE_FILES = {
   handles: "handles.json",
   /** Present while a create runs: a VM that has it at start-up was cut off mid-create. */
   creatingMarker: "creating",
+  /** A stopped VM's saved state (`vm stop --save`): the VMM's files and saved.json, written last. */
+  savedDir: "saved",
 } as const;
 
 /** A VM's state directory: its disks and handles. */
@@ -108,6 +110,7 @@ export interface VmStateLayout {
   readonly workDisk: string;
   readonly handles: string;
   readonly creatingMarker: string;
+  readonly savedDir: string;
 }
 
 /** The names inside an image's directory (published or staged). */
@@ -209,6 +212,7 @@ export function stateLayout(stateDir: string): StateLayout {
         workDisk: join(dir, v.workDisk),
         handles: join(dir, v.handles),
         creatingMarker: join(dir, v.creatingMarker),
+        savedDir: join(dir, v.savedDir),
       };
     },
     vmIdOf: (path) => (path.startsWith(`${vmsDir}/`) ? path.slice(vmsDir.length + 1).split("/")[0] : undefined),

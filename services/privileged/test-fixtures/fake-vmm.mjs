@@ -19,6 +19,13 @@
 //     PUT /actions InstanceStart (needs a boot source; machine config defaults
 //                  to 1 vCPU / 128 MiB), SendCtrlAltDel and FlushMetrics
 //                  (post-boot only).
+//     PUT /snapshot/create  Full only, of a paused guest: the snapshot file is
+//                  the fake's configuration as JSON, the memory file a sparse
+//                  file of the machine's size (logs `snapshot-created`).
+//     PUT /snapshot/load    only into a fresh VMM (nothing configured): reads
+//                  both files back (mem_backend File, or mem_file_path), binds
+//                  the vsock socket again, and leaves the guest paused or, with
+//                  resume_vm, running (logs `snapshot-loaded`).
 //     PATCH /vm    Paused | Resumed, post-boot only (GET / then says "Paused" or
 //                  "Running"; logs `paused` / `resumed`). A paused guest's
 //                  agent does not answer (the vsock connection is closed).
@@ -63,7 +70,17 @@
 //
 // Every log line is `fake-vmm: <event> <json>` with pid, uid, gid and the argv
 // it was given, so tests can check exactly how it was started.
-import { appendFileSync, closeSync, openSync, readSync, unlinkSync } from "node:fs";
+import {
+  appendFileSync,
+  closeSync,
+  ftruncateSync,
+  openSync,
+  readFileSync,
+  readSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer } from "node:http";
 import { createServer as createNetServer } from "node:net";
 import { constants as osConstants } from "node:os";
@@ -288,6 +305,22 @@ const ACTION = struct("ActionBody", [
   ["action_type", enumOf("ActionType", ["FlushMetrics", "InstanceStart", "SendCtrlAltDel"]), "required"],
 ]);
 const VM_STATE = struct("Vm", [["state", enumOf("VmState", ["Paused", "Resumed"]), "required"]]);
+const SNAPSHOT_CREATE = struct("CreateSnapshotParams", [
+  ["snapshot_type", enumOf("SnapshotType", ["Diff", "Full"]), "default"],
+  ["snapshot_path", STRING, "required"],
+  ["mem_file_path", STRING, "required"],
+]);
+const MEMORY_BACKEND = struct("MemoryBackend", [
+  ["backend_type", enumOf("MemBackendType", ["File", "Uffd"]), "required"],
+  ["backend_path", STRING, "required"],
+]);
+const SNAPSHOT_LOAD = struct("LoadSnapshotConfig", [
+  ["snapshot_path", STRING, "required"],
+  ["mem_file_path", STRING, "option"],
+  ["mem_backend", MEMORY_BACKEND, "option"],
+  ["enable_diff_snapshots", BOOL, "default"],
+  ["resume_vm", BOOL, "default"],
+]);
 
 /** serde's list of expected names: "`a`", "`a` or `b`", "one of `a`, `b`, `c`". */
 function oneOf(names) {
@@ -420,6 +453,40 @@ function firecrackerApi(id, requestsPath) {
   };
   const started = () => vm.state !== "Not started";
 
+  const vsockBindError = (io) =>
+    `Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: ${io}`;
+
+  // Firecracker binds uds_path when the device is configured (or a snapshot is loaded). A host-initiated
+  // connection writes `CONNECT <port>\n`: before InstanceStart, or to a port no guest program listens on,
+  // it is closed; to the guest agent's port (1024, banger's guest kit) while the guest runs, the answer
+  // is `OK <host port>\n` and the stream is a fake qemu-ga (fakeGuestAgent), unless the boot args say
+  // `fake.agent=off`.
+  async function bindVsock(config) {
+    const server = createNetServer((connection) => {
+      connection.on("error", () => {});
+      let handshake = "";
+      const onData = (chunk) => {
+        handshake += chunk.toString("latin1");
+        const newline = handshake.indexOf("\n");
+        if (newline < 0) return handshake.length > 64 ? connection.destroy() : undefined;
+        connection.off("data", onData);
+        // A paused guest runs nothing: its agent does not answer (the connection is closed here).
+        const agentUp = vm.state === "Running" && !/(^| )fake\.agent=off( |$)/.test(vm.bootSource?.boot_args ?? "");
+        if (handshake.slice(0, newline) !== "CONNECT 1024" || !agentUp) return connection.destroy();
+        log("vsock-connect", { port: 1024 });
+        connection.write(`OK ${1073741824 + vm.vsockConnections++}\n`);
+        fakeGuestAgent(connection, Buffer.from(handshake.slice(newline + 1), "latin1"));
+      };
+      connection.on("data", onData);
+    });
+    try {
+      await listen(server, config.uds_path);
+    } catch (error) {
+      throw new Fault(vsockBindError(ioError(error)));
+    }
+    vm.vsock = { config, server };
+  }
+
   const handlers = {
     "GET /": () => ({ status: 200, body: { id, state: vm.state, vmm_version: VMM_VERSION, app_name: "Firecracker" } }),
     "GET /version": () => ({ status: 200, body: { firecracker_version: VMM_VERSION } }),
@@ -532,8 +599,6 @@ function firecrackerApi(id, requestsPath) {
     "PUT /vsock": async (_id, raw) => {
       const config = parseBody(VSOCK, raw);
       if (started()) throw new Fault(POST_BOOT);
-      const bindError = (io) =>
-        `Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: ${io}`;
       if (vm.vsock !== undefined) {
         // Firecracker drops the old device and removes its socket before binding the new one.
         vm.vsock.server.close();
@@ -541,39 +606,11 @@ function firecrackerApi(id, requestsPath) {
           unlinkSync(vm.vsock.config.uds_path);
         } catch (error) {
           vm.vsock = undefined;
-          throw new Fault(bindError(ioError(error)));
+          throw new Fault(vsockBindError(ioError(error)));
         }
         vm.vsock = undefined;
       }
-      // Firecracker binds uds_path here, at configuration time. A host-initiated
-      // connection writes `CONNECT <port>\n`: before InstanceStart, or to a port
-      // no guest program listens on, it is closed; to the guest agent's port
-      // (1024, banger's guest kit) once the guest runs, the answer is
-      // `OK <host port>\n` and the stream is a fake qemu-ga (fakeGuestAgent),
-      // unless the boot args say `fake.agent=off`.
-      const server = createNetServer((connection) => {
-        connection.on("error", () => {});
-        let handshake = "";
-        const onData = (chunk) => {
-          handshake += chunk.toString("latin1");
-          const newline = handshake.indexOf("\n");
-          if (newline < 0) return handshake.length > 64 ? connection.destroy() : undefined;
-          connection.off("data", onData);
-          // A paused guest runs nothing: its agent does not answer (the connection is closed here).
-          const agentUp = vm.state === "Running" && !/(^| )fake\.agent=off( |$)/.test(vm.bootSource?.boot_args ?? "");
-          if (handshake.slice(0, newline) !== "CONNECT 1024" || !agentUp) return connection.destroy();
-          log("vsock-connect", { port: 1024 });
-          connection.write(`OK ${1073741824 + vm.vsockConnections++}\n`);
-          fakeGuestAgent(connection, Buffer.from(handshake.slice(newline + 1), "latin1"));
-        };
-        connection.on("data", onData);
-      });
-      try {
-        await listen(server, config.uds_path);
-      } catch (error) {
-        throw new Fault(bindError(ioError(error)));
-      }
-      vm.vsock = { config, server };
+      await bindVsock(config);
     },
 
     "PUT /actions": (_id, raw) => {
@@ -611,6 +648,76 @@ function firecrackerApi(id, requestsPath) {
         }, 100);
       }
       return undefined;
+    },
+
+    // Full snapshots: the fake's "device state" is its configuration as JSON (marked as the fake's), its
+    // "memory" a sparse file of the machine's memory size. Create needs a paused guest; load needs a
+    // fresh VMM (nothing configured), takes the files back as Firecracker checks them, binds the vsock
+    // socket again, and leaves the guest paused or (resume_vm) running.
+    "PUT /snapshot": async (subId, raw) => {
+      if (subId === "create") {
+        const params = parseBody(SNAPSHOT_CREATE, raw);
+        if (!started()) throw new Fault(PRE_BOOT);
+        if (vm.state !== "Paused") throw new Fault("Create snapshot error: the microVM must be paused first.");
+        if (params.snapshot_type === "Diff")
+          throw new Fault("Create snapshot error: diff snapshots need track_dirty_pages.");
+        const state = {
+          fake_firecracker_snapshot: 1,
+          machine: vm.machine,
+          bootSource: vm.bootSource,
+          drives: vm.drives,
+          nets: vm.nets,
+          vsock: vm.vsock?.config,
+        };
+        try {
+          writeFileSync(params.snapshot_path, JSON.stringify(state));
+          const fd = openSync(params.mem_file_path, "w", 0o600);
+          ftruncateSync(fd, vm.machine.mem_size_mib * 1024 * 1024);
+          closeSync(fd);
+        } catch (error) {
+          throw new Fault(`Create snapshot error: Cannot write the snapshot files: ${ioError(error)}`);
+        }
+        log("snapshot-created", { snapshot_path: params.snapshot_path, mem_file_path: params.mem_file_path });
+        return undefined;
+      }
+      if (subId === "load") {
+        const params = parseBody(SNAPSHOT_LOAD, raw);
+        if ((params.mem_file_path === undefined) === (params.mem_backend === undefined)) {
+          throw new Fault("Load snapshot error: exactly one of mem_file_path and mem_backend must be given.");
+        }
+        const configured = vm.bootSource !== undefined || vm.drives.length > 0 || vm.nets.length > 0 || vm.vsock;
+        if (started() || configured) {
+          throw new Fault("Loading a microVM snapshot not allowed after configuring boot-specific resources.");
+        }
+        const memPath = params.mem_backend?.backend_path ?? params.mem_file_path;
+        let state;
+        try {
+          state = JSON.parse(readFileSync(params.snapshot_path, "utf8"));
+          if (state.fake_firecracker_snapshot !== 1) throw new Error("not a snapshot of this fake");
+          if (statSync(memPath).size !== state.machine.mem_size_mib * 1024 * 1024) {
+            throw new Error("the memory file's size is not the machine's memory");
+          }
+        } catch (error) {
+          throw new Fault(
+            `Load snapshot error: Cannot restore the microVM state: ${error.code ? ioError(error) : error.message}`,
+          );
+        }
+        Object.assign(vm, {
+          machine: state.machine,
+          bootSource: state.bootSource,
+          drives: state.drives,
+          nets: state.nets,
+        });
+        if (state.vsock) await bindVsock(state.vsock);
+        vm.state = params.resume_vm ? "Running" : "Paused";
+        log("snapshot-loaded", {
+          snapshot_path: params.snapshot_path,
+          mem: memPath,
+          resumed: params.resume_vm === true,
+        });
+        return undefined;
+      }
+      throw new Fault(`Invalid request method and/or path: PUT snapshot/${subId ?? ""}.`);
     },
 
     "PATCH /vm": (_id, raw) => {

@@ -188,6 +188,8 @@ function registerStopRestartCommands(vm: Command, globals: () => GlobalOptions):
     const sub = vm.command(command);
     if (command === "restart") {
       sub.option("--no-ssh-wait", "succeed once the VMM runs, without waiting for the guest's SSH");
+    } else {
+      sub.option("--save", "keep the guest's memory on disk instead of shutting it down: the next start resumes it");
     }
     sub
       .argument("<name>", "VM name")
@@ -200,13 +202,14 @@ function registerStopRestartCommands(vm: Command, globals: () => GlobalOptions):
       .action(
         async (
           name: string,
-          opts: { timeout?: string; force?: boolean; sshWait?: boolean; wait: boolean; json?: boolean },
+          opts: { timeout?: string; force?: boolean; save?: boolean; sshWait?: boolean; wait: boolean; json?: boolean },
         ) => {
           await withOrchestrator(globals(), async (o) => {
             const timeout = seconds(opts.timeout, "--timeout");
             const request = {
               name,
               force: opts.force === true,
+              save: opts.save === true,
               skipSshWait: !opts.sshWait,
               ...(timeout ? { timeout } : {}),
             };

@@ -181,6 +181,8 @@ export interface MachineSpec {
   readonly tap: string;
   readonly mac: string;
   readonly vsockCid: number;
+  /** Launch to take a saved state (QEMU: `-incoming defer`), not to boot the kernel. */
+  readonly incoming?: boolean;
 }
 
 /** Opens a byte stream to a guest's agent. */
@@ -207,6 +209,13 @@ export interface VmmDriver {
   resume(controlSocket: string): Promise<void>;
   /** Whether the VMM holds its guest paused now (asked at start-up, when handles.json may be stale). */
   paused(controlSocket: string): Promise<boolean>;
+  /** Writes a paused guest's memory and device state into `dir` (the VMM writes them, as the owner). */
+  save(controlSocket: string, dir: string, signal: AbortSignal): Promise<void>;
+  /**
+   * In place of configure-vmm and start-vmm: a VMM launched with `incoming` takes the state saved in
+   * `dir` and runs the guest on from where it was saved.
+   */
+  restore(launched: LaunchedVmm, dir: string, signal: AbortSignal): Promise<void>;
 }
 
 export interface AgentInfo {

@@ -266,6 +266,8 @@ function fakeFirecracker(script: Script, requests: string[], model: HostModel): 
       },
       pause: put("vm Paused"),
       resume: put("vm Resumed"),
+      createSnapshot: put("snapshot/create"),
+      loadSnapshot: put("snapshot/load"),
       describeInstance: () => Promise.resolve({ id: "fake", state: "Running", vmmVersion: "1.8.0", appName: "x" }),
     };
   };

@@ -45,7 +45,7 @@ export function createVmService(vms: Vms): ServiceImpl<typeof VmService> {
       return { operation: operationToProto(operation) };
     },
     async stopVm(req) {
-      const operation = await vms.stop(req.name, { timeoutMs: millis(req.timeout), force: req.force });
+      const operation = await vms.stop(req.name, { timeoutMs: millis(req.timeout), force: req.force, save: req.save });
       return { operation: operationToProto(operation) };
     },
     async restartVm(req) {

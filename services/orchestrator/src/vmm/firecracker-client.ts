@@ -1,7 +1,7 @@
 /**
  * A client for Firecracker's HTTP API on a VM's API socket (Firecracker ≥ 1.8):
  * the pre-boot configuration calls, the start and Ctrl+Alt+Del actions, the
- * instance state, and pause/resume.
+ * instance state, pause/resume, and Full snapshots (create and load).
  *
  * Errors: an answer other than 2xx is a FailedPreconditionError
  * `VMM_API_ERROR` whose message is `firecracker <METHOD> <path>: <fault_message>`,
@@ -64,6 +64,12 @@ export interface Vsock {
   readonly udsPath: string;
 }
 
+/** A snapshot's two files: the microVM's device state and the guest's memory. */
+export interface SnapshotFiles {
+  readonly snapshotPath: string;
+  readonly memFilePath: string;
+}
+
 export type InstanceState = "Not started" | "Running" | "Paused";
 
 export interface InstanceInfo {
@@ -85,6 +91,10 @@ export interface FirecrackerClient {
   /** Asks a running guest to shut down (x86_64); Firecracker exits when it has. */
   sendCtrlAltDel(options?: FirecrackerCallOptions): Promise<void>;
   pause(options?: FirecrackerCallOptions): Promise<void>;
+  /** PUT /snapshot/create, a Full snapshot of a paused guest: its device state and its memory, in two files. */
+  createSnapshot(files: SnapshotFiles, options?: FirecrackerCallOptions): Promise<void>;
+  /** PUT /snapshot/load into a fresh Firecracker (nothing configured), then resumes the guest. */
+  loadSnapshot(files: SnapshotFiles, options?: FirecrackerCallOptions): Promise<void>;
   resume(options?: FirecrackerCallOptions): Promise<void>;
   /** GET /: the instance id, its state and the Firecracker version. */
   describeInstance(options?: FirecrackerCallOptions): Promise<InstanceInfo>;
@@ -169,6 +179,24 @@ export function createFirecrackerClient(socketPath: string, options: Firecracker
     resume: async (callOptions) => {
       await call("PATCH", "/vm", { state: "Resumed" }, callOptions);
     },
+
+    createSnapshot: (files, callOptions) =>
+      put(
+        "/snapshot/create",
+        { snapshot_type: "Full", snapshot_path: files.snapshotPath, mem_file_path: files.memFilePath },
+        callOptions,
+      ),
+
+    loadSnapshot: (files, callOptions) =>
+      put(
+        "/snapshot/load",
+        {
+          snapshot_path: files.snapshotPath,
+          mem_backend: { backend_type: "File", backend_path: files.memFilePath },
+          resume_vm: true,
+        },
+        callOptions,
+      ),
 
     async describeInstance(callOptions) {
       const answer = await call("GET", "/", undefined, callOptions);

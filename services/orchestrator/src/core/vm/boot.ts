@@ -1,7 +1,8 @@
 /**
  * Booting a VM that has its disks: (root device) → tap → launch-vmm →
  * configure-vmm → start-vmm → (wait-agent) → wait-ssh → network, each stage
- * that changed the host pushing its undo. Create, start and restart end here
+ * that changed the host pushing its undo. A VM with a saved state has
+ * resume-vmm in place of configure-vmm and start-vmm. Create, start and restart end here
  * (a create takes its tap ahead, beside its disks).
  */
 import { DeadlineExceededError, NotFoundError } from "@banger/common";
@@ -14,6 +15,7 @@ import { waitForAgent } from "./agent.js";
 import { scopeOf, type VmContext } from "./context.js";
 import type { Handles, RootAttachment } from "./model.js";
 import { attachRoot, detachRoot } from "./root-disk.js";
+import type { SavedState } from "./saved-state.js";
 import { staged, type UndoList } from "./undo.js";
 
 const DEFAULT_SSH_TIMEOUT_MS = 60_000;
@@ -25,7 +27,12 @@ export interface BootOptions {
   readonly root?: RootAttachment;
   /** The tap a create took while it made the disks (takeTapAhead), its undo already pushed. */
   readonly tap?: Promise<string>;
+  /** A saved state to resume from (stage resume-vmm) instead of booting the kernel. */
+  readonly restore?: SavedState;
 }
+
+/** How a boot ended: the guest runs, or (a restore only) the saved state could not be resumed. */
+export type BootOutcome = "running" | "restore-failed";
 
 /**
  * Stage tap, started by a create beside its disks: the bridge ensured, then a warm-pool tap taken
@@ -58,7 +65,7 @@ export async function boot(
   vm: VmRecord,
   undo: UndoList,
   options: BootOptions,
-): Promise<void> {
+): Promise<BootOutcome> {
   const { host } = ctx;
   const scope = scopeOf(op);
   const driver = ctx.vmm.drivers[vm.vmm];
@@ -75,7 +82,9 @@ export async function boot(
         )))
       : undefined;
   const tap = await (options.tap ?? takeTapAhead(ctx, op, vm, undo));
-  const { spec, kit } = await machineSpec(ctx, vm, driver, tap, root);
+  const machine = await machineSpec(ctx, vm, driver, tap, root);
+  const spec: MachineSpec = options.restore ? { ...machine.spec, incoming: true } : machine.spec;
+  const kit = machine.kit;
   const launched = await staged(
     op,
     undo,
@@ -99,6 +108,7 @@ export async function boot(
     ...(root ? { root } : {}),
   };
   await ctx.runtime.saveHandles(vm, handle);
+  if (options.restore && !(await resumeSaved(ctx, op, vm, driver, launched, options.restore))) return "restore-failed";
   await startVmm(ctx, op, vm, driver, launched, spec, handle, options);
   // Capabilities (DNS name, NAT, …) in dependency order; a failure unwinds all of their cleanups.
   undo.push(() => ctx.eachCapability(true, (c) => c.cleanup?.(vm, { signal: AbortSignal.timeout(30_000) })));
@@ -111,6 +121,44 @@ export async function boot(
     desiredState: "running",
     lastError: null,
     startedAt: ctx.now(),
+  });
+  return "running";
+}
+
+/**
+ * Stage resume-vmm: the VMM takes the saved state and runs the guest on. It does not fail: a state the
+ * VMM refuses leaves a note and false, and the caller unwinds and boots cold.
+ */
+async function resumeSaved(
+  ctx: VmContext,
+  op: OperationContext,
+  vm: VmRecord,
+  driver: VmmDriver,
+  launched: LaunchedVmm,
+  saved: SavedState,
+): Promise<boolean> {
+  const vmmRuns = async () => (await ctx.host.vmmState(vm.id, launched.pid, launched.startTime, scopeOf(op))).running;
+  return op.stage("resume-vmm", async () => {
+    try {
+      await whileVmmRuns(
+        (signal) => driver.restore(launched, saved.dir, signal),
+        vmmRuns,
+        op.signal,
+        undefined,
+        "the VMM exited while it took the saved state",
+      );
+      await op.track("resume-vmm", "running", `resumed from the state saved at ${saved.savedAt}`);
+      return true;
+    } catch (error) {
+      if (op.signal.aborted) throw error;
+      ctx.logger.warn({ vm: vm.name, err: error }, "could not resume from the saved state: booting cold");
+      await op.track(
+        "resume-vmm",
+        "running",
+        `could not resume from the saved state (${(error as Error).message}): booting cold instead`,
+      );
+      return false;
+    }
   });
 }
 
@@ -155,18 +203,21 @@ async function startVmm(
   options: BootOptions,
 ): Promise<void> {
   const vmmRuns = async () => (await ctx.host.vmmState(vm.id, launched.pid, launched.startTime, scopeOf(op))).running;
-  // A VMM that exits after making its socket (QEMU makes QMP's before it opens the tap) ends the wait for its
-  // API at once; what it printed goes with the error (explainVmFailure).
-  await op.stage("configure-vmm", () =>
-    whileVmmRuns(
-      (signal) => driver.configure(launched, spec, signal),
-      vmmRuns,
-      op.signal,
-      undefined,
-      "the VMM exited before it answered on its API socket",
-    ),
-  );
-  await op.stage("start-vmm", () => driver.start(launched));
+  // A resumed guest runs already: nothing to configure or start.
+  if (!options.restore) {
+    // A VMM that exits after making its socket (QEMU makes QMP's before it opens the tap) ends the wait for its
+    // API at once; what it printed goes with the error (explainVmFailure).
+    await op.stage("configure-vmm", () =>
+      whileVmmRuns(
+        (signal) => driver.configure(launched, spec, signal),
+        vmmRuns,
+        op.signal,
+        undefined,
+        "the VMM exited before it answered on its API socket",
+      ),
+    );
+    await op.stage("start-vmm", () => driver.start(launched));
+  }
   await ctx.runtime.saveHandles(vm, { ...handle, ready: false });
   if (options.skipSshWait) {
     await op.track("wait-ssh", "running");

@@ -17,6 +17,7 @@ import { removeRunDir } from "./host-cleanup.js";
 import { vmResult } from "./result.js";
 import { validVmName } from "./model.js";
 import { pausedError } from "./pause.js";
+import { dropSavedState, saveState, usableSavedState } from "./saved-state.js";
 import { applyPending } from "./settings.js";
 import { unwind, type UndoList } from "./undo.js";
 
@@ -40,7 +41,15 @@ export async function startVm(
   );
 }
 
-export async function stopVm(ctx: VmContext, name: string, options: HaltOptions): Promise<OperationRecord> {
+/**
+ * With `save`, the guest's memory and device state are saved first (stage save-state, the guest paused)
+ * and the VMM is then killed: the next start resumes from there.
+ */
+export async function stopVm(
+  ctx: VmContext,
+  name: string,
+  options: HaltOptions & { save?: boolean },
+): Promise<OperationRecord> {
   const vm = await ctx.find(name);
   if (!ctx.runtime.handles.has(vm.id)) {
     throw new FailedPreconditionError(`VM ${name} is not running`, { reason: "VM_NOT_RUNNING" });
@@ -49,7 +58,12 @@ export async function stopVm(ctx: VmContext, name: string, options: HaltOptions)
     ctx.runtime.lifecycle(name, async () => {
       ctx.runtime.phases.set(vm.id, "stopping");
       try {
-        await op.stage("stop-vmm", () => halt(ctx, vm, options, scopeOf(op)));
+        const handle = ctx.runtime.handles.get(vm.id);
+        if (options.save && handle) {
+          await op.stage("save-state", () => saveState(ctx, vm, handle, op.signal));
+        }
+        const how = options.save ? { timeoutMs: options.timeoutMs, force: true } : options;
+        await op.stage("stop-vmm", () => halt(ctx, vm, how, scopeOf(op)));
         await updateVm(ctx.db, name, { updatedAt: ctx.now(), desiredState: "stopped" });
       } finally {
         ctx.runtime.phases.delete(vm.id);
@@ -93,9 +107,24 @@ async function bootOrUnwind(
   options: BootOptions,
   recordError: boolean,
 ): Promise<void> {
-  const undo: UndoList = [];
+  let undo: UndoList = [];
   ctx.runtime.phases.set(vm.id, "starting");
   try {
+    const { saved, dropped } = await usableSavedState(ctx, vm);
+    if (dropped) {
+      await op.stage("resume-vmm", () => op.track("resume-vmm", "running", `${dropped}: booting cold`));
+    }
+    if (saved && (await boot(ctx, op, vm, undo, { ...options, restore: saved })) === "running") {
+      await dropSavedState(ctx, vm);
+      return;
+    }
+    if (saved) {
+      // The VMM refused the saved state (resume-vmm says why): what the try made is undone, the state
+      // dropped, and the VM boots cold.
+      await unwind(ctx.logger, undo, name);
+      undo = [];
+      await dropSavedState(ctx, vm);
+    }
     await boot(ctx, op, vm, undo, options);
   } catch (error) {
     if (!op.signal.aborted) await explainVmFailure(error, bootLogs(ctx, vm.id));
@@ -132,6 +161,7 @@ export async function deleteVmByName(
         // Once the row is gone the rest follows, cancelled or not: a cancel here would leave the VMM's files.
         await op.stage("remove-files", async () => {
           await deleteVm(db, name);
+          // The VM's directory goes whole: its disks, handles and saved state.
           await rm(ctx.state.vm(vm.id).dir, { recursive: true, force: true });
           await removeRunDir(ctx, vm.id, { signal: new AbortController().signal });
           await forgetHostKey(ctx.ssh.knownHostsFile, name);

@@ -39,7 +39,11 @@ export interface CreateVmRequest {
 export interface VmService {
   create(req: CreateVmRequest, scope: CallScope): Promise<OperationRecord>;
   start(name: string, options: { sshTimeoutMs: number | undefined; skipSshWait: boolean }): Promise<OperationRecord>;
-  stop(name: string, options: { timeoutMs: number | undefined; force: boolean }): Promise<OperationRecord>;
+  /** `save`: the guest's memory is saved first and the next start resumes from it (stop --save). */
+  stop(
+    name: string,
+    options: { timeoutMs: number | undefined; force: boolean; save?: boolean },
+  ): Promise<OperationRecord>;
   restart(
     name: string,
     options: { timeoutMs: number | undefined; force: boolean; skipSshWait: boolean },
