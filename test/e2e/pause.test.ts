@@ -3,7 +3,9 @@
  * with banger's initramfs, the busybox + dropbear image of
  * support/guest-image.mjs): a process in the guest counts into a file in
  * /root and onto the console; while the VM is paused the console shows no new
- * count and exec says it is paused; once resumed the same process counts on.
+ * count and exec says it is paused; once resumed the same process counts on;
+ * after `vm stop --save` the next start resumes it (no boot) with that process
+ * and its file.
  * One guest only: each TCG boot costs CI time.
  */
 import { execFileSync } from "node:child_process";
@@ -48,7 +50,7 @@ afterAll(async () => {
 });
 
 e2e("pause and resume a real guest (qemu-microvm, TCG)", () => {
-  it("a paused guest runs nothing and says so to exec; resumed, the same process counts on", async () => {
+  it("a paused guest runs nothing and says so to exec; resumed, and after stop --save and start, the same process counts on", async () => {
     await cli(["vm", "create", "--name", "pz", "--image", "guest", "--ssh-timeout", "180"]);
     const pid = (
       await cli([
@@ -83,6 +85,17 @@ e2e("pause and resume a real guest (qemu-microvm, TCG)", () => {
     expect(await count()).toBeGreaterThan(atPause);
     // The same process, still counting.
     await cli(["vm", "exec", "pz", "--", "kill", "-0", pid]);
+
+    // Suspend to disk: the next start resumes the guest from its saved memory (stage resume-vmm, no boot), with
+    // the same process still counting on into the same file.
+    const beforeSave = await count();
+    const saved = await cli(["vm", "stop", "pz", "--save"]);
+    expect(saved.stderr).toMatch(/\n  save-state\s+done/);
+    const resumedStart = await cli(["vm", "start", "pz", "--ssh-timeout", "180"]);
+    expect(resumedStart.stderr).toMatch(/\n  resume-vmm\s+done \([\d.]+ s\): resumed from the state saved at /);
+    expect(resumedStart.stderr).not.toMatch(/configure-vmm|start-vmm/);
+    await cli(["vm", "exec", "pz", "--", "kill", "-0", pid]);
+    expect(await count()).toBeGreaterThan(beforeSave);
 
     // A stop of a paused VM resumes it and shuts it down.
     await cli(["vm", "pause", "pz"]);

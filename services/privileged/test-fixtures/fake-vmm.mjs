@@ -831,6 +831,7 @@ if (args.includes("--api-sock")) {
       "-qmp",
       "-serial",
       "-name",
+      "-incoming",
     ],
   });
   const qmp = /^unix:([^,]+),(server=on,wait=off|server,nowait)$/.exec(single(values, "-qmp"));

@@ -231,8 +231,9 @@ export type StopVmRequest = Message<"banger.v1.StopVmRequest"> & {
    * fits the VM (vcpu, memory or work disk changed by SetVm), is dropped and
    * the VM boots cold, the stage's note saying why. DeleteVm removes it. A
    * save that fails fails the operation and leaves the VM running (resumed
-   * if the save paused it). Errors of the operation: FAILED_PRECONDITION
-   * (SAVE_UNSUPPORTED: this VMM's driver cannot save yet).
+   * if the save paused it). Firecracker: a Full snapshot (PUT
+   * /snapshot/create, /snapshot/load); QEMU: a migration stream to a file (QMP
+   * migrate, then -incoming defer and migrate-incoming).
    *
    * @generated from field: bool save = 4;
    */

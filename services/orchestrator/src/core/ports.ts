@@ -130,6 +130,8 @@ export interface QemuMachine {
   readonly mac: string;
   /** KVM when true, else TCG (the helper appends the host's tsc_early_khz). */
   readonly kvm: boolean;
+  /** Wait for a saved state (`-incoming defer`) instead of booting. */
+  readonly incoming?: boolean;
 }
 
 /** A file banger writes into a guest's root filesystem. */

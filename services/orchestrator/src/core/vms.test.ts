@@ -240,6 +240,9 @@ function fakeQmp(script: Script, requests: string[], model: HostModel): (socket:
       paused.delete(socket);
       return Promise.resolve();
     },
+    migrate: () => Promise.reject(new Error("not scripted")),
+    queryMigrate: () => Promise.reject(new Error("not scripted")),
+    migrateIncoming: () => Promise.reject(new Error("not scripted")),
   });
 }
 
@@ -865,6 +868,7 @@ describe("VMM driver qemu-microvm", () => {
       workDisk: join(stateDir, "vms", vm.id, "work.ext4"),
       mac: vm.mac,
       kvm: false, // the scripted host has no KVM: TCG
+      incoming: false,
     });
     expect(requests).toEqual(["qmp query-status"]); // no Firecracker API calls
     await vms.stop("box", { timeoutMs: 1000, force: false });

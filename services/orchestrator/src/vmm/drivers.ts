@@ -43,11 +43,36 @@ export type FirecrackerApi = Pick<
   | "loadSnapshot"
 >;
 
-export type QmpApi = Pick<QmpClient, "waitForSocket" | "status" | "powerdown" | "stop" | "cont">;
+export type QmpApi = Pick<
+  QmpClient,
+  "waitForSocket" | "status" | "powerdown" | "stop" | "cont" | "migrate" | "queryMigrate" | "migrateIncoming"
+>;
 
 export type { MachineSpec, VmmDriver } from "../core/ports.js";
 
 const SOCKET_WAIT_MS = 5_000;
+
+/** The QEMU migration stream in a VM's saved-state directory. */
+const QEMU_MIGRATION = "migration";
+const MIGRATION_POLL_MS = 100;
+
+const shellQuote = (text: string) => `'${text.replace(/'/g, `'\\''`)}'`;
+
+/** Waits `ms`, or throws when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  signal.throwIfAborted();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason instanceof Error ? signal.reason : new Error("aborted"));
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
 
 /** A Firecracker snapshot's two files in a VM's saved-state directory. */
 const firecrackerSnapshot = (dir: string) => ({ snapshotPath: join(dir, "vmstate"), memFilePath: join(dir, "memory") });
@@ -116,6 +141,7 @@ export function qemuDriver(
           workDisk: spec.workDisk,
           mac: spec.mac,
           kvm: await kvm(scope),
+          incoming: spec.incoming === true,
         },
         scope,
       );
@@ -137,18 +163,40 @@ export function qemuDriver(
     pause: (controlSocket) => qmp(controlSocket).stop(),
     resume: (controlSocket) => qmp(controlSocket).cont(),
     paused: async (controlSocket) => (await qmp(controlSocket).status()).status === "paused",
-    save: () =>
-      Promise.reject(
-        new FailedPreconditionError("saving a qemu-microvm VM's memory is not built yet", {
-          reason: "SAVE_UNSUPPORTED",
-        }),
-      ),
-    restore: () =>
-      Promise.reject(
-        new FailedPreconditionError("resuming a qemu-microvm VM from saved memory is not built yet", {
-          reason: "SAVE_UNSUPPORTED",
-        }),
-      ),
+    // QEMU 7.2 (Debian bookworm) has no file: migration URI: a shell's cat writes and reads the file (QEMU runs
+    // it, as the owner). The path is the orchestrator's own (the VM's state directory), quoted for the shell.
+    async save(controlSocket, dir, signal) {
+      const client = qmp(controlSocket);
+      await client.migrate(`exec:cat > ${shellQuote(join(dir, QEMU_MIGRATION))}`);
+      for (;;) {
+        const { status, error } = await client.queryMigrate();
+        if (status === "completed") return;
+        if (status === "failed" || status === "cancelled") {
+          throw new FailedPreconditionError(`qemu migrate: ${status}${error ? `: ${error}` : ""}`, {
+            reason: "VMM_API_ERROR",
+          });
+        }
+        await pause(MIGRATION_POLL_MS, signal);
+      }
+    },
+    async restore(launched, dir, signal) {
+      const client = qmp(launched.controlSocket);
+      await client.waitForSocket(signal, SOCKET_WAIT_MS);
+      await client.migrateIncoming(`exec:cat ${shellQuote(join(dir, QEMU_MIGRATION))}`);
+      let state = await client.status();
+      while (state.status === "inmigrate") {
+        await pause(MIGRATION_POLL_MS, signal);
+        state = await client.status();
+      }
+      // The guest was paused when it was saved: it comes back paused.
+      if (state.status === "paused" || state.status === "postmigrate") await client.cont();
+      state = await client.status();
+      if (!state.running) {
+        throw new FailedPreconditionError(`qemu did not take the saved state: status ${state.status}`, {
+          reason: "VMM_NOT_RUNNING",
+        });
+      }
+    },
   };
 }
 

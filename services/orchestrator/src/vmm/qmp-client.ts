@@ -30,6 +30,12 @@ export interface QmpClient {
   stop(): Promise<void>;
   /** Resumes a paused machine (or one started paused). */
   cont(): Promise<void>;
+  /** Starts an outgoing migration to `uri` (e.g. `exec:cat > FILE`); it runs on: see queryMigrate. */
+  migrate(uri: string): Promise<void>;
+  /** The outgoing migration's status: "active", "completed", "failed" (with QEMU's error), … */
+  queryMigrate(): Promise<{ readonly status: string; readonly error: string }>;
+  /** Feeds a QEMU started with `-incoming defer` the state at `uri` (e.g. `exec:cat FILE`). */
+  migrateIncoming(uri: string): Promise<void>;
 }
 
 const DEFAULT_TIMEOUT_MS = 5000;
@@ -113,6 +119,16 @@ export function createQmpClient(socketPath: string, options: { timeoutMs?: numbe
     },
     async cont() {
       await session([{ execute: "cont" }]);
+    },
+    async migrate(uri) {
+      await session([{ execute: "migrate", arguments: { uri } }]);
+    },
+    async queryMigrate() {
+      const value = (await session([{ execute: "query-migrate" }])) as { status?: string; "error-desc"?: string };
+      return { status: value.status ?? "none", error: value["error-desc"] ?? "" };
+    },
+    async migrateIncoming(uri) {
+      await session([{ execute: "migrate-incoming", arguments: { uri } }]);
     },
   };
 }

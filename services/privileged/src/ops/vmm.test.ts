@@ -159,6 +159,7 @@ function machine(vmId: string, overrides: Partial<QemuMachine> = {}): QemuMachin
     mac: "02:00:0a:00:00:02",
     kvm: false,
     tscKhz: 2_500_000,
+    incoming: false,
     ...overrides,
   };
 }
@@ -250,6 +251,11 @@ describe("bad requests are refused before anything happens", () => {
       { vmId: "bad1", kind: "qemu-microvm", qemu: { ...machine("bad1"), kvm: "yes" } },
       "INVALID_ACCELERATOR",
     ],
+    ...["yes", 1, "file:/etc/shadow"].map((incoming): [string, Record<string, unknown>, string] => [
+      `incoming ${JSON.stringify(incoming)}`,
+      { vmId: "bad1", kind: "qemu-microvm", qemu: { ...machine("bad1"), incoming } },
+      "INVALID_INCOMING",
+    ]),
   ];
 
   it.each(cases)("%s", async (_name, request, reason) => {
@@ -547,6 +553,8 @@ describe.skipIf(!HAVE_VMM_TOOLS)("a QEMU microvm VMM", () => {
       "-no-reboot",
     ]);
     expect(await startRecord(result.logPath)).toMatchObject({ pid: result.pid, uid: NOBODY, gid: NOBODY, argv: built });
+    // To take a saved state: the same machine, waiting for it (the state itself comes over QMP, not through the helper).
+    expect(qemuArgv(config, vmId, { ...m, incoming: true }, 2_500_000)).toEqual([...built, "-incoming", "defer"]);
     expect((await readCmdline(result.pid))?.slice(1)).toEqual(built);
     expect(await qmpGreeting(result.controlSocket)).toContain('"QMP"');
     expect(lstatSync(result.consolePath).uid).toBe(NOBODY);

@@ -82,6 +82,9 @@ export function validQemuMachine(stateDir: string, vmId: string, machine: unknow
   if (typeof m.kvm !== "boolean") {
     throw new InvalidArgumentError("qemu.kvm must be a boolean", { reason: "INVALID_ACCELERATOR" });
   }
+  if (m.incoming !== undefined && typeof m.incoming !== "boolean") {
+    throw new InvalidArgumentError("qemu.incoming must be a boolean", { reason: "INVALID_INCOMING" });
+  }
   const dmNode = `/dev/mapper/${snapshotName(vmId)}`;
   return {
     vcpu: integerIn(m.vcpu, 1, 32, "qemu.vcpu", "INVALID_VCPU"),
@@ -94,6 +97,7 @@ export function validQemuMachine(stateDir: string, vmId: string, machine: unknow
     mac: validMac(m.mac),
     kvm: m.kvm,
     tscKhz: integerIn(m.tscKhz, 0, 10_000_000, "qemu.tsc_khz", "INVALID_TSC_KHZ"),
+    incoming: m.incoming === true,
   };
 }
 

@@ -110,6 +110,8 @@ export function qemuArgv(
     "-nodefaults",
     "-no-user-config",
     "-no-reboot",
+    // A saved state comes over QMP (migrate-incoming): QEMU opens it as the owner, the helper never sees it.
+    ...(machine.incoming ? ["-incoming", "defer"] : []),
   ];
 }
 

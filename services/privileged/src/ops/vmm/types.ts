@@ -24,6 +24,8 @@ export interface QemuMachine {
   kvm: boolean;
   /** tsc_early_khz under TCG; 0 = the host's, measured by the helper. */
   tscKhz: number;
+  /** `-incoming defer`: wait for a saved state (fed over QMP) instead of booting. */
+  incoming: boolean;
 }
 
 export interface VmmProcessInfo {
