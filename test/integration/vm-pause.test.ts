@@ -3,8 +3,11 @@
  * Firecracker (services/privileged/test-fixtures/fake-vmm.mjs, which serves
  * PATCH /vm and GET / as Firecracker documents them and records each request):
  * what the VMM was asked, what list/show/exec/ssh/start say of a paused VM,
- * that an orchestrator restart finds it paused by asking the VMM, and that a
- * stop of a paused VM resumes it before shutting the guest down.
+ * that an orchestrator restart finds it paused by asking the VMM, that a
+ * stop of a paused VM resumes it before shutting the guest down; and suspend
+ * to disk: stop --save snapshots it (PUT /snapshot/create), the next start
+ * loads it (PUT /snapshot/load) instead of booting, a snapshot the VMM refuses
+ * boots cold.
  */
 import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";

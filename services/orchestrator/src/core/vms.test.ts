@@ -744,6 +744,29 @@ describe("VM lifecycle", () => {
     expect(existsSync(join(stateDir, "vms", id))).toBe(false);
     expect(await vms.delete("box")).toMatchObject({ existed: false });
   });
+
+  it("a saved state that no longer fits the VM (vm set since) is dropped at start, with why, and the VM boots cold", async () => {
+    const { vms, operations, requests, stateDir, create } = await setup();
+    await create("box");
+    await operations.settled();
+    const id = (await vms.get("box")).id;
+    await vms.stop("box", { timeoutMs: 100, force: false, save: true });
+    await operations.settled();
+    expect(requests.slice(-2).map((r) => r.split(" ")[0])).toEqual(["vm", "snapshot/create"]);
+    expect(readdirSync(join(stateDir, "vms", id, "saved"))).toEqual(["saved.json"]); // the scripted VMM writes none
+
+    await vms.set("box", { memoryMib: 2048 });
+    const op = await vms.start("box", { sshTimeoutMs: undefined, skipSshWait: false });
+    await operations.settled();
+    const started = await operations.get(op.id);
+    expect(started.stages.find((s) => s.name === "resume-vmm")?.message).toBe(
+      "the saved state does not fit the VM any more (memory 1024 → 2048 MiB): booting cold",
+    );
+    expect(started.stages.map((s) => s.name)).toContain("start-vmm");
+    expect(requests.at(-1)).toMatch(/^InstanceStart/);
+    expect(existsSync(join(stateDir, "vms", id, "saved"))).toBe(false);
+    expect((await vms.get("box")).state).toBe("running");
+  });
 });
 
 describe("root-disk strategy dm-snapshot (scripted helper: this machine has no device-mapper)", () => {

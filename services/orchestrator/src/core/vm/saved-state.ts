@@ -97,11 +97,3 @@ export async function usableSavedState(
 export async function dropSavedState(ctx: VmContext, vm: VmRecord): Promise<void> {
   await rm(ctx.state.vm(vm.id).savedDir, { recursive: true, force: true });
 }
-
-/** Whether VM `vm` has a saved state (saved.json written). */
-export async function hasSavedState(ctx: VmContext, vm: VmRecord): Promise<boolean> {
-  return readFile(join(ctx.state.vm(vm.id).savedDir, RECORD)).then(
-    () => true,
-    () => false,
-  );
-}
