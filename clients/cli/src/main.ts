@@ -100,7 +100,7 @@ const COMMANDS: readonly TopLevelCommand[] = [
   {
     name: "vm",
     description:
-      "virtual machines: create, list, show, start, stop, restart, delete, set, logs, stats, ports, ssh, exec, run",
+      "virtual machines: create, list, show, start, stop, restart, delete, set, logs, stats, ports, ssh, exec, run, pause, resume",
     load: async () => (await import("./commands/vm.js")).registerVmCommands,
   },
   {
