@@ -65,16 +65,17 @@ const data = (vms: Vm[], operations: Operation[] = []): TopData => ({
 });
 
 describe("capacity bars", () => {
-  it("count the vCPUs and memory of the VMs that run (starting and stopping too), not of stopped or failed ones", () => {
+  it("count the vCPUs and memory of the VMs that run (starting, stopping and paused too), not of stopped or failed ones", () => {
     const vms = [
       vm("web", VmState.RUNNING, 2, 2048),
       vm("boot", VmState.STARTING, 1, 512),
+      vm("held", VmState.PAUSED, 1, 512),
       vm("db", VmState.STOPPED, 4, 4096),
       vm("bad", VmState.FAILED, 4, 4096),
     ];
     const [cpu, ram, disk] = capacityUsage({ vms, capacity });
-    expect(cpu).toMatchObject({ label: "CPU", used: 3, total: 8, detail: "3/8 vCPU" });
-    expect(ram).toMatchObject({ label: "RAM", used: 2560 * MIB, total: 16 * GIB, detail: "2.5G/16G" });
+    expect(cpu).toMatchObject({ label: "CPU", used: 4, total: 8, detail: "4/8 vCPU" });
+    expect(ram).toMatchObject({ label: "RAM", used: 3072 * MIB, total: 16 * GIB, detail: "3.0G/16G" });
     // Disk: what all VMs' files allocate (stopped ones too) against the state filesystem's size.
     expect(disk).toMatchObject({ label: "DISK", used: 3 * GIB, total: 100 * GIB, detail: "3.0G/100G (fs 40G used)" });
   });

@@ -22,9 +22,9 @@ export interface TopData {
   readonly operations: readonly Operation[];
 }
 
-/** A VM holds its vCPUs and memory while its VMM may run. */
+/** A VM holds its vCPUs and memory while its VMM may run (a paused one keeps its memory and its VMM). */
 export function reservesHost(vm: Vm): boolean {
-  return vm.state === VmState.RUNNING || vm.state === VmState.STARTING || vm.state === VmState.STOPPING;
+  return [VmState.RUNNING, VmState.STARTING, VmState.STOPPING, VmState.PAUSED].includes(vm.state);
 }
 
 export interface Usage {
