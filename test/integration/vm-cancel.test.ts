@@ -248,6 +248,33 @@ live("cancelling a create from the CLI", () => {
     expect(snapshot()).toEqual(before);
   }, 90_000);
 
+  it("Ctrl-C before bangerd answered the create: it is cancelled as soon as its id is known; nothing is left", async () => {
+    const before = snapshot();
+    // bangerd stopped (SIGSTOP): the CLI's CreateVm waits unanswered in its socket, as under a slow start.
+    const orchestrator = cluster.service("orchestrator").child.pid ?? 0;
+    process.kill(orchestrator, "SIGSTOP");
+    let cli: Running;
+    try {
+      cli = startCli(["vm", "create", "--name", "early", "--image", "tiny", "--ssh-timeout", "120"]);
+      await new Promise((resolve) => setTimeout(resolve, 3_000)); // the CLI started and sent its call
+      expect(cli.child.exitCode, cli.stderr).toBe(null);
+      cli.child.kill("SIGINT");
+      await cli.until(/cancelling as soon as bangerd answers/);
+      expect(cli.child.exitCode, cli.stderr).toBe(null);
+    } finally {
+      process.kill(orchestrator, "SIGCONT");
+    }
+    expect(await cli.exited, cli.stderr).toBe(130);
+    const op = OP.exec(cli.stderr)?.[1] ?? "";
+    expect(cli.stderr).toContain(`cancelling ${op}: it unwinds what it made`);
+    expect(cli.stderr).toMatch(
+      /banger: cancelled(?: at [a-z-]+)?; what it had made was unwound \(op-[0-9a-f]{12}\)\n$/,
+    );
+    expect(await opState(op)).toMatchObject({ state: "OPERATION_STATE_CANCELLED" });
+    expect(snapshot()).toEqual(before);
+    expect(JSON.parse((await cluster.cli(["vm", "list", "--json"])).stdout)).toEqual([]);
+  }, 90_000);
+
   it("--detach: the create goes on to its end without the CLI", async () => {
     await cluster.stop("orchestrator");
     await cluster.start("orchestrator");

@@ -11,6 +11,12 @@ export interface Orchestrator {
   /** Call options that send this command's op id. */
   callOptions(extra?: CallOptions): CallOptions;
   readonly close: () => void;
+  /**
+   * Whether Ctrl-C came while bangerd had not yet answered a call that starts an operation: the operation
+   * then exists without the CLI having its id, so the watch cancels it as soon as it starts (see
+   * interruptibleStart).
+   */
+  readonly interruptedWhileStarting: () => boolean;
 }
 
 /** How long a call may go unanswered before a person at a terminal is told where to look. */
@@ -136,6 +142,44 @@ function seconds(ms: number): string {
   return ms % 1000 === 0 ? `${ms / 1000} s` : `${(ms / 1000).toFixed(1)} s`;
 }
 
+/**
+ * A call that starts an operation (its answer carries an `operation`; not OperationService's own calls) is
+ * in flight: the first Ctrl-C is remembered (`onInterrupt`) rather than ending the CLI, so that the
+ * operation the call is starting can be cancelled once its id is known; a second Ctrl-C ends the CLI
+ * (exit 130), saying where the operation can be found.
+ */
+export function interruptibleStart(onInterrupt: () => void, write: (text: string) => void): Interceptor {
+  return (next) => async (req) => {
+    const startsOperation =
+      !req.stream &&
+      req.service.typeName !== "banger.v1.OperationService" &&
+      req.method.output.fields.some((field) => field.name === "operation");
+    if (!startsOperation) return next(req);
+    let interrupts = 0;
+    const onSigint = () => {
+      interrupts += 1;
+      if (interrupts === 1) {
+        onInterrupt();
+        write("banger: cancelling as soon as bangerd answers (Ctrl-C again to leave it running)\n");
+        return;
+      }
+      write("banger: left before bangerd answered; the operation may go on: banger op list --active\n");
+      process.exit(130);
+    };
+    process.on("SIGINT", onSigint);
+    try {
+      const res = await next(req);
+      if (interrupts > 0 && !res.stream && (res.message as { operation?: unknown }).operation === undefined) {
+        write("banger: interrupted (bangerd started no operation)\n");
+        process.exit(130);
+      }
+      return res;
+    } finally {
+      process.off("SIGINT", onSigint);
+    }
+  };
+}
+
 /** A connection to the orchestrator found from the global options and the environment. */
 export function connectOrchestrator(options: GlobalOptions): Orchestrator {
   const socket = resolveOrchestratorSocket(options);
@@ -144,7 +188,12 @@ export function connectOrchestrator(options: GlobalOptions): Orchestrator {
   // A connection its PINGs found dead is left alone: closing it again races its own teardown, whose error
   // connect-node then leaves without a listener (an uncaught 'error' event).
   let dead = false;
+  let interruptedWhileStarting = false;
   const interceptors = [
+    interruptibleStart(
+      () => (interruptedWhileStarting = true),
+      (text) => process.stderr.write(text),
+    ),
     ...(process.stderr.isTTY ? [slowAnswerHint(socket, (text) => process.stderr.write(text))] : []),
     unaryDeadline(socket, timeoutMs),
     streamIdleDeadline(socket, windowMs, () => (dead = true)),
@@ -161,6 +210,7 @@ export function connectOrchestrator(options: GlobalOptions): Orchestrator {
     close: () => {
       if (!dead) close();
     },
+    interruptedWhileStarting: () => interruptedWhileStarting,
   };
 }
 

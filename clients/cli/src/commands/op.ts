@@ -135,7 +135,11 @@ export async function watchToEnd(o: Orchestrator, id: string, options: WatchOpti
         },
       );
   };
-  if (options.interrupt !== "stop-watching") process.on("SIGINT", onInterrupt);
+  if (options.interrupt !== "stop-watching") {
+    process.on("SIGINT", onInterrupt);
+    // Ctrl-C while bangerd was still answering the call that started this operation: cancel it now.
+    if (o.interruptedWhileStarting()) onInterrupt();
+  }
   let last: Operation | undefined;
   try {
     const stream = o.client(OperationService).watchOperation({ id }, o.callOptions({ signal: detach.signal }));
@@ -186,7 +190,8 @@ export async function announceAndWatch(
   wait: boolean,
 ): Promise<Operation | undefined> {
   process.stderr.write(`${what} (${operation.id})\n`);
-  if (!wait) {
+  // --detach, but Ctrl-C came before bangerd answered: the user asked to stop it, so it is cancelled and followed.
+  if (!wait && !o.interruptedWhileStarting()) {
     process.stdout.write(`${operation.id}\n`);
     return undefined;
   }

@@ -51,8 +51,15 @@ export function takeTapAhead(ctx: VmContext, op: OperationContext, vm: VmRecord,
   return taken;
 }
 
+/**
+ * The helper's calls here are not cut off by a cancel, only bounded: a call the orchestrator stops waiting for
+ * still makes its tap in the helper, after the create unwound (and after its inventory sweep). Run to their
+ * answer, the tap is made before the unwind, its undo pushed, and deleted by it.
+ */
+const TAP_CALL_MS = 30_000;
+
 async function takeTap(ctx: VmContext, op: OperationContext, vm: VmRecord): Promise<string> {
-  const scope = scopeOf(op);
+  const scope = { ...scopeOf(op), signal: AbortSignal.timeout(TAP_CALL_MS) };
   // Ensured once per orchestrator run, on the first boot; a failure is retried by the next one.
   await ctx.net.ready(scope);
   return ctx.net.takeTap(op, vm, scope);
