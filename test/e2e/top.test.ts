@@ -1,7 +1,8 @@
 /**
  * `banger top` against one real guest (qemu-microvm under TCG, as real-guests.test.ts): tmux runs it at
  * 80×24, the row shows the guest running with its agent answering, the bars and the row agree with
- * `vm stats`, and a stop from the screen stops the guest.
+ * `vm stats`, `e` with no command opens a shell in the guest on a pseudo-terminal, and a stop from the
+ * screen stops the guest.
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import { availableParallelism } from "node:os";
@@ -70,6 +71,18 @@ e2e("banger top on a real guest", () => {
     const cells = row?.trim().split(/ +/) ?? [];
     expect(Number(cells.at(-3))).toBeGreaterThanOrEqual(0); // CPU %
     expect(cells.at(-2)).toMatch(/^\d+(\.\d)?[KMG]$/); // RSS
+
+    // e with no command: a shell in the guest on a pseudo-terminal (vm exec -t), then back to the screen.
+    tmux("send-keys", "-t", "top", "e");
+    await screenShows(/exec in watched \(Enter runs; nothing: a shell; Esc cancels\): _/, "the exec prompt");
+    tmux("send-keys", "-t", "top", "Enter");
+    await new Promise((resolve) => setTimeout(resolve, 3_000)); // the shell starts in the guest
+    tmux("send-keys", "-t", "top", "-l", "tty; echo shell-$((6*7))");
+    tmux("send-keys", "-t", "top", "Enter");
+    await screenShows(/^\/dev\/pts\/\d+\s*$[\s\S]*^shell-42/m, "the shell's answer on its own terminal");
+    tmux("send-keys", "-t", "top", "-l", "exit");
+    tmux("send-keys", "-t", "top", "Enter");
+    await screenShows(/^watched +running +ok/m, "the screen back after the shell");
 
     tmux("send-keys", "-t", "top", "x");
     await screenShows(/^watched +stopped/m, "the guest stopped", 180_000);

@@ -178,9 +178,9 @@ live("banger top in tmux", () => {
     // Exec asks for a command, leaves the screen for `vm exec`, and waits for Enter so that its output can
     // be read (here its error: a fake VM has no guest to run it in).
     keys("e");
-    await screenShows(/exec in alpha \(Enter runs, Esc cancels\): _/, "the exec prompt");
+    await screenShows(/exec in alpha \(Enter runs; nothing: a shell; Esc cancels\): _/, "the exec prompt");
     keys("-l", "echo hello");
-    await screenShows(/exec in alpha \(Enter runs, Esc cancels\): echo hello_/, "the command typed");
+    await screenShows(/exec in alpha \(Enter runs; nothing: a shell; Esc cancels\): echo hello_/, "the command typed");
     keys("Enter");
     await screenShows(/\[exit \d+\] press Enter to go back to banger top/, "exec's end");
     // As a reader would, not within a millisecond of the prompt: a key typed while top's terminal input is

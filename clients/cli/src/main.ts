@@ -88,7 +88,7 @@ const COMMANDS: readonly TopLevelCommand[] = [
       "a live full-screen view: the VMs (state, agent health, IP, vCPU, memory, CPU %, resident memory, disk " +
       "allocated), bars for the CPU and RAM the running VMs reserve against the host's and the disk their files " +
       "allocate against the state filesystem, and the running and recent operations with their stages. Keys: " +
-      "↑↓/j k select, s start, x stop, r restart, d delete (asks y/n), l logs -f, e exec a command, c ssh, q quit. " +
+      "↑↓/j k select, s start, x stop, r restart, d delete (asks y/n), l logs -f, e exec a command (or, with none, a shell), c ssh, q quit. " +
       "Refreshes every --interval seconds (VmStats measures each running VM over one second) and follows running " +
       "operations live. With TERM=dumb, or stdout not a terminal, prints one plain snapshot and exits 0",
     options: [

@@ -15,6 +15,7 @@ import { mib } from "../render/size.js";
 import { renderTable } from "../render/table.js";
 import { registerListShow } from "./resource.js";
 import { announceAndWatch, detachOption, watchToEnd, withOrchestrator } from "./op.js";
+import { execOnTerminal } from "./vm-exec-tty.js";
 import { collect, describePublished, publishedPortOf, registerPortCommands } from "./vm-port.js";
 
 const stateWord = (state: VmState) => VmState[state].toLowerCase();
@@ -389,8 +390,17 @@ function registerRunCommands(vm: Command, globals: () => GlobalOptions): void {
     .description("run a command in a running VM over SSH; prints its output and exits with its exit code")
     .option("--timeout <seconds>", "kill the command after this long")
     .option("-i, --stdin", "send this command's standard input (read to its end, at most 4 MiB)")
-    .action(async (name: string, argv: string[], opts: { timeout?: string; stdin?: boolean }) => {
-      await withOrchestrator(globals(), (o) => execIn(o, name, argv, opts));
+    .option(
+      "-t, --tty",
+      "run it on a pseudo-terminal with this terminal's keys, size and TERM (an interactive shell: -t NAME -- sh -l)",
+    )
+    .action(async (name: string, argv: string[], opts: { timeout?: string; stdin?: boolean; tty?: boolean }) => {
+      if (opts.tty && (opts.stdin || opts.timeout !== undefined)) {
+        throw new UsageError("vm exec -t takes its input from the terminal: not with --stdin or --timeout");
+      }
+      await withOrchestrator(globals(), (o) =>
+        opts.tty ? execOnTerminal(o, name, argv) : execIn(o, name, argv, opts),
+      );
     });
   vm.command("run")
     .argument("<command...>", "the command and its arguments (put -- before it)")

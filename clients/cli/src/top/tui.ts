@@ -192,8 +192,11 @@ function TopApp({ feed, o, initialSelected, leave }: AppProps) {
         set({ question: undefined, status: "" });
       } else if (key.return) {
         set({ question: undefined });
+        // A command runs and its output stays until Enter; nothing typed opens a shell on the terminal.
         if (question.text.trim() !== "") {
           quit({ kind: "run", args: ["vm", "exec", question.vm, "--", "sh", "-c", question.text], pause: true });
+        } else {
+          quit({ kind: "run", args: ["vm", "exec", "-t", question.vm, "--", "sh", "-l"], pause: false });
         }
       } else if (key.backspace || key.delete) {
         set({ question: { ...question, text: question.text.slice(0, -1) } });
@@ -235,7 +238,7 @@ function TopApp({ feed, o, initialSelected, leave }: AppProps) {
   const selected = selectedIndex();
   const statusLine =
     question?.kind === "exec"
-      ? `exec in ${question.vm} (Enter runs, Esc cancels): ${question.text}_`
+      ? `exec in ${question.vm} (Enter runs; nothing: a shell; Esc cancels): ${question.text}_`
       : question?.kind === "delete"
         ? `delete ${question.vm} and its disks? y/n`
         : feed.error || ui.status;
