@@ -101,6 +101,7 @@ describe("banger completion without an orchestrator", () => {
       "list",
       "show",
       "watch",
+      "cancel",
     ]);
   });
 });
