@@ -77,6 +77,11 @@ const COMMANDS: readonly TopLevelCommand[] = [
     load: async () => (await import("./commands/prune.js")).registerPruneCommand,
   },
   {
+    name: "snapshot",
+    description: "snapshots of running VMs (taken with 'vm snapshot NAME --as SNAP'): list, show, delete",
+    load: async () => (await import("./commands/snapshot.js")).registerSnapshotCommands,
+  },
+  {
     name: "system",
     description:
       "run banger as three hardened systemd services (needs systemd as PID 1; install, restart, uninstall need root)",

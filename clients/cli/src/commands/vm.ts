@@ -17,6 +17,7 @@ import { registerListShow } from "./resource.js";
 import { announceAndWatch, detachOption, watchToEnd, withOrchestrator } from "./op.js";
 import { execOnTerminal } from "./vm-exec-tty.js";
 import { collect, describePublished, publishedPortOf, registerPortCommands } from "./vm-port.js";
+import { registerVmSnapshotCommand } from "./snapshot.js";
 
 const stateWord = (state: VmState) => VmState[state].toLowerCase();
 
@@ -42,7 +43,7 @@ async function follow(
   if (done?.result.case === "vm") printVms([done.result.value], opts.json === true);
 }
 
-/** `vm`'s subcommands: create, list, show, start, stop, restart, delete, set, logs, stats, ports, port, ssh, exec, run, pause, resume. */
+/** `vm`'s subcommands: create, list, show, start, stop, restart, delete, set, logs, stats, ports, port, ssh, exec, run, pause, resume, snapshot. */
 export function registerVmCommands(vm: Command, globals: () => GlobalOptions): void {
   registerCreateCommand(vm, globals);
   registerListShow(vm, globals, {
@@ -62,6 +63,7 @@ export function registerVmCommands(vm: Command, globals: () => GlobalOptions): v
   registerSetCommand(vm, globals);
   registerPortCommands(vm, globals);
   registerPauseCommands(vm, globals);
+  registerVmSnapshotCommand(vm, globals);
 }
 
 /** `vm pause` and `vm resume`: the guest stops where it is, its memory kept, and goes on from there. */

@@ -152,6 +152,7 @@ const KIND_WORD: Record<OperationKind, string> = {
   [OperationKind.IMPORT_KERNEL]: "import",
   [OperationKind.BUILD_INITRAMFS]: "initramfs",
   [OperationKind.PREPARE_WORKSPACE]: "workspace",
+  [OperationKind.SNAPSHOT_VM]: "snapshot",
 };
 
 /**

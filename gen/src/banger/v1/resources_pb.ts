@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/v1/resources.proto.
  */
 export const file_banger_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("ChliYW5nZXIvdjEvcmVzb3VyY2VzLnByb3RvEgliYW5nZXIudjEixQQKAlZtEgwKBG5hbWUYASABKAkSCgoCaWQYAiABKAkSDQoFaW1hZ2UYAyABKAkSDgoGa2VybmVsGAQgASgJEiEKBXN0YXRlGAUgASgOMhIuYmFuZ2VyLnYxLlZtU3RhdGUSDAoEdmNwdRgGIAEoDRISCgptZW1vcnlfbWliGAcgASgNEhUKDXdvcmtfZGlza19taWIYCCABKAQSEAoIZ3Vlc3RfaXAYCSABKAkSCwoDbWFjGAogASgJEhEKCXZzb2NrX2NpZBgLIAEoDRILCgNuYXQYDCABKAgSHwoDdm1tGA0gASgOMhIuYmFuZ2VyLnYxLlZtbUtpbmQSNwoScm9vdF9kaXNrX3N0cmF0ZWd5GA4gASgOMhsuYmFuZ2VyLnYxLlJvb3REaXNrU3RyYXRlZ3kSCwoDcGlkGA8gASgFEi8KC2NyZWF0ZV90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGBIgASgJEhcKD3BlbmRpbmdfY2hhbmdlcxgTIAMoCRIsCgxhZ2VudF9oZWFsdGgYFCABKA4yFi5iYW5nZXIudjEuQWdlbnRIZWFsdGgSFQoNYWdlbnRfdmVyc2lvbhgVIAEoCRIxCg9wdWJsaXNoZWRfcG9ydHMYFiADKAsyGC5iYW5nZXIudjEuUHVibGlzaGVkUG9ydCJZCg1QdWJsaXNoZWRQb3J0Eg8KB2hvc3RfaXAYASABKAkSEQoJaG9zdF9wb3J0GAIgASgNEhIKCmd1ZXN0X3BvcnQYAyABKA0SEAoIcHJvdG9jb2wYBCABKAkirAIKBUltYWdlEgwKBG5hbWUYASABKAkSEQoJcmVmZXJlbmNlGAIgASgJEhcKD21hbmlmZXN0X2RpZ2VzdBgDIAEoCRIQCghwbGF0Zm9ybRgEIAEoCRIUCgxyb290ZnNfYnl0ZXMYBSABKAQSFwoPd29ya19zZWVkX2J5dGVzGAYgASgEEhYKDmRlZmF1bHRfa2VybmVsGAcgASgJEiYKBnNvdXJjZRgIIAEoDjIWLmJhbmdlci52MS5JbWFnZVNvdXJjZRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHdXNlZF9ieRgKIAMoCRImCgZjb25maWcYCyABKAsyFi5iYW5nZXIudjEuSW1hZ2VDb25maWciXgoLSW1hZ2VDb25maWcSEgoKZW50cnlwb2ludBgBIAMoCRILCgNjbWQYAiADKAkSCwoDZW52GAMgAygJEgwKBHVzZXIYBCABKAkSEwoLd29ya2luZ19kaXIYBSABKAki6wEKBktlcm5lbBIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSFQoNa2VybmVsX3NoYTI1NhgDIAEoCRIUCgxrZXJuZWxfYnl0ZXMYBCABKAQSFAoMdW5jb21wcmVzc2VkGAUgASgIEhQKDGluaXRyZF9ieXRlcxgGIAEoBBITCgtoYXNfbW9kdWxlcxgHIAEoCBISCgppc19kZWZhdWx0GAggASgIEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd1c2VkX2J5GAogAygJKnUKC0FnZW50SGVhbHRoEhwKGEFHRU5UX0hFQUxUSF9VTlNQRUNJRklFRBAAEhMKD0FHRU5UX0hFQUxUSF9PSxABEhwKGEFHRU5UX0hFQUxUSF9VTlJFQUNIQUJMRRACEhUKEUFHRU5UX0hFQUxUSF9OT05FEAMq1QEKB1ZtU3RhdGUSGAoUVk1fU1RBVEVfVU5TUEVDSUZJRUQQABIVChFWTV9TVEFURV9DUkVBVElORxABEhUKEVZNX1NUQVRFX1NUQVJUSU5HEAISFAoQVk1fU1RBVEVfUlVOTklORxADEhUKEVZNX1NUQVRFX1NUT1BQSU5HEAQSFAoQVk1fU1RBVEVfU1RPUFBFRBAFEhMKD1ZNX1NUQVRFX0ZBSUxFRBAGEhUKEVZNX1NUQVRFX0RFTEVUSU5HEAcSEwoPVk1fU1RBVEVfUEFVU0VEEAgqWAoHVm1tS2luZBIYChRWTU1fS0lORF9VTlNQRUNJRklFRBAAEhgKFFZNTV9LSU5EX0ZJUkVDUkFDS0VSEAESGQoVVk1NX0tJTkRfUUVNVV9NSUNST1ZNEAIqeAoQUm9vdERpc2tTdHJhdGVneRIiCh5ST09UX0RJU0tfU1RSQVRFR1lfVU5TUEVDSUZJRUQQABIiCh5ST09UX0RJU0tfU1RSQVRFR1lfRE1fU05BUFNIT1QQARIcChhST09UX0RJU0tfU1RSQVRFR1lfQ0xPTkUQAiqWAQoLSW1hZ2VTb3VyY2USHAoYSU1BR0VfU09VUkNFX1VOU1BFQ0lGSUVEEAASFwoTSU1BR0VfU09VUkNFX1BVTExFRBABEhsKF0lNQUdFX1NPVVJDRV9SRUdJU1RFUkVEEAISGQoVSU1BR0VfU09VUkNFX1BST01PVEVEEAMSGAoUSU1BR0VfU09VUkNFX0JVSUxUSU4QBGIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChliYW5nZXIvdjEvcmVzb3VyY2VzLnByb3RvEgliYW5nZXIudjEixQQKAlZtEgwKBG5hbWUYASABKAkSCgoCaWQYAiABKAkSDQoFaW1hZ2UYAyABKAkSDgoGa2VybmVsGAQgASgJEiEKBXN0YXRlGAUgASgOMhIuYmFuZ2VyLnYxLlZtU3RhdGUSDAoEdmNwdRgGIAEoDRISCgptZW1vcnlfbWliGAcgASgNEhUKDXdvcmtfZGlza19taWIYCCABKAQSEAoIZ3Vlc3RfaXAYCSABKAkSCwoDbWFjGAogASgJEhEKCXZzb2NrX2NpZBgLIAEoDRILCgNuYXQYDCABKAgSHwoDdm1tGA0gASgOMhIuYmFuZ2VyLnYxLlZtbUtpbmQSNwoScm9vdF9kaXNrX3N0cmF0ZWd5GA4gASgOMhsuYmFuZ2VyLnYxLlJvb3REaXNrU3RyYXRlZ3kSCwoDcGlkGA8gASgFEi8KC2NyZWF0ZV90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGBIgASgJEhcKD3BlbmRpbmdfY2hhbmdlcxgTIAMoCRIsCgxhZ2VudF9oZWFsdGgYFCABKA4yFi5iYW5nZXIudjEuQWdlbnRIZWFsdGgSFQoNYWdlbnRfdmVyc2lvbhgVIAEoCRIxCg9wdWJsaXNoZWRfcG9ydHMYFiADKAsyGC5iYW5nZXIudjEuUHVibGlzaGVkUG9ydCJZCg1QdWJsaXNoZWRQb3J0Eg8KB2hvc3RfaXAYASABKAkSEQoJaG9zdF9wb3J0GAIgASgNEhIKCmd1ZXN0X3BvcnQYAyABKA0SEAoIcHJvdG9jb2wYBCABKAkirAIKBUltYWdlEgwKBG5hbWUYASABKAkSEQoJcmVmZXJlbmNlGAIgASgJEhcKD21hbmlmZXN0X2RpZ2VzdBgDIAEoCRIQCghwbGF0Zm9ybRgEIAEoCRIUCgxyb290ZnNfYnl0ZXMYBSABKAQSFwoPd29ya19zZWVkX2J5dGVzGAYgASgEEhYKDmRlZmF1bHRfa2VybmVsGAcgASgJEiYKBnNvdXJjZRgIIAEoDjIWLmJhbmdlci52MS5JbWFnZVNvdXJjZRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHdXNlZF9ieRgKIAMoCRImCgZjb25maWcYCyABKAsyFi5iYW5nZXIudjEuSW1hZ2VDb25maWciXgoLSW1hZ2VDb25maWcSEgoKZW50cnlwb2ludBgBIAMoCRILCgNjbWQYAiADKAkSCwoDZW52GAMgAygJEgwKBHVzZXIYBCABKAkSEwoLd29ya2luZ19kaXIYBSABKAki6wEKBktlcm5lbBIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSFQoNa2VybmVsX3NoYTI1NhgDIAEoCRIUCgxrZXJuZWxfYnl0ZXMYBCABKAQSFAoMdW5jb21wcmVzc2VkGAUgASgIEhQKDGluaXRyZF9ieXRlcxgGIAEoBBITCgtoYXNfbW9kdWxlcxgHIAEoCBISCgppc19kZWZhdWx0GAggASgIEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd1c2VkX2J5GAogAygJItgBCghTbmFwc2hvdBIMCgRuYW1lGAEgASgJEg8KB3ZtX25hbWUYAiABKAkSDQoFaW1hZ2UYAyABKAkSDgoGa2VybmVsGAQgASgJEgsKA3ZtbRgFIAEoCRIMCgR2Y3B1GAYgASgNEhIKCm1lbW9yeV9taWIYByABKA0SFQoNd29ya19kaXNrX21pYhgIIAEoBBIXCg9hbGxvY2F0ZWRfYnl0ZXMYCSABKAQSLwoLY3JlYXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKnUKC0FnZW50SGVhbHRoEhwKGEFHRU5UX0hFQUxUSF9VTlNQRUNJRklFRBAAEhMKD0FHRU5UX0hFQUxUSF9PSxABEhwKGEFHRU5UX0hFQUxUSF9VTlJFQUNIQUJMRRACEhUKEUFHRU5UX0hFQUxUSF9OT05FEAMq1QEKB1ZtU3RhdGUSGAoUVk1fU1RBVEVfVU5TUEVDSUZJRUQQABIVChFWTV9TVEFURV9DUkVBVElORxABEhUKEVZNX1NUQVRFX1NUQVJUSU5HEAISFAoQVk1fU1RBVEVfUlVOTklORxADEhUKEVZNX1NUQVRFX1NUT1BQSU5HEAQSFAoQVk1fU1RBVEVfU1RPUFBFRBAFEhMKD1ZNX1NUQVRFX0ZBSUxFRBAGEhUKEVZNX1NUQVRFX0RFTEVUSU5HEAcSEwoPVk1fU1RBVEVfUEFVU0VEEAgqWAoHVm1tS2luZBIYChRWTU1fS0lORF9VTlNQRUNJRklFRBAAEhgKFFZNTV9LSU5EX0ZJUkVDUkFDS0VSEAESGQoVVk1NX0tJTkRfUUVNVV9NSUNST1ZNEAIqeAoQUm9vdERpc2tTdHJhdGVneRIiCh5ST09UX0RJU0tfU1RSQVRFR1lfVU5TUEVDSUZJRUQQABIiCh5ST09UX0RJU0tfU1RSQVRFR1lfRE1fU05BUFNIT1QQARIcChhST09UX0RJU0tfU1RSQVRFR1lfQ0xPTkUQAiqWAQoLSW1hZ2VTb3VyY2USHAoYSU1BR0VfU09VUkNFX1VOU1BFQ0lGSUVEEAASFwoTSU1BR0VfU09VUkNFX1BVTExFRBABEhsKF0lNQUdFX1NPVVJDRV9SRUdJU1RFUkVEEAISGQoVSU1BR0VfU09VUkNFX1BST01PVEVEEAMSGAoUSU1BR0VfU09VUkNFX0JVSUxUSU4QBGIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * A microVM: what it is (durable, in the orchestrator's database) plus what is
@@ -467,6 +467,91 @@ export type Kernel = Message<"banger.v1.Kernel"> & {
  */
 export const KernelSchema: GenMessage<Kernel> = /*@__PURE__*/
   messageDesc(file_banger_v1_resources, 4);
+
+/**
+ * A snapshot of a running VM (VmService.SnapshotVm): its memory and device
+ * state and its root and work disks at one instant, in
+ * `<state>/snapshots/<name>/`.
+ *
+ * @generated from message banger.v1.Snapshot
+ */
+export type Snapshot = Message<"banger.v1.Snapshot"> & {
+  /**
+   * Unique name, `^[a-z0-9][a-z0-9._-]{0,63}$`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The VM it was taken of (it may since have been deleted).
+   *
+   * @generated from field: string vm_name = 2;
+   */
+  vmName: string;
+
+  /**
+   * The image the VM was made from (it cannot be deleted while the snapshot exists).
+   *
+   * @generated from field: string image = 3;
+   */
+  image: string;
+
+  /**
+   * The kernel the VM booted (likewise).
+   *
+   * @generated from field: string kernel = 4;
+   */
+  kernel: string;
+
+  /**
+   * The VMM that wrote the state: "firecracker" or "qemu-microvm".
+   *
+   * @generated from field: string vmm = 5;
+   */
+  vmm: string;
+
+  /**
+   * The VM's vCPUs and memory when it was taken.
+   *
+   * @generated from field: uint32 vcpu = 6;
+   */
+  vcpu: number;
+
+  /**
+   * @generated from field: uint32 memory_mib = 7;
+   */
+  memoryMib: number;
+
+  /**
+   * The work disk's size in MiB.
+   *
+   * @generated from field: uint64 work_disk_mib = 8;
+   */
+  workDiskMib: bigint;
+
+  /**
+   * Bytes the snapshot's files take on disk (allocated, not apparent: disk
+   * copies are sparse or reflinked).
+   *
+   * @generated from field: uint64 allocated_bytes = 9;
+   */
+  allocatedBytes: bigint;
+
+  /**
+   * When it was taken.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 10;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message banger.v1.Snapshot.
+ * Use `create(SnapshotSchema)` to create a new message.
+ */
+export const SnapshotSchema: GenMessage<Snapshot> = /*@__PURE__*/
+  messageDesc(file_banger_v1_resources, 5);
 
 /**
  * Whether a VM's guest agent answers.

@@ -6,7 +6,7 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Operation } from "./operation_pb.js";
 import { file_banger_v1_operation } from "./operation_pb.js";
-import type { PublishedPort, Vm, VmmKind, VmState } from "./resources_pb.js";
+import type { PublishedPort, Snapshot, Vm, VmmKind, VmState } from "./resources_pb.js";
 import { file_banger_v1_resources } from "./resources_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file banger/v1/vm.proto.
  */
 export const file_banger_v1_vm: GenFile = /*@__PURE__*/
-  fileDesc("ChJiYW5nZXIvdjEvdm0ucHJvdG8SCWJhbmdlci52MSKfAgoPQ3JlYXRlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFaW1hZ2UYAiABKAkSDgoGa2VybmVsGAMgASgJEgwKBHZjcHUYBCABKA0SEgoKbWVtb3J5X21pYhgFIAEoDRIVCg13b3JrX2Rpc2tfbWliGAYgASgEEgsKA25hdBgHIAEoCBIfCgN2bW0YCCABKA4yEi5iYW5nZXIudjEuVm1tS2luZBIVCg1za2lwX3NzaF93YWl0GAkgASgIEi4KC3NzaF90aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjEKD3B1Ymxpc2hlZF9wb3J0cxgLIAMoCzIYLmJhbmdlci52MS5QdWJsaXNoZWRQb3J0IjsKEENyZWF0ZVZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJlCg5TdGFydFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEi4KC3NzaF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXNraXBfc3NoX3dhaXQYAyABKAgiOgoPU3RhcnRWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iZgoNU3RvcFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFZm9yY2UYAyABKAgSDAoEc2F2ZRgEIAEoCCI5Cg5TdG9wVm1SZXNwb25zZRInCglvcGVyYXRpb24YASABKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uInIKEFJlc3RhcnRWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIqCgd0aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBWZvcmNlGAMgASgIEhUKDXNraXBfc3NoX3dhaXQYBCABKAgiPAoRUmVzdGFydFZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiIfCg9EZWxldGVWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCSJMChBEZWxldGVWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24SDwoHZXhpc3RlZBgCIAEoCCKoAQoMU2V0Vm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoEdmNwdRgCIAEoDUgAiAEBEhcKCm1lbW9yeV9taWIYAyABKA1IAYgBARIaCg13b3JrX2Rpc2tfbWliGAQgASgESAKIAQESEAoDbmF0GAUgASgISAOIAQFCBwoFX3ZjcHVCDQoLX21lbW9yeV9taWJCEAoOX3dvcmtfZGlza19taWJCBgoEX25hdCIqCg1TZXRWbVJlc3BvbnNlEhkKAnZtGAEgASgLMg0uYmFuZ2VyLnYxLlZtIjMKDkxpc3RWbXNSZXF1ZXN0EiEKBXN0YXRlGAEgASgOMhIuYmFuZ2VyLnYxLlZtU3RhdGUiLQoPTGlzdFZtc1Jlc3BvbnNlEhoKA3ZtcxgBIAMoCzINLmJhbmdlci52MS5WbSIcCgxHZXRWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIqCg1HZXRWbVJlc3BvbnNlEhkKAnZtGAEgASgLMg0uYmFuZ2VyLnYxLlZtImkKDVZtTG9nc1JlcXVlc3QSDAoEbmFtZRgBIAEoCRImCgZzb3VyY2UYAiABKA4yFi5iYW5nZXIudjEuVm1Mb2dTb3VyY2USEgoKdGFpbF9saW5lcxgDIAEoDRIOCgZmb2xsb3cYBCABKAgiHgoOVm1Mb2dzUmVzcG9uc2USDAoEZGF0YRgBIAEoDCIeCg5WbVN0YXRzUmVxdWVzdBIMCgRuYW1lGAEgASgJIv4BCg9WbVN0YXRzUmVzcG9uc2USKAoEdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoIY3B1X3RpbWUYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEwoLY3B1X3BlcmNlbnQYAyABKAESGAoQbWVtb3J5X3Jzc19ieXRlcxgEIAEoBBIcChRyb290X2Rpc2tfdXNlZF9ieXRlcxgFIAEoBBIcChR3b3JrX2Rpc2tfdXNlZF9ieXRlcxgGIAEoBBIpCgZ1cHRpbWUYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iHgoOVm1Qb3J0c1JlcXVlc3QSDAoEbmFtZRgBIAEoCSI6Cg9WbVBvcnRzUmVzcG9uc2USJwoFcG9ydHMYASADKAsyGC5iYW5nZXIudjEuTGlzdGVuaW5nUG9ydCJRCg1MaXN0ZW5pbmdQb3J0EhAKCHByb3RvY29sGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSDAoEcG9ydBgDIAEoDRIPCgdwcm9jZXNzGAQgASgJIiIKElZtU3NoVGFyZ2V0UmVxdWVzdBIMCgRuYW1lGAEgASgJIpoBChNWbVNzaFRhcmdldFJlc3BvbnNlEgwKBGhvc3QYASABKAkSDAoEcG9ydBgCIAEoDRIMCgR1c2VyGAMgASgJEhUKDWlkZW50aXR5X2ZpbGUYBCABKAkSGAoQa25vd25faG9zdHNfZmlsZRgFIAEoCRIWCg5ob3N0X2tleV9hbGlhcxgGIAEoCRIQCghzc2hfYXJndhgHIAMoCSJMChRQdWJsaXNoVm1Qb3J0UmVxdWVzdBIMCgRuYW1lGAEgASgJEiYKBHBvcnQYAiABKAsyGC5iYW5nZXIudjEuUHVibGlzaGVkUG9ydCIyChVQdWJsaXNoVm1Qb3J0UmVzcG9uc2USGQoCdm0YASABKAsyDS5iYW5nZXIudjEuVm0iXAoWVW5wdWJsaXNoVm1Qb3J0UmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKCWhvc3RfcG9ydBgCIAEoDRIQCghwcm90b2NvbBgDIAEoCRIPCgdob3N0X2lwGAQgASgJIjQKF1VucHVibGlzaFZtUG9ydFJlc3BvbnNlEhkKAnZtGAEgASgLMg0uYmFuZ2VyLnYxLlZtIh4KDlBhdXNlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkiLAoPUGF1c2VWbVJlc3BvbnNlEhkKAnZtGAEgASgLMg0uYmFuZ2VyLnYxLlZtIh8KD1Jlc3VtZVZtUmVxdWVzdBIMCgRuYW1lGAEgASgJIi0KEFJlc3VtZVZtUmVzcG9uc2USGQoCdm0YASABKAsyDS5iYW5nZXIudjEuVm0qXgoLVm1Mb2dTb3VyY2USHQoZVk1fTE9HX1NPVVJDRV9VTlNQRUNJRklFRBAAEhkKFVZNX0xPR19TT1VSQ0VfQ09OU09MRRABEhUKEVZNX0xPR19TT1VSQ0VfVk1NEAIy4AgKCVZtU2VydmljZRJDCghDcmVhdGVWbRIaLmJhbmdlci52MS5DcmVhdGVWbVJlcXVlc3QaGy5iYW5nZXIudjEuQ3JlYXRlVm1SZXNwb25zZRJACgdTdGFydFZtEhkuYmFuZ2VyLnYxLlN0YXJ0Vm1SZXF1ZXN0GhouYmFuZ2VyLnYxLlN0YXJ0Vm1SZXNwb25zZRI9CgZTdG9wVm0SGC5iYW5nZXIudjEuU3RvcFZtUmVxdWVzdBoZLmJhbmdlci52MS5TdG9wVm1SZXNwb25zZRJGCglSZXN0YXJ0Vm0SGy5iYW5nZXIudjEuUmVzdGFydFZtUmVxdWVzdBocLmJhbmdlci52MS5SZXN0YXJ0Vm1SZXNwb25zZRJDCghEZWxldGVWbRIaLmJhbmdlci52MS5EZWxldGVWbVJlcXVlc3QaGy5iYW5nZXIudjEuRGVsZXRlVm1SZXNwb25zZRI6CgVTZXRWbRIXLmJhbmdlci52MS5TZXRWbVJlcXVlc3QaGC5iYW5nZXIudjEuU2V0Vm1SZXNwb25zZRJACgdMaXN0Vm1zEhkuYmFuZ2VyLnYxLkxpc3RWbXNSZXF1ZXN0GhouYmFuZ2VyLnYxLkxpc3RWbXNSZXNwb25zZRI6CgVHZXRWbRIXLmJhbmdlci52MS5HZXRWbVJlcXVlc3QaGC5iYW5nZXIudjEuR2V0Vm1SZXNwb25zZRI/CgZWbUxvZ3MSGC5iYW5nZXIudjEuVm1Mb2dzUmVxdWVzdBoZLmJhbmdlci52MS5WbUxvZ3NSZXNwb25zZTABEkAKB1ZtU3RhdHMSGS5iYW5nZXIudjEuVm1TdGF0c1JlcXVlc3QaGi5iYW5nZXIudjEuVm1TdGF0c1Jlc3BvbnNlEkAKB1ZtUG9ydHMSGS5iYW5nZXIudjEuVm1Qb3J0c1JlcXVlc3QaGi5iYW5nZXIudjEuVm1Qb3J0c1Jlc3BvbnNlEkwKC1ZtU3NoVGFyZ2V0Eh0uYmFuZ2VyLnYxLlZtU3NoVGFyZ2V0UmVxdWVzdBoeLmJhbmdlci52MS5WbVNzaFRhcmdldFJlc3BvbnNlElIKDVB1Ymxpc2hWbVBvcnQSHy5iYW5nZXIudjEuUHVibGlzaFZtUG9ydFJlcXVlc3QaIC5iYW5nZXIudjEuUHVibGlzaFZtUG9ydFJlc3BvbnNlElgKD1VucHVibGlzaFZtUG9ydBIhLmJhbmdlci52MS5VbnB1Ymxpc2hWbVBvcnRSZXF1ZXN0GiIuYmFuZ2VyLnYxLlVucHVibGlzaFZtUG9ydFJlc3BvbnNlEkAKB1BhdXNlVm0SGS5iYW5nZXIudjEuUGF1c2VWbVJlcXVlc3QaGi5iYW5nZXIudjEuUGF1c2VWbVJlc3BvbnNlEkMKCFJlc3VtZVZtEhouYmFuZ2VyLnYxLlJlc3VtZVZtUmVxdWVzdBobLmJhbmdlci52MS5SZXN1bWVWbVJlc3BvbnNlYgZwcm90bzM", [file_banger_v1_operation, file_banger_v1_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChJiYW5nZXIvdjEvdm0ucHJvdG8SCWJhbmdlci52MSKfAgoPQ3JlYXRlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFaW1hZ2UYAiABKAkSDgoGa2VybmVsGAMgASgJEgwKBHZjcHUYBCABKA0SEgoKbWVtb3J5X21pYhgFIAEoDRIVCg13b3JrX2Rpc2tfbWliGAYgASgEEgsKA25hdBgHIAEoCBIfCgN2bW0YCCABKA4yEi5iYW5nZXIudjEuVm1tS2luZBIVCg1za2lwX3NzaF93YWl0GAkgASgIEi4KC3NzaF90aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjEKD3B1Ymxpc2hlZF9wb3J0cxgLIAMoCzIYLmJhbmdlci52MS5QdWJsaXNoZWRQb3J0IjsKEENyZWF0ZVZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiJlCg5TdGFydFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEi4KC3NzaF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXNraXBfc3NoX3dhaXQYAyABKAgiOgoPU3RhcnRWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24iZgoNU3RvcFZtUmVxdWVzdBIMCgRuYW1lGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDQoFZm9yY2UYAyABKAgSDAoEc2F2ZRgEIAEoCCI5Cg5TdG9wVm1SZXNwb25zZRInCglvcGVyYXRpb24YASABKAsyFC5iYW5nZXIudjEuT3BlcmF0aW9uInIKEFJlc3RhcnRWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIqCgd0aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBWZvcmNlGAMgASgIEhUKDXNraXBfc3NoX3dhaXQYBCABKAgiPAoRUmVzdGFydFZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiIfCg9EZWxldGVWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCSJMChBEZWxldGVWbVJlc3BvbnNlEicKCW9wZXJhdGlvbhgBIAEoCzIULmJhbmdlci52MS5PcGVyYXRpb24SDwoHZXhpc3RlZBgCIAEoCCKoAQoMU2V0Vm1SZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoEdmNwdRgCIAEoDUgAiAEBEhcKCm1lbW9yeV9taWIYAyABKA1IAYgBARIaCg13b3JrX2Rpc2tfbWliGAQgASgESAKIAQESEAoDbmF0GAUgASgISAOIAQFCBwoFX3ZjcHVCDQoLX21lbW9yeV9taWJCEAoOX3dvcmtfZGlza19taWJCBgoEX25hdCIqCg1TZXRWbVJlc3BvbnNlEhkKAnZtGAEgASgLMg0uYmFuZ2VyLnYxLlZtIjMKDkxpc3RWbXNSZXF1ZXN0EiEKBXN0YXRlGAEgASgOMhIuYmFuZ2VyLnYxLlZtU3RhdGUiLQoPTGlzdFZtc1Jlc3BvbnNlEhoKA3ZtcxgBIAMoCzINLmJhbmdlci52MS5WbSIcCgxHZXRWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIqCg1HZXRWbVJlc3BvbnNlEhkKAnZtGAEgASgLMg0uYmFuZ2VyLnYxLlZtImkKDVZtTG9nc1JlcXVlc3QSDAoEbmFtZRgBIAEoCRImCgZzb3VyY2UYAiABKA4yFi5iYW5nZXIudjEuVm1Mb2dTb3VyY2USEgoKdGFpbF9saW5lcxgDIAEoDRIOCgZmb2xsb3cYBCABKAgiHgoOVm1Mb2dzUmVzcG9uc2USDAoEZGF0YRgBIAEoDCIeCg5WbVN0YXRzUmVxdWVzdBIMCgRuYW1lGAEgASgJIv4BCg9WbVN0YXRzUmVzcG9uc2USKAoEdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoIY3B1X3RpbWUYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEwoLY3B1X3BlcmNlbnQYAyABKAESGAoQbWVtb3J5X3Jzc19ieXRlcxgEIAEoBBIcChRyb290X2Rpc2tfdXNlZF9ieXRlcxgFIAEoBBIcChR3b3JrX2Rpc2tfdXNlZF9ieXRlcxgGIAEoBBIpCgZ1cHRpbWUYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iHgoOVm1Qb3J0c1JlcXVlc3QSDAoEbmFtZRgBIAEoCSI6Cg9WbVBvcnRzUmVzcG9uc2USJwoFcG9ydHMYASADKAsyGC5iYW5nZXIudjEuTGlzdGVuaW5nUG9ydCJRCg1MaXN0ZW5pbmdQb3J0EhAKCHByb3RvY29sGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSDAoEcG9ydBgDIAEoDRIPCgdwcm9jZXNzGAQgASgJIiIKElZtU3NoVGFyZ2V0UmVxdWVzdBIMCgRuYW1lGAEgASgJIpoBChNWbVNzaFRhcmdldFJlc3BvbnNlEgwKBGhvc3QYASABKAkSDAoEcG9ydBgCIAEoDRIMCgR1c2VyGAMgASgJEhUKDWlkZW50aXR5X2ZpbGUYBCABKAkSGAoQa25vd25faG9zdHNfZmlsZRgFIAEoCRIWCg5ob3N0X2tleV9hbGlhcxgGIAEoCRIQCghzc2hfYXJndhgHIAMoCSJMChRQdWJsaXNoVm1Qb3J0UmVxdWVzdBIMCgRuYW1lGAEgASgJEiYKBHBvcnQYAiABKAsyGC5iYW5nZXIudjEuUHVibGlzaGVkUG9ydCIyChVQdWJsaXNoVm1Qb3J0UmVzcG9uc2USGQoCdm0YASABKAsyDS5iYW5nZXIudjEuVm0iXAoWVW5wdWJsaXNoVm1Qb3J0UmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKCWhvc3RfcG9ydBgCIAEoDRIQCghwcm90b2NvbBgDIAEoCRIPCgdob3N0X2lwGAQgASgJIjQKF1VucHVibGlzaFZtUG9ydFJlc3BvbnNlEhkKAnZtGAEgASgLMg0uYmFuZ2VyLnYxLlZtIh4KDlBhdXNlVm1SZXF1ZXN0EgwKBG5hbWUYASABKAkiLAoPUGF1c2VWbVJlc3BvbnNlEhkKAnZtGAEgASgLMg0uYmFuZ2VyLnYxLlZtIh8KD1Jlc3VtZVZtUmVxdWVzdBIMCgRuYW1lGAEgASgJIi0KEFJlc3VtZVZtUmVzcG9uc2USGQoCdm0YASABKAsyDS5iYW5nZXIudjEuVm0iLQoRU25hcHNob3RWbVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIKCgJhcxgCIAEoCSI9ChJTbmFwc2hvdFZtUmVzcG9uc2USJwoJb3BlcmF0aW9uGAEgASgLMhQuYmFuZ2VyLnYxLk9wZXJhdGlvbiIWChRMaXN0U25hcHNob3RzUmVxdWVzdCI/ChVMaXN0U25hcHNob3RzUmVzcG9uc2USJgoJc25hcHNob3RzGAEgAygLMhMuYmFuZ2VyLnYxLlNuYXBzaG90IiIKEkdldFNuYXBzaG90UmVxdWVzdBIMCgRuYW1lGAEgASgJIjwKE0dldFNuYXBzaG90UmVzcG9uc2USJQoIc25hcHNob3QYASABKAsyEy5iYW5nZXIudjEuU25hcHNob3QiJQoVRGVsZXRlU25hcHNob3RSZXF1ZXN0EgwKBG5hbWUYASABKAkiKQoWRGVsZXRlU25hcHNob3RSZXNwb25zZRIPCgdleGlzdGVkGAEgASgIKl4KC1ZtTG9nU291cmNlEh0KGVZNX0xPR19TT1VSQ0VfVU5TUEVDSUZJRUQQABIZChVWTV9MT0dfU09VUkNFX0NPTlNPTEUQARIVChFWTV9MT0dfU09VUkNFX1ZNTRACMqQLCglWbVNlcnZpY2USQwoIQ3JlYXRlVm0SGi5iYW5nZXIudjEuQ3JlYXRlVm1SZXF1ZXN0GhsuYmFuZ2VyLnYxLkNyZWF0ZVZtUmVzcG9uc2USQAoHU3RhcnRWbRIZLmJhbmdlci52MS5TdGFydFZtUmVxdWVzdBoaLmJhbmdlci52MS5TdGFydFZtUmVzcG9uc2USPQoGU3RvcFZtEhguYmFuZ2VyLnYxLlN0b3BWbVJlcXVlc3QaGS5iYW5nZXIudjEuU3RvcFZtUmVzcG9uc2USRgoJUmVzdGFydFZtEhsuYmFuZ2VyLnYxLlJlc3RhcnRWbVJlcXVlc3QaHC5iYW5nZXIudjEuUmVzdGFydFZtUmVzcG9uc2USQwoIRGVsZXRlVm0SGi5iYW5nZXIudjEuRGVsZXRlVm1SZXF1ZXN0GhsuYmFuZ2VyLnYxLkRlbGV0ZVZtUmVzcG9uc2USOgoFU2V0Vm0SFy5iYW5nZXIudjEuU2V0Vm1SZXF1ZXN0GhguYmFuZ2VyLnYxLlNldFZtUmVzcG9uc2USQAoHTGlzdFZtcxIZLmJhbmdlci52MS5MaXN0Vm1zUmVxdWVzdBoaLmJhbmdlci52MS5MaXN0Vm1zUmVzcG9uc2USOgoFR2V0Vm0SFy5iYW5nZXIudjEuR2V0Vm1SZXF1ZXN0GhguYmFuZ2VyLnYxLkdldFZtUmVzcG9uc2USPwoGVm1Mb2dzEhguYmFuZ2VyLnYxLlZtTG9nc1JlcXVlc3QaGS5iYW5nZXIudjEuVm1Mb2dzUmVzcG9uc2UwARJACgdWbVN0YXRzEhkuYmFuZ2VyLnYxLlZtU3RhdHNSZXF1ZXN0GhouYmFuZ2VyLnYxLlZtU3RhdHNSZXNwb25zZRJACgdWbVBvcnRzEhkuYmFuZ2VyLnYxLlZtUG9ydHNSZXF1ZXN0GhouYmFuZ2VyLnYxLlZtUG9ydHNSZXNwb25zZRJMCgtWbVNzaFRhcmdldBIdLmJhbmdlci52MS5WbVNzaFRhcmdldFJlcXVlc3QaHi5iYW5nZXIudjEuVm1Tc2hUYXJnZXRSZXNwb25zZRJSCg1QdWJsaXNoVm1Qb3J0Eh8uYmFuZ2VyLnYxLlB1Ymxpc2hWbVBvcnRSZXF1ZXN0GiAuYmFuZ2VyLnYxLlB1Ymxpc2hWbVBvcnRSZXNwb25zZRJYCg9VbnB1Ymxpc2hWbVBvcnQSIS5iYW5nZXIudjEuVW5wdWJsaXNoVm1Qb3J0UmVxdWVzdBoiLmJhbmdlci52MS5VbnB1Ymxpc2hWbVBvcnRSZXNwb25zZRJACgdQYXVzZVZtEhkuYmFuZ2VyLnYxLlBhdXNlVm1SZXF1ZXN0GhouYmFuZ2VyLnYxLlBhdXNlVm1SZXNwb25zZRJDCghSZXN1bWVWbRIaLmJhbmdlci52MS5SZXN1bWVWbVJlcXVlc3QaGy5iYW5nZXIudjEuUmVzdW1lVm1SZXNwb25zZRJJCgpTbmFwc2hvdFZtEhwuYmFuZ2VyLnYxLlNuYXBzaG90Vm1SZXF1ZXN0Gh0uYmFuZ2VyLnYxLlNuYXBzaG90Vm1SZXNwb25zZRJSCg1MaXN0U25hcHNob3RzEh8uYmFuZ2VyLnYxLkxpc3RTbmFwc2hvdHNSZXF1ZXN0GiAuYmFuZ2VyLnYxLkxpc3RTbmFwc2hvdHNSZXNwb25zZRJMCgtHZXRTbmFwc2hvdBIdLmJhbmdlci52MS5HZXRTbmFwc2hvdFJlcXVlc3QaHi5iYW5nZXIudjEuR2V0U25hcHNob3RSZXNwb25zZRJVCg5EZWxldGVTbmFwc2hvdBIgLmJhbmdlci52MS5EZWxldGVTbmFwc2hvdFJlcXVlc3QaIS5iYW5nZXIudjEuRGVsZXRlU25hcHNob3RSZXNwb25zZWIGcHJvdG8z", [file_banger_v1_operation, file_banger_v1_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Request of CreateVm. Zero values take the configured defaults (the config
@@ -1058,6 +1058,175 @@ export const ResumeVmResponseSchema: GenMessage<ResumeVmResponse> = /*@__PURE__*
   messageDesc(file_banger_v1_vm, 32);
 
 /**
+ * Request of SnapshotVm.
+ *
+ * @generated from message banger.v1.SnapshotVmRequest
+ */
+export type SnapshotVmRequest = Message<"banger.v1.SnapshotVmRequest"> & {
+  /**
+   * VM name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The new snapshot's name, `^[a-z0-9][a-z0-9._-]{0,63}$`.
+   *
+   * @generated from field: string as = 2;
+   */
+  as: string;
+};
+
+/**
+ * Describes the message banger.v1.SnapshotVmRequest.
+ * Use `create(SnapshotVmRequestSchema)` to create a new message.
+ */
+export const SnapshotVmRequestSchema: GenMessage<SnapshotVmRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 33);
+
+/**
+ * Response of SnapshotVm.
+ *
+ * @generated from message banger.v1.SnapshotVmResponse
+ */
+export type SnapshotVmResponse = Message<"banger.v1.SnapshotVmResponse"> & {
+  /**
+   * The operation (kind SNAPSHOT_VM); its result is the Snapshot.
+   *
+   * @generated from field: banger.v1.Operation operation = 1;
+   */
+  operation?: Operation | undefined;
+};
+
+/**
+ * Describes the message banger.v1.SnapshotVmResponse.
+ * Use `create(SnapshotVmResponseSchema)` to create a new message.
+ */
+export const SnapshotVmResponseSchema: GenMessage<SnapshotVmResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 34);
+
+/**
+ * Request of ListSnapshots.
+ *
+ * @generated from message banger.v1.ListSnapshotsRequest
+ */
+export type ListSnapshotsRequest = Message<"banger.v1.ListSnapshotsRequest"> & {
+};
+
+/**
+ * Describes the message banger.v1.ListSnapshotsRequest.
+ * Use `create(ListSnapshotsRequestSchema)` to create a new message.
+ */
+export const ListSnapshotsRequestSchema: GenMessage<ListSnapshotsRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 35);
+
+/**
+ * Response of ListSnapshots.
+ *
+ * @generated from message banger.v1.ListSnapshotsResponse
+ */
+export type ListSnapshotsResponse = Message<"banger.v1.ListSnapshotsResponse"> & {
+  /**
+   * Sorted by name.
+   *
+   * @generated from field: repeated banger.v1.Snapshot snapshots = 1;
+   */
+  snapshots: Snapshot[];
+};
+
+/**
+ * Describes the message banger.v1.ListSnapshotsResponse.
+ * Use `create(ListSnapshotsResponseSchema)` to create a new message.
+ */
+export const ListSnapshotsResponseSchema: GenMessage<ListSnapshotsResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 36);
+
+/**
+ * Request of GetSnapshot.
+ *
+ * @generated from message banger.v1.GetSnapshotRequest
+ */
+export type GetSnapshotRequest = Message<"banger.v1.GetSnapshotRequest"> & {
+  /**
+   * Snapshot name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message banger.v1.GetSnapshotRequest.
+ * Use `create(GetSnapshotRequestSchema)` to create a new message.
+ */
+export const GetSnapshotRequestSchema: GenMessage<GetSnapshotRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 37);
+
+/**
+ * Response of GetSnapshot.
+ *
+ * @generated from message banger.v1.GetSnapshotResponse
+ */
+export type GetSnapshotResponse = Message<"banger.v1.GetSnapshotResponse"> & {
+  /**
+   * The snapshot.
+   *
+   * @generated from field: banger.v1.Snapshot snapshot = 1;
+   */
+  snapshot?: Snapshot | undefined;
+};
+
+/**
+ * Describes the message banger.v1.GetSnapshotResponse.
+ * Use `create(GetSnapshotResponseSchema)` to create a new message.
+ */
+export const GetSnapshotResponseSchema: GenMessage<GetSnapshotResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 38);
+
+/**
+ * Request of DeleteSnapshot.
+ *
+ * @generated from message banger.v1.DeleteSnapshotRequest
+ */
+export type DeleteSnapshotRequest = Message<"banger.v1.DeleteSnapshotRequest"> & {
+  /**
+   * Snapshot name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message banger.v1.DeleteSnapshotRequest.
+ * Use `create(DeleteSnapshotRequestSchema)` to create a new message.
+ */
+export const DeleteSnapshotRequestSchema: GenMessage<DeleteSnapshotRequest> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 39);
+
+/**
+ * Response of DeleteSnapshot.
+ *
+ * @generated from message banger.v1.DeleteSnapshotResponse
+ */
+export type DeleteSnapshotResponse = Message<"banger.v1.DeleteSnapshotResponse"> & {
+  /**
+   * Whether it existed.
+   *
+   * @generated from field: bool existed = 1;
+   */
+  existed: boolean;
+};
+
+/**
+ * Describes the message banger.v1.DeleteSnapshotResponse.
+ * Use `create(DeleteSnapshotResponseSchema)` to create a new message.
+ */
+export const DeleteSnapshotResponseSchema: GenMessage<DeleteSnapshotResponse> = /*@__PURE__*/
+  messageDesc(file_banger_v1_vm, 40);
+
+/**
  * Which log of a VM.
  *
  * @generated from enum banger.v1.VmLogSource
@@ -1332,6 +1501,59 @@ export const VmService: GenService<{
     methodKind: "unary";
     input: typeof ResumeVmRequestSchema;
     output: typeof ResumeVmResponseSchema;
+  },
+  /**
+   * Takes a snapshot of a running (or paused) VM: stages freeze (the
+   * guest's file systems, through the guest agent; skipped with a note when
+   * the VM has no agent or it does not answer) → pause → copy-disks (the
+   * root disk or COW file and the work disk, reflinked or sparse) →
+   * save-state (Firecracker PUT /snapshot/create, QEMU migration to a file)
+   * → record → resume → thaw, into `<state>/snapshots/<as>/`. The VM runs on
+   * after (a VM that was paused stays paused). A failed stage removes the
+   * snapshot's files and row and resumes and thaws the guest. The
+   * operation's result is the Snapshot. Errors (before the operation
+   * begins): INVALID_ARGUMENT (INVALID_SNAPSHOT_NAME), ALREADY_EXISTS
+   * (SNAPSHOT_NAME_TAKEN), FAILED_PRECONDITION (VM_NOT_RUNNING).
+   *
+   * @generated from rpc banger.v1.VmService.SnapshotVm
+   */
+  snapshotVm: {
+    methodKind: "unary";
+    input: typeof SnapshotVmRequestSchema;
+    output: typeof SnapshotVmResponseSchema;
+  },
+  /**
+   * All snapshots, sorted by name.
+   *
+   * @generated from rpc banger.v1.VmService.ListSnapshots
+   */
+  listSnapshots: {
+    methodKind: "unary";
+    input: typeof ListSnapshotsRequestSchema;
+    output: typeof ListSnapshotsResponseSchema;
+  },
+  /**
+   * One snapshot. Errors: INVALID_ARGUMENT (INVALID_SNAPSHOT_NAME),
+   * NOT_FOUND (SNAPSHOT_NOT_FOUND).
+   *
+   * @generated from rpc banger.v1.VmService.GetSnapshot
+   */
+  getSnapshot: {
+    methodKind: "unary";
+    input: typeof GetSnapshotRequestSchema;
+    output: typeof GetSnapshotResponseSchema;
+  },
+  /**
+   * Deletes a snapshot: its row, then its files. Idempotent: existed =
+   * false for one that does not exist. Errors: INVALID_ARGUMENT
+   * (INVALID_SNAPSHOT_NAME).
+   *
+   * @generated from rpc banger.v1.VmService.DeleteSnapshot
+   */
+  deleteSnapshot: {
+    methodKind: "unary";
+    input: typeof DeleteSnapshotRequestSchema;
+    output: typeof DeleteSnapshotResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_banger_v1_vm, 0);

@@ -22,6 +22,7 @@ import {
   getImage,
   listImages,
   listImageUsers,
+  listSnapshotsUsing,
   type Database,
   type ImageRecord,
   type OperationRecord,
@@ -200,6 +201,13 @@ export function createImageCatalog(deps: {
       const users = await listImageUsers(db, name);
       if (users.length > 0) {
         throw new FailedPreconditionError(`image ${name} is used by ${users.join(", ")}`, { reason: "IMAGE_IN_USE" });
+      }
+      const snapshots = await listSnapshotsUsing(db, "image_name", name);
+      if (snapshots.length > 0) {
+        const noun = snapshots.length === 1 ? "snapshot" : "snapshots";
+        throw new FailedPreconditionError(`image ${name} is needed by ${noun} ${snapshots.join(", ")}`, {
+          reason: "IMAGE_IN_USE",
+        });
       }
       await deleteImage(db, name);
       await rm(shelf.dir(name), { recursive: true, force: true });

@@ -130,7 +130,12 @@ export function createKernelCatalog(deps: {
 
   async function view(kernel: KernelRecord): Promise<KernelView> {
     const users = await listKernelUsers(db, kernel.name);
-    return { ...kernel, usedBy: [...users.images.map((n) => `image:${n}`), ...users.vms.map((n) => `vm:${n}`)] };
+    const usedBy = [
+      ...users.images.map((n) => `image:${n}`),
+      ...users.vms.map((n) => `vm:${n}`),
+      ...users.snapshots.map((n) => `snapshot:${n}`),
+    ];
+    return { ...kernel, usedBy };
   }
 
   async function get(name: string): Promise<KernelView> {
@@ -141,11 +146,14 @@ export function createKernelCatalog(deps: {
 
   async function refuseInUse(name: string): Promise<void> {
     const users = await listKernelUsers(db, name);
-    const parts = [listOf("image", users.images), listOf("VM", users.vms)].filter((part) => part !== "");
-    if (parts.length > 0) {
-      throw new FailedPreconditionError(`kernel "${name}" is used by ${parts.join(" and ")}; it cannot be replaced`, {
-        reason: "KERNEL_IN_USE",
-      });
+    const parts = [listOf("image", users.images), listOf("VM", users.vms), listOf("snapshot", users.snapshots)];
+    if (parts.some((part) => part !== "")) {
+      throw new FailedPreconditionError(
+        `kernel "${name}" is used by ${parts.filter((part) => part !== "").join(" and ")}; it cannot be replaced`,
+        {
+          reason: "KERNEL_IN_USE",
+        },
+      );
     }
   }
 

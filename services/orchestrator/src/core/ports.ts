@@ -237,6 +237,8 @@ export interface AgentClient {
   shutdown(answerMs: number, timeoutMs?: number): Promise<void>;
   /** guest-exec of `path` with `args` (not waited for); resolves with its pid in the guest. */
   exec(path: string, args: readonly string[], timeoutMs: number): Promise<number>;
+  /** guest-fsfreeze-freeze or guest-fsfreeze-thaw; resolves with the number of file systems it acted on. */
+  fsfreeze(action: "freeze" | "thaw", timeoutMs: number): Promise<number>;
 }
 
 /** The VMMs a VM can run under and the agent client over their sockets; the composition root builds them. */

@@ -15,7 +15,7 @@
  *   choices.ts: this host's root-disk strategy and VMM for new VMs
  * - create.ts: the create pipeline and its undo (undo.ts), root-disk.ts, boot.ts
  * - lifecycle.ts: start, stop, restart, delete; halt.ts: stopping a VMM; agent.ts: the guest agent;
- *   pause.ts: pause and resume
+ *   pause.ts: pause and resume; saved-state.ts: stop --save; snapshot.ts: snapshots of running VMs
  * - publish.ts: published ports (port-publishing.ts: their checks, relays and capability)
  * - settings.ts: SetVm and pending changes; promote.ts; inspect.ts: logs, stats, ssh and Exec targets
  * - recovery.ts (with host-cleanup.ts): what the host holds, checked at start-up
@@ -28,6 +28,7 @@ import { createVm } from "./vm/create.js";
 import { vmGuestTarget, vmLogs, vmSshTarget, vmStats } from "./vm/inspect.js";
 import { deleteVmByName, restartVm, startVm, stopVm } from "./vm/lifecycle.js";
 import { pauseVm, resumeVm } from "./vm/pause.js";
+import { deleteSnapshotByName, getSnapshotView, listSnapshotViews, snapshotVm } from "./vm/snapshot.js";
 import type { VmService } from "./vm/model.js";
 import { promoteVm } from "./vm/promote.js";
 import { publishVmPort, unpublishVmPort } from "./vm/publish.js";
@@ -61,6 +62,10 @@ export function createVmService(deps: VmServiceDeps & { readonly vmm: VmmPorts }
     unpublishPort: (name, port) => unpublishVmPort(ctx, name, port),
     pause: (name) => pauseVm(ctx, name),
     resume: (name) => resumeVm(ctx, name),
+    snapshot: (name, as) => snapshotVm(ctx, name, as),
+    listSnapshots: () => listSnapshotViews(ctx),
+    getSnapshot: (name) => getSnapshotView(ctx, name),
+    deleteSnapshot: (name) => deleteSnapshotByName(ctx, name),
     recover: () => recoverVms(ctx),
   };
 }

@@ -12,6 +12,7 @@ import {
   VmState,
   type ImageSchema,
   type KernelSchema,
+  type SnapshotSchema,
   type VmSchema,
 } from "@banger/gen/banger/v1/resources_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -23,6 +24,7 @@ import type {
   OperationKind as Kind,
   OperationRecord,
   OperationStage,
+  SnapshotView,
   VmSnapshot,
 } from "../store/index.js";
 
@@ -110,6 +112,21 @@ export function imageToProto(
       cmd: [...image.config.cmd],
       env: [...image.config.env],
     },
+  };
+}
+
+export function snapshotToProto(snapshot: SnapshotView): MessageInitShape<typeof SnapshotSchema> {
+  return {
+    name: snapshot.name,
+    vmName: snapshot.vmName,
+    image: snapshot.imageName,
+    kernel: snapshot.kernelName,
+    vmm: snapshot.vmm,
+    vcpu: snapshot.vcpu,
+    memoryMib: snapshot.memoryMib,
+    workDiskMib: BigInt(snapshot.workDiskMib),
+    allocatedBytes: BigInt(snapshot.allocatedBytes),
+    createTime: timestampFromDate(snapshot.createdAt),
   };
 }
 
@@ -210,6 +227,8 @@ function resultToProto(
       return { case: "image", value: imageToProto(result.image) };
     case "kernel":
       return { case: "kernel", value: kernelToProto(result.kernel) };
+    case "snapshot":
+      return { case: "snapshot", value: snapshotToProto(result.snapshot) };
     default:
       return { case: undefined };
   }

@@ -5,7 +5,7 @@ import { timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { LISTENING_PORTS_ARGV, execInGuest, parseListeningPorts } from "../core/guest-exec.js";
 import type { VmService as Vms } from "../core/vms.js";
-import { operationToProto, vmToProto } from "./to-proto.js";
+import { operationToProto, snapshotToProto, vmToProto } from "./to-proto.js";
 import { scopeOf } from "./scope.js";
 
 const durationOf = (ms: number) => ({
@@ -130,6 +130,18 @@ export function createVmService(vms: Vms): ServiceImpl<typeof VmService> {
     },
     async resumeVm(req) {
       return { vm: vmToProto(await vms.resume(req.name)) };
+    },
+    async snapshotVm(req) {
+      return { operation: operationToProto(await vms.snapshot(req.name, req.as)) };
+    },
+    async listSnapshots() {
+      return { snapshots: (await vms.listSnapshots()).map(snapshotToProto) };
+    },
+    async getSnapshot(req) {
+      return { snapshot: snapshotToProto(await vms.getSnapshot(req.name)) };
+    },
+    async deleteSnapshot(req) {
+      return await vms.deleteSnapshot(req.name);
     },
   });
 }

@@ -13,7 +13,7 @@ import {
 } from "@banger/common";
 import Sqlite from "better-sqlite3";
 import type { Kysely } from "kysely";
-import { imageExists, kernelExists, listImageUsers, listKernelUsers } from "./references.js";
+import { imageExists, kernelExists, listImageUsers, listKernelUsers, listSnapshotsUsing } from "./references.js";
 import type { Database, TableName } from "./schema.js";
 
 /** The write that failed, with the column values it tried to store (for messages). */
@@ -52,6 +52,11 @@ const UNIQUE_RULES: Readonly<Record<string, (values: Values, cause: Error) => Ba
     new AlreadyExistsError(`an image named ${show(v["name"])} already exists`, { reason: "IMAGE_NAME_TAKEN", cause }),
   "kernels.name": (v, cause) =>
     new AlreadyExistsError(`a kernel named ${show(v["name"])} already exists`, { reason: "KERNEL_NAME_TAKEN", cause }),
+  "snapshots.name": (v, cause) =>
+    new AlreadyExistsError(`a snapshot named ${show(v["name"])} already exists`, {
+      reason: "SNAPSHOT_NAME_TAKEN",
+      cause,
+    }),
   "operations.id": (v, cause) =>
     new AlreadyExistsError(`operation ${show(v["id"])} already exists`, { reason: "OPERATION_ID_TAKEN", cause }),
 };
@@ -70,6 +75,10 @@ const REFERENCES: Readonly<Partial<Record<TableName, readonly Reference[]>>> = {
     { column: "kernel_name", noun: "kernel", reason: "KERNEL_NOT_FOUND", exists: kernelExists },
   ],
   images: [{ column: "default_kernel", noun: "kernel", reason: "KERNEL_NOT_FOUND", exists: kernelExists }],
+  snapshots: [
+    { column: "image_name", noun: "image", reason: "IMAGE_NOT_FOUND", exists: imageExists },
+    { column: "kernel_name", noun: "kernel", reason: "KERNEL_NOT_FOUND", exists: kernelExists },
+  ],
 };
 
 /** Rows that others reference, and what to say when deleting one is refused. */
@@ -77,7 +86,11 @@ const IN_USE: Readonly<
   Partial<Record<TableName, (db: Kysely<Database>, key: string, cause: Error) => Promise<BangerError>>>
 > = {
   images: async (db, name, cause) => {
-    const users = list("VM", await listImageUsers(db, name)) || "a VM";
+    const parts = [
+      list("VM", await listImageUsers(db, name)),
+      list("snapshot", await listSnapshotsUsing(db, "image_name", name)),
+    ];
+    const users = parts.filter((part) => part !== "").join(" and ") || "a VM or snapshot";
     return new FailedPreconditionError(`image "${name}" is used by ${users}; delete them first`, {
       reason: "IMAGE_IN_USE",
       cause,
@@ -85,11 +98,16 @@ const IN_USE: Readonly<
   },
   kernels: async (db, name, cause) => {
     const users = await listKernelUsers(db, name);
-    const parts = [list("image", users.images), list("VM", users.vms)].filter((part) => part !== "");
-    return new FailedPreconditionError(`kernel "${name}" is used by ${parts.join(" and ") || "an image or VM"}`, {
-      reason: "KERNEL_IN_USE",
-      cause,
-    });
+    const parts = [list("image", users.images), list("VM", users.vms), list("snapshot", users.snapshots)].filter(
+      (part) => part !== "",
+    );
+    return new FailedPreconditionError(
+      `kernel "${name}" is used by ${parts.join(" and ") || "an image, VM or snapshot"}`,
+      {
+        reason: "KERNEL_IN_USE",
+        cause,
+      },
+    );
   },
 };
 

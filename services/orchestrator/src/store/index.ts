@@ -13,3 +13,4 @@ export * from "./image-repository.js";
 export * from "./kernel-repository.js";
 export * from "./operation-repository.js";
 export * from "./operation-result.js";
+export * from "./snapshot-repository.js";

@@ -10,6 +10,7 @@ import * as initial from "./migrations/2026_11_23_0001_initial.js";
 import * as vmStartTimeAndLookupIndexes from "./migrations/2026_11_23_0002_vm_start_time_and_lookup_indexes.js";
 import * as operationResultsAsDomainRecords from "./migrations/2026_12_07_0003_operation_results_as_domain_records.js";
 import * as vmPublishedPorts from "./migrations/2026_12_07_0004_vm_published_ports.js";
+import * as snapshots from "./migrations/2026_12_07_0005_snapshots.js";
 import type { Database } from "./schema.js";
 
 export const MIGRATIONS: Readonly<Record<string, Migration>> = {
@@ -17,6 +18,7 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = {
   "2026_11_23_0002_vm_start_time_and_lookup_indexes": vmStartTimeAndLookupIndexes,
   "2026_12_07_0003_operation_results_as_domain_records": operationResultsAsDomainRecords,
   "2026_12_07_0004_vm_published_ports": vmPublishedPorts,
+  "2026_12_07_0005_snapshots": snapshots,
 };
 
 /** kysely's default name, spelled out because the newer-database check reads it. */

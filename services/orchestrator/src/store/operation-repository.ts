@@ -33,6 +33,7 @@ export const OPERATION_KINDS = [
   "import-kernel",
   "build-initramfs",
   "prepare-workspace",
+  "snapshot-vm",
 ] as const;
 export type OperationKind = (typeof OPERATION_KINDS)[number];
 

@@ -6,6 +6,7 @@
 import { corrupt, type JsonObject, objectField, parseJsonObject } from "./columns.js";
 import { IMAGE_SOURCES, imageConfigFromJson, imageConfigToJson, type ImageRecord } from "./image-repository.js";
 import type { KernelRecord } from "./kernel-repository.js";
+import type { SnapshotRecord } from "./snapshot-repository.js";
 import {
   choice,
   type FieldCodec,
@@ -67,11 +68,17 @@ export interface KernelSnapshot extends KernelRecord {
   readonly usedBy: readonly string[];
 }
 
+/** A snapshot of a VM with the bytes its files took then. */
+export interface SnapshotView extends SnapshotRecord {
+  readonly allocatedBytes: number;
+}
+
 /** What a succeeded operation produced; operations that produce nothing have none (null). */
 export type OperationResult =
   | { readonly kind: "vm"; readonly vm: VmSnapshot }
   | { readonly kind: "image"; readonly image: ImageRecord }
-  | { readonly kind: "kernel"; readonly kernel: KernelSnapshot };
+  | { readonly kind: "kernel"; readonly kernel: KernelSnapshot }
+  | { readonly kind: "snapshot"; readonly snapshot: SnapshotView };
 
 /**
  * A stored result this code cannot read (a hand-edited row, a result from a
@@ -91,6 +98,8 @@ export function resultToJson(result: OperationResult): JsonObject {
       return { kind: "image", image: writeRecord(IMAGE_CODEC, result.image) };
     case "kernel":
       return { kind: "kernel", kernel: writeRecord(KERNEL_CODEC, result.kernel) };
+    case "snapshot":
+      return { kind: "snapshot", snapshot: writeRecord(SNAPSHOT_CODEC, result.snapshot) };
   }
 }
 
@@ -112,6 +121,11 @@ function resultFromJson(json: JsonObject, where: string): OperationResult {
       return { kind, image: readRecord(IMAGE_CODEC, objectField(json, "image", where), `${where}.image`) };
     case "kernel":
       return { kind, kernel: readRecord(KERNEL_CODEC, objectField(json, "kernel", where), `${where}.kernel`) };
+    case "snapshot":
+      return {
+        kind,
+        snapshot: readRecord(SNAPSHOT_CODEC, objectField(json, "snapshot", where), `${where}.snapshot`),
+      };
     default:
       throw corrupt(where, `unknown result kind ${JSON.stringify(kind ?? null)}`);
   }
@@ -169,4 +183,20 @@ const KERNEL_CODEC: RecordCodec<KernelSnapshot> = {
   isDefault: flag,
   createdAt: timestamp,
   usedBy: texts,
+};
+
+const SNAPSHOT_CODEC: RecordCodec<SnapshotView> = {
+  name: text,
+  vmName: text,
+  vmId: text,
+  imageName: text,
+  kernelName: text,
+  vmm: choice(VMM_KINDS),
+  vcpu: number,
+  memoryMib: number,
+  workDiskMib: number,
+  rootDiskStrategy: choice(ROOT_DISK_STRATEGIES),
+  mac: text,
+  createdAt: timestamp,
+  allocatedBytes: number,
 };

@@ -22,14 +22,26 @@ export async function listImageUsers(db: Kysely<Database>, image: string): Promi
   return rows.map((row) => row.name);
 }
 
+/** Names of the snapshots that need an image or a kernel, sorted. */
+export async function listSnapshotsUsing(
+  db: Kysely<Database>,
+  what: "image_name" | "kernel_name",
+  name: string,
+): Promise<string[]> {
+  const rows = await db.selectFrom("snapshots").select("name").where(what, "=", name).orderBy("name").execute();
+  return rows.map((row) => row.name);
+}
+
 export interface KernelUsers {
   /** Images that name it as their default kernel. */
   readonly images: string[];
   /** VMs that boot it. */
   readonly vms: string[];
+  /** Snapshots of VMs that booted it. */
+  readonly snapshots: string[];
 }
 
-/** The images and VMs that use a kernel, each sorted by name. */
+/** The images, VMs and snapshots that use a kernel, each sorted by name. */
 export async function listKernelUsers(db: Kysely<Database>, kernel: string): Promise<KernelUsers> {
   const images = await db
     .selectFrom("images")
@@ -38,5 +50,9 @@ export async function listKernelUsers(db: Kysely<Database>, kernel: string): Pro
     .orderBy("name")
     .execute();
   const vms = await db.selectFrom("vms").select("name").where("kernel_name", "=", kernel).orderBy("name").execute();
-  return { images: images.map((row) => row.name), vms: vms.map((row) => row.name) };
+  return {
+    images: images.map((row) => row.name),
+    vms: vms.map((row) => row.name),
+    snapshots: await listSnapshotsUsing(db, "kernel_name", kernel),
+  };
 }

@@ -1,6 +1,7 @@
 import type { ImageTable } from "./image.table.js";
 import type { KernelTable } from "./kernel.table.js";
 import type { OperationTable } from "./operation.table.js";
+import type { SnapshotTable } from "./snapshot.table.js";
 import type { VmTable } from "./vm.table.js";
 
 /** The tables of the orchestrator's database, as the latest migration leaves them. */
@@ -9,6 +10,7 @@ export interface Database {
   images: ImageTable;
   kernels: KernelTable;
   operations: OperationTable;
+  snapshots: SnapshotTable;
 }
 
 export type TableName = keyof Database;

@@ -148,6 +148,11 @@ export function createAgentClient(connector: AgentConnector): AgentClient {
         const result = (await call({ execute: "guest-exec", arguments: { path, arg: args } })) as { pid?: number };
         return result.pid ?? 0;
       }),
+    fsfreeze: (action, timeoutMs) =>
+      session(timeoutMs, async (call) => {
+        const count = await call({ execute: `guest-fsfreeze-${action}` });
+        return typeof count === "number" ? count : 0;
+      }),
   };
 }
 

@@ -20,6 +20,7 @@ export function agentOf(ctx: VmContext, vm: VmRecord, handle: Handles): AgentCli
     ping: (ms) => serial(() => client.ping(ms)),
     shutdown: (answerMs, timeoutMs) => serial(() => client.shutdown(answerMs, timeoutMs)),
     exec: (path, args, ms) => serial(() => client.exec(path, args, ms)),
+    fsfreeze: (action, ms) => serial(() => client.fsfreeze(action, ms)),
   };
 }
 

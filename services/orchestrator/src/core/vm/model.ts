@@ -4,7 +4,7 @@
  * one, and the checks of a name and of a size.
  */
 import { InvalidArgumentError, type Reason } from "@banger/common";
-import type { AgentHealthName, OperationRecord, VmRecord, VmStateName } from "../../store/index.js";
+import type { AgentHealthName, OperationRecord, SnapshotView, VmRecord, VmStateName } from "../../store/index.js";
 import type { CallScope } from "../call-scope.js";
 import type { VmChange } from "../capabilities.js";
 import type { GuestTarget } from "../guest-exec.js";
@@ -82,6 +82,16 @@ export interface VmService {
   pause(name: string): Promise<VmView>;
   /** Resumes a paused VM. Errors: VM_NOT_RUNNING, VM_NOT_PAUSED. */
   resume(name: string): Promise<VmView>;
+  /**
+   * Takes snapshot `as` of a running VM (an operation; its result is the snapshot). Errors:
+   * INVALID_SNAPSHOT_NAME, SNAPSHOT_NAME_TAKEN, VM_NOT_RUNNING.
+   */
+  snapshot(name: string, as: string): Promise<OperationRecord>;
+  listSnapshots(): Promise<SnapshotView[]>;
+  /** Errors: INVALID_SNAPSHOT_NAME, SNAPSHOT_NOT_FOUND. */
+  getSnapshot(name: string): Promise<SnapshotView>;
+  /** Idempotent. Errors: INVALID_SNAPSHOT_NAME. */
+  deleteSnapshot(name: string): Promise<{ existed: boolean }>;
   /** At start-up: VMs whose VMM died while the orchestrator was away are cleaned and marked stopped. */
   recover(): Promise<void>;
 }
