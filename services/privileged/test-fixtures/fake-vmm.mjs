@@ -42,7 +42,8 @@
 //   and exits 0 as Firecracker does when the guest powers off.
 //   The vsock socket speaks the hybrid vsock handshake (`CONNECT 1024\n` →
 //   `OK <n>\n`) once the guest runs, then a fake guest agent: QGA's
-//   guest-sync-delimited, guest-ping, guest-info, guest-exec (logged), and
+//   guest-sync-delimited, guest-ping, guest-info, guest-exec (logged),
+//   guest-fsfreeze-freeze and -thaw (logged as agent-fsfreeze-…), and
 //   guest-shutdown, which logs `agent-shutdown` and exits 0 ~100 ms later.
 //   Boot args `fake.agent=off` make the port refuse (a guest without the kit).
 // QEMU form: -M microvm,… -qmp unix:PATH,server=on,wait=off -serial stdio …
@@ -929,6 +930,12 @@ function fakeGuestAgent(connection, first) {
         case "guest-exec":
           log("agent-exec", { path: command.arguments?.path, arg: command.arguments?.arg ?? [] });
           answer({ return: { pid: 4242 } });
+          break;
+        case "guest-fsfreeze-freeze":
+        case "guest-fsfreeze-thaw":
+          // As qemu-ga: the number of file systems frozen or thawed.
+          log(`agent-${command.execute.slice("guest-".length)}`, {});
+          answer({ return: 1 });
           break;
         case "guest-shutdown":
           // As qemu-ga: no answer when the shutdown goes ahead; the guest powers off and the VMM exits.

@@ -106,7 +106,9 @@ async function takeSnapshot(
   let dirMade = false;
   let recorded = false;
   try {
-    frozen = await op.stage("freeze", () => freeze(ctx, op, vm, handle));
+    await op.stage("freeze", async () => {
+      frozen = await freeze(ctx, op, vm, handle);
+    });
     await op.stage("pause", async () => {
       if (handle.paused) return op.note("pause", "already paused: it stays paused");
       await driver.pause(handle.controlSocket);
@@ -144,13 +146,18 @@ async function takeSnapshot(
       await insertSnapshot(ctx.db, record);
       recorded = true;
     });
+    // Each flag is cleared inside its stage, as soon as the step is done: an undo never repeats it.
     if (pausedHere) {
-      await op.stage("resume", () => resumeHandles(ctx, vm, { ...handle, paused: true }));
-      pausedHere = false;
+      await op.stage("resume", async () => {
+        await resumeHandles(ctx, vm, { ...handle, paused: true });
+        pausedHere = false;
+      });
     }
     if (frozen) {
-      await op.stage("thaw", () => agentOf(ctx, vm, handle).fsfreeze("thaw", FSFREEZE_MS));
-      frozen = false;
+      await op.stage("thaw", async () => {
+        await agentOf(ctx, vm, handle).fsfreeze("thaw", FSFREEZE_MS);
+        frozen = false;
+      });
     }
     ctx.logger.info({ vm: vm.name, snapshot: as }, "snapshot taken");
     return { ...record, allocatedBytes: await allocatedBytes(dir) };
