@@ -109,6 +109,7 @@ export async function snapshot(db: Kysely<Database>): Promise<unknown> {
     images: await db.selectFrom("images").selectAll().orderBy("name").execute(),
     vms: await db.selectFrom("vms").selectAll().orderBy("id").execute(),
     operations: await db.selectFrom("operations").selectAll().orderBy("id").execute(),
+    snapshots: await db.selectFrom("snapshots").selectAll().orderBy("name").execute(),
   };
 }
 

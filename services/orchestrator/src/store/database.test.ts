@@ -29,7 +29,7 @@ describe("openStore", () => {
     const store = await openStore(path);
     expect(await appliedMigrations(store.db)).toEqual(ALL);
     const tables = await store.db.introspection.getTables();
-    expect(tables.map((table) => table.name).sort()).toEqual(["images", "kernels", "operations", "vms"]);
+    expect(tables.map((table) => table.name).sort()).toEqual(["images", "kernels", "operations", "snapshots", "vms"]);
     await store.close();
 
     const db = openDatabase(path);

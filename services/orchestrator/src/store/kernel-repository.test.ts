@@ -139,7 +139,7 @@ describe("kernel repository", () => {
 
     it("deleting a kernel an image names as default: KERNEL_IN_USE", async () => {
       await insertImage(db(), image());
-      expect(await listKernelUsers(db(), "debian-6.1")).toEqual({ images: ["debian"], vms: [] });
+      expect(await listKernelUsers(db(), "debian-6.1")).toEqual({ images: ["debian"], vms: [], snapshots: [] });
       const error = await expectRefused(
         db(),
         () => deleteKernel(db(), "debian-6.1"),
@@ -153,7 +153,7 @@ describe("kernel repository", () => {
       await insertKernel(db(), kernel({ name: "vm-only" }));
       await insertImage(db(), image({ defaultKernel: null }));
       await insertVm(db(), vm({ kernelName: "vm-only" }));
-      expect(await listKernelUsers(db(), "vm-only")).toEqual({ images: [], vms: ["box"] });
+      expect(await listKernelUsers(db(), "vm-only")).toEqual({ images: [], vms: ["box"], snapshots: [] });
       const error = await expectRefused(
         db(),
         () => deleteKernel(db(), "vm-only"),
