@@ -137,6 +137,12 @@ live("vm snapshot", () => {
   }, 180_000);
 
   it("image and kernel delete are refused while a snapshot needs them, naming it; snapshot delete removes its files", async () => {
+    // A stopped VM cannot be snapshotted; nothing is left of the try.
+    expect((await cluster.cli(["vm", "stop", "sa", "--force"])).code).toBe(0);
+    const stopped = await cluster.cli(["vm", "snapshot", "sa", "--as", "s2"]);
+    expect(stopped.code).toBe(1);
+    expect(stopped.stderr).toMatch(/VM sa is not running/);
+    expect(existsSync(snapshotDir("s2"))).toBe(false);
     // The VM goes; its snapshot stays, and holds the image and kernel.
     expect((await cluster.cli(["vm", "delete", "sa"])).code).toBe(0);
     expect((await snapshots()).map((s) => s.name)).toEqual(["s1"]);

@@ -40,6 +40,9 @@ describe("completion's walk of the command tree", () => {
     expect(await target("image delete ")).toEqual({ kind: "resource", resource: "image" });
     expect(await target("kernel set-default ")).toEqual({ kind: "resource", resource: "kernel" });
     expect(await target("op watch ")).toEqual({ kind: "resource", resource: "operation" });
+    expect(await target("snapshot show ")).toEqual({ kind: "resource", resource: "snapshot" });
+    expect(await target("snapshot delete ")).toEqual({ kind: "resource", resource: "snapshot" });
+    expect(await target("vm snapshot ")).toEqual({ kind: "resource", resource: "vm" });
     expect(await target("vm create --image ")).toEqual({ kind: "resource", resource: "image" });
     expect(await target("vm create --kernel ")).toEqual({ kind: "resource", resource: "kernel" });
     expect(await target("vm create --vcpu ")).toEqual({ kind: "nothing" });

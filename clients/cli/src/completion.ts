@@ -2,7 +2,7 @@
  * Shell completion. `banger completion bash|zsh|fish` prints a small script that hands the words typed so far to
  * the hidden `banger __complete -- WORD…` and offers what it prints, one candidate a line. The candidates come from
  * walking the command tree commander runs (so they follow every command and option added, with nothing generated
- * to go stale) and, for an argument or option that names a VM, image, kernel or operation, from the orchestrator
+ * to go stale) and, for an argument or option that names a VM, image, kernel, snapshot or operation, from the orchestrator
  * with a short deadline: a daemon that is down or slow completes nothing rather than holding the shell.
  */
 import type { Argument, Command, Option } from "commander";
@@ -12,7 +12,7 @@ export const SHELLS = ["bash", "zsh", "fish"] as const;
 export type Shell = (typeof SHELLS)[number];
 
 /** What a value names: looked up in the orchestrator. */
-export type ResourceKind = "vm" | "image" | "kernel" | "operation";
+export type ResourceKind = "vm" | "image" | "kernel" | "operation" | "snapshot";
 
 /** How long the orchestrator may take to list names before the completion gives up (prints nothing). */
 export const LOOKUP_DEADLINE_MS = 1500;
@@ -76,6 +76,7 @@ export function argumentResource(argument: Argument): ResourceKind | undefined {
   if (/^(VM name|an? (running|stopped) VM)$/.test(text)) return "vm";
   if (text === "image name") return "image";
   if (text === "kernel name") return "kernel";
+  if (text === "snapshot name") return "snapshot";
   return undefined;
 }
 
@@ -183,6 +184,10 @@ export async function resourceNames(globals: GlobalOptions, resource: ResourceKi
       case "kernel": {
         const { KernelService } = await import("@banger/gen/banger/v1/kernel_pb.js");
         return (await o.client(KernelService).listKernels({}, options)).kernels.map((k) => k.name);
+      }
+      case "snapshot": {
+        const { VmService } = await import("@banger/gen/banger/v1/vm_pb.js");
+        return (await o.client(VmService).listSnapshots({}, options)).snapshots.map((x) => x.name);
       }
       case "operation": {
         const { OperationService } = await import("@banger/gen/banger/v1/operation_pb.js");
