@@ -12,6 +12,8 @@ import { VmService } from "@banger/gen/banger/v1/vm_pb.js";
 import { runAttached } from "@banger/common/host-runner";
 import { OP_ID_HEADER, mintOpId } from "@banger/common/op-id";
 import { ConnectError } from "@connectrpc/connect";
+import { openSync } from "node:fs";
+import { ReadStream } from "node:tty";
 import { Box, Text, render, useApp, useInput, useStdout } from "ink";
 import { createElement as h, useEffect, useRef, useState } from "react";
 import { connectOrchestrator, type Orchestrator } from "../client.js";
@@ -276,6 +278,10 @@ export async function runTopTui(globals: GlobalOptions, intervalMs: number): Pro
     for (;;) {
       let how: Leave = { kind: "quit" };
       process.stdout.write(ALT_SCREEN_ON);
+      // The screen's keys come through a descriptor of its own on the terminal, closed when the screen
+      // leaves: ink stops listening but node's stdin would go on reading the terminal, taking keys (the
+      // Enter after an exec) from the command that runs there meanwhile.
+      const keys = new ReadStream(openSync("/proc/self/fd/0", "r"));
       const instance = render(
         h(TopApp, {
           feed,
@@ -286,10 +292,14 @@ export async function runTopTui(globals: GlobalOptions, intervalMs: number): Pro
             selected = vm;
           },
         }),
-        { exitOnCtrlC: false },
+        { exitOnCtrlC: false, stdin: keys },
       );
-      await instance.waitUntilExit();
-      instance.cleanup();
+      try {
+        await instance.waitUntilExit();
+      } finally {
+        instance.cleanup();
+        keys.destroy();
+      }
       process.stdout.write(ALT_SCREEN_OFF);
       const chosen = how as Leave;
       if (chosen.kind === "quit") return;
