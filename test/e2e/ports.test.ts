@@ -7,10 +7,8 @@
  */
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROOT } from "../integration/harness.js";
-import { NOTHING, guestSuiteMissing, startGuestEnv, type GuestEnv } from "./support/guest-env.js";
+import { NOTHING, guestSuiteMissing, pushGuestImage, startGuestEnv, type GuestEnv } from "./support/guest-env.js";
 
 const missing = guestSuiteMissing("the published-ports suite");
 const e2e = describe.skipIf(missing.length > 0);
@@ -23,12 +21,7 @@ const PAGE = "hello from the guest";
 
 beforeAll(async () => {
   if (missing.length > 0) return;
-  env = await startGuestEnv((registry, work) => {
-    execFileSync(process.execPath, [
-      join(ROOT, "test/e2e/support/guest-image.mjs"),
-      ...["--out", join(work, "guest"), "--tag", "1", "--push", `${registry.host}/banger/guest:1`],
-    ]);
-  });
+  env = await startGuestEnv(pushGuestImage);
   // The LAN: a veth pair between the host's namespace (10.77.0.1) and another one (10.77.0.2).
   const host = env.ns.name;
   execFileSync("ip", ["netns", "add", lan]);

@@ -7,12 +7,10 @@
  * snapshot delete removes the files.
  * One guest only: each TCG boot costs CI time.
  */
-import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROOT } from "../integration/harness.js";
-import { NOTHING, guestSuiteMissing, startGuestEnv, type GuestEnv } from "./support/guest-env.js";
+import { NOTHING, guestSuiteMissing, startGuestEnvWithImage, type GuestEnv } from "./support/guest-env.js";
 
 const missing = guestSuiteMissing("the snapshot end-to-end suite");
 const e2e = describe.skipIf(missing.length > 0);
@@ -27,14 +25,7 @@ const count = async () => Number((await cli(["vm", "exec", "sn", "--", "cat", "/
 
 beforeAll(async () => {
   if (missing.length > 0) return;
-  env = await startGuestEnv((registry, work) => {
-    execFileSync(process.execPath, [
-      join(ROOT, "test/e2e/support/guest-image.mjs"),
-      ...["--out", join(work, "guest"), "--tag", "1", "--push", `${registry.host}/banger/guest:1`],
-    ]);
-  });
-  await cli(["image", "pull", `${env.registry.host}/banger/guest:1`, "--name", "guest"]);
-  await env.importKernel();
+  env = await startGuestEnvWithImage();
 }, 600_000);
 
 afterAll(async () => {

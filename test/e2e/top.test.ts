@@ -4,13 +4,12 @@
  * `vm stats`, `e` with no command opens a shell in the guest on a pseudo-terminal, and a stop from the
  * screen stops the guest.
  */
-import { execFileSync, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { availableParallelism } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { size } from "../../clients/cli/src/render/top-view.js";
-import { BANGER, ROOT, waitUntil } from "../integration/harness.js";
-import { guestSuiteMissing, startGuestEnv, type GuestEnv } from "./support/guest-env.js";
+import { BANGER, waitUntil } from "../integration/harness.js";
+import { guestSuiteMissing, startGuestEnvWithImage, type GuestEnv } from "./support/guest-env.js";
 
 const missing = guestSuiteMissing("banger top on a real guest", ["tmux"]);
 const e2e = describe.skipIf(missing.length > 0);
@@ -36,14 +35,7 @@ async function screenShows(pattern: RegExp, what: string, timeoutMs = 120_000): 
 
 beforeAll(async () => {
   if (missing.length > 0) return;
-  env = await startGuestEnv((registry, work) => {
-    execFileSync(process.execPath, [
-      join(ROOT, "test/e2e/support/guest-image.mjs"),
-      ...["--out", join(work, "guest"), "--tag", "1", "--push", `${registry.host}/banger/guest:1`],
-    ]);
-  });
-  await env.cli(["image", "pull", `${env.registry.host}/banger/guest:1`, "--name", "guest"]);
-  await env.importKernel();
+  env = await startGuestEnvWithImage();
   await env.cli(["vm", "create", "--name", "watched", "--image", "guest", "--vcpu", "1", "--ssh-timeout", "240"]);
 }, 900_000);
 

@@ -126,6 +126,25 @@ export async function startGuestEnv(
   return guestEnv(ns, cluster, registry, work);
 }
 
+/** Builds the suites' small busybox guest image (support/guest-image.mjs) and pushes it as banger/guest:1. */
+export function pushGuestImage(registry: RegistryProcess, work: string): void {
+  execFileSync(process.execPath, [
+    join(ROOT, "test/e2e/support/guest-image.mjs"),
+    ...["--out", join(work, "guest"), "--tag", "1", "--push", `${registry.host}/banger/guest:1`],
+  ]);
+}
+
+/**
+ * startGuestEnv with that image pushed and pulled as `guest`, and the host's kernel imported with its
+ * initramfs: what a suite of one small real guest needs before its first `vm create --image guest`.
+ */
+export async function startGuestEnvWithImage(): Promise<GuestEnv> {
+  const env = await startGuestEnv(pushGuestImage);
+  await env.cli(["image", "pull", `${env.registry.host}/banger/guest:1`, "--name", "guest"]);
+  await env.importKernel();
+  return env;
+}
+
 /** The services as an installed banger runs them, the helper and the orchestrator in the namespace. */
 const guestClusterOptions = (ns: NetNs): ClusterOptions => ({
   owner: OWNER,
