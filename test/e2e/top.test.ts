@@ -47,7 +47,8 @@ afterAll(async () => {
 
 e2e("banger top on a real guest", () => {
   it("shows the guest running with its agent, bars and row consistent with vm stats; x stops it", async () => {
-    const vars = `BANGER_RUNTIME_DIR='${env.cluster.runtimeDir}' BANGER_SOCKET=''`;
+    // CI=true as CI runners set it: the screen must draw there too.
+    const vars = `BANGER_RUNTIME_DIR='${env.cluster.runtimeDir}' BANGER_SOCKET='' CI=true`;
     tmux("new-session", "-d", "-s", "top", "-x", "80", "-y", "24", `trap '' INT; env ${vars} ${BANGER} top; sleep 600`);
     await screenShows(/^watched +running +ok +172\./m, "the guest running, its agent ok");
     await screenShows(new RegExp(`^CPU +\\[#*-*\\] +\\d+%  1/${availableParallelism()} vCPU`, "m"), "CPU bar");

@@ -52,7 +52,8 @@ async function until(condition: () => Promise<boolean>, what: string, timeoutMs 
 /** Starts `banger top` (with `env`) in an 80×24 tmux session; when it ends, the pane says how. */
 function startTop(env: Record<string, string> = {}) {
   spawnSync("tmux", [...TMUX, "kill-session", "-t", "top"]);
-  const vars = Object.entries({ BANGER_RUNTIME_DIR: cluster.runtimeDir, BANGER_SOCKET: "", ...env })
+  // CI=true as CI runners set it: the screen must draw there too (ink alone would wait for its exit).
+  const vars = Object.entries({ BANGER_RUNTIME_DIR: cluster.runtimeDir, BANGER_SOCKET: "", CI: "true", ...env })
     .map(([k, v]) => `${k}='${v}'`)
     .join(" ");
   tmux(

@@ -20,7 +20,27 @@ export function registerTopCommand(top: Command, globals: () => GlobalOptions): 
       return;
     }
     // The TUI library is loaded only here: the snapshot (and every other command) does without it.
-    const { runTopTui } = await import("../top/tui.js");
+    const { runTopTui } = await withoutCiVariables(() => import("../top/tui.js"));
     await runTopTui(globals(), interval * 1000);
   });
+}
+
+/**
+ * ink decides once, as it loads, whether it runs under CI (`CI` or `CONTINUOUS_INTEGRATION` set) and there
+ * draws nothing until it exits. Here stdin and stdout are a terminal and the user asked for the screen, so
+ * those variables are hidden while ink loads and put back at once (the commands top runs still see them).
+ */
+async function withoutCiVariables<T>(load: () => Promise<T>): Promise<T> {
+  const saved = new Map<string, string>();
+  for (const name of ["CI", "CONTINUOUS_INTEGRATION"]) {
+    const value = process.env[name];
+    if (value === undefined) continue;
+    saved.set(name, value);
+    delete process.env[name];
+  }
+  try {
+    return await load();
+  } finally {
+    for (const [name, value] of saved) process.env[name] = value;
+  }
 }
