@@ -9,12 +9,13 @@
  *
  * No KVM or Firecracker here: VMs run under test-fixtures/fake-vmm.mjs.
  */
-import { execFileSync, spawnSync } from "node:child_process";
-import { mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
-import { join, relative } from "node:path";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FAKE_VM_TOOLS, startFakeVmCluster } from "./fake-vm-cluster.js";
+import { hostState, poolFull as poolFullOf } from "./host-state.js";
 import { OWNER_CAN_READ_CHECKOUT, type Cluster } from "./harness.js";
 import { IS_ROOT, type NetNs } from "./netns.js";
 
@@ -46,53 +47,8 @@ afterAll(async () => {
   await shutdown();
 });
 
-/** Every file under `dir` but the database (it records the operations), with its size. */
-function files(dir: string): string[] {
-  const out: string[] = [];
-  const walk = (path: string) => {
-    for (const entry of readdirSync(path, { withFileTypes: true })) {
-      const full = join(path, entry.name);
-      if (entry.isDirectory()) walk(full);
-      else if (!entry.name.startsWith("banger.db")) out.push(`${relative(dir, full)} ${statSync(full).size}`);
-    }
-  };
-  walk(dir);
-  return out.sort();
-}
-
-/** What banger has on the host and on disk, as a test can see it from outside. */
-function snapshot() {
-  return {
-    // Warm-pool taps get new random names when the pool is topped up: they count, their names do not.
-    links: ns
-      .links()
-      .map((l) => l.ifname)
-      .filter((name) => !name.startsWith("bgr-p"))
-      .sort(),
-    poolTaps: ns.links().filter((l) => l.ifname.startsWith("bgr-p")).length,
-    nat: ns
-      .ruleset()
-      .split("\n")
-      .filter((line) => line.includes("masquerade")),
-    loops: execFileSync("losetup", ["-l", "-n", "-O", "NAME,BACK-FILE"], { encoding: "utf8" })
-      .split("\n")
-      .filter((line) => line.includes(cluster.stateDir)),
-    vmms: spawnSync("pgrep", ["-f", `fake-vmm.mjs --api-sock ${cluster.runtimeDir}/`], { encoding: "utf8" })
-      .stdout.split("\n")
-      .filter((l) => l !== ""),
-    state: files(cluster.stateDir),
-    runtime: files(join(cluster.runtimeDir, "vms")),
-  };
-}
-
-/** The default warm tap pool's size (config network.tap_pool). */
-const POOL = 4;
-
-/** The warm pool refills in the background after a tap was taken from it: waits (at most 10 s) until it is full. */
-async function poolFull(): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (snapshot().poolTaps < POOL && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-}
+const snapshot = () => hostState(ns, cluster);
+const poolFull = () => poolFullOf(ns, cluster);
 
 const INJECTED = [
   "resolve-image",

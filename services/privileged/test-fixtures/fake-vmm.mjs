@@ -23,9 +23,14 @@
 //                  the fake's configuration as JSON, the memory file a sparse
 //                  file of the machine's size (logs `snapshot-created`).
 //     PUT /snapshot/load    only into a fresh VMM (nothing configured): reads
-//                  both files back (mem_backend File, or mem_file_path), binds
-//                  the vsock socket again, and leaves the guest paused or, with
-//                  resume_vm, running (logs `snapshot-loaded`).
+//                  both files back (mem_backend File, or mem_file_path), opens
+//                  the drives' files the state names, takes network_overrides
+//                  (the tap of an interface) and vsock_override (its socket) as
+//                  Firecracker 1.12 does, binds the vsock socket again, and
+//                  leaves the guest paused or, with resume_vm, running (logs
+//                  `snapshot-loaded`).
+//     PATCH /drives/{id}  post-boot only: path_on_host, opened (logs
+//                  `drive-patched`).
 //     PATCH /vm    Paused | Resumed, post-boot only (GET / then says "Paused" or
 //                  "Running"; logs `paused` / `resumed`). A paused guest's
 //                  agent does not answer (the vsock connection is closed).
@@ -42,7 +47,8 @@
 //   and exits 0 as Firecracker does when the guest powers off.
 //   The vsock socket speaks the hybrid vsock handshake (`CONNECT 1024\n` →
 //   `OK <n>\n`) once the guest runs, then a fake guest agent: QGA's
-//   guest-sync-delimited, guest-ping, guest-info, guest-exec (logged),
+//   guest-sync-delimited, guest-ping, guest-info, guest-exec (logged, with its
+//   arguments), guest-exec-status (exited 0),
 //   guest-fsfreeze-freeze and -thaw (logged as agent-fsfreeze-…), and
 //   guest-shutdown, which logs `agent-shutdown` and exits 0 ~100 ms later.
 //   Boot args `fake.agent=off` make the port refuse (a guest without the kit).
@@ -250,6 +256,7 @@ const BOOL = { name: "bool" };
 const STRING = { name: "string" };
 const MAC = { name: "mac" };
 const enumOf = (name, variants) => ({ name: "enum", enumName: name, variants });
+const listOf = (item) => ({ name: "list", item });
 /** `fields`: [name, type, "required" | "option" (null allowed) | "default" (may be absent, not null)]. */
 const struct = (name, fields, denyUnknown = true) => ({ name: "struct", structName: name, fields, denyUnknown });
 
@@ -315,12 +322,24 @@ const MEMORY_BACKEND = struct("MemoryBackend", [
   ["backend_type", enumOf("MemBackendType", ["File", "Uffd"]), "required"],
   ["backend_path", STRING, "required"],
 ]);
+const NETWORK_OVERRIDE = struct("NetworkOverride", [
+  ["iface_id", STRING, "required"],
+  ["host_dev_name", STRING, "required"],
+]);
+const VSOCK_OVERRIDE = struct("VsockOverride", [["uds_path", STRING, "required"]]);
 const SNAPSHOT_LOAD = struct("LoadSnapshotConfig", [
   ["snapshot_path", STRING, "required"],
   ["mem_file_path", STRING, "option"],
   ["mem_backend", MEMORY_BACKEND, "option"],
   ["enable_diff_snapshots", BOOL, "default"],
   ["resume_vm", BOOL, "default"],
+  ["network_overrides", listOf(NETWORK_OVERRIDE), "option"],
+  ["vsock_override", VSOCK_OVERRIDE, "option"],
+]);
+const DRIVE_UPDATE = struct("PartialDrive", [
+  ["drive_id", STRING, "required"],
+  ["path_on_host", STRING, "option"],
+  ["rate_limiter", RATE_LIMITER, "option"],
 ]);
 
 /** serde's list of expected names: "`a`", "`a` or `b`", "one of `a`, `b`, `c`". */
@@ -359,6 +378,9 @@ function deserialize(type, value) {
       if (!type.variants.includes(value))
         throw new Fault(`unknown variant \`${value}\`, expected ${oneOf(type.variants)}`);
       return value;
+    case "list":
+      if (!Array.isArray(value)) throw invalidType("a sequence");
+      return value.map((item) => deserialize(type.item, item));
     case "struct": {
       if (value === null || typeof value !== "object" || Array.isArray(value)) {
         throw invalidType(`struct ${type.structName}`);
@@ -703,13 +725,27 @@ function firecrackerApi(id, requestsPath) {
             `Load snapshot error: Cannot restore the microVM state: ${error.code ? ioError(error) : error.message}`,
           );
         }
-        Object.assign(vm, {
-          machine: state.machine,
-          bootSource: state.bootSource,
-          drives: state.drives,
-          nets: state.nets,
+        // As Firecracker: the tap each interface names is opened (an override names another), the drives'
+        // files are opened where the state names them, and the vsock socket is bound (or the override's).
+        const nets = state.nets.map((net) => {
+          const override = params.network_overrides?.find((o) => o.iface_id === net.iface_id);
+          return override ? { ...net, host_dev_name: override.host_dev_name } : net;
         });
-        if (state.vsock) await bindVsock(state.vsock);
+        const unknown = params.network_overrides?.find((o) => !state.nets.some((n) => n.iface_id === o.iface_id));
+        if (unknown) {
+          throw new Fault(`Load snapshot error: Invalid network configuration: no interface ${unknown.iface_id}`);
+        }
+        for (const drive of state.drives) {
+          probeOpen(
+            drive.path_on_host,
+            drive.is_read_only === true ? "r" : "r+",
+            (io) =>
+              `Load snapshot error: Cannot restore the block device ${drive.drive_id}: ${io} ${drive.path_on_host}`,
+          );
+        }
+        Object.assign(vm, { machine: state.machine, bootSource: state.bootSource, drives: state.drives, nets });
+        const vsock = state.vsock && params.vsock_override ? { ...state.vsock, ...params.vsock_override } : state.vsock;
+        if (vsock) await bindVsock(vsock);
         vm.state = params.resume_vm ? "Running" : "Paused";
         log("snapshot-loaded", {
           snapshot_path: params.snapshot_path,
@@ -719,6 +755,25 @@ function firecrackerApi(id, requestsPath) {
         return undefined;
       }
       throw new Fault(`Invalid request method and/or path: PUT snapshot/${subId ?? ""}.`);
+    },
+
+    // After boot (or a load) only: the drive's backing file changes (Firecracker reopens it).
+    "PATCH /drives": (pathId, raw) => {
+      const driveId = checkedId(pathId);
+      const update = parseBody(DRIVE_UPDATE, raw);
+      if (driveId !== update.drive_id) throw new Fault("The id from the path does not match the id from the body!");
+      if (!started()) throw new Fault("The requested operation is not supported before starting the microVM.");
+      const position = vm.drives.findIndex((d) => d.drive_id === driveId);
+      if (position < 0) throw new Fault(`Drive config error: Invalid block device ID: ${driveId}`);
+      if (update.path_on_host !== undefined) {
+        probeOpen(
+          update.path_on_host,
+          "r+",
+          (io) => `Drive config error: Unable to patch the block device: ${io} ${update.path_on_host}`,
+        );
+        vm.drives[position] = { ...vm.drives[position], path_on_host: update.path_on_host };
+        log("drive-patched", { drive_id: driveId, path_on_host: update.path_on_host });
+      }
     },
 
     "PATCH /vm": (_id, raw) => {
@@ -739,7 +794,6 @@ function firecrackerApi(id, requestsPath) {
     "mmds",
     "snapshot",
     "vm",
-    "drives",
     "network-interfaces",
     "machine-config",
   ]);
@@ -928,8 +982,18 @@ function fakeGuestAgent(connection, first) {
           answer({ return: { version: "0.0.0-fake", supported_commands: [] } });
           break;
         case "guest-exec":
-          log("agent-exec", { path: command.arguments?.path, arg: command.arguments?.arg ?? [] });
+          log("agent-exec", {
+            path: command.arguments?.path,
+            arg: command.arguments?.arg ?? [],
+            capture: command.arguments?.["capture-output"] === true,
+          });
           answer({ return: { pid: 4242 } });
+          break;
+        case "guest-exec-status":
+          // The program "ran" and exited 0; what it printed is the fake's word for it.
+          answer({
+            return: { exited: true, exitcode: 0, "out-data": Buffer.from("fake-vmm: ran\n").toString("base64") },
+          });
           break;
         case "guest-fsfreeze-freeze":
         case "guest-fsfreeze-thaw":

@@ -96,13 +96,18 @@ function registerPauseCommands(vm: Command, globals: () => GlobalOptions): void 
 function registerCreateCommand(vm: Command, globals: () => GlobalOptions): void {
   vm.command("create")
     .description(
-      "create a VM from an image and boot it; shows each stage, exits 1 if a stage fails (nothing is left behind)",
+      "create a VM from an image and boot it, or (--from) fork one from a snapshot; shows each stage, exits 1 if a stage fails (nothing is left behind)",
     )
     .option(
       "--name <name>",
       "VM name, also its hostname and <name>.vm DNS name (default: a generated one such as brave-otter)",
     )
     .option("--image <image>", "local image or catalog name (default: the configured default image)", "")
+    .option(
+      "--from <snapshot>",
+      "fork: resume from this snapshot's memory instead of booting (its image, kernel and sizes; its own name, IP, MAC, host keys)",
+      "",
+    )
     .option("--kernel <name>", "kernel to boot (default: the image's, else the host default)", "")
     .option("--vcpu <n>", "virtual CPUs, 1-32 (default: from the config)")
     .option("--memory <mib>", "memory in MiB, 128-262144 (default: from the config)")
@@ -124,6 +129,7 @@ function registerCreateCommand(vm: Command, globals: () => GlobalOptions): void 
         publish: string[];
         name?: string;
         image: string;
+        from: string;
         kernel: string;
         vcpu?: string;
         memory?: string;
@@ -146,6 +152,7 @@ function registerCreateCommand(vm: Command, globals: () => GlobalOptions): void 
           skipSshWait: !opts.sshWait,
           ...(sshTimeout ? { sshTimeout } : {}),
           publishedPorts: opts.publish.map(publishedPortOf),
+          fromSnapshot: opts.from,
         };
         await withOrchestrator(globals(), async (o) => {
           const { operation } = await o.client(VmService).createVm(request, o.callOptions());

@@ -187,6 +187,17 @@ export interface MachineSpec {
   readonly incoming?: boolean;
 }
 
+/** A snapshot's copies of its VM's disks. */
+export interface SnapshotDisks {
+  readonly rootDisk: string;
+  readonly workDisk: string;
+}
+
+/** What a fork's VMM uses in place of what its snapshot names: its own tap and disks. */
+export interface ForkDevices extends SnapshotDisks {
+  readonly tap: string;
+}
+
 /** Opens a byte stream to a guest's agent. */
 export type AgentConnector = (signal: AbortSignal) => Promise<Socket>;
 
@@ -211,13 +222,36 @@ export interface VmmDriver {
   resume(controlSocket: string): Promise<void>;
   /** Whether the VMM holds its guest paused now (asked at start-up, when handles.json may be stale). */
   paused(controlSocket: string): Promise<boolean>;
-  /** Writes a paused guest's memory and device state into `dir` (the VMM writes them, as the owner). */
-  save(controlSocket: string, dir: string, signal: AbortSignal): Promise<void>;
+  /**
+   * Writes a paused guest's memory and device state into `dir` (the VMM writes them, as the owner). A
+   * snapshot passes the copies of the disks it made: where the VMM's state names disk files
+   * (Firecracker), it names these, which live as long as the snapshot, not the source VM's.
+   */
+  save(
+    controlSocket: string,
+    dir: string,
+    signal: AbortSignal,
+    disks?: { readonly copies: SnapshotDisks; readonly own: SnapshotDisks },
+  ): Promise<void>;
   /**
    * In place of configure-vmm and start-vmm: a VMM launched with `incoming` takes the state saved in
-   * `dir` and runs the guest on from where it was saved.
+   * `dir` and runs the guest on from where it was saved. A fork passes its own devices, which replace
+   * those the state names, and gets its guest running with the network link held down (where the VMM
+   * can: see setLink) until its identity is changed.
    */
-  restore(launched: LaunchedVmm, dir: string, signal: AbortSignal): Promise<void>;
+  restore(launched: LaunchedVmm, dir: string, signal: AbortSignal, fork?: ForkDevices): Promise<void>;
+  /**
+   * Sets the guest's network link up or down (QEMU `set_link`); false when this VMM cannot
+   * (Firecracker has no such control).
+   */
+  setLink(controlSocket: string, up: boolean): Promise<boolean>;
+}
+
+/** How a program run through the agent ended, and what it printed (as much as the agent kept). */
+export interface AgentRun {
+  readonly exitCode: number;
+  readonly stdout: string;
+  readonly stderr: string;
 }
 
 export interface AgentInfo {
@@ -239,6 +273,11 @@ export interface AgentClient {
   exec(path: string, args: readonly string[], timeoutMs: number): Promise<number>;
   /** guest-fsfreeze-freeze or guest-fsfreeze-thaw; resolves with the number of file systems it acted on. */
   fsfreeze(action: "freeze" | "thaw", timeoutMs: number): Promise<number>;
+  /**
+   * guest-exec of `path` with `args`, its output captured, waited for (guest-exec-status) until it
+   * exits; the whole call takes at most `timeoutMs`.
+   */
+  run(path: string, args: readonly string[], timeoutMs: number): Promise<AgentRun>;
 }
 
 /** The VMMs a VM can run under and the agent client over their sockets; the composition root builds them. */

@@ -243,6 +243,7 @@ function fakeQmp(script: Script, requests: string[], model: HostModel): (socket:
     migrate: () => Promise.reject(new Error("not scripted")),
     queryMigrate: () => Promise.reject(new Error("not scripted")),
     migrateIncoming: () => Promise.reject(new Error("not scripted")),
+    setLink: () => Promise.reject(new Error("not scripted")),
   });
 }
 
@@ -271,6 +272,7 @@ function fakeFirecracker(script: Script, requests: string[], model: HostModel): 
       resume: put("vm Resumed"),
       createSnapshot: put("snapshot/create"),
       loadSnapshot: put("snapshot/load"),
+      patchDrive: put("drives (patch)"),
       describeInstance: () => Promise.resolve({ id: "fake", state: "Running", vmmVersion: "1.8.0", appName: "x" }),
     };
   };

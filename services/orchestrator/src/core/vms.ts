@@ -25,6 +25,7 @@ import type { VmmPorts } from "./ports.js";
 import { observe } from "./vm/agent.js";
 import { createVmContext, type VmServiceDeps } from "./vm/context.js";
 import { createVm } from "./vm/create.js";
+import { forkVm } from "./vm/fork.js";
 import { vmGuestTarget, vmLogs, vmSshTarget, vmStats } from "./vm/inspect.js";
 import { deleteVmByName, restartVm, startVm, stopVm } from "./vm/lifecycle.js";
 import { pauseVm, resumeVm } from "./vm/pause.js";
@@ -45,7 +46,7 @@ export type { GuestPort } from "./ports.js";
 export function createVmService(deps: VmServiceDeps & { readonly vmm: VmmPorts }): VmService {
   const ctx = createVmContext(deps, deps.vmm);
   return {
-    create: (req) => createVm(ctx, req),
+    create: (req) => (req.fromSnapshot ? forkVm(ctx, req) : createVm(ctx, req)),
     start: (name, options) => startVm(ctx, name, options),
     stop: (name, options) => stopVm(ctx, name, options),
     restart: (name, options) => restartVm(ctx, name, options),

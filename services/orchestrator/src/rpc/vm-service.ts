@@ -32,6 +32,7 @@ export function createVmService(vms: Vms): ServiceImpl<typeof VmService> {
           skipSshWait: req.skipSshWait,
           sshTimeoutMs: millis(req.sshTimeout),
           publishedPorts: req.publishedPorts,
+          fromSnapshot: req.fromSnapshot,
         },
         scopeOf(ctx),
       );

@@ -59,6 +59,9 @@ export function hybridVsockConnector(udsPath: string, port: number): AgentConnec
   };
 }
 
+/** How often guest-exec-status is asked while a program runs. */
+const EXEC_POLL_MS = 20;
+
 export function createAgentClient(connector: AgentConnector): AgentClient {
   /** Opens a session (synced), runs `work` with a `call` function, closes. */
   async function session<T>(
@@ -152,6 +155,31 @@ export function createAgentClient(connector: AgentConnector): AgentClient {
       session(timeoutMs, async (call) => {
         const count = await call({ execute: `guest-fsfreeze-${action}` });
         return typeof count === "number" ? count : 0;
+      }),
+    run: (path, args, timeoutMs) =>
+      session(timeoutMs, async (call) => {
+        const started = (await call({
+          execute: "guest-exec",
+          arguments: { path, arg: args, "capture-output": true },
+        })) as { pid?: number };
+        for (;;) {
+          const status = (await call({ execute: "guest-exec-status", arguments: { pid: started.pid ?? 0 } })) as {
+            exited?: boolean;
+            exitcode?: number;
+            signal?: number;
+            "out-data"?: string;
+            "err-data"?: string;
+          };
+          if (status.exited) {
+            const text = (data: string | undefined) => Buffer.from(data ?? "", "base64").toString("utf8");
+            return {
+              exitCode: status.exitcode ?? 128 + (status.signal ?? 0),
+              stdout: text(status["out-data"]),
+              stderr: text(status["err-data"]),
+            };
+          }
+          await new Promise((resolve) => setTimeout(resolve, EXEC_POLL_MS));
+        }
       }),
   };
 }

@@ -41,11 +41,20 @@ export type FirecrackerApi = Pick<
   | "describeInstance"
   | "createSnapshot"
   | "loadSnapshot"
+  | "patchDrive"
 >;
 
 export type QmpApi = Pick<
   QmpClient,
-  "waitForSocket" | "status" | "powerdown" | "stop" | "cont" | "migrate" | "queryMigrate" | "migrateIncoming"
+  | "waitForSocket"
+  | "status"
+  | "powerdown"
+  | "stop"
+  | "cont"
+  | "migrate"
+  | "queryMigrate"
+  | "migrateIncoming"
+  | "setLink"
 >;
 
 export type { MachineSpec, VmmDriver } from "../core/ports.js";
@@ -54,7 +63,7 @@ const SOCKET_WAIT_MS = 5_000;
 
 /** The QEMU migration stream in a VM's saved-state directory. */
 const QEMU_MIGRATION = "migration";
-const MIGRATION_POLL_MS = 100;
+const MIGRATION_POLL_MS = 25;
 
 const shellQuote = (text: string) => `'${text.replace(/'/g, `'\\''`)}'`;
 
@@ -73,6 +82,9 @@ function pause(ms: number, signal: AbortSignal): Promise<void> {
     signal.addEventListener("abort", onAbort, { once: true });
   });
 }
+
+/** The id of the guest's network device in the helper's QEMU argv (services/privileged ops/vmm/argv.ts). */
+const QEMU_NETDEV = "net0";
 
 /** A Firecracker snapshot's two files in a VM's saved-state directory. */
 const firecrackerSnapshot = (dir: string) => ({ snapshotPath: join(dir, "vmstate"), memFilePath: join(dir, "memory") });
@@ -107,14 +119,40 @@ export function firecrackerDriver(host: HostPort, api: (socketPath: string) => F
     pause: (controlSocket) => api(controlSocket).pause(),
     resume: (controlSocket) => api(controlSocket).resume(),
     paused: async (controlSocket) => (await api(controlSocket).describeInstance()).state === "Paused",
-    save: (controlSocket, dir, signal) => api(controlSocket).createSnapshot(firecrackerSnapshot(dir), { signal }),
-    async restore(launched, dir, signal) {
+    async save(controlSocket, dir, signal, disks) {
+      const fc = api(controlSocket);
+      if (!disks) return fc.createSnapshot(firecrackerSnapshot(dir), { signal });
+      // The device state names the drives' files, which a load opens: the snapshot's copies, which live as
+      // long as it does. The guest is paused: it writes nothing while its drives point there; they point
+      // back at its own before it runs on, whatever happened.
+      await fc.patchDrive("root", disks.copies.rootDisk, { signal });
+      try {
+        await fc.patchDrive("work", disks.copies.workDisk, { signal });
+        await fc.createSnapshot(firecrackerSnapshot(dir), { signal });
+      } finally {
+        await fc.patchDrive("root", disks.own.rootDisk);
+        await fc.patchDrive("work", disks.own.workDisk);
+      }
+    },
+    async restore(launched, dir, signal, fork) {
       const fc = api(launched.controlSocket);
       await fc.waitForSocket(signal, SOCKET_WAIT_MS);
-      // The snapshot names the vsock socket: Firecracker binds it again and refuses one left by the saved run.
-      await rm(vmRuntimeFiles(dirname(launched.controlSocket)).vsockSocket, { force: true });
-      await fc.loadSnapshot(firecrackerSnapshot(dir), { signal });
+      // Firecracker binds the vsock socket at load and refuses one left by an earlier run.
+      const vsock = vmRuntimeFiles(dirname(launched.controlSocket)).vsockSocket;
+      await rm(vsock, { force: true });
+      if (!fork) return fc.loadSnapshot(firecrackerSnapshot(dir), { resumeVm: true }, { signal });
+      // A fork: its own tap and vsock socket at load, its own disks before the guest runs on.
+      await fc.loadSnapshot(
+        firecrackerSnapshot(dir),
+        { resumeVm: false, networkOverrides: [{ ifaceId: "eth0", hostDevName: fork.tap }], vsockUdsPath: vsock },
+        { signal },
+      );
+      await fc.patchDrive("root", fork.rootDisk, { signal });
+      await fc.patchDrive("work", fork.workDisk, { signal });
+      await fc.resume({ signal });
     },
+    // Firecracker has no link control: a fork's guest is on its tap from its resume.
+    setLink: () => Promise.resolve(false),
   };
 }
 
@@ -179,7 +217,8 @@ export function qemuDriver(
         await pause(MIGRATION_POLL_MS, signal);
       }
     },
-    async restore(launched, dir, signal) {
+    // A fork's argv names its own disks and tap already: the migration stream carries device state only.
+    async restore(launched, dir, signal, fork) {
       const client = qmp(launched.controlSocket);
       await client.waitForSocket(signal, SOCKET_WAIT_MS);
       await client.migrateIncoming(`exec:cat ${shellQuote(join(dir, QEMU_MIGRATION))}`);
@@ -188,6 +227,8 @@ export function qemuDriver(
         await pause(MIGRATION_POLL_MS, signal);
         state = await client.status();
       }
+      // A fork's guest still has its source's address: no packet passes until its identity is its own.
+      if (fork) await client.setLink(QEMU_NETDEV, false);
       // The guest was paused when it was saved: it comes back paused.
       if (state.status === "paused" || state.status === "postmigrate") await client.cont();
       state = await client.status();
@@ -196,6 +237,10 @@ export function qemuDriver(
           reason: "VMM_NOT_RUNNING",
         });
       }
+    },
+    async setLink(controlSocket, up) {
+      await qmp(controlSocket).setLink(QEMU_NETDEV, up);
+      return true;
     },
   };
 }

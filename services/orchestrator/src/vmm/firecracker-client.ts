@@ -70,6 +70,17 @@ export interface SnapshotFiles {
   readonly memFilePath: string;
 }
 
+/**
+ * How a snapshot is loaded: `resumeVm` runs the guest at once; a fork gives its own tap
+ * (`network_overrides`, Firecracker ≥ 1.12) and vsock socket (`vsock_override`) in place of those the
+ * snapshot names.
+ */
+export interface SnapshotLoadOptions {
+  readonly resumeVm: boolean;
+  readonly networkOverrides?: readonly { readonly ifaceId: string; readonly hostDevName: string }[];
+  readonly vsockUdsPath?: string;
+}
+
 export type InstanceState = "Not started" | "Running" | "Paused";
 
 export interface InstanceInfo {
@@ -93,8 +104,10 @@ export interface FirecrackerClient {
   pause(options?: FirecrackerCallOptions): Promise<void>;
   /** PUT /snapshot/create, a Full snapshot of a paused guest: its device state and its memory, in two files. */
   createSnapshot(files: SnapshotFiles, options?: FirecrackerCallOptions): Promise<void>;
-  /** PUT /snapshot/load into a fresh Firecracker (nothing configured), then resumes the guest. */
-  loadSnapshot(files: SnapshotFiles, options?: FirecrackerCallOptions): Promise<void>;
+  /** PUT /snapshot/load into a fresh Firecracker (nothing configured); the guest runs when `load.resumeVm`. */
+  loadSnapshot(files: SnapshotFiles, load: SnapshotLoadOptions, options?: FirecrackerCallOptions): Promise<void>;
+  /** PATCH /drives/{id} after boot (or a load): the drive's backing file becomes `pathOnHost`. */
+  patchDrive(driveId: string, pathOnHost: string, options?: FirecrackerCallOptions): Promise<void>;
   resume(options?: FirecrackerCallOptions): Promise<void>;
   /** GET /: the instance id, its state and the Firecracker version. */
   describeInstance(options?: FirecrackerCallOptions): Promise<InstanceInfo>;
@@ -187,16 +200,34 @@ export function createFirecrackerClient(socketPath: string, options: Firecracker
         callOptions,
       ),
 
-    loadSnapshot: (files, callOptions) =>
+    loadSnapshot: (files, load, callOptions) =>
       put(
         "/snapshot/load",
         {
           snapshot_path: files.snapshotPath,
           mem_backend: { backend_type: "File", backend_path: files.memFilePath },
-          resume_vm: true,
+          resume_vm: load.resumeVm,
+          ...(load.networkOverrides
+            ? {
+                network_overrides: load.networkOverrides.map((o) => ({
+                  iface_id: o.ifaceId,
+                  host_dev_name: o.hostDevName,
+                })),
+              }
+            : {}),
+          ...(load.vsockUdsPath ? { vsock_override: { uds_path: load.vsockUdsPath } } : {}),
         },
         callOptions,
       ),
+
+    patchDrive: async (driveId, pathOnHost, callOptions) => {
+      await call(
+        "PATCH",
+        `/drives/${encodeURIComponent(driveId)}`,
+        { drive_id: driveId, path_on_host: pathOnHost },
+        callOptions,
+      );
+    },
 
     async describeInstance(callOptions) {
       const answer = await call("GET", "/", undefined, callOptions);

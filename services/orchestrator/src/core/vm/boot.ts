@@ -12,6 +12,7 @@ import type { OperationContext } from "../operations.js";
 import type { LaunchedVmm, MachineSpec, VmmDriver } from "../ports.js";
 import { whileVmmRuns } from "../readiness.js";
 import { waitForAgent } from "./agent.js";
+import { giveIdentity } from "./identity.js";
 import { scopeOf, type VmContext } from "./context.js";
 import type { Handles, RootAttachment } from "./model.js";
 import { attachRoot, detachRoot } from "./root-disk.js";
@@ -29,6 +30,8 @@ export interface BootOptions {
   readonly tap?: Promise<string>;
   /** A saved state to resume from (stage resume-vmm) instead of booting the kernel. */
   readonly restore?: SavedState;
+  /** A fork: the snapshot's directory it resumes from (stage restore, then identity), never booting cold. */
+  readonly fork?: { readonly dir: string; readonly frozen: boolean };
 }
 
 /** How a boot ended: the guest runs, or (a restore only) the saved state could not be resumed. */
@@ -90,7 +93,7 @@ export async function boot(
       : undefined;
   const tap = await (options.tap ?? takeTapAhead(ctx, op, vm, undo));
   const machine = await machineSpec(ctx, vm, driver, tap, root);
-  const spec: MachineSpec = options.restore ? { ...machine.spec, incoming: true } : machine.spec;
+  const spec: MachineSpec = options.restore || options.fork ? { ...machine.spec, incoming: true } : machine.spec;
   const kit = machine.kit;
   const launched = await staged(
     op,
@@ -116,6 +119,20 @@ export async function boot(
   };
   await ctx.runtime.saveHandles(vm, handle);
   if (options.restore && !(await resumeSaved(ctx, op, vm, driver, launched, options.restore))) return "restore-failed";
+  if (options.fork) {
+    const { dir, frozen } = options.fork;
+    const vmmRuns = async () => (await host.vmmState(vm.id, launched.pid, launched.startTime, scope)).running;
+    await op.stage("restore", () =>
+      whileVmmRuns(
+        (signal) => driver.restore(launched, dir, signal, { tap, rootDisk: spec.rootDisk, workDisk: spec.workDisk }),
+        vmmRuns,
+        op.signal,
+        undefined,
+        "the VMM exited while it took the snapshot",
+      ),
+    );
+    await giveIdentity(ctx, op, vm, handle, frozen);
+  }
   await startVmm(ctx, op, vm, driver, launched, spec, handle, options);
   // Capabilities (DNS name, NAT, …) in dependency order; a failure unwinds all of their cleanups.
   undo.push(() => ctx.eachCapability(true, (c) => c.cleanup?.(vm, { signal: AbortSignal.timeout(30_000) })));
@@ -210,8 +227,8 @@ async function startVmm(
   options: BootOptions,
 ): Promise<void> {
   const vmmRuns = async () => (await ctx.host.vmmState(vm.id, launched.pid, launched.startTime, scopeOf(op))).running;
-  // A resumed guest runs already: nothing to configure or start.
-  if (!options.restore) {
+  // A resumed guest (or a fork) runs already: nothing to configure or start.
+  if (!options.restore && !options.fork) {
     // A VMM that exits after making its socket (QEMU makes QMP's before it opens the tap) ends the wait for its
     // API at once; what it printed goes with the error (explainVmFailure).
     await op.stage("configure-vmm", () =>

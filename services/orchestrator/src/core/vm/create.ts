@@ -40,7 +40,7 @@ import { makeRootDisk, detachRoot } from "./root-disk.js";
 import { staged, unwind, type UndoList } from "./undo.js";
 
 /** A checked create request, with the defaults of the config filled in. */
-interface CreatePlan {
+export interface CreatePlan {
   readonly req: CreateVmRequest;
   readonly name: string;
   readonly vcpu: number;
@@ -79,13 +79,7 @@ function checkWorkDisk(workDiskMib: number, workSeedBytes: number): void {
 
 async function planCreate(ctx: VmContext, req: CreateVmRequest): Promise<CreatePlan> {
   const { config, db } = ctx;
-  // No name: a readable one (brave-otter), not taken by a VM or a create under way.
-  const name =
-    req.name === ""
-      ? await generateVmName(
-          async (candidate) => ctx.runtime.creating.has(candidate) || !!(await getVmByName(db, candidate)),
-        )
-      : validVmName(req.name);
+  const name = await chooseName(ctx, req.name);
   const vcpu = validVcpu(req.vcpu || config.vm.vcpu);
   const memoryMib = validMemoryMib(req.memoryMib || config.vm.memoryMib);
   const imageName = req.image || config.defaultImage;
@@ -106,13 +100,31 @@ async function planCreate(ctx: VmContext, req: CreateVmRequest): Promise<CreateP
   if (kernelName && !(await getKernel(db, kernelName))) {
     throw new NotFoundError(`kernel ${kernelName} does not exist`, { reason: "KERNEL_NOT_FOUND" });
   }
-  if (await getVmByName(db, name)) {
+  await checkNameFree(ctx, name);
+  const nat = req.nat || config.vm.nat;
+  const publishedPorts = await wantedPorts(ctx, req);
+  return { req, name, vcpu, memoryMib, imageName, workDiskMib, nat, publishedPorts, kernelName: kernelName ?? "" };
+}
+
+/** The request's name, or (none) a readable one (brave-otter) not taken by a VM or a create under way. */
+export async function chooseName(ctx: VmContext, requested: string): Promise<string> {
+  if (requested !== "") return validVmName(requested);
+  return generateVmName(
+    async (candidate) => ctx.runtime.creating.has(candidate) || !!(await getVmByName(ctx.db, candidate)),
+  );
+}
+
+export async function checkNameFree(ctx: VmContext, name: string): Promise<void> {
+  if (await getVmByName(ctx.db, name)) {
     throw new AlreadyExistsError(`a VM named ${name} already exists`, { reason: "VM_NAME_TAKEN" });
   }
-  const nat = req.nat || config.vm.nat;
+}
+
+/** The host ports the request publishes, checked, each free on the host now. */
+export async function wantedPorts(ctx: VmContext, req: CreateVmRequest): Promise<readonly PublishedPort[]> {
   const publishedPorts = await checkWantedPorts(ctx, req.publishedPorts ?? [], undefined);
   for (const port of publishedPorts) await ctx.relays.probe(port);
-  return { req, name, vcpu, memoryMib, imageName, workDiskMib, nat, publishedPorts, kernelName: kernelName ?? "" };
+  return publishedPorts;
 }
 
 async function createSteps(ctx: VmContext, plan: CreatePlan, op: OperationContext): Promise<OperationResult> {
@@ -202,16 +214,25 @@ async function createSteps(ctx: VmContext, plan: CreatePlan, op: OperationContex
   }
 }
 
-/** Stage reserve: the VM's directory with its create marker, then its row with free addresses. */
-async function reserve(
+/**
+ * Stage reserve: the VM's directory with its create marker, then its row with free addresses. The VMM
+ * and root disk strategy are the host's choice, unless given (a fork has its snapshot's).
+ */
+export async function reserve(
   ctx: VmContext,
   op: OperationContext,
   plan: CreatePlan,
-  chosen: { id: string; image: ImageRecord; kernelName: string },
+  chosen: {
+    id: string;
+    image: ImageRecord;
+    kernelName: string;
+    vmm?: VmRecord["vmm"];
+    rootDiskStrategy?: VmRecord["rootDiskStrategy"];
+  },
 ): Promise<VmRecord> {
   const { id } = chosen;
-  const strategy = await ctx.choices.rootDiskStrategy(scopeOf(op));
-  const vmm = await ctx.choices.vmm(scopeOf(op));
+  const strategy = chosen.rootDiskStrategy ?? (await ctx.choices.rootDiskStrategy(scopeOf(op)));
+  const vmm = chosen.vmm ?? (await ctx.choices.vmm(scopeOf(op)));
   const paths = ctx.state.vm(id);
   // The marker goes first: whatever a crash cuts off from here on is found and undone at start-up.
   // The group may traverse it: an installed helper (root without CAP_DAC_OVERRIDE, in banger's
@@ -249,7 +270,7 @@ async function reserve(
 }
 
 /** A create that failed or was cancelled: its stages undone, and whatever the host still lists for it removed. */
-async function abandonCreate(
+export async function abandonCreate(
   ctx: VmContext,
   op: OperationContext,
   name: string,

@@ -34,6 +34,8 @@ export interface CreateVmRequest {
   readonly sshTimeoutMs: number | undefined;
   /** Host ports to publish (`-p`); none when absent. */
   readonly publishedPorts?: readonly PortRequest[];
+  /** Fork: the snapshot the VM resumes from instead of booting; "" or absent = a cold create. */
+  readonly fromSnapshot?: string;
 }
 
 export interface VmService {

@@ -10,7 +10,7 @@
  * the source VM keeps running either way. Forks from a snapshot are not built
  * yet (#20 point 3).
  */
-import { mkdir, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
   AlreadyExistsError,
@@ -42,6 +42,20 @@ const FSFREEZE_MS = 10_000;
 
 /** The file in a snapshot's directory that says what it is; written last of its files. */
 const RECORD = "snapshot.json";
+
+/** The snapshot's copy of the work disk, and of the root disk (a clone's file, or a dm-snapshot VM's COW). */
+export const SNAPSHOT_WORK = "work.ext4";
+export const snapshotRootFile = (strategy: VmRecord["rootDiskStrategy"]) =>
+  strategy === "clone" ? "root.ext4" : "root.cow";
+
+/** Whether the snapshot's memory holds file systems the agent froze (snapshot.json); false when unknown. */
+export async function snapshotFrozen(dir: string): Promise<boolean> {
+  try {
+    return (JSON.parse(await readFile(join(dir, RECORD), "utf8")) as { frozen?: unknown }).frozen === true;
+  } catch {
+    return false;
+  }
+}
 
 export function validSnapshotName(name: string): string {
   if (!SNAPSHOT_NAME.test(name)) {
@@ -115,18 +129,20 @@ async function takeSnapshot(
       pausedHere = true;
       await ctx.runtime.saveHandles(vm, { ...handle, paused: true });
     });
+    const files = ctx.state.vm(vm.id);
+    const copies = { rootDisk: join(dir, snapshotRootFile(vm.rootDiskStrategy)), workDisk: join(dir, SNAPSHOT_WORK) };
     await op.stage("copy-disks", async () => {
       await mkdir(snapshotsDir(ctx), { recursive: true, mode: 0o700 });
       await rm(dir, { recursive: true, force: true }); // files left by a snapshot cut off before its row
       await mkdir(dir, { mode: 0o700 });
       dirMade = true;
-      const files = ctx.state.vm(vm.id);
       const root = vm.rootDiskStrategy === "clone" ? files.rootDisk : files.rootCow;
-      const rootName = vm.rootDiskStrategy === "clone" ? "root.ext4" : "root.cow";
-      await copySparse(root, join(dir, rootName), { signal: op.signal });
-      await copySparse(files.workDisk, join(dir, "work.ext4"), { signal: op.signal });
+      await copySparse(root, copies.rootDisk, { signal: op.signal });
+      await copySparse(files.workDisk, copies.workDisk, { signal: op.signal });
     });
-    await op.stage("save-state", () => driver.save(handle.controlSocket, dir, op.signal));
+    // The VMM's state names the snapshot's copies of the disks, not the VM's (which go with it).
+    const own = { rootDisk: handle.root?.device ?? files.rootDisk, workDisk: files.workDisk };
+    await op.stage("save-state", () => driver.save(handle.controlSocket, dir, op.signal, { copies, own }));
     const record: SnapshotRecord = {
       name: as,
       vmName: vm.name,

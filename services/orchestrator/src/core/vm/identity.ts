@@ -1,0 +1,142 @@
+/**
+ * A fork's own identity, given right after its guest resumed from a snapshot and before anyone can
+ * reach it (stage `identity`). The guest still is its source as the snapshot caught it: its hostname,
+ * MAC, address, SSH host keys, clock and entropy pool. Through the guest agent (qemu-ga of banger's
+ * guest kit): the file systems are thawed (a snapshot froze them), then one script, run by the kit's
+ * busybox, gives the guest the fork's name, MAC and address, writes the files a create writes on the
+ * root disk (hostname, hosts, network configuration) with the fork's values, sets the clock, mixes
+ * fresh bytes into the entropy pool, makes new SSH host keys (as banger's initramfs does for a new
+ * machine) and has the SSH servers take them. The VMM holds the guest's link down meanwhile where it
+ * can (QEMU); it comes up last.
+ */
+import { randomBytes } from "node:crypto";
+import { FailedPreconditionError } from "@banger/common";
+import type { VmRecord } from "../../store/index.js";
+import type { OperationContext } from "../operations.js";
+import { agentOf, waitForAgent } from "./agent.js";
+import type { VmContext } from "./context.js";
+import type { Handles } from "./model.js";
+
+/** How long the guest may take to answer and to run the script (a TCG guest is slow). */
+const AGENT_MS = 30_000;
+const SCRIPT_MS = 60_000;
+const KIT_BUSYBOX = "/run/banger/busybox";
+
+const shellQuote = (text: string) => `'${text.replace(/'/g, `'\\''`)}'`;
+
+/** The fork's values the script sets. */
+interface Identity {
+  readonly vmId: string;
+  readonly hostname: string;
+  readonly mac: string;
+  readonly ip: string;
+  readonly prefixLength: number;
+  readonly gateway: string;
+  readonly files: readonly { readonly path: string; readonly content: Uint8Array }[];
+  readonly epochSeconds: number;
+  readonly entropy: Uint8Array;
+}
+
+/**
+ * The script run in the guest (by the kit's busybox, as root). Each step that fails is named on
+ * stderr and makes the script exit 1 after the others ran; what it did is on stdout.
+ */
+export function identityScript(identity: Identity): string {
+  const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64");
+  const q = shellQuote;
+  const files = identity.files.map((f) => `put ${q(f.path)} ${q(b64(f.content))}`);
+  return [
+    "BB=/run/banger/busybox",
+    "KIT=/run/banger/kit",
+    "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "failed=",
+    'step() { "$@" || { echo "failed: $*" >&2; failed=1; }; }',
+    // A file the create would have written, where its directory exists: replaced whole.
+    'put() { [ -d "${1%/*}" ] || return 0; echo "$2" | $BB base64 -d >"$1.banger" && $BB chmod 644 "$1.banger" && $BB mv -f "$1.banger" "$1" || { echo "failed: writing $1" >&2; failed=1; }; }',
+    `step $BB hostname ${q(identity.hostname)}`,
+    ...files,
+    `step $BB ip link set dev eth0 address ${q(identity.mac)}`,
+    "step $BB ip addr flush dev eth0",
+    `step $BB ip addr add ${q(`${identity.ip}/${identity.prefixLength}`)} dev eth0`,
+    "step $BB ip link set dev eth0 up",
+    `step $BB ip route replace default via ${q(identity.gateway)} dev eth0`,
+    `step $BB date -u -s ${q(`@${identity.epochSeconds}`)} >/dev/null`,
+    `echo ${q(b64(identity.entropy))} | $BB base64 -d >/dev/urandom || { echo "failed: mixing entropy" >&2; failed=1; }`,
+    // New SSH host keys, as banger's initramfs makes them for a new machine (ed25519 only).
+    "keys=",
+    "if [ -d /etc/ssh ] && [ -x /usr/bin/ssh-keygen ]; then",
+    "  $BB rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub",
+    '  step /usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key && keys="$keys ssh-keygen"',
+    "fi",
+    "if [ -x /usr/bin/dropbearkey ] && [ -d /etc/dropbear ]; then",
+    "  $BB rm -f /etc/dropbear/dropbear_*_host_key",
+    '  step /usr/bin/dropbearkey -t ed25519 -f /etc/dropbear/dropbear_ed25519_host_key >/dev/null 2>&1 && keys="$keys dropbearkey"',
+    "fi",
+    "if [ -f /etc/banger/dropbear_ed25519_host_key ]; then",
+    "  $BB rm -f /etc/banger/dropbear_ed25519_host_key",
+    '  step $KIT/bin/dropbearkey -t ed25519 -f /etc/banger/dropbear_ed25519_host_key >/dev/null 2>&1 && keys="$keys kit-dropbearkey"',
+    "fi",
+    `$BB mkdir -p /etc/banger && echo ${q(identity.vmId)} >/etc/banger/host-keys-of`,
+    "$BB sync",
+    // The SSH servers take the new keys: systemd's units restarted; else sshd re-executes itself on
+    // SIGHUP, and dropbear (which reads its keys once) is ended and started again by its supervisor.
+    "restarted=",
+    "if [ -d /run/systemd/system ] && [ -x /bin/systemctl -o -x /usr/bin/systemctl ]; then",
+    "  systemctl try-restart ssh.service sshd.service dropbear.service 2>/dev/null && restarted=systemd",
+    "  for pid in $($BB pidof dropbear); do",
+    '    [ "$($BB readlink /proc/$pid/exe)" = "$KIT/bin/dropbear" ] && kill "$pid" && restarted="$restarted kit-dropbear"',
+    "  done",
+    "else",
+    '  for pid in $($BB pidof sshd); do kill -HUP "$pid" && restarted="$restarted sshd"; done',
+    '  for pid in $($BB pidof dropbear); do kill "$pid" && restarted="$restarted dropbear"; done',
+    "fi",
+    'echo "host keys:${keys:- none made (no key tool)}; SSH servers restarted:${restarted:- none running}"',
+    '[ -z "$failed" ]',
+  ].join("\n");
+}
+
+/** Stage identity: thaw, the script, then the link up. Fails the fork when the guest cannot take it. */
+export async function giveIdentity(
+  ctx: VmContext,
+  op: OperationContext,
+  vm: VmRecord,
+  handle: Handles,
+  frozen: boolean,
+): Promise<void> {
+  await op.stage("identity", async () => {
+    if (!handle.agent) {
+      throw new FailedPreconditionError(
+        `the fork's kernel ${vm.kernelName} has no guest agent (banger's guest kit): its identity cannot be changed`,
+        { reason: "AGENT_NOT_READY" },
+      );
+    }
+    await waitForAgent(ctx, vm, handle, AGENT_MS, op.signal);
+    const agent = agentOf(ctx, vm, handle);
+    // The snapshot froze the file systems: the fork resumes with them frozen (qemu-ga runs nothing else then).
+    if (frozen) await agent.fsfreeze("thaw", AGENT_MS);
+    const files = ctx.guest.rootDiskFiles(vm, ctx.network).map((f) => ({ path: f.path, content: f.content }));
+    const script = identityScript({
+      vmId: vm.id,
+      hostname: vm.name,
+      mac: vm.mac,
+      ip: vm.guestIp,
+      prefixLength: ctx.network.prefixLength,
+      gateway: ctx.network.address,
+      files,
+      epochSeconds: Math.floor(ctx.now().getTime() / 1000),
+      entropy: randomBytes(64),
+    });
+    const ran = await agent.run(KIT_BUSYBOX, ["sh", "-c", script], SCRIPT_MS);
+    if (ran.exitCode !== 0) {
+      throw new FailedPreconditionError(
+        `the guest did not take the fork's identity (exit ${ran.exitCode}): ${ran.stderr.trim().slice(0, 2000)}`,
+        { reason: "FORK_IDENTITY_FAILED" },
+      );
+    }
+    const linked = await ctx.vmm.drivers[vm.vmm].setLink(handle.controlSocket, true);
+    await op.note(
+      "identity",
+      `${vm.name} at ${vm.guestIp} (${vm.mac}); ${ran.stdout.trim()}${linked ? "; link up" : ""}`,
+    );
+  });
+}
