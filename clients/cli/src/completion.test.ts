@@ -44,6 +44,7 @@ describe("completion's walk of the command tree", () => {
     expect(await target("snapshot delete ")).toEqual({ kind: "resource", resource: "snapshot" });
     expect(await target("vm snapshot ")).toEqual({ kind: "resource", resource: "vm" });
     expect(await target("vm create --image ")).toEqual({ kind: "resource", resource: "image" });
+    expect(await target("vm create --from ")).toEqual({ kind: "resource", resource: "snapshot" });
     expect(await target("vm create --kernel ")).toEqual({ kind: "resource", resource: "kernel" });
     expect(await target("vm create --vcpu ")).toEqual({ kind: "nothing" });
     expect(await target("image pull ")).toEqual({ kind: "nothing" });

@@ -85,6 +85,7 @@ function optionResource(command: Command, option: Option): ResourceKind | undefi
   if (option.long === "--image") return "image";
   if (option.long === "--kernel") return "kernel";
   if (option.long === "--target") return "vm";
+  if (option.long === "--from") return "snapshot";
   // `vm run --name`: an existing VM, or a new one.
   if (option.long === "--name" && command.name() === "run") return "vm";
   return undefined;
