@@ -1,6 +1,6 @@
 # banger's guest kit: starts the guest agent and, where the image has no SSH
 # server of its own, banger's dropbear. Every program runs supervised (started
-# again a second after it ends) in the background; this script returns at once.
+# again after it ends) in the background; this script returns at once.
 #
 # banger's initramfs (init.sh) copies the kit to the tmpfs on the guest's /run
 # (/run/banger/kit, next to its static busybox) and runs, inside the root disk,
@@ -28,16 +28,19 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mode=$1
 say() { echo "banger-kit: $*"; }
 
-# supervise NAME COMMAND...: runs COMMAND in the background, again a second after each end.
+# supervise NAME COMMAND...: runs COMMAND in the background, again after each end: at once (0.1 s) when it
+# had run for a while (a fork's identity ends dropbear to have it read its new host key), a second later
+# when it ended within a second of its start (no busy loop on a program that cannot run).
 supervise() {
   name=$1
   shift
   (
     while :; do
+      started=$($BB date +%s)
       # In a subshell of its own: agent() ends in exec.
       ("$@")
       say "$name ended ($?); starting it again"
-      $BB sleep 1
+      if [ "$($BB date +%s)" -le $((started + 1)) ]; then $BB sleep 1; else $BB sleep 0.1; fi
     done
   ) &
 }
