@@ -166,6 +166,21 @@ live("vm create --from (forks)", () => {
     expect(await entropy("f1")).not.toBe(await entropy("f2"));
   }, 120_000);
 
+  it("a resume sets the guest's clock through the agent (its vCPUs stood still meanwhile)", async () => {
+    const execsBefore = ((await cli(["vm", "logs", "f1", "--vmm"])).stdout.match(/agent-exec/g) ?? []).length;
+    await cli(["vm", "pause", "f1"]);
+    const before = Math.floor(Date.now() / 1000);
+    await cli(["vm", "resume", "f1"]);
+    const log = (await cli(["vm", "logs", "f1", "--vmm"])).stdout.split("\n").filter((l) => l.includes("agent-exec"));
+    expect(log.length).toBe(execsBefore + 1);
+    const exec = JSON.parse(log.at(-1)!.slice(log.at(-1)!.indexOf("{"))) as { path: string; arg: string[] };
+    expect(exec.path).toBe("/run/banger/busybox");
+    expect(exec.arg.slice(0, 3)).toEqual(["date", "-u", "-s"]);
+    const set = Number(exec.arg[3]?.slice(1));
+    expect(set).toBeGreaterThanOrEqual(before - 1);
+    expect(set).toBeLessThanOrEqual(Math.floor(Date.now() / 1000) + 1);
+  }, 60_000);
+
   it("the forks outlive their source and the snapshot (their files are their own), and stop and start as any VM", async () => {
     await cli(["vm", "delete", "src"]);
     await cli(["snapshot", "delete", "s1"]);

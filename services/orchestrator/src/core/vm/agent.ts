@@ -65,3 +65,27 @@ export async function waitForAgent(
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
 }
+
+/** How long setting a guest's clock may take (best effort: a guest that does not answer keeps its clock). */
+const CLOCK_MS = 5_000;
+
+/**
+ * Sets a guest's clock to the host's after its vCPUs stood still (a resume, a restore): the guest's own
+ * clock went on from where it stopped. Through the kit's busybox `date`; best effort: resolves with what
+ * happened, for a note or the log, and never throws.
+ */
+export async function setGuestClock(ctx: VmContext, vm: VmRecord, handle: Handles): Promise<string> {
+  if (!handle.agent) return "the guest's clock was not set: no guest agent";
+  const now = ctx.now();
+  try {
+    const ran = await agentOf(ctx, vm, handle).run(
+      "/run/banger/busybox",
+      ["date", "-u", "-s", `@${Math.floor(now.getTime() / 1000)}`],
+      CLOCK_MS,
+    );
+    if (ran.exitCode !== 0) return `the guest's clock was not set: date exited ${ran.exitCode}: ${ran.stderr.trim()}`;
+    return `the guest's clock set to ${now.toISOString()}`;
+  } catch (error) {
+    return `the guest's clock was not set: ${error instanceof Error ? error.message : String(error)}`;
+  }
+}

@@ -11,7 +11,7 @@ import { kernelFiles } from "../kernels.js";
 import type { OperationContext } from "../operations.js";
 import type { LaunchedVmm, MachineSpec, VmmDriver } from "../ports.js";
 import { whileVmmRuns } from "../readiness.js";
-import { waitForAgent } from "./agent.js";
+import { setGuestClock, waitForAgent } from "./agent.js";
 import { giveIdentity } from "./identity.js";
 import { scopeOf, type VmContext } from "./context.js";
 import type { Handles, RootAttachment } from "./model.js";
@@ -118,7 +118,8 @@ export async function boot(
     ...(root ? { root } : {}),
   };
   await ctx.runtime.saveHandles(vm, handle);
-  if (options.restore && !(await resumeSaved(ctx, op, vm, driver, launched, options.restore))) return "restore-failed";
+  if (options.restore && !(await resumeSaved(ctx, op, vm, driver, launched, options.restore, kit ? handle : undefined)))
+    return "restore-failed";
   if (options.fork) {
     const { dir, frozen } = options.fork;
     const vmmRuns = async () => (await host.vmmState(vm.id, launched.pid, launched.startTime, scope)).running;
@@ -160,6 +161,8 @@ async function resumeSaved(
   driver: VmmDriver,
   launched: LaunchedVmm,
   saved: SavedState,
+  /** The handles of a guest with the kit's agent, whose clock is set once it runs. */
+  agent: Handles | undefined,
 ): Promise<boolean> {
   const vmmRuns = async () => (await ctx.host.vmmState(vm.id, launched.pid, launched.startTime, scopeOf(op))).running;
   return op.stage("resume-vmm", async () => {
@@ -172,6 +175,8 @@ async function resumeSaved(
         "the VMM exited while it took the saved state",
       );
       await op.track("resume-vmm", "running", `resumed from the state saved at ${saved.savedAt}`);
+      // The guest's clock is where it was saved.
+      if (agent) await op.track("resume-vmm", "running", await setGuestClock(ctx, vm, agent));
       return true;
     } catch (error) {
       if (op.signal.aborted) throw error;

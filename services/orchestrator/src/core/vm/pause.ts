@@ -7,6 +7,7 @@
  */
 import { FailedPreconditionError } from "@banger/common";
 import type { VmRecord } from "../../store/index.js";
+import { setGuestClock } from "./agent.js";
 import type { VmContext } from "./context.js";
 import type { Handles, VmView } from "./model.js";
 
@@ -45,8 +46,8 @@ export async function resumeVm(ctx: VmContext, name: string): Promise<VmView> {
     if (!handle.paused) {
       throw new FailedPreconditionError(`VM ${name} is not paused`, { reason: "VM_NOT_PAUSED" });
     }
-    await resumeHandles(ctx, vm, handle);
-    ctx.logger.info({ vm: name }, "VM resumed");
+    const running = await resumeHandles(ctx, vm, handle);
+    ctx.logger.info({ vm: name, clock: await setGuestClock(ctx, vm, running) }, "VM resumed");
     return ctx.runtime.view(vm);
   });
 }

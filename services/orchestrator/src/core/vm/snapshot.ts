@@ -30,7 +30,7 @@ import {
   type VmRecord,
 } from "../../store/index.js";
 import type { OperationContext } from "../operations.js";
-import { agentOf } from "./agent.js";
+import { agentOf, setGuestClock } from "./agent.js";
 import type { VmContext } from "./context.js";
 import type { Handles } from "./model.js";
 import { resumeHandles } from "./pause.js";
@@ -175,7 +175,12 @@ async function takeSnapshot(
         frozen = false;
       });
     }
-    ctx.logger.info({ vm: vm.name, snapshot: as }, "snapshot taken");
+    // The guest stood still while its disks were copied and its state written: its clock is set again.
+    if (!handle.paused) {
+      ctx.logger.info({ vm: vm.name, snapshot: as, clock: await setGuestClock(ctx, vm, handle) }, "snapshot taken");
+    } else {
+      ctx.logger.info({ vm: vm.name, snapshot: as }, "snapshot taken");
+    }
     return { ...record, allocatedBytes: await allocatedBytes(dir) };
   } catch (error) {
     const undo = async (what: string, step: () => Promise<unknown>) =>
