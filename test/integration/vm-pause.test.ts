@@ -159,6 +159,12 @@ live("pause and resume", () => {
       `PUT /snapshot/create ${JSON.stringify({ snapshot_type: "Full", snapshot_path: join(saved, "vmstate"), mem_file_path: join(saved, "memory") })}`,
     ]);
     expect((await show("sv")).state).toBe("VM_STATE_STOPPED");
+    // vm show says so, and when.
+    const shown = await cluster.cli(["vm", "show", "sv"]);
+    expect(shown.stdout).toMatch(
+      /^saved:\s+\d{4}-\d\d-\d\dT[\d:.]+Z \(memory saved: the next start resumes from it\)$/m,
+    );
+    expect(JSON.parse((await cluster.cli(["vm", "show", "sv", "--json"])).stdout)[0]).toHaveProperty("savedStateTime");
     // Firecracker (as the owner) wrote the state; saved.json, written last, says what it fits.
     expect(readdirSync(saved).sort()).toEqual(["memory", "saved.json", "vmstate"]);
     expect(statSync(join(saved, "memory"))).toMatchObject({ uid: OWNER, size: 1024 * 1024 * 1024 });
@@ -177,6 +183,7 @@ live("pause and resume", () => {
     ]);
     expect(existsSync(saved)).toBe(false);
     expect((await show("sv")).state).toBe("VM_STATE_STARTING");
+    expect((await cluster.cli(["vm", "show", "sv"])).stdout).not.toMatch(/^saved:/m);
 
     // A saved state the VMM refuses: the try is undone, the state dropped, and the VM boots cold.
     expect((await cluster.cli(["vm", "stop", "sv", "--save"])).code).toBe(0);

@@ -2,6 +2,7 @@ import { AgentHealth, VmSchema, VmState, type Vm } from "@banger/gen/banger/v1/r
 import { ListeningPortSchema, VmLogSource, VmService, VmStatsResponseSchema } from "@banger/gen/banger/v1/vm_pb.js";
 import type { Operation } from "@banger/gen/banger/v1/operation_pb.js";
 import { toJson } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { runAttached } from "@banger/common/host-runner";
 import { randomBytes } from "node:crypto";
 import { ExecService } from "@banger/gen/banger/v1/exec_pb.js";
@@ -472,6 +473,11 @@ function describeVm(found: Vm): string[] {
     `nat:       ${found.nat ? "on" : "off"}`,
     ...describePublished(found),
     ...(found.agentHealth === AgentHealth.UNSPECIFIED ? [] : [`agent:     ${agentWord(found)}`]),
+    ...(found.savedStateTime
+      ? [
+          `saved:     ${timestampDate(found.savedStateTime).toISOString()} (memory saved: the next start resumes from it)`,
+        ]
+      : []),
     ...(found.pendingChanges.length > 0 ? [`pending:   ${found.pendingChanges.join(", ")} (at next start)`] : []),
     ...(found.lastError ? [`error:     ${found.lastError}`] : []),
   ];

@@ -64,7 +64,8 @@ const IMAGE_SOURCE: Record<ImageRecord["source"], ImageSource> = {
 };
 
 /** A VM (as it is now, or as an operation left it). */
-export function vmToProto(vm: VmSnapshot): MessageInitShape<typeof VmSchema> {
+/** A VM as the service shows it now (`savedAt`: a live view only, not kept in operation results). */
+export function vmToProto(vm: VmSnapshot & { readonly savedAt?: Date }): MessageInitShape<typeof VmSchema> {
   return {
     name: vm.name,
     id: vm.id,
@@ -88,6 +89,7 @@ export function vmToProto(vm: VmSnapshot): MessageInitShape<typeof VmSchema> {
     agentHealth: AGENT_HEALTH[vm.agentHealth],
     agentVersion: vm.agentVersion,
     publishedPorts: vm.publishedPorts.map((port) => ({ ...port })),
+    ...(vm.savedAt ? { savedStateTime: timestampFromDate(vm.savedAt) } : {}),
   };
 }
 

@@ -20,6 +20,8 @@ export interface VmView extends VmRecord {
   readonly agentHealth: AgentHealthName;
   /** qemu-ga's version when it answered. */
   readonly agentVersion: string;
+  /** A stopped VM's saved state (vm stop --save): when it was saved. */
+  readonly savedAt?: Date;
 }
 
 export interface CreateVmRequest {

@@ -5,7 +5,9 @@
  * and the locks: one lifecycle lock per VM and a short reservation lock for
  * creates, so the slow stages of different VMs overlap.
  */
+import { statSync } from "node:fs";
 import { rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import type { StateLayout } from "@banger/common/layout";
 import type { VmRecord } from "../../store/index.js";
 import { createSerialLock } from "../serial-lock.js";
@@ -32,7 +34,7 @@ export interface VmRuntime {
   saveHandles(vm: VmRecord, value: Handles | undefined): Promise<void>;
 }
 
-export function createVmRuntime(state: StateLayout): VmRuntime {
+export function createVmRuntime(layout: StateLayout): VmRuntime {
   const handles = new Map<string, Handles>();
   const phases = new Map<string, VmStateName>();
   const lifecycleLocks = new Map<string, Lock>();
@@ -63,10 +65,21 @@ export function createVmRuntime(state: StateLayout): VmRuntime {
           : vm.lastError
             ? "failed"
             : "stopped");
-      return { ...vm, state, pid: handle?.pid ?? 0, agentHealth: agent.health, agentVersion: agent.version };
+      // saved.json is written last of a saved state: its time is the save's.
+      const saved = handle
+        ? undefined
+        : statSync(join(layout.vm(vm.id).savedDir, "saved.json"), { throwIfNoEntry: false });
+      return {
+        ...vm,
+        state,
+        pid: handle?.pid ?? 0,
+        agentHealth: agent.health,
+        agentVersion: agent.version,
+        ...(saved ? { savedAt: saved.mtime } : {}),
+      };
     },
     async saveHandles(vm, value) {
-      const file = state.vm(vm.id).handles;
+      const file = layout.vm(vm.id).handles;
       if (value) {
         handles.set(vm.id, value);
         await writeFile(file, JSON.stringify(value, null, 2), { mode: 0o600 });
