@@ -164,7 +164,8 @@ live("pause and resume", () => {
     expect(shown.stdout).toMatch(
       /^saved:\s+\d{4}-\d\d-\d\dT[\d:.]+Z \(memory saved: the next start resumes from it\)$/m,
     );
-    expect(JSON.parse((await cluster.cli(["vm", "show", "sv", "--json"])).stdout)[0]).toHaveProperty("savedStateTime");
+    const [json] = JSON.parse((await cluster.cli(["vm", "show", "sv", "--json"])).stdout) as object[];
+    expect(json).toHaveProperty("savedStateTime");
     // Firecracker (as the owner) wrote the state; saved.json, written last, says what it fits.
     expect(readdirSync(saved).sort()).toEqual(["memory", "saved.json", "vmstate"]);
     expect(statSync(join(saved, "memory"))).toMatchObject({ uid: OWNER, size: 1024 * 1024 * 1024 });
