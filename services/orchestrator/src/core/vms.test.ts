@@ -244,6 +244,7 @@ function fakeQmp(script: Script, requests: string[], model: HostModel): (socket:
     queryMigrate: () => Promise.reject(new Error("not scripted")),
     migrateIncoming: () => Promise.reject(new Error("not scripted")),
     setLink: () => Promise.reject(new Error("not scripted")),
+    setMigrationParameters: () => Promise.reject(new Error("not scripted")),
   });
 }
 

@@ -55,6 +55,7 @@ export type QmpApi = Pick<
   | "queryMigrate"
   | "migrateIncoming"
   | "setLink"
+  | "setMigrationParameters"
 >;
 
 export type { MachineSpec, VmmDriver } from "../core/ports.js";
@@ -221,6 +222,9 @@ export function qemuDriver(
     async restore(launched, dir, signal, fork) {
       const client = qmp(launched.controlSocket);
       await client.waitForSocket(signal, SOCKET_WAIT_MS);
+      // After an incoming migration QEMU announces the NIC's MAC (RARP, then the guest's own gratuitous ARP): a
+      // fork's is its source's until its identity is changed, and the bridge would send the source's traffic here.
+      if (fork) await client.setMigrationParameters({ "announce-rounds": 0 });
       await client.migrateIncoming(`exec:cat ${shellQuote(join(dir, QEMU_MIGRATION))}`);
       let state = await client.status();
       while (state.status === "inmigrate") {

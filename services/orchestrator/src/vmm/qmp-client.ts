@@ -36,6 +36,8 @@ export interface QmpClient {
   queryMigrate(): Promise<{ readonly status: string; readonly error: string }>;
   /** Feeds a QEMU started with `-incoming defer` the state at `uri` (e.g. `exec:cat FILE`). */
   migrateIncoming(uri: string): Promise<void>;
+  /** migrate-set-parameters: e.g. `{ "announce-rounds": 0 }` (no self-announcement after an incoming migration). */
+  setMigrationParameters(parameters: Readonly<Record<string, number | boolean | string>>): Promise<void>;
   /** Sets the link of network device (or netdev) `name` up or down: a link down passes no packet either way. */
   setLink(name: string, up: boolean): Promise<void>;
 }
@@ -131,6 +133,9 @@ export function createQmpClient(socketPath: string, options: { timeoutMs?: numbe
     },
     async migrateIncoming(uri) {
       await session([{ execute: "migrate-incoming", arguments: { uri } }]);
+    },
+    async setMigrationParameters(parameters) {
+      await session([{ execute: "migrate-set-parameters", arguments: parameters }]);
     },
     async setLink(name, up) {
       await session([{ execute: "set_link", arguments: { name, up } }]);
