@@ -9,12 +9,12 @@
  * and for a cancel that cannot stop at once, a delay injected before start-vmm
  * (test/support/orchestrator-with-faults.mjs, BANGER_DELAY_STAGE).
  */
-import { spawn, spawnSync, execFileSync, type ChildProcess } from "node:child_process";
-import { readdirSync, statSync } from "node:fs";
-import { join, relative } from "node:path";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { join } from "node:path";
 import { requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FAKE_VM_TOOLS, startFakeVmCluster } from "./fake-vm-cluster.js";
+import { hostState } from "./host-state.js";
 import { BANGER, OWNER_CAN_READ_CHECKOUT, ROOT, type Cluster } from "./harness.js";
 import { IS_ROOT, type NetNs } from "./netns.js";
 
@@ -79,20 +79,6 @@ function startCli(args: readonly string[]): Running {
   return running;
 }
 
-/** Every file under `dir` but the database (it records the operations), with its size. */
-function files(dir: string): string[] {
-  const out: string[] = [];
-  const walk = (path: string) => {
-    for (const entry of readdirSync(path, { withFileTypes: true })) {
-      const full = join(path, entry.name);
-      if (entry.isDirectory()) walk(full);
-      else if (!entry.name.startsWith("banger.db")) out.push(`${relative(dir, full)} ${statSync(full).size}`);
-    }
-  };
-  walk(dir);
-  return out.sort();
-}
-
 /**
  * What the helper lists as banger's, less the warm pool's taps (refilled under new names). Asked as the owner
  * (the only uid the helper answers) by test/support/helper-inventory.mjs.
@@ -109,24 +95,10 @@ function inventory() {
   return JSON.parse(run.stdout) as unknown;
 }
 
-/** What banger has on the host and on disk, as a test can see it from outside. */
+/** What banger has on the host and on disk (the warm pool's size aside: it refills meanwhile), and the helper's inventory. */
 function snapshot() {
-  return {
-    links: ns
-      .links()
-      .map((l) => l.ifname)
-      .filter((name) => !name.startsWith("bgr-p"))
-      .sort(),
-    loops: execFileSync("losetup", ["-l", "-n", "-O", "NAME,BACK-FILE"], { encoding: "utf8" })
-      .split("\n")
-      .filter((line) => line.includes(cluster.stateDir)),
-    vmms: spawnSync("pgrep", ["-f", `fake-vmm.mjs --api-sock ${cluster.runtimeDir}/`], { encoding: "utf8" })
-      .stdout.split("\n")
-      .filter((l) => l !== ""),
-    state: files(cluster.stateDir),
-    runtime: files(join(cluster.runtimeDir, "vms")),
-    inventory: inventory(),
-  };
+  const { poolTaps: _refilling, ...host } = hostState(ns, cluster);
+  return { ...host, inventory: inventory() };
 }
 
 async function opState(id: string): Promise<{ state: string; cancelRequested?: boolean; error?: { reason: string } }> {
