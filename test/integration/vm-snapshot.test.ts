@@ -158,6 +158,13 @@ live("vm snapshot", () => {
     expect(kernel.code).toBe(1);
     expect(kernel.stderr).toMatch(/kernel "k61" is used by .*snapshot s1/);
     expect((await cluster.cli(["kernel", "show", "k61", "--json"])).stdout).toMatch(/snapshot:s1/);
+    expect((await cluster.cli(["image", "show", "tiny", "--json"])).stdout).toMatch(
+      /"usedBy":\s*\[\s*"snapshot:s1"\s*\]/,
+    );
+    // prune --all counts the image and its kernel as used: it would remove neither.
+    const pruned = await cluster.cli(["prune", "--all", "--json"]);
+    expect(pruned.code, pruned.stderr).toBe(0);
+    expect(pruned.stdout).not.toMatch(/"name":\s*"(tiny|k61)"/);
 
     const deleted = await cluster.cli(["snapshot", "delete", "s1"]);
     expect(deleted.code, deleted.stderr).toBe(0);

@@ -320,7 +320,8 @@ export type Image = Message<"banger.v1.Image"> & {
   createTime?: Timestamp | undefined;
 
   /**
-   * Names of the VMs that use it, sorted (it cannot be deleted while any do).
+   * Names of the VMs that use it, sorted, then "snapshot:<name>" for each
+   * snapshot that needs it (it cannot be deleted while any do; prune keeps it).
    *
    * @generated from field: repeated string used_by = 10;
    */

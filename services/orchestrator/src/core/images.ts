@@ -141,9 +141,13 @@ export function createImageCatalog(deps: {
     pulling: new Map(),
   };
 
+  // The VMs that use it, then the snapshots that need it (prune and `image show` see both).
   const view = async (image: ImageRecord): Promise<ImageView> => ({
     ...image,
-    usedBy: await listImageUsers(db, image.name),
+    usedBy: [
+      ...(await listImageUsers(db, image.name)),
+      ...(await listSnapshotsUsing(db, "image_name", image.name)).map((name) => `snapshot:${name}`),
+    ],
   });
 
   async function get(name: string): Promise<ImageView> {
