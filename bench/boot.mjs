@@ -12,29 +12,27 @@
 // argument, the serial console on stdio, `init=/bin/sh` (banger's initramfs does all its work —
 // modules, root mount, host key, the kit's copy to /run — then switches to the image's shell on the
 // console). Measured: from spawning QEMU to the shell's answer to `echo` on the serial console.
-import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { createUnixTransport } from "@banger/common";
 import { runtimeLayout, stateLayout } from "@banger/common/layout";
-import { ExecService } from "@banger/gen/banger/v1/exec_pb.js";
-import { OperationService, OperationState } from "@banger/gen/banger/v1/operation_pb.js";
-import { VmService } from "@banger/gen/banger/v1/vm_pb.js";
-import { createClient } from "@connectrpc/connect";
-import { ROOT, fmt, importTestSupport, percentile, printTable, report, startServices } from "./lib.mjs";
+import { fmt, printTable, report } from "./lib.mjs";
+import {
+  QEMU,
+  durationMs,
+  median,
+  ms,
+  qemuPids,
+  realGuestSkipReason,
+  untilExecAble,
+  withRealGuests,
+} from "./real-guests.mjs";
 
-const OWNER = 1000;
-const BANGER = join(ROOT, "bin/banger");
-const QEMU = "/usr/bin/qemu-system-x86_64";
 const RUNS = Number(process.env.BENCH_BOOT_RUNS ?? 3);
-/** The e2e suite's guests: one vCPU, 256 MiB. */
-const CONFIG = ["[vm]", "vcpu = 1", "memory_mib = 256", "work_disk_mib = 256", "[image]", "min_rootfs_mib = 64", ""];
 const HEADING = "\n## real guest: create → exec-able (QEMU microvm, TCG, image tiny)\n";
 /** What the goal allows beyond the hand-written boot. */
 const ALLOWANCE_MS = 500;
-
-const ms = (t0) => performance.now() - t0;
 
 /** What the guest console shows on its way up, by the host's clock: where a boot's time goes. */
 const MARKERS = {
@@ -62,38 +60,6 @@ function watchConsole(runtimeDir, t0) {
   }, 25);
   return () => (clearInterval(timer), seen);
 }
-const median = (values) =>
-  percentile(
-    [...values].sort((a, b) => a - b),
-    50,
-  );
-const durationMs = (d) => (d ? Number(d.seconds) * 1000 + d.nanos / 1e6 : 0);
-
-function skipReason() {
-  if (process.getuid?.() !== 0) return "needs root (a network namespace, and the services as uid 1000)";
-  for (const tool of [QEMU, "/bin/busybox", "/usr/sbin/dropbear", "/usr/sbin/qemu-ga"]) {
-    if (spawnSync("test", ["-x", tool]).status !== 0) return `needs ${tool}`;
-  }
-  const check = ["--reuid", String(OWNER), "--regid", String(OWNER), "--clear-groups", "test", "-r", BANGER];
-  if (spawnSync("setpriv", check).status !== 0) return `uid ${OWNER} cannot read ${BANGER}`;
-  return undefined;
-}
-
-function runCli(args, env) {
-  const r = spawnSync(BANGER, args, { env: { ...process.env, BANGER_SOCKET: "", ...env }, encoding: "utf8" });
-  if (r.status !== 0) throw new Error(`banger ${args.join(" ")} exited ${r.status}: ${r.stderr}`);
-  return r.stdout;
-}
-
-/** The pids of the QEMUs banger launched for VMs under `runtimeDir`. */
-function qemuPids(runtimeDir) {
-  const out = spawnSync("pgrep", ["-f", `qemu-system-x86_64.*${runtimeDir}/`], { encoding: "utf8" }).stdout;
-  return out
-    .split("\n")
-    .filter((l) => l !== "")
-    .map(Number);
-}
-
 /** The QEMU argv of a running VMM (to take the very same kernel, initrd and TSC argument from it). */
 function qemuArgvOf(runtimeDir) {
   const pid = qemuPids(runtimeDir).at(-1);
@@ -151,61 +117,12 @@ async function handBoot({ kernel, initrd, rootfs, tscArg, scratch }) {
 }
 
 export async function benchBoot() {
-  const skip = skipReason();
+  const skip = realGuestSkipReason();
   if (skip) {
     console.log(`${HEADING}\nskipped: ${skip}`);
     return;
   }
-  const netns = `bgrb-${randomBytes(4).toString("hex")}`;
-  execFileSync("ip", ["netns", "add", netns]);
-  execFileSync("ip", ["netns", "exec", netns, "ip", "link", "set", "lo", "up"]);
-  let services;
-  let transport;
-  try {
-    services = await startServices({
-      owner: OWNER,
-      netns,
-      vmm: "qemu-microvm",
-      configToml: CONFIG.join("\n"),
-      orchestratorInNetns: true,
-    });
-    const env = { BANGER_RUNTIME_DIR: services.runtimeDir };
-    // This machine's kernel in a package's layout, imported, and banger's initramfs with the kit.
-    const { KERNEL_VERSION, writeKernelPackage } = await importTestSupport("test/e2e/support/kernel-package.ts");
-    if (!KERNEL_VERSION) throw new Error("no kernel in /boot with its modules");
-    const pkg = join(services.dir, "kernel-pkg");
-    await writeKernelPackage(KERNEL_VERSION, pkg);
-    execFileSync("chown", ["-R", `${OWNER}:${OWNER}`, pkg]);
-    runCli(["kernel", "import", "debian", pkg], env);
-    runCli(["kernel", "initramfs", "debian"], env);
-    runCli(["image", "pull", "tiny"], env);
-
-    transport = createUnixTransport(services.socket("orchestrator"), { peer: "orchestrator" });
-    const vms = createClient(VmService, transport.transport);
-    const operations = createClient(OperationService, transport.transport);
-    const exec = createClient(ExecService, transport.transport);
-    const watch = async (id) => {
-      let last;
-      for await (const { operation } of operations.watchOperation({ id })) last = operation;
-      if (last?.state !== OperationState.SUCCEEDED) {
-        throw new Error(
-          `operation ${id} ended ${OperationState[last?.state]}: ${last?.error?.stage} ${last?.error?.message}`,
-        );
-      }
-      return last;
-    };
-    /** Exec `true`; whether it exited 0. */
-    const execTrue = async (vm) => {
-      try {
-        for await (const message of exec.exec({ command: { vm, argv: ["true"] } })) {
-          if (message.event.case === "exit") return message.event.value.code === 0;
-        }
-      } catch {
-        return false;
-      }
-      return false;
-    };
-
+  await withRealGuests(async ({ services, vms, watch, execTrue }) => {
     // banger: create → exec-able, then the VM is deleted (the next create starts from the same state).
     const banger = [];
     let baselineFiles;
@@ -216,11 +133,7 @@ export async function benchBoot() {
       const { operation } = await vms.createVm({ name, image: "tiny", sshTimeout: { seconds: 180n, nanos: 0 } });
       const ended = await watch(operation.id);
       const created = ms(t0);
-      let tries = 1;
-      while (!(await execTrue(name))) {
-        if (++tries > 100) throw new Error(`vm exec ${name} -- true never succeeded`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      const tries = await untilExecAble(execTrue, name);
       // When banger's initramfs handed over (guest seconds since its kernel started), from the console.
       const { vm } = await vms.getVm({ name });
       const console_ = readFileSync(runtimeLayout(services.runtimeDir).vm(vm.id).consoleLog, "utf8");
@@ -285,13 +198,5 @@ export async function benchBoot() {
       ratio: bangerMs / (baseMs + ALLOWANCE_MS),
       goal: 1.0,
     });
-  } finally {
-    transport?.close();
-    if (services) {
-      await services.stop();
-      // VMMs outlive the services by design: this run's, by pid.
-      for (const pid of qemuPids(services.runtimeDir)) process.kill(pid, "SIGKILL");
-    }
-    execFileSync("ip", ["netns", "del", netns]);
-  }
+  });
 }
