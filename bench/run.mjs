@@ -1,7 +1,8 @@
 // `npm run bench`: prints numbers and ratios; nothing here asserts a time.
-// `npm run bench -- pull vm` runs only the named ones (rpc, cli-start, pull, vm, boot, rss).
+// `npm run bench -- pull vm` runs only the named ones (rpc, cli-start, pull, vm, boot, fork, rss).
 import { benchBoot } from "./boot.mjs";
 import { benchCliStart } from "./cli-start.mjs";
+import { benchFork } from "./fork.mjs";
 import { benchPull } from "./pull.mjs";
 import { benchRpc } from "./rpc.mjs";
 import { benchRss } from "./rss.mjs";
@@ -14,6 +15,7 @@ const BENCHES = {
   pull: benchPull,
   vm: benchVm,
   boot: benchBoot,
+  fork: benchFork,
   rss: benchRss,
 };
 const wanted = process.argv.slice(2);
