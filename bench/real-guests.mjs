@@ -55,7 +55,7 @@ export function qemuPids(runtimeDir) {
 
 /**
  * Runs `body` with the services up, the kernel and initramfs imported and `tiny` pulled; then stops
- * the services, kills this run's QEMUs and removes the namespace. `body` gets `services`, the VmService
+ * the services, kills this run's QEMUs and removes the namespace. `body` gets `services`, `netns`, the VmService
  * client `vms`, `watch(id)` (follows an operation to its end, throws unless it succeeded; returns it),
  * `execTrue(vm)` (Exec `true`: whether it exited 0) and `cli(args)` (the CLI against these services).
  */
@@ -109,7 +109,7 @@ export async function withRealGuests(body) {
       }
       return false;
     };
-    return await body({ services, vms, watch, execTrue, cli });
+    return await body({ services, netns, vms, watch, execTrue, cli });
   } finally {
     transport?.close();
     if (services) {
