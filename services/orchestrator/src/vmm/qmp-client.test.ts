@@ -43,6 +43,28 @@ describe.skipIf(!haveQemu)("QMP client against a real QEMU", () => {
     expect((await client.status()).running).toBe(true);
     await client.powerdown(); // no guest to act on it, but QEMU takes the press
   });
+
+  it("sets a network link down and up again (up announces the guest: QEMU takes announce-self's arguments)", async () => {
+    dir = mkdtempSync(join(tmpdir(), "qmp-"));
+    const socket = join(dir, "qmp.sock");
+    qemu = spawn(
+      QEMU,
+      [
+        ...["-M", "microvm,x-option-roms=off", "-accel", "tcg", "-m", "128M"],
+        ...["-nodefaults", "-no-user-config", "-nographic", "-S"],
+        ...["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"],
+        ...["-qmp", `unix:${socket},server=on,wait=off`],
+      ],
+      { stdio: "ignore" },
+    );
+    const client = createQmpClient(socket);
+    await client.waitForSocket(AbortSignal.timeout(10_000), 10_000);
+    await client.setLink("net0", false);
+    await client.setLink("net0", true);
+    const error = (await client.setLink("nothing", true).catch((e: unknown) => e)) as BangerError;
+    expect([error.kind, error.reason]).toEqual(["failed-precondition", "VMM_API_ERROR"]);
+    expect(error.message).toMatch(/^qemu set_link: /);
+  });
 });
 
 describe("QMP client without a QEMU", () => {

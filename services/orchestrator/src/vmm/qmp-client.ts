@@ -38,7 +38,10 @@ export interface QmpClient {
   migrateIncoming(uri: string): Promise<void>;
   /** migrate-set-parameters: e.g. `{ "announce-rounds": 0 }` (no self-announcement after an incoming migration). */
   setMigrationParameters(parameters: Readonly<Record<string, number | boolean | string>>): Promise<void>;
-  /** Sets the link of network device (or netdev) `name` up or down: a link down passes no packet either way. */
+  /**
+   * Sets the link of network device (or netdev) `name` up or down: a link down passes no packet either way.
+   * Up, the guest is announced too (`announce-self`): its gratuitous ARP updates the host's neighbour table.
+   */
   setLink(name: string, up: boolean): Promise<void>;
 }
 
@@ -138,7 +141,10 @@ export function createQmpClient(socketPath: string, options: { timeoutMs?: numbe
       await session([{ execute: "migrate-set-parameters", arguments: parameters }]);
     },
     async setLink(name, up) {
-      await session([{ execute: "set_link", arguments: { name, up } }]);
+      // Up: QEMU announces the guest as after a migration (virtio-net asks the guest to send gratuitous
+      // ARP for its addresses), so the host's neighbour entry for the address names this guest's MAC.
+      const announce = { execute: "announce-self", arguments: { initial: 50, max: 550, rounds: 3, step: 100 } };
+      await session([{ execute: "set_link", arguments: { name, up } }, ...(up ? [announce] : [])]);
     },
   };
 }

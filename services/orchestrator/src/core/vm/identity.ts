@@ -60,6 +60,10 @@ export function identityScript(identity: Identity): string {
     `step $BB ip addr add ${q(`${identity.ip}/${identity.prefixLength}`)} dev eth0`,
     "step $BB ip link set dev eth0 up",
     `step $BB ip route replace default via ${q(identity.gateway)} dev eth0`,
+    // The host's neighbour entry for this address may still name the MAC of the VM that had it before, and
+    // the guest asks the host nothing (its ARP cache has the gateway): tell it. Where the VMM holds the link
+    // down (QEMU) this is lost, and the VMM announces the guest when it sets the link up.
+    `$BB arping -U -c 1 -I eth0 ${q(identity.ip)} >/dev/null 2>&1 || true`,
     `step $BB date -u -s ${q(`@${identity.epochSeconds}`)} >/dev/null`,
     `echo ${q(b64(identity.entropy))} | $BB base64 -d >/dev/urandom || { echo "failed: mixing entropy" >&2; failed=1; }`,
     // New SSH host keys, as banger's initramfs makes them for a new machine (ed25519 only).
