@@ -182,6 +182,11 @@ case $ip in
         ip link set "$device" up &&
         { [ -z "$gateway" ] || ip route add default via "$gateway" dev "$device"; } ||
         say "could not configure $device from ip=$ip"
+      # The host's neighbour entry for this address may still name the MAC of a VM deleted a moment ago
+      # (the bridge keeps it while other VMs run), and this guest asks the host nothing before the host
+      # connects: its first connections would wait for the entry to go stale (20-45 s). An unsolicited
+      # ARP updates the entry now.
+      arping -U -c 1 -I "$device" "$guest" >/dev/null 2>&1 || say "could not announce $guest on $device"
     fi
     ;;
 esac
