@@ -174,9 +174,10 @@ async function resumeSaved(
         undefined,
         "the VMM exited while it took the saved state",
       );
-      await op.track("resume-vmm", "running", `resumed from the state saved at ${saved.savedAt}`);
-      // The guest's clock is where it was saved.
-      if (agent) await op.track("resume-vmm", "running", await setGuestClock(ctx, vm, agent));
+      const resumed = `resumed from the state saved at ${saved.savedAt}`;
+      await op.track("resume-vmm", "running", resumed);
+      // The guest's clock is where it was saved. (The stage's note is its last message: both in it.)
+      if (agent) await op.track("resume-vmm", "running", `${resumed}; ${await setGuestClock(ctx, vm, agent)}`);
       return true;
     } catch (error) {
       if (op.signal.aborted) throw error;
