@@ -245,6 +245,8 @@ export interface VmmDriver {
    * (Firecracker has no such control).
    */
   setLink(controlSocket: string, up: boolean): Promise<boolean>;
+  /** Whether setLink can hold the link down (QEMU): the VMM then announces the guest as the link comes up. */
+  readonly holdsLink: boolean;
 }
 
 /** How a program run through the agent ended, and what it printed (as much as the agent kept). */
@@ -275,9 +277,15 @@ export interface AgentClient {
   fsfreeze(action: "freeze" | "thaw", timeoutMs: number): Promise<number>;
   /**
    * guest-exec of `path` with `args`, its output captured, waited for (guest-exec-status) until it
-   * exits; the whole call takes at most `timeoutMs`.
+   * exits; the whole call takes at most `timeoutMs`. `thawFirst`: guest-fsfreeze-thaw in the same session
+   * first (a frozen agent runs nothing else).
    */
-  run(path: string, args: readonly string[], timeoutMs: number): Promise<AgentRun>;
+  run(
+    path: string,
+    args: readonly string[],
+    timeoutMs: number,
+    options?: { readonly thawFirst?: boolean },
+  ): Promise<AgentRun>;
 }
 
 /** The VMMs a VM can run under and the agent client over their sockets; the composition root builds them. */

@@ -156,8 +156,9 @@ export function createAgentClient(connector: AgentConnector): AgentClient {
         const count = await call({ execute: `guest-fsfreeze-${action}` });
         return typeof count === "number" ? count : 0;
       }),
-    run: (path, args, timeoutMs) =>
+    run: (path, args, timeoutMs, options) =>
       session(timeoutMs, async (call) => {
+        if (options?.thawFirst) await call({ execute: "guest-fsfreeze-thaw" });
         const started = (await call({
           execute: "guest-exec",
           arguments: { path, arg: args, "capture-output": true },

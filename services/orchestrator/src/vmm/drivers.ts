@@ -154,6 +154,7 @@ export function firecrackerDriver(host: HostPort, api: (socketPath: string) => F
     },
     // Firecracker has no link control: a fork's guest is on its tap from its resume.
     setLink: () => Promise.resolve(false),
+    holdsLink: false,
   };
 }
 
@@ -242,6 +243,7 @@ export function qemuDriver(
         });
       }
     },
+    holdsLink: true,
     async setLink(controlSocket, up) {
       await qmp(controlSocket).setLink(QEMU_NETDEV, up);
       return true;

@@ -21,7 +21,7 @@ export function agentOf(ctx: VmContext, vm: VmRecord, handle: Handles): AgentCli
     shutdown: (answerMs, timeoutMs) => serial(() => client.shutdown(answerMs, timeoutMs)),
     exec: (path, args, ms) => serial(() => client.exec(path, args, ms)),
     fsfreeze: (action, ms) => serial(() => client.fsfreeze(action, ms)),
-    run: (path, args, ms) => serial(() => client.run(path, args, ms)),
+    run: (path, args, ms, options) => serial(() => client.run(path, args, ms, options)),
   };
 }
 

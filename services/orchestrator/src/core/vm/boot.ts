@@ -264,7 +264,8 @@ async function startVmm(
   try {
     // Both waits end early when the VMM exits (a guest that panics or powers off): no point waiting out the timeout.
     // banger's guest kit: the agent answers (it starts before any SSH server).
-    if (handle.agent) {
+    // A fork's identity stage has had its agent answer already.
+    if (handle.agent && !options.fork) {
       await op.stage("wait-agent", async () => {
         const version = await whileVmmRuns(
           (signal) => waitForAgent(ctx, vm, handle, timeoutMs, signal),

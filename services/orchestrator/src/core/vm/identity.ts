@@ -37,35 +37,39 @@ interface Identity {
   readonly entropy: Uint8Array;
 }
 
+/** Bytes as printf's octal escapes (printf is the shell's own: no process for the bytes). */
+const octal = (bytes: Uint8Array) => [...bytes].map((b) => `\\${b.toString(8).padStart(3, "0")}`).join("");
+
 /**
  * The script run in the guest (by the kit's busybox, as root). Each step that fails is named on
- * stderr and makes the script exit 1 after the others ran; what it did is on stdout.
+ * stderr and makes the script exit 1 after the others ran; what it did is on stdout. Under TCG each
+ * process costs 20-40 ms: what the shell can do itself (files, the hostname, the entropy, finding the
+ * SSH servers in /proc) it does, and programs run only for the address, the clock, the keys and sync.
+ * `announce`: send one unsolicited ARP for the new address (where the VMM cannot announce the guest).
  */
-export function identityScript(identity: Identity): string {
-  const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64");
+export function identityScript(identity: Identity, announce: boolean): string {
   const q = shellQuote;
-  const files = identity.files.map((f) => `put ${q(f.path)} ${q(b64(f.content))}`);
+  const files = identity.files.map((f) => `put ${q(f.path)} ${q(Buffer.from(f.content).toString("utf8"))}`);
   return [
     "BB=/run/banger/busybox",
     "KIT=/run/banger/kit",
     "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "failed=",
     'step() { "$@" || { echo "failed: $*" >&2; failed=1; }; }',
-    // A file the create would have written, where its directory exists: replaced whole.
-    'put() { [ -d "${1%/*}" ] || return 0; echo "$2" | $BB base64 -d >"$1.banger" && $BB chmod 644 "$1.banger" && $BB mv -f "$1.banger" "$1" || { echo "failed: writing $1" >&2; failed=1; }; }',
-    `step $BB hostname ${q(identity.hostname)}`,
+    // A file the create would have written, where its directory exists, rewritten in place.
+    'put() { [ -d "${1%/*}" ] || return 0; printf %s "$2" >"$1" || { echo "failed: writing $1" >&2; failed=1; }; }',
+    `echo ${q(identity.hostname)} >/proc/sys/kernel/hostname || { echo "failed: hostname" >&2; failed=1; }`,
     ...files,
     `step $BB ip link set dev eth0 address ${q(identity.mac)}`,
     "step $BB ip addr flush dev eth0",
     `step $BB ip addr add ${q(`${identity.ip}/${identity.prefixLength}`)} dev eth0`,
-    "step $BB ip link set dev eth0 up",
     `step $BB ip route replace default via ${q(identity.gateway)} dev eth0`,
     // The host's neighbour entry for this address may still name the MAC of the VM that had it before, and
     // the guest asks the host nothing (its ARP cache has the gateway): tell it. Where the VMM holds the link
-    // down (QEMU) this is lost, and the VMM announces the guest when it sets the link up.
-    `$BB arping -U -c 1 -I eth0 ${q(identity.ip)} >/dev/null 2>&1 || true`,
+    // down (QEMU) this would be lost: the VMM announces the guest when it sets the link up.
+    ...(announce ? [`$BB arping -U -c 1 -I eth0 ${q(identity.ip)} >/dev/null 2>&1 || true`] : []),
     `step $BB date -u -s ${q(`@${identity.epochSeconds}`)} >/dev/null`,
-    `echo ${q(b64(identity.entropy))} | $BB base64 -d >/dev/urandom || { echo "failed: mixing entropy" >&2; failed=1; }`,
+    `printf '${octal(identity.entropy)}' >/dev/urandom || { echo "failed: mixing entropy" >&2; failed=1; }`,
     // New SSH host keys, as banger's initramfs makes them for a new machine (ed25519 only).
     "keys=",
     "if [ -d /etc/ssh ] && [ -x /usr/bin/ssh-keygen ]; then",
@@ -80,20 +84,29 @@ export function identityScript(identity: Identity): string {
     "  $BB rm -f /etc/banger/dropbear_ed25519_host_key",
     '  step $KIT/bin/dropbearkey -t ed25519 -f /etc/banger/dropbear_ed25519_host_key >/dev/null 2>&1 && keys="$keys kit-dropbearkey"',
     "fi",
-    `$BB mkdir -p /etc/banger && echo ${q(identity.vmId)} >/etc/banger/host-keys-of`,
+    "[ -d /etc/banger ] || $BB mkdir -p /etc/banger",
+    `echo ${q(identity.vmId)} >/etc/banger/host-keys-of || { echo "failed: recording the keys' VM" >&2; failed=1; }`,
     "$BB sync",
     // The SSH servers take the new keys: systemd's units restarted; else sshd re-executes itself on
     // SIGHUP, and dropbear (which reads its keys once) is ended and started again by its supervisor.
     "restarted=",
+    "systemd=",
     "if [ -d /run/systemd/system ] && [ -x /bin/systemctl -o -x /usr/bin/systemctl ]; then",
     "  systemctl try-restart ssh.service sshd.service dropbear.service 2>/dev/null && restarted=systemd",
-    "  for pid in $($BB pidof dropbear); do",
-    '    [ "$($BB readlink /proc/$pid/exe)" = "$KIT/bin/dropbear" ] && kill "$pid" && restarted="$restarted kit-dropbear"',
-    "  done",
-    "else",
-    '  for pid in $($BB pidof sshd); do kill -HUP "$pid" && restarted="$restarted sshd"; done',
-    '  for pid in $($BB pidof dropbear); do kill "$pid" && restarted="$restarted dropbear"; done',
+    "  systemd=1",
     "fi",
+    "for dir in /proc/[0-9]*; do",
+    '  read -r comm <"$dir/comm" 2>/dev/null || continue',
+    '  case "$comm" in',
+    '  sshd) [ -n "$systemd" ] || { kill -HUP "${dir#/proc/}" && restarted="$restarted sshd"; } ;;',
+    "  dropbear)",
+    // Under systemd only the kit's own dropbear (systemd restarted the image's).
+    '    if [ -z "$systemd" ] || [ "$($BB readlink "$dir/exe")" = "$KIT/bin/dropbear" ]; then',
+    '      kill "${dir#/proc/}" && restarted="$restarted dropbear"',
+    "    fi",
+    "    ;;",
+    "  esac",
+    "done 2>/dev/null",
     'echo "host keys:${keys:- none made (no key tool)}; SSH servers restarted:${restarted:- none running}"',
     '[ -z "$failed" ]',
   ].join("\n");
@@ -116,28 +129,32 @@ export async function giveIdentity(
     }
     await waitForAgent(ctx, vm, handle, AGENT_MS, op.signal);
     const agent = agentOf(ctx, vm, handle);
-    // The snapshot froze the file systems: the fork resumes with them frozen (qemu-ga runs nothing else then).
-    if (frozen) await agent.fsfreeze("thaw", AGENT_MS);
+    const driver = ctx.vmm.drivers[vm.vmm];
     const files = ctx.guest.rootDiskFiles(vm, ctx.network).map((f) => ({ path: f.path, content: f.content }));
-    const script = identityScript({
-      vmId: vm.id,
-      hostname: vm.name,
-      mac: vm.mac,
-      ip: vm.guestIp,
-      prefixLength: ctx.network.prefixLength,
-      gateway: ctx.network.address,
-      files,
-      epochSeconds: Math.floor(ctx.now().getTime() / 1000),
-      entropy: randomBytes(64),
-    });
-    const ran = await agent.run(KIT_BUSYBOX, ["sh", "-c", script], SCRIPT_MS);
+    const script = identityScript(
+      {
+        vmId: vm.id,
+        hostname: vm.name,
+        mac: vm.mac,
+        ip: vm.guestIp,
+        prefixLength: ctx.network.prefixLength,
+        gateway: ctx.network.address,
+        files,
+        epochSeconds: Math.floor(ctx.now().getTime() / 1000),
+        entropy: randomBytes(64),
+      },
+      !driver.holdsLink,
+    );
+    // The snapshot froze the file systems: the fork resumes with them frozen (qemu-ga runs nothing else then),
+    // so the same session thaws them first.
+    const ran = await agent.run(KIT_BUSYBOX, ["sh", "-c", script], SCRIPT_MS, { thawFirst: frozen });
     if (ran.exitCode !== 0) {
       throw new FailedPreconditionError(
         `the guest did not take the fork's identity (exit ${ran.exitCode}): ${ran.stderr.trim().slice(0, 2000)}`,
         { reason: "FORK_IDENTITY_FAILED" },
       );
     }
-    const linked = await ctx.vmm.drivers[vm.vmm].setLink(handle.controlSocket, true);
+    const linked = await driver.setLink(handle.controlSocket, true);
     await op.note(
       "identity",
       `${vm.name} at ${vm.guestIp} (${vm.mac}); ${ran.stdout.trim()}${linked ? "; link up" : ""}`,
