@@ -155,13 +155,20 @@ live("vm create --from (forks)", () => {
       expect(script).toContain(`address '${fork.mac}'`);
       expect(script).toContain(`ip addr add '${fork.guestIp}/24' dev eth0`);
       expect(script).toContain(`echo '${fork.id}' >/etc/banger/host-keys-of`);
-      expect(script).toContain("ssh-keygen");
+      // New host keys, made on the host, written where the guest's SSH servers read them.
+      expect(script).toMatch(
+        /printf %s '-----BEGIN OPENSSH PRIVATE KEY-----\n[^']+' >\/etc\/ssh\/ssh_host_ed25519_key/,
+      );
+      expect(script).toMatch(/printf '[\\0-7]+' >\/etc\/banger\/dropbear_ed25519_host_key/);
       // /etc/hostname as the create writes it, with the fork's name.
       expect(script).toContain(`put '/etc/hostname' '${fork.name}\n'`);
       // Firecracker cannot hold the link down: the script announces the new address itself.
       expect(script).toContain(`arping -U -c 1 -I eth0 '${fork.guestIp}'`);
     }
-    // Each fork's entropy is its own.
+    // Each fork's entropy and host keys are its own.
+    const kitKey = async (name: string) =>
+      /printf '([^']*)' >\/etc\/banger\/dropbear_ed25519_host_key/.exec(await identityScript(name))?.[1];
+    expect(await kitKey("f1")).not.toBe(await kitKey("f2"));
     const entropy = async (name: string) => /printf '([^']*)' >\/dev\/urandom/.exec(await identityScript(name))?.[1];
     expect(await entropy("f1")).not.toBe(await entropy("f2"));
   }, 120_000);

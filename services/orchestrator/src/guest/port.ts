@@ -102,7 +102,7 @@ export async function waitForSshBanner(ip: string, timeoutMs: number, signal: Ab
   }
 }
 
-const SSH_POLL_MS = 100;
+const SSH_POLL_MS = 50;
 
 function bannerOnce(ip: string, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {

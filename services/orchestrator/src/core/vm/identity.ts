@@ -9,10 +9,11 @@
  * machine) and has the SSH servers take them. The VMM holds the guest's link down meanwhile where it
  * can (QEMU); it comes up last.
  */
-import { randomBytes } from "node:crypto";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { FailedPreconditionError } from "@banger/common";
 import type { VmRecord } from "../../store/index.js";
 import type { OperationContext } from "../operations.js";
+import { newOpenSshKey } from "../ssh2-client.js";
 import { agentOf, waitForAgent } from "./agent.js";
 import type { VmContext } from "./context.js";
 import type { Handles } from "./model.js";
@@ -35,6 +36,25 @@ interface Identity {
   readonly files: readonly { readonly path: string; readonly content: Uint8Array }[];
   readonly epochSeconds: number;
   readonly entropy: Uint8Array;
+  /** New ed25519 host keys, made on the host: for OpenSSH (its files' text) and for dropbear (its key file). */
+  readonly keys: {
+    readonly openssh: { readonly privateKey: string; readonly publicKey: string };
+    readonly dropbear: Uint8Array;
+    readonly kitDropbear: Uint8Array;
+  };
+}
+
+/** A new ed25519 key in dropbear's key file format: string "ssh-ed25519", then string (seed ‖ public key). */
+export function newDropbearKey(): Uint8Array {
+  const jwk = generateKeyPairSync("ed25519").privateKey.export({ format: "jwk" });
+  const field = (bytes: Buffer) => {
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(bytes.length);
+    return Buffer.concat([length, bytes]);
+  };
+  const seed = Buffer.from(jwk.d ?? "", "base64url");
+  const publicKey = Buffer.from(jwk.x ?? "", "base64url");
+  return Buffer.concat([field(Buffer.from("ssh-ed25519")), field(Buffer.concat([seed, publicKey]))]);
 }
 
 /** Bytes as printf's octal escapes (printf is the shell's own: no process for the bytes). */
@@ -70,20 +90,25 @@ export function identityScript(identity: Identity, announce: boolean): string {
     ...(announce ? [`$BB arping -U -c 1 -I eth0 ${q(identity.ip)} >/dev/null 2>&1 || true`] : []),
     `step $BB date -u -s ${q(`@${identity.epochSeconds}`)} >/dev/null`,
     `printf '${octal(identity.entropy)}' >/dev/urandom || { echo "failed: mixing entropy" >&2; failed=1; }`,
-    // New SSH host keys, as banger's initramfs makes them for a new machine (ed25519 only).
+    // New SSH host keys where the initramfs makes them for a new machine (ed25519 only), made on the host
+    // (a key made under TCG costs a guest 0.1-0.3 s); the old ones of every type go.
     "keys=",
-    "if [ -d /etc/ssh ] && [ -x /usr/bin/ssh-keygen ]; then",
-    "  $BB rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub",
-    '  step /usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key && keys="$keys ssh-keygen"',
+    "umask 077",
+    "if [ -d /etc/ssh ] && { [ -x /usr/sbin/sshd ] || [ -x /usr/bin/ssh-keygen ]; }; then",
+    '  set -- /etc/ssh/ssh_host_*_key*; [ -e "$1" ] && $BB rm -f "$@"',
+    // The public key is readable by all (umask 022 for it alone), the private keys by root only.
+    `  umask 022; printf '%s\\n' ${q(identity.keys.openssh.publicKey)} >/etc/ssh/ssh_host_ed25519_key.pub; umask 077`,
+    `  printf %s ${q(identity.keys.openssh.privateKey)} >/etc/ssh/ssh_host_ed25519_key && keys="$keys openssh" ||`,
+    '    { echo "failed: the OpenSSH host key" >&2; failed=1; }',
     "fi",
-    "if [ -x /usr/bin/dropbearkey ] && [ -d /etc/dropbear ]; then",
-    "  $BB rm -f /etc/dropbear/dropbear_*_host_key",
-    '  step /usr/bin/dropbearkey -t ed25519 -f /etc/dropbear/dropbear_ed25519_host_key >/dev/null 2>&1 && keys="$keys dropbearkey"',
+    "if [ -d /etc/dropbear ] && { [ -x /usr/sbin/dropbear ] || [ -x /usr/bin/dropbearkey ]; }; then",
+    '  set -- /etc/dropbear/dropbear_*_host_key; [ -e "$1" ] && $BB rm -f "$@"',
+    `  printf '${octal(identity.keys.dropbear)}' >/etc/dropbear/dropbear_ed25519_host_key && keys="$keys dropbear" || { echo "failed: the dropbear host key" >&2; failed=1; }`,
     "fi",
     "if [ -f /etc/banger/dropbear_ed25519_host_key ]; then",
-    "  $BB rm -f /etc/banger/dropbear_ed25519_host_key",
-    '  step $KIT/bin/dropbearkey -t ed25519 -f /etc/banger/dropbear_ed25519_host_key >/dev/null 2>&1 && keys="$keys kit-dropbearkey"',
+    `  printf '${octal(identity.keys.kitDropbear)}' >/etc/banger/dropbear_ed25519_host_key && keys="$keys kit-dropbear" || { echo "failed: the kit's dropbear host key" >&2; failed=1; }`,
     "fi",
+    "umask 022",
     "[ -d /etc/banger ] || $BB mkdir -p /etc/banger",
     `echo ${q(identity.vmId)} >/etc/banger/host-keys-of || { echo "failed: recording the keys' VM" >&2; failed=1; }`,
     "$BB sync",
@@ -107,7 +132,7 @@ export function identityScript(identity: Identity, announce: boolean): string {
     "    ;;",
     "  esac",
     "done 2>/dev/null",
-    'echo "host keys:${keys:- none made (no key tool)}; SSH servers restarted:${restarted:- none running}"',
+    'echo "host keys:${keys:- none (no SSH server found)}; SSH servers restarted:${restarted:- none running}"',
     '[ -z "$failed" ]',
   ].join("\n");
 }
@@ -127,7 +152,9 @@ export async function giveIdentity(
         { reason: "AGENT_NOT_READY" },
       );
     }
+    const began = performance.now();
     await waitForAgent(ctx, vm, handle, AGENT_MS, op.signal);
+    const answered = performance.now();
     const agent = agentOf(ctx, vm, handle);
     const driver = ctx.vmm.drivers[vm.vmm];
     const files = ctx.guest.rootDiskFiles(vm, ctx.network).map((f) => ({ path: f.path, content: f.content }));
@@ -142,12 +169,18 @@ export async function giveIdentity(
         files,
         epochSeconds: Math.floor(ctx.now().getTime() / 1000),
         entropy: randomBytes(64),
+        keys: {
+          openssh: await newOpenSshKey(`root@${vm.name}`),
+          dropbear: newDropbearKey(),
+          kitDropbear: newDropbearKey(),
+        },
       },
       !driver.holdsLink,
     );
     // The snapshot froze the file systems: the fork resumes with them frozen (qemu-ga runs nothing else then),
     // so the same session thaws them first.
     const ran = await agent.run(KIT_BUSYBOX, ["sh", "-c", script], SCRIPT_MS, { thawFirst: frozen });
+    const timing = `the agent answered in ${Math.round(answered - began)} ms, the script took ${Math.round(performance.now() - answered)} ms`;
     if (ran.exitCode !== 0) {
       throw new FailedPreconditionError(
         `the guest did not take the fork's identity (exit ${ran.exitCode}): ${ran.stderr.trim().slice(0, 2000)}`,
@@ -157,7 +190,7 @@ export async function giveIdentity(
     const linked = await driver.setLink(handle.controlSocket, true);
     await op.note(
       "identity",
-      `${vm.name} at ${vm.guestIp} (${vm.mac}); ${ran.stdout.trim()}${linked ? "; link up" : ""}`,
+      `${vm.name} at ${vm.guestIp} (${vm.mac}); ${ran.stdout.trim()}${linked ? "; link up" : ""} (${timing})`,
     );
   });
 }

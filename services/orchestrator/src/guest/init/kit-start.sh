@@ -28,9 +28,9 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mode=$1
 say() { echo "banger-kit: $*"; }
 
-# supervise NAME COMMAND...: runs COMMAND in the background, again after each end: at once (0.1 s) when it
-# had run for a while (a fork's identity ends dropbear to have it read its new host key), a second later
-# when it ended within a second of its start (no busy loop on a program that cannot run).
+# supervise NAME COMMAND...: runs COMMAND in the background, again after each end: at once when it had
+# run for a while (a fork's identity ends dropbear to have it read its new host key), a second later when
+# it ended within a second of its start (no busy loop on a program that cannot run).
 supervise() {
   name=$1
   shift
@@ -40,7 +40,7 @@ supervise() {
       # In a subshell of its own: agent() ends in exec.
       ("$@")
       say "$name ended ($?); starting it again"
-      if [ "$($BB date +%s)" -le $((started + 1)) ]; then $BB sleep 1; else $BB sleep 0.1; fi
+      if [ "$($BB date +%s)" -le $((started + 1)) ]; then $BB sleep 1; fi
     done
   ) &
 }

@@ -1,0 +1,60 @@
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { newOpenSshKey } from "../ssh2-client.js";
+import { identityScript, newDropbearKey } from "./identity.js";
+
+const has = (tool: string) => spawnSync("sh", ["-c", `command -v ${tool}`]).status === 0;
+const dir = mkdtempSync(join(tmpdir(), "banger-identity-"));
+
+const identity = async () => ({
+  vmId: "0123456789ab",
+  hostname: "f1",
+  mac: "02:00:00:00:00:01",
+  ip: "172.30.0.9",
+  prefixLength: 24,
+  gateway: "172.30.0.1",
+  files: [{ path: "/etc/hosts", content: Buffer.from("127.0.0.1\tlocalhost\n# it's banger's\n") }],
+  epochSeconds: 1_800_000_000,
+  entropy: Buffer.from([0, 1, 39, 92, 255]),
+  keys: { openssh: await newOpenSshKey("root@f1"), dropbear: newDropbearKey(), kitDropbear: newDropbearKey() },
+});
+
+describe("a fork's identity script", () => {
+  it.skipIf(!has("dropbearkey"))("dropbear reads the host key made for it (dropbearkey -y)", () => {
+    const file = join(dir, "dropbear_ed25519_host_key");
+    writeFileSync(file, newDropbearKey());
+    const shown = spawnSync("dropbearkey", ["-y", "-f", file], { encoding: "utf8" });
+    expect(shown.status, shown.stderr).toBe(0);
+    expect(shown.stdout).toMatch(/^ssh-ed25519 AAAAC3NzaC1lZDI1NTE5\S+/m);
+  });
+
+  it.skipIf(!has("ssh-keygen"))("OpenSSH reads the host key made for it, and it matches its public key", async () => {
+    const key = await newOpenSshKey("root@f1");
+    const file = join(dir, "ssh_host_ed25519_key");
+    writeFileSync(file, key.privateKey, { mode: 0o600 });
+    const shown = spawnSync("ssh-keygen", ["-y", "-f", file], { encoding: "utf8" });
+    expect(shown.status, shown.stderr).toBe(0);
+    expect(shown.stdout.trim().split(" ").slice(0, 2)).toEqual(key.publicKey.trim().split(" ").slice(0, 2));
+  });
+
+  it("is valid sh, quotes what it writes, and its printf gives the bytes back (the entropy, a key)", async () => {
+    const values = await identity();
+    const script = identityScript(values, true);
+    const parsed = spawnSync("sh", ["-n", "-c", script], { encoding: "utf8" });
+    expect(parsed.status, parsed.stderr).toBe(0);
+    // The file's text (with a quote in it) comes back whole through the shell's quoting and printf.
+    const put = /^put '\/etc\/hosts' .*$/ms.exec(script)?.[0].split("\nstep ")[0] ?? "";
+    const written = join(dir, "hosts");
+    const ran = spawnSync("sh", ["-c", `put() { printf %s "$2" >${written}; }\n${put}`], { encoding: "utf8" });
+    expect(ran.status, ran.stderr).toBe(0);
+    expect(spawnSync("cat", [written], { encoding: "utf8" }).stdout).toBe("127.0.0.1\tlocalhost\n# it's banger's\n");
+    const entropy = /^printf ('[^']*') >\/dev\/urandom/m.exec(script)?.[1] ?? "";
+    const bytes = spawnSync("sh", ["-c", `printf ${entropy}`]).stdout;
+    expect([...bytes]).toEqual([0, 1, 39, 92, 255]);
+    expect(script).toContain("arping -U -c 1 -I eth0 '172.30.0.9'");
+    expect(identityScript(values, false)).not.toContain("arping");
+  });
+});
