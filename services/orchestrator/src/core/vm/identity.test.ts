@@ -2,11 +2,11 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { requireTools } from "@banger/common/testing";
 import { describe, expect, it } from "vitest";
 import { newOpenSshKey } from "../ssh2-client.js";
 import { identityScript, newDropbearKey } from "./identity.js";
 
-const has = (tool: string) => spawnSync("sh", ["-c", `command -v ${tool}`]).status === 0;
 const dir = mkdtempSync(join(tmpdir(), "banger-identity-"));
 
 const identity = async () => ({
@@ -23,22 +23,28 @@ const identity = async () => ({
 });
 
 describe("a fork's identity script", () => {
-  it.skipIf(!has("dropbearkey"))("dropbear reads the host key made for it (dropbearkey -y)", () => {
-    const file = join(dir, "dropbear_ed25519_host_key");
-    writeFileSync(file, newDropbearKey());
-    const shown = spawnSync("dropbearkey", ["-y", "-f", file], { encoding: "utf8" });
-    expect(shown.status, shown.stderr).toBe(0);
-    expect(shown.stdout).toMatch(/^ssh-ed25519 AAAAC3NzaC1lZDI1NTE5\S+/m);
-  });
+  it.skipIf(requireTools("dropbear's reading of a fork's host key", ["dropbearkey"]).length > 0)(
+    "dropbear reads the host key made for it (dropbearkey -y)",
+    () => {
+      const file = join(dir, "dropbear_ed25519_host_key");
+      writeFileSync(file, newDropbearKey());
+      const shown = spawnSync("dropbearkey", ["-y", "-f", file], { encoding: "utf8" });
+      expect(shown.status, shown.stderr).toBe(0);
+      expect(shown.stdout).toMatch(/^ssh-ed25519 AAAAC3NzaC1lZDI1NTE5\S+/m);
+    },
+  );
 
-  it.skipIf(!has("ssh-keygen"))("OpenSSH reads the host key made for it, and it matches its public key", async () => {
-    const key = await newOpenSshKey("root@f1");
-    const file = join(dir, "ssh_host_ed25519_key");
-    writeFileSync(file, key.privateKey, { mode: 0o600 });
-    const shown = spawnSync("ssh-keygen", ["-y", "-f", file], { encoding: "utf8" });
-    expect(shown.status, shown.stderr).toBe(0);
-    expect(shown.stdout.trim().split(" ").slice(0, 2)).toEqual(key.publicKey.trim().split(" ").slice(0, 2));
-  });
+  it.skipIf(requireTools("OpenSSH's reading of a fork's host key", ["ssh-keygen"]).length > 0)(
+    "OpenSSH reads the host key made for it, and it matches its public key",
+    async () => {
+      const key = await newOpenSshKey("root@f1");
+      const file = join(dir, "ssh_host_ed25519_key");
+      writeFileSync(file, key.privateKey, { mode: 0o600 });
+      const shown = spawnSync("ssh-keygen", ["-y", "-f", file], { encoding: "utf8" });
+      expect(shown.status, shown.stderr).toBe(0);
+      expect(shown.stdout.trim().split(" ").slice(0, 2)).toEqual(key.publicKey.trim().split(" ").slice(0, 2));
+    },
+  );
 
   it("is valid sh, quotes what it writes, and its printf gives the bytes back (the entropy, a key)", async () => {
     const values = await identity();
