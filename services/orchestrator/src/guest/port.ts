@@ -104,14 +104,24 @@ export async function waitForSshBanner(ip: string, timeoutMs: number, signal: Ab
 
 const SSH_POLL_MS = 50;
 
+/**
+ * How long a connection may take to be accepted before a new one is tried: a SYN sent while the host's
+ * neighbour entry still names the MAC of a VM that had this address before is lost, and TCP would resend
+ * it only after a second; a new connection goes out once the guest's announcement has updated the entry.
+ */
+const CONNECT_MS = 250;
+
 function bannerOnce(ip: string, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = connect({ host: ip, port: 22 });
     let seen = "";
     const done = (ok: boolean) => {
+      clearTimeout(unanswered);
       socket.destroy();
       resolve(ok);
     };
+    const unanswered = setTimeout(() => done(false), Math.min(CONNECT_MS, timeoutMs));
+    socket.once("connect", () => clearTimeout(unanswered));
     socket.setTimeout(timeoutMs, () => done(false));
     socket.on("data", (chunk: Buffer) => {
       seen += chunk.toString("latin1");

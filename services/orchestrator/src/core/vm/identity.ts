@@ -141,6 +141,26 @@ export function identityScript(identity: Identity, announce: boolean): string {
   ].join("\n");
 }
 
+/** The fork's values, its host keys and entropy made now. */
+async function identityOf(ctx: VmContext, vm: VmRecord): Promise<Identity> {
+  return {
+    vmId: vm.id,
+    hostname: vm.name,
+    mac: vm.mac,
+    ip: vm.guestIp,
+    prefixLength: ctx.network.prefixLength,
+    gateway: ctx.network.address,
+    files: ctx.guest.rootDiskFiles(vm, ctx.network).map((f) => ({ path: f.path, content: f.content })),
+    epochSeconds: Math.floor(ctx.now().getTime() / 1000),
+    entropy: randomBytes(64),
+    keys: {
+      openssh: await newOpenSshKey(`root@${vm.name}`),
+      dropbear: newDropbearKey(),
+      kitDropbear: newDropbearKey(),
+    },
+  };
+}
+
 /** Stage identity: thaw, the script, then the link up. Fails the fork when the guest cannot take it. */
 export async function giveIdentity(
   ctx: VmContext,
@@ -159,30 +179,10 @@ export async function giveIdentity(
     const began = performance.now();
     const agent = agentOf(ctx, vm, handle);
     const driver = ctx.vmm.drivers[vm.vmm];
-    const files = ctx.guest.rootDiskFiles(vm, ctx.network).map((f) => ({ path: f.path, content: f.content }));
-    const script = identityScript(
-      {
-        vmId: vm.id,
-        hostname: vm.name,
-        mac: vm.mac,
-        ip: vm.guestIp,
-        prefixLength: ctx.network.prefixLength,
-        gateway: ctx.network.address,
-        files,
-        epochSeconds: Math.floor(ctx.now().getTime() / 1000),
-        entropy: randomBytes(64),
-        keys: {
-          openssh: await newOpenSshKey(`root@${vm.name}`),
-          dropbear: newDropbearKey(),
-          kitDropbear: newDropbearKey(),
-        },
-      },
-      !driver.holdsLink,
-    );
-    // The snapshot froze the file systems: the fork resumes with them frozen (qemu-ga runs nothing else then),
-    // so the same session thaws them first.
-    // One agent session (each costs a TCG guest ~150 ms): the thaw, the script and its status. A restored
-    // guest's agent runs already; one that does not answer yet is waited for, then asked again.
+    const script = identityScript(await identityOf(ctx, vm), !driver.holdsLink);
+    // One agent session: the thaw (the fork resumes with the file systems the snapshot froze, and a frozen
+    // qemu-ga runs nothing else), the script and its status. A restored guest's agent runs already; one that
+    // does not answer yet is waited for, then asked again.
     const run = (ms: number) => agent.run(KIT_BUSYBOX, ["sh", "-c", script], ms, { thawFirst: frozen });
     const ran = await run(FIRST_TRY_MS).catch(async (error: unknown) => {
       if (!(error instanceof UnavailableError || error instanceof DeadlineExceededError)) throw error;
