@@ -139,9 +139,14 @@ describe.skipIf(!RUNS)("a guest flooding its console", () => {
         helper = await start();
         vmm = createClient(VmmService, helper.transport.transport);
         restarted = true;
-        const n = Number(
-          [...(await tail(join(vmDir, "console.log"), 3)).matchAll(/flood (\d+) x+\n/g)].at(-1)?.[1] ?? 0,
-        );
+        // The newest numbered line; read again while the file has just been rotated (it may hold no whole line yet).
+        const newest = async () =>
+          Number([...(await tail(join(vmDir, "console.log"), 3)).matchAll(/flood (\d+) x+\n/g)].at(-1)?.[1] ?? 0);
+        let n = await newest();
+        for (let tries = 0; n === 0 && tries < 25; tries++) {
+          await sleep(200);
+          n = await newest();
+        }
         expect(n).toBeGreaterThan(0);
         lastSeen = n;
       }
