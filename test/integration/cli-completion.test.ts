@@ -52,7 +52,7 @@ function bashCompletes(line: string, env: NodeJS.ProcessEnv): Promise<string[]> 
     child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
     child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
     child.once("error", reject);
-    child.once("exit", (code) => {
+    child.once("close", (code) => {
       if (code !== 0) reject(new Error(`bash exited ${code}: ${stderr}`));
       else resolve(stdout.split("\n").filter((l) => l !== ""));
     });

@@ -271,7 +271,7 @@ describe.skipIf(!noFlagsUidCanRead || existsSync("/run/banger/orchestrator.sock"
         let err = "";
         child.stdout.on("data", (c: Buffer) => (out += c.toString()));
         child.stderr.on("data", (c: Buffer) => (err += c.toString()));
-        child.once("exit", (code) => resolve({ code, stdout: out, stderr: err }));
+        child.once("close", (code) => resolve({ code, stdout: out, stderr: err }));
       });
       dev.kill("SIGTERM");
       expect(await exited).toBe(0);
@@ -370,6 +370,6 @@ function runAs1000(args: readonly string[], runtimeDir: string): Promise<{ statu
     let stderr = "";
     child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
     child.stdout.resume();
-    child.once("exit", (status) => resolve({ status, stderr }));
+    child.once("close", (status) => resolve({ status, stderr }));
   });
 }

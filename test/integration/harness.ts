@@ -429,10 +429,17 @@ export function runCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): Pr
     child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
     child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
     child.once("error", reject);
-    child.once("exit", (code) => {
+    // "close" comes once the output pipes are drained too ("exit" can come before the last lines are read);
+    // a descendant that kept them open is not waited for beyond 2 s after the CLI exited.
+    let done = false;
+    const finish = (code: number | null): void => {
+      if (done) return;
+      done = true;
       clearTimeout(timer);
       resolvePromise({ code, stdout, stderr });
-    });
+    };
+    child.once("close", (code) => finish(code));
+    child.once("exit", (code) => setTimeout(() => finish(code), 2_000).unref());
   });
 }
 

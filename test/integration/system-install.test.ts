@@ -370,7 +370,7 @@ function activate(socket: string, argv: readonly string[], env: NodeJS.ProcessEn
     buffered = lines.pop() ?? "";
     for (const line of lines) if (line.startsWith("{")) logs.push(JSON.parse(line) as Record<string, unknown>);
   });
-  const exited = new Promise<void>((r) => child.once("exit", () => r()));
+  const exited = new Promise<void>((r) => child.once("close", () => r()));
   return { child, logs, exited };
 }
 
