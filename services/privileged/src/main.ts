@@ -54,7 +54,8 @@ const config = helperConfig({
   qemuBin: values.qemu,
 });
 // The composition root: the host's adapters, built once here, and the ops over them.
-const ports = hostPorts();
+// VMMs run as the owner (ops/vmm/launch.ts): KVM is usable only if the owner may open /dev/kvm.
+const ports = hostPorts({ uid: config.ownerUid, gid: config.ownerGid });
 const { runner } = ports;
 const network = createNetworkOps({ runner, config, resolvedPresent: ports.resolvedPresent });
 const disk = createDiskOps({ runner, config });

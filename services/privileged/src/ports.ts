@@ -7,7 +7,7 @@
 import type { Socket } from "node:net";
 import { createHostRunner, type Runner } from "@banger/common/host-runner";
 import type { PeerCredentials } from "@banger/common/op-id";
-import { probeHostFeatures, type HostFeatures } from "./host/features.js";
+import { probeHostFeatures, type HostFeatures, type VmmUser } from "./host/features.js";
 import { peerCredentials } from "./host/peer-cred.js";
 import { DEFAULT_PROC_ROOT, cpuKhz, spawnDetached, type SpawnDetached } from "./host/proc.js";
 
@@ -30,16 +30,19 @@ export interface HelperPorts {
   readonly peerCredentials: (socket: Socket) => PeerCredentials | undefined;
 }
 
-/** The real host: common's host runner, detached spawns, /proc, the host feature probe, SO_PEERCRED. */
-export function hostPorts(procRoot: string = DEFAULT_PROC_ROOT): HelperPorts {
+/**
+ * The real host: common's host runner, detached spawns, /proc, the host feature probe (KVM for `vmmUser`,
+ * who VMMs run as), SO_PEERCRED.
+ */
+export function hostPorts(vmmUser: VmmUser, procRoot: string = DEFAULT_PROC_ROOT): HelperPorts {
   return {
     runner: createHostRunner(),
     spawnProcess: spawnDetached,
     procRoot,
-    hostFeatures: probeHostFeatures,
-    kvmUsable: () => probeHostFeatures().kvm,
+    hostFeatures: () => probeHostFeatures(vmmUser),
+    kvmUsable: () => probeHostFeatures(vmmUser).kvm,
     hostTscKhz: () => cpuKhz(procRoot),
-    resolvedPresent: () => probeHostFeatures().resolved,
+    resolvedPresent: () => probeHostFeatures(vmmUser).resolved,
     peerCredentials,
   };
 }

@@ -254,9 +254,18 @@ describe("doctor", () => {
     expect(report.checks.filter((c) => c.status === "fail").map((c) => c.name)).toEqual(["kvm", "vmm-version"]);
   });
 
-  it("names the group to join when /dev/kvm exists but the owner cannot open it", async () => {
+  it("says how to open /dev/kvm to the VMM when it exists but the owner cannot open it", async () => {
     const report = await run(
       deps({
+        // The helper, which launches VMMs, checked the owner's access (bangerd's own open fails too).
+        features: () =>
+          Promise.resolve({
+            ...ALL_FEATURES,
+            kvm: false,
+            kvmDetail:
+              "/dev/kvm (uid 0, gid 108, mode 0660) is not open to the VMM, which runs as uid 1000 gid 1000 " +
+              "without supplementary groups (group kvm does not count)",
+          }),
         probes: {
           ...healthyProbes(),
           kvmAccess: () => Promise.resolve({ ok: false, code: "EACCES", group: "kvm", user: "ada" }),
@@ -265,8 +274,12 @@ describe("doctor", () => {
     );
     expect(summary(report, "kvm")).toEqual({
       status: "fail",
-      detail: "bangerd's user cannot open /dev/kvm read-write: Firecracker cannot run",
-      hint: "add the owner to group kvm (sudo usermod -aG kvm ada), then restart bangerd",
+      detail:
+        "/dev/kvm (uid 0, gid 108, mode 0660) is not open to the VMM, which runs as uid 1000 gid 1000 " +
+        "without supplementary groups (group kvm does not count): Firecracker cannot run",
+      hint:
+        'open /dev/kvm to all (a udev rule: KERNEL=="kvm", MODE="0666", then sudo udevadm trigger /dev/kvm): the helper ' +
+        "starts VMMs as the owner without supplementary groups, so membership of group kvm does not reach them",
     });
   });
 

@@ -228,7 +228,7 @@ export function createDoctor(deps: DoctorDeps): Doctor {
       const toolPaths = new Map(toolNames.map((tool, i) => [tool, settledValue(tools[i])]));
 
       const core: DoctorCheck[] = [
-        kvmCheck(kvm, vmm.value),
+        kvmCheck(kvm, vmm.value, hostFeatures),
         helperBinaryCheck(
           vmmVersionCheck(version, vmm.value, configuredBinary(config, vmm.value), configPath),
           vmm.value,

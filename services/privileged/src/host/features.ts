@@ -1,4 +1,4 @@
-import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, readdirSync } from "node:fs";
+import { accessSync, closeSync, constants, existsSync, fstatSync, openSync, readFileSync, readdirSync } from "node:fs";
 import { release } from "node:os";
 import { delimiter, join } from "node:path";
 import koffi from "koffi";
@@ -14,7 +14,7 @@ export interface HostFeatures {
   /** Why device-mapper is not usable ("" when it is). */
   readonly deviceMapperDetail: string;
   readonly resolved: boolean;
-  /** /dev/kvm opens and answers KVM's API version (see kvmStatus). */
+  /** A hardware KVM driver answers on /dev/kvm and the VMM, as the owner, may open it (see kvmStatus). */
   readonly kvm: boolean;
   /** Why KVM is not usable ("" when it is). */
   readonly kvmDetail: string;
@@ -25,10 +25,11 @@ export interface HostFeatures {
   readonly modulesVisible: boolean;
 }
 
-export function probeHostFeatures(): HostFeatures {
+/** `vmmUser`: who the helper runs a VMM as (the owner, without supplementary groups). */
+export function probeHostFeatures(vmmUser?: VmmUser): HostFeatures {
   const modules = `/lib/modules/${release()}`;
   const dm = deviceMapperStatus();
-  const kvm = kvmStatus();
+  const kvm = kvmStatus({ vmmUser });
   return {
     tun: existsSync("/dev/net/tun"),
     // A bridge already there proves it; else the module loaded or built in (/sys/module), else
@@ -80,13 +81,25 @@ const KVM_API_VERSION = 12;
 type Ioctl = (fd: number, request: number, arg: number) => number;
 let ioctl: Ioctl | undefined;
 
+/** The uid and gid a VMM runs as: the helper starts it with no supplementary groups. */
+export interface VmmUser {
+  readonly uid: number;
+  readonly gid: number;
+}
+
 /**
- * KVM by asking it, not by its node: /dev/kvm can exist without a driver (a copied /dev, a
- * container), and then opening it fails with ENODEV or ENXIO. Opened read-write (what a VMM
- * needs) and asked its API version.
+ * KVM by asking it, not by its node, and for the VMM that will use it:
+ * - /dev/kvm can exist without a driver (a copied /dev, a container): opening it fails with ENODEV or ENXIO;
+ * - the driver can be one that runs no stock guest kernel: kvm_pvm (KVM without hardware virtualization)
+ *   answers every ioctl but boots only PVM guest kernels (a Debian kernel reboots for ever). On x86 the
+ *   hardware drivers are kvm_intel and kvm_amd, listed in /sys/module whether built in or loaded;
+ * - the VMM runs as the owner without supplementary groups: /dev/kvm must be open to that uid or gid
+ *   itself (the usual root:kvm 0660 is not, even for an owner in group kvm).
+ * Opened read-write (what a VMM needs) and asked its API version.
  */
-export function kvmStatus(dev = "/dev"): FeatureStatus {
-  const path = `${dev}/kvm`;
+export function kvmStatus(roots: { dev?: string; sys?: string; vmmUser?: VmmUser | undefined } = {}): FeatureStatus {
+  const path = `${roots.dev ?? "/dev"}/kvm`;
+  const sys = roots.sys ?? "/sys";
   if (!existsSync(path)) return { usable: false, why: "/dev/kvm absent" };
   let fd: number;
   try {
@@ -101,6 +114,29 @@ export function kvmStatus(dev = "/dev"): FeatureStatus {
     const version = ioctl(fd, KVM_GET_API_VERSION, 0);
     if (version !== KVM_API_VERSION) {
       return { usable: false, why: `/dev/kvm answers API version ${version}, not ${KVM_API_VERSION}` };
+    }
+    if (process.arch === "x64" && !existsSync(`${sys}/module/kvm_intel`) && !existsSync(`${sys}/module/kvm_amd`)) {
+      const pvm = existsSync(`${sys}/module/kvm_pvm`);
+      return {
+        usable: false,
+        why: pvm
+          ? "/dev/kvm is kvm_pvm's (KVM without hardware virtualization), which boots only PVM guest kernels"
+          : "/dev/kvm answers but no hardware KVM driver (kvm_intel or kvm_amd) is loaded",
+      };
+    }
+    const user = roots.vmmUser;
+    if (user && user.uid !== 0) {
+      const { uid, gid, mode } = fstatSync(fd);
+      const open = (shift: number) => ((mode >> shift) & 0o6) === 0o6;
+      if (!((uid === user.uid && open(6)) || (gid === user.gid && open(3)) || open(0))) {
+        const octalMode = (mode & 0o777).toString(8).padStart(4, "0");
+        return {
+          usable: false,
+          why:
+            `/dev/kvm (uid ${uid}, gid ${gid}, mode ${octalMode}) is not open to the VMM, which runs as uid ${user.uid} ` +
+            `gid ${user.gid} without supplementary groups (group kvm does not count)`,
+        };
+      }
     }
     return { usable: true, why: "" };
   } finally {

@@ -57,7 +57,11 @@ const config: HelperConfig = {
   firecrackerBin: FAKE_VMM,
   qemuBin: FAKE_VMM,
 };
-const ops = createVmmOps({ ...hostPorts(), config, kvmUsable: () => false });
+const ops = createVmmOps({
+  ...hostPorts({ uid: config.ownerUid, gid: config.ownerGid }),
+  config,
+  kvmUsable: () => false,
+});
 
 /** Every process a test started (VMMs and the unrelated sleep), killed in afterAll whatever happened. */
 const started: number[] = [];
@@ -273,7 +277,10 @@ describe("bad requests are refused before anything happens", () => {
 
   it("an owner that is root: FAILED_PRECONDITION OWNER_IS_ROOT (a VMM never runs as root)", async () => {
     for (const owner of [{ ownerUid: 0 }, { ownerGid: 0 }]) {
-      const rootOps = createVmmOps({ ...hostPorts(), config: { ...config, ...owner } });
+      const rootOps = createVmmOps({
+        ...hostPorts({ uid: config.ownerUid, gid: config.ownerGid }),
+        config: { ...config, ...owner },
+      });
       await expect(rootOps.launch({ vmId: "bad1", kind: "firecracker" })).rejects.toMatchObject({
         kind: "failed-precondition",
         reason: "OWNER_IS_ROOT",
@@ -283,7 +290,7 @@ describe("bad requests are refused before anything happens", () => {
 
   it("a socket path longer than 107 bytes: INVALID_ARGUMENT SOCKET_PATH_TOO_LONG", async () => {
     const longOps = createVmmOps({
-      ...hostPorts(),
+      ...hostPorts({ uid: config.ownerUid, gid: config.ownerGid }),
       config: { ...config, runtimeDir: join(runtimeDir, "r".repeat(80)) },
     });
     await expect(longOps.launch({ vmId: "a".repeat(32), kind: "firecracker" })).rejects.toMatchObject({
@@ -569,7 +576,12 @@ describe.skipIf(!HAVE_VMM_TOOLS)("a QEMU microvm VMM", () => {
 
   it("measures the host's TSC when asked for 0, takes the VM's dm node as root disk, and uses KVM where usable", async () => {
     const vmId = "qm2";
-    const kvmOps = createVmmOps({ ...hostPorts(), config, kvmUsable: () => true, hostTscKhz: () => 1_234_567 });
+    const kvmOps = createVmmOps({
+      ...hostPorts({ uid: config.ownerUid, gid: config.ownerGid }),
+      config,
+      kvmUsable: () => true,
+      hostTscKhz: () => 1_234_567,
+    });
     const tcg = machine(vmId, { tscKhz: 0, initrdPath: "", rootDisk: "/dev/mapper/bgr-qm2-root" });
     const first = await kvmOps.launch({ vmId, kind: "qemu-microvm", qemu: tcg });
     started.push(first.pid);
@@ -612,7 +624,10 @@ describe("the proof that a QEMU is a VM's", () => {
 
 describe.skipIf(!HAVE_VMM_TOOLS)("a launch that cannot go through", () => {
   it("a VMM binary that is not there: FAILED_PRECONDITION VMM_BINARY_UNUSABLE", async () => {
-    const missing = createVmmOps({ ...hostPorts(), config: { ...config, firecrackerBin: "/nonexistent/firecracker" } });
+    const missing = createVmmOps({
+      ...hostPorts({ uid: config.ownerUid, gid: config.ownerGid }),
+      config: { ...config, firecrackerBin: "/nonexistent/firecracker" },
+    });
     await expect(missing.launch({ vmId: "gone1", kind: "firecracker" })).rejects.toMatchObject({
       kind: "failed-precondition",
       reason: "VMM_BINARY_UNUSABLE",
@@ -620,7 +635,10 @@ describe.skipIf(!HAVE_VMM_TOOLS)("a launch that cannot go through", () => {
   });
 
   it("a VMM that exits at once: FAILED_PRECONDITION VMM_EXITED, with its output", async () => {
-    const exiting = createVmmOps({ ...hostPorts(), config: { ...config, firecrackerBin: "/bin/false" } });
+    const exiting = createVmmOps({
+      ...hostPorts({ uid: config.ownerUid, gid: config.ownerGid }),
+      config: { ...config, firecrackerBin: "/bin/false" },
+    });
     await expect(exiting.launch({ vmId: "gone2", kind: "firecracker" })).rejects.toMatchObject({
       kind: "failed-precondition",
       reason: "VMM_EXITED",
@@ -635,7 +653,10 @@ describe.skipIf(!HAVE_VMM_TOOLS)("a launch that cannot go through", () => {
       "#!/bin/sh\necho 'guest said this'\necho 'firecracker: cannot open the kernel' >&2\nexit 1\n",
       { mode: 0o755 },
     );
-    const complaining = createVmmOps({ ...hostPorts(), config: { ...config, firecrackerBin: script } });
+    const complaining = createVmmOps({
+      ...hostPorts({ uid: config.ownerUid, gid: config.ownerGid }),
+      config: { ...config, firecrackerBin: script },
+    });
     const failure = complaining.launch({ vmId: "gone3", kind: "firecracker" });
     await expect(failure).rejects.toMatchObject({ kind: "failed-precondition", reason: "VMM_EXITED" });
     await expect(failure).rejects.toThrow(/: guest said this\nfirecracker: cannot open the kernel$/);
@@ -644,7 +665,11 @@ describe.skipIf(!HAVE_VMM_TOOLS)("a launch that cannot go through", () => {
   it("a VMM that never opens its socket is killed: DEADLINE_EXCEEDED VMM_NOT_READY", async () => {
     const script = join(base, "silent-vmm.sh");
     writeFileSync(script, "#!/bin/sh\nexec sleep 100\n", { mode: 0o755 });
-    const silent = createVmmOps({ ...hostPorts(), config: { ...config, firecrackerBin: script }, readyTimeoutMs: 300 });
+    const silent = createVmmOps({
+      ...hostPorts({ uid: config.ownerUid, gid: config.ownerGid }),
+      config: { ...config, firecrackerBin: script },
+      readyTimeoutMs: 300,
+    });
     await expect(silent.launch({ vmId: "slow1", kind: "firecracker" })).rejects.toMatchObject({
       kind: "deadline-exceeded",
       reason: "VMM_NOT_READY",

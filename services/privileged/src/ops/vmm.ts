@@ -45,7 +45,7 @@ export interface VmmOps {
   removeFiles(req: { vmId: string }): Promise<{ existed: boolean }>;
 }
 
-/** The ports the VMM ops use (main.ts builds them with `hostPorts()`; tests hand in their own). */
+/** The ports the VMM ops use (main.ts builds them with `hostPorts(owner)`; tests hand in their own). */
 export interface VmmDeps extends Pick<
   HelperPorts,
   "runner" | "procRoot" | "spawnProcess" | "kvmUsable" | "hostTscKhz"

@@ -24,29 +24,36 @@ export function configuredBinary(config: Pick<BangerConfig, "firecracker" | "qem
   return vmm === "firecracker" ? config.firecracker.binary : config.qemu.binary;
 }
 
-export function kvmCheck(kvm: Settled<KvmAccess>, vmm: VmmDriver): DoctorCheck {
+/** What lets the owner's VMMs open /dev/kvm: they run without supplementary groups, so group kvm is not enough. */
+const KVM_MODE_HINT =
+  'open /dev/kvm to all (a udev rule: KERNEL=="kvm", MODE="0666", then sudo udevadm trigger /dev/kvm): the helper ' +
+  "starts VMMs as the owner without supplementary groups, so membership of group kvm does not reach them";
+
+/**
+ * `helper`: the helper's own verdict (host features), which decides what VMMs get: a driver, its kind
+ * and the owner's access checked by the helper that launches them. Without it, bangerd's own open.
+ */
+export function kvmCheck(
+  kvm: Settled<KvmAccess>,
+  vmm: VmmDriver,
+  helper?: { readonly kvm: boolean; readonly kvmDetail?: string | undefined },
+): DoctorCheck {
   // Firecracker needs KVM; QEMU falls back to TCG (slow, but it works).
   const lacking: CheckStatus = vmm === "firecracker" ? "fail" : "warn";
   const fallback = vmm === "firecracker" ? "Firecracker cannot run" : "QEMU falls back to TCG (much slower)";
+  const hardware =
+    "enable virtualization (VT-x/AMD-V) in the firmware and load kvm_intel or kvm_amd; inside a VM, enable nested virtualization";
+  if (helper && helper.kvm) return check("kvm", "ok", "the helper's VMMs, run as the owner, can use /dev/kvm");
+  const why = helper?.kvmDetail ?? "";
+  if (why !== "" && why !== "/dev/kvm absent") {
+    return check("kvm", lacking, `${why}: ${fallback}`, why.includes("not open to the VMM") ? KVM_MODE_HINT : hardware);
+  }
   if (!kvm.ok) return check("kvm", lacking, `could not check /dev/kvm: ${kvm.error.message}`);
   const access = kvm.value;
   if (access.ok) return check("kvm", "ok", "bangerd (and so the VMM) can open /dev/kvm read-write");
-  if (access.code === "ENOENT") {
-    return check(
-      "kvm",
-      lacking,
-      `/dev/kvm does not exist: ${fallback}`,
-      "enable virtualization (VT-x/AMD-V) in the firmware and load kvm_intel or kvm_amd; inside a VM, enable nested virtualization",
-    );
-  }
+  if (access.code === "ENOENT") return check("kvm", lacking, `/dev/kvm does not exist: ${fallback}`, hardware);
   if (access.code === "EACCES" || access.code === "EPERM") {
-    const group = access.group ?? "kvm";
-    return check(
-      "kvm",
-      lacking,
-      `bangerd's user cannot open /dev/kvm read-write: ${fallback}`,
-      `add the owner to group ${group} (sudo usermod -aG ${group} ${access.user ?? "$USER"}), then restart bangerd`,
-    );
+    return check("kvm", lacking, `bangerd's user cannot open /dev/kvm read-write: ${fallback}`, KVM_MODE_HINT);
   }
   return check("kvm", lacking, `cannot open /dev/kvm (${access.code}): ${fallback}`, "check /dev/kvm's permissions");
 }
