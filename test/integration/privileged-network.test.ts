@@ -138,6 +138,34 @@ describe.skipIf(!RUNS)("privileged network operations in a network namespace", (
     await network.deleteBridge({ name: "bgr0" });
   });
 
+  it("forgets the bridge's neighbour entry for the new VM's address (a deleted VM's MAC), and only that one", async () => {
+    await network.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" });
+    // Ports first: attaching a bridge's port can change the bridge's MAC, which forgets every entry by itself.
+    await network.createTap({ vmId: "box5", bridge: "bgr0" });
+    const { name: pooled } = await network.createTap({ pool: true, bridge: "bgr0" });
+    // What deleted VMs leave: the host's entries for their addresses name their MACs; a live VM's beside them.
+    const stale = (address: string, mac: string) =>
+      ns.exec(["ip", "neigh", "replace", address, "lladdr", mac, "dev", "bgr0", "nud", "stale"]);
+    stale("172.30.0.21", "02:00:00:00:00:21");
+    stale("172.30.0.22", "02:00:00:00:00:22");
+    stale("172.30.0.23", "02:00:00:00:00:23");
+    const neighbours = () => ns.exec(["ip", "-4", "neigh", "show", "dev", "bgr0"]);
+    expect(neighbours()).toContain("172.30.0.21 lladdr 02:00:00:00:00:21");
+
+    // The tap there already (a VM started again) and a warm-pool tap taken over.
+    await network.createTap({ vmId: "box5", bridge: "bgr0", guestAddress: "172.30.0.21" });
+    expect(neighbours()).not.toContain("172.30.0.21");
+    expect(neighbours()).toContain("172.30.0.22 lladdr 02:00:00:00:00:22");
+    await network.createTap({ vmId: "box6", bridge: "bgr0", fromPool: pooled, guestAddress: "172.30.0.22" });
+    expect(neighbours()).not.toContain("172.30.0.22");
+    expect(neighbours()).toContain("172.30.0.23 lladdr 02:00:00:00:00:23");
+    // None to forget is fine.
+    await network.createTap({ vmId: "box5", bridge: "bgr0", guestAddress: "172.30.0.21" });
+    await network.deleteTap({ vmId: "box5" });
+    await network.deleteTap({ vmId: "box6" });
+    await network.deleteBridge({ name: "bgr0" });
+  });
+
   it("hands over no warm-pool tap made for another uid than the owner (its VMM could not open it)", async () => {
     await network.ensureBridge({ name: "bgr0", address: "172.30.0.1/24" });
     // As a helper of another owner left it.
@@ -249,6 +277,26 @@ describe.skipIf(!RUNS)("privileged network operations in a network namespace", (
             ],
           ] as [string, () => Promise<unknown>, Code][])),
       ["delete pool tap by a foreign name", () => network.deleteTap({ poolName: "veth0" }), Code.InvalidArgument],
+      [
+        "tap with a guest address outside the bridge",
+        () => network.createTap({ vmId: "box7", bridge: "bgr0", guestAddress: "10.9.0.1" }),
+        Code.InvalidArgument,
+      ],
+      [
+        "tap with the bridge's own address as guest address",
+        () => network.createTap({ vmId: "box7", bridge: "bgr0", guestAddress: "172.30.0.1" }),
+        Code.InvalidArgument,
+      ],
+      [
+        "tap with a guest address that is no address",
+        () => network.createTap({ vmId: "box7", bridge: "bgr0", guestAddress: "172.30.0.5 dev lo" }),
+        Code.InvalidArgument,
+      ],
+      [
+        "pool tap with a guest address",
+        () => network.createTap({ pool: true, bridge: "bgr0", guestAddress: "172.30.0.5" }),
+        Code.InvalidArgument,
+      ],
     ];
     for (const [what, call, code] of cases) {
       const error = await failure(call);

@@ -85,8 +85,16 @@ export interface HostPort {
   /** What the host can do, as the helper sees it (probed at each call). */
   features(scope: CallScope): Promise<HostFeatures>;
   ensureBridge(name: string, address: string, scope: CallScope): Promise<void>;
-  /** Returns the tap's name; `fromPool` takes that warm-pool tap over instead of making one. */
-  createTap(vmId: string, bridge: string, scope: CallScope, fromPool?: string): Promise<string>;
+  /**
+   * Returns the tap's name; `fromPool` takes that warm-pool tap over instead of making one. `guestAddress`:
+   * the bridge's neighbour entry for the VM's address (a previous holder's MAC) is forgotten too.
+   */
+  createTap(
+    vmId: string,
+    bridge: string,
+    scope: CallScope,
+    options?: { readonly fromPool?: string; readonly guestAddress?: string },
+  ): Promise<string>;
   /** Makes a warm-pool tap on the bridge; returns its name. */
   createPoolTap(bridge: string, scope: CallScope): Promise<string>;
   deletePoolTap(name: string, scope: CallScope): Promise<void>;
@@ -284,7 +292,7 @@ export interface AgentClient {
     path: string,
     args: readonly string[],
     timeoutMs: number,
-    options?: { readonly thawFirst?: boolean },
+    options?: { readonly thawFirst?: boolean; readonly firstPollMs?: number },
   ): Promise<AgentRun>;
 }
 

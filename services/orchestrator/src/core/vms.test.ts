@@ -115,9 +115,10 @@ function scriptedHost(model: HostModel, script: Script, calls: string[]): HostPo
       await step("ensureBridge");
       model.bridges.add(name);
     },
-    async createTap(vmId, _bridge, _scope, fromPool) {
+    async createTap(vmId, _bridge, _scope, { fromPool, guestAddress } = {}) {
       await step("createTap");
       if (fromPool !== undefined && !model.pool.delete(fromPool)) throw new Error(`${fromPool} is not in the pool`);
+      if (!guestAddress) throw new Error(`no guest address given with the tap of ${vmId}`);
       model.taps.add(vmId);
       return `bgr-${vmId.slice(0, 11)}`;
     },

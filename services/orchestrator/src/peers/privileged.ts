@@ -87,8 +87,8 @@ export function createPrivilegedPeer(
     async ensureBridge(name, address, scope) {
       await network.ensureBridge({ name, address }, callOptions(scope));
     },
-    async createTap(vmId, bridge, scope, fromPool = "") {
-      return (await network.createTap({ vmId, bridge, fromPool }, callOptions(scope))).name;
+    async createTap(vmId, bridge, scope, { fromPool = "", guestAddress = "" } = {}) {
+      return (await network.createTap({ vmId, bridge, fromPool, guestAddress }, callOptions(scope))).name;
     },
     async createPoolTap(bridge, scope) {
       return (await network.createTap({ bridge, pool: true }, callOptions(scope))).name;

@@ -163,6 +163,7 @@ export function createAgentClient(connector: AgentConnector): AgentClient {
           execute: "guest-exec",
           arguments: { path, arg: args, "capture-output": true },
         })) as { pid?: number };
+        if (options?.firstPollMs) await new Promise((resolve) => setTimeout(resolve, options.firstPollMs));
         for (;;) {
           const status = (await call({ execute: "guest-exec-status", arguments: { pid: started.pid ?? 0 } })) as {
             exited?: boolean;

@@ -15,7 +15,13 @@ export type { LinkInfo, LinkKind, NatRuleInfo, NetworkDeps } from "./network/typ
 export interface NetworkOps {
   ensureBridge(req: { name: string; address: string }): Promise<{ created: boolean }>;
   deleteBridge(req: { name: string }): Promise<{ existed: boolean }>;
-  createTap(req: { vmId: string; bridge: string; pool: boolean; fromPool: string }): Promise<{ name: string }>;
+  createTap(req: {
+    vmId: string;
+    bridge: string;
+    pool: boolean;
+    fromPool: string;
+    guestAddress?: string;
+  }): Promise<{ name: string }>;
   deleteTap(req: { vmId: string; poolName: string }): Promise<{ existed: boolean }>;
   enableNat(req: { vmId: string; guestAddress: string; bridge: string }): Promise<{ added: boolean }>;
   disableNat(req: { vmId: string }): Promise<{ removed: boolean }>;

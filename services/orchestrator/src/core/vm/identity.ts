@@ -113,9 +113,10 @@ export function identityScript(identity: Identity, announce: boolean): string {
     "umask 022",
     "[ -d /etc/banger ] || $BB mkdir -p /etc/banger",
     `echo ${q(identity.vmId)} >/etc/banger/host-keys-of || { echo "failed: recording the keys' VM" >&2; failed=1; }`,
-    // On the disk soon, but not waited for (a flush through the VMM costs a TCG guest a few hundred ms):
-    // the keys are lost only if the VMM is killed before the guest writes them back.
-    "$BB sync &",
+    // On the disk soon, but not waited for, and a second later (a flush through the VMM costs a TCG guest a
+    // few hundred ms: not while the SSH server starts again and the first command comes): the keys are lost
+    // only if the VMM is killed before the guest writes them back.
+    "{ $BB sleep 1; $BB sync; } </dev/null >/dev/null 2>&1 &",
     // The SSH servers take the new keys: systemd's units restarted; else sshd re-executes itself on
     // SIGHUP, and dropbear (which reads its keys once) is ended and started again by its supervisor.
     "restarted=",
@@ -183,7 +184,8 @@ export async function giveIdentity(
     // One agent session: the thaw (the fork resumes with the file systems the snapshot froze, and a frozen
     // qemu-ga runs nothing else), the script and its status. A restored guest's agent runs already; one that
     // does not answer yet is waited for, then asked again.
-    const run = (ms: number) => agent.run(KIT_BUSYBOX, ["sh", "-c", script], ms, { thawFirst: frozen });
+    const run = (ms: number) =>
+      agent.run(KIT_BUSYBOX, ["sh", "-c", script], ms, { thawFirst: frozen, firstPollMs: 250 });
     const ran = await run(FIRST_TRY_MS).catch(async (error: unknown) => {
       if (!(error instanceof UnavailableError || error instanceof DeadlineExceededError)) throw error;
       await waitForAgent(ctx, vm, handle, AGENT_MS, op.signal);

@@ -82,10 +82,11 @@ export function createVmNetwork(deps: {
         })),
     async takeTap(op, vm, scope) {
       const pooled = tapPool.shift();
-      if (pooled === undefined) return host.createTap(vm.id, bridge, scope);
+      // The address may have been another VM's: the helper has the host forget that VM's MAC for it.
+      if (pooled === undefined) return host.createTap(vm.id, bridge, scope, { guestAddress: vm.guestIp });
       void refillTapPool();
       try {
-        const tap = await host.createTap(vm.id, bridge, scope, pooled);
+        const tap = await host.createTap(vm.id, bridge, scope, { fromPool: pooled, guestAddress: vm.guestIp });
         await op.track("tap", "running", `tap ${tap} from the warm pool`);
         return tap;
       } catch (error) {
@@ -94,7 +95,7 @@ export function createVmNetwork(deps: {
         if (error instanceof FailedPreconditionError && error.reason === SharedReason.NOT_IN_POOL) {
           await host.deletePoolTap(pooled, scope).catch(() => undefined);
         }
-        return host.createTap(vm.id, bridge, scope);
+        return host.createTap(vm.id, bridge, scope, { guestAddress: vm.guestIp });
       }
     },
     adoptPoolTap(name) {

@@ -8,6 +8,7 @@ import {
 } from "@banger/common/errors";
 import { uidOf } from "../../host/passwd.js";
 import { ALIAS_PREFIX, DEVICE_PREFIX, tapName, validBridgeName, validVmId } from "../../validate/ids.js";
+import { contains, parseIpv4 } from "../../validate/ipv4.js";
 import type { NetworkDeps } from "./types.js";
 import { bangerBridge, bangerBridgeIn, findLink, ip, ipBatch, makeTap, rawLinks } from "./links.js";
 
@@ -15,12 +16,15 @@ const POOL_NAME = /^bgr-p[0-9a-f]{10}$/;
 
 export async function createTap(
   deps: NetworkDeps,
-  req: { vmId: string; bridge: string; pool: boolean; fromPool: string },
+  req: { vmId: string; bridge: string; pool: boolean; fromPool: string; guestAddress?: string },
 ): Promise<{ name: string }> {
   const bridgeName = validBridgeName(req.bridge);
+  const guestAddress = req.guestAddress ?? "";
   if (req.pool) {
-    if (req.vmId !== "" || req.fromPool !== "") {
-      throw new InvalidArgumentError("a pool tap takes no vm_id or from_pool", { reason: "INVALID_ARGUMENT" });
+    if (req.vmId !== "" || req.fromPool !== "" || guestAddress !== "") {
+      throw new InvalidArgumentError("a pool tap takes no vm_id, from_pool or guest_address", {
+        reason: "INVALID_ARGUMENT",
+      });
     }
     await bangerBridge(deps, bridgeName);
     const name = `${DEVICE_PREFIX}p${randomBytes(5).toString("hex")}`;
@@ -33,11 +37,25 @@ export async function createTap(
   if (req.fromPool !== "" && !POOL_NAME.test(req.fromPool)) {
     throw new InvalidArgumentError(`from_pool must match ${POOL_NAME.source}`, { reason: "INVALID_POOL_NAME" });
   }
+  const guest = guestAddress === "" ? undefined : parseIpv4(guestAddress, "guest_address");
   const links = await rawLinks(deps);
-  bangerBridgeIn(links, bridgeName);
+  const { cidr } = bangerBridgeIn(links, bridgeName);
+  if (guest && (!contains(cidr, guest.value) || guest.value === cidr.address.value)) {
+    throw new InvalidArgumentError(`guest_address ${guest.text} is not a guest address of bridge ${bridgeName}`, {
+      reason: "ADDRESS_OUTSIDE_BRIDGE",
+    });
+  }
+  // The bridge's neighbour entry for the address may name the MAC of the VM that had it before: the host would
+  // send the VM's first packets there until the entry times out. `flush` forgets it, and is content with none.
+  const forgetNeighbour = async () => {
+    if (guest) await ip(deps, "neigh", "flush", "to", guest.text, "dev", bridgeName);
+  };
   const existing = links.find((l) => l.ifname === name);
   if (existing) {
-    if (existing.ifalias === alias) return { name }; // already there: idempotent
+    if (existing.ifalias === alias) {
+      await forgetNeighbour();
+      return { name }; // already there: idempotent
+    }
     if (existing.ifalias?.startsWith(ALIAS_PREFIX)) {
       throw new AlreadyExistsError(`tap ${name} belongs to another VM`, { reason: "TAP_EXISTS" });
     }
@@ -45,6 +63,7 @@ export async function createTap(
   }
   if (req.fromPool === "") {
     await makeTap(deps, name, alias, bridgeName);
+    await forgetNeighbour();
     return { name };
   }
   const pooled = links.find((l) => l.ifname === req.fromPool);
@@ -80,6 +99,7 @@ export async function createTap(
     });
     throw error;
   }
+  await forgetNeighbour();
   return { name };
 }
 
