@@ -6,9 +6,10 @@
  * socket and disks in place of the snapshot's), what the agent was asked (thaw, then the identity
  * script with the fork's name, MAC and address), that two forks differ from each other and from their
  * source, that they outlive the source; refusals before anything is made; a failure after each fork
- * stage leaves the host and the state directory as they were.
+ * stage leaves the host and the state directory as they were, and so does a guest that does not take
+ * its identity (the fake's `fake.identity=fail`, carried in the snapshot's memory): FORK_IDENTITY_FAILED.
  */
-import { chownSync, readFileSync, writeFileSync } from "node:fs";
+import { chownSync, closeSync, openSync, readFileSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { requireTools } from "@banger/common/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -234,4 +235,31 @@ live("vm create --from (forks)", () => {
     },
     90_000,
   );
+
+  it("a guest that does not take its identity fails the fork at identity in the guest's words, and leaves nothing", async () => {
+    await cluster.stop("orchestrator");
+    await cluster.start("orchestrator");
+    // The fake guest's misbehaviour rides in the snapshot's memory, as a kernel file carries fake.panic.
+    const memory = openSync(join(snapshotDir("s2"), "memory"), "r+");
+    writeSync(memory, Buffer.from(" fake.identity=fail "), 0, undefined, 4096);
+    closeSync(memory);
+    await poolFull(ns, cluster);
+    const before = hostState(ns, cluster);
+    const result = await cli(["vm", "create", "--from", "s2", "--name", "stubborn", "--no-ssh-wait"], 1);
+    expect(result.stderr).toMatch(
+      /banger: failed at identity: the guest did not take the fork's identity \(exit 1\): failed: hostname\nfailed: \$BB ip link set dev eth0 \(op-[0-9a-f]+\)/,
+    );
+    const opId = /\((op-[0-9a-f]+)\)/.exec(result.stderr)?.[1] ?? "";
+    const op = JSON.parse((await cli(["op", "show", opId, "--json"])).stdout) as {
+      state: string;
+      error: { stage: string; reason: string; code: string };
+    };
+    expect(op).toMatchObject({
+      state: "OPERATION_STATE_FAILED",
+      error: { stage: "identity", reason: "FORK_IDENTITY_FAILED" },
+    });
+    await poolFull(ns, cluster);
+    expect(hostState(ns, cluster)).toEqual(before);
+    expect((JSON.parse((await cli(["vm", "list", "--json"])).stdout) as VmJson[]).map((v) => v.name)).toEqual(["src2"]);
+  }, 90_000);
 });

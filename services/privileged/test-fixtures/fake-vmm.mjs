@@ -51,7 +51,9 @@
 //   arguments), guest-exec-status (exited 0),
 //   guest-fsfreeze-freeze and -thaw (logged as agent-fsfreeze-…), and
 //   guest-shutdown, which logs `agent-shutdown` and exits 0 ~100 ms later.
-//   Boot args `fake.agent=off` make the port refuse (a guest without the kit).
+//   Boot args `fake.agent=off` make the port refuse (a guest without the kit);
+//   `fake.identity=fail` (in a snapshot's memory file too, read at its load)
+//   makes banger's fork identity script "fail": exit 1, naming failed steps.
 // QEMU form: -M microvm,… -qmp unix:PATH,server=on,wait=off -serial stdio …
 //   Serves QMP on the socket (greeting, qmp_capabilities, query-status, quit,
 //   stop and cont: query-status then says "paused" / "running"; each logged).
@@ -103,6 +105,8 @@ const identity = {
 };
 
 let log = (event, detail) => process.stderr.write(`fake-vmm: ${event} ${JSON.stringify(detail)}\n`);
+/** The fake.* switches of the running guest (its boot arguments and kernel file, or its snapshot's memory). */
+let guestSwitches = "";
 
 function fail(message) {
   process.stderr.write(`fake-vmm: error: ${message}\n`);
@@ -655,6 +659,7 @@ function firecrackerApi(id, requestsPath) {
         log("instance-start", boot);
         process.stdout.write(`fake-vmm: guest of ${id} booting ${JSON.stringify(boot)}\n`);
         const active = switches(boot.boot_args, boot.kernel);
+        guestSwitches = active;
         setImmediate(() => {
           flood(active);
           panic(active);
@@ -744,6 +749,8 @@ function firecrackerApi(id, requestsPath) {
           );
         }
         Object.assign(vm, { machine: state.machine, bootSource: state.bootSource, drives: state.drives, nets });
+        // The guest's misbehaviour is in its memory: switches in the memory file's first 64 KiB, as in a kernel's.
+        guestSwitches = switches(state.bootSource?.boot_args, memPath);
         const vsock = state.vsock && params.vsock_override ? { ...state.vsock, ...params.vsock_override } : state.vsock;
         if (vsock) await bindVsock(vsock);
         vm.state = params.resume_vm ? "Running" : "Paused";
@@ -943,6 +950,7 @@ if (args.includes("--api-sock")) {
   log("started", { kind: "qemu-microvm", ...identity });
   server.listen(socket);
   const active = switches(single(values, "-append"), kernel);
+  guestSwitches = active;
   flood(active);
   panic(active);
 } else {
@@ -955,6 +963,7 @@ if (args.includes("--api-sock")) {
  */
 function fakeGuestAgent(connection, first) {
   let buffered = "";
+  let lastExec = [];
   const onData = (chunk) => {
     buffered += chunk.toString("latin1").replace(/\xff/g, "");
     let newline;
@@ -982,14 +991,30 @@ function fakeGuestAgent(connection, first) {
           answer({ return: { version: "0.0.0-fake", supported_commands: [] } });
           break;
         case "guest-exec":
+          lastExec = command.arguments?.arg ?? [];
           log("agent-exec", {
             path: command.arguments?.path,
-            arg: command.arguments?.arg ?? [],
+            arg: lastExec,
             capture: command.arguments?.["capture-output"] === true,
           });
           answer({ return: { pid: 4242 } });
           break;
         case "guest-exec-status":
+          // fake.identity=fail: a guest that cannot take a fork's identity (banger's script, which records the
+          // fork's id in /etc/banger/host-keys-of) says which step failed and exits 1, as the script does.
+          if (/(?:^| )fake\.identity=fail(?: |$)/.test(guestSwitches) && lastExec.join(" ").includes("host-keys-of")) {
+            answer({
+              return: {
+                exited: true,
+                exitcode: 1,
+                "out-data": Buffer.from("host keys: kit-dropbear; SSH servers restarted: dropbear\n").toString(
+                  "base64",
+                ),
+                "err-data": Buffer.from("failed: hostname\nfailed: $BB ip link set dev eth0\n").toString("base64"),
+              },
+            });
+            break;
+          }
           // The program "ran" and exited 0; what it printed is the fake's word for it.
           answer({
             return: { exited: true, exitcode: 0, "out-data": Buffer.from("fake-vmm: ran\n").toString("base64") },
