@@ -21,6 +21,9 @@ export interface LoggerOptions {
  * (process.exit, the end of the event loop, an uncaught exception); only a
  * SIGKILL or an abort can lose the lines of the last write in flight, which
  * a synchronous write did not protect either (a call's line is written after its work).
+ * That synchronous write can pass a write still in flight, though: a service that
+ * ends itself calls `endLog` first, so its last lines ("shutting down", "stopped")
+ * come out in order.
  *
  * The JSON logger all three services share, so their lines read side by side:
  * `time` (ISO 8601), `level` (a label), `service`, `op_id` (from the current
@@ -41,4 +44,26 @@ export function createLogger(options: LoggerOptions): Logger {
     },
     options.destination ?? pino.destination({ dest: 1, sync: false }),
   );
+}
+
+/**
+ * Writes out what the logger has queued, in order, and closes its destination (stdout's sonic-boom):
+ * resolves once written, or after `waitMs` (a reader that takes nothing does not hold the exit).
+ * For the end of a process; the logger writes nothing after it.
+ */
+export function endLog(logger: Logger, waitMs = 2_000): Promise<void> {
+  const stream = (logger as unknown as Record<symbol, unknown>)[pino.symbols.streamSym] as
+    { end?: () => void; once?: (event: string, listener: () => void) => void } | undefined;
+  if (typeof stream?.end !== "function" || typeof stream.once !== "function") return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, waitMs);
+    timer.unref();
+    const done = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    stream.once?.("close", done);
+    stream.once?.("error", done);
+    stream.end?.();
+  });
 }

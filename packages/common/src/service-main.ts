@@ -1,7 +1,7 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { DescFile } from "@bufbuild/protobuf";
 import { FailedPreconditionError } from "./errors.js";
-import { createLogger, type Logger, type ServiceName } from "./logging.js";
+import { createLogger, endLog, type Logger, type ServiceName } from "./logging.js";
 import { activatedSocket } from "./socket-activation.js";
 import { startUnixServer, type UnixServerOptions } from "./unix-server.js";
 
@@ -52,19 +52,30 @@ export async function runService(options: ServiceMainOptions): Promise<void> {
     process.exitCode = 1;
     return;
   }
+  // The log is written asynchronously: its last lines ("shutting down", "stopped") are written out, in order,
+  // before the process exits.
+  const exit = (code: number) => void endLog(logger).then(() => process.exit(code));
+  let stopping = false;
   const stop = (signal: NodeJS.Signals) => {
+    // A second signal during the shutdown (a supervisor that passes its own on, a second Ctrl-C) must not end
+    // the process before it has closed: the listener stays, and the shutdown under way goes on.
+    if (stopping) {
+      logger.info({ signal }, "shutting down already");
+      return;
+    }
+    stopping = true;
     logger.info({ signal }, "shutting down");
     server
       .close()
       .then(() => options.onStop?.())
       .then(
-        () => process.exit(0),
+        () => exit(0),
         (error: unknown) => {
           logger.error({ err: error }, "shutdown failed");
-          process.exit(1);
+          exit(1);
         },
       );
   };
-  process.once("SIGTERM", stop);
-  process.once("SIGINT", stop);
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
 }

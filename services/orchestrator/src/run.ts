@@ -12,6 +12,7 @@ import {
   DEFAULT_STATE_DIR,
   clearStaleSocket,
   createLogger,
+  endLog,
   runService,
   runtimeLayout,
   stateLayout,
@@ -77,6 +78,8 @@ export async function runOrchestrator(options: RunOptions): Promise<void> {
   } catch (error) {
     const problems = error instanceof ConfigError ? { problems: error.problems } : {};
     logger.fatal({ err: error, ...problems }, `orchestrator failed to start: ${(error as Error).message}`);
+    // The log is written asynchronously: the line that says why goes out before the process ends.
+    await endLog(logger);
     return process.exit(1);
   }
 
