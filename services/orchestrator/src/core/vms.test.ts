@@ -243,9 +243,8 @@ function fakeQmp(script: Script, requests: string[], model: HostModel): (socket:
     },
     migrate: () => Promise.reject(new Error("not scripted")),
     queryMigrate: () => Promise.reject(new Error("not scripted")),
-    migrateIncoming: () => Promise.reject(new Error("not scripted")),
+    incoming: () => Promise.reject(new Error("not scripted")),
     setLink: () => Promise.reject(new Error("not scripted")),
-    setMigrationParameters: () => Promise.reject(new Error("not scripted")),
   });
 }
 

@@ -46,16 +46,7 @@ export type FirecrackerApi = Pick<
 
 export type QmpApi = Pick<
   QmpClient,
-  | "waitForSocket"
-  | "status"
-  | "powerdown"
-  | "stop"
-  | "cont"
-  | "migrate"
-  | "queryMigrate"
-  | "migrateIncoming"
-  | "setLink"
-  | "setMigrationParameters"
+  "waitForSocket" | "status" | "powerdown" | "stop" | "cont" | "migrate" | "queryMigrate" | "incoming" | "setLink"
 >;
 
 export type { MachineSpec, VmmDriver } from "../core/ports.js";
@@ -65,6 +56,8 @@ const SOCKET_WAIT_MS = 5_000;
 /** The QEMU migration stream in a VM's saved-state directory. */
 const QEMU_MIGRATION = "migration";
 const MIGRATION_POLL_MS = 25;
+/** How long a saved state may take to load (a large memory streams for a while). */
+const INCOMING_TIMEOUT_MS = 300_000;
 
 const shellQuote = (text: string) => `'${text.replace(/'/g, `'\\''`)}'`;
 
@@ -223,20 +216,17 @@ export function qemuDriver(
     async restore(launched, dir, signal, fork) {
       const client = qmp(launched.controlSocket);
       await client.waitForSocket(signal, SOCKET_WAIT_MS);
-      // After an incoming migration QEMU announces the NIC's MAC (RARP, then the guest's own gratuitous ARP): a
-      // fork's is its source's until its identity is changed, and the bridge would send the source's traffic here.
-      if (fork) await client.setMigrationParameters({ "announce-rounds": 0 });
-      await client.migrateIncoming(`exec:cat ${shellQuote(join(dir, QEMU_MIGRATION))}`);
-      let state = await client.status();
-      while (state.status === "inmigrate") {
-        await pause(MIGRATION_POLL_MS, signal);
-        state = await client.status();
-      }
-      // A fork's guest still has its source's address: no packet passes until its identity is its own.
-      if (fork) await client.setLink(QEMU_NETDEV, false);
-      // The guest was paused when it was saved: it comes back paused.
-      if (state.status === "paused" || state.status === "postmigrate") await client.cont();
-      state = await client.status();
+      // One QMP session (QEMU serves one client at a time; each new one costs a greeting and a handshake).
+      const state = await client.incoming(`exec:cat ${shellQuote(join(dir, QEMU_MIGRATION))}`, {
+        // After an incoming migration QEMU announces the NIC's MAC (RARP, then the guest's own gratuitous ARP): a
+        // fork's is its source's until its identity is changed, and the bridge would send the source's traffic here.
+        ...(fork ? { parameters: { "announce-rounds": 0 } } : {}),
+        // A fork's guest still has its source's address: no packet passes until its identity is its own. The
+        // guest was paused when it was saved: it comes back paused, and runs after that.
+        ...(fork ? { linkDown: QEMU_NETDEV } : {}),
+        timeoutMs: INCOMING_TIMEOUT_MS,
+        signal,
+      });
       if (!state.running) {
         throw new FailedPreconditionError(`qemu did not take the saved state: status ${state.status}`, {
           reason: "VMM_NOT_RUNNING",

@@ -67,6 +67,49 @@ describe.skipIf(!haveQemu)("QMP client against a real QEMU", () => {
   });
 });
 
+describe.skipIf(!haveQemu)("QMP client: a saved state taken back (incoming migration)", () => {
+  let source: ChildProcess | undefined;
+  afterEach(() => {
+    source?.kill("SIGKILL");
+    source = undefined;
+  });
+
+  it("loads in one session: parameters, the stream, its end, the link down, and the machine running", async () => {
+    dir = mkdtempSync(join(tmpdir(), "qmp-"));
+    const machine = [
+      ...["-M", "microvm,x-option-roms=off", "-accel", "tcg", "-m", "64M"],
+      ...["-nodefaults", "-no-user-config", "-nographic"],
+      ...["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"],
+    ];
+    // A machine saved paused to a file, as banger saves a VM (`exec:cat > FILE`).
+    const sourceSocket = join(dir, "source.sock");
+    source = spawn(QEMU, [...machine, "-S", "-qmp", `unix:${sourceSocket},server=on,wait=off`], { stdio: "ignore" });
+    const saving = createQmpClient(sourceSocket);
+    await saving.waitForSocket(AbortSignal.timeout(10_000), 10_000);
+    await saving.cont();
+    await saving.stop();
+    const file = join(dir, "migration");
+    await saving.migrate(`exec:cat > ${file}`);
+    while ((await saving.queryMigrate()).status !== "completed") await new Promise((r) => setTimeout(r, 20));
+
+    const socket = join(dir, "qmp.sock");
+    qemu = spawn(QEMU, [...machine, "-incoming", "defer", "-qmp", `unix:${socket},server=on,wait=off`], {
+      stdio: "ignore",
+    });
+    const client = createQmpClient(socket);
+    await client.waitForSocket(AbortSignal.timeout(10_000), 10_000);
+    expect(await client.status()).toEqual({ running: false, status: "inmigrate" });
+    const state = await client.incoming(`exec:cat ${file}`, {
+      parameters: { "announce-rounds": 0 },
+      linkDown: "net0",
+      timeoutMs: 30_000,
+      signal: AbortSignal.timeout(30_000),
+    });
+    expect(state).toEqual({ running: true, status: "running" });
+    expect(await client.status()).toEqual({ running: true, status: "running" });
+  });
+});
+
 describe("QMP client without a QEMU", () => {
   it("names the socket and says nothing is there (UNAVAILABLE, VMM_API_UNREACHABLE)", async () => {
     const error = (await createQmpClient("/nonexistent/qmp.sock")

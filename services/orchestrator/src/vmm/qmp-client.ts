@@ -34,10 +34,21 @@ export interface QmpClient {
   migrate(uri: string): Promise<void>;
   /** The outgoing migration's status: "active", "completed", "failed" (with QEMU's error), … */
   queryMigrate(): Promise<{ readonly status: string; readonly error: string }>;
-  /** Feeds a QEMU started with `-incoming defer` the state at `uri` (e.g. `exec:cat FILE`). */
-  migrateIncoming(uri: string): Promise<void>;
-  /** migrate-set-parameters: e.g. `{ "announce-rounds": 0 }` (no self-announcement after an incoming migration). */
-  setMigrationParameters(parameters: Readonly<Record<string, number | boolean | string>>): Promise<void>;
+  /**
+   * A machine started with `-incoming defer` takes the state at `uri` (e.g. `exec:cat FILE`), in one session:
+   * `parameters` set first (migrate-set-parameters), migrate-incoming, its end (query-status every 10 ms while
+   * "inmigrate"), then the link `linkDown` set down before the guest runs, and cont (a state saved paused
+   * comes back paused). Resolves with the run state after; `timeoutMs` bounds it all (a large memory takes time).
+   */
+  incoming(
+    uri: string,
+    options: {
+      readonly parameters?: Readonly<Record<string, number | boolean | string>>;
+      readonly linkDown?: string;
+      readonly timeoutMs: number;
+      readonly signal: AbortSignal;
+    },
+  ): Promise<{ readonly running: boolean; readonly status: string }>;
   /**
    * Sets the link of network device (or netdev) `name` up or down: a link down passes no packet either way.
    * Up, the guest is announced too (`announce-self`): its gratuitous ARP updates the host's neighbour table.
@@ -47,23 +58,37 @@ export interface QmpClient {
 
 const DEFAULT_TIMEOUT_MS = 5000;
 const POLL_INTERVAL_MS = 20;
+/** How often an incoming migration's end is asked for, in its session. */
+const INCOMING_POLL_MS = 10;
 const NOT_YET = new Set(["ENOENT", "ECONNREFUSED"]);
 
 export function createQmpClient(socketPath: string, options: { timeoutMs?: number } = {}): QmpClient {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
 
   /** Opens a session, runs `commands` in order, returns the last one's `return` value. */
-  async function session(commands: readonly { execute: string; arguments?: object }[]): Promise<unknown> {
+  function session(commands: readonly { execute: string; arguments?: object }[]): Promise<unknown> {
+    return converse(async (call) => {
+      let result: unknown;
+      for (const command of commands) result = await call(command);
+      return result;
+    });
+  }
+
+  /** Opens a session (greeting, qmp_capabilities), lets `work` call commands in it, closes it. */
+  async function converse<T>(
+    work: (call: (command: { execute: string; arguments?: object }) => Promise<unknown>) => Promise<T>,
+    limitMs = timeoutMs,
+  ): Promise<T> {
     const socket = await open(socketPath);
     const lines = createInterface({ input: socket });
     const timer = setTimeout(
       () =>
         socket.destroy(
-          new DeadlineExceededError(`QMP on ${socketPath} did not answer in ${timeoutMs} ms`, {
+          new DeadlineExceededError(`QMP on ${socketPath} did not answer in ${limitMs} ms`, {
             reason: "VMM_API_TIMEOUT",
           }),
         ),
-      timeoutMs,
+      limitMs,
     );
     try {
       const replies = lines[Symbol.asyncIterator]();
@@ -81,15 +106,15 @@ export function createQmpClient(socketPath: string, options: { timeoutMs?: numbe
       };
       const greeting = await next();
       if (!("QMP" in greeting)) throw qmpError("greeting", `unexpected first message ${JSON.stringify(greeting)}`);
-      let result: unknown;
-      for (const command of [{ execute: "qmp_capabilities" }, ...commands]) {
+      const call = async (command: { execute: string; arguments?: object }) => {
         socket.write(`${JSON.stringify(command)}\n`);
         const reply = await next();
         const error = reply["error"] as { desc?: string } | undefined;
         if (error) throw qmpError(command.execute, error.desc ?? JSON.stringify(error));
-        result = reply["return"];
-      }
-      return result;
+        return reply["return"];
+      };
+      await call({ execute: "qmp_capabilities" });
+      return await work(call);
     } catch (error) {
       throw socket.errored ?? error;
     } finally {
@@ -134,11 +159,24 @@ export function createQmpClient(socketPath: string, options: { timeoutMs?: numbe
       const value = (await session([{ execute: "query-migrate" }])) as { status?: string; "error-desc"?: string };
       return { status: value.status ?? "none", error: value["error-desc"] ?? "" };
     },
-    async migrateIncoming(uri) {
-      await session([{ execute: "migrate-incoming", arguments: { uri } }]);
-    },
-    async setMigrationParameters(parameters) {
-      await session([{ execute: "migrate-set-parameters", arguments: parameters }]);
+    incoming(uri, { parameters, linkDown, timeoutMs: limitMs, signal }) {
+      return converse(async (call) => {
+        const state = async () => (await call({ execute: "query-status" })) as { running?: boolean; status?: string };
+        if (parameters) await call({ execute: "migrate-set-parameters", arguments: parameters });
+        await call({ execute: "migrate-incoming", arguments: { uri } });
+        let now = await state();
+        while (now.status === "inmigrate") {
+          signal.throwIfAborted();
+          await new Promise((resolve) => setTimeout(resolve, INCOMING_POLL_MS));
+          now = await state();
+        }
+        if (linkDown !== undefined) await call({ execute: "set_link", arguments: { name: linkDown, up: false } });
+        if (now.status === "paused" || now.status === "postmigrate") {
+          await call({ execute: "cont" });
+          now = await state();
+        }
+        return { running: now.running === true, status: now.status ?? "unknown" };
+      }, limitMs);
     },
     async setLink(name, up) {
       // Up: QEMU announces the guest as after a migration (virtio-net asks the guest to send gratuitous
