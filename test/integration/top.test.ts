@@ -190,6 +190,9 @@ live("banger top in tmux", () => {
     // Logs leave the screen for `vm logs -f`; Ctrl-C ends them and the screen comes back.
     keys("l");
     await screenShows(/^(?![\s\S]*NAME +STATE)/, "the table gone while logs run", 30_000);
+    // As a user does: Ctrl-C once the logs show (a Ctrl-C in the instant between the screen going and the
+    // command starting reached neither: CI saw the logs run on).
+    await screenShows(/fake-vmm: console of/, "the logs", 30_000);
     keys("C-c");
     await screenShows(/NAME +STATE[\s\S]*alpha +starting/, "the table back after the logs");
 
