@@ -227,16 +227,22 @@ live("banger doctor", () => {
     expect([...services].sort()).toEqual(["image-puller", "orchestrator", "privileged"]);
   });
 
-  it("reads the configured Firecracker's version: 1.9.1 passes, 1.7.0 is too old", async () => {
+  it("reads the configured Firecracker's version: 1.12.0 passes, 1.9.1 runs VMs but no forks, 1.7.0 is too old", async () => {
     const fake = (version: string) =>
       writeFileSync(firecracker, `#!/bin/sh\necho "Firecracker v${version}"\n`, { mode: 0o755 });
-    fake("1.9.1");
+    fake("1.12.0");
     chownSync(firecracker, OWNER, OWNER);
     let { report } = await doctorJson();
     expect(jsonCheck(report, "vmm-version")).toMatchObject({
       status: "CHECK_STATUS_OK",
-      detail: `Firecracker 1.9.1 at ${firecracker}`,
+      detail: `Firecracker 1.12.0 at ${firecracker}`,
       hint: "",
+    });
+    fake("1.9.1");
+    ({ report } = await doctorJson());
+    expect(jsonCheck(report, "vmm-version")).toMatchObject({
+      status: "CHECK_STATUS_WARN",
+      detail: `Firecracker 1.9.1 at ${firecracker}: VMs run, but forks (vm create --from) need 1.12 (snapshot loads with network_overrides)`,
     });
     fake("1.7.0");
     ({ report } = await doctorJson());

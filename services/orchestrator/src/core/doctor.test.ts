@@ -62,7 +62,10 @@ function healthyProbes(delay = 0): DoctorProbes {
   return {
     kvmAccess: () => after(delay, { ok: true }),
     version: () =>
-      after(delay, { kind: "output", text: "Firecracker v1.9.1\n\nSupported snapshot data format versions: v1.0.0\n" }),
+      after(delay, {
+        kind: "output",
+        text: "Firecracker v1.12.0\n\nSupported snapshot data format versions: v1.0.0\n",
+      }),
     findTool: (tool) => after(delay, `/usr/sbin/${tool}`),
     ipForwarding: () => after(delay, true),
     lowPorts: () => after(delay, { ok: true, why: "holds CAP_NET_BIND_SERVICE" }),
@@ -195,7 +198,7 @@ describe("doctor", () => {
       rootDiskStrategy: "dm-snapshot (device-mapper present)",
       vmm: "firecracker (configured)",
     });
-    expect(summary(report, "vmm-version").detail).toBe("Firecracker 1.9.1 at /usr/local/bin/firecracker");
+    expect(summary(report, "vmm-version").detail).toBe("Firecracker 1.12.0 at /usr/local/bin/firecracker");
     expect(summary(report, "service-privileged").detail).toBe("0.1.0, pid 42, uid 0, on /run/banger/privileged.sock");
     expect(summary(report, "service-versions").detail).toBe("all run 0.1.0, as this client does");
     expect(summary(report, "default-kernel").detail).toBe("debian-6.1 (the host default kernel)");
@@ -375,6 +378,16 @@ describe("doctor", () => {
     expect(await withVersion(() => Promise.resolve({ kind: "output", text: "Firecracker v1.7.0\n" }))).toMatchObject({
       status: "fail",
       detail: "Firecracker 1.7.0 at /usr/local/bin/firecracker is older than 1.8",
+    });
+    // 1.8-1.11 run VMs; a fork's snapshot load needs network_overrides (1.12).
+    expect(await withVersion(() => Promise.resolve({ kind: "output", text: "Firecracker v1.11.0\n" }))).toEqual({
+      status: "warn",
+      detail:
+        "Firecracker 1.11.0 at /usr/local/bin/firecracker: VMs run, but forks (vm create --from) need 1.12 (snapshot loads with network_overrides)",
+      hint: "for forks, install Firecracker >= 1.12 (github.com/firecracker-microvm/firecracker/releases) as /usr/local/bin/firecracker, or set firecracker.binary in /home/ada/.config/banger/config.toml",
+    });
+    expect(await withVersion(() => Promise.resolve({ kind: "output", text: "Firecracker v1.12.1\n" }))).toMatchObject({
+      status: "ok",
     });
     expect(await withVersion(() => Promise.resolve({ kind: "not-executable" }))).toMatchObject({
       status: "fail",
@@ -723,7 +736,7 @@ describe("doctor", () => {
     const report = await run(deps({ features: () => Promise.resolve({ ...ALL_FEATURES, vmmBinaries: elsewhere }) }));
     expect(summary(report, "vmm-version")).toEqual({
       status: "warn",
-      detail: "Firecracker 1.9.1 at /usr/local/bin/firecracker; but the helper launches /opt/fc/firecracker",
+      detail: "Firecracker 1.12.0 at /usr/local/bin/firecracker; but the helper launches /opt/fc/firecracker",
       hint:
         "set firecracker.binary in /home/ada/.config/banger/config.toml to /opt/fc/firecracker, or have the helper " +
         "launch it (sudo banger system install --firecracker /usr/local/bin/firecracker, or dev up --firecracker)",

@@ -6,6 +6,8 @@ import { compareVersions } from "../kernels.js";
 import { check, type Settled } from "./settle.js";
 
 const MIN_FIRECRACKER = "1.8.0";
+/** Forks load a snapshot with their own tap and vsock socket: `network_overrides` came in Firecracker 1.12. */
+const MIN_FIRECRACKER_FORKS = "1.12.0";
 
 /** "Firecracker v1.9.1" → "1.9.1"; "QEMU emulator version 7.2.5 (Debian …)" → "7.2.5"; undefined when absent. */
 export function parseVmmVersion(vmm: VmmDriver, text: string): string | undefined {
@@ -91,6 +93,14 @@ export function vmmVersionCheck(
       }
       if (vmm === "firecracker" && !firecrackerSupported(version)) {
         return fail(`${label} ${version} at ${binary} is older than 1.8`);
+      }
+      if (vmm === "firecracker" && compareVersions(version, MIN_FIRECRACKER_FORKS) < 0) {
+        return check(
+          "vmm-version",
+          "warn",
+          `${label} ${version} at ${binary}: VMs run, but forks (vm create --from) need 1.12 (snapshot loads with network_overrides)`,
+          `for forks, ${install.replace(">= 1.8", ">= 1.12")}`,
+        );
       }
       return check("vmm-version", "ok", `${label} ${version} at ${binary}`);
     }
