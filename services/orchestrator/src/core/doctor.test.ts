@@ -271,7 +271,7 @@ describe("doctor", () => {
           }),
         probes: {
           ...healthyProbes(),
-          kvmAccess: () => Promise.resolve({ ok: false, code: "EACCES", group: "kvm", user: "ada" }),
+          kvmAccess: () => Promise.resolve({ ok: false, code: "EACCES" }),
         },
       }),
     );

@@ -378,10 +378,6 @@ export type KvmAccess =
       readonly ok: false;
       /** errno code, e.g. "ENOENT", "EACCES". */
       readonly code: string;
-      /** /dev/kvm's group name when it exists, e.g. "kvm". */
-      readonly group?: string | undefined;
-      /** bangerd's user name, for the hint. */
-      readonly user?: string | undefined;
     };
 
 /** What `<binary> --version` gave. */

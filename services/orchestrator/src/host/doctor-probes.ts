@@ -4,8 +4,8 @@
  * closed, the VMM only asked for `--version`, the SSH key read, never made.
  */
 import { constants } from "node:fs";
-import { access, open, readFile, stat, statfs } from "node:fs/promises";
-import { networkInterfaces, userInfo } from "node:os";
+import { access, open, readFile, statfs } from "node:fs/promises";
+import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import {
   ANY_EXIT_CODE,
@@ -38,12 +38,7 @@ export function createDoctorProbes(options: {
         await handle.close();
         return { ok: true };
       } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code ?? "UNKNOWN";
-        const gid = await stat(KVM).then(
-          (st) => st.gid,
-          () => undefined,
-        );
-        return { ok: false, code, group: gid === undefined ? undefined : await groupName(gid), user: ownUserName() };
+        return { ok: false, code: (error as NodeJS.ErrnoException).code ?? "UNKNOWN" };
       }
     },
 
@@ -132,20 +127,4 @@ export function createDoctorProbes(options: {
       }
     },
   };
-}
-
-function ownUserName(): string | undefined {
-  try {
-    return userInfo().username;
-  } catch {
-    return undefined;
-  }
-}
-
-async function groupName(gid: number): Promise<string | undefined> {
-  const groups = await readFile("/etc/group", "utf8").catch(() => "");
-  return groups
-    .split("\n")
-    .map((line) => line.split(":"))
-    .find((fields) => fields[2] === String(gid))?.[0];
 }

@@ -2,10 +2,10 @@
  * banger's links as `ip` shows them, and the one way one is made: every step in one `ip -batch`,
  * the link marked with banger's alias, deleted again if a step fails.
  */
-import { FailedPreconditionError, PermissionDeniedError } from "@banger/common/errors";
+import { FailedPreconditionError, InvalidArgumentError, PermissionDeniedError } from "@banger/common/errors";
 import { uidOf } from "../../host/passwd.js";
 import { ALIAS_PREFIX, validBridgeName } from "../../validate/ids.js";
-import { parseHostCidr, type Ipv4Cidr } from "../../validate/ipv4.js";
+import { contains, parseHostCidr, type Ipv4, type Ipv4Cidr } from "../../validate/ipv4.js";
 import type { LinkInfo, LinkKind, NetworkDeps } from "./types.js";
 
 export interface IpLink {
@@ -62,6 +62,15 @@ export function bangerBridgeIn(links: readonly IpLink[], name: string): { link: 
   const inet = (link.addr_info ?? []).find((a) => a.family === "inet");
   if (!inet) throw new FailedPreconditionError(`bridge ${name} has no IPv4 address`, { reason: "BRIDGE_MISMATCH" });
   return { link, cidr: parseHostCidr(`${inet.local}/${inet.prefixlen}`, "bridge address", 0, 32) };
+}
+
+/** `guest` as a guest address of bridge `bridge` (its subnet, not the bridge's own), or ADDRESS_OUTSIDE_BRIDGE. */
+export function requireGuestAddress(cidr: Ipv4Cidr, guest: Ipv4, bridge: string): void {
+  if (!contains(cidr, guest.value) || guest.value === cidr.address.value) {
+    throw new InvalidArgumentError(`guest_address ${guest.text} is not a guest address of bridge ${bridge}`, {
+      reason: "ADDRESS_OUTSIDE_BRIDGE",
+    });
+  }
 }
 
 /** Creates a tap owned by the owner, marks it, attaches it to the bridge and brings it up. */

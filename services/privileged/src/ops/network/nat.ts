@@ -1,10 +1,9 @@
 /** The NAT rules in banger's nftables table: one masquerade rule per VM, marked `vm:<vm_id>`. */
-import { InvalidArgumentError } from "@banger/common/errors";
 import { NFT_TABLE } from "@banger/common/layout";
 import { validVmId } from "../../validate/ids.js";
-import { contains, parseIpv4 } from "../../validate/ipv4.js";
+import { parseIpv4 } from "../../validate/ipv4.js";
 import type { NatRuleInfo, NetworkDeps } from "./types.js";
-import { bangerBridge } from "./links.js";
+import { bangerBridge, requireGuestAddress } from "./links.js";
 
 /** banger's nftables chain (in common's NFT_TABLE). */
 const NFT_CHAIN = "postrouting";
@@ -35,11 +34,7 @@ export async function enableNat(
   const vmId = validVmId(req.vmId);
   const guest = parseIpv4(req.guestAddress, "guest_address");
   const { cidr } = await bangerBridge(deps, req.bridge);
-  if (!contains(cidr, guest.value) || guest.value === cidr.address.value) {
-    throw new InvalidArgumentError(`guest_address ${guest.text} is not a guest address of bridge ${req.bridge}`, {
-      reason: "ADDRESS_OUTSIDE_BRIDGE",
-    });
-  }
+  requireGuestAddress(cidr, guest, req.bridge);
   const rules = await natRules(deps);
   const mine = rules.filter((r) => r.vmId === vmId);
   if (mine.length === 1 && mine[0]?.guestAddress === guest.text) return { added: false };

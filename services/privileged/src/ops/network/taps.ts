@@ -8,9 +8,18 @@ import {
 } from "@banger/common/errors";
 import { uidOf } from "../../host/passwd.js";
 import { ALIAS_PREFIX, DEVICE_PREFIX, tapName, validBridgeName, validVmId } from "../../validate/ids.js";
-import { contains, parseIpv4 } from "../../validate/ipv4.js";
+import { parseIpv4 } from "../../validate/ipv4.js";
 import type { NetworkDeps } from "./types.js";
-import { bangerBridge, bangerBridgeIn, findLink, ip, ipBatch, makeTap, rawLinks } from "./links.js";
+import {
+  bangerBridge,
+  bangerBridgeIn,
+  findLink,
+  ip,
+  ipBatch,
+  makeTap,
+  rawLinks,
+  requireGuestAddress,
+} from "./links.js";
 
 const POOL_NAME = /^bgr-p[0-9a-f]{10}$/;
 
@@ -40,11 +49,7 @@ export async function createTap(
   const guest = guestAddress === "" ? undefined : parseIpv4(guestAddress, "guest_address");
   const links = await rawLinks(deps);
   const { cidr } = bangerBridgeIn(links, bridgeName);
-  if (guest && (!contains(cidr, guest.value) || guest.value === cidr.address.value)) {
-    throw new InvalidArgumentError(`guest_address ${guest.text} is not a guest address of bridge ${bridgeName}`, {
-      reason: "ADDRESS_OUTSIDE_BRIDGE",
-    });
-  }
+  if (guest) requireGuestAddress(cidr, guest, bridgeName);
   // The bridge's neighbour entry for the address may name the MAC of the VM that had it before: the host would
   // send the VM's first packets there until the entry times out. `flush` forgets it, and is content with none.
   const forgetNeighbour = async () => {
