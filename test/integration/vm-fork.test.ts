@@ -153,8 +153,7 @@ live("vm create --from (forks)", () => {
       expect(log.indexOf("agent-exec")).toBeGreaterThan(log.indexOf("agent-fsfreeze-thaw"));
       const script = await identityScript(fork.name);
       expect(script).toContain(`echo '${fork.name}' >/proc/sys/kernel/hostname`);
-      expect(script).toContain(`address '${fork.mac}'`);
-      expect(script).toContain(`ip addr add '${fork.guestIp}/24' dev eth0`);
+      expect(script).toContain(`ifconfig eth0 hw ether '${fork.mac}' '${fork.guestIp}' netmask '255.255.255.0'`);
       expect(script).toContain(`echo '${fork.id}' >/etc/banger/host-keys-of`);
       // New host keys, made on the host, written where the guest's SSH servers read them.
       expect(script).toMatch(

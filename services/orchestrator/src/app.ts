@@ -211,6 +211,7 @@ export async function createOrchestrator(config: OrchestratorConfig): Promise<Or
   return {
     stop: async () => {
       clearInterval(dailyPrune);
+      vms.closeConnections();
       await dns.close();
     },
     files: [

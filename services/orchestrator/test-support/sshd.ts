@@ -65,7 +65,8 @@ export function freePort(): Promise<number> {
   });
 }
 
-export async function startTestGuest(): Promise<TestGuest> {
+/** `maxSessions`: sshd's MaxSessions (commands at once on one connection; OpenSSH's default is 10). */
+export async function startTestGuest(options: { maxSessions?: number } = {}): Promise<TestGuest> {
   if (BUSYBOX === undefined || DASH === undefined) throw new Error("cannot start sshd: busybox or dash is missing");
   const dir = mkdtempSync(join(tmpdir(), "banger-guest-"));
   mkdirSync("/run/sshd", { recursive: true, mode: 0o755 });
@@ -110,6 +111,7 @@ export async function startTestGuest(): Promise<TestGuest> {
       "UsePAM no",
       "StrictModes no",
       "MaxStartups 50",
+      ...(options.maxSessions === undefined ? [] : [`MaxSessions ${options.maxSessions}`]),
       `PidFile ${join(dir, "sshd.pid")}`,
     ].join("\n") + "\n",
   );

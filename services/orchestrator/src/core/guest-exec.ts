@@ -4,11 +4,11 @@
  * and refused when it changes. The argument vector is quoted for the guest's
  * shell, so what the caller sends is exactly what runs.
  */
-import { appendFile, mkdir, readFile } from "node:fs/promises";
-import { dirname } from "node:path";
-import { DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError } from "@banger/common";
+import { DeadlineExceededError, InvalidArgumentError, UnavailableError } from "@banger/common";
 import type { ClientChannel } from "ssh2";
-import { newSshClient } from "./ssh2-client.js";
+import { connectGuest, type GuestLease, type GuestTarget } from "./guest-connections.js";
+
+export { verifyHostKey, type GuestTarget } from "./guest-connections.js";
 
 export interface GuestCommand {
   readonly argv: readonly string[];
@@ -17,15 +17,6 @@ export interface GuestCommand {
   readonly user: string;
   readonly stdin: Uint8Array;
   readonly timeoutMs: number | undefined;
-}
-
-export interface GuestTarget {
-  readonly host: string;
-  readonly port: number;
-  /** The name the host key is pinned under, `<vm>.vm`. */
-  readonly hostKeyAlias: string;
-  readonly privateKey: Buffer;
-  readonly knownHostsFile: string;
 }
 
 /** What an interactive caller sends after the command. */
@@ -47,7 +38,6 @@ export interface ExitStatus {
 }
 
 const ENV_ENTRY = /^[A-Za-z_][A-Za-z0-9_]*=/;
-const CONNECT_TIMEOUT_MS = 10_000;
 
 /** `'…'` quoting for a POSIX shell. */
 export function shellQuote(word: string): string {
@@ -76,36 +66,13 @@ export function remoteCommand(command: GuestCommand): string {
   return `exec su -s /bin/sh ${shellQuote(command.user)} -c ${shellQuote(line)}`;
 }
 
-/** Checks the guest's host key against the pinned one, pinning it on first contact. */
-export async function verifyHostKey(target: GuestTarget, key: Buffer): Promise<void> {
-  const presented = key.toString("base64");
-  let pinned: string | undefined;
-  try {
-    for (const line of (await readFile(target.knownHostsFile, "utf8")).split("\n")) {
-      const [names = "", , blob] = line.split(" ");
-      if (names.split(",").includes(target.hostKeyAlias)) pinned = blob;
-    }
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
-  }
-  if (pinned === undefined) {
-    const type = key.subarray(4, 4 + key.readUInt32BE(0)).toString();
-    await mkdir(dirname(target.knownHostsFile), { recursive: true, mode: 0o700 });
-    await appendFile(target.knownHostsFile, `${target.hostKeyAlias} ${type} ${presented}\n`, { mode: 0o600 });
-    return;
-  }
-  if (pinned !== presented) {
-    throw new FailedPreconditionError(
-      `the host key of ${target.hostKeyAlias} is not the one pinned in ${target.knownHostsFile}; if the guest was rebuilt, remove its line there`,
-      { reason: "HOST_KEY_MISMATCH" },
-    );
-  }
-}
-
 /**
  * Runs `command` in the guest; output goes to `onStdout`/`onStderr` as it
  * comes. A non-zero exit is a result, not an error. Cancelling `signal`
- * closes the channel (the command is hung up).
+ * closes the connection (the command is hung up). On a kept connection
+ * (guest-connections.ts) when the target names one; a command whose
+ * channel a kept connection could not open (it has not run) is tried once
+ * more on a new connection.
  */
 export async function execInGuest(
   target: GuestTarget,
@@ -115,98 +82,133 @@ export async function execInGuest(
   interactive?: Interactive,
 ): Promise<ExitStatus> {
   const line = remoteCommand(command);
-  const client = await newSshClient();
+  const connections = target.reuse?.connections;
+  try {
+    const lease = connections ? await connections.lease(target, signal) : await freshLease(target, signal);
+    try {
+      return await runOn(lease, target, line, command, output, signal, interactive);
+    } catch (error) {
+      if (!(error instanceof NotStarted)) throw error;
+      if (!lease.kept || !connections || signal.aborted) throw error.cause;
+      const again = await connections.fresh(target, signal);
+      return await runOn(again, target, line, command, output, signal, interactive).catch((retried: unknown) => {
+        throw retried instanceof NotStarted ? retried.cause : retried;
+      });
+    }
+  } catch (error) {
+    if (error instanceof Error && error.name === "TimeoutError") {
+      throw new DeadlineExceededError("the command ran past its deadline", { cause: error });
+    }
+    throw error;
+  }
+}
+
+async function freshLease(target: GuestTarget, signal: AbortSignal): Promise<GuestLease> {
+  const client = await connectGuest(target, signal);
+  return { client, kept: false, release: () => client.end() };
+}
+
+/** A failure before the command's channel was open: the guest has not run the command. */
+class NotStarted extends Error {
+  constructor(override readonly cause: Error) {
+    super(cause.message);
+  }
+}
+
+/** `line` on the leased connection; the lease is released (broken unless the command ended normally). */
+function runOn(
+  lease: GuestLease,
+  target: GuestTarget,
+  line: string,
+  command: GuestCommand,
+  output: { onStdout: (chunk: Buffer) => void; onStderr: (chunk: Buffer) => void },
+  signal: AbortSignal,
+  interactive: Interactive | undefined,
+): Promise<ExitStatus> {
+  const { client } = lease;
   return new Promise<ExitStatus>((resolve, reject) => {
-    let hostKeyError: unknown;
     let settled = false;
+    let started = false;
     let timer: NodeJS.Timeout | undefined;
+    let open: ClientChannel | undefined;
     const finish = (error: unknown, status?: ExitStatus) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       signal.removeEventListener("abort", onAbort);
-      client.end();
-      if (error) reject(error instanceof Error ? error : new Error("the SSH session failed", { cause: error }));
-      else if (status) resolve(status);
+      client.off("error", onLost);
+      client.off("close", onClosed);
+      if (error !== undefined || status?.timedOut === true) open?.close();
+      // Only a command that ended as commands do leaves its connection to the next one.
+      lease.release(error !== undefined || status?.timedOut === true);
+      if (error) {
+        const failure = error instanceof Error ? error : new Error("the SSH session failed", { cause: error });
+        reject(started || signal.aborted ? failure : new NotStarted(failure));
+      } else if (status) resolve(status);
     };
-    const onAbort = () => finish(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    client.on("error", (error) =>
-      finish(
-        hostKeyError ??
-          new UnavailableError(`cannot reach the guest at ${target.host}:${target.port}: ${error.message}`, {
-            reason: "GUEST_UNREACHABLE",
-            cause: error,
-          }),
-      ),
-    );
-    client.on("ready", () => {
-      const tty = interactive?.tty;
-      const options = tty ? { pty: { cols: tty.columns, rows: tty.rows, term: tty.term, height: 0, width: 0 } } : {};
-      client.exec(line, options, (error: Error | undefined, channel: ClientChannel) => {
-        if (error) return finish(error);
-        let timedOut = false;
-        if (command.timeoutMs !== undefined) {
-          // The guest's `timeout` kills the command; should the guest not answer, give up a little later.
-          timer = setTimeout(() => {
-            timedOut = true;
-            finish(undefined, { code: -1, signal: "KILL", timedOut: true });
-          }, command.timeoutMs + 5_000);
-        }
-        channel.on("data", (chunk: Buffer) => output.onStdout(chunk));
-        channel.stderr.on("data", (chunk: Buffer) => output.onStderr(chunk));
-        let exit: ExitStatus | undefined;
-        channel.on("exit", (code: number | null, signalName?: string) => {
-          const signalled = (signalName ?? "").replace(/^SIG/, "");
-          // The guest's `timeout -s KILL` ends with 137, or is killed along with the command.
-          if (command.timeoutMs !== undefined && (code === 137 || signalled === "KILL")) {
-            exit = { code: -1, signal: "KILL", timedOut: true };
-          } else {
-            exit = { code: signalled ? -1 : (code ?? -1), signal: signalled, timedOut };
-          }
-        });
-        channel.on("close", () => finish(undefined, exit ?? { code: -1, signal: timedOut ? "KILL" : "", timedOut }));
-        if (!interactive) {
-          channel.end(Buffer.from(command.stdin));
-          return;
-        }
-        // Input as it comes; the stream ending closes stdin too.
-        void (async () => {
-          try {
-            for await (const event of interactive.input) {
-              if (event.kind === "stdin") channel.write(Buffer.from(event.data));
-              else if (event.kind === "resize") channel.setWindow(event.rows, event.columns, 0, 0);
-              else break;
-            }
-            channel.end();
-          } catch (inputError) {
-            finish(inputError);
-          }
-        })();
+    const unreachable = (why: string, cause?: Error) =>
+      new UnavailableError(`cannot reach the guest at ${target.host}:${target.port}: ${why}`, {
+        reason: "GUEST_UNREACHABLE",
+        ...(cause ? { cause } : {}),
       });
-    });
-    client.connect({
-      host: target.host,
-      port: target.port,
-      username: "root",
-      privateKey: target.privateKey,
-      readyTimeout: CONNECT_TIMEOUT_MS,
-      hostVerifier: (key: Buffer, verify: (valid: boolean) => void) => {
-        verifyHostKey(target, key).then(
-          () => verify(true),
-          (error: unknown) => {
-            hostKeyError = error;
-            verify(false);
-          },
-        );
-      },
+    const onAbort = () => finish(signal.reason);
+    const onLost = (error: Error) => finish(unreachable(error.message, error));
+    const onClosed = () => finish(unreachable("the connection closed"));
+    signal.addEventListener("abort", onAbort, { once: true });
+    client.on("error", onLost);
+    client.on("close", onClosed);
+    const tty = interactive?.tty;
+    const options = tty ? { pty: { cols: tty.columns, rows: tty.rows, term: tty.term, height: 0, width: 0 } } : {};
+    if (lease.openMs !== undefined) {
+      const ms = lease.openMs;
+      timer = setTimeout(() => finish(unreachable(`a kept connection opened no channel within ${ms} ms`)), ms);
+    }
+    client.exec(line, options, (error: Error | undefined, channel: ClientChannel) => {
+      clearTimeout(timer);
+      if (error) return finish(unreachable(error.message, error));
+      if (settled) return channel.close();
+      started = true;
+      open = channel;
+      let timedOut = false;
+      if (command.timeoutMs !== undefined) {
+        // The guest's `timeout` kills the command; should the guest not answer, give up a little later.
+        timer = setTimeout(() => {
+          timedOut = true;
+          finish(undefined, { code: -1, signal: "KILL", timedOut: true });
+        }, command.timeoutMs + 5_000);
+      }
+      channel.on("data", (chunk: Buffer) => output.onStdout(chunk));
+      channel.stderr.on("data", (chunk: Buffer) => output.onStderr(chunk));
+      let exit: ExitStatus | undefined;
+      channel.on("exit", (code: number | null, signalName?: string) => {
+        const signalled = (signalName ?? "").replace(/^SIG/, "");
+        // The guest's `timeout -s KILL` ends with 137, or is killed along with the command.
+        if (command.timeoutMs !== undefined && (code === 137 || signalled === "KILL")) {
+          exit = { code: -1, signal: "KILL", timedOut: true };
+        } else {
+          exit = { code: signalled ? -1 : (code ?? -1), signal: signalled, timedOut };
+        }
+      });
+      channel.on("close", () => finish(undefined, exit ?? { code: -1, signal: timedOut ? "KILL" : "", timedOut }));
+      if (!interactive) {
+        channel.end(Buffer.from(command.stdin));
+        return;
+      }
+      // Input as it comes; the stream ending closes stdin too.
+      void (async () => {
+        try {
+          for await (const event of interactive.input) {
+            if (event.kind === "stdin") channel.write(Buffer.from(event.data));
+            else if (event.kind === "resize") channel.setWindow(event.rows, event.columns, 0, 0);
+            else break;
+          }
+          channel.end();
+        } catch (inputError) {
+          finish(inputError);
+        }
+      })();
     });
     if (signal.aborted) onAbort();
-  }).catch((error: unknown) => {
-    if (error instanceof Error && error.name === "TimeoutError") {
-      throw new DeadlineExceededError("the command ran past its deadline", { cause: error });
-    }
-    throw error;
   });
 }
 

@@ -6,10 +6,8 @@
  */
 import { UnavailableError } from "@banger/common";
 import type { ClientChannel } from "ssh2";
-import { newSshClient } from "./ssh2-client.js";
-import { verifyHostKey, type GuestTarget } from "./guest-exec.js";
+import { connectGuest, type GuestTarget } from "./guest-connections.js";
 
-const CONNECT_TIMEOUT_MS = 10_000;
 /** A guest that vanished without closing the connection is noticed after about 3 × 5 s. */
 const KEEPALIVE_MS = 5_000;
 const STDERR_TAIL_BYTES = 8 * 1024;
@@ -45,9 +43,8 @@ export async function openGuestStream(
   commandLine: string,
   signal: AbortSignal,
 ): Promise<GuestStream> {
-  const client = await newSshClient();
+  const client = await connectGuest(target, signal, { keepaliveMs: KEEPALIVE_MS });
   return new Promise<GuestStream>((resolveOpen, rejectOpen) => {
-    let hostKeyError: unknown;
     let opened = false;
     let settled = false;
     let exit: { code: number; signal: string } | undefined;
@@ -77,46 +74,26 @@ export async function openGuestStream(
     const onAbort = () => fail(signal.reason);
     signal.addEventListener("abort", onAbort, { once: true });
 
-    client.on("error", (error) => fail(hostKeyError ?? unreachable(error.message, error)));
+    client.on("error", (error) => fail(unreachable(error.message, error)));
     client.on("close", () => fail(unreachable("the connection closed")));
-    client.on("ready", () => {
-      client.exec(commandLine, (error: Error | undefined, channel: ClientChannel) => {
-        if (error) return fail(unreachable(error.message, error));
-        channel.stderr.on("data", (chunk: Buffer) => {
-          stderr = Buffer.concat([stderr, chunk]);
-          if (stderr.length > STDERR_TAIL_BYTES) stderr = stderr.subarray(stderr.length - STDERR_TAIL_BYTES);
-        });
-        channel.on("exit", (code: number | null, signalName?: string) => {
-          exit = { code: code ?? -1, signal: (signalName ?? "").replace(/^SIG/, "") };
-        });
-        channel.on("close", () => {
-          if (settled) return;
-          settled = true;
-          signal.removeEventListener("abort", onAbort);
-          client.end();
-          resolveDone({ code: exit?.code ?? -1, signal: exit?.signal ?? "", stderr: stderr.toString() });
-        });
-        opened = true;
-        resolveOpen({ channel, done, close: () => fail(new Error("closed by the caller")) });
+    client.exec(commandLine, (error: Error | undefined, channel: ClientChannel) => {
+      if (error) return fail(unreachable(error.message, error));
+      channel.stderr.on("data", (chunk: Buffer) => {
+        stderr = Buffer.concat([stderr, chunk]);
+        if (stderr.length > STDERR_TAIL_BYTES) stderr = stderr.subarray(stderr.length - STDERR_TAIL_BYTES);
       });
-    });
-    client.connect({
-      host: target.host,
-      port: target.port,
-      username: "root",
-      privateKey: target.privateKey,
-      readyTimeout: CONNECT_TIMEOUT_MS,
-      keepaliveInterval: KEEPALIVE_MS,
-      keepaliveCountMax: 3,
-      hostVerifier: (key: Buffer, verify: (valid: boolean) => void) => {
-        verifyHostKey(target, key).then(
-          () => verify(true),
-          (error: unknown) => {
-            hostKeyError = error;
-            verify(false);
-          },
-        );
-      },
+      channel.on("exit", (code: number | null, signalName?: string) => {
+        exit = { code: code ?? -1, signal: (signalName ?? "").replace(/^SIG/, "") };
+      });
+      channel.on("close", () => {
+        if (settled) return;
+        settled = true;
+        signal.removeEventListener("abort", onAbort);
+        client.end();
+        resolveDone({ code: exit?.code ?? -1, signal: exit?.signal ?? "", stderr: stderr.toString() });
+      });
+      opened = true;
+      resolveOpen({ channel, done, close: () => fail(new Error("closed by the caller")) });
     });
     if (signal.aborted) onAbort();
   });

@@ -68,5 +68,6 @@ export function createVmService(deps: VmServiceDeps & { readonly vmm: VmmPorts }
     getSnapshot: (name) => getSnapshotView(ctx, name),
     deleteSnapshot: (name) => deleteSnapshotByName(ctx, name),
     recover: () => recoverVms(ctx),
+    closeConnections: () => ctx.connections.close(),
   };
 }

@@ -18,7 +18,7 @@ import {
   type ModuleIndex,
 } from "./initramfs.js";
 import { KIT_TOOLS, fakeElf, readNewc } from "../../test-support/initramfs.js";
-import { KIT_DIR } from "./kit.js";
+import { DROPBEAR_REREADS_KEYS, KIT_DIR, dropbearRereadsKeys } from "./kit.js";
 
 // The distribution kernel package the boot proof uses, when the host has one installed.
 const hostModules = existsSync("/lib/modules")
@@ -303,6 +303,10 @@ describe("building the initramfs", () => {
         expect(elf.includes(Buffer.from(`${KIT_DIR}/lib\0`))).toBe(true);
       }
       for (const library of summary.kit.libraries) expect(entries.has(`banger/kit/lib/${library}`)).toBe(true);
+      // The mark a fork's identity looks for: there when the host's dropbear reads its key per connection.
+      const rereads = dropbearRereadsKeys(await readFile("/usr/sbin/dropbear"));
+      expect(summary.kit.dropbearRereadsHostKeys).toBe(rereads);
+      expect(entries.has(`banger/kit/${DROPBEAR_REREADS_KEYS}`)).toBe(rereads);
       expect(text("banger/kit/start")).toBe(await readFile(join(INIT_SCRIPTS_DIR, "kit-start.sh"), "utf8"));
       expect(text("banger/kit/poweroff")).toBe(await readFile(join(INIT_SCRIPTS_DIR, "kit-poweroff.sh"), "utf8"));
       // Written beside the output, then renamed over it: nothing else is left.

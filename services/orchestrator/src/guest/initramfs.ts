@@ -353,7 +353,7 @@ export async function buildInitramfs(options: BuildInitramfsOptions): Promise<In
   };
   const kit =
     options.kit === "none"
-      ? { entries: [], summary: { programs: [], libraries: [], bytes: 0 } }
+      ? { entries: [], summary: { programs: [], libraries: [], bytes: 0, dropbearRereadsHostKeys: false } }
       : await buildKit({ signal: options.signal, ...options.kit });
   const entries: CpioEntry[] = [
     ...["bin", "dev", "proc", "sys", "newroot", "banger", "lib", "lib/modules", "lib/modules/banger"].map(

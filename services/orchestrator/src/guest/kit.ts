@@ -54,6 +54,27 @@ export interface KitSummary {
   readonly programs: readonly string[];
   readonly libraries: readonly string[];
   readonly bytes: number;
+  /** Its dropbear reads its host key again for every connection (see `DROPBEAR_REREADS_KEYS`). */
+  readonly dropbearRereadsHostKeys: boolean;
+}
+
+/**
+ * Present in a kit (`$KIT_DIR/dropbear-rereads-host-keys`) whose dropbear reads its host key again for every
+ * connection: from 2022.82 on, dropbear re-executes itself per connection and the new process loads the key
+ * files anew. A fork's identity then leaves that dropbear running (new connections get the new key) instead
+ * of ending it for its supervisor to start again, which costs a guest under TCG a few hundred ms.
+ */
+export const DROPBEAR_REREADS_KEYS = "dropbear-rereads-host-keys";
+
+/**
+ * Whether a dropbear binary re-executes itself per connection, from the version in its SSH identification
+ * string (`SSH-2.0-dropbear_2022.83`, in the binary as `dropbear_2022.83`): 2022.82 or later.
+ */
+export function dropbearRereadsKeys(binary: Uint8Array): boolean {
+  const version = /dropbear_(\d{4})\.(\d+)/.exec(Buffer.from(binary).toString("latin1"));
+  if (!version?.[1] || !version[2]) return false;
+  const [year, release] = [Number(version[1]), Number(version[2])];
+  return year > 2022 || (year === 2022 && release >= 82);
 }
 
 export interface BuildKitOptions {
@@ -111,6 +132,7 @@ export async function buildKit(options: BuildKitOptions = {}): Promise<{ entries
     name,
     mode: 0o755,
   }));
+  let rereads = false;
   const work = await mkdtemp(join(tmpdir(), "banger-kit-"));
   try {
     for (const program of programs) {
@@ -129,7 +151,9 @@ export async function buildKit(options: BuildKitOptions = {}): Promise<{ entries
         ],
         "patchelf",
       );
-      entries.push({ kind: "file", name: `banger/kit/bin/${program.name}`, mode: 0o755, data: await readFile(out) });
+      const data = await readFile(out);
+      entries.push({ kind: "file", name: `banger/kit/bin/${program.name}`, mode: 0o755, data });
+      if (program.name === "dropbear") rereads = dropbearRereadsKeys(data);
     }
   } finally {
     await rm(work, { recursive: true, force: true });
@@ -142,10 +166,19 @@ export async function buildKit(options: BuildKitOptions = {}): Promise<{ entries
       data: await readFile(await realpath(path)),
     });
   }
+  if (rereads) {
+    const note = "this kit's dropbear re-executes itself per connection: it reads its host key anew for each\n";
+    entries.push({ kind: "file", name: `banger/kit/${DROPBEAR_REREADS_KEYS}`, mode: 0o644, data: Buffer.from(note) });
+  }
   const bytes = entries.reduce((sum, entry) => sum + (entry.kind === "file" ? entry.data.length : 0), 0);
   return {
     entries,
-    summary: { programs: programs.map((p) => p.name), libraries: [...libraries.keys(), loader].sort(), bytes },
+    summary: {
+      programs: programs.map((p) => p.name),
+      libraries: [...libraries.keys(), loader].sort(),
+      bytes,
+      dropbearRereadsHostKeys: rereads,
+    },
   };
 }
 

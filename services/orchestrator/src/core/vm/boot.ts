@@ -13,6 +13,7 @@ import type { LaunchedVmm, MachineSpec, VmmDriver } from "../ports.js";
 import { whileVmmRuns } from "../readiness.js";
 import { setGuestClock, waitForAgent } from "./agent.js";
 import { giveIdentity } from "./identity.js";
+import { guestTargetOf } from "./inspect.js";
 import { scopeOf, type VmContext } from "./context.js";
 import type { Handles, RootAttachment } from "./model.js";
 import { attachRoot, detachRoot } from "./root-disk.js";
@@ -259,7 +260,16 @@ async function startVmm(
   // once): wait-ssh then ends as soon as it has been seen instead of starting to look. Its timeout still counts
   // from its own start.
   const probe = new AbortController();
-  const banner = ctx.guest.waitForSsh(vm.guestIp, Number.POSITIVE_INFINITY, AbortSignal.any([op.signal, probe.signal]));
+  const probing = AbortSignal.any([op.signal, probe.signal]);
+  const lookForBanner = () => ctx.guest.waitForSsh(vm.guestIp, Number.POSITIVE_INFINITY, probing);
+  // A fork's SSH server runs already (the snapshot's): the connection its first command will use is made at
+  // once, and is what wait-ssh waits for (a banner probe beside it would cost the guest a server process of
+  // its own); should it fail (a server that takes no key of banger's, one restarting), the banner is.
+  const banner = options.fork
+    ? guestTargetOf(ctx, vm, handle)
+        .then((target) => ctx.connections.connect(target, probing))
+        .catch(lookForBanner)
+    : lookForBanner();
   banner.catch(() => undefined);
   try {
     // Both waits end early when the VMM exits (a guest that panics or powers off): no point waiting out the timeout.
@@ -281,6 +291,12 @@ async function startVmm(
   } finally {
     probe.abort();
   }
+  // The connection the first command will use, made while the create ends and its caller asks for a command.
+  if (options.fork) return;
+  guestTargetOf(ctx, vm, handle).then(
+    (target) => ctx.connections.warm(target),
+    () => undefined,
+  );
 }
 
 /** `banner` (the wait for the guest's SSH), failing SSH_TIMEOUT after `timeoutMs`, or when `signal` aborts. */

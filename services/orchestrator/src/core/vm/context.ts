@@ -14,6 +14,7 @@ import type { ImageCatalog } from "../images.js";
 import type { KernelCatalog } from "../kernels.js";
 import type { OperationContext, Operations } from "../operations.js";
 import { createPortRelays, publishedPortsCapability, type PortRelays } from "../port-publishing.js";
+import { createGuestConnections, type GuestConnections } from "../guest-connections.js";
 import type { GuestPort, HostPort, VmmPorts } from "../ports.js";
 import { parseBridgeAddress, type BridgeNetwork } from "../vm-addresses.js";
 import { createNewVmChoices, type NewVmChoices } from "./choices.js";
@@ -63,6 +64,8 @@ export interface VmContext {
   readonly choices: NewVmChoices;
   /** The listeners of the running VMs' published ports. */
   readonly relays: PortRelays;
+  /** SSH connections kept open to running guests between commands. */
+  readonly connections: GuestConnections;
   /** Runs `hook` of every capability in dependency order (reverse for cleanups). */
   eachCapability(reverse: boolean, hook: (capability: Capability) => Promise<void> | undefined): Promise<void>;
   /** The VM named `name`; VM_NOT_FOUND when there is none. */
@@ -112,6 +115,7 @@ export function createVmContext(deps: VmServiceDeps, vmm: VmmPorts): VmContext {
     }),
     choices: createNewVmChoices({ host, config, logger }),
     relays,
+    connections: createGuestConnections(),
     eachCapability,
     async find(name) {
       const vm = await getVmByName(db, validVmName(name));

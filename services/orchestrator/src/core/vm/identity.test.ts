@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { requireTools } from "@banger/common/testing";
 import { describe, expect, it } from "vitest";
 import { newOpenSshKey } from "../ssh2-client.js";
-import { identityScript, newDropbearKey } from "./identity.js";
+import { identityScript, netmask, networkSteps, newDropbearKey } from "./identity.js";
 
 const dir = mkdtempSync(join(tmpdir(), "banger-identity-"));
 
@@ -62,5 +62,79 @@ describe("a fork's identity script", () => {
     expect([...bytes]).toEqual([0, 1, 39, 92, 255]);
     expect(script).toContain("arping -U -c 1 -I eth0 '172.30.0.9'");
     expect(identityScript(values, false)).not.toContain("arping");
+  });
+});
+
+describe("a fork's network steps (in a network namespace, with the host's busybox)", () => {
+  const skip = process.getuid?.() !== 0 || requireTools("a fork's network steps", ["ip", "/bin/busybox"]).length > 0;
+
+  it.skipIf(skip)(
+    "give eth0 the fork's MAC, address and route, drop the source's address and make its link-local address anew",
+    () => {
+      const ns = `bgid-${process.pid}`;
+      const inNs = (script: string) => {
+        const ran = spawnSync("ip", ["netns", "exec", ns, "sh", "-c", script], { encoding: "utf8" });
+        expect(ran.status, ran.stderr).toBe(0);
+        return ran.stdout;
+      };
+      spawnSync("ip", ["netns", "del", ns]);
+      expect(spawnSync("ip", ["netns", "add", ns]).status).toBe(0);
+      try {
+        // The source as the snapshot caught it: its MAC, address, route and the link-local address of its MAC.
+        inNs(
+          [
+            "ip link add eth0 type veth peer name peer0",
+            "ip link set peer0 up",
+            "ip link set eth0 address 02:00:00:00:00:07",
+            "ip link set eth0 up",
+            "ip addr add 172.30.0.7/24 dev eth0",
+            "ip route add default via 172.30.0.1 dev eth0",
+            // Until its link-local address is settled, as a running source's is.
+            "i=0; while ip -6 addr show dev eth0 | grep -q tentative && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done",
+          ].join(" && "),
+        );
+        expect(inNs("ip -o -6 addr show dev eth0 scope link")).toMatch(/fe80::ff:fe00:7\/64 scope link (?!tentative)/);
+        const steps = networkSteps({
+          mac: "02:00:00:00:00:09",
+          ip: "172.30.0.9",
+          prefixLength: 24,
+          gateway: "172.30.0.1",
+        });
+        const failed = inNs(
+          [
+            "BB=/bin/busybox",
+            "failed=",
+            'step() { "$@" || { echo "failed: $*"; failed=1; }; }',
+            ...steps,
+            'echo "done $failed"',
+          ].join("\n"),
+        );
+        expect(failed.trim()).toBe("done");
+        const link = inNs("ip -o link show eth0");
+        expect(link).toContain("link/ether 02:00:00:00:00:09");
+        const v4 = inNs("ip -o -4 addr show dev eth0");
+        expect(v4).toContain("inet 172.30.0.9/24");
+        expect(v4).not.toContain("172.30.0.7");
+        expect(inNs("ip route show default").trim()).toBe("default via 172.30.0.1 dev eth0");
+        // The link-local address follows the new MAC (fe80::…:9 from 02:00:00:00:00:09), the source's is gone.
+        const v6 = inNs("ip -o -6 addr show dev eth0 scope link");
+        expect(v6).toContain("fe80::ff:fe00:9/64");
+        expect(v6).not.toContain("fe80::ff:fe00:7");
+      } finally {
+        spawnSync("ip", ["netns", "del", ns]);
+      }
+    },
+  );
+
+  it("writes the netmask of a prefix length", () => {
+    expect([0, 8, 16, 20, 24, 30, 32].map(netmask)).toEqual([
+      "0.0.0.0",
+      "255.0.0.0",
+      "255.255.0.0",
+      "255.255.240.0",
+      "255.255.255.0",
+      "255.255.255.252",
+      "255.255.255.255",
+    ]);
   });
 });

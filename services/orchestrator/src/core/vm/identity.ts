@@ -14,6 +14,7 @@ import { DeadlineExceededError, FailedPreconditionError, UnavailableError } from
 import type { VmRecord } from "../../store/index.js";
 import type { OperationContext } from "../operations.js";
 import { newOpenSshKey } from "../ssh2-client.js";
+import { DROPBEAR_REREADS_KEYS } from "../../guest/kit.js";
 import { agentOf, waitForAgent } from "./agent.js";
 import type { VmContext } from "./context.js";
 import type { Handles } from "./model.js";
@@ -59,14 +60,20 @@ export function newDropbearKey(): Uint8Array {
   return Buffer.concat([field(Buffer.from("ssh-ed25519")), field(Buffer.concat([seed, publicKey]))]);
 }
 
+/** A prefix length as a dotted netmask (24 → 255.255.255.0). */
+export function netmask(prefixLength: number): string {
+  const bits = prefixLength === 0 ? 0 : (0xffffffff << (32 - prefixLength)) >>> 0;
+  return [24, 16, 8, 0].map((shift) => (bits >>> shift) & 0xff).join(".");
+}
+
 /** Bytes as printf's octal escapes (printf is the shell's own: no process for the bytes). */
 const octal = (bytes: Uint8Array) => [...bytes].map((b) => `\\${b.toString(8).padStart(3, "0")}`).join("");
 
 /**
  * The script run in the guest (by the kit's busybox, as root). Each step that fails is named on
  * stderr and makes the script exit 1 after the others ran; what it did is on stdout. Under TCG each
- * process costs 20-40 ms: what the shell can do itself (files, the hostname, the entropy, finding the
- * SSH servers in /proc) it does, and programs run only for the address, the clock, the keys and sync.
+ * process costs 20-40 ms: what the shell can do itself (files, the hostname, the entropy, IPv6, finding
+ * the SSH servers in /proc) it does, and programs run only for the address and route, the clock and sync.
  * `announce`: send one unsolicited ARP for the new address (where the VMM cannot announce the guest).
  */
 export function identityScript(identity: Identity, announce: boolean): string {
@@ -82,10 +89,7 @@ export function identityScript(identity: Identity, announce: boolean): string {
     'put() { [ -d "${1%/*}" ] || return 0; printf %s "$2" >"$1" || { echo "failed: writing $1" >&2; failed=1; }; }',
     `echo ${q(identity.hostname)} >/proc/sys/kernel/hostname || { echo "failed: hostname" >&2; failed=1; }`,
     ...files,
-    `step $BB ip link set dev eth0 address ${q(identity.mac)}`,
-    "step $BB ip addr flush dev eth0",
-    `step $BB ip addr add ${q(`${identity.ip}/${identity.prefixLength}`)} dev eth0`,
-    `step $BB ip route replace default via ${q(identity.gateway)} dev eth0`,
+    ...networkSteps(identity),
     // The host's neighbour entry for this address may still name the MAC of the VM that had it before, and
     // the guest asks the host nothing (its ARP cache has the gateway): tell it. Where the VMM holds the link
     // down (QEMU) this would be lost: the VMM announces the guest when it sets the link up.
@@ -120,6 +124,7 @@ export function identityScript(identity: Identity, announce: boolean): string {
     // The SSH servers take the new keys: systemd's units restarted; else sshd re-executes itself on
     // SIGHUP, and dropbear (which reads its keys once) is ended and started again by its supervisor.
     "restarted=",
+    "rereads=",
     "systemd=",
     "if [ -d /run/systemd/system ] && [ -x /bin/systemctl -o -x /usr/bin/systemctl ]; then",
     "  systemctl try-restart ssh.service sshd.service dropbear.service 2>/dev/null && restarted=systemd",
@@ -130,16 +135,39 @@ export function identityScript(identity: Identity, announce: boolean): string {
     '  case "$comm" in',
     '  sshd) [ -n "$systemd" ] || { kill -HUP "${dir#/proc/}" && restarted="$restarted sshd"; } ;;',
     "  dropbear)",
-    // Under systemd only the kit's own dropbear (systemd restarted the image's).
-    '    if [ -z "$systemd" ] || [ "$($BB readlink "$dir/exe")" = "$KIT/bin/dropbear" ]; then',
+    // The kit's dropbear reads its key per connection where the kit says so: it runs on (a restart costs a
+    // TCG guest a few hundred ms). Else, under systemd only the kit's own (systemd restarted the image's).
+    '    exe=$($BB readlink "$dir/exe")',
+    `    if [ "$exe" = "$KIT/bin/dropbear" ] && [ -e "$KIT/${DROPBEAR_REREADS_KEYS}" ]; then`,
+    '      rereads=" dropbear"',
+    '    elif [ -z "$systemd" ] || [ "$exe" = "$KIT/bin/dropbear" ]; then',
     '      kill "${dir#/proc/}" && restarted="$restarted dropbear"',
     "    fi",
     "    ;;",
     "  esac",
     "done 2>/dev/null",
-    'echo "host keys:${keys:- none (no SSH server found)}; SSH servers restarted:${restarted:- none running}"',
+    'echo "host keys:${keys:- none (no SSH server found)}; SSH servers restarted:${restarted:- none running}${rereads:+; reading the new key per connection:$rereads}"',
     '[ -z "$failed" ]',
   ].join("\n");
+}
+
+/**
+ * The script's lines that give eth0 the fork's MAC, address and default route (`step` and `$BB` defined
+ * before them). One program for the MAC and the address (ifconfig replaces the address the source had;
+ * the default route goes with it), one for the route. IPv6 is turned off and on again (the shell's own
+ * writes): the source's addresses go, and the link-local one is made anew from the new MAC (where IPv6 is
+ * on at all). Other IPv4 addresses someone added to the source's eth0 stay.
+ */
+export function networkSteps(identity: Pick<Identity, "mac" | "ip" | "prefixLength" | "gateway">): string[] {
+  const q = shellQuote;
+  return [
+    `step $BB ifconfig eth0 hw ether ${q(identity.mac)} ${q(identity.ip)} netmask ${q(netmask(identity.prefixLength))}`,
+    `step $BB ip route replace default via ${q(identity.gateway)} dev eth0`,
+    "v6=/proc/sys/net/ipv6/conf/eth0/disable_ipv6",
+    // (read's status is not looked at: some shells say end of file for a sysctl's one line.)
+    'off=; [ -w $v6 ] && read -r off <$v6',
+    'if [ "$off" = 0 ]; then echo 1 >$v6 && echo 0 >$v6; fi',
+  ];
 }
 
 /** The fork's values, its host keys and entropy made now. */

@@ -50,12 +50,20 @@ export async function vmSshTarget(ctx: VmContext, name: string): Promise<SshTarg
 }
 
 export async function vmGuestTarget(ctx: VmContext, name: string): Promise<GuestTarget> {
-  const target = await vmSshTarget(ctx, name);
+  const { vm, handle } = await running(ctx, name);
+  if (handle.paused) throw pausedError(name);
+  return guestTargetOf(ctx, vm, handle);
+}
+
+/** How commands reach `vm` running under `handle`; they share a kept connection for as long as this VMM runs. */
+export async function guestTargetOf(ctx: VmContext, vm: VmRecord, handle: Handles): Promise<GuestTarget> {
+  const target = sshTarget(vm, await ctx.ssh.identityFile(), ctx.ssh.knownHostsFile);
   return {
     host: target.host,
     port: target.port,
     hostKeyAlias: target.hostKeyAlias,
     privateKey: await readFile(target.identityFile),
     knownHostsFile: target.knownHostsFile,
+    reuse: { key: `${vm.id}/${handle.pid}/${handle.startTime}`, connections: ctx.connections },
   };
 }

@@ -98,6 +98,8 @@ export interface VmService {
   deleteSnapshot(name: string): Promise<{ existed: boolean }>;
   /** At start-up: VMs whose VMM died while the orchestrator was away are cleaned and marked stopped. */
   recover(): Promise<void>;
+  /** Closes the SSH connections kept open to guests (at shutdown). */
+  closeConnections(): void;
 }
 
 /** What is true on the host for a running VM; kept in memory and in handles.json. */
