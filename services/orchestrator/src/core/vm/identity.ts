@@ -213,7 +213,7 @@ export async function giveIdentity(
     // qemu-ga runs nothing else), the script and its status. A restored guest's agent runs already; one that
     // does not answer yet is waited for, then asked again.
     const run = (ms: number) =>
-      agent.run(KIT_BUSYBOX, ["sh", "-c", script], ms, { thawFirst: frozen, firstPollMs: 250 });
+      agent.run(KIT_BUSYBOX, ["sh", "-c", script], ms, { thawFirst: frozen, firstPollMs: 150 });
     const ran = await run(FIRST_TRY_MS).catch(async (error: unknown) => {
       if (!(error instanceof UnavailableError || error instanceof DeadlineExceededError)) throw error;
       await waitForAgent(ctx, vm, handle, AGENT_MS, op.signal);
