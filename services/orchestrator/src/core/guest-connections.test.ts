@@ -167,6 +167,24 @@ describe.skipIf(!canRun)("kept guest connections (a real sshd on 127.0.0.1)", ()
     }
   });
 
+  it("close a guest's connections when it stops, also one still being made, and keep the others'", async () => {
+    const connections = createGuestConnections();
+    try {
+      const other = kept(connections, "vm2/7/7");
+      const otherPort = await portOf(other);
+      const stopping = kept(connections, "vm1/7/7");
+      const before = await portOf(stopping);
+      connections.warm(kept(connections, "vm1/8/8")); // a later boot's, being made
+      expect(connections.size).toBe(3);
+      await connections.closeGuest("vm1");
+      expect(connections.size).toBe(1);
+      await until(() => !connectedPorts().includes(before), "vm1's connection closed");
+      expect(await portOf(other)).toBe(otherPort);
+    } finally {
+      connections.close();
+    }
+  });
+
   it("forget a warm-up that failed; one that worked is the first command's connection", async () => {
     const connections = createGuestConnections();
     try {

@@ -57,6 +57,11 @@ export interface GuestConnections {
   warm(target: GuestTarget): void;
   /** As `warm`, then waits for the kept connection: settles once it is ready, or with why it could not be made. */
   connect(target: GuestTarget, signal: AbortSignal): Promise<void>;
+  /**
+   * Closes the connections kept to `vmId`'s guest (its boots' keys start with `<vmId>/`): it stopped or went.
+   * Settles once a connection being made meanwhile has given up (its host key check over).
+   */
+  closeGuest(vmId: string): Promise<void>;
   /** How many connections are kept (tests). */
   readonly size: number;
   /** Closes every kept connection. */
@@ -64,7 +69,11 @@ export interface GuestConnections {
 }
 
 interface Kept {
+  /** `GuestTarget.reuse.key`: the guest boot it goes to. */
+  readonly boot: string;
   readonly client: Promise<Client>;
+  /** Gives up the connection while it is being made. */
+  readonly stop: AbortController;
   users: number;
   idle: NodeJS.Timeout | undefined;
 }
@@ -112,10 +121,13 @@ export async function connectGuest(
   const client = await newSshClient();
   return new Promise<Client>((resolve, reject) => {
     let hostKeyError: Error | undefined;
+    // A connection given up settles only once its host key check (which may pin the key) is over: whoever
+    // forgets the key after (a failed create) then finds it.
+    let checking: Promise<void> = Promise.resolve();
     const fail = (error: Error) => {
       signal.removeEventListener("abort", onAbort);
       client.destroy();
-      reject(error);
+      void checking.finally(() => reject(error));
     };
     const onAbort = () => fail(reasonOf(signal));
     signal.addEventListener("abort", onAbort, { once: true });
@@ -143,7 +155,7 @@ export async function connectGuest(
       readyTimeout: CONNECT_TIMEOUT_MS,
       ...(options.keepaliveMs === undefined ? {} : { keepaliveInterval: options.keepaliveMs, keepaliveCountMax: 3 }),
       hostVerifier: (key: Buffer, verify: (valid: boolean) => void) => {
-        verifyHostKey(target, key).then(
+        checking = verifyHostKey(target, key).then(
           () => verify(true),
           (error: unknown) => {
             hostKeyError = error instanceof Error ? error : new Error(String(error));
@@ -182,11 +194,12 @@ export function createGuestConnections(options: { idleMs?: number; openMs?: numb
   const forget = (key: string, entry: Kept) => {
     if (kept.get(key) === entry) kept.delete(key);
     clearTimeout(entry.idle);
-    if (entry.users === 0)
-      entry.client.then(
-        (client) => client.end(),
-        () => undefined,
-      );
+    if (entry.users > 0) return;
+    entry.stop.abort(new Error("the kept connection was closed"));
+    entry.client.then(
+      (client) => client.end(),
+      () => undefined,
+    );
   };
   const idleLater = (key: string, entry: Kept) => {
     clearTimeout(entry.idle);
@@ -195,8 +208,11 @@ export function createGuestConnections(options: { idleMs?: number; openMs?: numb
   };
   /** A new kept connection under `key`. */
   const keep = (key: string, target: GuestTarget): Kept => {
+    const stop = new AbortController();
     const entry: Kept = {
-      client: connectGuest(target, AbortSignal.timeout(CONNECT_TIMEOUT_MS * 2)),
+      boot: target.reuse?.key ?? "",
+      stop,
+      client: connectGuest(target, AbortSignal.any([stop.signal, AbortSignal.timeout(CONNECT_TIMEOUT_MS * 2)])),
       users: 0,
       idle: undefined,
     };
@@ -261,6 +277,11 @@ export function createGuestConnections(options: { idleMs?: number; openMs?: numb
       const key = keptUnder(target);
       if (key === undefined) return;
       await unlessAborted((kept.get(key) ?? keep(key, target)).client, signal);
+    },
+    async closeGuest(vmId) {
+      const going = [...kept].filter(([, entry]) => entry.boot.startsWith(`${vmId}/`));
+      for (const [key, entry] of going) forget(key, entry);
+      await Promise.allSettled(going.map(([, entry]) => entry.client));
     },
     get size() {
       return kept.size;

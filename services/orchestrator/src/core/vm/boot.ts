@@ -262,14 +262,20 @@ async function startVmm(
   const probe = new AbortController();
   const probing = AbortSignal.any([op.signal, probe.signal]);
   const lookForBanner = () => ctx.guest.waitForSsh(vm.guestIp, Number.POSITIVE_INFINITY, probing);
-  // A fork's SSH server runs already (the snapshot's): the connection its first command will use is made at
-  // once, and is what wait-ssh waits for (a banner probe beside it would cost the guest a server process of
+  // The kept connection the first command will use (guest-connections.ts). A fork's SSH server runs already
+  // (the snapshot's): that connection is made at once, and is what wait-ssh waits for (a banner probe beside it would cost the guest a server process of
   // its own); should it fail (a server that takes no key of banger's, one restarting), the banner is.
+  // A create's: made as soon as the banner is seen, while the agent may still be waited for.
   const banner = options.fork
     ? guestTargetOf(ctx, vm, handle)
         .then((target) => ctx.connections.connect(target, probing))
         .catch(lookForBanner)
-    : lookForBanner();
+    : lookForBanner().then(() => {
+        guestTargetOf(ctx, vm, handle).then(
+          (target) => ctx.connections.warm(target),
+          () => undefined,
+        );
+      });
   banner.catch(() => undefined);
   try {
     // Both waits end early when the VMM exits (a guest that panics or powers off): no point waiting out the timeout.
@@ -291,12 +297,6 @@ async function startVmm(
   } finally {
     probe.abort();
   }
-  // The connection the first command will use, made while the create ends and its caller asks for a command.
-  if (options.fork) return;
-  guestTargetOf(ctx, vm, handle).then(
-    (target) => ctx.connections.warm(target),
-    () => undefined,
-  );
 }
 
 /** `banner` (the wait for the guest's SSH), failing SSH_TIMEOUT after `timeoutMs`, or when `signal` aborts. */

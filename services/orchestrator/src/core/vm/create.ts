@@ -34,6 +34,7 @@ import { scopeOf, type VmContext } from "./context.js";
 import { removeHostResources, removeRunDir } from "./host-cleanup.js";
 import { validMemoryMib, validVcpu, validVmName, type CreateVmRequest } from "./model.js";
 import { generateVmName } from "./names.js";
+import { forgetHostKey } from "../vm-observe.js";
 import { vmResult } from "./result.js";
 import { checkWantedPorts, underPublishLock } from "./publish.js";
 import { makeRootDisk, detachRoot } from "./root-disk.js";
@@ -287,6 +288,12 @@ export async function abandonCreate(
   if (vm && !op.signal.aborted) await explainVmFailure(error, bootLogs(ctx, vm.id));
   await unwind(ctx.logger, undo, name);
   if (!vm) return;
+  // The first SSH connection (a fork's wait-ssh, a create's warm-up) pinned the guest's host key: it goes with the
+  // VM, as at a delete, or a later VM of this name would be refused.
+  await ctx.connections.closeGuest(vm.id);
+  await forgetHostKey(ctx.ssh.knownHostsFile, name).catch((forgetError: unknown) =>
+    ctx.logger.error({ vm: name, err: forgetError }, "could not forget the VM's host key"),
+  );
   // A helper call cut off by a cancel may have done its work without the answer arriving:
   // whatever the inventory still lists for this VM goes too.
   const scope = { signal: AbortSignal.timeout(30_000) };

@@ -41,6 +41,7 @@ export async function halt(ctx: VmContext, vm: VmRecord, options: HaltOptions, s
     });
   }
   if (handle) await stopVmm(ctx, vm, handle, handle.paused ? { ...options, force: true } : options, scope);
+  await ctx.connections.closeGuest(vm.id);
   const current = (await getVmById(ctx.db, vm.id)) ?? vm;
   await ctx.eachCapability(true, (c) => c.cleanup?.(current, scope));
   await ctx.host.deleteTap(vm.id, scope);

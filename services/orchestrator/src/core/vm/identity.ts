@@ -165,7 +165,7 @@ export function networkSteps(identity: Pick<Identity, "mac" | "ip" | "prefixLeng
     `step $BB ip route replace default via ${q(identity.gateway)} dev eth0`,
     "v6=/proc/sys/net/ipv6/conf/eth0/disable_ipv6",
     // (read's status is not looked at: some shells say end of file for a sysctl's one line.)
-    'off=; [ -w $v6 ] && read -r off <$v6',
+    "off=; [ -w $v6 ] && read -r off <$v6",
     'if [ "$off" = 0 ]; then echo 1 >$v6 && echo 0 >$v6; fi',
   ];
 }
