@@ -26,7 +26,11 @@ const ALT_SCREEN_ON = "\x1b[?1049h";
 const ALT_SCREEN_OFF = "\x1b[?1049l";
 
 /** What leaving the screen is for: quitting, or running one of the CLI's own commands on the terminal. */
-type Leave = { readonly kind: "quit" } | { readonly kind: "run"; readonly args: string[]; readonly pause: boolean };
+/** How the screen was left: quit top, run a command and come back, or (a Ctrl-C as it was leaving) just come back. */
+type Leave =
+  | { readonly kind: "quit" }
+  | { readonly kind: "back" }
+  | { readonly kind: "run"; readonly args: string[]; readonly pause: boolean };
 
 /**
  * The data the screen shows, kept up to date: refreshed every `intervalMs`, and each running operation
@@ -173,12 +177,19 @@ function TopApp({ feed, o, initialSelected, leave }: AppProps) {
         set({ status: `${what} failed: ${error instanceof ConnectError ? error.rawMessage : String(error)}` }),
       );
   };
+  const leaving = useRef(false);
   const quit = (how: Leave) => {
+    leaving.current = true;
     leave(how, feed.data.vms[selectedIndex()]?.name ?? "");
     exit();
   };
 
   useInput((input, key) => {
+    // Keys that come while the screen leaves: a Ctrl-C meant for the command it leaves for cancels that command.
+    if (leaving.current) {
+      if (key.ctrl && input === "c") leave({ kind: "back" }, feed.data.vms[selectedIndex()]?.name ?? "");
+      return;
+    }
     const question = ui.question;
     if (question?.kind === "delete") {
       ui.question = undefined;
@@ -294,8 +305,15 @@ export async function runTopTui(globals: GlobalOptions, intervalMs: number): Pro
         }),
         { exitOnCtrlC: false, stdin: keys },
       );
+      // A Ctrl-C from here until the command has started (the terminal leaves raw mode meanwhile, so it comes as
+      // a signal) cancels the command: it was meant for it.
+      let interrupted = false;
+      const onInterrupt = () => {
+        interrupted = true;
+      };
       try {
         await instance.waitUntilExit();
+        process.on("SIGINT", onInterrupt);
       } finally {
         instance.cleanup();
         keys.destroy();
@@ -303,6 +321,10 @@ export async function runTopTui(globals: GlobalOptions, intervalMs: number): Pro
       process.stdout.write(ALT_SCREEN_OFF);
       const chosen = how as Leave;
       if (chosen.kind === "quit") return;
+      // One turn of the event loop for a Ctrl-C already sent to arrive.
+      await new Promise((resolve) => setImmediate(resolve));
+      process.off("SIGINT", onInterrupt);
+      if (chosen.kind === "back" || interrupted) continue;
       await runCli(globals, chosen.args, chosen.pause);
       void feed.refresh();
     }
