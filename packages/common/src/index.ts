@@ -3,6 +3,7 @@ export * from "./errors.js";
 export * from "./event-stream.js";
 export * from "./error-mapping.js";
 export * from "./health.js";
+export * from "./idle-gc.js";
 export * from "./layout.js";
 export * from "./logging.js";
 export * from "./op-id.js";

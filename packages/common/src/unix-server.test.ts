@@ -8,6 +8,7 @@ import { Health, HealthCheckResponse_ServingStatus } from "@banger/gen/health/v1
 import { HostService, file_banger_privileged_v1_host } from "@banger/gen/banger/privileged/v1/host_pb.js";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { InvalidArgumentError } from "./errors.js";
+import type { CallTracker } from "./idle-gc.js";
 import { createLogger } from "./logging.js";
 import { implementService } from "./service-impl.js";
 import { createUnixTransport } from "./unix-client.js";
@@ -33,8 +34,9 @@ beforeEach(() => {
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
 /** A HostService whose GetVersion takes `delayMs`, to have a call in flight. */
-function start(socketPath: string, delayMs = 0): Promise<UnixServer> {
+function start(socketPath: string, delayMs = 0, calls?: CallTracker): Promise<UnixServer> {
   return startUnixServer({
+    ...(calls ? { calls } : {}),
     socketPath,
     mode: 0o600,
     logger,
@@ -95,6 +97,32 @@ describe("Unix socket server", () => {
     writeFileSync(file, "not a socket");
     await expect(start(file)).rejects.toThrow(/not a socket; refusing/);
     expect(existsSync(file)).toBe(true);
+  });
+
+  it("tells its call tracker (the idle collector) of each call as it starts and once it has ended, failed ones too", async () => {
+    const socket = join(dir, "s.sock");
+    let inFlight = 0;
+    let started = 0;
+    const calls: CallTracker = {
+      started() {
+        inFlight++;
+        started++;
+        return () => inFlight--;
+      },
+    };
+    const server = await start(socket, 200, calls);
+    const t = createUnixTransport(socket, { peer: "helper" });
+    const client = createClient(HostService, t.transport);
+    const slow = [client.getVersion({}), client.getVersion({})];
+    await new Promise((r) => setTimeout(r, 100));
+    expect({ started, inFlight }).toEqual({ started: 2, inFlight: 2 });
+    await Promise.all(slow);
+    // Not implemented by this server: UNIMPLEMENTED.
+    await expect(client.getInventory({})).rejects.toThrow(ConnectError);
+    await new Promise((r) => setTimeout(r, 20));
+    expect({ started, inFlight }).toEqual({ started: 3, inFlight: 0 });
+    t.close();
+    await server.close();
   });
 
   it("shuts down gracefully: in-flight calls finish, new ones are refused, the socket is removed", async () => {

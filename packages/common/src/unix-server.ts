@@ -8,6 +8,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { DescFile } from "@bufbuild/protobuf";
 import { dirname, basename } from "node:path";
 import { FailedPreconditionError } from "./errors.js";
+import type { CallTracker } from "./idle-gc.js";
 import { registerHealth, createHealthState } from "./health.js";
 import type { Logger } from "./logging.js";
 import { OP_ID_HEADER, adoptOrMintOpId, runWithOpId, type PeerCredentials } from "./op-id.js";
@@ -44,6 +45,8 @@ export interface UnixServerOptions {
    * unit's, and it is never removed (systemd keeps listening after a stop).
    */
   readonly listenFd?: number;
+  /** Told of every call (HTTP/2 request) as it starts and when its stream closes: see idle-gc.ts. */
+  readonly calls?: CallTracker;
 }
 
 export interface UnixServer {
@@ -98,6 +101,7 @@ export async function startUnixServer(options: UnixServerOptions): Promise<UnixS
   // so it also holds inside streaming handlers.
   const peers = new WeakMap<http2.ServerHttp2Session, PeerCredentials>();
   const server = http2.createServer((req, res) => {
+    if (options.calls) req.stream.once("close", options.calls.started());
     const peer = peers.get(req.stream.session as http2.ServerHttp2Session);
     runWithOpId(adoptOrMintOpId(req.headers[OP_ID_HEADER]), () => adapter(req, res), peer);
   });
