@@ -180,11 +180,15 @@ describe.skipIf(!IS_ROOT || !OWNER_NAME || !HAVE_SYSTEMD_TOOLS)(
       const unit = (name: string) => readFileSync(join(root, "etc/systemd/system", name), "utf8");
       const code = realpathSync(ROOT);
       const node = realpathSync(process.execPath);
-      expect(unit("bangerd.service")).toContain(`ExecStart=${node} ${code}/services/orchestrator/dist/bundle/main.js `);
+      expect(unit("bangerd.service")).toContain(
+        `ExecStart=${node} --expose-gc ${code}/services/orchestrator/dist/bundle/main.js `,
+      );
       expect(unit("bangerd.service")).toMatch(new RegExp(`^User=${OWNER_NAME}$`, "m"));
       expect(unit("bangerd.service")).toContain(`BindPaths=${OWNER_HOME}/.config/banger`);
       const helper = unit("banger-privileged.service");
-      expect(helper).toContain(`ExecStart=${node} --jitless ${code}/services/privileged/dist/bundle/main.js `);
+      expect(helper).toContain(
+        `ExecStart=${node} --jitless --expose-gc ${code}/services/privileged/dist/bundle/main.js `,
+      );
       expect(helper).toContain(`--owner-uid ${OWNER} --owner-gid ${OWNER}`);
       expect(helper).toMatch(/^MemoryDenyWriteExecute=yes$/m);
       expect(helper).toMatch(/^CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN CAP_CHOWN CAP_SETUID CAP_SETGID$/m);

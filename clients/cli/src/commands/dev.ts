@@ -10,6 +10,8 @@ import type { Command } from "commander";
 import { resolveOrchestratorSocket } from "../context.js";
 import { defaultDevDirs, type DevDirs } from "../dev-dirs.js";
 import { UsageError } from "../errors.js";
+import { SERVICE_UNITS } from "../system/layout.js";
+import { unitNodeLaunch } from "../system/render.js";
 import { devBridgeAddress, findOnPath, withDnsSockets } from "./dev-dns.js";
 import { openLogFile, openOwnedDir, openRootDir, type OpenDir } from "./dev-files.js";
 
@@ -316,7 +318,10 @@ function openLogs(
 
 /** Starts one service: as the owner when it runs as the owner, the orchestrator behind the DNS binder. */
 function startService(spec: ServiceSpec, owner: DevOwner | undefined, dns: DevDns | undefined, stateDir: string) {
-  const argv = [process.execPath, resolve(CHECKOUT, spec.entry), ...spec.args];
+  // node's options and environment as the service's unit gives them (--jitless, --expose-gc, MALLOC_ARENA_MAX).
+  const unit = SERVICE_UNITS.find((u) => u.service === spec.name)?.unit ?? "";
+  const launch = unitNodeLaunch(unit, CHECKOUT);
+  const argv = [process.execPath, ...launch.nodeArgs, resolve(CHECKOUT, spec.entry), ...spec.args];
   // The orchestrator behind the DNS binder, which drops to the owner itself once port 53 is bound.
   const behindDns = owner && dns && spec.name === "orchestrator";
   const [command = "", ...args] =
@@ -327,9 +332,9 @@ function startService(spec: ServiceSpec, owner: DevOwner | undefined, dns: DevDn
           ...(behindDns ? {} : { as: { uid: owner.uid, gid: owner.gid } }),
           // The owner's config directory, not root's (sudo keeps HOME=/root on some systems);
           // an owner without a passwd entry gets the state directory as its home.
-          env: { ...process.env, HOME: owner.home ?? stateDir, XDG_CONFIG_HOME: "" },
+          env: { ...process.env, ...launch.env, HOME: owner.home ?? stateDir, XDG_CONFIG_HOME: "" },
         }
-      : { env: process.env }),
+      : { env: { ...process.env, ...launch.env } }),
   });
 }
 

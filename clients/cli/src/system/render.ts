@@ -131,3 +131,26 @@ export function renderUnits(values: UnitValues, templatesFrom = values.codeDir):
   }
   return units;
 }
+
+/** How a service's unit starts node: the options before the script, and the environment it sets. */
+export interface NodeLaunch {
+  /** node's own options on the ExecStart= line (`--jitless`, `--expose-gc`). */
+  readonly nodeArgs: readonly string[];
+  /** The unit's `Environment=NAME=value` lines. */
+  readonly env: Readonly<Record<string, string>>;
+}
+
+/**
+ * Reads `unit`'s template in `templatesFrom`'s deploy/systemd/ for how it starts node, so that
+ * `banger dev up` starts each service as its installed unit does (the benches read the same lines).
+ */
+export function unitNodeLaunch(unit: string, templatesFrom: string): NodeLaunch {
+  const template = readFileSync(join(templateDir(templatesFrom), `${unit}.in`), "utf8");
+  const exec = /^ExecStart=@NODE@ (.*?)\S*\/main\.js /m.exec(template);
+  if (exec === null) throw new UnitValueError(`${unit}.in: no ExecStart=@NODE@ … main.js`);
+  const env: Record<string, string> = {};
+  for (const [, name = "", value = ""] of template.matchAll(/^Environment=([A-Za-z_][A-Za-z0-9_]*)=(\S*)$/gm)) {
+    env[name] = value;
+  }
+  return { nodeArgs: (exec[1] ?? "").split(" ").filter((a) => a !== ""), env };
+}

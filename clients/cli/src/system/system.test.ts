@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 import type { RunResult, SystemHost } from "./host.js";
 import { RefusedError, requireSystemd, type SystemContext } from "./install.js";
 import { UNIT_FILES } from "./layout.js";
-import { UnitValueError, renderUnits, type UnitValues } from "./render.js";
+import { UnitValueError, renderUnits, unitNodeLaunch, type UnitValues } from "./render.js";
 import { unitStates } from "./status.js";
 
 const CHECKOUT = resolve(import.meta.dirname, "../../../..");
@@ -24,6 +24,17 @@ function render(over: Partial<UnitValues> = {}): Map<string, string> {
 }
 
 describe("unit rendering", () => {
+  it("says how each unit starts node, for `banger dev up` to start the services the same way", () => {
+    const gcAndArenas = { nodeArgs: ["--expose-gc"], env: { MALLOC_ARENA_MAX: "2" } };
+    expect(unitNodeLaunch("bangerd.service", CHECKOUT)).toEqual(gcAndArenas);
+    expect(unitNodeLaunch("banger-image-puller.service", CHECKOUT)).toEqual(gcAndArenas);
+    expect(unitNodeLaunch("banger-privileged.service", CHECKOUT)).toEqual({
+      ...gcAndArenas,
+      nodeArgs: ["--jitless", "--expose-gc"],
+    });
+    expect(() => unitNodeLaunch("bangerd.socket", CHECKOUT)).toThrow(UnitValueError);
+  });
+
   it("hides /home from the helper and the puller when the code lives elsewhere, and shows bangerd only the owner's home", () => {
     const units = render();
     expect([...units.keys()].sort()).toEqual([...UNIT_FILES].sort());
@@ -33,7 +44,7 @@ describe("unit rendering", () => {
       /^ProtectHome=tmpfs\nBindReadOnlyPaths=\/home\/alice\nBindPaths=\/home\/alice\/\.config\/banger$/m,
     );
     expect(units.get("bangerd.service")).toContain(
-      "ExecStart=/usr/bin/node /opt/banger/services/orchestrator/dist/bundle/main.js",
+      "ExecStart=/usr/bin/node --expose-gc /opt/banger/services/orchestrator/dist/bundle/main.js",
     );
   });
 
