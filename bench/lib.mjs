@@ -1,6 +1,6 @@
 // Shared pieces of the benchmarks: start the three real services, time things, print a table.
 import { spawn } from "node:child_process";
-import { chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -39,7 +39,8 @@ export async function importTestSupport(path) {
  * pointing at the fake VMM); the directory belongs to the owner and the services
  * read a fresh config directory inside it. `vmm` is the config's VMM (the fake speaks Firecracker's API);
  * `orchestratorInNetns` runs the orchestrator in `netns` too, where it reaches real guests;
- * `nodeArgs` gives node's own flags per service name (e.g. the units' `--jitless` for "privileged").
+ * `nodeArgs` gives node's own flags per service name (e.g. the units' `--jitless` for "privileged"), `env`
+ * more environment per service name (the units' `Environment=`): see unitLaunch().
  */
 export async function startServices({
   owner,
@@ -49,6 +50,7 @@ export async function startServices({
   configToml = "",
   orchestratorInNetns = false,
   nodeArgs = {},
+  env: serviceEnv = {},
 } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "banger-bench-"));
   const runtimeDir = join(dir, "run");
@@ -89,7 +91,13 @@ export async function startServices({
       args.push("--state-dir", stateDir);
       let argv = [process.execPath, ...(nodeArgs[name] ?? []), ...args];
       // The benchmark's own config directory always: the one of whoever runs it must not change the numbers.
-      const env = { ...process.env, BANGER_LOG_LEVEL: "info", XDG_CONFIG_HOME: join(dir, "config"), HOME: dir };
+      const env = {
+        ...process.env,
+        ...serviceEnv[name],
+        BANGER_LOG_LEVEL: "info",
+        XDG_CONFIG_HOME: join(dir, "config"),
+        HOME: dir,
+      };
       const options = { stdio: ["ignore", "pipe", "inherit"], env };
       if (owner !== undefined) {
         if (name === "privileged") {
@@ -135,6 +143,28 @@ export async function startServices({
     pids,
     stop,
   };
+}
+
+const UNITS = { orchestrator: "bangerd", privileged: "banger-privileged", "image-puller": "banger-image-puller" };
+
+/**
+ * How each service's systemd unit (deploy/systemd/*.service.in) starts it: node's own flags on its
+ * `ExecStart=@NODE@ <flags> …/main.js` line and its `Environment=NAME=value` lines, by service name, as
+ * startServices() takes them (`banger dev up` reads the same lines: unitNodeLaunch in the CLI).
+ */
+export function unitLaunch() {
+  const nodeArgs = {};
+  const env = {};
+  for (const [name, unit] of Object.entries(UNITS)) {
+    const text = readFileSync(join(ROOT, "deploy/systemd", `${unit}.service.in`), "utf8");
+    const exec = /^ExecStart=@NODE@ (.*?)\S*\/main\.js /m.exec(text);
+    if (!exec) throw new Error(`no ExecStart=@NODE@ … main.js in ${unit}.service.in`);
+    nodeArgs[name] = exec[1].split(" ").filter((a) => a !== "");
+    env[name] = Object.fromEntries(
+      [...text.matchAll(/^Environment=([A-Za-z_][A-Za-z0-9_]*)=(\S*)$/gm)].map(([, k, v]) => [k, v]),
+    );
+  }
+  return { nodeArgs, env };
 }
 
 /** Node's options for the processes a bench starts (BENCH_NODE_ARGS, space-separated). */
