@@ -69,7 +69,17 @@ export async function benchFork() {
         "Taken in turns, the snapshot's source running beside each; each VM deleted after.\n",
     );
     printTable(
-      ["run", "cold ms", "  create", "  exec tries", "  next exec", "fork ms", "  create", "  exec tries", "  next exec"],
+      [
+        "run",
+        "cold ms",
+        "  create",
+        "  exec tries",
+        "  next exec",
+        "fork ms",
+        "  create",
+        "  exec tries",
+        "  next exec",
+      ],
       cold.map((c, i) => [
         String(i + 1),
         fmt(c.ms, 0),

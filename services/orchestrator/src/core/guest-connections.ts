@@ -2,16 +2,16 @@
  * SSH connections to guests, and the ones kept open between commands. A new connection costs a guest
  * under TCG about 200 ms (dropbear re-executes itself, the key exchange, checking banger's key); a
  * command on an open one 25-65 ms. So a connection made for a command stays open for the next one to
- * the same guest boot (`GuestTarget.reuse.key`: the VM's id and start time) until it has been unused
- * for IDLE_MS, breaks, or the command on it ended abnormally (a kept connection's host key was checked
- * when it was made); a create warms one as soon as the
- * guest's SSH answers. At most MAX_CHANNELS commands share one; more get a connection of their own,
- * closed after their command.
+ * the same guest boot (`GuestTarget.reuse.key`: the VM's id, its VMM's pid and start time) until it has
+ * been unused for IDLE_MS, breaks, the command on it ended abnormally, or the VM stops (`closeGuest`).
+ * A kept connection's host key was checked when it was made. A create warms one as soon as the guest's
+ * SSH answers. At most MAX_CHANNELS commands share one; more get a connection of their own, closed after
+ * their command.
  *
  * A command whose channel cannot be opened on a kept connection (the guest restarted inside, the
  * connection died unnoticed: no answer within OPEN_MS) has not run: the guest runs it only once the
- * channel is open. It is tried once more, on a connection of its own (execInGuest); the next command makes
- * a new kept one.
+ * channel is open. It is tried once more, on a connection of its own (execInGuest); the next command
+ * makes a new kept one.
  */
 import { createHash } from "node:crypto";
 import { appendFile, mkdir, readFile } from "node:fs/promises";
