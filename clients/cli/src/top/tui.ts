@@ -25,7 +25,6 @@ import { gatherTop } from "./gather.js";
 const ALT_SCREEN_ON = "\x1b[?1049h";
 const ALT_SCREEN_OFF = "\x1b[?1049l";
 
-/** What leaving the screen is for: quitting, or running one of the CLI's own commands on the terminal. */
 /** How the screen was left: quit top, run a command and come back, or (a Ctrl-C as it was leaving) just come back. */
 type Leave =
   | { readonly kind: "quit" }
@@ -178,16 +177,17 @@ function TopApp({ feed, o, initialSelected, leave }: AppProps) {
       );
   };
   const leaving = useRef(false);
+  const selectedName = () => feed.data.vms[selectedIndex()]?.name ?? "";
   const quit = (how: Leave) => {
     leaving.current = true;
-    leave(how, feed.data.vms[selectedIndex()]?.name ?? "");
+    leave(how, selectedName());
     exit();
   };
 
   useInput((input, key) => {
     // Keys that come while the screen leaves: a Ctrl-C meant for the command it leaves for cancels that command.
     if (leaving.current) {
-      if (key.ctrl && input === "c") leave({ kind: "back" }, feed.data.vms[selectedIndex()]?.name ?? "");
+      if (key.ctrl && input === "c") leave({ kind: "back" }, selectedName());
       return;
     }
     const question = ui.question;

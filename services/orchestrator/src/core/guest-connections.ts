@@ -104,6 +104,20 @@ export async function verifyHostKey(target: GuestTarget, key: Buffer): Promise<v
   }
 }
 
+/** UNAVAILABLE GUEST_UNREACHABLE: the guest at `target` cannot be reached, or was lost, for `why`. */
+export function guestUnreachable(target: GuestTarget, why: string, cause?: unknown): UnavailableError {
+  return new UnavailableError(`cannot reach the guest at ${target.host}:${target.port}: ${why}`, {
+    reason: "GUEST_UNREACHABLE",
+    ...(cause === undefined ? {} : { cause }),
+  });
+}
+
+/** A connection of one command's own, closed when it is released. */
+export async function freshLease(target: GuestTarget, signal: AbortSignal): Promise<GuestLease> {
+  const client = await connectGuest(target, signal);
+  return { client, kept: false, release: () => client.end() };
+}
+
 /** Why `signal` aborted, as an Error. */
 const reasonOf = (signal: AbortSignal): Error =>
   signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason));
@@ -131,15 +145,7 @@ export async function connectGuest(
     };
     const onAbort = () => fail(reasonOf(signal));
     signal.addEventListener("abort", onAbort, { once: true });
-    client.on("error", (error) =>
-      fail(
-        hostKeyError ??
-          new UnavailableError(`cannot reach the guest at ${target.host}:${target.port}: ${error.message}`, {
-            reason: "GUEST_UNREACHABLE",
-            cause: error,
-          }),
-      ),
-    );
+    client.on("error", (error) => fail(hostKeyError ?? guestUnreachable(target, error.message, error)));
     client.once("ready", () => {
       signal.removeEventListener("abort", onAbort);
       client.removeAllListeners("error");
@@ -227,11 +233,7 @@ export function createGuestConnections(options: { idleMs?: number; openMs?: numb
     return entry;
   };
 
-  /** A connection of the command's own, closed after it. */
-  const fresh = async (target: GuestTarget, signal: AbortSignal): Promise<GuestLease> => {
-    const client = await connectGuest(target, signal);
-    return { client, kept: false, release: () => client.end() };
-  };
+  const fresh = freshLease;
 
   return {
     fresh,

@@ -4,9 +4,9 @@
  * and refused when it changes. The argument vector is quoted for the guest's
  * shell, so what the caller sends is exactly what runs.
  */
-import { DeadlineExceededError, InvalidArgumentError, UnavailableError } from "@banger/common";
+import { DeadlineExceededError, InvalidArgumentError } from "@banger/common";
 import type { ClientChannel } from "ssh2";
-import { connectGuest, type GuestLease, type GuestTarget } from "./guest-connections.js";
+import { freshLease, guestUnreachable, type GuestLease, type GuestTarget } from "./guest-connections.js";
 
 export { verifyHostKey, type GuestTarget } from "./guest-connections.js";
 
@@ -103,11 +103,6 @@ export async function execInGuest(
   }
 }
 
-async function freshLease(target: GuestTarget, signal: AbortSignal): Promise<GuestLease> {
-  const client = await connectGuest(target, signal);
-  return { client, kept: false, release: () => client.end() };
-}
-
 /** A failure before the command's channel was open: the guest has not run the command. */
 class NotStarted extends Error {
   constructor(override readonly cause: Error) {
@@ -146,11 +141,7 @@ function runOn(
         reject(started || signal.aborted ? failure : new NotStarted(failure));
       } else if (status) resolve(status);
     };
-    const unreachable = (why: string, cause?: Error) =>
-      new UnavailableError(`cannot reach the guest at ${target.host}:${target.port}: ${why}`, {
-        reason: "GUEST_UNREACHABLE",
-        ...(cause ? { cause } : {}),
-      });
+    const unreachable = (why: string, cause?: Error) => guestUnreachable(target, why, cause);
     const onAbort = () => finish(signal.reason);
     const onLost = (error: Error) => finish(unreachable(error.message, error));
     const onClosed = () => finish(unreachable("the connection closed"));

@@ -4,9 +4,8 @@
  * pinning and GUEST_UNREACHABLE error as Exec (guest-exec.ts), but the
  * caller writes to and reads from the SSH channel itself.
  */
-import { UnavailableError } from "@banger/common";
 import type { ClientChannel } from "ssh2";
-import { connectGuest, type GuestTarget } from "./guest-connections.js";
+import { connectGuest, guestUnreachable, type GuestTarget } from "./guest-connections.js";
 
 /** A guest that vanished without closing the connection is noticed after about 3 × 5 s. */
 const KEEPALIVE_MS = 5_000;
@@ -66,11 +65,7 @@ export async function openGuestStream(
       if (opened) rejectDone(error);
       else rejectOpen(error);
     };
-    const unreachable = (why: string, cause?: unknown) =>
-      new UnavailableError(`cannot reach the guest at ${target.host}:${target.port}: ${why}`, {
-        reason: "GUEST_UNREACHABLE",
-        ...(cause === undefined ? {} : { cause }),
-      });
+    const unreachable = (why: string, cause?: unknown) => guestUnreachable(target, why, cause);
     const onAbort = () => fail(signal.reason);
     signal.addEventListener("abort", onAbort, { once: true });
 

@@ -263,9 +263,10 @@ async function startVmm(
   const probing = AbortSignal.any([op.signal, probe.signal]);
   const lookForBanner = () => ctx.guest.waitForSsh(vm.guestIp, Number.POSITIVE_INFINITY, probing);
   // The kept connection the first command will use (guest-connections.ts). A fork's SSH server runs already
-  // (the snapshot's): that connection is made at once, and is what wait-ssh waits for (a banner probe beside it would cost the guest a server process of
-  // its own); should it fail (a server that takes no key of banger's, one restarting), the banner is.
-  // A create's: made as soon as the banner is seen, while the agent may still be waited for.
+  // (the snapshot's): that connection is made at once, and is what wait-ssh waits for (a banner probe beside
+  // it would cost the guest a server process of its own); should it fail (a server that takes no key of
+  // banger's, one restarting), the banner is. A create's is made as soon as the banner is seen, while the
+  // agent may still be waited for.
   const banner = options.fork
     ? guestTargetOf(ctx, vm, handle)
         .then((target) => ctx.connections.connect(target, probing))
